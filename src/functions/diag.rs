@@ -1,0 +1,443 @@
+//! Diagnostic functions: an echo server and a probe that exercises it.
+//!
+//! They terminate TCP and UDP on the device's own stack, which makes them the
+//! simplest way to see the data path work (the sample topology uses them)
+//! and to check that bytes arrive intact.
+
+use std::net::SocketAddr;
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+
+use super::{Function, FunctionError, SocketContext};
+
+/// `[function] kind = "echo"`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    /// TCP and UDP port to echo on.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Concurrent TCP connections served (smoltcp has no listen backlog).
+    #[serde(default = "default_conns")]
+    pub connections: usize,
+    /// Bytes of each TCP socket's receive and send buffer.
+    #[serde(default = "default_tcp_buffer")]
+    pub tcp_buffer: usize,
+}
+
+fn default_port() -> u16 {
+    7
+}
+fn default_conns() -> usize {
+    2
+}
+fn default_tcp_buffer() -> usize {
+    1 << 20
+}
+
+/// Echo server on TCP and UDP.
+pub struct Echo {
+    cfg: EchoConfig,
+    tcp: Vec<SocketHandle>,
+    udp: Option<SocketHandle>,
+    scratch: Vec<u8>,
+    bytes: u64,
+    datagrams: u64,
+}
+
+impl Echo {
+    pub fn new(cfg: EchoConfig) -> Result<Echo, FunctionError> {
+        let bad = |why: &str| FunctionError::Invalid {
+            kind: "echo",
+            why: why.into(),
+        };
+        if cfg.port == 0 {
+            return Err(bad("port must be 1..=65535"));
+        }
+        if !(1..=64).contains(&cfg.connections) {
+            return Err(bad("connections must be 1..=64"));
+        }
+        if !(1024..=(1 << 30)).contains(&cfg.tcp_buffer) {
+            return Err(bad("tcp_buffer must be 1 KiB..=1 GiB"));
+        }
+        Ok(Echo {
+            cfg,
+            tcp: Vec::new(),
+            udp: None,
+            scratch: vec![0; 64 * 1024],
+            bytes: 0,
+            datagrams: 0,
+        })
+    }
+}
+
+/// A TCP socket with buffers of `size` bytes, Nagle off.
+pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; size]),
+        tcp::SocketBuffer::new(vec![0; size]),
+    );
+    s.set_nagle_enabled(false);
+    s
+}
+
+fn udp_socket(datagrams: usize, bytes: usize) -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
+    )
+}
+
+impl Function for Echo {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn attach(&mut self, cx: &mut SocketContext<'_>) {
+        for _ in 0..self.cfg.connections {
+            self.tcp.push(cx.sockets.add(tcp_socket(self.cfg.tcp_buffer)));
+        }
+        let mut u = udp_socket(64, 256 * 1024);
+        if u.bind(self.cfg.port).is_ok() {
+            self.udp = Some(cx.sockets.add(u));
+        }
+    }
+
+    fn detach(&mut self, cx: &mut SocketContext<'_>) {
+        for h in self.tcp.drain(..) {
+            cx.sockets.remove(h);
+        }
+        if let Some(h) = self.udp.take() {
+            cx.sockets.remove(h);
+        }
+    }
+
+    fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
+        let mut progress = false;
+        for &h in &self.tcp {
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            if s.state() == tcp::State::TimeWait {
+                s.abort();
+            }
+            if !s.is_open() {
+                let _ = s.listen(self.cfg.port);
+                continue;
+            }
+            while s.can_recv() && s.can_send() {
+                let room = (s.send_capacity() - s.send_queue()).min(self.scratch.len());
+                let n = s.recv_slice(&mut self.scratch[..room]).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let _ = s.send_slice(&self.scratch[..n]);
+                self.bytes += n as u64;
+                progress = true;
+            }
+            if !s.may_recv() && s.send_queue() == 0 && s.state() == tcp::State::CloseWait {
+                s.close();
+            }
+        }
+        if let Some(h) = self.udp {
+            let s = cx.sockets.get_mut::<udp::Socket>(h);
+            while s.can_send() {
+                let Ok((n, meta)) = s.recv_slice(&mut self.scratch) else {
+                    break;
+                };
+                let _ = s.send_slice(&self.scratch[..n], meta.endpoint);
+                self.datagrams += 1;
+                progress = true;
+            }
+        }
+        progress
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("tcp_bytes_echoed".into(), self.bytes),
+            ("udp_datagrams_echoed".into(), self.datagrams),
+        ]
+    }
+}
+
+/// `[function] kind = "probe"`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Echo servers to stream `bytes` to over TCP, as "ip:port".
+    #[serde(default)]
+    pub tcp: Vec<String>,
+    /// Echo servers to send `datagrams` UDP datagrams to.
+    #[serde(default)]
+    pub udp: Vec<String>,
+    /// Bytes per TCP exchange.
+    #[serde(default = "default_bytes")]
+    pub bytes: usize,
+    /// Datagrams per UDP exchange.
+    #[serde(default = "default_datagrams")]
+    pub datagrams: usize,
+    /// Give up on one exchange after this many milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_bytes() -> usize {
+    1 << 20
+}
+fn default_datagrams() -> usize {
+    4
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+
+/// The byte a stream carries at `offset`: a pattern that catches
+/// reordering, duplication and loss.
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset.wrapping_mul(7).wrapping_add(offset >> 13) % 251) as u8
+}
+
+enum Job {
+    Tcp(IpEndpoint),
+    Udp(IpEndpoint),
+}
+
+enum Step {
+    Start,
+    Tcp {
+        h: SocketHandle,
+        sent: u64,
+        recvd: u64,
+        intact: bool,
+    },
+    Udp {
+        h: SocketHandle,
+        sent: usize,
+        got: usize,
+        last_send: Instant,
+    },
+}
+
+/// Runs exchanges against echo servers, one after another, and reports.
+pub struct Probe {
+    cfg: ProbeConfig,
+    jobs: Vec<Job>,
+    next: usize,
+    step: Step,
+    started: Instant,
+    report: Vec<String>,
+    failures: u64,
+    scratch: Vec<u8>,
+    port: u16,
+}
+
+fn parse_endpoint(s: &str) -> Result<IpEndpoint, FunctionError> {
+    let a: SocketAddr = s.parse().map_err(|_| FunctionError::Invalid {
+        kind: "probe",
+        why: format!("{s:?} is not ip:port"),
+    })?;
+    Ok(IpEndpoint::new(IpAddress::from(a.ip()), a.port()))
+}
+
+impl Probe {
+    pub fn new(cfg: ProbeConfig) -> Result<Probe, FunctionError> {
+        let mut jobs = Vec::new();
+        for t in &cfg.tcp {
+            jobs.push(Job::Tcp(parse_endpoint(t)?));
+        }
+        for t in &cfg.udp {
+            jobs.push(Job::Udp(parse_endpoint(t)?));
+        }
+        if jobs.is_empty() {
+            return Err(FunctionError::Invalid {
+                kind: "probe",
+                why: "give at least one tcp or udp target".into(),
+            });
+        }
+        Ok(Probe {
+            cfg,
+            jobs,
+            next: 0,
+            step: Step::Start,
+            started: Instant::ZERO,
+            report: Vec::new(),
+            failures: 0,
+            scratch: vec![0; 64 * 1024],
+            port: 40000,
+        })
+    }
+
+    fn finish(&mut self, cx: &mut SocketContext<'_>, line: String, ok: bool) {
+        match std::mem::replace(&mut self.step, Step::Start) {
+            Step::Tcp { h, .. } | Step::Udp { h, .. } => {
+                cx.sockets.remove(h);
+            }
+            Step::Start => {}
+        }
+        if !ok {
+            self.failures += 1;
+        }
+        self.report.push(line);
+        self.next += 1;
+    }
+}
+
+impl Function for Probe {
+    fn name(&self) -> &'static str {
+        "probe"
+    }
+
+    fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
+        if self.next >= self.jobs.len() {
+            return false;
+        }
+        let now = cx.now;
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        if let Step::Start = self.step {
+            self.started = now;
+            self.port = self.port.wrapping_add(1).max(40000);
+            match self.jobs[self.next] {
+                Job::Tcp(ep) => {
+                    let mut s = tcp_socket((self.cfg.bytes.clamp(64 * 1024, 4 << 20)).next_power_of_two());
+                    if let Err(e) = s.connect(cx.iface.context(), ep, self.port) {
+                        self.finish(cx, format!("tcp {ep}: cannot connect: {e}"), false);
+                        return true;
+                    }
+                    self.step = Step::Tcp {
+                        h: cx.sockets.add(s),
+                        sent: 0,
+                        recvd: 0,
+                        intact: true,
+                    };
+                }
+                Job::Udp(_) => {
+                    let mut s = udp_socket(16, 64 * 1024);
+                    let _ = s.bind(self.port);
+                    self.step = Step::Udp {
+                        h: cx.sockets.add(s),
+                        sent: 0,
+                        got: 0,
+                        last_send: now,
+                    };
+                }
+            }
+        }
+        let total = self.cfg.bytes as u64;
+        let elapsed = now - self.started;
+        let mut progress = false;
+        match (&mut self.step, &self.jobs[self.next]) {
+            (Step::Tcp { h, sent, recvd, intact }, Job::Tcp(ep)) => {
+                let ep = *ep;
+                let s = cx.sockets.get_mut::<tcp::Socket>(*h);
+                while s.can_send() && *sent < total {
+                    let n = s
+                        .send(|buf| {
+                            let n = buf.len().min((total - *sent) as usize);
+                            for (i, b) in buf[..n].iter_mut().enumerate() {
+                                *b = pattern_byte(*sent + i as u64);
+                            }
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    *sent += n as u64;
+                    progress = true;
+                }
+                while s.can_recv() {
+                    let n = s.recv_slice(&mut self.scratch).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    for (i, b) in self.scratch[..n].iter().enumerate() {
+                        if *b != pattern_byte(*recvd + i as u64) {
+                            *intact = false;
+                        }
+                    }
+                    *recvd += n as u64;
+                    progress = true;
+                }
+                if *recvd >= total {
+                    let ok = *intact;
+                    let secs = elapsed.total_micros().max(1) as f64 / 1e6;
+                    s.close();
+                    let line = format!(
+                        "tcp {ep}: {total} bytes echoed {} in {:.1} ms ({:.2} Gbit/s both ways)",
+                        if ok { "intact" } else { "CORRUPTED" },
+                        secs * 1e3,
+                        2.0 * total as f64 * 8.0 / secs / 1e9
+                    );
+                    self.finish(cx, line, ok);
+                    return true;
+                }
+                if elapsed > timeout {
+                    let line = format!("tcp {ep}: timed out after {recvd} of {total} bytes ({:?})", s.state());
+                    self.finish(cx, line, false);
+                    return true;
+                }
+            }
+            (Step::Udp { h, sent, got, last_send }, Job::Udp(ep)) => {
+                let ep = *ep;
+                let s = cx.sockets.get_mut::<udp::Socket>(*h);
+                while let Ok((n, _)) = s.recv_slice(&mut self.scratch) {
+                    if n == 64 && self.scratch[..64].iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)) {
+                        *got += 1;
+                    }
+                    progress = true;
+                }
+                // One datagram in flight at a time; resend after 250 ms
+                // (the first may wait on ARP).
+                let want = self.cfg.datagrams;
+                if *got >= want {
+                    let line = format!(
+                        "udp {ep}: {got}/{want} datagrams echoed intact in {:.1} ms",
+                        elapsed.total_micros() as f64 / 1e3
+                    );
+                    self.finish(cx, line, true);
+                    return true;
+                }
+                if *sent <= *got || now - *last_send > Duration::from_millis(250) {
+                    let payload: Vec<u8> = (0..64).map(pattern_byte).collect();
+                    if s.send_slice(&payload, ep).is_ok() {
+                        *sent = *got + 1;
+                        *last_send = now;
+                        progress = true;
+                    }
+                }
+                if elapsed > timeout {
+                    let line = format!("udp {ep}: timed out, {got}/{want} datagrams echoed");
+                    self.finish(cx, line, false);
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        progress
+    }
+
+    fn poll_at(&self) -> Option<Instant> {
+        match &self.step {
+            Step::Udp { last_send, .. } => Some(*last_send + Duration::from_millis(250)),
+            Step::Tcp { .. } => Some(self.started + Duration::from_millis(self.cfg.timeout_ms)),
+            Step::Start => None,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.next >= self.jobs.len()
+    }
+
+    fn take_report(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.report)
+    }
+
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![
+            ("exchanges_done".into(), self.next as u64),
+            ("exchanges_failed".into(), self.failures),
+        ]
+    }
+}

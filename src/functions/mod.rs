@@ -1,0 +1,198 @@
+//! Network functions: what a device does.
+//!
+//! A [`Function`] sees every frame the device's interface system captures
+//! (ingress from either adapter, egress from the stack) and returns a
+//! [`Verdict`]; a function that terminates TCP or UDP also gets a
+//! socket-level [`Function::poll`] on the device's own sockets. Functions are
+//! sans-IO: time comes in as an argument, they never sleep or read a clock.
+//! They are built from their config section by [`build`] and can be replaced
+//! while the device runs.
+//!
+//! ```
+//! use shmnet::functions::{build, FunctionConfig};
+//! let f = build(&FunctionConfig::Passthrough).unwrap();
+//! assert_eq!(f.name(), "passthrough");
+//! ```
+
+use smoltcp::iface::{Interface, SocketSet};
+use smoltcp::time::Instant;
+
+pub mod diag;
+
+pub use crate::adapters::Role;
+
+/// What to do with a captured frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it continue unchanged.
+    Pass,
+    /// Discard it (counted by the device).
+    Drop,
+    /// It was rewritten in place (possibly resized); continue with it.
+    Modified,
+    /// Send it out of this network's adapter instead of its normal path.
+    Redirect(Role),
+    /// The function took it (e.g. answered it itself); nothing continues.
+    Consumed,
+}
+
+/// A frame a function may rewrite: `len` bytes in use of a buffer of
+/// `capacity()` bytes (the network's largest frame).
+pub struct Frame<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// Wraps the first `len` bytes of `buf` (clamped to its size).
+    pub fn new(buf: &'a mut [u8], len: usize) -> Frame<'a> {
+        let len = len.min(buf.len());
+        Frame { buf, len }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+    /// The whole buffer, for functions that grow the frame.
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        self.buf
+    }
+    /// Sets the frame length; `false` (and no change) past the capacity.
+    pub fn set_len(&mut self, len: usize) -> bool {
+        if len > self.buf.len() {
+            return false;
+        }
+        self.len = len;
+        true
+    }
+}
+
+/// What a socket-level function may touch: the device's interface and
+/// sockets, and the time.
+pub struct SocketContext<'a> {
+    pub now: Instant,
+    pub iface: &'a mut Interface,
+    pub sockets: &'a mut SocketSet<'static>,
+}
+
+/// A network function. Every method has a no-op default.
+pub trait Function: Send {
+    /// Short name, as in the config's `kind`.
+    fn name(&self) -> &'static str;
+
+    /// A frame arrived on the `from` adapter, before the stack sees it.
+    fn on_ingress(&mut self, _now: Instant, _from: Role, _frame: &mut Frame<'_>) -> Verdict {
+        Verdict::Pass
+    }
+
+    /// The stack emitted a frame, before it is routed to an adapter.
+    fn on_egress(&mut self, _now: Instant, _frame: &mut Frame<'_>) -> Verdict {
+        Verdict::Pass
+    }
+
+    /// Installed on a device: open sockets here.
+    fn attach(&mut self, _cx: &mut SocketContext<'_>) {}
+
+    /// Being replaced or the device stops: close sockets here.
+    fn detach(&mut self, _cx: &mut SocketContext<'_>) {}
+
+    /// Socket-level work after each stack poll. Returns whether it made
+    /// progress (so the device keeps spinning instead of sleeping).
+    fn poll(&mut self, _cx: &mut SocketContext<'_>) -> bool {
+        false
+    }
+
+    /// When the function next needs a `poll` even without traffic.
+    fn poll_at(&self) -> Option<Instant> {
+        None
+    }
+
+    /// `true` once a function with a finite job (a probe) is done.
+    fn finished(&self) -> bool {
+        false
+    }
+
+    /// Human-readable results (a probe's findings), drained by the caller.
+    fn take_report(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Counters, as `(name, value)`.
+    fn counters(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+}
+
+/// A function's configuration: the `[function]` section of a device file,
+/// selected by `kind`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FunctionConfig {
+    /// Forwards everything unchanged.
+    Passthrough,
+    /// Echoes TCP streams and UDP datagrams on a port (a test server).
+    Echo(diag::EchoConfig),
+    /// Runs TCP and UDP exchanges against echo servers and reports them.
+    Probe(diag::ProbeConfig),
+}
+
+impl Default for FunctionConfig {
+    fn default() -> Self {
+        FunctionConfig::Passthrough
+    }
+}
+
+/// Names accepted as `kind`.
+pub const KINDS: &[&str] = &["passthrough", "echo", "probe"];
+
+/// Errors building a function.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FunctionError {
+    /// A parameter is invalid; the message names it.
+    #[error("function {kind}: {why}")]
+    Invalid { kind: &'static str, why: String },
+}
+
+/// Builds a function from its configuration.
+pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
+    Ok(match cfg {
+        FunctionConfig::Passthrough => Box::new(Passthrough::default()),
+        FunctionConfig::Echo(c) => Box::new(diag::Echo::new(c.clone())?),
+        FunctionConfig::Probe(c) => Box::new(diag::Probe::new(c.clone())?),
+    })
+}
+
+/// The pass-through function: every frame continues unchanged.
+#[derive(Debug, Default)]
+pub struct Passthrough {
+    frames: u64,
+}
+
+impl Function for Passthrough {
+    fn name(&self) -> &'static str {
+        "passthrough"
+    }
+    fn on_ingress(&mut self, _now: Instant, _from: Role, _frame: &mut Frame<'_>) -> Verdict {
+        self.frames += 1;
+        Verdict::Pass
+    }
+    fn on_egress(&mut self, _now: Instant, _frame: &mut Frame<'_>) -> Verdict {
+        self.frames += 1;
+        Verdict::Pass
+    }
+    fn counters(&self) -> Vec<(String, u64)> {
+        vec![("frames".into(), self.frames)]
+    }
+}

@@ -1,0 +1,15 @@
+//! shmnet: network infrastructure built from small dedicated network devices
+//! that talk over shared memory.
+//!
+//! Layers, bottom up: [`shm`] (segments, ports, rings) → [`adapters`]
+//! (`smoltcp::phy::Device`s on a network) → [`stack`] (a device: one smoltcp
+//! interface, the NIC that routes between the local and global adapter, the
+//! runtime loop) → [`functions`] (what a device does). [`config`] reads the
+//! TOML files; [`bench`] measures against the kernel path.
+#![deny(unsafe_code)]
+
+pub mod shm;
+pub mod adapters;
+pub mod config;
+pub mod functions;
+pub mod stack;

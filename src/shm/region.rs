@@ -1,0 +1,240 @@
+//! Raw mappings: the only place in shmnet that holds pointers to shared memory.
+//!
+//! A [`Region`] is one mapping, either anonymous (devices are threads of one
+//! process) or of a named POSIX shared-memory object under `/dev/shm`
+//! (devices are separate processes). It hands out atomics at fixed,
+//! layout-checked offsets and copies bytes in and out; it never hands out a
+//! reference to bytes a peer may write, except the transmit buffers this
+//! process owns (see [`Region::bytes_mut`]).
+
+use std::ffi::c_void;
+use std::os::fd::OwnedFd;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use rustix::fs::Mode;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::shm;
+
+use super::ShmError;
+
+/// One mapping of a segment.
+pub(crate) struct Region {
+    ptr: NonNull<u8>,
+    len: usize,
+    _fd: Option<OwnedFd>,
+}
+
+// SAFETY: the mapping is plain memory owned by this value until drop; every
+// access through it goes through atomics or explicit copies, so sharing the
+// handle between threads is no different from sharing it between processes.
+unsafe impl Send for Region {}
+// SAFETY: see `Send`: no method gives out unsynchronised `&mut` to memory
+// another thread may reach, except `bytes_mut`, whose contract requires the
+// caller to own the range exclusively.
+unsafe impl Sync for Region {}
+
+/// The path of a named segment's backing object, for messages.
+pub(crate) fn object_name(name: &str) -> String {
+    format!("/shmnet.{name}")
+}
+
+impl Region {
+    /// Maps `len` bytes of zeroed process-local memory (pages are committed
+    /// lazily, so unused rings and buffers cost nothing).
+    pub(crate) fn anonymous(len: usize) -> Result<Region, ShmError> {
+        // SAFETY: a fresh anonymous mapping aliases nothing; a null hint lets
+        // the kernel choose the address.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::NORESERVE,
+            )
+        }
+        .map_err(|e| ShmError::Io {
+            what: "mmap anonymous segment".into(),
+            source: e.into(),
+        })?;
+        Ok(Region {
+            ptr: NonNull::new(ptr.cast()).ok_or(ShmError::Io {
+                what: "mmap returned null".into(),
+                source: std::io::Error::other("null mapping"),
+            })?,
+            len,
+            _fd: None,
+        })
+    }
+
+    /// Creates the named object (mode 0600, fails if it exists), sizes it
+    /// and maps it. The object is zero-filled by the kernel.
+    pub(crate) fn create_named(name: &str, len: usize) -> Result<Region, ShmError> {
+        let path = object_name(name);
+        let fd = shm::open(
+            path.as_str(),
+            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::EXIST => ShmError::AlreadyExists { name: name.into() },
+            e => ShmError::Io {
+                what: format!("create {path}"),
+                source: e.into(),
+            },
+        })?;
+        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
+            let _ = shm::unlink(path.as_str());
+            return Err(ShmError::Io {
+                what: format!("size {path} to {len} bytes"),
+                source: e.into(),
+            });
+        }
+        Self::map_fd(fd, len, &path)
+    }
+
+    /// Opens and maps an existing named object, whole.
+    pub(crate) fn open_named(name: &str) -> Result<Region, ShmError> {
+        let path = object_name(name);
+        let fd = shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
+            e => ShmError::Io {
+                what: format!("open {path}"),
+                source: e.into(),
+            },
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| ShmError::Io {
+            what: format!("stat {path}"),
+            source: e.into(),
+        })?;
+        let len = usize::try_from(st.st_size).unwrap_or(0);
+        if len < super::layout::HEADER_LEN {
+            return Err(ShmError::Corrupt {
+                name: name.into(),
+                why: format!("object is {len} bytes, smaller than a header"),
+            });
+        }
+        Self::map_fd(fd, len, &path)
+    }
+
+    fn map_fd(fd: OwnedFd, len: usize, path: &str) -> Result<Region, ShmError> {
+        // SAFETY: mapping a file we opened read-write, at a kernel-chosen
+        // address, aliases no Rust object. Length equals the file size we
+        // set or read.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(|e| ShmError::Io {
+            what: format!("mmap {path}"),
+            source: e.into(),
+        })?;
+        Ok(Region {
+            ptr: NonNull::new(ptr.cast()).ok_or(ShmError::Io {
+                what: "mmap returned null".into(),
+                source: std::io::Error::other("null mapping"),
+            })?,
+            len,
+            _fd: Some(fd),
+        })
+    }
+
+    /// Removes a named object; mappings stay valid until dropped.
+    pub(crate) fn unlink_named(name: &str) -> Result<(), ShmError> {
+        let path = object_name(name);
+        shm::unlink(path.as_str()).map_err(|e| match e {
+            rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
+            e => ShmError::Io {
+                what: format!("unlink {path}"),
+                source: e.into(),
+            },
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, off: usize, len: usize, align: usize) {
+        // Offsets come from a layout validated against `self.len` at open;
+        // failing here is a bug in shmnet, not hostile input.
+        assert!(
+            off % align == 0 && off.checked_add(len).is_some_and(|end| end <= self.len),
+            "shm access out of layout: off {off} len {len} region {}",
+            self.len
+        );
+    }
+
+    /// The 32-bit atomic at `off` (4-aligned, inside the region).
+    pub(crate) fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        self.check(off, 4, 4);
+        // SAFETY: in bounds and aligned (checked above); the mapping lives as
+        // long as `self`; an atomic may be shared with any other writer, and
+        // every bit pattern is a valid u32.
+        unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU32) }
+    }
+
+    /// The 64-bit atomic at `off` (8-aligned, inside the region).
+    pub(crate) fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        self.check(off, 8, 8);
+        // SAFETY: as for `atomic_u32`, with 8-byte alignment checked.
+        unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Copies `dst.len()` bytes starting at `off` out of the region.
+    /// Returns `false` (and copies nothing) if the range is outside it.
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+        if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: the source range is inside the mapping (checked above) and
+        // `dst` is a distinct local buffer. A peer writing concurrently can
+        // only change which bytes we get, and any byte is a valid u8; callers
+        // validate what they copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        };
+        true
+    }
+
+    /// Copies `src` into the region at `off`; `false` if out of range.
+    pub(crate) fn write(&self, off: usize, src: &[u8]) -> bool {
+        if off.checked_add(src.len()).is_none_or(|end| end > self.len) {
+            return false;
+        }
+        // SAFETY: destination inside the mapping (checked above), source a
+        // distinct local slice; no Rust reference to the destination exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(off), src.len())
+        };
+        true
+    }
+
+    /// A mutable view of `len` bytes at `off`.
+    ///
+    /// # Safety
+    /// The caller must own the range exclusively for the lifetime of the
+    /// borrow: no other handle in this process may touch it, and well-behaved
+    /// peers do not, by protocol (a transmit buffer is the sender's until it
+    /// publishes a descriptor for it). A hostile peer writing it anyway can
+    /// only garble the frame being written, which receivers validate.
+    pub(crate) unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+        self.check(off, len, 1);
+        // SAFETY: in bounds (checked); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; every borrow
+        // handed out is tied to `&self`, so none outlives this call.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr() as *mut c_void, self.len) };
+    }
+}

@@ -1,0 +1,645 @@
+//! Segments: creation, opening by name, the port directory and crash reclaim.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::layout::{
+    HEADER_LEN, HeaderRepr, LINK_GEN_OFF, LinkMedium, PORT_GEN_OFF, STATE_ACTIVE, STATE_CLAIMING,
+    STATE_FREE, SegmentHeader, VERSION_OFF, link_field, port_field,
+};
+use super::port::Port;
+use super::region::Region;
+use super::ShmError;
+
+/// Where a segment's memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SegmentKind {
+    /// Process-local memory: every device is a thread of this process.
+    Process,
+    /// A named shared-memory object (`/dev/shm/shmnet.NAME`, mode 0600):
+    /// devices may be separate processes.
+    Host,
+}
+
+/// The parameters of a network, fixed when its segment is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkParams {
+    /// IP MTU, 576..=65535.
+    pub mtu: u32,
+    pub medium: LinkMedium,
+    /// Ports (device adapters) the network can hold at once.
+    pub max_ports: u32,
+    /// Links (ordered port pairs that have exchanged traffic).
+    pub max_links: u32,
+    /// Transmit buffers per port (also each ring's slot count, rounded up
+    /// to a power of two). `0` picks a default from the MTU.
+    pub buffers: u32,
+}
+
+impl NetworkParams {
+    /// Defaults for an Ethernet network with the given IP MTU.
+    pub fn new(mtu: u32) -> NetworkParams {
+        NetworkParams {
+            mtu,
+            medium: LinkMedium::Ethernet,
+            max_ports: 32,
+            max_links: 32 * 31,
+            buffers: 0,
+        }
+    }
+
+    /// About 16 MiB of buffers per port, between 64 and 1024 of them: enough
+    /// for a TCP window at any MTU without pinning much memory.
+    pub fn effective_buffers(&self) -> u32 {
+        if self.buffers != 0 {
+            return self.buffers;
+        }
+        let frame = self.mtu.clamp(super::layout::MTU_MIN, super::layout::MTU_MAX) + 64;
+        ((16 << 20) / frame).clamp(64, 1024).next_power_of_two().min(1024)
+    }
+
+    fn layout(&self) -> Result<HeaderRepr, ShmError> {
+        HeaderRepr::new(
+            self.mtu,
+            self.medium,
+            self.max_ports,
+            self.max_links,
+            self.effective_buffers(),
+            std::process::id(),
+        )
+    }
+}
+
+/// What a port publishes about itself in the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortInfo {
+    /// Device name; a restarted device prefers its old port.
+    pub name: String,
+    /// Ethernet address (frames are switched by it on Ethernet networks).
+    pub mac: [u8; 6],
+    /// Addresses (frames are switched by them on IP networks).
+    pub ipv4: Option<[u8; 4]>,
+    pub ipv6: Option<[u8; 16]>,
+}
+
+impl PortInfo {
+    /// A port with a MAC derived from the name and no IP addresses.
+    pub fn named(name: &str) -> PortInfo {
+        PortInfo {
+            name: name.into(),
+            mac: mac_from_name(name),
+            ..Default::default()
+        }
+    }
+}
+
+/// A locally administered unicast MAC derived from a name, so a restarted
+/// device keeps its address and peers' ARP caches stay right.
+pub fn mac_from_name(name: &str) -> [u8; 6] {
+    let h = crc32fast::hash(name.as_bytes()).to_be_bytes();
+    [0x02, 0x53, h[0], h[1], h[2], h[3]]
+}
+
+/// A snapshot of one attached port, as read from the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub index: u32,
+    pub epoch: u32,
+    pub mac: [u8; 6],
+    pub ipv4: Option<[u8; 4]>,
+    pub ipv6: Option<[u8; 16]>,
+    pub owner_pid: u32,
+}
+
+/// One network's shared memory.
+pub struct Segment {
+    pub(crate) region: Region,
+    pub(crate) geo: HeaderRepr,
+    name: String,
+    kind: SegmentKind,
+}
+
+static REGISTRY: Mutex<Option<HashMap<String, Weak<Segment>>>> = Mutex::new(None);
+
+fn word(epoch_or_serial: u32, state: u32) -> u64 {
+    (epoch_or_serial as u64) << 32 | state as u64
+}
+pub(crate) fn split(w: u64) -> (u32, u32) {
+    ((w >> 32) as u32, w as u32)
+}
+
+impl Segment {
+    /// Opens the network's segment, creating it if it does not exist.
+    ///
+    /// A host segment left behind by a crashed run is reclaimed: its dead
+    /// ports and their links are freed, and if no live port remains and the
+    /// parameters differ (or it never finished initialising) it is removed
+    /// and created anew. A live segment with other parameters is an error.
+    pub fn open_or_create(
+        name: &str,
+        kind: SegmentKind,
+        params: &NetworkParams,
+    ) -> Result<Arc<Segment>, ShmError> {
+        validate_name(name)?;
+        let geo = params.layout()?;
+        match kind {
+            SegmentKind::Process => {
+                let mut reg = REGISTRY.lock();
+                let map = reg.get_or_insert_with(HashMap::new);
+                if let Some(seg) = map.get(name).and_then(Weak::upgrade) {
+                    seg.check_params(params)?;
+                    return Ok(seg);
+                }
+                let region = Region::anonymous(geo.total_len as usize)?;
+                let seg = Arc::new(Segment::initialise(region, geo, name, kind));
+                map.insert(name.into(), Arc::downgrade(&seg));
+                Ok(seg)
+            }
+            SegmentKind::Host => Self::open_or_create_host(name, geo, params),
+        }
+    }
+
+    fn open_or_create_host(
+        name: &str,
+        geo: HeaderRepr,
+        params: &NetworkParams,
+    ) -> Result<Arc<Segment>, ShmError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Region::create_named(name, geo.total_len as usize) {
+                Ok(region) => {
+                    return Ok(Arc::new(Segment::initialise(region, geo, name, SegmentKind::Host)));
+                }
+                Err(ShmError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            match Self::open(name) {
+                Ok(seg) => {
+                    seg.sweep_dead();
+                    match seg.check_params(params) {
+                        Ok(()) => return Ok(seg),
+                        Err(e) if seg.live_ports() == 0 => {
+                            log::warn!("segment {name:?}: no live ports and {e}; recreating it");
+                            let _ = Region::unlink_named(name);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(ShmError::NotFound { .. }) => {}
+                Err(ShmError::NotReady) if Instant::now() < deadline => {
+                    if let Some(pid) = Self::creator_of(name)
+                        && !pid_alive(pid, None)
+                    {
+                        log::warn!("segment {name:?}: creator {pid} died while initialising; removing it");
+                        let _ = Region::unlink_named(name);
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(ShmError::Corrupt { why, .. }) => {
+                    log::warn!("segment {name:?} is corrupt ({why}); removing it");
+                    let _ = Region::unlink_named(name);
+                }
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    log::warn!("segment {name:?}: {e}; removing the stale object");
+                    let _ = Region::unlink_named(name);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ShmError::NotReady);
+            }
+        }
+    }
+
+    fn creator_of(name: &str) -> Option<u32> {
+        let region = Region::open_named(name).ok()?;
+        let mut buf = vec![0u8; HEADER_LEN];
+        region.read(0, &mut buf);
+        Some(SegmentHeader::new_unchecked(&buf[..]).creator_pid())
+    }
+
+    /// Opens an existing host segment by name, checking magic, version and
+    /// geometry against the mapping.
+    pub fn open(name: &str) -> Result<Arc<Segment>, ShmError> {
+        validate_name(name)?;
+        let region = Region::open_named(name)?;
+        let mut buf = vec![0u8; HEADER_LEN];
+        region.read(0, &mut buf);
+        let geo = HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), region.len()).map_err(
+            |e| match e {
+                ShmError::Corrupt { why, .. } => ShmError::Corrupt {
+                    name: name.into(),
+                    why,
+                },
+                e => e,
+            },
+        )?;
+        Ok(Arc::new(Segment {
+            region,
+            geo,
+            name: name.into(),
+            kind: SegmentKind::Host,
+        }))
+    }
+
+    /// Removes a host segment's name; processes that mapped it keep it.
+    pub fn unlink(name: &str) -> Result<(), ShmError> {
+        validate_name(name)?;
+        Region::unlink_named(name)
+    }
+
+    /// Two-phase creation: everything first, the version stamp last.
+    fn initialise(region: Region, geo: HeaderRepr, name: &str, kind: SegmentKind) -> Segment {
+        let mut buf = vec![0u8; geo.buffer_len()];
+        geo.emit(&mut SegmentHeader::new_unchecked(&mut buf[..]));
+        region.write(0, &buf);
+        // Directory, link table and rings are zero (fresh memory): free.
+        region
+            .atomic_u32(VERSION_OFF)
+            .store(super::layout::LAYOUT_VERSION, Ordering::Release);
+        Segment {
+            region,
+            geo,
+            name: name.into(),
+            kind,
+        }
+    }
+
+    fn check_params(&self, p: &NetworkParams) -> Result<(), ShmError> {
+        let want = p.layout()?;
+        let mismatch = |field, found: u64, requested: u64| ShmError::ParameterMismatch {
+            name: self.name.clone(),
+            field,
+            found,
+            requested,
+        };
+        if self.geo.mtu != want.mtu {
+            return Err(mismatch("mtu", self.geo.mtu as u64, want.mtu as u64));
+        }
+        if self.geo.medium != want.medium {
+            return Err(mismatch("medium", self.geo.medium as u64, want.medium as u64));
+        }
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn kind(&self) -> SegmentKind {
+        self.kind
+    }
+    /// IP MTU of the network.
+    pub fn mtu(&self) -> u32 {
+        self.geo.mtu
+    }
+    pub fn medium(&self) -> LinkMedium {
+        self.geo.medium
+    }
+    /// Bytes per buffer: the largest frame (IP MTU + link header) fits.
+    pub fn frame_size(&self) -> usize {
+        self.geo.frame_size as usize
+    }
+    pub fn geometry(&self) -> &HeaderRepr {
+        &self.geo
+    }
+    /// Total mapped size in bytes (virtual; pages are committed as used).
+    pub fn mapped_len(&self) -> usize {
+        self.region.len()
+    }
+
+    pub(crate) fn port_u32(&self, port: u32, field: usize) -> &AtomicU32 {
+        self.region.atomic_u32(self.geo.port_off(port) + field)
+    }
+    pub(crate) fn port_word(&self, port: u32) -> &AtomicU64 {
+        self.region
+            .atomic_u64(self.geo.port_off(port) + port_field::WORD)
+    }
+    pub(crate) fn link_word(&self, link: u32) -> &AtomicU64 {
+        self.region
+            .atomic_u64(self.geo.link_off(link) + link_field::WORD)
+    }
+    pub(crate) fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
+        self.region.atomic_u32(self.geo.link_off(link) + field)
+    }
+    pub(crate) fn port_generation(&self) -> &AtomicU32 {
+        self.region.atomic_u32(PORT_GEN_OFF)
+    }
+    pub(crate) fn link_generation(&self) -> &AtomicU32 {
+        self.region.atomic_u32(LINK_GEN_OFF)
+    }
+
+    /// The epoch of `port` if it is attached now.
+    pub(crate) fn port_epoch(&self, port: u32) -> Option<u32> {
+        if port >= self.geo.max_ports {
+            return None;
+        }
+        let (epoch, state) = split(self.port_word(port).load(Ordering::Acquire));
+        (state == STATE_ACTIVE).then_some(epoch)
+    }
+
+    /// Attaches a new port (a device adapter) to the network.
+    pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+        self.sweep_dead();
+        if info.mac != [0; 6] && self.peers().iter().any(|p| p.mac == info.mac) {
+            return Err(ShmError::AddressInUse {
+                name: self.name.clone(),
+            });
+        }
+        let tag = crc32fast::hash(info.name.as_bytes()) as u64;
+        // Prefer the port this device had before (same name), then any.
+        let order = (0..self.geo.max_ports)
+            .filter(|&p| self.region_u64(p, port_field::NAME).load(Ordering::Relaxed) == tag)
+            .chain(0..self.geo.max_ports);
+        for p in order {
+            let w = self.port_word(p);
+            let (epoch, state) = split(w.load(Ordering::Acquire));
+            if state != STATE_FREE {
+                continue;
+            }
+            let next = epoch.wrapping_add(1).max(1);
+            if w.compare_exchange(
+                word(epoch, STATE_FREE),
+                word(next, STATE_CLAIMING),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            let base = self.geo.port_off(p);
+            let r = &self.region;
+            r.atomic_u32(base + port_field::OWNER_PID)
+                .store(std::process::id(), Ordering::Relaxed);
+            r.atomic_u64(base + port_field::OWNER_START)
+                .store(process_start_time(std::process::id()).unwrap_or(0), Ordering::Relaxed);
+            let mut mac8 = [0u8; 8];
+            mac8[..6].copy_from_slice(&info.mac);
+            r.atomic_u64(base + port_field::MAC)
+                .store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
+            let (v4, v4set) = info.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
+            r.atomic_u32(base + port_field::IPV4).store(v4, Ordering::Relaxed);
+            r.atomic_u32(base + port_field::IPV4 + 4).store(v4set, Ordering::Relaxed);
+            let v6 = info.ipv6.unwrap_or([0; 16]);
+            r.atomic_u64(base + port_field::IPV6)
+                .store(u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()), Ordering::Relaxed);
+            r.atomic_u64(base + port_field::IPV6 + 8)
+                .store(u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()), Ordering::Relaxed);
+            r.atomic_u64(base + port_field::NAME).store(tag, Ordering::Relaxed);
+            r.atomic_u32(base + port_field::SLEEPING).store(0, Ordering::Relaxed);
+            w.store(word(next, STATE_ACTIVE), Ordering::Release);
+            self.port_generation().fetch_add(1, Ordering::AcqRel);
+            return Ok(Port::new(Arc::clone(self), p, next));
+        }
+        Err(ShmError::Full {
+            name: self.name.clone(),
+            what: "port",
+        })
+    }
+
+    fn region_u64(&self, port: u32, field: usize) -> &AtomicU64 {
+        self.region.atomic_u64(self.geo.port_off(port) + field)
+    }
+
+    /// Marks `port` (attached at `epoch`) free again.
+    pub(crate) fn detach(&self, port: u32, epoch: u32) {
+        if self
+            .port_word(port)
+            .compare_exchange(
+                word(epoch, STATE_ACTIVE),
+                word(epoch, STATE_FREE),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.port_generation().fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Reads one directory entry; `None` unless it is attached and stable.
+    pub fn peer(&self, index: u32) -> Option<PeerInfo> {
+        if index >= self.geo.max_ports {
+            return None;
+        }
+        let w = self.port_word(index);
+        let before = w.load(Ordering::Acquire);
+        let (epoch, state) = split(before);
+        if state != STATE_ACTIVE {
+            return None;
+        }
+        let base = self.geo.port_off(index);
+        let r = &self.region;
+        let mac8 = r.atomic_u64(base + port_field::MAC).load(Ordering::Relaxed).to_ne_bytes();
+        let v4 = r.atomic_u32(base + port_field::IPV4).load(Ordering::Relaxed);
+        let v4set = r.atomic_u32(base + port_field::IPV4 + 4).load(Ordering::Relaxed);
+        let a = r.atomic_u64(base + port_field::IPV6).load(Ordering::Relaxed).to_ne_bytes();
+        let b = r.atomic_u64(base + port_field::IPV6 + 8).load(Ordering::Relaxed).to_ne_bytes();
+        let owner_pid = r.atomic_u32(base + port_field::OWNER_PID).load(Ordering::Relaxed);
+        if w.load(Ordering::Acquire) != before {
+            return None;
+        }
+        let mut v6 = [0u8; 16];
+        v6[..8].copy_from_slice(&a);
+        v6[8..].copy_from_slice(&b);
+        Some(PeerInfo {
+            index,
+            epoch,
+            mac: mac8[..6].try_into().unwrap_or_default(),
+            ipv4: (v4set != 0).then(|| v4.to_ne_bytes()),
+            ipv6: (v6 != [0; 16]).then_some(v6),
+            owner_pid,
+        })
+    }
+
+    /// Every attached port.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        (0..self.geo.max_ports).filter_map(|i| self.peer(i)).collect()
+    }
+
+    fn live_ports(&self) -> usize {
+        self.peers().len()
+    }
+
+    /// Frees ports whose owner process has died, and links both of whose
+    /// ends are gone. Returns how many ports were reclaimed. Links with one
+    /// live end are left to that end, which notices and frees them itself.
+    pub fn sweep_dead(&self) -> usize {
+        let me = std::process::id();
+        let mut reclaimed = 0;
+        for p in 0..self.geo.max_ports {
+            let (epoch, state) = split(self.port_word(p).load(Ordering::Acquire));
+            if state == STATE_FREE {
+                continue;
+            }
+            let base = self.geo.port_off(p);
+            let pid = self.region.atomic_u32(base + port_field::OWNER_PID).load(Ordering::Relaxed);
+            let start = self.region.atomic_u64(base + port_field::OWNER_START).load(Ordering::Relaxed);
+            if pid == me || pid == 0 || pid_alive(pid, Some(start)) {
+                continue;
+            }
+            if self
+                .port_word(p)
+                .compare_exchange(
+                    word(epoch, state),
+                    word(epoch, STATE_FREE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                log::info!("segment {:?}: reclaimed port {p} of dead process {pid}", self.name);
+                reclaimed += 1;
+            }
+        }
+        if reclaimed > 0 {
+            self.port_generation().fetch_add(1, Ordering::AcqRel);
+        }
+        let mut freed = 0;
+        for l in 0..self.geo.max_links {
+            let w = self.link_word(l).load(Ordering::Acquire);
+            let (serial, state) = split(w);
+            if state == STATE_FREE {
+                continue;
+            }
+            let end_live = |field, efield| {
+                let port = self.link_u32(l, field).load(Ordering::Relaxed);
+                let epoch = self.link_u32(l, efield).load(Ordering::Relaxed);
+                self.port_epoch(port) == Some(epoch)
+            };
+            let src_live = end_live(link_field::SRC, link_field::SRC_EPOCH);
+            let dst_live = end_live(link_field::DST, link_field::DST_EPOCH);
+            let stale = if state == STATE_CLAIMING { !src_live } else { !src_live && !dst_live };
+            if stale && self.free_link(l, serial, state) {
+                freed += 1;
+            }
+        }
+        if freed > 0 {
+            log::info!("segment {:?}: freed {freed} links of dead ports", self.name);
+        }
+        reclaimed
+    }
+
+    pub(crate) fn free_link(&self, link: u32, serial: u32, state: u32) -> bool {
+        let ok = self
+            .link_word(link)
+            .compare_exchange(
+                word(serial, state),
+                word(serial, STATE_FREE),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if ok {
+            self.link_generation().fetch_add(1, Ordering::AcqRel);
+        }
+        ok
+    }
+
+    /// Claims a free link `src@src_epoch → dst@dst_epoch` and resets its
+    /// ring; returns `(link, serial)`.
+    pub(crate) fn claim_link(
+        &self,
+        src: u32,
+        src_epoch: u32,
+        dst: u32,
+        dst_epoch: u32,
+    ) -> Option<(u32, u32)> {
+        for l in 0..self.geo.max_links {
+            let w = self.link_word(l);
+            let (serial, state) = split(w.load(Ordering::Acquire));
+            if state != STATE_FREE {
+                continue;
+            }
+            let next = serial.wrapping_add(1);
+            if w.compare_exchange(
+                word(serial, STATE_FREE),
+                word(next, STATE_CLAIMING),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+            {
+                continue;
+            }
+            self.link_u32(l, link_field::SRC).store(src, Ordering::Relaxed);
+            self.link_u32(l, link_field::SRC_EPOCH).store(src_epoch, Ordering::Relaxed);
+            self.link_u32(l, link_field::DST).store(dst, Ordering::Relaxed);
+            self.link_u32(l, link_field::DST_EPOCH).store(dst_epoch, Ordering::Relaxed);
+            let ring = self.geo.ring_off(l);
+            use super::layout::ring_field;
+            self.region
+                .atomic_u32(ring + ring_field::COOKIE)
+                .store(super::layout::RING_COOKIE, Ordering::Relaxed);
+            self.region.atomic_u32(ring + ring_field::HEAD).store(0, Ordering::Relaxed);
+            self.region.atomic_u32(ring + ring_field::TAIL).store(0, Ordering::Relaxed);
+            w.store(word(next, STATE_ACTIVE), Ordering::Release);
+            self.link_generation().fetch_add(1, Ordering::AcqRel);
+            return Some((l, next));
+        }
+        None
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("mtu", &self.geo.mtu)
+            .finish()
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ShmError> {
+    if name.is_empty()
+        || name.len() > 200
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ShmError::InvalidParameter(format!(
+            "segment name {name:?}: use 1-200 of [A-Za-z0-9._-]"
+        )));
+    }
+    Ok(())
+}
+
+/// Start time of a process in clock ticks since boot (`/proc/PID/stat` field 22).
+pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Is `pid` alive (and, if `start` is known and non-zero, the same process)?
+pub(crate) fn pid_alive(pid: u32, start: Option<u64>) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return false;
+    };
+    match rustix::process::test_kill_process(p) {
+        Ok(()) | Err(rustix::io::Errno::PERM) => {}
+        Err(_) => return false,
+    }
+    if is_zombie(pid) {
+        return false;
+    }
+    match (start, process_start_time(pid)) {
+        (Some(s), Some(now)) if s != 0 => s == now,
+        // Without a start time to compare, a signalable process is alive.
+        _ => true,
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -1,0 +1,493 @@
+//! Devices: one smoltcp `Interface` + `SocketSet`, the [`Nic`] that owns
+//! both adapters, the device's function, and the runtime loop.
+//!
+//! The loop polls the stack, runs the function's socket-level work and
+//! flushes the adapters. While traffic flows it busy-polls; after
+//! [`SPIN`] without progress it yields, then sleeps on the adapters'
+//! doorbells (a futex in shared memory that a peer's send rings), bounded by
+//! smoltcp's next timer, so an idle device costs ~0 % CPU.
+//!
+//! ```
+//! use shmnet::config::DeviceConfig;
+//! use shmnet::shm::SegmentKind;
+//! use shmnet::stack::Device;
+//! let cfg = DeviceConfig::from_toml(r#"
+//!     name = "doc"
+//!     local = { segment = "doc-lan", address = "10.9.0.1/24" }
+//!     global = { segment = "doc-wan", address = "10.10.0.1/16" }
+//! "#, "inline").unwrap();
+//! let mut dev = Device::new(&cfg, SegmentKind::Process).unwrap();
+//! dev.poll();
+//! assert_eq!(dev.stats().local.tx_frames, 0);
+//! ```
+
+pub mod nic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+pub use nic::{Nic, NicCounters, Router};
+
+use crate::adapters::{AdapterCounters, AdapterError, AdapterOptions, AdapterStats, GlobalAdapter, LocalAdapter};
+use crate::config::{DeviceSettings, NetworkSettings};
+use crate::functions::{self, Function, FunctionError, SocketContext};
+use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind, ShmError};
+
+/// Busy-poll this long after the last progress before yielding/sleeping.
+pub const SPIN: Duration = Duration::from_micros(200);
+/// Sleep at most this long, so maintenance (dead-peer sweeps, stop
+/// requests) runs even on a silent network.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How often to look for dead peers.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Errors creating or running a device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// A segment could not be opened or attached; see the cause.
+    #[error("device {device}: network {network}: {source}")]
+    Network {
+        device: String,
+        network: &'static str,
+        #[source]
+        source: AdapterError,
+    },
+    /// The function could not be built from its configuration.
+    #[error("device {device}: {source}")]
+    Function {
+        device: String,
+        #[source]
+        source: FunctionError,
+    },
+    /// The interface's address table is full.
+    #[error("device {device}: too many addresses or routes")]
+    AddressTable { device: String },
+}
+
+/// A snapshot of a device's counters.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceStats {
+    pub name: String,
+    pub function: String,
+    pub local: AdapterStats,
+    pub global: AdapterStats,
+    pub routed_local: u64,
+    pub routed_global: u64,
+    pub ingress_dropped: u64,
+    pub egress_dropped: u64,
+    pub redirected: u64,
+    pub consumed: u64,
+    pub oversize: u64,
+    pub mss_clamped: u64,
+    pub function_counters: Vec<(String, u64)>,
+}
+
+struct Shared {
+    name: String,
+    stop: AtomicBool,
+    replace: Mutex<Option<Box<dyn Function>>>,
+    function_name: Mutex<String>,
+    function_counters: Mutex<Vec<(String, u64)>>,
+    reports: Mutex<Vec<String>>,
+    finished: AtomicBool,
+    local: (Arc<AdapterCounters>, Arc<PortCounters>, Arc<Segment>, u32),
+    global: (Arc<AdapterCounters>, Arc<PortCounters>, Arc<Segment>, u32),
+    nic: Arc<NicCounters>,
+}
+
+/// A handle to a device running on another thread: stop it, swap its
+/// function, read its counters.
+#[derive(Clone)]
+pub struct DeviceHandle {
+    shared: Arc<Shared>,
+}
+
+impl DeviceHandle {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    /// Asks the device's loop to return (wakes it if asleep).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+    /// Replaces the running function; takes effect at the next poll round.
+    pub fn replace_function(&self, f: Box<dyn Function>) {
+        *self.shared.replace.lock() = Some(f);
+        self.wake();
+    }
+    fn wake(&self) {
+        for (_, _, seg, port) in [&self.shared.local, &self.shared.global] {
+            seg.ring_doorbell(*port);
+        }
+    }
+    /// Has the function finished its job (see [`Function::finished`])?
+    pub fn finished(&self) -> bool {
+        self.shared.finished.load(Ordering::SeqCst)
+    }
+    /// Report lines the function produced so far (drained).
+    pub fn take_report(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.reports.lock())
+    }
+    /// A snapshot of the counters (function counters as of the last round).
+    pub fn stats(&self) -> DeviceStats {
+        stats_of(&self.shared)
+    }
+}
+
+fn stats_of(s: &Shared) -> DeviceStats {
+    let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let n = &s.nic;
+    DeviceStats {
+        name: s.name.clone(),
+        function: s.function_name.lock().clone(),
+        local: crate::adapters::adapter_stats(&s.local.0, &s.local.1),
+        global: crate::adapters::adapter_stats(&s.global.0, &s.global.1),
+        routed_local: l(&n.routed_local),
+        routed_global: l(&n.routed_global),
+        ingress_dropped: l(&n.ingress_dropped),
+        egress_dropped: l(&n.egress_dropped),
+        redirected: l(&n.redirected),
+        consumed: l(&n.consumed),
+        oversize: l(&n.oversize),
+        mss_clamped: l(&n.mss_clamped),
+        function_counters: s.function_counters.lock().clone(),
+    }
+}
+
+/// A network device: its own stack, two adapters, one function.
+pub struct Device {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    nic: Nic,
+    clock: std::time::Instant,
+    shared: Arc<Shared>,
+    last_sweep: std::time::Instant,
+}
+
+fn attach<R: crate::adapters::RoleMarker>(
+    name: &str,
+    net: &NetworkSettings,
+    kind: SegmentKind,
+    mac: [u8; 6],
+    which: &'static str,
+) -> Result<crate::adapters::Adapter<R>, DeviceError> {
+    let err = |source: AdapterError| DeviceError::Network {
+        device: name.into(),
+        network: which,
+        source,
+    };
+    let seg = Segment::open_or_create(&net.segment, kind, &net.params()).map_err(|e| err(e.into()))?;
+    let info = PortInfo {
+        name: format!("{name}/{which}"),
+        mac,
+        ipv4: Some(net.v4.address().octets()),
+        ipv6: net.v6.map(|c| c.address().octets()),
+    };
+    let opts = AdapterOptions {
+        max_burst_size: net.max_burst,
+        checksums: net.checksums,
+        pcap: net.pcap.clone(),
+    };
+    crate::adapters::Adapter::<R>::attach(&seg, &info, opts).map_err(err)
+}
+
+impl Device {
+    /// Builds a device from validated settings, joining (or creating) its
+    /// two networks' segments of the given kind.
+    pub fn new(cfg: &DeviceSettings, kind: SegmentKind) -> Result<Device, DeviceError> {
+        let function = functions::build(&cfg.function).map_err(|source| DeviceError::Function {
+            device: cfg.name.clone(),
+            source,
+        })?;
+        let local: LocalAdapter = attach(&cfg.name, &cfg.local, kind, cfg.mac, "local")?;
+        let global: GlobalAdapter = attach(&cfg.name, &cfg.global, kind, cfg.mac, "global")?;
+        Self::from_adapters(cfg, local, global, function)
+    }
+
+    /// Builds a device around adapters the caller attached.
+    pub fn from_adapters(
+        cfg: &DeviceSettings,
+        local: LocalAdapter,
+        global: GlobalAdapter,
+        function: Box<dyn Function>,
+    ) -> Result<Device, DeviceError> {
+        let router = Router::new(
+            local.medium(),
+            Some(cfg.local.v4),
+            cfg.local.v6,
+            local.ip_mtu(),
+            global.ip_mtu(),
+        );
+        let ends = |c: &Arc<AdapterCounters>, p: &Arc<PortCounters>, port: &crate::shm::Port| {
+            (Arc::clone(c), Arc::clone(p), Arc::clone(port.segment()), port.index())
+        };
+        let local_end = ends(local.counters(), local.port_counters(), local.port());
+        let global_end = ends(global.counters(), global.port_counters(), global.port());
+        let checksums = cfg.local.checksums || cfg.global.checksums;
+        let medium = local.medium();
+        let function_name = function.name().to_string();
+        let mut nic = Nic::new(local, global, function, router, checksums);
+        let shared = Arc::new(Shared {
+            name: cfg.name.clone(),
+            stop: AtomicBool::new(false),
+            replace: Mutex::new(None),
+            function_name: Mutex::new(function_name),
+            function_counters: Mutex::new(Vec::new()),
+            reports: Mutex::new(Vec::new()),
+            finished: AtomicBool::new(false),
+            local: local_end,
+            global: global_end,
+            nic: Arc::clone(nic.counters()),
+        });
+        let hw = match medium {
+            LinkMedium::Ethernet => HardwareAddress::Ethernet(EthernetAddress(cfg.mac)),
+            LinkMedium::Ip => HardwareAddress::Ip,
+        };
+        let mut config = Config::new(hw);
+        config.random_seed = crc32fast::hash(cfg.name.as_bytes()) as u64
+            ^ (std::process::id() as u64) << 32
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        let clock = std::time::Instant::now();
+        let mut iface = Interface::new(config, &mut nic, Instant::ZERO);
+        let table_full = || DeviceError::AddressTable {
+            device: cfg.name.clone(),
+        };
+        let mut full = false;
+        iface.update_ip_addrs(|a| {
+            let mut push = |c: IpCidr| full |= a.push(c).is_err();
+            push(IpCidr::Ipv4(cfg.local.v4));
+            push(IpCidr::Ipv4(cfg.global.v4));
+            if let Some(c) = cfg.local.v6 {
+                push(IpCidr::Ipv6(c));
+            }
+            if let Some(c) = cfg.global.v6 {
+                push(IpCidr::Ipv6(c));
+            }
+        });
+        if full {
+            return Err(table_full());
+        }
+        if let Some(IpAddress::Ipv4(g)) = cfg.global.gateway {
+            iface.routes_mut().add_default_ipv4_route(g).map_err(|_| table_full())?;
+        }
+        if let Some(IpAddress::Ipv6(g)) = cfg.global.gateway6 {
+            iface.routes_mut().add_default_ipv6_route(g).map_err(|_| table_full())?;
+        }
+        let mut dev = Device {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            nic,
+            clock,
+            shared,
+            last_sweep: clock,
+        };
+        let now = dev.now();
+        let mut cx = SocketContext {
+            now,
+            iface: &mut dev.iface,
+            sockets: &mut dev.sockets,
+        };
+        dev.nic.function.attach(&mut cx);
+        Ok(dev)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Device time (smoltcp's clock starts at device creation).
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.clock.elapsed().as_micros() as i64)
+    }
+
+    pub fn iface(&mut self) -> &mut Interface {
+        &mut self.iface
+    }
+    pub fn sockets(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+    /// Interface and sockets at once (e.g. to `connect` a TCP socket).
+    pub fn parts(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
+        (&mut self.iface, &mut self.sockets)
+    }
+    pub fn nic(&self) -> &Nic {
+        &self.nic
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> DeviceHandle {
+        DeviceHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DeviceStats {
+        *self.shared.function_counters.lock() = self.nic.function.counters();
+        stats_of(&self.shared)
+    }
+
+    /// Replaces the function now: the old one closes its sockets, the new
+    /// one opens its own.
+    pub fn replace_function(&mut self, mut f: Box<dyn Function>) {
+        let now = self.now();
+        let mut cx = SocketContext {
+            now,
+            iface: &mut self.iface,
+            sockets: &mut self.sockets,
+        };
+        self.nic.function.detach(&mut cx);
+        f.attach(&mut cx);
+        log::info!("device {}: function {} -> {}", self.shared.name, self.nic.function.name(), f.name());
+        *self.shared.function_name.lock() = f.name().into();
+        self.nic.function = f;
+        self.shared.finished.store(false, Ordering::SeqCst);
+    }
+
+    /// One round: stack, function, flush. Returns whether anything moved.
+    pub fn poll(&mut self) -> bool {
+        let pending = self.shared.replace.lock().take();
+        if let Some(f) = pending {
+            self.replace_function(f);
+        }
+        let now = self.now();
+        self.nic.begin_round(now);
+        let before = self.nic.frames_moved();
+        let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets) == PollResult::SocketStateChanged;
+        let mut cx = SocketContext {
+            now,
+            iface: &mut self.iface,
+            sockets: &mut self.sockets,
+        };
+        let worked = self.nic.function.poll(&mut cx);
+        if worked {
+            self.iface.poll_egress(now, &mut self.nic, &mut self.sockets);
+        }
+        self.nic.flush();
+        let f = &mut self.nic.function;
+        let report = f.take_report();
+        if !report.is_empty() {
+            self.shared.reports.lock().extend(report);
+        }
+        if f.finished() != self.shared.finished.load(Ordering::Relaxed) {
+            self.shared.finished.store(f.finished(), Ordering::SeqCst);
+        }
+        changed || worked || self.nic.frames_moved() != before
+    }
+
+    /// Sleeps until a peer sends, a stack timer is due, or `max` passes.
+    pub fn wait(&mut self, max: Duration) {
+        let now = self.now();
+        let mut delay = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .unwrap_or(max)
+            .min(max);
+        if let Some(at) = self.nic.function.poll_at() {
+            delay = delay.min(Duration::from_micros((at - now).total_micros()));
+        }
+        if delay.is_zero() {
+            return;
+        }
+        self.nic.wait(Some(delay));
+    }
+
+    fn maintenance(&mut self) {
+        if self.last_sweep.elapsed() < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = std::time::Instant::now();
+        self.nic.local().port().segment().sweep_dead();
+        self.nic.global().port().segment().sweep_dead();
+        *self.shared.function_counters.lock() = self.nic.function.counters();
+    }
+
+    /// Runs the device until `app` returns `true` or [`DeviceHandle::stop`]
+    /// is called. `app` runs after every round with the device (its sockets,
+    /// interface and stats) and returns whether it is done.
+    pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
+        let mut last_progress = std::time::Instant::now();
+        let mut yields = 0u32;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let progress = self.poll();
+            if app(self) {
+                break;
+            }
+            if progress {
+                last_progress = std::time::Instant::now();
+                yields = 0;
+                continue;
+            }
+            if last_progress.elapsed() < SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            if yields < 8 {
+                yields += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            self.maintenance();
+            self.wait(MAX_SLEEP);
+            last_progress = std::time::Instant::now() - SPIN / 2;
+            yields = 0;
+        }
+        *self.shared.function_counters.lock() = self.nic.function.counters();
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) {
+        self.run_until(|_| false);
+    }
+
+    /// Moves the device to its own thread; returns a handle and the thread.
+    pub fn spawn(mut self) -> (DeviceHandle, std::thread::JoinHandle<Device>) {
+        let h = self.handle();
+        let t = std::thread::Builder::new()
+            .name(format!("dev-{}", self.name()))
+            .spawn(move || {
+                self.run();
+                self
+            })
+            .expect("spawn device thread");
+        (h, t)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let now = self.now();
+        let mut cx = SocketContext {
+            now,
+            iface: &mut self.iface,
+            sockets: &mut self.sockets,
+        };
+        self.nic.function.detach(&mut cx);
+    }
+}
+
+/// Turns a facility error into an adapter error (for callers of `attach`).
+impl From<ShmError> for DeviceError {
+    fn from(e: ShmError) -> Self {
+        DeviceError::Network {
+            device: String::new(),
+            network: "?",
+            source: e.into(),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The device's interface system: one `phy::Device` that owns both adapters,
+//! runs the function's hooks on every frame and routes each outgoing frame
+//! to the local or the global adapter.
+//!
+//! Routing: a frame whose destination (IP destination; ARP target; NDP
+//! target) lies in the local network's subnet leaves by the local adapter,
+//! everything else by the global adapter (the default route). The Tx token
+//! lends a buffer of the adapter the previous frame went to (flows are long,
+//! so the guess is nearly always right); a wrong guess costs one copy.
+//!
+//! The two networks may have different MTUs while smoltcp has one: the NIC
+//! advertises the larger one and clamps the MSS option of TCP SYNs crossing
+//! the smaller network (in both directions), as routers do with
+//! `--clamp-mss-to-pmtu`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
+
+use crate::adapters::{AdapterCore, GlobalAdapter, LocalAdapter, Role};
+use crate::functions::{Frame, Function, Verdict};
+use crate::shm::LinkMedium;
+
+/// Counters of the interface system.
+#[derive(Debug, Default)]
+pub struct NicCounters {
+    pub routed_local: AtomicU64,
+    pub routed_global: AtomicU64,
+    /// Frames the function dropped on ingress / egress.
+    pub ingress_dropped: AtomicU64,
+    pub egress_dropped: AtomicU64,
+    /// Frames the function consumed or redirected.
+    pub consumed: AtomicU64,
+    pub redirected: AtomicU64,
+    /// Frames larger than the network they were routed to (dropped).
+    pub oversize: AtomicU64,
+    /// TCP SYNs whose MSS was clamped to a smaller network.
+    pub mss_clamped: AtomicU64,
+    /// Frames received by either adapter / sent by the stack.
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+}
+
+/// Decides which network a frame belongs to.
+#[derive(Debug, Clone)]
+pub struct Router {
+    medium: LinkMedium,
+    local_v4: Option<Ipv4Cidr>,
+    local_v6: Option<Ipv6Cidr>,
+    /// IP MTU of each network.
+    local_mtu: usize,
+    global_mtu: usize,
+}
+
+impl Router {
+    pub fn new(
+        medium: LinkMedium,
+        local_v4: Option<Ipv4Cidr>,
+        local_v6: Option<Ipv6Cidr>,
+        local_mtu: usize,
+        global_mtu: usize,
+    ) -> Router {
+        Router {
+            medium,
+            local_v4,
+            local_v6,
+            local_mtu,
+            global_mtu,
+        }
+    }
+
+    fn l2(&self) -> usize {
+        match self.medium {
+            LinkMedium::Ethernet => 14,
+            LinkMedium::Ip => 0,
+        }
+    }
+
+    /// The network a frame goes to. Frames too short to tell go local.
+    pub fn route(&self, frame: &[u8]) -> Role {
+        let local4 = |a: &[u8]| {
+            let a = Ipv4Address::from_octets(a.try_into().unwrap_or([0; 4]));
+            self.local_v4.is_some_and(|c| c.contains_addr(&a))
+        };
+        let local6 = |a: &[u8]| {
+            let a = Ipv6Address::from_octets(a.try_into().unwrap_or([0; 16]));
+            self.local_v6.is_some_and(|c| c.contains_addr(&a))
+        };
+        let pick = |is_local: bool| if is_local { Role::Local } else { Role::Global };
+        let (ethertype, ip) = match self.medium {
+            LinkMedium::Ethernet => match frame.get(12..14) {
+                Some(t) => (u16::from_be_bytes([t[0], t[1]]), &frame[14..]),
+                None => return Role::Local,
+            },
+            LinkMedium::Ip => match frame.first().map(|b| b >> 4) {
+                Some(4) => (0x0800, frame),
+                Some(6) => (0x86dd, frame),
+                _ => return Role::Local,
+            },
+        };
+        match ethertype {
+            0x0800 => ip.get(16..20).map_or(Role::Local, |d| pick(local4(d))),
+            // ARP: route by the target protocol address.
+            0x0806 => ip.get(24..28).map_or(Role::Local, |t| pick(local4(t))),
+            0x86dd => {
+                let Some(dst) = ip.get(24..40) else {
+                    return Role::Local;
+                };
+                if dst[0] == 0xff {
+                    // Multicast: neighbour solicitations go where their
+                    // target is; other multicast stays local.
+                    if ip.get(6) == Some(&58) && ip.get(40) == Some(&135) {
+                        return ip.get(48..64).map_or(Role::Local, |t| pick(local6(t)));
+                    }
+                    return Role::Local;
+                }
+                pick(local6(dst))
+            }
+            _ => Role::Local,
+        }
+    }
+
+    fn mtu(&self, role: Role) -> usize {
+        match role {
+            Role::Local => self.local_mtu,
+            Role::Global => self.global_mtu,
+        }
+    }
+
+    /// Clamps the MSS of a TCP SYN crossing `role`'s network if that network
+    /// is the smaller one. Returns whether the frame changed.
+    pub fn clamp_mss(&self, frame: &mut [u8], role: Role) -> bool {
+        if self.local_mtu == self.global_mtu {
+            return false;
+        }
+        let mtu = self.mtu(role);
+        let l2 = self.l2();
+        if self.medium == LinkMedium::Ethernet {
+            match frame.get(12..14) {
+                Some([0x08, 0x00]) | Some([0x86, 0xdd]) => {}
+                _ => return false,
+            }
+        }
+        let Some(ip) = frame.get_mut(l2..) else {
+            return false;
+        };
+        let (tcp_off, ip_hdr) = match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.len() >= 20 && ip[9] == 6 => ((ip[0] & 0xf) as usize * 4, 20),
+            Some(6) if ip.len() >= 40 && ip[6] == 6 => (40, 40),
+            _ => return false,
+        };
+        let max_mss = mtu.saturating_sub(ip_hdr + 20).min(u16::MAX as usize) as u16;
+        clamp_tcp_mss(ip.get_mut(tcp_off..).unwrap_or_default(), max_mss)
+    }
+}
+
+/// Lowers the MSS option of a TCP SYN segment to `max_mss`, fixing the
+/// checksum incrementally (RFC 1624). Returns whether it changed anything.
+pub fn clamp_tcp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
+    if tcp.len() < 20 || tcp[13] & 0x02 == 0 {
+        return false;
+    }
+    let hdr = ((tcp[12] >> 4) as usize * 4).min(tcp.len());
+    let mut i = 20;
+    while i < hdr {
+        match tcp[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&len) = tcp.get(i + 1) else { break };
+                let len = len as usize;
+                if len < 2 || i + len > hdr {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
+                    if old <= max_mss {
+                        return false;
+                    }
+                    tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+                    if ck != 0 {
+                        // HC' = ~(~HC + ~m + m')
+                        let mut sum = (!ck) as u32 + (!old) as u32 + max_mss as u32;
+                        while sum > 0xffff {
+                            sum = (sum & 0xffff) + (sum >> 16);
+                        }
+                        tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                    }
+                    return true;
+                }
+                i += len;
+            }
+        }
+    }
+    false
+}
+
+/// The device's single smoltcp `phy::Device`.
+pub struct Nic {
+    pub(crate) local: LocalAdapter,
+    pub(crate) global: GlobalAdapter,
+    pub(crate) function: Box<dyn Function>,
+    router: Router,
+    now: Instant,
+    turn: bool,
+    predicted: Role,
+    counters: Arc<NicCounters>,
+    checksums: bool,
+}
+
+impl Nic {
+    pub fn new(
+        local: LocalAdapter,
+        global: GlobalAdapter,
+        function: Box<dyn Function>,
+        router: Router,
+        checksums: bool,
+    ) -> Nic {
+        Nic {
+            local,
+            global,
+            function,
+            router,
+            now: Instant::ZERO,
+            turn: false,
+            predicted: Role::Local,
+            counters: Arc::default(),
+            checksums,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<NicCounters> {
+        &self.counters
+    }
+    pub fn local(&self) -> &LocalAdapter {
+        &self.local
+    }
+    pub fn global(&self) -> &GlobalAdapter {
+        &self.global
+    }
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Starts a poll round at `now`.
+    pub fn begin_round(&mut self, now: Instant) {
+        self.now = now;
+        self.local.begin_round();
+        self.global.begin_round();
+    }
+
+    /// Pushes queued frames and wakes peers.
+    pub fn flush(&mut self) {
+        self.local.flush();
+        self.global.flush();
+    }
+
+    /// Frames moved so far (for progress detection).
+    pub fn frames_moved(&self) -> u64 {
+        self.counters.frames_in.load(Ordering::Relaxed) + self.counters.frames_out.load(Ordering::Relaxed)
+    }
+
+    /// Sleeps until a peer rings either adapter's doorbell, or `timeout`.
+    pub fn wait(&mut self, timeout: Option<std::time::Duration>) {
+        let local = self.local.port_mut();
+        let global = self.global.port_mut();
+        crate::shm::wait_any(&mut [local, global], timeout);
+    }
+}
+
+/// Ingress: a frame already processed by the function.
+pub struct NicRxToken<'a> {
+    frame: &'a [u8],
+}
+
+impl phy::RxToken for NicRxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.frame)
+    }
+}
+
+/// Egress: lends a buffer of the predicted adapter, then hooks and routes.
+pub struct NicTxToken<'a> {
+    local: &'a mut AdapterCore,
+    global: &'a mut AdapterCore,
+    function: &'a mut dyn Function,
+    router: &'a Router,
+    predicted: &'a mut Role,
+    counters: &'a NicCounters,
+    now: Instant,
+}
+
+impl phy::TxToken for NicTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let pred = *self.predicted;
+        let (pc, oc) = match pred {
+            Role::Local => (self.local, self.global),
+            Role::Global => (self.global, self.local),
+        };
+        let scratch = |f: F, c: &AtomicU64| {
+            c.fetch_add(1, Ordering::Relaxed);
+            let mut s = vec![0u8; len];
+            f(&mut s)
+        };
+        let Some(mut buf) = pc.alloc() else {
+            pc.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
+            let mut s = vec![0u8; len];
+            return f(&mut s);
+        };
+        if len > pc.frame_size() {
+            pc.release(buf);
+            return scratch(f, &self.counters.oversize);
+        }
+        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        let full = pc.buffer_mut(&mut buf);
+        let r = f(&mut full[..len]);
+        let mut frame = Frame::new(full, len);
+        let verdict = self.function.on_egress(self.now, &mut frame);
+        let flen = frame.len();
+        let route = match verdict {
+            Verdict::Drop | Verdict::Consumed => {
+                let c = if verdict == Verdict::Drop {
+                    &self.counters.egress_dropped
+                } else {
+                    &self.counters.consumed
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+                pc.release(buf);
+                return r;
+            }
+            Verdict::Redirect(role) => {
+                self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+                role
+            }
+            Verdict::Pass | Verdict::Modified => self.router.route(&full[..flen]),
+        };
+        if self.router.clamp_mss(&mut full[..flen], route) {
+            self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
+        }
+        match route {
+            Role::Local => &self.counters.routed_local,
+            Role::Global => &self.counters.routed_global,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        if route == pred {
+            pc.commit(buf, flen);
+        } else {
+            *self.predicted = route;
+            match oc.alloc() {
+                Some(mut b2) if flen <= oc.frame_size() => {
+                    let src = &pc.buffer_mut(&mut buf)[..flen];
+                    oc.buffer_mut(&mut b2)[..flen].copy_from_slice(src);
+                    oc.commit(b2, flen);
+                }
+                Some(b2) => {
+                    oc.release(b2);
+                    self.counters.oversize.fetch_add(1, Ordering::Relaxed);
+                }
+                None => {
+                    oc.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            pc.release(buf);
+        }
+        r
+    }
+}
+
+impl phy::Device for Nic {
+    type RxToken<'a> = NicRxToken<'a>;
+    type TxToken<'a> = NicTxToken<'a>;
+
+    fn receive(&mut self, _t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let mut from = None;
+        for _ in 0..2 {
+            self.turn = !self.turn;
+            let role = if self.turn { Role::Local } else { Role::Global };
+            let got = match role {
+                Role::Local => self.local.recv(),
+                Role::Global => self.global.recv(),
+            };
+            if let Some(len) = got {
+                from = Some((role, len));
+                break;
+            }
+        }
+        let (role, len) = from?;
+        self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
+        let (rx, rx_core, other_core) = match role {
+            Role::Local => {
+                let (b, _, c) = self.local.parts();
+                (b, c, self.global.core_mut())
+            }
+            Role::Global => {
+                let (b, _, c) = self.global.parts();
+                (b, c, self.local.core_mut())
+            }
+        };
+        let mut frame = Frame::new(rx, len);
+        let verdict = self.function.on_ingress(self.now, role, &mut frame);
+        let mut flen = frame.len();
+        match verdict {
+            Verdict::Pass | Verdict::Modified => {
+                if self.router.clamp_mss(&mut rx[..flen], role) {
+                    self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Verdict::Drop => {
+                self.counters.ingress_dropped.fetch_add(1, Ordering::Relaxed);
+                flen = 0;
+            }
+            Verdict::Consumed => {
+                self.counters.consumed.fetch_add(1, Ordering::Relaxed);
+                flen = 0;
+            }
+            Verdict::Redirect(to) => {
+                self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+                let out: &mut AdapterCore = if to == role { &mut *rx_core } else { &mut *other_core };
+                match out.alloc() {
+                    Some(mut b) if flen <= out.frame_size() => {
+                        out.buffer_mut(&mut b)[..flen].copy_from_slice(&rx[..flen]);
+                        out.commit(b, flen);
+                    }
+                    Some(b) => {
+                        out.release(b);
+                        self.counters.oversize.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        out.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                flen = 0;
+            }
+        }
+        // An empty frame tells smoltcp "processed" without ending the
+        // ingress loop (returning None would).
+        let (local, global) = match role {
+            Role::Local => (rx_core, other_core),
+            Role::Global => (other_core, rx_core),
+        };
+        Some((
+            NicRxToken { frame: &rx[..flen] },
+            NicTxToken {
+                local,
+                global,
+                function: self.function.as_mut(),
+                router: &self.router,
+                predicted: &mut self.predicted,
+                counters: &self.counters,
+                now: self.now,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<Self::TxToken<'_>> {
+        let ok = match self.predicted {
+            Role::Local => self.local.can_transmit(),
+            Role::Global => self.global.can_transmit(),
+        };
+        if !ok {
+            let c = match self.predicted {
+                Role::Local => self.local.counters(),
+                Role::Global => self.global.counters(),
+            };
+            c.tx_backpressure.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(NicTxToken {
+            local: self.local.core_mut(),
+            global: self.global.core_mut(),
+            function: self.function.as_mut(),
+            router: &self.router,
+            predicted: &mut self.predicted,
+            counters: &self.counters,
+            now: self.now,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = match self.local.medium() {
+            LinkMedium::Ethernet => Medium::Ethernet,
+            LinkMedium::Ip => Medium::Ip,
+        };
+        caps.max_transmission_unit = self.local.frame_mtu().max(self.global.frame_mtu());
+        let l = self.local.capabilities_burst();
+        let g = self.global.capabilities_burst();
+        caps.max_burst_size = match (l, g) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if !self.checksums {
+            caps.checksum = ChecksumCapabilities::ignored();
+        }
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_syn_mss_and_fixes_checksum() {
+        // A TCP SYN header with MSS 65495 and a made-up checksum.
+        let mut tcp = [0u8; 24];
+        tcp[12] = 6 << 4;
+        tcp[13] = 0x02;
+        tcp[16..18].copy_from_slice(&0x1234u16.to_be_bytes());
+        tcp[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]);
+        assert!(clamp_tcp_mss(&mut tcp, 1460));
+        assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xb4]);
+        // One's-complement sum over the changed word balances out.
+        let before = 0x1234u32 + 0xffd7;
+        let after = u16::from_be_bytes([tcp[16], tcp[17]]) as u32 + 1460;
+        let fold = |mut s: u32| {
+            while s > 0xffff {
+                s = (s & 0xffff) + (s >> 16)
+            }
+            s
+        };
+        assert_eq!(fold(before), fold(after));
+        // Not a SYN, or already small: untouched.
+        assert!(!clamp_tcp_mss(&mut tcp, 1460));
+        tcp[13] = 0x10;
+        assert!(!clamp_tcp_mss(&mut tcp, 536));
+        // Truncated options never panic.
+        assert!(!clamp_tcp_mss(&mut [0u8; 10], 536));
+    }
+
+    #[test]
+    fn routes_by_destination() {
+        let r = Router::new(
+            LinkMedium::Ethernet,
+            Some(Ipv4Cidr::new(Ipv4Address::new(10, 0, 0, 0), 24)),
+            None,
+            1500,
+            1500,
+        );
+        let mut f = vec![0u8; 14 + 20];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[30..34].copy_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(r.route(&f), Role::Local);
+        f[30..34].copy_from_slice(&[10, 100, 0, 9]);
+        assert_eq!(r.route(&f), Role::Global);
+        assert_eq!(r.route(&f[..5]), Role::Local);
+    }
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::shm::SegmentKind;
+use shmnet::stack::{Device, DeviceHandle};
+
+/// A device on `lan`/`wan` with the given host numbers, MTUs and function
+/// (a TOML inline table, e.g. `{ kind = "echo" }`).
+pub fn settings(name: &str, lan: &str, wan: &str, host: u8, mtu: u32, function: &str) -> DeviceSettings {
+    settings_mtus(name, lan, wan, host, mtu, mtu, function)
+}
+
+pub fn settings_mtus(
+    name: &str,
+    lan: &str,
+    wan: &str,
+    host: u8,
+    local_mtu: u32,
+    global_mtu: u32,
+    function: &str,
+) -> DeviceSettings {
+    let v6 = if local_mtu >= 1280 { format!(", address6 = \"fd00:1::{host}/64\"") } else { String::new() };
+    let g6 = if global_mtu >= 1280 { format!(", address6 = \"fd00:2::{host}/64\"") } else { String::new() };
+    let text = format!(
+        r#"
+name = "{name}"
+function = {function}
+local = {{ segment = "{lan}", address = "10.0.0.{host}/24", mtu = {local_mtu}{v6} }}
+global = {{ segment = "{wan}", address = "10.100.0.{host}/16", mtu = {global_mtu}{g6} }}
+"#
+    );
+    DeviceConfig::from_toml(&text, name).expect("test config is valid")
+}
+
+/// Starts a device as a thread of this process.
+pub fn spawn(s: &DeviceSettings) -> (DeviceHandle, std::thread::JoinHandle<Device>) {
+    Device::new(s, SegmentKind::Process).expect("device starts").spawn()
+}
+
+/// Waits until `h`'s function finished; returns its report.
+pub fn wait_finished(h: &DeviceHandle, limit: Duration) -> Vec<String> {
+    let t0 = Instant::now();
+    let mut report = Vec::new();
+    while !h.finished() {
+        report.extend(h.take_report());
+        assert!(t0.elapsed() < limit, "{} did not finish: {report:?} {:?}", h.name(), h.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    report.extend(h.take_report());
+    report
+}
+
+/// A unique segment-name prefix per test.
+pub fn unique(tag: &str) -> String {
+    format!("t{}-{tag}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -1,0 +1,47 @@
+//! The data path with devices as threads of one process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn tcp_64mib(mtu: u32) {
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    let server = settings("server", &lan, &wan, 2, mtu, r#"{ kind = "echo", tcp_buffer = 4194304 }"#);
+    let client = settings(
+        "client",
+        &lan,
+        &wan,
+        1,
+        mtu,
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 67108864, timeout_ms = 120000 }"#,
+    );
+    let (sh, st) = spawn(&server);
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(180));
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(report[0].contains("67108864 bytes echoed intact"), "{report:?}");
+    let cs = ch.stats();
+    assert_eq!(cs.local.bad_descriptors + cs.global.bad_descriptors, 0);
+    assert!(cs.routed_local > 0 && cs.routed_global == 0, "{cs:?}");
+    ch.stop();
+    sh.stop();
+    ct.join().unwrap();
+    st.join().unwrap();
+}
+
+#[test]
+fn tcp_64mib_mtu_1500() {
+    tcp_64mib(1500);
+}
+
+#[test]
+fn tcp_64mib_mtu_9000() {
+    tcp_64mib(9000);
+}
+
+#[test]
+fn tcp_64mib_mtu_65535() {
+    tcp_64mib(65535);
+}
