@@ -181,7 +181,10 @@ fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<
 fn explain_parse_error(msg: &str) -> String {
     let msg = msg.trim_end().to_string();
     if msg.contains("unknown variant") {
-        format!("{msg}\n(unknown function; known kinds: {})", functions::KINDS.join(", "))
+        format!(
+            "{msg}\n(unknown function; known kinds: {})",
+            functions::KINDS.join(", ")
+        )
     } else {
         msg
     }
@@ -217,14 +220,20 @@ impl DeviceConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(invalid("name", "use letters, digits, '-', '_' or '.'".into()));
+            return Err(invalid(
+                "name",
+                "use letters, digits, '-', '_' or '.'".into(),
+            ));
         }
         let local = self.local.validate(file, "local")?;
         let global = self.global.validate(file, "global")?;
         if local.segment == global.segment {
             return Err(invalid(
                 "global.segment",
-                format!("{:?} is also the local segment; the two networks must differ", global.segment),
+                format!(
+                    "{:?} is also the local segment; the two networks must differ",
+                    global.segment
+                ),
             ));
         }
         if local.medium != global.medium {
@@ -236,7 +245,10 @@ impl DeviceConfig {
         if cidrs_overlap(&IpCidr::Ipv4(local.v4), &IpCidr::Ipv4(global.v4)) {
             return Err(invalid(
                 "global.address",
-                format!("subnet {} overlaps the local subnet {}", global.v4, local.v4),
+                format!(
+                    "subnet {} overlaps the local subnet {}",
+                    global.v4, local.v4
+                ),
             ));
         }
         if let (Some(a), Some(b)) = (local.v6, global.v6)
@@ -251,7 +263,10 @@ impl DeviceConfig {
         let mac = match &self.mac {
             None => crate::shm::mac_from_name(&self.name),
             Some(s) => parse_mac(s).ok_or_else(|| {
-                invalid("mac", format!("{s:?} is not a unicast MAC like 02:53:00:00:00:01"))
+                invalid(
+                    "mac",
+                    format!("{s:?} is not a unicast MAC like 02:53:00:00:00:01"),
+                )
             })?,
         };
         Ok(DeviceSettings {
@@ -292,51 +307,75 @@ impl NetworkConfig {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
-            return Err(invalid("segment", "use letters, digits, '-', '_' or '.'".into()));
+            return Err(invalid(
+                "segment",
+                "use letters, digits, '-', '_' or '.'".into(),
+            ));
         }
         if !(crate::shm::layout::MTU_MIN..=crate::shm::layout::MTU_MAX).contains(&self.mtu) {
             return Err(invalid(
                 "mtu",
-                format!("{} is out of range: an IP MTU is 576..=65535 bytes", self.mtu),
+                format!(
+                    "{} is out of range: an IP MTU is 576..=65535 bytes",
+                    self.mtu
+                ),
             ));
         }
         let v4 = match self.address.parse::<IpCidr>() {
             Ok(IpCidr::Ipv4(c))
-                if !(c.address().is_multicast() || c.address().is_broadcast() || c.address().is_unspecified()) =>
+                if !(c.address().is_multicast()
+                    || c.address().is_broadcast()
+                    || c.address().is_unspecified()) =>
             {
                 c
             }
             _ => {
                 return Err(invalid(
                     "address",
-                    format!("{:?} is not an IPv4 unicast address with prefix, like 10.0.0.1/24", self.address),
+                    format!(
+                        "{:?} is not an IPv4 unicast address with prefix, like 10.0.0.1/24",
+                        self.address
+                    ),
                 ));
             }
         };
         let v6 = match &self.address6 {
             None => None,
             Some(s) => match s.parse::<IpCidr>() {
-                Ok(IpCidr::Ipv6(c)) if !(c.address().is_multicast() || c.address().is_unspecified()) => {
+                Ok(IpCidr::Ipv6(c))
+                    if !(c.address().is_multicast() || c.address().is_unspecified()) =>
+                {
                     if self.mtu < 1280 {
-                        return Err(invalid("mtu", format!("{} is below IPv6's minimum of 1280", self.mtu)));
+                        return Err(invalid(
+                            "mtu",
+                            format!("{} is below IPv6's minimum of 1280", self.mtu),
+                        ));
                     }
                     Some(c)
                 }
                 _ => {
                     return Err(invalid(
                         "address6",
-                        format!("{s:?} is not an IPv6 unicast address with prefix, like fd00::1/64"),
+                        format!(
+                            "{s:?} is not an IPv6 unicast address with prefix, like fd00::1/64"
+                        ),
                     ));
                 }
             },
         };
-        let gw = |field: &str, s: &Option<String>, want_v4: bool| -> Result<Option<IpAddress>, ConfigError> {
+        let gw = |field: &str,
+                  s: &Option<String>,
+                  want_v4: bool|
+         -> Result<Option<IpAddress>, ConfigError> {
             match s {
                 None => Ok(None),
                 Some(s) => match s.parse::<IpAddr>() {
                     Ok(IpAddr::V4(a)) if want_v4 => Ok(Some(IpAddress::Ipv4(a))),
                     Ok(IpAddr::V6(a)) if !want_v4 => Ok(Some(IpAddress::Ipv6(a))),
-                    _ => Err(invalid(field, format!("{s:?} is not an IPv{} address", if want_v4 { 4 } else { 6 }))),
+                    _ => Err(invalid(
+                        field,
+                        format!("{s:?} is not an IPv{} address", if want_v4 { 4 } else { 6 }),
+                    )),
                 },
             }
         };
@@ -351,10 +390,16 @@ impl NetworkConfig {
             return Err(invalid("max_ports", "must be 2..=1024".into()));
         }
         if self.buffers != 0 && !(16..=65536).contains(&self.buffers) {
-            return Err(invalid("buffers", "must be 0 (automatic) or 16..=65536".into()));
+            return Err(invalid(
+                "buffers",
+                "must be 0 (automatic) or 16..=65536".into(),
+            ));
         }
         if self.max_burst == Some(0) {
-            return Err(invalid("max_burst", "must be at least 1 (or left out)".into()));
+            return Err(invalid(
+                "max_burst",
+                "must be at least 1 (or left out)".into(),
+            ));
         }
         Ok(NetworkSettings {
             segment: self.segment.clone(),
@@ -457,10 +502,13 @@ impl Topology {
                 files.push(Some(p));
             } else {
                 let where_ = format!("{file} (device[{i}])");
-                let cfg: DeviceConfig = v.clone().try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
-                    file: where_.clone(),
-                    message: explain_parse_error(&e.to_string()),
-                })?;
+                let cfg: DeviceConfig =
+                    v.clone()
+                        .try_into()
+                        .map_err(|e: toml::de::Error| ConfigError::Parse {
+                            file: where_.clone(),
+                            message: explain_parse_error(&e.to_string()),
+                        })?;
                 devices.push(cfg.validate(&where_)?);
                 files.push(None);
             }
@@ -508,17 +556,25 @@ mtu = 9000
     }
 
     fn err(text: &str) -> String {
-        DeviceConfig::from_toml(text, "dev.toml").unwrap_err().to_string()
+        DeviceConfig::from_toml(text, "dev.toml")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn errors_name_file_field_and_problem() {
         let e = err(&GOOD.replace("segment = \"l\"\n", ""));
-        assert!(e.contains("dev.toml") && e.contains("missing field `segment`"), "{e}");
+        assert!(
+            e.contains("dev.toml") && e.contains("missing field `segment`"),
+            "{e}"
+        );
         let e = err(&GOOD.replace("mtu = 9000", "mtu = 70000"));
         assert!(e.contains("global.mtu") && e.contains("576..=65535"), "{e}");
         let e = err(&GOOD.replace("10.1.0.1/16", "10.0.0.7/16"));
-        assert!(e.contains("global.address") && e.contains("overlaps"), "{e}");
+        assert!(
+            e.contains("global.address") && e.contains("overlaps"),
+            "{e}"
+        );
         let e = err(&format!("{GOOD}\n[function]\nkind = \"teleport\"\n"));
         assert!(e.contains("teleport") && e.contains("known kinds"), "{e}");
         let e = err(&GOOD.replace("10.0.0.1/24", "banana"));

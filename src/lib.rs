@@ -8,8 +8,10 @@
 //! TOML files; [`bench`] measures against the kernel path.
 #![deny(unsafe_code)]
 
-pub mod shm;
 pub mod adapters;
+pub mod bench;
 pub mod config;
 pub mod functions;
+pub mod shm;
 pub mod stack;
+pub mod topology;

@@ -1,1 +1,180 @@
-fn main(){}
+//! The `shmnet` command: run a topology, run one device, benchmark.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shmnet::config::{DeviceConfig, RunMode};
+use shmnet::shm::SegmentKind;
+use shmnet::stack::{Device, DeviceStats};
+use shmnet::topology::{RunOptions, run_file};
+
+#[derive(Parser)]
+#[command(
+    name = "shmnet",
+    version,
+    about = "Network devices with their own TCP/IP stacks, talking over shared memory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every device of a topology file (as threads of this process by default).
+    Run {
+        topology: PathBuf,
+        /// Stop after this many seconds (default: when every probe is done,
+        /// or on Ctrl-C if there is none).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Run devices as threads (default) or as separate processes.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<RunMode>,
+        /// Print each device's counters at the end.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Run one device as its own process, joining its networks' shared
+    /// segments by name.
+    Device {
+        config: PathBuf,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
+    /// Measure shmnet against the kernel path; prints one JSON object per result.
+    Bench(shmnet::bench::BenchCli),
+    /// The far end of a process-mode benchmark (internal).
+    #[command(hide = true)]
+    BenchPeer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<RunMode, String> {
+    match s {
+        "thread" => Ok(RunMode::Thread),
+        "process" => Ok(RunMode::Process),
+        _ => Err(format!("{s:?}: use thread or process")),
+    }
+}
+
+fn print_stats(s: &DeviceStats) {
+    println!(
+        "{} [{}]: routed local {} global {}; dropped in {} out {}; oversize {}; mss clamped {}",
+        s.name,
+        s.function,
+        s.routed_local,
+        s.routed_global,
+        s.ingress_dropped,
+        s.egress_dropped,
+        s.oversize,
+        s.mss_clamped
+    );
+    for (net, a) in [("local", &s.local), ("global", &s.global)] {
+        let nonzero: Vec<String> = a
+            .pairs()
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "  {net:6} {}",
+            if nonzero.is_empty() {
+                "idle".into()
+            } else {
+                nonzero.join(" ")
+            }
+        );
+    }
+    if !s.function_counters.is_empty() {
+        let f: Vec<String> = s
+            .function_counters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!("  {:6} {}", "fn", f.join(" "));
+    }
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Cmd::Run {
+            topology,
+            duration,
+            mode,
+            stats,
+        } => {
+            let opts = RunOptions {
+                duration: duration.map(Duration::from_secs_f64),
+                mode,
+            };
+            match run_file(&topology, &opts, |line| println!("{line}")) {
+                Ok(out) => {
+                    if stats || !out.stats.is_empty() {
+                        for s in &out.stats {
+                            print_stats(s);
+                        }
+                    }
+                    if out.ok { 0 } else { 1 }
+                }
+                Err(e) => {
+                    eprintln!("shmnet run: {e}");
+                    2
+                }
+            }
+        }
+        Cmd::Device { config, duration } => {
+            run_device(&config, duration.map(Duration::from_secs_f64))
+        }
+        Cmd::Bench(args) => shmnet::bench::main(&args),
+        Cmd::BenchPeer { args } => shmnet::bench::peer_main(&args),
+    };
+    std::process::exit(code);
+}
+
+fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
+    let cfg = match DeviceConfig::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shmnet device: {e}");
+            return 2;
+        }
+    };
+    let mut dev = match Device::new(&cfg, SegmentKind::Host) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("shmnet device: {e}");
+            return 2;
+        }
+    };
+    println!(
+        "device {} ready: local {} on {} (port {}), global {} on {} (port {}), pid {}",
+        cfg.name,
+        cfg.local.v4,
+        cfg.local.segment,
+        dev.nic().local().port().index(),
+        cfg.global.v4,
+        cfg.global.segment,
+        dev.nic().global().port().index(),
+        std::process::id()
+    );
+    let started = std::time::Instant::now();
+    let mut failed = false;
+    dev.run_until(|d| {
+        let h = d.handle();
+        for line in h.take_report() {
+            failed |=
+                line.contains("timed out") || line.contains("CORRUPTED") || line.contains("cannot");
+            println!("{}: {line}", cfg.name);
+        }
+        h.finished() || duration.is_some_and(|t| started.elapsed() >= t)
+    });
+    print_stats(&dev.stats());
+    if failed { 1 } else { 0 }
+}

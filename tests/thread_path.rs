@@ -8,7 +8,14 @@ use common::*;
 
 fn tcp_64mib(mtu: u32) {
     let (lan, wan) = (unique("lan"), unique("wan"));
-    let server = settings("server", &lan, &wan, 2, mtu, r#"{ kind = "echo", tcp_buffer = 4194304 }"#);
+    let server = settings(
+        "server",
+        &lan,
+        &wan,
+        2,
+        mtu,
+        r#"{ kind = "echo", tcp_buffer = 4194304 }"#,
+    );
     let client = settings(
         "client",
         &lan,
@@ -21,7 +28,10 @@ fn tcp_64mib(mtu: u32) {
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(180));
     assert_eq!(report.len(), 1, "{report:?}");
-    assert!(report[0].contains("67108864 bytes echoed intact"), "{report:?}");
+    assert!(
+        report[0].contains("67108864 bytes echoed intact"),
+        "{report:?}"
+    );
     let cs = ch.stats();
     assert_eq!(cs.local.bad_descriptors + cs.global.bad_descriptors, 0);
     assert!(cs.routed_local > 0 && cs.routed_global == 0, "{cs:?}");

@@ -30,7 +30,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium, PcapLinkType, PcapSink};
+use smoltcp::phy::{
+    self, ChecksumCapabilities, DeviceCapabilities, Medium, PcapLinkType, PcapSink,
+};
 use smoltcp::time::Instant;
 
 use crate::shm::{LinkMedium, Peer, Port, PortInfo, Segment, ShmError, TxBuf};
@@ -253,7 +255,10 @@ impl<R: RoleMarker> Adapter<R> {
         loop {
             let (len, _src) = self.core.port.recv_into(&mut self.rx_buf)?;
             if len < self.link_header_len().max(1) {
-                self.core.counters.rx_malformed.fetch_add(1, Ordering::Relaxed);
+                self.core
+                    .counters
+                    .rx_malformed
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             self.burst_used += 1;
@@ -448,7 +453,9 @@ impl AdapterCore {
             return;
         }
         self.counters.tx_frames.fetch_add(1, Ordering::Relaxed);
-        self.counters.tx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.counters
+            .tx_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         self.port.send(buf, len, to);
     }
 

@@ -97,8 +97,12 @@ impl Function for Echo {
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
+        // Listen at once: a SYN processed before the first `poll` would
+        // otherwise be refused.
         for _ in 0..self.cfg.connections {
-            self.tcp.push(cx.sockets.add(tcp_socket(self.cfg.tcp_buffer)));
+            let mut s = tcp_socket(self.cfg.tcp_buffer);
+            let _ = s.listen(self.cfg.port);
+            self.tcp.push(cx.sockets.add(s));
         }
         let mut u = udp_socket(64, 256 * 1024);
         if u.bind(self.cfg.port).is_ok() {
@@ -300,7 +304,8 @@ impl Function for Probe {
             self.port = self.port.wrapping_add(1).max(40000);
             match self.jobs[self.next] {
                 Job::Tcp(ep) => {
-                    let mut s = tcp_socket((self.cfg.bytes.clamp(64 * 1024, 4 << 20)).next_power_of_two());
+                    let mut s =
+                        tcp_socket((self.cfg.bytes.clamp(64 * 1024, 4 << 20)).next_power_of_two());
                     if let Err(e) = s.connect(cx.iface.context(), ep, self.port) {
                         self.finish(cx, format!("tcp {ep}: cannot connect: {e}"), false);
                         return true;
@@ -328,7 +333,15 @@ impl Function for Probe {
         let elapsed = now - self.started;
         let mut progress = false;
         match (&mut self.step, &self.jobs[self.next]) {
-            (Step::Tcp { h, sent, recvd, intact }, Job::Tcp(ep)) => {
+            (
+                Step::Tcp {
+                    h,
+                    sent,
+                    recvd,
+                    intact,
+                },
+                Job::Tcp(ep),
+            ) => {
                 let ep = *ep;
                 let s = cx.sockets.get_mut::<tcp::Socket>(*h);
                 while s.can_send() && *sent < total {
@@ -373,17 +386,38 @@ impl Function for Probe {
                     self.finish(cx, line, ok);
                     return true;
                 }
+                if s.state() == tcp::State::Closed && *sent == 0 && elapsed <= timeout {
+                    // Refused (the server may not be up yet): try again.
+                    let _ = s.connect(cx.iface.context(), ep, self.port);
+                    progress = true;
+                }
                 if elapsed > timeout {
-                    let line = format!("tcp {ep}: timed out after {recvd} of {total} bytes ({:?})", s.state());
+                    let line = format!(
+                        "tcp {ep}: timed out after {recvd} of {total} bytes ({:?})",
+                        s.state()
+                    );
                     self.finish(cx, line, false);
                     return true;
                 }
             }
-            (Step::Udp { h, sent, got, last_send }, Job::Udp(ep)) => {
+            (
+                Step::Udp {
+                    h,
+                    sent,
+                    got,
+                    last_send,
+                },
+                Job::Udp(ep),
+            ) => {
                 let ep = *ep;
                 let s = cx.sockets.get_mut::<udp::Socket>(*h);
                 while let Ok((n, _)) = s.recv_slice(&mut self.scratch) {
-                    if n == 64 && self.scratch[..64].iter().enumerate().all(|(i, b)| *b == pattern_byte(i as u64)) {
+                    if n == 64
+                        && self.scratch[..64]
+                            .iter()
+                            .enumerate()
+                            .all(|(i, b)| *b == pattern_byte(i as u64))
+                    {
                         *got += 1;
                     }
                     progress = true;

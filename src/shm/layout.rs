@@ -539,8 +539,11 @@ mod tests {
         let g = geo();
         let mut buf = vec![0u8; HEADER_LEN];
         g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
-        let back = HeaderRepr::parse(&SegmentHeader::new_checked(&buf[..]).unwrap(), g.total_len as usize)
-            .unwrap();
+        let back = HeaderRepr::parse(
+            &SegmentHeader::new_checked(&buf[..]).unwrap(),
+            g.total_len as usize,
+        )
+        .unwrap();
         assert_eq!(back, g);
         assert_eq!(g.frame_size, 1536);
         assert_eq!(g.ring_slots, 64);
@@ -552,7 +555,10 @@ mod tests {
         let mut buf = vec![0u8; HEADER_LEN];
         g.emit(&mut SegmentHeader::new_unchecked(&mut buf[..]));
         let h = SegmentHeader::new_unchecked(&buf[..]);
-        assert!(matches!(HeaderRepr::parse(&h, usize::MAX), Err(ShmError::NotReady)));
+        assert!(matches!(
+            HeaderRepr::parse(&h, usize::MAX),
+            Err(ShmError::NotReady)
+        ));
         g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
         // Mapping smaller than the header claims.
         assert!(matches!(
@@ -592,7 +598,15 @@ mod tests {
         NativeEndian::write_u32(&mut bytes[12..], 7);
         let d = Descriptor::new_checked(&bytes[..]).unwrap();
         let r = DescriptorRepr::parse(&d, &g, 3).unwrap();
-        assert_eq!(r, DescriptorRepr { region: 3, buffer: 2, length: 60, metadata: 7 });
+        assert_eq!(
+            r,
+            DescriptorRepr {
+                region: 3,
+                buffer: 2,
+                length: 60,
+                metadata: 7
+            }
+        );
         let mut out = [0u8; 16];
         r.emit(&mut Descriptor::new_unchecked(&mut out[..]), &g);
         assert_eq!(out, bytes);

@@ -12,6 +12,10 @@ use super::layout::{
 };
 use super::segment::{Segment, split};
 
+/// Reclaim finished buffers once this few are left (callers may keep a
+/// reserve of up to this many for replies).
+const LOW_WATER: usize = 16;
+
 /// A peer port as the sender knows it: index plus the epoch it was attached
 /// at, so a frame never goes to a different device reusing the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,7 +99,10 @@ impl Port {
             inbound: Vec::new(),
             rr: 0,
             port_gen: seg.port_generation().load(Ordering::Acquire),
-            link_gen: seg.link_generation().load(Ordering::Acquire).wrapping_sub(1),
+            link_gen: seg
+                .link_generation()
+                .load(Ordering::Acquire)
+                .wrapping_sub(1),
             counters: Arc::default(),
             seg,
         };
@@ -139,7 +146,7 @@ impl Port {
     /// Number of free transmit buffers (after reclaiming finished ones if
     /// none are free).
     pub fn free_buffers(&mut self) -> usize {
-        if self.free.is_empty() {
+        if self.free.len() <= LOW_WATER {
             self.reclaim();
         }
         self.free.len()
@@ -147,7 +154,7 @@ impl Port {
 
     /// Takes a free buffer, or `None` if all are in flight (back-pressure).
     pub fn alloc(&mut self) -> Option<TxBuf> {
-        if self.free.is_empty() {
+        if self.free.len() <= LOW_WATER {
             self.reclaim();
         }
         match self.free.pop() {
@@ -250,7 +257,9 @@ impl Port {
     }
 
     fn try_push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
-        let tail = self.ring_u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+        let tail = self
+            .ring_u32(link.ring, ring_field::TAIL)
+            .load(Ordering::Acquire);
         let used = link.head.wrapping_sub(tail);
         if used >= self.slots {
             if used > self.slots {
@@ -283,7 +292,9 @@ impl Port {
             let Some(mut link) = self.out[i].take() else {
                 continue;
             };
-            let tail = self.ring_u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let tail = self
+                .ring_u32(link.ring, ring_field::TAIL)
+                .load(Ordering::Acquire);
             let mut done = tail.wrapping_sub(link.tail_seen) as usize;
             if done > link.inflight.len() {
                 // A consumer claiming more than we sent is corrupt; trust only
@@ -303,7 +314,11 @@ impl Port {
 
     fn drop_out_link(&mut self, idx: usize) {
         if let Some(link) = self.out[idx].take() {
-            for b in link.inflight.iter().chain(link.backlog.iter().map(|(b, _)| b)) {
+            for b in link
+                .inflight
+                .iter()
+                .chain(link.backlog.iter().map(|(b, _)| b))
+            {
                 let r = &mut self.refs[*b as usize];
                 *r = r.saturating_sub(1);
                 if *r == 0 {
@@ -340,7 +355,9 @@ impl Port {
                 live
             });
             let reset = (before - self.inbound.len()) as u64;
-            self.counters.links_reset.fetch_add(reset, Ordering::Relaxed);
+            self.counters
+                .links_reset
+                .fetch_add(reset, Ordering::Relaxed);
         }
         let lg = self.seg.link_generation().load(Ordering::Acquire);
         if lg != self.link_gen {
@@ -358,13 +375,18 @@ impl Port {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
             if state != STATE_ACTIVE
                 || seg.link_u32(l, link_field::DST).load(Ordering::Relaxed) != self.index
-                || seg.link_u32(l, link_field::DST_EPOCH).load(Ordering::Relaxed) != self.epoch
+                || seg
+                    .link_u32(l, link_field::DST_EPOCH)
+                    .load(Ordering::Relaxed)
+                    != self.epoch
             {
                 continue;
             }
             let src = Peer {
                 index: seg.link_u32(l, link_field::SRC).load(Ordering::Relaxed),
-                epoch: seg.link_u32(l, link_field::SRC_EPOCH).load(Ordering::Relaxed),
+                epoch: seg
+                    .link_u32(l, link_field::SRC_EPOCH)
+                    .load(Ordering::Relaxed),
             };
             if src.index >= g.max_ports || src.index == self.index {
                 continue;
@@ -378,7 +400,10 @@ impl Port {
                 .iter()
                 .find(|o| o.link == link && o.serial == serial)
                 .map(|o| o.tail)
-                .unwrap_or_else(|| self.ring_u32(ring, ring_field::TAIL).load(Ordering::Acquire));
+                .unwrap_or_else(|| {
+                    self.ring_u32(ring, ring_field::TAIL)
+                        .load(Ordering::Acquire)
+                });
             self.inbound.push(InLink {
                 src,
                 link,
@@ -400,13 +425,17 @@ impl Port {
             let i = (self.rr + k) % n;
             loop {
                 let link = &self.inbound[i];
-                let head = self.ring_u32(link.ring, ring_field::HEAD).load(Ordering::Acquire);
+                let head = self
+                    .ring_u32(link.ring, ring_field::HEAD)
+                    .load(Ordering::Acquire);
                 let avail = head.wrapping_sub(link.tail);
                 if avail == 0 {
                     break;
                 }
                 if avail > self.slots
-                    || self.ring_u32(link.ring, ring_field::COOKIE).load(Ordering::Relaxed)
+                    || self
+                        .ring_u32(link.ring, ring_field::COOKIE)
+                        .load(Ordering::Relaxed)
                         != RING_COOKIE
                 {
                     // Garbage indices: resynchronise to the producer's head
@@ -436,7 +465,9 @@ impl Port {
                         Some(r.length as usize)
                     }
                     _ => {
-                        self.counters.bad_descriptors.fetch_add(1, Ordering::Relaxed);
+                        self.counters
+                            .bad_descriptors
+                            .fetch_add(1, Ordering::Relaxed);
                         None
                     }
                 };
@@ -463,7 +494,9 @@ impl Port {
             return true;
         }
         self.inbound.iter().any(|l| {
-            self.ring_u32(l.ring, ring_field::HEAD).load(Ordering::Acquire) != l.tail
+            self.ring_u32(l.ring, ring_field::HEAD)
+                .load(Ordering::Acquire)
+                != l.tail
         })
     }
 
@@ -493,7 +526,8 @@ impl Port {
         } else {
             self.check_generations();
         }
-        let any = self.out.iter().flatten().any(|l| l.pushed) || self.inbound.iter().any(|l| l.consumed);
+        let any =
+            self.out.iter().flatten().any(|l| l.pushed) || self.inbound.iter().any(|l| l.consumed);
         if !any {
             return;
         }
@@ -543,10 +577,18 @@ impl Port {
 impl Segment {
     /// Rings `port`'s doorbell if its owner sleeps.
     pub(crate) fn wake_port(&self, port: u32) {
-        if self.port_u32(port, port_field::SLEEPING).load(Ordering::SeqCst) != 0 {
+        if self
+            .port_u32(port, port_field::SLEEPING)
+            .load(Ordering::SeqCst)
+            != 0
+        {
             let bell = self.port_u32(port, port_field::DOORBELL);
             bell.fetch_add(1, Ordering::AcqRel);
-            let _ = rustix::thread::futex::wake(bell, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+            let _ = rustix::thread::futex::wake(
+                bell,
+                rustix::thread::futex::Flags::empty(),
+                i32::MAX as u32,
+            );
         }
     }
 }
@@ -560,7 +602,11 @@ impl Segment {
         }
         let bell = self.port_u32(port, port_field::DOORBELL);
         bell.fetch_add(1, Ordering::AcqRel);
-        let _ = rustix::thread::futex::wake(bell, rustix::thread::futex::Flags::empty(), i32::MAX as u32);
+        let _ = rustix::thread::futex::wake(
+            bell,
+            rustix::thread::futex::Flags::empty(),
+            i32::MAX as u32,
+        );
     }
 }
 

@@ -96,13 +96,14 @@ impl Region {
     /// Opens and maps an existing named object, whole.
     pub(crate) fn open_named(name: &str) -> Result<Region, ShmError> {
         let path = object_name(name);
-        let fd = shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
-            rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
-            e => ShmError::Io {
-                what: format!("open {path}"),
-                source: e.into(),
-            },
-        })?;
+        let fd =
+            shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
+                rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
+                e => ShmError::Io {
+                    what: format!("open {path}"),
+                    source: e.into(),
+                },
+            })?;
         let st = rustix::fs::fstat(&fd).map_err(|e| ShmError::Io {
             what: format!("stat {path}"),
             source: e.into(),

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::ShmError;
 use super::layout::{
     HEADER_LEN, HeaderRepr, LINK_GEN_OFF, LinkMedium, PORT_GEN_OFF, STATE_ACTIVE, STATE_CLAIMING,
     STATE_FREE, SegmentHeader, VERSION_OFF, link_field, port_field,
 };
 use super::port::Port;
 use super::region::Region;
-use super::ShmError;
 
 /// Where a segment's memory lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,8 +58,14 @@ impl NetworkParams {
         if self.buffers != 0 {
             return self.buffers;
         }
-        let frame = self.mtu.clamp(super::layout::MTU_MIN, super::layout::MTU_MAX) + 64;
-        ((16 << 20) / frame).clamp(64, 1024).next_power_of_two().min(1024)
+        let frame = self
+            .mtu
+            .clamp(super::layout::MTU_MIN, super::layout::MTU_MAX)
+            + 64;
+        ((16 << 20) / frame)
+            .clamp(64, 1024)
+            .next_power_of_two()
+            .min(1024)
     }
 
     fn layout(&self) -> Result<HeaderRepr, ShmError> {
@@ -172,7 +178,12 @@ impl Segment {
         loop {
             match Region::create_named(name, geo.total_len as usize) {
                 Ok(region) => {
-                    return Ok(Arc::new(Segment::initialise(region, geo, name, SegmentKind::Host)));
+                    return Ok(Arc::new(Segment::initialise(
+                        region,
+                        geo,
+                        name,
+                        SegmentKind::Host,
+                    )));
                 }
                 Err(ShmError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
@@ -194,7 +205,9 @@ impl Segment {
                     if let Some(pid) = Self::creator_of(name)
                         && !pid_alive(pid, None)
                     {
-                        log::warn!("segment {name:?}: creator {pid} died while initialising; removing it");
+                        log::warn!(
+                            "segment {name:?}: creator {pid} died while initialising; removing it"
+                        );
                         let _ = Region::unlink_named(name);
                     }
                     std::thread::sleep(Duration::from_millis(2));
@@ -231,15 +244,14 @@ impl Segment {
         let region = Region::open_named(name)?;
         let mut buf = vec![0u8; HEADER_LEN];
         region.read(0, &mut buf);
-        let geo = HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), region.len()).map_err(
-            |e| match e {
+        let geo = HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), region.len())
+            .map_err(|e| match e {
                 ShmError::Corrupt { why, .. } => ShmError::Corrupt {
                     name: name.into(),
                     why,
                 },
                 e => e,
-            },
-        )?;
+            })?;
         Ok(Arc::new(Segment {
             region,
             geo,
@@ -283,7 +295,11 @@ impl Segment {
             return Err(mismatch("mtu", self.geo.mtu as u64, want.mtu as u64));
         }
         if self.geo.medium != want.medium {
-            return Err(mismatch("medium", self.geo.medium as u64, want.medium as u64));
+            return Err(mismatch(
+                "medium",
+                self.geo.medium as u64,
+                want.medium as u64,
+            ));
         }
         Ok(())
     }
@@ -377,22 +393,32 @@ impl Segment {
             let r = &self.region;
             r.atomic_u32(base + port_field::OWNER_PID)
                 .store(std::process::id(), Ordering::Relaxed);
-            r.atomic_u64(base + port_field::OWNER_START)
-                .store(process_start_time(std::process::id()).unwrap_or(0), Ordering::Relaxed);
+            r.atomic_u64(base + port_field::OWNER_START).store(
+                process_start_time(std::process::id()).unwrap_or(0),
+                Ordering::Relaxed,
+            );
             let mut mac8 = [0u8; 8];
             mac8[..6].copy_from_slice(&info.mac);
             r.atomic_u64(base + port_field::MAC)
                 .store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
             let (v4, v4set) = info.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
-            r.atomic_u32(base + port_field::IPV4).store(v4, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::IPV4 + 4).store(v4set, Ordering::Relaxed);
+            r.atomic_u32(base + port_field::IPV4)
+                .store(v4, Ordering::Relaxed);
+            r.atomic_u32(base + port_field::IPV4 + 4)
+                .store(v4set, Ordering::Relaxed);
             let v6 = info.ipv6.unwrap_or([0; 16]);
-            r.atomic_u64(base + port_field::IPV6)
-                .store(u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()), Ordering::Relaxed);
-            r.atomic_u64(base + port_field::IPV6 + 8)
-                .store(u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()), Ordering::Relaxed);
-            r.atomic_u64(base + port_field::NAME).store(tag, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::SLEEPING).store(0, Ordering::Relaxed);
+            r.atomic_u64(base + port_field::IPV6).store(
+                u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()),
+                Ordering::Relaxed,
+            );
+            r.atomic_u64(base + port_field::IPV6 + 8).store(
+                u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()),
+                Ordering::Relaxed,
+            );
+            r.atomic_u64(base + port_field::NAME)
+                .store(tag, Ordering::Relaxed);
+            r.atomic_u32(base + port_field::SLEEPING)
+                .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.port_generation().fetch_add(1, Ordering::AcqRel);
             return Ok(Port::new(Arc::clone(self), p, next));
@@ -436,12 +462,27 @@ impl Segment {
         }
         let base = self.geo.port_off(index);
         let r = &self.region;
-        let mac8 = r.atomic_u64(base + port_field::MAC).load(Ordering::Relaxed).to_ne_bytes();
-        let v4 = r.atomic_u32(base + port_field::IPV4).load(Ordering::Relaxed);
-        let v4set = r.atomic_u32(base + port_field::IPV4 + 4).load(Ordering::Relaxed);
-        let a = r.atomic_u64(base + port_field::IPV6).load(Ordering::Relaxed).to_ne_bytes();
-        let b = r.atomic_u64(base + port_field::IPV6 + 8).load(Ordering::Relaxed).to_ne_bytes();
-        let owner_pid = r.atomic_u32(base + port_field::OWNER_PID).load(Ordering::Relaxed);
+        let mac8 = r
+            .atomic_u64(base + port_field::MAC)
+            .load(Ordering::Relaxed)
+            .to_ne_bytes();
+        let v4 = r
+            .atomic_u32(base + port_field::IPV4)
+            .load(Ordering::Relaxed);
+        let v4set = r
+            .atomic_u32(base + port_field::IPV4 + 4)
+            .load(Ordering::Relaxed);
+        let a = r
+            .atomic_u64(base + port_field::IPV6)
+            .load(Ordering::Relaxed)
+            .to_ne_bytes();
+        let b = r
+            .atomic_u64(base + port_field::IPV6 + 8)
+            .load(Ordering::Relaxed)
+            .to_ne_bytes();
+        let owner_pid = r
+            .atomic_u32(base + port_field::OWNER_PID)
+            .load(Ordering::Relaxed);
         if w.load(Ordering::Acquire) != before {
             return None;
         }
@@ -460,7 +501,9 @@ impl Segment {
 
     /// Every attached port.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        (0..self.geo.max_ports).filter_map(|i| self.peer(i)).collect()
+        (0..self.geo.max_ports)
+            .filter_map(|i| self.peer(i))
+            .collect()
     }
 
     fn live_ports(&self) -> usize {
@@ -479,8 +522,14 @@ impl Segment {
                 continue;
             }
             let base = self.geo.port_off(p);
-            let pid = self.region.atomic_u32(base + port_field::OWNER_PID).load(Ordering::Relaxed);
-            let start = self.region.atomic_u64(base + port_field::OWNER_START).load(Ordering::Relaxed);
+            let pid = self
+                .region
+                .atomic_u32(base + port_field::OWNER_PID)
+                .load(Ordering::Relaxed);
+            let start = self
+                .region
+                .atomic_u64(base + port_field::OWNER_START)
+                .load(Ordering::Relaxed);
             if pid == me || pid == 0 || pid_alive(pid, Some(start)) {
                 continue;
             }
@@ -494,7 +543,10 @@ impl Segment {
                 )
                 .is_ok()
             {
-                log::info!("segment {:?}: reclaimed port {p} of dead process {pid}", self.name);
+                log::info!(
+                    "segment {:?}: reclaimed port {p} of dead process {pid}",
+                    self.name
+                );
                 reclaimed += 1;
             }
         }
@@ -515,7 +567,11 @@ impl Segment {
             };
             let src_live = end_live(link_field::SRC, link_field::SRC_EPOCH);
             let dst_live = end_live(link_field::DST, link_field::DST_EPOCH);
-            let stale = if state == STATE_CLAIMING { !src_live } else { !src_live && !dst_live };
+            let stale = if state == STATE_CLAIMING {
+                !src_live
+            } else {
+                !src_live && !dst_live
+            };
             if stale && self.free_link(l, serial, state) {
                 freed += 1;
             }
@@ -568,17 +624,25 @@ impl Segment {
             {
                 continue;
             }
-            self.link_u32(l, link_field::SRC).store(src, Ordering::Relaxed);
-            self.link_u32(l, link_field::SRC_EPOCH).store(src_epoch, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST).store(dst, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST_EPOCH).store(dst_epoch, Ordering::Relaxed);
+            self.link_u32(l, link_field::SRC)
+                .store(src, Ordering::Relaxed);
+            self.link_u32(l, link_field::SRC_EPOCH)
+                .store(src_epoch, Ordering::Relaxed);
+            self.link_u32(l, link_field::DST)
+                .store(dst, Ordering::Relaxed);
+            self.link_u32(l, link_field::DST_EPOCH)
+                .store(dst_epoch, Ordering::Relaxed);
             let ring = self.geo.ring_off(l);
             use super::layout::ring_field;
             self.region
                 .atomic_u32(ring + ring_field::COOKIE)
                 .store(super::layout::RING_COOKIE, Ordering::Relaxed);
-            self.region.atomic_u32(ring + ring_field::HEAD).store(0, Ordering::Relaxed);
-            self.region.atomic_u32(ring + ring_field::TAIL).store(0, Ordering::Relaxed);
+            self.region
+                .atomic_u32(ring + ring_field::HEAD)
+                .store(0, Ordering::Relaxed);
+            self.region
+                .atomic_u32(ring + ring_field::TAIL)
+                .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.link_generation().fetch_add(1, Ordering::AcqRel);
             return Some((l, next));
@@ -640,6 +704,9 @@ pub(crate) fn pid_alive(pid: u32, start: Option<u64>) -> bool {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rfind(')')
+                .map(|i| s[i + 1..].trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }

@@ -21,7 +21,12 @@ pub fn wait_any(ports: &mut [&mut Port], timeout: Option<Duration>) {
         tv_nsec: d.subsec_nanos() as _,
     });
     if ports.len() == 1 {
-        let _ = futex::wait(ports[0].doorbell(), futex::Flags::empty(), seqs[0], rel.as_ref());
+        let _ = futex::wait(
+            ports[0].doorbell(),
+            futex::Flags::empty(),
+            seqs[0],
+            rel.as_ref(),
+        );
     } else {
         let waits: Vec<futex::Wait> = ports
             .iter()
@@ -43,7 +48,10 @@ pub fn wait_any(ports: &mut [&mut Port], timeout: Option<Duration>) {
                 ns -= 1_000_000_000;
                 s = s.saturating_add(1);
             }
-            rustix::time::Timespec { tv_sec: s, tv_nsec: ns }
+            rustix::time::Timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            }
         });
         let r = futex::waitv(
             &waits,
@@ -54,8 +62,16 @@ pub fn wait_any(ports: &mut [&mut Port], timeout: Option<Duration>) {
         if r == Err(rustix::io::Errno::NOSYS) {
             // Kernels before 5.16: watch the first doorbell, bounded so the
             // others are still served promptly.
-            let cap = rustix::time::Timespec { tv_sec: 0, tv_nsec: 200_000 };
-            let _ = futex::wait(ports[0].doorbell(), futex::Flags::empty(), seqs[0], Some(&cap));
+            let cap = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 200_000,
+            };
+            let _ = futex::wait(
+                ports[0].doorbell(),
+                futex::Flags::empty(),
+                seqs[0],
+                Some(&cap),
+            );
         }
     }
     for p in ports.iter() {

@@ -34,7 +34,9 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 pub use nic::{Nic, NicCounters, Router};
 
-use crate::adapters::{AdapterCounters, AdapterError, AdapterOptions, AdapterStats, GlobalAdapter, LocalAdapter};
+use crate::adapters::{
+    AdapterCounters, AdapterError, AdapterOptions, AdapterStats, GlobalAdapter, LocalAdapter,
+};
 use crate::config::{DeviceSettings, NetworkSettings};
 use crate::functions::{self, Function, FunctionError, SocketContext};
 use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind, ShmError};
@@ -187,7 +189,8 @@ fn attach<R: crate::adapters::RoleMarker>(
         network: which,
         source,
     };
-    let seg = Segment::open_or_create(&net.segment, kind, &net.params()).map_err(|e| err(e.into()))?;
+    let seg =
+        Segment::open_or_create(&net.segment, kind, &net.params()).map_err(|e| err(e.into()))?;
     let info = PortInfo {
         name: format!("{name}/{which}"),
         mac,
@@ -230,7 +233,12 @@ impl Device {
             global.ip_mtu(),
         );
         let ends = |c: &Arc<AdapterCounters>, p: &Arc<PortCounters>, port: &crate::shm::Port| {
-            (Arc::clone(c), Arc::clone(p), Arc::clone(port.segment()), port.index())
+            (
+                Arc::clone(c),
+                Arc::clone(p),
+                Arc::clone(port.segment()),
+                port.index(),
+            )
         };
         let local_end = ends(local.counters(), local.port_counters(), local.port());
         let global_end = ends(global.counters(), global.port_counters(), global.port());
@@ -282,10 +290,16 @@ impl Device {
             return Err(table_full());
         }
         if let Some(IpAddress::Ipv4(g)) = cfg.global.gateway {
-            iface.routes_mut().add_default_ipv4_route(g).map_err(|_| table_full())?;
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(g)
+                .map_err(|_| table_full())?;
         }
         if let Some(IpAddress::Ipv6(g)) = cfg.global.gateway6 {
-            iface.routes_mut().add_default_ipv6_route(g).map_err(|_| table_full())?;
+            iface
+                .routes_mut()
+                .add_default_ipv6_route(g)
+                .map_err(|_| table_full())?;
         }
         let mut dev = Device {
             iface,
@@ -352,7 +366,12 @@ impl Device {
         };
         self.nic.function.detach(&mut cx);
         f.attach(&mut cx);
-        log::info!("device {}: function {} -> {}", self.shared.name, self.nic.function.name(), f.name());
+        log::info!(
+            "device {}: function {} -> {}",
+            self.shared.name,
+            self.nic.function.name(),
+            f.name()
+        );
         *self.shared.function_name.lock() = f.name().into();
         self.nic.function = f;
         self.shared.finished.store(false, Ordering::SeqCst);
@@ -367,7 +386,8 @@ impl Device {
         let now = self.now();
         self.nic.begin_round(now);
         let before = self.nic.frames_moved();
-        let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets) == PollResult::SocketStateChanged;
+        let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets)
+            == PollResult::SocketStateChanged;
         let mut cx = SocketContext {
             now,
             iface: &mut self.iface,
@@ -375,7 +395,8 @@ impl Device {
         };
         let worked = self.nic.function.poll(&mut cx);
         if worked {
-            self.iface.poll_egress(now, &mut self.nic, &mut self.sockets);
+            self.iface
+                .poll_egress(now, &mut self.nic, &mut self.sockets);
         }
         self.nic.flush();
         let f = &mut self.nic.function;

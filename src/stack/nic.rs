@@ -210,6 +210,11 @@ pub struct Nic {
     predicted: Role,
     counters: Arc<NicCounters>,
     checksums: bool,
+    /// Synthetic frames to hand the stack before real ones (neighbour
+    /// announcements built from the segment directory).
+    inject: std::collections::VecDeque<(Role, Vec<u8>)>,
+    warm_gen: [Option<u32>; 2],
+    warm_at: Instant,
 }
 
 impl Nic {
@@ -230,6 +235,55 @@ impl Nic {
             predicted: Role::Local,
             counters: Arc::default(),
             checksums,
+            inject: Default::default(),
+            warm_gen: [None; 2],
+            warm_at: Instant::ZERO,
+        }
+    }
+
+    /// Seeds smoltcp's ARP cache with every peer the directories list, by
+    /// handing the stack one ARP request per peer as if the peer had asked
+    /// for us. Without this, the first packet to a new neighbour is dropped
+    /// while ARP runs, and a dropped SYN costs TCP a 1 s retransmission.
+    /// Re-done when ports change and every 30 s (entries live 60 s).
+    fn warm_neighbours(&mut self, now: Instant) {
+        if self.router.medium != LinkMedium::Ethernet {
+            return;
+        }
+        let stale = now >= self.warm_at;
+        for (i, role) in [Role::Local, Role::Global].into_iter().enumerate() {
+            let port = match role {
+                Role::Local => self.local.port(),
+                Role::Global => self.global.port(),
+            };
+            let generation = port.port_generation();
+            if !stale && self.warm_gen[i] == Some(generation) {
+                continue;
+            }
+            self.warm_gen[i] = Some(generation);
+            let seg = port.segment();
+            let Some(me) = seg.peer(port.index()) else {
+                continue;
+            };
+            let Some(my_ip) = me.ipv4 else { continue };
+            for p in seg.peers() {
+                let Some(ip) = p.ipv4 else { continue };
+                if p.index == me.index || p.mac == me.mac {
+                    continue;
+                }
+                let mut f = vec![0u8; 42];
+                f[0..6].copy_from_slice(&me.mac);
+                f[6..12].copy_from_slice(&p.mac);
+                f[12..14].copy_from_slice(&[0x08, 0x06]);
+                f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+                f[22..28].copy_from_slice(&p.mac);
+                f[28..32].copy_from_slice(&ip);
+                f[38..42].copy_from_slice(&my_ip);
+                self.inject.push_back((role, f));
+            }
+        }
+        if stale {
+            self.warm_at = now + smoltcp::time::Duration::from_secs(30);
         }
     }
 
@@ -249,6 +303,7 @@ impl Nic {
     /// Starts a poll round at `now`.
     pub fn begin_round(&mut self, now: Instant) {
         self.now = now;
+        self.warm_neighbours(now);
         self.local.begin_round();
         self.global.begin_round();
     }
@@ -261,7 +316,8 @@ impl Nic {
 
     /// Frames moved so far (for progress detection).
     pub fn frames_moved(&self) -> u64 {
-        self.counters.frames_in.load(Ordering::Relaxed) + self.counters.frames_out.load(Ordering::Relaxed)
+        self.counters.frames_in.load(Ordering::Relaxed)
+            + self.counters.frames_out.load(Ordering::Relaxed)
     }
 
     /// Sleeps until a peer rings either adapter's doorbell, or `timeout`.
@@ -375,6 +431,34 @@ impl phy::Device for Nic {
     type TxToken<'a> = NicTxToken<'a>;
 
     fn receive(&mut self, _t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        if let Some((role, frame)) = self.inject.pop_front() {
+            // Reuse the adapter's receive buffer so the token borrows it.
+            let (rx, local, global) = match role {
+                Role::Local => {
+                    let (rx, _, c) = self.local.parts();
+                    (rx, c, self.global.core_mut())
+                }
+                Role::Global => {
+                    let (rx, _, c) = self.global.parts();
+                    (rx, self.local.core_mut(), c)
+                }
+            };
+            rx[..frame.len()].copy_from_slice(&frame);
+            return Some((
+                NicRxToken {
+                    frame: &rx[..frame.len()],
+                },
+                NicTxToken {
+                    local,
+                    global,
+                    function: self.function.as_mut(),
+                    router: &self.router,
+                    predicted: &mut self.predicted,
+                    counters: &self.counters,
+                    now: self.now,
+                },
+            ));
+        }
         let mut from = None;
         for _ in 0..2 {
             self.turn = !self.turn;
@@ -410,7 +494,9 @@ impl phy::Device for Nic {
                 }
             }
             Verdict::Drop => {
-                self.counters.ingress_dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .ingress_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 flen = 0;
             }
             Verdict::Consumed => {
@@ -419,7 +505,11 @@ impl phy::Device for Nic {
             }
             Verdict::Redirect(to) => {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
-                let out: &mut AdapterCore = if to == role { &mut *rx_core } else { &mut *other_core };
+                let out: &mut AdapterCore = if to == role {
+                    &mut *rx_core
+                } else {
+                    &mut *other_core
+                };
                 match out.alloc() {
                     Some(mut b) if flen <= out.frame_size() => {
                         out.buffer_mut(&mut b)[..flen].copy_from_slice(&rx[..flen]);

@@ -9,7 +9,14 @@ use shmnet::stack::{Device, DeviceHandle};
 
 /// A device on `lan`/`wan` with the given host numbers, MTUs and function
 /// (a TOML inline table, e.g. `{ kind = "echo" }`).
-pub fn settings(name: &str, lan: &str, wan: &str, host: u8, mtu: u32, function: &str) -> DeviceSettings {
+pub fn settings(
+    name: &str,
+    lan: &str,
+    wan: &str,
+    host: u8,
+    mtu: u32,
+    function: &str,
+) -> DeviceSettings {
     settings_mtus(name, lan, wan, host, mtu, mtu, function)
 }
 
@@ -22,8 +29,16 @@ pub fn settings_mtus(
     global_mtu: u32,
     function: &str,
 ) -> DeviceSettings {
-    let v6 = if local_mtu >= 1280 { format!(", address6 = \"fd00:1::{host}/64\"") } else { String::new() };
-    let g6 = if global_mtu >= 1280 { format!(", address6 = \"fd00:2::{host}/64\"") } else { String::new() };
+    let v6 = if local_mtu >= 1280 {
+        format!(", address6 = \"fd00:1::{host}/64\"")
+    } else {
+        String::new()
+    };
+    let g6 = if global_mtu >= 1280 {
+        format!(", address6 = \"fd00:2::{host}/64\"")
+    } else {
+        String::new()
+    };
     let text = format!(
         r#"
 name = "{name}"
@@ -37,7 +52,9 @@ global = {{ segment = "{wan}", address = "10.100.0.{host}/16", mtu = {global_mtu
 
 /// Starts a device as a thread of this process.
 pub fn spawn(s: &DeviceSettings) -> (DeviceHandle, std::thread::JoinHandle<Device>) {
-    Device::new(s, SegmentKind::Process).expect("device starts").spawn()
+    Device::new(s, SegmentKind::Process)
+        .expect("device starts")
+        .spawn()
 }
 
 /// Waits until `h`'s function finished; returns its report.
@@ -46,7 +63,12 @@ pub fn wait_finished(h: &DeviceHandle, limit: Duration) -> Vec<String> {
     let mut report = Vec::new();
     while !h.finished() {
         report.extend(h.take_report());
-        assert!(t0.elapsed() < limit, "{} did not finish: {report:?} {:?}", h.name(), h.stats());
+        assert!(
+            t0.elapsed() < limit,
+            "{} did not finish: {report:?} {:?}",
+            h.name(),
+            h.stats()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     report.extend(h.take_report());
@@ -55,6 +77,10 @@ pub fn wait_finished(h: &DeviceHandle, limit: Duration) -> Vec<String> {
 
 /// A unique segment-name prefix per test.
 pub fn unique(tag: &str) -> String {
-    format!("t{}-{tag}-{}", std::process::id(), COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    format!(
+        "t{}-{tag}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
