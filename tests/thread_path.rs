@@ -34,7 +34,10 @@ fn tcp_64mib(mtu: u32) {
     );
     let cs = ch.stats();
     assert_eq!(cs.local.bad_descriptors + cs.global.bad_descriptors, 0);
-    assert!(cs.routed_local > 0 && cs.routed_global == 0, "{cs:?}");
+    // The stream left by the local adapter; the global one carried only
+    // a few ARP frames.
+    assert!(cs.local.tx_bytes > 64 << 20, "{cs:?}");
+    assert!(cs.global.tx_bytes < 4096, "{cs:?}");
     ch.stop();
     sh.stop();
     ct.join().unwrap();
