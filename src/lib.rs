@@ -7,6 +7,7 @@
 //! runtime loop) → [`functions`] (what a device does). [`config`] reads the
 //! TOML files; [`bench`] measures against the kernel path.
 #![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod adapters;
 pub mod bench;

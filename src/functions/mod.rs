@@ -136,21 +136,16 @@ pub trait Function: Send {
 
 /// A function's configuration: the `[function]` section of a device file,
 /// selected by `kind`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum FunctionConfig {
     /// Forwards everything unchanged.
+    #[default]
     Passthrough,
     /// Echoes TCP streams and UDP datagrams on a port (a test server).
     Echo(diag::EchoConfig),
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     Probe(diag::ProbeConfig),
-}
-
-impl Default for FunctionConfig {
-    fn default() -> Self {
-        FunctionConfig::Passthrough
-    }
 }
 
 /// Names accepted as `kind`.

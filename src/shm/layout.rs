@@ -31,7 +31,7 @@ pub const RING_HEADER_LEN: usize = 128;
 /// Bytes per descriptor (memif: 16).
 pub const DESC_LEN: usize = 16;
 /// Cookie written into every initialised ring header (memif's value).
-pub const RING_COOKIE: u32 = 0x3E31_F20;
+pub const RING_COOKIE: u32 = 0x03E3_1F20;
 /// Smallest and largest IP MTU a network may have.
 pub const MTU_MIN: u32 = 576;
 pub const MTU_MAX: u32 = 65535;
@@ -232,7 +232,8 @@ impl HeaderRepr {
         if !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
             return Err(ShmError::MtuOutOfRange { mtu: self.mtu });
         }
-        if (self.frame_size as u64) < (self.mtu + L2_HEADER_LEN) as u64 || self.frame_size % 64 != 0
+        if (self.frame_size as u64) < (self.mtu + L2_HEADER_LEN) as u64
+            || !self.frame_size.is_multiple_of(64)
         {
             return bad("frame size does not hold an MTU-sized frame");
         }
@@ -490,7 +491,7 @@ impl DescriptorRepr {
             return Err(ShmError::BadDescriptor("region is not the sender's pool"));
         }
         let off = d.offset();
-        if geo.frame_size == 0 || off % geo.frame_size != 0 {
+        if geo.frame_size == 0 || !off.is_multiple_of(geo.frame_size) {
             return Err(ShmError::BadDescriptor("offset not on a buffer boundary"));
         }
         let buffer = off / geo.frame_size;

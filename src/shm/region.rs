@@ -166,7 +166,7 @@ impl Region {
         // Offsets come from a layout validated against `self.len` at open;
         // failing here is a bug in shmnet, not hostile input.
         assert!(
-            off % align == 0 && off.checked_add(len).is_some_and(|end| end <= self.len),
+            off.is_multiple_of(align) && off.checked_add(len).is_some_and(|end| end <= self.len),
             "shm access out of layout: off {off} len {len} region {}",
             self.len
         );
@@ -225,6 +225,9 @@ impl Region {
     /// peers do not, by protocol (a transmit buffer is the sender's until it
     /// publishes a descriptor for it). A hostile peer writing it anyway can
     /// only garble the frame being written, which receivers validate.
+    // Handing out `&mut` from `&self` is the point: the mapping is shared
+    // memory, and exclusivity is the caller's contract (see # Safety).
+    #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         self.check(off, len, 1);
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.

@@ -1,0 +1,165 @@
+//! Capture files and the IP medium option.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shmnet::config::DeviceConfig;
+
+/// Reads a classic pcap file: (link type, frames).
+fn read_pcap(path: &std::path::Path) -> (u32, Vec<Vec<u8>>) {
+    let d = std::fs::read(path).expect("pcap written");
+    assert!(d.len() >= 24, "pcap header missing");
+    assert_eq!(u32::from_le_bytes(d[0..4].try_into().unwrap()), 0xa1b2_c3d4);
+    let link = u32::from_le_bytes(d[20..24].try_into().unwrap());
+    let mut frames = Vec::new();
+    let mut off = 24;
+    while off + 16 <= d.len() {
+        let incl = u32::from_le_bytes(d[off + 8..off + 12].try_into().unwrap()) as usize;
+        let orig = u32::from_le_bytes(d[off + 12..off + 16].try_into().unwrap()) as usize;
+        assert_eq!(incl, orig, "frames are captured whole");
+        off += 16;
+        assert!(off + incl <= d.len(), "truncated record");
+        frames.push(d[off..off + incl].to_vec());
+        off += incl;
+    }
+    (link, frames)
+}
+
+fn device_toml(
+    name: &str,
+    lan: &str,
+    wan: &str,
+    host: u8,
+    medium: &str,
+    extra: &str,
+    function: &str,
+) -> String {
+    format!(
+        r#"
+name = "{name}"
+function = {function}
+local = {{ segment = "{lan}", address = "10.0.0.{host}/24", medium = "{medium}"{extra} }}
+global = {{ segment = "{wan}", address = "10.100.0.{host}/16", medium = "{medium}" }}
+"#
+    )
+}
+
+#[test]
+fn pcap_holds_every_frame_the_adapter_carried() {
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    let dir = std::env::temp_dir().join(unique("pcap"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("client-lan.pcap");
+    let server = DeviceConfig::from_toml(
+        &device_toml(
+            "server",
+            &lan,
+            &wan,
+            2,
+            "ethernet",
+            "",
+            r#"{ kind = "echo" }"#,
+        ),
+        "s",
+    )
+    .unwrap();
+    let extra = format!(", pcap = {:?}", pcap.display().to_string());
+    let client = DeviceConfig::from_toml(
+        &device_toml(
+            "client",
+            &lan,
+            &wan,
+            1,
+            "ethernet",
+            &extra,
+            r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 100000 }"#,
+        ),
+        "c",
+    )
+    .unwrap();
+    let (sh, st) = spawn(&server);
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert!(report[0].contains("intact"), "{report:?}");
+    let stats = ch.stats();
+    ch.stop();
+    sh.stop();
+    drop(ct.join().unwrap()); // flushes the capture
+    st.join().unwrap();
+    let (link, frames) = read_pcap(&pcap);
+    assert_eq!(link, 1, "Ethernet link type");
+    assert_eq!(
+        frames.len() as u64,
+        stats.local.rx_frames + stats.local.tx_frames
+    );
+    // The TCP payload is in there: IPv4, protocol 6, some segment carries data.
+    let tcp_payload: usize = frames
+        .iter()
+        .filter(|f| f.len() > 34 && f[12..14] == [0x08, 0x00] && f[23] == 6)
+        .map(|f| {
+            let ihl = (f[14] & 0xf) as usize * 4;
+            let doff = (f[14 + ihl + 12] >> 4) as usize * 4;
+            f.len() - 14 - ihl - doff
+        })
+        .sum();
+    assert!(
+        tcp_payload >= 2 * 100_000,
+        "both directions captured: {tcp_payload}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn ip_medium_carries_tcp_and_udp() {
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    let server = DeviceConfig::from_toml(
+        &device_toml("server", &lan, &wan, 2, "ip", "", r#"{ kind = "echo" }"#),
+        "s",
+    )
+    .unwrap();
+    let remote = DeviceConfig::from_toml(
+        &device_toml(
+            "remote",
+            &unique("lan"),
+            &wan,
+            3,
+            "ip",
+            "",
+            r#"{ kind = "echo" }"#,
+        ),
+        "r",
+    )
+    .unwrap();
+    let client = DeviceConfig::from_toml(
+        &device_toml(
+            "client",
+            &lan,
+            &wan,
+            1,
+            "ip",
+            "",
+            r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.3:7"], udp = ["10.0.0.2:7", "10.100.0.3:7"], bytes = 1000000 }"#,
+        ),
+        "c",
+    )
+    .unwrap();
+    let (sh, st) = spawn(&server);
+    let (rh, rt) = spawn(&remote);
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert_eq!(report.len(), 4, "{report:?}");
+    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    let s = ch.stats();
+    assert!(
+        s.local.tx_bytes > 1_000_000 && s.global.tx_bytes > 1_000_000,
+        "{s:?}"
+    );
+    for h in [&ch, &sh, &rh] {
+        h.stop();
+    }
+    ct.join().unwrap();
+    st.join().unwrap();
+    rt.join().unwrap();
+}
