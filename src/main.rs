@@ -166,8 +166,8 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
     );
     let started = std::time::Instant::now();
     let mut failed = false;
-    dev.run_until(|d| {
-        let h = d.handle();
+    let h = dev.handle();
+    dev.run_until(|_| {
         for line in h.take_report() {
             failed |=
                 line.contains("timed out") || line.contains("CORRUPTED") || line.contains("cannot");

@@ -235,6 +235,8 @@ pub struct Probe {
     failures: u64,
     scratch: Vec<u8>,
     port: u16,
+    /// Finished TCP sockets still closing, with when they were closed.
+    closing: Vec<(SocketHandle, Instant)>,
 }
 
 fn parse_endpoint(s: &str) -> Result<IpEndpoint, FunctionError> {
@@ -270,12 +272,19 @@ impl Probe {
             failures: 0,
             scratch: vec![0; 64 * 1024],
             port: 40000,
+            closing: Vec::new(),
         })
     }
 
     fn finish(&mut self, cx: &mut SocketContext<'_>, line: String, ok: bool) {
         match std::mem::replace(&mut self.step, Step::Start) {
-            Step::Tcp { h, .. } | Step::Udp { h, .. } => {
+            Step::Tcp { h, .. } => {
+                // Close gracefully so the server's connection ends too; the
+                // socket is removed once the FIN exchange is over.
+                cx.sockets.get_mut::<tcp::Socket>(h).close();
+                self.closing.push((h, cx.now));
+            }
+            Step::Udp { h, .. } => {
                 cx.sockets.remove(h);
             }
             Step::Start => {}
@@ -294,10 +303,19 @@ impl Function for Probe {
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
+        let now = cx.now;
+        self.closing.retain(|&(h, since)| {
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
+                || now - since > Duration::from_secs(5);
+            if done {
+                cx.sockets.remove(h);
+            }
+            !done
+        });
         if self.next >= self.jobs.len() {
             return false;
         }
-        let now = cx.now;
         let timeout = Duration::from_millis(self.cfg.timeout_ms);
         if let Step::Start = self.step {
             self.started = now;
@@ -453,6 +471,9 @@ impl Function for Probe {
     }
 
     fn poll_at(&self) -> Option<Instant> {
+        if let Some(&(_, since)) = self.closing.first() {
+            return Some(since + Duration::from_millis(100));
+        }
         match &self.step {
             Step::Udp { last_send, .. } => Some(*last_send + Duration::from_millis(250)),
             Step::Tcp { .. } => Some(self.started + Duration::from_millis(self.cfg.timeout_ms)),
@@ -461,7 +482,7 @@ impl Function for Probe {
     }
 
     fn finished(&self) -> bool {
-        self.next >= self.jobs.len()
+        self.next >= self.jobs.len() && self.closing.is_empty()
     }
 
     fn take_report(&mut self) -> Vec<String> {

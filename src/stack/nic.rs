@@ -199,6 +199,58 @@ pub fn clamp_tcp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
     false
 }
 
+/// An ARP reply from `mac`/`ip` to `my_mac`/`my_ip` (RFC 826).
+fn arp_announcement(mac: &[u8; 6], ip: [u8; 4], my_mac: &[u8; 6], my_ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
+    f[0..6].copy_from_slice(my_mac);
+    f[6..12].copy_from_slice(mac);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, operation 2 (reply).
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+    f[22..28].copy_from_slice(mac);
+    f[28..32].copy_from_slice(&ip);
+    f[32..38].copy_from_slice(my_mac);
+    f[38..42].copy_from_slice(&my_ip);
+    f
+}
+
+/// A neighbour advertisement (override, with the target link-layer
+/// address) from `mac`/`ip` to `my_mac`/`my_ip` (RFC 4861).
+fn ndp_announcement(mac: &[u8; 6], ip: [u8; 16], my_mac: &[u8; 6], my_ip: [u8; 16]) -> Vec<u8> {
+    use smoltcp::wire::{
+        EthernetAddress, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet, Ipv6Repr,
+        NdiscNeighborFlags, NdiscRepr, RawHardwareAddress,
+    };
+    let (src, dst) = (
+        Ipv6Address::from_octets(ip),
+        Ipv6Address::from_octets(my_ip),
+    );
+    let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+        flags: NdiscNeighborFlags::OVERRIDE,
+        target_addr: src,
+        lladdr: Some(RawHardwareAddress::from(EthernetAddress(*mac))),
+    });
+    let ip_repr = Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Icmpv6,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 255,
+    };
+    let mut f = vec![0u8; 14 + 40 + icmp.buffer_len()];
+    f[0..6].copy_from_slice(my_mac);
+    f[6..12].copy_from_slice(mac);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    ip_repr.emit(&mut Ipv6Packet::new_unchecked(&mut f[14..54]));
+    icmp.emit(
+        &src,
+        &dst,
+        &mut Icmpv6Packet::new_unchecked(&mut f[54..]),
+        &ChecksumCapabilities::default(),
+    );
+    f
+}
+
 /// The device's single smoltcp `phy::Device`.
 pub struct Nic {
     pub(crate) local: LocalAdapter,
@@ -241,11 +293,13 @@ impl Nic {
         }
     }
 
-    /// Seeds smoltcp's ARP cache with every peer the directories list, by
-    /// handing the stack one ARP request per peer as if the peer had asked
-    /// for us. Without this, the first packet to a new neighbour is dropped
-    /// while ARP runs, and a dropped SYN costs TCP a 1 s retransmission.
-    /// Re-done when ports change and every 30 s (entries live 60 s).
+    /// Seeds smoltcp's neighbour cache with every peer the directories
+    /// list, by handing the stack an unsolicited ARP reply (IPv4) and
+    /// neighbour advertisement (IPv6) per peer, as if the peer had announced
+    /// itself; neither makes the stack answer. Without this, the first
+    /// packet to a new neighbour is dropped while ARP/NDP runs, and a dropped
+    /// SYN costs TCP a 1 s retransmission. Re-done when ports change and
+    /// every 30 s (entries live 60 s).
     fn warm_neighbours(&mut self, now: Instant) {
         if self.router.medium != LinkMedium::Ethernet {
             return;
@@ -265,21 +319,18 @@ impl Nic {
             let Some(me) = seg.peer(port.index()) else {
                 continue;
             };
-            let Some(my_ip) = me.ipv4 else { continue };
             for p in seg.peers() {
-                let Some(ip) = p.ipv4 else { continue };
                 if p.index == me.index || p.mac == me.mac {
                     continue;
                 }
-                let mut f = vec![0u8; 42];
-                f[0..6].copy_from_slice(&me.mac);
-                f[6..12].copy_from_slice(&p.mac);
-                f[12..14].copy_from_slice(&[0x08, 0x06]);
-                f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-                f[22..28].copy_from_slice(&p.mac);
-                f[28..32].copy_from_slice(&ip);
-                f[38..42].copy_from_slice(&my_ip);
-                self.inject.push_back((role, f));
+                if let (Some(theirs), Some(mine)) = (p.ipv4, me.ipv4) {
+                    self.inject
+                        .push_back((role, arp_announcement(&p.mac, theirs, &me.mac, mine)));
+                }
+                if let (Some(theirs), Some(mine)) = (p.ipv6, me.ipv6) {
+                    self.inject
+                        .push_back((role, ndp_announcement(&p.mac, theirs, &me.mac, mine)));
+                }
             }
         }
         if stale {
