@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shmnet::config::{DeviceConfig, RunMode};
-use shmnet::shm::SegmentKind;
+use shmnet::shm::{Segment, SegmentKind};
 use shmnet::stack::{Device, DeviceStats};
 use shmnet::topology::{RunOptions, run_file};
 
@@ -44,6 +44,10 @@ enum Cmd {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// List this machine's named segments and who is attached.
+    Segments,
+    /// Remove named segments no live process is attached to.
+    Clean,
     /// Measure shmnet against the kernel path; prints one JSON object per result.
     Bench(shmnet::bench::BenchCli),
     /// The far end of a process-mode benchmark (internal).
@@ -132,6 +136,8 @@ fn main() {
         Cmd::Device { config, duration } => {
             run_device(&config, duration.map(Duration::from_secs_f64))
         }
+        Cmd::Segments => list_segments(),
+        Cmd::Clean => clean_segments(),
         Cmd::Bench(args) => shmnet::bench::main(&args),
         Cmd::BenchPeer { args } => shmnet::bench::peer_main(&args),
     };
@@ -177,4 +183,42 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
     });
     print_stats(&dev.stats());
     if failed { 1 } else { 0 }
+}
+
+fn list_segments() -> i32 {
+    for name in Segment::list_host() {
+        match Segment::open(&name) {
+            Ok(seg) => {
+                let peers = seg.peers();
+                println!(
+                    "{name}: mtu {} {:?}, {} MiB mapped, {} port(s) attached{}",
+                    seg.mtu(),
+                    seg.medium(),
+                    seg.mapped_len() >> 20,
+                    peers.len(),
+                    peers
+                        .iter()
+                        .map(|p| format!(" [port {} pid {}]", p.index, p.owner_pid))
+                        .collect::<String>()
+                );
+            }
+            Err(e) => println!("{name}: {e}"),
+        }
+    }
+    0
+}
+
+fn clean_segments() -> i32 {
+    let mut code = 0;
+    for name in Segment::list_host() {
+        match Segment::remove_if_unused(&name) {
+            Ok(true) => println!("removed {name}"),
+            Ok(false) => println!("kept {name}: in use"),
+            Err(e) => {
+                eprintln!("shmnet clean: {name}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
 }

@@ -260,6 +260,48 @@ impl Segment {
         }))
     }
 
+    /// Names of the host segments that exist on this machine.
+    pub fn list_host() -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_prefix("shmnet.")
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Removes a host segment if no live process is attached to it (dead
+    /// owners are swept first). Returns whether it was removed. A segment
+    /// that cannot be parsed is removed too: nothing can use it.
+    pub fn remove_if_unused(name: &str) -> Result<bool, ShmError> {
+        match Self::open(name) {
+            Ok(seg) => {
+                seg.sweep_dead();
+                if seg.live_ports() > 0 {
+                    return Ok(false);
+                }
+            }
+            Err(ShmError::NotFound { .. }) => return Ok(false),
+            Err(ShmError::Io { what, source }) => return Err(ShmError::Io { what, source }),
+            Err(_) => {}
+        }
+        Self::unlink(name)?;
+        Ok(true)
+    }
+
+    /// Attached ports (a snapshot).
+    pub fn live_ports(&self) -> usize {
+        self.peers().len()
+    }
+
     /// Removes a host segment's name; processes that mapped it keep it.
     pub fn unlink(name: &str) -> Result<(), ShmError> {
         validate_name(name)?;
@@ -504,10 +546,6 @@ impl Segment {
         (0..self.geo.max_ports)
             .filter_map(|i| self.peer(i))
             .collect()
-    }
-
-    fn live_ports(&self) -> usize {
-        self.peers().len()
     }
 
     /// Frees ports whose owner process has died, and links both of whose
