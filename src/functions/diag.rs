@@ -101,6 +101,10 @@ impl Function for Echo {
         // otherwise be refused.
         for _ in 0..self.cfg.connections {
             let mut s = tcp_socket(self.cfg.tcp_buffer);
+            // A client that vanished (its device killed) must not hold a
+            // connection slot forever.
+            s.set_keep_alive(Some(Duration::from_secs(5)));
+            s.set_timeout(Some(Duration::from_secs(15)));
             let _ = s.listen(self.cfg.port);
             self.tcp.push(cx.sockets.add(s));
         }

@@ -1,0 +1,180 @@
+//! Protocols over thread devices: UDP echo, ICMP echo, TCP over IPv6, and
+//! ARP on both networks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmnet::shm::SegmentKind;
+use shmnet::stack::Device;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::icmp;
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
+
+const ECHO: &str = r#"{ kind = "echo" }"#;
+
+fn probe_report(client: &shmnet::config::DeviceSettings) -> Vec<String> {
+    let (ch, ct) = spawn(client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    ch.stop();
+    ct.join().unwrap();
+    report
+}
+
+#[test]
+fn udp_echo_local_and_global() {
+    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
+    let (sh, st) = spawn(&settings("near", &lan, &wan, 2, 1500, ECHO));
+    // Reachable only over the global network.
+    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 1500, ECHO));
+    let client = settings(
+        "client",
+        &lan,
+        &wan,
+        1,
+        1500,
+        r#"{ kind = "probe", udp = ["10.0.0.2:7", "10.100.0.3:7"], datagrams = 8 }"#,
+    );
+    let report = probe_report(&client);
+    assert_eq!(report.len(), 2, "{report:?}");
+    assert!(
+        report[0].contains("udp 10.0.0.2:7: 8/8 datagrams echoed intact"),
+        "{report:?}"
+    );
+    assert!(
+        report[1].contains("udp 10.100.0.3:7: 8/8 datagrams echoed intact"),
+        "{report:?}"
+    );
+    for (h, t) in [(sh, st), (fh, ft)] {
+        h.stop();
+        t.join().unwrap();
+    }
+}
+
+/// Pings `to` from a device driven by this thread; returns the echoed data.
+fn ping(dev: &mut Device, to: IpAddress, ident: u16, seq_no: u16) -> Vec<u8> {
+    let mut sock = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
+    );
+    sock.bind(icmp::Endpoint::Ident(ident)).unwrap();
+    let h = dev.sockets().add(sock);
+    let payload: Vec<u8> = (0..56u8)
+        .map(|i| i.wrapping_mul(7) ^ seq_no as u8)
+        .collect();
+    let caps = ChecksumCapabilities::default();
+    let mut reply = None;
+    let mut last_sent: Option<Instant> = None;
+    let t0 = Instant::now();
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<icmp::Socket>(h);
+        // Resend now and then: the first request may wait on ARP.
+        if last_sent.is_none_or(|t| t.elapsed() > Duration::from_millis(200)) && s.can_send() {
+            let repr = Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data: &payload,
+            };
+            let buf = s.send(repr.buffer_len(), to).unwrap();
+            repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &caps);
+            last_sent = Some(Instant::now());
+        }
+        while let Ok((data, from)) = s.recv() {
+            let pkt = Icmpv4Packet::new_checked(data).expect("well-formed ICMP");
+            if let Ok(Icmpv4Repr::EchoReply {
+                ident: i,
+                seq_no: n,
+                data,
+            }) = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::ignored())
+                && i == ident
+                && n == seq_no
+                && from == to
+            {
+                reply = Some(data.to_vec());
+            }
+        }
+        reply.is_some() || t0.elapsed() > Duration::from_secs(20)
+    });
+    dev.sockets().remove(h);
+    let reply = reply.unwrap_or_else(|| panic!("no echo reply from {to}: {:?}", dev.stats()));
+    assert_eq!(reply, payload, "echo reply carries the request's data");
+    reply
+}
+
+#[test]
+fn icmp_echo_local_and_global() {
+    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
+    let (nh, nt) = spawn(&settings("near", &lan, &wan, 2, 1500, ECHO));
+    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 1500, ECHO));
+    let me = settings("pinger", &lan, &wan, 1, 1500, r#"{ kind = "passthrough" }"#);
+    let mut dev = Device::new(&me, SegmentKind::Process).unwrap();
+    ping(&mut dev, IpAddress::v4(10, 0, 0, 2), 0x1234, 1);
+    ping(&mut dev, IpAddress::v4(10, 100, 0, 3), 0x1234, 2);
+    // The near device also answers on its global address.
+    ping(&mut dev, IpAddress::v4(10, 100, 0, 2), 0x4321, 3);
+    let s = dev.stats();
+    assert!(s.local.rx_frames > 0 && s.global.rx_frames > 0, "{s:?}");
+    for (h, t) in [(nh, nt), (fh, ft)] {
+        h.stop();
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn tcp_over_ipv6_global_network() {
+    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
+    let (sh, st) = spawn(&settings("server", &lan, &wan, 2, 9000, ECHO));
+    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 9000, ECHO));
+    let client = settings(
+        "client",
+        &lan,
+        &wan,
+        1,
+        9000,
+        r#"{ kind = "probe", tcp = ["[fd00:2::2]:7", "[fd00:2::3]:7", "[fd00:1::2]:7"], bytes = 4194304, timeout_ms = 30000 }"#,
+    );
+    let report = probe_report(&client);
+    assert_eq!(report.len(), 3, "{report:?}");
+    for (line, ep) in report.iter().zip(["fd00:2::2", "fd00:2::3", "fd00:1::2"]) {
+        assert!(line.starts_with(&format!("tcp {ep}")), "{report:?}");
+        assert!(line.contains("4194304 bytes echoed intact"), "{report:?}");
+    }
+    for (h, t) in [(sh, st), (fh, ft)] {
+        h.stop();
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn arp_resolves_on_both_networks() {
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    let (sh, st) = spawn(&settings("server", &lan, &wan, 2, 1500, ECHO));
+    let (ch, ct) = spawn(&settings(
+        "client",
+        &lan,
+        &wan,
+        1,
+        1500,
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.2:7"], bytes = 65536, timeout_ms = 30000 }"#,
+    ));
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert_eq!(report.len(), 2, "{report:?}");
+    assert!(
+        report
+            .iter()
+            .all(|l| l.contains("65536 bytes echoed intact")),
+        "{report:?}"
+    );
+    // The peer answered (ARP resolved) on each network: frames came in on
+    // both adapters, of both devices.
+    for s in [ch.stats(), sh.stats()] {
+        assert!(s.local.rx_frames > 0, "{s:?}");
+        assert!(s.global.rx_frames > 0, "{s:?}");
+        assert!(s.local.tx_frames > 0 && s.global.tx_frames > 0, "{s:?}");
+    }
+    for (h, t) in [(ch, ct), (sh, st)] {
+        h.stop();
+        t.join().unwrap();
+    }
+}
