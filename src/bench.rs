@@ -1,21 +1,928 @@
 //! `shmnet bench`: throughput and latency against the kernel path.
-//! (Being written: see the bench helper.)
+//!
+//! Every benchmark measures shmnet and, in the same run, the comparable
+//! kernel path (TCP over 127.0.0.1, or a Unix datagram socket pair for raw
+//! frames), and prints one JSON object per result on stdout. Each
+//! measurement is repeated (3 times, once with `--quick`) and the median is
+//! reported; `ratio` > 1 means shmnet did better.
+//!
+//! In process mode the far side (TCP sink, echo server or frame receiver)
+//! runs in a child process started as `shmnet bench-peer ...`, attached to
+//! the same named host segments; it prints `ready` once attached.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+
+use crate::config::{DeviceConfig, DeviceSettings};
+use crate::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind, mac_from_name};
+use crate::stack::Device;
 
 /// Arguments of `shmnet bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchCli {
-    /// Short smoke run.
-    #[arg(long)]
+    /// Short smoke run (of everything when no benchmark is named).
+    #[arg(long, global = true)]
     pub quick: bool,
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
 }
 
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCmd {
+    /// TCP bulk transfer device to device.
+    Tcp {
+        /// IP MTU of the network.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Bytes per transfer (default 256 MiB for MTU >= 9000, 128 MiB below;
+        /// 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+    /// 64-byte request/response round trips over one TCP connection.
+    Rr {
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Round trips per run (default 20000; 2000 with --quick).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Raw frames adapter to adapter through the shared-memory ports.
+    Frames {
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Frames per run (default 20 M; 0.5 M with --quick). The kernel path
+        /// sends a quarter as many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Where the far side runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A thread of this process (process-local segments).
+    Thread,
+    /// A child process (named host segments).
+    Process,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Thread => "thread",
+            Mode::Process => "process",
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+const PORT: u16 = 5000;
+const TIMEOUT: Duration = Duration::from_secs(120);
+const SOCK_BUF: usize = 4 << 20;
+const RR_SIZE: usize = 64;
+
 /// Runs the benchmarks; returns the process exit code.
-pub fn main(_args: &BenchCli) -> i32 {
-    0
+pub fn main(args: &BenchCli) -> i32 {
+    let quick = args.quick;
+    let reps = if quick { 1 } else { 3 };
+    let jobs: Vec<BenchCmd> = match &args.cmd {
+        Some(BenchCmd::Tcp { mtu, mode, bytes }) => vec![BenchCmd::Tcp {
+            mtu: *mtu,
+            mode: *mode,
+            bytes: *bytes,
+        }],
+        Some(BenchCmd::Rr { mode, count }) => vec![BenchCmd::Rr {
+            mode: *mode,
+            count: *count,
+        }],
+        Some(BenchCmd::Frames { size, mode, count }) => vec![BenchCmd::Frames {
+            size: *size,
+            mode: *mode,
+            count: *count,
+        }],
+        None => {
+            let mut v = Vec::new();
+            for mode in [Mode::Thread, Mode::Process] {
+                for mtu in [1500, 65535] {
+                    v.push(BenchCmd::Tcp {
+                        mtu,
+                        mode,
+                        bytes: None,
+                    });
+                }
+                v.push(BenchCmd::Rr { mode, count: None });
+                v.push(BenchCmd::Frames {
+                    size: 64,
+                    mode,
+                    count: None,
+                });
+            }
+            v
+        }
+    };
+    let mut code = 0;
+    for job in &jobs {
+        let r = match *job {
+            BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(mtu, mode, bytes, quick, reps),
+            BenchCmd::Rr { mode, count } => bench_rr(mode, count, quick, reps),
+            BenchCmd::Frames { size, mode, count } => bench_frames(size, mode, count, quick, reps),
+        };
+        match r {
+            Ok(line) => {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => {
+                eprintln!("shmnet bench: {job:?}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
 }
 
 /// Entry point of the hidden `bench-peer` subcommand (the far side of a
 /// process-mode benchmark).
-pub fn peer_main(_args: &[String]) -> i32 {
-    0
+pub fn peer_main(args: &[String]) -> i32 {
+    match peer(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shmnet bench-peer: {e}");
+            1
+        }
+    }
+}
+
+fn peer(args: &[String]) -> Res<()> {
+    let arg = |i: usize| -> Res<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {i} in {args:?}"))
+    };
+    let num = |i: usize| -> Res<u64> {
+        arg(i)?
+            .parse::<u64>()
+            .map_err(|e| format!("argument {i}: {e}"))
+    };
+    match arg(0)? {
+        kind @ ("tcp" | "rr") => {
+            let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
+            let s = settings("bench-b", 2, lan, wan, mtu)?;
+            let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
+            let h = listen(&mut dev, kind == "rr");
+            ready();
+            serve(&mut dev, h, kind == "rr", true);
+            Ok(())
+        }
+        "frames" => {
+            let (name, size, count, mtu) = (arg(1)?, num(2)? as usize, num(3)?, num(4)? as u32);
+            let seg = Segment::open_or_create(name, SegmentKind::Host, &NetworkParams::new(mtu))
+                .map_err(|e| e.to_string())?;
+            let mut rx = seg
+                .attach(&PortInfo::named("rx"))
+                .map_err(|e| e.to_string())?;
+            ready();
+            let secs = recv_frames(&mut rx, size, count)?;
+            println!("rate {}", count as f64 / secs);
+            Ok(())
+        }
+        other => Err(format!("unknown peer kind {other:?}")),
+    }
+}
+
+fn ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "bench{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn settings(name: &str, host: u8, lan: &str, wan: &str, mtu: u32) -> Res<DeviceSettings> {
+    let text = format!(
+        "name = \"{name}\"\n\
+         local = {{ segment = \"{lan}\", address = \"10.0.0.{host}/24\", mtu = {mtu} }}\n\
+         global = {{ segment = \"{wan}\", address = \"10.100.0.{host}/16\", mtu = {mtu} }}\n"
+    );
+    DeviceConfig::from_toml(&text, "bench").map_err(|e| e.to_string())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.4}")
+    } else {
+        "null".into()
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    let items: Vec<String> = v.iter().map(|&x| num(x)).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Runs `shm` and `kernel` `reps` times each; returns the JSON line.
+fn measure(
+    head: &str,
+    unit: &str,
+    extra: &str,
+    reps: usize,
+    mut shm: impl FnMut() -> Res<f64>,
+    mut kernel: impl FnMut() -> Res<f64>,
+) -> Res<String> {
+    let mut s = Vec::with_capacity(reps);
+    let mut k = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        s.push(shm()?);
+        k.push(kernel()?);
+    }
+    let (sr, kr) = (s.clone(), k.clone());
+    let (sm, km) = (median(&mut s), median(&mut k));
+    Ok(format!(
+        "{{{head},\"shmnet\":{},\"kernel\":{},\"unit\":\"{unit}\",\"ratio\":{}{extra},\"reps\":{reps},\"shmnet_runs\":{},\"kernel_runs\":{}}}",
+        num(sm),
+        num(km),
+        num(sm / km),
+        list(&sr),
+        list(&kr)
+    ))
+}
+
+/// The far side of a process-mode run.
+struct PeerProc {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl PeerProc {
+    fn spawn(args: &[String]) -> Res<PeerProc> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("bench-peer")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn bench-peer: {e}"))?;
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut p = PeerProc { child, out };
+        let line = p.line()?;
+        if line != "ready" {
+            return Err(format!("bench-peer said {line:?}, expected ready"));
+        }
+        Ok(p)
+    }
+
+    fn line(&mut self) -> Res<String> {
+        let mut s = String::new();
+        match self.out.read_line(&mut s) {
+            Ok(0) => Err("bench-peer exited early".into()),
+            Ok(_) => Ok(s.trim().to_string()),
+            Err(e) => Err(format!("reading bench-peer: {e}")),
+        }
+    }
+
+    fn finish(mut self) -> Res<()> {
+        let t0 = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("bench-peer: {st}")),
+                Ok(None) if t0.elapsed() > Duration::from_secs(5) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err("bench-peer did not exit".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes host segments when dropped.
+struct Unlink(Vec<String>);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Segment::unlink(n);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- TCP on shmnet
+
+fn listen(dev: &mut Device, rr: bool) -> SocketHandle {
+    let mut s = crate::functions::diag::tcp_socket(SOCK_BUF);
+    if rr {
+        s.set_ack_delay(None);
+    }
+    s.listen(PORT).expect("listen on a fresh socket");
+    dev.sockets().add(s)
+}
+
+/// Sink (or echo) until the client closes; with `exit`, also stops the
+/// device when the connection is over or after a long idle time.
+fn serve(dev: &mut Device, h: SocketHandle, echo: bool, exit: bool) {
+    let mut last = Instant::now();
+    let mut closing: Option<Instant> = None;
+    let mut tmp = vec![0u8; 64 * 1024];
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<tcp::Socket>(h);
+        let mut moved = false;
+        if echo {
+            while s.can_recv() && s.can_send() {
+                let room = (s.send_capacity() - s.send_queue()).min(tmp.len());
+                let n = s.recv_slice(&mut tmp[..room]).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                let _ = s.send_slice(&tmp[..n]);
+                moved = true;
+            }
+        } else {
+            while let Ok(n) = s.recv(|b| (b.len(), b.len())) {
+                if n == 0 {
+                    break;
+                }
+                moved = true;
+            }
+        }
+        if moved {
+            last = Instant::now();
+        }
+        if !exit {
+            return false;
+        }
+        if closing.is_none() && s.state() == tcp::State::CloseWait && s.recv_queue() == 0 {
+            s.close();
+            closing = Some(Instant::now());
+        }
+        if let Some(t) = closing {
+            return s.state() == tcp::State::Closed || t.elapsed() > Duration::from_millis(500);
+        }
+        last.elapsed() > Duration::from_secs(30)
+    });
+}
+
+/// A client device connected to the server at 10.0.0.2; returns it once
+/// the connection is established.
+fn client(
+    lan: &str,
+    wan: &str,
+    mtu: u32,
+    kind: SegmentKind,
+    rr: bool,
+) -> Res<(Device, SocketHandle)> {
+    let s = settings("bench-a", 1, lan, wan, mtu)?;
+    let mut dev = Device::new(&s, kind).map_err(|e| e.to_string())?;
+    let mut sock = crate::functions::diag::tcp_socket(SOCK_BUF);
+    if rr {
+        sock.set_ack_delay(None);
+    }
+    let h = dev.sockets().add(sock);
+    let (iface, sockets) = dev.parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), PORT), 49152)
+        .map_err(|e| format!("connect: {e}"))?;
+    let t0 = Instant::now();
+    let mut failed = false;
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<tcp::Socket>(h);
+        if s.may_send() {
+            return true;
+        }
+        failed = t0.elapsed() > Duration::from_secs(10) || s.state() == tcp::State::Closed;
+        failed
+    });
+    if failed {
+        return Err("could not connect".into());
+    }
+    Ok((dev, h))
+}
+
+/// Closes the client's connection politely (bounded wait).
+fn hang_up(dev: &mut Device, h: SocketHandle) {
+    dev.sockets().get_mut::<tcp::Socket>(h).close();
+    let t0 = Instant::now();
+    dev.run_until(|d| {
+        let st = d.sockets().get_mut::<tcp::Socket>(h).state();
+        matches!(st, tcp::State::TimeWait | tcp::State::Closed)
+            || t0.elapsed() > Duration::from_millis(500)
+    });
+}
+
+/// Sends `bytes`; returns seconds from the first byte to the receiver's
+/// acknowledgement of the last.
+fn send_bulk(dev: &mut Device, h: SocketHandle, bytes: u64) -> Res<f64> {
+    let mut sent = 0u64;
+    let start = Instant::now();
+    let mut err = None;
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<tcp::Socket>(h);
+        while sent < bytes && s.can_send() {
+            let rem = (bytes - sent) as usize;
+            match s.send(|b| {
+                let n = b.len().min(rem);
+                (n, n)
+            }) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => sent += n as u64,
+            }
+        }
+        if sent == bytes && s.send_queue() == 0 {
+            return true;
+        }
+        if !s.may_send() {
+            err = Some(format!(
+                "connection lost in {:?} after {sent} bytes",
+                s.state()
+            ));
+        } else if start.elapsed() > TIMEOUT {
+            err = Some(format!("timed out after {sent} bytes"));
+        }
+        err.is_some()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    match err {
+        Some(e) => Err(e),
+        None => Ok(secs),
+    }
+}
+
+/// `count` 64-byte round trips; returns seconds.
+fn ping_pong(dev: &mut Device, h: SocketHandle, count: u64) -> Res<f64> {
+    let msg = [0x5au8; RR_SIZE];
+    let mut done = 0u64;
+    let mut got = 0usize;
+    let mut need_send = true;
+    let start = Instant::now();
+    let mut err = None;
+    let mut tmp = [0u8; RR_SIZE];
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<tcp::Socket>(h);
+        loop {
+            if need_send {
+                if !s.can_send() {
+                    break;
+                }
+                if s.send_slice(&msg) != Ok(RR_SIZE) {
+                    err = Some("send buffer full".into());
+                    return true;
+                }
+                need_send = false;
+            }
+            let n = s.recv_slice(&mut tmp[..RR_SIZE - got]).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if got == RR_SIZE {
+                got = 0;
+                done += 1;
+                if done == count {
+                    return true;
+                }
+                need_send = true;
+            }
+        }
+        if !s.may_recv() {
+            err = Some(format!("connection lost after {done} round trips"));
+        } else if start.elapsed() > TIMEOUT {
+            err = Some(format!("timed out after {done} round trips"));
+        }
+        err.is_some()
+    });
+    let secs = start.elapsed().as_secs_f64();
+    match err {
+        Some(e) => Err(e),
+        None => Ok(secs),
+    }
+}
+
+/// One shmnet TCP run (bulk or round trips); returns seconds.
+fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    match mode {
+        Mode::Thread => {
+            let s = settings("bench-b", 2, &lan, &wan, mtu)?;
+            let mut server = Device::new(&s, SegmentKind::Process).map_err(|e| e.to_string())?;
+            let sh = listen(&mut server, rr);
+            let handle = server.handle();
+            let t = std::thread::Builder::new()
+                .name("bench-server".into())
+                .spawn(move || {
+                    serve(&mut server, sh, rr, false);
+                    server
+                })
+                .map_err(|e| e.to_string())?;
+            let r = client(&lan, &wan, mtu, SegmentKind::Process, rr).and_then(|(mut dev, h)| {
+                let r = if rr {
+                    ping_pong(&mut dev, h, amount)
+                } else {
+                    send_bulk(&mut dev, h, amount)
+                };
+                hang_up(&mut dev, h);
+                r
+            });
+            handle.stop();
+            let _ = t.join();
+            r
+        }
+        Mode::Process => {
+            let _unlink = Unlink(vec![lan.clone(), wan.clone()]);
+            let kind = if rr { "rr" } else { "tcp" };
+            let peer = PeerProc::spawn(&[kind.into(), lan.clone(), wan.clone(), mtu.to_string()])?;
+            let (mut dev, h) = client(&lan, &wan, mtu, SegmentKind::Host, rr)?;
+            let r = if rr {
+                ping_pong(&mut dev, h, amount)
+            } else {
+                send_bulk(&mut dev, h, amount)
+            };
+            hang_up(&mut dev, h);
+            let f = peer.finish();
+            drop(dev);
+            let secs = r?;
+            f?;
+            Ok(secs)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- TCP on the kernel
+
+fn kernel_bulk(bytes: u64) -> Res<f64> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let rx = std::thread::spawn(move || -> std::io::Result<(u64, Instant)> {
+        let (mut c, _) = l.accept()?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total >= bytes {
+                break;
+            }
+        }
+        Ok((total, Instant::now()))
+    });
+    let tx = std::thread::spawn(move || -> std::io::Result<Instant> {
+        let mut c = TcpStream::connect(addr)?;
+        let buf = vec![0xa5u8; 64 * 1024];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = (bytes - sent).min(buf.len() as u64) as usize;
+            c.write_all(&buf[..n])?;
+            sent += n as u64;
+        }
+        c.shutdown(std::net::Shutdown::Write)?;
+        Ok(start)
+    });
+    let start = tx
+        .join()
+        .map_err(|_| "sender panicked")?
+        .map_err(|e| e.to_string())?;
+    let (total, end) = rx
+        .join()
+        .map_err(|_| "receiver panicked")?
+        .map_err(|e| e.to_string())?;
+    if total != bytes {
+        return Err(format!("kernel sink got {total} of {bytes} bytes"));
+    }
+    Ok((end - start).as_secs_f64())
+}
+
+fn kernel_rr(count: u64) -> Res<f64> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = l.local_addr().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut c, _) = l.accept()?;
+        c.set_nodelay(true)?;
+        let mut buf = [0u8; RR_SIZE];
+        for _ in 0..count {
+            c.read_exact(&mut buf)?;
+            c.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let client = std::thread::spawn(move || -> std::io::Result<f64> {
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut buf = [0x5au8; RR_SIZE];
+        let start = Instant::now();
+        for _ in 0..count {
+            c.write_all(&buf)?;
+            c.read_exact(&mut buf)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    });
+    let secs = client
+        .join()
+        .map_err(|_| "client panicked")?
+        .map_err(|e| e.to_string())?;
+    server
+        .join()
+        .map_err(|_| "server panicked")?
+        .map_err(|e| e.to_string())?;
+    Ok(secs)
+}
+
+fn bench_tcp(mtu: u32, mode: Mode, bytes: Option<u64>, quick: bool, reps: usize) -> Res<String> {
+    let bytes = bytes.unwrap_or(if quick {
+        16 << 20
+    } else if mtu >= 9000 {
+        256 << 20
+    } else {
+        128 << 20
+    });
+    if bytes == 0 {
+        return Err("--bytes must be positive".into());
+    }
+    let gbit = |secs: f64| bytes as f64 * 8.0 / secs / 1e9;
+    let head = format!(
+        "\"bench\":\"tcp\",\"mode\":\"{}\",\"mtu\":{mtu}",
+        mode.name()
+    );
+    measure(
+        &head,
+        "Gbit/s",
+        &format!(",\"bytes\":{bytes}"),
+        reps,
+        || shm_tcp_run(mtu, mode, false, bytes).map(gbit),
+        || kernel_bulk(bytes).map(gbit),
+    )
+}
+
+fn bench_rr(mode: Mode, count: Option<u64>, quick: bool, reps: usize) -> Res<String> {
+    let count = count.unwrap_or(if quick { 2000 } else { 20_000 }).max(1);
+    let rate = |secs: f64| count as f64 / secs;
+    let head = format!(
+        "\"bench\":\"rr\",\"mode\":\"{}\",\"size\":{RR_SIZE}",
+        mode.name()
+    );
+    measure(
+        &head,
+        "round trips/s",
+        &format!(",\"count\":{count},\"mtu\":1500"),
+        reps,
+        || shm_tcp_run(1500, mode, true, count).map(rate),
+        || kernel_rr(count).map(rate),
+    )
+}
+
+// ---------------------------------------------------------------- frames
+
+/// Sends `count` frames of `size` bytes from `tx` to `to`.
+fn send_frames(tx: &mut Port, to: Peer, size: usize, count: u64) -> Res<()> {
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < count {
+        match tx.alloc() {
+            Some(mut buf) => {
+                let b = tx.buffer_mut(&mut buf);
+                b[..size].fill(0x3c);
+                b[..8.min(size)].copy_from_slice(&sent.to_le_bytes()[..8.min(size)]);
+                tx.send(buf, size, &[to]);
+                sent += 1;
+                if sent.is_multiple_of(32) {
+                    tx.flush();
+                }
+            }
+            None => {
+                tx.flush();
+                std::hint::spin_loop();
+                if start.elapsed() > TIMEOUT {
+                    return Err(format!("sender stuck after {sent} frames"));
+                }
+            }
+        }
+    }
+    while tx.backlog_len() > 0 {
+        tx.flush();
+        std::hint::spin_loop();
+        if start.elapsed() > TIMEOUT {
+            return Err("sender backlog never drained".into());
+        }
+    }
+    tx.flush();
+    Ok(())
+}
+
+/// Receives `count` frames; returns seconds from the first to the last.
+fn recv_frames(rx: &mut Port, size: usize, count: u64) -> Res<f64> {
+    let mut buf = vec![0u8; rx.segment().frame_size()];
+    let mut got = 0u64;
+    let mut start = None;
+    let mut idle_since = Instant::now();
+    let mut empty = 0u64;
+    while got < count {
+        match rx.recv_into(&mut buf) {
+            Some((len, _)) => {
+                if len != size {
+                    return Err(format!("frame of {len} bytes, expected {size}"));
+                }
+                if got == 0 {
+                    start = Some(Instant::now());
+                }
+                got += 1;
+                empty = 0;
+                if got.is_multiple_of(32) {
+                    rx.flush();
+                }
+            }
+            None => {
+                if empty == 0 {
+                    idle_since = Instant::now();
+                }
+                empty += 1;
+                rx.flush();
+                std::hint::spin_loop();
+                if empty.is_multiple_of(65536) && idle_since.elapsed() > TIMEOUT {
+                    return Err(format!("receiver stuck after {got} frames"));
+                }
+            }
+        }
+    }
+    rx.flush();
+    Ok(start.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+}
+
+fn frames_mtu(size: usize) -> u32 {
+    (size as u32).clamp(576, 65535)
+}
+
+/// One shmnet frames run; returns frames per second (at the receiver).
+fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
+    let name = unique("frames");
+    let mtu = frames_mtu(size);
+    match mode {
+        Mode::Thread => {
+            let seg =
+                Segment::open_or_create(&name, SegmentKind::Process, &NetworkParams::new(mtu))
+                    .map_err(|e| e.to_string())?;
+            if size > seg.frame_size() {
+                return Err(format!("size {size} > frame size {}", seg.frame_size()));
+            }
+            let mut tx = seg
+                .attach(&PortInfo::named("tx"))
+                .map_err(|e| e.to_string())?;
+            let mut rx = seg
+                .attach(&PortInfo::named("rx"))
+                .map_err(|e| e.to_string())?;
+            let to = rx.peer();
+            let t = std::thread::Builder::new()
+                .name("bench-rx".into())
+                .spawn(move || recv_frames(&mut rx, size, count))
+                .map_err(|e| e.to_string())?;
+            let s = send_frames(&mut tx, to, size, count);
+            let r = t.join().map_err(|_| "receiver panicked")?;
+            s?;
+            let secs = r?;
+            Ok(count as f64 / secs)
+        }
+        Mode::Process => {
+            let _unlink = Unlink(vec![name.clone()]);
+            let seg = Segment::open_or_create(&name, SegmentKind::Host, &NetworkParams::new(mtu))
+                .map_err(|e| e.to_string())?;
+            if size > seg.frame_size() {
+                return Err(format!("size {size} > frame size {}", seg.frame_size()));
+            }
+            let mut tx = seg
+                .attach(&PortInfo::named("tx"))
+                .map_err(|e| e.to_string())?;
+            let mut peer = PeerProc::spawn(&[
+                "frames".into(),
+                name.clone(),
+                size.to_string(),
+                count.to_string(),
+                mtu.to_string(),
+            ])?;
+            let rx_mac = mac_from_name("rx");
+            let p = seg
+                .peers()
+                .into_iter()
+                .find(|p| p.mac == rx_mac)
+                .ok_or("bench-peer's port not found")?;
+            let to = Peer {
+                index: p.index,
+                epoch: p.epoch,
+            };
+            send_frames(&mut tx, to, size, count)?;
+            let line = peer.line()?;
+            let rate = line
+                .strip_prefix("rate ")
+                .and_then(|r| r.parse::<f64>().ok())
+                .ok_or_else(|| format!("bench-peer said {line:?}"))?;
+            peer.finish()?;
+            drop(tx);
+            Ok(rate)
+        }
+    }
+}
+
+/// Unix datagram pair: returns frames per second at the receiver.
+fn kernel_frames(size: usize, count: u64) -> Res<f64> {
+    let (a, b) = std::os::unix::net::UnixDatagram::pair().map_err(|e| e.to_string())?;
+    let rx = std::thread::spawn(move || -> std::io::Result<f64> {
+        let mut buf = vec![0u8; size.max(1) + 64];
+        let mut start = None;
+        for i in 0..count {
+            let n = b.recv(&mut buf)?;
+            if n != size {
+                return Err(std::io::Error::other(format!("datagram of {n} bytes")));
+            }
+            if i == 0 {
+                start = Some(Instant::now());
+            }
+        }
+        Ok(start.map_or(0.0, |s| s.elapsed().as_secs_f64()))
+    });
+    let tx = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0x3cu8; size];
+        for i in 0..count {
+            buf[..8.min(size)].copy_from_slice(&i.to_le_bytes()[..8.min(size)]);
+            a.send(&buf)?;
+        }
+        Ok(())
+    });
+    tx.join()
+        .map_err(|_| "sender panicked")?
+        .map_err(|e| e.to_string())?;
+    let secs = rx
+        .join()
+        .map_err(|_| "receiver panicked")?
+        .map_err(|e| e.to_string())?;
+    Ok(count as f64 / secs)
+}
+
+fn bench_frames(
+    size: usize,
+    mode: Mode,
+    count: Option<u64>,
+    quick: bool,
+    reps: usize,
+) -> Res<String> {
+    if size == 0 {
+        return Err("--size must be positive".into());
+    }
+    let count = count
+        .unwrap_or(if quick { 500_000 } else { 20_000_000 })
+        .max(2);
+    let kcount = (count / 4).max(2);
+    let head = format!(
+        "\"bench\":\"frames\",\"mode\":\"{}\",\"size\":{size}",
+        mode.name()
+    );
+    measure(
+        &head,
+        "M frames/s",
+        &format!(",\"count\":{count},\"kernel_count\":{kcount}"),
+        reps,
+        || shm_frames_run(size, mode, count).map(|r| r / 1e6),
+        || kernel_frames(size, kcount).map(|r| r / 1e6),
+    )
 }
