@@ -22,6 +22,7 @@
 //! let mut buf = a.alloc().unwrap();
 //! a.buffer_mut(&mut buf)[..5].copy_from_slice(b"hello");
 //! a.send(buf, 5, &[b.peer()]);
+//! a.flush(); // publish the burst
 //! let mut out = vec![0u8; seg.frame_size()];
 //! let (len, from) = b.recv_into(&mut out).unwrap();
 //! assert_eq!((&out[..len], from), (&b"hello"[..], a.index()));

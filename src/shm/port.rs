@@ -50,7 +50,13 @@ struct OutLink {
     link: u32,
     serial: u32,
     ring: usize,
+    /// Next slot to fill (local; published to the ring as `published`).
     head: u32,
+    published: u32,
+    /// The consumer's tail as last read for space checks: re-read only when
+    /// the ring looks full, so the hot path stays off the consumer's line.
+    tail_cache: u32,
+    /// The tail up to which buffers have been returned to the pool.
     tail_seen: u32,
     /// Buffers in the ring, oldest first.
     inflight: VecDeque<u32>,
@@ -65,7 +71,104 @@ struct InLink {
     serial: u32,
     ring: usize,
     tail: u32,
+    /// Tail value last stored to the ring.
+    published: u32,
+    /// The producer's head as last read.
+    head_seen: u32,
     consumed: bool,
+}
+
+/// Ring indices are published every this many frames, and at `flush`.
+const PUBLISH_BATCH: u32 = 32;
+
+/// The ring geometry a link operation needs, copied out of the port so the
+/// link can be borrowed mutably alongside it.
+#[derive(Clone, Copy)]
+struct Rings<'a> {
+    seg: &'a Segment,
+    index: u32,
+    slots: u32,
+    mask: u32,
+    counters: &'a PortCounters,
+}
+
+impl Rings<'_> {
+    fn u32(&self, ring: usize, field: usize) -> &AtomicU32 {
+        self.seg.region.atomic_u32(ring + field)
+    }
+
+    /// Writes a descriptor for `buffer` into the link's next slot; `false`
+    /// if the ring is full.
+    fn push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
+        if link.head.wrapping_sub(link.tail_cache) >= self.slots {
+            let tail = self.u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let used = link.head.wrapping_sub(tail);
+            if used > self.slots {
+                // The consumer wrote a tail we never allowed: ignore it.
+                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            link.tail_cache = tail;
+            if used == self.slots {
+                return false;
+            }
+        }
+        let g = self.seg.geometry();
+        let mut d = [0u8; DESC_LEN];
+        DescriptorRepr {
+            region: self.index as u16,
+            buffer,
+            length: len,
+            metadata: 0,
+        }
+        .emit(&mut Descriptor::new_unchecked(&mut d[..]), g);
+        let at = link.ring + RING_HEADER_LEN + (link.head & self.mask) as usize * DESC_LEN;
+        self.seg.region.write(at, &d);
+        link.head = link.head.wrapping_add(1);
+        link.inflight.push_back(buffer);
+        link.pushed = true;
+        if link.head.wrapping_sub(link.published) >= PUBLISH_BATCH {
+            self.publish(link);
+        }
+        true
+    }
+
+    fn publish(&self, link: &mut OutLink) {
+        if link.published != link.head {
+            link.published = link.head;
+            self.u32(link.ring, ring_field::HEAD)
+                .store(link.head, Ordering::Release);
+        }
+    }
+
+    /// Moves `tail_seen` to `tail`; the buffers passed are returned by the
+    /// caller from `inflight` (see `Port::reclaim`).
+    fn reclaim_to(&self, link: &mut OutLink, tail: u32) -> usize {
+        let mut done = tail.wrapping_sub(link.tail_seen) as usize;
+        if done > link.inflight.len() {
+            // A consumer claiming more than we sent is corrupt; trust only
+            // what we know is in the ring.
+            self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
+            done = link.inflight.len();
+        }
+        link.tail_seen = link.tail_seen.wrapping_add(done as u32);
+        link.tail_cache = link.tail_seen;
+        done
+    }
+}
+
+/// Borrows the ring view of a port field by field, so `self.out` can be
+/// borrowed mutably at the same time.
+macro_rules! rings {
+    ($p:expr) => {
+        Rings {
+            seg: &$p.seg,
+            index: $p.index,
+            slots: $p.slots,
+            mask: $p.mask,
+            counters: &$p.counters,
+        }
+    };
 }
 
 /// One attachment of an adapter to a segment.
@@ -78,6 +181,10 @@ pub struct Port {
     free: Vec<u32>,
     refs: Vec<u16>,
     out: Vec<Option<OutLink>>,
+    /// Indices of `out` that hold a link.
+    active: Vec<usize>,
+    /// Buffers whose descriptors consumers passed, not yet back in `free`.
+    finished: Vec<u32>,
     inbound: Vec<InLink>,
     rr: usize,
     port_gen: u32,
@@ -96,6 +203,8 @@ impl Port {
             free: (0..g.buffers).rev().collect(),
             refs: vec![0; g.buffers as usize],
             out: (0..g.max_ports).map(|_| None).collect(),
+            active: Vec::new(),
+            finished: Vec::new(),
             inbound: Vec::new(),
             rr: 0,
             port_gen: seg.port_generation().load(Ordering::Acquire),
@@ -143,8 +252,8 @@ impl Port {
         self.seg.region.atomic_u32(ring + field)
     }
 
-    /// Number of free transmit buffers (after reclaiming finished ones if
-    /// none are free).
+    /// Number of free transmit buffers (reclaiming finished ones when few
+    /// are left).
     pub fn free_buffers(&mut self) -> usize {
         if self.free.len() <= LOW_WATER {
             self.reclaim();
@@ -182,25 +291,21 @@ impl Port {
 
     /// Returns an unsent buffer to the pool.
     pub fn release(&mut self, buf: TxBuf) {
-        self.unref(buf.index);
-    }
-
-    fn unref(&mut self, index: u32) {
-        let r = &mut self.refs[index as usize];
-        *r = r.saturating_sub(1);
-        if *r == 0 {
-            self.free.push(index);
-        }
+        unref(&mut self.refs, &mut self.free, buf.index);
     }
 
     /// Sends the first `len` bytes of `buf` to each of `to` (one for
     /// unicast, several for broadcast: the same buffer is shared). Frames to
     /// a vanished peer are counted as unroutable. Never drops because a ring
     /// is full: such frames wait in a local backlog for [`Port::flush`].
+    ///
+    /// Descriptors are published to the consumer in batches; call
+    /// [`Port::flush`] after a burst (the device loop does, every round).
     pub fn send(&mut self, buf: TxBuf, len: usize, to: &[Peer]) {
         let len = len.min(self.seg.frame_size()) as u32;
         for &peer in to {
-            if peer.index == self.index || peer.index as usize >= self.out.len() {
+            let idx = peer.index as usize;
+            if peer.index == self.index || idx >= self.out.len() {
                 continue;
             }
             if !self.ensure_link(peer) {
@@ -208,16 +313,15 @@ impl Port {
                 continue;
             }
             self.refs[buf.index as usize] += 1;
-            let idx = peer.index as usize;
-            let mut link = self.out[idx].take().expect("ensured above");
-            if link.backlog.is_empty() && self.try_push(&mut link, buf.index, len) {
-                link.pushed = true;
-            } else {
+            let rings = rings!(self);
+            let Some(link) = self.out[idx].as_mut() else {
+                continue;
+            };
+            if !(link.backlog.is_empty() && rings.push(link, buf.index, len)) {
                 link.backlog.push_back((buf.index, len));
             }
-            self.out[idx] = Some(link);
         }
-        self.unref(buf.index);
+        unref(&mut self.refs, &mut self.free, buf.index);
     }
 
     /// Makes sure an outgoing link to `peer` exists (claims one if needed).
@@ -248,83 +352,40 @@ impl Port {
             serial,
             ring: self.seg.geometry().ring_off(link),
             head: 0,
+            published: 0,
+            tail_cache: 0,
             tail_seen: 0,
             inflight: VecDeque::new(),
             backlog: VecDeque::new(),
             pushed: true, // wake the peer so it picks the new link up
         });
-        true
-    }
-
-    fn try_push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
-        let tail = self
-            .ring_u32(link.ring, ring_field::TAIL)
-            .load(Ordering::Acquire);
-        let used = link.head.wrapping_sub(tail);
-        if used >= self.slots {
-            if used > self.slots {
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            return false;
-        }
-        let g = self.seg.geometry();
-        let mut d = [0u8; DESC_LEN];
-        DescriptorRepr {
-            region: self.index as u16,
-            buffer,
-            length: len,
-            metadata: 0,
-        }
-        .emit(&mut Descriptor::new_unchecked(&mut d[..]), g);
-        let at = link.ring + RING_HEADER_LEN + (link.head & self.mask) as usize * DESC_LEN;
-        self.seg.region.write(at, &d);
-        link.head = link.head.wrapping_add(1);
-        self.ring_u32(link.ring, ring_field::HEAD)
-            .store(link.head, Ordering::Release);
-        link.inflight.push_back(buffer);
+        self.active.push(idx);
         true
     }
 
     /// Returns buffers whose descriptors the consumers have passed.
     fn reclaim(&mut self) {
         self.check_generations();
-        for i in 0..self.out.len() {
-            let Some(mut link) = self.out[i].take() else {
+        let rings = rings!(self);
+        for &i in &self.active {
+            let Some(link) = self.out[i].as_mut() else {
                 continue;
             };
-            let tail = self
-                .ring_u32(link.ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
-            let mut done = tail.wrapping_sub(link.tail_seen) as usize;
-            if done > link.inflight.len() {
-                // A consumer claiming more than we sent is corrupt; trust only
-                // what we know is in the ring.
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                done = link.inflight.len();
-            }
-            link.tail_seen = link.tail_seen.wrapping_add(done as u32);
-            for _ in 0..done {
-                if let Some(b) = link.inflight.pop_front() {
-                    self.unref(b);
-                }
-            }
-            self.out[i] = Some(link);
+            let tail = rings.u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let done = rings.reclaim_to(link, tail);
+            self.finished.extend(link.inflight.drain(..done));
+        }
+        for b in std::mem::take(&mut self.finished) {
+            unref(&mut self.refs, &mut self.free, b);
         }
     }
 
     fn drop_out_link(&mut self, idx: usize) {
         if let Some(link) = self.out[idx].take() {
-            for b in link
-                .inflight
-                .iter()
-                .chain(link.backlog.iter().map(|(b, _)| b))
-            {
-                let r = &mut self.refs[*b as usize];
-                *r = r.saturating_sub(1);
-                if *r == 0 {
-                    self.free.push(*b);
-                }
+            for b in link.inflight.iter().chain(link.backlog.iter().map(|(b, _)| b)) {
+                unref(&mut self.refs, &mut self.free, *b);
             }
+            self.active.retain(|&i| i != idx);
             self.seg.free_link(link.link, link.serial, STATE_ACTIVE);
             self.counters.links_reset.fetch_add(1, Ordering::Relaxed);
         }
@@ -336,7 +397,7 @@ impl Port {
         let pg = self.seg.port_generation().load(Ordering::Acquire);
         if pg != self.port_gen {
             self.port_gen = pg;
-            for i in 0..self.out.len() {
+            for i in self.active.clone() {
                 if let Some(l) = &self.out[i]
                     && self.seg.port_epoch(l.peer.index) != Some(l.peer.epoch)
                 {
@@ -355,9 +416,7 @@ impl Port {
                 live
             });
             let reset = (before - self.inbound.len()) as u64;
-            self.counters
-                .links_reset
-                .fetch_add(reset, Ordering::Relaxed);
+            self.counters.links_reset.fetch_add(reset, Ordering::Relaxed);
         }
         let lg = self.seg.link_generation().load(Ordering::Acquire);
         if lg != self.link_gen {
@@ -375,43 +434,48 @@ impl Port {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
             if state != STATE_ACTIVE
                 || seg.link_u32(l, link_field::DST).load(Ordering::Relaxed) != self.index
-                || seg
-                    .link_u32(l, link_field::DST_EPOCH)
-                    .load(Ordering::Relaxed)
-                    != self.epoch
+                || seg.link_u32(l, link_field::DST_EPOCH).load(Ordering::Relaxed) != self.epoch
             {
                 continue;
             }
             let src = Peer {
                 index: seg.link_u32(l, link_field::SRC).load(Ordering::Relaxed),
-                epoch: seg
-                    .link_u32(l, link_field::SRC_EPOCH)
-                    .load(Ordering::Relaxed),
+                epoch: seg.link_u32(l, link_field::SRC_EPOCH).load(Ordering::Relaxed),
             };
             if src.index >= g.max_ports || src.index == self.index {
                 continue;
             }
             found.push((l, serial, src));
         }
-        let old = std::mem::take(&mut self.inbound);
+        let mut old = std::mem::take(&mut self.inbound);
         for (link, serial, src) in found {
             let ring = g.ring_off(link);
-            let tail = old
-                .iter()
-                .find(|o| o.link == link && o.serial == serial)
-                .map(|o| o.tail)
-                .unwrap_or_else(|| {
-                    self.ring_u32(ring, ring_field::TAIL)
-                        .load(Ordering::Acquire)
-                });
+            if let Some(pos) = old.iter().position(|o| o.link == link && o.serial == serial) {
+                self.inbound.push(old.swap_remove(pos));
+                continue;
+            }
+            if self.ring_u32(ring, ring_field::COOKIE).load(Ordering::Relaxed) != RING_COOKIE {
+                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
+            }
+            let tail = self.ring_u32(ring, ring_field::TAIL).load(Ordering::Acquire);
             self.inbound.push(InLink {
                 src,
                 link,
                 serial,
                 ring,
                 tail,
+                published: tail,
+                head_seen: tail,
                 consumed: false,
             });
+        }
+        // Links that disappeared: publish what we consumed (harmless if the
+        // slot was reused: the new owner resets the ring when claiming).
+        for l in old {
+            if l.published != l.tail {
+                self.ring_u32(l.ring, ring_field::TAIL)
+                    .store(l.tail, Ordering::Release);
+            }
         }
     }
 
@@ -421,37 +485,40 @@ impl Port {
     pub fn recv_into(&mut self, dst: &mut [u8]) -> Option<(usize, u32)> {
         self.check_generations();
         let n = self.inbound.len();
+        let slots = self.slots;
         for k in 0..n {
             let i = (self.rr + k) % n;
             loop {
-                let link = &self.inbound[i];
-                let head = self
-                    .ring_u32(link.ring, ring_field::HEAD)
-                    .load(Ordering::Acquire);
-                let avail = head.wrapping_sub(link.tail);
-                if avail == 0 {
-                    break;
+                let link = &mut self.inbound[i];
+                if link.tail == link.head_seen {
+                    let head = self
+                        .seg
+                        .region
+                        .atomic_u32(link.ring + ring_field::HEAD)
+                        .load(Ordering::Acquire);
+                    let avail = head.wrapping_sub(link.tail);
+                    if avail == 0 {
+                        break;
+                    }
+                    if avail > slots {
+                        // Garbage indices: resynchronise to the producer's
+                        // head rather than read slots that were never written.
+                        self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
+                        link.tail = head;
+                        link.head_seen = head;
+                        link.published = head;
+                        self.seg
+                            .region
+                            .atomic_u32(link.ring + ring_field::TAIL)
+                            .store(head, Ordering::Release);
+                        break;
+                    }
+                    link.head_seen = head;
                 }
-                if avail > self.slots
-                    || self
-                        .ring_u32(link.ring, ring_field::COOKIE)
-                        .load(Ordering::Relaxed)
-                        != RING_COOKIE
-                {
-                    // Garbage indices: resynchronise to the producer's head
-                    // rather than read slots that were never written.
-                    self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                    let ring = self.inbound[i].ring;
-                    self.inbound[i].tail = head;
-                    self.ring_u32(ring, ring_field::TAIL)
-                        .store(head, Ordering::Release);
-                    break;
-                }
-                let link = &self.inbound[i];
                 let at = link.ring + RING_HEADER_LEN + (link.tail & self.mask) as usize * DESC_LEN;
+                let src = link.src.index;
                 let mut d = [0u8; DESC_LEN];
                 self.seg.region.read(at, &mut d);
-                let src = link.src.index;
                 let parsed = DescriptorRepr::parse(
                     &Descriptor::new_unchecked(&d[..]),
                     self.seg.geometry(),
@@ -465,20 +532,22 @@ impl Port {
                         Some(r.length as usize)
                     }
                     _ => {
-                        self.counters
-                            .bad_descriptors
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters.bad_descriptors.fetch_add(1, Ordering::Relaxed);
                         None
                     }
                 };
                 let link = &mut self.inbound[i];
                 link.tail = link.tail.wrapping_add(1);
                 link.consumed = true;
-                let (ring, tail) = (link.ring, link.tail);
-                self.ring_u32(ring, ring_field::TAIL)
-                    .store(tail, Ordering::Release);
+                if link.tail.wrapping_sub(link.published) >= PUBLISH_BATCH {
+                    link.published = link.tail;
+                    self.seg
+                        .region
+                        .atomic_u32(link.ring + ring_field::TAIL)
+                        .store(link.tail, Ordering::Release);
+                }
                 if let Some(len) = got {
-                    self.rr = i + 1;
+                    self.rr = i;
                     return Some((len, src));
                 }
             }
@@ -505,47 +574,54 @@ impl Port {
         self.out.iter().flatten().map(|l| l.backlog.len()).sum()
     }
 
-    /// Pushes backlogged frames, reclaims buffers, and wakes peers that
-    /// sleep and have new frames (or, as senders, new free slots).
+    /// Publishes pending ring indices, pushes backlogged frames, reclaims
+    /// buffers, and wakes peers that sleep and have new frames (or, as
+    /// senders, new free slots). Call after every burst.
     pub fn flush(&mut self) {
-        for i in 0..self.out.len() {
-            let Some(mut link) = self.out[i].take() else {
+        let rings = rings!(self);
+        for &i in &self.active {
+            let Some(link) = self.out[i].as_mut() else {
                 continue;
             };
             while let Some(&(b, len)) = link.backlog.front() {
-                if !self.try_push(&mut link, b, len) {
+                if !rings.push(link, b, len) {
                     break;
                 }
                 link.backlog.pop_front();
-                link.pushed = true;
             }
-            self.out[i] = Some(link);
+            rings.publish(link);
+        }
+        for link in &mut self.inbound {
+            if link.published != link.tail {
+                link.published = link.tail;
+                rings
+                    .u32(link.ring, ring_field::TAIL)
+                    .store(link.tail, Ordering::Release);
+            }
         }
         if self.free.len() < self.refs.len() / 2 {
             self.reclaim();
         } else {
             self.check_generations();
         }
-        let any =
-            self.out.iter().flatten().any(|l| l.pushed) || self.inbound.iter().any(|l| l.consumed);
+        let any = self.active.iter().any(|&i| self.out[i].as_ref().is_some_and(|l| l.pushed))
+            || self.inbound.iter().any(|l| l.consumed);
         if !any {
             return;
         }
         // Pairs with the fence in `prepare_sleep`: either the peer sees our
         // ring update, or we see its sleeping flag.
         fence(Ordering::SeqCst);
-        for i in 0..self.out.len() {
-            if let Some(l) = &mut self.out[i]
+        for &i in &self.active {
+            if let Some(l) = self.out[i].as_mut()
                 && std::mem::take(&mut l.pushed)
             {
-                let peer = l.peer.index;
-                self.seg.wake_port(peer);
+                self.seg.wake_port(l.peer.index);
             }
         }
-        for i in 0..self.inbound.len() {
-            if std::mem::take(&mut self.inbound[i].consumed) {
-                let peer = self.inbound[i].src.index;
-                self.seg.wake_port(peer);
+        for l in &mut self.inbound {
+            if std::mem::take(&mut l.consumed) {
+                self.seg.wake_port(l.src.index);
             }
         }
     }
@@ -571,6 +647,14 @@ impl Port {
         self.seg
             .port_u32(self.index, port_field::SLEEPING)
             .store(0, Ordering::Relaxed);
+    }
+}
+
+fn unref(refs: &mut [u16], free: &mut Vec<u32>, index: u32) {
+    let r = &mut refs[index as usize];
+    *r = r.saturating_sub(1);
+    if *r == 0 {
+        free.push(index);
     }
 }
 
