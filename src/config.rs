@@ -94,6 +94,11 @@ pub struct NetworkConfig {
     /// Compute and verify checksums (off: the shared-memory link is lossless).
     #[serde(default)]
     pub checksums: bool,
+    /// Parse received frames in the sender's buffer instead of copying them
+    /// out first. Default: yes when devices are threads of one process, no
+    /// across processes (a peer process is not trusted unless you say so).
+    #[serde(default)]
+    pub trust_peers: Option<bool>,
     /// Segment capacity, used when this device creates the segment.
     #[serde(default = "default_max_ports")]
     pub max_ports: u32,
@@ -154,6 +159,7 @@ pub struct NetworkSettings {
     pub pcap: Option<PathBuf>,
     pub max_burst: Option<usize>,
     pub checksums: bool,
+    pub trust_peers: Option<bool>,
     pub max_ports: u32,
     pub buffers: u32,
 }
@@ -412,6 +418,7 @@ impl NetworkConfig {
             pcap: self.pcap.clone(),
             max_burst: self.max_burst,
             checksums: self.checksums,
+            trust_peers: self.trust_peers,
             max_ports: self.max_ports,
             buffers: self.buffers,
         })

@@ -35,7 +35,7 @@ use smoltcp::phy::{
 };
 use smoltcp::time::Instant;
 
-use crate::shm::{LinkMedium, Peer, Port, PortInfo, Segment, ShmError, TxBuf};
+use crate::shm::{InPlaceFrame, LinkMedium, Peer, Port, PortInfo, Segment, ShmError, TxBuf};
 
 /// Transmit buffers kept back from `transmit()` for replies generated while
 /// receiving (ARP, RST, ICMP), so a full pool cannot deadlock two peers.
@@ -80,6 +80,17 @@ pub struct AdapterOptions {
     pub checksums: bool,
     /// Write every frame sent and received to this pcap file.
     pub pcap: Option<std::path::PathBuf>,
+    /// Hand received frames to the stack in place, without copying them out
+    /// of the sender's buffer. Only for trusted peers: devices of this
+    /// process, or processes the configuration declares trusted.
+    pub trust_peers: bool,
+}
+
+/// A received frame: copied into the adapter's buffer, or still in place.
+#[derive(Debug)]
+pub enum Received {
+    Copied(usize),
+    InPlace(InPlaceFrame),
 }
 
 /// Counters of one adapter, readable from any thread.
@@ -153,6 +164,9 @@ pub struct AdapterCore {
 /// A virtual network adapter on a shared-memory network.
 pub struct Adapter<R: RoleMarker> {
     core: AdapterCore,
+    /// The port's segment again, so an in-place frame can be borrowed
+    /// while the transmit side is borrowed mutably.
+    seg: Arc<Segment>,
     rx_buf: Vec<u8>,
     rx_len: usize,
     options: AdapterOptions,
@@ -194,6 +208,7 @@ impl<R: RoleMarker> Adapter<R> {
                 start: std::time::Instant::now(),
             },
             rx_buf: vec![0; seg.frame_size()],
+            seg: Arc::clone(&seg),
             rx_len: 0,
             options,
             burst_used: 0,
@@ -247,28 +262,52 @@ impl<R: RoleMarker> Adapter<R> {
 
     /// Receives the next frame into the adapter's buffer; returns its length.
     pub fn recv(&mut self) -> Option<usize> {
+        match self.recv_frame(true)? {
+            Received::Copied(len) => Some(len),
+            Received::InPlace(_) => None,
+        }
+    }
+
+    /// Receives the next frame: in place if the peers are trusted and
+    /// `need_copy` is false, else copied into the adapter's buffer.
+    pub fn recv_frame(&mut self, need_copy: bool) -> Option<Received> {
         if let Some(max) = self.options.max_burst_size
             && self.burst_used >= max
         {
             return None;
         }
+        let min = self.link_header_len().max(1);
         loop {
-            let (len, _src) = self.core.port.recv_into(&mut self.rx_buf)?;
-            if len < self.link_header_len().max(1) {
-                self.core
-                    .counters
-                    .rx_malformed
-                    .fetch_add(1, Ordering::Relaxed);
+            let got = if self.options.trust_peers && !need_copy {
+                let f = self.core.port.recv_in_place()?;
+                capture(
+                    &mut self.core.pcap,
+                    self.core.start,
+                    self.seg.frame_bytes(&f),
+                );
+                (f.len(), Received::InPlace(f))
+            } else {
+                let (len, _src) = self.core.port.recv_into(&mut self.rx_buf)?;
+                self.rx_len = len;
+                capture(&mut self.core.pcap, self.core.start, &self.rx_buf[..len]);
+                (len, Received::Copied(len))
+            };
+            let c = &self.core.counters;
+            if got.0 < min {
+                bump(&c.rx_malformed, 1);
                 continue;
             }
             self.burst_used += 1;
-            self.rx_len = len;
-            let c = &self.core.counters;
-            c.rx_frames.fetch_add(1, Ordering::Relaxed);
-            c.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            capture(&mut self.core.pcap, self.core.start, &self.rx_buf[..len]);
-            return Some(len);
+            bump(&c.rx_frames, 1);
+            bump(&c.rx_bytes, got.0 as u64);
+            return Some(got.1);
         }
+    }
+
+    /// The segment (to read in-place frames), the receive buffer and the
+    /// transmit side, borrowed at once.
+    pub fn split(&mut self) -> (&Segment, &mut [u8], &mut AdapterCore) {
+        (&self.seg, &mut self.rx_buf, &mut self.core)
     }
 
     /// The receive buffer (the frame last returned by [`Adapter::recv`]
@@ -314,6 +353,12 @@ impl<R: RoleMarker> Adapter<R> {
         }
         caps
     }
+}
+
+/// Adds to a counter that only this thread writes: a plain load and store
+/// instead of a locked read-modify-write on the per-frame path.
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 pub(crate) fn adapter_stats(c: &AdapterCounters, p: &crate::shm::PortCounters) -> AdapterStats {
@@ -578,15 +623,13 @@ impl<R: RoleMarker> phy::Device for Adapter<R> {
     type TxToken<'a> = AdapterTxToken<'a>;
 
     fn receive(&mut self, _t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let len = self.recv()?;
-        Some((
-            AdapterRxToken {
-                frame: &self.rx_buf[..len],
-            },
-            AdapterTxToken {
-                core: &mut self.core,
-            },
-        ))
+        let got = self.recv_frame(false)?;
+        let (seg, rx, core) = self.split();
+        let frame = match &got {
+            Received::Copied(len) => &rx[..*len],
+            Received::InPlace(f) => seg.frame_bytes(f),
+        };
+        Some((AdapterRxToken { frame }, AdapterTxToken { core }))
     }
 
     fn transmit(&mut self, _t: Instant) -> Option<Self::TxToken<'_>> {

@@ -96,6 +96,10 @@ impl Function for Echo {
         "echo"
     }
 
+    fn hooks_ingress(&self) -> bool {
+        false
+    }
+
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
         // Listen at once: a SYN processed before the first `poll` would
         // otherwise be refused.
@@ -304,6 +308,10 @@ impl Probe {
 impl Function for Probe {
     fn name(&self) -> &'static str {
         "probe"
+    }
+
+    fn hooks_ingress(&self) -> bool {
+        false
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {

@@ -36,7 +36,7 @@ mod segment;
 mod wake;
 
 pub use layout::LinkMedium;
-pub use port::{Peer, Port, PortCounters, TxBuf};
+pub use port::{InPlaceFrame, Peer, Port, PortCounters, TxBuf};
 pub use segment::{NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name};
 pub use wake::wait_any;
 

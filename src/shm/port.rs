@@ -30,6 +30,41 @@ pub struct TxBuf {
     index: u32,
 }
 
+/// A received frame still in the sender's buffer (see
+/// [`Port::recv_in_place`]).
+#[derive(Debug)]
+pub struct InPlaceFrame {
+    offset: usize,
+    len: usize,
+    src: u32,
+}
+
+impl InPlaceFrame {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The sending port.
+    pub fn src(&self) -> u32 {
+        self.src
+    }
+}
+
+impl Segment {
+    /// The bytes of a frame taken with [`Port::recv_in_place`].
+    pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
+        // SAFETY: `InPlaceFrame` is only made by `next_frame` from a
+        // validated descriptor, so the range is one buffer of the sender's
+        // pool, inside the mapping (checked again by `bytes`). By protocol
+        // the sender does not write that buffer until the consumer publishes
+        // a tail past its slot, which the port does only on its next call;
+        // `recv_in_place` is reserved for trusted senders that follow it.
+        unsafe { self.region.bytes(f.offset, f.len) }
+    }
+}
+
 /// Counters of a port, readable from any thread.
 #[derive(Debug, Default)]
 pub struct PortCounters {
@@ -101,7 +136,9 @@ impl Rings<'_> {
     /// if the ring is full.
     fn push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
         if link.head.wrapping_sub(link.tail_cache) >= self.slots {
-            let tail = self.u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let tail = self
+                .u32(link.ring, ring_field::TAIL)
+                .load(Ordering::Acquire);
             let used = link.head.wrapping_sub(tail);
             if used > self.slots {
                 // The consumer wrote a tail we never allowed: ignore it.
@@ -371,7 +408,9 @@ impl Port {
             let Some(link) = self.out[i].as_mut() else {
                 continue;
             };
-            let tail = rings.u32(link.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let tail = rings
+                .u32(link.ring, ring_field::TAIL)
+                .load(Ordering::Acquire);
             let done = rings.reclaim_to(link, tail);
             self.finished.extend(link.inflight.drain(..done));
         }
@@ -382,7 +421,11 @@ impl Port {
 
     fn drop_out_link(&mut self, idx: usize) {
         if let Some(link) = self.out[idx].take() {
-            for b in link.inflight.iter().chain(link.backlog.iter().map(|(b, _)| b)) {
+            for b in link
+                .inflight
+                .iter()
+                .chain(link.backlog.iter().map(|(b, _)| b))
+            {
                 unref(&mut self.refs, &mut self.free, *b);
             }
             self.active.retain(|&i| i != idx);
@@ -416,7 +459,9 @@ impl Port {
                 live
             });
             let reset = (before - self.inbound.len()) as u64;
-            self.counters.links_reset.fetch_add(reset, Ordering::Relaxed);
+            self.counters
+                .links_reset
+                .fetch_add(reset, Ordering::Relaxed);
         }
         let lg = self.seg.link_generation().load(Ordering::Acquire);
         if lg != self.link_gen {
@@ -434,13 +479,18 @@ impl Port {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
             if state != STATE_ACTIVE
                 || seg.link_u32(l, link_field::DST).load(Ordering::Relaxed) != self.index
-                || seg.link_u32(l, link_field::DST_EPOCH).load(Ordering::Relaxed) != self.epoch
+                || seg
+                    .link_u32(l, link_field::DST_EPOCH)
+                    .load(Ordering::Relaxed)
+                    != self.epoch
             {
                 continue;
             }
             let src = Peer {
                 index: seg.link_u32(l, link_field::SRC).load(Ordering::Relaxed),
-                epoch: seg.link_u32(l, link_field::SRC_EPOCH).load(Ordering::Relaxed),
+                epoch: seg
+                    .link_u32(l, link_field::SRC_EPOCH)
+                    .load(Ordering::Relaxed),
             };
             if src.index >= g.max_ports || src.index == self.index {
                 continue;
@@ -450,14 +500,23 @@ impl Port {
         let mut old = std::mem::take(&mut self.inbound);
         for (link, serial, src) in found {
             let ring = g.ring_off(link);
-            if let Some(pos) = old.iter().position(|o| o.link == link && o.serial == serial) {
+            if let Some(pos) = old
+                .iter()
+                .position(|o| o.link == link && o.serial == serial)
+            {
                 self.inbound.push(old.swap_remove(pos));
                 continue;
             }
-            if self.ring_u32(ring, ring_field::COOKIE).load(Ordering::Relaxed) != RING_COOKIE {
+            if self
+                .ring_u32(ring, ring_field::COOKIE)
+                .load(Ordering::Relaxed)
+                != RING_COOKIE
+            {
                 self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
             }
-            let tail = self.ring_u32(ring, ring_field::TAIL).load(Ordering::Acquire);
+            let tail = self
+                .ring_u32(ring, ring_field::TAIL)
+                .load(Ordering::Acquire);
             self.inbound.push(InLink {
                 src,
                 link,
@@ -483,11 +542,39 @@ impl Port {
     /// the sending port. Bad descriptors are counted and skipped. `dst` must
     /// hold `frame_size` bytes.
     pub fn recv_into(&mut self, dst: &mut [u8]) -> Option<(usize, u32)> {
+        let f = self.next_frame(dst.len())?;
+        self.seg.region.read(f.offset, &mut dst[..f.len]);
+        Some((f.len, f.src))
+    }
+
+    /// Takes the next received frame without copying it; read it with
+    /// [`Segment::frame_bytes`] before the next call on this port.
+    ///
+    /// Only for trusted peers (devices of this process, or processes the
+    /// configuration declares trusted): the frame stays in the sender's
+    /// buffer while it is parsed, so a sender that broke the protocol and
+    /// rewrote it meanwhile would race with the reader.
+    pub fn recv_in_place(&mut self) -> Option<InPlaceFrame> {
+        self.next_frame(usize::MAX)
+    }
+
+    /// Validates the next descriptor and consumes its slot. The slot's
+    /// buffer stays untouched by the sender until the tail is published,
+    /// which happens at the next call (or `flush`), after the caller is done.
+    fn next_frame(&mut self, room: usize) -> Option<InPlaceFrame> {
         self.check_generations();
         let n = self.inbound.len();
         let slots = self.slots;
         for k in 0..n {
             let i = (self.rr + k) % n;
+            let link = &mut self.inbound[i];
+            if link.tail.wrapping_sub(link.published) >= PUBLISH_BATCH {
+                link.published = link.tail;
+                self.seg
+                    .region
+                    .atomic_u32(link.ring + ring_field::TAIL)
+                    .store(link.tail, Ordering::Release);
+            }
             loop {
                 let link = &mut self.inbound[i];
                 if link.tail == link.head_seen {
@@ -517,38 +604,25 @@ impl Port {
                 }
                 let at = link.ring + RING_HEADER_LEN + (link.tail & self.mask) as usize * DESC_LEN;
                 let src = link.src.index;
-                let mut d = [0u8; DESC_LEN];
-                self.seg.region.read(at, &mut d);
-                let parsed = DescriptorRepr::parse(
-                    &Descriptor::new_unchecked(&d[..]),
-                    self.seg.geometry(),
-                    src,
-                );
-                let got = match parsed {
-                    Ok(r) if dst.len() >= r.length as usize => {
-                        let g = self.seg.geometry();
-                        let off = g.pool_off(src) + r.buffer as usize * g.frame_size as usize;
-                        self.seg.region.read(off, &mut dst[..r.length as usize]);
-                        Some(r.length as usize)
-                    }
-                    _ => {
-                        self.counters.bad_descriptors.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                };
-                let link = &mut self.inbound[i];
                 link.tail = link.tail.wrapping_add(1);
                 link.consumed = true;
-                if link.tail.wrapping_sub(link.published) >= PUBLISH_BATCH {
-                    link.published = link.tail;
-                    self.seg
-                        .region
-                        .atomic_u32(link.ring + ring_field::TAIL)
-                        .store(link.tail, Ordering::Release);
-                }
-                if let Some(len) = got {
-                    self.rr = i;
-                    return Some((len, src));
+                let mut d = [0u8; DESC_LEN];
+                self.seg.region.read(at, &mut d);
+                let g = self.seg.geometry();
+                match DescriptorRepr::parse(&Descriptor::new_unchecked(&d[..]), g, src) {
+                    Ok(r) if room >= r.length as usize => {
+                        self.rr = i;
+                        return Some(InPlaceFrame {
+                            offset: g.pool_off(src) + r.buffer as usize * g.frame_size as usize,
+                            len: r.length as usize,
+                            src,
+                        });
+                    }
+                    _ => {
+                        self.counters
+                            .bad_descriptors
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -604,7 +678,10 @@ impl Port {
         } else {
             self.check_generations();
         }
-        let any = self.active.iter().any(|&i| self.out[i].as_ref().is_some_and(|l| l.pushed))
+        let any = self
+            .active
+            .iter()
+            .any(|&i| self.out[i].as_ref().is_some_and(|l| l.pushed))
             || self.inbound.iter().any(|l| l.consumed);
         if !any {
             return;

@@ -235,6 +235,20 @@ impl Region {
     }
 }
 
+impl Region {
+    /// A shared view of `len` bytes at `off`.
+    ///
+    /// # Safety
+    /// Nobody may write the range during the borrow: not this process, and,
+    /// by protocol, no peer (a received buffer stays untouched by its sender
+    /// until the consumer's tail passes it).
+    pub(crate) unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        self.check(off, len, 1);
+        // SAFETY: in bounds (checked); immutability is the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly what mmap returned; every borrow

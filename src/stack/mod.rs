@@ -201,6 +201,7 @@ fn attach<R: crate::adapters::RoleMarker>(
         max_burst_size: net.max_burst,
         checksums: net.checksums,
         pcap: net.pcap.clone(),
+        trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::Process),
     };
     crate::adapters::Adapter::<R>::attach(&seg, &info, opts).map_err(err)
 }

@@ -20,7 +20,7 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
-use crate::adapters::{AdapterCore, GlobalAdapter, LocalAdapter, Role};
+use crate::adapters::{AdapterCore, GlobalAdapter, LocalAdapter, Received, Role, bump};
 use crate::functions::{Frame, Function, Verdict};
 use crate::shm::LinkMedium;
 
@@ -128,6 +128,21 @@ impl Router {
             Role::Local => self.local_mtu,
             Role::Global => self.global_mtu,
         }
+    }
+
+    /// Could `clamp_mss` change this frame (a TCP SYN, MTUs differ)?
+    pub fn may_clamp(&self, frame: &[u8], _role: Role) -> bool {
+        if self.local_mtu == self.global_mtu {
+            return false;
+        }
+        let l2 = self.l2();
+        let ip = frame.get(l2..).unwrap_or_default();
+        let tcp = match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.get(9) == Some(&6) => ip.get((ip[0] & 0xf) as usize * 4..),
+            Some(6) if ip.get(6) == Some(&6) => ip.get(40..),
+            _ => None,
+        };
+        tcp.and_then(|t| t.get(13)).is_some_and(|f| f & 0x02 != 0)
     }
 
     /// Clamps the MSS of a TCP SYN crossing `role`'s network if that network
@@ -422,7 +437,7 @@ impl phy::TxToken for NicTxToken<'_> {
             pc.release(buf);
             return scratch(f, &self.counters.oversize);
         }
-        self.counters.frames_out.fetch_add(1, Ordering::Relaxed);
+        bump(&self.counters.frames_out, 1);
         let full = pc.buffer_mut(&mut buf);
         let r = f(&mut full[..len]);
         let mut frame = Frame::new(full, len);
@@ -448,11 +463,13 @@ impl phy::TxToken for NicTxToken<'_> {
         if self.router.clamp_mss(&mut full[..flen], route) {
             self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
         }
-        match route {
-            Role::Local => &self.counters.routed_local,
-            Role::Global => &self.counters.routed_global,
-        }
-        .fetch_add(1, Ordering::Relaxed);
+        bump(
+            match route {
+                Role::Local => &self.counters.routed_local,
+                Role::Global => &self.counters.routed_global,
+            },
+            1,
+        );
         if route == pred {
             pc.commit(buf, flen);
         } else {
@@ -510,29 +527,58 @@ impl phy::Device for Nic {
                 },
             ));
         }
+        let hooks = self.function.hooks_ingress();
         let mut from = None;
         for _ in 0..2 {
             self.turn = !self.turn;
             let role = if self.turn { Role::Local } else { Role::Global };
             let got = match role {
-                Role::Local => self.local.recv(),
-                Role::Global => self.global.recv(),
+                Role::Local => self.local.recv_frame(hooks),
+                Role::Global => self.global.recv_frame(hooks),
             };
-            if let Some(len) = got {
-                from = Some((role, len));
+            if let Some(got) = got {
+                from = Some((role, got));
                 break;
             }
         }
-        let (role, len) = from?;
-        self.counters.frames_in.fetch_add(1, Ordering::Relaxed);
-        let (rx, rx_core, other_core) = match role {
+        let (role, got) = from?;
+        bump(&self.counters.frames_in, 1);
+        let (seg, rx, rx_core, other_core) = match role {
             Role::Local => {
-                let (b, _, c) = self.local.parts();
-                (b, c, self.global.core_mut())
+                let (s, b, c) = self.local.split();
+                (s, b, c, self.global.core_mut())
             }
             Role::Global => {
-                let (b, _, c) = self.global.parts();
-                (b, c, self.local.core_mut())
+                let (s, b, c) = self.global.split();
+                (s, b, c, self.local.core_mut())
+            }
+        };
+        let len = match got {
+            Received::Copied(len) => len,
+            Received::InPlace(f) => {
+                let bytes = seg.frame_bytes(&f);
+                if !self.router.may_clamp(bytes, role) {
+                    // Nothing to rewrite: the stack parses the sender's
+                    // buffer directly.
+                    let (local, global) = match role {
+                        Role::Local => (rx_core, other_core),
+                        Role::Global => (other_core, rx_core),
+                    };
+                    return Some((
+                        NicRxToken { frame: bytes },
+                        NicTxToken {
+                            local,
+                            global,
+                            function: self.function.as_mut(),
+                            router: &self.router,
+                            predicted: &mut self.predicted,
+                            counters: &self.counters,
+                            now: self.now,
+                        },
+                    ));
+                }
+                rx[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
             }
         };
         let mut frame = Frame::new(rx, len);
