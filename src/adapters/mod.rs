@@ -22,7 +22,6 @@
 //! assert_eq!(a.ip_mtu(), 1500);
 //! ```
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::marker::PhantomData;
@@ -153,9 +152,11 @@ pub struct AdapterCore {
     frame_size: usize,
     counters: Arc<AdapterCounters>,
     pcap: Option<BufWriter<File>>,
-    by_mac: HashMap<Vec<u8>, Peer>,
-    by_v4: HashMap<[u8; 4], Peer>,
-    by_v6: HashMap<Vec<u8>, Peer>,
+    /// `(address, peer)` tables; a network has at most a few dozen ports,
+    /// so a scan beats hashing on the per-frame path.
+    by_mac: Vec<([u8; 6], Peer)>,
+    by_v4: Vec<([u8; 4], Peer)>,
+    by_v6: Vec<([u8; 16], Peer)>,
     everyone: Vec<Peer>,
     cache_gen: Option<u32>,
     start: std::time::Instant,
@@ -200,9 +201,9 @@ impl<R: RoleMarker> Adapter<R> {
                 frame_size: seg.frame_size(),
                 counters: Arc::default(),
                 pcap,
-                by_mac: HashMap::new(),
-                by_v4: HashMap::new(),
-                by_v6: HashMap::new(),
+                by_mac: Vec::new(),
+                by_v4: Vec::new(),
+                by_v6: Vec::new(),
                 everyone: Vec::new(),
                 cache_gen: None,
                 start: std::time::Instant::now(),
@@ -414,12 +415,12 @@ impl AdapterCore {
                 index: p.index,
                 epoch: p.epoch,
             };
-            self.by_mac.insert(p.mac.to_vec(), peer);
+            self.by_mac.push((p.mac, peer));
             if let Some(a) = p.ipv4 {
-                self.by_v4.insert(a, peer);
+                self.by_v4.push((a, peer));
             }
             if let Some(a) = p.ipv6 {
-                self.by_v6.insert(a.to_vec(), peer);
+                self.by_v6.push((a, peer));
             }
             self.everyone.push(peer);
         }
@@ -437,7 +438,7 @@ impl AdapterCore {
                 } else if frame[0] & 1 != 0 {
                     Dest::All
                 } else {
-                    found(self.by_mac.get(&frame[..6]))
+                    found(lookup(&self.by_mac, &frame[..6]))
                 }
             }
             LinkMedium::Ip => match frame.first().map(|b| b >> 4) {
@@ -446,14 +447,14 @@ impl AdapterCore {
                     if dst[0] >= 224 || dst == [255; 4] {
                         Dest::All
                     } else {
-                        found(self.by_v4.get(&dst))
+                        found(lookup(&self.by_v4, &dst))
                     }
                 }
                 Some(6) if frame.len() >= 40 => {
                     if frame[24] == 0xff {
                         Dest::All
                     } else {
-                        found(self.by_v6.get(&frame[24..40]))
+                        found(lookup(&self.by_v6, &frame[24..40]))
                     }
                 }
                 _ => Dest::Nowhere,
@@ -512,6 +513,10 @@ impl AdapterCore {
     pub fn counters(&self) -> &Arc<AdapterCounters> {
         &self.counters
     }
+}
+
+fn lookup<'a, const N: usize>(table: &'a [([u8; N], Peer)], key: &[u8]) -> Option<&'a Peer> {
+    table.iter().find(|(k, _)| k[..] == *key).map(|(_, p)| p)
 }
 
 enum Dest {

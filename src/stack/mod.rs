@@ -95,6 +95,8 @@ struct Shared {
     name: String,
     stop: AtomicBool,
     replace: Mutex<Option<Box<dyn Function>>>,
+    /// Set with `replace`, so the loop need not lock every round.
+    replace_pending: AtomicBool,
     function_name: Mutex<String>,
     function_counters: Mutex<Vec<(String, u64)>>,
     reports: Mutex<Vec<String>>,
@@ -126,6 +128,7 @@ impl DeviceHandle {
     /// Replaces the running function; takes effect at the next poll round.
     pub fn replace_function(&self, f: Box<dyn Function>) {
         *self.shared.replace.lock() = Some(f);
+        self.shared.replace_pending.store(true, Ordering::Release);
         self.wake();
     }
     fn wake(&self) {
@@ -251,6 +254,7 @@ impl Device {
             name: cfg.name.clone(),
             stop: AtomicBool::new(false),
             replace: Mutex::new(None),
+            replace_pending: AtomicBool::new(false),
             function_name: Mutex::new(function_name),
             function_counters: Mutex::new(Vec::new()),
             reports: Mutex::new(Vec::new()),
@@ -380,11 +384,18 @@ impl Device {
 
     /// One round: stack, function, flush. Returns whether anything moved.
     pub fn poll(&mut self) -> bool {
-        let pending = self.shared.replace.lock().take();
-        if let Some(f) = pending {
-            self.replace_function(f);
+        self.poll_at(std::time::Instant::now())
+    }
+
+    /// One round at wall-clock time `t` (one clock read per round).
+    fn poll_at(&mut self, t: std::time::Instant) -> bool {
+        if self.shared.replace_pending.swap(false, Ordering::Acquire) {
+            let pending = self.shared.replace.lock().take();
+            if let Some(f) = pending {
+                self.replace_function(f);
+            }
         }
-        let now = self.now();
+        let now = Instant::from_micros(t.saturating_duration_since(self.clock).as_micros() as i64);
         self.nic.begin_round(now);
         let before = self.nic.frames_moved();
         let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets)
@@ -446,16 +457,17 @@ impl Device {
         let mut last_progress = std::time::Instant::now();
         let mut yields = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let progress = self.poll();
+            let t = std::time::Instant::now();
+            let progress = self.poll_at(t);
             if app(self) {
                 break;
             }
             if progress {
-                last_progress = std::time::Instant::now();
+                last_progress = t;
                 yields = 0;
                 continue;
             }
-            if last_progress.elapsed() < SPIN {
+            if t.saturating_duration_since(last_progress) < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
