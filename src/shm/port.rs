@@ -771,8 +771,31 @@ impl Segment {
     }
 }
 
+impl Port {
+    /// Waits (at most `limit`) until every frame this port sent has been
+    /// taken by its receiver, so a graceful detach loses nothing; receivers
+    /// that are gone or stuck are given up on at the deadline.
+    pub fn drain(&mut self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            self.flush();
+            self.reclaim();
+            let pending = self.active.iter().any(|&i| {
+                self.out[i]
+                    .as_ref()
+                    .is_some_and(|l| !l.inflight.is_empty() || !l.backlog.is_empty())
+            });
+            if !pending || std::time::Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+    }
+}
+
 impl Drop for Port {
     fn drop(&mut self) {
+        self.drain(std::time::Duration::from_millis(250));
         for i in 0..self.out.len() {
             self.drop_out_link(i);
         }
