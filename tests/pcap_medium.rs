@@ -27,6 +27,33 @@ fn read_pcap(path: &std::path::Path) -> (u32, Vec<Vec<u8>>) {
     (link, frames)
 }
 
+/// An independent decoder reads the same file: tshark counts the same
+/// frames and the same TCP payload.
+fn tshark_agrees(pcap: &std::path::Path, frames: usize, tcp_payload: usize) {
+    let out = match std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(pcap)
+        .args(["-T", "fields", "-e", "frame.number", "-e", "tcp.len"])
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => panic!("tshark failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            println!("skipping the tshark check: tshark not runnable ({e})");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), frames, "tshark sees every frame");
+    let payload: usize = rows
+        .iter()
+        .filter_map(|r| r.split('\t').nth(1))
+        .filter_map(|v| v.trim().parse::<usize>().ok())
+        .sum();
+    assert_eq!(payload, tcp_payload, "tshark decodes the same TCP payload");
+}
+
 fn device_toml(
     name: &str,
     lan: &str,

@@ -743,13 +743,7 @@ impl Segment {
             .load(Ordering::SeqCst)
             != 0
         {
-            let bell = self.port_u32(port, port_field::DOORBELL);
-            bell.fetch_add(1, Ordering::AcqRel);
-            let _ = rustix::thread::futex::wake(
-                bell,
-                rustix::thread::futex::Flags::empty(),
-                i32::MAX as u32,
-            );
+            self.ring_doorbell(port);
         }
     }
 }

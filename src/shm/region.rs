@@ -57,14 +57,7 @@ impl Region {
             what: "mmap anonymous segment".into(),
             source: e.into(),
         })?;
-        Ok(Region {
-            ptr: NonNull::new(ptr.cast()).ok_or(ShmError::Io {
-                what: "mmap returned null".into(),
-                source: std::io::Error::other("null mapping"),
-            })?,
-            len,
-            _fd: None,
-        })
+        Self::from_mapping(ptr, len, None)
     }
 
     /// Creates the named object (mode 0600, fails if it exists), sizes it
@@ -136,13 +129,17 @@ impl Region {
             what: format!("mmap {path}"),
             source: e.into(),
         })?;
+        Self::from_mapping(ptr, len, Some(fd))
+    }
+
+    fn from_mapping(ptr: *mut c_void, len: usize, fd: Option<OwnedFd>) -> Result<Region, ShmError> {
         Ok(Region {
             ptr: NonNull::new(ptr.cast()).ok_or(ShmError::Io {
                 what: "mmap returned null".into(),
                 source: std::io::Error::other("null mapping"),
             })?,
             len,
-            _fd: Some(fd),
+            _fd: fd,
         })
     }
 

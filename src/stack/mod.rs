@@ -314,13 +314,8 @@ impl Device {
             shared,
             last_sweep: clock,
         };
-        let now = dev.now();
-        let mut cx = SocketContext {
-            now,
-            iface: &mut dev.iface,
-            sockets: &mut dev.sockets,
-        };
-        dev.nic.function.attach(&mut cx);
+        let (f, mut cx) = dev.function_cx();
+        f.attach(&mut cx);
         Ok(dev)
     }
 
@@ -363,13 +358,8 @@ impl Device {
     /// Replaces the function now: the old one closes its sockets, the new
     /// one opens its own.
     pub fn replace_function(&mut self, mut f: Box<dyn Function>) {
-        let now = self.now();
-        let mut cx = SocketContext {
-            now,
-            iface: &mut self.iface,
-            sockets: &mut self.sockets,
-        };
-        self.nic.function.detach(&mut cx);
+        let (old, mut cx) = self.function_cx();
+        old.detach(&mut cx);
         f.attach(&mut cx);
         log::info!(
             "device {}: function {} -> {}",
@@ -380,6 +370,19 @@ impl Device {
         *self.shared.function_name.lock() = f.name().into();
         self.nic.function = f;
         self.shared.finished.store(false, Ordering::SeqCst);
+    }
+
+    /// The function and what it may touch, borrowed at once.
+    fn function_cx(&mut self) -> (&mut Box<dyn Function>, SocketContext<'_>) {
+        let now = self.now();
+        (
+            &mut self.nic.function,
+            SocketContext {
+                now,
+                iface: &mut self.iface,
+                sockets: &mut self.sockets,
+            },
+        )
     }
 
     /// One round: stack, function, flush. Returns whether anything moved.
@@ -505,13 +508,8 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        let now = self.now();
-        let mut cx = SocketContext {
-            now,
-            iface: &mut self.iface,
-            sockets: &mut self.sockets,
-        };
-        self.nic.function.detach(&mut cx);
+        let (f, mut cx) = self.function_cx();
+        f.detach(&mut cx);
     }
 }
 

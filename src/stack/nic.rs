@@ -266,6 +266,24 @@ fn ndp_announcement(mac: &[u8; 6], ip: [u8; 16], my_mac: &[u8; 6], my_ip: [u8; 1
     f
 }
 
+/// Sends a copy of `frame` out of `out`; counts it if it does not fit or no
+/// buffer is free.
+fn send_copy(out: &mut AdapterCore, frame: &[u8], counters: &NicCounters) {
+    match out.alloc() {
+        Some(mut b) if frame.len() <= out.frame_size() => {
+            out.buffer_mut(&mut b)[..frame.len()].copy_from_slice(frame);
+            out.commit(b, frame.len());
+        }
+        Some(b) => {
+            out.release(b);
+            counters.oversize.fetch_add(1, Ordering::Relaxed);
+        }
+        None => {
+            out.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The device's single smoltcp `phy::Device`.
 pub struct Nic {
     pub(crate) local: LocalAdapter,
@@ -474,20 +492,7 @@ impl phy::TxToken for NicTxToken<'_> {
             pc.commit(buf, flen);
         } else {
             *self.predicted = route;
-            match oc.alloc() {
-                Some(mut b2) if flen <= oc.frame_size() => {
-                    let src = &pc.buffer_mut(&mut buf)[..flen];
-                    oc.buffer_mut(&mut b2)[..flen].copy_from_slice(src);
-                    oc.commit(b2, flen);
-                }
-                Some(b2) => {
-                    oc.release(b2);
-                    self.counters.oversize.fetch_add(1, Ordering::Relaxed);
-                }
-                None => {
-                    oc.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            send_copy(oc, &pc.buffer_mut(&mut buf)[..flen], self.counters);
             pc.release(buf);
         }
         r
@@ -607,19 +612,7 @@ impl phy::Device for Nic {
                 } else {
                     &mut *other_core
                 };
-                match out.alloc() {
-                    Some(mut b) if flen <= out.frame_size() => {
-                        out.buffer_mut(&mut b)[..flen].copy_from_slice(&rx[..flen]);
-                        out.commit(b, flen);
-                    }
-                    Some(b) => {
-                        out.release(b);
-                        self.counters.oversize.fetch_add(1, Ordering::Relaxed);
-                    }
-                    None => {
-                        out.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                send_copy(out, &rx[..flen], &self.counters);
                 flen = 0;
             }
         }
