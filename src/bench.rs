@@ -69,6 +69,13 @@ pub enum BenchCmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// An idle device: its CPU use, and the round trip of a datagram that
+    /// has to wake it (devices as threads).
+    Idle {
+        /// Exchanges, each after 20 ms of silence (default 50; 10 with --quick).
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 /// Where the far side runs.
@@ -115,6 +122,7 @@ pub fn main(args: &BenchCli) -> i32 {
             mode: *mode,
             count: *count,
         }],
+        Some(BenchCmd::Idle { count }) => vec![BenchCmd::Idle { count: *count }],
         None => {
             let mut v = Vec::new();
             for mode in [Mode::Thread, Mode::Process] {
@@ -132,6 +140,7 @@ pub fn main(args: &BenchCli) -> i32 {
                     count: None,
                 });
             }
+            v.push(BenchCmd::Idle { count: None });
             v
         }
     };
@@ -141,6 +150,7 @@ pub fn main(args: &BenchCli) -> i32 {
             BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(mtu, mode, bytes, quick, reps),
             BenchCmd::Rr { mode, count } => bench_rr(mode, count, quick, reps),
             BenchCmd::Frames { size, mode, count } => bench_frames(size, mode, count, quick, reps),
+            BenchCmd::Idle { count } => bench_idle(count, quick),
         };
         match r {
             Ok(line) => {
@@ -925,4 +935,153 @@ fn bench_frames(
         || shm_frames_run(size, mode, count).map(|r| r / 1e6),
         || kernel_frames(size, kcount).map(|r| r / 1e6),
     )
+}
+
+/// Nanoseconds of CPU a thread of this process has used.
+fn thread_cpu_ns(tid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// One UDP round trip from `dev` to the echo server; returns microseconds.
+fn udp_round_trip(dev: &mut Device, h: SocketHandle, payload: &[u8]) -> Res<f64> {
+    use smoltcp::socket::udp;
+    let start = Instant::now();
+    let mut sent = false;
+    let mut got = false;
+    let mut buf = [0u8; 64];
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<udp::Socket>(h);
+        if !sent {
+            sent = s
+                .send_slice(payload, (IpAddress::v4(10, 0, 0, 2), 7))
+                .is_ok();
+        }
+        while let Ok((n, _)) = s.recv_slice(&mut buf) {
+            got |= buf[..n] == *payload;
+        }
+        got || start.elapsed() > Duration::from_secs(5)
+    });
+    if !got {
+        return Err("no echo within 5 s".into());
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e6)
+}
+
+fn bench_idle(count: Option<u64>, quick: bool) -> Res<String> {
+    use smoltcp::socket::udp;
+    let n = count.unwrap_or(if quick { 10 } else { 50 }).max(1);
+    let gap = Duration::from_millis(20);
+    let (lan, wan) = (unique("lan"), unique("wan"));
+    let device = |name: &str, host: u8, function: &str| {
+        DeviceConfig::from_toml(
+            &format!(
+                "name = \"{name}\"\nfunction = {function}\n\
+                 local = {{ segment = \"{lan}\", address = \"10.0.0.{host}/24\" }}\n\
+                 global = {{ segment = \"{wan}\", address = \"10.100.0.{host}/16\" }}\n"
+            ),
+            "bench",
+        )
+        .map_err(|e| e.to_string())
+    };
+    let mut server = Device::new(
+        &device("idle-server", 2, "{ kind = \"echo\", port = 7 }")?,
+        SegmentKind::Process,
+    )
+    .map_err(|e| e.to_string())?;
+    let handle = server.handle();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+        server.run();
+    });
+    let tid = tid_rx.recv().map_err(|e| e.to_string())?;
+    let mut client = Device::new(
+        &device("idle-client", 1, "{ kind = \"passthrough\" }")?,
+        SegmentKind::Process,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut sock = udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
+    );
+    sock.bind(40000).map_err(|e| e.to_string())?;
+    let h = client.sockets().add(sock);
+    let payload = [0x42u8; 8];
+    let result = (|| {
+        // Warm up (neighbours, first wake), then let the server fall asleep.
+        for _ in 0..3 {
+            udp_round_trip(&mut client, h, &payload)?;
+        }
+        let window = if quick {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(1)
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let c0 = thread_cpu_ns(tid).ok_or("cannot read the server's CPU time")?;
+        std::thread::sleep(window);
+        let c1 = thread_cpu_ns(tid).ok_or("cannot read the server's CPU time")?;
+        let idle_cpu = (c1 - c0) as f64 / window.as_nanos() as f64 * 100.0;
+        let mut busy = Vec::new();
+        for _ in 0..n {
+            busy.push(udp_round_trip(&mut client, h, &payload)?);
+        }
+        let mut idle = Vec::new();
+        for _ in 0..n {
+            std::thread::sleep(gap);
+            idle.push(udp_round_trip(&mut client, h, &payload)?);
+        }
+        Ok::<_, String>((idle_cpu, median(&mut busy), median(&mut idle)))
+    })();
+    handle.stop();
+    let _ = thread.join();
+    let (idle_cpu, busy_rtt, idle_rtt) = result?;
+    let kernel = kernel_idle_rtt(n, gap)?;
+    Ok(format!(
+        "{{\"bench\":\"idle\",\"mode\":\"thread\",\"size\":{},\"shmnet\":{},\"kernel\":{},\"unit\":\"us round trip after 20 ms idle\",\"ratio\":{},\"idle_cpu_percent\":{},\"busy_rtt_us\":{},\"wake_us\":{},\"count\":{n}}}",
+        payload.len(),
+        num(idle_rtt),
+        num(kernel),
+        num(kernel / idle_rtt),
+        num(idle_cpu),
+        num(busy_rtt),
+        num((idle_rtt - busy_rtt).max(0.0)),
+    ))
+}
+
+/// UDP round trips over 127.0.0.1 to a blocking echo thread, each after
+/// `gap` of silence; returns the median in microseconds.
+fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
+    let e = |e: std::io::Error| e.to_string();
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    let addr = server.local_addr().map_err(e)?;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            let Ok((len, from)) = server.recv_from(&mut buf) else {
+                return;
+            };
+            let _ = server.send_to(&buf[..len], from);
+        }
+    });
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").map_err(e)?;
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(e)?;
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for _ in 0..n {
+        std::thread::sleep(gap);
+        let start = Instant::now();
+        client.send_to(&[0x42; 8], addr).map_err(e)?;
+        client.recv_from(&mut buf).map_err(e)?;
+        rtts.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = echo.join();
+    Ok(median(&mut rtts))
 }

@@ -135,6 +135,7 @@ fn pcap_holds_every_frame_the_adapter_carried() {
         tcp_payload >= 2 * 100_000,
         "both directions captured: {tcp_payload}"
     );
+    tshark_agrees(&pcap, frames.len(), tcp_payload);
     std::fs::remove_dir_all(&dir).ok();
 }
 
