@@ -1,6 +1,7 @@
 //! The `shmnet` command: run a topology, run one device, benchmark.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -104,8 +105,21 @@ fn print_stats(s: &DeviceStats) {
     }
 }
 
+/// Set by SIGINT/SIGTERM: devices stop, detach and remove segments they
+/// were the last users of.
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+fn shutting_down() -> bool {
+    SHUTDOWN.load(Ordering::Relaxed)
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, &SHUTDOWN) {
+            eprintln!("shmnet: cannot handle signal {sig}: {e}");
+        }
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Run {
@@ -117,6 +131,7 @@ fn main() {
             let opts = RunOptions {
                 duration: duration.map(Duration::from_secs_f64),
                 mode,
+                stop: Some(&SHUTDOWN),
             };
             match run_file(&topology, &opts, |line| println!("{line}")) {
                 Ok(out) => {
@@ -179,7 +194,7 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
                 line.contains("timed out") || line.contains("CORRUPTED") || line.contains("cannot");
             println!("{}: {line}", cfg.name);
         }
-        h.finished() || duration.is_some_and(|t| started.elapsed() >= t)
+        h.finished() || shutting_down() || duration.is_some_and(|t| started.elapsed() >= t)
     });
     print_stats(&dev.stats());
     if failed { 1 } else { 0 }

@@ -12,6 +12,8 @@ use crate::stack::{Device, DeviceHandle, DeviceStats};
 /// Options of [`run`].
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// Stop when this becomes true (e.g. set by a signal handler).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
     /// Stop after this long (default: when every probe finished, or never
     /// if there is none).
     pub duration: Option<Duration>,
@@ -28,6 +30,11 @@ pub struct RunOutcome {
     pub stats: Vec<DeviceStats>,
     /// Whether every probe reported success.
     pub ok: bool,
+}
+
+fn stopped(opts: &RunOptions) -> bool {
+    opts.stop
+        .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 fn has_job(d: &DeviceSettings) -> bool {
@@ -82,7 +89,7 @@ fn run_threads(
             }
         }
         let jobs_done = any_job && running.iter().filter(|r| r.2).all(|r| r.0.finished());
-        let time_up = opts.duration.is_some_and(|d| started.elapsed() >= d);
+        let time_up = opts.duration.is_some_and(|d| started.elapsed() >= d) || stopped(opts);
         if jobs_done || time_up {
             break;
         }
@@ -148,7 +155,10 @@ fn run_processes(
             }
         }
         let any_job = children.iter().any(|c| c.2);
-        if (any_job && !jobs_left) || opts.duration.is_some_and(|d| started.elapsed() >= d) {
+        if (any_job && !jobs_left)
+            || opts.duration.is_some_and(|d| started.elapsed() >= d)
+            || stopped(opts)
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -159,6 +159,32 @@ impl Region {
         self.len
     }
 
+    /// Runs `f` holding an exclusive `flock` on the backing object (no-op
+    /// for anonymous memory): attaching and last-one-out removal of a named
+    /// segment exclude each other with it.
+    pub(crate) fn locked<T>(&self, f: impl FnOnce() -> T) -> T {
+        let Some(fd) = &self._fd else {
+            return f();
+        };
+        let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive);
+        let r = f();
+        let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::Unlock);
+        r
+    }
+
+    /// Does `/dev/shm` still have this mapping's object under `name`?
+    pub(crate) fn is_named(&self, name: &str) -> bool {
+        let Some(fd) = &self._fd else {
+            return false;
+        };
+        let Ok(mine) = rustix::fs::fstat(fd) else {
+            return false;
+        };
+        let path = format!("/dev/shm{}", object_name(name));
+        rustix::fs::stat(path.as_str())
+            .is_ok_and(|st| st.st_dev == mine.st_dev && st.st_ino == mine.st_ino)
+    }
+
     fn check(&self, off: usize, len: usize, align: usize) {
         // Offsets come from a layout validated against `self.len` at open;
         // failing here is a bug in shmnet, not hostile input.

@@ -127,6 +127,9 @@ pub struct Segment {
     pub(crate) geo: HeaderRepr,
     name: String,
     kind: SegmentKind,
+    /// A port was attached through this mapping (only then does dropping
+    /// it remove an unused host segment).
+    used: std::sync::atomic::AtomicBool,
 }
 
 static REGISTRY: Mutex<Option<HashMap<String, Weak<Segment>>>> = Mutex::new(None);
@@ -257,6 +260,7 @@ impl Segment {
             geo,
             name: name.into(),
             kind: SegmentKind::Host,
+            used: Default::default(),
         }))
     }
 
@@ -322,6 +326,7 @@ impl Segment {
             geo,
             name: name.into(),
             kind,
+            used: Default::default(),
         }
     }
 
@@ -402,7 +407,41 @@ impl Segment {
     }
 
     /// Attaches a new port (a device adapter) to the network.
+    ///
+    /// A host segment whose last port left may have been removed between
+    /// opening and attaching; that fails with [`ShmError::NotReady`] and
+    /// [`Segment::open_or_create`] followed by `attach` should be retried
+    /// ([`Segment::join`] does both).
     pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+        self.region.locked(|| {
+            if self.kind == SegmentKind::Host && !self.region.is_named(&self.name) {
+                return Err(ShmError::NotReady);
+            }
+            let port = self.attach_unlocked(info)?;
+            self.used.store(true, Ordering::Relaxed);
+            Ok(port)
+        })
+    }
+
+    /// Opens (or creates) the network's segment and attaches a port,
+    /// retrying if the segment was removed in between by its last user.
+    pub fn join(
+        name: &str,
+        kind: SegmentKind,
+        params: &NetworkParams,
+        info: &PortInfo,
+    ) -> Result<Port, ShmError> {
+        let mut tries = 0;
+        loop {
+            let seg = Self::open_or_create(name, kind, params)?;
+            match seg.attach(info) {
+                Err(ShmError::NotReady) if tries < 10 => tries += 1,
+                r => return r,
+            }
+        }
+    }
+
+    fn attach_unlocked(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
         self.sweep_dead();
         if info.mac != [0; 6] && self.peers().iter().any(|p| p.mac == info.mac) {
             return Err(ShmError::AddressInUse {
@@ -686,6 +725,22 @@ impl Segment {
             return Some((l, next));
         }
         None
+    }
+}
+
+impl Drop for Segment {
+    /// The last process to leave a host segment removes its name, so no
+    /// segment outlives its users (a crashed run's are swept on next start).
+    fn drop(&mut self) {
+        if self.kind != SegmentKind::Host || !*self.used.get_mut() {
+            return;
+        }
+        self.region.locked(|| {
+            self.sweep_dead();
+            if self.live_ports() == 0 && self.region.is_named(&self.name) {
+                let _ = Region::unlink_named(&self.name);
+            }
+        });
     }
 }
 

@@ -192,8 +192,6 @@ fn attach<R: crate::adapters::RoleMarker>(
         network: which,
         source,
     };
-    let seg =
-        Segment::open_or_create(&net.segment, kind, &net.params()).map_err(|e| err(e.into()))?;
     let info = PortInfo {
         name: format!("{name}/{which}"),
         mac,
@@ -206,7 +204,9 @@ fn attach<R: crate::adapters::RoleMarker>(
         pcap: net.pcap.clone(),
         trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::Process),
     };
-    crate::adapters::Adapter::<R>::attach(&seg, &info, opts).map_err(err)
+    let port =
+        Segment::join(&net.segment, kind, &net.params(), &info).map_err(|e| err(e.into()))?;
+    crate::adapters::Adapter::<R>::from_port(port, opts).map_err(err)
 }
 
 impl Device {
