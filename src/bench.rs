@@ -53,7 +53,7 @@ pub enum BenchCmd {
     Rr {
         #[arg(long, value_enum, default_value_t = Mode::Thread)]
         mode: Mode,
-        /// Round trips per run (default 20000; 2000 with --quick).
+        /// Round trips per run (default 100000; 2000 with --quick).
         #[arg(long)]
         count: Option<u64>,
     },
@@ -361,10 +361,10 @@ impl Drop for Unlink {
 // ---------------------------------------------------------------- TCP on shmnet
 
 fn listen(dev: &mut Device, rr: bool) -> SocketHandle {
+    // Delayed ACKs stay on for round trips too: the reply carries the ACK,
+    // as with the kernel's defaults.
+    let _ = rr;
     let mut s = crate::functions::diag::tcp_socket(SOCK_BUF);
-    if rr {
-        s.set_ack_delay(None);
-    }
     s.listen(PORT).expect("listen on a fresh socket");
     dev.sockets().add(s)
 }
@@ -424,10 +424,8 @@ fn client(
 ) -> Res<(Device, SocketHandle)> {
     let s = settings("bench-a", 1, lan, wan, mtu)?;
     let mut dev = Device::new(&s, kind).map_err(|e| e.to_string())?;
-    let mut sock = crate::functions::diag::tcp_socket(SOCK_BUF);
-    if rr {
-        sock.set_ack_delay(None);
-    }
+    let _ = rr;
+    let sock = crate::functions::diag::tcp_socket(SOCK_BUF);
     let h = dev.sockets().add(sock);
     let (iface, sockets) = dev.parts();
     sockets
@@ -708,7 +706,7 @@ fn bench_tcp(mtu: u32, mode: Mode, bytes: Option<u64>, quick: bool, reps: usize)
 }
 
 fn bench_rr(mode: Mode, count: Option<u64>, quick: bool, reps: usize) -> Res<String> {
-    let count = count.unwrap_or(if quick { 2000 } else { 20_000 }).max(1);
+    let count = count.unwrap_or(if quick { 2000 } else { 100_000 }).max(1);
     let rate = |secs: f64| count as f64 / secs;
     let head = format!(
         "\"bench\":\"rr\",\"mode\":\"{}\",\"size\":{RR_SIZE}",
