@@ -227,6 +227,8 @@ pub struct Port {
     port_gen: u32,
     link_gen: u32,
     counters: Arc<PortCounters>,
+    /// How long dropping the port waits for receivers (see `drain`).
+    drain_on_drop: std::time::Duration,
 }
 
 impl Port {
@@ -250,6 +252,7 @@ impl Port {
                 .load(Ordering::Acquire)
                 .wrapping_sub(1),
             counters: Arc::default(),
+            drain_on_drop: std::time::Duration::from_millis(250),
             seg,
         };
         p.refresh_links();
@@ -766,20 +769,37 @@ impl Segment {
 }
 
 impl Port {
+    /// Sets how long dropping the port may wait for its receivers to take
+    /// what it sent (default 250 ms; zero detaches at once).
+    pub fn set_drain_on_drop(&mut self, limit: std::time::Duration) {
+        self.drain_on_drop = limit;
+    }
+
     /// Waits (at most `limit`) until every frame this port sent has been
-    /// taken by its receiver, so a graceful detach loses nothing; receivers
-    /// that are gone or stuck are given up on at the deadline.
+    /// taken by its receiver, so a graceful detach loses nothing. Receivers
+    /// that are gone are not waited for, and one that takes nothing for
+    /// 20 ms (stuck, or hostile) ends the wait early.
     pub fn drain(&mut self, limit: std::time::Duration) {
-        let deadline = std::time::Instant::now() + limit;
+        let start = std::time::Instant::now();
+        let mut last = (usize::MAX, start);
         loop {
             self.flush();
             self.reclaim();
-            let pending = self.active.iter().any(|&i| {
-                self.out[i]
-                    .as_ref()
-                    .is_some_and(|l| !l.inflight.is_empty() || !l.backlog.is_empty())
-            });
-            if !pending || std::time::Instant::now() >= deadline {
+            let pending: usize = self
+                .active
+                .iter()
+                .filter_map(|&i| self.out[i].as_ref())
+                .map(|l| l.inflight.len() + l.backlog.len())
+                .sum();
+            let now = std::time::Instant::now();
+            if pending < last.0 {
+                last = (pending, now);
+            }
+            if pending == 0
+                || limit.is_zero()
+                || now.duration_since(start) >= limit
+                || now.duration_since(last.1) >= std::time::Duration::from_millis(20)
+            {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_micros(50));
@@ -789,7 +809,7 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
-        self.drain(std::time::Duration::from_millis(250));
+        self.drain(self.drain_on_drop);
         for i in 0..self.out.len() {
             self.drop_out_link(i);
         }
