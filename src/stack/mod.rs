@@ -3,8 +3,8 @@
 //!
 //! The loop polls the stack, runs the function's socket-level work and
 //! flushes the adapters. While traffic flows it busy-polls; after
-//! [`SPIN`] without progress it yields, then sleeps on the adapters'
-//! doorbells (a futex in shared memory that a peer's send rings), bounded by
+//! [`SPIN_HOT`] without progress it yields the core between polls, and after
+//! [`SPIN`] it sleeps on the adapters' doorbells (a futex in shared memory that a peer's send rings), bounded by
 //! smoltcp's next timer, so an idle device costs ~0 % CPU.
 //!
 //! ```
@@ -41,7 +41,10 @@ use crate::config::{DeviceSettings, NetworkSettings};
 use crate::functions::{self, Function, FunctionError, SocketContext};
 use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind, ShmError};
 
-/// Busy-poll this long after the last progress before yielding/sleeping.
+/// Busy-poll this long after the last progress before yielding the core
+/// between polls…
+pub const SPIN_HOT: Duration = Duration::from_micros(20);
+/// …and this long before sleeping on the doorbells.
 pub const SPIN: Duration = Duration::from_micros(200);
 /// Sleep at most this long, so maintenance (dead-peer sweeps, stop
 /// requests) runs even on a silent network.
@@ -458,7 +461,6 @@ impl Device {
     /// interface and stats) and returns whether it is done.
     pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
         let mut last_progress = std::time::Instant::now();
-        let mut yields = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let t = std::time::Instant::now();
             let progress = self.poll_at(t);
@@ -467,22 +469,20 @@ impl Device {
             }
             if progress {
                 last_progress = t;
-                yields = 0;
                 continue;
             }
-            if t.saturating_duration_since(last_progress) < SPIN {
+            let idle = t.saturating_duration_since(last_progress);
+            if idle < SPIN_HOT {
                 std::hint::spin_loop();
-                continue;
-            }
-            if yields < 8 {
-                yields += 1;
+            } else if idle < SPIN {
+                // Let a peer sharing this core run (devices often outnumber
+                // cores); with a core to itself this returns at once.
                 std::thread::yield_now();
-                continue;
+            } else {
+                self.maintenance();
+                self.wait(MAX_SLEEP);
+                last_progress = std::time::Instant::now() - SPIN_HOT;
             }
-            self.maintenance();
-            self.wait(MAX_SLEEP);
-            last_progress = std::time::Instant::now() - SPIN / 2;
-            yields = 0;
         }
         *self.shared.function_counters.lock() = self.nic.function.counters();
     }
