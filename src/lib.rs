@@ -5,7 +5,8 @@
 //! (`smoltcp::phy::Device`s on a network) → [`stack`] (a device: one smoltcp
 //! interface, the NIC that routes between the local and global adapter, the
 //! runtime loop) → [`functions`] (what a device does). [`config`] reads the
-//! TOML files; [`bench`] measures against the kernel path.
+//! TOML files; [`mod@bench`] measures against the kernel path; [`topology`]
+//! runs a whole topology file.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

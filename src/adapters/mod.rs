@@ -1,7 +1,7 @@
 //! Virtual network adapters: a device's network cards on a shared-memory
 //! network.
 //!
-//! An [`Adapter`] is attached to one [`Segment`](crate::shm::Segment) and
+//! An [`Adapter`] is attached to one [`Segment`] and
 //! is a `smoltcp::phy::Device`. [`LocalAdapter`] sits on the host's local
 //! network, [`GlobalAdapter`] on the global one; they differ only in role.
 //! The adapter switches each outgoing frame to the right port (by
