@@ -144,6 +144,30 @@ pub struct DeviceConfig {
     /// Hardware address, "02:53:xx:xx:xx:xx"; default derived from the name.
     #[serde(default)]
     pub mac: Option<String>,
+    /// Forward packets not addressed to this device between (and within)
+    /// its networks, as a router does: the device sits in a chain.
+    #[serde(default)]
+    pub forward: bool,
+    /// Static routes, used by the device's own stack and when forwarding.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[[route]] to = "10.1.0.0/24", via = "10.0.0.254"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Destination prefix.
+    pub to: String,
+    /// Next hop: an address inside the local or the global subnet.
+    pub via: String,
+}
+
+/// A validated static route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    pub to: IpCidr,
+    pub via: IpAddress,
 }
 
 /// A network's settings after validation.
@@ -172,6 +196,8 @@ pub struct DeviceSettings {
     pub local: NetworkSettings,
     pub global: NetworkSettings,
     pub mac: [u8; 6],
+    pub forward: bool,
+    pub routes: Vec<StaticRoute>,
     /// The file it came from, for messages.
     pub source: String,
 }
@@ -275,12 +301,46 @@ impl DeviceConfig {
                 )
             })?,
         };
+        let mut routes = Vec::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = |f: &str| format!("route[{i}].{f}");
+            let to: IpCidr = r.to.parse().map_err(|_| {
+                invalid(
+                    &field("to"),
+                    format!("{:?} is not a prefix like 10.1.0.0/24", r.to),
+                )
+            })?;
+            let via: IpAddress =
+                r.via.parse::<IpAddr>().map(IpAddress::from).map_err(|_| {
+                    invalid(&field("via"), format!("{:?} is not an IP address", r.via))
+                })?;
+            let on_a_network = [Some(IpCidr::Ipv4(local.v4)), Some(IpCidr::Ipv4(global.v4))]
+                .into_iter()
+                .chain([local.v6.map(IpCidr::Ipv6), global.v6.map(IpCidr::Ipv6)])
+                .flatten()
+                .any(|c| c.contains_addr(&via));
+            if !on_a_network {
+                return Err(invalid(
+                    &field("via"),
+                    format!("{via} is on neither the local nor the global subnet"),
+                ));
+            }
+            if to.address().version() != via.version() {
+                return Err(invalid(
+                    &field("via"),
+                    format!("{via} and {to} are of different IP versions"),
+                ));
+            }
+            routes.push(StaticRoute { to, via });
+        }
         Ok(DeviceSettings {
             name: self.name.clone(),
             function: self.function.clone(),
             local,
             global,
             mac,
+            forward: self.forward,
+            routes,
             source: file.into(),
         })
     }

@@ -79,6 +79,12 @@ fn print_stats(s: &DeviceStats) {
         s.oversize,
         s.mss_clamped
     );
+    if s.forwarded + s.no_route + s.no_neighbour + s.ttl_expired > 0 {
+        println!(
+            "  forwarded {}; no route {}; no neighbour {}; ttl expired {}",
+            s.forwarded, s.no_route, s.no_neighbour, s.ttl_expired
+        );
+    }
     for (net, a) in [("local", &s.local), ("global", &s.global)] {
         let nonzero: Vec<String> = a
             .pairs()

@@ -426,6 +426,18 @@ impl AdapterCore {
         }
     }
 
+    /// The hardware address of the port that owns `ip` (v4: 4 bytes, v6:
+    /// 16) on this network, from the directory.
+    pub fn mac_of(&mut self, ip: &[u8]) -> Option<[u8; 6]> {
+        self.refresh_peers();
+        let peer = match ip.len() {
+            4 => lookup(&self.by_v4, ip),
+            16 => lookup(&self.by_v6, ip),
+            _ => None,
+        }?;
+        self.by_mac.iter().find(|(_, p)| p == peer).map(|(m, _)| *m)
+    }
+
     /// Where a frame goes, judged by its link-layer (Ethernet) or network
     /// (IP) destination.
     fn destination(&mut self, frame: &[u8]) -> Dest {

@@ -91,6 +91,10 @@ pub struct DeviceStats {
     pub consumed: u64,
     pub oversize: u64,
     pub mss_clamped: u64,
+    pub forwarded: u64,
+    pub no_route: u64,
+    pub no_neighbour: u64,
+    pub ttl_expired: u64,
     pub function_counters: Vec<(String, u64)>,
 }
 
@@ -169,6 +173,10 @@ fn stats_of(s: &Shared) -> DeviceStats {
         consumed: l(&n.consumed),
         oversize: l(&n.oversize),
         mss_clamped: l(&n.mss_clamped),
+        forwarded: l(&n.forwarded),
+        no_route: l(&n.no_route),
+        no_neighbour: l(&n.no_neighbour),
+        ttl_expired: l(&n.ttl_expired),
         function_counters: s.function_counters.lock().clone(),
     }
 }
@@ -232,13 +240,31 @@ impl Device {
         global: GlobalAdapter,
         function: Box<dyn Function>,
     ) -> Result<Device, DeviceError> {
-        let router = Router::new(
+        let mut router = Router::new(
             local.medium(),
             Some(cfg.local.v4),
             cfg.local.v6,
             local.ip_mtu(),
             global.ip_mtu(),
-        );
+        )
+        .with_routes(cfg.routes.iter().map(|r| (r.to, r.via)).collect());
+        if cfg.forward {
+            let v4gw = |g: Option<IpAddress>| match g {
+                Some(IpAddress::Ipv4(a)) => Some(a),
+                _ => None,
+            };
+            let v6gw = |g: Option<IpAddress>| match g {
+                Some(IpAddress::Ipv6(a)) => Some(a),
+                _ => None,
+            };
+            router = router.forwarding(
+                cfg.mac,
+                Some(cfg.global.v4),
+                cfg.global.v6,
+                v4gw(cfg.global.gateway),
+                v6gw(cfg.global.gateway6),
+            );
+        }
         let ends = |c: &Arc<AdapterCounters>, p: &Arc<PortCounters>, port: &crate::shm::Port| {
             (
                 Arc::clone(c),
@@ -308,6 +334,22 @@ impl Device {
                 .routes_mut()
                 .add_default_ipv6_route(g)
                 .map_err(|_| table_full())?;
+        }
+        let mut full = false;
+        iface.routes_mut().update(|table| {
+            for r in &cfg.routes {
+                full |= table
+                    .push(smoltcp::iface::Route {
+                        cidr: r.to,
+                        via_router: r.via,
+                        preferred_until: None,
+                        expires_at: None,
+                    })
+                    .is_err();
+            }
+        });
+        if full {
+            return Err(table_full());
         }
         let mut dev = Device {
             iface,

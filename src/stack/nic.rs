@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
+use smoltcp::wire::{IpAddress, IpCidr, Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
 use crate::adapters::{AdapterCore, GlobalAdapter, LocalAdapter, Received, Role, bump};
 use crate::functions::{Frame, Function, Verdict};
@@ -39,6 +39,12 @@ pub struct NicCounters {
     pub oversize: AtomicU64,
     /// TCP SYNs whose MSS was clamped to a smaller network.
     pub mss_clamped: AtomicU64,
+    /// Transit packets forwarded (forwarding devices only).
+    pub forwarded: AtomicU64,
+    /// Transit packets dropped: no route, no known next hop, TTL ran out.
+    pub no_route: AtomicU64,
+    pub no_neighbour: AtomicU64,
+    pub ttl_expired: AtomicU64,
     /// Frames received by either adapter / sent by the stack.
     pub frames_in: AtomicU64,
     pub frames_out: AtomicU64,
@@ -53,6 +59,31 @@ pub struct Router {
     /// IP MTU of each network.
     local_mtu: usize,
     global_mtu: usize,
+    /// Static routes: `(prefix, gateway)`.
+    routes: Vec<(IpCidr, IpAddress)>,
+    /// Set by [`Router::forwarding`]: this device routes transit packets.
+    fwd: Option<Forwarding>,
+}
+
+/// What a forwarding device knows beyond its local subnet.
+#[derive(Debug, Clone)]
+struct Forwarding {
+    mac: [u8; 6],
+    global_v4: Option<Ipv4Cidr>,
+    global_v6: Option<Ipv6Cidr>,
+    gateway4: Option<Ipv4Address>,
+    gateway6: Option<Ipv6Address>,
+}
+
+/// Where a transit packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transit {
+    /// Out of this network's adapter, to this next hop.
+    Forward { egress: Role, next_hop: IpAddress },
+    /// No route to its destination.
+    NoRoute,
+    /// Its TTL / hop limit ran out.
+    Expired,
 }
 
 impl Router {
@@ -69,6 +100,136 @@ impl Router {
             local_v6,
             local_mtu,
             global_mtu,
+            routes: Vec::new(),
+            fwd: None,
+        }
+    }
+
+    /// Makes the router forward packets not addressed to the device, with
+    /// its hardware address, global subnets, static routes and gateways.
+    pub fn forwarding(
+        mut self,
+        mac: [u8; 6],
+        global_v4: Option<Ipv4Cidr>,
+        global_v6: Option<Ipv6Cidr>,
+        gateway4: Option<Ipv4Address>,
+        gateway6: Option<Ipv6Address>,
+    ) -> Router {
+        self.fwd = Some(Forwarding {
+            mac,
+            global_v4,
+            global_v6,
+            gateway4,
+            gateway6,
+        });
+        self
+    }
+
+    /// Does this device forward transit packets?
+    pub fn forwards(&self) -> bool {
+        self.fwd.is_some()
+    }
+
+    /// For a forwarding device: `None` if the frame is for the device
+    /// itself (its addresses, broadcast, multicast, link-local, non-IP),
+    /// else where it goes.
+    pub fn transit(&self, frame: &[u8]) -> Option<Transit> {
+        let f = self.fwd.as_ref()?;
+        let ip = self.ip_packet(frame)?;
+        let (dst, ttl) = match ip.first()? >> 4 {
+            4 if ip.len() >= 20 => {
+                let d = Ipv4Address::from_octets(ip[16..20].try_into().ok()?);
+                let ours = |c: Option<Ipv4Cidr>| {
+                    c.is_some_and(|c| c.address() == d || c.broadcast() == Some(d))
+                };
+                if d.is_broadcast()
+                    || d.is_multicast()
+                    || d.is_unspecified()
+                    || ours(self.local_v4)
+                    || ours(f.global_v4)
+                {
+                    return None;
+                }
+                (IpAddress::Ipv4(d), ip[8])
+            }
+            6 if ip.len() >= 40 => {
+                let d = Ipv6Address::from_octets(ip[24..40].try_into().ok()?);
+                let ours = |c: Option<Ipv6Cidr>| c.is_some_and(|c| c.address() == d);
+                if d.is_multicast()
+                    || d.is_unspecified()
+                    || d.is_unicast_link_local()
+                    || ours(self.local_v6)
+                    || ours(f.global_v6)
+                {
+                    return None;
+                }
+                (IpAddress::Ipv6(d), ip[7])
+            }
+            _ => return None,
+        };
+        if ttl <= 1 {
+            return Some(Transit::Expired);
+        }
+        let on = |a: &IpAddress| -> Option<Role> {
+            let local = cidr_for(self.local_v4, self.local_v6, a);
+            let global = cidr_for(f.global_v4, f.global_v6, a);
+            if local.is_some_and(|c| c.contains_addr(a)) {
+                Some(Role::Local)
+            } else if global.is_some_and(|c| c.contains_addr(a)) {
+                Some(Role::Global)
+            } else {
+                None
+            }
+        };
+        if let Some(egress) = on(&dst) {
+            return Some(Transit::Forward {
+                egress,
+                next_hop: dst,
+            });
+        }
+        let via = self.static_route(&dst).or(match dst {
+            IpAddress::Ipv4(_) => f.gateway4.map(IpAddress::Ipv4),
+            IpAddress::Ipv6(_) => f.gateway6.map(IpAddress::Ipv6),
+        });
+        Some(match via.and_then(|v| on(&v).map(|egress| (egress, v))) {
+            Some((egress, next_hop)) => Transit::Forward { egress, next_hop },
+            None => Transit::NoRoute,
+        })
+    }
+
+    /// The IP packet inside a frame, if it carries one.
+    fn ip_packet<'a>(&self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        match self.medium {
+            LinkMedium::Ethernet => match frame.get(12..14)? {
+                [0x08, 0x00] | [0x86, 0xdd] => frame.get(14..),
+                _ => None,
+            },
+            LinkMedium::Ip => Some(frame),
+        }
+    }
+
+    /// Rewrites a frame copied for forwarding: link-layer addresses (Ethernet)
+    /// and TTL / hop limit, fixing the IPv4 header checksum incrementally.
+    pub fn rewrite_forwarded(&self, frame: &mut [u8], next_hop_mac: Option<[u8; 6]>) {
+        let l2 = self.l2();
+        if let (Some(f), Some(mac), true) = (&self.fwd, next_hop_mac, frame.len() >= 14 && l2 == 14)
+        {
+            frame[0..6].copy_from_slice(&mac);
+            frame[6..12].copy_from_slice(&f.mac);
+        }
+        let Some(ip) = frame.get_mut(l2..) else {
+            return;
+        };
+        match ip.first().map(|b| b >> 4) {
+            Some(4) if ip.len() >= 20 => {
+                let old = u16::from_be_bytes([ip[8], ip[9]]);
+                ip[8] = ip[8].saturating_sub(1);
+                let new = u16::from_be_bytes([ip[8], ip[9]]);
+                let ck = u16::from_be_bytes([ip[10], ip[11]]);
+                ip[10..12].copy_from_slice(&checksum_update(ck, old, new).to_be_bytes());
+            }
+            Some(6) if ip.len() >= 40 => ip[7] = ip[7].saturating_sub(1),
+            _ => {}
         }
     }
 
@@ -82,12 +243,12 @@ impl Router {
     /// The network a frame goes to. Frames too short to tell go local.
     pub fn route(&self, frame: &[u8]) -> Role {
         let local4 = |a: &[u8]| {
-            let a = Ipv4Address::from_octets(a.try_into().unwrap_or([0; 4]));
-            self.local_v4.is_some_and(|c| c.contains_addr(&a))
+            let a = IpAddress::Ipv4(Ipv4Address::from_octets(a.try_into().unwrap_or([0; 4])));
+            self.next_hop_is_local(&a)
         };
         let local6 = |a: &[u8]| {
-            let a = Ipv6Address::from_octets(a.try_into().unwrap_or([0; 16]));
-            self.local_v6.is_some_and(|c| c.contains_addr(&a))
+            let a = IpAddress::Ipv6(Ipv6Address::from_octets(a.try_into().unwrap_or([0; 16])));
+            self.next_hop_is_local(&a)
         };
         let pick = |is_local: bool| if is_local { Role::Local } else { Role::Global };
         let (ethertype, ip) = match self.medium {
@@ -121,6 +282,31 @@ impl Router {
             }
             _ => Role::Local,
         }
+    }
+
+    /// Is the next hop towards `dst` on the local network? It is if `dst`
+    /// is in the local subnet, or a static route sends it via a local
+    /// gateway; everything else takes the default route (global).
+    fn next_hop_is_local(&self, dst: &IpAddress) -> bool {
+        let local = |a: &IpAddress| {
+            cidr_for(self.local_v4, self.local_v6, a).is_some_and(|c| c.contains_addr(a))
+        };
+        local(dst) || self.static_route(dst).is_some_and(|via| local(&via))
+    }
+
+    /// The gateway of the longest static route covering `dst`.
+    fn static_route(&self, dst: &IpAddress) -> Option<IpAddress> {
+        self.routes
+            .iter()
+            .filter(|(c, _)| c.contains_addr(dst))
+            .max_by_key(|(c, _)| c.prefix_len())
+            .map(|(_, v)| *v)
+    }
+
+    /// Adds static routes `(prefix, gateway)`.
+    pub fn with_routes(mut self, routes: Vec<(IpCidr, IpAddress)>) -> Router {
+        self.routes = routes;
+        self
     }
 
     fn mtu(&self, role: Role) -> usize {
@@ -172,6 +358,24 @@ impl Router {
     }
 }
 
+/// The subnet of `a`'s IP version, if the network has one.
+fn cidr_for(v4: Option<Ipv4Cidr>, v6: Option<Ipv6Cidr>, a: &IpAddress) -> Option<IpCidr> {
+    match a {
+        IpAddress::Ipv4(_) => v4.map(IpCidr::Ipv4),
+        IpAddress::Ipv6(_) => v6.map(IpCidr::Ipv6),
+    }
+}
+
+/// RFC 1624 incremental checksum update for one 16-bit word `old` → `new`:
+/// HC' = ~(~HC + ~m + m').
+pub fn checksum_update(ck: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!ck) as u32 + (!old) as u32 + new as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// Lowers the MSS option of a TCP SYN segment to `max_mss`, fixing the
 /// checksum incrementally (RFC 1624). Returns whether it changed anything.
 pub fn clamp_tcp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
@@ -198,12 +402,8 @@ pub fn clamp_tcp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
                     tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
                     let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
                     if ck != 0 {
-                        // HC' = ~(~HC + ~m + m')
-                        let mut sum = (!ck) as u32 + (!old) as u32 + max_mss as u32;
-                        while sum > 0xffff {
-                            sum = (sum & 0xffff) + (sum >> 16);
-                        }
-                        tcp[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+                        tcp[16..18]
+                            .copy_from_slice(&checksum_update(ck, old, max_mss).to_be_bytes());
                     }
                     return true;
                 }
@@ -264,6 +464,59 @@ fn ndp_announcement(mac: &[u8; 6], ip: [u8; 16], my_mac: &[u8; 6], my_ip: [u8; 1
         &ChecksumCapabilities::default(),
     );
     f
+}
+
+/// Forwards a transit frame (see [`Router::transit`]): a copy goes out of
+/// the egress adapter with new link-layer addresses and TTL.
+fn forward(
+    router: &Router,
+    counters: &NicCounters,
+    transit: Transit,
+    frame: &[u8],
+    local: &mut AdapterCore,
+    global: &mut AdapterCore,
+) {
+    let (egress, next_hop) = match transit {
+        Transit::Forward { egress, next_hop } => (egress, next_hop),
+        Transit::NoRoute => return bump(&counters.no_route, 1),
+        Transit::Expired => return bump(&counters.ttl_expired, 1),
+    };
+    let out = match egress {
+        Role::Local => local,
+        Role::Global => global,
+    };
+    let mac = match router.medium {
+        LinkMedium::Ethernet => {
+            let found = match next_hop {
+                IpAddress::Ipv4(a) => out.mac_of(&a.octets()),
+                IpAddress::Ipv6(a) => out.mac_of(&a.octets()),
+            };
+            match found {
+                Some(m) => Some(m),
+                None => return bump(&counters.no_neighbour, 1),
+            }
+        }
+        LinkMedium::Ip => None,
+    };
+    match out.alloc() {
+        Some(mut b) if frame.len() <= out.frame_size() => {
+            let buf = &mut out.buffer_mut(&mut b)[..frame.len()];
+            buf.copy_from_slice(frame);
+            router.rewrite_forwarded(buf, mac);
+            if router.clamp_mss(buf, egress) {
+                bump(&counters.mss_clamped, 1);
+            }
+            out.commit(b, frame.len());
+            bump(&counters.forwarded, 1);
+        }
+        Some(b) => {
+            out.release(b);
+            counters.oversize.fetch_add(1, Ordering::Relaxed);
+        }
+        None => {
+            out.counters().tx_no_buffer.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Sends a copy of `frame` out of `out`; counts it if it does not fit or no
@@ -562,6 +815,25 @@ impl phy::Device for Nic {
             Received::Copied(len) => len,
             Received::InPlace(f) => {
                 let bytes = seg.frame_bytes(&f);
+                if let Some(t) = self.router.transit(bytes) {
+                    let (local, global) = match role {
+                        Role::Local => (rx_core, other_core),
+                        Role::Global => (other_core, rx_core),
+                    };
+                    forward(&self.router, &self.counters, t, bytes, local, global);
+                    return Some((
+                        NicRxToken { frame: &[] },
+                        NicTxToken {
+                            local,
+                            global,
+                            function: self.function.as_mut(),
+                            router: &self.router,
+                            predicted: &mut self.predicted,
+                            counters: &self.counters,
+                            now: self.now,
+                        },
+                    ));
+                }
                 if !self.router.may_clamp(bytes, role) {
                     // Nothing to rewrite: the stack parses the sender's
                     // buffer directly.
@@ -591,7 +863,14 @@ impl phy::Device for Nic {
         let mut flen = frame.len();
         match verdict {
             Verdict::Pass | Verdict::Modified => {
-                if self.router.clamp_mss(&mut rx[..flen], role) {
+                if let Some(t) = self.router.transit(&rx[..flen]) {
+                    let (local, global) = match role {
+                        Role::Local => (&mut *rx_core, &mut *other_core),
+                        Role::Global => (&mut *other_core, &mut *rx_core),
+                    };
+                    forward(&self.router, &self.counters, t, &rx[..flen], local, global);
+                    flen = 0;
+                } else if self.router.clamp_mss(&mut rx[..flen], role) {
                     self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
                 }
             }
