@@ -51,6 +51,8 @@ pub const SPIN: Duration = Duration::from_micros(200);
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// How often to look for dead peers.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How often a running device publishes its function's counters.
+const COUNTERS_EVERY: Duration = Duration::from_millis(50);
 
 /// Errors creating or running a device.
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,7 @@ pub struct Device {
     clock: std::time::Instant,
     shared: Arc<Shared>,
     last_sweep: std::time::Instant,
+    last_counters: std::time::Instant,
 }
 
 fn attach<R: crate::adapters::RoleMarker>(
@@ -358,6 +361,7 @@ impl Device {
             clock,
             shared,
             last_sweep: clock,
+            last_counters: clock,
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -488,14 +492,19 @@ impl Device {
         self.nic.wait(Some(delay));
     }
 
-    fn maintenance(&mut self) {
-        if self.last_sweep.elapsed() < SWEEP_EVERY {
+    /// Publishes the function's counters for handles (every 50 ms) and
+    /// looks for dead peers (every 500 ms).
+    fn maintenance(&mut self, t: std::time::Instant) {
+        if t.saturating_duration_since(self.last_counters) < COUNTERS_EVERY {
             return;
         }
-        self.last_sweep = std::time::Instant::now();
-        self.nic.local().port().segment().sweep_dead();
-        self.nic.global().port().segment().sweep_dead();
+        self.last_counters = t;
         *self.shared.function_counters.lock() = self.nic.function.counters();
+        if t.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.last_sweep = t;
+            self.nic.local().port().segment().sweep_dead();
+            self.nic.global().port().segment().sweep_dead();
+        }
     }
 
     /// Runs the device until `app` returns `true` or [`DeviceHandle::stop`]
@@ -509,6 +518,7 @@ impl Device {
             if app(self) {
                 break;
             }
+            self.maintenance(t);
             if progress {
                 last_progress = t;
                 continue;
@@ -521,7 +531,6 @@ impl Device {
                 // cores); with a core to itself this returns at once.
                 std::thread::yield_now();
             } else {
-                self.maintenance();
                 self.wait(MAX_SLEEP);
                 last_progress = std::time::Instant::now() - SPIN_HOT;
             }
