@@ -35,7 +35,7 @@ pub struct BenchCli {
 }
 
 /// The benchmarks.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchCmd {
     /// TCP bulk transfer device to device.
     Tcp {
@@ -68,6 +68,16 @@ pub enum BenchCmd {
         /// sends a quarter as many.
         #[arg(long)]
         count: Option<u64>,
+    },
+    /// A network function: its cost per packet, and TCP through a chain
+    /// client → function device(s) → server (devices as threads).
+    Function {
+        /// compress (others as they are built: see `shmnet bench function --help`).
+        #[arg(long)]
+        name: String,
+        /// Bytes through the chain (default 256 MiB; 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
     },
     /// An idle device: its CPU use, and the round trip of a datagram that
     /// has to wake it (devices as threads).
@@ -108,21 +118,7 @@ pub fn main(args: &BenchCli) -> i32 {
     let quick = args.quick;
     let reps = if quick { 1 } else { 3 };
     let jobs: Vec<BenchCmd> = match &args.cmd {
-        Some(BenchCmd::Tcp { mtu, mode, bytes }) => vec![BenchCmd::Tcp {
-            mtu: *mtu,
-            mode: *mode,
-            bytes: *bytes,
-        }],
-        Some(BenchCmd::Rr { mode, count }) => vec![BenchCmd::Rr {
-            mode: *mode,
-            count: *count,
-        }],
-        Some(BenchCmd::Frames { size, mode, count }) => vec![BenchCmd::Frames {
-            size: *size,
-            mode: *mode,
-            count: *count,
-        }],
-        Some(BenchCmd::Idle { count }) => vec![BenchCmd::Idle { count: *count }],
+        Some(cmd) => vec![cmd.clone()],
         None => {
             let mut v = Vec::new();
             for mode in [Mode::Thread, Mode::Process] {
@@ -141,16 +137,25 @@ pub fn main(args: &BenchCli) -> i32 {
                 });
             }
             v.push(BenchCmd::Idle { count: None });
+            for name in FUNCTIONS_BENCHED {
+                v.push(BenchCmd::Function {
+                    name: name.to_string(),
+                    bytes: None,
+                });
+            }
             v
         }
     };
     let mut code = 0;
     for job in &jobs {
-        let r = match *job {
-            BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(mtu, mode, bytes, quick, reps),
-            BenchCmd::Rr { mode, count } => bench_rr(mode, count, quick, reps),
-            BenchCmd::Frames { size, mode, count } => bench_frames(size, mode, count, quick, reps),
-            BenchCmd::Idle { count } => bench_idle(count, quick),
+        let r = match job {
+            BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(*mtu, *mode, *bytes, quick, reps),
+            BenchCmd::Rr { mode, count } => bench_rr(*mode, *count, quick, reps),
+            BenchCmd::Frames { size, mode, count } => {
+                bench_frames(*size, *mode, *count, quick, reps)
+            }
+            BenchCmd::Idle { count } => bench_idle(*count, quick),
+            BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
         };
         match r {
             Ok(line) => {
@@ -1082,4 +1087,272 @@ fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
     }
     let _ = echo.join();
     Ok(median(&mut rtts))
+}
+
+// ---------------------------------------------------------------- functions
+
+/// Functions `shmnet bench function` knows (and `--quick` runs).
+pub const FUNCTIONS_BENCHED: &[&str] = &["compress"];
+
+/// Text-like bytes (words from a small vocabulary): what compression
+/// meets on real links, neither all zeros nor noise.
+fn corpus(len: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "the ",
+        "device ",
+        "packet ",
+        "shared ",
+        "memory ",
+        "ring ",
+        "stack ",
+        "frame ",
+        "of ",
+        "and ",
+        "to ",
+        "network ",
+        "function ",
+        "a ",
+        "is ",
+        "with ",
+        "in ",
+        "buffer ",
+        "port ",
+        "segment ",
+        "link ",
+        "peer ",
+        "router ",
+        "chain ",
+    ];
+    let mut x = 0x2545_f491_u32;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        out.extend_from_slice(WORDS[x as usize % WORDS.len()].as_bytes());
+        if x.is_multiple_of(11) {
+            out.extend_from_slice(format!("{} ", x % 1000).as_bytes());
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The device files of a chain client → `middles` → server: network i
+/// joins device i and i+1, addresses 10.(10+i).0.0/24.
+fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
+    let n = functions.len();
+    let nets: Vec<String> = (0..=n).map(|i| unique(&format!("net{i}"))).collect();
+    let net = |i: usize, host: u8| format!("10.{}.0.{host}", 10 + i);
+    let mut texts = Vec::new();
+    texts.push(format!(
+        "name = \"chain-client\"\nlocal = {{ segment = \"{}\", address = \"{}/24\" }}\n\
+         global = {{ segment = \"{}\", address = \"10.200.0.1/16\" }}\n\
+         route = [{{ to = \"10.{}.0.0/24\", via = \"{}\" }}]\n",
+        nets[0],
+        net(0, 1),
+        unique("cw"),
+        10 + n,
+        net(0, 254)
+    ));
+    for (k, f) in functions.iter().enumerate() {
+        let mut routes = Vec::new();
+        if k + 1 < n {
+            routes.push(format!(
+                "{{ to = \"10.{}.0.0/24\", via = \"{}\" }}",
+                10 + n,
+                net(k + 1, 254)
+            ));
+        }
+        if k > 0 {
+            // Back to the client through the previous device's global address.
+            routes.push(format!(
+                "{{ to = \"10.10.0.0/24\", via = \"{}\" }}",
+                net(k, 1)
+            ));
+        }
+        texts.push(format!(
+            "name = \"chain-{k}\"\nforward = true\nfunction = {f}\n\
+             local = {{ segment = \"{}\", address = \"{}/24\" }}\n\
+             global = {{ segment = \"{}\", address = \"{}/24\" }}\nroute = [{}]\n",
+            nets[k],
+            net(k, 254),
+            nets[k + 1],
+            net(k + 1, 1),
+            routes.join(", ")
+        ));
+    }
+    texts.push(format!(
+        "name = \"chain-server\"\nlocal = {{ segment = \"{}\", address = \"{}/24\" }}\n\
+         global = {{ segment = \"{}\", address = \"10.201.0.2/16\" }}\n\
+         route = [{{ to = \"10.10.0.0/24\", via = \"{}\" }}]\n",
+        nets[n],
+        net(n, 2),
+        unique("sw"),
+        net(n, 1)
+    ));
+    texts
+        .iter()
+        .map(|t| DeviceConfig::from_toml(t, "bench chain").map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// TCP from the chain's client to a sink on its server, `bytes` of
+/// `data` repeated; returns seconds.
+fn chain_tcp(functions: &[&str], data: &[u8], bytes: u64) -> Res<f64> {
+    let cfgs = chain_configs(functions)?;
+    let n = functions.len();
+    let mut running = Vec::new();
+    let mut server = Device::new(&cfgs[n + 1], SegmentKind::Process).map_err(|e| e.to_string())?;
+    let sh = listen(&mut server, false);
+    let handle = server.handle();
+    running.push((
+        handle,
+        std::thread::spawn(move || {
+            serve(&mut server, sh, false, false);
+        }),
+    ));
+    for c in &cfgs[1..=n] {
+        let (h, t) = Device::new(c, SegmentKind::Process)
+            .map_err(|e| e.to_string())?
+            .spawn();
+        running.push((h, std::thread::spawn(move || drop(t.join()))));
+    }
+    let result = (|| {
+        let mut dev = Device::new(&cfgs[0], SegmentKind::Process).map_err(|e| e.to_string())?;
+        let h = dev
+            .sockets()
+            .add(crate::functions::diag::tcp_socket(SOCK_BUF));
+        let (iface, sockets) = dev.parts();
+        let dst = IpAddress::v4(10, 10 + n as u8, 0, 2);
+        sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(iface.context(), (dst, PORT), 49152)
+            .map_err(|e| format!("connect: {e}"))?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        let mut err = None;
+        dev.run_until(|d| {
+            let s = d.sockets().get_mut::<tcp::Socket>(h);
+            while sent < bytes && s.can_send() {
+                let off = (sent % data.len() as u64) as usize;
+                let chunk = &data[off..data.len().min(off + (bytes - sent) as usize)];
+                match s.send_slice(chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => sent += k as u64,
+                }
+            }
+            if sent == bytes && s.send_queue() == 0 {
+                return true;
+            }
+            if start.elapsed() > TIMEOUT {
+                err = Some(format!("timed out after {sent} bytes ({:?})", s.state()));
+            }
+            err.is_some()
+        });
+        let secs = start.elapsed().as_secs_f64();
+        hang_up(&mut dev, h);
+        err.map_or(Ok(secs), Err)
+    })();
+    for (h, t) in running {
+        if std::env::var_os("SHMNET_BENCH_STATS").is_some() {
+            eprintln!("{:?}", h.stats());
+        }
+        h.stop();
+        let _ = t.join();
+    }
+    result
+}
+
+/// Cost per packet of a function on a representative packet, and the bare
+/// library speed where there is one: `(ns_per_packet, raw Gbit/s)`.
+fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)> {
+    use crate::functions::compress::{Compress, CompressConfig};
+    use crate::functions::{Frame, Verdict};
+    let rounds = if quick { 20_000 } else { 200_000 };
+    match name {
+        "compress" => {
+            // An Ethernet + IPv4 packet with a 1460-byte payload.
+            let mut template = vec![0u8; 1514];
+            template[12..14].copy_from_slice(&[0x08, 0x00]);
+            template[14] = 0x45;
+            template[16..18].copy_from_slice(&1500u16.to_be_bytes());
+            template[22] = 64;
+            template[23] = 17;
+            template[34..].copy_from_slice(&data[..1480]);
+            let mut c = Compress::new(CompressConfig::default()).map_err(|e| e.to_string())?;
+            let mut buf = template.clone();
+            // The copy that restores the packet each round is measured
+            // alone and subtracted.
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                buf.copy_from_slice(std::hint::black_box(&template));
+            }
+            let copy = t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            for _ in 0..rounds {
+                buf.copy_from_slice(std::hint::black_box(&template));
+                let mut f = Frame::new(&mut buf, 1514);
+                if c.compress(&mut f) != Verdict::Modified {
+                    return Err("the sample packet did not compress".into());
+                }
+            }
+            let ns = (t0.elapsed().as_secs_f64() - copy).max(0.0) / rounds as f64 * 1e9;
+            let mut table = lz4_flex::block::CompressTable::default();
+            let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(1480)];
+            let t0 = Instant::now();
+            for i in 0..rounds {
+                let off = (i * 1480) % (data.len() - 1480);
+                let block = std::hint::black_box(&data[off..off + 1480]);
+                lz4_flex::block::compress_into_with_table(block, &mut out, &mut table)
+                    .map_err(|e| e.to_string())?;
+            }
+            let raw = rounds as f64 * 1480.0 * 8.0 / t0.elapsed().as_secs_f64() / 1e9;
+            Ok((ns, Some(raw)))
+        }
+        other => Err(format!(
+            "no benchmark for function {other:?}; known: {}",
+            FUNCTIONS_BENCHED.join(", ")
+        )),
+    }
+}
+
+fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> Res<String> {
+    let chain: &[&str] = match name {
+        // A compressor/decompressor pair: the hop between them is compressed.
+        "compress" => &[
+            "{ kind = \"compress\" }",
+            "{ kind = \"compress\", hop = \"local\" }",
+        ],
+        other => {
+            return Err(format!(
+                "no benchmark for function {other:?}; known: {}",
+                FUNCTIONS_BENCHED.join(", ")
+            ));
+        }
+    };
+    let data = corpus(1 << 20);
+    let bytes = bytes.unwrap_or(if quick { 16 << 20 } else { 256 << 20 });
+    let (ns, raw) = function_cost(name, &data, quick)?;
+    let mut runs = Vec::new();
+    for _ in 0..reps {
+        let secs = chain_tcp(chain, &data, bytes)?;
+        runs.push(bytes as f64 * 8.0 / secs / 1e9);
+    }
+    let gbps = median(&mut runs.clone());
+    let mut line = format!(
+        "{{\"bench\":\"function\",\"name\":\"{name}\",\"ns_per_packet\":{},\"gbps\":{},\"unit\":\"Gbit/s\",\"bytes\":{bytes},\"reps\":{reps},\"gbps_runs\":{}",
+        num(ns),
+        num(gbps),
+        list(&runs)
+    );
+    if let Some(raw) = raw {
+        line.push_str(&format!(
+            ",\"raw_gbps\":{},\"ratio\":{}",
+            num(raw),
+            num(gbps / raw)
+        ));
+    }
+    line.push('}');
+    Ok(line)
 }

@@ -115,7 +115,7 @@ fn default_max_ports() -> u32 {
 }
 
 /// Link medium as written in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediumName {
     #[default]

@@ -17,6 +17,7 @@
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
 
+pub mod compress;
 pub mod diag;
 
 pub use crate::adapters::Role;
@@ -152,10 +153,13 @@ pub enum FunctionConfig {
     Echo(diag::EchoConfig),
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     Probe(diag::ProbeConfig),
+    /// LZ4-compresses IP payloads towards the global network and restores
+    /// them from it (IPComp, RFC 3173); used in pairs.
+    Compress(compress::CompressConfig),
 }
 
 /// Names accepted as `kind`.
-pub const KINDS: &[&str] = &["passthrough", "echo", "probe"];
+pub const KINDS: &[&str] = &["passthrough", "echo", "probe", "compress"];
 
 /// Errors building a function.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,7 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Passthrough => Box::new(Passthrough),
         FunctionConfig::Echo(c) => Box::new(diag::Echo::new(c.clone())?),
         FunctionConfig::Probe(c) => Box::new(diag::Probe::new(c.clone())?),
+        FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
     })
 }
 

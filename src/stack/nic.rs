@@ -553,7 +553,13 @@ pub struct Nic {
     inject: std::collections::VecDeque<(Role, Vec<u8>)>,
     warm_gen: [Option<u32>; 2],
     warm_at: Instant,
+    /// When a forwarding device last found an adapter without free buffers.
+    stalled_since: Option<Instant>,
 }
+
+/// How long a forwarding device holds back ingress while an adapter has no
+/// free transmit buffer.
+const FORWARD_STALL_LIMIT: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(200);
 
 impl Nic {
     pub fn new(
@@ -576,6 +582,7 @@ impl Nic {
             inject: Default::default(),
             warm_gen: [None; 2],
             warm_at: Instant::ZERO,
+            stalled_since: None,
         }
     }
 
@@ -643,6 +650,11 @@ impl Nic {
         self.warm_neighbours(now);
         self.local.begin_round();
         self.global.begin_round();
+    }
+
+    /// Can both adapters take a forwarded frame now?
+    fn egress_ready(&mut self) -> bool {
+        self.local.can_transmit() && self.global.can_transmit()
     }
 
     /// Pushes queued frames and wakes peers.
@@ -784,6 +796,18 @@ impl phy::Device for Nic {
                     now: self.now,
                 },
             ));
+        }
+        if self.router.forwards() && !self.egress_ready() {
+            // Back-pressure: leave transit frames in their rings until the
+            // adapters have buffers again, rather than drop them. A stall
+            // longer than FORWARD_STALL_LIMIT (two forwarders waiting on
+            // each other) is broken by forwarding anyway, which may drop.
+            let since = *self.stalled_since.get_or_insert(self.now);
+            if self.now - since < FORWARD_STALL_LIMIT {
+                return None;
+            }
+        } else {
+            self.stalled_since = None;
         }
         let hooks = self.function.hooks_ingress();
         let mut from = None;
