@@ -19,6 +19,8 @@ use smoltcp::time::Instant;
 
 pub mod compress;
 pub mod diag;
+pub mod encrypt;
+pub mod firewall;
 
 pub use crate::adapters::Role;
 
@@ -139,6 +141,14 @@ pub trait Function: Send {
     fn counters(&self) -> Vec<(String, u64)> {
         Vec::new()
     }
+
+    /// Applies a changed config of the same kind in place, keeping state
+    /// (e.g. a rekey keeps the tunnel's replay windows). Returns `false` if
+    /// not supported or not applicable: the caller then replaces the
+    /// function with a freshly built one.
+    fn reconfigure(&mut self, _cfg: &FunctionConfig) -> bool {
+        false
+    }
 }
 
 /// A function's configuration: the `[function]` section of a device file,
@@ -156,10 +166,22 @@ pub enum FunctionConfig {
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
     Compress(compress::CompressConfig),
+    /// Stateful firewall: connection tracking plus ordered rules.
+    Firewall(firewall::FirewallConfig),
+    /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
+    /// devices.
+    Encrypt(encrypt::EncryptConfig),
 }
 
 /// Names accepted as `kind`.
-pub const KINDS: &[&str] = &["passthrough", "echo", "probe", "compress"];
+pub const KINDS: &[&str] = &[
+    "passthrough",
+    "echo",
+    "probe",
+    "compress",
+    "firewall",
+    "encrypt",
+];
 
 /// Errors building a function.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +199,8 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Echo(c) => Box::new(diag::Echo::new(c.clone())?),
         FunctionConfig::Probe(c) => Box::new(diag::Probe::new(c.clone())?),
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
+        FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
+        FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
     })
 }
 

@@ -104,7 +104,10 @@ struct Shared {
     name: String,
     stop: AtomicBool,
     replace: Mutex<Option<Box<dyn Function>>>,
-    /// Set with `replace`, so the loop need not lock every round.
+    /// A changed configuration for the running function.
+    reconfigure: Mutex<Option<crate::functions::FunctionConfig>>,
+    /// Set with `replace` or `reconfigure`, so the loop need not lock every
+    /// round.
     replace_pending: AtomicBool,
     function_name: Mutex<String>,
     function_counters: Mutex<Vec<(String, u64)>>,
@@ -145,6 +148,15 @@ impl DeviceHandle {
             seg.ring_doorbell(*port);
         }
     }
+    /// Applies a changed configuration to the running function in place
+    /// when it can (an ESP rekey keeps the tunnel's state), else replaces
+    /// it with one built from `cfg`. Takes effect at the next poll round.
+    pub fn reconfigure(&self, cfg: crate::functions::FunctionConfig) {
+        *self.shared.reconfigure.lock() = Some(cfg);
+        self.shared.replace_pending.store(true, Ordering::Release);
+        self.wake();
+    }
+
     /// Has the function finished its job (see [`Function::finished`])?
     pub fn finished(&self) -> bool {
         self.shared.finished.load(Ordering::SeqCst)
@@ -286,6 +298,7 @@ impl Device {
             name: cfg.name.clone(),
             stop: AtomicBool::new(false),
             replace: Mutex::new(None),
+            reconfigure: Mutex::new(None),
             replace_pending: AtomicBool::new(false),
             function_name: Mutex::new(function_name),
             function_counters: Mutex::new(Vec::new()),
@@ -445,6 +458,15 @@ impl Device {
             let pending = self.shared.replace.lock().take();
             if let Some(f) = pending {
                 self.replace_function(f);
+            }
+            let cfg = self.shared.reconfigure.lock().take();
+            if let Some(cfg) = cfg
+                && !self.nic.function.reconfigure(&cfg)
+            {
+                match functions::build(&cfg) {
+                    Ok(f) => self.replace_function(f),
+                    Err(e) => log::warn!("device {}: reconfigure failed: {e}", self.shared.name),
+                }
             }
         }
         let now = Instant::from_micros(t.saturating_duration_since(self.clock).as_micros() as i64);

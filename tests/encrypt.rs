@@ -1,0 +1,238 @@
+//! ESP tunnel between a pair of devices in a chain, checked on the wire.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use shmnet::config::DeviceConfig;
+use shmnet::functions::diag::pattern_byte;
+
+const KEY_12: &str = "4c80cdefbb5d10da906ac73c3613a634 2e443b68";
+const KEY_21: &str = "feffe9928665731c6d6a8f9467308308 cafebabe";
+
+/// The (protocol, payload) of every IPv4 packet in an Ethernet pcap.
+fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    assert!(pcap.len() >= 24, "pcap too short");
+    let le = pcap[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
+    let u32_at = |b: &[u8]| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let caplen = u32_at(&pcap[at + 8..]) as usize;
+        let rec = &pcap[at + 16..(at + 16 + caplen).min(pcap.len())];
+        at += 16 + caplen;
+        if rec.len() >= 34 && rec[12..14] == [0x08, 0x00] {
+            let ip = &rec[14..];
+            let hl = (ip[0] & 0xf) as usize * 4;
+            out.push((ip[9], ip[hl.min(ip.len())..].to_vec()));
+        }
+    }
+    out
+}
+
+/// Whether `w` is a run of the probe's stream at any offset:
+/// `pattern_byte` steps by 7 modulo 251 (within 8 KiB).
+fn is_pattern_run(w: &[u8]) -> bool {
+    w.iter().all(|&b| b < 251)
+        && w.windows(2)
+            .all(|p| (p[1] as u32 + 251 - p[0] as u32) % 251 == 7)
+}
+
+/// client ─lan-a─ e1 ═hop═ e2 ─lan-b─ server; the hop carries ESP.
+#[test]
+fn tcp_stream_crosses_the_hop_encrypted() {
+    let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
+    let pcap = std::env::temp_dir().join(format!("{hop}.pcap"));
+    let dev = |text: String| DeviceConfig::from_toml(&text, "encrypt-chain").unwrap();
+    let client = dev(format!(
+        r#"
+name = "client"
+function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 1048576 }}
+local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
+global = {{ segment = "{g}", address = "10.100.0.1/16" }}
+route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let e1 = dev(format!(
+        r#"
+name = "e1"
+forward = true
+local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
+global = {{ segment = "{hop}", address = "10.2.0.1/24", pcap = "{pcap}" }}
+route = [{{ to = "10.3.0.0/24", via = "10.2.0.2" }}]
+[function]
+kind = "encrypt"
+local_address = "10.2.0.1"
+peer_address = "10.2.0.2"
+outbound = {{ spi = 0x1001, key = "{KEY_12}" }}
+inbound = [{{ spi = 0x2002, key = "{KEY_21}" }}]
+"#,
+        pcap = pcap.display()
+    ));
+    let e2 = dev(format!(
+        r#"
+name = "e2"
+forward = true
+local = {{ segment = "{lan_b}", address = "10.3.0.254/24" }}
+global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
+route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
+[function]
+kind = "encrypt"
+local_address = "10.2.0.2"
+peer_address = "10.2.0.1"
+outbound = {{ spi = 0x2002, key = "{KEY_21}" }}
+inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
+"#
+    ));
+    let server = dev(format!(
+        r#"
+name = "server"
+function = {{ kind = "echo" }}
+local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
+global = {{ segment = "{g}", address = "10.200.0.2/16" }}
+route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let devices: Vec<_> = [&server, &e2, &e1].into_iter().map(spawn).collect();
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    assert!(report.len() >= 2, "{report:?}");
+    std::thread::sleep(Duration::from_millis(250));
+    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
+        s.function_counters
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
+    ch.stop();
+    ct.join().unwrap();
+    let stats: Vec<_> = devices.iter().map(|(h, _)| h.stats()).collect();
+    for (h, t) in devices {
+        h.stop();
+        t.join().unwrap();
+    }
+    for s in &stats[1..] {
+        assert!(counter(s, "encrypted") > 100, "{s:?}");
+        assert!(counter(s, "decrypted") > 100, "{s:?}");
+        for bad in [
+            "auth_failed",
+            "unknown_spi",
+            "bad_padding",
+            "too_big",
+            "replayed",
+        ] {
+            assert_eq!(counter(s, bad), 0, "{bad}: {s:?}");
+        }
+    }
+
+    // On the wire: IP packets between the tunnel ends are ESP, and no 32-byte
+    // run of the probe's stream appears anywhere.
+    let bytes = std::fs::read(&pcap).expect("pcap written");
+    let packets = ipv4_packets(&bytes);
+    let esp = packets.iter().filter(|(p, _)| *p == 50).count();
+    assert!(esp > 200, "{esp} ESP packets of {}", packets.len());
+    assert!(packets.iter().all(|(p, _)| *p == 50), "only ESP on the hop");
+    let plain: Vec<u8> = (300_000..300_032).map(pattern_byte).collect();
+    assert!(is_pattern_run(&plain), "the detector finds plaintext");
+    assert!(
+        !bytes.windows(32).any(is_pattern_run),
+        "plaintext of the stream on the hop"
+    );
+
+    tshark_decrypts(&pcap);
+    let _ = std::fs::remove_file(&pcap);
+}
+
+/// The independent decoder: tshark, given the keys, decrypts the capture
+/// and sees the inner TCP stream between client and server.
+fn tshark_decrypts(pcap: &Path) {
+    if Command::new("tshark").arg("--version").output().is_err() {
+        println!("skipping the tshark check: tshark is not installed");
+        return;
+    }
+    let sa = |src: &str, dst: &str, spi: &str, key: &str| {
+        format!(
+            "\"IPv4\",\"{src}\",\"{dst}\",\"{spi}\",\"AES-GCM with 16 octet ICV [RFC4106]\",\
+             \"0x{}\",\"NULL\",\"\"",
+            key.replace(' ', "")
+        )
+    };
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-o", "esp.enable_encryption_decode:TRUE"])
+        .args(["-o", "esp.enable_authentication_check:TRUE"])
+        .args([
+            "-o",
+            &format!(
+                "uat:esp_sa:{}",
+                sa("10.2.0.1", "10.2.0.2", "0x00001001", KEY_12)
+            ),
+        ])
+        .args([
+            "-o",
+            &format!(
+                "uat:esp_sa:{}",
+                sa("10.2.0.2", "10.2.0.1", "0x00002002", KEY_21)
+            ),
+        ])
+        .args([
+            "-Y",
+            "esp && tcp",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "tcp.len",
+            "-e",
+            "esp.icv_good",
+        ])
+        .output()
+        .expect("tshark runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each line: outer src,inner src  outer dst,inner dst  TCP payload length
+    // ICV good.
+    let mut to_server = 0u64;
+    let mut to_client = 0u64;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let len: u64 = f.get(2).and_then(|l| l.parse().ok()).unwrap_or(0);
+        // tshark verified the ICV itself.
+        assert!(
+            matches!(f.get(3).map(|g| g.trim()), Some("1" | "True")),
+            "{line}"
+        );
+        if f[0] == "10.2.0.1,10.0.0.1" && f[1] == "10.2.0.2,10.3.0.2" {
+            to_server += len;
+        } else if f[0] == "10.2.0.2,10.3.0.2" && f[1] == "10.2.0.1,10.0.0.1" {
+            to_client += len;
+        }
+    }
+    assert!(
+        to_server >= 1 << 20 && to_client >= 1 << 20,
+        "tshark decrypted {to_server}/{to_client} TCP bytes:\n{}",
+        &text[..text.len().min(2000)]
+    );
+}
