@@ -1092,7 +1092,94 @@ fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
 // ---------------------------------------------------------------- functions
 
 /// Functions `shmnet bench function` knows (and `--quick` runs).
-pub const FUNCTIONS_BENCHED: &[&str] = &["compress"];
+pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress"];
+
+const K1: &str = "4c80cdefbb5d10da906ac73c3613a6342e443b68";
+const K2: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
+
+/// The function configuration(s) of each benchmarked chain. Addresses
+/// follow `chain_configs`: device k sits between 10.(10+k).0.254 and
+/// 10.(11+k).0.1.
+fn chain_functions(name: &str) -> Res<Vec<String>> {
+    Ok(match name {
+        // Lets the client's connections out (and their replies back in).
+        "firewall" => vec![
+            "{ kind = \"firewall\", default = \"drop\", rule = [{ action = \"accept\", direction = \"out\", proto = \"tcp\", dport = 5000 }] }".into(),
+        ],
+        // An ESP tunnel over the hop between the two devices.
+        "encrypt" => vec![
+            format!(
+                "{{ kind = \"encrypt\", local_address = \"10.11.0.1\", peer_address = \"10.11.0.254\", \
+                 outbound = {{ spi = 0x1001, key = \"{K1}\" }}, inbound = [{{ spi = 0x2002, key = \"{K2}\" }}] }}"
+            ),
+            format!(
+                "{{ kind = \"encrypt\", hop = \"local\", local_address = \"10.11.0.254\", peer_address = \"10.11.0.1\", \
+                 outbound = {{ spi = 0x2002, key = \"{K2}\" }}, inbound = [{{ spi = 0x1001, key = \"{K1}\" }}] }}"
+            ),
+        ],
+        // A compressor/decompressor pair: the hop between them is compressed.
+        "compress" => vec![
+            "{ kind = \"compress\" }".into(),
+            "{ kind = \"compress\", hop = \"local\" }".into(),
+        ],
+        other => {
+            return Err(format!(
+                "no benchmark for function {other:?}; known: {}",
+                FUNCTIONS_BENCHED.join(", ")
+            ));
+        }
+    })
+}
+
+/// An Ethernet + IPv4 + TCP frame (checksums left zero: functions here do
+/// not verify them).
+fn tcp_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20 + payload.len()];
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let tcp = &mut ip[20..];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    tcp[20..20 + payload.len()].copy_from_slice(payload);
+    f
+}
+
+/// Runs `f` on a fresh copy of `template` `rounds` times; returns ns per
+/// call, less the copy (measured alone).
+fn per_packet_ns(
+    template: &[u8],
+    rounds: usize,
+    mut f: impl FnMut(&mut [u8]) -> Res<()>,
+) -> Res<f64> {
+    let mut buf = vec![0u8; 9014.max(template.len())];
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        buf[..template.len()].copy_from_slice(std::hint::black_box(template));
+    }
+    let copy = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        buf[..template.len()].copy_from_slice(std::hint::black_box(template));
+        f(&mut buf)?;
+    }
+    Ok((t0.elapsed().as_secs_f64() - copy).max(0.0) / rounds as f64 * 1e9)
+}
 
 /// Text-like bytes (words from a small vocabulary): what compression
 /// meets on real links, neither all zeros nor noise.
@@ -1264,79 +1351,105 @@ fn chain_tcp(functions: &[&str], data: &[u8], bytes: u64) -> Res<f64> {
     result
 }
 
-/// Cost per packet of a function on a representative packet, and the bare
-/// library speed where there is one: `(ns_per_packet, raw Gbit/s)`.
+/// Cost per packet of a function on a representative packet of an
+/// established flow, and the bare library speed where there is one:
+/// `(ns_per_packet, raw Gbit/s)`.
 fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)> {
-    use crate::functions::compress::{Compress, CompressConfig};
-    use crate::functions::{Frame, Verdict};
+    use crate::functions::{Frame, Role, Verdict, build};
     let rounds = if quick { 20_000 } else { 200_000 };
+    let (client, server) = ([10, 10, 0, 1], [10, 12, 0, 2]);
+    let data_packet = tcp_frame(client, server, 49152, PORT, 0x18, &data[..1400]);
+    let cfgs = chain_functions(name)?;
+    let cfg: crate::functions::FunctionConfig = toml::from_str(&format!("f = {}", cfgs[0]))
+        .map(
+            |t: std::collections::HashMap<String, crate::functions::FunctionConfig>| t["f"].clone(),
+        )
+        .map_err(|e| e.to_string())?;
+    let mut func = build(&cfg).map_err(|e| e.to_string())?;
+    let now = smoltcp::time::Instant::from_secs(1);
+    // `buf` holds a packet of `len` bytes in a buffer as big as a jumbo
+    // frame (room for functions that grow packets).
+    let mut run = |buf: &mut [u8], len: usize, from: Role, want: &[Verdict]| -> Res<()> {
+        let mut f = Frame::new(buf, len);
+        let v = func.on_ingress(now, from, &mut f);
+        if want.contains(&v) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name}: unexpected verdict {v:?} on the sample packet"
+            ))
+        }
+    };
     match name {
-        "compress" => {
-            // An Ethernet + IPv4 packet with a 1460-byte payload.
-            let mut template = vec![0u8; 1514];
-            template[12..14].copy_from_slice(&[0x08, 0x00]);
-            template[14] = 0x45;
-            template[16..18].copy_from_slice(&1500u16.to_be_bytes());
-            template[22] = 64;
-            template[23] = 17;
-            template[34..].copy_from_slice(&data[..1480]);
-            let mut c = Compress::new(CompressConfig::default()).map_err(|e| e.to_string())?;
-            let mut buf = template.clone();
-            // The copy that restores the packet each round is measured
-            // alone and subtracted.
-            let t0 = Instant::now();
-            for _ in 0..rounds {
-                buf.copy_from_slice(std::hint::black_box(&template));
+        "firewall" => {
+            // Establish the flow, then time a data packet of it.
+            for (frame, from) in [
+                (
+                    tcp_frame(client, server, 49152, PORT, 0x02, &[]),
+                    Role::Local,
+                ),
+                (
+                    tcp_frame(server, client, PORT, 49152, 0x12, &[]),
+                    Role::Global,
+                ),
+                (
+                    tcp_frame(client, server, 49152, PORT, 0x10, &[]),
+                    Role::Local,
+                ),
+            ] {
+                run(&mut frame.clone(), frame.len(), from, &[Verdict::Pass])?;
             }
-            let copy = t0.elapsed().as_secs_f64();
+            let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
+                run(b, data_packet.len(), Role::Local, &[Verdict::Pass])
+            })?;
+            Ok((ns, None))
+        }
+        "encrypt" | "compress" => {
+            let ns = per_packet_ns(&data_packet, rounds, |b| {
+                run(b, data_packet.len(), Role::Local, &[Verdict::Modified])
+            })?;
+            let block = 1400;
             let t0 = Instant::now();
-            for _ in 0..rounds {
-                buf.copy_from_slice(std::hint::black_box(&template));
-                let mut f = Frame::new(&mut buf, 1514);
-                if c.compress(&mut f) != Verdict::Modified {
-                    return Err("the sample packet did not compress".into());
+            if name == "encrypt" {
+                use aes_gcm::aead::{AeadInOut, KeyInit};
+                let key: Vec<u8> = (0..16)
+                    .map(|i| u8::from_str_radix(&K1[2 * i..2 * i + 2], 16).unwrap_or(0))
+                    .collect();
+                let cipher = aes_gcm::Aes128Gcm::new_from_slice(&key).map_err(|e| e.to_string())?;
+                let mut buf = data[..block].to_vec();
+                for i in 0..rounds as u64 {
+                    let mut nonce = [0u8; 12];
+                    nonce[4..].copy_from_slice(&i.to_be_bytes());
+                    cipher
+                        .encrypt_inout_detached(&nonce.into(), &[0u8; 8], (&mut buf[..]).into())
+                        .map_err(|e| e.to_string())?;
+                }
+            } else {
+                let mut table = lz4_flex::block::CompressTable::default();
+                let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(block)];
+                for i in 0..rounds {
+                    let off = (i * block) % (data.len() - block);
+                    let input = std::hint::black_box(&data[off..off + block]);
+                    lz4_flex::block::compress_into_with_table(input, &mut out, &mut table)
+                        .map_err(|e| e.to_string())?;
                 }
             }
-            let ns = (t0.elapsed().as_secs_f64() - copy).max(0.0) / rounds as f64 * 1e9;
-            let mut table = lz4_flex::block::CompressTable::default();
-            let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(1480)];
-            let t0 = Instant::now();
-            for i in 0..rounds {
-                let off = (i * 1480) % (data.len() - 1480);
-                let block = std::hint::black_box(&data[off..off + 1480]);
-                lz4_flex::block::compress_into_with_table(block, &mut out, &mut table)
-                    .map_err(|e| e.to_string())?;
-            }
-            let raw = rounds as f64 * 1480.0 * 8.0 / t0.elapsed().as_secs_f64() / 1e9;
+            let raw = rounds as f64 * block as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9;
             Ok((ns, Some(raw)))
         }
-        other => Err(format!(
-            "no benchmark for function {other:?}; known: {}",
-            FUNCTIONS_BENCHED.join(", ")
-        )),
+        other => Err(format!("no benchmark for function {other:?}")),
     }
 }
 
 fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> Res<String> {
-    let chain: &[&str] = match name {
-        // A compressor/decompressor pair: the hop between them is compressed.
-        "compress" => &[
-            "{ kind = \"compress\" }",
-            "{ kind = \"compress\", hop = \"local\" }",
-        ],
-        other => {
-            return Err(format!(
-                "no benchmark for function {other:?}; known: {}",
-                FUNCTIONS_BENCHED.join(", ")
-            ));
-        }
-    };
+    let functions = chain_functions(name)?;
+    let chain: Vec<&str> = functions.iter().map(String::as_str).collect();
     let data = corpus(1 << 20);
     let bytes = bytes.unwrap_or(if quick { 16 << 20 } else { 256 << 20 });
     let (ns, raw) = function_cost(name, &data, quick)?;
     let mut runs = Vec::new();
     for _ in 0..reps {
-        let secs = chain_tcp(chain, &data, bytes)?;
+        let secs = chain_tcp(&chain, &data, bytes)?;
         runs.push(bytes as f64 * 8.0 / secs / 1e9);
     }
     let gbps = median(&mut runs.clone());
