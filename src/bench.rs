@@ -1460,10 +1460,14 @@ fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> R
         list(&runs)
     );
     if let Some(raw) = raw {
+        // The function alone on one core, from its cost per 1400-byte packet.
+        let alone = 1400.0 * 8.0 / ns.max(1e-9);
         line.push_str(&format!(
-            ",\"raw_gbps\":{},\"ratio\":{}",
+            ",\"raw_gbps\":{},\"ratio\":{},\"function_gbps\":{},\"function_ratio\":{}",
             num(raw),
-            num(gbps / raw)
+            num(gbps / raw),
+            num(alone),
+            num(alone / raw)
         ));
     }
     line.push('}');
