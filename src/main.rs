@@ -196,8 +196,10 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
     let h = dev.handle();
     dev.run_until(|_| {
         for line in h.take_report() {
-            failed |=
-                line.contains("timed out") || line.contains("CORRUPTED") || line.contains("cannot");
+            failed |= line.contains("timed out")
+                || line.contains("CORRUPTED")
+                || line.contains("NOT BLOCKED")
+                || line.contains("cannot");
             println!("{}: {line}", cfg.name);
         }
         h.finished() || shutting_down() || duration.is_some_and(|t| started.elapsed() >= t)

@@ -79,6 +79,7 @@ fn run_threads(
             for line in h.take_report() {
                 if line.contains("timed out")
                     || line.contains("CORRUPTED")
+                    || line.contains("NOT BLOCKED")
                     || line.contains("cannot")
                 {
                     out.ok = false;

@@ -193,6 +193,10 @@ pub struct ProbeConfig {
     /// Give up on one exchange after this many milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// The exchanges are expected to fail (a firewall should block them):
+    /// no answer counts as success, an answer as failure.
+    #[serde(default)]
+    pub expect_blocked: bool,
 }
 
 fn default_bytes() -> usize {
@@ -284,7 +288,12 @@ impl Probe {
         })
     }
 
-    fn finish(&mut self, cx: &mut SocketContext<'_>, line: String, ok: bool) {
+    fn finish(&mut self, cx: &mut SocketContext<'_>, mut line: String, mut ok: bool) {
+        if self.cfg.expect_blocked && ok && !line.contains("as expected") {
+            // It got through although it should have been blocked.
+            line.push_str(" — NOT BLOCKED, expected a block");
+            ok = false;
+        }
         match std::mem::replace(&mut self.step, Step::Start) {
             Step::Tcp { h, .. } => {
                 // Close gracefully so the server's connection ends too; the
@@ -422,11 +431,24 @@ impl Function for Probe {
                     progress = true;
                 }
                 if elapsed > timeout {
-                    let line = format!(
-                        "tcp {ep}: timed out after {recvd} of {total} bytes ({:?})",
-                        s.state()
-                    );
-                    self.finish(cx, line, false);
+                    let (line, ok) = if self.cfg.expect_blocked && *recvd == 0 {
+                        (
+                            format!(
+                                "tcp {ep}: no answer in {} ms: blocked, as expected",
+                                self.cfg.timeout_ms
+                            ),
+                            true,
+                        )
+                    } else {
+                        let state = s.state();
+                        (
+                            format!(
+                                "tcp {ep}: timed out after {recvd} of {total} bytes ({state:?})"
+                            ),
+                            false,
+                        )
+                    };
+                    self.finish(cx, line, ok);
                     return true;
                 }
             }
@@ -472,8 +494,21 @@ impl Function for Probe {
                     }
                 }
                 if elapsed > timeout {
-                    let line = format!("udp {ep}: timed out, {got}/{want} datagrams echoed");
-                    self.finish(cx, line, false);
+                    let (line, ok) = if self.cfg.expect_blocked && *got == 0 {
+                        (
+                            format!(
+                                "udp {ep}: no answer in {} ms: blocked, as expected",
+                                self.cfg.timeout_ms
+                            ),
+                            true,
+                        )
+                    } else {
+                        (
+                            format!("udp {ep}: timed out, {got}/{want} datagrams echoed"),
+                            false,
+                        )
+                    };
+                    self.finish(cx, line, ok);
                     return true;
                 }
             }
