@@ -27,7 +27,7 @@ use lz4_flex::block::{
 };
 use smoltcp::time::Instant;
 
-use super::{Frame, Function, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, Role, Verdict, ipv4_header_checksum};
 
 /// IP protocol number of IPComp.
 pub const IPPROTO_IPCOMP: u8 = 108;
@@ -362,20 +362,9 @@ fn rewrite_ip(ip: &mut [u8], v: &IpView, protocol: u8, total_len: usize) {
         ip[9] = protocol;
         ip[2..4].copy_from_slice(&(total_len as u16).to_be_bytes());
         ip[10..12].copy_from_slice(&[0, 0]);
-        let ck = ipv4_checksum(&ip[..v.header_len]);
+        let ck = ipv4_header_checksum(&ip[..v.header_len]);
         ip[10..12].copy_from_slice(&ck.to_be_bytes());
     }
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 impl Function for Compress {
@@ -427,7 +416,7 @@ mod tests {
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
         ip[16..20].copy_from_slice(&[10, 1, 0, 2]);
-        let ck = ipv4_checksum(&ip[..20]);
+        let ck = ipv4_header_checksum(&ip[..20]);
         ip[10..12].copy_from_slice(&ck.to_be_bytes());
         ip[20..20 + payload.len()].copy_from_slice(payload);
         (buf, 14 + total)
@@ -451,7 +440,11 @@ mod tests {
         let clen = f.len();
         assert!(clen < len / 4, "{clen} vs {len}");
         assert_eq!(f.bytes()[14 + 9], IPPROTO_IPCOMP);
-        assert_eq!(ipv4_checksum(&f.bytes()[14..34]), 0, "valid IPv4 checksum");
+        assert_eq!(
+            ipv4_header_checksum(&f.bytes()[14..34]),
+            0,
+            "valid IPv4 checksum"
+        );
         assert_eq!(d.decompress(&mut f), Verdict::Modified);
         assert_eq!(f.bytes(), &original[..]);
         assert_eq!(c.stats().bytes_saved, (len - clen) as u64);

@@ -47,7 +47,7 @@ use aes_gcm::{Aes128Gcm, Aes256Gcm, Tag};
 use smoltcp::time::Instant;
 
 use super::compress::HopSide;
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict, ipv4_header_checksum};
 
 /// IP protocol number of ESP.
 pub const IPPROTO_ESP: u8 = 50;
@@ -741,19 +741,8 @@ fn emit_outer_ipv4(h: &mut [u8], src: [u8; 4], dst: [u8; 4], total_len: usize) {
     h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&src);
     h[16..20].copy_from_slice(&dst);
-    let ck = ipv4_checksum(&h[..20]);
+    let ck = ipv4_header_checksum(&h[..20]);
     h[10..12].copy_from_slice(&ck.to_be_bytes());
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 impl Function for Encrypt {
@@ -850,7 +839,7 @@ mod tests {
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
         ip[16..20].copy_from_slice(&[10, 3, 0, 2]);
-        let ck = ipv4_checksum(&ip[..20]);
+        let ck = ipv4_header_checksum(&ip[..20]);
         ip[10..12].copy_from_slice(&ck.to_be_bytes());
         ip[20..20 + payload.len()].copy_from_slice(payload);
         (buf, 14 + total)
@@ -916,7 +905,7 @@ mod tests {
         let esp = seal(&mut e, &payload);
         let ip = &esp[14..];
         assert_eq!(ip[9], IPPROTO_ESP);
-        assert_eq!(ipv4_checksum(&ip[..20]), 0, "valid outer checksum");
+        assert_eq!(ipv4_header_checksum(&ip[..20]), 0, "valid outer checksum");
         assert_eq!(&ip[12..20], &[10, 2, 0, 1, 10, 2, 0, 2]);
         assert_eq!(ip[6], 0x40, "DF");
         assert_eq!(&ip[20..28], &[0, 0, 0x10, 0x01, 0xde, 0xca, 0xf8, 0x88]);

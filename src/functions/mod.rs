@@ -204,6 +204,11 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
     })
 }
 
+/// The checksum of an IPv4 header whose checksum field is zero.
+pub(crate) fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    !smoltcp::wire::checksum::data(header)
+}
+
 /// The pass-through function: every frame continues unchanged (the
 /// device's own counters show the traffic).
 #[derive(Debug, Default)]
