@@ -236,3 +236,157 @@ fn tshark_decrypts(pcap: &Path) {
         &text[..text.len().min(2000)]
     );
 }
+
+/// A live tunnel rekeyed by configuration change while a stream crosses
+/// it: receivers first accept old and new SAs, then senders switch, then
+/// the old SAs go. The stream arrives intact and no packet is refused:
+/// after stage 3 a sender still on an old SA would show as `unknown_spi`.
+#[test]
+fn rekey_while_a_stream_crosses_the_tunnel() {
+    const NEW_12: &str = "00112233445566778899aabbccddeeff01020304";
+    const NEW_21: &str = "ffeeddccbbaa99887766554433221100a0b0c0d0";
+    let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
+    let dev = |text: String| DeviceConfig::from_toml(&text, "rekey-chain").unwrap();
+    let tunnel = |name: &str, local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]| {
+        let inbound: Vec<String> = inb
+            .iter()
+            .map(|(spi, k)| format!("{{ spi = {spi}, key = \"{k}\" }}"))
+            .collect();
+        let text = format!(
+            "kind = \"encrypt\"\nlocal_address = \"{local}\"\npeer_address = \"{peer}\"\n\
+             outbound = {{ spi = {}, key = \"{}\" }}\ninbound = [{}]\n",
+            out.0,
+            out.1,
+            inbound.join(", ")
+        );
+        let _ = name;
+        toml::from_str::<shmnet::functions::FunctionConfig>(&text).unwrap()
+    };
+    let e1_cfg =
+        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e1", "10.2.0.1", "10.2.0.2", out, inb);
+    let e2_cfg =
+        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e2", "10.2.0.2", "10.2.0.1", out, inb);
+    let device = |name: &str, lan: &str, lan_addr: &str, hop_addr: &str, to: &str, via: &str| {
+        dev(format!(
+            "name = \"{name}\"\nforward = true\n\
+             local = {{ segment = \"{lan}\", address = \"{lan_addr}\" }}\n\
+             global = {{ segment = \"{hop}\", address = \"{hop_addr}\" }}\n\
+             route = [{{ to = \"{to}\", via = \"{via}\" }}]\n"
+        ))
+    };
+    let mut e1 = device(
+        "e1",
+        &lan_a,
+        "10.0.0.254/24",
+        "10.2.0.1/24",
+        "10.3.0.0/24",
+        "10.2.0.2",
+    );
+    e1.function = e1_cfg((0x1001, KEY_12), &[(0x2002, KEY_21)]);
+    let mut e2 = device(
+        "e2",
+        &lan_b,
+        "10.3.0.254/24",
+        "10.2.0.2/24",
+        "10.0.0.0/24",
+        "10.2.0.1",
+    );
+    e2.function = e2_cfg((0x2002, KEY_21), &[(0x1001, KEY_12)]);
+    let client = dev(format!(
+        r#"
+name = "client"
+function = {{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout_ms = 60000 }}
+local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
+global = {{ segment = "{g}", address = "10.100.0.1/16" }}
+route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let server = dev(format!(
+        r#"
+name = "server"
+function = {{ kind = "echo", tcp_buffer = 4194304 }}
+local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
+global = {{ segment = "{g}", address = "10.200.0.2/16" }}
+route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let (sh, st) = spawn(&server);
+    let (h2, t2) = spawn(&e2);
+    let (h1, t1) = spawn(&e1);
+    let (ch, ct) = spawn(&client);
+    let moved = |h: &shmnet::stack::DeviceHandle| h.stats().local.rx_bytes;
+    let wait_moved = |h: &shmnet::stack::DeviceHandle, bytes: u64| {
+        let t0 = std::time::Instant::now();
+        while moved(h) < bytes && t0.elapsed() < Duration::from_secs(30) && !ch.finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // Stage 1: both receivers accept the new SAs as well.
+    wait_moved(&h1, 8 << 20);
+    h1.reconfigure(e1_cfg(
+        (0x1001, KEY_12),
+        &[(0x2002, KEY_21), (0x2003, NEW_21)],
+    ));
+    h2.reconfigure(e2_cfg(
+        (0x2002, KEY_21),
+        &[(0x1001, KEY_12), (0x1002, NEW_12)],
+    ));
+    assert!(
+        !ch.finished(),
+        "the stream must still be running at each stage"
+    );
+    // Stage 2: both senders switch to the new SAs.
+    wait_moved(&h1, 16 << 20);
+    h1.reconfigure(e1_cfg(
+        (0x1002, NEW_12),
+        &[(0x2002, KEY_21), (0x2003, NEW_21)],
+    ));
+    h2.reconfigure(e2_cfg(
+        (0x2003, NEW_21),
+        &[(0x1001, KEY_12), (0x1002, NEW_12)],
+    ));
+    assert!(
+        !ch.finished(),
+        "the stream must still be running at each stage"
+    );
+    // Stage 3: the old SAs go, once the packets sent under them are in.
+    wait_moved(&h1, 32 << 20);
+    h1.reconfigure(e1_cfg((0x1002, NEW_12), &[(0x2003, NEW_21)]));
+    h2.reconfigure(e2_cfg((0x2003, NEW_21), &[(0x1002, NEW_12)]));
+    assert!(
+        !ch.finished(),
+        "the stream must still be running at each stage"
+    );
+    let report = wait_finished(&ch, Duration::from_secs(120));
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert!(
+        report[0].contains("67108864 bytes echoed intact"),
+        "{report:?}"
+    );
+    assert!(
+        moved(&h1) >= 64 << 20,
+        "the switch happened while the stream ran"
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
+        s.function_counters
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    };
+    for h in [&h1, &h2] {
+        let s = h.stats();
+        // Reconfigured in place, not replaced.
+        assert_eq!(s.function, "encrypt");
+        for bad in ["auth_failed", "unknown_spi", "replayed", "bad_padding"] {
+            assert_eq!(counter(&s, bad), 0, "{bad}: {s:?}");
+        }
+    }
+    for (h, t) in [(ch, ct), (h1, t1), (h2, t2), (sh, st)] {
+        h.stop();
+        t.join().unwrap();
+    }
+}
