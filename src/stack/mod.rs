@@ -2,9 +2,9 @@
 //! both adapters, the device's function, and the runtime loop.
 //!
 //! The loop polls the stack, runs the function's socket-level work and
-//! flushes the adapters. While traffic flows it busy-polls; after
-//! [`SPIN_HOT`] without progress it yields the core between polls, and after
-//! [`SPIN`] it sleeps on the adapters' doorbells (a futex in shared memory that a peer's send rings), bounded by
+//! flushes the adapters. While traffic flows it busy-polls; without
+//! progress it yields the core every [`SPIN_HOT`], and after [`SPIN`] it
+//! sleeps on the adapters' doorbells (a futex in shared memory that a peer's send rings), bounded by
 //! smoltcp's next timer, so an idle device costs ~0 % CPU.
 //!
 //! ```
@@ -41,10 +41,9 @@ use crate::config::{DeviceSettings, NetworkSettings};
 use crate::functions::{self, Function, FunctionError, SocketContext};
 use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind, ShmError};
 
-/// Busy-poll this long after the last progress before yielding the core
-/// between polls…
+/// While busy-polling without progress, yield the core this often…
 pub const SPIN_HOT: Duration = Duration::from_micros(20);
-/// …and this long before sleeping on the doorbells.
+/// …and sleep on the doorbells after this long.
 pub const SPIN: Duration = Duration::from_micros(200);
 /// Sleep at most this long, so maintenance (dead-peer sweeps, stop
 /// requests) runs even on a silent network.
@@ -534,6 +533,7 @@ impl Device {
     /// interface and stats) and returns whether it is done.
     pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
         let mut last_progress = std::time::Instant::now();
+        let mut last_yield = last_progress;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let t = std::time::Instant::now();
             let progress = self.poll_at(t);
@@ -543,15 +543,20 @@ impl Device {
             self.maintenance(t);
             if progress {
                 last_progress = t;
+                last_yield = t;
                 continue;
             }
             let idle = t.saturating_duration_since(last_progress);
-            if idle < SPIN_HOT {
-                std::hint::spin_loop();
-            } else if idle < SPIN {
-                // Let a peer sharing this core run (devices often outnumber
-                // cores); with a core to itself this returns at once.
-                std::thread::yield_now();
+            if idle < SPIN {
+                // Every SPIN_HOT of idling, let a peer sharing this core run
+                // (devices often outnumber cores). A yield per poll would
+                // cost a system call each round and halve bulk throughput.
+                if t.saturating_duration_since(last_yield) >= SPIN_HOT {
+                    std::thread::yield_now();
+                    last_yield = t;
+                } else {
+                    std::hint::spin_loop();
+                }
             } else {
                 self.wait(MAX_SLEEP);
                 last_progress = std::time::Instant::now() - SPIN_HOT;
