@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
         if from == Role::Local && v == Verdict::Modified {
             // What the compressor changed, the decompressor restores: the
             // whole IP packet (bytes after it, such as Ethernet padding,
-            // are not part of it and are not carried).
+            // are not part of it and are not carried), with a freshly
+            // computed IPv4 header checksum.
             let len = f.len();
             let mut f2 = Frame::new(&mut buf, len);
             assert_eq!(
@@ -40,7 +41,12 @@ fuzz_target!(|data: &[u8]| {
                 Verdict::Modified
             );
             assert!(f2.len() >= 14 + 20 && f2.len() <= frame.len());
-            assert_eq!(f2.bytes(), &frame[..f2.len()]);
+            let (mut got, mut want) = (f2.bytes().to_vec(), frame[..f2.len()].to_vec());
+            if want[14] >> 4 == 4 {
+                got[24..26].fill(0);
+                want[24..26].fill(0);
+            }
+            assert_eq!(got, want);
         }
     }
 });
