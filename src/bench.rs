@@ -199,7 +199,7 @@ fn peer(args: &[String]) -> Res<()> {
             let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
             let s = settings("bench-b", 2, lan, wan, mtu)?;
             let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
-            let h = listen(&mut dev, kind == "rr");
+            let h = listen(&mut dev);
             ready();
             serve(&mut dev, h, kind == "rr", true);
             Ok(())
@@ -365,10 +365,9 @@ impl Drop for Unlink {
 
 // ---------------------------------------------------------------- TCP on shmnet
 
-fn listen(dev: &mut Device, rr: bool) -> SocketHandle {
+fn listen(dev: &mut Device) -> SocketHandle {
     // Delayed ACKs stay on for round trips too: the reply carries the ACK,
     // as with the kernel's defaults.
-    let _ = rr;
     let mut s = crate::functions::diag::tcp_socket(SOCK_BUF);
     s.listen(PORT).expect("listen on a fresh socket");
     dev.sockets().add(s)
@@ -420,16 +419,9 @@ fn serve(dev: &mut Device, h: SocketHandle, echo: bool, exit: bool) {
 
 /// A client device connected to the server at 10.0.0.2; returns it once
 /// the connection is established.
-fn client(
-    lan: &str,
-    wan: &str,
-    mtu: u32,
-    kind: SegmentKind,
-    rr: bool,
-) -> Res<(Device, SocketHandle)> {
+fn client(lan: &str, wan: &str, mtu: u32, kind: SegmentKind) -> Res<(Device, SocketHandle)> {
     let s = settings("bench-a", 1, lan, wan, mtu)?;
     let mut dev = Device::new(&s, kind).map_err(|e| e.to_string())?;
-    let _ = rr;
     let sock = crate::functions::diag::tcp_socket(SOCK_BUF);
     let h = dev.sockets().add(sock);
     let (iface, sockets) = dev.parts();
@@ -559,7 +551,7 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
         Mode::Thread => {
             let s = settings("bench-b", 2, &lan, &wan, mtu)?;
             let mut server = Device::new(&s, SegmentKind::Process).map_err(|e| e.to_string())?;
-            let sh = listen(&mut server, rr);
+            let sh = listen(&mut server);
             let handle = server.handle();
             let t = std::thread::Builder::new()
                 .name("bench-server".into())
@@ -568,7 +560,7 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
                     server
                 })
                 .map_err(|e| e.to_string())?;
-            let r = client(&lan, &wan, mtu, SegmentKind::Process, rr).and_then(|(mut dev, h)| {
+            let r = client(&lan, &wan, mtu, SegmentKind::Process).and_then(|(mut dev, h)| {
                 let r = if rr {
                     ping_pong(&mut dev, h, amount)
                 } else {
@@ -585,7 +577,7 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
             let _unlink = Unlink(vec![lan.clone(), wan.clone()]);
             let kind = if rr { "rr" } else { "tcp" };
             let peer = PeerProc::spawn(&[kind.into(), lan.clone(), wan.clone(), mtu.to_string()])?;
-            let (mut dev, h) = client(&lan, &wan, mtu, SegmentKind::Host, rr)?;
+            let (mut dev, h) = client(&lan, &wan, mtu, SegmentKind::Host)?;
             let r = if rr {
                 ping_pong(&mut dev, h, amount)
             } else {
@@ -1291,7 +1283,7 @@ fn chain_tcp(functions: &[&str], data: &[u8], bytes: u64) -> Res<f64> {
     let n = functions.len();
     let mut running = Vec::new();
     let mut server = Device::new(&cfgs[n + 1], SegmentKind::Process).map_err(|e| e.to_string())?;
-    let sh = listen(&mut server, false);
+    let sh = listen(&mut server);
     let handle = server.handle();
     running.push((
         handle,

@@ -39,7 +39,7 @@ use crate::adapters::{
 };
 use crate::config::{DeviceSettings, NetworkSettings};
 use crate::functions::{self, Function, FunctionError, SocketContext};
-use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind, ShmError};
+use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind};
 
 /// While busy-polling without progress, yield the core this often…
 pub const SPIN_HOT: Duration = Duration::from_micros(20);
@@ -588,16 +588,5 @@ impl Drop for Device {
     fn drop(&mut self) {
         let (f, mut cx) = self.function_cx();
         f.detach(&mut cx);
-    }
-}
-
-/// Turns a facility error into an adapter error (for callers of `attach`).
-impl From<ShmError> for DeviceError {
-    fn from(e: ShmError) -> Self {
-        DeviceError::Network {
-            device: String::new(),
-            network: "?",
-            source: e.into(),
-        }
     }
 }
