@@ -21,6 +21,7 @@ pub mod compress;
 pub mod diag;
 pub mod encrypt;
 pub mod firewall;
+pub mod qos;
 
 pub use crate::adapters::Role;
 
@@ -171,6 +172,9 @@ pub enum FunctionConfig {
     /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
     /// devices.
     Encrypt(encrypt::EncryptConfig),
+    /// QoS: classes, token-bucket shaping, strict priority and DRR
+    /// scheduling, tail drop or ECN marking.
+    Qos(qos::QosConfig),
 }
 
 /// Names accepted as `kind`.
@@ -181,6 +185,7 @@ pub const KINDS: &[&str] = &[
     "compress",
     "firewall",
     "encrypt",
+    "qos",
 ];
 
 /// Errors building a function.
@@ -201,6 +206,7 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
+        FunctionConfig::Qos(c) => Box::new(qos::Qos::new(c.clone())?),
     })
 }
 
