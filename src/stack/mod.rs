@@ -203,6 +203,34 @@ pub struct Device {
     shared: Arc<Shared>,
     last_sweep: std::time::Instant,
     last_counters: std::time::Instant,
+    directory: SegmentDirectory,
+}
+
+/// The devices on a device's two networks, from the segments' port
+/// directories (a device's ports are named `NAME/local`, `NAME/global`).
+struct SegmentDirectory {
+    segments: [Arc<Segment>; 2],
+}
+
+impl functions::Directory for SegmentDirectory {
+    fn device_addresses(&self, name: &str) -> Vec<IpAddress> {
+        let tags = [
+            crate::shm::name_tag(&format!("{name}/local")),
+            crate::shm::name_tag(&format!("{name}/global")),
+        ];
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            for p in seg
+                .peers()
+                .into_iter()
+                .filter(|p| tags.contains(&p.name_tag))
+            {
+                out.extend(p.ipv4.map(|a| IpAddress::Ipv4(a.into())));
+                out.extend(p.ipv6.map(|a| IpAddress::Ipv6(a.into())));
+            }
+        }
+        out
+    }
 }
 
 fn attach<R: crate::adapters::RoleMarker>(
@@ -366,6 +394,12 @@ impl Device {
         if full {
             return Err(table_full());
         }
+        let directory = SegmentDirectory {
+            segments: [
+                Arc::clone(nic.local().port().segment()),
+                Arc::clone(nic.global().port().segment()),
+            ],
+        };
         let mut dev = Device {
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -374,6 +408,7 @@ impl Device {
             shared,
             last_sweep: clock,
             last_counters: clock,
+            directory,
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -442,6 +477,7 @@ impl Device {
                 now,
                 iface: &mut self.iface,
                 sockets: &mut self.sockets,
+                devices: &self.directory,
             },
         )
     }
@@ -477,12 +513,14 @@ impl Device {
             now,
             iface: &mut self.iface,
             sockets: &mut self.sockets,
+            devices: &self.directory,
         };
         let worked = self.nic.function.poll(&mut cx);
         if worked {
             self.iface
                 .poll_egress(now, &mut self.nic, &mut self.sockets);
         }
+        let released = self.nic.release_held();
         self.nic.flush();
         let f = &mut self.nic.function;
         let report = f.take_report();
@@ -492,7 +530,7 @@ impl Device {
         if f.finished() != self.shared.finished.load(Ordering::Relaxed) {
             self.shared.finished.store(f.finished(), Ordering::SeqCst);
         }
-        changed || worked || self.nic.frames_moved() != before
+        changed || worked || released || self.nic.frames_moved() != before
     }
 
     /// Sleeps until a peer sends, a stack timer is due, or `max` passes.
