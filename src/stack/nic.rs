@@ -563,6 +563,22 @@ fn send_copy(out: &mut AdapterCore, frame: &[u8], counters: &NicCounters) {
     }
 }
 
+/// The Tx token lending `local` and `global` (adapter cores borrowed apart
+/// from the rest of the NIC) with the NIC's function, router and counters.
+macro_rules! tx_token {
+    ($nic:ident, $local:expr, $global:expr) => {
+        NicTxToken {
+            local: $local,
+            global: $global,
+            function: $nic.function.as_mut(),
+            router: &$nic.router,
+            predicted: &mut $nic.predicted,
+            counters: &$nic.counters,
+            now: $nic.now,
+        }
+    };
+}
+
 /// The device's single smoltcp `phy::Device`.
 pub struct Nic {
     pub(crate) local: LocalAdapter,
@@ -881,33 +897,14 @@ impl phy::Device for Nic {
             if frame.len() > rx.len() {
                 // A released frame bigger than this network's buffers.
                 self.counters.oversize.fetch_add(1, Ordering::Relaxed);
-                return Some((
-                    NicRxToken { frame: &[] },
-                    NicTxToken {
-                        local,
-                        global,
-                        function: self.function.as_mut(),
-                        router: &self.router,
-                        predicted: &mut self.predicted,
-                        counters: &self.counters,
-                        now: self.now,
-                    },
-                ));
+                return Some((NicRxToken { frame: &[] }, tx_token!(self, local, global)));
             }
             rx[..frame.len()].copy_from_slice(&frame);
             return Some((
                 NicRxToken {
                     frame: &rx[..frame.len()],
                 },
-                NicTxToken {
-                    local,
-                    global,
-                    function: self.function.as_mut(),
-                    router: &self.router,
-                    predicted: &mut self.predicted,
-                    counters: &self.counters,
-                    now: self.now,
-                },
+                tx_token!(self, local, global),
             ));
         }
         if self.router.forwards() && !self.egress_ready() {
@@ -958,18 +955,7 @@ impl phy::Device for Nic {
                         Role::Global => (other_core, rx_core),
                     };
                     forward(&self.router, &self.counters, t, bytes, local, global);
-                    return Some((
-                        NicRxToken { frame: &[] },
-                        NicTxToken {
-                            local,
-                            global,
-                            function: self.function.as_mut(),
-                            router: &self.router,
-                            predicted: &mut self.predicted,
-                            counters: &self.counters,
-                            now: self.now,
-                        },
-                    ));
+                    return Some((NicRxToken { frame: &[] }, tx_token!(self, local, global)));
                 }
                 if !self.router.may_clamp(bytes, role) {
                     // Nothing to rewrite: the stack parses the sender's
@@ -978,18 +964,7 @@ impl phy::Device for Nic {
                         Role::Local => (rx_core, other_core),
                         Role::Global => (other_core, rx_core),
                     };
-                    return Some((
-                        NicRxToken { frame: bytes },
-                        NicTxToken {
-                            local,
-                            global,
-                            function: self.function.as_mut(),
-                            router: &self.router,
-                            predicted: &mut self.predicted,
-                            counters: &self.counters,
-                            now: self.now,
-                        },
-                    ));
+                    return Some((NicRxToken { frame: bytes }, tx_token!(self, local, global)));
                 }
                 rx[..bytes.len()].copy_from_slice(bytes);
                 bytes.len()
@@ -1050,15 +1025,7 @@ impl phy::Device for Nic {
         };
         Some((
             NicRxToken { frame: &rx[..flen] },
-            NicTxToken {
-                local,
-                global,
-                function: self.function.as_mut(),
-                router: &self.router,
-                predicted: &mut self.predicted,
-                counters: &self.counters,
-                now: self.now,
-            },
+            tx_token!(self, local, global),
         ))
     }
 
@@ -1075,15 +1042,11 @@ impl phy::Device for Nic {
             c.tx_backpressure.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(NicTxToken {
-            local: self.local.core_mut(),
-            global: self.global.core_mut(),
-            function: self.function.as_mut(),
-            router: &self.router,
-            predicted: &mut self.predicted,
-            counters: &self.counters,
-            now: self.now,
-        })
+        Some(tx_token!(
+            self,
+            self.local.core_mut(),
+            self.global.core_mut()
+        ))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
