@@ -258,6 +258,38 @@ pub(crate) fn ipv4_header_checksum(header: &[u8]) -> u16 {
     !smoltcp::wire::checksum::data(header)
 }
 
+/// Frame builders shared by the functions' unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::ipv4_header_checksum;
+
+    /// An Ethernet + IPv4 frame `src` → `dst` carrying `payload` as protocol
+    /// 17 (UDP-ish: the payload is not a valid UDP header unless the caller
+    /// made it one), with a valid header checksum, at the start of a
+    /// `buf_len`-byte buffer. Returns the buffer and the frame's length.
+    pub fn ipv4_frame(
+        src: [u8; 4],
+        dst: [u8; 4],
+        payload: &[u8],
+        buf_len: usize,
+    ) -> (Vec<u8>, usize) {
+        let mut buf = vec![0u8; buf_len.max(34 + payload.len())];
+        buf[12..14].copy_from_slice(&[0x08, 0x00]);
+        let total = 20 + payload.len();
+        let ip = &mut buf[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let ck = ipv4_header_checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        ip[20..total].copy_from_slice(payload);
+        (buf, 14 + total)
+    }
+}
+
 /// The pass-through function: every frame continues unchanged (the
 /// device's own counters show the traffic).
 #[derive(Debug, Default)]
