@@ -59,13 +59,6 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
     // Function counters reach handles every 50 ms: wait for the last ones.
     std::thread::sleep(Duration::from_millis(250));
     let s1 = devices[2].0.stats();
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     // c1 compressed the client's stream and restored the echo.
     assert!(counter(&s1, "compressed") > 100, "{s1:?}");
     assert!(counter(&s1, "decompressed") > 100, "{s1:?}");
@@ -76,8 +69,5 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
     assert!(s1.global.rx_bytes * 2 < s1.local.tx_bytes, "{s1:?}");
     ch.stop();
     ct.join().unwrap();
-    for (h, t) in devices {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all(devices);
 }

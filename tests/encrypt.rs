@@ -111,20 +111,10 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
     assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
     assert!(report.len() >= 2, "{report:?}");
     std::thread::sleep(Duration::from_millis(250));
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     ch.stop();
     ct.join().unwrap();
     let stats: Vec<_> = devices.iter().map(|(h, _)| h.stats()).collect();
-    for (h, t) in devices {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all(devices);
     for s in &stats[1..] {
         assert!(counter(s, "encrypted") > 100, "{s:?}");
         assert!(counter(s, "decrypted") > 100, "{s:?}");
@@ -370,13 +360,6 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
         "the switch happened while the stream ran"
     );
     std::thread::sleep(Duration::from_millis(250));
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     for h in [&h1, &h2] {
         let s = h.stats();
         // Reconfigured in place, not replaced.
@@ -385,8 +368,5 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
             assert_eq!(counter(&s, bad), 0, "{bad}: {s:?}");
         }
     }
-    for (h, t) in [(ch, ct), (h1, t1), (h2, t2), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (h1, t1), (h2, t2), (sh, st)]);
 }

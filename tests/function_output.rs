@@ -149,10 +149,7 @@ route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
     );
     assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
     assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
-    for (h, t) in [(ch, ct), (hh, ht), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (hh, ht), (sh, st)]);
 }
 
 /// client ─lan─ r ═core═ x ─srv─ server, where r has no route to srv: its
@@ -210,10 +207,7 @@ route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
     assert!(s.redirected > 1048576 / 1500, "{s:?}");
     assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
     assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
-    for (h, t) in [(ch, ct), (rh, rt), (xh, xt), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
 }
 
 /// A next hop on neither of the device's networks is a counted drop.

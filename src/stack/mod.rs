@@ -99,6 +99,16 @@ pub struct DeviceStats {
     pub function_counters: Vec<(String, u64)>,
 }
 
+impl DeviceStats {
+    /// The function's counter called `name`, if it has one.
+    pub fn function_counter(&self, name: &str) -> Option<u64> {
+        self.function_counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
 struct Shared {
     name: String,
     stop: AtomicBool,

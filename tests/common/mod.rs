@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use shmnet::config::{DeviceConfig, DeviceSettings};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceHandle};
+use shmnet::stack::{Device, DeviceHandle, DeviceStats};
 
 /// A device on `lan`/`wan` with the given host numbers, MTUs and function
 /// (a TOML inline table, e.g. `{ kind = "echo" }`).
@@ -84,3 +84,23 @@ pub fn unique(tag: &str) -> String {
     )
 }
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The function counter `name` of a device; panics (naming the counters
+/// there are) if the function has none by that name.
+pub fn counter(s: &DeviceStats, name: &str) -> u64 {
+    s.function_counter(name)
+        .unwrap_or_else(|| panic!("no counter {name}: {s:?}"))
+}
+
+/// Stops devices started with [`spawn`] and waits for their threads.
+pub fn stop_all(
+    devices: impl IntoIterator<Item = (DeviceHandle, std::thread::JoinHandle<Device>)>,
+) {
+    let devices: Vec<_> = devices.into_iter().collect();
+    for (h, _) in &devices {
+        h.stop();
+    }
+    for (_, t) in devices {
+        t.join().expect("device thread ran to its end");
+    }
+}
