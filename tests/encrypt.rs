@@ -54,16 +54,7 @@ fn tcp_stream_crosses_the_hop_encrypted() {
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
     let pcap = std::env::temp_dir().join(format!("{hop}.pcap"));
     let dev = |text: String| DeviceConfig::from_toml(&text, "encrypt-chain").unwrap();
-    let client = dev(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 1048576 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 1048576);
     let e1 = dev(format!(
         r#"
 name = "e1"
@@ -95,16 +86,7 @@ outbound = {{ spi = 0x2002, key = "{KEY_21}" }}
 inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
 "#
     ));
-    let server = dev(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
     let devices: Vec<_> = [&server, &e2, &e1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));

@@ -104,3 +104,52 @@ pub fn stop_all(
         t.join().expect("device thread ran to its end");
     }
 }
+
+/// The /24 network of an IPv4 address ("10.3.0.2" → "10.3.0.0/24").
+fn net24(addr: &str) -> String {
+    let host = addr.split('/').next().unwrap_or(addr);
+    let mut octets: Vec<&str> = host.split('.').collect();
+    octets[3] = "0";
+    format!("{}/24", octets.join("."))
+}
+
+/// A client at `address` (e.g. "10.0.0.1") on `lan` whose probe exchanges
+/// `bytes` over TCP and four datagrams over UDP with the echo server at
+/// `server` port 7, reaching the server's /24 through `gateway`.
+pub fn probe_client(
+    lan: &str,
+    address: &str,
+    server: &str,
+    gateway: &str,
+    bytes: u64,
+) -> DeviceSettings {
+    let text = format!(
+        r#"
+name = "client"
+function = {{ kind = "probe", tcp = ["{server}:7"], udp = ["{server}:7"], bytes = {bytes} }}
+local = {{ segment = "{lan}", address = "{address}/24" }}
+global = {{ segment = "{g}", address = "10.100.0.1/16" }}
+route = [{{ to = "{to}", via = "{gateway}" }}]
+"#,
+        g = unique("g"),
+        to = net24(server)
+    );
+    DeviceConfig::from_toml(&text, "probe client").expect("test config is valid")
+}
+
+/// An echo server at `address` on `lan` that answers `client` (an address
+/// of the client's /24) through `gateway`.
+pub fn echo_server(lan: &str, address: &str, client: &str, gateway: &str) -> DeviceSettings {
+    let text = format!(
+        r#"
+name = "server"
+function = {{ kind = "echo" }}
+local = {{ segment = "{lan}", address = "{address}/24" }}
+global = {{ segment = "{g}", address = "10.200.0.2/16" }}
+route = [{{ to = "{to}", via = "{gateway}" }}]
+"#,
+        g = unique("g"),
+        to = net24(client)
+    );
+    DeviceConfig::from_toml(&text, "echo server").expect("test config is valid")
+}
