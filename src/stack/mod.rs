@@ -553,7 +553,10 @@ impl Device {
             .unwrap_or(max)
             .min(max);
         if let Some(at) = self.nic.function.poll_at() {
-            delay = delay.min(Duration::from_micros((at - now).total_micros()));
+            // smoltcp's Instant difference is unsigned: a time already
+            // passed must not read as a long sleep.
+            let until = if at > now { (at - now).total_micros() } else { 0 };
+            delay = delay.min(Duration::from_micros(until));
         }
         if delay.is_zero() {
             return;
