@@ -1,0 +1,275 @@
+//! QoS on a forwarding device in a chain: client ─lan-a─ qos ─lan-b─ server.
+//! The test drives the client's and the server's TCP sockets itself and
+//! measures what arrives, per flow.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::functions::diag::{pattern_byte, tcp_socket};
+use shmnet::shm::SegmentKind;
+use shmnet::stack::{Device, DeviceHandle, DeviceStats};
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+
+const SERVER: IpAddress = IpAddress::v4(10, 1, 0, 2);
+/// TCP buffers of both ends: the sender's window, which the QoS queues
+/// (1 MiB by default) hold without a drop.
+const SOCKET_BUFFER: usize = 256 * 1024;
+
+/// What the server received on one port.
+#[derive(Debug, Clone, Default)]
+struct Received {
+    bytes: u64,
+    intact: bool,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Bytes received by `window` after the first byte on any port.
+    in_window: u64,
+}
+
+struct Chain {
+    client: DeviceSettings,
+    qos: (DeviceHandle, std::thread::JoinHandle<Device>),
+    server: DeviceHandle,
+    server_thread: std::thread::JoinHandle<Vec<Received>>,
+}
+
+/// Starts the server (sinking TCP on `ports`, checking the probe pattern)
+/// and the qos device with `function` (a TOML inline table).
+fn chain(function: &str, ports: &[u16], window: Duration) -> Chain {
+    let (lan_a, lan_b) = (unique("lanA"), unique("lanB"));
+    let dev = |text: String| DeviceConfig::from_toml(&text, "qos-chain").expect("valid");
+    let client = dev(format!(
+        r#"
+name = "client"
+local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
+global = {{ segment = "{g}", address = "10.100.0.1/16" }}
+route = [{{ to = "10.1.0.0/24", via = "10.0.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let qos = dev(format!(
+        r#"
+name = "qos"
+forward = true
+function = {function}
+local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
+global = {{ segment = "{lan_b}", address = "10.1.0.254/24" }}
+"#
+    ));
+    let server = dev(format!(
+        r#"
+name = "server"
+local = {{ segment = "{lan_b}", address = "10.1.0.2/24" }}
+global = {{ segment = "{g}", address = "10.200.0.2/16" }}
+route = [{{ to = "10.0.0.0/24", via = "10.1.0.254" }}]
+"#,
+        g = unique("g")
+    ));
+    let mut sdev = Device::new(&server, SegmentKind::Process).expect("server starts");
+    let handles: Vec<_> = ports
+        .iter()
+        .map(|&p| {
+            let mut s = tcp_socket(SOCKET_BUFFER);
+            s.listen(p).expect("listen");
+            sdev.sockets().add(s)
+        })
+        .collect();
+    let server_handle = sdev.handle();
+    let server_thread = std::thread::spawn(move || {
+        let mut got = vec![
+            Received {
+                intact: true,
+                ..Received::default()
+            };
+            handles.len()
+        ];
+        let mut start: Option<Instant> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        sdev.run_until(|d| {
+            let now = Instant::now();
+            for (i, &h) in handles.iter().enumerate() {
+                let s = d.sockets().get_mut::<tcp::Socket>(h);
+                while let Ok(n) = s.recv_slice(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let r = &mut got[i];
+                    for (k, b) in buf[..n].iter().enumerate() {
+                        r.intact &= *b == pattern_byte(r.bytes + k as u64);
+                    }
+                    r.bytes += n as u64;
+                    r.first.get_or_insert(now);
+                    r.last = Some(now);
+                    let t0 = *start.get_or_insert(now);
+                    if now - t0 <= window {
+                        r.in_window += n as u64;
+                    }
+                }
+                if s.state() == tcp::State::CloseWait {
+                    s.close();
+                }
+            }
+            false
+        });
+        got
+    });
+    Chain {
+        client,
+        qos: spawn(&qos),
+        server: server_handle,
+        server_thread,
+    }
+}
+
+/// The client sends the probe pattern to each of `ports` at once, `bytes`
+/// on each, or until `limit` passes; returns the bytes sent per port.
+fn send(client: &DeviceSettings, ports: &[u16], bytes: u64, limit: Duration) -> Vec<u64> {
+    let mut dev = Device::new(client, SegmentKind::Process).expect("client starts");
+    let handles: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let h = dev.sockets().add(tcp_socket(SOCKET_BUFFER));
+            let (iface, sockets) = dev.parts();
+            sockets
+                .get_mut::<tcp::Socket>(h)
+                .connect(iface.context(), (SERVER, p), 49152 + i as u16)
+                .expect("connect");
+            h
+        })
+        .collect();
+    let mut sent = vec![0u64; ports.len()];
+    let t0 = Instant::now();
+    dev.run_until(|d| {
+        let mut done = true;
+        for (i, &h) in handles.iter().enumerate() {
+            let s = d.sockets().get_mut::<tcp::Socket>(h);
+            while sent[i] < bytes && s.can_send() {
+                let base = sent[i];
+                let n = s
+                    .send(|b| {
+                        let n = b.len().min((bytes - base) as usize);
+                        for (k, x) in b[..n].iter_mut().enumerate() {
+                            *x = pattern_byte(base + k as u64);
+                        }
+                        (n, n)
+                    })
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                sent[i] += n as u64;
+            }
+            done &= sent[i] == bytes && s.send_queue() == 0;
+        }
+        done || t0.elapsed() > limit
+    });
+    // Let the server see the last bytes acknowledged before hanging up.
+    for &h in &handles {
+        dev.sockets().get_mut::<tcp::Socket>(h).abort();
+    }
+    let _ = dev.poll();
+    sent
+}
+
+impl Chain {
+    fn finish(self) -> (Vec<Received>, DeviceStats) {
+        self.server.stop();
+        let got = self.server_thread.join().expect("server thread");
+        let (h, t) = self.qos;
+        // Function counters reach handles every 50 ms.
+        std::thread::sleep(Duration::from_millis(150));
+        let stats = h.stats();
+        stop_all([(h, t)]);
+        (got, stats)
+    }
+}
+
+fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
+    (measured / expected - 1.0).abs() <= tolerance
+}
+
+/// A transfer through a class shaped to 40 Mbit/s takes the time the rate
+/// allows: goodput within 10 % of the rate over about 3 s, and bytes
+/// intact.
+#[test]
+fn shaped_class_holds_its_rate_and_data_arrives_intact() {
+    let rate = 40e6;
+    let c = chain(
+        r#"{ kind = "qos", default = "rest", class = [
+            { name = "limited", proto = "tcp", dport = 5001, rate = "40mbit" },
+            { name = "rest" },
+        ] }"#,
+        &[5001],
+        Duration::from_secs(60),
+    );
+    let bytes: u64 = 14 << 20;
+    let sent = send(&c.client, &[5001], bytes, Duration::from_secs(30));
+    assert_eq!(sent, [bytes]);
+    // Everything acknowledged has reached the server's socket.
+    std::thread::sleep(Duration::from_millis(100));
+    let (got, stats) = c.finish();
+    let r = &got[0];
+    assert_eq!(r.bytes, bytes, "{r:?}");
+    assert!(r.intact, "{r:?}");
+    let secs = (r.last.unwrap() - r.first.unwrap()).as_secs_f64();
+    let goodput = bytes as f64 * 8.0 / secs;
+    eprintln!("goodput {:.2} Mbit/s over {secs:.2} s", goodput / 1e6);
+    assert!(
+        within(goodput, rate, 0.10),
+        "goodput {:.2} Mbit/s over {secs:.2} s, rate 40 Mbit/s",
+        goodput / 1e6
+    );
+    // On the wire (headers counted, as the shaper counts) it is the rate.
+    let wire = counter(&stats, "class.limited.bytes") as f64 * 8.0 / secs;
+    assert!(
+        within(wire, rate, 0.10),
+        "{:.2} Mbit/s on the wire",
+        wire / 1e6
+    );
+    assert!(counter(&stats, "class.limited.packets") > 9000, "{stats:?}");
+    assert_eq!(counter(&stats, "class.limited.dropped"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "malformed"), 0, "{stats:?}");
+    // The ACKs came back through the default class.
+    assert!(counter(&stats, "class.rest.packets") > 1000, "{stats:?}");
+}
+
+/// Two flows share a 32 Mbit/s link: the high-priority class (shaped to
+/// 24 Mbit/s so it cannot starve the other) gets its 24, the low-priority
+/// one the remaining 8. A FIFO would split the link evenly.
+#[test]
+fn high_priority_flow_gets_its_share_of_a_shaped_link() {
+    let window = Duration::from_secs(3);
+    let c = chain(
+        r#"{ kind = "qos", default = "low", rate = "32mbit", class = [
+            { name = "high", priority = 0, proto = "tcp", dport = 5001, rate = "24mbit" },
+            { name = "low", priority = 1 },
+        ] }"#,
+        &[5001, 5002],
+        window,
+    );
+    send(
+        &c.client,
+        &[5001, 5002],
+        u64::MAX,
+        window + Duration::from_millis(500),
+    );
+    let (got, stats) = c.finish();
+    let (high, low) = (&got[0], &got[1]);
+    assert!(high.intact && low.intact, "{got:?}");
+    let mbit = |r: &Received| r.in_window as f64 * 8.0 / window.as_secs_f64() / 1e6;
+    let (h, l) = (mbit(high), mbit(low));
+    eprintln!("high {h:.2} Mbit/s, low {l:.2} Mbit/s");
+    // Goodput: about 95 % of the wire rate with 1500-byte frames.
+    assert!(
+        within(h, 24.0 * 0.95, 0.12),
+        "high {h:.2} low {l:.2} Mbit/s"
+    );
+    assert!(within(l, 8.0 * 0.95, 0.35), "high {h:.2} low {l:.2} Mbit/s");
+    assert!(h > 2.2 * l, "high {h:.2} low {l:.2} Mbit/s");
+    assert_eq!(counter(&stats, "dropped"), 0, "{stats:?}");
+}
