@@ -1084,7 +1084,7 @@ fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
 // ---------------------------------------------------------------- functions
 
 /// Functions `shmnet bench function` knows (and `--quick` runs).
-pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress"];
+pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress", "qos"];
 
 const K1: &str = "4c80cdefbb5d10da906ac73c3613a6342e443b68";
 const K2: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
@@ -1113,6 +1113,13 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
         "compress" => vec![
             "{ kind = \"compress\" }".into(),
             "{ kind = \"compress\", hop = \"local\" }".into(),
+        ],
+        // Two classes, one matched by DSCP; the bulk class's rate does not
+        // limit and its queue holds the sender's window.
+        "qos" => vec![
+            "{ kind = \"qos\", default = \"bulk\", class = [{ name = \"voice\", dscp = [46] }, \
+             { name = \"bulk\", rate = \"1000gbit\", queue = 8388608 }] }"
+                .into(),
         ],
         other => {
             return Err(format!(
@@ -1393,6 +1400,26 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             }
             let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
                 run(b, data_packet.len(), Role::Local, &[Verdict::Pass])
+            })?;
+            Ok((ns, None))
+        }
+        "qos" => {
+            // Classify + enqueue + dequeue of one data packet.
+            let mut out = vec![0u8; 9014];
+            let len = data_packet.len();
+            // Time moves on (1 us a packet) so the class's bucket refills.
+            let mut t = now;
+            let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
+                t += smoltcp::time::Duration::from_micros(1);
+                let now = t;
+                let v = func.on_ingress(now, Role::Local, &mut Frame::new(b, len));
+                if v != Verdict::Consumed {
+                    return Err(format!("qos: unexpected verdict {v:?}"));
+                }
+                match func.poll_transmit(now, &mut out) {
+                    Some(e) if e.len == len => Ok(()),
+                    other => Err(format!("qos: released {other:?}")),
+                }
             })?;
             Ok((ns, None))
         }

@@ -735,7 +735,10 @@ impl Ring {
         if self.buf.len() != self.cap {
             self.buf = vec![0; self.cap];
         }
-        let tail = (self.head + self.used) % self.cap;
+        let mut tail = self.head + self.used;
+        if tail >= self.cap {
+            tail -= self.cap;
+        }
         let first = f.len().min(self.cap - tail);
         self.buf[tail..tail + first].copy_from_slice(&f[..first]);
         self.buf[..f.len() - first].copy_from_slice(&f[first..]);
@@ -753,9 +756,14 @@ impl Ring {
             out[..first].copy_from_slice(&self.buf[self.head..self.head + first]);
             out[first..len].copy_from_slice(&self.buf[..len - first]);
         }
-        self.head = (self.head + len) % self.cap;
         self.used -= len;
+        self.head += len;
+        if self.head >= self.cap {
+            self.head -= self.cap;
+        }
         if self.used == 0 {
+            // Start over at the front: a queue that keeps emptying stays
+            // in the same (cached) bytes.
             self.head = 0;
         }
         Some(len)
@@ -817,6 +825,8 @@ struct ClassQueue {
 #[derive(Debug, Clone)]
 struct Level {
     members: Vec<usize>,
+    /// Frames queued in the level's classes (0: skip the level at once).
+    frames: usize,
     cursor: usize,
     /// The class at `cursor` already got its quantum this turn.
     granted: bool,
@@ -824,7 +834,11 @@ struct Level {
 
 impl Level {
     fn advance(&mut self) {
-        self.cursor = (self.cursor + 1) % self.members.len();
+        // No division: this runs for every packet.
+        self.cursor += 1;
+        if self.cursor == self.members.len() {
+            self.cursor = 0;
+        }
         self.granted = false;
     }
 }
@@ -835,6 +849,8 @@ struct Link {
     queues: Vec<ClassQueue>,
     bucket: Option<Bucket>,
     levels: Vec<Level>,
+    /// Each class's index in `levels`.
+    level_of: Vec<usize>,
     quantum_unit: usize,
 }
 
@@ -849,9 +865,14 @@ impl Link {
                 members: (0..classes.len())
                     .filter(|&i| classes[i].priority == p)
                     .collect(),
+                frames: 0,
                 cursor: 0,
                 granted: false,
             })
+            .collect();
+        let level_of = classes
+            .iter()
+            .map(|c| prios.iter().position(|&p| p == c.priority).unwrap_or(0))
             .collect();
         Link {
             queues: classes
@@ -864,6 +885,7 @@ impl Link {
                 .collect(),
             bucket: link,
             levels,
+            level_of,
             quantum_unit: MIN_QUANTUM_UNIT,
         }
     }
@@ -873,6 +895,9 @@ impl Link {
     fn select(&mut self, now: Instant, classes: &[Class]) -> Option<usize> {
         let unit = self.quantum_unit as i64;
         for level in &mut self.levels {
+            if level.frames == 0 {
+                continue;
+            }
             let n = level.members.len();
             // One turn round the level grants every eligible class a
             // quantum, which covers any frame: 2n + 1 steps always suffice.
@@ -923,19 +948,15 @@ impl Link {
         }
         let q = &mut self.queues[c];
         let len = q.ring.pop_into(out)?;
+        self.levels[self.level_of[c]].frames -= 1;
         q.deficit -= len as i64;
         if let Some(b) = &mut q.bucket {
             b.take(len);
         }
         if q.ring.front_len().is_none() {
             q.deficit = 0;
-            let prio = classes[c].priority;
-            if let Some(level) = self
-                .levels
-                .iter_mut()
-                .find(|l| classes[l.members[0]].priority == prio)
-                && level.members[level.cursor] == c
-            {
+            let level = &mut self.levels[self.level_of[c]];
+            if level.members[level.cursor] == c {
                 level.advance();
             }
         }
@@ -962,6 +983,17 @@ impl Link {
         }
         let (at, head) = best?;
         Some(self.bucket.map_or(at, |b| b.ready_at(head).max(at)))
+    }
+
+    /// Recounts each level's frames (after queues moved in wholesale).
+    fn recount(&mut self) {
+        for level in &mut self.levels {
+            level.frames = level
+                .members
+                .iter()
+                .map(|&c| self.queues[c].ring.lens.len())
+                .sum();
+        }
     }
 
     fn queued_bytes(&self, c: usize) -> u64 {
@@ -1187,6 +1219,7 @@ impl Qos {
             class.stats.marked += 1;
         }
         ring.push(frame.bytes());
+        l.levels[l.level_of[c]].frames += 1;
         l.quantum_unit = l.quantum_unit.max(len);
         self.stats.enqueued += 1;
         Verdict::Consumed
@@ -1254,6 +1287,9 @@ impl Qos {
                     }
                 }
             }
+        }
+        for l in &mut next.links {
+            l.recount();
         }
         next.stats.passed += self.stats.passed;
         next.stats.malformed += self.stats.malformed;
