@@ -1,0 +1,290 @@
+//! Arbitrary frames through a QoS function's queues, with time moving in
+//! arbitrary steps. Nothing may panic, it never releases more frames than
+//! it took, and every frame it releases is one it took, byte for byte,
+//! except for the ECN bits and the IPv4 header checksum (which must still
+//! verify if it did before).
+//!
+//! Input: chunks `[ctl: u8][len: u16 LE][bytes]`. `ctl & 3`: 0 and 1 give
+//! the bytes to `on_ingress` from the local or global network, 2 releases
+//! frames (up to `bytes.len()`, into a buffer of 65550 bytes or, with
+//! `ctl & 4`, 1600), 3 reconfigures (alternating between two configs that
+//! share some classes). `ctl >> 3 & 3` makes the bytes the payload of a
+//! well-formed IPv4 (1) or IPv6 (2) header the target builds, with
+//! `bytes[0]` the TOS / traffic class and `bytes[1]` the protocol and
+//! ports, so classes and ECN marking get explored. `ctl >> 5` steps time
+//! by 0, 10 µs, 100 µs, ..., up to 10 s (and the function switches medium
+//! between runs of the target, not within one).
+#![no_main]
+
+use std::collections::HashMap;
+
+use libfuzzer_sys::fuzz_target;
+use shmnet::config::{DeviceConfig, MediumName};
+use shmnet::functions::qos::{Qos, QosConfig};
+use shmnet::functions::{Frame, Function, FunctionConfig, Role, Verdict};
+use smoltcp::time::{Duration, Instant};
+
+const CONFIG_A: &str = r#"
+[function]
+kind = "qos"
+default = "bulk"
+rate = "10mbit"
+burst = 4000
+[[function.class]]
+name = "voice"
+dscp = [46, 10]
+over_limit = "mark"
+queue = 6000
+mark_at = 1000
+rate = "1mbit"
+burst = 1514
+[[function.class]]
+name = "web"
+priority = 1
+weight = 3
+proto = "tcp"
+dport = "80-90"
+queue = 4000
+over_limit = "mark"
+[[function.class]]
+name = "v6"
+priority = 1
+src = "fd00::/16"
+proto = "udp"
+sport = 53
+[[function.class]]
+name = "bulk"
+priority = 2
+queue = 20000
+"#;
+
+const CONFIG_B: &str = r#"
+[function]
+kind = "qos"
+default = "bulk"
+direction = "out"
+[[function.class]]
+name = "web"
+weight = 1
+proto = "tcp"
+dport = 80
+queue = 3000
+rate = "100kbit"
+burst = 100
+[[function.class]]
+name = "bulk"
+priority = 1
+queue = 1514
+over_limit = "mark"
+mark_at = 0
+"#;
+
+fn config(text: &str, medium: MediumName) -> FunctionConfig {
+    let device = format!(
+        "name = \"qos\"\nlocal = {{ segment = \"fz-qos-lan\", address = \"10.0.0.254/24\" }}\n\
+         global = {{ segment = \"fz-qos-wan\", address = \"10.1.0.254/24\" }}\n{text}"
+    );
+    let mut cfg: QosConfig = match DeviceConfig::from_toml(&device, "fuzz-qos") {
+        Ok(settings) => match settings.function {
+            FunctionConfig::Qos(c) => c,
+            other => panic!("not qos: {other:?}"),
+        },
+        Err(e) => panic!("fuzz config: {e}"),
+    };
+    cfg.medium = medium;
+    FunctionConfig::Qos(cfg)
+}
+
+/// Writes an IP header around `bytes[2..]` into `out`: `bytes[0]` is the
+/// TOS / traffic class, `bytes[1]` picks the protocol and ports.
+fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
+    let (Some(&tos), Some(&sel)) = (bytes.first(), bytes.get(1)) else {
+        return 0;
+    };
+    let proto = [6u8, 17, 1, 58][usize::from(sel & 3)];
+    let mut payload = bytes[2..].to_vec();
+    if payload.len() >= 4 && sel & 4 != 0 {
+        // Ports the classes look for.
+        let port = [80u16, 53, 85, 443][usize::from(sel >> 3 & 3)];
+        payload[2..4].copy_from_slice(&port.to_be_bytes());
+        payload[0..2].copy_from_slice(&port.to_be_bytes());
+    }
+    if v4 {
+        let total = 20 + payload.len();
+        out[..20].fill(0);
+        out[0] = 0x45;
+        out[1] = tos;
+        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        out[8] = 64;
+        out[9] = proto;
+        out[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        out[16..20].copy_from_slice(&[10, 1, 0, sel >> 5]);
+        let sum = !ones_sum(&out[..20]);
+        out[10..12].copy_from_slice(&sum.to_be_bytes());
+        out[20..total].copy_from_slice(&payload);
+        total
+    } else {
+        let total = 40 + payload.len();
+        out[..40].fill(0);
+        out[0] = 0x60 | tos >> 4;
+        out[1] = tos << 4;
+        out[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        out[6] = proto;
+        out[7] = 64;
+        out[8] = 0xfd;
+        out[23] = 1;
+        out[24] = 0xfd;
+        out[39] = sel >> 5;
+        out[40..total].copy_from_slice(&payload);
+        total
+    }
+}
+
+/// The 16-bit ones' complement sum of `b` (folded).
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Where the IP header is and its version, if the frame looks like IP.
+fn ip_header(medium: MediumName, f: &[u8]) -> Option<(usize, u8)> {
+    let at = match medium {
+        MediumName::Ethernet => match f.get(12..14)? {
+            [0x08, 0x00] | [0x86, 0xdd] => 14,
+            _ => return None,
+        },
+        MediumName::Ip => 0,
+    };
+    Some((at, f.get(at)? >> 4))
+}
+
+/// The frame with the bytes QoS may change cleared: the ECN bits, and the
+/// IPv4 header checksum.
+fn normalized(medium: MediumName, f: &[u8]) -> Vec<u8> {
+    let mut v = f.to_vec();
+    match ip_header(medium, f) {
+        Some((at, 4)) if v.len() >= at + 12 => {
+            v[at + 1] &= !3;
+            v[at + 10..at + 12].fill(0);
+        }
+        Some((at, 6)) if v.len() >= at + 2 => v[at + 1] &= !0x30,
+        _ => {}
+    }
+    v
+}
+
+/// Whether the frame's IPv4 header checksum verifies (`None`: not IPv4).
+fn checksum_ok(medium: MediumName, f: &[u8]) -> Option<bool> {
+    let (at, 4) = ip_header(medium, f)? else {
+        return None;
+    };
+    let hl = usize::from(*f.get(at)? & 15) * 4;
+    Some(ones_sum(f.get(at..at + hl.max(20))?) == 0xffff)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let medium = if data.first().is_some_and(|b| b & 0x80 != 0) {
+        MediumName::Ip
+    } else {
+        MediumName::Ethernet
+    };
+    let configs = [config(CONFIG_A, medium), config(CONFIG_B, medium)];
+    let FunctionConfig::Qos(first) = &configs[0] else {
+        unreachable!()
+    };
+    let mut qos = Qos::new(first.clone()).expect("fuzz config is valid");
+    let mut which = 0;
+    let mut now = Instant::from_secs(1);
+    // Frames taken and not yet released, by their normalized bytes, with
+    // whether their IPv4 checksum verified.
+    let mut held: HashMap<Vec<u8>, Vec<Option<bool>>> = HashMap::new();
+    let (mut taken, mut released) = (0u64, 0u64);
+    let mut buf = vec![0u8; (1 << 16) + 64];
+    let mut out = vec![0u8; 65550];
+    let mut rest = data.get(1..).unwrap_or(&[]);
+    while rest.len() >= 3 {
+        let ctl = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let bytes = &rest[3..3 + len];
+        rest = &rest[3 + len..];
+        let step = ctl >> 5;
+        if step > 0 {
+            now += Duration::from_micros(10u64.pow(u32::from(step)));
+        }
+        match ctl & 3 {
+            from @ (0 | 1) => {
+                let l2 = if medium == MediumName::Ethernet { 14 } else { 0 };
+                let n = match ctl >> 3 & 3 {
+                    t @ (1 | 2) => {
+                        let n = ip_packet(t == 1, bytes, &mut buf[l2..]);
+                        if l2 == 14 {
+                            buf[..12].fill(2);
+                            let et: u16 = if t == 1 { 0x0800 } else { 0x86dd };
+                            buf[12..14].copy_from_slice(&et.to_be_bytes());
+                        }
+                        l2 + n
+                    }
+                    _ => {
+                        buf[..len].copy_from_slice(bytes);
+                        len
+                    }
+                };
+                let original = buf[..n].to_vec();
+                let role = if from == 0 { Role::Local } else { Role::Global };
+                let v = qos.on_ingress(now, role, &mut Frame::new(&mut buf, n));
+                match v {
+                    Verdict::Consumed => {
+                        taken += 1;
+                        held.entry(normalized(medium, &original))
+                            .or_default()
+                            .push(checksum_ok(medium, &original));
+                    }
+                    Verdict::Pass | Verdict::Drop => {
+                        // Frames not taken are not changed.
+                        assert_eq!(buf[..n], original[..]);
+                    }
+                    other => panic!("unexpected verdict {other:?}"),
+                }
+            }
+            2 => {
+                let size = if ctl & 4 != 0 { 1600 } else { out.len() };
+                for _ in 0..len.max(1) {
+                    let Some(emit) = qos.poll_transmit(now, &mut out[..size]) else {
+                        break;
+                    };
+                    assert!(emit.via.is_none());
+                    assert!(emit.len <= size);
+                    released += 1;
+                    assert!(released <= taken, "released more frames than taken");
+                    let f = &out[..emit.len];
+                    let key = normalized(medium, f);
+                    let sums = held
+                        .get_mut(&key)
+                        .expect("a released frame is one that was taken");
+                    let was_ok = sums.pop().expect("taken");
+                    if sums.is_empty() {
+                        held.remove(&key);
+                    }
+                    if was_ok == Some(true) {
+                        assert_eq!(checksum_ok(medium, f), Some(true), "checksum broken");
+                    }
+                }
+            }
+            _ => {
+                which ^= 1;
+                let ok = Function::reconfigure(&mut qos, &configs[which]);
+                assert!(ok, "a valid config applies in place");
+            }
+        }
+        let queued = qos.queued_frames() as u64;
+        assert!(queued <= taken - released);
+        // Something to wake up for only while frames are queued.
+        assert_eq!(qos.poll_at().is_some(), queued > 0);
+    }
+});
