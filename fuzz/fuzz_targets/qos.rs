@@ -17,6 +17,7 @@
 #![no_main]
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use shmnet::config::{DeviceConfig, MediumName};
@@ -194,7 +195,12 @@ fuzz_target!(|data: &[u8]| {
     } else {
         MediumName::Ethernet
     };
-    let configs = [config(CONFIG_A, medium), config(CONFIG_B, medium)];
+    // Parsed once: the TOML parse would dominate a run.
+    static CONFIGS: OnceLock<[[FunctionConfig; 2]; 2]> = OnceLock::new();
+    let configs = &CONFIGS.get_or_init(|| {
+        [MediumName::Ethernet, MediumName::Ip]
+            .map(|m| [config(CONFIG_A, m), config(CONFIG_B, m)])
+    })[usize::from(medium == MediumName::Ip)];
     let FunctionConfig::Qos(first) = &configs[0] else {
         unreachable!()
     };
