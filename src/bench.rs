@@ -1115,10 +1115,10 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
             "{ kind = \"compress\", hop = \"local\" }".into(),
         ],
         // Two classes, one matched by DSCP; the bulk class's rate does not
-        // limit and its queue holds the sender's window.
+        // limit (and its default queue holds the sender's window).
         "qos" => vec![
             "{ kind = \"qos\", default = \"bulk\", class = [{ name = \"voice\", dscp = [46] }, \
-             { name = \"bulk\", rate = \"1000gbit\", queue = 8388608 }] }"
+             { name = \"bulk\", rate = \"1000gbit\" }] }"
                 .into(),
         ],
         other => {

@@ -92,9 +92,11 @@ const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 const PROTO_ICMPV6: u8 = 58;
 
-/// Default queue per class: holds a 1 MiB TCP window without drops
-/// (smoltcp has no congestion control; a drop costs a 1 s RTO).
-pub const DEFAULT_QUEUE: u64 = 1 << 20;
+/// Default queue per class: holds a 4 MiB TCP window (the probe's and the
+/// benchmarks') with its headers at any MTU, without a drop — smoltcp has
+/// no congestion control, so a drop costs a 1 s RTO. Memory is taken only
+/// as the queue fills (a zeroed allocation maps pages on first touch).
+pub const DEFAULT_QUEUE: u64 = 8 << 20;
 /// Smallest queue: one full-size Ethernet frame.
 const MIN_QUEUE: u64 = 1514;
 const MAX_QUEUE: u64 = 1 << 30;
