@@ -32,6 +32,9 @@ struct Received {
 
 struct Chain {
     client: DeviceSettings,
+    /// The clients' network, and the qos device's MAC on it.
+    lan_a: String,
+    qos_mac: [u8; 6],
     qos: (DeviceHandle, std::thread::JoinHandle<Device>),
     server: DeviceHandle,
     server_thread: std::thread::JoinHandle<Vec<Received>>,
@@ -119,6 +122,8 @@ route = [{{ to = "10.0.0.0/24", via = "10.1.0.254" }}]
     });
     Chain {
         client,
+        lan_a,
+        qos_mac: qos.mac,
         qos: spawn(&qos),
         server: server_handle,
         server_thread,
@@ -272,4 +277,119 @@ fn high_priority_flow_gets_its_share_of_a_shaped_link() {
     assert!(within(l, 8.0 * 0.95, 0.35), "high {h:.2} low {l:.2} Mbit/s");
     assert!(h > 2.2 * l, "high {h:.2} low {l:.2} Mbit/s");
     assert_eq!(counter(&stats, "dropped"), 0, "{stats:?}");
+}
+
+/// Rates change in place while a transfer is queued: the class goes from
+/// 8 to 80 Mbit/s in the middle of it, no frame is lost, the data arrives
+/// intact, and the rest of the transfer runs at the new rate.
+#[test]
+fn reconfigured_rate_applies_in_place_without_losing_queued_frames() {
+    let text = |rate: &str| {
+        format!(
+            r#"{{ kind = "qos", default = "bulk", class = [{{ name = "bulk", rate = "{rate}", weight = 2 }}] }}"#
+        )
+    };
+    let c = chain(&text("8mbit"), &[5001], Duration::from_secs(60));
+    let faster = {
+        let t = format!(
+            "name = \"x\"\nfunction = {}\nlocal = {{ segment = \"x\", address = \"10.9.0.1/24\" }}\nglobal = {{ segment = \"y\", address = \"10.9.1.1/24\" }}\n",
+            text("80mbit")
+        );
+        DeviceConfig::from_toml(&t, "reconfigure")
+            .expect("valid")
+            .function
+    };
+    let qos = c.qos.0.clone();
+    let switch = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        // The sender's 256 KiB window sits in the queue at 8 Mbit/s.
+        let queued = qos.stats().function_counter("class.bulk.queued_bytes");
+        qos.reconfigure(faster);
+        queued
+    });
+    let bytes: u64 = 8 << 20;
+    let sent = send(&c.client, &[5001], bytes, Duration::from_secs(30));
+    let queued_at_switch = switch.join().expect("switch thread");
+    std::thread::sleep(Duration::from_millis(100));
+    let (got, stats) = c.finish();
+    assert_eq!(sent, [bytes]);
+    let r = &got[0];
+    assert!(r.intact && r.bytes == bytes, "{r:?}");
+    assert!(
+        queued_at_switch.unwrap_or(0) > 100_000,
+        "{queued_at_switch:?}"
+    );
+    // Nothing lost in the switch, and the queue kept its counters.
+    assert_eq!(counter(&stats, "dropped"), 0, "{stats:?}");
+    assert_eq!(counter(&stats, "discarded"), 0, "{stats:?}");
+    assert!(counter(&stats, "class.bulk.packets") > 5000, "{stats:?}");
+    // About 1 MB in the first second at 8 Mbit/s; the remaining ~7.4 MB at
+    // 80 Mbit/s take under a second more.
+    let secs = (r.last.unwrap() - r.first.unwrap()).as_secs_f64();
+    assert!(secs < 2.5, "took {secs:.2} s: the new rate did not apply");
+}
+
+/// Truncated and garbled IP frames sent to the qos device are counted as
+/// malformed and dropped; the device keeps shaping a transfer intact.
+#[test]
+fn malformed_frames_are_counted_and_the_device_keeps_working() {
+    use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment};
+    let c = chain(
+        r#"{ kind = "qos", default = "bulk", class = [{ name = "bulk", rate = "40mbit" }] }"#,
+        &[5001],
+        Duration::from_secs(60),
+    );
+    let seg = Segment::open_or_create(&c.lan_a, SegmentKind::Process, &NetworkParams::new(1500))
+        .expect("lan");
+    let mut raw = seg.attach(&PortInfo::named("vandal")).expect("attach");
+    let qos_port = seg
+        .peers()
+        .into_iter()
+        .find(|p| p.index != raw.index())
+        .map(|p| Peer {
+            index: p.index,
+            epoch: p.epoch,
+        })
+        .expect("the qos device is on lan-a");
+    // A well-formed IPv4/TCP frame and an IPv6/UDP one to the server, cut
+    // short at every length inside their IP and transport headers.
+    let mut v4 = vec![0u8; 14 + 40 + 8];
+    v4[12..14].copy_from_slice(&[0x08, 0x00]);
+    v4[14..18].copy_from_slice(&[0x45, 0, 0, 48]);
+    v4[14 + 8] = 64;
+    v4[14 + 9] = 6;
+    v4[14 + 12..14 + 20].copy_from_slice(&[10, 0, 0, 1, 10, 1, 0, 2]);
+    let mut v6 = vec![0u8; 14 + 48];
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    v6[14] = 0x60;
+    v6[14 + 5] = 8;
+    v6[14 + 6] = 17;
+    let mut sent = 0u64;
+    for (frame, ip_end) in [(&v4, 14 + 40), (&v6, 14 + 48)] {
+        for len in 14..ip_end {
+            let mut f = frame.clone();
+            f[..6].copy_from_slice(&c.qos_mac);
+            loop {
+                if let Some(mut buf) = raw.alloc() {
+                    raw.buffer_mut(&mut buf)[..len].copy_from_slice(&f[..len]);
+                    raw.send(buf, len, &[qos_port]);
+                    raw.flush();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent += 1;
+        }
+    }
+    drop(raw);
+    let bytes = 2 << 20;
+    assert_eq!(
+        send(&c.client, &[5001], bytes, Duration::from_secs(30)),
+        [bytes]
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let (got, stats) = c.finish();
+    assert!(got[0].intact && got[0].bytes == bytes, "{got:?}");
+    assert_eq!(counter(&stats, "malformed"), sent, "{stats:?}");
+    assert_eq!(counter(&stats, "class.bulk.dropped"), 0, "{stats:?}");
 }

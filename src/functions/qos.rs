@@ -39,7 +39,8 @@
 //! its own link with its own queues, buckets and link rate; `direction`
 //! chooses which are scheduled (default both), frames of the other pass
 //! unqueued. ARP, IPv6 neighbour discovery and MLD, and any non-IP frame
-//! pass unqueued; a malformed IP frame is a counted drop.
+//! pass unqueued; a malformed IP frame is a counted drop. The device's own
+//! frames are not shaped (a QoS device forwards; its stack barely talks).
 //!
 //! Mechanics: [`Function::on_ingress`] copies each scheduled frame into its
 //! class queue (a byte ring allocated once per class, so steady state
@@ -914,6 +915,10 @@ impl Link {
                 if let Some(b) = &mut q.bucket {
                     b.refill(now);
                     if !b.allows(head) {
+                        // Held back by its own rate: like an idle class it
+                        // keeps no credit, or credit would pile up turn
+                        // after turn and later let it hog the level.
+                        q.deficit = 0;
                         level.advance();
                         continue;
                     }
