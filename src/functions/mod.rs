@@ -17,6 +17,7 @@
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
 
+pub mod balancer;
 pub mod compress;
 pub mod diag;
 pub mod encrypt;
@@ -171,6 +172,9 @@ pub enum FunctionConfig {
     /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
     /// devices.
     Encrypt(encrypt::EncryptConfig),
+    /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
+    /// health checks.
+    Balancer(balancer::BalancerConfig),
 }
 
 /// Names accepted as `kind`.
@@ -181,6 +185,7 @@ pub const KINDS: &[&str] = &[
     "compress",
     "firewall",
     "encrypt",
+    "balancer",
 ];
 
 /// Errors building a function.
@@ -201,6 +206,7 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
+        FunctionConfig::Balancer(c) => Box::new(balancer::Balancer::new(c.clone())?),
     })
 }
 
