@@ -251,6 +251,19 @@ fn echoed(h: &DeviceHandle) -> u64 {
     counter(&h.stats(), "tcp_bytes_echoed").unwrap_or(0)
 }
 
+/// Did the backend echo anything? Waits for its counters (published every
+/// 50 ms) up to 5 s.
+fn has_echoed(h: &DeviceHandle) -> bool {
+    let t0 = Instant::now();
+    while echoed(h) == 0 {
+        if t0.elapsed() > Duration::from_secs(5) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 fn stop_all(devices: Vec<(DeviceHandle, std::thread::JoinHandle<Device>)>) {
     for (h, t) in devices {
         h.stop();
@@ -326,7 +339,7 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
     });
     for i in 0..3 {
         assert!(flows_of(&s, i) >= 3, "backend {i} got few flows: {s:?}");
-        assert!(echoed(&devices[i].0) > 0, "backend {i} echoed nothing");
+        assert!(has_echoed(&devices[i].0), "backend {i} echoed nothing");
     }
     assert_eq!(echoed(&devices[3].0), 0);
     assert_eq!(counter(&s, "flows_active"), Some(30));
@@ -345,7 +358,11 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
         assert!(t0.elapsed() < Duration::from_secs(5), "echo counters lag");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(echoed(&devices[3].0), 0, "an old flow moved to the new backend");
+    assert_eq!(
+        echoed(&devices[3].0),
+        0,
+        "an old flow moved to the new backend"
+    );
     // New connections also reach the new backend.
     let mut second = connect(&mut client, 42000..42030);
     exchange(&mut client, &mut second, 16 * 1024);
@@ -353,7 +370,7 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
         (0..4).map(|i| flows_of(s, i)).sum::<u64>() == 60
     });
     assert!(flows_of(&s, 3) >= 3, "the new backend got few flows: {s:?}");
-    assert!(echoed(&devices[3].0) > 0);
+    assert!(has_echoed(&devices[3].0));
 
     // Garbage towards the VIP: counted, nothing breaks.
     send_garbage(&net, &lb_cfg);
@@ -388,15 +405,23 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let (h, t) = backends[0].take().expect("running");
     h.stop();
     t.join().expect("backend thread");
-    let s = wait_for(&lh, "backend 0 marked down", |s| counter(s, &up(0)) == Some(0));
+    let s = wait_for(&lh, "backend 0 marked down", |s| {
+        counter(s, &up(0)) == Some(0)
+    });
     assert!(counter(&s, "health_changes") >= Some(1), "{s:?}");
     assert_eq!(counter(&s, "service.echo-tcp.backends_up"), Some(2));
     let dead_flows = flows_of(&s, 0);
     let mut conns = connect(&mut client, 43000..43024);
     exchange(&mut client, &mut conns, 8 * 1024);
     close(&mut client, conns);
-    let s = lh.stats();
-    assert_eq!(flows_of(&s, 0), dead_flows, "a new flow went to the dead backend");
+    let s = wait_for(&lh, "flows counted", |s| {
+        (0..3).map(|i| flows_of(s, i)).sum::<u64>() == 12 + 24
+    });
+    assert_eq!(
+        flows_of(&s, 0),
+        dead_flows,
+        "a new flow went to the dead backend"
+    );
     assert_eq!(counter(&s, "no_backend"), Some(0));
 
     // Bring it back.
@@ -408,8 +433,11 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let s = wait_for(&lh, "flows counted", |s| {
         (0..3).map(|i| flows_of(s, i)).sum::<u64>() >= 12 + 24 + 24
     });
-    assert!(flows_of(&s, 0) > dead_flows, "the revived backend got no flows: {s:?}");
-    assert!(echoed(&backends[0].as_ref().expect("running").0) > 0);
+    assert!(
+        flows_of(&s, 0) > dead_flows,
+        "the revived backend got no flows: {s:?}"
+    );
+    assert!(has_echoed(&backends[0].as_ref().expect("running").0));
     assert!(counter(&s, "health_changes") >= Some(2), "{s:?}");
 
     let mut all: Vec<_> = backends.into_iter().flatten().collect();
@@ -437,7 +465,9 @@ fn udp_to_the_vip_is_answered_and_spread() {
         })
         .collect();
     let payload = |i: usize, k: usize| -> Vec<u8> {
-        (0..200).map(|j| pattern_byte((i * 1000 + k * 200 + j) as u64)).collect()
+        (0..200)
+            .map(|j| pattern_byte((i * 1000 + k * 200 + j) as u64))
+            .collect()
     };
     let mut got = vec![0usize; socks.len()];
     let mut sent = vec![0usize; socks.len()];
@@ -451,7 +481,11 @@ fn udp_to_the_vip_is_answered_and_spread() {
         for (i, &h) in socks.iter().enumerate() {
             let s = d.sockets().get_mut::<udp::Socket>(h);
             while let Ok((n, meta)) = s.recv_slice(&mut buf) {
-                assert_eq!(meta.endpoint, IpEndpoint::new(VIP, 7), "reply not from the VIP");
+                assert_eq!(
+                    meta.endpoint,
+                    IpEndpoint::new(VIP, 7),
+                    "reply not from the VIP"
+                );
                 assert_eq!(&buf[..n], &payload(i, got[i])[..], "datagram corrupted");
                 got[i] += 1;
             }
@@ -467,11 +501,24 @@ fn udp_to_the_vip_is_answered_and_spread() {
     let s = wait_for(&lh, "udp flows counted", |s| {
         counter(s, "service.echo-udp.flows") == Some(24)
     });
+    // Every backend answered some (counters reach handles every 50 ms).
     for (i, (h, _)) in devices.iter().enumerate() {
-        let n = counter(&h.stats(), "udp_datagrams_echoed").unwrap_or(0);
-        assert!(n >= 4, "backend {i} echoed {n} datagrams: {s:?}");
+        let t0 = Instant::now();
+        loop {
+            let n = counter(&h.stats(), "udp_datagrams_echoed").unwrap_or(0);
+            if n >= 4 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "backend {i} echoed {n}: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    assert!(counter(&s, "service.echo-udp.packets") >= Some(24 * 4 * 2));
+    wait_for(&lh, "udp packets counted", |s| {
+        counter(s, "service.echo-udp.packets") >= Some(24 * 4 * 2)
+    });
     devices.push((lh, lt));
     stop_all(devices);
 }
