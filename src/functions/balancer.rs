@@ -534,6 +534,9 @@ struct Flow {
     fwd: FlowKey,
     /// Backend → client.
     rev: FlowKey,
+    /// VIP → backend, and backend → VIP for the replies.
+    dnat: Nat,
+    snat: Nat,
     service: u16,
     backend: u16,
     expires: Instant,
@@ -704,8 +707,8 @@ fn parse(medium: MediumName, b: &[u8]) -> Result<Option<Packet>, Malformed> {
     Ok(Some(pkt))
 }
 
-/// Adds `words` (big-endian 16-bit words of `bytes`) to a one's-complement
-/// accumulator.
+/// Adds the big-endian 16-bit words of `bytes` (or their complements) to
+/// a one's-complement accumulator.
 fn sum_words(mut acc: u32, bytes: &[u8], negate: bool) -> u32 {
     for w in bytes.chunks_exact(2) {
         let v = u16::from_be_bytes([w[0], w[1]]);
@@ -714,69 +717,90 @@ fn sum_words(mut acc: u32, bytes: &[u8], negate: bool) -> u32 {
     acc
 }
 
-/// RFC 1624 eqn. 3: the checksum `ck` after the covered bytes `old` became
-/// `new` (both of even length): HC' = ~(~HC + Σ~m + Σm').
-fn checksum_adjust(ck: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut acc = u32::from(!ck);
-    acc = sum_words(acc, old, true);
-    acc = sum_words(acc, new, false);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 /// Which end of the packet to rewrite.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     Src,
     Dst,
 }
 
-/// Rewrites the source or destination address and port of the packet `p`
-/// in `frame`, fixing the IPv4 header checksum and the TCP/UDP checksum
-/// incrementally. The parser checked every offset used here.
-fn rewrite(frame: &mut [u8], p: &Packet, side: Side, to: Endpoint) {
-    let (ip, l4) = (p.ip, p.l4);
-    let (addr_at, alen) = match (p.key.v6, side) {
-        (false, Side::Src) => (ip + 12, 4),
-        (false, Side::Dst) => (ip + 16, 4),
-        (true, Side::Src) => (ip + 8, 16),
-        (true, Side::Dst) => (ip + 24, 16),
-    };
-    let mut new_addr = [0u8; 16];
-    if p.key.v6 {
-        new_addr = to.addr.to_be_bytes();
-    } else {
-        new_addr[..4].copy_from_slice(&(to.addr as u32).to_be_bytes());
-    }
-    let new_addr = &new_addr[..alen];
-    let port_at = l4 + if side == Side::Src { 0 } else { 2 };
-    let ck_at = l4 + if p.key.proto == PROTO_TCP { 16 } else { 6 };
-    let mut old = [0u8; 18];
-    old[..alen].copy_from_slice(&frame[addr_at..addr_at + alen]);
-    old[alen..alen + 2].copy_from_slice(&frame[port_at..port_at + 2]);
-    let mut new = [0u8; 18];
-    new[..alen].copy_from_slice(new_addr);
-    new[alen..alen + 2].copy_from_slice(&to.port.to_be_bytes());
-    let n = alen + 2;
-    if !p.key.v6 {
-        let ck = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
-        let ck = checksum_adjust(ck, &old[..alen], new_addr);
-        frame[ip + 10..ip + 12].copy_from_slice(&ck.to_be_bytes());
-    }
-    let ck = u16::from_be_bytes([frame[ck_at], frame[ck_at + 1]]);
-    let udp_none = p.key.proto == PROTO_UDP && ck == 0 && !p.key.v6;
-    if !udp_none {
-        let mut ck = checksum_adjust(ck, &old[..n], &new[..n]);
-        if p.key.proto == PROTO_UDP && ck == 0 {
-            // Zero means "no checksum" for UDP; its one's-complement twin.
-            ck = 0xffff;
+/// A precomputed rewrite of one end of a packet from endpoint `old` to
+/// `new`: the new address and port, and the one's-complement sums
+/// Σ~old + Σnew over the words the IPv4 header checksum and the TCP/UDP
+/// checksum cover, so that a packet costs two additions and folds
+/// (RFC 1624 eqn. 3, HC' = ~(~HC + Σ~m + Σm')).
+#[derive(Debug, Clone, Copy)]
+struct Nat {
+    side: Side,
+    addr: [u8; 16],
+    port: [u8; 2],
+    ip_delta: u32,
+    l4_delta: u32,
+}
+
+impl Nat {
+    fn new(side: Side, old: Endpoint, new: Endpoint) -> Nat {
+        let bytes = |e: Endpoint| {
+            let mut a = [0u8; 16];
+            if e.v6 {
+                a = e.addr.to_be_bytes();
+            } else {
+                a[..4].copy_from_slice(&(e.addr as u32).to_be_bytes());
+            }
+            a
+        };
+        let (o, n) = (bytes(old), bytes(new));
+        let len = if new.v6 { 16 } else { 4 };
+        let ip_delta = sum_words(sum_words(0, &o[..len], true), &n[..len], false);
+        let l4_delta = ip_delta + u32::from(!old.port) + u32::from(new.port);
+        Nat {
+            side,
+            addr: n,
+            port: new.port.to_be_bytes(),
+            ip_delta,
+            l4_delta,
         }
-        frame[ck_at..ck_at + 2].copy_from_slice(&ck.to_be_bytes());
     }
-    frame[addr_at..addr_at + alen].copy_from_slice(new_addr);
-    frame[port_at..port_at + 2].copy_from_slice(&to.port.to_be_bytes());
+
+    /// Rewrites packet `p` of `frame` (the parser checked every offset used
+    /// here; the packet's `side` end must be the `old` endpoint).
+    fn apply(&self, frame: &mut [u8], p: &Packet) {
+        let (ip, l4, v6) = (p.ip, p.l4, p.key.v6);
+        let (addr_at, alen) = match (v6, self.side) {
+            (false, Side::Src) => (ip + 12, 4),
+            (false, Side::Dst) => (ip + 16, 4),
+            (true, Side::Src) => (ip + 8, 16),
+            (true, Side::Dst) => (ip + 24, 16),
+        };
+        let port_at = l4 + if self.side == Side::Src { 0 } else { 2 };
+        let udp = p.key.proto == PROTO_UDP;
+        let ck_at = l4 + if udp { 6 } else { 16 };
+        if !v6 {
+            let ck = u16::from_be_bytes([frame[ip + 10], frame[ip + 11]]);
+            frame[ip + 10..ip + 12].copy_from_slice(&adjust(ck, self.ip_delta).to_be_bytes());
+        }
+        let ck = u16::from_be_bytes([frame[ck_at], frame[ck_at + 1]]);
+        // An IPv4 UDP checksum of zero means "none": it stays zero.
+        if !(udp && ck == 0 && !v6) {
+            let mut ck = adjust(ck, self.l4_delta);
+            if udp && ck == 0 {
+                // Zero would read as "none"; its one's-complement twin.
+                ck = 0xffff;
+            }
+            frame[ck_at..ck_at + 2].copy_from_slice(&ck.to_be_bytes());
+        }
+        frame[addr_at..addr_at + alen].copy_from_slice(&self.addr[..alen]);
+        frame[port_at..port_at + 2].copy_from_slice(&self.port);
+    }
+}
+
+/// `ck` after adding a precomputed one's-complement `delta`.
+fn adjust(ck: u16, delta: u32) -> u16 {
+    let mut acc = u32::from(!ck) + delta;
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
 }
 
 fn build_services(cfg: &BalancerConfig) -> Result<Vec<Service>, String> {
@@ -1068,8 +1092,9 @@ impl Balancer {
                 // table points, without an entry.
                 return match self.services[s].lookup(&p.key) {
                     Some(b) => {
-                        let to = self.services[s].backends[usize::from(b)].ep;
-                        rewrite(frame, &p, Side::Dst, to);
+                        let svc = &self.services[s];
+                        let to = svc.backends[usize::from(b)].ep;
+                        Nat::new(Side::Dst, svc.vip, to).apply(frame, &p);
                         Verdict::Modified
                     }
                     None => {
@@ -1089,13 +1114,10 @@ impl Balancer {
             f.closing = true;
         }
         f.expires = now + self.timeouts.of(p.key.proto, f.closing);
-        let b = usize::from(f.backend);
+        f.dnat.apply(frame, &p);
         let svc = &mut self.services[s];
         svc.packets += 1;
-        let backend = &mut svc.backends[b];
-        backend.packets += 1;
-        let to = backend.ep;
-        rewrite(frame, &p, Side::Dst, to);
+        svc.backends[usize::from(f.backend)].packets += 1;
         Verdict::Modified
     }
 
@@ -1114,13 +1136,11 @@ impl Balancer {
         if p.fin_rst && !f.closing {
             f.closing = true;
         }
-        let (s, b) = (usize::from(f.service), usize::from(f.backend));
         f.expires = now + self.timeouts.of(p.key.proto, f.closing);
-        let svc = &mut self.services[s];
+        f.snat.apply(frame, p);
+        let svc = &mut self.services[usize::from(f.service)];
         svc.packets += 1;
-        svc.backends[b].packets += 1;
-        let vip = svc.vip;
-        rewrite(frame, p, Side::Src, vip);
+        svc.backends[usize::from(f.backend)].packets += 1;
         Verdict::Modified
     }
 
@@ -1158,9 +1178,12 @@ impl Balancer {
             self.remove(other);
             self.stats.expired += 1;
         }
+        let vip = self.services[s].vip;
         let flow = Flow {
             fwd: p.key,
             rev,
+            dnat: Nat::new(Side::Dst, vip, ep),
+            snat: Nat::new(Side::Src, ep, vip),
             service: s as u16,
             backend: b,
             expires: now,
