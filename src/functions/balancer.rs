@@ -243,7 +243,7 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         _ => return None,
     };
     let secs = value * scale;
-    (secs.is_finite() && secs >= 0.0 && secs <= 1e9)
+    (secs.is_finite() && (0.0..=1e9).contains(&secs))
         .then(|| std::time::Duration::from_secs_f64(secs))
 }
 
