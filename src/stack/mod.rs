@@ -555,7 +555,11 @@ impl Device {
         if let Some(at) = self.nic.function.poll_at() {
             // smoltcp's Instant difference is unsigned: a time already
             // passed must not read as a long sleep.
-            let until = if at > now { (at - now).total_micros() } else { 0 };
+            let until = if at > now {
+                (at - now).total_micros()
+            } else {
+                0
+            };
             delay = delay.min(Duration::from_micros(until));
         }
         if delay.is_zero() {
