@@ -10,6 +10,17 @@ use shmnet::shm::{Segment, SegmentKind};
 use shmnet::stack::{Device, DeviceStats};
 use shmnet::topology::{RunOptions, run_file};
 
+/// Like `println!`, but a closed stdout (`shmnet run | head`) winds the
+/// program down as SIGTERM would, instead of panicking.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($t)*).is_err() {
+            SHUTDOWN.store(true, Ordering::Relaxed);
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "shmnet",
@@ -68,7 +79,7 @@ fn parse_mode(s: &str) -> Result<RunMode, String> {
 }
 
 fn print_stats(s: &DeviceStats) {
-    println!(
+    say!(
         "{} [{}]: routed local {} global {}; dropped in {} out {}; oversize {}; mss clamped {}",
         s.name,
         s.function,
@@ -80,9 +91,12 @@ fn print_stats(s: &DeviceStats) {
         s.mss_clamped
     );
     if s.forwarded + s.no_route + s.no_neighbour + s.ttl_expired > 0 {
-        println!(
+        say!(
             "  forwarded {}; no route {}; no neighbour {}; ttl expired {}",
-            s.forwarded, s.no_route, s.no_neighbour, s.ttl_expired
+            s.forwarded,
+            s.no_route,
+            s.no_neighbour,
+            s.ttl_expired
         );
     }
     for (net, a) in [("local", &s.local), ("global", &s.global)] {
@@ -92,7 +106,7 @@ fn print_stats(s: &DeviceStats) {
             .filter(|(_, v)| *v != 0)
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!(
+        say!(
             "  {net:6} {}",
             if nonzero.is_empty() {
                 "idle".into()
@@ -107,7 +121,7 @@ fn print_stats(s: &DeviceStats) {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        println!("  {:6} {}", "fn", f.join(" "));
+        say!("  {:6} {}", "fn", f.join(" "));
     }
 }
 
@@ -139,7 +153,7 @@ fn main() {
                 mode,
                 stop: Some(&SHUTDOWN),
             };
-            match run_file(&topology, &opts, |line| println!("{line}")) {
+            match run_file(&topology, &opts, |line| say!("{line}")) {
                 Ok(out) => {
                     if stats || !out.stats.is_empty() {
                         for s in &out.stats {
@@ -180,7 +194,7 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
             return 2;
         }
     };
-    println!(
+    say!(
         "device {} ready: local {} on {} (port {}), global {} on {} (port {}), pid {}",
         cfg.name,
         cfg.local.v4,
@@ -200,7 +214,7 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
                 || line.contains("CORRUPTED")
                 || line.contains("NOT BLOCKED")
                 || line.contains("cannot");
-            println!("{}: {line}", cfg.name);
+            say!("{}: {line}", cfg.name);
         }
         h.finished() || shutting_down() || duration.is_some_and(|t| started.elapsed() >= t)
     });
@@ -213,7 +227,7 @@ fn list_segments() -> i32 {
         match Segment::open(&name) {
             Ok(seg) => {
                 let peers = seg.peers();
-                println!(
+                say!(
                     "{name}: mtu {} {:?}, {} MiB mapped, {} port(s) attached{}",
                     seg.mtu(),
                     seg.medium(),
@@ -225,7 +239,7 @@ fn list_segments() -> i32 {
                         .collect::<String>()
                 );
             }
-            Err(e) => println!("{name}: {e}"),
+            Err(e) => say!("{name}: {e}"),
         }
     }
     0
@@ -235,8 +249,8 @@ fn clean_segments() -> i32 {
     let mut code = 0;
     for name in Segment::list_host() {
         match Segment::remove_if_unused(&name) {
-            Ok(true) => println!("removed {name}"),
-            Ok(false) => println!("kept {name}: in use"),
+            Ok(true) => say!("removed {name}"),
+            Ok(false) => say!("kept {name}: in use"),
             Err(e) => {
                 eprintln!("shmnet clean: {name}: {e}");
                 code = 1;

@@ -829,20 +829,7 @@ mod tests {
 
     /// An Ethernet + IPv4 + UDP-ish frame 10.0.0.1 → 10.3.0.2 with `payload`.
     fn frame_with(payload: &[u8]) -> (Vec<u8>, usize) {
-        let mut buf = vec![0u8; 1514];
-        buf[12..14].copy_from_slice(&[0x08, 0x00]);
-        let total = 20 + payload.len();
-        let ip = &mut buf[14..];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        ip[8] = 64;
-        ip[9] = 17;
-        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        ip[16..20].copy_from_slice(&[10, 3, 0, 2]);
-        let ck = ipv4_header_checksum(&ip[..20]);
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
-        ip[20..20 + payload.len()].copy_from_slice(payload);
-        (buf, 14 + total)
+        crate::functions::fixtures::ipv4_frame([10, 0, 0, 1], [10, 3, 0, 2], payload, 1514)
     }
 
     /// Encrypts a fresh frame with `payload` on `e`; returns the ESP frame.

@@ -16,6 +16,7 @@
 
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
+use smoltcp::wire::IpAddress;
 
 pub mod balancer;
 pub mod compress;
@@ -36,8 +37,42 @@ pub enum Verdict {
     Modified,
     /// Send it out of this network's adapter instead of its normal path.
     Redirect(Role),
-    /// The function took it (e.g. answered it itself); nothing continues.
+    /// The function took it (answered it itself, or holds it to release
+    /// later through [`Function::poll_transmit`]); nothing continues.
     Consumed,
+    /// Forward it to this next hop (an address on one of the device's two
+    /// networks) instead of the routing table's choice. The NIC sets the
+    /// link-layer destination from the segment directory and, for frames
+    /// that arrived from an adapter, decrements the TTL. A next hop on
+    /// neither network, or a device that does not forward, is a counted
+    /// drop (`no_route`); an unknown neighbour counts as `no_neighbour`.
+    Via(IpAddress),
+}
+
+/// A held frame a function releases (see [`Function::poll_transmit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emit {
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+    /// Next hop, overriding the routing table (as [`Verdict::Via`]).
+    pub via: Option<IpAddress>,
+}
+
+/// Looks up other devices on the networks this device is attached to.
+pub trait Directory {
+    /// The addresses of the device named `name` on this device's networks
+    /// (empty when it has no port on either).
+    fn device_addresses(&self, name: &str) -> Vec<IpAddress>;
+}
+
+/// A directory that knows no devices (for functions driven outside a device).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDirectory;
+
+impl Directory for NoDirectory {
+    fn device_addresses(&self, _name: &str) -> Vec<IpAddress> {
+        Vec::new()
+    }
 }
 
 /// A frame a function may rewrite: `len` bytes in use of a buffer of
@@ -83,11 +118,12 @@ impl<'a> Frame<'a> {
 }
 
 /// What a socket-level function may touch: the device's interface and
-/// sockets, and the time.
+/// sockets, the time, and the directory of devices on its networks.
 pub struct SocketContext<'a> {
     pub now: Instant,
     pub iface: &'a mut Interface,
     pub sockets: &'a mut SocketSet<'static>,
+    pub devices: &'a dyn Directory,
 }
 
 /// A network function. Every method has a no-op default.
@@ -111,6 +147,18 @@ pub trait Function: Send {
         Verdict::Pass
     }
 
+    /// Releases one frame the function holds (taken by returning
+    /// [`Verdict::Consumed`] from `on_ingress`, e.g. a scheduler's queues):
+    /// writes it into `buf` (as large as either network's largest frame)
+    /// and returns its length and optional next hop. Called repeatedly each
+    /// round while both adapters can take a frame, until it returns `None`.
+    /// Released frames are routed like frames that passed `on_ingress`:
+    /// transit ones are forwarded, ones addressed to the device go to its
+    /// stack. [`Function::poll_at`] says when the next one becomes due.
+    fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Emit> {
+        None
+    }
+
     /// Installed on a device: open sockets here.
     fn attach(&mut self, _cx: &mut SocketContext<'_>) {}
 
@@ -123,7 +171,8 @@ pub trait Function: Send {
         false
     }
 
-    /// When the function next needs a `poll` even without traffic.
+    /// When the function next needs a `poll` (or has a held frame due for
+    /// `poll_transmit`) even without traffic.
     fn poll_at(&self) -> Option<Instant> {
         None
     }
@@ -213,6 +262,38 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
 /// The checksum of an IPv4 header whose checksum field is zero.
 pub(crate) fn ipv4_header_checksum(header: &[u8]) -> u16 {
     !smoltcp::wire::checksum::data(header)
+}
+
+/// Frame builders shared by the functions' unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::ipv4_header_checksum;
+
+    /// An Ethernet + IPv4 frame `src` → `dst` carrying `payload` as protocol
+    /// 17 (UDP-ish: the payload is not a valid UDP header unless the caller
+    /// made it one), with a valid header checksum, at the start of a
+    /// `buf_len`-byte buffer. Returns the buffer and the frame's length.
+    pub fn ipv4_frame(
+        src: [u8; 4],
+        dst: [u8; 4],
+        payload: &[u8],
+        buf_len: usize,
+    ) -> (Vec<u8>, usize) {
+        let mut buf = vec![0u8; buf_len.max(34 + payload.len())];
+        buf[12..14].copy_from_slice(&[0x08, 0x00]);
+        let total = 20 + payload.len();
+        let ip = &mut buf[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let ck = ipv4_header_checksum(&ip[..20]);
+        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        ip[20..total].copy_from_slice(payload);
+        (buf, 14 + total)
+    }
 }
 
 /// The pass-through function: every frame continues unchanged (the

@@ -37,7 +37,9 @@ mod wake;
 
 pub use layout::LinkMedium;
 pub use port::{InPlaceFrame, Peer, Port, PortCounters, TxBuf};
-pub use segment::{NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name};
+pub use segment::{
+    NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name, name_tag,
+};
 pub use wake::wait_any;
 
 /// Errors of the facility.

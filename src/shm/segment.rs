@@ -119,6 +119,13 @@ pub struct PeerInfo {
     pub ipv4: Option<[u8; 4]>,
     pub ipv6: Option<[u8; 16]>,
     pub owner_pid: u32,
+    /// [`name_tag`] of the port's name (the name itself is not stored).
+    pub name_tag: u64,
+}
+
+/// The tag a port's name is stored as in the directory.
+pub fn name_tag(name: &str) -> u64 {
+    crc32fast::hash(name.as_bytes()) as u64
 }
 
 /// One network's shared memory.
@@ -448,7 +455,7 @@ impl Segment {
                 name: self.name.clone(),
             });
         }
-        let tag = crc32fast::hash(info.name.as_bytes()) as u64;
+        let tag = name_tag(&info.name);
         // Prefer the port this device had before (same name), then any.
         let order = (0..self.geo.max_ports)
             .filter(|&p| self.region_u64(p, port_field::NAME).load(Ordering::Relaxed) == tag)
@@ -564,6 +571,9 @@ impl Segment {
         let owner_pid = r
             .atomic_u32(base + port_field::OWNER_PID)
             .load(Ordering::Relaxed);
+        let name_tag = r
+            .atomic_u64(base + port_field::NAME)
+            .load(Ordering::Relaxed);
         if w.load(Ordering::Acquire) != before {
             return None;
         }
@@ -577,6 +587,7 @@ impl Segment {
             ipv4: (v4set != 0).then(|| v4.to_ne_bytes()),
             ipv6: (v6 != [0; 16]).then_some(v6),
             owner_pid,
+            name_tag,
         })
     }
 

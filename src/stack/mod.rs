@@ -99,6 +99,16 @@ pub struct DeviceStats {
     pub function_counters: Vec<(String, u64)>,
 }
 
+impl DeviceStats {
+    /// The function's counter called `name`, if it has one.
+    pub fn function_counter(&self, name: &str) -> Option<u64> {
+        self.function_counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
 struct Shared {
     name: String,
     stop: AtomicBool,
@@ -203,6 +213,34 @@ pub struct Device {
     shared: Arc<Shared>,
     last_sweep: std::time::Instant,
     last_counters: std::time::Instant,
+    directory: SegmentDirectory,
+}
+
+/// The devices on a device's two networks, from the segments' port
+/// directories (a device's ports are named `NAME/local`, `NAME/global`).
+struct SegmentDirectory {
+    segments: [Arc<Segment>; 2],
+}
+
+impl functions::Directory for SegmentDirectory {
+    fn device_addresses(&self, name: &str) -> Vec<IpAddress> {
+        let tags = [
+            crate::shm::name_tag(&format!("{name}/local")),
+            crate::shm::name_tag(&format!("{name}/global")),
+        ];
+        let mut out = Vec::new();
+        for seg in &self.segments {
+            for p in seg
+                .peers()
+                .into_iter()
+                .filter(|p| tags.contains(&p.name_tag))
+            {
+                out.extend(p.ipv4.map(|a| IpAddress::Ipv4(a.into())));
+                out.extend(p.ipv6.map(|a| IpAddress::Ipv6(a.into())));
+            }
+        }
+        out
+    }
 }
 
 fn attach<R: crate::adapters::RoleMarker>(
@@ -366,6 +404,12 @@ impl Device {
         if full {
             return Err(table_full());
         }
+        let directory = SegmentDirectory {
+            segments: [
+                Arc::clone(nic.local().port().segment()),
+                Arc::clone(nic.global().port().segment()),
+            ],
+        };
         let mut dev = Device {
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -374,6 +418,7 @@ impl Device {
             shared,
             last_sweep: clock,
             last_counters: clock,
+            directory,
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -442,6 +487,7 @@ impl Device {
                 now,
                 iface: &mut self.iface,
                 sockets: &mut self.sockets,
+                devices: &self.directory,
             },
         )
     }
@@ -477,12 +523,14 @@ impl Device {
             now,
             iface: &mut self.iface,
             sockets: &mut self.sockets,
+            devices: &self.directory,
         };
         let worked = self.nic.function.poll(&mut cx);
         if worked {
             self.iface
                 .poll_egress(now, &mut self.nic, &mut self.sockets);
         }
+        let released = self.nic.release_held();
         self.nic.flush();
         let f = &mut self.nic.function;
         let report = f.take_report();
@@ -492,7 +540,7 @@ impl Device {
         if f.finished() != self.shared.finished.load(Ordering::Relaxed) {
             self.shared.finished.store(f.finished(), Ordering::SeqCst);
         }
-        changed || worked || self.nic.frames_moved() != before
+        changed || worked || released || self.nic.frames_moved() != before
     }
 
     /// Sleeps until a peer sends, a stack timer is due, or `max` passes.
@@ -505,7 +553,14 @@ impl Device {
             .unwrap_or(max)
             .min(max);
         if let Some(at) = self.nic.function.poll_at() {
-            delay = delay.min(Duration::from_micros((at - now).total_micros()));
+            // smoltcp's Instant difference is unsigned: a time already
+            // passed must not read as a long sleep.
+            let until = if at > now {
+                (at - now).total_micros()
+            } else {
+                0
+            };
+            delay = delay.min(Duration::from_micros(until));
         }
         if delay.is_zero() {
             return;

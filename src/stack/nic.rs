@@ -170,17 +170,7 @@ impl Router {
         if ttl <= 1 {
             return Some(Transit::Expired);
         }
-        let on = |a: &IpAddress| -> Option<Role> {
-            let local = cidr_for(self.local_v4, self.local_v6, a);
-            let global = cidr_for(f.global_v4, f.global_v6, a);
-            if local.is_some_and(|c| c.contains_addr(a)) {
-                Some(Role::Local)
-            } else if global.is_some_and(|c| c.contains_addr(a)) {
-                Some(Role::Global)
-            } else {
-                None
-            }
-        };
+        let on = |a: &IpAddress| self.network_of(a);
         if let Some(egress) = on(&dst) {
             return Some(Transit::Forward {
                 egress,
@@ -195,6 +185,42 @@ impl Router {
             Some((egress, next_hop)) => Transit::Forward { egress, next_hop },
             None => Transit::NoRoute,
         })
+    }
+
+    /// The network a next hop is on: its subnet's. A device that does not
+    /// forward knows only its local subnet and sends everything else to the
+    /// global network; a forwarding device knows both (else `None`).
+    pub fn network_of(&self, a: &IpAddress) -> Option<Role> {
+        let on_local =
+            cidr_for(self.local_v4, self.local_v6, a).is_some_and(|c| c.contains_addr(a));
+        match &self.fwd {
+            _ if on_local => Some(Role::Local),
+            None => Some(Role::Global),
+            Some(f) => cidr_for(f.global_v4, f.global_v6, a)
+                .is_some_and(|c| c.contains_addr(a))
+                .then_some(Role::Global),
+        }
+    }
+
+    /// Where a frame goes that a function sends to next hop `via`
+    /// ([`Verdict::Via`]): like a transit frame, but to `via`.
+    pub fn via(&self, frame: &[u8], via: IpAddress) -> Transit {
+        let ttl = self.ip_packet(frame).and_then(|ip| match ip.first()? >> 4 {
+            4 => ip.get(8).copied(),
+            6 => ip.get(7).copied(),
+            _ => None,
+        });
+        match (&self.fwd, ttl) {
+            (None, _) | (_, None) => Transit::NoRoute,
+            (_, Some(t)) if t <= 1 => Transit::Expired,
+            _ => match self.network_of(&via) {
+                Some(egress) => Transit::Forward {
+                    egress,
+                    next_hop: via,
+                },
+                None => Transit::NoRoute,
+            },
+        }
     }
 
     /// The IP packet inside a frame, if it carries one.
@@ -537,6 +563,22 @@ fn send_copy(out: &mut AdapterCore, frame: &[u8], counters: &NicCounters) {
     }
 }
 
+/// The Tx token lending `local` and `global` (adapter cores borrowed apart
+/// from the rest of the NIC) with the NIC's function, router and counters.
+macro_rules! tx_token {
+    ($nic:ident, $local:expr, $global:expr) => {
+        NicTxToken {
+            local: $local,
+            global: $global,
+            function: $nic.function.as_mut(),
+            router: &$nic.router,
+            predicted: &mut $nic.predicted,
+            counters: &$nic.counters,
+            now: $nic.now,
+        }
+    };
+}
+
 /// The device's single smoltcp `phy::Device`.
 pub struct Nic {
     pub(crate) local: LocalAdapter,
@@ -555,7 +597,13 @@ pub struct Nic {
     warm_at: Instant,
     /// When a forwarding device last found an adapter without free buffers.
     stalled_since: Option<Instant>,
+    /// Where the function writes the frames it releases (`poll_transmit`).
+    held: Vec<u8>,
 }
+
+/// At most this many held frames are released per round, so a function's
+/// backlog does not starve the adapters' receive side.
+const HELD_PER_ROUND: usize = 64;
 
 /// How long a forwarding device holds back ingress while an adapter has no
 /// free transmit buffer.
@@ -583,6 +631,7 @@ impl Nic {
             warm_gen: [None; 2],
             warm_at: Instant::ZERO,
             stalled_since: None,
+            held: Vec::new(),
         }
     }
 
@@ -655,6 +704,45 @@ impl Nic {
     /// Can both adapters take a forwarded frame now?
     fn egress_ready(&mut self) -> bool {
         self.local.can_transmit() && self.global.can_transmit()
+    }
+
+    /// Sends the frames the function releases from its own queues
+    /// ([`Function::poll_transmit`]) while both adapters can take one:
+    /// transit frames are forwarded, frames for the device go to its stack.
+    /// Returns whether any frame was released.
+    pub fn release_held(&mut self) -> bool {
+        let cap = self
+            .local
+            .core_mut()
+            .frame_size()
+            .max(self.global.core_mut().frame_size());
+        if self.held.len() != cap {
+            self.held = vec![0; cap];
+        }
+        let mut n = 0;
+        while n < HELD_PER_ROUND && self.egress_ready() {
+            let Some(emit) = self.function.poll_transmit(self.now, &mut self.held) else {
+                break;
+            };
+            n += 1;
+            let frame = &self.held[..emit.len.min(cap)];
+            let transit = match emit.via {
+                Some(via) => Some(self.router.via(frame, via)),
+                None => self.router.transit(frame),
+            };
+            match transit {
+                Some(t) => forward(
+                    &self.router,
+                    &self.counters,
+                    t,
+                    frame,
+                    self.local.core_mut(),
+                    self.global.core_mut(),
+                ),
+                None => self.inject.push_back((Role::Local, frame.to_vec())),
+            }
+        }
+        n > 0
     }
 
     /// Pushes queued frames and wakes peers.
@@ -741,8 +829,33 @@ impl phy::TxToken for NicTxToken<'_> {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
                 role
             }
+            Verdict::Via(via) => {
+                let Some(role) = self.router.network_of(&via) else {
+                    self.counters.no_route.fetch_add(1, Ordering::Relaxed);
+                    pc.release(buf);
+                    return r;
+                };
+                if self.router.medium == LinkMedium::Ethernet {
+                    let core = if role == pred { &mut *pc } else { &mut *oc };
+                    let mac = match via {
+                        IpAddress::Ipv4(a) => core.mac_of(&a.octets()),
+                        IpAddress::Ipv6(a) => core.mac_of(&a.octets()),
+                    };
+                    let Some(mac) = mac else {
+                        self.counters.no_neighbour.fetch_add(1, Ordering::Relaxed);
+                        pc.release(buf);
+                        return r;
+                    };
+                    if flen >= 14 {
+                        pc.buffer_mut(&mut buf)[0..6].copy_from_slice(&mac);
+                    }
+                }
+                self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+                role
+            }
             Verdict::Pass | Verdict::Modified => self.router.route(&full[..flen]),
         };
+        let full = pc.buffer_mut(&mut buf);
         if self.router.clamp_mss(&mut full[..flen], route) {
             self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
         }
@@ -781,20 +894,17 @@ impl phy::Device for Nic {
                     (rx, self.local.core_mut(), c)
                 }
             };
+            if frame.len() > rx.len() {
+                // A released frame bigger than this network's buffers.
+                self.counters.oversize.fetch_add(1, Ordering::Relaxed);
+                return Some((NicRxToken { frame: &[] }, tx_token!(self, local, global)));
+            }
             rx[..frame.len()].copy_from_slice(&frame);
             return Some((
                 NicRxToken {
                     frame: &rx[..frame.len()],
                 },
-                NicTxToken {
-                    local,
-                    global,
-                    function: self.function.as_mut(),
-                    router: &self.router,
-                    predicted: &mut self.predicted,
-                    counters: &self.counters,
-                    now: self.now,
-                },
+                tx_token!(self, local, global),
             ));
         }
         if self.router.forwards() && !self.egress_ready() {
@@ -845,18 +955,7 @@ impl phy::Device for Nic {
                         Role::Global => (other_core, rx_core),
                     };
                     forward(&self.router, &self.counters, t, bytes, local, global);
-                    return Some((
-                        NicRxToken { frame: &[] },
-                        NicTxToken {
-                            local,
-                            global,
-                            function: self.function.as_mut(),
-                            router: &self.router,
-                            predicted: &mut self.predicted,
-                            counters: &self.counters,
-                            now: self.now,
-                        },
-                    ));
+                    return Some((NicRxToken { frame: &[] }, tx_token!(self, local, global)));
                 }
                 if !self.router.may_clamp(bytes, role) {
                     // Nothing to rewrite: the stack parses the sender's
@@ -865,18 +964,7 @@ impl phy::Device for Nic {
                         Role::Local => (rx_core, other_core),
                         Role::Global => (other_core, rx_core),
                     };
-                    return Some((
-                        NicRxToken { frame: bytes },
-                        NicTxToken {
-                            local,
-                            global,
-                            function: self.function.as_mut(),
-                            router: &self.router,
-                            predicted: &mut self.predicted,
-                            counters: &self.counters,
-                            now: self.now,
-                        },
-                    ));
+                    return Some((NicRxToken { frame: bytes }, tx_token!(self, local, global)));
                 }
                 rx[..bytes.len()].copy_from_slice(bytes);
                 bytes.len()
@@ -908,6 +996,16 @@ impl phy::Device for Nic {
                 self.counters.consumed.fetch_add(1, Ordering::Relaxed);
                 flen = 0;
             }
+            Verdict::Via(via) => {
+                self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+                let t = self.router.via(&rx[..flen], via);
+                let (local, global) = match role {
+                    Role::Local => (&mut *rx_core, &mut *other_core),
+                    Role::Global => (&mut *other_core, &mut *rx_core),
+                };
+                forward(&self.router, &self.counters, t, &rx[..flen], local, global);
+                flen = 0;
+            }
             Verdict::Redirect(to) => {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
                 let out: &mut AdapterCore = if to == role {
@@ -927,15 +1025,7 @@ impl phy::Device for Nic {
         };
         Some((
             NicRxToken { frame: &rx[..flen] },
-            NicTxToken {
-                local,
-                global,
-                function: self.function.as_mut(),
-                router: &self.router,
-                predicted: &mut self.predicted,
-                counters: &self.counters,
-                now: self.now,
-            },
+            tx_token!(self, local, global),
         ))
     }
 
@@ -952,15 +1042,11 @@ impl phy::Device for Nic {
             c.tx_backpressure.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(NicTxToken {
-            local: self.local.core_mut(),
-            global: self.global.core_mut(),
-            function: self.function.as_mut(),
-            router: &self.router,
-            predicted: &mut self.predicted,
-            counters: &self.counters,
-            now: self.now,
-        })
+        Some(tx_token!(
+            self,
+            self.local.core_mut(),
+            self.global.core_mut()
+        ))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {

@@ -1,0 +1,216 @@
+//! The NIC's output paths for functions: frames a function holds and
+//! releases later (`poll_transmit`), and frames it sends to a next hop of
+//! its choice (`Verdict::Via`), found through the device directory.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use shmnet::config::DeviceConfig;
+use shmnet::functions::{Emit, Frame, Function, Role, SocketContext, Verdict};
+use shmnet::shm::SegmentKind;
+use shmnet::stack::Device;
+use smoltcp::time::Instant;
+use smoltcp::wire::{IpAddress, Ipv4Address};
+
+fn is_ip(frame: &[u8]) -> bool {
+    matches!(frame.get(12..14), Some([0x08, 0x00]) | Some([0x86, 0xdd]))
+}
+
+/// Holds every IP frame and releases them in order on later rounds: the
+/// shape of a scheduler.
+struct HoldAll {
+    queue: VecDeque<Vec<u8>>,
+    released: Arc<AtomicU64>,
+}
+
+impl Function for HoldAll {
+    fn name(&self) -> &'static str {
+        "hold-all"
+    }
+    fn on_ingress(&mut self, _now: Instant, _from: Role, frame: &mut Frame<'_>) -> Verdict {
+        if !is_ip(frame.bytes()) {
+            return Verdict::Pass;
+        }
+        self.queue.push_back(frame.bytes().to_vec());
+        Verdict::Consumed
+    }
+    fn poll_transmit(&mut self, _now: Instant, buf: &mut [u8]) -> Option<Emit> {
+        let f = self.queue.pop_front()?;
+        buf[..f.len()].copy_from_slice(&f);
+        self.released.fetch_add(1, Ordering::Relaxed);
+        Some(Emit {
+            len: f.len(),
+            via: None,
+        })
+    }
+    fn poll_at(&self) -> Option<Instant> {
+        (!self.queue.is_empty()).then_some(Instant::ZERO)
+    }
+}
+
+/// Sends every packet for 10.3.0.0/24 to the device named `x`, whose
+/// address it looks up in the directory.
+struct ViaDevice {
+    next_hop: Option<IpAddress>,
+}
+
+impl Function for ViaDevice {
+    fn name(&self) -> &'static str {
+        "via-device"
+    }
+    fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
+        if self.next_hop.is_none() {
+            self.next_hop = cx
+                .devices
+                .device_addresses("x")
+                .into_iter()
+                .find(|a| matches!(a, IpAddress::Ipv4(v) if v.octets()[..3] == [10, 2, 0]));
+        }
+        false
+    }
+    fn on_ingress(&mut self, _now: Instant, _from: Role, frame: &mut Frame<'_>) -> Verdict {
+        let b = frame.bytes();
+        match (b.get(12..14), b.get(30..33), self.next_hop) {
+            (Some([0x08, 0x00]), Some([10, 3, 0]), Some(via)) => Verdict::Via(via),
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+fn load(text: String) -> shmnet::config::DeviceSettings {
+    DeviceConfig::from_toml(&text, "function-output").unwrap()
+}
+
+fn spawn_with(
+    cfg: &shmnet::config::DeviceSettings,
+    f: Box<dyn Function>,
+) -> (shmnet::stack::DeviceHandle, std::thread::JoinHandle<Device>) {
+    let mut d = Device::new(cfg, SegmentKind::Process).unwrap();
+    d.replace_function(f);
+    d.spawn()
+}
+
+/// client ─lan─ holder ─srv─ server: every packet waits in the function's
+/// queue before it is forwarded, and TCP and UDP still arrive intact.
+#[test]
+fn held_frames_are_released_and_forwarded_intact() {
+    let (lan, srv) = (unique("lan"), unique("srv"));
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 2097152);
+    let holder = load(format!(
+        r#"
+name = "holder"
+forward = true
+local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
+global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
+"#
+    ));
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
+    let released = Arc::new(AtomicU64::new(0));
+    let (sh, st) = spawn(&server);
+    let (hh, ht) = spawn_with(
+        &holder,
+        Box::new(HoldAll {
+            queue: VecDeque::new(),
+            released: Arc::clone(&released),
+        }),
+    );
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert_eq!(report.len(), 2, "{report:?}");
+    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    let h = hh.stats();
+    // Both directions of the 2 MiB exchange went through the queue.
+    assert!(
+        released.load(Ordering::Relaxed) > 2 * 2097152 / 1500,
+        "{h:?}"
+    );
+    assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
+    assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
+    stop_all([(ch, ct), (hh, ht), (sh, st)]);
+}
+
+/// client ─lan─ r ═core═ x ─srv─ server, where r has no route to srv: its
+/// function sends those packets via x, found by name.
+#[test]
+fn via_sends_transit_to_a_next_hop_found_by_device_name() {
+    let (lan, core, srv) = (unique("lan"), unique("core"), unique("srv"));
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 1048576);
+    let r = load(format!(
+        r#"
+name = "r"
+forward = true
+local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
+global = {{ segment = "{core}", address = "10.2.0.1/24" }}
+"#
+    ));
+    let x = load(format!(
+        r#"
+name = "x"
+forward = true
+local = {{ segment = "{core}", address = "10.2.0.2/24" }}
+global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
+route = [{{ to = "10.1.0.0/24", via = "10.2.0.1" }}]
+"#
+    ));
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
+    let (sh, st) = spawn(&server);
+    let (xh, xt) = spawn(&x);
+    let (rh, rt) = spawn_with(&r, Box::new(ViaDevice { next_hop: None }));
+    // The client starts once r has found x in its directory.
+    std::thread::sleep(Duration::from_millis(50));
+    let (ch, ct) = spawn(&client);
+    let report = wait_finished(&ch, Duration::from_secs(60));
+    assert_eq!(report.len(), 2, "{report:?}");
+    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    let s = rh.stats();
+    assert!(s.redirected > 1048576 / 1500, "{s:?}");
+    assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
+    assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
+    stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
+}
+
+/// A next hop on neither of the device's networks is a counted drop.
+#[test]
+fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
+    let router = shmnet::stack::Router::new(
+        shmnet::shm::LinkMedium::Ethernet,
+        Some("10.1.0.254/24".parse().unwrap()),
+        None,
+        1500,
+        1500,
+    )
+    .forwarding(
+        [2, 0, 0, 0, 0, 1],
+        Some("10.2.0.1/24".parse().unwrap()),
+        None,
+        None,
+        None,
+    );
+    let mut frame = vec![0u8; 14 + 20];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame[14] = 0x45;
+    frame[14 + 8] = 64;
+    let far = IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 1));
+    assert_eq!(
+        router.via(&frame, far),
+        shmnet::stack::nic::Transit::NoRoute
+    );
+    let near = IpAddress::Ipv4(Ipv4Address::new(10, 2, 0, 7));
+    assert_eq!(
+        router.via(&frame, near),
+        shmnet::stack::nic::Transit::Forward {
+            egress: Role::Global,
+            next_hop: near
+        }
+    );
+    frame[14 + 8] = 1;
+    assert_eq!(
+        router.via(&frame, near),
+        shmnet::stack::nic::Transit::Expired
+    );
+}
