@@ -25,13 +25,6 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 const VIP: IpAddress = IpAddress::v4(10, 20, 0, 100);
 
-fn counter(s: &DeviceStats, name: &str) -> Option<u64> {
-    s.function_counters
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| *v)
-}
-
 fn backend_addr(i: usize) -> String {
     format!("10.12.0.{}", 2 + i)
 }
@@ -244,11 +237,12 @@ fn wait_for(h: &DeviceHandle, what: &str, ok: impl Fn(&DeviceStats) -> bool) -> 
 }
 
 fn flows_of(s: &DeviceStats, i: usize) -> u64 {
-    counter(s, &format!("backend.{}:7.flows", backend_addr(i))).unwrap_or(0)
+    s.function_counter(&format!("backend.{}:7.flows", backend_addr(i)))
+        .unwrap_or(0)
 }
 
 fn echoed(h: &DeviceHandle) -> u64 {
-    counter(&h.stats(), "tcp_bytes_echoed").unwrap_or(0)
+    h.stats().function_counter("tcp_bytes_echoed").unwrap_or(0)
 }
 
 /// Did the backend echo anything? Waits for its counters (published every
@@ -262,13 +256,6 @@ fn has_echoed(h: &DeviceHandle) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-fn stop_all(devices: Vec<(DeviceHandle, std::thread::JoinHandle<Device>)>) {
-    for (h, t) in devices {
-        h.stop();
-        t.join().expect("device thread");
-    }
 }
 
 /// Garbage and truncated IPv4 frames towards the VIP, from a raw port on
@@ -342,13 +329,13 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
         assert!(has_echoed(h), "backend {i} echoed nothing");
     }
     assert_eq!(echoed(&devices[3].0), 0);
-    assert_eq!(counter(&s, "flows_active"), Some(30));
+    assert_eq!(s.function_counter("flows_active"), Some(30));
 
     // Add backend 3.
     let f: FunctionConfig = toml::from_str(&balancer_function(4)).expect("function config");
     lh.reconfigure(f);
     wait_for(&lh, "fourth backend configured", |s| {
-        counter(s, &format!("backend.{}:7.up", backend_addr(3))) == Some(1)
+        s.function_counter(&format!("backend.{}:7.up", backend_addr(3))) == Some(1)
     });
     // Old connections: same backends (another backend would reset them).
     exchange(&mut client, &mut first, 32 * 1024);
@@ -377,9 +364,9 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
     exchange(&mut client, &mut first, 8 * 1024);
     exchange(&mut client, &mut second, 8 * 1024);
     let s = wait_for(&lh, "garbage counted", |s| {
-        counter(s, "malformed").unwrap_or(0) > 100
+        s.function_counter("malformed").unwrap_or(0) > 100
     });
-    assert_eq!(counter(&s, "table_full"), Some(0), "{s:?}");
+    assert_eq!(s.function_counter("table_full"), Some(0), "{s:?}");
     close(&mut client, first);
     close(&mut client, second);
 
@@ -406,10 +393,10 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     h.stop();
     t.join().expect("backend thread");
     let s = wait_for(&lh, "backend 0 marked down", |s| {
-        counter(s, &up(0)) == Some(0)
+        s.function_counter(&up(0)) == Some(0)
     });
-    assert!(counter(&s, "health_changes") >= Some(1), "{s:?}");
-    assert_eq!(counter(&s, "service.echo-tcp.backends_up"), Some(2));
+    assert!(s.function_counter("health_changes") >= Some(1), "{s:?}");
+    assert_eq!(s.function_counter("service.echo-tcp.backends_up"), Some(2));
     let dead_flows = flows_of(&s, 0);
     let mut conns = connect(&mut client, 43000..43024);
     exchange(&mut client, &mut conns, 8 * 1024);
@@ -422,11 +409,13 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         dead_flows,
         "a new flow went to the dead backend"
     );
-    assert_eq!(counter(&s, "no_backend"), Some(0));
+    assert_eq!(s.function_counter("no_backend"), Some(0));
 
     // Bring it back.
     backends[0] = Some(spawn(&net.backend(0)));
-    wait_for(&lh, "backend 0 back up", |s| counter(s, &up(0)) == Some(1));
+    wait_for(&lh, "backend 0 back up", |s| {
+        s.function_counter(&up(0)) == Some(1)
+    });
     let mut conns = connect(&mut client, 44000..44024);
     exchange(&mut client, &mut conns, 8 * 1024);
     close(&mut client, conns);
@@ -438,7 +427,7 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         "the revived backend got no flows: {s:?}"
     );
     assert!(has_echoed(&backends[0].as_ref().expect("running").0));
-    assert!(counter(&s, "health_changes") >= Some(2), "{s:?}");
+    assert!(s.function_counter("health_changes") >= Some(2), "{s:?}");
 
     let mut all: Vec<_> = backends.into_iter().flatten().collect();
     all.push((lh, lt));
@@ -499,13 +488,16 @@ fn udp_to_the_vip_is_answered_and_spread() {
         got.iter().all(|&g| g == 4)
     });
     let s = wait_for(&lh, "udp flows counted", |s| {
-        counter(s, "service.echo-udp.flows") == Some(24)
+        s.function_counter("service.echo-udp.flows") == Some(24)
     });
     // Every backend answered some (counters reach handles every 50 ms).
     for (i, (h, _)) in devices.iter().enumerate() {
         let t0 = Instant::now();
         loop {
-            let n = counter(&h.stats(), "udp_datagrams_echoed").unwrap_or(0);
+            let n = h
+                .stats()
+                .function_counter("udp_datagrams_echoed")
+                .unwrap_or(0);
             if n >= 4 {
                 break;
             }
@@ -517,7 +509,7 @@ fn udp_to_the_vip_is_answered_and_spread() {
         }
     }
     wait_for(&lh, "udp packets counted", |s| {
-        counter(s, "service.echo-udp.packets") >= Some(24 * 4 * 2)
+        s.function_counter("service.echo-udp.packets") >= Some(24 * 4 * 2)
     });
     devices.push((lh, lt));
     stop_all(devices);
