@@ -1242,9 +1242,11 @@ impl Balancer {
                         n.successes = ob.successes;
                         n.failures = ob.failures;
                         n.probe = ob.probe;
-                        n.socket = ob.socket.take();
-                        if !checked {
+                        if checked {
+                            n.socket = ob.socket.take();
+                        } else {
                             n.up = true;
+                            self.retired.extend(ob.socket.take());
                         }
                         row.push(Some((ns as u16, nb as u16)));
                     }
