@@ -45,9 +45,9 @@ proto = "tcp"
 backends = [{list}]
 table_size = 65537
 check = "tcp"
-interval = "100ms"
-timeout = "200ms"
-fall = 2
+interval = "200ms"
+timeout = "500ms"
+fall = 3
 rise = 2
 [[service]]
 name = "echo-udp"
