@@ -615,20 +615,26 @@ struct Malformed;
 /// Parses the IP and TCP/UDP headers; `Ok(None)` for frames that are not
 /// IP or not TCP/UDP.
 fn parse(medium: MediumName, b: &[u8]) -> Result<Option<Packet>, Malformed> {
-    let ip = match medium {
+    // The IP header's offset, and the version the EtherType announces.
+    let (ip, version) = match medium {
         MediumName::Ethernet => {
             let Some(t) = b.get(12..14) else {
                 return Err(Malformed);
             };
             match [t[0], t[1]] {
-                [0x08, 0x00] | [0x86, 0xdd] => 14,
+                [0x08, 0x00] => (14, Some(4)),
+                [0x86, 0xdd] => (14, Some(6)),
                 _ => return Ok(None),
             }
         }
-        MediumName::Ip => 0,
+        MediumName::Ip => (0, None),
     };
     let p = &b[ip.min(b.len())..];
-    let (key, l4, end, fragment) = match p.first().map(|v| v >> 4) {
+    let found = p.first().map(|v| v >> 4);
+    if version.is_some() && found != version {
+        return Err(Malformed);
+    }
+    let (key, l4, end, fragment) = match found {
         Some(4) => {
             if p.len() < 20 {
                 return Err(Malformed);
