@@ -22,6 +22,7 @@ pub mod compress;
 pub mod diag;
 pub mod encrypt;
 pub mod firewall;
+pub mod reroute;
 
 pub use crate::adapters::Role;
 
@@ -220,6 +221,9 @@ pub enum FunctionConfig {
     /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
     /// devices.
     Encrypt(encrypt::EncryptConfig),
+    /// Policy-based routing to health-checked next hops, with failover and
+    /// failback.
+    Reroute(reroute::RerouteConfig),
 }
 
 /// Names accepted as `kind`.
@@ -230,6 +234,7 @@ pub const KINDS: &[&str] = &[
     "compress",
     "firewall",
     "encrypt",
+    "reroute",
 ];
 
 /// Errors building a function.
@@ -250,6 +255,7 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
+        FunctionConfig::Reroute(c) => Box::new(reroute::Reroute::new(c.clone())?),
     })
 }
 
