@@ -147,7 +147,11 @@ fn wait_for(h: &DeviceHandle, limit: Duration, what: &str, cond: impl Fn(&Device
         if !s.function_counters.is_empty() && cond(&s) {
             return;
         }
-        assert!(t0.elapsed() < limit, "{}: {what} never held: {s:?}", h.name());
+        assert!(
+            t0.elapsed() < limit,
+            "{}: {what} never held: {s:?}",
+            h.name()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -195,9 +199,8 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
     .map(spawn)
     .collect();
     let (r1, r2) = (&rest[1].0, &rest[2].0);
-    let both_up = |s: &DeviceStats| {
-        counter(s, "next_hop.a.up") == 1 && counter(s, "next_hop.b.up") == 1
-    };
+    let both_up =
+        |s: &DeviceStats| counter(s, "next_hop.a.up") == 1 && counter(s, "next_hop.b.up") == 1;
     wait_for(r1, Duration::from_secs(10), "a and b up", both_up);
     wait_for(r2, Duration::from_secs(10), "a and b up", both_up);
 
@@ -226,10 +229,16 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
     let (ah, at) = a.take().unwrap();
     let t0 = Instant::now();
     while ah.stats().forwarded < a_fwd + 2000 && !ch.finished() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no traffic through a");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no traffic through a"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(!ch.finished(), "the transfer ended before a could be stopped");
+    assert!(
+        !ch.finished(),
+        "the transfer ended before a could be stopped"
+    );
     ah.stop();
     drop(at.join().unwrap());
     let report = wait_finished(&ch, Duration::from_secs(90));
@@ -240,7 +249,10 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
         "{report:?}"
     );
     let b_after = b.0.stats().forwarded;
-    assert!(b_after > b_fwd + 1000, "b forwarded {b_after} (before: {b_fwd})");
+    assert!(
+        b_after > b_fwd + 1000,
+        "b forwarded {b_after} (before: {b_fwd})"
+    );
     for r in [r1, r2] {
         wait_for(r, Duration::from_secs(5), "a down, failed over", |s| {
             counter(s, "next_hop.a.up") == 0 && counter(s, "failovers") >= 1

@@ -1072,9 +1072,8 @@ impl Function for Reroute {
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
         self.set_own_addresses(cx.iface.ip_addrs());
-        let buffer = || {
-            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 32], vec![0; 32 * 64])
-        };
+        let buffer =
+            || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 32], vec![0; 32 * 64]);
         let mut s = icmp::Socket::new(buffer(), buffer());
         match s.bind(icmp::Endpoint::Ident(PROBE_IDENT)) {
             Ok(()) => self.socket = Some(cx.sockets.add(s)),
@@ -1339,7 +1338,10 @@ mod tests {
         assert_eq!(ingress(&mut r, &to([10, 20, 0, 1], 64)), Verdict::Pass);
         assert_eq!(ingress(&mut r, &to([10, 20, 0, 255], 64)), Verdict::Pass);
         assert_eq!(ingress(&mut r, &to([224, 0, 0, 251], 64)), Verdict::Pass);
-        assert_eq!(ingress(&mut r, &to([255, 255, 255, 255], 64)), Verdict::Pass);
+        assert_eq!(
+            ingress(&mut r, &to([255, 255, 255, 255], 64)),
+            Verdict::Pass
+        );
         assert_eq!(ingress(&mut r, &udp6(53)), Verdict::Pass);
         assert_eq!(counter(&r, "to_device"), 5);
         assert_eq!(ingress(&mut r, &to([10, 9, 0, 1], 1)), Verdict::Pass);
@@ -1585,7 +1587,9 @@ mod tests {
         let n = echo_request(false, 0x0102, &mut buf);
         assert_eq!(
             &buf[..n],
-            &[8, 0, 0, 0, 0x52, 0x52, 0x01, 0x02, b's', b'h', b'm', b'n', b'e', b't', b'r', b'r']
+            &[
+                8, 0, 0, 0, 0x52, 0x52, 0x01, 0x02, b's', b'h', b'm', b'n', b'e', b't', b'r', b'r'
+            ]
         );
         assert_eq!(echo_request(true, 7, &mut buf), 16);
         assert_eq!(buf[0], 128);
@@ -1615,7 +1619,9 @@ mod tests {
 
     #[test]
     fn reconfigure_keeps_health_of_unchanged_next_hops() {
-        let mut r = reroute(&format!("{TWO_HOPS}\n[[rule]]\nname = \"x\"\nvia = [\"a\", \"b\"]"));
+        let mut r = reroute(&format!(
+            "{TWO_HOPS}\n[[rule]]\nname = \"x\"\nvia = [\"a\", \"b\"]"
+        ));
         r.hops[0].up = false;
         r.hops[0].probes_sent = 5;
         r.update_routes(true);
@@ -1671,13 +1677,12 @@ mod tests {
         assert!(err(&format!("{hop}[[rule]]\nvia = []")).contains("no next hop"));
         assert!(err(&format!("{hop}[[rule]]\nvia = [\"a\", \"a\"]")).contains("twice"));
         assert!(err(&format!("{hop}[[rule]]\ndport = 80\nvia = [\"a\"]")).contains("need proto"));
+        assert!(err(&format!("{hop}[[rule]]\nproto = \"sctp\"\nvia = [\"a\"]")).contains("proto"));
         assert!(
-            err(&format!("{hop}[[rule]]\nproto = \"sctp\"\nvia = [\"a\"]"))
-                .contains("proto")
-        );
-        assert!(
-            err(&format!("{hop}[[rule]]\nproto = \"tcp\"\nsport = \"9-1\"\nvia = [\"a\"]"))
-                .contains("sport")
+            err(&format!(
+                "{hop}[[rule]]\nproto = \"tcp\"\nsport = \"9-1\"\nvia = [\"a\"]"
+            ))
+            .contains("sport")
         );
         assert!(err(&format!("{hop}[[rule]]\ndscp = 64\nvia = [\"a\"]")).contains("dscp"));
         assert!(
@@ -1686,7 +1691,12 @@ mod tests {
             ))
             .contains("rule m: src and dst")
         );
-        assert!(err(&format!("{hop}[[rule]]\ndst = \"10.0.0.0/40\"\nvia = [\"a\"]")).contains("dst"));
+        assert!(
+            err(&format!(
+                "{hop}[[rule]]\ndst = \"10.0.0.0/40\"\nvia = [\"a\"]"
+            ))
+            .contains("dst")
+        );
         // Unknown fields and values are refused by the parser.
         let parse = |text: &str| toml::from_str::<FunctionConfig>(text);
         assert!(parse(&format!("kind = \"reroute\"\n{hop}chekc = \"icmp\"")).is_err());
