@@ -12,16 +12,7 @@ use shmnet::config::DeviceConfig;
 fn compressible_stream_crosses_the_hop_in_fewer_bytes() {
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
     let dev = |text: String| DeviceConfig::from_toml(&text, "compress-chain").unwrap();
-    let client = dev(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 4194304 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 4194304);
     let c1 = dev(format!(
         r#"
 name = "c1"
@@ -42,16 +33,7 @@ global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
 route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
 "#
     ));
-    let server = dev(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
     let devices: Vec<_> = [&server, &c2, &c1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));
@@ -59,13 +41,6 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
     // Function counters reach handles every 50 ms: wait for the last ones.
     std::thread::sleep(Duration::from_millis(250));
     let s1 = devices[2].0.stats();
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     // c1 compressed the client's stream and restored the echo.
     assert!(counter(&s1, "compressed") > 100, "{s1:?}");
     assert!(counter(&s1, "decompressed") > 100, "{s1:?}");
@@ -76,8 +51,5 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
     assert!(s1.global.rx_bytes * 2 < s1.local.tx_bytes, "{s1:?}");
     ch.stop();
     ct.join().unwrap();
-    for (h, t) in devices {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all(devices);
 }

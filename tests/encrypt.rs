@@ -54,16 +54,7 @@ fn tcp_stream_crosses_the_hop_encrypted() {
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
     let pcap = std::env::temp_dir().join(format!("{hop}.pcap"));
     let dev = |text: String| DeviceConfig::from_toml(&text, "encrypt-chain").unwrap();
-    let client = dev(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 1048576 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 1048576);
     let e1 = dev(format!(
         r#"
 name = "e1"
@@ -95,36 +86,17 @@ outbound = {{ spi = 0x2002, key = "{KEY_21}" }}
 inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
 "#
     ));
-    let server = dev(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
     let devices: Vec<_> = [&server, &e2, &e1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));
     assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
     assert!(report.len() >= 2, "{report:?}");
     std::thread::sleep(Duration::from_millis(250));
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     ch.stop();
     ct.join().unwrap();
     let stats: Vec<_> = devices.iter().map(|(h, _)| h.stats()).collect();
-    for (h, t) in devices {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all(devices);
     for s in &stats[1..] {
         assert!(counter(s, "encrypted") > 100, "{s:?}");
         assert!(counter(s, "decrypted") > 100, "{s:?}");
@@ -370,13 +342,6 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
         "the switch happened while the stream ran"
     );
     std::thread::sleep(Duration::from_millis(250));
-    let counter = |s: &shmnet::stack::DeviceStats, k: &str| {
-        s.function_counters
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
     for h in [&h1, &h2] {
         let s = h.stats();
         // Reconfigured in place, not replaced.
@@ -385,8 +350,5 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
             assert_eq!(counter(&s, bad), 0, "{bad}: {s:?}");
         }
     }
-    for (h, t) in [(ch, ct), (h1, t1), (h2, t2), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (h1, t1), (h2, t2), (sh, st)]);
 }

@@ -7,16 +7,8 @@ use std::time::Duration;
 use common::*;
 use shmnet::functions::diag::tcp_socket;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceStats};
+use shmnet::stack::Device;
 use smoltcp::socket::tcp;
-
-fn counter(s: &DeviceStats, name: &str) -> u64 {
-    s.function_counters
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no counter {name}: {s:?}"))
-}
 
 /// client-a and client-b reach the server over the global network; the
 /// server's firewall admits TCP port 7 and refuses port 9, where the test
@@ -89,10 +81,7 @@ fn allowed_port_echoes_blocked_port_times_out() {
     let (bh, bt) = spawn(&blocked);
     let report_a = wait_finished(&ah, Duration::from_secs(20));
     let report_b = wait_finished(&bh, Duration::from_secs(20));
-    for (h, t) in [(ah, at), (bh, bt)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ah, at), (bh, bt)]);
     server_handle.stop();
     let (dev, echoed) = server_thread.join().unwrap();
 

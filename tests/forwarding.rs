@@ -75,10 +75,7 @@ fn run_chain(router_function: &str, trust: bool) {
         r.local.rx_bytes > 8 << 20 && r.global.tx_bytes > 8 << 20,
         "{r:?}"
     );
-    for (h, t) in [(ch, ct), (rh, rt), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (rh, rt), (sh, st)]);
 }
 
 #[test]
@@ -131,10 +128,7 @@ via = "10.0.0.254"
     assert!(report[0].contains("timed out"), "{report:?}");
     let r = rh.stats();
     assert!(r.no_route > 0 && r.forwarded == 0, "{r:?}");
-    for (h, t) in [(ch, ct), (rh, rt)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (rh, rt)]);
 }
 
 #[test]

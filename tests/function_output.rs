@@ -100,16 +100,7 @@ fn spawn_with(
 #[test]
 fn held_frames_are_released_and_forwarded_intact() {
     let (lan, srv) = (unique("lan"), unique("srv"));
-    let client = load(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 2097152 }}
-local = {{ segment = "{lan}", address = "10.1.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.1.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 2097152);
     let holder = load(format!(
         r#"
 name = "holder"
@@ -118,16 +109,7 @@ local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
 global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
 "#
     ));
-    let server = load(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{srv}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
     let released = Arc::new(AtomicU64::new(0));
     let (sh, st) = spawn(&server);
     let (hh, ht) = spawn_with(
@@ -149,10 +131,7 @@ route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
     );
     assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
     assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
-    for (h, t) in [(ch, ct), (hh, ht), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (hh, ht), (sh, st)]);
 }
 
 /// client ─lan─ r ═core═ x ─srv─ server, where r has no route to srv: its
@@ -160,16 +139,7 @@ route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
 #[test]
 fn via_sends_transit_to_a_next_hop_found_by_device_name() {
     let (lan, core, srv) = (unique("lan"), unique("core"), unique("srv"));
-    let client = load(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], udp = ["10.3.0.2:7"], bytes = 1048576 }}
-local = {{ segment = "{lan}", address = "10.1.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.1.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 1048576);
     let r = load(format!(
         r#"
 name = "r"
@@ -187,16 +157,7 @@ global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
 route = [{{ to = "10.1.0.0/24", via = "10.2.0.1" }}]
 "#
     ));
-    let server = load(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{srv}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
     let (sh, st) = spawn(&server);
     let (xh, xt) = spawn(&x);
     let (rh, rt) = spawn_with(&r, Box::new(ViaDevice { next_hop: None }));
@@ -210,10 +171,7 @@ route = [{{ to = "10.1.0.0/24", via = "10.3.0.254" }}]
     assert!(s.redirected > 1048576 / 1500, "{s:?}");
     assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
     assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
-    for (h, t) in [(ch, ct), (rh, rt), (xh, xt), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
 }
 
 /// A next hop on neither of the device's networks is a counted drop.

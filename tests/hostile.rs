@@ -192,8 +192,5 @@ fn device_survives_garbage_frames() {
     );
     assert!(report[1].contains("datagrams echoed intact"), "{report:?}");
     assert!(sh.stats().local.rx_frames >= 3000, "{:?}", sh.stats());
-    for (h, t) in [(ch, ct), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (sh, st)]);
 }

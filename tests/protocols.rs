@@ -46,10 +46,7 @@ fn udp_echo_local_and_global() {
         report[1].contains("udp 10.100.0.3:7: 8/8 datagrams echoed intact"),
         "{report:?}"
     );
-    for (h, t) in [(sh, st), (fh, ft)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(sh, st), (fh, ft)]);
 }
 
 /// Pings `to` from a device driven by this thread; returns the echoed data.
@@ -115,10 +112,7 @@ fn icmp_echo_local_and_global() {
     ping(&mut dev, IpAddress::v4(10, 100, 0, 2), 0x4321, 3);
     let s = dev.stats();
     assert!(s.local.rx_frames > 0 && s.global.rx_frames > 0, "{s:?}");
-    for (h, t) in [(nh, nt), (fh, ft)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(nh, nt), (fh, ft)]);
 }
 
 #[test]
@@ -140,10 +134,7 @@ fn tcp_over_ipv6_global_network() {
         assert!(line.starts_with(&format!("tcp {ep}")), "{report:?}");
         assert!(line.contains("4194304 bytes echoed intact"), "{report:?}");
     }
-    for (h, t) in [(sh, st), (fh, ft)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(sh, st), (fh, ft)]);
 }
 
 #[test]
@@ -173,8 +164,5 @@ fn arp_resolves_on_both_networks() {
         assert!(s.global.rx_frames > 0, "{s:?}");
         assert!(s.local.tx_frames > 0 && s.global.tx_frames > 0, "{s:?}");
     }
-    for (h, t) in [(ch, ct), (sh, st)] {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all([(ch, ct), (sh, st)]);
 }

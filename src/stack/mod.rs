@@ -99,6 +99,16 @@ pub struct DeviceStats {
     pub function_counters: Vec<(String, u64)>,
 }
 
+impl DeviceStats {
+    /// The function's counter called `name`, if it has one.
+    pub fn function_counter(&self, name: &str) -> Option<u64> {
+        self.function_counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
 struct Shared {
     name: String,
     stop: AtomicBool,
@@ -543,7 +553,14 @@ impl Device {
             .unwrap_or(max)
             .min(max);
         if let Some(at) = self.nic.function.poll_at() {
-            delay = delay.min(Duration::from_micros((at - now).total_micros()));
+            // smoltcp's Instant difference is unsigned: a time already
+            // passed must not read as a long sleep.
+            let until = if at > now {
+                (at - now).total_micros()
+            } else {
+                0
+            };
+            delay = delay.min(Duration::from_micros(until));
         }
         if delay.is_zero() {
             return;

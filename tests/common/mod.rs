@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use shmnet::config::{DeviceConfig, DeviceSettings};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceHandle};
+use shmnet::stack::{Device, DeviceHandle, DeviceStats};
 
 /// A device on `lan`/`wan` with the given host numbers, MTUs and function
 /// (a TOML inline table, e.g. `{ kind = "echo" }`).
@@ -84,3 +84,72 @@ pub fn unique(tag: &str) -> String {
     )
 }
 static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The function counter `name` of a device; panics (naming the counters
+/// there are) if the function has none by that name.
+pub fn counter(s: &DeviceStats, name: &str) -> u64 {
+    s.function_counter(name)
+        .unwrap_or_else(|| panic!("no counter {name}: {s:?}"))
+}
+
+/// Stops devices started with [`spawn`] and waits for their threads.
+pub fn stop_all(
+    devices: impl IntoIterator<Item = (DeviceHandle, std::thread::JoinHandle<Device>)>,
+) {
+    let devices: Vec<_> = devices.into_iter().collect();
+    for (h, _) in &devices {
+        h.stop();
+    }
+    for (_, t) in devices {
+        t.join().expect("device thread ran to its end");
+    }
+}
+
+/// The /24 network of an IPv4 address ("10.3.0.2" → "10.3.0.0/24").
+fn net24(addr: &str) -> String {
+    let host = addr.split('/').next().unwrap_or(addr);
+    let mut octets: Vec<&str> = host.split('.').collect();
+    octets[3] = "0";
+    format!("{}/24", octets.join("."))
+}
+
+/// A client at `address` (e.g. "10.0.0.1") on `lan` whose probe exchanges
+/// `bytes` over TCP and four datagrams over UDP with the echo server at
+/// `server` port 7, reaching the server's /24 through `gateway`.
+pub fn probe_client(
+    lan: &str,
+    address: &str,
+    server: &str,
+    gateway: &str,
+    bytes: u64,
+) -> DeviceSettings {
+    let text = format!(
+        r#"
+name = "client"
+function = {{ kind = "probe", tcp = ["{server}:7"], udp = ["{server}:7"], bytes = {bytes} }}
+local = {{ segment = "{lan}", address = "{address}/24" }}
+global = {{ segment = "{g}", address = "10.100.0.1/16" }}
+route = [{{ to = "{to}", via = "{gateway}" }}]
+"#,
+        g = unique("g"),
+        to = net24(server)
+    );
+    DeviceConfig::from_toml(&text, "probe client").expect("test config is valid")
+}
+
+/// An echo server at `address` on `lan` that answers `client` (an address
+/// of the client's /24) through `gateway`.
+pub fn echo_server(lan: &str, address: &str, client: &str, gateway: &str) -> DeviceSettings {
+    let text = format!(
+        r#"
+name = "server"
+function = {{ kind = "echo" }}
+local = {{ segment = "{lan}", address = "{address}/24" }}
+global = {{ segment = "{g}", address = "10.200.0.2/16" }}
+route = [{{ to = "{to}", via = "{gateway}" }}]
+"#,
+        g = unique("g"),
+        to = net24(client)
+    );
+    DeviceConfig::from_toml(&text, "echo server").expect("test config is valid")
+}
