@@ -1071,7 +1071,19 @@ impl Function for Reroute {
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
-        self.set_own_addresses(cx.iface.ip_addrs());
+        let cidrs = cx.iface.ip_addrs();
+        self.set_own_addresses(cidrs);
+        for h in self.hops.iter().filter(|h| h.target == Target::Fixed) {
+            for a in [h.address(false), h.address(true)].into_iter().flatten() {
+                if !cidrs.iter().any(|c| c.contains_addr(&a)) {
+                    log::warn!(
+                        "reroute: next hop {}: {a} is on neither of the device's networks; \
+                         packets sent to it are dropped (no_route)",
+                        h.name
+                    );
+                }
+            }
+        }
         let buffer =
             || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 32], vec![0; 32 * 64]);
         let mut s = icmp::Socket::new(buffer(), buffer());
