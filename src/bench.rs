@@ -1084,7 +1084,7 @@ fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
 // ---------------------------------------------------------------- functions
 
 /// Functions `shmnet bench function` knows (and `--quick` runs).
-pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress", "balancer"];
+pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress", "reroute", "balancer"];
 
 const K1: &str = "4c80cdefbb5d10da906ac73c3613a6342e443b68";
 const K2: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
@@ -1119,6 +1119,12 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
         "compress" => vec![
             "{ kind = \"compress\" }".into(),
             "{ kind = \"compress\", hop = \"local\" }".into(),
+        ],
+        // The client's connections to the server's port go to the server
+        // (10.11.0.2, health-checked by ICMP) by a rule, not by the table.
+        "reroute" => vec![
+            "{ kind = \"reroute\", next_hop = [{ name = \"server\", address = \"10.11.0.2\" }], \
+             rule = [{ name = \"bulk\", proto = \"tcp\", dport = 5000, via = [\"server\"] }] }".into(),
         ],
         other => {
             return Err(format!(
@@ -1405,6 +1411,14 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             }
             let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
                 run(b, data_packet.len(), Role::Local, &[Verdict::Pass])
+            })?;
+            Ok((ns, None))
+        }
+        "reroute" => {
+            // A packet the rule sends to its next hop.
+            let via = Verdict::Via(smoltcp::wire::IpAddress::v4(10, 11, 0, 2));
+            let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
+                run(b, data_packet.len(), Role::Local, &[via])
             })?;
             Ok((ns, None))
         }

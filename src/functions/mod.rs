@@ -23,6 +23,7 @@ pub mod compress;
 pub mod diag;
 pub mod encrypt;
 pub mod firewall;
+pub mod reroute;
 
 pub use crate::adapters::Role;
 
@@ -221,6 +222,9 @@ pub enum FunctionConfig {
     /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
     /// devices.
     Encrypt(encrypt::EncryptConfig),
+    /// Policy-based routing to health-checked next hops, with failover and
+    /// failback.
+    Reroute(reroute::RerouteConfig),
     /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
     /// health checks.
     Balancer(balancer::BalancerConfig),
@@ -234,6 +238,7 @@ pub const KINDS: &[&str] = &[
     "compress",
     "firewall",
     "encrypt",
+    "reroute",
     "balancer",
 ];
 
@@ -255,6 +260,7 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
+        FunctionConfig::Reroute(c) => Box::new(reroute::Reroute::new(c.clone())?),
         FunctionConfig::Balancer(c) => Box::new(balancer::Balancer::new(c.clone())?),
     })
 }
