@@ -72,13 +72,11 @@ use smoltcp::wire::{
     UdpPacket,
 };
 
+use super::matching::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, parse_ports,
+};
 use super::{Frame, Function, FunctionError, Role, Verdict};
 use crate::config::MediumName;
-
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
 
 /// How often expired entries are swept out even when the table is not full.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -133,14 +131,6 @@ pub enum StateMatch {
     /// New, established and invalid packets.
     #[default]
     Any,
-}
-
-/// A port or an inclusive range: `80` or `"1024-65535"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum PortSpec {
-    Number(i64),
-    Range(String),
 }
 
 /// One `[[function.rule]]`.
@@ -250,71 +240,6 @@ impl Default for FirewallConfig {
             rules: Vec::new(),
         }
     }
-}
-
-/// An address prefix; IPv4 addresses live in the low 32 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Prefix {
-    v6: bool,
-    addr: u128,
-    mask: u128,
-}
-
-impl Prefix {
-    fn parse(s: &str) -> Option<Prefix> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
-            None => (s, None),
-        };
-        match addr.trim().parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => {
-                let len = len.unwrap_or(32);
-                if len > 32 {
-                    return None;
-                }
-                let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-                Some(Prefix {
-                    v6: false,
-                    addr: u128::from(u32::from(a) & mask),
-                    mask: u128::from(mask),
-                })
-            }
-            IpAddr::V6(a) => {
-                let len = len.unwrap_or(128);
-                if len > 128 {
-                    return None;
-                }
-                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-                Some(Prefix {
-                    v6: true,
-                    addr: u128::from(a) & mask,
-                    mask,
-                })
-            }
-        }
-    }
-
-    fn contains(&self, v6: bool, addr: u128) -> bool {
-        self.v6 == v6 && addr & self.mask == self.addr
-    }
-}
-
-fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
-    let one = |s: &str| s.trim().parse::<u16>().ok();
-    let (lo, hi) = match spec {
-        PortSpec::Number(n) => {
-            let p = u16::try_from(*n).ok()?;
-            (p, p)
-        }
-        PortSpec::Range(s) => match s.split_once('-') {
-            Some((a, b)) => (one(a)?, one(b)?),
-            None => {
-                let p = one(s)?;
-                (p, p)
-            }
-        },
-    };
-    (lo <= hi).then_some((lo, hi))
 }
 
 /// A rule, compiled.

@@ -23,6 +23,7 @@ pub mod compress;
 pub mod diag;
 pub mod encrypt;
 pub mod firewall;
+pub mod matching;
 pub mod reroute;
 
 pub use crate::adapters::Role;

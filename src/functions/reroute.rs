@@ -74,15 +74,14 @@ use smoltcp::socket::icmp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
+use super::matching::{
+    PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_duration, parse_ports, parse_proto,
+};
 use super::{
     Directory, Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict,
 };
 use crate::config::MediumName;
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
 /// Extension headers walked in an IPv6 packet before giving up.
 const MAX_EXTENSION_HEADERS: usize = 8;
 /// ICMP echo identifier of the health checks (each device has its own
@@ -90,23 +89,6 @@ const MAX_EXTENSION_HEADERS: usize = 8;
 const PROBE_IDENT: u16 = 0x5252;
 /// Payload of a health-check echo request, after the 8-byte ICMP header.
 const PROBE_PAYLOAD: &[u8; 8] = b"shmnetrr";
-
-/// A port or an inclusive range: `80` or `"1024-65535"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum PortSpec {
-    Number(i64),
-    Range(String),
-}
-
-/// An IP protocol by name (`"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"`) or
-/// number.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum ProtoSpec {
-    Number(i64),
-    Name(String),
-}
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -223,90 +205,6 @@ fn default_rise() -> u32 {
 }
 fn default_failback() -> bool {
     true
-}
-
-/// Parses `"250ms"`, `"2s"`, `"500us"` or `"1m"`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let at = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(at);
-    let n: u64 = n.parse().ok()?;
-    let micros = match unit.trim() {
-        "us" => Some(n),
-        "ms" => n.checked_mul(1_000),
-        "s" => n.checked_mul(1_000_000),
-        "m" | "min" => n.checked_mul(60_000_000),
-        _ => None,
-    }?;
-    Some(Duration::from_micros(micros))
-}
-
-/// An address prefix; IPv4 addresses live in the low 32 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Prefix {
-    v6: bool,
-    addr: u128,
-    mask: u128,
-}
-
-impl Prefix {
-    fn parse(s: &str) -> Option<Prefix> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l.trim().parse::<u32>().ok()?)),
-            None => (s, None),
-        };
-        let (v6, addr, bits) = match addr.trim().parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
-            IpAddr::V6(a) => (true, u128::from(a), 128),
-        };
-        let len = len.unwrap_or(bits);
-        if len > bits {
-            return None;
-        }
-        // The top `len` of `bits` bits.
-        let width = if v6 { u128::MAX } else { u128::from(u32::MAX) };
-        let mask = width & !(width.checked_shr(len).unwrap_or(0));
-        Some(Prefix {
-            v6,
-            addr: addr & mask,
-            mask,
-        })
-    }
-
-    fn contains(&self, v6: bool, addr: u128) -> bool {
-        self.v6 == v6 && addr & self.mask == self.addr
-    }
-}
-
-fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
-    let one = |s: &str| s.trim().parse::<u16>().ok();
-    let (lo, hi) = match spec {
-        PortSpec::Number(n) => {
-            let p = u16::try_from(*n).ok()?;
-            (p, p)
-        }
-        PortSpec::Range(s) => match s.split_once('-') {
-            Some((a, b)) => (one(a)?, one(b)?),
-            None => {
-                let p = one(s)?;
-                (p, p)
-            }
-        },
-    };
-    (lo <= hi).then_some((lo, hi))
-}
-
-fn parse_proto(p: &ProtoSpec) -> Option<u8> {
-    match p {
-        ProtoSpec::Number(n) => u8::try_from(*n).ok(),
-        ProtoSpec::Name(s) => match s.as_str() {
-            "tcp" => Some(PROTO_TCP),
-            "udp" => Some(PROTO_UDP),
-            "icmp" => Some(PROTO_ICMP),
-            "icmpv6" => Some(PROTO_ICMPV6),
-            _ => None,
-        },
-    }
 }
 
 fn v4_bits(a: Ipv4Address) -> u128 {
