@@ -78,13 +78,10 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-// Durations are written as in the re-routing function's configuration.
-use super::reroute::parse_duration;
+use super::matching::{PROTO_TCP, PROTO_UDP, parse_duration};
 use super::{Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict};
 use crate::config::MediumName;
 
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 /// Seeds of the backend permutation hashes and of the flow hash.
 const SEED_H1: u32 = 0x6d61_676c;
 const SEED_H2: u32 = 0x6576_3132;
