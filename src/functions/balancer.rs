@@ -1488,12 +1488,13 @@ impl Function for Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{
-        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Address,
-        Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr,
-        TcpSeqNumber, UdpPacket, UdpRepr,
-    };
+    use crate::functions::fixtures::udp;
+    use smoltcp::wire::{Ipv4Address, Ipv4Packet, Ipv6Address, Ipv6Packet, TcpControl, UdpPacket};
+
+    fn tcp(src: (IpAddress, u16), dst: (IpAddress, u16), control: TcpControl) -> Vec<u8> {
+        let ack = control != TcpControl::Syn;
+        crate::functions::fixtures::tcp(src, dst, control, ack, b"hello, backend")
+    }
 
     const CLIENT: Ipv4Address = Ipv4Address::new(10, 11, 0, 1);
     const VIP: Ipv4Address = Ipv4Address::new(10, 20, 0, 100);
@@ -1532,85 +1533,6 @@ mod tests {
 
     fn ep(a: impl Into<IpAddress>, port: u16) -> (IpAddress, u16) {
         (a.into(), port)
-    }
-
-    /// Ethernet + IP around a transport header built by `l4`.
-    fn wrap(src: IpAddress, dst: IpAddress, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
-        let caps = ChecksumCapabilities::default();
-        let (ethertype, ip_len) = match src {
-            IpAddress::Ipv4(_) => (EthernetProtocol::Ipv4, 20),
-            IpAddress::Ipv6(_) => (EthernetProtocol::Ipv6, 40),
-        };
-        let mut buf = vec![0u8; 14 + ip_len + l4.len()];
-        EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype,
-        }
-        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
-        match (src, dst) {
-            (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps),
-            (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..])),
-            _ => unreachable!("mixed families"),
-        }
-        buf[14 + ip_len..].copy_from_slice(l4);
-        buf
-    }
-
-    fn tcp(src: (IpAddress, u16), dst: (IpAddress, u16), control: TcpControl) -> Vec<u8> {
-        let repr = TcpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-            control,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: (control != TcpControl::Syn).then_some(TcpSeqNumber(2000)),
-            window_len: 1024,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: b"hello, backend",
-        };
-        let mut l4 = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            &ChecksumCapabilities::default(),
-        );
-        wrap(src.0, dst.0, IpProtocol::Tcp, &l4)
-    }
-
-    fn udp(src: (IpAddress, u16), dst: (IpAddress, u16), payload: &[u8]) -> Vec<u8> {
-        let mut l4 = vec![0u8; 8 + payload.len()];
-        UdpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-        }
-        .emit(
-            &mut UdpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            payload.len(),
-            |p| p.copy_from_slice(payload),
-            &ChecksumCapabilities::default(),
-        );
-        wrap(src.0, dst.0, IpProtocol::Udp, &l4)
     }
 
     /// Runs `on_ingress` on a copy; returns the verdict and the frame after.

@@ -1081,11 +1081,29 @@ impl Function for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::fixtures::{self, wrap};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, EthernetRepr, Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpProtocol,
-        Ipv4Address, Ipv4Repr, Ipv6Address, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr,
+        Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Address, Ipv4Repr,
+        Ipv6Address, TcpControl,
     };
+
+    fn tcp(
+        src: (IpAddress, u16),
+        dst: (IpAddress, u16),
+        control: TcpControl,
+        ack: bool,
+    ) -> Vec<u8> {
+        fixtures::tcp(src, dst, control, ack, b"hello")
+    }
+
+    fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
+        fixtures::udp_l4(src, dst, b"datagram")
+    }
+
+    fn udp(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
+        fixtures::udp(src, dst, b"datagram")
+    }
 
     const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
     const B: Ipv4Address = Ipv4Address::new(10, 1, 0, 2);
@@ -1097,95 +1115,6 @@ mod tests {
 
     fn firewall(text: &str) -> Firewall {
         Firewall::new(toml::from_str(text).expect("test config parses")).expect("valid config")
-    }
-
-    /// Ethernet + IP header around a transport payload.
-    fn wrap(src: IpAddress, dst: IpAddress, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
-        let caps = ChecksumCapabilities::default();
-        let (ethertype, ip_len) = match src {
-            IpAddress::Ipv4(_) => (EthernetProtocol::Ipv4, 20),
-            IpAddress::Ipv6(_) => (EthernetProtocol::Ipv6, 40),
-        };
-        let mut buf = vec![0u8; 14 + ip_len + l4.len()];
-        EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype,
-        }
-        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
-        match (src, dst) {
-            (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps),
-            (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..])),
-            _ => unreachable!("mixed families"),
-        }
-        buf[14 + ip_len..].copy_from_slice(l4);
-        buf
-    }
-
-    fn tcp(
-        src: (IpAddress, u16),
-        dst: (IpAddress, u16),
-        control: TcpControl,
-        ack: bool,
-    ) -> Vec<u8> {
-        let repr = TcpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-            control,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: ack.then_some(TcpSeqNumber(2000)),
-            window_len: 1024,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: b"hello",
-        };
-        let mut l4 = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            &ChecksumCapabilities::default(),
-        );
-        wrap(src.0, dst.0, IpProtocol::Tcp, &l4)
-    }
-
-    fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
-        let payload = b"datagram";
-        let mut l4 = vec![0u8; 8 + payload.len()];
-        UdpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-        }
-        .emit(
-            &mut UdpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            payload.len(),
-            |p| p.copy_from_slice(payload),
-            &ChecksumCapabilities::default(),
-        );
-        l4
-    }
-
-    fn udp(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
-        wrap(src.0, dst.0, IpProtocol::Udp, &udp_l4(src, dst))
     }
 
     fn icmp(src: Ipv4Address, dst: Ipv4Address, repr: Icmpv4Repr<'_>) -> Vec<u8> {
