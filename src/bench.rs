@@ -1084,7 +1084,9 @@ fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
 // ---------------------------------------------------------------- functions
 
 /// Functions `shmnet bench function` knows (and `--quick` runs).
-pub const FUNCTIONS_BENCHED: &[&str] = &["firewall", "encrypt", "compress", "qos"];
+pub const FUNCTIONS_BENCHED: &[&str] = &[
+    "firewall", "encrypt", "compress", "reroute", "balancer", "qos",
+];
 
 const K1: &str = "4c80cdefbb5d10da906ac73c3613a6342e443b68";
 const K2: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
@@ -1109,6 +1111,12 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
                  outbound = {{ spi = 0x2002, key = \"{K2}\" }}, inbound = [{{ spi = 0x1001, key = \"{K1}\" }}] }}"
             ),
         ],
+        // The server as the single backend behind a VIP on the server's
+        // network; the balancer is the server's gateway (NAT mode).
+        "balancer" => vec![format!(
+            "{{ kind = \"balancer\", service = [{{ name = \"bench\", vip = \"10.11.0.100:{PORT}\", \
+             backends = [\"10.11.0.2:{PORT}\"], check = \"none\" }}] }}"
+        )],
         // A compressor/decompressor pair: the hop between them is compressed.
         "compress" => vec![
             "{ kind = \"compress\" }".into(),
@@ -1120,6 +1128,12 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
             "{ kind = \"qos\", default = \"bulk\", class = [{ name = \"voice\", dscp = [46] }, \
              { name = \"bulk\", rate = \"1000gbit\" }] }"
                 .into(),
+        ],
+        // The client's connections to the server's port go to the server
+        // (10.11.0.2, health-checked by ICMP) by a rule, not by the table.
+        "reroute" => vec![
+            "{ kind = \"reroute\", next_hop = [{ name = \"server\", address = \"10.11.0.2\" }], \
+             rule = [{ name = \"bulk\", proto = \"tcp\", dport = 5000, via = [\"server\"] }] }".into(),
         ],
         other => {
             return Err(format!(
@@ -1283,9 +1297,15 @@ fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
         .collect()
 }
 
-/// TCP from the chain's client to a sink on its server, `bytes` of
-/// `data` repeated; returns seconds.
-fn chain_tcp(functions: &[&str], data: &[u8], bytes: u64) -> Res<f64> {
+/// Where the chain's client connects for function `name`: the server,
+/// unless the function puts another address in front of it.
+fn chain_destination(name: &str) -> Option<IpAddress> {
+    (name == "balancer").then_some(IpAddress::v4(10, 11, 0, 100))
+}
+
+/// TCP from the chain's client to a sink on its server (or to `dst`, which
+/// leads there), `bytes` of `data` repeated; returns seconds.
+fn chain_tcp(functions: &[&str], dst: Option<IpAddress>, data: &[u8], bytes: u64) -> Res<f64> {
     let cfgs = chain_configs(functions)?;
     let n = functions.len();
     let mut running = Vec::new();
@@ -1310,7 +1330,7 @@ fn chain_tcp(functions: &[&str], data: &[u8], bytes: u64) -> Res<f64> {
             .sockets()
             .add(crate::functions::diag::tcp_socket(SOCK_BUF));
         let (iface, sockets) = dev.parts();
-        let dst = IpAddress::v4(10, 10 + n as u8, 0, 2);
+        let dst = dst.unwrap_or(IpAddress::v4(10, 10 + n as u8, 0, 2));
         sockets
             .get_mut::<tcp::Socket>(h)
             .connect(iface.context(), (dst, PORT), 49152)
@@ -1423,6 +1443,34 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             })?;
             Ok((ns, None))
         }
+        "reroute" => {
+            // A packet the rule sends to its next hop.
+            let via = Verdict::Via(smoltcp::wire::IpAddress::v4(10, 11, 0, 2));
+            let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
+                run(b, data_packet.len(), Role::Local, &[via])
+            })?;
+            Ok((ns, None))
+        }
+        "balancer" => {
+            // A flow's SYN and the backend's SYN-ACK, then a data packet of
+            // it to the VIP: flow lookup and DNAT, timed.
+            let vip = [10, 11, 0, 100];
+            let backend = [10, 11, 0, 2];
+            for (frame, from) in [
+                (tcp_frame(client, vip, 49152, PORT, 0x02, &[]), Role::Local),
+                (
+                    tcp_frame(backend, client, PORT, 49152, 0x12, &[]),
+                    Role::Global,
+                ),
+            ] {
+                run(&mut frame.clone(), frame.len(), from, &[Verdict::Modified])?;
+            }
+            let to_vip = tcp_frame(client, vip, 49152, PORT, 0x18, &data[..1400]);
+            let ns = per_packet_ns(&to_vip, rounds * 10, |b| {
+                run(b, to_vip.len(), Role::Local, &[Verdict::Modified])
+            })?;
+            Ok((ns, None))
+        }
         "encrypt" | "compress" => {
             let ns = per_packet_ns(&data_packet, rounds, |b| {
                 run(b, data_packet.len(), Role::Local, &[Verdict::Modified])
@@ -1468,7 +1516,7 @@ fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> R
     let (ns, raw) = function_cost(name, &data, quick)?;
     let mut runs = Vec::new();
     for _ in 0..reps {
-        let secs = chain_tcp(&chain, &data, bytes)?;
+        let secs = chain_tcp(&chain, chain_destination(name), &data, bytes)?;
         runs.push(bytes as f64 * 8.0 / secs / 1e9);
     }
     let gbps = median(&mut runs.clone());

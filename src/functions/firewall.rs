@@ -72,13 +72,11 @@ use smoltcp::wire::{
     UdpPacket,
 };
 
+use super::matching::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, parse_ports,
+};
 use super::{Frame, Function, FunctionError, Role, Verdict};
 use crate::config::MediumName;
-
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
 
 /// How often expired entries are swept out even when the table is not full.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -133,14 +131,6 @@ pub enum StateMatch {
     /// New, established and invalid packets.
     #[default]
     Any,
-}
-
-/// A port or an inclusive range: `80` or `"1024-65535"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum PortSpec {
-    Number(i64),
-    Range(String),
 }
 
 /// One `[[function.rule]]`.
@@ -250,71 +240,6 @@ impl Default for FirewallConfig {
             rules: Vec::new(),
         }
     }
-}
-
-/// An address prefix; IPv4 addresses live in the low 32 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Prefix {
-    v6: bool,
-    addr: u128,
-    mask: u128,
-}
-
-impl Prefix {
-    fn parse(s: &str) -> Option<Prefix> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l.parse::<u32>().ok()?)),
-            None => (s, None),
-        };
-        match addr.trim().parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => {
-                let len = len.unwrap_or(32);
-                if len > 32 {
-                    return None;
-                }
-                let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-                Some(Prefix {
-                    v6: false,
-                    addr: u128::from(u32::from(a) & mask),
-                    mask: u128::from(mask),
-                })
-            }
-            IpAddr::V6(a) => {
-                let len = len.unwrap_or(128);
-                if len > 128 {
-                    return None;
-                }
-                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-                Some(Prefix {
-                    v6: true,
-                    addr: u128::from(a) & mask,
-                    mask,
-                })
-            }
-        }
-    }
-
-    fn contains(&self, v6: bool, addr: u128) -> bool {
-        self.v6 == v6 && addr & self.mask == self.addr
-    }
-}
-
-fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
-    let one = |s: &str| s.trim().parse::<u16>().ok();
-    let (lo, hi) = match spec {
-        PortSpec::Number(n) => {
-            let p = u16::try_from(*n).ok()?;
-            (p, p)
-        }
-        PortSpec::Range(s) => match s.split_once('-') {
-            Some((a, b)) => (one(a)?, one(b)?),
-            None => {
-                let p = one(s)?;
-                (p, p)
-            }
-        },
-    };
-    (lo <= hi).then_some((lo, hi))
 }
 
 /// A rule, compiled.
@@ -1156,11 +1081,29 @@ impl Function for Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::fixtures::{self, wrap};
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        EthernetAddress, EthernetRepr, Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpProtocol,
-        Ipv4Address, Ipv4Repr, Ipv6Address, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr,
+        Icmpv4DstUnreachable, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Address, Ipv4Repr,
+        Ipv6Address, TcpControl,
     };
+
+    fn tcp(
+        src: (IpAddress, u16),
+        dst: (IpAddress, u16),
+        control: TcpControl,
+        ack: bool,
+    ) -> Vec<u8> {
+        fixtures::tcp(src, dst, control, ack, b"hello")
+    }
+
+    fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
+        fixtures::udp_l4(src, dst, b"datagram")
+    }
+
+    fn udp(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
+        fixtures::udp(src, dst, b"datagram")
+    }
 
     const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
     const B: Ipv4Address = Ipv4Address::new(10, 1, 0, 2);
@@ -1172,95 +1115,6 @@ mod tests {
 
     fn firewall(text: &str) -> Firewall {
         Firewall::new(toml::from_str(text).expect("test config parses")).expect("valid config")
-    }
-
-    /// Ethernet + IP header around a transport payload.
-    fn wrap(src: IpAddress, dst: IpAddress, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
-        let caps = ChecksumCapabilities::default();
-        let (ethertype, ip_len) = match src {
-            IpAddress::Ipv4(_) => (EthernetProtocol::Ipv4, 20),
-            IpAddress::Ipv6(_) => (EthernetProtocol::Ipv6, 40),
-        };
-        let mut buf = vec![0u8; 14 + ip_len + l4.len()];
-        EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype,
-        }
-        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
-        match (src, dst) {
-            (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps),
-            (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: proto,
-                payload_len: l4.len(),
-                hop_limit: 64,
-            }
-            .emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..])),
-            _ => unreachable!("mixed families"),
-        }
-        buf[14 + ip_len..].copy_from_slice(l4);
-        buf
-    }
-
-    fn tcp(
-        src: (IpAddress, u16),
-        dst: (IpAddress, u16),
-        control: TcpControl,
-        ack: bool,
-    ) -> Vec<u8> {
-        let repr = TcpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-            control,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: ack.then_some(TcpSeqNumber(2000)),
-            window_len: 1024,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: b"hello",
-        };
-        let mut l4 = vec![0u8; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            &ChecksumCapabilities::default(),
-        );
-        wrap(src.0, dst.0, IpProtocol::Tcp, &l4)
-    }
-
-    fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
-        let payload = b"datagram";
-        let mut l4 = vec![0u8; 8 + payload.len()];
-        UdpRepr {
-            src_port: src.1,
-            dst_port: dst.1,
-        }
-        .emit(
-            &mut UdpPacket::new_unchecked(&mut l4[..]),
-            &src.0,
-            &dst.0,
-            payload.len(),
-            |p| p.copy_from_slice(payload),
-            &ChecksumCapabilities::default(),
-        );
-        l4
-    }
-
-    fn udp(src: (IpAddress, u16), dst: (IpAddress, u16)) -> Vec<u8> {
-        wrap(src.0, dst.0, IpProtocol::Udp, &udp_l4(src, dst))
     }
 
     fn icmp(src: Ipv4Address, dst: Ipv4Address, repr: Icmpv4Repr<'_>) -> Vec<u8> {

@@ -18,11 +18,14 @@ use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
+pub mod balancer;
 pub mod compress;
 pub mod diag;
 pub mod encrypt;
 pub mod firewall;
+pub mod matching;
 pub mod qos;
+pub mod reroute;
 
 pub use crate::adapters::Role;
 
@@ -224,6 +227,12 @@ pub enum FunctionConfig {
     /// QoS: classes, token-bucket shaping, strict priority and DRR
     /// scheduling, tail drop or ECN marking.
     Qos(qos::QosConfig),
+    /// Policy-based routing to health-checked next hops, with failover and
+    /// failback.
+    Reroute(reroute::RerouteConfig),
+    /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
+    /// health checks.
+    Balancer(balancer::BalancerConfig),
 }
 
 /// Names accepted as `kind`.
@@ -235,6 +244,8 @@ pub const KINDS: &[&str] = &[
     "firewall",
     "encrypt",
     "qos",
+    "reroute",
+    "balancer",
 ];
 
 /// Errors building a function.
@@ -256,6 +267,8 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
         FunctionConfig::Qos(c) => Box::new(qos::Qos::new(c.clone())?),
+        FunctionConfig::Reroute(c) => Box::new(reroute::Reroute::new(c.clone())?),
+        FunctionConfig::Balancer(c) => Box::new(balancer::Balancer::new(c.clone())?),
     })
 }
 
@@ -268,6 +281,105 @@ pub(crate) fn ipv4_header_checksum(header: &[u8]) -> u16 {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::ipv4_header_checksum;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+        Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+        UdpPacket, UdpRepr,
+    };
+
+    /// Ethernet + IP (built by smoltcp, valid checksums) around a
+    /// transport header and payload `l4`.
+    pub fn wrap(src: IpAddress, dst: IpAddress, proto: IpProtocol, l4: &[u8]) -> Vec<u8> {
+        let caps = ChecksumCapabilities::default();
+        let (ethertype, ip_len) = match src {
+            IpAddress::Ipv4(_) => (EthernetProtocol::Ipv4, 20),
+            IpAddress::Ipv6(_) => (EthernetProtocol::Ipv6, 40),
+        };
+        let mut buf = vec![0u8; 14 + ip_len + l4.len()];
+        EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut buf[..]));
+        match (src, dst) {
+            (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: l4.len(),
+                hop_limit: 64,
+            }
+            .emit(&mut Ipv4Packet::new_unchecked(&mut buf[14..]), &caps),
+            (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: proto,
+                payload_len: l4.len(),
+                hop_limit: 64,
+            }
+            .emit(&mut Ipv6Packet::new_unchecked(&mut buf[14..])),
+            _ => unreachable!("mixed families"),
+        }
+        buf[14 + ip_len..].copy_from_slice(l4);
+        buf
+    }
+
+    /// A TCP segment (seq 1000, ack 2000 if `ack`) in Ethernet + IP.
+    pub fn tcp(
+        src: (IpAddress, u16),
+        dst: (IpAddress, u16),
+        control: TcpControl,
+        ack: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let repr = TcpRepr {
+            src_port: src.1,
+            dst_port: dst.1,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: ack.then_some(TcpSeqNumber(2000)),
+            window_len: 1024,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let mut l4 = vec![0u8; repr.buffer_len()];
+        repr.emit(
+            &mut TcpPacket::new_unchecked(&mut l4[..]),
+            &src.0,
+            &dst.0,
+            &ChecksumCapabilities::default(),
+        );
+        wrap(src.0, dst.0, IpProtocol::Tcp, &l4)
+    }
+
+    /// A UDP header and payload (no IP around it).
+    pub fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16), payload: &[u8]) -> Vec<u8> {
+        let mut l4 = vec![0u8; 8 + payload.len()];
+        UdpRepr {
+            src_port: src.1,
+            dst_port: dst.1,
+        }
+        .emit(
+            &mut UdpPacket::new_unchecked(&mut l4[..]),
+            &src.0,
+            &dst.0,
+            payload.len(),
+            |p| p.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+        l4
+    }
+
+    /// A UDP datagram in Ethernet + IP.
+    pub fn udp(src: (IpAddress, u16), dst: (IpAddress, u16), payload: &[u8]) -> Vec<u8> {
+        wrap(src.0, dst.0, IpProtocol::Udp, &udp_l4(src, dst, payload))
+    }
 
     /// An Ethernet + IPv4 frame `src` → `dst` carrying `payload` as protocol
     /// 17 (UDP-ish: the payload is not a valid UDP header unless the caller

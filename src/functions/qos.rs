@@ -81,17 +81,15 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
 
 use smoltcp::time::Instant;
 
+use super::matching::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_ports,
+    parse_proto,
+};
 use super::{Emit, Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
 use crate::config::MediumName;
-
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMPV6: u8 = 58;
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
 /// benchmarks') with its headers at any MTU, without a drop — smoltcp has
@@ -121,23 +119,6 @@ const MAX_EXTENSION_HEADERS: usize = 8;
 pub enum RateSpec {
     Bits(i64),
     Text(String),
-}
-
-/// A port or an inclusive range: `80` or `"1024-65535"`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum PortSpec {
-    Number(i64),
-    Range(String),
-}
-
-/// An IP protocol: `"tcp"`, `"udp"`, `"icmp"` (ICMP or ICMPv6, by the
-/// packet's IP version), `"icmpv6"`, or a protocol number.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum ProtoSpec {
-    Number(i64),
-    Name(String),
 }
 
 /// What happens to a packet arriving at a full queue, and before that.
@@ -275,60 +256,6 @@ pub fn parse_rate(spec: &RateSpec) -> Result<u64, String> {
     Ok(bits)
 }
 
-/// An address prefix; IPv4 addresses live in the low 32 bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Prefix {
-    v6: bool,
-    addr: u128,
-    mask: u128,
-}
-
-impl Prefix {
-    fn parse(s: &str) -> Option<Prefix> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (a, Some(l.trim().parse::<u32>().ok()?)),
-            None => (s, None),
-        };
-        let (v6, addr, bits) = match addr.trim().parse::<IpAddr>().ok()? {
-            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32),
-            IpAddr::V6(a) => (true, u128::from(a), 128),
-        };
-        let len = len.unwrap_or(bits);
-        if len > bits {
-            return None;
-        }
-        let full = if v6 { u128::MAX } else { u128::from(u32::MAX) };
-        let mask = full.checked_shl(bits - len).unwrap_or(0) & full;
-        Some(Prefix {
-            v6,
-            addr: addr & mask,
-            mask,
-        })
-    }
-
-    fn contains(&self, v6: bool, addr: u128) -> bool {
-        self.v6 == v6 && addr & self.mask == self.addr
-    }
-}
-
-fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
-    let one = |s: &str| s.trim().parse::<u16>().ok();
-    let (lo, hi) = match spec {
-        PortSpec::Number(n) => {
-            let p = u16::try_from(*n).ok()?;
-            (p, p)
-        }
-        PortSpec::Range(s) => match s.split_once('-') {
-            Some((a, b)) => (one(a)?, one(b)?),
-            None => {
-                let p = one(s)?;
-                (p, p)
-            }
-        },
-    };
-    (lo <= hi).then_some((lo, hi))
-}
-
 /// A class's protocol criterion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProtoMatch {
@@ -362,20 +289,11 @@ impl Matcher {
         }
         let proto = match &c.proto {
             None => ProtoMatch::Any,
-            Some(ProtoSpec::Number(n)) => ProtoMatch::Number(
-                u8::try_from(*n).map_err(|_| format!("class {name}: proto {n} is not 0..=255"))?,
-            ),
-            Some(ProtoSpec::Name(s)) => match s.to_ascii_lowercase().as_str() {
-                "tcp" => ProtoMatch::Number(PROTO_TCP),
-                "udp" => ProtoMatch::Number(PROTO_UDP),
-                "icmp" => ProtoMatch::Icmp,
-                "icmpv6" => ProtoMatch::Number(PROTO_ICMPV6),
-                _ => {
-                    return Err(format!(
-                        "class {name}: proto {s:?} is not tcp, udp, icmp, icmpv6 or a number"
-                    ));
-                }
-            },
+            // QoS treats ping alike in both IP versions.
+            Some(ProtoSpec::Name(s)) if s == "icmp" => ProtoMatch::Icmp,
+            Some(p) => ProtoMatch::Number(parse_proto(p).ok_or_else(|| {
+                format!("class {name}: proto {p:?} is not tcp, udp, icmp, icmpv6 or 0..=255")
+            })?),
         };
         let prefix = |what: &str, s: &Option<String>| -> Result<Option<Prefix>, String> {
             s.as_deref()

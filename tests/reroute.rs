@@ -1,0 +1,429 @@
+//! Re-routing with health-checked next hops, on a symmetric topology with
+//! two parallel paths:
+//!
+//! ```text
+//! client ─edge1─ r1 ═core1═ { a, b } ═core2═ r2 ─edge2─ server
+//! 10.1.0.x  .254 | .1      .2   .3    .1 |  .254    10.2.0.2
+//! ```
+//! r1 and r2 are reroute devices preferring a and failing over to b; a and b
+//! are plain forwarding devices. r1 finds a and b by device name, r2 by
+//! fixed address (so one side sees a vanish from the directory, the other
+//! only through lost ICMP probes).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment, SegmentKind};
+use shmnet::stack::{DeviceHandle, DeviceStats};
+
+struct Nets {
+    edge1: String,
+    core1: String,
+    core2: String,
+    edge2: String,
+}
+
+impl Nets {
+    fn new() -> Nets {
+        Nets {
+            edge1: unique("edge1"),
+            core1: unique("core1"),
+            core2: unique("core2"),
+            edge2: unique("edge2"),
+        }
+    }
+
+    fn load(text: &str) -> DeviceSettings {
+        DeviceConfig::from_toml(text, "reroute-test").expect("test config is valid")
+    }
+
+    /// a (host 2) or b (host 3): forwards between the two cores.
+    fn path(&self, name: &str, host: u8) -> DeviceSettings {
+        Self::load(&format!(
+            r#"
+name = "{name}"
+forward = true
+local = {{ segment = "{c1}", address = "10.21.0.{host}/24", address6 = "fd00:21::{host}/64" }}
+global = {{ segment = "{c2}", address = "10.22.0.{host}/24" }}
+route = [{{ to = "10.1.0.0/24", via = "10.21.0.1" }}, {{ to = "10.2.0.0/24", via = "10.22.0.1" }}]
+"#,
+            c1 = self.core1,
+            c2 = self.core2
+        ))
+    }
+
+    /// r1, whose routing table sends edge2's traffic through a; `extra`
+    /// goes into its function's table.
+    fn r1(&self, rules: &str, extra_hops: &str) -> DeviceSettings {
+        Self::load(&format!(
+            r#"
+name = "r1"
+forward = true
+local = {{ segment = "{e1}", address = "10.1.0.254/24" }}
+global = {{ segment = "{c1}", address = "10.21.0.1/24", address6 = "fd00:21::1/64" }}
+route = [{{ to = "10.2.0.0/24", via = "10.21.0.2" }}]
+[function]
+kind = "reroute"
+next_hop = [
+    {{ name = "a", device = "a", interval = "50ms", timeout = "250ms" }},
+    {{ name = "b", device = "b", interval = "50ms", timeout = "250ms" }},
+    {extra_hops}
+]
+rule = [{rules}]
+"#,
+            e1 = self.edge1,
+            c1 = self.core1
+        ))
+    }
+
+    fn r2(&self, rules: &str) -> DeviceSettings {
+        Self::load(&format!(
+            r#"
+name = "r2"
+forward = true
+local = {{ segment = "{e2}", address = "10.2.0.254/24" }}
+global = {{ segment = "{c2}", address = "10.22.0.1/24" }}
+route = [{{ to = "10.1.0.0/24", via = "10.22.0.2" }}]
+[function]
+kind = "reroute"
+next_hop = [
+    {{ name = "a", address = "10.22.0.2", interval = "50ms", timeout = "250ms" }},
+    {{ name = "b", address = "10.22.0.3", interval = "50ms", timeout = "250ms" }},
+]
+rule = [{rules}]
+"#,
+            e2 = self.edge2,
+            c2 = self.core2
+        ))
+    }
+
+    fn server(&self, name: &str, host: u8, port: u16) -> DeviceSettings {
+        Self::load(&format!(
+            r#"
+name = "{name}"
+function = {{ kind = "echo", port = {port} }}
+local = {{ segment = "{e2}", address = "10.2.0.{host}/24" }}
+global = {{ segment = "{g}", address = "10.200.0.{host}/16" }}
+route = [{{ to = "10.1.0.0/24", via = "10.2.0.254" }}]
+"#,
+            e2 = self.edge2,
+            g = unique("sg")
+        ))
+    }
+
+    /// A client on edge1 (host `host`) running `tcp` exchanges of `bytes`.
+    fn client(&self, host: u8, tcp: &str, bytes: usize) -> DeviceSettings {
+        Self::load(&format!(
+            r#"
+name = "client{host}"
+function = {{ kind = "probe", tcp = [{tcp}], bytes = {bytes}, timeout_ms = 60000 }}
+local = {{ segment = "{e1}", address = "10.1.0.{host}/24" }}
+global = {{ segment = "{g}", address = "10.100.0.{host}/16" }}
+route = [{{ to = "10.2.0.0/24", via = "10.1.0.254" }}]
+"#,
+            e1 = self.edge1,
+            g = unique("cg")
+        ))
+    }
+}
+
+fn counter(s: &DeviceStats, name: &str) -> u64 {
+    s.function_counters
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| *v)
+        .unwrap_or_else(|| panic!("no counter {name}: {s:?}"))
+}
+
+/// Waits until `what` holds for `h`'s stats (function counters reach
+/// handles every 50 ms).
+fn wait_for(h: &DeviceHandle, limit: Duration, what: &str, cond: impl Fn(&DeviceStats) -> bool) {
+    let t0 = Instant::now();
+    loop {
+        let s = h.stats();
+        if !s.function_counters.is_empty() && cond(&s) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{}: {what} never held: {s:?}",
+            h.name()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs one client's exchanges to completion; every one must arrive intact.
+fn transfer(c: &DeviceSettings) {
+    let (h, t) = spawn(c);
+    let report = wait_finished(&h, Duration::from_secs(90));
+    h.stop();
+    t.join().unwrap();
+    assert!(
+        !report.is_empty() && report.iter().all(|l| l.contains("intact")),
+        "{report:?}"
+    );
+}
+
+fn stop(devices: Vec<(DeviceHandle, std::thread::JoinHandle<shmnet::stack::Device>)>) {
+    for (h, t) in devices {
+        h.stop();
+        t.join().unwrap();
+    }
+}
+
+const ALL_VIA_A_THEN_B: (&str, &str) = (
+    r#"{ name = "edge2", dst = "10.2.0.0/24", via = ["a", "b"] }"#,
+    r#"{ name = "edge1", dst = "10.1.0.0/24", via = ["a", "b"] }"#,
+);
+
+/// (1) A transfer goes through a; (2) a dies mid-transfer: r1 and r2 fail
+/// over and the transfer completes intact through b; a comes back: they
+/// fail back and new traffic goes through a again.
+#[test]
+fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
+    let nets = Nets::new();
+    let (a_cfg, b_cfg) = (nets.path("a", 2), nets.path("b", 3));
+    let (r1_rules, r2_rules) = ALL_VIA_A_THEN_B;
+    let mut a = Some(spawn(&a_cfg));
+    let b = spawn(&b_cfg);
+    let rest: Vec<_> = [
+        nets.server("server", 2, 7),
+        nets.r1(r1_rules, ""),
+        nets.r2(r2_rules),
+    ]
+    .iter()
+    .map(spawn)
+    .collect();
+    let (r1, r2) = (&rest[1].0, &rest[2].0);
+    let both_up =
+        |s: &DeviceStats| counter(s, "next_hop.a.up") == 1 && counter(s, "next_hop.b.up") == 1;
+    wait_for(r1, Duration::from_secs(10), "a and b up", both_up);
+    wait_for(r2, Duration::from_secs(10), "a and b up", both_up);
+
+    // (1) Everything goes through a.
+    let mib4 = 4 << 20;
+    transfer(&nets.client(1, "\"10.2.0.2:7\"", mib4));
+    let a_fwd = a.as_ref().unwrap().0.stats().forwarded;
+    let b_fwd = b.0.stats().forwarded;
+    // Both directions of 4 MiB in segments of at most 1460 bytes.
+    let segments = 2 * mib4 as u64 / 1460;
+    assert!(a_fwd > segments, "a forwarded {a_fwd}");
+    assert!(b_fwd * 20 < a_fwd, "b forwarded {b_fwd}, a {a_fwd}");
+    for r in [r1, r2] {
+        wait_for(r, Duration::from_secs(5), "traffic via a counted", |s| {
+            counter(s, "next_hop.a.packets") > segments / 2
+        });
+        let s = r.stats();
+        assert_eq!(counter(&s, "next_hop.b.packets"), 0, "{s:?}");
+        assert!(counter(&s, "next_hop.a.probes_sent") > 0, "{s:?}");
+        assert_eq!(counter(&s, "malformed"), 0, "{s:?}");
+    }
+
+    // (2) a dies in the middle of a 16 MiB transfer.
+    let mib16 = 16 << 20;
+    let (ch, ct) = spawn(&nets.client(2, "\"10.2.0.2:7\"", mib16));
+    let (ah, at) = a.take().unwrap();
+    let t0 = Instant::now();
+    while ah.stats().forwarded < a_fwd + 2000 && !ch.finished() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no traffic through a"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        !ch.finished(),
+        "the transfer ended before a could be stopped"
+    );
+    ah.stop();
+    drop(at.join().unwrap());
+    let report = wait_finished(&ch, Duration::from_secs(90));
+    ch.stop();
+    ct.join().unwrap();
+    assert!(
+        report.len() == 1 && report[0].contains(&format!("{mib16} bytes echoed intact")),
+        "{report:?}"
+    );
+    let b_after = b.0.stats().forwarded;
+    assert!(
+        b_after > b_fwd + 1000,
+        "b forwarded {b_after} (before: {b_fwd})"
+    );
+    for r in [r1, r2] {
+        wait_for(r, Duration::from_secs(5), "a down, failed over", |s| {
+            counter(s, "next_hop.a.up") == 0 && counter(s, "failovers") >= 1
+        });
+        wait_for(r, Duration::from_secs(5), "traffic via b counted", |s| {
+            counter(s, "next_hop.b.packets") > 1000
+        });
+    }
+    // r2 noticed through its probes.
+    assert!(counter(&r2.stats(), "next_hop.a.probes_lost") >= 3);
+
+    // a returns: both fail back, and new traffic takes a again.
+    let a2 = spawn(&a_cfg);
+    for r in [r1, r2] {
+        wait_for(r, Duration::from_secs(10), "a up, failed back", |s| {
+            counter(s, "next_hop.a.up") == 1 && counter(s, "failbacks") >= 1
+        });
+    }
+    let b_before = b.0.stats().forwarded;
+    transfer(&nets.client(3, "\"10.2.0.2:7\"", mib4));
+    let a2_fwd = a2.0.stats().forwarded;
+    let b_delta = b.0.stats().forwarded - b_before;
+    assert!(a2_fwd > segments, "a forwarded {a2_fwd}");
+    assert!(b_delta * 20 < a2_fwd, "b forwarded {b_delta}, a {a2_fwd}");
+    let mut all = rest;
+    all.push(a2);
+    all.push(b);
+    stop(all);
+}
+
+/// (3) Only port 9 is re-routed (through b); port 7 follows the routing
+/// table (through a). An IPv6 next hop is health-checked with ICMPv6.
+#[test]
+fn a_rule_reroutes_only_the_traffic_it_matches() {
+    let nets = Nets::new();
+    let r1 = nets.r1(
+        r#"{ name = "port9", proto = "tcp", dport = 9, via = ["b", "a"] }"#,
+        r#"{ name = "a6", address = "fd00:21::2", interval = "50ms", timeout = "250ms" }"#,
+    );
+    let r2 = nets.r2(r#"{ name = "port9", proto = "tcp", sport = 9, via = ["b", "a"] }"#);
+    let devices: Vec<_> = [
+        nets.path("a", 2),
+        nets.path("b", 3),
+        nets.server("server", 2, 7),
+        nets.server("server9", 9, 9),
+        r1,
+        r2,
+    ]
+    .iter()
+    .map(spawn)
+    .collect();
+    let mib2 = 2 << 20;
+    transfer(&nets.client(1, "\"10.2.0.2:7\", \"10.2.0.9:9\"", mib2));
+    let (a, b) = (devices[0].0.stats(), devices[1].0.stats());
+    let segments = 2 * mib2 as u64 / 1460;
+    assert!(a.forwarded > segments, "{a:?}");
+    assert!(b.forwarded > segments, "{b:?}");
+    for h in [&devices[4].0, &devices[5].0] {
+        wait_for(h, Duration::from_secs(5), "counters published", |s| {
+            counter(s, "rule.port9.packets") > segments / 2
+        });
+        let s = h.stats();
+        // Port 9 went via b (its first choice); the rest matched no rule.
+        assert_eq!(
+            counter(&s, "next_hop.b.packets"),
+            counter(&s, "rule.port9.packets"),
+            "{s:?}"
+        );
+        assert_eq!(counter(&s, "next_hop.a.packets"), 0, "{s:?}");
+        assert!(counter(&s, "unmatched") > segments / 2, "{s:?}");
+        assert_eq!(counter(&s, "failovers"), 0, "{s:?}");
+    }
+    // a answers ICMPv6 echo on core1: after several probes a6 is still up
+    // (`fall` = 3 misses in a row would have taken it down).
+    wait_for(&devices[4].0, Duration::from_secs(10), "a6 probed", |s| {
+        counter(s, "next_hop.a6.probes_sent") >= 6
+    });
+    let s = devices[4].0.stats();
+    assert_eq!(counter(&s, "next_hop.a6.up"), 1, "{s:?}");
+    assert!(counter(&s, "next_hop.a6.probes_lost") < 3, "{s:?}");
+    stop(devices);
+}
+
+/// (4) Truncated and mangled frames sent at r1: no panic, counted, and r1
+/// still routes afterwards.
+#[test]
+fn malformed_frames_do_not_stop_the_rerouter() {
+    let nets = Nets::new();
+    let (r1_rules, r2_rules) = ALL_VIA_A_THEN_B;
+    let r1 = nets.r1(r1_rules, "");
+    let r1_mac = r1.mac;
+    let devices: Vec<_> = [
+        nets.path("a", 2),
+        nets.path("b", 3),
+        nets.server("server", 2, 7),
+        r1,
+        nets.r2(r2_rules),
+    ]
+    .iter()
+    .map(spawn)
+    .collect();
+
+    let seg = Segment::open_or_create(&nets.edge1, SegmentKind::Process, &NetworkParams::new(1500))
+        .unwrap();
+    let mut raw = seg.attach(&PortInfo::named("vandal")).unwrap();
+    let targets: Vec<Peer> = seg
+        .peers()
+        .into_iter()
+        .filter(|p| p.index != raw.index())
+        .map(|p| Peer {
+            index: p.index,
+            epoch: p.epoch,
+        })
+        .collect();
+    // A TCP segment 10.1.0.66:40000 -> 10.2.0.77:9 (IPv4, then IPv6): to
+    // no one, so that the garbage that gets forwarded occupies no server.
+    let mut v4 = vec![0u8; 14 + 20 + 20 + 16];
+    v4[..6].copy_from_slice(&r1_mac);
+    v4[12..14].copy_from_slice(&[0x08, 0x00]);
+    v4[14..34].copy_from_slice(&[
+        0x45, 0, 0, 56, 0, 1, 0, 0, 64, 6, 0, 0, 10, 1, 0, 66, 10, 2, 0, 77,
+    ]);
+    v4[34..38].copy_from_slice(&[0x9c, 0x40, 0, 9]);
+    v4[46] = 0x50;
+    let mut v6 = vec![0u8; 14 + 40 + 20];
+    v6[..6].copy_from_slice(&r1_mac);
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    v6[14] = 0x60;
+    v6[18..20].copy_from_slice(&20u16.to_be_bytes());
+    v6[20] = 6;
+    v6[21] = 64;
+    v6[22..24].copy_from_slice(&[0xfd, 0]);
+    v6[38..40].copy_from_slice(&[0xfd, 0]);
+    v6[54..58].copy_from_slice(&[0x9c, 0x40, 0, 9]);
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for f in [&v4, &v6] {
+        frames.extend((1..f.len()).map(|n| f[..n].to_vec()));
+    }
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for i in 0..2000 {
+        let mut f = if i % 2 == 0 { v4.clone() } else { v6.clone() };
+        for _ in 0..3 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = 14 + (x % (f.len() as u64 - 14)) as usize;
+            f[at] = (x >> 40) as u8;
+        }
+        frames.push(f);
+    }
+    for f in &frames {
+        let buf = loop {
+            if let Some(b) = raw.alloc() {
+                break b;
+            }
+            raw.flush();
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let mut buf = buf;
+        raw.buffer_mut(&mut buf)[..f.len()].copy_from_slice(f);
+        raw.send(buf, f.len(), &targets);
+        raw.flush();
+    }
+    drop(raw);
+    let r1h = &devices[3].0;
+    wait_for(r1h, Duration::from_secs(10), "malformed counted", |s| {
+        counter(s, "malformed") >= 100
+    });
+    // Still routing, through a.
+    transfer(&nets.client(1, "\"10.2.0.2:7\"", 1 << 20));
+    let s = r1h.stats();
+    assert!(counter(&s, "next_hop.a.packets") > 700, "{s:?}");
+    stop(devices);
+}
