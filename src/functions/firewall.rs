@@ -73,7 +73,7 @@ use smoltcp::wire::{
 };
 
 use super::matching::{
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, parse_ports,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ports_field, prefix_field,
 };
 use super::{Frame, Function, FunctionError, Role, Verdict};
 use crate::config::MediumName;
@@ -258,30 +258,9 @@ struct Rule {
 
 impl Rule {
     fn compile(i: usize, r: &RuleConfig) -> Result<Rule, String> {
-        let prefix = |what: &str, s: &Option<String>| -> Result<Option<Prefix>, String> {
-            s.as_deref()
-                .map(|s| {
-                    Prefix::parse(s).ok_or_else(|| {
-                        format!(
-                            "rule {i}: {what} {s:?} is not an address prefix \
-                             (like \"10.0.0.0/24\" or \"fd00::/64\")"
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let ports = |what: &str, p: &Option<PortSpec>| -> Result<Option<(u16, u16)>, String> {
-            p.as_ref()
-                .map(|p| {
-                    parse_ports(p).ok_or_else(|| {
-                        format!(
-                            "rule {i}: {what} {p:?} is not a port or range \
-                             (like 80 or \"1024-65535\", within 0..=65535, low end first)"
-                        )
-                    })
-                })
-                .transpose()
-        };
+        let name = i.to_string();
+        let prefix = |field: &str, s: &Option<String>| prefix_field(&name, field, s.as_deref());
+        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&name, field, p.as_ref());
         let rule = Rule {
             action: r.action,
             direction: r.direction,

@@ -75,7 +75,8 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
 use super::matching::{
-    PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_duration, parse_ports, parse_proto,
+    PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_duration, ports_field, prefix_field,
+    proto_field,
 };
 use super::{
     Directory, Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict,
@@ -356,42 +357,9 @@ struct Rule {
 impl Rule {
     fn compile(i: usize, r: &RuleConfig, hops: &[Hop]) -> Result<Rule, String> {
         let name = r.name.clone().unwrap_or_else(|| i.to_string());
-        let prefix = |what: &str, s: &Option<String>| -> Result<Option<Prefix>, String> {
-            s.as_deref()
-                .map(|s| {
-                    Prefix::parse(s).ok_or_else(|| {
-                        format!(
-                            "rule {name}: {what} {s:?} is not an address prefix \
-                             (like \"10.0.0.0/24\" or \"fd00::/64\")"
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let ports = |what: &str, p: &Option<PortSpec>| -> Result<Option<(u16, u16)>, String> {
-            p.as_ref()
-                .map(|p| {
-                    parse_ports(p).ok_or_else(|| {
-                        format!(
-                            "rule {name}: {what} {p:?} is not a port or range \
-                             (like 80 or \"1024-65535\", within 0..=65535, low end first)"
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let proto = r
-            .proto
-            .as_ref()
-            .map(|p| {
-                parse_proto(p).ok_or_else(|| {
-                    format!(
-                        "rule {name}: proto {p:?} is not \"tcp\", \"udp\", \"icmp\", \
-                         \"icmpv6\" or a number 0..=255"
-                    )
-                })
-            })
-            .transpose()?;
+        let proto = proto_field(&name, r.proto.as_ref())?;
+        let prefix = |field: &str, s: &Option<String>| prefix_field(&name, field, s.as_deref());
+        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&name, field, p.as_ref());
         let rule = Rule {
             src: prefix("src", &r.src)?,
             dst: prefix("dst", &r.dst)?,
