@@ -258,9 +258,9 @@ struct Rule {
 
 impl Rule {
     fn compile(i: usize, r: &RuleConfig) -> Result<Rule, String> {
-        let name = i.to_string();
-        let prefix = |field: &str, s: &Option<String>| prefix_field(&name, field, s.as_deref());
-        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&name, field, p.as_ref());
+        let owner = format!("rule {i}");
+        let prefix = |field: &str, s: &Option<String>| prefix_field(&owner, field, s.as_deref());
+        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&owner, field, p.as_ref());
         let rule = Rule {
             action: r.action,
             direction: r.direction,

@@ -106,12 +106,13 @@ pub fn parse_proto(p: &ProtoSpec) -> Option<u8> {
     }
 }
 
-/// An optional prefix field `field` of rule `rule`; the error names both.
-pub fn prefix_field(rule: &str, field: &str, s: Option<&str>) -> Result<Option<Prefix>, String> {
+/// An optional prefix field `field` of `owner` (e.g. "rule 3"); the error
+/// names both.
+pub fn prefix_field(owner: &str, field: &str, s: Option<&str>) -> Result<Option<Prefix>, String> {
     s.map(|s| {
         Prefix::parse(s).ok_or_else(|| {
             format!(
-                "rule {rule}: {field} {s:?} is not an address prefix \
+                "{owner}: {field} {s:?} is not an address prefix \
                  (like \"10.0.0.0/24\" or \"fd00::/64\")"
             )
         })
@@ -119,16 +120,16 @@ pub fn prefix_field(rule: &str, field: &str, s: Option<&str>) -> Result<Option<P
     .transpose()
 }
 
-/// An optional port field `field` of rule `rule`; the error names both.
+/// An optional port field `field` of `owner`; the error names both.
 pub fn ports_field(
-    rule: &str,
+    owner: &str,
     field: &str,
     p: Option<&PortSpec>,
 ) -> Result<Option<(u16, u16)>, String> {
     p.map(|p| {
         parse_ports(p).ok_or_else(|| {
             format!(
-                "rule {rule}: {field} {p:?} is not a port or range \
+                "{owner}: {field} {p:?} is not a port or range \
                  (like 80 or \"1024-65535\", within 0..=65535, low end first)"
             )
         })
@@ -136,12 +137,12 @@ pub fn ports_field(
     .transpose()
 }
 
-/// An optional `proto` field of rule `rule`; the error names it.
-pub fn proto_field(rule: &str, p: Option<&ProtoSpec>) -> Result<Option<u8>, String> {
+/// An optional `proto` field of `owner`; the error names it.
+pub fn proto_field(owner: &str, p: Option<&ProtoSpec>) -> Result<Option<u8>, String> {
     p.map(|p| {
         parse_proto(p).ok_or_else(|| {
             format!(
-                "rule {rule}: proto {p:?} is not \"tcp\", \"udp\", \"icmp\", \
+                "{owner}: proto {p:?} is not \"tcp\", \"udp\", \"icmp\", \
                  \"icmpv6\" or a number 0..=255"
             )
         })

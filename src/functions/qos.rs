@@ -85,8 +85,8 @@ use std::collections::VecDeque;
 use smoltcp::time::Instant;
 
 use super::matching::{
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_ports,
-    parse_proto,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ProtoSpec, parse_proto,
+    ports_field, prefix_field,
 };
 use super::{Emit, Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
 use crate::config::MediumName;
@@ -295,30 +295,9 @@ impl Matcher {
                 format!("class {name}: proto {p:?} is not tcp, udp, icmp, icmpv6 or 0..=255")
             })?),
         };
-        let prefix = |what: &str, s: &Option<String>| -> Result<Option<Prefix>, String> {
-            s.as_deref()
-                .map(|s| {
-                    Prefix::parse(s).ok_or_else(|| {
-                        format!(
-                            "class {name}: {what} {s:?} is not an address prefix \
-                             (like \"10.0.0.0/24\" or \"fd00::/64\")"
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let ports = |what: &str, p: &Option<PortSpec>| -> Result<Option<(u16, u16)>, String> {
-            p.as_ref()
-                .map(|p| {
-                    parse_ports(p).ok_or_else(|| {
-                        format!(
-                            "class {name}: {what} {p:?} is not a port or range \
-                             (like 80 or \"1024-65535\", low end first)"
-                        )
-                    })
-                })
-                .transpose()
-        };
+        let owner = format!("class {name}");
+        let prefix = |field: &str, s: &Option<String>| prefix_field(&owner, field, s.as_deref());
+        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&owner, field, p.as_ref());
         let m = Matcher {
             dscp,
             proto,

@@ -357,9 +357,10 @@ struct Rule {
 impl Rule {
     fn compile(i: usize, r: &RuleConfig, hops: &[Hop]) -> Result<Rule, String> {
         let name = r.name.clone().unwrap_or_else(|| i.to_string());
-        let proto = proto_field(&name, r.proto.as_ref())?;
-        let prefix = |field: &str, s: &Option<String>| prefix_field(&name, field, s.as_deref());
-        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&name, field, p.as_ref());
+        let owner = format!("rule {name}");
+        let proto = proto_field(&owner, r.proto.as_ref())?;
+        let prefix = |field: &str, s: &Option<String>| prefix_field(&owner, field, s.as_deref());
+        let ports = |field: &str, p: &Option<PortSpec>| ports_field(&owner, field, p.as_ref());
         let rule = Rule {
             src: prefix("src", &r.src)?,
             dst: prefix("dst", &r.dst)?,
