@@ -223,19 +223,6 @@ fn close(dev: &mut Device, conns: Vec<Conn>) {
     }
 }
 
-/// Waits (up to 10 s) until the balancer's counters satisfy `ok`.
-fn wait_for(h: &DeviceHandle, what: &str, ok: impl Fn(&DeviceStats) -> bool) -> DeviceStats {
-    let t0 = Instant::now();
-    loop {
-        let s = h.stats();
-        if ok(&s) {
-            return s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: {s:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn flows_of(s: &DeviceStats, i: usize) -> u64 {
     s.function_counter(&format!("backend.{}:7.flows", backend_addr(i)))
         .unwrap_or(0)
@@ -321,7 +308,7 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
 
     let mut first = connect(&mut client, 41000..41030);
     exchange(&mut client, &mut first, 32 * 1024);
-    let s = wait_for(&lh, "flows counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "flows counted", |s| {
         (0..3).map(|i| flows_of(s, i)).sum::<u64>() == 30
     });
     for (i, (h, _)) in devices.iter().enumerate().take(3) {
@@ -334,9 +321,12 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
     // Add backend 3.
     let f: FunctionConfig = toml::from_str(&balancer_function(4)).expect("function config");
     lh.reconfigure(f);
-    wait_for(&lh, "fourth backend configured", |s| {
-        s.function_counter(&format!("backend.{}:7.up", backend_addr(3))) == Some(1)
-    });
+    wait_for(
+        &lh,
+        Duration::from_secs(10),
+        "fourth backend configured",
+        |s| s.function_counter(&format!("backend.{}:7.up", backend_addr(3))) == Some(1),
+    );
     // Old connections: same backends (another backend would reset them).
     exchange(&mut client, &mut first, 32 * 1024);
     // Echo counters reach handles every 50 ms: wait for all the bytes.
@@ -353,7 +343,7 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
     // New connections also reach the new backend.
     let mut second = connect(&mut client, 42000..42030);
     exchange(&mut client, &mut second, 16 * 1024);
-    let s = wait_for(&lh, "new flows counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "new flows counted", |s| {
         (0..4).map(|i| flows_of(s, i)).sum::<u64>() == 60
     });
     assert!(flows_of(&s, 3) >= 3, "the new backend got few flows: {s:?}");
@@ -363,7 +353,7 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
     send_garbage(&net, &lb_cfg);
     exchange(&mut client, &mut first, 8 * 1024);
     exchange(&mut client, &mut second, 8 * 1024);
-    let s = wait_for(&lh, "garbage counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "garbage counted", |s| {
         s.function_counter("malformed").unwrap_or(0) > 100
     });
     assert_eq!(s.function_counter("table_full"), Some(0), "{s:?}");
@@ -392,7 +382,7 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let (h, t) = backends[0].take().expect("running");
     h.stop();
     t.join().expect("backend thread");
-    let s = wait_for(&lh, "backend 0 marked down", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "backend 0 marked down", |s| {
         s.function_counter(&up(0)) == Some(0)
     });
     assert!(s.function_counter("health_changes") >= Some(1), "{s:?}");
@@ -401,7 +391,7 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let mut conns = connect(&mut client, 43000..43024);
     exchange(&mut client, &mut conns, 8 * 1024);
     close(&mut client, conns);
-    let s = wait_for(&lh, "flows counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "flows counted", |s| {
         (0..3).map(|i| flows_of(s, i)).sum::<u64>() == 12 + 24
     });
     assert_eq!(
@@ -413,13 +403,13 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
 
     // Bring it back.
     backends[0] = Some(spawn(&net.backend(0)));
-    wait_for(&lh, "backend 0 back up", |s| {
+    wait_for(&lh, Duration::from_secs(10), "backend 0 back up", |s| {
         s.function_counter(&up(0)) == Some(1)
     });
     let mut conns = connect(&mut client, 44000..44024);
     exchange(&mut client, &mut conns, 8 * 1024);
     close(&mut client, conns);
-    let s = wait_for(&lh, "flows counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "flows counted", |s| {
         (0..3).map(|i| flows_of(s, i)).sum::<u64>() >= 12 + 24 + 24
     });
     assert!(
@@ -487,7 +477,7 @@ fn udp_to_the_vip_is_answered_and_spread() {
         assert!(t0.elapsed() < Duration::from_secs(20), "datagrams: {got:?}");
         got.iter().all(|&g| g == 4)
     });
-    let s = wait_for(&lh, "udp flows counted", |s| {
+    let s = wait_for(&lh, Duration::from_secs(10), "udp flows counted", |s| {
         s.function_counter("service.echo-udp.flows") == Some(24)
     });
     // Every backend answered some (counters reach handles every 50 ms).
@@ -508,7 +498,7 @@ fn udp_to_the_vip_is_answered_and_spread() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    wait_for(&lh, "udp packets counted", |s| {
+    wait_for(&lh, Duration::from_secs(10), "udp packets counted", |s| {
         s.function_counter("service.echo-udp.packets") >= Some(24 * 4 * 2)
     });
     devices.push((lh, lt));

@@ -174,7 +174,8 @@ route = [{{ to = "10.1.0.0/24", via = "10.2.0.1" }}]
     stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
 }
 
-/// A next hop on neither of the device's networks is a counted drop.
+/// A next hop on neither of the device's networks is a counted drop; a
+/// redirect to a network goes to the destination if it is on it.
 #[test]
 fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
     let router = shmnet::stack::Router::new(
@@ -203,6 +204,21 @@ fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
     let near = IpAddress::Ipv4(Ipv4Address::new(10, 2, 0, 7));
     assert_eq!(
         router.via(&frame, near),
+        shmnet::stack::nic::Transit::Forward {
+            egress: Role::Global,
+            next_hop: near
+        }
+    );
+    // Redirected to the global network: no gateway there, no route.
+    frame[14 + 16..14 + 20].copy_from_slice(&[192, 0, 2, 1]);
+    assert_eq!(
+        router.redirect(&frame, Role::Global),
+        shmnet::stack::nic::Transit::NoRoute
+    );
+    // A destination on the global network is its own next hop.
+    frame[14 + 16..14 + 20].copy_from_slice(&[10, 2, 0, 7]);
+    assert_eq!(
+        router.redirect(&frame, Role::Global),
         shmnet::stack::nic::Transit::Forward {
             egress: Role::Global,
             next_hop: near

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use shmnet::config::{DeviceConfig, DeviceSettings};
 use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment, SegmentKind};
-use shmnet::stack::{DeviceHandle, DeviceStats};
+use shmnet::stack::DeviceStats;
 
 struct Nets {
     edge1: String,
@@ -130,32 +130,6 @@ route = [{{ to = "10.2.0.0/24", via = "10.1.0.254" }}]
     }
 }
 
-fn counter(s: &DeviceStats, name: &str) -> u64 {
-    s.function_counters
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| *v)
-        .unwrap_or_else(|| panic!("no counter {name}: {s:?}"))
-}
-
-/// Waits until `what` holds for `h`'s stats (function counters reach
-/// handles every 50 ms).
-fn wait_for(h: &DeviceHandle, limit: Duration, what: &str, cond: impl Fn(&DeviceStats) -> bool) {
-    let t0 = Instant::now();
-    loop {
-        let s = h.stats();
-        if !s.function_counters.is_empty() && cond(&s) {
-            return;
-        }
-        assert!(
-            t0.elapsed() < limit,
-            "{}: {what} never held: {s:?}",
-            h.name()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Runs one client's exchanges to completion; every one must arrive intact.
 fn transfer(c: &DeviceSettings) {
     let (h, t) = spawn(c);
@@ -166,13 +140,6 @@ fn transfer(c: &DeviceSettings) {
         !report.is_empty() && report.iter().all(|l| l.contains("intact")),
         "{report:?}"
     );
-}
-
-fn stop(devices: Vec<(DeviceHandle, std::thread::JoinHandle<shmnet::stack::Device>)>) {
-    for (h, t) in devices {
-        h.stop();
-        t.join().unwrap();
-    }
 }
 
 const ALL_VIA_A_THEN_B: (&str, &str) = (
@@ -280,7 +247,7 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
     let mut all = rest;
     all.push(a2);
     all.push(b);
-    stop(all);
+    stop_all(all);
 }
 
 /// (3) Only port 9 is re-routed (through b); port 7 follows the routing
@@ -333,7 +300,7 @@ fn a_rule_reroutes_only_the_traffic_it_matches() {
     let s = devices[4].0.stats();
     assert_eq!(counter(&s, "next_hop.a6.up"), 1, "{s:?}");
     assert!(counter(&s, "next_hop.a6.probes_lost") < 3, "{s:?}");
-    stop(devices);
+    stop_all(devices);
 }
 
 /// (4) Truncated and mangled frames sent at r1: no panic, counted, and r1
@@ -425,5 +392,64 @@ fn malformed_frames_do_not_stop_the_rerouter() {
     transfer(&nets.client(1, "\"10.2.0.2:7\"", 1 << 20));
     let s = r1h.stats();
     assert!(counter(&s, "next_hop.a.packets") > 700, "{s:?}");
-    stop(devices);
+    stop_all(devices);
+}
+
+/// A next hop can be a network: r's table sends 10.3.0.0/24 to a gateway
+/// on its local network that does not exist; a rule sends it out of the
+/// global network instead, to that network's default gateway x.
+///
+/// ```text
+/// client ─lan─ r ═core═ x ─srv─ server      (r: 10.3/24 via 10.1.0.99, a dead end)
+/// ```
+#[test]
+fn a_network_next_hop_takes_traffic_out_of_that_network_to_its_gateway() {
+    let (lan, core, srv) = (unique("lan"), unique("core"), unique("srv"));
+    let load = |t: String| DeviceConfig::from_toml(&t, "reroute-network").unwrap();
+    let r = load(format!(
+        r#"
+name = "r"
+forward = true
+local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
+global = {{ segment = "{core}", address = "10.5.0.1/24", gateway = "10.5.0.2" }}
+route = [{{ to = "10.3.0.0/24", via = "10.1.0.99" }}]
+[function]
+kind = "reroute"
+next_hop = [{{ name = "wan", network = "global" }}]
+rule = [{{ name = "srv", dst = "10.3.0.0/24", via = ["wan"] }}]
+"#
+    ));
+    let x = load(format!(
+        r#"
+name = "x"
+forward = true
+local = {{ segment = "{core}", address = "10.5.0.2/24" }}
+global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
+route = [{{ to = "10.1.0.0/24", via = "10.5.0.1" }}]
+"#
+    ));
+    let devices: Vec<_> = [
+        echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254"),
+        x,
+        r,
+    ]
+    .iter()
+    .map(spawn)
+    .collect();
+    transfer(&probe_client(
+        &lan,
+        "10.1.0.1",
+        "10.3.0.2",
+        "10.1.0.254",
+        1 << 20,
+    ));
+    let s = wait_for(
+        &devices[2].0,
+        Duration::from_secs(5),
+        "packets via the network counted",
+        |s| counter(s, "next_hop.wan.packets") > (1 << 20) / 1500,
+    );
+    assert_eq!(s.no_neighbour + s.no_route, 0, "{s:?}");
+    assert!(devices[1].0.stats().forwarded > 2 * (1 << 20) / 1500);
+    stop_all(devices);
 }

@@ -39,6 +39,11 @@ pub enum Verdict {
     /// It was rewritten in place (possibly resized); continue with it.
     Modified,
     /// Send it out of this network's adapter instead of its normal path.
+    /// On a forwarding device it goes to its destination if that is on the
+    /// network, else to the network's gateway (a static route's or the
+    /// default one), with the next hop's MAC and TTL decremented; without a
+    /// next hop there it is a counted drop (`no_route`). Elsewhere the frame
+    /// leaves unchanged.
     Redirect(Role),
     /// The function took it (answered it itself, or holds it to release
     /// later through [`Function::poll_transmit`]); nothing continues.

@@ -8,9 +8,13 @@
 //!   IPv6, or a list with one of each), or a `device` name resolved at run
 //!   time to that device's addresses on this device's networks (looked up
 //!   again every `interval`, so a device that comes back elsewhere is
-//!   followed). Each is health-checked by ICMP echo (`check = "icmp"`,
+//!   followed), or a `network` (`"local"` / `"global"`): out of that
+//!   network's adapter, to the destination if it is on that network, else
+//!   to the network's gateway (a static route's or the default one). An
+//!   address or device is health-checked by ICMP echo (`check = "icmp"`,
 //!   RFC 792 / RFC 4443, sent from the device's own stack) or not at all
-//!   (`check = "none"`: up whenever it has an address).
+//!   (`check = "none"`: up whenever it has an address); a network is always
+//!   up.
 //! - **Health state machine** (keepalived's `fall`/`rise`): a probe goes
 //!   out every `interval` (the next one only once the previous was
 //!   answered or given up on) and waits `timeout` for its reply. An up next
@@ -34,7 +38,8 @@
 //!   routing table check them again) and are counted.
 //!
 //! Mechanics: `on_ingress` returns [`Verdict::Via`] with the chosen next
-//! hop's address; the device sets the link-layer destination and forwards.
+//! hop's address (or [`Verdict::Redirect`] for a network); the device sets
+//! the link-layer destination and forwards.
 //! The choice per rule and family is cached and recomputed only when a next
 //! hop changes state, so a packet costs a parse and a first-match scan.
 //!
@@ -99,6 +104,14 @@ pub enum Addresses {
     Many(Vec<String>),
 }
 
+/// One of a device's two networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkName {
+    Local,
+    Global,
+}
+
 /// How a next hop's health is checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,8 +144,13 @@ pub struct NextHopConfig {
     /// A device on one of this device's networks, by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
-    #[serde(default)]
-    pub check: Check,
+    /// One of the device's networks: packets leave by its adapter, to
+    /// their destination if it is on that network, else to its gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkName>,
+    /// Default: `icmp` for an address or device, `none` for a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
     /// Time between probes (and between looking up `device` again):
     /// `"100ms"`, `"2s"`.
     #[serde(default = "default_interval")]
@@ -350,7 +368,7 @@ struct Rule {
     /// Next hop indices, most preferred first.
     via: Vec<usize>,
     /// The chosen next hop and its address, for IPv4 and IPv6 packets.
-    active: [Option<(usize, IpAddress)>; 2],
+    active: [Option<(usize, Verdict)>; 2],
     packets: u64,
 }
 
@@ -427,6 +445,7 @@ impl Rule {
 enum Target {
     Fixed,
     Device(String),
+    Network(Role),
 }
 
 /// A next hop: where it is, its health, its counters.
@@ -488,6 +507,15 @@ impl Hop {
         }
         let (mut v4, mut v6) = (None, None);
         let target = match (&c.address, &c.device) {
+            (None, None) if c.network.is_some() => Target::Network(match c.network {
+                Some(NetworkName::Local) => Role::Local,
+                _ => Role::Global,
+            }),
+            _ if c.network.is_some() => {
+                return Err(format!(
+                    "next_hop {name}: give one of address, device or network"
+                ));
+            }
             (Some(a), None) => {
                 let list = match a {
                     Addresses::One(s) => std::slice::from_ref(s),
@@ -518,16 +546,28 @@ impl Hop {
             (None, Some(d)) if !d.is_empty() => Target::Device(d.clone()),
             _ => {
                 return Err(format!(
-                    "next_hop {name}: give either address or device (not both)"
+                    "next_hop {name}: give one of address, device or network"
                 ));
             }
         };
+        let check = match (c.check, &target) {
+            (Some(Check::Icmp), Target::Network(_)) => {
+                return Err(format!(
+                    "next_hop {name}: a network next hop has no address to check \
+                     (use check = \"none\", or name its gateway by address)"
+                ));
+            }
+            (Some(c), _) => c,
+            (None, Target::Network(_)) => Check::None,
+            (None, _) => Check::Icmp,
+        };
+        let fixed = matches!(target, Target::Fixed | Target::Network(_));
         Ok(Hop {
             name: name.clone(),
-            up: target == Target::Fixed,
-            resolved_once: target == Target::Fixed,
+            up: fixed,
+            resolved_once: fixed,
             target,
-            check: c.check,
+            check,
             interval,
             timeout,
             fall: c.fall,
@@ -542,6 +582,15 @@ impl Hop {
             probes_sent: 0,
             probes_lost: 0,
         })
+    }
+
+    /// What a packet of the family sent to this next hop gets: `None` if
+    /// the next hop has no address of that family.
+    fn verdict(&self, v6: bool) -> Option<Verdict> {
+        match self.target {
+            Target::Network(role) => Some(Verdict::Redirect(role)),
+            _ => self.address(v6).map(Verdict::Via),
+        }
     }
 
     fn address(&self, v6: bool) -> Option<IpAddress> {
@@ -684,9 +733,9 @@ impl Reroute {
             if rule.matches(&p) {
                 rule.packets += 1;
                 return match rule.active[usize::from(p.v6)] {
-                    Some((h, addr)) => {
+                    Some((h, verdict)) => {
                         self.hops[h].packets += 1;
-                        Verdict::Via(addr)
+                        verdict
                     }
                     None => {
                         self.stats.no_next_hop += 1;
@@ -866,12 +915,12 @@ impl Reroute {
         for r in &mut self.rules {
             let (mut over, mut back) = (false, false);
             for fam in [false, true] {
-                let usable = |h: usize| self.hops[h].up && self.hops[h].address(fam).is_some();
+                let usable = |h: usize| self.hops[h].up && self.hops[h].verdict(fam).is_some();
                 let current = r.active[usize::from(fam)].map(|(h, _)| h);
                 let keep = current.filter(|&c| !self.failback && usable(c));
                 let next = keep.or_else(|| r.via.iter().copied().find(|&h| usable(h)));
                 r.active[usize::from(fam)] =
-                    next.and_then(|h| self.hops[h].address(fam).map(|a| (h, a)));
+                    next.and_then(|h| self.hops[h].verdict(fam).map(|v| (h, v)));
                 if next == current {
                     continue;
                 }
@@ -1048,6 +1097,7 @@ impl Function for Reroute {
             let same_target = match (&h.target, &old.target) {
                 (Target::Fixed, Target::Fixed) => (h.v4, h.v6) == (old.v4, old.v6),
                 (Target::Device(a), Target::Device(b)) => a == b,
+                (Target::Network(a), Target::Network(b)) => a == b,
                 _ => false,
             };
             if !same_target {
@@ -1402,6 +1452,29 @@ mod tests {
     }
 
     #[test]
+    fn a_network_next_hop_sends_packets_out_of_that_network() {
+        let mut r = reroute(
+            r#"
+            [[next_hop]]
+            name = "wan"
+            network = "global"
+            [[rule]]
+            name = "all"
+            via = ["wan"]
+            "#,
+        );
+        let v = Verdict::Redirect(Role::Global);
+        assert_eq!(
+            ingress(&mut r, &tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 9)),
+            v
+        );
+        assert_eq!(ingress(&mut r, &udp6(53)), v);
+        assert_eq!(r.active("all", true), Some("wan"));
+        assert_eq!(counter(&r, "next_hop.wan.packets"), 2);
+        assert_eq!(counter(&r, "next_hop.wan.up"), 1);
+    }
+
+    #[test]
     fn device_next_hops_follow_the_directory() {
         let mut r = reroute(
             r#"
@@ -1521,14 +1594,8 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_config_errors_name_the_problem() {
-        assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250us"), Some(Duration::from_micros(250)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        for bad in ["", "ms", "10", "1.5s", "-1s", "3h", "99999999999999999999s"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
+    fn config_errors_name_the_problem() {
+        assert_eq!(parse_duration("99999999999999999999s"), None);
         let err = |text: &str| {
             let cfg: RerouteConfig = toml::from_str(text).expect("parses");
             match Reroute::new(cfg) {
@@ -1538,10 +1605,18 @@ mod tests {
         };
         let hop = "[[next_hop]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
         assert!(err("next_hop = []").contains("at least one next_hop"));
-        assert!(err("[[next_hop]]\nname = \"a\"").contains("either address or device"));
+        assert!(err("[[next_hop]]\nname = \"a\"").contains("one of address, device or network"));
         assert!(
             err("[[next_hop]]\nname = \"a\"\naddress = \"10.0.0.1\"\ndevice = \"x\"")
-                .contains("not both")
+                .contains("one of address")
+        );
+        assert!(
+            err("[[next_hop]]\nname = \"a\"\nnetwork = \"global\"\ndevice = \"x\"")
+                .contains("one of address")
+        );
+        assert!(
+            err("[[next_hop]]\nname = \"a\"\nnetwork = \"local\"\ncheck = \"icmp\"")
+                .contains("no address to check")
         );
         assert!(err("[[next_hop]]\nname = \"a\"\naddress = \"10.0.0\"").contains("address"));
         assert!(

@@ -202,17 +202,28 @@ impl Router {
         }
     }
 
+    /// The destination and TTL / hop limit of the IP packet in a frame.
+    fn dst_ttl(&self, frame: &[u8]) -> Option<(IpAddress, u8)> {
+        let ip = self.ip_packet(frame)?;
+        match ip.first()? >> 4 {
+            4 => Some((
+                IpAddress::Ipv4(Ipv4Address::from_octets(ip.get(16..20)?.try_into().ok()?)),
+                ip[8],
+            )),
+            6 => Some((
+                IpAddress::Ipv6(Ipv6Address::from_octets(ip.get(24..40)?.try_into().ok()?)),
+                ip[7],
+            )),
+            _ => None,
+        }
+    }
+
     /// Where a frame goes that a function sends to next hop `via`
     /// ([`Verdict::Via`]): like a transit frame, but to `via`.
     pub fn via(&self, frame: &[u8], via: IpAddress) -> Transit {
-        let ttl = self.ip_packet(frame).and_then(|ip| match ip.first()? >> 4 {
-            4 => ip.get(8).copied(),
-            6 => ip.get(7).copied(),
-            _ => None,
-        });
-        match (&self.fwd, ttl) {
+        match (&self.fwd, self.dst_ttl(frame)) {
             (None, _) | (_, None) => Transit::NoRoute,
-            (_, Some(t)) if t <= 1 => Transit::Expired,
+            (_, Some((_, ttl))) if ttl <= 1 => Transit::Expired,
             _ => match self.network_of(&via) {
                 Some(egress) => Transit::Forward {
                     egress,
@@ -221,6 +232,31 @@ impl Router {
                 None => Transit::NoRoute,
             },
         }
+    }
+
+    /// Where a forwarded frame goes that a function sends to network `role`
+    /// ([`Verdict::Redirect`]): to its destination if that is on the
+    /// network, else to the gateway of a static route or the default route
+    /// if that gateway is on the network.
+    pub fn redirect(&self, frame: &[u8], role: Role) -> Transit {
+        let (Some(f), Some((dst, ttl))) = (&self.fwd, self.dst_ttl(frame)) else {
+            return Transit::NoRoute;
+        };
+        if ttl <= 1 {
+            return Transit::Expired;
+        }
+        let default = match dst {
+            IpAddress::Ipv4(_) => f.gateway4.map(IpAddress::Ipv4),
+            IpAddress::Ipv6(_) => f.gateway6.map(IpAddress::Ipv6),
+        };
+        [Some(dst), self.static_route(&dst), default]
+            .into_iter()
+            .flatten()
+            .find(|hop| self.network_of(hop) == Some(role))
+            .map_or(Transit::NoRoute, |next_hop| Transit::Forward {
+                egress: role,
+                next_hop,
+            })
     }
 
     /// The IP packet inside a frame, if it carries one.
@@ -999,6 +1035,17 @@ impl phy::Device for Nic {
             Verdict::Via(via) => {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
                 let t = self.router.via(&rx[..flen], via);
+                let (local, global) = match role {
+                    Role::Local => (&mut *rx_core, &mut *other_core),
+                    Role::Global => (&mut *other_core, &mut *rx_core),
+                };
+                forward(&self.router, &self.counters, t, &rx[..flen], local, global);
+                flen = 0;
+            }
+            Verdict::Redirect(to) if self.router.forwards() => {
+                // A forwarding device routes it: next hop, MAC and TTL.
+                self.counters.redirected.fetch_add(1, Ordering::Relaxed);
+                let t = self.router.redirect(&rx[..flen], to);
                 let (local, global) = match role {
                     Role::Local => (&mut *rx_core, &mut *other_core),
                     Role::Global => (&mut *other_core, &mut *rx_core),

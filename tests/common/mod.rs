@@ -153,3 +153,26 @@ route = [{{ to = "{to}", via = "{gateway}" }}]
     );
     DeviceConfig::from_toml(&text, "echo server").expect("test config is valid")
 }
+
+/// Waits up to `limit` until `cond` holds for `h`'s stats (function
+/// counters reach handles every 50 ms); returns those stats.
+pub fn wait_for(
+    h: &DeviceHandle,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&DeviceStats) -> bool,
+) -> DeviceStats {
+    let t0 = Instant::now();
+    loop {
+        let s = h.stats();
+        if !s.function_counters.is_empty() && cond(&s) {
+            return s;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{}: {what} never held: {s:?}",
+            h.name()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
