@@ -17,7 +17,7 @@ use common::*;
 use shmnet::config::{DeviceConfig, DeviceSettings};
 use shmnet::functions::FunctionConfig;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
-use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment, SegmentKind};
+use shmnet::shm::{Peer, SegmentKind};
 use shmnet::stack::{Device, DeviceHandle, DeviceStats};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
@@ -248,17 +248,15 @@ fn has_echoed(h: &DeviceHandle) -> bool {
 /// Garbage and truncated IPv4 frames towards the VIP, from a raw port on
 /// the client's network.
 fn send_garbage(net: &Net, balancer: &DeviceSettings) {
-    let seg = Segment::open_or_create(&net.front, SegmentKind::Process, &NetworkParams::new(1500))
-        .expect("front segment");
-    let mut raw = seg.attach(&PortInfo::named("vandal")).expect("raw port");
-    let target: Vec<Peer> = seg
-        .peers()
+    let RawPort {
+        segment: _,
+        port: mut raw,
+        others,
+    } = raw_port(&net.front);
+    let target: Vec<Peer> = others
         .into_iter()
-        .filter(|p| p.mac == balancer.mac)
-        .map(|p| Peer {
-            index: p.index,
-            epoch: p.epoch,
-        })
+        .filter(|(_, mac)| *mac == balancer.mac)
+        .map(|(p, _)| p)
         .collect();
     assert_eq!(target.len(), 1);
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;

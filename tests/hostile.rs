@@ -128,18 +128,12 @@ fn device_survives_garbage_frames() {
     let (sh, st) = spawn(&server);
 
     // A raw port on the device's local network sends it garbage.
-    let seg =
-        Segment::open_or_create(&lan, SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
-    let mut raw = seg.attach(&PortInfo::named("vandal")).unwrap();
-    let targets: Vec<Peer> = seg
-        .peers()
-        .into_iter()
-        .filter(|p| p.index != raw.index())
-        .map(|p| Peer {
-            index: p.index,
-            epoch: p.epoch,
-        })
-        .collect();
+    let RawPort {
+        segment: seg,
+        port: mut raw,
+        others,
+    } = raw_port(&lan);
+    let targets: Vec<Peer> = others.into_iter().map(|(p, _)| p).collect();
     assert!(!targets.is_empty());
     let mut rng = Rng(0xDEAD_BEEF_1234_5678);
     let frame_size = seg.frame_size();

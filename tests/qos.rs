@@ -333,23 +333,19 @@ fn reconfigured_rate_applies_in_place_without_losing_queued_frames() {
 /// malformed and dropped; the device keeps shaping a transfer intact.
 #[test]
 fn malformed_frames_are_counted_and_the_device_keeps_working() {
-    use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment};
     let c = chain(
         r#"{ kind = "qos", default = "bulk", class = [{ name = "bulk", rate = "40mbit" }] }"#,
         &[5001],
         Duration::from_secs(60),
     );
-    let seg = Segment::open_or_create(&c.lan_a, SegmentKind::Process, &NetworkParams::new(1500))
-        .expect("lan");
-    let mut raw = seg.attach(&PortInfo::named("vandal")).expect("attach");
-    let qos_port = seg
-        .peers()
-        .into_iter()
-        .find(|p| p.index != raw.index())
-        .map(|p| Peer {
-            index: p.index,
-            epoch: p.epoch,
-        })
+    let RawPort {
+        segment: _,
+        port: mut raw,
+        others,
+    } = raw_port(&c.lan_a);
+    let qos_port = others
+        .first()
+        .map(|(p, _)| *p)
         .expect("the qos device is on lan-a");
     // A well-formed IPv4/TCP frame and an IPv6/UDP one to the server, cut
     // short at every length inside their IP and transport headers.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::config::{DeviceConfig, DeviceSettings};
-use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment, SegmentKind};
+use shmnet::shm::Peer;
 use shmnet::stack::DeviceStats;
 
 struct Nets {
@@ -322,18 +322,12 @@ fn malformed_frames_do_not_stop_the_rerouter() {
     .map(spawn)
     .collect();
 
-    let seg = Segment::open_or_create(&nets.edge1, SegmentKind::Process, &NetworkParams::new(1500))
-        .unwrap();
-    let mut raw = seg.attach(&PortInfo::named("vandal")).unwrap();
-    let targets: Vec<Peer> = seg
-        .peers()
-        .into_iter()
-        .filter(|p| p.index != raw.index())
-        .map(|p| Peer {
-            index: p.index,
-            epoch: p.epoch,
-        })
-        .collect();
+    let RawPort {
+        segment: _,
+        port: mut raw,
+        others,
+    } = raw_port(&nets.edge1);
+    let targets: Vec<Peer> = others.into_iter().map(|(p, _)| p).collect();
     // A TCP segment 10.1.0.66:40000 -> 10.2.0.77:9 (IPv4, then IPv6): to
     // no one, so that the garbage that gets forwarded occupies no server.
     let mut v4 = vec![0u8; 14 + 20 + 20 + 16];

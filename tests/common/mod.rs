@@ -176,3 +176,39 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// A raw port (no stack behind it) on a process-local network, for sending
+/// hand-made frames.
+pub struct RawPort {
+    pub segment: std::sync::Arc<shmnet::shm::Segment>,
+    pub port: shmnet::shm::Port,
+    /// The ports of the devices attached so far, with their MACs.
+    pub others: Vec<(shmnet::shm::Peer, [u8; 6])>,
+}
+
+/// Attaches a [`RawPort`] to the network `segment`.
+pub fn raw_port(segment: &str) -> RawPort {
+    use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment};
+    let seg = Segment::open_or_create(segment, SegmentKind::Process, &NetworkParams::new(1500))
+        .expect("segment opens");
+    let port = seg
+        .attach(&PortInfo::named("vandal"))
+        .expect("raw port attaches");
+    let others = seg
+        .peers()
+        .into_iter()
+        .filter(|p| p.index != port.index())
+        .map(|p| {
+            let peer = Peer {
+                index: p.index,
+                epoch: p.epoch,
+            };
+            (peer, p.mac)
+        })
+        .collect();
+    RawPort {
+        segment: seg,
+        port,
+        others,
+    }
+}
