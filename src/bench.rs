@@ -72,7 +72,7 @@ pub enum BenchCmd {
     /// A network function: its cost per packet, and TCP through a chain
     /// client → function device(s) → server (devices as threads).
     Function {
-        /// compress (others as they are built: see `shmnet bench function --help`).
+        /// firewall, qos, reroute, balancer, encrypt or compress.
         #[arg(long)]
         name: String,
         /// Bytes through the chain (default 256 MiB; 16 MiB with --quick).
@@ -1373,7 +1373,23 @@ fn chain_tcp(functions: &[&str], dst: Option<IpAddress>, data: &[u8], bytes: u64
 /// Cost per packet of a function on a representative packet of an
 /// established flow, and the bare library speed where there is one:
 /// `(ns_per_packet, raw Gbit/s)`.
-fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)> {
+/// What `function_cost` measured.
+struct Cost {
+    /// ns per 1400-byte packet of an established flow.
+    ns: f64,
+    /// The bare library's Gbit/s on the same data, where there is one.
+    raw: Option<f64>,
+    /// ns per packet with a 64-byte payload, for functions whose cost
+    /// includes copying the packet (the decision without the copies).
+    small_ns: Option<f64>,
+}
+
+fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
+    let cost = |ns: f64| Cost {
+        ns,
+        raw: None,
+        small_ns: None,
+    };
     use crate::functions::{Frame, Role, Verdict, build};
     let rounds = if quick { 20_000 } else { 200_000 };
     let (client, server) = ([10, 10, 0, 1], [10, 12, 0, 2]);
@@ -1421,27 +1437,35 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
                 run(b, data_packet.len(), Role::Local, &[Verdict::Pass])
             })?;
-            Ok((ns, None))
+            Ok(cost(ns))
         }
         "qos" => {
-            // Classify + enqueue + dequeue of one data packet.
+            // Classify + enqueue + dequeue of one data packet, then of a
+            // small one (the same decision, next to nothing to copy).
             let mut out = vec![0u8; 9014];
-            let len = data_packet.len();
             // Time moves on (1 us a packet) so the class's bucket refills.
             let mut t = now;
-            let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
-                t += smoltcp::time::Duration::from_micros(1);
-                let now = t;
-                let v = func.on_ingress(now, Role::Local, &mut Frame::new(b, len));
-                if v != Verdict::Consumed {
-                    return Err(format!("qos: unexpected verdict {v:?}"));
-                }
-                match func.poll_transmit(now, &mut out) {
-                    Some(e) if e.len == len => Ok(()),
-                    other => Err(format!("qos: released {other:?}")),
-                }
-            })?;
-            Ok((ns, None))
+            let mut cycle = |packet: &[u8]| {
+                let len = packet.len();
+                per_packet_ns(packet, rounds * 10, |b| {
+                    t += smoltcp::time::Duration::from_micros(1);
+                    let now = t;
+                    let v = func.on_ingress(now, Role::Local, &mut Frame::new(b, len));
+                    if v != Verdict::Consumed {
+                        return Err(format!("qos: unexpected verdict {v:?}"));
+                    }
+                    match func.poll_transmit(now, &mut out) {
+                        Some(e) if e.len == len => Ok(()),
+                        other => Err(format!("qos: released {other:?}")),
+                    }
+                })
+            };
+            let ns = cycle(&data_packet)?;
+            let small = tcp_frame(client, server, 49152, PORT, 0x18, &data[..64]);
+            Ok(Cost {
+                small_ns: Some(cycle(&small)?),
+                ..cost(ns)
+            })
         }
         "reroute" => {
             // A packet the rule sends to its next hop.
@@ -1449,7 +1473,7 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             let ns = per_packet_ns(&data_packet, rounds * 10, |b| {
                 run(b, data_packet.len(), Role::Local, &[via])
             })?;
-            Ok((ns, None))
+            Ok(cost(ns))
         }
         "balancer" => {
             // A flow's SYN and the backend's SYN-ACK, then a data packet of
@@ -1469,7 +1493,7 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
             let ns = per_packet_ns(&to_vip, rounds * 10, |b| {
                 run(b, to_vip.len(), Role::Local, &[Verdict::Modified])
             })?;
-            Ok((ns, None))
+            Ok(cost(ns))
         }
         "encrypt" | "compress" => {
             let ns = per_packet_ns(&data_packet, rounds, |b| {
@@ -1502,7 +1526,10 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<(f64, Option<f64>)
                 }
             }
             let raw = rounds as f64 * block as f64 * 8.0 / t0.elapsed().as_secs_f64() / 1e9;
-            Ok((ns, Some(raw)))
+            Ok(Cost {
+                raw: Some(raw),
+                ..cost(ns)
+            })
         }
         other => Err(format!("no benchmark for function {other:?}")),
     }
@@ -1513,7 +1540,7 @@ fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> R
     let chain: Vec<&str> = functions.iter().map(String::as_str).collect();
     let data = corpus(1 << 20);
     let bytes = bytes.unwrap_or(if quick { 16 << 20 } else { 256 << 20 });
-    let (ns, raw) = function_cost(name, &data, quick)?;
+    let Cost { ns, raw, small_ns } = function_cost(name, &data, quick)?;
     let mut runs = Vec::new();
     for _ in 0..reps {
         let secs = chain_tcp(&chain, chain_destination(name), &data, bytes)?;
@@ -1526,6 +1553,9 @@ fn bench_function(name: &str, bytes: Option<u64>, quick: bool, reps: usize) -> R
         num(gbps),
         list(&runs)
     );
+    if let Some(small) = small_ns {
+        line.push_str(&format!(",\"ns_per_small_packet\":{}", num(small)));
+    }
     if let Some(raw) = raw {
         // The function alone on one core, from its cost per 1400-byte packet.
         let alone = 1400.0 * 8.0 / ns.max(1e-9);
