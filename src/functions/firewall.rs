@@ -39,8 +39,8 @@
 //! from the responder and the originator's ACK establish it (established
 //! timeout), a FIN or RST moves it to closing (closing timeout). A new SYN
 //! from the originator on a closing entry starts over. UDP entries live
-//! `udp_timeout_s`, or `udp_replied_timeout_s` once the responder answered;
-//! ICMP echo entries `icmp_timeout_s`. Expiry is lazy (checked on lookup,
+//! `udp_timeout`, or `udp_replied_timeout` once the responder answered;
+//! ICMP echo entries `icmp_timeout` (durations like `"30s"`, `"1h"`). Expiry is lazy (checked on lookup,
 //! plus a sweep every 10 s of traffic and when the table is full); when the
 //! table holds `max_connections` live entries a new connection is dropped
 //! and counted in `table_full` — established ones are never evicted.
@@ -73,7 +73,8 @@ use smoltcp::wire::{
 };
 
 use super::matching::{
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, ports_field, prefix_field,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PortSpec, Prefix, parse_duration, ports_field,
+    prefix_field,
 };
 use super::{Frame, Function, FunctionError, Role, Verdict};
 use crate::config::MediumName;
@@ -172,22 +173,22 @@ pub struct FirewallConfig {
     #[serde(default)]
     pub medium: MediumName,
     #[serde(default = "default_tcp_established")]
-    pub tcp_established_timeout_s: u64,
+    pub tcp_established_timeout: String,
     /// SYN seen, handshake not complete.
     #[serde(default = "default_tcp_handshake")]
-    pub tcp_handshake_timeout_s: u64,
+    pub tcp_handshake_timeout: String,
     /// FIN or RST seen.
     #[serde(default = "default_tcp_closing")]
-    pub tcp_closing_timeout_s: u64,
+    pub tcp_closing_timeout: String,
     /// UDP (and other IP protocols) before the responder answered.
     #[serde(default = "default_udp")]
-    pub udp_timeout_s: u64,
+    pub udp_timeout: String,
     /// UDP (and other IP protocols) once the responder answered.
     #[serde(default = "default_udp_replied")]
-    pub udp_replied_timeout_s: u64,
+    pub udp_replied_timeout: String,
     /// ICMP echo exchanges.
     #[serde(default = "default_icmp")]
-    pub icmp_timeout_s: u64,
+    pub icmp_timeout: String,
     /// Connection table size.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -199,23 +200,23 @@ pub struct FirewallConfig {
     pub rules: Vec<RuleConfig>,
 }
 
-fn default_tcp_established() -> u64 {
-    3600
+fn default_tcp_established() -> String {
+    "1h".into()
 }
-fn default_tcp_handshake() -> u64 {
-    120
+fn default_tcp_handshake() -> String {
+    "2m".into()
 }
-fn default_tcp_closing() -> u64 {
-    30
+fn default_tcp_closing() -> String {
+    "30s".into()
 }
-fn default_udp() -> u64 {
-    30
+fn default_udp() -> String {
+    "30s".into()
 }
-fn default_udp_replied() -> u64 {
-    180
+fn default_udp_replied() -> String {
+    "3m".into()
 }
-fn default_icmp() -> u64 {
-    30
+fn default_icmp() -> String {
+    "30s".into()
 }
 fn default_max_connections() -> usize {
     65536
@@ -229,12 +230,12 @@ impl Default for FirewallConfig {
         FirewallConfig {
             default_policy: Action::Drop,
             medium: MediumName::default(),
-            tcp_established_timeout_s: default_tcp_established(),
-            tcp_handshake_timeout_s: default_tcp_handshake(),
-            tcp_closing_timeout_s: default_tcp_closing(),
-            udp_timeout_s: default_udp(),
-            udp_replied_timeout_s: default_udp_replied(),
-            icmp_timeout_s: default_icmp(),
+            tcp_established_timeout: default_tcp_established(),
+            tcp_handshake_timeout: default_tcp_handshake(),
+            tcp_closing_timeout: default_tcp_closing(),
+            udp_timeout: default_udp(),
+            udp_replied_timeout: default_udp_replied(),
+            icmp_timeout: default_icmp(),
             max_connections: default_max_connections(),
             log_drops_per_second: default_log_drops(),
             rules: Vec::new(),
@@ -728,20 +729,22 @@ impl Firewall {
             kind: "firewall",
             why,
         };
-        let secs = |name: &str, s: u64| {
-            if (1..=365 * 24 * 3600).contains(&s) {
-                Ok(Duration::from_secs(s))
-            } else {
-                Err(bad(format!("{name} must be 1..=31536000 seconds")))
-            }
+        let dur = |name: &str, s: &str| {
+            parse_duration(s)
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(365 * 86400))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{name} {s:?} is not a duration between 1s and 365d (like \"30s\", \"2m\", \"1h\")"
+                    ))
+                })
         };
         let timeouts = Timeouts {
-            tcp_established: secs("tcp_established_timeout_s", cfg.tcp_established_timeout_s)?,
-            tcp_handshake: secs("tcp_handshake_timeout_s", cfg.tcp_handshake_timeout_s)?,
-            tcp_closing: secs("tcp_closing_timeout_s", cfg.tcp_closing_timeout_s)?,
-            udp: secs("udp_timeout_s", cfg.udp_timeout_s)?,
-            udp_replied: secs("udp_replied_timeout_s", cfg.udp_replied_timeout_s)?,
-            icmp: secs("icmp_timeout_s", cfg.icmp_timeout_s)?,
+            tcp_established: dur("tcp_established_timeout", &cfg.tcp_established_timeout)?,
+            tcp_handshake: dur("tcp_handshake_timeout", &cfg.tcp_handshake_timeout)?,
+            tcp_closing: dur("tcp_closing_timeout", &cfg.tcp_closing_timeout)?,
+            udp: dur("udp_timeout", &cfg.udp_timeout)?,
+            udp_replied: dur("udp_replied_timeout", &cfg.udp_replied_timeout)?,
+            icmp: dur("icmp_timeout", &cfg.icmp_timeout)?,
         };
         if !(1..=1 << 24).contains(&cfg.max_connections) {
             return Err(bad("max_connections must be 1..=16777216".into()));
@@ -1308,8 +1311,8 @@ mod tests {
     fn udp_reply_passes_until_the_entry_expires() {
         let mut fw = firewall(
             r#"
-            udp_timeout_s = 30
-            udp_replied_timeout_s = 180
+            udp_timeout = "30s"
+            udp_replied_timeout = "3m"
             [[rule]]
             action = "accept"
             direction = "out"
@@ -1580,7 +1583,8 @@ mod tests {
         assert!(err(&rule("proto = \"icmp\"\nsrc = \"fd00::/8\"")).contains("icmpv6"));
         assert!(err(&rule("src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"")).contains("IP versions"));
         assert!(err("max_connections = 0").contains("max_connections"));
-        assert!(err("udp_timeout_s = 0").contains("udp_timeout_s"));
+        assert!(err("udp_timeout = \"0s\"").contains("udp_timeout"));
+        assert!(err("icmp_timeout = \"soon\"").contains("icmp_timeout"));
         // Unknown fields and values are refused by the parser.
         let parse = |text: &str| toml::from_str::<super::super::FunctionConfig>(text);
         assert!(parse("kind = \"firewall\"\ndefualt = \"drop\"").is_err());

@@ -150,7 +150,7 @@ pub fn proto_field(owner: &str, p: Option<&ProtoSpec>) -> Result<Option<u8>, Str
     .transpose()
 }
 
-/// Parses `"250ms"`, `"2s"`, `"500us"` or `"1m"` (a time for the
+/// Parses `"250ms"`, `"2s"`, `"500us"`, `"1m"`, `"1h"` or `"1d"` (a time for the
 /// functions' sans-IO clock).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -162,6 +162,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "ms" => n.checked_mul(1_000),
         "s" => n.checked_mul(1_000_000),
         "m" | "min" => n.checked_mul(60_000_000),
+        "h" => n.checked_mul(3_600_000_000),
+        "d" => n.checked_mul(86_400_000_000),
         _ => None,
     }?;
     Some(Duration::from_micros(micros))
@@ -197,7 +199,8 @@ mod tests {
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
         assert_eq!(parse_duration("250us"), Some(Duration::from_micros(250)));
         assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        for bad in ["", "ms", "5", "5h", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "ms", "5", "5y", "-1s", "1.5s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
