@@ -28,9 +28,9 @@ kind = "firewall"
 default = "drop"
 max_connections = 64
 log_drops_per_second = 0
-tcp_closing_timeout_s = 5
-udp_timeout_s = 10
-icmp_timeout_s = 10
+tcp_closing_timeout = "5s"
+udp_timeout = "10s"
+icmp_timeout = "10s"
 [[function.rule]]
 action = "drop"
 proto = "tcp"
