@@ -90,13 +90,16 @@ fn print_stats(s: &DeviceStats) {
         s.oversize,
         s.mss_clamped
     );
-    if s.forwarded + s.no_route + s.no_neighbour + s.ttl_expired > 0 {
+    if s.forwarded + s.no_route + s.no_neighbour + s.ttl_expired + s.consumed + s.redirected > 0 {
         say!(
-            "  forwarded {}; no route {}; no neighbour {}; ttl expired {}",
+            "  forwarded {}; no route {}; no neighbour {}; ttl expired {}; \
+             taken by the function {}; sent to its next hop {}",
             s.forwarded,
             s.no_route,
             s.no_neighbour,
-            s.ttl_expired
+            s.ttl_expired,
+            s.consumed,
+            s.redirected
         );
     }
     for (net, a) in [("local", &s.local), ("global", &s.global)] {

@@ -32,8 +32,10 @@ pub struct NicCounters {
     /// Frames the function dropped on ingress / egress.
     pub ingress_dropped: AtomicU64,
     pub egress_dropped: AtomicU64,
-    /// Frames the function consumed or redirected.
+    /// Frames the function took (answered, or holds to release later).
     pub consumed: AtomicU64,
+    /// Frames the function sent elsewhere than the routing table would
+    /// (`Verdict::Redirect` or `Verdict::Via`).
     pub redirected: AtomicU64,
     /// Frames larger than the network they were routed to (dropped).
     pub oversize: AtomicU64,
