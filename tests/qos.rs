@@ -239,8 +239,9 @@ fn shaped_class_holds_its_rate_and_data_arrives_intact() {
     assert!(counter(&stats, "class.limited.packets") > 9000, "{stats:?}");
     assert_eq!(counter(&stats, "class.limited.dropped"), 0, "{stats:?}");
     assert_eq!(counter(&stats, "malformed"), 0, "{stats:?}");
-    // The ACKs came back through the default class.
-    assert!(counter(&stats, "class.rest.packets") > 1000, "{stats:?}");
+    // The ACKs came back through the default class (how many depends on
+    // how often the server's stack ran: a loaded machine coalesces them).
+    assert!(counter(&stats, "class.rest.packets") > 100, "{stats:?}");
 }
 
 /// Two flows share a 32 Mbit/s link: the high-priority class (shaped to
