@@ -137,38 +137,30 @@ impl Router {
     /// else where it goes.
     pub fn transit(&self, frame: &[u8]) -> Option<Transit> {
         let f = self.fwd.as_ref()?;
-        let ip = self.ip_packet(frame)?;
-        let (dst, ttl) = match ip.first()? >> 4 {
-            4 if ip.len() >= 20 => {
-                let d = Ipv4Address::from_octets(ip[16..20].try_into().ok()?);
+        let (dst, ttl) = self.dst_ttl(frame)?;
+        let ours = match dst {
+            IpAddress::Ipv4(d) => {
                 let ours = |c: Option<Ipv4Cidr>| {
                     c.is_some_and(|c| c.address() == d || c.broadcast() == Some(d))
                 };
-                if d.is_broadcast()
+                d.is_broadcast()
                     || d.is_multicast()
                     || d.is_unspecified()
                     || ours(self.local_v4)
                     || ours(f.global_v4)
-                {
-                    return None;
-                }
-                (IpAddress::Ipv4(d), ip[8])
             }
-            6 if ip.len() >= 40 => {
-                let d = Ipv6Address::from_octets(ip[24..40].try_into().ok()?);
+            IpAddress::Ipv6(d) => {
                 let ours = |c: Option<Ipv6Cidr>| c.is_some_and(|c| c.address() == d);
-                if d.is_multicast()
+                d.is_multicast()
                     || d.is_unspecified()
                     || d.is_unicast_link_local()
                     || ours(self.local_v6)
                     || ours(f.global_v6)
-                {
-                    return None;
-                }
-                (IpAddress::Ipv6(d), ip[7])
             }
-            _ => return None,
         };
+        if ours {
+            return None;
+        }
         if ttl <= 1 {
             return Some(Transit::Expired);
         }
@@ -583,6 +575,19 @@ fn forward(
     }
 }
 
+/// The (local, global) cores, given the one a frame arrived on (`role`)
+/// and the other.
+fn by_role<'a>(
+    role: Role,
+    rx: &'a mut AdapterCore,
+    other: &'a mut AdapterCore,
+) -> (&'a mut AdapterCore, &'a mut AdapterCore) {
+    match role {
+        Role::Local => (rx, other),
+        Role::Global => (other, rx),
+    }
+}
+
 /// Sends a copy of `frame` out of `out`; counts it if it does not fit or no
 /// buffer is free.
 fn send_copy(out: &mut AdapterCore, frame: &[u8], counters: &NicCounters) {
@@ -988,20 +993,14 @@ impl phy::Device for Nic {
             Received::InPlace(f) => {
                 let bytes = seg.frame_bytes(&f);
                 if let Some(t) = self.router.transit(bytes) {
-                    let (local, global) = match role {
-                        Role::Local => (rx_core, other_core),
-                        Role::Global => (other_core, rx_core),
-                    };
+                    let (local, global) = by_role(role, rx_core, other_core);
                     forward(&self.router, &self.counters, t, bytes, local, global);
                     return Some((NicRxToken { frame: &[] }, tx_token!(self, local, global)));
                 }
                 if !self.router.may_clamp(bytes, role) {
                     // Nothing to rewrite: the stack parses the sender's
                     // buffer directly.
-                    let (local, global) = match role {
-                        Role::Local => (rx_core, other_core),
-                        Role::Global => (other_core, rx_core),
-                    };
+                    let (local, global) = by_role(role, rx_core, other_core);
                     return Some((NicRxToken { frame: bytes }, tx_token!(self, local, global)));
                 }
                 rx[..bytes.len()].copy_from_slice(bytes);
@@ -1011,49 +1010,35 @@ impl phy::Device for Nic {
         let mut frame = Frame::new(rx, len);
         let verdict = self.function.on_ingress(self.now, role, &mut frame);
         let mut flen = frame.len();
-        match verdict {
+        // Where the frame is forwarded to, if it leaves by the routing path.
+        let transit = match verdict {
             Verdict::Pass | Verdict::Modified => {
-                if let Some(t) = self.router.transit(&rx[..flen]) {
-                    let (local, global) = match role {
-                        Role::Local => (&mut *rx_core, &mut *other_core),
-                        Role::Global => (&mut *other_core, &mut *rx_core),
-                    };
-                    forward(&self.router, &self.counters, t, &rx[..flen], local, global);
-                    flen = 0;
-                } else if self.router.clamp_mss(&mut rx[..flen], role) {
+                let t = self.router.transit(&rx[..flen]);
+                if t.is_none() && self.router.clamp_mss(&mut rx[..flen], role) {
                     self.counters.mss_clamped.fetch_add(1, Ordering::Relaxed);
                 }
+                t
             }
             Verdict::Drop => {
                 self.counters
                     .ingress_dropped
                     .fetch_add(1, Ordering::Relaxed);
                 flen = 0;
+                None
             }
             Verdict::Consumed => {
                 self.counters.consumed.fetch_add(1, Ordering::Relaxed);
                 flen = 0;
+                None
             }
             Verdict::Via(via) => {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
-                let t = self.router.via(&rx[..flen], via);
-                let (local, global) = match role {
-                    Role::Local => (&mut *rx_core, &mut *other_core),
-                    Role::Global => (&mut *other_core, &mut *rx_core),
-                };
-                forward(&self.router, &self.counters, t, &rx[..flen], local, global);
-                flen = 0;
+                Some(self.router.via(&rx[..flen], via))
             }
+            // A forwarding device routes it: next hop, MAC and TTL.
             Verdict::Redirect(to) if self.router.forwards() => {
-                // A forwarding device routes it: next hop, MAC and TTL.
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
-                let t = self.router.redirect(&rx[..flen], to);
-                let (local, global) = match role {
-                    Role::Local => (&mut *rx_core, &mut *other_core),
-                    Role::Global => (&mut *other_core, &mut *rx_core),
-                };
-                forward(&self.router, &self.counters, t, &rx[..flen], local, global);
-                flen = 0;
+                Some(self.router.redirect(&rx[..flen], to))
             }
             Verdict::Redirect(to) => {
                 self.counters.redirected.fetch_add(1, Ordering::Relaxed);
@@ -1064,14 +1049,17 @@ impl phy::Device for Nic {
                 };
                 send_copy(out, &rx[..flen], &self.counters);
                 flen = 0;
+                None
             }
+        };
+        if let Some(t) = transit {
+            let (local, global) = by_role(role, &mut *rx_core, &mut *other_core);
+            forward(&self.router, &self.counters, t, &rx[..flen], local, global);
+            flen = 0;
         }
         // An empty frame tells smoltcp "processed" without ending the
         // ingress loop (returning None would).
-        let (local, global) = match role {
-            Role::Local => (rx_core, other_core),
-            Role::Global => (other_core, rx_core),
-        };
+        let (local, global) = by_role(role, rx_core, other_core);
         Some((
             NicRxToken { frame: &rx[..flen] },
             tx_token!(self, local, global),
