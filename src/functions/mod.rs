@@ -73,16 +73,6 @@ pub trait Directory {
     fn device_addresses(&self, name: &str) -> Vec<IpAddress>;
 }
 
-/// A directory that knows no devices (for functions driven outside a device).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoDirectory;
-
-impl Directory for NoDirectory {
-    fn device_addresses(&self, _name: &str) -> Vec<IpAddress> {
-        Vec::new()
-    }
-}
-
 /// A frame a function may rewrite: `len` bytes in use of a buffer of
 /// `capacity()` bytes (the network's largest frame).
 pub struct Frame<'a> {
