@@ -1405,7 +1405,7 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
     // `buf` holds a packet of `len` bytes in a buffer as big as a jumbo
     // frame (room for functions that grow packets).
     let mut run = |buf: &mut [u8], len: usize, from: Role, want: &[Verdict]| -> Res<()> {
-        let mut f = Frame::new(buf, len);
+        let mut f = Frame::new(buf, len, crate::wire::LinkMedium::Ethernet);
         let v = func.on_ingress(now, from, &mut f);
         if want.contains(&v) {
             Ok(())
@@ -1450,7 +1450,11 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
                 per_packet_ns(packet, rounds * 10, |b| {
                     t += smoltcp::time::Duration::from_micros(1);
                     let now = t;
-                    let v = func.on_ingress(now, Role::Local, &mut Frame::new(b, len));
+                    let v = func.on_ingress(
+                        now,
+                        Role::Local,
+                        &mut Frame::new(b, len, crate::wire::LinkMedium::Ethernet),
+                    );
                     if v != Verdict::Consumed {
                         return Err(format!("qos: unexpected verdict {v:?}"));
                     }

@@ -17,3 +17,4 @@ pub mod functions;
 pub mod shm;
 pub mod stack;
 pub mod topology;
+pub mod wire;

@@ -153,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let before: Vec<u8> = buf[..len].to_vec();
         let from = if ctl & 1 == 0 { Role::Local } else { Role::Global };
-        let mut frame = Frame::new(&mut buf, len);
+        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
         let v = lb.on_ingress(now, from, &mut frame);
         assert_eq!(frame.len(), len, "the balancer never resizes a frame");
         match v {

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     for from in [Role::Local, Role::Global] {
         let mut buf = vec![0u8; cap.max(frame.len())];
         buf[..frame.len()].copy_from_slice(frame);
-        let mut f = Frame::new(&mut buf, frame.len());
+        let mut f = Frame::new(&mut buf, frame.len(), shmnet::wire::LinkMedium::Ethernet);
         let v = c.on_ingress(Instant::ZERO, from, &mut f);
         assert!(f.len() <= f.capacity());
         if from == Role::Local && v == Verdict::Modified {
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             // are not part of it and are not carried), with a freshly
             // computed IPv4 header checksum.
             let len = f.len();
-            let mut f2 = Frame::new(&mut buf, len);
+            let mut f2 = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
             assert_eq!(
                 d.on_ingress(Instant::ZERO, Role::Global, &mut f2),
                 Verdict::Modified

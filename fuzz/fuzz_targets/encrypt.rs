@@ -70,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
         let mut buf = vec![0u8; 1514];
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);
-        let mut f = Frame::new(&mut buf, n);
+        let mut f = Frame::new(&mut buf, n, shmnet::wire::LinkMedium::Ethernet);
         if ctl & 1 == 0 {
             let _ = e1.on_ingress(now, Role::Local, &mut f);
             assert!(f.len() <= f.capacity());

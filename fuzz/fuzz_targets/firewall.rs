@@ -142,13 +142,13 @@ fuzz_target!(|data: &[u8]| {
             let ethertype: u16 = if ctl >> 3 & 3 == 1 { 0x0800 } else { 0x86dd };
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
         }
-        let mut frame = Frame::new(&mut buf, len);
+        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
         let _ = match ctl & 3 {
             0 => fw.on_ingress(now, Role::Local, &mut frame),
             1 => fw.on_ingress(now, Role::Global, &mut frame),
             _ => fw.on_egress(now, &mut frame),
         };
         assert!(fw.connections() <= 64);
-        debug_assert!(!fw.counters().is_empty());
+        debug_assert!(!shmnet::stack::hook::counters_of(fw).is_empty());
     }
 });

@@ -243,7 +243,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let original = buf[..n].to_vec();
                 let role = if from == 0 { Role::Local } else { Role::Global };
-                let v = qos.on_ingress(now, role, &mut Frame::new(&mut buf, n));
+                let v = qos.on_ingress(now, role, &mut Frame::new(&mut buf, n, shmnet::wire::LinkMedium::Ethernet));
                 match v {
                     Verdict::Consumed => {
                         taken += 1;
@@ -284,7 +284,7 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 which ^= 1;
-                let ok = Function::reconfigure(&mut qos, &configs[which]);
+                let ok = Function::reconfigure(&mut qos, &configs[which]).unwrap_or(false);
                 assert!(ok, "a valid config applies in place");
             }
         }

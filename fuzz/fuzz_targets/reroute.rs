@@ -152,7 +152,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Role::Local
         };
-        let mut frame = Frame::new(&mut buf, len);
+        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
         if let Verdict::Via(a) = fns[which].on_ingress(now, from, &mut frame) {
             assert!(next_hops.contains(&a), "Via {a} is no configured next hop");
         }

@@ -69,6 +69,7 @@
 //! assert!(share.iter().all(|&n| (21_000..22_700).contains(&n)));
 //! ```
 
+#![allow(clippy::redundant_closure_call)] // transitional: counters and reconfigure shims, removed as each function moves to the new contract
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -1425,63 +1426,73 @@ impl Function for Balancer {
         Some(at)
     }
 
-    fn reconfigure(&mut self, cfg: &FunctionConfig) -> bool {
-        let FunctionConfig::Balancer(c) = cfg else {
-            return false;
+    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+        let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
+            return Ok(false);
         };
-        match self.apply(c) {
-            Ok(()) => {
-                log::info!("balancer: reconfigured, {} flows kept", self.fwd.len());
-                true
-            }
-            Err(e) => {
-                log::warn!("balancer: reconfiguration refused: {e}");
-                false
-            }
-        }
-    }
-
-    fn counters(&self) -> Vec<(String, u64)> {
-        let st = &self.stats;
-        let mut out: Vec<(String, u64)> = vec![
-            ("flows_active".into(), self.fwd.len() as u64),
-            ("flows_created".into(), st.flows_created),
-            ("expired".into(), st.expired),
-            ("no_backend".into(), st.no_backend),
-            ("table_full".into(), st.table_full),
-            ("health_changes".into(), st.health_changes),
-            ("malformed".into(), st.malformed),
-            ("fragments_dropped".into(), st.fragments_dropped),
-            ("conflicts".into(), st.conflicts),
-            ("checks_ok".into(), st.checks_ok),
-            ("checks_failed".into(), st.checks_failed),
-        ];
-        // Per backend address (summed over services sharing it).
-        let mut backends: Vec<(Endpoint, u64, u64, bool)> = Vec::new();
-        for s in &self.services {
-            let name = &s.name;
-            out.push((format!("service.{name}.flows"), s.flows));
-            out.push((format!("service.{name}.packets"), s.packets));
-            out.push((format!("service.{name}.no_backend"), s.no_backend));
-            let up = s.backends.iter().filter(|b| b.up).count();
-            out.push((format!("service.{name}.backends_up"), up as u64));
-            for b in &s.backends {
-                match backends.iter_mut().find(|e| e.0 == b.ep) {
-                    Some(e) => {
-                        e.1 += b.flows;
-                        e.2 += b.packets;
-                        e.3 &= b.up;
-                    }
-                    None => backends.push((b.ep, b.flows, b.packets, b.up)),
+        Ok((|| -> bool {
+            let FunctionConfig::Balancer(c) = cfg else {
+                return false;
+            };
+            match self.apply(c) {
+                Ok(()) => {
+                    log::info!("balancer: reconfigured, {} flows kept", self.fwd.len());
+                    true
+                }
+                Err(e) => {
+                    log::warn!("balancer: reconfiguration refused: {e}");
+                    false
                 }
             }
+        })())
+    }
+
+    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
+        let pairs: Vec<(String, u64)> = (|| {
+            let st = &self.stats;
+            let mut out: Vec<(String, u64)> = vec![
+                ("flows_active".into(), self.fwd.len() as u64),
+                ("flows_created".into(), st.flows_created),
+                ("expired".into(), st.expired),
+                ("no_backend".into(), st.no_backend),
+                ("table_full".into(), st.table_full),
+                ("health_changes".into(), st.health_changes),
+                ("malformed".into(), st.malformed),
+                ("fragments_dropped".into(), st.fragments_dropped),
+                ("conflicts".into(), st.conflicts),
+                ("checks_ok".into(), st.checks_ok),
+                ("checks_failed".into(), st.checks_failed),
+            ];
+            // Per backend address (summed over services sharing it).
+            let mut backends: Vec<(Endpoint, u64, u64, bool)> = Vec::new();
+            for s in &self.services {
+                let name = &s.name;
+                out.push((format!("service.{name}.flows"), s.flows));
+                out.push((format!("service.{name}.packets"), s.packets));
+                out.push((format!("service.{name}.no_backend"), s.no_backend));
+                let up = s.backends.iter().filter(|b| b.up).count();
+                out.push((format!("service.{name}.backends_up"), up as u64));
+                for b in &s.backends {
+                    match backends.iter_mut().find(|e| e.0 == b.ep) {
+                        Some(e) => {
+                            e.1 += b.flows;
+                            e.2 += b.packets;
+                            e.3 &= b.up;
+                        }
+                        None => backends.push((b.ep, b.flows, b.packets, b.up)),
+                    }
+                }
+            }
+            for (ep, flows, packets, up) in backends {
+                out.push((format!("backend.{ep}.flows"), flows));
+                out.push((format!("backend.{ep}.packets"), packets));
+                out.push((format!("backend.{ep}.up"), u64::from(up)));
+            }
+            out
+        })();
+        for (n, v) in pairs {
+            visit(&n, v);
         }
-        for (ep, flows, packets, up) in backends {
-            out.push((format!("backend.{ep}.flows"), flows));
-            out.push((format!("backend.{ep}.packets"), packets));
-            out.push((format!("backend.{ep}.up"), u64::from(up)));
-        }
-        out
     }
 }
 
@@ -1539,7 +1550,11 @@ mod tests {
     fn ingress(lb: &mut Balancer, now: Instant, from: Role, bytes: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = bytes.to_vec();
         let len = buf.len();
-        let v = lb.on_ingress(now, from, &mut Frame::new(&mut buf, len));
+        let v = lb.on_ingress(
+            now,
+            from,
+            &mut Frame::new(&mut buf, len, crate::wire::LinkMedium::Ethernet),
+        );
         (v, buf)
     }
 
@@ -1552,7 +1567,7 @@ mod tests {
     }
 
     fn counter(lb: &Balancer, name: &str) -> u64 {
-        lb.counters()
+        crate::stack::hook::counters_of(lb)
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
@@ -1762,7 +1777,7 @@ mod tests {
             assert!((150..250).contains(&n), "backend {i}: {n} of 600 flows");
         }
         let cfg: BalancerConfig = toml::from_str(&config(4, "")).unwrap();
-        assert!(lb.reconfigure(&FunctionConfig::Balancer(cfg)));
+        assert!(lb.reconfigure(&FunctionConfig::Balancer(cfg)).unwrap());
         assert_eq!(lb.flows_active(), 600);
         // Established flows stay where they were, also for data packets.
         for (p, be) in before.iter().enumerate() {
@@ -1785,7 +1800,7 @@ mod tests {
         assert_eq!(total, 1000);
         // Removing a backend drops only its flows.
         let cfg: BalancerConfig = toml::from_str(&config(3, "")).unwrap();
-        assert!(lb.reconfigure(&FunctionConfig::Balancer(cfg)));
+        assert!(lb.reconfigure(&FunctionConfig::Balancer(cfg)).unwrap());
         assert_eq!(lb.flows_active(), 1000 - on_new);
     }
 
@@ -1940,7 +1955,7 @@ mod tests {
         // A refused reconfiguration keeps the running configuration.
         let mut lb = balancer(&config(3, ""));
         let bad: BalancerConfig = toml::from_str(&svc("table_size = 100")).unwrap();
-        assert!(!lb.reconfigure(&FunctionConfig::Balancer(bad)));
+        assert!(!lb.reconfigure(&FunctionConfig::Balancer(bad)).unwrap());
         assert_eq!(lb.table_share(0).len(), 3);
     }
 }

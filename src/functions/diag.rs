@@ -4,6 +4,7 @@
 //! simplest way to see the data path work (the sample topology uses them)
 //! and to check that bytes arrive intact.
 
+#![allow(clippy::redundant_closure_call)] // transitional: counters and reconfigure shims, removed as each function moves to the new contract
 use std::net::SocketAddr;
 
 use smoltcp::iface::SocketHandle;
@@ -166,11 +167,16 @@ impl Function for Echo {
         progress
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
-        vec![
-            ("tcp_bytes_echoed".into(), self.bytes),
-            ("udp_datagrams_echoed".into(), self.datagrams),
-        ]
+    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
+        let pairs: Vec<(String, u64)> = (|| {
+            vec![
+                ("tcp_bytes_echoed".into(), self.bytes),
+                ("udp_datagrams_echoed".into(), self.datagrams),
+            ]
+        })();
+        for (n, v) in pairs {
+            visit(&n, v);
+        }
     }
 }
 
@@ -536,10 +542,15 @@ impl Function for Probe {
         std::mem::take(&mut self.report)
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
-        vec![
-            ("exchanges_done".into(), self.next as u64),
-            ("exchanges_failed".into(), self.failures),
-        ]
+    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
+        let pairs: Vec<(String, u64)> = (|| {
+            vec![
+                ("exchanges_done".into(), self.next as u64),
+                ("exchanges_failed".into(), self.failures),
+            ]
+        })();
+        for (n, v) in pairs {
+            visit(&n, v);
+        }
     }
 }

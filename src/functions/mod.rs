@@ -14,10 +14,6 @@
 //! assert_eq!(f.name(), "passthrough");
 //! ```
 
-use smoltcp::iface::{Interface, SocketSet};
-use smoltcp::time::Instant;
-use smoltcp::wire::IpAddress;
-
 pub mod balancer;
 pub mod compress;
 pub mod diag;
@@ -27,177 +23,9 @@ pub mod matching;
 pub mod qos;
 pub mod reroute;
 
-pub use crate::adapters::Role;
-
-/// What to do with a captured frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Let it continue unchanged.
-    Pass,
-    /// Discard it (counted by the device).
-    Drop,
-    /// It was rewritten in place (possibly resized); continue with it.
-    Modified,
-    /// Send it out of this network's adapter instead of its normal path.
-    /// On a forwarding device it goes to its destination if that is on the
-    /// network, else to the network's gateway (a static route's or the
-    /// default one), with the next hop's MAC and TTL decremented; without a
-    /// next hop there it is a counted drop (`no_route`). Elsewhere the frame
-    /// leaves unchanged.
-    Redirect(Role),
-    /// The function took it (answered it itself, or holds it to release
-    /// later through [`Function::poll_transmit`]); nothing continues.
-    Consumed,
-    /// Forward it to this next hop (an address on one of the device's two
-    /// networks) instead of the routing table's choice. The NIC sets the
-    /// link-layer destination from the segment directory and, for frames
-    /// that arrived from an adapter, decrements the TTL. A next hop on
-    /// neither network, or a device that does not forward, is a counted
-    /// drop (`no_route`); an unknown neighbour counts as `no_neighbour`.
-    Via(IpAddress),
-}
-
-/// A held frame a function releases (see [`Function::poll_transmit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Emit {
-    /// Bytes written at the start of the buffer.
-    pub len: usize,
-    /// Next hop, overriding the routing table (as [`Verdict::Via`]).
-    pub via: Option<IpAddress>,
-}
-
-/// Looks up other devices on the networks this device is attached to.
-pub trait Directory {
-    /// The addresses of the device named `name` on this device's networks
-    /// (empty when it has no port on either).
-    fn device_addresses(&self, name: &str) -> Vec<IpAddress>;
-}
-
-/// A frame a function may rewrite: `len` bytes in use of a buffer of
-/// `capacity()` bytes (the network's largest frame).
-pub struct Frame<'a> {
-    buf: &'a mut [u8],
-    len: usize,
-}
-
-impl<'a> Frame<'a> {
-    /// Wraps the first `len` bytes of `buf` (clamped to its size).
-    pub fn new(buf: &'a mut [u8], len: usize) -> Frame<'a> {
-        let len = len.min(buf.len());
-        Frame { buf, len }
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn capacity(&self) -> usize {
-        self.buf.len()
-    }
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[..self.len]
-    }
-    /// The whole buffer, for functions that grow the frame.
-    pub fn buffer_mut(&mut self) -> &mut [u8] {
-        self.buf
-    }
-    /// Sets the frame length; `false` (and no change) past the capacity.
-    pub fn set_len(&mut self, len: usize) -> bool {
-        if len > self.buf.len() {
-            return false;
-        }
-        self.len = len;
-        true
-    }
-}
-
-/// What a socket-level function may touch: the device's interface and
-/// sockets, the time, and the directory of devices on its networks.
-pub struct SocketContext<'a> {
-    pub now: Instant,
-    pub iface: &'a mut Interface,
-    pub sockets: &'a mut SocketSet<'static>,
-    pub devices: &'a dyn Directory,
-}
-
-/// A network function. Every method has a no-op default.
-pub trait Function: Send {
-    /// Short name, as in the config's `kind`.
-    fn name(&self) -> &'static str;
-
-    /// A frame arrived on the `from` adapter, before the stack sees it.
-    fn on_ingress(&mut self, _now: Instant, _from: Role, _frame: &mut Frame<'_>) -> Verdict {
-        Verdict::Pass
-    }
-
-    /// Whether `on_ingress` looks at frames. A function that returns `false`
-    /// lets trusted frames go to the stack in place, without a copy.
-    fn hooks_ingress(&self) -> bool {
-        true
-    }
-
-    /// The stack emitted a frame, before it is routed to an adapter.
-    fn on_egress(&mut self, _now: Instant, _frame: &mut Frame<'_>) -> Verdict {
-        Verdict::Pass
-    }
-
-    /// Releases one frame the function holds (taken by returning
-    /// [`Verdict::Consumed`] from `on_ingress`, e.g. a scheduler's queues):
-    /// writes it into `buf` (as large as either network's largest frame)
-    /// and returns its length and optional next hop. Called repeatedly each
-    /// round while both adapters can take a frame, until it returns `None`.
-    /// Released frames are routed like frames that passed `on_ingress`:
-    /// transit ones are forwarded, ones addressed to the device go to its
-    /// stack. [`Function::poll_at`] says when the next one becomes due.
-    fn poll_transmit(&mut self, _now: Instant, _buf: &mut [u8]) -> Option<Emit> {
-        None
-    }
-
-    /// Installed on a device: open sockets here.
-    fn attach(&mut self, _cx: &mut SocketContext<'_>) {}
-
-    /// Being replaced or the device stops: close sockets here.
-    fn detach(&mut self, _cx: &mut SocketContext<'_>) {}
-
-    /// Socket-level work after each stack poll. Returns whether it made
-    /// progress (so the device keeps spinning instead of sleeping).
-    fn poll(&mut self, _cx: &mut SocketContext<'_>) -> bool {
-        false
-    }
-
-    /// When the function next needs a `poll` (or has a held frame due for
-    /// `poll_transmit`) even without traffic.
-    fn poll_at(&self) -> Option<Instant> {
-        None
-    }
-
-    /// `true` once a function with a finite job (a probe) is done.
-    fn finished(&self) -> bool {
-        false
-    }
-
-    /// Human-readable results (a probe's findings), drained by the caller.
-    fn take_report(&mut self) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// Counters, as `(name, value)`.
-    fn counters(&self) -> Vec<(String, u64)> {
-        Vec::new()
-    }
-
-    /// Applies a changed config of the same kind in place, keeping state
-    /// (e.g. a rekey keeps the tunnel's replay windows). Returns `false` if
-    /// not supported or not applicable: the caller then replaces the
-    /// function with a freshly built one.
-    fn reconfigure(&mut self, _cfg: &FunctionConfig) -> bool {
-        false
-    }
-}
+pub use crate::stack::hook::{
+    Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
+};
 
 /// A function's configuration: the `[function]` section of a device file,
 /// selected by `kind`.
@@ -242,15 +70,6 @@ pub const KINDS: &[&str] = &[
     "reroute",
     "balancer",
 ];
-
-/// Errors building a function.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FunctionError {
-    /// A parameter is invalid; the message names it.
-    #[error("function {kind}: {why}")]
-    Invalid { kind: &'static str, why: String },
-}
 
 /// Builds a function from its configuration.
 pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {

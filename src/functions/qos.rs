@@ -74,12 +74,13 @@
 //! frame[14 + 9] = 17;
 //! let now = Instant::from_millis(1);
 //! let len = frame.len();
-//! assert_eq!(qos.on_ingress(now, Role::Local, &mut Frame::new(&mut frame, len)), Verdict::Consumed);
+//! assert_eq!(qos.on_ingress(now, Role::Local, &mut Frame::new(&mut frame, len, shmnet::wire::LinkMedium::Ethernet)), Verdict::Consumed);
 //! let mut out = [0u8; 1514];
 //! assert_eq!(qos.release(now, &mut out), Some(len));
 //! assert_eq!(qos.class_stats("voice").unwrap().packets, 1);
 //! ```
 
+#![allow(clippy::redundant_closure_call)] // transitional: counters and reconfigure shims, removed as each function moves to the new contract
 use std::collections::VecDeque;
 
 use smoltcp::time::Instant;
@@ -1223,46 +1224,56 @@ impl Function for Qos {
         self.next_release()
     }
 
-    fn reconfigure(&mut self, cfg: &FunctionConfig) -> bool {
-        match cfg {
-            FunctionConfig::Qos(c) => Qos::reconfigure(self, c).is_ok(),
-            _ => false,
-        }
+    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+        let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
+            return Ok(false);
+        };
+        Ok((|| -> bool {
+            match cfg {
+                FunctionConfig::Qos(c) => Qos::reconfigure(self, c).is_ok(),
+                _ => false,
+            }
+        })())
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
-        let mut out = Vec::with_capacity(self.classes.len() * 5 + 10);
-        let mut total = ClassStats::default();
-        let mut queued = 0;
-        for (i, c) in self.classes.iter().enumerate() {
-            let q: u64 = self.links.iter().map(|l| l.queued_bytes(i)).sum();
-            let s = c.stats;
+    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
+        let pairs: Vec<(String, u64)> = (|| {
+            let mut out = Vec::with_capacity(self.classes.len() * 5 + 10);
+            let mut total = ClassStats::default();
+            let mut queued = 0;
+            for (i, c) in self.classes.iter().enumerate() {
+                let q: u64 = self.links.iter().map(|l| l.queued_bytes(i)).sum();
+                let s = c.stats;
+                out.extend([
+                    (format!("class.{}.packets", c.name), s.packets),
+                    (format!("class.{}.bytes", c.name), s.bytes),
+                    (format!("class.{}.dropped", c.name), s.dropped),
+                    (format!("class.{}.marked", c.name), s.marked),
+                    (format!("class.{}.queued_bytes", c.name), q),
+                ]);
+                total.packets += s.packets;
+                total.bytes += s.bytes;
+                total.dropped += s.dropped;
+                total.marked += s.marked;
+                queued += q;
+            }
             out.extend([
-                (format!("class.{}.packets", c.name), s.packets),
-                (format!("class.{}.bytes", c.name), s.bytes),
-                (format!("class.{}.dropped", c.name), s.dropped),
-                (format!("class.{}.marked", c.name), s.marked),
-                (format!("class.{}.queued_bytes", c.name), q),
+                ("packets".into(), total.packets),
+                ("bytes".into(), total.bytes),
+                ("dropped".into(), total.dropped),
+                ("marked".into(), total.marked),
+                ("queued_bytes".into(), queued),
+                ("queued_packets".into(), self.queued_frames() as u64),
+                ("enqueued".into(), self.stats.enqueued),
+                ("passed".into(), self.stats.passed),
+                ("malformed".into(), self.stats.malformed),
+                ("discarded".into(), self.stats.discarded),
             ]);
-            total.packets += s.packets;
-            total.bytes += s.bytes;
-            total.dropped += s.dropped;
-            total.marked += s.marked;
-            queued += q;
+            out
+        })();
+        for (n, v) in pairs {
+            visit(&n, v);
         }
-        out.extend([
-            ("packets".into(), total.packets),
-            ("bytes".into(), total.bytes),
-            ("dropped".into(), total.dropped),
-            ("marked".into(), total.marked),
-            ("queued_bytes".into(), queued),
-            ("queued_packets".into(), self.queued_frames() as u64),
-            ("enqueued".into(), self.stats.enqueued),
-            ("passed".into(), self.stats.passed),
-            ("malformed".into(), self.stats.malformed),
-            ("discarded".into(), self.stats.discarded),
-        ]);
-        out
     }
 }
 
@@ -1350,7 +1361,11 @@ mod tests {
     fn ingress(q: &mut Qos, now: Instant, from: Role, bytes: &[u8]) -> Verdict {
         let mut buf = bytes.to_vec();
         let len = buf.len();
-        q.on_ingress(now, from, &mut Frame::new(&mut buf, len))
+        q.on_ingress(
+            now,
+            from,
+            &mut Frame::new(&mut buf, len, crate::wire::LinkMedium::Ethernet),
+        )
     }
 
     /// Releases everything that may leave at `now`: the frames.
@@ -1364,7 +1379,7 @@ mod tests {
     }
 
     fn counter(q: &Qos, name: &str) -> u64 {
-        q.counters()
+        crate::stack::hook::counters_of(q)
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
@@ -1858,7 +1873,7 @@ mod tests {
         let bad: QosConfig = toml::from_str(&text("8mbit", 1000, 0, false)).unwrap();
         assert!(q.reconfigure(&bad).is_err());
         assert_eq!(q.queued_frames(), 1);
-        assert!(!Function::reconfigure(&mut q, &FunctionConfig::Passthrough));
+        assert!(!Function::reconfigure(&mut q, &FunctionConfig::Passthrough).unwrap());
     }
 
     #[test]

@@ -69,9 +69,10 @@
 //! "#).unwrap();
 //! let r = Reroute::new(cfg).unwrap();
 //! assert_eq!(r.name(), "reroute");
-//! assert!(r.counters().contains(&("next_hop.b.up".to_string(), 1)));
+//! assert!(shmnet::stack::hook::counters_of(&r).contains(&("next_hop.b.up".to_string(), 1)));
 //! ```
 
+#![allow(clippy::redundant_closure_call)] // transitional: counters and reconfigure shims, removed as each function moves to the new contract
 use std::net::IpAddr;
 
 use smoltcp::iface::SocketHandle;
@@ -1055,81 +1056,91 @@ impl Function for Reroute {
         self.next_due
     }
 
-    fn counters(&self) -> Vec<(String, u64)> {
-        let s = &self.stats;
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for r in &self.rules {
-            out.push((format!("rule.{}.packets", r.name), r.packets));
+    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
+        let pairs: Vec<(String, u64)> = (|| {
+            let s = &self.stats;
+            let mut out: Vec<(String, u64)> = Vec::new();
+            for r in &self.rules {
+                out.push((format!("rule.{}.packets", r.name), r.packets));
+            }
+            for h in &self.hops {
+                let n = &h.name;
+                out.push((format!("next_hop.{n}.packets"), h.packets));
+                out.push((format!("next_hop.{n}.up"), u64::from(h.up)));
+                out.push((format!("next_hop.{n}.probes_sent"), h.probes_sent));
+                out.push((format!("next_hop.{n}.probes_lost"), h.probes_lost));
+            }
+            out.extend([
+                ("failovers".into(), s.failovers),
+                ("failbacks".into(), s.failbacks),
+                ("unmatched".into(), s.unmatched),
+                ("to_device".into(), s.to_device),
+                ("no_next_hop".into(), s.no_next_hop),
+                ("malformed".into(), s.malformed),
+            ]);
+            out
+        })();
+        for (n, v) in pairs {
+            visit(&n, v);
         }
-        for h in &self.hops {
-            let n = &h.name;
-            out.push((format!("next_hop.{n}.packets"), h.packets));
-            out.push((format!("next_hop.{n}.up"), u64::from(h.up)));
-            out.push((format!("next_hop.{n}.probes_sent"), h.probes_sent));
-            out.push((format!("next_hop.{n}.probes_lost"), h.probes_lost));
-        }
-        out.extend([
-            ("failovers".into(), s.failovers),
-            ("failbacks".into(), s.failbacks),
-            ("unmatched".into(), s.unmatched),
-            ("to_device".into(), s.to_device),
-            ("no_next_hop".into(), s.no_next_hop),
-            ("malformed".into(), s.malformed),
-        ]);
-        out
     }
 
     /// Takes a changed configuration in place: next hops whose name and
     /// target (address or device) are unchanged keep their health state
     /// and counters, rules keep their counters by name, and the
     /// health-check socket stays open.
-    fn reconfigure(&mut self, cfg: &FunctionConfig) -> bool {
-        let FunctionConfig::Reroute(cfg) = cfg else {
-            return false;
+    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+        let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
+            return Ok(false);
         };
-        let Ok(mut new) = Reroute::new(cfg.clone()) else {
-            return false;
-        };
-        for h in &mut new.hops {
-            let Some(old) = self.hops.iter().find(|o| o.name == h.name) else {
-                continue;
+        Ok((|| -> bool {
+            let FunctionConfig::Reroute(cfg) = cfg else {
+                return false;
             };
-            let same_target = match (&h.target, &old.target) {
-                (Target::Fixed, Target::Fixed) => (h.v4, h.v6) == (old.v4, old.v6),
-                (Target::Device(a), Target::Device(b)) => a == b,
-                (Target::Network(a), Target::Network(b)) => a == b,
-                _ => false,
+            let Ok(mut new) = Reroute::new(cfg.clone()) else {
+                return false;
             };
-            if !same_target {
-                continue;
+            for h in &mut new.hops {
+                let Some(old) = self.hops.iter().find(|o| o.name == h.name) else {
+                    continue;
+                };
+                let same_target = match (&h.target, &old.target) {
+                    (Target::Fixed, Target::Fixed) => (h.v4, h.v6) == (old.v4, old.v6),
+                    (Target::Device(a), Target::Device(b)) => a == b,
+                    (Target::Network(a), Target::Network(b)) => a == b,
+                    _ => false,
+                };
+                if !same_target {
+                    continue;
+                }
+                (h.v4, h.v6, h.resolved_once) = (old.v4, old.v6, old.resolved_once);
+                h.next_resolve = old.next_resolve;
+                (h.up, h.streak) = (old.up, old.streak);
+                (h.outstanding, h.next_probe) = (old.outstanding, old.next_probe);
+                (h.packets, h.probes_sent, h.probes_lost) =
+                    (old.packets, old.probes_sent, old.probes_lost);
+                if h.check == Check::None && h.probe_address().is_some() {
+                    h.up = true;
+                }
             }
-            (h.v4, h.v6, h.resolved_once) = (old.v4, old.v6, old.resolved_once);
-            h.next_resolve = old.next_resolve;
-            (h.up, h.streak) = (old.up, old.streak);
-            (h.outstanding, h.next_probe) = (old.outstanding, old.next_probe);
-            (h.packets, h.probes_sent, h.probes_lost) =
-                (old.packets, old.probes_sent, old.probes_lost);
-            if h.check == Check::None && h.probe_address().is_some() {
-                h.up = true;
+            for r in &mut new.rules {
+                if let Some(old) = self.rules.iter().find(|o| o.name == r.name) {
+                    r.packets = old.packets;
+                }
             }
-        }
-        for r in &mut new.rules {
-            if let Some(old) = self.rules.iter().find(|o| o.name == r.name) {
-                r.packets = old.packets;
-            }
-        }
-        new.own = std::mem::take(&mut self.own);
-        new.socket = self.socket.take();
-        new.seq = self.seq;
-        new.stats = std::mem::take(&mut self.stats);
-        new.update_routes(false);
-        log::info!(
-            "reroute: reconfigured ({} next hops, {} rules)",
-            new.hops.len(),
-            new.rules.len()
-        );
-        *self = new;
-        true
+            new.own = std::mem::take(&mut self.own);
+            new.socket = self.socket.take();
+            new.seq = self.seq;
+            new.stats = std::mem::take(&mut self.stats);
+            new.update_routes(false);
+            log::info!(
+                "reroute: reconfigured ({} next hops, {} rules)",
+                new.hops.len(),
+                new.rules.len()
+            );
+            *self = new;
+            true
+        })())
     }
 }
 
@@ -1152,7 +1163,7 @@ mod tests {
     }
 
     fn counter(r: &Reroute, name: &str) -> u64 {
-        r.counters()
+        crate::stack::hook::counters_of(r)
             .into_iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v)
@@ -1162,7 +1173,11 @@ mod tests {
     fn ingress(r: &mut Reroute, bytes: &[u8]) -> Verdict {
         let mut buf = bytes.to_vec();
         let len = buf.len();
-        r.on_ingress(ms(0), Role::Local, &mut Frame::new(&mut buf, len))
+        r.on_ingress(
+            ms(0),
+            Role::Local,
+            &mut Frame::new(&mut buf, len, crate::wire::LinkMedium::Ethernet),
+        )
     }
 
     /// Ethernet (dst 02:..:02, src 02:..:01, IPv4) + IPv4 (TOS 0xb8 = DSCP
@@ -1582,7 +1597,7 @@ mod tests {
                     [[next_hop]]\nname = \"b\"\naddress = \"10.20.0.9\"\n\
                     [[rule]]\nname = \"x\"\nvia = [\"b\", \"a\"]";
         let cfg = FunctionConfig::Reroute(toml::from_str(text).unwrap());
-        assert!(r.reconfigure(&cfg));
+        assert!(r.reconfigure(&cfg).unwrap());
         assert_eq!(r.is_up("a"), Some(false));
         assert_eq!(counter(&r, "next_hop.a.probes_sent"), 5);
         assert_eq!(r.active("x", false), Some("b"));
@@ -1590,7 +1605,7 @@ mod tests {
             ingress(&mut r, &tcp4([1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 9)),
             Verdict::Via(IpAddress::v4(10, 20, 0, 9))
         );
-        assert!(!r.reconfigure(&FunctionConfig::Passthrough));
+        assert!(!r.reconfigure(&FunctionConfig::Passthrough).unwrap());
     }
 
     #[test]

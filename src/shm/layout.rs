@@ -69,30 +69,7 @@ pub(crate) const PORT_GEN_OFF: usize = field::PORT_GEN;
 pub(crate) const LINK_GEN_OFF: usize = field::LINK_GEN;
 pub(crate) const VERSION_OFF: usize = field::VERSION;
 
-/// Which link layer frames on a network carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinkMedium {
-    /// Ethernet II frames; ARP/NDP work; frames switched by MAC.
-    Ethernet,
-    /// Bare IPv4/IPv6 packets; frames switched by destination IP.
-    Ip,
-}
-
-impl LinkMedium {
-    fn code(self) -> u32 {
-        match self {
-            LinkMedium::Ethernet => 0,
-            LinkMedium::Ip => 1,
-        }
-    }
-    fn from_code(c: u32) -> Option<Self> {
-        match c {
-            0 => Some(LinkMedium::Ethernet),
-            1 => Some(LinkMedium::Ip),
-            _ => None,
-        }
-    }
-}
+pub use crate::wire::LinkMedium;
 
 /// A read/write view of a segment header held in a local buffer.
 #[derive(Debug, Clone)]

@@ -21,6 +21,7 @@
 //! assert_eq!(dev.stats().local.tx_frames, 0);
 //! ```
 
+pub mod hook;
 pub mod nic;
 
 use std::sync::Arc;
@@ -32,13 +33,14 @@ use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
+pub use hook::{Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict};
 pub use nic::{Nic, NicCounters, Router};
 
 use crate::adapters::{
     AdapterCounters, AdapterError, AdapterOptions, AdapterStats, GlobalAdapter, LocalAdapter,
 };
 use crate::config::{DeviceSettings, NetworkSettings};
-use crate::functions::{self, Function, FunctionError, SocketContext};
+use crate::functions;
 use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind};
 
 /// While busy-polling without progress, yield the core this often…
@@ -214,6 +216,7 @@ pub struct Device {
     last_sweep: std::time::Instant,
     last_counters: std::time::Instant,
     directory: SegmentDirectory,
+    link: LinkInfo,
 }
 
 /// The devices on a device's two networks, from the segments' port
@@ -410,7 +413,13 @@ impl Device {
                 Arc::clone(nic.global().port().segment()),
             ],
         };
+        let link = LinkInfo {
+            medium,
+            local_mtu: nic.local().ip_mtu(),
+            global_mtu: nic.global().ip_mtu(),
+        };
         let mut dev = Device {
+            link,
             iface,
             sockets: SocketSet::new(Vec::new()),
             nic,
@@ -457,7 +466,7 @@ impl Device {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> DeviceStats {
-        *self.shared.function_counters.lock() = self.nic.function.counters();
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
         stats_of(&self.shared)
     }
 
@@ -488,6 +497,7 @@ impl Device {
                 iface: &mut self.iface,
                 sockets: &mut self.sockets,
                 devices: &self.directory,
+                link: self.link,
             },
         )
     }
@@ -506,7 +516,10 @@ impl Device {
             }
             let cfg = self.shared.reconfigure.lock().take();
             if let Some(cfg) = cfg
-                && !self.nic.function.reconfigure(&cfg)
+                && !self.nic.function.reconfigure(&cfg).unwrap_or_else(|e| {
+                    log::warn!("device {}: reconfigure failed: {e}", self.shared.name);
+                    true
+                })
             {
                 match functions::build(&cfg) {
                     Ok(f) => self.replace_function(f),
@@ -524,6 +537,7 @@ impl Device {
             iface: &mut self.iface,
             sockets: &mut self.sockets,
             devices: &self.directory,
+            link: self.link,
         };
         let worked = self.nic.function.poll(&mut cx);
         if worked {
@@ -575,7 +589,7 @@ impl Device {
             return;
         }
         self.last_counters = t;
-        *self.shared.function_counters.lock() = self.nic.function.counters();
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
         if t.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.last_sweep = t;
             self.nic.local().port().segment().sweep_dead();
@@ -617,7 +631,7 @@ impl Device {
                 last_progress = std::time::Instant::now() - SPIN_HOT;
             }
         }
-        *self.shared.function_counters.lock() = self.nic.function.counters();
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
     }
 
     /// Runs until stopped.

@@ -20,8 +20,8 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpCidr, Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
+use super::hook::{Frame, Function, Verdict};
 use crate::adapters::{AdapterCore, GlobalAdapter, LocalAdapter, Received, Role, bump};
-use crate::functions::{Frame, Function, Verdict};
 use crate::shm::LinkMedium;
 
 /// Counters of the interface system.
@@ -854,7 +854,7 @@ impl phy::TxToken for NicTxToken<'_> {
         bump(&self.counters.frames_out, 1);
         let full = pc.buffer_mut(&mut buf);
         let r = f(&mut full[..len]);
-        let mut frame = Frame::new(full, len);
+        let mut frame = Frame::new(full, len, self.router.medium);
         let verdict = self.function.on_egress(self.now, &mut frame);
         let flen = frame.len();
         let route = match verdict {
@@ -1007,7 +1007,7 @@ impl phy::Device for Nic {
                 bytes.len()
             }
         };
-        let mut frame = Frame::new(rx, len);
+        let mut frame = Frame::new(rx, len, self.router.medium);
         let verdict = self.function.on_ingress(self.now, role, &mut frame);
         let mut flen = frame.len();
         // Where the frame is forwarded to, if it leaves by the routing path.

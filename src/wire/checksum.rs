@@ -1,0 +1,100 @@
+//! The Internet checksum (RFC 1071): full, and updated incrementally when a
+//! few words change (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`).
+//!
+//! An incremental update keeps a wrong checksum wrong, which a router
+//! must do: it never hides corruption it did not cause.
+//!
+//! ```
+//! use shmnet::wire::checksum;
+//! let mut hdr = [0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+//! let ck = checksum::ipv4_header(&hdr);
+//! hdr[10..12].copy_from_slice(&ck.to_be_bytes());
+//! assert_eq!(checksum::ipv4_header(&hdr), 0);
+//! // TTL 64 -> 63, updated incrementally, still valid.
+//! let old = u16::from_be_bytes([hdr[8], hdr[9]]);
+//! hdr[8] = 63;
+//! let new = u16::from_be_bytes([hdr[8], hdr[9]]);
+//! let ck = checksum::update(ck, old, new);
+//! hdr[10..12].copy_from_slice(&ck.to_be_bytes());
+//! assert_eq!(checksum::ipv4_header(&hdr), 0);
+//! ```
+
+/// The checksum an IPv4 header should carry, computed over `header` (the
+/// header with its checksum field zero gives the value to store; a header
+/// with a valid checksum gives 0).
+pub fn ipv4_header(header: &[u8]) -> u16 {
+    !smoltcp::wire::checksum::data(header)
+}
+
+/// Folds a one's-complement accumulator to 16 bits.
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// `ck` after one 16-bit word of the covered data changed `old` → `new`.
+pub fn update(ck: u16, old: u16, new: u16) -> u16 {
+    !fold(u32::from(!ck) + u32::from(!old) + u32::from(new))
+}
+
+/// The one's-complement difference `Σ~old + Σnew` of two equally long
+/// runs of big-endian words, to apply to many packets with [`adjust`]
+/// (e.g. a NAT rewrite worked out once per flow).
+pub fn delta(old: &[u8], new: &[u8]) -> u32 {
+    sum_words(sum_words(0, old, true), new, false)
+}
+
+/// Adds the big-endian 16-bit words of `bytes` (complemented if `negate`)
+/// to a one's-complement accumulator.
+pub fn sum_words(mut acc: u32, bytes: &[u8], negate: bool) -> u32 {
+    for w in bytes.chunks_exact(2) {
+        let v = u16::from_be_bytes([w[0], w[1]]);
+        acc += u32::from(if negate { !v } else { v });
+    }
+    acc
+}
+
+/// `ck` after adding a precomputed [`delta`].
+pub fn adjust(ck: u16, delta: u32) -> u16 {
+    !fold(u32::from(!ck) + (delta & 0xffff) + (delta >> 16))
+}
+
+/// Rewrites the 16-bit checksum stored at `at` in `buf` for a change of
+/// `old` → `new` words; `false` if `at` is out of range.
+pub fn update_at(buf: &mut [u8], at: usize, old: &[u8], new: &[u8]) -> bool {
+    let Some(b) = buf.get_mut(at..at + 2) else {
+        return false;
+    };
+    let ck = u16::from_be_bytes([b[0], b[1]]);
+    b.copy_from_slice(&adjust(ck, delta(old, new)).to_be_bytes());
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut hdr = [
+            0x45u8, 0, 0, 60, 1, 2, 0x40, 0, 64, 6, 0, 0, 192, 168, 1, 1, 10, 9, 8, 7,
+        ];
+        let ck = ipv4_header(&hdr);
+        hdr[10..12].copy_from_slice(&ck.to_be_bytes());
+        let old = hdr[12..16].to_vec();
+        let new = [172u8, 16, 0, 99];
+        hdr[12..16].copy_from_slice(&new);
+        assert!(update_at(&mut hdr, 10, &old, &new));
+        assert_eq!(ipv4_header(&hdr), 0);
+        // The precomputed delta of two rewrites equals both applied.
+        let d = delta(&[1, 2, 3, 4], &[5, 6, 7, 8]) + delta(&[0, 9], &[0xff, 0xff]);
+        let a = adjust(
+            adjust(0x1234, delta(&[1, 2, 3, 4], &[5, 6, 7, 8])),
+            delta(&[0, 9], &[0xff, 0xff]),
+        );
+        assert_eq!(adjust(0x1234, d), a);
+        assert!(!update_at(&mut hdr, 19, &old, &new));
+    }
+}

@@ -1,0 +1,91 @@
+//! The Encapsulating Security Payload header (ESP, RFC 4303): SPI and
+//! sequence number; IV, ciphertext and ICV follow as its payload.
+//!
+//! ```
+//! use shmnet::wire::esp::{EspPacket, EspRepr};
+//! let repr = EspRepr { spi: 0x1000, seq: 7 };
+//! let mut buf = [0u8; 8];
+//! repr.emit(&mut EspPacket::new_unchecked(&mut buf[..]));
+//! assert_eq!(EspRepr::parse(&EspPacket::new_checked(&buf[..]).unwrap()).unwrap(), repr);
+//! ```
+
+/// Errors of the ESP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EspError {
+    /// Fewer than 8 bytes.
+    #[error("ESP header truncated")]
+    Truncated,
+    /// SPIs 0..=255 are reserved (RFC 4303 §2.1) and never sent.
+    #[error("reserved SPI")]
+    ReservedSpi,
+}
+
+mod field {
+    pub const SPI: std::ops::Range<usize> = 0..4;
+    pub const SEQ: std::ops::Range<usize> = 4..8;
+    pub const PAYLOAD: usize = 8;
+}
+
+/// A read/write view of an ESP header and what follows it.
+#[derive(Debug, Clone)]
+pub struct EspPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> EspPacket<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        EspPacket { buffer }
+    }
+    pub fn new_checked(buffer: T) -> Result<Self, EspError> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+    pub fn check_len(&self) -> Result<(), EspError> {
+        if self.buffer.as_ref().len() < field::PAYLOAD {
+            return Err(EspError::Truncated);
+        }
+        Ok(())
+    }
+    pub fn spi(&self) -> u32 {
+        let b = &self.buffer.as_ref()[field::SPI];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+    pub fn seq(&self) -> u32 {
+        let b = &self.buffer.as_ref()[field::SEQ];
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    }
+    /// IV, encrypted data and ICV.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::PAYLOAD..]
+    }
+}
+
+/// What an ESP header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspRepr {
+    pub spi: u32,
+    pub seq: u32,
+}
+
+impl EspRepr {
+    pub fn parse<T: AsRef<[u8]>>(p: &EspPacket<T>) -> Result<EspRepr, EspError> {
+        p.check_len()?;
+        if p.spi() < 256 {
+            return Err(EspError::ReservedSpi);
+        }
+        Ok(EspRepr {
+            spi: p.spi(),
+            seq: p.seq(),
+        })
+    }
+    pub const fn buffer_len(&self) -> usize {
+        field::PAYLOAD
+    }
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut EspPacket<T>) {
+        let b = p.buffer.as_mut();
+        b[field::SPI].copy_from_slice(&self.spi.to_be_bytes());
+        b[field::SEQ].copy_from_slice(&self.seq.to_be_bytes());
+    }
+}

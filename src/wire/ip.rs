@@ -1,0 +1,700 @@
+//! The one parsed view of a frame: what the NIC routes by and every
+//! function matches on.
+//!
+//! [`FrameView::parse`] reads the link header (Ethernet or none), the IPv4
+//! or IPv6 header with a bounded walk over IPv6 extension headers
+//! ([`MAX_EXTENSION_HEADERS`]), the fragment fields and the first bytes of
+//! the transport header (ports, TCP flags, ICMP type), all through
+//! smoltcp's checked wire types or explicit length checks. It never
+//! panics and never allocates. The result holds offsets into the frame, so
+//! a function that rewrites a field knows where it is without parsing
+//! again.
+//!
+//! Rules, the same for every user:
+//! - IPv4: version 4, IHL ≥ 5, total length covering the header and not
+//!   beyond the frame; IPv6: version 6, payload length not beyond the
+//!   frame. Anything else is [`FrameView::Malformed`].
+//! - Bytes after the IP packet's length (link padding) are not part of it:
+//!   [`IpView::end`].
+//! - A non-first fragment has no transport header ([`Transport::None`]); a
+//!   first fragment has one if its bytes are there.
+//! - A transport header that should be there but is cut short (TCP under
+//!   20 bytes or a data offset past the packet, UDP under 8, ICMP under 8)
+//!   or an extension-header chain that is cut short or longer than the
+//!   bound is [`Transport::Truncated`]: the IP part is valid (routing works)
+//!   but functions treat the packet as malformed.
+
+use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address};
+
+use super::proto;
+use super::tcp::TcpFlags;
+
+/// At most this many IPv6 extension headers are walked; a longer chain is
+/// [`Transport::Truncated`].
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// The link layer of a network: what precedes the IP header in a frame.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMedium {
+    /// Ethernet II frames; ARP/NDP work; frames switched by MAC.
+    #[default]
+    Ethernet,
+    /// Bare IPv4/IPv6 packets; frames switched by destination IP.
+    Ip,
+}
+
+impl LinkMedium {
+    /// Bytes of link header before the IP header.
+    pub const fn header_len(self) -> usize {
+        match self {
+            LinkMedium::Ethernet => 14,
+            LinkMedium::Ip => 0,
+        }
+    }
+
+    /// The code stored in a segment header.
+    pub const fn code(self) -> u32 {
+        match self {
+            LinkMedium::Ethernet => 0,
+            LinkMedium::Ip => 1,
+        }
+    }
+
+    /// The medium a segment header's code names, if any.
+    pub const fn from_code(c: u32) -> Option<Self> {
+        match c {
+            0 => Some(LinkMedium::Ethernet),
+            1 => Some(LinkMedium::Ip),
+            _ => None,
+        }
+    }
+
+    /// `"ethernet"` or `"ip"`, as in a config file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LinkMedium::Ethernet => "ethernet",
+            LinkMedium::Ip => "ip",
+        }
+    }
+}
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameView {
+    /// An IPv4 or IPv6 packet.
+    Ip(IpView),
+    /// An ARP packet (Ethernet only); `target` is the target protocol
+    /// address, if the packet is long enough to hold it.
+    Arp { target: Option<Ipv4Address> },
+    /// Another EtherType: not for the functions to judge.
+    Other { ethertype: u16 },
+    /// Too short for its link header, or an IP header that fails the rules
+    /// in the module doc.
+    Malformed,
+}
+
+/// Fragmentation of an IP packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not a fragment.
+    Whole,
+    /// The first fragment (offset 0, more to come): its transport header is
+    /// there but its length fields describe more bytes than it holds.
+    First,
+    /// A later fragment: no transport header.
+    Later,
+}
+
+/// The transport header, as far as functions look at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: TcpFlags,
+        /// Header length (data offset × 4).
+        header_len: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    /// ICMP (in IPv4) or ICMPv6 (in IPv6). `ident` is the echo identifier
+    /// for echo requests and replies, else 0.
+    Icmp {
+        ty: u8,
+        code: u8,
+        ident: u16,
+    },
+    /// Another protocol, or a later fragment.
+    None,
+    /// The transport header (or IPv6 extension-header chain) is cut short
+    /// or too long: treat the packet as malformed.
+    Truncated,
+}
+
+/// An IP packet inside a frame: addresses, protocol, offsets, transport.
+///
+/// Addresses are `u128` for cheap matching and hashing (IPv4 in the low 32
+/// bits); [`IpView::src_addr`] and [`IpView::dst_addr`] give smoltcp's
+/// types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpView {
+    /// IPv6 (else IPv4).
+    pub v6: bool,
+    pub src: u128,
+    pub dst: u128,
+    /// The upper-layer protocol: IPv4's protocol field, or IPv6's last
+    /// next-header after the extension headers walked.
+    pub proto: u8,
+    /// IPv4 TOS / IPv6 traffic class: DSCP in the top 6 bits, ECN below.
+    pub tos: u8,
+    /// TTL / hop limit.
+    pub hop_limit: u8,
+    pub fragment: Fragment,
+    /// Offset of the IP header in the frame (the link header's length).
+    pub l3: usize,
+    /// Offset of the transport header (after IPv4 options and IPv6
+    /// extension headers); meaningful when `transport` is not `None` /
+    /// `Truncated`.
+    pub l4: usize,
+    /// Offset just past the IP packet (its total length); bytes beyond are
+    /// link padding.
+    pub end: usize,
+    pub transport: Transport,
+}
+
+impl FrameView {
+    /// Parses a frame of `medium` (see the module doc for the rules).
+    pub fn parse(medium: LinkMedium, frame: &[u8]) -> FrameView {
+        match medium {
+            LinkMedium::Ethernet => {
+                let Some(t) = frame.get(12..14) else {
+                    return FrameView::Malformed;
+                };
+                match u16::from_be_bytes([t[0], t[1]]) {
+                    0x0800 => parse_ipv4(frame, 14),
+                    0x86dd => parse_ipv6(frame, 14),
+                    0x0806 => FrameView::Arp {
+                        target: frame
+                            .get(38..42)
+                            .map(|a| Ipv4Address::new(a[0], a[1], a[2], a[3])),
+                    },
+                    ethertype => FrameView::Other { ethertype },
+                }
+            }
+            LinkMedium::Ip => match frame.first().map(|b| b >> 4) {
+                Some(4) => parse_ipv4(frame, 0),
+                Some(6) => parse_ipv6(frame, 0),
+                _ => FrameView::Malformed,
+            },
+        }
+    }
+
+    /// The IP view, if the frame carries a well-formed IP header.
+    pub fn ip(&self) -> Option<&IpView> {
+        match self {
+            FrameView::Ip(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn parse_ipv4(frame: &[u8], l3: usize) -> FrameView {
+    let Some(b) = frame.get(l3..) else {
+        return FrameView::Malformed;
+    };
+    if b.len() < 20 || b[0] >> 4 != 4 {
+        return FrameView::Malformed;
+    }
+    let ihl = usize::from(b[0] & 0x0f) * 4;
+    let total = usize::from(be16(b, 2));
+    if ihl < 20 || total < ihl || total > b.len() {
+        return FrameView::Malformed;
+    }
+    let word = |at: usize| u128::from(u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
+    let frag = be16(b, 6);
+    let fragment = match (frag & 0x1fff, frag & 0x2000 != 0) {
+        (0, false) => Fragment::Whole,
+        (0, true) => Fragment::First,
+        _ => Fragment::Later,
+    };
+    let mut v = IpView {
+        v6: false,
+        src: word(12),
+        dst: word(16),
+        proto: b[9],
+        tos: b[1],
+        hop_limit: b[8],
+        fragment,
+        l3,
+        l4: l3 + ihl,
+        end: l3 + total,
+        transport: Transport::None,
+    };
+    v.transport = transport(&v, &b[ihl..total]);
+    FrameView::Ip(v)
+}
+
+fn parse_ipv6(frame: &[u8], l3: usize) -> FrameView {
+    let Some(b) = frame.get(l3..) else {
+        return FrameView::Malformed;
+    };
+    if b.len() < 40 || b[0] >> 4 != 6 {
+        return FrameView::Malformed;
+    }
+    let end = 40 + usize::from(be16(b, 4));
+    if end > b.len() {
+        return FrameView::Malformed;
+    }
+    let addr = |at: usize| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&b[at..at + 16]);
+        u128::from_be_bytes(a)
+    };
+    let mut v = IpView {
+        v6: true,
+        src: addr(8),
+        dst: addr(24),
+        proto: b[6],
+        tos: (b[0] << 4) | (b[1] >> 4),
+        hop_limit: b[7],
+        fragment: Fragment::Whole,
+        l3,
+        l4: l3 + 40,
+        end: l3 + end,
+        transport: Transport::Truncated,
+    };
+    let mut at = 40;
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        let rest = &b[at..end];
+        let len = match v.proto {
+            // Hop-by-hop, routing, destination options.
+            0 | 43 | 60 => match rest.get(1) {
+                Some(&l) => (usize::from(l) + 1) * 8,
+                None => return FrameView::Ip(v),
+            },
+            // Authentication header.
+            51 => match rest.get(1) {
+                Some(&l) => (usize::from(l) + 2) * 4,
+                None => return FrameView::Ip(v),
+            },
+            // Fragment.
+            44 => {
+                let Some(h) = rest.get(..8) else {
+                    return FrameView::Ip(v);
+                };
+                if be16(h, 2) & 0xfff8 != 0 {
+                    v.fragment = Fragment::Later;
+                } else if h[3] & 1 != 0 {
+                    v.fragment = Fragment::First;
+                }
+                8
+            }
+            _ => {
+                v.l4 = l3 + at;
+                v.transport = transport(&v, rest);
+                return FrameView::Ip(v);
+            }
+        };
+        if rest.len() < len {
+            return FrameView::Ip(v);
+        }
+        v.proto = rest[0];
+        at += len;
+        if v.fragment == Fragment::Later {
+            v.l4 = l3 + at;
+            v.transport = Transport::None;
+            return FrameView::Ip(v);
+        }
+    }
+    FrameView::Ip(v)
+}
+
+/// The transport header of packet `v`, whose payload is `l4`.
+fn transport(v: &IpView, l4: &[u8]) -> Transport {
+    if v.fragment == Fragment::Later {
+        return Transport::None;
+    }
+    match v.proto {
+        proto::TCP => {
+            if l4.len() < 20 {
+                return Transport::Truncated;
+            }
+            let header_len = (l4[12] >> 4) * 4;
+            if header_len < 20 || usize::from(header_len) > l4.len() {
+                return Transport::Truncated;
+            }
+            Transport::Tcp {
+                sport: be16(l4, 0),
+                dport: be16(l4, 2),
+                flags: TcpFlags::from_bits_retain(l4[13]),
+                header_len,
+            }
+        }
+        proto::UDP => {
+            if l4.len() < 8 {
+                return Transport::Truncated;
+            }
+            // A whole datagram's length field must fit what is there (a
+            // first fragment's describes the reassembled datagram).
+            let len = usize::from(be16(l4, 4));
+            if v.fragment == Fragment::Whole && (len < 8 || len > l4.len()) {
+                return Transport::Truncated;
+            }
+            Transport::Udp {
+                sport: be16(l4, 0),
+                dport: be16(l4, 2),
+            }
+        }
+        proto::ICMP if !v.v6 => icmp(l4, |t| t == 0 || t == 8),
+        proto::ICMPV6 if v.v6 => icmp(l4, |t| t == 128 || t == 129),
+        _ => Transport::None,
+    }
+}
+
+fn icmp(l4: &[u8], is_echo: impl Fn(u8) -> bool) -> Transport {
+    if l4.len() < 8 {
+        return Transport::Truncated;
+    }
+    Transport::Icmp {
+        ty: l4[0],
+        code: l4[1],
+        ident: if is_echo(l4[0]) { be16(l4, 4) } else { 0 },
+    }
+}
+
+impl IpView {
+    pub fn src_addr(&self) -> IpAddress {
+        addr(self.v6, self.src)
+    }
+    pub fn dst_addr(&self) -> IpAddress {
+        addr(self.v6, self.dst)
+    }
+    /// DSCP (RFC 2474), the top 6 bits of TOS / traffic class.
+    pub fn dscp(&self) -> u8 {
+        self.tos >> 2
+    }
+    /// ECN (RFC 3168), the low 2 bits.
+    pub fn ecn(&self) -> u8 {
+        self.tos & 3
+    }
+    /// `(source, destination)` ports of TCP and UDP.
+    pub fn ports(&self) -> Option<(u16, u16)> {
+        match self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => {
+                Some((sport, dport))
+            }
+            _ => None,
+        }
+    }
+    /// TCP flags, for TCP.
+    pub fn tcp_flags(&self) -> Option<TcpFlags> {
+        match self.transport {
+            Transport::Tcp { flags, .. } => Some(flags),
+            _ => None,
+        }
+    }
+    /// Is the packet malformed above the IP header?
+    pub fn is_truncated(&self) -> bool {
+        self.transport == Transport::Truncated
+    }
+    /// Is it a fragment (first or later)?
+    pub fn is_fragment(&self) -> bool {
+        self.fragment != Fragment::Whole
+    }
+    /// ICMPv6 the network itself needs: MLD, router and neighbour
+    /// discovery, redirect, MLDv2 reports. Functions let it pass.
+    pub fn is_control(&self) -> bool {
+        matches!(self.transport, Transport::Icmp { ty: 130..=137 | 143, .. } if self.v6)
+    }
+    /// The target of an IPv6 neighbour solicitation (routed by its target,
+    /// not its multicast destination).
+    pub fn nd_target(&self, frame: &[u8]) -> Option<Ipv6Address> {
+        match self.transport {
+            Transport::Icmp { ty: 135, .. } if self.v6 => {
+                let t: [u8; 16] = frame.get(self.l4 + 8..self.l4 + 24)?.try_into().ok()?;
+                Some(Ipv6Address::from_octets(t))
+            }
+            _ => None,
+        }
+    }
+    /// The directional flow key: addresses, ports (or the echo ident in
+    /// both) and protocol.
+    pub fn flow_key(&self) -> FlowKey {
+        let (sport, dport) = match self.transport {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => (sport, dport),
+            Transport::Icmp { ident, .. } => (ident, ident),
+            _ => (0, 0),
+        };
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport,
+            dport,
+            proto: self.proto,
+            v6: self.v6,
+        }
+    }
+    /// The IP packet's bytes (header to `end`).
+    pub fn packet<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        frame.get(self.l3..self.end).unwrap_or_default()
+    }
+    /// The transport header and payload.
+    pub fn payload<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        frame.get(self.l4..self.end).unwrap_or_default()
+    }
+    /// Offset of the transport checksum in the frame, for TCP, UDP and
+    /// ICMP(v6) packets that carry their header.
+    pub fn l4_checksum_at(&self) -> Option<usize> {
+        match self.transport {
+            Transport::Tcp { .. } => Some(self.l4 + 16),
+            Transport::Udp { .. } => Some(self.l4 + 6),
+            Transport::Icmp { .. } => Some(self.l4 + 2),
+            _ => None,
+        }
+    }
+    /// Offsets of the source and destination addresses in the frame, and
+    /// their length.
+    pub fn addr_at(&self) -> (usize, usize, usize) {
+        if self.v6 {
+            (self.l3 + 8, self.l3 + 24, 16)
+        } else {
+            (self.l3 + 12, self.l3 + 16, 4)
+        }
+    }
+}
+
+fn addr(v6: bool, a: u128) -> IpAddress {
+    if v6 {
+        IpAddress::Ipv6(Ipv6Address::from_bits(a))
+    } else {
+        IpAddress::Ipv4(Ipv4Address::from_bits(a as u32))
+    }
+}
+
+/// A packet's 5-tuple, directional; IPv4 addresses in the low 32 bits.
+/// For ICMP echo the identifier stands in for both ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: u128,
+    pub dst: u128,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub v6: bool,
+}
+
+impl FlowKey {
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..*self
+        }
+    }
+
+    /// The key both directions share (lower endpoint first) and whether
+    /// this packet's source is that lower endpoint.
+    pub fn canonical(&self) -> (FlowKey, bool) {
+        let src_lo = (self.src, self.sport) <= (self.dst, self.dport);
+        (if src_lo { *self } else { self.reversed() }, src_lo)
+    }
+
+    /// The key of the packet an ICMP error quotes: `quoted` is the ICMP
+    /// error's body after its 8-byte header (the offending packet's IP
+    /// header and at least 8 bytes of its payload). `None` if it is too
+    /// short or not of version `v6`.
+    pub fn from_quoted(v6: bool, quoted: &[u8]) -> Option<FlowKey> {
+        let b = quoted;
+        let (src, dst, proto, l4) = if v6 {
+            if b.len() < 40 || b[0] >> 4 != 6 {
+                return None;
+            }
+            let a = |at: usize| u128::from_be_bytes(b[at..at + 16].try_into().unwrap_or([0; 16]));
+            (a(8), a(24), b[6], &b[40..])
+        } else {
+            let hl = usize::from(*b.first()? & 0x0f) * 4;
+            if hl < 20 || b.len() < hl || b[0] >> 4 != 4 {
+                return None;
+            }
+            let a = |at: usize| {
+                u128::from(u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+            };
+            (a(12), a(16), b[9], &b[hl..])
+        };
+        let port = |at: usize| l4.get(at..at + 2).map_or(0, |p| be16(p, 0));
+        let (sport, dport) = match proto {
+            proto::TCP | proto::UDP => (port(0), port(2)),
+            proto::ICMP | proto::ICMPV6 => (port(4), port(4)),
+            _ => (0, 0),
+        };
+        Some(FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            v6,
+        })
+    }
+
+    /// The key's bytes folded into two words, for hashers that take
+    /// words (IPv4 keys are one word of addresses plus one of the rest).
+    pub fn words(&self) -> [u64; 5] {
+        let tail = u64::from(self.sport) << 48
+            | u64::from(self.dport) << 32
+            | u64::from(self.proto) << 8
+            | u64::from(self.v6);
+        if self.v6 {
+            [
+                self.src as u64,
+                (self.src >> 64) as u64,
+                self.dst as u64,
+                (self.dst >> 64) as u64,
+                tail,
+            ]
+        } else {
+            [
+                (self.src as u64) << 32 | (self.dst as u64 & 0xffff_ffff),
+                tail,
+                0,
+                0,
+                0,
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::functions::fixtures as frames;
+    use smoltcp::wire::TcpControl;
+
+    fn v4(a: &str) -> IpAddress {
+        a.parse().unwrap()
+    }
+
+    #[test]
+    fn tcp_over_both_media() {
+        let f = frames::tcp(
+            (v4("10.0.0.1"), 1234),
+            (v4("10.0.0.2"), 80),
+            TcpControl::Syn,
+            false,
+            b"",
+        );
+        for (medium, bytes) in [(LinkMedium::Ethernet, &f[..]), (LinkMedium::Ip, &f[14..])] {
+            let FrameView::Ip(v) = FrameView::parse(medium, bytes) else {
+                panic!("not ip")
+            };
+            assert_eq!(v.l3, medium.header_len());
+            assert_eq!(v.l4, v.l3 + 20);
+            assert_eq!(v.end, bytes.len());
+            assert_eq!(v.ports(), Some((1234, 80)));
+            assert_eq!(v.tcp_flags(), Some(TcpFlags::SYN));
+            assert_eq!(v.src_addr(), v4("10.0.0.1"));
+            assert_eq!(v.dst_addr(), v4("10.0.0.2"));
+            assert_eq!(v.hop_limit, 64);
+            assert_eq!(v.fragment, Fragment::Whole);
+        }
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked() {
+        let a: IpAddress = "fd00::1".parse().unwrap();
+        let b: IpAddress = "fd00::2".parse().unwrap();
+        let mut f = frames::udp((a, 5), (b, 6), b"payload");
+        // Insert a destination-options header (8 bytes) before UDP.
+        let udp = f.split_off(54);
+        f[20] = 60; // next header: destination options
+        f.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+        f.extend_from_slice(&udp);
+        let plen = (8 + udp.len()) as u16;
+        f[18..20].copy_from_slice(&plen.to_be_bytes());
+        let FrameView::Ip(v) = FrameView::parse(LinkMedium::Ethernet, &f) else {
+            panic!()
+        };
+        assert_eq!(v.proto, proto::UDP);
+        assert_eq!(v.l4, 14 + 48);
+        assert_eq!(v.ports(), Some((5, 6)));
+        // A chain longer than the bound is truncated, not an error of IP.
+        let mut g = f[..54].to_vec();
+        g[20] = 60;
+        for i in 0..=MAX_EXTENSION_HEADERS {
+            let next = if i == MAX_EXTENSION_HEADERS { 17 } else { 60 };
+            g.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        g.extend_from_slice(&udp);
+        let plen = (g.len() - 54) as u16;
+        g[18..20].copy_from_slice(&plen.to_be_bytes());
+        let FrameView::Ip(v) = FrameView::parse(LinkMedium::Ethernet, &g) else {
+            panic!()
+        };
+        assert!(v.is_truncated());
+    }
+
+    #[test]
+    fn fragments_and_truncation() {
+        let (mut f, len) = frames::ipv4_frame([10, 0, 0, 1], [10, 0, 0, 2], &[0; 16], 64);
+        f.truncate(len);
+        // A later fragment: no transport.
+        f[14 + 6] = 0x00;
+        f[14 + 7] = 0x10;
+        let FrameView::Ip(v) = FrameView::parse(LinkMedium::Ethernet, &f) else {
+            panic!()
+        };
+        assert_eq!(v.fragment, Fragment::Later);
+        assert_eq!(v.transport, Transport::None);
+        // A UDP header whose length overruns the packet.
+        f[14 + 7] = 0;
+        f[34 + 4..34 + 6].copy_from_slice(&100u16.to_be_bytes());
+        let FrameView::Ip(v) = FrameView::parse(LinkMedium::Ethernet, &f) else {
+            panic!()
+        };
+        assert!(v.is_truncated());
+        // Total length beyond the frame: malformed IP.
+        f[14 + 3] = 200;
+        assert_eq!(
+            FrameView::parse(LinkMedium::Ethernet, &f),
+            FrameView::Malformed
+        );
+    }
+
+    #[test]
+    fn never_panics_on_prefixes_of_valid_frames() {
+        let a: IpAddress = "fd00::1".parse().unwrap();
+        let f = frames::tcp((a, 1), (a, 2), TcpControl::Syn, false, b"abc");
+        for n in 0..f.len() {
+            let _ = FrameView::parse(LinkMedium::Ethernet, &f[..n]);
+            let _ = FrameView::parse(LinkMedium::Ip, &f[14..14 + n.min(f.len() - 14)]);
+        }
+    }
+
+    #[test]
+    fn flow_keys() {
+        let k = FlowKey {
+            src: 2,
+            dst: 1,
+            sport: 10,
+            dport: 20,
+            proto: 6,
+            v6: false,
+        };
+        let (c, src_lo) = k.canonical();
+        assert!(!src_lo);
+        assert_eq!(c, k.reversed());
+        assert_eq!(k.reversed().canonical(), (c, true));
+    }
+}

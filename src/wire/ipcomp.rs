@@ -1,0 +1,104 @@
+//! The IP Payload Compression header (IPComp, RFC 3173): 4 bytes holding
+//! the original next header, reserved flags and the compression parameter
+//! index (CPI). LZ4 has no assigned CPI; shmnet uses [`CPI_LZ4`] from the
+//! range the RFC leaves for private use.
+//!
+//! ```
+//! use shmnet::wire::ipcomp::{IpCompPacket, IpCompRepr, CPI_LZ4};
+//! let repr = IpCompRepr { next_header: 6, cpi: CPI_LZ4 };
+//! let mut buf = [0u8; 4];
+//! repr.emit(&mut IpCompPacket::new_unchecked(&mut buf[..]));
+//! assert_eq!(IpCompRepr::parse(&IpCompPacket::new_checked(&buf[..]).unwrap()).unwrap(), repr);
+//! ```
+
+/// IP protocol number of IPComp.
+pub const IPPROTO_IPCOMP: u8 = super::proto::IPCOMP;
+/// Our compression parameter index for LZ4 blocks (RFC 3173 private range).
+pub const CPI_LZ4: u16 = 0xF001;
+
+/// Errors of the IPComp header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpCompError {
+    /// Fewer than 4 bytes.
+    #[error("IPComp header truncated")]
+    Truncated,
+    /// Flags are reserved and must be zero.
+    #[error("IPComp flags set")]
+    Flags,
+}
+
+mod field {
+    pub const NEXT_HEADER: usize = 0;
+    pub const FLAGS: usize = 1;
+    pub const CPI: std::ops::Range<usize> = 2..4;
+    pub const PAYLOAD: usize = 4;
+}
+
+/// A read/write view of an IPComp header and its payload.
+#[derive(Debug, Clone)]
+pub struct IpCompPacket<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> IpCompPacket<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        IpCompPacket { buffer }
+    }
+    pub fn new_checked(buffer: T) -> Result<Self, IpCompError> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len()?;
+        Ok(p)
+    }
+    pub fn check_len(&self) -> Result<(), IpCompError> {
+        if self.buffer.as_ref().len() < field::PAYLOAD {
+            return Err(IpCompError::Truncated);
+        }
+        Ok(())
+    }
+    pub fn next_header(&self) -> u8 {
+        self.buffer.as_ref()[field::NEXT_HEADER]
+    }
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::FLAGS]
+    }
+    pub fn cpi(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::CPI];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+    /// The compressed data.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::PAYLOAD..]
+    }
+}
+
+/// What an IPComp header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpCompRepr {
+    /// Protocol of the original payload.
+    pub next_header: u8,
+    /// Compression algorithm.
+    pub cpi: u16,
+}
+
+impl IpCompRepr {
+    pub fn parse<T: AsRef<[u8]>>(p: &IpCompPacket<T>) -> Result<IpCompRepr, IpCompError> {
+        p.check_len()?;
+        if p.flags() != 0 {
+            return Err(IpCompError::Flags);
+        }
+        Ok(IpCompRepr {
+            next_header: p.next_header(),
+            cpi: p.cpi(),
+        })
+    }
+    pub const fn buffer_len(&self) -> usize {
+        field::PAYLOAD
+    }
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut IpCompPacket<T>) {
+        let b = p.buffer.as_mut();
+        b[field::NEXT_HEADER] = self.next_header;
+        b[field::FLAGS] = 0;
+        b[field::CPI].copy_from_slice(&self.cpi.to_be_bytes());
+    }
+}

@@ -1,0 +1,48 @@
+//! Every packet format shmnet reads or writes, in smoltcp's Packet/Repr
+//! style, and the one parsed view of a frame that the NIC hands to
+//! functions.
+//!
+//! - [`ip`]: the **one IP view** ([`FrameView`], [`IpView`]): link header,
+//!   IPv4/IPv6 with a bounded extension-header walk, fragments, the
+//!   transport ports and flags, the flow key. The NIC parses each frame
+//!   once and every function reads the same view; no function parses IP
+//!   on its own.
+//! - [`checksum`]: the Internet checksum, full and incremental (RFC 1624).
+//! - [`tcp`]: TCP flags and the MSS clamp.
+//! - [`esp`], [`ipcomp`]: the ESP (RFC 4303) and IPComp (RFC 3173)
+//!   headers the encryption and compression functions write.
+//!
+//! Everything here is pure: it reads or writes byte buffers, never
+//! allocates on the per-frame path and never panics on any input (each
+//! parser is a fuzz target).
+//!
+//! ```
+//! use shmnet::wire::{FrameView, LinkMedium, Transport};
+//! // IPv4 + UDP 1000 -> 7, two payload bytes, no link header.
+//! let mut p = [0u8; 30];
+//! p[..12].copy_from_slice(&[0x45, 0, 0, 30, 0, 0, 0, 0, 64, 17, 0, 0]);
+//! p[12..20].copy_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+//! p[20..28].copy_from_slice(&[0x03, 0xe8, 0, 7, 0, 10, 0, 0]);
+//! let FrameView::Ip(v) = FrameView::parse(LinkMedium::Ip, &p) else { panic!() };
+//! assert_eq!(v.ports(), Some((1000, 7)));
+//! assert!(matches!(v.transport, Transport::Udp { .. }));
+//! ```
+
+pub mod checksum;
+pub mod esp;
+pub mod ip;
+pub mod ipcomp;
+pub mod tcp;
+
+pub use ip::{FlowKey, Fragment, FrameView, IpView, LinkMedium, Transport};
+pub use tcp::TcpFlags;
+
+/// IP protocol numbers the functions match on.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ESP: u8 = 50;
+    pub const ICMPV6: u8 = 58;
+    pub const IPCOMP: u8 = 108;
+}

@@ -1,0 +1,103 @@
+//! TCP as the functions and the NIC touch it: the flag set and the MSS
+//! clamp routers apply when a path's MTU shrinks.
+//!
+//! ```
+//! use shmnet::wire::tcp::{clamp_mss, TcpFlags};
+//! let mut syn = [0u8; 24];
+//! syn[12] = 6 << 4; // data offset: 24 bytes
+//! syn[13] = TcpFlags::SYN.bits();
+//! syn[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]); // MSS 65495
+//! assert!(clamp_mss(&mut syn, 1460));
+//! assert_eq!(&syn[22..24], &1460u16.to_be_bytes());
+//! ```
+
+use super::checksum;
+
+bitflags::bitflags! {
+    /// The TCP header's flag byte.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct TcpFlags: u8 {
+        const FIN = 0x01;
+        const SYN = 0x02;
+        const RST = 0x04;
+        const PSH = 0x08;
+        const ACK = 0x10;
+        const URG = 0x20;
+        const ECE = 0x40;
+        const CWR = 0x80;
+    }
+}
+
+/// The largest MSS that fits an IP MTU of `mtu` with a minimal IP header
+/// (20 bytes for IPv4, 40 for IPv6) and a minimal TCP header.
+pub fn mss_for_mtu(mtu: usize, v6: bool) -> u16 {
+    let ip = if v6 { 40 } else { 20 };
+    mtu.saturating_sub(ip + 20).min(usize::from(u16::MAX)) as u16
+}
+
+/// Lowers the MSS option of a TCP SYN segment (`tcp`: the TCP header and
+/// what follows) to `max_mss`, fixing the checksum incrementally. Returns
+/// whether it changed anything; a truncated or odd option list is left as
+/// it is.
+pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
+    if tcp.len() < 20 || tcp[13] & TcpFlags::SYN.bits() == 0 {
+        return false;
+    }
+    let hdr = (usize::from(tcp[12] >> 4) * 4).min(tcp.len());
+    let mut i = 20;
+    while i < hdr {
+        match tcp[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let Some(&len) = tcp.get(i + 1) else { break };
+                let len = usize::from(len);
+                if len < 2 || i + len > hdr {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]);
+                    if old <= max_mss {
+                        return false;
+                    }
+                    tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+                    if ck != 0 {
+                        tcp[16..18]
+                            .copy_from_slice(&checksum::update(ck, old, max_mss).to_be_bytes());
+                    }
+                    return true;
+                }
+                i += len;
+            }
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamps_syn_mss_and_fixes_checksum() {
+        // A TCP SYN header with MSS 65495 and a made-up checksum.
+        let mut tcp = [0u8; 24];
+        tcp[12] = 6 << 4;
+        tcp[13] = 0x02;
+        tcp[16..18].copy_from_slice(&0x1234u16.to_be_bytes());
+        tcp[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]);
+        assert!(clamp_mss(&mut tcp, 1460));
+        assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xb4]);
+        // One's-complement sum over the changed word balances out.
+        let before = 0x1234u32 + 0xffd7;
+        let after = u32::from(u16::from_be_bytes([tcp[16], tcp[17]])) + 1460;
+        assert_eq!(checksum::fold(before), checksum::fold(after));
+        // Not a SYN, or already small: untouched.
+        assert!(!clamp_mss(&mut tcp, 1460));
+        tcp[13] = 0x10;
+        assert!(!clamp_mss(&mut tcp, 536));
+        // Truncated options never panic.
+        assert!(!clamp_mss(&mut [0u8; 10], 536));
+    }
+}
