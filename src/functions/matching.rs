@@ -1,6 +1,9 @@
-//! What the packet functions' rules are written in: address prefixes, port
-//! ranges, protocol names and durations, parsed once from the config into
-//! forms that are cheap to match per packet.
+//! What the functions' configs are written in, shared by every function
+//! that needs it: address prefixes, port ranges, protocol names, the match
+//! fields of a rule or class compiled into a [`Matcher`] that tests a
+//! packet's [`IpView`], and typed durations ([`ConfigDuration`], written
+//! `"250ms"`, `"30s"`, `"5m"`). Parsed once from the config into forms
+//! that are cheap to match per packet.
 //!
 //! ```
 //! use shmnet::functions::matching::{parse_duration, Prefix};
@@ -12,10 +15,10 @@
 use smoltcp::time::Duration;
 use std::net::IpAddr;
 
-pub const PROTO_ICMP: u8 = 1;
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMPV6: u8 = 58;
+use crate::wire::IpView;
+pub use crate::wire::proto::{
+    ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP,
+};
 
 /// A port or an inclusive range: `80` or `"1024-65535"`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -169,6 +172,115 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_micros(micros))
 }
 
+/// The match fields of a rule or class, borrowed from its config section
+/// (each function keeps the fields in its own section so that unknown
+/// fields are still refused there).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MatchSpec<'a> {
+    pub proto: Option<&'a ProtoSpec>,
+    pub src: Option<&'a str>,
+    pub dst: Option<&'a str>,
+    pub sport: Option<&'a PortSpec>,
+    pub dport: Option<&'a PortSpec>,
+}
+
+/// Compiled match fields: every field set must match; an empty matcher
+/// matches every IP packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Matcher {
+    pub proto: Option<u8>,
+    pub src: Option<Prefix>,
+    pub dst: Option<Prefix>,
+    pub sport: Option<(u16, u16)>,
+    pub dport: Option<(u16, u16)>,
+}
+
+impl Matcher {
+    /// Compiles the fields of `owner` (e.g. `rule "web"`); the error names
+    /// the owner and the field.
+    pub fn compile(owner: &str, m: MatchSpec<'_>) -> Result<Matcher, String> {
+        Ok(Matcher {
+            proto: proto_field(owner, m.proto)?,
+            src: prefix_field(owner, "src", m.src)?,
+            dst: prefix_field(owner, "dst", m.dst)?,
+            sport: ports_field(owner, "sport", m.sport)?,
+            dport: ports_field(owner, "dport", m.dport)?,
+        })
+    }
+
+    /// Does the packet match? A port field matches only packets that carry
+    /// ports (TCP and UDP, not later fragments).
+    pub fn matches(&self, ip: &IpView) -> bool {
+        let in_range = |r: Option<(u16, u16)>, p: Option<u16>| match (r, p) {
+            (None, _) => true,
+            (Some((lo, hi)), Some(p)) => lo <= p && p <= hi,
+            (Some(_), None) => false,
+        };
+        let ports = ip.ports();
+        self.proto.is_none_or(|p| p == ip.proto)
+            && self.src.is_none_or(|p| p.contains(ip.v6, ip.src))
+            && self.dst.is_none_or(|p| p.contains(ip.v6, ip.dst))
+            && in_range(self.sport, ports.map(|p| p.0))
+            && in_range(self.dport, ports.map(|p| p.1))
+    }
+}
+
+/// A duration in a config file: `"250ms"`, `"30s"`, `"5m"`, `"1h"` (units
+/// `us`, `ms`, `s`, `m`, `h`, `d`), parsed when the file is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfigDuration(pub Duration);
+
+impl ConfigDuration {
+    pub const fn from_millis(ms: u64) -> Self {
+        ConfigDuration(Duration::from_millis(ms))
+    }
+    pub const fn from_secs(s: u64) -> Self {
+        ConfigDuration(Duration::from_secs(s))
+    }
+}
+
+impl From<ConfigDuration> for Duration {
+    fn from(d: ConfigDuration) -> Duration {
+        d.0
+    }
+}
+
+impl std::fmt::Display for ConfigDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.total_micros();
+        for (unit, per) in [
+            ("d", 86_400_000_000),
+            ("h", 3_600_000_000),
+            ("m", 60_000_000),
+            ("s", 1_000_000),
+            ("ms", 1_000),
+        ] {
+            if us >= per && us.is_multiple_of(per) {
+                return write!(f, "{}{unit}", us / per);
+            }
+        }
+        write!(f, "{us}us")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(ConfigDuration).ok_or_else(|| {
+            let shown: String = s.chars().take(40).collect();
+            serde::de::Error::custom(format!(
+                "{shown:?} is not a duration (like \"250ms\", \"30s\", \"5m\"; units us, ms, s, m, h, d)"
+            ))
+        })
+    }
+}
+
+impl serde::Serialize for ConfigDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +315,56 @@ mod tests {
         for bad in ["", "ms", "5", "5y", "-1s", "1.5s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn matcher_and_durations() {
+        use crate::wire::{FrameView, LinkMedium};
+        let f = crate::functions::fixtures::udp(
+            ("10.1.0.5".parse().unwrap(), 5000),
+            ("10.2.0.9".parse().unwrap(), 53),
+            b"q",
+        );
+        let FrameView::Ip(ip) = FrameView::parse(LinkMedium::Ethernet, &f) else {
+            panic!()
+        };
+        let udp = ProtoSpec::Name("udp".into());
+        let dport = PortSpec::Number(53);
+        let m = Matcher::compile(
+            "rule 1",
+            MatchSpec {
+                proto: Some(&udp),
+                src: Some("10.1.0.0/16"),
+                dport: Some(&dport),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(m.matches(&ip));
+        let other = PortSpec::Number(54);
+        let m2 = Matcher {
+            dport: parse_ports(&other),
+            ..m
+        };
+        assert!(!m2.matches(&ip));
+        assert!(Matcher::default().matches(&ip));
+        let err = Matcher::compile(
+            "rule \"x\"",
+            MatchSpec {
+                dst: Some("10.0.0.0/40"),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.contains("rule \"x\"") && err.contains("dst"), "{err}");
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct T {
+            d: ConfigDuration,
+        }
+        let t: T = toml::from_str("d = \"90s\"").unwrap();
+        assert_eq!(t.d.0, Duration::from_secs(90));
+        assert_eq!(toml::to_string(&t).unwrap().trim(), "d = \"90s\"");
+        let e = toml::from_str::<T>("d = \"5y\"").err().unwrap().to_string();
+        assert!(e.contains("not a duration"), "{e}");
     }
 }

@@ -14,14 +14,12 @@
 //! assert_eq!(f.name(), "passthrough");
 //! ```
 
-pub mod balancer;
-pub mod compress;
-pub mod diag;
-pub mod encrypt;
-pub mod firewall;
 pub mod matching;
-pub mod qos;
-pub mod reroute;
+pub mod packet;
+pub mod socket;
+
+pub use packet::{balancer, compress, encrypt, firewall, qos, reroute};
+pub use socket::diag;
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,

@@ -1,0 +1,19 @@
+//! Packet functions: sans-IO hooks on the frames a forwarding device
+//! carries (firewall, QoS, re-routing, L4 balancer, ESP encryption, LZ4
+//! compression). Each reads the frame's one parsed view
+//! ([`crate::wire::IpView`]) and returns a [`Verdict`]; held frames are
+//! released through [`Function::poll_transmit`].
+
+// The contract and the shared config fragments, for the functions below.
+#[allow(unused_imports)]
+use super::{
+    Directory, Emit, Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict,
+    build, ipv4_header_checksum, matching,
+};
+
+pub mod balancer;
+pub mod compress;
+pub mod encrypt;
+pub mod firewall;
+pub mod qos;
+pub mod reroute;
