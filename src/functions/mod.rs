@@ -69,6 +69,35 @@ pub const KINDS: &[&str] = &[
     "balancer",
 ];
 
+impl crate::stack::FunctionSpec for FunctionConfig {
+    fn kind(&self) -> &str {
+        self.kind()
+    }
+    fn build(&self) -> Result<Box<dyn Function>, FunctionError> {
+        build(self)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl FunctionConfig {
+    /// The `kind` this configuration names.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FunctionConfig::Passthrough => "passthrough",
+            FunctionConfig::Echo(_) => "echo",
+            FunctionConfig::Probe(_) => "probe",
+            FunctionConfig::Compress(_) => "compress",
+            FunctionConfig::Firewall(_) => "firewall",
+            FunctionConfig::Encrypt(_) => "encrypt",
+            FunctionConfig::Qos(_) => "qos",
+            FunctionConfig::Reroute(_) => "reroute",
+            FunctionConfig::Balancer(_) => "balancer",
+        }
+    }
+}
+
 /// Builds a function from its configuration.
 pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
     Ok(match cfg {

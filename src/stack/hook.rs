@@ -35,12 +35,11 @@
 //! assert_eq!(NoDiscard.on_ingress(Instant::ZERO, Role::Local, &mut f), Verdict::Pass);
 //! ```
 
-use std::any::Any;
-
 use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
+pub use super::spec::FunctionSpec;
 pub use crate::adapters::Role;
 use crate::wire::{FrameView, IpView, LinkMedium};
 
@@ -300,13 +299,14 @@ pub trait Function: Send {
     fn counters(&self, _visit: &mut dyn FnMut(&str, u64)) {}
 
     /// Applies a changed configuration of the same kind in place, keeping
-    /// state (e.g. a rekey keeps the tunnel's replay windows). `cfg` is the
-    /// configuration the function was built from (for the built-in
-    /// functions, a `functions::FunctionConfig`). Returns `Ok(false)` if not
+    /// state (e.g. a rekey keeps the tunnel's replay windows). `cfg` is a
+    /// configuration of the type the function was built from (for the
+    /// built-in functions, `functions::FunctionConfig`: get it with
+    /// `cfg.downcast_ref::<FunctionConfig>()`). Returns `Ok(false)` if not
     /// supported or not applicable: the caller then replaces the function
-    /// with a freshly built one; `Err` if the config is invalid (the
+    /// with one built from `cfg`; `Err` if the config is invalid (the
     /// function is unchanged).
-    fn reconfigure(&mut self, _cfg: &dyn Any) -> Result<bool, FunctionError> {
+    fn reconfigure(&mut self, _cfg: &dyn FunctionSpec) -> Result<bool, FunctionError> {
         Ok(false)
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod hook;
 pub mod nic;
+pub mod spec;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,12 +36,11 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 pub use hook::{Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict};
 pub use nic::{Nic, NicCounters, Router};
+pub use spec::{DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, StaticRoute};
 
 use crate::adapters::{
     AdapterCounters, AdapterError, AdapterOptions, AdapterStats, GlobalAdapter, LocalAdapter,
 };
-use crate::config::{DeviceSettings, NetworkSettings};
-use crate::functions;
 use crate::shm::{LinkMedium, PortCounters, PortInfo, Segment, SegmentKind};
 
 /// While busy-polling without progress, yield the core this often…
@@ -116,7 +116,7 @@ struct Shared {
     stop: AtomicBool,
     replace: Mutex<Option<Box<dyn Function>>>,
     /// A changed configuration for the running function.
-    reconfigure: Mutex<Option<crate::functions::FunctionConfig>>,
+    reconfigure: Mutex<Option<Box<dyn FunctionSpec>>>,
     /// Set with `replace` or `reconfigure`, so the loop need not lock every
     /// round.
     replace_pending: AtomicBool,
@@ -162,8 +162,8 @@ impl DeviceHandle {
     /// Applies a changed configuration to the running function in place
     /// when it can (an ESP rekey keeps the tunnel's state), else replaces
     /// it with one built from `cfg`. Takes effect at the next poll round.
-    pub fn reconfigure(&self, cfg: crate::functions::FunctionConfig) {
-        *self.shared.reconfigure.lock() = Some(cfg);
+    pub fn reconfigure(&self, cfg: impl FunctionSpec) {
+        *self.shared.reconfigure.lock() = Some(Box::new(cfg));
         self.shared.replace_pending.store(true, Ordering::Release);
         self.wake();
     }
@@ -225,7 +225,7 @@ struct SegmentDirectory {
     segments: [Arc<Segment>; 2],
 }
 
-impl functions::Directory for SegmentDirectory {
+impl hook::Directory for SegmentDirectory {
     fn device_addresses(&self, name: &str) -> Vec<IpAddress> {
         let tags = [
             crate::shm::name_tag(&format!("{name}/local")),
@@ -248,7 +248,7 @@ impl functions::Directory for SegmentDirectory {
 
 fn attach<R: crate::adapters::RoleMarker>(
     name: &str,
-    net: &NetworkSettings,
+    net: &NetworkSpec,
     kind: SegmentKind,
     mac: [u8; 6],
     which: &'static str,
@@ -276,13 +276,28 @@ fn attach<R: crate::adapters::RoleMarker>(
 }
 
 impl Device {
-    /// Builds a device from validated settings, joining (or creating) its
-    /// two networks' segments of the given kind.
-    pub fn new(cfg: &DeviceSettings, kind: SegmentKind) -> Result<Device, DeviceError> {
-        let function = functions::build(&cfg.function).map_err(|source| DeviceError::Function {
-            device: cfg.name.clone(),
-            source,
-        })?;
+    /// Builds a device from validated settings and its function's
+    /// configuration (e.g. `config::DeviceSettings`), joining (or
+    /// creating) its two networks' segments of the given kind.
+    pub fn new(blueprint: &impl DeviceBlueprint, kind: SegmentKind) -> Result<Device, DeviceError> {
+        let cfg = blueprint.spec();
+        let function = blueprint
+            .function()
+            .build()
+            .map_err(|source| DeviceError::Function {
+                device: cfg.name.clone(),
+                source,
+            })?;
+        Self::with_function(cfg, function, kind)
+    }
+
+    /// Builds a device running `function` (built-in or your own), joining
+    /// (or creating) its two networks' segments of the given kind.
+    pub fn with_function(
+        cfg: &DeviceSpec,
+        function: Box<dyn Function>,
+        kind: SegmentKind,
+    ) -> Result<Device, DeviceError> {
         let local: LocalAdapter = attach(&cfg.name, &cfg.local, kind, cfg.mac, "local")?;
         let global: GlobalAdapter = attach(&cfg.name, &cfg.global, kind, cfg.mac, "global")?;
         Self::from_adapters(cfg, local, global, function)
@@ -290,7 +305,7 @@ impl Device {
 
     /// Builds a device around adapters the caller attached.
     pub fn from_adapters(
-        cfg: &DeviceSettings,
+        cfg: &DeviceSpec,
         local: LocalAdapter,
         global: GlobalAdapter,
         function: Box<dyn Function>,
@@ -516,12 +531,16 @@ impl Device {
             }
             let cfg = self.shared.reconfigure.lock().take();
             if let Some(cfg) = cfg
-                && !self.nic.function.reconfigure(&cfg).unwrap_or_else(|e| {
-                    log::warn!("device {}: reconfigure failed: {e}", self.shared.name);
-                    true
-                })
+                && !self
+                    .nic
+                    .function
+                    .reconfigure(cfg.as_ref())
+                    .unwrap_or_else(|e| {
+                        log::warn!("device {}: reconfigure failed: {e}", self.shared.name);
+                        true
+                    })
             {
-                match functions::build(&cfg) {
+                match cfg.build() {
                     Ok(f) => self.replace_function(f),
                     Err(e) => log::warn!("device {}: reconfigure failed: {e}", self.shared.name),
                 }

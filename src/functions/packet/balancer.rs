@@ -1426,7 +1426,7 @@ impl Function for Balancer {
         Some(at)
     }
 
-    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+    fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
         let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
             return Ok(false);
         };

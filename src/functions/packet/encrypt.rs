@@ -680,7 +680,7 @@ impl Function for Encrypt {
         }
     }
 
-    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+    fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
         let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
             return Ok(false);
         };

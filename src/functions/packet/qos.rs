@@ -1224,7 +1224,7 @@ impl Function for Qos {
         self.next_release()
     }
 
-    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+    fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
         let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
             return Ok(false);
         };

@@ -1089,7 +1089,7 @@ impl Function for Reroute {
     /// target (address or device) are unchanged keep their health state
     /// and counters, rules keep their counters by name, and the
     /// health-check socket stays open.
-    fn reconfigure(&mut self, cfg: &dyn std::any::Any) -> Result<bool, FunctionError> {
+    fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
         let Some(cfg) = cfg.downcast_ref::<FunctionConfig>() else {
             return Ok(false);
         };

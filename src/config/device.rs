@@ -1,66 +1,17 @@
-//! Configuration files: one TOML file per device, one per topology.
-//!
-//! ```toml
-//! # device.toml
-//! name = "client"
-//! [function]
-//! kind = "passthrough"          # or echo, probe, … with their parameters
-//! [local]                       # the host's shared-memory network
-//! segment = "lan0"
-//! address = "10.0.0.1/24"
-//! address6 = "fd00::1/64"       # optional
-//! mtu = 1500                    # IP MTU, 576..=65535
-//! [global]                      # the network that also reaches remote hosts
-//! segment = "wan0"
-//! address = "10.100.0.1/16"
-//! gateway = "10.100.0.254"      # optional default route
-//! mtu = 9000
-//! ```
-//!
-//! ```toml
-//! # topology.toml: devices by file (relative to this file) or inline
-//! [[device]]
-//! file = "client.toml"
-//! [[device]]
-//! name = "server"
-//! local = { segment = "lan0", address = "10.0.0.2/24" }
-//! global = { segment = "wan0", address = "10.100.0.2/16" }
-//! function = { kind = "echo", port = 7 }
-//! ```
-//! Every error names the file, the field and what is wrong.
+//! Device files: the `[local]`/`[global]` network sections, static routes
+//! and the `[function]` section, validated into [`DeviceSettings`] (the
+//! stack's [`DeviceSpec`] plus the function's config).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use smoltcp::wire::{IpAddress, IpCidr, Ipv4Cidr, Ipv6Cidr};
+use smoltcp::wire::{IpAddress, IpCidr};
 
+use super::{ConfigError, parse_toml};
 use crate::functions::{self, FunctionConfig};
-use crate::shm::LinkMedium;
-
-/// Errors reading configuration. Each names the file and the field.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Not valid TOML, a missing or unknown field, or a value of the wrong
-    /// type; the message has the line and the field.
-    #[error("{file}: {message}")]
-    Parse { file: String, message: String },
-    /// A field has a value that makes no sense.
-    #[error("{file}: field `{field}`: {why}")]
-    Invalid {
-        file: String,
-        field: String,
-        why: String,
-    },
-}
+use crate::stack::spec::{DeviceSpec, NetworkSpec, StaticRoute};
+use crate::wire::LinkMedium;
 
 /// One network a device is attached to.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -79,7 +30,7 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// "ethernet" (default) or "ip".
     #[serde(default)]
-    pub medium: MediumName,
+    pub medium: LinkMedium,
     /// Default gateway on this network (global network only).
     #[serde(default)]
     pub gateway: Option<String>,
@@ -114,24 +65,6 @@ fn default_max_ports() -> u32 {
     32
 }
 
-/// Link medium as written in a config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MediumName {
-    #[default]
-    Ethernet,
-    Ip,
-}
-
-impl From<MediumName> for LinkMedium {
-    fn from(m: MediumName) -> LinkMedium {
-        match m {
-            MediumName::Ethernet => LinkMedium::Ethernet,
-            MediumName::Ip => LinkMedium::Ip,
-        }
-    }
-}
-
 /// A device: its name, its function and its two networks.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,62 +96,36 @@ pub struct RouteConfig {
     pub via: String,
 }
 
-/// A validated static route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StaticRoute {
-    pub to: IpCidr,
-    pub via: IpAddress,
-}
-
-/// A network's settings after validation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetworkSettings {
-    pub segment: String,
-    pub v4: Ipv4Cidr,
-    pub v6: Option<Ipv6Cidr>,
-    pub mtu: u32,
-    pub medium: LinkMedium,
-    pub gateway: Option<IpAddress>,
-    pub gateway6: Option<IpAddress>,
-    pub pcap: Option<PathBuf>,
-    pub max_burst: Option<usize>,
-    pub checksums: bool,
-    pub trust_peers: Option<bool>,
-    pub max_ports: u32,
-    pub buffers: u32,
-}
-
-/// A device's settings after validation: what [`crate::stack::Device`] needs.
+/// A device's settings after validation: the device's spec (what
+/// [`crate::stack::Device`] needs) and its function's configuration.
+/// Derefs to the [`DeviceSpec`], so `settings.local.mtu` reads through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSettings {
-    pub name: String,
+    pub spec: DeviceSpec,
     pub function: FunctionConfig,
-    pub local: NetworkSettings,
-    pub global: NetworkSettings,
-    pub mac: [u8; 6],
-    pub forward: bool,
-    pub routes: Vec<StaticRoute>,
     /// The file it came from, for messages.
     pub source: String,
 }
 
-fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        file: file.into(),
-        message: explain_parse_error(&e.to_string()),
-    })
+impl std::ops::Deref for DeviceSettings {
+    type Target = DeviceSpec;
+    fn deref(&self) -> &DeviceSpec {
+        &self.spec
+    }
 }
 
-/// Makes serde's unknown-variant message for `kind` list the functions.
-fn explain_parse_error(msg: &str) -> String {
-    let msg = msg.trim_end().to_string();
-    if msg.contains("unknown variant") {
-        format!(
-            "{msg}\n(unknown function; known kinds: {})",
-            functions::KINDS.join(", ")
-        )
-    } else {
-        msg
+impl std::ops::DerefMut for DeviceSettings {
+    fn deref_mut(&mut self) -> &mut DeviceSpec {
+        &mut self.spec
+    }
+}
+
+impl crate::stack::DeviceBlueprint for DeviceSettings {
+    fn spec(&self) -> &DeviceSpec {
+        &self.spec
+    }
+    fn function(&self) -> &dyn crate::stack::FunctionSpec {
+        &self.function
     }
 }
 
@@ -334,13 +241,15 @@ impl DeviceConfig {
             routes.push(StaticRoute { to, via });
         }
         Ok(DeviceSettings {
-            name: self.name.clone(),
+            spec: DeviceSpec {
+                name: self.name.clone(),
+                local,
+                global,
+                mac,
+                forward: self.forward,
+                routes,
+            },
             function: self.function.clone(),
-            local,
-            global,
-            mac,
-            forward: self.forward,
-            routes,
             source: file.into(),
         })
     }
@@ -361,7 +270,7 @@ fn cidrs_overlap(a: &IpCidr, b: &IpCidr) -> bool {
 }
 
 impl NetworkConfig {
-    fn validate(&self, file: &str, net: &str) -> Result<NetworkSettings, ConfigError> {
+    fn validate(&self, file: &str, net: &str) -> Result<NetworkSpec, ConfigError> {
         let invalid = |field: &str, why: String| ConfigError::Invalid {
             file: file.into(),
             field: format!("{net}.{field}"),
@@ -467,12 +376,12 @@ impl NetworkConfig {
                 "must be at least 1 (or left out)".into(),
             ));
         }
-        Ok(NetworkSettings {
+        Ok(NetworkSpec {
             segment: self.segment.clone(),
             v4,
             v6,
             mtu: self.mtu,
-            medium: self.medium.into(),
+            medium: self.medium,
             gateway,
             gateway6,
             pcap: self.pcap.clone(),
@@ -481,120 +390,6 @@ impl NetworkConfig {
             trust_peers: self.trust_peers,
             max_ports: self.max_ports,
             buffers: self.buffers,
-        })
-    }
-}
-
-impl NetworkSettings {
-    /// The segment parameters this network asks for.
-    pub fn params(&self) -> crate::shm::NetworkParams {
-        let mut p = crate::shm::NetworkParams::new(self.mtu);
-        p.medium = self.medium;
-        p.max_ports = self.max_ports;
-        p.max_links = self.max_ports * (self.max_ports - 1);
-        p.buffers = self.buffers;
-        p
-    }
-}
-
-/// How a topology's devices run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunMode {
-    /// All devices are threads of one process (process-local segments).
-    #[default]
-    Thread,
-    /// Each device is its own process (named host segments).
-    Process,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopologyFile {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    mode: RunMode,
-    #[serde(default, rename = "device")]
-    devices: Vec<toml::Value>,
-}
-
-/// A topology after validation.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    pub name: String,
-    pub mode: RunMode,
-    pub devices: Vec<DeviceSettings>,
-    /// Where each device came from (its own file, or the topology file).
-    pub device_files: Vec<Option<PathBuf>>,
-}
-
-impl Topology {
-    /// Reads a topology file and every device file it names.
-    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_toml(&text, &file, base)
-    }
-
-    /// Parses a topology; device files are resolved against `base`.
-    pub fn from_toml(text: &str, file: &str, base: &Path) -> Result<Topology, ConfigError> {
-        let t: TopologyFile = parse_toml(text, file)?;
-        if t.devices.is_empty() {
-            return Err(ConfigError::Invalid {
-                file: file.into(),
-                field: "device".into(),
-                why: "no [[device]] entries".into(),
-            });
-        }
-        let mut devices = Vec::new();
-        let mut files = Vec::new();
-        for (i, v) in t.devices.iter().enumerate() {
-            let table = v.as_table();
-            let only_file = table.is_some_and(|t| t.len() == 1 && t.contains_key("file"));
-            if only_file {
-                let Some(rel) = table.and_then(|t| t.get("file")).and_then(|f| f.as_str()) else {
-                    return Err(ConfigError::Invalid {
-                        file: file.into(),
-                        field: format!("device[{i}].file"),
-                        why: "must be a path string".into(),
-                    });
-                };
-                let p = base.join(rel);
-                devices.push(DeviceConfig::load(&p)?);
-                files.push(Some(p));
-            } else {
-                let where_ = format!("{file} (device[{i}])");
-                let cfg: DeviceConfig =
-                    v.clone()
-                        .try_into()
-                        .map_err(|e: toml::de::Error| ConfigError::Parse {
-                            file: where_.clone(),
-                            message: explain_parse_error(&e.to_string()),
-                        })?;
-                devices.push(cfg.validate(&where_)?);
-                files.push(None);
-            }
-        }
-        let mut names = std::collections::HashSet::new();
-        for d in &devices {
-            if !names.insert(d.name.clone()) {
-                return Err(ConfigError::Invalid {
-                    file: file.into(),
-                    field: "device.name".into(),
-                    why: format!("two devices are named {:?}", d.name),
-                });
-            }
-        }
-        Ok(Topology {
-            name: t.name.unwrap_or_else(|| "topology".into()),
-            mode: t.mode,
-            devices,
-            device_files: files,
         })
     }
 }

@@ -1,0 +1,103 @@
+//! What a device is built from: its validated settings ([`DeviceSpec`],
+//! [`NetworkSpec`], [`StaticRoute`]) and a way to build its function
+//! ([`FunctionSpec`]). The config layer produces them from TOML; an
+//! embedder can fill them in directly.
+
+use std::any::Any;
+use std::path::PathBuf;
+
+use smoltcp::wire::{IpAddress, IpCidr, Ipv4Cidr, Ipv6Cidr};
+
+use super::hook::{Function, FunctionError};
+use crate::wire::LinkMedium;
+
+/// A validated static route: packets to `to` go via the gateway `via` (an
+/// address on the local or the global subnet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    pub to: IpCidr,
+    pub via: IpAddress,
+}
+
+/// One of a device's two networks, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkSpec {
+    /// Name of the shared-memory segment (devices naming the same segment
+    /// share the network).
+    pub segment: String,
+    /// The device's IPv4 address and subnet on this network.
+    pub v4: Ipv4Cidr,
+    /// Its IPv6 address and subnet, if any.
+    pub v6: Option<Ipv6Cidr>,
+    /// IP MTU, 576..=65535.
+    pub mtu: u32,
+    pub medium: LinkMedium,
+    /// Default IPv4 gateway (global network).
+    pub gateway: Option<IpAddress>,
+    /// Default IPv6 gateway (global network).
+    pub gateway6: Option<IpAddress>,
+    /// Write every frame this adapter carries to this pcap file.
+    pub pcap: Option<PathBuf>,
+    /// Frames taken from this adapter per poll round (`None`: no limit).
+    pub max_burst: Option<usize>,
+    /// Compute and verify checksums in software.
+    pub checksums: bool,
+    /// Parse received frames in the sender's buffer (`None`: yes for
+    /// threads of one process, no across processes).
+    pub trust_peers: Option<bool>,
+    /// Segment capacity, when this device creates the segment.
+    pub max_ports: u32,
+    /// Transmit buffers per port (0: chosen from the MTU).
+    pub buffers: u32,
+}
+
+/// A device's validated settings, without its function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSpec {
+    pub name: String,
+    pub local: NetworkSpec,
+    pub global: NetworkSpec,
+    /// Hardware address (both adapters).
+    pub mac: [u8; 6],
+    /// Forward packets not addressed to the device (it sits in a chain).
+    pub forward: bool,
+    pub routes: Vec<StaticRoute>,
+}
+
+/// A function's configuration that can build the function. The built-in
+/// `functions::FunctionConfig` implements it; an embedder's own
+/// configuration type can too. A running device keeps applying new
+/// configurations through [`Function::reconfigure`] (given
+/// [`FunctionSpec::as_any`]) and rebuilds the function when that declines.
+pub trait FunctionSpec: Any + Send + Sync + std::fmt::Debug {
+    /// The function kind this configuration builds (as in `kind = "..."`).
+    fn kind(&self) -> &str;
+    /// Builds the function; an invalid configuration is an error.
+    fn build(&self) -> Result<Box<dyn Function>, FunctionError>;
+    /// The configuration itself, for [`Function::reconfigure`] to downcast.
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl dyn FunctionSpec {
+    /// The configuration as its concrete type, if it is a `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.as_any().downcast_ref()
+    }
+}
+
+/// Everything a device is built from: its spec and its function's spec.
+pub trait DeviceBlueprint {
+    fn spec(&self) -> &DeviceSpec;
+    fn function(&self) -> &dyn FunctionSpec;
+}
+impl NetworkSpec {
+    /// The segment parameters this network asks for.
+    pub fn params(&self) -> crate::shm::NetworkParams {
+        let mut p = crate::shm::NetworkParams::new(self.mtu);
+        p.medium = self.medium;
+        p.max_ports = self.max_ports;
+        p.max_links = self.max_ports * (self.max_ports - 1);
+        p.buffers = self.buffers;
+        p
+    }
+}
