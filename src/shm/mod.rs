@@ -27,8 +27,6 @@
 //! let (len, from) = b.recv_into(&mut out).unwrap();
 //! assert_eq!((&out[..len], from), (&b"hello"[..], a.index()));
 //! ```
-#![allow(unsafe_code)]
-
 pub mod layout;
 mod port;
 mod region;
@@ -36,7 +34,8 @@ mod segment;
 mod wake;
 
 pub use layout::LinkMedium;
-pub use port::{InPlaceFrame, Peer, Port, PortCounters, TxBuf};
+pub use port::{Peer, Port, PortCounters};
+pub use region::{InPlaceFrame, TxBuf};
 pub use segment::{
     NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name, name_tag,
 };

@@ -10,6 +10,7 @@ use super::layout::{
     DESC_LEN, Descriptor, DescriptorRepr, RING_COOKIE, RING_HEADER_LEN, STATE_ACTIVE, link_field,
     port_field, ring_field,
 };
+use super::region::{InPlaceFrame, Pool, TxBuf};
 use super::segment::{Segment, split};
 
 /// Reclaim finished buffers once this few are left (callers may keep a
@@ -24,44 +25,10 @@ pub struct Peer {
     pub epoch: u32,
 }
 
-/// A transmit buffer of this port's pool, lent until sent or dropped.
-#[derive(Debug)]
-pub struct TxBuf {
-    index: u32,
-}
-
-/// A received frame still in the sender's buffer (see
-/// [`Port::recv_in_place`]).
-#[derive(Debug)]
-pub struct InPlaceFrame {
-    offset: usize,
-    len: usize,
-    src: u32,
-}
-
-impl InPlaceFrame {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// The sending port.
-    pub fn src(&self) -> u32 {
-        self.src
-    }
-}
-
 impl Segment {
     /// The bytes of a frame taken with [`Port::recv_in_place`].
     pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
-        // SAFETY: `InPlaceFrame` is only made by `next_frame` from a
-        // validated descriptor, so the range is one buffer of the sender's
-        // pool, inside the mapping (checked again by `bytes`). By protocol
-        // the sender does not write that buffer until the consumer publishes
-        // a tail past its slot, which the port does only on its next call;
-        // `recv_in_place` is reserved for trusted senders that follow it.
-        unsafe { self.region.bytes(f.offset, f.len) }
+        self.region.frame(f)
     }
 }
 
@@ -215,8 +182,7 @@ pub struct Port {
     epoch: u32,
     mask: u32,
     slots: u32,
-    free: Vec<u32>,
-    refs: Vec<u16>,
+    pool: Pool,
     out: Vec<Option<OutLink>>,
     /// Indices of `out` that hold a link.
     active: Vec<usize>,
@@ -239,8 +205,7 @@ impl Port {
             epoch,
             mask: g.ring_slots - 1,
             slots: g.ring_slots,
-            free: (0..g.buffers).rev().collect(),
-            refs: vec![0; g.buffers as usize],
+            pool: Pool::new(g.pool_off(index), g.frame_size as usize, g.buffers),
             out: (0..g.max_ports).map(|_| None).collect(),
             active: Vec::new(),
             finished: Vec::new(),
@@ -295,43 +260,32 @@ impl Port {
     /// Number of free transmit buffers (reclaiming finished ones when few
     /// are left).
     pub fn free_buffers(&mut self) -> usize {
-        if self.free.len() <= LOW_WATER {
+        if self.pool.free_len() <= LOW_WATER {
             self.reclaim();
         }
-        self.free.len()
+        self.pool.free_len()
     }
 
     /// Takes a free buffer, or `None` if all are in flight (back-pressure).
     pub fn alloc(&mut self) -> Option<TxBuf> {
-        if self.free.len() <= LOW_WATER {
+        if self.pool.free_len() <= LOW_WATER {
             self.reclaim();
         }
-        match self.free.pop() {
-            Some(index) => {
-                self.refs[index as usize] = 1;
-                Some(TxBuf { index })
-            }
-            None => {
-                self.counters.ring_full.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        let buf = self.pool.alloc();
+        if buf.is_none() {
+            self.counters.ring_full.fetch_add(1, Ordering::Relaxed);
         }
+        buf
     }
 
     /// The whole buffer (`frame_size` bytes) behind `buf`.
     pub fn buffer_mut(&mut self, buf: &mut TxBuf) -> &mut [u8] {
-        let g = self.seg.geometry();
-        let off = g.pool_off(self.index) + buf.index as usize * g.frame_size as usize;
-        // SAFETY: `TxBuf` is not Clone and is only created by `alloc` from the
-        // free list, so this port holds the buffer exclusively until `send`
-        // or `release`; the borrow is tied to `&mut self` and `&mut buf`.
-        // Peers only read buffers a descriptor names, and none names this one.
-        unsafe { self.seg.region.bytes_mut(off, g.frame_size as usize) }
+        self.pool.bytes_mut(&self.seg.region, buf)
     }
 
     /// Returns an unsent buffer to the pool.
     pub fn release(&mut self, buf: TxBuf) {
-        unref(&mut self.refs, &mut self.free, buf.index);
+        self.pool.release(buf);
     }
 
     /// Sends the first `len` bytes of `buf` to each of `to` (one for
@@ -352,16 +306,16 @@ impl Port {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            self.refs[buf.index as usize] += 1;
+            let index = self.pool.share(&buf);
             let rings = rings!(self);
             let Some(link) = self.out[idx].as_mut() else {
                 continue;
             };
-            if !(link.backlog.is_empty() && rings.push(link, buf.index, len)) {
-                link.backlog.push_back((buf.index, len));
+            if !(link.backlog.is_empty() && rings.push(link, index, len)) {
+                link.backlog.push_back((index, len));
             }
         }
-        unref(&mut self.refs, &mut self.free, buf.index);
+        self.pool.release(buf);
     }
 
     /// Makes sure an outgoing link to `peer` exists (claims one if needed).
@@ -418,7 +372,7 @@ impl Port {
             self.finished.extend(link.inflight.drain(..done));
         }
         for b in std::mem::take(&mut self.finished) {
-            unref(&mut self.refs, &mut self.free, b);
+            self.pool.unref(b);
         }
     }
 
@@ -429,7 +383,7 @@ impl Port {
                 .iter()
                 .chain(link.backlog.iter().map(|(b, _)| b))
             {
-                unref(&mut self.refs, &mut self.free, *b);
+                self.pool.unref(*b);
             }
             self.active.retain(|&i| i != idx);
             self.seg.free_link(link.link, link.serial, STATE_ACTIVE);
@@ -546,8 +500,8 @@ impl Port {
     /// hold `frame_size` bytes.
     pub fn recv_into(&mut self, dst: &mut [u8]) -> Option<(usize, u32)> {
         let f = self.next_frame(dst.len())?;
-        self.seg.region.read(f.offset, &mut dst[..f.len]);
-        Some((f.len, f.src))
+        self.seg.region.read(f.offset(), &mut dst[..f.len()]);
+        Some((f.len(), f.src()))
     }
 
     /// Takes the next received frame without copying it; read it with
@@ -615,11 +569,11 @@ impl Port {
                 match DescriptorRepr::parse(&Descriptor::new_unchecked(&d[..]), g, src) {
                     Ok(r) if room >= r.length as usize => {
                         self.rr = i;
-                        return Some(InPlaceFrame {
-                            offset: g.pool_off(src) + r.buffer as usize * g.frame_size as usize,
-                            len: r.length as usize,
+                        return Some(InPlaceFrame::new(
+                            g.pool_off(src) + r.buffer as usize * g.frame_size as usize,
+                            r.length as usize,
                             src,
-                        });
+                        ));
                     }
                     _ => {
                         self.counters
@@ -676,7 +630,7 @@ impl Port {
                     .store(link.tail, Ordering::Release);
             }
         }
-        if self.free.len() < self.refs.len() / 2 {
+        if self.pool.free_len() < self.pool.len() / 2 {
             self.reclaim();
         } else {
             self.check_generations();
@@ -727,14 +681,6 @@ impl Port {
         self.seg
             .port_u32(self.index, port_field::SLEEPING)
             .store(0, Ordering::Relaxed);
-    }
-}
-
-fn unref(refs: &mut [u16], free: &mut Vec<u32>, index: u32) {
-    let r = &mut refs[index as usize];
-    *r = r.saturating_sub(1);
-    if *r == 0 {
-        free.push(index);
     }
 }
 
