@@ -6,12 +6,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use super::ShmError;
 use super::layout::{
     DESC_LEN, Descriptor, DescriptorRepr, RING_COOKIE, RING_HEADER_LEN, STATE_ACTIVE, link_field,
     port_field, ring_field,
 };
 use super::region::{InPlaceFrame, Pool, TxBuf};
-use super::segment::{Segment, split};
+use super::segment::{NetworkParams, PortInfo, Segment, SegmentKind, split};
 
 /// Reclaim finished buffers once this few are left (callers may keep a
 /// reserve of up to this many for replies).
@@ -26,9 +27,33 @@ pub struct Peer {
 }
 
 impl Segment {
-    /// The bytes of a frame taken with [`Port::recv_in_place`].
-    pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
-        self.region.frame(f)
+    /// Attaches a new port (a device adapter) to the network.
+    ///
+    /// A host segment whose last port left may have been removed between
+    /// opening and attaching; that fails with [`ShmError::NotReady`] and
+    /// [`Segment::open_or_create`] followed by `attach` should be retried
+    /// ([`Segment::join`] does both).
+    pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+        let (index, epoch) = self.claim_port(info)?;
+        Ok(Port::new(Arc::clone(self), index, epoch))
+    }
+
+    /// Opens (or creates) the network's segment and attaches a port,
+    /// retrying if the segment was removed in between by its last user.
+    pub fn join(
+        name: &str,
+        kind: SegmentKind,
+        params: &NetworkParams,
+        info: &PortInfo,
+    ) -> Result<Port, ShmError> {
+        let mut tries = 0;
+        loop {
+            let seg = Self::open_or_create(name, kind, params)?;
+            match seg.attach(info) {
+                Err(ShmError::NotReady) if tries < 10 => tries += 1,
+                r => return r,
+            }
+        }
     }
 }
 
@@ -681,36 +706,6 @@ impl Port {
         self.seg
             .port_u32(self.index, port_field::SLEEPING)
             .store(0, Ordering::Relaxed);
-    }
-}
-
-impl Segment {
-    /// Rings `port`'s doorbell if its owner sleeps.
-    pub(crate) fn wake_port(&self, port: u32) {
-        if self
-            .port_u32(port, port_field::SLEEPING)
-            .load(Ordering::SeqCst)
-            != 0
-        {
-            self.ring_doorbell(port);
-        }
-    }
-}
-
-impl Segment {
-    /// Wakes `port`'s owner whether or not it sleeps (stop requests,
-    /// configuration changes).
-    pub fn ring_doorbell(&self, port: u32) {
-        if port >= self.geometry().max_ports {
-            return;
-        }
-        let bell = self.port_u32(port, port_field::DOORBELL);
-        bell.fetch_add(1, Ordering::AcqRel);
-        let _ = rustix::thread::futex::wake(
-            bell,
-            rustix::thread::futex::Flags::empty(),
-            i32::MAX as u32,
-        );
     }
 }
 

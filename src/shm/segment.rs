@@ -12,8 +12,7 @@ use super::layout::{
     HEADER_LEN, HeaderRepr, LINK_GEN_OFF, LinkMedium, PORT_GEN_OFF, STATE_ACTIVE, STATE_CLAIMING,
     STATE_FREE, SegmentHeader, VERSION_OFF, link_field, port_field,
 };
-use super::port::Port;
-use super::region::Region;
+use super::region::{InPlaceFrame, Region};
 
 /// Where a segment's memory lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -413,42 +412,25 @@ impl Segment {
         (state == STATE_ACTIVE).then_some(epoch)
     }
 
-    /// Attaches a new port (a device adapter) to the network.
+    /// Claims a directory slot for a new port and publishes `info` in it;
+    /// returns the slot's index and the epoch it was claimed at. The seam
+    /// for [`Segment::attach`] (in `port.rs`), which wraps the slot in a
+    /// [`Port`](super::Port).
     ///
     /// A host segment whose last port left may have been removed between
-    /// opening and attaching; that fails with [`ShmError::NotReady`] and
-    /// [`Segment::open_or_create`] followed by `attach` should be retried
-    /// ([`Segment::join`] does both).
-    pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+    /// opening and claiming; that fails with [`ShmError::NotReady`].
+    pub(crate) fn claim_port(&self, info: &PortInfo) -> Result<(u32, u32), ShmError> {
         self.region.locked(|| {
             if self.kind == SegmentKind::Host && !self.region.is_named(&self.name) {
                 return Err(ShmError::NotReady);
             }
-            let port = self.attach_unlocked(info)?;
+            let slot = self.claim_port_unlocked(info)?;
             self.used.store(true, Ordering::Relaxed);
-            Ok(port)
+            Ok(slot)
         })
     }
 
-    /// Opens (or creates) the network's segment and attaches a port,
-    /// retrying if the segment was removed in between by its last user.
-    pub fn join(
-        name: &str,
-        kind: SegmentKind,
-        params: &NetworkParams,
-        info: &PortInfo,
-    ) -> Result<Port, ShmError> {
-        let mut tries = 0;
-        loop {
-            let seg = Self::open_or_create(name, kind, params)?;
-            match seg.attach(info) {
-                Err(ShmError::NotReady) if tries < 10 => tries += 1,
-                r => return r,
-            }
-        }
-    }
-
-    fn attach_unlocked(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+    fn claim_port_unlocked(&self, info: &PortInfo) -> Result<(u32, u32), ShmError> {
         self.sweep_dead();
         if info.mac != [0; 6] && self.peers().iter().any(|p| p.mac == info.mac) {
             return Err(ShmError::AddressInUse {
@@ -509,7 +491,7 @@ impl Segment {
                 .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.port_generation().fetch_add(1, Ordering::AcqRel);
-            return Ok(Port::new(Arc::clone(self), p, next));
+            return Ok((p, next));
         }
         Err(ShmError::Full {
             name: self.name.clone(),
@@ -535,6 +517,38 @@ impl Segment {
         {
             self.port_generation().fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Rings `port`'s doorbell if its owner sleeps.
+    pub(crate) fn wake_port(&self, port: u32) {
+        if self
+            .port_u32(port, port_field::SLEEPING)
+            .load(Ordering::SeqCst)
+            != 0
+        {
+            self.ring_doorbell(port);
+        }
+    }
+
+    /// Wakes `port`'s owner whether or not it sleeps (stop requests,
+    /// configuration changes).
+    pub fn ring_doorbell(&self, port: u32) {
+        if port >= self.geometry().max_ports {
+            return;
+        }
+        let bell = self.port_u32(port, port_field::DOORBELL);
+        bell.fetch_add(1, Ordering::AcqRel);
+        let _ = rustix::thread::futex::wake(
+            bell,
+            rustix::thread::futex::Flags::empty(),
+            i32::MAX as u32,
+        );
+    }
+
+    /// The bytes of a frame taken with
+    /// [`Port::recv_in_place`](super::Port::recv_in_place).
+    pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
+        self.region.frame(f)
     }
 
     /// Reads one directory entry; `None` unless it is attached and stable.
