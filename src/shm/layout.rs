@@ -277,6 +277,10 @@ impl HeaderRepr {
     pub fn pool_off(&self, port: u32) -> usize {
         self.pools_off as usize + port as usize * self.pool_len() as usize
     }
+    /// Offset of buffer `buffer` of `port`'s pool.
+    pub fn buffer_off(&self, port: u32, buffer: u32) -> usize {
+        self.pool_off(port) + buffer as usize * self.frame_size as usize
+    }
 
     /// Parses and validates a header: magic, version, and a geometry that
     /// recomputes to the same offsets and fits in `region_len` bytes.

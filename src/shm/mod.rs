@@ -30,6 +30,7 @@
 pub mod layout;
 mod port;
 mod region;
+mod ring;
 mod segment;
 mod wake;
 

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use super::ShmError;
-use super::layout::{
-    DESC_LEN, Descriptor, DescriptorRepr, RING_COOKIE, RING_HEADER_LEN, STATE_ACTIVE, link_field,
-    port_field, ring_field,
-};
+use super::layout::{STATE_ACTIVE, link_field, port_field};
 use super::region::{InPlaceFrame, Pool, TxBuf};
+use super::ring::{Consumer, Pop, Producer, Rings};
 use super::segment::{NetworkParams, PortInfo, Segment, SegmentKind, split};
 
 /// Reclaim finished buffers once this few are left (callers may keep a
@@ -72,131 +70,49 @@ pub struct PortCounters {
     pub links_reset: AtomicU64,
 }
 
+/// A link this port sends on: the ring's producer end plus the frames
+/// waiting for room in it.
 struct OutLink {
     peer: Peer,
     link: u32,
     serial: u32,
-    ring: usize,
-    /// Next slot to fill (local; published to the ring as `published`).
-    head: u32,
-    published: u32,
-    /// The consumer's tail as last read for space checks: re-read only when
-    /// the ring looks full, so the hot path stays off the consumer's line.
-    tail_cache: u32,
-    /// The tail up to which buffers have been returned to the pool.
-    tail_seen: u32,
-    /// Buffers in the ring, oldest first.
-    inflight: VecDeque<u32>,
+    ring: Producer,
     /// Frames waiting for ring space: `(buffer, length)`.
     backlog: VecDeque<(u32, u32)>,
+    /// Descriptors were pushed since the last flush (the peer may need a
+    /// wake-up).
     pushed: bool,
 }
 
+impl OutLink {
+    #[inline]
+    fn push(&mut self, rings: &Rings, buffer: u32, len: u32) -> bool {
+        let ok = rings.push(&mut self.ring, buffer, len);
+        self.pushed |= ok;
+        ok
+    }
+}
+
+/// A link this port receives on: the ring's consumer end.
 struct InLink {
     src: Peer,
     link: u32,
     serial: u32,
-    ring: usize,
-    tail: u32,
-    /// Tail value last stored to the ring.
-    published: u32,
-    /// The producer's head as last read.
-    head_seen: u32,
+    ring: Consumer,
+    /// Slots were consumed since the last flush (the sender may need a
+    /// wake-up).
     consumed: bool,
 }
 
-/// Ring indices are published every this many frames, and at `flush`.
-const PUBLISH_BATCH: u32 = 32;
-
-/// The ring geometry a link operation needs, copied out of the port so the
-/// link can be borrowed mutably alongside it.
-#[derive(Clone, Copy)]
-struct Rings<'a> {
-    seg: &'a Segment,
-    index: u32,
-    slots: u32,
-    mask: u32,
-    counters: &'a PortCounters,
-}
-
-impl Rings<'_> {
-    fn u32(&self, ring: usize, field: usize) -> &AtomicU32 {
-        self.seg.region.atomic_u32(ring + field)
-    }
-
-    /// Writes a descriptor for `buffer` into the link's next slot; `false`
-    /// if the ring is full.
-    fn push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
-        if link.head.wrapping_sub(link.tail_cache) >= self.slots {
-            let tail = self
-                .u32(link.ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
-            let used = link.head.wrapping_sub(tail);
-            if used > self.slots {
-                // The consumer wrote a tail we never allowed: ignore it.
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            link.tail_cache = tail;
-            if used == self.slots {
-                return false;
-            }
-        }
-        let g = self.seg.geometry();
-        let mut d = [0u8; DESC_LEN];
-        DescriptorRepr {
-            region: self.index as u16,
-            buffer,
-            length: len,
-            metadata: 0,
-        }
-        .emit(&mut Descriptor::new_unchecked(&mut d[..]), g);
-        let at = link.ring + RING_HEADER_LEN + (link.head & self.mask) as usize * DESC_LEN;
-        self.seg.region.write(at, &d);
-        link.head = link.head.wrapping_add(1);
-        link.inflight.push_back(buffer);
-        link.pushed = true;
-        if link.head.wrapping_sub(link.published) >= PUBLISH_BATCH {
-            self.publish(link);
-        }
-        true
-    }
-
-    fn publish(&self, link: &mut OutLink) {
-        if link.published != link.head {
-            link.published = link.head;
-            self.u32(link.ring, ring_field::HEAD)
-                .store(link.head, Ordering::Release);
-        }
-    }
-
-    /// Moves `tail_seen` to `tail`; the buffers passed are returned by the
-    /// caller from `inflight` (see `Port::reclaim`).
-    fn reclaim_to(&self, link: &mut OutLink, tail: u32) -> usize {
-        let mut done = tail.wrapping_sub(link.tail_seen) as usize;
-        if done > link.inflight.len() {
-            // A consumer claiming more than we sent is corrupt; trust only
-            // what we know is in the ring.
-            self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-            done = link.inflight.len();
-        }
-        link.tail_seen = link.tail_seen.wrapping_add(done as u32);
-        link.tail_cache = link.tail_seen;
-        done
-    }
-}
-
-/// Borrows the ring view of a port field by field, so `self.out` can be
-/// borrowed mutably at the same time.
+/// The ring view of a port, borrowed field by field so `self.out` or
+/// `self.inbound` can be borrowed mutably at the same time.
 macro_rules! rings {
     ($p:expr) => {
-        Rings {
-            seg: &$p.seg,
-            index: $p.index,
-            slots: $p.slots,
-            mask: $p.mask,
-            counters: &$p.counters,
-        }
+        Rings::new(
+            &$p.seg.region,
+            $p.seg.geometry(),
+            &$p.counters.corrupt_rings,
+        )
     };
 }
 
@@ -205,14 +121,10 @@ pub struct Port {
     seg: Arc<Segment>,
     index: u32,
     epoch: u32,
-    mask: u32,
-    slots: u32,
     pool: Pool,
     out: Vec<Option<OutLink>>,
     /// Indices of `out` that hold a link.
     active: Vec<usize>,
-    /// Buffers whose descriptors consumers passed, not yet back in `free`.
-    finished: Vec<u32>,
     inbound: Vec<InLink>,
     rr: usize,
     port_gen: u32,
@@ -228,12 +140,9 @@ impl Port {
         let mut p = Port {
             index,
             epoch,
-            mask: g.ring_slots - 1,
-            slots: g.ring_slots,
             pool: Pool::new(g.pool_off(index), g.frame_size as usize, g.buffers),
             out: (0..g.max_ports).map(|_| None).collect(),
             active: Vec::new(),
-            finished: Vec::new(),
             inbound: Vec::new(),
             rr: 0,
             port_gen: seg.port_generation().load(Ordering::Acquire),
@@ -276,10 +185,6 @@ impl Port {
     /// survivor reclaimed it (we were presumed dead).
     pub fn is_attached(&self) -> bool {
         self.seg.port_epoch(self.index) == Some(self.epoch)
-    }
-
-    fn ring_u32(&self, ring: usize, field: usize) -> &AtomicU32 {
-        self.seg.region.atomic_u32(ring + field)
     }
 
     /// Number of free transmit buffers (reclaiming finished ones when few
@@ -336,7 +241,7 @@ impl Port {
             let Some(link) = self.out[idx].as_mut() else {
                 continue;
             };
-            if !(link.backlog.is_empty() && rings.push(link, index, len)) {
+            if !(link.backlog.is_empty() && link.push(&rings, index, len)) {
                 link.backlog.push_back((index, len));
             }
         }
@@ -369,12 +274,7 @@ impl Port {
             peer,
             link,
             serial,
-            ring: self.seg.geometry().ring_off(link),
-            head: 0,
-            published: 0,
-            tail_cache: 0,
-            tail_seen: 0,
-            inflight: VecDeque::new(),
+            ring: Producer::new(self.seg.geometry().ring_off(link), self.index as u16),
             backlog: VecDeque::new(),
             pushed: true, // wake the peer so it picks the new link up
         });
@@ -390,25 +290,20 @@ impl Port {
             let Some(link) = self.out[i].as_mut() else {
                 continue;
             };
-            let tail = rings
-                .u32(link.ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
-            let done = rings.reclaim_to(link, tail);
-            self.finished.extend(link.inflight.drain(..done));
-        }
-        for b in std::mem::take(&mut self.finished) {
-            self.pool.unref(b);
+            for b in rings.reclaim(&mut link.ring) {
+                self.pool.unref(b);
+            }
         }
     }
 
     fn drop_out_link(&mut self, idx: usize) {
         if let Some(link) = self.out[idx].take() {
             for b in link
-                .inflight
-                .iter()
-                .chain(link.backlog.iter().map(|(b, _)| b))
+                .ring
+                .in_flight()
+                .chain(link.backlog.iter().map(|&(b, _)| b))
             {
-                self.pool.unref(*b);
+                self.pool.unref(b);
             }
             self.active.retain(|&i| i != idx);
             self.seg.free_link(link.link, link.serial, STATE_ACTIVE);
@@ -479,9 +374,9 @@ impl Port {
             }
             found.push((l, serial, src));
         }
+        let rings = rings!(self);
         let mut old = std::mem::take(&mut self.inbound);
         for (link, serial, src) in found {
-            let ring = g.ring_off(link);
             if let Some(pos) = old
                 .iter()
                 .position(|o| o.link == link && o.serial == serial)
@@ -489,34 +384,18 @@ impl Port {
                 self.inbound.push(old.swap_remove(pos));
                 continue;
             }
-            if self
-                .ring_u32(ring, ring_field::COOKIE)
-                .load(Ordering::Relaxed)
-                != RING_COOKIE
-            {
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            let tail = self
-                .ring_u32(ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
             self.inbound.push(InLink {
                 src,
                 link,
                 serial,
-                ring,
-                tail,
-                published: tail,
-                head_seen: tail,
+                ring: rings.consumer(g.ring_off(link)),
                 consumed: false,
             });
         }
         // Links that disappeared: publish what we consumed (harmless if the
         // slot was reused: the new owner resets the ring when claiming).
-        for l in old {
-            if l.published != l.tail {
-                self.ring_u32(l.ring, ring_field::TAIL)
-                    .store(l.tail, Ordering::Release);
-            }
+        for mut l in old {
+            rings.publish_tail(&mut l.ring);
         }
     }
 
@@ -545,62 +424,28 @@ impl Port {
     /// which happens at the next call (or `flush`), after the caller is done.
     fn next_frame(&mut self, room: usize) -> Option<InPlaceFrame> {
         self.check_generations();
+        let rings = rings!(self);
+        let g = self.seg.geometry();
         let n = self.inbound.len();
-        let slots = self.slots;
         for k in 0..n {
             let i = (self.rr + k) % n;
             let link = &mut self.inbound[i];
-            if link.tail.wrapping_sub(link.published) >= PUBLISH_BATCH {
-                link.published = link.tail;
-                self.seg
-                    .region
-                    .atomic_u32(link.ring + ring_field::TAIL)
-                    .store(link.tail, Ordering::Release);
-            }
+            rings.publish_tail_batched(&mut link.ring);
+            let src = link.src.index;
             loop {
-                let link = &mut self.inbound[i];
-                if link.tail == link.head_seen {
-                    let head = self
-                        .seg
-                        .region
-                        .atomic_u32(link.ring + ring_field::HEAD)
-                        .load(Ordering::Acquire);
-                    let avail = head.wrapping_sub(link.tail);
-                    if avail == 0 {
-                        break;
-                    }
-                    if avail > slots {
-                        // Garbage indices: resynchronise to the producer's
-                        // head rather than read slots that were never written.
-                        self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                        link.tail = head;
-                        link.head_seen = head;
-                        link.published = head;
-                        self.seg
-                            .region
-                            .atomic_u32(link.ring + ring_field::TAIL)
-                            .store(head, Ordering::Release);
-                        break;
-                    }
-                    link.head_seen = head;
-                }
-                let at = link.ring + RING_HEADER_LEN + (link.tail & self.mask) as usize * DESC_LEN;
-                let src = link.src.index;
-                link.tail = link.tail.wrapping_add(1);
-                link.consumed = true;
-                let mut d = [0u8; DESC_LEN];
-                self.seg.region.read(at, &mut d);
-                let g = self.seg.geometry();
-                match DescriptorRepr::parse(&Descriptor::new_unchecked(&d[..]), g, src) {
-                    Ok(r) if room >= r.length as usize => {
+                match rings.pop(&mut link.ring, src) {
+                    Pop::Empty => break,
+                    Pop::Frame(r) if room >= r.length as usize => {
+                        link.consumed = true;
                         self.rr = i;
                         return Some(InPlaceFrame::new(
-                            g.pool_off(src) + r.buffer as usize * g.frame_size as usize,
+                            g.buffer_off(src, r.buffer),
                             r.length as usize,
                             src,
                         ));
                     }
-                    _ => {
+                    Pop::Frame(_) | Pop::Bad => {
+                        link.consumed = true;
                         self.counters
                             .bad_descriptors
                             .fetch_add(1, Ordering::Relaxed);
@@ -618,11 +463,8 @@ impl Port {
         {
             return true;
         }
-        self.inbound.iter().any(|l| {
-            self.ring_u32(l.ring, ring_field::HEAD)
-                .load(Ordering::Acquire)
-                != l.tail
-        })
+        let rings = rings!(self);
+        self.inbound.iter().any(|l| rings.pending(&l.ring))
     }
 
     /// Frames queued locally because a ring was full.
@@ -640,20 +482,15 @@ impl Port {
                 continue;
             };
             while let Some(&(b, len)) = link.backlog.front() {
-                if !rings.push(link, b, len) {
+                if !link.push(&rings, b, len) {
                     break;
                 }
                 link.backlog.pop_front();
             }
-            rings.publish(link);
+            rings.publish(&mut link.ring);
         }
         for link in &mut self.inbound {
-            if link.published != link.tail {
-                link.published = link.tail;
-                rings
-                    .u32(link.ring, ring_field::TAIL)
-                    .store(link.tail, Ordering::Release);
-            }
+            rings.publish_tail(&mut link.ring);
         }
         if self.pool.free_len() < self.pool.len() / 2 {
             self.reclaim();
@@ -730,7 +567,7 @@ impl Port {
                 .active
                 .iter()
                 .filter_map(|&i| self.out[i].as_ref())
-                .map(|l| l.inflight.len() + l.backlog.len())
+                .map(|l| l.ring.in_flight_len() + l.backlog.len())
                 .sum();
             let now = std::time::Instant::now();
             if pending < last.0 {

@@ -734,17 +734,7 @@ impl Segment {
                 .store(dst, Ordering::Relaxed);
             self.link_u32(l, link_field::DST_EPOCH)
                 .store(dst_epoch, Ordering::Relaxed);
-            let ring = self.geo.ring_off(l);
-            use super::layout::ring_field;
-            self.region
-                .atomic_u32(ring + ring_field::COOKIE)
-                .store(super::layout::RING_COOKIE, Ordering::Relaxed);
-            self.region
-                .atomic_u32(ring + ring_field::HEAD)
-                .store(0, Ordering::Relaxed);
-            self.region
-                .atomic_u32(ring + ring_field::TAIL)
-                .store(0, Ordering::Relaxed);
+            super::ring::reset(&self.region, self.geo.ring_off(l));
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.link_generation().fetch_add(1, Ordering::AcqRel);
             return Some((l, next));
