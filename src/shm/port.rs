@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use super::ShmError;
-use super::layout::{STATE_ACTIVE, link_field, port_field};
+use super::layout::{STATE_ACTIVE, field};
 use super::region::{InPlaceFrame, Pool, TxBuf};
 use super::ring::{Consumer, Pop, Producer, Rings};
 use super::segment::{NetworkParams, PortInfo, Segment, SegmentKind, split};
@@ -355,18 +355,18 @@ impl Port {
         for l in 0..g.max_links {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
             if state != STATE_ACTIVE
-                || seg.link_u32(l, link_field::DST).load(Ordering::Relaxed) != self.index
+                || seg.link_u32(l, field::link::DST).load(Ordering::Relaxed) != self.index
                 || seg
-                    .link_u32(l, link_field::DST_EPOCH)
+                    .link_u32(l, field::link::DST_EPOCH)
                     .load(Ordering::Relaxed)
                     != self.epoch
             {
                 continue;
             }
             let src = Peer {
-                index: seg.link_u32(l, link_field::SRC).load(Ordering::Relaxed),
+                index: seg.link_u32(l, field::link::SRC).load(Ordering::Relaxed),
                 epoch: seg
-                    .link_u32(l, link_field::SRC_EPOCH)
+                    .link_u32(l, field::link::SRC_EPOCH)
                     .load(Ordering::Relaxed),
             };
             if src.index >= g.max_ports || src.index == self.index {
@@ -524,7 +524,7 @@ impl Port {
 
     /// The doorbell word others bump to wake this port's owner.
     pub fn doorbell(&self) -> &AtomicU32 {
-        self.seg.port_u32(self.index, port_field::DOORBELL)
+        self.seg.port_u32(self.index, field::port::DOORBELL)
     }
 
     /// Announces that the owner is about to sleep; returns the doorbell value
@@ -532,7 +532,7 @@ impl Port {
     pub fn prepare_sleep(&self) -> u32 {
         let seq = self.doorbell().load(Ordering::Acquire);
         self.seg
-            .port_u32(self.index, port_field::SLEEPING)
+            .port_u32(self.index, field::port::SLEEPING)
             .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         seq
@@ -541,7 +541,7 @@ impl Port {
     /// Clears the sleeping flag.
     pub fn end_sleep(&self) {
         self.seg
-            .port_u32(self.index, port_field::SLEEPING)
+            .port_u32(self.index, field::port::SLEEPING)
             .store(0, Ordering::Relaxed);
     }
 }

@@ -27,7 +27,7 @@ use std::collections::vec_deque::Drain;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::layout::{
-    DESC_LEN, Descriptor, DescriptorRepr, HeaderRepr, RING_COOKIE, RING_HEADER_LEN, ring_field,
+    DESC_LEN, Descriptor, DescriptorRepr, HeaderRepr, RING_COOKIE, RING_HEADER_LEN, field,
 };
 use super::region::Region;
 
@@ -39,13 +39,13 @@ pub(crate) const PUBLISH_BATCH: u32 = 32;
 /// before it publishes the link.
 pub(crate) fn reset(region: &Region, ring: usize) {
     region
-        .atomic_u32(ring + ring_field::COOKIE)
+        .atomic_u32(ring + field::ring::COOKIE)
         .store(RING_COOKIE, Ordering::Relaxed);
     region
-        .atomic_u32(ring + ring_field::HEAD)
+        .atomic_u32(ring + field::ring::HEAD)
         .store(0, Ordering::Relaxed);
     region
-        .atomic_u32(ring + ring_field::TAIL)
+        .atomic_u32(ring + field::ring::TAIL)
         .store(0, Ordering::Relaxed);
 }
 
@@ -164,7 +164,7 @@ impl<'a> Rings<'a> {
     #[inline]
     pub(crate) fn push(&self, p: &mut Producer, buffer: u32, len: u32) -> bool {
         if p.head.wrapping_sub(p.tail_cache) >= self.slots {
-            let tail = self.u32(p.ring, ring_field::TAIL).load(Ordering::Acquire);
+            let tail = self.u32(p.ring, field::ring::TAIL).load(Ordering::Acquire);
             let used = p.head.wrapping_sub(tail);
             if used > self.slots {
                 // The consumer wrote a tail we never allowed: ignore it.
@@ -198,7 +198,7 @@ impl<'a> Rings<'a> {
     pub(crate) fn publish(&self, p: &mut Producer) {
         if p.published != p.head {
             p.published = p.head;
-            self.u32(p.ring, ring_field::HEAD)
+            self.u32(p.ring, field::ring::HEAD)
                 .store(p.head, Ordering::Release);
         }
     }
@@ -208,7 +208,7 @@ impl<'a> Rings<'a> {
     /// as corrupt and trusted only as far as what is known to be in the
     /// ring.
     pub(crate) fn reclaim<'p>(&self, p: &'p mut Producer) -> Drain<'p, u32> {
-        let tail = self.u32(p.ring, ring_field::TAIL).load(Ordering::Acquire);
+        let tail = self.u32(p.ring, field::ring::TAIL).load(Ordering::Acquire);
         let mut done = tail.wrapping_sub(p.tail_seen) as usize;
         if done > p.inflight.len() {
             self.count_corrupt();
@@ -225,10 +225,10 @@ impl<'a> Rings<'a> {
     /// tail. A ring without the cookie is counted as corrupt (and used
     /// anyway: every descriptor is validated).
     pub(crate) fn consumer(&self, ring: usize) -> Consumer {
-        if self.u32(ring, ring_field::COOKIE).load(Ordering::Relaxed) != RING_COOKIE {
+        if self.u32(ring, field::ring::COOKIE).load(Ordering::Relaxed) != RING_COOKIE {
             self.count_corrupt();
         }
-        let tail = self.u32(ring, ring_field::TAIL).load(Ordering::Acquire);
+        let tail = self.u32(ring, field::ring::TAIL).load(Ordering::Acquire);
         Consumer {
             ring,
             tail,
@@ -244,7 +244,7 @@ impl<'a> Rings<'a> {
     #[inline]
     pub(crate) fn pop(&self, c: &mut Consumer, src: u32) -> Pop {
         if c.tail == c.head_seen {
-            let head = self.u32(c.ring, ring_field::HEAD).load(Ordering::Acquire);
+            let head = self.u32(c.ring, field::ring::HEAD).load(Ordering::Acquire);
             let avail = head.wrapping_sub(c.tail);
             if avail == 0 {
                 return Pop::Empty;
@@ -256,7 +256,7 @@ impl<'a> Rings<'a> {
                 c.tail = head;
                 c.head_seen = head;
                 c.published = head;
-                self.u32(c.ring, ring_field::TAIL)
+                self.u32(c.ring, field::ring::TAIL)
                     .store(head, Ordering::Release);
                 return Pop::Empty;
             }
@@ -286,7 +286,7 @@ impl<'a> Rings<'a> {
     pub(crate) fn publish_tail(&self, c: &mut Consumer) {
         if c.published != c.tail {
             c.published = c.tail;
-            self.u32(c.ring, ring_field::TAIL)
+            self.u32(c.ring, field::ring::TAIL)
                 .store(c.tail, Ordering::Release);
         }
     }
@@ -294,6 +294,6 @@ impl<'a> Rings<'a> {
     /// Has the producer published slots this end has not taken?
     #[inline]
     pub(crate) fn pending(&self, c: &Consumer) -> bool {
-        self.u32(c.ring, ring_field::HEAD).load(Ordering::Acquire) != c.tail
+        self.u32(c.ring, field::ring::HEAD).load(Ordering::Acquire) != c.tail
     }
 }

@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 
 use super::ShmError;
 use super::layout::{
-    HEADER_LEN, HeaderRepr, LINK_GEN_OFF, LinkMedium, PORT_GEN_OFF, STATE_ACTIVE, STATE_CLAIMING,
-    STATE_FREE, SegmentHeader, VERSION_OFF, link_field, port_field,
+    HEADER_LEN, HeaderRepr, LinkMedium, STATE_ACTIVE, STATE_CLAIMING, STATE_FREE, SegmentHeader,
+    field,
 };
 use super::region::{InPlaceFrame, Region};
 
@@ -325,7 +325,7 @@ impl Segment {
         region.write(0, &buf);
         // Directory, link table and rings are zero (fresh memory): free.
         region
-            .atomic_u32(VERSION_OFF)
+            .atomic_u32(field::header::VERSION)
             .store(super::layout::LAYOUT_VERSION, Ordering::Release);
         Segment {
             region,
@@ -387,20 +387,20 @@ impl Segment {
     }
     pub(crate) fn port_word(&self, port: u32) -> &AtomicU64 {
         self.region
-            .atomic_u64(self.geo.port_off(port) + port_field::WORD)
+            .atomic_u64(self.geo.port_off(port) + field::port::WORD)
     }
     pub(crate) fn link_word(&self, link: u32) -> &AtomicU64 {
         self.region
-            .atomic_u64(self.geo.link_off(link) + link_field::WORD)
+            .atomic_u64(self.geo.link_off(link) + field::link::WORD)
     }
     pub(crate) fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
         self.region.atomic_u32(self.geo.link_off(link) + field)
     }
     pub(crate) fn port_generation(&self) -> &AtomicU32 {
-        self.region.atomic_u32(PORT_GEN_OFF)
+        self.region.atomic_u32(field::header::PORT_GEN)
     }
     pub(crate) fn link_generation(&self) -> &AtomicU32 {
-        self.region.atomic_u32(LINK_GEN_OFF)
+        self.region.atomic_u32(field::header::LINK_GEN)
     }
 
     /// The epoch of `port` if it is attached now.
@@ -440,7 +440,11 @@ impl Segment {
         let tag = name_tag(&info.name);
         // Prefer the port this device had before (same name), then any.
         let order = (0..self.geo.max_ports)
-            .filter(|&p| self.region_u64(p, port_field::NAME).load(Ordering::Relaxed) == tag)
+            .filter(|&p| {
+                self.region_u64(p, field::port::NAME)
+                    .load(Ordering::Relaxed)
+                    == tag
+            })
             .chain(0..self.geo.max_ports);
         for p in order {
             let w = self.port_word(p);
@@ -461,33 +465,33 @@ impl Segment {
             }
             let base = self.geo.port_off(p);
             let r = &self.region;
-            r.atomic_u32(base + port_field::OWNER_PID)
+            r.atomic_u32(base + field::port::OWNER_PID)
                 .store(std::process::id(), Ordering::Relaxed);
-            r.atomic_u64(base + port_field::OWNER_START).store(
+            r.atomic_u64(base + field::port::OWNER_START).store(
                 process_start_time(std::process::id()).unwrap_or(0),
                 Ordering::Relaxed,
             );
             let mut mac8 = [0u8; 8];
             mac8[..6].copy_from_slice(&info.mac);
-            r.atomic_u64(base + port_field::MAC)
+            r.atomic_u64(base + field::port::MAC)
                 .store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
             let (v4, v4set) = info.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
-            r.atomic_u32(base + port_field::IPV4)
+            r.atomic_u32(base + field::port::IPV4)
                 .store(v4, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::IPV4 + 4)
+            r.atomic_u32(base + field::port::IPV4_SET)
                 .store(v4set, Ordering::Relaxed);
             let v6 = info.ipv6.unwrap_or([0; 16]);
-            r.atomic_u64(base + port_field::IPV6).store(
+            r.atomic_u64(base + field::port::IPV6).store(
                 u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()),
                 Ordering::Relaxed,
             );
-            r.atomic_u64(base + port_field::IPV6 + 8).store(
+            r.atomic_u64(base + field::port::IPV6 + 8).store(
                 u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()),
                 Ordering::Relaxed,
             );
-            r.atomic_u64(base + port_field::NAME)
+            r.atomic_u64(base + field::port::NAME)
                 .store(tag, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::SLEEPING)
+            r.atomic_u32(base + field::port::SLEEPING)
                 .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.port_generation().fetch_add(1, Ordering::AcqRel);
@@ -522,7 +526,7 @@ impl Segment {
     /// Rings `port`'s doorbell if its owner sleeps.
     pub(crate) fn wake_port(&self, port: u32) {
         if self
-            .port_u32(port, port_field::SLEEPING)
+            .port_u32(port, field::port::SLEEPING)
             .load(Ordering::SeqCst)
             != 0
         {
@@ -536,7 +540,7 @@ impl Segment {
         if port >= self.geometry().max_ports {
             return;
         }
-        let bell = self.port_u32(port, port_field::DOORBELL);
+        let bell = self.port_u32(port, field::port::DOORBELL);
         bell.fetch_add(1, Ordering::AcqRel);
         let _ = rustix::thread::futex::wake(
             bell,
@@ -565,28 +569,28 @@ impl Segment {
         let base = self.geo.port_off(index);
         let r = &self.region;
         let mac8 = r
-            .atomic_u64(base + port_field::MAC)
+            .atomic_u64(base + field::port::MAC)
             .load(Ordering::Relaxed)
             .to_ne_bytes();
         let v4 = r
-            .atomic_u32(base + port_field::IPV4)
+            .atomic_u32(base + field::port::IPV4)
             .load(Ordering::Relaxed);
         let v4set = r
-            .atomic_u32(base + port_field::IPV4 + 4)
+            .atomic_u32(base + field::port::IPV4_SET)
             .load(Ordering::Relaxed);
         let a = r
-            .atomic_u64(base + port_field::IPV6)
+            .atomic_u64(base + field::port::IPV6)
             .load(Ordering::Relaxed)
             .to_ne_bytes();
         let b = r
-            .atomic_u64(base + port_field::IPV6 + 8)
+            .atomic_u64(base + field::port::IPV6 + 8)
             .load(Ordering::Relaxed)
             .to_ne_bytes();
         let owner_pid = r
-            .atomic_u32(base + port_field::OWNER_PID)
+            .atomic_u32(base + field::port::OWNER_PID)
             .load(Ordering::Relaxed);
         let name_tag = r
-            .atomic_u64(base + port_field::NAME)
+            .atomic_u64(base + field::port::NAME)
             .load(Ordering::Relaxed);
         if w.load(Ordering::Acquire) != before {
             return None;
@@ -626,11 +630,11 @@ impl Segment {
             let base = self.geo.port_off(p);
             let pid = self
                 .region
-                .atomic_u32(base + port_field::OWNER_PID)
+                .atomic_u32(base + field::port::OWNER_PID)
                 .load(Ordering::Relaxed);
             let start = self
                 .region
-                .atomic_u64(base + port_field::OWNER_START)
+                .atomic_u64(base + field::port::OWNER_START)
                 .load(Ordering::Relaxed);
             if pid == me || pid == 0 || pid_alive(pid, Some(start)) {
                 continue;
@@ -667,8 +671,8 @@ impl Segment {
                 let epoch = self.link_u32(l, efield).load(Ordering::Relaxed);
                 self.port_epoch(port) == Some(epoch)
             };
-            let src_live = end_live(link_field::SRC, link_field::SRC_EPOCH);
-            let dst_live = end_live(link_field::DST, link_field::DST_EPOCH);
+            let src_live = end_live(field::link::SRC, field::link::SRC_EPOCH);
+            let dst_live = end_live(field::link::DST, field::link::DST_EPOCH);
             let stale = if state == STATE_CLAIMING {
                 !src_live
             } else {
@@ -726,13 +730,13 @@ impl Segment {
             {
                 continue;
             }
-            self.link_u32(l, link_field::SRC)
+            self.link_u32(l, field::link::SRC)
                 .store(src, Ordering::Relaxed);
-            self.link_u32(l, link_field::SRC_EPOCH)
+            self.link_u32(l, field::link::SRC_EPOCH)
                 .store(src_epoch, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST)
+            self.link_u32(l, field::link::DST)
                 .store(dst, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST_EPOCH)
+            self.link_u32(l, field::link::DST_EPOCH)
                 .store(dst_epoch, Ordering::Relaxed);
             super::ring::reset(&self.region, self.geo.ring_off(l));
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
