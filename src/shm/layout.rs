@@ -116,8 +116,10 @@ pub(crate) mod field {
         /// u32 address, then a u32 that is non-zero when it is set.
         pub const IPV4: usize = 32;
         pub const IPV4_SET: usize = 36;
-        /// 16 bytes: two u64.
+        /// u64: the first 8 bytes of the IPv6 address (all 16 zero: none).
         pub const IPV6: usize = 40;
+        /// u64: its last 8 bytes.
+        pub const IPV6_LOW: usize = 48;
         /// u64: a hash of the device name.
         pub const NAME: usize = 56;
         /// u32 futex word a sender bumps to wake the owner.

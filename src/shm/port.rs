@@ -354,22 +354,12 @@ impl Port {
         let mut found = Vec::new();
         for l in 0..g.max_links {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
-            if state != STATE_ACTIVE
-                || seg.link_u32(l, field::link::DST).load(Ordering::Relaxed) != self.index
-                || seg
-                    .link_u32(l, field::link::DST_EPOCH)
-                    .load(Ordering::Relaxed)
-                    != self.epoch
-            {
+            if state != STATE_ACTIVE {
                 continue;
             }
-            let src = Peer {
-                index: seg.link_u32(l, field::link::SRC).load(Ordering::Relaxed),
-                epoch: seg
-                    .link_u32(l, field::link::SRC_EPOCH)
-                    .load(Ordering::Relaxed),
-            };
-            if src.index >= g.max_ports || src.index == self.index {
+            let [(index, epoch), dst] = seg.link_ends(l);
+            let src = Peer { index, epoch };
+            if dst != (self.index, self.epoch) || index >= g.max_ports || index == self.index {
                 continue;
             }
             found.push((l, serial, src));

@@ -157,6 +157,16 @@ impl<'a> Rings<'a> {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Stores this end's index `local` into the ring's word `field`, unless
+    /// `published` says it is there already.
+    #[inline]
+    fn publish_index(&self, ring: usize, field: usize, local: u32, published: &mut u32) {
+        if *published != local {
+            *published = local;
+            self.u32(ring, field).store(local, Ordering::Release);
+        }
+    }
+
     // ---- producer ----
 
     /// Writes a descriptor for `buffer` (`len` bytes) into the next slot;
@@ -196,11 +206,7 @@ impl<'a> Rings<'a> {
     /// Publishes the slots written since the last publish.
     #[inline]
     pub(crate) fn publish(&self, p: &mut Producer) {
-        if p.published != p.head {
-            p.published = p.head;
-            self.u32(p.ring, field::ring::HEAD)
-                .store(p.head, Ordering::Release);
-        }
+        self.publish_index(p.ring, field::ring::HEAD, p.head, &mut p.published);
     }
 
     /// Reads the consumer's tail and hands back the buffers of the slots it
@@ -284,16 +290,97 @@ impl<'a> Rings<'a> {
     /// consumed so far.
     #[inline]
     pub(crate) fn publish_tail(&self, c: &mut Consumer) {
-        if c.published != c.tail {
-            c.published = c.tail;
-            self.u32(c.ring, field::ring::TAIL)
-                .store(c.tail, Ordering::Release);
-        }
+        self.publish_index(c.ring, field::ring::TAIL, c.tail, &mut c.published);
     }
 
     /// Has the producer published slots this end has not taken?
     #[inline]
     pub(crate) fn pending(&self, c: &Consumer) -> bool {
         self.u32(c.ring, field::ring::HEAD).load(Ordering::Acquire) != c.tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shm::layout::LinkMedium;
+
+    /// A segment's worth of memory with 8-slot rings; ring 0 reset.
+    fn setup() -> (Region, HeaderRepr, usize) {
+        let geo = HeaderRepr::new(1500, LinkMedium::Ethernet, 4, 4, 8, 0).unwrap();
+        let region = Region::anonymous(geo.total_len as usize).unwrap();
+        let ring = geo.ring_off(0);
+        reset(&region, ring);
+        (region, geo, ring)
+    }
+
+    fn frame(pop: Pop) -> (u32, u32) {
+        match pop {
+            Pop::Frame(r) => (r.buffer, r.length),
+            Pop::Empty => panic!("empty"),
+            Pop::Bad => panic!("bad descriptor"),
+        }
+    }
+
+    #[test]
+    fn frames_pass_in_order_and_a_full_ring_pushes_back() {
+        let (region, geo, ring) = setup();
+        let corrupt = AtomicU64::new(0);
+        let rings = Rings::new(&region, &geo, &corrupt);
+        let mut p = Producer::new(ring, 1);
+        let mut c = rings.consumer(ring);
+        for b in 0..8 {
+            assert!(rings.push(&mut p, b, 60 + b));
+        }
+        assert!(!rings.push(&mut p, 0, 60), "the ring holds 8");
+        assert!(!rings.pending(&c), "nothing published before the batch");
+        rings.publish(&mut p);
+        assert!(rings.pending(&c));
+        for b in 0..8 {
+            assert_eq!(frame(rings.pop(&mut c, 1)), (b, 60 + b));
+        }
+        assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
+        assert_eq!(rings.reclaim(&mut p).count(), 0, "tail not published");
+        rings.publish_tail(&mut c);
+        assert_eq!(
+            rings.reclaim(&mut p).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert!(rings.push(&mut p, 3, 64));
+        assert_eq!(corrupt.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn what_the_other_end_scribbles_is_counted_not_trusted() {
+        let (region, geo, ring) = setup();
+        let corrupt = AtomicU64::new(0);
+        let rings = Rings::new(&region, &geo, &corrupt);
+        let mut p = Producer::new(ring, 1);
+        let mut c = rings.consumer(ring);
+        rings.push(&mut p, 0, 60);
+        rings.publish(&mut p);
+        // A descriptor checked against another sender's pool is bad.
+        assert!(matches!(rings.pop(&mut c, 2), Pop::Bad));
+
+        // A head more than a ring ahead: counted, consumer resynchronised.
+        let head = region.atomic_u32(ring + field::ring::HEAD);
+        head.store(1000, Ordering::Release);
+        assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
+        assert_eq!(corrupt.load(Ordering::Relaxed), 1);
+        assert!(!rings.pending(&c));
+
+        // A tail claiming more than was sent: counted, and only what is in
+        // flight comes back.
+        let tail = region.atomic_u32(ring + field::ring::TAIL);
+        tail.store(500, Ordering::Release);
+        assert_eq!(rings.reclaim(&mut p).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(corrupt.load(Ordering::Relaxed), 2);
+
+        // A ring without the cookie is counted when a consumer attaches.
+        region
+            .atomic_u32(ring + field::ring::COOKIE)
+            .store(0, Ordering::Relaxed);
+        let _ = rings.consumer(ring);
+        assert_eq!(corrupt.load(Ordering::Relaxed), 3);
     }
 }

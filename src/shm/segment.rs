@@ -147,6 +147,31 @@ pub(crate) fn split(w: u64) -> (u32, u32) {
     ((w >> 32) as u32, w as u32)
 }
 
+/// Moves a port or link word from `from` to `to`, each `(epoch or serial,
+/// state)`; `false` if the word was not `from`.
+fn transition(w: &AtomicU64, from: (u32, u32), to: (u32, u32)) -> bool {
+    w.compare_exchange(
+        word(from.0, from.1),
+        word(to.0, to.1),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    )
+    .is_ok()
+}
+
+/// A directory entry apart from its state word, which orders it: written
+/// (relaxed) while the entry is claimed, before the word turns active
+/// (release); read (relaxed) between two acquire loads of the same active
+/// word.
+struct PortEntry {
+    owner_pid: u32,
+    owner_start: u64,
+    mac: [u8; 6],
+    ipv4: Option<[u8; 4]>,
+    ipv6: Option<[u8; 16]>,
+    name_tag: u64,
+}
+
 impl Segment {
     /// Opens the network's segment, creating it if it does not exist.
     ///
@@ -385,6 +410,9 @@ impl Segment {
     pub(crate) fn port_u32(&self, port: u32, field: usize) -> &AtomicU32 {
         self.region.atomic_u32(self.geo.port_off(port) + field)
     }
+    fn port_u64(&self, port: u32, field: usize) -> &AtomicU64 {
+        self.region.atomic_u64(self.geo.port_off(port) + field)
+    }
     pub(crate) fn port_word(&self, port: u32) -> &AtomicU64 {
         self.region
             .atomic_u64(self.geo.port_off(port) + field::port::WORD)
@@ -393,8 +421,17 @@ impl Segment {
         self.region
             .atomic_u64(self.geo.link_off(link) + field::link::WORD)
     }
-    pub(crate) fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
+    fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
         self.region.atomic_u32(self.geo.link_off(link) + field)
+    }
+    /// A link's two ends as `[(src, src_epoch), (dst, dst_epoch)]`, as
+    /// written by its claimer (check the link word before trusting them).
+    pub(crate) fn link_ends(&self, link: u32) -> [(u32, u32); 2] {
+        let at = |f| self.link_u32(link, f).load(Ordering::Relaxed);
+        [
+            (at(field::link::SRC), at(field::link::SRC_EPOCH)),
+            (at(field::link::DST), at(field::link::DST_EPOCH)),
+        ]
     }
     pub(crate) fn port_generation(&self) -> &AtomicU32 {
         self.region.atomic_u32(field::header::PORT_GEN)
@@ -440,11 +477,7 @@ impl Segment {
         let tag = name_tag(&info.name);
         // Prefer the port this device had before (same name), then any.
         let order = (0..self.geo.max_ports)
-            .filter(|&p| {
-                self.region_u64(p, field::port::NAME)
-                    .load(Ordering::Relaxed)
-                    == tag
-            })
+            .filter(|&p| self.port_u64(p, field::port::NAME).load(Ordering::Relaxed) == tag)
             .chain(0..self.geo.max_ports);
         for p in order {
             let w = self.port_word(p);
@@ -453,45 +486,22 @@ impl Segment {
                 continue;
             }
             let next = epoch.wrapping_add(1).max(1);
-            if w.compare_exchange(
-                word(epoch, STATE_FREE),
-                word(next, STATE_CLAIMING),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-            {
+            if !transition(w, (epoch, STATE_FREE), (next, STATE_CLAIMING)) {
                 continue;
             }
-            let base = self.geo.port_off(p);
-            let r = &self.region;
-            r.atomic_u32(base + field::port::OWNER_PID)
-                .store(std::process::id(), Ordering::Relaxed);
-            r.atomic_u64(base + field::port::OWNER_START).store(
-                process_start_time(std::process::id()).unwrap_or(0),
-                Ordering::Relaxed,
+            let me = std::process::id();
+            self.store_entry(
+                p,
+                &PortEntry {
+                    owner_pid: me,
+                    owner_start: process_start_time(me).unwrap_or(0),
+                    mac: info.mac,
+                    ipv4: info.ipv4,
+                    ipv6: info.ipv6,
+                    name_tag: tag,
+                },
             );
-            let mut mac8 = [0u8; 8];
-            mac8[..6].copy_from_slice(&info.mac);
-            r.atomic_u64(base + field::port::MAC)
-                .store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
-            let (v4, v4set) = info.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
-            r.atomic_u32(base + field::port::IPV4)
-                .store(v4, Ordering::Relaxed);
-            r.atomic_u32(base + field::port::IPV4_SET)
-                .store(v4set, Ordering::Relaxed);
-            let v6 = info.ipv6.unwrap_or([0; 16]);
-            r.atomic_u64(base + field::port::IPV6).store(
-                u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()),
-                Ordering::Relaxed,
-            );
-            r.atomic_u64(base + field::port::IPV6 + 8).store(
-                u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()),
-                Ordering::Relaxed,
-            );
-            r.atomic_u64(base + field::port::NAME)
-                .store(tag, Ordering::Relaxed);
-            r.atomic_u32(base + field::port::SLEEPING)
+            self.port_u32(p, field::port::SLEEPING)
                 .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.port_generation().fetch_add(1, Ordering::AcqRel);
@@ -503,22 +513,13 @@ impl Segment {
         })
     }
 
-    fn region_u64(&self, port: u32, field: usize) -> &AtomicU64 {
-        self.region.atomic_u64(self.geo.port_off(port) + field)
-    }
-
     /// Marks `port` (attached at `epoch`) free again.
     pub(crate) fn detach(&self, port: u32, epoch: u32) {
-        if self
-            .port_word(port)
-            .compare_exchange(
-                word(epoch, STATE_ACTIVE),
-                word(epoch, STATE_FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
+        if transition(
+            self.port_word(port),
+            (epoch, STATE_ACTIVE),
+            (epoch, STATE_FREE),
+        ) {
             self.port_generation().fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -566,47 +567,58 @@ impl Segment {
         if state != STATE_ACTIVE {
             return None;
         }
-        let base = self.geo.port_off(index);
-        let r = &self.region;
-        let mac8 = r
-            .atomic_u64(base + field::port::MAC)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let v4 = r
-            .atomic_u32(base + field::port::IPV4)
-            .load(Ordering::Relaxed);
-        let v4set = r
-            .atomic_u32(base + field::port::IPV4_SET)
-            .load(Ordering::Relaxed);
-        let a = r
-            .atomic_u64(base + field::port::IPV6)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let b = r
-            .atomic_u64(base + field::port::IPV6 + 8)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let owner_pid = r
-            .atomic_u32(base + field::port::OWNER_PID)
-            .load(Ordering::Relaxed);
-        let name_tag = r
-            .atomic_u64(base + field::port::NAME)
-            .load(Ordering::Relaxed);
+        let e = self.load_entry(index);
         if w.load(Ordering::Acquire) != before {
             return None;
         }
-        let mut v6 = [0u8; 16];
-        v6[..8].copy_from_slice(&a);
-        v6[8..].copy_from_slice(&b);
         Some(PeerInfo {
             index,
             epoch,
-            mac: mac8[..6].try_into().unwrap_or_default(),
-            ipv4: (v4set != 0).then(|| v4.to_ne_bytes()),
-            ipv6: (v6 != [0; 16]).then_some(v6),
-            owner_pid,
-            name_tag,
+            mac: e.mac,
+            ipv4: e.ipv4,
+            ipv6: e.ipv6,
+            owner_pid: e.owner_pid,
+            name_tag: e.name_tag,
         })
+    }
+
+    /// Writes a claimed entry's fields (see [`PortEntry`]).
+    fn store_entry(&self, port: u32, e: &PortEntry) {
+        let u32_at = |f| self.port_u32(port, f);
+        let u64_at = |f| self.port_u64(port, f);
+        let ne64 = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or_default());
+        u32_at(field::port::OWNER_PID).store(e.owner_pid, Ordering::Relaxed);
+        u64_at(field::port::OWNER_START).store(e.owner_start, Ordering::Relaxed);
+        let mut mac8 = [0u8; 8];
+        mac8[..6].copy_from_slice(&e.mac);
+        u64_at(field::port::MAC).store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
+        let (v4, v4set) = e.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
+        u32_at(field::port::IPV4).store(v4, Ordering::Relaxed);
+        u32_at(field::port::IPV4_SET).store(v4set, Ordering::Relaxed);
+        let v6 = e.ipv6.unwrap_or([0; 16]);
+        u64_at(field::port::IPV6).store(ne64(&v6[..8]), Ordering::Relaxed);
+        u64_at(field::port::IPV6_LOW).store(ne64(&v6[8..]), Ordering::Relaxed);
+        u64_at(field::port::NAME).store(e.name_tag, Ordering::Relaxed);
+    }
+
+    /// Reads an entry's fields (see [`PortEntry`]); the caller checks the
+    /// state word around it.
+    fn load_entry(&self, port: u32) -> PortEntry {
+        let u32_at = |f| self.port_u32(port, f).load(Ordering::Relaxed);
+        let u64_at = |f| self.port_u64(port, f).load(Ordering::Relaxed);
+        let mac8 = u64_at(field::port::MAC).to_ne_bytes();
+        let mut v6 = [0u8; 16];
+        v6[..8].copy_from_slice(&u64_at(field::port::IPV6).to_ne_bytes());
+        v6[8..].copy_from_slice(&u64_at(field::port::IPV6_LOW).to_ne_bytes());
+        PortEntry {
+            owner_pid: u32_at(field::port::OWNER_PID),
+            owner_start: u64_at(field::port::OWNER_START),
+            mac: mac8[..6].try_into().unwrap_or_default(),
+            ipv4: (u32_at(field::port::IPV4_SET) != 0)
+                .then(|| u32_at(field::port::IPV4).to_ne_bytes()),
+            ipv6: (v6 != [0; 16]).then_some(v6),
+            name_tag: u64_at(field::port::NAME),
+        }
     }
 
     /// Every attached port.
@@ -627,28 +639,16 @@ impl Segment {
             if state == STATE_FREE {
                 continue;
             }
-            let base = self.geo.port_off(p);
             let pid = self
-                .region
-                .atomic_u32(base + field::port::OWNER_PID)
+                .port_u32(p, field::port::OWNER_PID)
                 .load(Ordering::Relaxed);
             let start = self
-                .region
-                .atomic_u64(base + field::port::OWNER_START)
+                .port_u64(p, field::port::OWNER_START)
                 .load(Ordering::Relaxed);
             if pid == me || pid == 0 || pid_alive(pid, Some(start)) {
                 continue;
             }
-            if self
-                .port_word(p)
-                .compare_exchange(
-                    word(epoch, state),
-                    word(epoch, STATE_FREE),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if transition(self.port_word(p), (epoch, state), (epoch, STATE_FREE)) {
                 log::info!(
                     "segment {:?}: reclaimed port {p} of dead process {pid}",
                     self.name
@@ -666,13 +666,9 @@ impl Segment {
             if state == STATE_FREE {
                 continue;
             }
-            let end_live = |field, efield| {
-                let port = self.link_u32(l, field).load(Ordering::Relaxed);
-                let epoch = self.link_u32(l, efield).load(Ordering::Relaxed);
-                self.port_epoch(port) == Some(epoch)
-            };
-            let src_live = end_live(field::link::SRC, field::link::SRC_EPOCH);
-            let dst_live = end_live(field::link::DST, field::link::DST_EPOCH);
+            let [src_live, dst_live] = self
+                .link_ends(l)
+                .map(|(port, epoch)| self.port_epoch(port) == Some(epoch));
             let stale = if state == STATE_CLAIMING {
                 !src_live
             } else {
@@ -689,15 +685,7 @@ impl Segment {
     }
 
     pub(crate) fn free_link(&self, link: u32, serial: u32, state: u32) -> bool {
-        let ok = self
-            .link_word(link)
-            .compare_exchange(
-                word(serial, state),
-                word(serial, STATE_FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok();
+        let ok = transition(self.link_word(link), (serial, state), (serial, STATE_FREE));
         if ok {
             self.link_generation().fetch_add(1, Ordering::AcqRel);
         }
@@ -720,24 +708,17 @@ impl Segment {
                 continue;
             }
             let next = serial.wrapping_add(1);
-            if w.compare_exchange(
-                word(serial, STATE_FREE),
-                word(next, STATE_CLAIMING),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-            {
+            if !transition(w, (serial, STATE_FREE), (next, STATE_CLAIMING)) {
                 continue;
             }
-            self.link_u32(l, field::link::SRC)
-                .store(src, Ordering::Relaxed);
-            self.link_u32(l, field::link::SRC_EPOCH)
-                .store(src_epoch, Ordering::Relaxed);
-            self.link_u32(l, field::link::DST)
-                .store(dst, Ordering::Relaxed);
-            self.link_u32(l, field::link::DST_EPOCH)
-                .store(dst_epoch, Ordering::Relaxed);
+            for (f, v) in [
+                (field::link::SRC, src),
+                (field::link::SRC_EPOCH, src_epoch),
+                (field::link::DST, dst),
+                (field::link::DST_EPOCH, dst_epoch),
+            ] {
+                self.link_u32(l, f).store(v, Ordering::Relaxed);
+            }
             super::ring::reset(&self.region, self.geo.ring_off(l));
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.link_generation().fetch_add(1, Ordering::AcqRel);
@@ -821,4 +802,54 @@ fn is_zombie(pid: u32) -> bool {
                 .map(|i| s[i + 1..].trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_entry_round_trip() {
+        let seg = Segment::open_or_create(
+            "unit-directory",
+            SegmentKind::Process,
+            &NetworkParams::new(1500),
+        )
+        .unwrap();
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[15] = 1;
+        let full = PortInfo {
+            name: "full".into(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            ipv4: Some([10, 0, 0, 1]),
+            ipv6: Some(v6),
+        };
+        let a = seg.attach(&full).unwrap();
+        let b = seg.attach(&PortInfo::named("bare")).unwrap();
+        assert_eq!(
+            seg.peer(a.index()),
+            Some(PeerInfo {
+                index: a.index(),
+                epoch: a.epoch(),
+                mac: full.mac,
+                ipv4: full.ipv4,
+                ipv6: full.ipv6,
+                owner_pid: std::process::id(),
+                name_tag: name_tag("full"),
+            })
+        );
+        let bare = seg.peer(b.index()).unwrap();
+        assert_eq!((bare.ipv4, bare.ipv6), (None, None));
+        assert_eq!(bare.mac, mac_from_name("bare"));
+        // A second port may not take a live port's address.
+        assert!(matches!(
+            seg.attach(&full),
+            Err(ShmError::AddressInUse { .. })
+        ));
+        let index = a.index();
+        drop(a);
+        assert_eq!(seg.peer(index), None);
+        assert_eq!(seg.live_ports(), 1);
+    }
 }
