@@ -305,13 +305,18 @@ mod tests {
     use super::*;
     use crate::shm::layout::LinkMedium;
 
-    /// A segment's worth of memory with 8-slot rings; ring 0 reset.
-    fn setup() -> (Region, HeaderRepr, usize) {
+    /// Runs `f` on ring 0 (8 slots, just reset) of a fresh segment's
+    /// memory, with both ends (the producer is port 1) and the corruption
+    /// counter.
+    fn with_ring(f: impl FnOnce(&Region, usize, Rings, Producer, Consumer, &AtomicU64)) {
         let geo = HeaderRepr::new(1500, LinkMedium::Ethernet, 4, 4, 8, 0).unwrap();
         let region = Region::anonymous(geo.total_len as usize).unwrap();
         let ring = geo.ring_off(0);
         reset(&region, ring);
-        (region, geo, ring)
+        let corrupt = AtomicU64::new(0);
+        let rings = Rings::new(&region, &geo, &corrupt);
+        let c = rings.consumer(ring);
+        f(&region, ring, rings, Producer::new(ring, 1), c, &corrupt);
     }
 
     fn frame(pop: Pop) -> (u32, u32) {
@@ -324,63 +329,57 @@ mod tests {
 
     #[test]
     fn frames_pass_in_order_and_a_full_ring_pushes_back() {
-        let (region, geo, ring) = setup();
-        let corrupt = AtomicU64::new(0);
-        let rings = Rings::new(&region, &geo, &corrupt);
-        let mut p = Producer::new(ring, 1);
-        let mut c = rings.consumer(ring);
-        for b in 0..8 {
-            assert!(rings.push(&mut p, b, 60 + b));
-        }
-        assert!(!rings.push(&mut p, 0, 60), "the ring holds 8");
-        assert!(!rings.pending(&c), "nothing published before the batch");
-        rings.publish(&mut p);
-        assert!(rings.pending(&c));
-        for b in 0..8 {
-            assert_eq!(frame(rings.pop(&mut c, 1)), (b, 60 + b));
-        }
-        assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
-        assert_eq!(rings.reclaim(&mut p).count(), 0, "tail not published");
-        rings.publish_tail(&mut c);
-        assert_eq!(
-            rings.reclaim(&mut p).collect::<Vec<_>>(),
-            (0..8).collect::<Vec<_>>()
-        );
-        assert!(rings.push(&mut p, 3, 64));
-        assert_eq!(corrupt.load(Ordering::Relaxed), 0);
+        with_ring(|_, _, rings, mut p, mut c, corrupt| {
+            for b in 0..8 {
+                assert!(rings.push(&mut p, b, 60 + b));
+            }
+            assert!(!rings.push(&mut p, 0, 60), "the ring holds 8");
+            assert!(!rings.pending(&c), "nothing published before the batch");
+            rings.publish(&mut p);
+            assert!(rings.pending(&c));
+            for b in 0..8 {
+                assert_eq!(frame(rings.pop(&mut c, 1)), (b, 60 + b));
+            }
+            assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
+            assert_eq!(rings.reclaim(&mut p).count(), 0, "tail not published");
+            rings.publish_tail(&mut c);
+            assert_eq!(
+                rings.reclaim(&mut p).collect::<Vec<_>>(),
+                (0..8).collect::<Vec<_>>()
+            );
+            assert!(rings.push(&mut p, 3, 64));
+            assert_eq!(corrupt.load(Ordering::Relaxed), 0);
+        });
     }
 
     #[test]
     fn what_the_other_end_scribbles_is_counted_not_trusted() {
-        let (region, geo, ring) = setup();
-        let corrupt = AtomicU64::new(0);
-        let rings = Rings::new(&region, &geo, &corrupt);
-        let mut p = Producer::new(ring, 1);
-        let mut c = rings.consumer(ring);
-        rings.push(&mut p, 0, 60);
-        rings.publish(&mut p);
-        // A descriptor checked against another sender's pool is bad.
-        assert!(matches!(rings.pop(&mut c, 2), Pop::Bad));
+        with_ring(|region, ring, rings, mut p, mut c, corrupt| {
+            rings.push(&mut p, 0, 60);
+            rings.publish(&mut p);
+            // A descriptor checked against another sender's pool is bad.
+            assert!(matches!(rings.pop(&mut c, 2), Pop::Bad));
 
-        // A head more than a ring ahead: counted, consumer resynchronised.
-        let head = region.atomic_u32(ring + field::ring::HEAD);
-        head.store(1000, Ordering::Release);
-        assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
-        assert_eq!(corrupt.load(Ordering::Relaxed), 1);
-        assert!(!rings.pending(&c));
+            // A head more than a ring ahead: counted, consumer resynchronised.
+            let head = region.atomic_u32(ring + field::ring::HEAD);
+            head.store(1000, Ordering::Release);
+            assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
+            assert_eq!(corrupt.load(Ordering::Relaxed), 1);
+            assert!(!rings.pending(&c));
 
-        // A tail claiming more than was sent: counted, and only what is in
-        // flight comes back.
-        let tail = region.atomic_u32(ring + field::ring::TAIL);
-        tail.store(500, Ordering::Release);
-        assert_eq!(rings.reclaim(&mut p).collect::<Vec<_>>(), vec![0]);
-        assert_eq!(corrupt.load(Ordering::Relaxed), 2);
+            // A tail claiming more than was sent: counted, and only what is in
+            // flight comes back.
+            let tail = region.atomic_u32(ring + field::ring::TAIL);
+            tail.store(500, Ordering::Release);
+            assert_eq!(rings.reclaim(&mut p).collect::<Vec<_>>(), vec![0]);
+            assert_eq!(corrupt.load(Ordering::Relaxed), 2);
 
-        // A ring without the cookie is counted when a consumer attaches.
-        region
-            .atomic_u32(ring + field::ring::COOKIE)
-            .store(0, Ordering::Relaxed);
-        let _ = rings.consumer(ring);
-        assert_eq!(corrupt.load(Ordering::Relaxed), 3);
+            // A ring without the cookie is counted when a consumer attaches.
+            region
+                .atomic_u32(ring + field::ring::COOKIE)
+                .store(0, Ordering::Relaxed);
+            let _ = rings.consumer(ring);
+            assert_eq!(corrupt.load(Ordering::Relaxed), 3);
+        });
     }
 }
