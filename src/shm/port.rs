@@ -1,6 +1,43 @@
 //! Ports: one attachment of a device adapter to a segment, with its
 //! transmit buffer pool, outgoing links (producer side) and incoming links
 //! (consumer side).
+//!
+//! A [`Port`] is owned by one thread (every operation takes `&mut self`).
+//! It sends by lending a buffer of its pool ([`Port::alloc`],
+//! [`Port::buffer_mut`]) and queueing a descriptor on the link to each
+//! destination ([`Port::send`]), claiming the link the first time the pair
+//! talks; it receives by taking validated descriptors from its incoming
+//! links in turn ([`Port::recv_into`], [`Port::recv_in_place`]).
+//!
+//! Contract: a full ring never drops a frame: it waits in the link's
+//! backlog, and a port out of buffers says so (`alloc` returns `None`).
+//! [`Port::flush`] publishes ring indices, pushes backlogs, returns
+//! buffers receivers are done with and wakes sleeping peers; call it after
+//! every burst. Links to ports that went away are dropped and their
+//! buffers returned; bad descriptors and corrupt rings are counted in
+//! [`PortCounters`] and skipped. Dropping a port waits briefly for its
+//! receivers ([`Port::set_drain_on_drop`]) and then detaches.
+//!
+//! Dependencies point one way: this module uses `segment`, `ring` and
+//! `region`, none of which uses it. [`Segment::attach`] and
+//! [`Segment::join`] are defined here, next to `Port::new`, because they
+//! return a `Port`; `segment.rs` offers the slot claim they wrap.
+//!
+//! ```
+//! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-port", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
+//! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
+//! for i in 0..3u8 {
+//!     let mut buf = a.alloc().unwrap();
+//!     a.buffer_mut(&mut buf)[0] = i;
+//!     a.send(buf, 60, &[b.peer()]);
+//! }
+//! a.flush();
+//! let mut out = vec![0u8; seg.frame_size()];
+//! let got: Vec<u8> = std::iter::from_fn(|| b.recv_into(&mut out).map(|_| out[0])).collect();
+//! assert_eq!(got, [0, 1, 2]);
+//! ```
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -20,7 +20,9 @@
 //! ([`PUBLISH_BATCH`]) and at every flush.
 //!
 //! This module knows rings only; links, ports and wake-ups are
-//! [`Port`](super::Port)'s.
+//! [`Port`](super::Port)'s. It is crate-private: the unit tests at the end
+//! show a producer and a consumer at work, and the public face of a ring is
+//! [`Port::send`](super::Port::send) / [`Port::recv_into`](super::Port::recv_into).
 
 use std::collections::VecDeque;
 use std::collections::vec_deque::Drain;

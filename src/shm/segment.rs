@@ -1,4 +1,34 @@
-//! Segments: creation, opening by name, the port directory and crash reclaim.
+//! Segments: one network's shared memory, found by name, with its port
+//! directory and link table.
+//!
+//! A [`Segment`] is created in two phases (everything initialised, the
+//! layout version stamped last), and an opener checks the header
+//! ([`HeaderRepr::parse`]) before using any offset. Ports claim directory
+//! entries and links claim link-table entries with a compare-and-swap on a
+//! `(epoch or serial, state)` word; the entry's other fields are written
+//! while it is claimed and read only between two loads of the same active
+//! word. Each port records its owner's pid and start time: a port whose
+//! owner died is reclaimed by the next survivor that sweeps
+//! ([`Segment::sweep_dead`]), with the links only dead ports used, and the
+//! last process to leave a host segment removes its name.
+//!
+//! Contract: nothing read from the directory or link table is trusted
+//! beyond its range checks; a stale or corrupt host segment found at open
+//! is removed and created anew when no live port uses it.
+//!
+//! Dependencies point one way: this module uses `layout`, `region` and
+//! `ring` (to reset a link's ring) and knows nothing of ports. The two
+//! constructors that return a [`Port`](super::Port), [`Segment::attach`]
+//! and [`Segment::join`], live in `port.rs` and call
+//! [`Segment::claim_port`] here.
+//!
+//! ```
+//! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-segment", SegmentKind::Process, &NetworkParams::new(9000)).unwrap();
+//! let port = seg.attach(&PortInfo::named("dev")).unwrap();
+//! let me = seg.peer(port.index()).unwrap();
+//! assert_eq!((seg.mtu(), me.owner_pid), (9000, std::process::id()));
+//! ```
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
