@@ -307,11 +307,12 @@ impl Region {
     }
 }
 
-/// A transmit buffer of a port's pool, lent until sent or released.
+/// A transmit buffer of a port's pool, lent by
+/// [`Port::alloc`](super::Port::alloc) until sent or released.
 ///
-/// Only [`Pool::alloc`] makes one, from the pool's free list, and it is not
-/// `Clone`: holding it is what entitles [`Pool::bytes_mut`] to lend the
-/// buffer's bytes.
+/// Only the pool's allocator makes one, from its free list, and it is not
+/// `Clone`: holding it is what entitles the pool to lend the buffer's bytes
+/// ([`Port::buffer_mut`](super::Port::buffer_mut)).
 #[derive(Debug)]
 pub struct TxBuf {
     index: u32,
