@@ -1,16 +1,42 @@
 //! The on-memory formats of a segment, in smoltcp's Packet/Repr style.
 //!
 //! ```text
-//! 0            header (HEADER_LEN bytes)       magic, version, geometry, generations
+//! 0            header (HEADER_LEN bytes)       magic, version, geometry, checksum, generations
 //! ports_off    max_ports × PORT_LEN            directory: state/epoch, owner, MAC, IPs, doorbell
 //! links_off    max_links × LINK_LEN            link table: state/serial, src, dst, epochs
 //! rings_off    max_links × ring_len            one memif-style ring per link
 //! pools_off    max_ports × pool_len            each port's transmit buffers
 //! ```
 //! Everything is an offset from the segment start; nothing stores a pointer.
-//! [`SegmentHeader`] / [`HeaderRepr`] check and describe the header,
-//! [`Descriptor`] / [`DescriptorRepr`] a 16-byte ring descriptor laid out as
-//! memif's `{flags, region, length, offset, metadata}`.
+//! Where each field sits is said once, in `mod field`.
+//!
+//! - [`SegmentHeader`] / [`HeaderRepr`]: the header. `parse` checks magic,
+//!   version, a geometry that recomputes to the stored offsets and fits the
+//!   mapping, and last a CRC-32 over the fields written at creation;
+//!   `emit` writes all but the version, which the creator publishes last.
+//! - [`Descriptor`] / [`DescriptorRepr`]: a 16-byte ring descriptor laid
+//!   out as memif's `{flags, region, length, offset, metadata}`; `parse`
+//!   checks it against the geometry and the link's sender, so a descriptor
+//!   that parses names one buffer of the sender's pool.
+//! - Directory, link-table and ring-header entries are live atomics, read
+//!   and written in place by `segment.rs` and `ring.rs` at the offsets of
+//!   `mod field`; they have no local Packet view.
+//!
+//! Contract: the views never panic on a buffer of at least `check_len`
+//! bytes; every `parse` error is a typed [`ShmError`]; `emit` writes into a
+//! buffer of `buffer_len()` bytes and never allocates. Integers are in the
+//! host's byte order (a segment never leaves the host).
+//!
+//! ```
+//! use shmnet::shm::layout::{Descriptor, DescriptorRepr, HeaderRepr, LinkMedium, DESC_LEN};
+//! let geo = HeaderRepr::new(1500, LinkMedium::Ethernet, 8, 16, 64, 0).unwrap();
+//! let repr = DescriptorRepr { region: 2, buffer: 5, length: 60, metadata: 0 };
+//! let mut bytes = [0u8; DESC_LEN];
+//! repr.emit(&mut Descriptor::new_unchecked(&mut bytes[..]), &geo);
+//! let d = Descriptor::new_checked(&bytes[..]).unwrap();
+//! assert_eq!(DescriptorRepr::parse(&d, &geo, 2).unwrap(), repr);
+//! assert!(DescriptorRepr::parse(&d, &geo, 3).is_err()); // not the sender's pool
+//! ```
 
 use byteorder::{ByteOrder, NativeEndian};
 
@@ -21,7 +47,8 @@ pub const HEADER_LEN: usize = 4096;
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 8] = *b"SHMNETSG";
 /// Layout version; published last, after everything else is initialised.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version 2 added the header checksum.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Bytes per port directory entry (two cache lines).
 pub const PORT_LEN: usize = 128;
 /// Bytes per link table entry (one cache line).
@@ -42,32 +69,96 @@ pub const MAX_PORTS_LIMIT: u32 = 1024;
 pub const MAX_LINKS_LIMIT: u32 = 1 << 20;
 pub const MAX_SLOTS_LIMIT: u32 = 1 << 16;
 
-mod field {
-    use std::ops::Range;
-    pub const MAGIC: Range<usize> = 0..8;
-    pub const VERSION: usize = 8;
-    pub const HEADER_LEN: usize = 12;
-    pub const TOTAL_LEN: usize = 16;
-    pub const MTU: usize = 24;
-    pub const FRAME_SIZE: usize = 28;
-    pub const RING_SLOTS: usize = 32;
-    pub const BUFFERS: usize = 36;
-    pub const MAX_PORTS: usize = 40;
-    pub const MAX_LINKS: usize = 44;
-    pub const PORTS_OFF: usize = 48;
-    pub const LINKS_OFF: usize = 56;
-    pub const RINGS_OFF: usize = 64;
-    pub const POOLS_OFF: usize = 72;
-    pub const MEDIUM: usize = 80;
-    pub const CREATOR_PID: usize = 84;
-    /// Atomics, bumped whenever a port or a link changes state.
-    pub const PORT_GEN: usize = 128;
-    pub const LINK_GEN: usize = 192;
-    pub const END: usize = 256;
+/// Byte offsets of every field, one module per format: the only place
+/// that knows where a field sits.
+pub(crate) mod field {
+    /// The segment header (at offset 0 of a segment).
+    pub(crate) mod header {
+        use std::ops::Range;
+        pub const MAGIC: Range<usize> = 0..8;
+        /// u32, published last (after everything else is initialised).
+        pub const VERSION: usize = 8;
+        pub const HEADER_LEN: usize = 12;
+        pub const TOTAL_LEN: usize = 16;
+        pub const MTU: usize = 24;
+        pub const FRAME_SIZE: usize = 28;
+        pub const RING_SLOTS: usize = 32;
+        pub const BUFFERS: usize = 36;
+        pub const MAX_PORTS: usize = 40;
+        pub const MAX_LINKS: usize = 44;
+        pub const PORTS_OFF: usize = 48;
+        pub const LINKS_OFF: usize = 56;
+        pub const RINGS_OFF: usize = 64;
+        pub const POOLS_OFF: usize = 72;
+        pub const MEDIUM: usize = 80;
+        pub const CREATOR_PID: usize = 84;
+        /// u32: CRC-32 of the bytes `SUMMED`, written once at creation.
+        pub const CHECKSUM: usize = 88;
+        /// The fields written once at creation, apart from the magic (checked
+        /// on its own) and the version (published later).
+        pub const SUMMED: Range<usize> = HEADER_LEN..CHECKSUM;
+        /// Atomics, bumped whenever a port or a link changes state.
+        pub const PORT_GEN: usize = 128;
+        pub const LINK_GEN: usize = 192;
+        pub const END: usize = 256;
+    }
+
+    /// A port directory entry.
+    pub(crate) mod port {
+        /// u64 atomic: `epoch << 32 | state`.
+        pub const WORD: usize = 0;
+        pub const OWNER_PID: usize = 8;
+        /// u64: the owner's process start time (clock ticks since boot), to
+        /// tell a reused pid from the original owner.
+        pub const OWNER_START: usize = 16;
+        /// 6 bytes in a u64.
+        pub const MAC: usize = 24;
+        /// u32 address, then a u32 that is non-zero when it is set.
+        pub const IPV4: usize = 32;
+        pub const IPV4_SET: usize = 36;
+        /// u64: the first 8 bytes of the IPv6 address (all 16 zero: none).
+        pub const IPV6: usize = 40;
+        /// u64: its last 8 bytes.
+        pub const IPV6_LOW: usize = 48;
+        /// u64: a hash of the device name.
+        pub const NAME: usize = 56;
+        /// u32 futex word a sender bumps to wake the owner.
+        pub const DOORBELL: usize = 64;
+        /// u32: non-zero while the owner sleeps (or is about to) on the
+        /// doorbell.
+        pub const SLEEPING: usize = 68;
+    }
+
+    /// A link table entry.
+    pub(crate) mod link {
+        /// u64 atomic: `serial << 32 | state`.
+        pub const WORD: usize = 0;
+        pub const SRC: usize = 8;
+        pub const DST: usize = 12;
+        pub const SRC_EPOCH: usize = 16;
+        pub const DST_EPOCH: usize = 20;
+    }
+
+    /// A ring header.
+    pub(crate) mod ring {
+        pub const COOKIE: usize = 0;
+        /// u32 producer index, wrapping; written only by the link's source.
+        pub const HEAD: usize = 8;
+        /// u32 consumer index, wrapping; on its own cache line.
+        pub const TAIL: usize = 64;
+    }
+
+    /// A ring descriptor (memif's `{flags, region, length, offset,
+    /// metadata}`).
+    pub(crate) mod descriptor {
+        use std::ops::Range;
+        pub const FLAGS: Range<usize> = 0..2;
+        pub const REGION: Range<usize> = 2..4;
+        pub const LENGTH: Range<usize> = 4..8;
+        pub const OFFSET: Range<usize> = 8..12;
+        pub const METADATA: Range<usize> = 12..16;
+    }
 }
-pub(crate) const PORT_GEN_OFF: usize = field::PORT_GEN;
-pub(crate) const LINK_GEN_OFF: usize = field::LINK_GEN;
-pub(crate) const VERSION_OFF: usize = field::VERSION;
 
 pub use crate::wire::LinkMedium;
 
@@ -88,7 +179,7 @@ impl<T: AsRef<[u8]>> SegmentHeader<T> {
         Ok(h)
     }
     pub fn check_len(&self) -> Result<(), ShmError> {
-        if self.buffer.as_ref().len() < field::END {
+        if self.buffer.as_ref().len() < field::header::END {
             return Err(ShmError::corrupt("header truncated"));
         }
         Ok(())
@@ -100,13 +191,21 @@ impl<T: AsRef<[u8]>> SegmentHeader<T> {
         NativeEndian::read_u64(&self.buffer.as_ref()[at..at + 8])
     }
     pub fn magic(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::MAGIC]
+        &self.buffer.as_ref()[field::header::MAGIC]
     }
     pub fn version(&self) -> u32 {
-        self.u32(field::VERSION)
+        self.u32(field::header::VERSION)
     }
     pub fn creator_pid(&self) -> u32 {
-        self.u32(field::CREATOR_PID)
+        self.u32(field::header::CREATOR_PID)
+    }
+    /// The stored checksum of the fields written at creation.
+    pub fn checksum(&self) -> u32 {
+        self.u32(field::header::CHECKSUM)
+    }
+    /// The checksum the fields written at creation have now.
+    pub fn compute_checksum(&self) -> u32 {
+        crc32fast::hash(&self.buffer.as_ref()[field::header::SUMMED])
     }
 }
 
@@ -254,6 +353,10 @@ impl HeaderRepr {
     pub fn pool_off(&self, port: u32) -> usize {
         self.pools_off as usize + port as usize * self.pool_len() as usize
     }
+    /// Offset of buffer `buffer` of `port`'s pool.
+    pub fn buffer_off(&self, port: u32, buffer: u32) -> usize {
+        self.pool_off(port) + buffer as usize * self.frame_size as usize
+    }
 
     /// Parses and validates a header: magic, version, and a geometry that
     /// recomputes to the same offsets and fits in `region_len` bytes.
@@ -275,18 +378,18 @@ impl HeaderRepr {
                 expected: LAYOUT_VERSION,
             });
         }
-        if h.u32(field::HEADER_LEN) as usize != HEADER_LEN {
+        if h.u32(field::header::HEADER_LEN) as usize != HEADER_LEN {
             return Err(ShmError::corrupt("header length"));
         }
-        let medium = LinkMedium::from_code(h.u32(field::MEDIUM))
+        let medium = LinkMedium::from_code(h.u32(field::header::MEDIUM))
             .ok_or_else(|| ShmError::corrupt("unknown medium"))?;
         let mut r = HeaderRepr {
-            mtu: h.u32(field::MTU),
-            frame_size: h.u32(field::FRAME_SIZE),
-            ring_slots: h.u32(field::RING_SLOTS),
-            buffers: h.u32(field::BUFFERS),
-            max_ports: h.u32(field::MAX_PORTS),
-            max_links: h.u32(field::MAX_LINKS),
+            mtu: h.u32(field::header::MTU),
+            frame_size: h.u32(field::header::FRAME_SIZE),
+            ring_slots: h.u32(field::header::RING_SLOTS),
+            buffers: h.u32(field::header::BUFFERS),
+            max_ports: h.u32(field::header::MAX_PORTS),
+            max_links: h.u32(field::header::MAX_LINKS),
             medium,
             ports_off: 0,
             links_off: 0,
@@ -300,11 +403,11 @@ impl HeaderRepr {
         r.compute_offsets()
             .ok_or_else(|| ShmError::corrupt("geometry overflows"))?;
         let stored = [
-            (field::PORTS_OFF, r.ports_off),
-            (field::LINKS_OFF, r.links_off),
-            (field::RINGS_OFF, r.rings_off),
-            (field::POOLS_OFF, r.pools_off),
-            (field::TOTAL_LEN, r.total_len),
+            (field::header::PORTS_OFF, r.ports_off),
+            (field::header::LINKS_OFF, r.links_off),
+            (field::header::RINGS_OFF, r.rings_off),
+            (field::header::POOLS_OFF, r.pools_off),
+            (field::header::TOTAL_LEN, r.total_len),
         ];
         if stored.iter().any(|&(at, v)| h.u64(at) != v) {
             return Err(ShmError::corrupt("stored offsets disagree with geometry"));
@@ -315,76 +418,45 @@ impl HeaderRepr {
                 r.total_len
             )));
         }
+        // Last, so that damage the checks above can name is named by them.
+        if h.checksum() != h.compute_checksum() {
+            return Err(ShmError::corrupt("header checksum"));
+        }
         Ok(r)
     }
 
     /// Bytes `emit` writes.
     pub const fn buffer_len(&self) -> usize {
-        field::END
+        field::header::END
     }
 
     /// Writes every field except the version (which is published last) and
-    /// the generation counters.
+    /// the generation counters; the checksum covers what it writes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut SegmentHeader<T>) {
-        h.buffer.as_mut()[field::MAGIC].copy_from_slice(&MAGIC);
-        h.set_u32(field::HEADER_LEN, HEADER_LEN as u32);
-        h.set_u64(field::TOTAL_LEN, self.total_len);
-        h.set_u32(field::MTU, self.mtu);
-        h.set_u32(field::FRAME_SIZE, self.frame_size);
-        h.set_u32(field::RING_SLOTS, self.ring_slots);
-        h.set_u32(field::BUFFERS, self.buffers);
-        h.set_u32(field::MAX_PORTS, self.max_ports);
-        h.set_u32(field::MAX_LINKS, self.max_links);
-        h.set_u64(field::PORTS_OFF, self.ports_off);
-        h.set_u64(field::LINKS_OFF, self.links_off);
-        h.set_u64(field::RINGS_OFF, self.rings_off);
-        h.set_u64(field::POOLS_OFF, self.pools_off);
-        h.set_u32(field::MEDIUM, self.medium.code());
-        h.set_u32(field::CREATOR_PID, self.creator_pid);
+        h.buffer.as_mut()[field::header::MAGIC].copy_from_slice(&MAGIC);
+        h.set_u32(field::header::HEADER_LEN, HEADER_LEN as u32);
+        h.set_u64(field::header::TOTAL_LEN, self.total_len);
+        h.set_u32(field::header::MTU, self.mtu);
+        h.set_u32(field::header::FRAME_SIZE, self.frame_size);
+        h.set_u32(field::header::RING_SLOTS, self.ring_slots);
+        h.set_u32(field::header::BUFFERS, self.buffers);
+        h.set_u32(field::header::MAX_PORTS, self.max_ports);
+        h.set_u32(field::header::MAX_LINKS, self.max_links);
+        h.set_u64(field::header::PORTS_OFF, self.ports_off);
+        h.set_u64(field::header::LINKS_OFF, self.links_off);
+        h.set_u64(field::header::RINGS_OFF, self.rings_off);
+        h.set_u64(field::header::POOLS_OFF, self.pools_off);
+        h.set_u32(field::header::MEDIUM, self.medium.code());
+        h.set_u32(field::header::CREATOR_PID, self.creator_pid);
+        let sum = h.compute_checksum();
+        h.set_u32(field::header::CHECKSUM, sum);
     }
 
     /// Writes a complete header including the version, for tests and fuzzing.
     pub fn emit_published<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut SegmentHeader<T>) {
         self.emit(h);
-        h.set_u32(field::VERSION, LAYOUT_VERSION);
+        h.set_u32(field::header::VERSION, LAYOUT_VERSION);
     }
-}
-
-/// Offsets inside a port directory entry.
-pub(crate) mod port_field {
-    /// u64 atomic: `epoch << 32 | state`.
-    pub const WORD: usize = 0;
-    pub const OWNER_PID: usize = 8;
-    /// u64: the owner's process start time (clock ticks since boot), to tell a
-    /// reused pid from the original owner.
-    pub const OWNER_START: usize = 16;
-    pub const MAC: usize = 24; // 6 bytes
-    pub const IPV4: usize = 32; // 4 bytes
-    pub const IPV6: usize = 40; // 16 bytes
-    pub const NAME: usize = 56; // 8 bytes: a hash of the device name
-    /// u32 futex word a sender bumps to wake the owner.
-    pub const DOORBELL: usize = 64;
-    /// u32: non-zero while the owner sleeps (or is about to) on the doorbell.
-    pub const SLEEPING: usize = 68;
-}
-
-/// Offsets inside a link table entry.
-pub(crate) mod link_field {
-    /// u64 atomic: `serial << 32 | state`.
-    pub const WORD: usize = 0;
-    pub const SRC: usize = 8;
-    pub const DST: usize = 12;
-    pub const SRC_EPOCH: usize = 16;
-    pub const DST_EPOCH: usize = 20;
-}
-
-/// Offsets inside a ring header.
-pub(crate) mod ring_field {
-    pub const COOKIE: usize = 0;
-    /// u32 producer index, wrapping; written only by the link's source.
-    pub const HEAD: usize = 8;
-    /// u32 consumer index, wrapping; on its own cache line.
-    pub const TAIL: usize = 64;
 }
 
 /// States stored in the low half of a port or link word.
@@ -392,18 +464,21 @@ pub(crate) const STATE_FREE: u32 = 0;
 pub(crate) const STATE_CLAIMING: u32 = 1;
 pub(crate) const STATE_ACTIVE: u32 = 2;
 
+bitflags::bitflags! {
+    /// The flags of a ring descriptor (memif's `flags` field).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct DescFlags: u16 {
+        /// memif: the packet continues in the next descriptor (a chained
+        /// buffer). shmnet frames are one buffer each: a descriptor with it
+        /// is rejected.
+        const NEXT = 1 << 0;
+    }
+}
+
 /// A read/write view of one 16-byte descriptor.
 #[derive(Debug, Clone)]
 pub struct Descriptor<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-mod desc_field {
-    pub const FLAGS: usize = 0;
-    pub const REGION: usize = 2;
-    pub const LENGTH: usize = 4;
-    pub const OFFSET: usize = 8;
-    pub const METADATA: usize = 12;
 }
 
 impl<T: AsRef<[u8]>> Descriptor<T> {
@@ -421,20 +496,44 @@ impl<T: AsRef<[u8]>> Descriptor<T> {
         }
         Ok(())
     }
-    pub fn flags(&self) -> u16 {
-        NativeEndian::read_u16(&self.buffer.as_ref()[desc_field::FLAGS..])
+    /// Every bit as stored, known or not.
+    pub fn flags(&self) -> DescFlags {
+        DescFlags::from_bits_retain(NativeEndian::read_u16(
+            &self.buffer.as_ref()[field::descriptor::FLAGS],
+        ))
     }
     pub fn region(&self) -> u16 {
-        NativeEndian::read_u16(&self.buffer.as_ref()[desc_field::REGION..])
+        NativeEndian::read_u16(&self.buffer.as_ref()[field::descriptor::REGION])
     }
     pub fn length(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[desc_field::LENGTH..])
+        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::LENGTH])
     }
     pub fn offset(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[desc_field::OFFSET..])
+        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::OFFSET])
     }
     pub fn metadata(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[desc_field::METADATA..])
+        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::METADATA])
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Descriptor<T> {
+    pub fn set_flags(&mut self, v: DescFlags) {
+        NativeEndian::write_u16(
+            &mut self.buffer.as_mut()[field::descriptor::FLAGS],
+            v.bits(),
+        )
+    }
+    pub fn set_region(&mut self, v: u16) {
+        NativeEndian::write_u16(&mut self.buffer.as_mut()[field::descriptor::REGION], v)
+    }
+    pub fn set_length(&mut self, v: u32) {
+        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::LENGTH], v)
+    }
+    pub fn set_offset(&mut self, v: u32) {
+        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::OFFSET], v)
+    }
+    pub fn set_metadata(&mut self, v: u32) {
+        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::METADATA], v)
     }
 }
 
@@ -453,16 +552,21 @@ pub struct DescriptorRepr {
 
 impl DescriptorRepr {
     /// Checks a descriptor from a link whose source port is `expected_region`:
-    /// the region must be that port's pool, the offset a buffer boundary
-    /// inside it, the length non-zero and within one buffer.
+    /// no flags (a frame is one buffer), the region must be that port's
+    /// pool, the offset a buffer boundary inside it, the length non-zero and
+    /// within one buffer.
     pub fn parse<T: AsRef<[u8]>>(
         d: &Descriptor<T>,
         geo: &HeaderRepr,
         expected_region: u32,
     ) -> Result<DescriptorRepr, ShmError> {
         d.check_len()?;
-        if d.flags() != 0 {
+        let flags = d.flags();
+        if !DescFlags::all().contains(flags) {
             return Err(ShmError::BadDescriptor("unknown flags"));
+        }
+        if flags.contains(DescFlags::NEXT) {
+            return Err(ShmError::BadDescriptor("chained buffers"));
         }
         if d.region() as u32 != expected_region {
             return Err(ShmError::BadDescriptor("region is not the sender's pool"));
@@ -491,16 +595,14 @@ impl DescriptorRepr {
         DESC_LEN
     }
 
+    /// Writes the descriptor (no flags) into `d`, which must hold
+    /// [`DESC_LEN`] bytes.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Descriptor<T>, geo: &HeaderRepr) {
-        let b = d.buffer.as_mut();
-        NativeEndian::write_u16(&mut b[desc_field::FLAGS..], 0);
-        NativeEndian::write_u16(&mut b[desc_field::REGION..], self.region);
-        NativeEndian::write_u32(&mut b[desc_field::LENGTH..], self.length);
-        NativeEndian::write_u32(
-            &mut b[desc_field::OFFSET..],
-            self.buffer.wrapping_mul(geo.frame_size),
-        );
-        NativeEndian::write_u32(&mut b[desc_field::METADATA..], self.metadata);
+        d.set_flags(DescFlags::empty());
+        d.set_region(self.region);
+        d.set_length(self.length);
+        d.set_offset(self.buffer.wrapping_mul(geo.frame_size));
+        d.set_metadata(self.metadata);
     }
 }
 
@@ -544,10 +646,10 @@ mod tests {
             Err(ShmError::Corrupt { .. })
         ));
         // Tampered offset.
-        buf[field::POOLS_OFF] ^= 1;
+        buf[field::header::POOLS_OFF] ^= 1;
         assert!(HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX).is_err());
-        buf[field::POOLS_OFF] ^= 1;
-        buf[field::VERSION] = 9;
+        buf[field::header::POOLS_OFF] ^= 1;
+        buf[field::header::VERSION] = 9;
         assert!(matches!(
             HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX),
             Err(ShmError::VersionMismatch { found: 9, .. })
@@ -597,5 +699,60 @@ mod tests {
         NativeEndian::write_u32(&mut bytes[8..], 0);
         NativeEndian::write_u32(&mut bytes[4..], 1537);
         assert!(DescriptorRepr::parse(&Descriptor::new_unchecked(&bytes[..]), &g, 3).is_err());
+    }
+
+    #[test]
+    fn header_checksum_catches_what_the_geometry_checks_cannot() {
+        let g = geo();
+        let mut buf = vec![0u8; HEADER_LEN];
+        g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
+        // MTU 1500 -> 1499 still fits the 1536-byte frames, so only the
+        // checksum notices; so does a changed creator pid.
+        for at in [field::header::MTU, field::header::CREATOR_PID] {
+            let mut bad = buf.clone();
+            bad[at] ^= 1;
+            match HeaderRepr::parse(&SegmentHeader::new_unchecked(&bad[..]), usize::MAX) {
+                Err(ShmError::Corrupt { why, .. }) => assert_eq!(why, "header checksum"),
+                other => panic!("byte {at} flipped: {other:?}"),
+            }
+        }
+        // The version and the generation counters are outside the sum.
+        buf[field::header::PORT_GEN] = 7;
+        buf[field::header::LINK_GEN] = 9;
+        assert_eq!(
+            HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX).unwrap(),
+            g
+        );
+    }
+
+    #[test]
+    fn descriptor_flags() {
+        let g = geo();
+        let mut bytes = [0u8; 16];
+        let r = DescriptorRepr {
+            region: 1,
+            buffer: 3,
+            length: 64,
+            metadata: 0,
+        };
+        r.emit(&mut Descriptor::new_unchecked(&mut bytes[..]), &g);
+        assert_eq!(
+            Descriptor::new_unchecked(&bytes[..]).flags(),
+            DescFlags::empty()
+        );
+        assert_eq!(bytes[..2], [0, 0]);
+        let mut d = Descriptor::new_unchecked(&mut bytes[..]);
+        d.set_flags(DescFlags::NEXT);
+        assert!(matches!(
+            DescriptorRepr::parse(&d, &g, 1),
+            Err(ShmError::BadDescriptor("chained buffers"))
+        ));
+        d.set_flags(DescFlags::from_bits_retain(0x8000));
+        assert!(matches!(
+            DescriptorRepr::parse(&d, &g, 1),
+            Err(ShmError::BadDescriptor("unknown flags"))
+        ));
+        d.set_flags(DescFlags::empty());
+        assert_eq!(DescriptorRepr::parse(&d, &g, 1).unwrap(), r);
     }
 }

@@ -10,9 +10,21 @@
 //! the links actually used. Frames live in the sender's buffer pool; only a
 //! 16-byte descriptor moves through the ring.
 //!
-//! This is the only module with `unsafe` code. Everything read from the
-//! segment is treated as hostile: descriptors, ring indices and directory
-//! entries are validated, and a bad one is counted and dropped.
+//! Everything read from the segment is treated as hostile: the header,
+//! descriptors, ring indices and directory entries are validated, and a bad
+//! one is a typed error or counted and dropped, never a panic.
+//!
+//! The files, each using only those above it:
+//!
+//! ```text
+//! layout.rs    the on-memory formats (Packet/Repr), field offsets, geometry
+//! region.rs    raw memory: the mapping, atomics, copies, lent buffer views
+//!              (the only file of shmnet with `unsafe` code)
+//! ring.rs      the memif-style SPSC ring: producer and consumer ends
+//! segment.rs   a network's segment: create/open, port directory, links, reclaim
+//! port.rs      a port: buffer pool, links, send/receive/flush, drain on drop
+//! wake.rs      sleeping on several ports' doorbells
+//! ```
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
@@ -27,16 +39,16 @@
 //! let (len, from) = b.recv_into(&mut out).unwrap();
 //! assert_eq!((&out[..len], from), (&b"hello"[..], a.index()));
 //! ```
-#![allow(unsafe_code)]
-
 pub mod layout;
 mod port;
 mod region;
+mod ring;
 mod segment;
 mod wake;
 
 pub use layout::LinkMedium;
-pub use port::{InPlaceFrame, Peer, Port, PortCounters, TxBuf};
+pub use port::{Peer, Port, PortCounters};
+pub use region::{InPlaceFrame, TxBuf};
 pub use segment::{
     NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name, name_tag,
 };

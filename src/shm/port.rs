@@ -1,16 +1,53 @@
 //! Ports: one attachment of a device adapter to a segment, with its
 //! transmit buffer pool, outgoing links (producer side) and incoming links
 //! (consumer side).
+//!
+//! A [`Port`] is owned by one thread (every operation takes `&mut self`).
+//! It sends by lending a buffer of its pool ([`Port::alloc`],
+//! [`Port::buffer_mut`]) and queueing a descriptor on the link to each
+//! destination ([`Port::send`]), claiming the link the first time the pair
+//! talks; it receives by taking validated descriptors from its incoming
+//! links in turn ([`Port::recv_into`], [`Port::recv_in_place`]).
+//!
+//! Contract: a full ring never drops a frame: it waits in the link's
+//! backlog, and a port out of buffers says so (`alloc` returns `None`).
+//! [`Port::flush`] publishes ring indices, pushes backlogs, returns
+//! buffers receivers are done with and wakes sleeping peers; call it after
+//! every burst. Links to ports that went away are dropped and their
+//! buffers returned; bad descriptors and corrupt rings are counted in
+//! [`PortCounters`] and skipped. Dropping a port waits briefly for its
+//! receivers ([`Port::set_drain_on_drop`]) and then detaches.
+//!
+//! Dependencies point one way: this module uses `segment`, `ring` and
+//! `region`, none of which uses it. [`Segment::attach`] and
+//! [`Segment::join`] are defined here, next to `Port::new`, because they
+//! return a `Port`; `segment.rs` offers the slot claim they wrap.
+//!
+//! ```
+//! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-port", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
+//! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
+//! for i in 0..3u8 {
+//!     let mut buf = a.alloc().unwrap();
+//!     a.buffer_mut(&mut buf)[0] = i;
+//!     a.send(buf, 60, &[b.peer()]);
+//! }
+//! a.flush();
+//! let mut out = vec![0u8; seg.frame_size()];
+//! let got: Vec<u8> = std::iter::from_fn(|| b.recv_into(&mut out).map(|_| out[0])).collect();
+//! assert_eq!(got, [0, 1, 2]);
+//! ```
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use super::layout::{
-    DESC_LEN, Descriptor, DescriptorRepr, RING_COOKIE, RING_HEADER_LEN, STATE_ACTIVE, link_field,
-    port_field, ring_field,
-};
-use super::segment::{Segment, split};
+use super::ShmError;
+use super::layout::{STATE_ACTIVE, field};
+use super::region::{InPlaceFrame, Pool, TxBuf};
+use super::ring::{Consumer, Pop, Producer, Rings};
+use super::segment::{NetworkParams, PortInfo, Segment, SegmentKind, split};
 
 /// Reclaim finished buffers once this few are left (callers may keep a
 /// reserve of up to this many for replies).
@@ -24,44 +61,34 @@ pub struct Peer {
     pub epoch: u32,
 }
 
-/// A transmit buffer of this port's pool, lent until sent or dropped.
-#[derive(Debug)]
-pub struct TxBuf {
-    index: u32,
-}
-
-/// A received frame still in the sender's buffer (see
-/// [`Port::recv_in_place`]).
-#[derive(Debug)]
-pub struct InPlaceFrame {
-    offset: usize,
-    len: usize,
-    src: u32,
-}
-
-impl InPlaceFrame {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// The sending port.
-    pub fn src(&self) -> u32 {
-        self.src
-    }
-}
-
 impl Segment {
-    /// The bytes of a frame taken with [`Port::recv_in_place`].
-    pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
-        // SAFETY: `InPlaceFrame` is only made by `next_frame` from a
-        // validated descriptor, so the range is one buffer of the sender's
-        // pool, inside the mapping (checked again by `bytes`). By protocol
-        // the sender does not write that buffer until the consumer publishes
-        // a tail past its slot, which the port does only on its next call;
-        // `recv_in_place` is reserved for trusted senders that follow it.
-        unsafe { self.region.bytes(f.offset, f.len) }
+    /// Attaches a new port (a device adapter) to the network.
+    ///
+    /// A host segment whose last port left may have been removed between
+    /// opening and attaching; that fails with [`ShmError::NotReady`] and
+    /// [`Segment::open_or_create`] followed by `attach` should be retried
+    /// ([`Segment::join`] does both).
+    pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+        let (index, epoch) = self.claim_port(info)?;
+        Ok(Port::new(Arc::clone(self), index, epoch))
+    }
+
+    /// Opens (or creates) the network's segment and attaches a port,
+    /// retrying if the segment was removed in between by its last user.
+    pub fn join(
+        name: &str,
+        kind: SegmentKind,
+        params: &NetworkParams,
+        info: &PortInfo,
+    ) -> Result<Port, ShmError> {
+        let mut tries = 0;
+        loop {
+            let seg = Self::open_or_create(name, kind, params)?;
+            match seg.attach(info) {
+                Err(ShmError::NotReady) if tries < 10 => tries += 1,
+                r => return r,
+            }
+        }
     }
 }
 
@@ -80,131 +107,49 @@ pub struct PortCounters {
     pub links_reset: AtomicU64,
 }
 
+/// A link this port sends on: the ring's producer end plus the frames
+/// waiting for room in it.
 struct OutLink {
     peer: Peer,
     link: u32,
     serial: u32,
-    ring: usize,
-    /// Next slot to fill (local; published to the ring as `published`).
-    head: u32,
-    published: u32,
-    /// The consumer's tail as last read for space checks: re-read only when
-    /// the ring looks full, so the hot path stays off the consumer's line.
-    tail_cache: u32,
-    /// The tail up to which buffers have been returned to the pool.
-    tail_seen: u32,
-    /// Buffers in the ring, oldest first.
-    inflight: VecDeque<u32>,
+    ring: Producer,
     /// Frames waiting for ring space: `(buffer, length)`.
     backlog: VecDeque<(u32, u32)>,
+    /// Descriptors were pushed since the last flush (the peer may need a
+    /// wake-up).
     pushed: bool,
 }
 
+impl OutLink {
+    #[inline]
+    fn push(&mut self, rings: &Rings, buffer: u32, len: u32) -> bool {
+        let ok = rings.push(&mut self.ring, buffer, len);
+        self.pushed |= ok;
+        ok
+    }
+}
+
+/// A link this port receives on: the ring's consumer end.
 struct InLink {
     src: Peer,
     link: u32,
     serial: u32,
-    ring: usize,
-    tail: u32,
-    /// Tail value last stored to the ring.
-    published: u32,
-    /// The producer's head as last read.
-    head_seen: u32,
+    ring: Consumer,
+    /// Slots were consumed since the last flush (the sender may need a
+    /// wake-up).
     consumed: bool,
 }
 
-/// Ring indices are published every this many frames, and at `flush`.
-const PUBLISH_BATCH: u32 = 32;
-
-/// The ring geometry a link operation needs, copied out of the port so the
-/// link can be borrowed mutably alongside it.
-#[derive(Clone, Copy)]
-struct Rings<'a> {
-    seg: &'a Segment,
-    index: u32,
-    slots: u32,
-    mask: u32,
-    counters: &'a PortCounters,
-}
-
-impl Rings<'_> {
-    fn u32(&self, ring: usize, field: usize) -> &AtomicU32 {
-        self.seg.region.atomic_u32(ring + field)
-    }
-
-    /// Writes a descriptor for `buffer` into the link's next slot; `false`
-    /// if the ring is full.
-    fn push(&self, link: &mut OutLink, buffer: u32, len: u32) -> bool {
-        if link.head.wrapping_sub(link.tail_cache) >= self.slots {
-            let tail = self
-                .u32(link.ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
-            let used = link.head.wrapping_sub(tail);
-            if used > self.slots {
-                // The consumer wrote a tail we never allowed: ignore it.
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            link.tail_cache = tail;
-            if used == self.slots {
-                return false;
-            }
-        }
-        let g = self.seg.geometry();
-        let mut d = [0u8; DESC_LEN];
-        DescriptorRepr {
-            region: self.index as u16,
-            buffer,
-            length: len,
-            metadata: 0,
-        }
-        .emit(&mut Descriptor::new_unchecked(&mut d[..]), g);
-        let at = link.ring + RING_HEADER_LEN + (link.head & self.mask) as usize * DESC_LEN;
-        self.seg.region.write(at, &d);
-        link.head = link.head.wrapping_add(1);
-        link.inflight.push_back(buffer);
-        link.pushed = true;
-        if link.head.wrapping_sub(link.published) >= PUBLISH_BATCH {
-            self.publish(link);
-        }
-        true
-    }
-
-    fn publish(&self, link: &mut OutLink) {
-        if link.published != link.head {
-            link.published = link.head;
-            self.u32(link.ring, ring_field::HEAD)
-                .store(link.head, Ordering::Release);
-        }
-    }
-
-    /// Moves `tail_seen` to `tail`; the buffers passed are returned by the
-    /// caller from `inflight` (see `Port::reclaim`).
-    fn reclaim_to(&self, link: &mut OutLink, tail: u32) -> usize {
-        let mut done = tail.wrapping_sub(link.tail_seen) as usize;
-        if done > link.inflight.len() {
-            // A consumer claiming more than we sent is corrupt; trust only
-            // what we know is in the ring.
-            self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-            done = link.inflight.len();
-        }
-        link.tail_seen = link.tail_seen.wrapping_add(done as u32);
-        link.tail_cache = link.tail_seen;
-        done
-    }
-}
-
-/// Borrows the ring view of a port field by field, so `self.out` can be
-/// borrowed mutably at the same time.
+/// The ring view of a port, borrowed field by field so `self.out` or
+/// `self.inbound` can be borrowed mutably at the same time.
 macro_rules! rings {
     ($p:expr) => {
-        Rings {
-            seg: &$p.seg,
-            index: $p.index,
-            slots: $p.slots,
-            mask: $p.mask,
-            counters: &$p.counters,
-        }
+        Rings::new(
+            &$p.seg.region,
+            $p.seg.geometry(),
+            &$p.counters.corrupt_rings,
+        )
     };
 }
 
@@ -213,15 +158,10 @@ pub struct Port {
     seg: Arc<Segment>,
     index: u32,
     epoch: u32,
-    mask: u32,
-    slots: u32,
-    free: Vec<u32>,
-    refs: Vec<u16>,
+    pool: Pool,
     out: Vec<Option<OutLink>>,
     /// Indices of `out` that hold a link.
     active: Vec<usize>,
-    /// Buffers whose descriptors consumers passed, not yet back in `free`.
-    finished: Vec<u32>,
     inbound: Vec<InLink>,
     rr: usize,
     port_gen: u32,
@@ -237,13 +177,9 @@ impl Port {
         let mut p = Port {
             index,
             epoch,
-            mask: g.ring_slots - 1,
-            slots: g.ring_slots,
-            free: (0..g.buffers).rev().collect(),
-            refs: vec![0; g.buffers as usize],
+            pool: Pool::new(g.pool_off(index), g.frame_size as usize, g.buffers),
             out: (0..g.max_ports).map(|_| None).collect(),
             active: Vec::new(),
-            finished: Vec::new(),
             inbound: Vec::new(),
             rr: 0,
             port_gen: seg.port_generation().load(Ordering::Acquire),
@@ -288,50 +224,35 @@ impl Port {
         self.seg.port_epoch(self.index) == Some(self.epoch)
     }
 
-    fn ring_u32(&self, ring: usize, field: usize) -> &AtomicU32 {
-        self.seg.region.atomic_u32(ring + field)
-    }
-
     /// Number of free transmit buffers (reclaiming finished ones when few
     /// are left).
     pub fn free_buffers(&mut self) -> usize {
-        if self.free.len() <= LOW_WATER {
+        if self.pool.free_len() <= LOW_WATER {
             self.reclaim();
         }
-        self.free.len()
+        self.pool.free_len()
     }
 
     /// Takes a free buffer, or `None` if all are in flight (back-pressure).
     pub fn alloc(&mut self) -> Option<TxBuf> {
-        if self.free.len() <= LOW_WATER {
+        if self.pool.free_len() <= LOW_WATER {
             self.reclaim();
         }
-        match self.free.pop() {
-            Some(index) => {
-                self.refs[index as usize] = 1;
-                Some(TxBuf { index })
-            }
-            None => {
-                self.counters.ring_full.fetch_add(1, Ordering::Relaxed);
-                None
-            }
+        let buf = self.pool.alloc();
+        if buf.is_none() {
+            self.counters.ring_full.fetch_add(1, Ordering::Relaxed);
         }
+        buf
     }
 
     /// The whole buffer (`frame_size` bytes) behind `buf`.
     pub fn buffer_mut(&mut self, buf: &mut TxBuf) -> &mut [u8] {
-        let g = self.seg.geometry();
-        let off = g.pool_off(self.index) + buf.index as usize * g.frame_size as usize;
-        // SAFETY: `TxBuf` is not Clone and is only created by `alloc` from the
-        // free list, so this port holds the buffer exclusively until `send`
-        // or `release`; the borrow is tied to `&mut self` and `&mut buf`.
-        // Peers only read buffers a descriptor names, and none names this one.
-        unsafe { self.seg.region.bytes_mut(off, g.frame_size as usize) }
+        self.pool.bytes_mut(&self.seg.region, buf)
     }
 
     /// Returns an unsent buffer to the pool.
     pub fn release(&mut self, buf: TxBuf) {
-        unref(&mut self.refs, &mut self.free, buf.index);
+        self.pool.release(buf);
     }
 
     /// Sends the first `len` bytes of `buf` to each of `to` (one for
@@ -352,16 +273,16 @@ impl Port {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            self.refs[buf.index as usize] += 1;
+            let index = self.pool.share(&buf);
             let rings = rings!(self);
             let Some(link) = self.out[idx].as_mut() else {
                 continue;
             };
-            if !(link.backlog.is_empty() && rings.push(link, buf.index, len)) {
-                link.backlog.push_back((buf.index, len));
+            if !(link.backlog.is_empty() && link.push(&rings, index, len)) {
+                link.backlog.push_back((index, len));
             }
         }
-        unref(&mut self.refs, &mut self.free, buf.index);
+        self.pool.release(buf);
     }
 
     /// Makes sure an outgoing link to `peer` exists (claims one if needed).
@@ -390,12 +311,7 @@ impl Port {
             peer,
             link,
             serial,
-            ring: self.seg.geometry().ring_off(link),
-            head: 0,
-            published: 0,
-            tail_cache: 0,
-            tail_seen: 0,
-            inflight: VecDeque::new(),
+            ring: Producer::new(self.seg.geometry().ring_off(link), self.index as u16),
             backlog: VecDeque::new(),
             pushed: true, // wake the peer so it picks the new link up
         });
@@ -411,25 +327,20 @@ impl Port {
             let Some(link) = self.out[i].as_mut() else {
                 continue;
             };
-            let tail = rings
-                .u32(link.ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
-            let done = rings.reclaim_to(link, tail);
-            self.finished.extend(link.inflight.drain(..done));
-        }
-        for b in std::mem::take(&mut self.finished) {
-            unref(&mut self.refs, &mut self.free, b);
+            for b in rings.reclaim(&mut link.ring) {
+                self.pool.unref(b);
+            }
         }
     }
 
     fn drop_out_link(&mut self, idx: usize) {
         if let Some(link) = self.out[idx].take() {
             for b in link
-                .inflight
-                .iter()
-                .chain(link.backlog.iter().map(|(b, _)| b))
+                .ring
+                .in_flight()
+                .chain(link.backlog.iter().map(|&(b, _)| b))
             {
-                unref(&mut self.refs, &mut self.free, *b);
+                self.pool.unref(b);
             }
             self.active.retain(|&i| i != idx);
             self.seg.free_link(link.link, link.serial, STATE_ACTIVE);
@@ -480,29 +391,19 @@ impl Port {
         let mut found = Vec::new();
         for l in 0..g.max_links {
             let (serial, state) = split(seg.link_word(l).load(Ordering::Acquire));
-            if state != STATE_ACTIVE
-                || seg.link_u32(l, link_field::DST).load(Ordering::Relaxed) != self.index
-                || seg
-                    .link_u32(l, link_field::DST_EPOCH)
-                    .load(Ordering::Relaxed)
-                    != self.epoch
-            {
+            if state != STATE_ACTIVE {
                 continue;
             }
-            let src = Peer {
-                index: seg.link_u32(l, link_field::SRC).load(Ordering::Relaxed),
-                epoch: seg
-                    .link_u32(l, link_field::SRC_EPOCH)
-                    .load(Ordering::Relaxed),
-            };
-            if src.index >= g.max_ports || src.index == self.index {
+            let [(index, epoch), dst] = seg.link_ends(l);
+            let src = Peer { index, epoch };
+            if dst != (self.index, self.epoch) || index >= g.max_ports || index == self.index {
                 continue;
             }
             found.push((l, serial, src));
         }
+        let rings = rings!(self);
         let mut old = std::mem::take(&mut self.inbound);
         for (link, serial, src) in found {
-            let ring = g.ring_off(link);
             if let Some(pos) = old
                 .iter()
                 .position(|o| o.link == link && o.serial == serial)
@@ -510,34 +411,18 @@ impl Port {
                 self.inbound.push(old.swap_remove(pos));
                 continue;
             }
-            if self
-                .ring_u32(ring, ring_field::COOKIE)
-                .load(Ordering::Relaxed)
-                != RING_COOKIE
-            {
-                self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-            }
-            let tail = self
-                .ring_u32(ring, ring_field::TAIL)
-                .load(Ordering::Acquire);
             self.inbound.push(InLink {
                 src,
                 link,
                 serial,
-                ring,
-                tail,
-                published: tail,
-                head_seen: tail,
+                ring: rings.consumer(g.ring_off(link)),
                 consumed: false,
             });
         }
         // Links that disappeared: publish what we consumed (harmless if the
         // slot was reused: the new owner resets the ring when claiming).
-        for l in old {
-            if l.published != l.tail {
-                self.ring_u32(l.ring, ring_field::TAIL)
-                    .store(l.tail, Ordering::Release);
-            }
+        for mut l in old {
+            rings.publish_tail(&mut l.ring);
         }
     }
 
@@ -546,8 +431,8 @@ impl Port {
     /// hold `frame_size` bytes.
     pub fn recv_into(&mut self, dst: &mut [u8]) -> Option<(usize, u32)> {
         let f = self.next_frame(dst.len())?;
-        self.seg.region.read(f.offset, &mut dst[..f.len]);
-        Some((f.len, f.src))
+        self.seg.region.read(f.offset(), &mut dst[..f.len()]);
+        Some((f.len(), f.src()))
     }
 
     /// Takes the next received frame without copying it; read it with
@@ -566,62 +451,28 @@ impl Port {
     /// which happens at the next call (or `flush`), after the caller is done.
     fn next_frame(&mut self, room: usize) -> Option<InPlaceFrame> {
         self.check_generations();
+        let rings = rings!(self);
+        let g = self.seg.geometry();
         let n = self.inbound.len();
-        let slots = self.slots;
         for k in 0..n {
             let i = (self.rr + k) % n;
             let link = &mut self.inbound[i];
-            if link.tail.wrapping_sub(link.published) >= PUBLISH_BATCH {
-                link.published = link.tail;
-                self.seg
-                    .region
-                    .atomic_u32(link.ring + ring_field::TAIL)
-                    .store(link.tail, Ordering::Release);
-            }
+            rings.publish_tail_batched(&mut link.ring);
+            let src = link.src.index;
             loop {
-                let link = &mut self.inbound[i];
-                if link.tail == link.head_seen {
-                    let head = self
-                        .seg
-                        .region
-                        .atomic_u32(link.ring + ring_field::HEAD)
-                        .load(Ordering::Acquire);
-                    let avail = head.wrapping_sub(link.tail);
-                    if avail == 0 {
-                        break;
-                    }
-                    if avail > slots {
-                        // Garbage indices: resynchronise to the producer's
-                        // head rather than read slots that were never written.
-                        self.counters.corrupt_rings.fetch_add(1, Ordering::Relaxed);
-                        link.tail = head;
-                        link.head_seen = head;
-                        link.published = head;
-                        self.seg
-                            .region
-                            .atomic_u32(link.ring + ring_field::TAIL)
-                            .store(head, Ordering::Release);
-                        break;
-                    }
-                    link.head_seen = head;
-                }
-                let at = link.ring + RING_HEADER_LEN + (link.tail & self.mask) as usize * DESC_LEN;
-                let src = link.src.index;
-                link.tail = link.tail.wrapping_add(1);
-                link.consumed = true;
-                let mut d = [0u8; DESC_LEN];
-                self.seg.region.read(at, &mut d);
-                let g = self.seg.geometry();
-                match DescriptorRepr::parse(&Descriptor::new_unchecked(&d[..]), g, src) {
-                    Ok(r) if room >= r.length as usize => {
+                match rings.pop(&mut link.ring, src) {
+                    Pop::Empty => break,
+                    Pop::Frame(r) if room >= r.length as usize => {
+                        link.consumed = true;
                         self.rr = i;
-                        return Some(InPlaceFrame {
-                            offset: g.pool_off(src) + r.buffer as usize * g.frame_size as usize,
-                            len: r.length as usize,
+                        return Some(InPlaceFrame::new(
+                            g.buffer_off(src, r.buffer),
+                            r.length as usize,
                             src,
-                        });
+                        ));
                     }
-                    _ => {
+                    Pop::Frame(_) | Pop::Bad => {
+                        link.consumed = true;
                         self.counters
                             .bad_descriptors
                             .fetch_add(1, Ordering::Relaxed);
@@ -639,11 +490,8 @@ impl Port {
         {
             return true;
         }
-        self.inbound.iter().any(|l| {
-            self.ring_u32(l.ring, ring_field::HEAD)
-                .load(Ordering::Acquire)
-                != l.tail
-        })
+        let rings = rings!(self);
+        self.inbound.iter().any(|l| rings.pending(&l.ring))
     }
 
     /// Frames queued locally because a ring was full.
@@ -661,22 +509,17 @@ impl Port {
                 continue;
             };
             while let Some(&(b, len)) = link.backlog.front() {
-                if !rings.push(link, b, len) {
+                if !link.push(&rings, b, len) {
                     break;
                 }
                 link.backlog.pop_front();
             }
-            rings.publish(link);
+            rings.publish(&mut link.ring);
         }
         for link in &mut self.inbound {
-            if link.published != link.tail {
-                link.published = link.tail;
-                rings
-                    .u32(link.ring, ring_field::TAIL)
-                    .store(link.tail, Ordering::Release);
-            }
+            rings.publish_tail(&mut link.ring);
         }
-        if self.free.len() < self.refs.len() / 2 {
+        if self.pool.free_len() < self.pool.len() / 2 {
             self.reclaim();
         } else {
             self.check_generations();
@@ -708,7 +551,7 @@ impl Port {
 
     /// The doorbell word others bump to wake this port's owner.
     pub fn doorbell(&self) -> &AtomicU32 {
-        self.seg.port_u32(self.index, port_field::DOORBELL)
+        self.seg.port_u32(self.index, field::port::DOORBELL)
     }
 
     /// Announces that the owner is about to sleep; returns the doorbell value
@@ -716,7 +559,7 @@ impl Port {
     pub fn prepare_sleep(&self) -> u32 {
         let seq = self.doorbell().load(Ordering::Acquire);
         self.seg
-            .port_u32(self.index, port_field::SLEEPING)
+            .port_u32(self.index, field::port::SLEEPING)
             .store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         seq
@@ -725,46 +568,8 @@ impl Port {
     /// Clears the sleeping flag.
     pub fn end_sleep(&self) {
         self.seg
-            .port_u32(self.index, port_field::SLEEPING)
+            .port_u32(self.index, field::port::SLEEPING)
             .store(0, Ordering::Relaxed);
-    }
-}
-
-fn unref(refs: &mut [u16], free: &mut Vec<u32>, index: u32) {
-    let r = &mut refs[index as usize];
-    *r = r.saturating_sub(1);
-    if *r == 0 {
-        free.push(index);
-    }
-}
-
-impl Segment {
-    /// Rings `port`'s doorbell if its owner sleeps.
-    pub(crate) fn wake_port(&self, port: u32) {
-        if self
-            .port_u32(port, port_field::SLEEPING)
-            .load(Ordering::SeqCst)
-            != 0
-        {
-            self.ring_doorbell(port);
-        }
-    }
-}
-
-impl Segment {
-    /// Wakes `port`'s owner whether or not it sleeps (stop requests,
-    /// configuration changes).
-    pub fn ring_doorbell(&self, port: u32) {
-        if port >= self.geometry().max_ports {
-            return;
-        }
-        let bell = self.port_u32(port, port_field::DOORBELL);
-        bell.fetch_add(1, Ordering::AcqRel);
-        let _ = rustix::thread::futex::wake(
-            bell,
-            rustix::thread::futex::Flags::empty(),
-            i32::MAX as u32,
-        );
     }
 }
 
@@ -789,7 +594,7 @@ impl Port {
                 .active
                 .iter()
                 .filter_map(|&i| self.out[i].as_ref())
-                .map(|l| l.inflight.len() + l.backlog.len())
+                .map(|l| l.ring.in_flight_len() + l.backlog.len())
                 .sum();
             let now = std::time::Instant::now();
             if pending < last.0 {

@@ -1,11 +1,35 @@
-//! Raw mappings: the only place in shmnet that holds pointers to shared memory.
+//! Raw memory: the only module of shmnet that holds pointers to shared
+//! memory, and the only one allowed `unsafe` code.
 //!
 //! A [`Region`] is one mapping, either anonymous (devices are threads of one
 //! process) or of a named POSIX shared-memory object under `/dev/shm`
-//! (devices are separate processes). It hands out atomics at fixed,
-//! layout-checked offsets and copies bytes in and out; it never hands out a
-//! reference to bytes a peer may write, except the transmit buffers this
-//! process owns (see [`Region::bytes_mut`]).
+//! (devices are separate processes). Everything above this module reaches
+//! the mapping through it, by offset:
+//!
+//! - atomics at fixed, layout-checked offsets ([`Region::atomic_u32`],
+//!   [`Region::atomic_u64`]): ring indices, directory and link words;
+//! - copies in and out ([`Region::read`], [`Region::write`]): headers and
+//!   descriptors are copied into local buffers before they are parsed;
+//! - two lent views of frame buffers, each behind a token only this module
+//!   makes: a transmit buffer of this port's [`Pool`] ([`Pool::bytes_mut`],
+//!   for a [`TxBuf`]) and a received frame left in its sender's buffer
+//!   ([`Region::frame`], for an [`InPlaceFrame`]).
+//!
+//! Contract: an offset outside the layout is a bug in shmnet and panics;
+//! bytes a peer wrote are returned as values for the caller to validate.
+//! Apart from the atomics, the two views are the only references into
+//! memory a peer can write; both rely on the ring protocol (a buffer is
+//! written only by its owner, and only while no descriptor names it).
+//!
+//! ```
+//! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-region", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let mut port = seg.attach(&PortInfo::named("a")).unwrap();
+//! let mut buf = port.alloc().unwrap(); // a TxBuf: this port's buffer, lent
+//! port.buffer_mut(&mut buf)[..2].copy_from_slice(b"hi");
+//! port.release(buf);
+//! ```
+#![allow(unsafe_code)]
 
 use std::ffi::c_void;
 use std::os::fd::OwnedFd;
@@ -31,7 +55,8 @@ pub(crate) struct Region {
 unsafe impl Send for Region {}
 // SAFETY: see `Send`: no method gives out unsynchronised `&mut` to memory
 // another thread may reach, except `bytes_mut`, whose contract requires the
-// caller to own the range exclusively.
+// caller to own the range exclusively (`Pool::bytes_mut` proves it with a
+// `TxBuf` and `&mut Pool`).
 unsafe impl Sync for Region {}
 
 /// The path of a named segment's backing object, for messages.
@@ -251,24 +276,163 @@ impl Region {
     // Handing out `&mut` from `&self` is the point: the mapping is shared
     // memory, and exclusivity is the caller's contract (see # Safety).
     #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
+    unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         self.check(off, len, 1);
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(off), len) }
     }
-}
 
-impl Region {
     /// A shared view of `len` bytes at `off`.
     ///
     /// # Safety
     /// Nobody may write the range during the borrow: not this process, and,
     /// by protocol, no peer (a received buffer stays untouched by its sender
     /// until the consumer's tail passes it).
-    pub(crate) unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+    unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         self.check(off, len, 1);
         // SAFETY: in bounds (checked); immutability is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
+    }
+
+    /// The bytes of a frame taken in place (see [`InPlaceFrame`]).
+    pub(crate) fn frame(&self, f: &InPlaceFrame) -> &[u8] {
+        // SAFETY: an `InPlaceFrame` is only made by `InPlaceFrame::new` from
+        // a descriptor that passed `DescriptorRepr::parse`, so the range is
+        // one buffer of the sender's pool, inside the mapping (checked again
+        // by `bytes`). By protocol the sender does not write that buffer
+        // until the consumer publishes a tail past its slot, which the port
+        // does only on its next call; `recv_in_place` is reserved for
+        // trusted senders that follow it.
+        unsafe { self.bytes(f.offset, f.len) }
+    }
+}
+
+/// A transmit buffer of a port's pool, lent by
+/// [`Port::alloc`](super::Port::alloc) until sent or released.
+///
+/// Only the pool's allocator makes one, from its free list, and it is not
+/// `Clone`: holding it is what entitles the pool to lend the buffer's bytes
+/// ([`Port::buffer_mut`](super::Port::buffer_mut)).
+#[derive(Debug)]
+pub struct TxBuf {
+    index: u32,
+}
+
+/// A received frame still in the sender's buffer (see
+/// [`Port::recv_in_place`](super::Port::recv_in_place)); read it with
+/// [`Segment::frame_bytes`](super::Segment::frame_bytes).
+#[derive(Debug)]
+pub struct InPlaceFrame {
+    offset: usize,
+    len: usize,
+    src: u32,
+}
+
+impl InPlaceFrame {
+    /// A frame of `len` bytes at `offset`, in the pool of port `src`. Only
+    /// for a range named by a descriptor that passed
+    /// [`DescriptorRepr::parse`](super::layout::DescriptorRepr::parse).
+    pub(crate) fn new(offset: usize, len: usize, src: u32) -> InPlaceFrame {
+        InPlaceFrame { offset, len, src }
+    }
+    /// Where the frame starts in the region.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The sending port.
+    pub fn src(&self) -> u32 {
+        self.src
+    }
+}
+
+/// One port's transmit buffers, as this process sees them: which are free,
+/// and how many descriptors (queued or in a ring) still name each.
+///
+/// A port has exactly one pool and holds it for as long as it owns its
+/// directory slot; the pool is the only maker of [`TxBuf`]s for its
+/// buffers and lends their bytes only through `&mut self`.
+pub(crate) struct Pool {
+    /// Offset of buffer 0 in the region.
+    off: usize,
+    frame_size: usize,
+    free: Vec<u32>,
+    refs: Vec<u16>,
+}
+
+impl Pool {
+    /// A pool of `buffers` buffers of `frame_size` bytes at `off`, all free.
+    pub(crate) fn new(off: usize, frame_size: usize, buffers: u32) -> Pool {
+        Pool {
+            off,
+            frame_size,
+            free: (0..buffers).rev().collect(),
+            refs: vec![0; buffers as usize],
+        }
+    }
+
+    /// Buffers in the pool.
+    pub(crate) fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    /// Buffers free now.
+    pub(crate) fn free_len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Takes a free buffer, or `None` if every buffer is lent or named by a
+    /// descriptor.
+    #[inline]
+    pub(crate) fn alloc(&mut self) -> Option<TxBuf> {
+        let index = self.free.pop()?;
+        self.refs[index as usize] = 1;
+        Some(TxBuf { index })
+    }
+
+    /// One more descriptor will name `buf`; returns the buffer index it
+    /// carries.
+    #[inline]
+    pub(crate) fn share(&mut self, buf: &TxBuf) -> u32 {
+        self.refs[buf.index as usize] += 1;
+        buf.index
+    }
+
+    /// Gives up the lender's hold on `buf` (sent or unsent): it is free
+    /// again once no descriptor names it.
+    #[inline]
+    pub(crate) fn release(&mut self, buf: TxBuf) {
+        self.unref(buf.index);
+    }
+
+    /// A descriptor naming buffer `index` is done with (consumed, or its
+    /// link dropped).
+    #[inline]
+    pub(crate) fn unref(&mut self, index: u32) {
+        let r = &mut self.refs[index as usize];
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free.push(index);
+        }
+    }
+
+    /// The whole buffer (`frame_size` bytes) behind `buf`.
+    #[inline]
+    pub(crate) fn bytes_mut<'a>(&'a mut self, region: &'a Region, buf: &mut TxBuf) -> &'a mut [u8] {
+        let off = self.off + buf.index as usize * self.frame_size;
+        // SAFETY: `buf` came from this pool's free list (`alloc` is the only
+        // maker of a `TxBuf`, and it is not `Clone`), so the range is one of
+        // this pool's buffers, which `bytes_mut` bounds-checks again. The
+        // view borrows `&mut self`, so no other view of this pool's buffers
+        // exists in this process while it lives. Peers read
+        // only buffers a descriptor names, and a buffer comes off the free
+        // list only when none does.
+        unsafe { region.bytes_mut(off, self.frame_size) }
     }
 }
 

@@ -1,4 +1,34 @@
-//! Segments: creation, opening by name, the port directory and crash reclaim.
+//! Segments: one network's shared memory, found by name, with its port
+//! directory and link table.
+//!
+//! A [`Segment`] is created in two phases (everything initialised, the
+//! layout version stamped last), and an opener checks the header
+//! ([`HeaderRepr::parse`]) before using any offset. Ports claim directory
+//! entries and links claim link-table entries with a compare-and-swap on a
+//! `(epoch or serial, state)` word; the entry's other fields are written
+//! while it is claimed and read only between two loads of the same active
+//! word. Each port records its owner's pid and start time: a port whose
+//! owner died is reclaimed by the next survivor that sweeps
+//! ([`Segment::sweep_dead`]), with the links only dead ports used, and the
+//! last process to leave a host segment removes its name.
+//!
+//! Contract: nothing read from the directory or link table is trusted
+//! beyond its range checks; a stale or corrupt host segment found at open
+//! is removed and created anew when no live port uses it.
+//!
+//! Dependencies point one way: this module uses `layout`, `region` and
+//! `ring` (to reset a link's ring) and knows nothing of ports. The two
+//! constructors that return a [`Port`](super::Port), [`Segment::attach`]
+//! and [`Segment::join`], live in `port.rs` and call
+//! [`Segment::claim_port`] here.
+//!
+//! ```
+//! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-segment", SegmentKind::Process, &NetworkParams::new(9000)).unwrap();
+//! let port = seg.attach(&PortInfo::named("dev")).unwrap();
+//! let me = seg.peer(port.index()).unwrap();
+//! assert_eq!((seg.mtu(), me.owner_pid), (9000, std::process::id()));
+//! ```
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -9,11 +39,10 @@ use parking_lot::Mutex;
 
 use super::ShmError;
 use super::layout::{
-    HEADER_LEN, HeaderRepr, LINK_GEN_OFF, LinkMedium, PORT_GEN_OFF, STATE_ACTIVE, STATE_CLAIMING,
-    STATE_FREE, SegmentHeader, VERSION_OFF, link_field, port_field,
+    HEADER_LEN, HeaderRepr, LinkMedium, STATE_ACTIVE, STATE_CLAIMING, STATE_FREE, SegmentHeader,
+    field,
 };
-use super::port::Port;
-use super::region::Region;
+use super::region::{InPlaceFrame, Region};
 
 /// Where a segment's memory lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,6 +175,31 @@ fn word(epoch_or_serial: u32, state: u32) -> u64 {
 }
 pub(crate) fn split(w: u64) -> (u32, u32) {
     ((w >> 32) as u32, w as u32)
+}
+
+/// Moves a port or link word from `from` to `to`, each `(epoch or serial,
+/// state)`; `false` if the word was not `from`.
+fn transition(w: &AtomicU64, from: (u32, u32), to: (u32, u32)) -> bool {
+    w.compare_exchange(
+        word(from.0, from.1),
+        word(to.0, to.1),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    )
+    .is_ok()
+}
+
+/// A directory entry apart from its state word, which orders it: written
+/// (relaxed) while the entry is claimed, before the word turns active
+/// (release); read (relaxed) between two acquire loads of the same active
+/// word.
+struct PortEntry {
+    owner_pid: u32,
+    owner_start: u64,
+    mac: [u8; 6],
+    ipv4: Option<[u8; 4]>,
+    ipv6: Option<[u8; 16]>,
+    name_tag: u64,
 }
 
 impl Segment {
@@ -326,7 +380,7 @@ impl Segment {
         region.write(0, &buf);
         // Directory, link table and rings are zero (fresh memory): free.
         region
-            .atomic_u32(VERSION_OFF)
+            .atomic_u32(field::header::VERSION)
             .store(super::layout::LAYOUT_VERSION, Ordering::Release);
         Segment {
             region,
@@ -386,22 +440,34 @@ impl Segment {
     pub(crate) fn port_u32(&self, port: u32, field: usize) -> &AtomicU32 {
         self.region.atomic_u32(self.geo.port_off(port) + field)
     }
+    fn port_u64(&self, port: u32, field: usize) -> &AtomicU64 {
+        self.region.atomic_u64(self.geo.port_off(port) + field)
+    }
     pub(crate) fn port_word(&self, port: u32) -> &AtomicU64 {
         self.region
-            .atomic_u64(self.geo.port_off(port) + port_field::WORD)
+            .atomic_u64(self.geo.port_off(port) + field::port::WORD)
     }
     pub(crate) fn link_word(&self, link: u32) -> &AtomicU64 {
         self.region
-            .atomic_u64(self.geo.link_off(link) + link_field::WORD)
+            .atomic_u64(self.geo.link_off(link) + field::link::WORD)
     }
-    pub(crate) fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
+    fn link_u32(&self, link: u32, field: usize) -> &AtomicU32 {
         self.region.atomic_u32(self.geo.link_off(link) + field)
     }
+    /// A link's two ends as `[(src, src_epoch), (dst, dst_epoch)]`, as
+    /// written by its claimer (check the link word before trusting them).
+    pub(crate) fn link_ends(&self, link: u32) -> [(u32, u32); 2] {
+        let at = |f| self.link_u32(link, f).load(Ordering::Relaxed);
+        [
+            (at(field::link::SRC), at(field::link::SRC_EPOCH)),
+            (at(field::link::DST), at(field::link::DST_EPOCH)),
+        ]
+    }
     pub(crate) fn port_generation(&self) -> &AtomicU32 {
-        self.region.atomic_u32(PORT_GEN_OFF)
+        self.region.atomic_u32(field::header::PORT_GEN)
     }
     pub(crate) fn link_generation(&self) -> &AtomicU32 {
-        self.region.atomic_u32(LINK_GEN_OFF)
+        self.region.atomic_u32(field::header::LINK_GEN)
     }
 
     /// The epoch of `port` if it is attached now.
@@ -413,42 +479,25 @@ impl Segment {
         (state == STATE_ACTIVE).then_some(epoch)
     }
 
-    /// Attaches a new port (a device adapter) to the network.
+    /// Claims a directory slot for a new port and publishes `info` in it;
+    /// returns the slot's index and the epoch it was claimed at. The seam
+    /// for [`Segment::attach`] (in `port.rs`), which wraps the slot in a
+    /// [`Port`](super::Port).
     ///
     /// A host segment whose last port left may have been removed between
-    /// opening and attaching; that fails with [`ShmError::NotReady`] and
-    /// [`Segment::open_or_create`] followed by `attach` should be retried
-    /// ([`Segment::join`] does both).
-    pub fn attach(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+    /// opening and claiming; that fails with [`ShmError::NotReady`].
+    pub(crate) fn claim_port(&self, info: &PortInfo) -> Result<(u32, u32), ShmError> {
         self.region.locked(|| {
             if self.kind == SegmentKind::Host && !self.region.is_named(&self.name) {
                 return Err(ShmError::NotReady);
             }
-            let port = self.attach_unlocked(info)?;
+            let slot = self.claim_port_unlocked(info)?;
             self.used.store(true, Ordering::Relaxed);
-            Ok(port)
+            Ok(slot)
         })
     }
 
-    /// Opens (or creates) the network's segment and attaches a port,
-    /// retrying if the segment was removed in between by its last user.
-    pub fn join(
-        name: &str,
-        kind: SegmentKind,
-        params: &NetworkParams,
-        info: &PortInfo,
-    ) -> Result<Port, ShmError> {
-        let mut tries = 0;
-        loop {
-            let seg = Self::open_or_create(name, kind, params)?;
-            match seg.attach(info) {
-                Err(ShmError::NotReady) if tries < 10 => tries += 1,
-                r => return r,
-            }
-        }
-    }
-
-    fn attach_unlocked(self: &Arc<Self>, info: &PortInfo) -> Result<Port, ShmError> {
+    fn claim_port_unlocked(&self, info: &PortInfo) -> Result<(u32, u32), ShmError> {
         self.sweep_dead();
         if info.mac != [0; 6] && self.peers().iter().any(|p| p.mac == info.mac) {
             return Err(ShmError::AddressInUse {
@@ -458,7 +507,7 @@ impl Segment {
         let tag = name_tag(&info.name);
         // Prefer the port this device had before (same name), then any.
         let order = (0..self.geo.max_ports)
-            .filter(|&p| self.region_u64(p, port_field::NAME).load(Ordering::Relaxed) == tag)
+            .filter(|&p| self.port_u64(p, field::port::NAME).load(Ordering::Relaxed) == tag)
             .chain(0..self.geo.max_ports);
         for p in order {
             let w = self.port_word(p);
@@ -467,49 +516,26 @@ impl Segment {
                 continue;
             }
             let next = epoch.wrapping_add(1).max(1);
-            if w.compare_exchange(
-                word(epoch, STATE_FREE),
-                word(next, STATE_CLAIMING),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-            {
+            if !transition(w, (epoch, STATE_FREE), (next, STATE_CLAIMING)) {
                 continue;
             }
-            let base = self.geo.port_off(p);
-            let r = &self.region;
-            r.atomic_u32(base + port_field::OWNER_PID)
-                .store(std::process::id(), Ordering::Relaxed);
-            r.atomic_u64(base + port_field::OWNER_START).store(
-                process_start_time(std::process::id()).unwrap_or(0),
-                Ordering::Relaxed,
+            let me = std::process::id();
+            self.store_entry(
+                p,
+                &PortEntry {
+                    owner_pid: me,
+                    owner_start: process_start_time(me).unwrap_or(0),
+                    mac: info.mac,
+                    ipv4: info.ipv4,
+                    ipv6: info.ipv6,
+                    name_tag: tag,
+                },
             );
-            let mut mac8 = [0u8; 8];
-            mac8[..6].copy_from_slice(&info.mac);
-            r.atomic_u64(base + port_field::MAC)
-                .store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
-            let (v4, v4set) = info.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
-            r.atomic_u32(base + port_field::IPV4)
-                .store(v4, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::IPV4 + 4)
-                .store(v4set, Ordering::Relaxed);
-            let v6 = info.ipv6.unwrap_or([0; 16]);
-            r.atomic_u64(base + port_field::IPV6).store(
-                u64::from_ne_bytes(v6[..8].try_into().unwrap_or_default()),
-                Ordering::Relaxed,
-            );
-            r.atomic_u64(base + port_field::IPV6 + 8).store(
-                u64::from_ne_bytes(v6[8..].try_into().unwrap_or_default()),
-                Ordering::Relaxed,
-            );
-            r.atomic_u64(base + port_field::NAME)
-                .store(tag, Ordering::Relaxed);
-            r.atomic_u32(base + port_field::SLEEPING)
+            self.port_u32(p, field::port::SLEEPING)
                 .store(0, Ordering::Relaxed);
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.port_generation().fetch_add(1, Ordering::AcqRel);
-            return Ok(Port::new(Arc::clone(self), p, next));
+            return Ok((p, next));
         }
         Err(ShmError::Full {
             name: self.name.clone(),
@@ -517,24 +543,47 @@ impl Segment {
         })
     }
 
-    fn region_u64(&self, port: u32, field: usize) -> &AtomicU64 {
-        self.region.atomic_u64(self.geo.port_off(port) + field)
-    }
-
     /// Marks `port` (attached at `epoch`) free again.
     pub(crate) fn detach(&self, port: u32, epoch: u32) {
-        if self
-            .port_word(port)
-            .compare_exchange(
-                word(epoch, STATE_ACTIVE),
-                word(epoch, STATE_FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
+        if transition(
+            self.port_word(port),
+            (epoch, STATE_ACTIVE),
+            (epoch, STATE_FREE),
+        ) {
             self.port_generation().fetch_add(1, Ordering::AcqRel);
         }
+    }
+
+    /// Rings `port`'s doorbell if its owner sleeps.
+    pub(crate) fn wake_port(&self, port: u32) {
+        if self
+            .port_u32(port, field::port::SLEEPING)
+            .load(Ordering::SeqCst)
+            != 0
+        {
+            self.ring_doorbell(port);
+        }
+    }
+
+    /// Wakes `port`'s owner whether or not it sleeps (stop requests,
+    /// configuration changes).
+    pub fn ring_doorbell(&self, port: u32) {
+        if port >= self.geometry().max_ports {
+            return;
+        }
+        let bell = self.port_u32(port, field::port::DOORBELL);
+        bell.fetch_add(1, Ordering::AcqRel);
+        let _ = rustix::thread::futex::wake(
+            bell,
+            rustix::thread::futex::Flags::empty(),
+            i32::MAX as u32,
+        );
+    }
+
+    /// The bytes of a frame taken with
+    /// [`Port::recv_in_place`](super::Port::recv_in_place).
+    pub fn frame_bytes(&self, f: &InPlaceFrame) -> &[u8] {
+        self.region.frame(f)
     }
 
     /// Reads one directory entry; `None` unless it is attached and stable.
@@ -548,47 +597,58 @@ impl Segment {
         if state != STATE_ACTIVE {
             return None;
         }
-        let base = self.geo.port_off(index);
-        let r = &self.region;
-        let mac8 = r
-            .atomic_u64(base + port_field::MAC)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let v4 = r
-            .atomic_u32(base + port_field::IPV4)
-            .load(Ordering::Relaxed);
-        let v4set = r
-            .atomic_u32(base + port_field::IPV4 + 4)
-            .load(Ordering::Relaxed);
-        let a = r
-            .atomic_u64(base + port_field::IPV6)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let b = r
-            .atomic_u64(base + port_field::IPV6 + 8)
-            .load(Ordering::Relaxed)
-            .to_ne_bytes();
-        let owner_pid = r
-            .atomic_u32(base + port_field::OWNER_PID)
-            .load(Ordering::Relaxed);
-        let name_tag = r
-            .atomic_u64(base + port_field::NAME)
-            .load(Ordering::Relaxed);
+        let e = self.load_entry(index);
         if w.load(Ordering::Acquire) != before {
             return None;
         }
-        let mut v6 = [0u8; 16];
-        v6[..8].copy_from_slice(&a);
-        v6[8..].copy_from_slice(&b);
         Some(PeerInfo {
             index,
             epoch,
-            mac: mac8[..6].try_into().unwrap_or_default(),
-            ipv4: (v4set != 0).then(|| v4.to_ne_bytes()),
-            ipv6: (v6 != [0; 16]).then_some(v6),
-            owner_pid,
-            name_tag,
+            mac: e.mac,
+            ipv4: e.ipv4,
+            ipv6: e.ipv6,
+            owner_pid: e.owner_pid,
+            name_tag: e.name_tag,
         })
+    }
+
+    /// Writes a claimed entry's fields (see [`PortEntry`]).
+    fn store_entry(&self, port: u32, e: &PortEntry) {
+        let u32_at = |f| self.port_u32(port, f);
+        let u64_at = |f| self.port_u64(port, f);
+        let ne64 = |b: &[u8]| u64::from_ne_bytes(b.try_into().unwrap_or_default());
+        u32_at(field::port::OWNER_PID).store(e.owner_pid, Ordering::Relaxed);
+        u64_at(field::port::OWNER_START).store(e.owner_start, Ordering::Relaxed);
+        let mut mac8 = [0u8; 8];
+        mac8[..6].copy_from_slice(&e.mac);
+        u64_at(field::port::MAC).store(u64::from_ne_bytes(mac8), Ordering::Relaxed);
+        let (v4, v4set) = e.ipv4.map_or((0, 0), |a| (u32::from_ne_bytes(a), 1));
+        u32_at(field::port::IPV4).store(v4, Ordering::Relaxed);
+        u32_at(field::port::IPV4_SET).store(v4set, Ordering::Relaxed);
+        let v6 = e.ipv6.unwrap_or([0; 16]);
+        u64_at(field::port::IPV6).store(ne64(&v6[..8]), Ordering::Relaxed);
+        u64_at(field::port::IPV6_LOW).store(ne64(&v6[8..]), Ordering::Relaxed);
+        u64_at(field::port::NAME).store(e.name_tag, Ordering::Relaxed);
+    }
+
+    /// Reads an entry's fields (see [`PortEntry`]); the caller checks the
+    /// state word around it.
+    fn load_entry(&self, port: u32) -> PortEntry {
+        let u32_at = |f| self.port_u32(port, f).load(Ordering::Relaxed);
+        let u64_at = |f| self.port_u64(port, f).load(Ordering::Relaxed);
+        let mac8 = u64_at(field::port::MAC).to_ne_bytes();
+        let mut v6 = [0u8; 16];
+        v6[..8].copy_from_slice(&u64_at(field::port::IPV6).to_ne_bytes());
+        v6[8..].copy_from_slice(&u64_at(field::port::IPV6_LOW).to_ne_bytes());
+        PortEntry {
+            owner_pid: u32_at(field::port::OWNER_PID),
+            owner_start: u64_at(field::port::OWNER_START),
+            mac: mac8[..6].try_into().unwrap_or_default(),
+            ipv4: (u32_at(field::port::IPV4_SET) != 0)
+                .then(|| u32_at(field::port::IPV4).to_ne_bytes()),
+            ipv6: (v6 != [0; 16]).then_some(v6),
+            name_tag: u64_at(field::port::NAME),
+        }
     }
 
     /// Every attached port.
@@ -609,28 +669,16 @@ impl Segment {
             if state == STATE_FREE {
                 continue;
             }
-            let base = self.geo.port_off(p);
             let pid = self
-                .region
-                .atomic_u32(base + port_field::OWNER_PID)
+                .port_u32(p, field::port::OWNER_PID)
                 .load(Ordering::Relaxed);
             let start = self
-                .region
-                .atomic_u64(base + port_field::OWNER_START)
+                .port_u64(p, field::port::OWNER_START)
                 .load(Ordering::Relaxed);
             if pid == me || pid == 0 || pid_alive(pid, Some(start)) {
                 continue;
             }
-            if self
-                .port_word(p)
-                .compare_exchange(
-                    word(epoch, state),
-                    word(epoch, STATE_FREE),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
+            if transition(self.port_word(p), (epoch, state), (epoch, STATE_FREE)) {
                 log::info!(
                     "segment {:?}: reclaimed port {p} of dead process {pid}",
                     self.name
@@ -648,13 +696,9 @@ impl Segment {
             if state == STATE_FREE {
                 continue;
             }
-            let end_live = |field, efield| {
-                let port = self.link_u32(l, field).load(Ordering::Relaxed);
-                let epoch = self.link_u32(l, efield).load(Ordering::Relaxed);
-                self.port_epoch(port) == Some(epoch)
-            };
-            let src_live = end_live(link_field::SRC, link_field::SRC_EPOCH);
-            let dst_live = end_live(link_field::DST, link_field::DST_EPOCH);
+            let [src_live, dst_live] = self
+                .link_ends(l)
+                .map(|(port, epoch)| self.port_epoch(port) == Some(epoch));
             let stale = if state == STATE_CLAIMING {
                 !src_live
             } else {
@@ -671,15 +715,7 @@ impl Segment {
     }
 
     pub(crate) fn free_link(&self, link: u32, serial: u32, state: u32) -> bool {
-        let ok = self
-            .link_word(link)
-            .compare_exchange(
-                word(serial, state),
-                word(serial, STATE_FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok();
+        let ok = transition(self.link_word(link), (serial, state), (serial, STATE_FREE));
         if ok {
             self.link_generation().fetch_add(1, Ordering::AcqRel);
         }
@@ -702,35 +738,18 @@ impl Segment {
                 continue;
             }
             let next = serial.wrapping_add(1);
-            if w.compare_exchange(
-                word(serial, STATE_FREE),
-                word(next, STATE_CLAIMING),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-            {
+            if !transition(w, (serial, STATE_FREE), (next, STATE_CLAIMING)) {
                 continue;
             }
-            self.link_u32(l, link_field::SRC)
-                .store(src, Ordering::Relaxed);
-            self.link_u32(l, link_field::SRC_EPOCH)
-                .store(src_epoch, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST)
-                .store(dst, Ordering::Relaxed);
-            self.link_u32(l, link_field::DST_EPOCH)
-                .store(dst_epoch, Ordering::Relaxed);
-            let ring = self.geo.ring_off(l);
-            use super::layout::ring_field;
-            self.region
-                .atomic_u32(ring + ring_field::COOKIE)
-                .store(super::layout::RING_COOKIE, Ordering::Relaxed);
-            self.region
-                .atomic_u32(ring + ring_field::HEAD)
-                .store(0, Ordering::Relaxed);
-            self.region
-                .atomic_u32(ring + ring_field::TAIL)
-                .store(0, Ordering::Relaxed);
+            for (f, v) in [
+                (field::link::SRC, src),
+                (field::link::SRC_EPOCH, src_epoch),
+                (field::link::DST, dst),
+                (field::link::DST_EPOCH, dst_epoch),
+            ] {
+                self.link_u32(l, f).store(v, Ordering::Relaxed);
+            }
+            super::ring::reset(&self.region, self.geo.ring_off(l));
             w.store(word(next, STATE_ACTIVE), Ordering::Release);
             self.link_generation().fetch_add(1, Ordering::AcqRel);
             return Some((l, next));
@@ -813,4 +832,54 @@ fn is_zombie(pid: u32) -> bool {
                 .map(|i| s[i + 1..].trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_entry_round_trip() {
+        let seg = Segment::open_or_create(
+            "unit-directory",
+            SegmentKind::Process,
+            &NetworkParams::new(1500),
+        )
+        .unwrap();
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[15] = 1;
+        let full = PortInfo {
+            name: "full".into(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            ipv4: Some([10, 0, 0, 1]),
+            ipv6: Some(v6),
+        };
+        let a = seg.attach(&full).unwrap();
+        let b = seg.attach(&PortInfo::named("bare")).unwrap();
+        assert_eq!(
+            seg.peer(a.index()),
+            Some(PeerInfo {
+                index: a.index(),
+                epoch: a.epoch(),
+                mac: full.mac,
+                ipv4: full.ipv4,
+                ipv6: full.ipv6,
+                owner_pid: std::process::id(),
+                name_tag: name_tag("full"),
+            })
+        );
+        let bare = seg.peer(b.index()).unwrap();
+        assert_eq!((bare.ipv4, bare.ipv6), (None, None));
+        assert_eq!(bare.mac, mac_from_name("bare"));
+        // A second port may not take a live port's address.
+        assert!(matches!(
+            seg.attach(&full),
+            Err(ShmError::AddressInUse { .. })
+        ));
+        let index = a.index();
+        drop(a);
+        assert_eq!(seg.peer(index), None);
+        assert_eq!(seg.live_ports(), 1);
+    }
 }

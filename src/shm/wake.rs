@@ -1,4 +1,30 @@
 //! Sleeping until a peer rings one of several doorbells.
+//!
+//! Each port has a futex word (its doorbell) and a sleeping flag in its
+//! directory entry. A port about to sleep sets the flag
+//! ([`Port::prepare_sleep`]), checks once more for work
+//! ([`Port::rx_pending`]) and waits on the doorbell's value; a peer that
+//! published frames or freed slots for it rings the doorbell if the flag
+//! is set ([`Port::flush`]). The two sequentially consistent fences (after
+//! setting the flag, after publishing) make sure that either the sleeper
+//! sees the new work or the peer sees the flag, so no wake-up is lost.
+//!
+//! Contract: [`wait_any`] returns at once if work is waiting, otherwise
+//! after a doorbell rings or the timeout passes; spurious returns are
+//! possible and callers simply poll again.
+//!
+//! ```
+//! use std::time::Duration;
+//! use shmnet::shm::{wait_any, NetworkParams, PortInfo, Segment, SegmentKind};
+//! let seg = Segment::open_or_create("doc-wake", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
+//! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
+//! let buf = a.alloc().unwrap();
+//! a.send(buf, 60, &[b.peer()]);
+//! a.flush(); // b has a frame waiting: wait_any returns at once
+//! wait_any(&mut [&mut b], Some(Duration::from_secs(10)));
+//! assert!(b.rx_pending());
+//! ```
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
