@@ -14,6 +14,15 @@ fn qos(text: &str) -> Qos {
     Qos::new(toml::from_str(text).expect("test config parses")).expect("valid config")
 }
 
+/// A config with the one class "a", whose fields are `body`.
+fn one_class_text(body: &str) -> String {
+    format!("default = \"a\"\n[[class]]\nname = \"a\"\n{body}")
+}
+
+fn one_class(body: &str) -> Qos {
+    qos(&one_class_text(body))
+}
+
 fn t(ms: i64) -> Instant {
     Instant::from_millis(1000 + ms)
 }
@@ -210,13 +219,7 @@ fn arp_and_neighbour_discovery_pass_unqueued() {
 #[test]
 fn token_bucket_shapes_to_the_rate_and_says_when_to_come_back() {
     // 8 Mbit/s = 1000 bytes per ms; burst 3000 bytes.
-    let mut q = qos(r#"
-        default = "a"
-        [[class]]
-        name = "a"
-        rate = "8mbit"
-        burst = 3000
-        "#);
+    let mut q = one_class("rate = \"8mbit\"\nburst = 3000");
     let f = tcp(80, 1000 - 54);
     assert_eq!(f.len(), 1000);
     for _ in 0..200 {
@@ -248,13 +251,7 @@ fn token_bucket_shapes_to_the_rate_and_says_when_to_come_back() {
 
 #[test]
 fn frames_bigger_than_the_burst_still_leave_at_the_rate() {
-    let mut q = qos(r#"
-        default = "a"
-        [[class]]
-        name = "a"
-        rate = "8mbit"
-        burst = 1500
-        "#);
+    let mut q = one_class("rate = \"8mbit\"\nburst = 1500");
     let f = tcp(80, 9000 - 54);
     for _ in 0..4 {
         ingress(&mut q, t(0), Role::Local, &f);
@@ -386,14 +383,7 @@ fn checksum_ok(ip: &[u8]) -> bool {
 
 #[test]
 fn mark_sets_ce_on_ect_past_the_threshold_and_drops_only_when_full() {
-    let mut q = qos(r#"
-        default = "a"
-        [[class]]
-        name = "a"
-        queue = 5000
-        over_limit = "mark"
-        mark_at = 2000
-        "#);
+    let mut q = one_class("queue = 5000\nover_limit = \"mark\"\nmark_at = 2000");
     let f = |ecn: u8| {
         v4(
             [10, 0, 0, 1],
@@ -432,13 +422,7 @@ fn mark_sets_ce_on_ect_past_the_threshold_and_drops_only_when_full() {
     assert_eq!(counter(&q, "class.a.dropped"), 1);
     assert_eq!(counter(&q, "marked"), 2);
     // IPv6: the ECN bits of the traffic class.
-    let mut q6 = qos(r#"
-        default = "a"
-        [[class]]
-        name = "a"
-        over_limit = "mark"
-        mark_at = 0
-        "#);
+    let mut q6 = one_class("over_limit = \"mark\"\nmark_at = 0");
     ingress(&mut q6, t(0), Role::Local, &v6(1, 2, 46 << 2 | 2, (1, 2)));
     let out = drain(&mut q6, t(0));
     assert_eq!(out[0][14..16], [0x6b, 0xb0]);
@@ -475,12 +459,7 @@ fn incremental_checksum_matches_a_full_recompute() {
 
 #[test]
 fn drop_tail_drops_when_the_queue_is_full() {
-    let mut q = qos(r#"
-        default = "a"
-        [[class]]
-        name = "a"
-        queue = 2500
-        "#);
+    let mut q = one_class("queue = 2500");
     let f = tcp(80, 1000 - 54);
     let v: Vec<Verdict> = (0..4)
         .map(|_| ingress(&mut q, t(0), Role::Local, &f))
@@ -626,7 +605,7 @@ fn config_errors_name_the_field() {
             Ok(_) => panic!("accepted: {text}"),
         }
     };
-    let class = |body: &str| format!("default = \"a\"\n[[class]]\nname = \"a\"\n{body}");
+    let class = one_class_text;
     assert!(err(&class("rate = \"40mbps\"")).contains("class a: rate"));
     assert!(err(&class("rate = \"fast\"")).contains("class a: rate"));
     assert!(err(&class("rate = 10")).contains("class a: rate"));
