@@ -20,6 +20,7 @@ pub(super) enum Unscheduled {
 }
 
 /// The IP packet a frame carries, if it is one QoS schedules.
+#[inline]
 pub(super) fn scheduled(view: &FrameView) -> Result<&IpView, Unscheduled> {
     match view {
         FrameView::Ip(ip) if ip.is_truncated() => Err(Unscheduled::Malformed),
@@ -81,6 +82,7 @@ impl ClassMatch {
 
     /// Does the packet belong to the class? Port criteria match only
     /// packets that carry ports (not later fragments).
+    #[inline]
     pub fn matches(&self, ip: &IpView) -> bool {
         (self.dscp == 0 || self.dscp >> ip.dscp() & 1 == 1)
             && (!self.icmp || ip.proto == if ip.v6 { proto::ICMPV6 } else { proto::ICMP })

@@ -28,25 +28,30 @@ impl Ring {
     }
 
     /// Bytes queued.
+    #[inline]
     pub fn used(&self) -> usize {
         self.used
     }
 
     /// Frames queued.
+    #[inline]
     pub fn frames(&self) -> usize {
         self.lens.len()
     }
 
     /// Length of the head frame.
+    #[inline]
     pub fn front_len(&self) -> Option<usize> {
         self.lens.front().map(|&l| l as usize)
     }
 
+    #[inline]
     pub fn fits(&self, len: usize) -> bool {
         len <= self.cap - self.used
     }
 
     /// Appends a frame; `false` (and no change) if it does not fit.
+    #[inline]
     pub fn push(&mut self, f: &[u8]) -> bool {
         if !self.fits(f.len()) {
             return false;
@@ -68,6 +73,7 @@ impl Ring {
 
     /// Removes the head frame, copying it into `out` if it fits there;
     /// returns its length.
+    #[inline]
     pub fn pop_into(&mut self, out: &mut [u8]) -> Option<usize> {
         let len = self.lens.pop_front()? as usize;
         if len <= out.len() {

@@ -61,6 +61,7 @@ impl Bucket {
 
     /// Adds the tokens earned since the last refill. Time going backwards
     /// earns nothing.
+    #[inline]
     fn refill(&mut self, now: Instant) {
         if now <= self.last {
             return;
@@ -77,14 +78,17 @@ impl Bucket {
     /// it is bigger than the burst. A bigger frame leaves once the bucket
     /// is full (which then goes negative), so any frame works with any
     /// burst.
+    #[inline]
     fn need(&self, len: usize) -> i64 {
         (len as u64).min(self.rate.burst) as i64 * UNITS_PER_BYTE
     }
 
+    #[inline]
     fn allows(&self, len: usize) -> bool {
         self.tokens >= self.need(len)
     }
 
+    #[inline]
     fn take(&mut self, len: usize) {
         self.tokens = self.tokens.saturating_sub(len as i64 * UNITS_PER_BYTE);
     }
@@ -197,6 +201,7 @@ impl Link {
     }
 
     /// Bytes queued in class `c`.
+    #[inline]
     pub fn queued_bytes(&self, c: usize) -> usize {
         self.queues[c].ring.used()
     }
@@ -207,11 +212,13 @@ impl Link {
     }
 
     /// Whether class `c`'s queue has room for `len` bytes.
+    #[inline]
     pub fn fits(&self, c: usize, len: usize) -> bool {
         self.queues[c].ring.fits(len)
     }
 
     /// Queues a frame in class `c`; `false` if it has no room.
+    #[inline]
     pub fn enqueue(&mut self, c: usize, frame: &[u8]) -> bool {
         if !self.queues[c].ring.push(frame) {
             return false;
@@ -223,6 +230,7 @@ impl Link {
 
     /// The class whose head frame goes next, by strict priority then DRR;
     /// refills the buckets it looks at.
+    #[inline]
     fn select(&mut self, now: Instant) -> Option<usize> {
         let unit = self.quantum_unit as i64;
         for level in &mut self.levels {
@@ -266,6 +274,7 @@ impl Link {
 
     /// Takes the next frame in scheduler order and copies it into `out`
     /// (if it fits there); `None` when nothing may leave yet.
+    #[inline]
     pub fn dequeue(&mut self, now: Instant, out: &mut [u8]) -> Option<Dequeued> {
         let c = self.select(now)?;
         let head = self.queues[c].ring.front_len()?;
