@@ -16,7 +16,7 @@ use smoltcp::wire::IpAddress;
 
 const SERVER: IpAddress = IpAddress::v4(10, 1, 0, 2);
 /// TCP buffers of both ends: the sender's window, which the QoS queues
-/// (1 MiB by default) hold without a drop.
+/// (8 MiB by default) hold without a drop.
 const SOCKET_BUFFER: usize = 256 * 1024;
 
 /// What the server received on one port.

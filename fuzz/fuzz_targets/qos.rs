@@ -12,17 +12,18 @@
 //! well-formed IPv4 (1) or IPv6 (2) header the target builds, with
 //! `bytes[0]` the TOS / traffic class and `bytes[1]` the protocol and
 //! ports, so classes and ECN marking get explored. `ctl >> 5` steps time
-//! by 0, 10 µs, 100 µs, ..., up to 10 s (and the function switches medium
-//! between runs of the target, not within one).
+//! by 0, 10 µs, 100 µs, ..., up to 10 s. The first byte's top bit picks
+//! the link medium of the run (the device's, not the function's).
 #![no_main]
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::{DeviceConfig, MediumName};
-use shmnet::functions::qos::{Qos, QosConfig};
+use shmnet::config::DeviceConfig;
+use shmnet::functions::qos::Qos;
 use shmnet::functions::{Frame, Function, FunctionConfig, Role, Verdict};
+use shmnet::wire::{LinkMedium, checksum};
 use smoltcp::time::{Duration, Instant};
 
 const CONFIG_A: &str = r#"
@@ -80,20 +81,18 @@ over_limit = "mark"
 mark_at = 0
 "#;
 
-fn config(text: &str, medium: MediumName) -> FunctionConfig {
+fn config(text: &str) -> FunctionConfig {
     let device = format!(
         "name = \"qos\"\nlocal = {{ segment = \"fz-qos-lan\", address = \"10.0.0.254/24\" }}\n\
          global = {{ segment = \"fz-qos-wan\", address = \"10.1.0.254/24\" }}\n{text}"
     );
-    let mut cfg: QosConfig = match DeviceConfig::from_toml(&device, "fuzz-qos") {
+    match DeviceConfig::from_toml(&device, "fuzz-qos") {
         Ok(settings) => match settings.function {
-            FunctionConfig::Qos(c) => c,
+            f @ FunctionConfig::Qos(_) => f,
             other => panic!("not qos: {other:?}"),
         },
         Err(e) => panic!("fuzz config: {e}"),
-    };
-    cfg.medium = medium;
-    FunctionConfig::Qos(cfg)
+    }
 }
 
 /// Writes an IP header around `bytes[2..]` into `out`: `bytes[0]` is the
@@ -105,10 +104,17 @@ fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
     let proto = [6u8, 17, 1, 58][usize::from(sel & 3)];
     let mut payload = bytes[2..].to_vec();
     if payload.len() >= 4 && sel & 4 != 0 {
-        // Ports the classes look for.
+        // Ports the classes look for, and (if there is room) a UDP length
+        // or TCP data offset that makes the transport header whole.
         let port = [80u16, 53, 85, 443][usize::from(sel >> 3 & 3)];
         payload[2..4].copy_from_slice(&port.to_be_bytes());
         payload[0..2].copy_from_slice(&port.to_be_bytes());
+        let n = payload.len();
+        match proto {
+            17 if n >= 8 => payload[4..6].copy_from_slice(&(n as u16).to_be_bytes()),
+            6 if n >= 20 => payload[12] = 5 << 4,
+            _ => {}
+        }
     }
     if v4 {
         let total = 20 + payload.len();
@@ -120,7 +126,7 @@ fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
         out[9] = proto;
         out[12..16].copy_from_slice(&[10, 0, 0, 1]);
         out[16..20].copy_from_slice(&[10, 1, 0, sel >> 5]);
-        let sum = !ones_sum(&out[..20]);
+        let sum = checksum::ipv4_header(&out[..20]);
         out[10..12].copy_from_slice(&sum.to_be_bytes());
         out[20..total].copy_from_slice(&payload);
         total
@@ -141,33 +147,21 @@ fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
     }
 }
 
-/// The 16-bit ones' complement sum of `b` (folded).
-fn ones_sum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// Where the IP header is and its version, if the frame looks like IP.
-fn ip_header(medium: MediumName, f: &[u8]) -> Option<(usize, u8)> {
+fn ip_header(medium: LinkMedium, f: &[u8]) -> Option<(usize, u8)> {
     let at = match medium {
-        MediumName::Ethernet => match f.get(12..14)? {
+        LinkMedium::Ethernet => match f.get(12..14)? {
             [0x08, 0x00] | [0x86, 0xdd] => 14,
             _ => return None,
         },
-        MediumName::Ip => 0,
+        LinkMedium::Ip => 0,
     };
     Some((at, f.get(at)? >> 4))
 }
 
 /// The frame with the bytes QoS may change cleared: the ECN bits, and the
 /// IPv4 header checksum.
-fn normalized(medium: MediumName, f: &[u8]) -> Vec<u8> {
+fn normalized(medium: LinkMedium, f: &[u8]) -> Vec<u8> {
     let mut v = f.to_vec();
     match ip_header(medium, f) {
         Some((at, 4)) if v.len() >= at + 12 => {
@@ -181,26 +175,23 @@ fn normalized(medium: MediumName, f: &[u8]) -> Vec<u8> {
 }
 
 /// Whether the frame's IPv4 header checksum verifies (`None`: not IPv4).
-fn checksum_ok(medium: MediumName, f: &[u8]) -> Option<bool> {
+fn checksum_ok(medium: LinkMedium, f: &[u8]) -> Option<bool> {
     let (at, 4) = ip_header(medium, f)? else {
         return None;
     };
     let hl = usize::from(*f.get(at)? & 15) * 4;
-    Some(ones_sum(f.get(at..at + hl.max(20))?) == 0xffff)
+    Some(checksum::ipv4_header(f.get(at..at + hl.max(20))?) == 0)
 }
 
 fuzz_target!(|data: &[u8]| {
     let medium = if data.first().is_some_and(|b| b & 0x80 != 0) {
-        MediumName::Ip
+        LinkMedium::Ip
     } else {
-        MediumName::Ethernet
+        LinkMedium::Ethernet
     };
     // Parsed once: the TOML parse would dominate a run.
-    static CONFIGS: OnceLock<[[FunctionConfig; 2]; 2]> = OnceLock::new();
-    let configs = &CONFIGS.get_or_init(|| {
-        [MediumName::Ethernet, MediumName::Ip]
-            .map(|m| [config(CONFIG_A, m), config(CONFIG_B, m)])
-    })[usize::from(medium == MediumName::Ip)];
+    static CONFIGS: OnceLock<[FunctionConfig; 2]> = OnceLock::new();
+    let configs = CONFIGS.get_or_init(|| [config(CONFIG_A), config(CONFIG_B)]);
     let FunctionConfig::Qos(first) = &configs[0] else {
         unreachable!()
     };
@@ -225,7 +216,7 @@ fuzz_target!(|data: &[u8]| {
         }
         match ctl & 3 {
             from @ (0 | 1) => {
-                let l2 = if medium == MediumName::Ethernet { 14 } else { 0 };
+                let l2 = medium.header_len();
                 let n = match ctl >> 3 & 3 {
                     t @ (1 | 2) => {
                         let n = ip_packet(t == 1, bytes, &mut buf[l2..]);
@@ -243,7 +234,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let original = buf[..n].to_vec();
                 let role = if from == 0 { Role::Local } else { Role::Global };
-                let v = qos.on_ingress(now, role, &mut Frame::new(&mut buf, n, shmnet::wire::LinkMedium::Ethernet));
+                let v = qos.on_ingress(now, role, &mut Frame::new(&mut buf, n, medium));
                 match v {
                     Verdict::Consumed => {
                         taken += 1;
@@ -284,8 +275,11 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 which ^= 1;
-                let ok = Function::reconfigure(&mut qos, &configs[which]).unwrap_or(false);
-                assert!(ok, "a valid config applies in place");
+                let applied = Function::reconfigure(&mut qos, &configs[which]);
+                assert!(
+                    matches!(applied, Ok(true)),
+                    "a valid config applies in place: {applied:?}"
+                );
             }
         }
         let queued = qos.queued_frames() as u64;
