@@ -7,7 +7,8 @@
 //! runtime loop) → [`functions`] (what a device does). [`config`] reads the
 //! TOML files; [`topology`] runs a whole topology file. The `shmnet`
 //! command (and its `bench`) is the binary in `src/bin/shmnet/`, built
-//! with the default `cli` feature.
+//! with the default `cli` feature. [`testing`] (feature `testing`) is the
+//! harness the tests, fuzz targets and bench share.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -16,4 +17,6 @@ pub mod config;
 pub mod functions;
 pub mod shm;
 pub mod stack;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod topology;
