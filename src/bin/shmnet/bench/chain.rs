@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
-use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::config::DeviceSettings;
 use shmnet::shm::SegmentKind;
 use shmnet::stack::Device;
+use shmnet::testing::{DeviceToml, NetToml};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
@@ -18,56 +19,41 @@ fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
     let n = functions.len();
     let nets: Vec<String> = (0..=n).map(|i| unique(&format!("net{i}"))).collect();
     let net = |i: usize, host: u8| format!("10.{}.0.{host}", 10 + i);
-    let mut texts = Vec::new();
-    texts.push(format!(
-        "name = \"chain-client\"\nlocal = {{ segment = \"{}\", address = \"{}/24\" }}\n\
-         global = {{ segment = \"{}\", address = \"10.200.0.1/16\" }}\n\
-         route = [{{ to = \"10.{}.0.0/24\", via = \"{}\" }}]\n",
-        nets[0],
-        net(0, 1),
-        unique("cw"),
-        10 + n,
-        net(0, 254)
-    ));
+    let on = |i: usize, host: u8| NetToml::new(&nets[i], format!("{}/24", net(i, host)));
+    let server_net = format!("10.{}.0.0/24", 10 + n);
+    let mut files = Vec::new();
+    files.push(
+        DeviceToml::new(
+            "chain-client",
+            on(0, 1),
+            NetToml::new(unique("cw"), "10.200.0.1/16"),
+        )
+        .route(&server_net, net(0, 254)),
+    );
     for (k, f) in functions.iter().enumerate() {
-        let mut routes = Vec::new();
+        let mut d = DeviceToml::new(format!("chain-{k}"), on(k, 254), on(k + 1, 1))
+            .forward()
+            .function(*f);
         if k + 1 < n {
-            routes.push(format!(
-                "{{ to = \"10.{}.0.0/24\", via = \"{}\" }}",
-                10 + n,
-                net(k + 1, 254)
-            ));
+            d = d.route(&server_net, net(k + 1, 254));
         }
         if k > 0 {
             // Back to the client through the previous device's global address.
-            routes.push(format!(
-                "{{ to = \"10.10.0.0/24\", via = \"{}\" }}",
-                net(k, 1)
-            ));
+            d = d.route("10.10.0.0/24", net(k, 1));
         }
-        texts.push(format!(
-            "name = \"chain-{k}\"\nforward = true\nfunction = {f}\n\
-             local = {{ segment = \"{}\", address = \"{}/24\" }}\n\
-             global = {{ segment = \"{}\", address = \"{}/24\" }}\nroute = [{}]\n",
-            nets[k],
-            net(k, 254),
-            nets[k + 1],
-            net(k + 1, 1),
-            routes.join(", ")
-        ));
+        files.push(d);
     }
-    texts.push(format!(
-        "name = \"chain-server\"\nlocal = {{ segment = \"{}\", address = \"{}/24\" }}\n\
-         global = {{ segment = \"{}\", address = \"10.201.0.2/16\" }}\n\
-         route = [{{ to = \"10.10.0.0/24\", via = \"{}\" }}]\n",
-        nets[n],
-        net(n, 2),
-        unique("sw"),
-        net(n, 1)
-    ));
-    texts
+    files.push(
+        DeviceToml::new(
+            "chain-server",
+            on(n, 2),
+            NetToml::new(unique("sw"), "10.201.0.2/16"),
+        )
+        .route("10.10.0.0/24", net(n, 1)),
+    );
+    files
         .iter()
-        .map(|t| DeviceConfig::from_toml(t, "bench chain").map_err(|e| e.to_string()))
+        .map(|d| d.parse().map_err(|e| e.to_string()))
         .collect()
 }
 

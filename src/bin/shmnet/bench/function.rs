@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use smoltcp::wire::IpAddress;
+use shmnet::testing::frames;
+use smoltcp::wire::{IpAddress, TcpControl};
 
 use super::chain::{chain_destination, chain_tcp};
 use super::report::{list, median, num};
@@ -69,35 +70,6 @@ fn chain_functions(name: &str) -> Res<Vec<String>> {
             ));
         }
     })
-}
-
-/// An Ethernet + IPv4 + TCP frame (checksums left zero: functions here do
-/// not verify them).
-fn tcp_frame(
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut f = vec![0u8; 14 + 20 + 20 + payload.len()];
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((40 + payload.len()) as u16).to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let tcp = &mut ip[20..];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    tcp[20..20 + payload.len()].copy_from_slice(payload);
-    f
 }
 
 /// Runs `f` on a fresh copy of `template` `rounds` times; returns ns per
@@ -186,8 +158,9 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
     };
     use shmnet::functions::{Frame, Role, Verdict, build};
     let rounds = if quick { 20_000 } else { 200_000 };
-    let (client, server) = ([10, 10, 0, 1], [10, 12, 0, 2]);
-    let data_packet = tcp_frame(client, server, 49152, PORT, 0x18, &data[..1400]);
+    let client = (IpAddress::v4(10, 10, 0, 1), 49152);
+    let server = (IpAddress::v4(10, 12, 0, 2), PORT);
+    let data_packet = frames::tcp(client, server, TcpControl::Psh, true, &data[..1400]);
     let cfgs = chain_functions(name)?;
     let cfg: shmnet::functions::FunctionConfig = toml::from_str(&format!("f = {}", cfgs[0]))
         .map(
@@ -216,15 +189,15 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
             // Establish the flow, then time a data packet of it.
             for (frame, from) in [
                 (
-                    tcp_frame(client, server, 49152, PORT, 0x02, &[]),
+                    frames::tcp(client, server, TcpControl::Syn, false, &[]),
                     Role::Local,
                 ),
                 (
-                    tcp_frame(server, client, PORT, 49152, 0x12, &[]),
+                    frames::tcp(server, client, TcpControl::Syn, true, &[]),
                     Role::Global,
                 ),
                 (
-                    tcp_frame(client, server, 49152, PORT, 0x10, &[]),
+                    frames::tcp(client, server, TcpControl::None, true, &[]),
                     Role::Local,
                 ),
             ] {
@@ -257,7 +230,7 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
                 })
             };
             let ns = cycle(&data_packet)?;
-            let small = tcp_frame(client, server, 49152, PORT, 0x18, &data[..64]);
+            let small = frames::tcp(client, server, TcpControl::Psh, true, &data[..64]);
             Ok(Cost {
                 small_ns: Some(cycle(&small)?),
                 ..cost(ns)
@@ -274,18 +247,21 @@ fn function_cost(name: &str, data: &[u8], quick: bool) -> Res<Cost> {
         "balancer" => {
             // A flow's SYN and the backend's SYN-ACK, then a data packet of
             // it to the VIP: flow lookup and DNAT, timed.
-            let vip = [10, 11, 0, 100];
-            let backend = [10, 11, 0, 2];
+            let vip = (IpAddress::v4(10, 11, 0, 100), PORT);
+            let backend = (IpAddress::v4(10, 11, 0, 2), PORT);
             for (frame, from) in [
-                (tcp_frame(client, vip, 49152, PORT, 0x02, &[]), Role::Local),
                 (
-                    tcp_frame(backend, client, PORT, 49152, 0x12, &[]),
+                    frames::tcp(client, vip, TcpControl::Syn, false, &[]),
+                    Role::Local,
+                ),
+                (
+                    frames::tcp(backend, client, TcpControl::Syn, true, &[]),
                     Role::Global,
                 ),
             ] {
                 run(&mut frame.clone(), frame.len(), from, &[Verdict::Modified])?;
             }
-            let to_vip = tcp_frame(client, vip, 49152, PORT, 0x18, &data[..1400]);
+            let to_vip = frames::tcp(client, vip, TcpControl::Psh, true, &data[..1400]);
             let ns = per_packet_ns(&to_vip, rounds * 10, |b| {
                 run(b, to_vip.len(), Role::Local, &[Verdict::Modified])
             })?;

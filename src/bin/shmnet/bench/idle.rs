@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use shmnet::config::DeviceConfig;
 use shmnet::shm::SegmentKind;
 use shmnet::stack::Device;
+use shmnet::testing::DeviceToml;
 use smoltcp::iface::SocketHandle;
 use smoltcp::wire::IpAddress;
 
@@ -54,15 +54,10 @@ pub(super) fn bench_idle(count: Option<u64>, quick: bool) -> Res<String> {
     let gap = Duration::from_millis(20);
     let (lan, wan) = (unique("lan"), unique("wan"));
     let device = |name: &str, host: u8, function: &str| {
-        DeviceConfig::from_toml(
-            &format!(
-                "name = \"{name}\"\nfunction = {function}\n\
-                 local = {{ segment = \"{lan}\", address = \"10.0.0.{host}/24\" }}\n\
-                 global = {{ segment = \"{wan}\", address = \"10.100.0.{host}/16\" }}\n"
-            ),
-            "bench",
-        )
-        .map_err(|e| e.to_string())
+        DeviceToml::host(name, &lan, &wan, host)
+            .function(function)
+            .parse()
+            .map_err(|e| e.to_string())
     };
     let mut server = Device::new(
         &device("idle-server", 2, "{ kind = \"echo\", port = 7 }")?,

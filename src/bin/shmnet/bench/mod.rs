@@ -28,9 +28,10 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::config::DeviceSettings;
 use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 use shmnet::stack::Device;
+use shmnet::testing::DeviceToml;
 
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
@@ -249,10 +250,8 @@ fn unique(tag: &str) -> String {
 }
 
 fn settings(name: &str, host: u8, lan: &str, wan: &str, mtu: u32) -> Res<DeviceSettings> {
-    let text = format!(
-        "name = \"{name}\"\n\
-         local = {{ segment = \"{lan}\", address = \"10.0.0.{host}/24\", mtu = {mtu} }}\n\
-         global = {{ segment = \"{wan}\", address = \"10.100.0.{host}/16\", mtu = {mtu} }}\n"
-    );
-    DeviceConfig::from_toml(&text, "bench").map_err(|e| e.to_string())
+    DeviceToml::host(name, lan, wan, host)
+        .mtu(mtu)
+        .parse()
+        .map_err(|e| e.to_string())
 }
