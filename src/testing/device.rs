@@ -16,10 +16,11 @@
 //!     .settings();
 //! assert_eq!(client.local.mtu, 9000);
 //!
-//! // A forwarding device with a function table and a static route.
+//! // A forwarding device with a function table and a static route; a
+//! // network is a NetToml, or just (segment, address).
 //! let router = DeviceToml::new(
 //!     "router",
-//!     NetToml::new("lan0", "10.0.0.254/24"),
+//!     ("lan0", "10.0.0.254/24"),
 //!     NetToml::new("hop0", "10.2.0.1/24").pcap("/tmp/hop.pcap"),
 //! )
 //! .forward()
@@ -94,6 +95,13 @@ impl NetToml {
     }
 }
 
+/// `(segment, address)`: [`NetToml::new`].
+impl<S: Into<String>, A: Into<String>> From<(S, A)> for NetToml {
+    fn from((segment, address): (S, A)) -> NetToml {
+        NetToml::new(segment, address)
+    }
+}
+
 impl fmt::Display for NetToml {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -130,13 +138,18 @@ enum Function {
 }
 
 impl DeviceToml {
-    /// The device `name` with its `local` and `global` networks, running
-    /// the default function (passthrough).
-    pub fn new(name: impl Into<String>, local: NetToml, global: NetToml) -> DeviceToml {
+    /// The device `name` with its `local` and `global` networks (each a
+    /// [`NetToml`] or a `(segment, address)` pair), running the default
+    /// function (passthrough).
+    pub fn new(
+        name: impl Into<String>,
+        local: impl Into<NetToml>,
+        global: impl Into<NetToml>,
+    ) -> DeviceToml {
         DeviceToml {
             name: name.into(),
-            local,
-            global,
+            local: local.into(),
+            global: global.into(),
             forward: false,
             function: None,
             routes: Vec::new(),
@@ -157,6 +170,25 @@ impl DeviceToml {
     pub fn mtu(mut self, mtu: u32) -> DeviceToml {
         self.local = self.local.mtu(mtu);
         self.global = self.global.mtu(mtu);
+        self
+    }
+
+    /// The same medium on both networks: `"ethernet"` or `"ip"`.
+    pub fn medium(mut self, medium: &str) -> DeviceToml {
+        self.local = self.local.medium(medium);
+        self.global = self.global.medium(medium);
+        self
+    }
+
+    /// Changes the local network: `.map_local(|n| n.pcap("lan.pcap"))`.
+    pub fn map_local(mut self, f: impl FnOnce(NetToml) -> NetToml) -> DeviceToml {
+        self.local = f(self.local);
+        self
+    }
+
+    /// Changes the global network.
+    pub fn map_global(mut self, f: impl FnOnce(NetToml) -> NetToml) -> DeviceToml {
+        self.global = f(self.global);
         self
     }
 

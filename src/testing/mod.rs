@@ -7,7 +7,8 @@
 //! - [`DeviceToml`] / [`NetToml`]: the device file, written by code and
 //!   parsed like any other.
 //! - devices as threads and the waits around them ([`spawn`],
-//!   [`wait_finished`], [`wait_for`], [`stop_all`], [`counter`]), the
+//!   [`wait_finished`], [`run_to_end`], [`probe_intact`], [`wait_for`], [`stop_all`],
+//!   [`counter`]), the
 //!   usual chain ends ([`probe_client`], [`echo_server`]), and a
 //!   [`RawPort`] for hand-made frames.
 //! - [`fuzz`]: input framing for the fuzz targets.
@@ -42,6 +43,6 @@ mod topology;
 
 pub use device::{DeviceToml, NetToml};
 pub use topology::{
-    RawPort, Running, counter, echo_server, probe_client, raw_port, spawn, stop_all, unique,
-    wait_finished, wait_for,
+    RawPort, Running, counter, echo_server, probe_client, probe_intact, raw_port, run_to_end,
+    spawn, stop_all, unique, wait_finished, wait_for,
 };

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{DeviceToml, NetToml};
+use super::DeviceToml;
 use crate::config::DeviceSettings;
 use crate::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
 use crate::stack::{Device, DeviceHandle, DeviceStats};
@@ -67,6 +67,27 @@ pub fn wait_finished(h: &DeviceHandle, limit: Duration) -> Vec<String> {
     report
 }
 
+/// Runs `client` (a device whose function finishes, such as a probe) as a
+/// thread until it has, at most `limit`; returns its report and its stats
+/// at that moment, and stops it.
+pub fn run_to_end(client: &DeviceSettings, limit: Duration) -> (Vec<String>, DeviceStats) {
+    let (h, t) = spawn(client);
+    let report = wait_finished(&h, limit);
+    let stats = h.stats();
+    stop_all([(h, t)]);
+    (report, stats)
+}
+
+/// [`run_to_end`] for a probe whose `exchanges` must all succeed: asserts
+/// that its report has that many lines and each says "intact"; returns its
+/// stats.
+pub fn probe_intact(client: &DeviceSettings, exchanges: usize, limit: Duration) -> DeviceStats {
+    let (report, stats) = run_to_end(client, limit);
+    assert_eq!(report.len(), exchanges, "{report:?}");
+    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    stats
+}
+
 /// Waits up to `limit` until `cond` holds for `h`'s stats (function
 /// counters reach handles every 50 ms); returns those stats.
 pub fn wait_for(
@@ -107,37 +128,37 @@ fn net24(addr: &str) -> String {
 
 /// A client at `address` (e.g. "10.0.0.1") on `lan` whose probe exchanges
 /// `bytes` over TCP and four datagrams over UDP with the echo server at
-/// `server` port 7, reaching the server's /24 through `gateway`.
+/// `server` port 7, reaching the server's /24 through `gateway`. Its
+/// global network is a segment of its own.
 pub fn probe_client(
     lan: &str,
     address: &str,
     server: &str,
     gateway: &str,
     bytes: u64,
-) -> DeviceSettings {
+) -> DeviceToml {
     DeviceToml::new(
         "client",
-        NetToml::new(lan, format!("{address}/24")),
-        NetToml::new(unique("g"), "10.100.0.1/16"),
+        (lan, format!("{address}/24")),
+        (unique("g"), "10.100.0.1/16"),
     )
     .function(format!(
         r#"{{ kind = "probe", tcp = ["{server}:7"], udp = ["{server}:7"], bytes = {bytes} }}"#
     ))
     .route(net24(server), gateway)
-    .settings()
 }
 
 /// An echo server at `address` on `lan` that answers `client` (an address
-/// of the client's /24) through `gateway`.
-pub fn echo_server(lan: &str, address: &str, client: &str, gateway: &str) -> DeviceSettings {
+/// of the client's /24) through `gateway`. Its global network is a segment
+/// of its own.
+pub fn echo_server(lan: &str, address: &str, client: &str, gateway: &str) -> DeviceToml {
     DeviceToml::new(
         "server",
-        NetToml::new(lan, format!("{address}/24")),
-        NetToml::new(unique("g"), "10.200.0.2/16"),
+        (lan, format!("{address}/24")),
+        (unique("g"), "10.200.0.2/16"),
     )
     .function(r#"{ kind = "echo" }"#)
     .route(net24(client), gateway)
-    .settings()
 }
 
 /// A raw port (no stack behind it) on a process-local network, for sending

@@ -6,7 +6,7 @@ use std::time::Instant;
 use shmnet::config::DeviceSettings;
 use shmnet::shm::SegmentKind;
 use shmnet::stack::Device;
-use shmnet::testing::{DeviceToml, NetToml};
+use shmnet::testing::DeviceToml;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
@@ -19,16 +19,12 @@ fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
     let n = functions.len();
     let nets: Vec<String> = (0..=n).map(|i| unique(&format!("net{i}"))).collect();
     let net = |i: usize, host: u8| format!("10.{}.0.{host}", 10 + i);
-    let on = |i: usize, host: u8| NetToml::new(&nets[i], format!("{}/24", net(i, host)));
+    let on = |i: usize, host: u8| (&nets[i], format!("{}/24", net(i, host)));
     let server_net = format!("10.{}.0.0/24", 10 + n);
     let mut files = Vec::new();
     files.push(
-        DeviceToml::new(
-            "chain-client",
-            on(0, 1),
-            NetToml::new(unique("cw"), "10.200.0.1/16"),
-        )
-        .route(&server_net, net(0, 254)),
+        DeviceToml::new("chain-client", on(0, 1), (unique("cw"), "10.200.0.1/16"))
+            .route(&server_net, net(0, 254)),
     );
     for (k, f) in functions.iter().enumerate() {
         let mut d = DeviceToml::new(format!("chain-{k}"), on(k, 254), on(k + 1, 1))
@@ -44,12 +40,8 @@ fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
         files.push(d);
     }
     files.push(
-        DeviceToml::new(
-            "chain-server",
-            on(n, 2),
-            NetToml::new(unique("sw"), "10.201.0.2/16"),
-        )
-        .route("10.10.0.0/24", net(n, 1)),
+        DeviceToml::new("chain-server", on(n, 2), (unique("sw"), "10.201.0.2/16"))
+            .route("10.10.0.0/24", net(n, 1)),
     );
     files
         .iter()
