@@ -87,6 +87,17 @@ impl IpHeader {
         }
     }
 
+    /// Sets DF, MF and the fragment offset from `field`, the IPv4 flags
+    /// and fragment offset as on the wire (bit 14 DF, bit 13 MF, the low
+    /// 13 bits the offset in 8-byte units): what a fuzz target derives
+    /// from its input.
+    pub fn fragment_field(mut self, field: u16) -> IpHeader {
+        self.dont_frag = field & 0x4000 != 0;
+        self.more_frags = field & 0x2000 != 0;
+        self.frag_offset = (field & 0x1fff) << 3;
+        self
+    }
+
     /// 20 for IPv4, 40 for IPv6.
     pub fn header_len(&self) -> usize {
         match self.src {
@@ -250,10 +261,9 @@ mod tests {
         let h = IpHeader {
             tos: 46 << 2 | 1,
             hop_limit: 7,
-            more_frags: true,
-            frag_offset: 8 * 3,
             ..IpHeader::new(a.into(), b.into(), IpProtocol::Tcp)
-        };
+        }
+        .fragment_field(0x2003);
         let mut buf = [0u8; 64];
         let n = h.emit_frame(Medium::Ethernet, &[1, 2, 3], &mut buf);
         assert_eq!(n, 14 + 20 + 3);
