@@ -23,9 +23,8 @@
 
 use smoltcp::phy::{ChecksumCapabilities, Medium};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-    UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, IpRepr,
+    Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 /// The source MAC of every frame built here.
@@ -113,41 +112,26 @@ impl IpHeader {
     ///
     /// # Panics
     /// If `out` is shorter than the packet, or the addresses' families
-    /// differ.
+    /// differ (smoltcp's `IpRepr::new`).
     pub fn emit(&self, payload: &[u8], out: &mut [u8]) -> usize {
         let total = self.header_len() + payload.len();
-        match (self.src, self.dst) {
-            (IpAddress::Ipv4(src_addr), IpAddress::Ipv4(dst_addr)) => {
-                let mut p = Ipv4Packet::new_unchecked(&mut out[..total]);
-                Ipv4Repr {
-                    src_addr,
-                    dst_addr,
-                    next_header: self.protocol,
-                    payload_len: 0,
-                    hop_limit: self.hop_limit,
-                }
-                .emit(&mut p, &ChecksumCapabilities::ignored());
-                p.set_total_len(total as u16);
-                p.set_dscp(self.tos >> 2);
-                p.set_ecn(self.tos & 3);
-                p.set_dont_frag(self.dont_frag);
-                p.set_more_frags(self.more_frags);
-                p.set_frag_offset(self.frag_offset);
-                p.fill_checksum();
-            }
-            (IpAddress::Ipv6(src_addr), IpAddress::Ipv6(dst_addr)) => {
-                let mut p = Ipv6Packet::new_unchecked(&mut out[..total]);
-                Ipv6Repr {
-                    src_addr,
-                    dst_addr,
-                    next_header: self.protocol,
-                    payload_len: payload.len(),
-                    hop_limit: self.hop_limit,
-                }
-                .emit(&mut p);
-                p.set_traffic_class(self.tos);
-            }
-            _ => panic!("IpHeader: mixed address families"),
+        // Lengths are set below, as this header's fields are: smoltcp's
+        // emit would refuse one that overflows.
+        IpRepr::new(self.src, self.dst, self.protocol, 0, self.hop_limit)
+            .emit(&mut out[..total], &ChecksumCapabilities::ignored());
+        if let IpAddress::Ipv4(_) = self.src {
+            let mut p = Ipv4Packet::new_unchecked(&mut out[..total]);
+            p.set_total_len(total as u16);
+            p.set_dscp(self.tos >> 2);
+            p.set_ecn(self.tos & 3);
+            p.set_dont_frag(self.dont_frag);
+            p.set_more_frags(self.more_frags);
+            p.set_frag_offset(self.frag_offset);
+            p.fill_checksum();
+        } else {
+            let mut p = Ipv6Packet::new_unchecked(&mut out[..total]);
+            p.set_payload_len(payload.len() as u16);
+            p.set_traffic_class(self.tos);
         }
         out[self.header_len()..total].copy_from_slice(payload);
         total

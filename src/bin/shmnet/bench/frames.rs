@@ -1,6 +1,7 @@
 //! Raw frames adapter to adapter through the shared-memory ports
 //! (`bench frames`), against a Unix datagram socket pair.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use shmnet::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind, mac_from_name};
@@ -89,21 +90,27 @@ fn frames_mtu(size: usize) -> u32 {
     (size as u32).clamp(576, 65535)
 }
 
+/// Opens (or creates) the network `name` for frames of `size` bytes and
+/// attaches the sender's port.
+fn sender(name: &str, kind: SegmentKind, size: usize) -> Res<(Arc<Segment>, Port)> {
+    let params = NetworkParams::new(frames_mtu(size));
+    let seg = Segment::open_or_create(name, kind, &params).map_err(|e| e.to_string())?;
+    if size > seg.frame_size() {
+        return Err(format!("size {size} > frame size {}", seg.frame_size()));
+    }
+    let tx = seg
+        .attach(&PortInfo::named("tx"))
+        .map_err(|e| e.to_string())?;
+    Ok((seg, tx))
+}
+
 /// One shmnet frames run; returns frames per second (at the receiver).
 fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
     let name = unique("frames");
     let mtu = frames_mtu(size);
     match mode {
         Mode::Thread => {
-            let seg =
-                Segment::open_or_create(&name, SegmentKind::Process, &NetworkParams::new(mtu))
-                    .map_err(|e| e.to_string())?;
-            if size > seg.frame_size() {
-                return Err(format!("size {size} > frame size {}", seg.frame_size()));
-            }
-            let mut tx = seg
-                .attach(&PortInfo::named("tx"))
-                .map_err(|e| e.to_string())?;
+            let (seg, mut tx) = sender(&name, SegmentKind::Process, size)?;
             let mut rx = seg
                 .attach(&PortInfo::named("rx"))
                 .map_err(|e| e.to_string())?;
@@ -120,14 +127,7 @@ fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
         }
         Mode::Process => {
             let _unlink = Unlink(vec![name.clone()]);
-            let seg = Segment::open_or_create(&name, SegmentKind::Host, &NetworkParams::new(mtu))
-                .map_err(|e| e.to_string())?;
-            if size > seg.frame_size() {
-                return Err(format!("size {size} > frame size {}", seg.frame_size()));
-            }
-            let mut tx = seg
-                .attach(&PortInfo::named("tx"))
-                .map_err(|e| e.to_string())?;
+            let (seg, mut tx) = sender(&name, SegmentKind::Host, size)?;
             let mut peer = PeerProc::spawn(&[
                 "frames".into(),
                 name.clone(),

@@ -105,14 +105,34 @@ pub(super) fn hang_up(dev: &mut Device, h: SocketHandle) {
     });
 }
 
+/// Runs `dev` until `step`, given `h`'s socket and whether TIMEOUT has
+/// passed, says the exchange is done (`Ok(true)`) or failed; returns the
+/// seconds from the start to the end.
+fn timed(
+    dev: &mut Device,
+    h: SocketHandle,
+    mut step: impl FnMut(&mut tcp::Socket<'_>, bool) -> Res<bool>,
+) -> Res<f64> {
+    let start = Instant::now();
+    let mut result = Ok(());
+    dev.run_until(|d| {
+        let s = d.sockets().get_mut::<tcp::Socket>(h);
+        match step(s, start.elapsed() > TIMEOUT) {
+            Ok(done) => done,
+            Err(e) => {
+                result = Err(e);
+                true
+            }
+        }
+    });
+    result.map(|()| start.elapsed().as_secs_f64())
+}
+
 /// Sends `bytes`; returns seconds from the first byte to the receiver's
 /// acknowledgement of the last.
 fn send_bulk(dev: &mut Device, h: SocketHandle, bytes: u64) -> Res<f64> {
     let mut sent = 0u64;
-    let start = Instant::now();
-    let mut err = None;
-    dev.run_until(|d| {
-        let s = d.sockets().get_mut::<tcp::Socket>(h);
+    timed(dev, h, |s, expired| {
         while sent < bytes && s.can_send() {
             let rem = (bytes - sent) as usize;
             match s.send(|b| {
@@ -124,23 +144,18 @@ fn send_bulk(dev: &mut Device, h: SocketHandle, bytes: u64) -> Res<f64> {
             }
         }
         if sent == bytes && s.send_queue() == 0 {
-            return true;
-        }
-        if !s.may_send() {
-            err = Some(format!(
+            Ok(true)
+        } else if !s.may_send() {
+            Err(format!(
                 "connection lost in {:?} after {sent} bytes",
                 s.state()
-            ));
-        } else if start.elapsed() > TIMEOUT {
-            err = Some(format!("timed out after {sent} bytes"));
+            ))
+        } else if expired {
+            Err(format!("timed out after {sent} bytes"))
+        } else {
+            Ok(false)
         }
-        err.is_some()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    match err {
-        Some(e) => Err(e),
-        None => Ok(secs),
-    }
+    })
 }
 
 /// `count` 64-byte round trips; returns seconds.
@@ -149,19 +164,15 @@ fn ping_pong(dev: &mut Device, h: SocketHandle, count: u64) -> Res<f64> {
     let mut done = 0u64;
     let mut got = 0usize;
     let mut need_send = true;
-    let start = Instant::now();
-    let mut err = None;
     let mut tmp = [0u8; RR_SIZE];
-    dev.run_until(|d| {
-        let s = d.sockets().get_mut::<tcp::Socket>(h);
+    timed(dev, h, |s, expired| {
         loop {
             if need_send {
                 if !s.can_send() {
                     break;
                 }
                 if s.send_slice(&msg) != Ok(RR_SIZE) {
-                    err = Some("send buffer full".into());
-                    return true;
+                    return Err("send buffer full".into());
                 }
                 need_send = false;
             }
@@ -174,23 +185,19 @@ fn ping_pong(dev: &mut Device, h: SocketHandle, count: u64) -> Res<f64> {
                 got = 0;
                 done += 1;
                 if done == count {
-                    return true;
+                    return Ok(true);
                 }
                 need_send = true;
             }
         }
         if !s.may_recv() {
-            err = Some(format!("connection lost after {done} round trips"));
-        } else if start.elapsed() > TIMEOUT {
-            err = Some(format!("timed out after {done} round trips"));
+            Err(format!("connection lost after {done} round trips"))
+        } else if expired {
+            Err(format!("timed out after {done} round trips"))
+        } else {
+            Ok(false)
         }
-        err.is_some()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    match err {
-        Some(e) => Err(e),
-        None => Ok(secs),
-    }
+    })
 }
 
 /// One shmnet TCP run (bulk or round trips); returns seconds.
