@@ -5,16 +5,19 @@
 //! (`smoltcp::phy::Device`s on a network) → [`stack`] (a device: one smoltcp
 //! interface, the NIC that routes between the local and global adapter, the
 //! runtime loop) → [`functions`] (what a device does). [`config`] reads the
-//! TOML files; [`mod@bench`] measures against the kernel path; [`topology`]
-//! runs a whole topology file.
+//! TOML files; [`topology`] runs a whole topology file. The `shmnet`
+//! command (and its `bench`) is the binary in `src/bin/shmnet/`, built
+//! with the default `cli` feature. [`testing`] (feature `testing`) is the
+//! harness the tests, fuzz targets and bench share.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod adapters;
-pub mod bench;
 pub mod config;
 pub mod functions;
 pub mod shm;
 pub mod stack;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod topology;
 pub mod wire;

@@ -14,10 +14,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::config::DeviceSettings;
 use shmnet::functions::FunctionConfig;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
-use shmnet::shm::{Peer, SegmentKind};
+use shmnet::shm::SegmentKind;
 use shmnet::stack::{Device, DeviceHandle, DeviceStats};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
@@ -73,40 +73,35 @@ impl Net {
     }
 
     fn balancer(&self, n: usize) -> DeviceSettings {
-        let f = balancer_function(n).replace("[[service]]", "[[function.service]]");
-        let text = format!(
-            "name = \"balancer\"\nforward = true\n\
-             local = {{ segment = \"{}\", address = \"10.11.0.254/24\" }}\n\
-             global = {{ segment = \"{}\", address = \"10.12.0.254/24\" }}\n[function]\n{f}",
-            self.front, self.back
-        );
-        DeviceConfig::from_toml(&text, "balancer").expect("balancer config")
+        DeviceToml::new(
+            "balancer",
+            (&self.front, "10.11.0.254/24"),
+            (&self.back, "10.12.0.254/24"),
+        )
+        .forward()
+        .function_table(balancer_function(n))
+        .settings()
     }
 
     fn backend(&self, i: usize) -> DeviceSettings {
-        let text = format!(
-            "name = \"backend-{i}\"\nfunction = {{ kind = \"echo\", connections = 40, tcp_buffer = 65536 }}\n\
-             local = {{ segment = \"{}\", address = \"{}/24\" }}\n\
-             global = {{ segment = \"{}\", address = \"10.{}.0.2/16\" }}\n\
-             route = [{{ to = \"10.11.0.0/24\", via = \"10.12.0.254\" }}]\n",
-            self.back,
-            backend_addr(i),
-            unique("bw"),
-            100 + i
-        );
-        DeviceConfig::from_toml(&text, "backend").expect("backend config")
+        DeviceToml::new(
+            format!("backend-{i}"),
+            (&self.back, format!("{}/24", backend_addr(i))),
+            (unique("bw"), format!("10.{}.0.2/16", 100 + i)),
+        )
+        .function(r#"{ kind = "echo", connections = 40, tcp_buffer = 65536 }"#)
+        .route("10.11.0.0/24", "10.12.0.254")
+        .settings()
     }
 
     fn client(&self) -> Device {
-        let text = format!(
-            "name = \"client\"\n\
-             local = {{ segment = \"{}\", address = \"10.11.0.1/24\" }}\n\
-             global = {{ segment = \"{}\", address = \"10.200.0.1/16\" }}\n\
-             route = [{{ to = \"10.20.0.0/24\", via = \"10.11.0.254\" }}]\n",
-            self.front,
-            unique("cw")
-        );
-        let cfg = DeviceConfig::from_toml(&text, "client").expect("client config");
+        let cfg = DeviceToml::new(
+            "client",
+            (&self.front, "10.11.0.1/24"),
+            (unique("cw"), "10.200.0.1/16"),
+        )
+        .route("10.20.0.0/24", "10.11.0.254")
+        .settings();
         Device::new(&cfg, SegmentKind::Process).expect("client starts")
     }
 }
@@ -248,30 +243,15 @@ fn has_echoed(h: &DeviceHandle) -> bool {
 /// Garbage and truncated IPv4 frames towards the VIP, from a raw port on
 /// the client's network.
 fn send_garbage(net: &Net, balancer: &DeviceSettings) {
-    let RawPort {
-        segment: _,
-        port: mut raw,
-        others,
-    } = raw_port(&net.front);
-    let target: Vec<Peer> = others
-        .into_iter()
-        .filter(|(_, mac)| *mac == balancer.mac)
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(target.len(), 1);
+    let mut raw = raw_port(&net.front);
+    let target = [raw.peer_with_mac(balancer.mac)];
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut sent = 0;
-    while sent < 2000 {
-        let Some(mut buf) = raw.alloc() else {
-            raw.flush();
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        };
+    let mut f = [0u8; 14 + 80];
+    for _ in 0..2000 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let len = 14 + (x % 80) as usize;
-        let f = raw.buffer_mut(&mut buf);
         for (i, b) in f[..len].iter_mut().enumerate() {
             *b = (x >> (i % 56)) as u8 ^ i as u8;
         }
@@ -286,9 +266,7 @@ fn send_garbage(net: &Net, balancer: &DeviceSettings) {
                 f[36..38].copy_from_slice(&7u16.to_be_bytes());
             }
         }
-        raw.send(buf, len, &target);
-        raw.flush();
-        sent += 1;
+        raw.send(&f[..len], &target);
     }
 }
 

@@ -5,35 +5,16 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
 
 /// client ─lan-a─ c1 ═hop═ c2 ─lan-b─ server; the hop carries IPComp.
 #[test]
 fn compressible_stream_crosses_the_hop_in_fewer_bytes() {
-    let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "compress-chain").unwrap();
-    let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 4194304);
-    let c1 = dev(format!(
-        r#"
-name = "c1"
-forward = true
-function = {{ kind = "compress" }}
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.1/24" }}
-route = [{{ to = "10.3.0.0/24", via = "10.2.0.2" }}]
-"#
-    ));
-    let c2 = dev(format!(
-        r#"
-name = "c2"
-forward = true
-function = {{ kind = "compress" }}
-local = {{ segment = "{lan_b}", address = "10.3.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
-route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
-"#
-    ));
-    let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
+    let hop = Hop::new();
+    let client = hop.client(4194304).settings();
+    let compress = r#"{ kind = "compress" }"#;
+    let c1 = hop.end(1, "c1").function(compress).settings();
+    let c2 = hop.end(2, "c2").function(compress).settings();
+    let server = hop.server().settings();
     let devices: Vec<_> = [&server, &c2, &c1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));

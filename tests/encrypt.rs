@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
+use shmnet::functions::FunctionConfig;
 use shmnet::functions::diag::pattern_byte;
 
 const KEY_12: &str = "4c80cdefbb5d10da906ac73c3613a634 2e443b68";
@@ -48,45 +48,48 @@ fn is_pattern_run(w: &[u8]) -> bool {
             .all(|p| (p[1] as u32 + 251 - p[0] as u32) % 251 == 7)
 }
 
+/// The function table of a tunnel end: ESP from `local` to `peer` with the
+/// outbound SA `out` (SPI, key) and the inbound SAs `inb`.
+fn tunnel(local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]) -> String {
+    let inbound: Vec<String> = inb
+        .iter()
+        .map(|(spi, k)| format!("{{ spi = {spi}, key = \"{k}\" }}"))
+        .collect();
+    format!(
+        "kind = \"encrypt\"\nlocal_address = \"{local}\"\npeer_address = \"{peer}\"\n\
+         outbound = {{ spi = {}, key = \"{}\" }}\ninbound = [{}]\n",
+        out.0,
+        out.1,
+        inbound.join(", ")
+    )
+}
+
 /// client ─lan-a─ e1 ═hop═ e2 ─lan-b─ server; the hop carries ESP.
 #[test]
 fn tcp_stream_crosses_the_hop_encrypted() {
-    let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
-    let pcap = std::env::temp_dir().join(format!("{hop}.pcap"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "encrypt-chain").unwrap();
-    let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 1048576);
-    let e1 = dev(format!(
-        r#"
-name = "e1"
-forward = true
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.1/24", pcap = "{pcap}" }}
-route = [{{ to = "10.3.0.0/24", via = "10.2.0.2" }}]
-[function]
-kind = "encrypt"
-local_address = "10.2.0.1"
-peer_address = "10.2.0.2"
-outbound = {{ spi = 0x1001, key = "{KEY_12}" }}
-inbound = [{{ spi = 0x2002, key = "{KEY_21}" }}]
-"#,
-        pcap = pcap.display()
-    ));
-    let e2 = dev(format!(
-        r#"
-name = "e2"
-forward = true
-local = {{ segment = "{lan_b}", address = "10.3.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
-route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
-[function]
-kind = "encrypt"
-local_address = "10.2.0.2"
-peer_address = "10.2.0.1"
-outbound = {{ spi = 0x2002, key = "{KEY_21}" }}
-inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
-"#
-    ));
-    let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
+    let hop = Hop::new();
+    let pcap = std::env::temp_dir().join(format!("{}.pcap", hop.hop));
+    let client = hop.client(1048576).settings();
+    let e1 = hop
+        .end(1, "e1")
+        .map_global(|n| n.pcap(&pcap))
+        .function_table(tunnel(
+            "10.2.0.1",
+            "10.2.0.2",
+            (0x1001, KEY_12),
+            &[(0x2002, KEY_21)],
+        ))
+        .settings();
+    let e2 = hop
+        .end(2, "e2")
+        .function_table(tunnel(
+            "10.2.0.2",
+            "10.2.0.1",
+            (0x2002, KEY_21),
+            &[(0x1001, KEY_12)],
+        ))
+        .settings();
+    let server = hop.server().settings();
     let devices: Vec<_> = [&server, &e2, &e1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));
@@ -217,73 +220,30 @@ fn tshark_decrypts(pcap: &Path) {
 fn rekey_while_a_stream_crosses_the_tunnel() {
     const NEW_12: &str = "00112233445566778899aabbccddeeff01020304";
     const NEW_21: &str = "ffeeddccbbaa99887766554433221100a0b0c0d0";
-    let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "rekey-chain").unwrap();
-    let tunnel = |name: &str, local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]| {
-        let inbound: Vec<String> = inb
-            .iter()
-            .map(|(spi, k)| format!("{{ spi = {spi}, key = \"{k}\" }}"))
-            .collect();
-        let text = format!(
-            "kind = \"encrypt\"\nlocal_address = \"{local}\"\npeer_address = \"{peer}\"\n\
-             outbound = {{ spi = {}, key = \"{}\" }}\ninbound = [{}]\n",
-            out.0,
-            out.1,
-            inbound.join(", ")
-        );
-        let _ = name;
-        toml::from_str::<shmnet::functions::FunctionConfig>(&text).unwrap()
+    let hop = Hop::new();
+    // The SAs (SPI, key) from e1 to e2 and back, before and after.
+    let (old_12, new_12) = ((0x1001, KEY_12), (0x1002, NEW_12));
+    let (old_21, new_21) = ((0x2002, KEY_21), (0x2003, NEW_21));
+    let e1_cfg = |out: (u32, &str), inb: &[(u32, &str)]| {
+        toml::from_str::<FunctionConfig>(&tunnel("10.2.0.1", "10.2.0.2", out, inb)).unwrap()
     };
-    let e1_cfg =
-        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e1", "10.2.0.1", "10.2.0.2", out, inb);
-    let e2_cfg =
-        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e2", "10.2.0.2", "10.2.0.1", out, inb);
-    let device = |name: &str, lan: &str, lan_addr: &str, hop_addr: &str, to: &str, via: &str| {
-        dev(format!(
-            "name = \"{name}\"\nforward = true\n\
-             local = {{ segment = \"{lan}\", address = \"{lan_addr}\" }}\n\
-             global = {{ segment = \"{hop}\", address = \"{hop_addr}\" }}\n\
-             route = [{{ to = \"{to}\", via = \"{via}\" }}]\n"
-        ))
+    let e2_cfg = |out: (u32, &str), inb: &[(u32, &str)]| {
+        toml::from_str::<FunctionConfig>(&tunnel("10.2.0.2", "10.2.0.1", out, inb)).unwrap()
     };
-    let mut e1 = device(
-        "e1",
-        &lan_a,
-        "10.0.0.254/24",
-        "10.2.0.1/24",
-        "10.3.0.0/24",
-        "10.2.0.2",
-    );
-    e1.function = e1_cfg((0x1001, KEY_12), &[(0x2002, KEY_21)]);
-    let mut e2 = device(
-        "e2",
-        &lan_b,
-        "10.3.0.254/24",
-        "10.2.0.2/24",
-        "10.0.0.0/24",
-        "10.2.0.1",
-    );
-    e2.function = e2_cfg((0x2002, KEY_21), &[(0x1001, KEY_12)]);
-    let client = dev(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout_ms = 60000 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
-    let server = dev(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo", tcp_buffer = 4194304 }}
-local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let mut e1 = hop.end(1, "e1").settings();
+    e1.function = e1_cfg(old_12, &[old_21]);
+    let mut e2 = hop.end(2, "e2").settings();
+    e2.function = e2_cfg(old_21, &[old_12]);
+    let client = hop
+        .client(0)
+        .function(
+            r#"{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout_ms = 60000 }"#,
+        )
+        .settings();
+    let server = hop
+        .server()
+        .function(r#"{ kind = "echo", tcp_buffer = 4194304 }"#)
+        .settings();
     let (sh, st) = spawn(&server);
     let (h2, t2) = spawn(&e2);
     let (h1, t1) = spawn(&e1);
@@ -295,42 +255,37 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    // Stage 1: both receivers accept the new SAs as well.
-    wait_moved(&h1, 8 << 20);
-    h1.reconfigure(e1_cfg(
-        (0x1001, KEY_12),
-        &[(0x2002, KEY_21), (0x2003, NEW_21)],
-    ));
-    h2.reconfigure(e2_cfg(
-        (0x2002, KEY_21),
-        &[(0x1001, KEY_12), (0x1002, NEW_12)],
-    ));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
-    // Stage 2: both senders switch to the new SAs.
-    wait_moved(&h1, 16 << 20);
-    h1.reconfigure(e1_cfg(
-        (0x1002, NEW_12),
-        &[(0x2002, KEY_21), (0x2003, NEW_21)],
-    ));
-    h2.reconfigure(e2_cfg(
-        (0x2003, NEW_21),
-        &[(0x1001, KEY_12), (0x1002, NEW_12)],
-    ));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
-    // Stage 3: the old SAs go, once the packets sent under them are in.
-    wait_moved(&h1, 32 << 20);
-    h1.reconfigure(e1_cfg((0x1002, NEW_12), &[(0x2003, NEW_21)]));
-    h2.reconfigure(e2_cfg((0x2003, NEW_21), &[(0x1002, NEW_12)]));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
+    // After this many bytes through e1: e1's outbound SA and inbound SAs,
+    // and e2's.
+    let stages = [
+        // 1: both receivers accept the new SAs as well.
+        (
+            8 << 20,
+            old_12,
+            vec![old_21, new_21],
+            old_21,
+            vec![old_12, new_12],
+        ),
+        // 2: both senders switch to the new SAs.
+        (
+            16 << 20,
+            new_12,
+            vec![old_21, new_21],
+            new_21,
+            vec![old_12, new_12],
+        ),
+        // 3: the old SAs go, once the packets sent under them are in.
+        (32 << 20, new_12, vec![new_21], new_21, vec![new_12]),
+    ];
+    for (bytes, out1, in1, out2, in2) in stages {
+        wait_moved(&h1, bytes);
+        h1.reconfigure(e1_cfg(out1, &in1));
+        h2.reconfigure(e2_cfg(out2, &in2));
+        assert!(
+            !ch.finished(),
+            "the stream must still be running at each stage"
+        );
+    }
     let report = wait_finished(&ch, Duration::from_secs(120));
     assert_eq!(report.len(), 1, "{report:?}");
     assert!(

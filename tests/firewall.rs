@@ -61,24 +61,20 @@ fn allowed_port_echoes_blocked_port_times_out() {
         (dev, echoed)
     });
 
-    let allowed = settings(
+    // Each client on a LAN of its own: the server only over the global network.
+    let client = |name: &str, host: u8, probe: &str| {
+        spawn(&settings(name, &unique(name), &wan, host, 1500, probe))
+    };
+    let (ah, at) = client(
         "client-a",
-        &unique("lan-a"),
-        &wan,
         1,
-        1500,
         r#"{ kind = "probe", tcp = ["10.100.0.2:7"], bytes = 262144, timeout_ms = 10000 }"#,
     );
-    let blocked = settings(
+    let (bh, bt) = client(
         "client-b",
-        &unique("lan-b"),
-        &wan,
         3,
-        1500,
         r#"{ kind = "probe", tcp = ["10.100.0.2:9"], bytes = 4096, timeout_ms = 2000 }"#,
     );
-    let (ah, at) = spawn(&allowed);
-    let (bh, bt) = spawn(&blocked);
     let report_a = wait_finished(&ah, Duration::from_secs(20));
     let report_b = wait_finished(&bh, Duration::from_secs(20));
     stop_all([(ah, at), (bh, bt)]);

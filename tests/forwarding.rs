@@ -5,62 +5,47 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
+use shmnet::config::{DeviceConfig, DeviceSettings};
 
 /// client ──lanA (MTU 9000)── router ──lanB (MTU 1500)── server
-fn chain(function_of_router: &str, trust: bool) -> (String, String, String, String, String) {
+fn chain(function_of_router: &str, trust: bool) -> [DeviceSettings; 3] {
     let (lan_a, lan_b) = (unique("lanA"), unique("lanB"));
-    let client = format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.1.0.2:7", "[fd00:b::2]:7"], udp = ["10.1.0.2:7"], bytes = 4194304, timeout_ms = 30000 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24", address6 = "fd00:a::1/64", mtu = 9000 }}
-global = {{ segment = "{wc}", address = "10.100.0.1/16" }}
-[[route]]
-to = "10.1.0.0/24"
-via = "10.0.0.254"
-[[route]]
-to = "fd00:b::/64"
-via = "fd00:a::fe"
-"#,
-        wc = unique("wanC")
-    );
-    let router = format!(
-        r#"
-name = "router"
-forward = true
-function = {function_of_router}
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24", address6 = "fd00:a::fe/64", mtu = 9000, trust_peers = {trust} }}
-global = {{ segment = "{lan_b}", address = "10.1.0.254/24", address6 = "fd00:b::fe/64", mtu = 1500, trust_peers = {trust} }}
-"#
-    );
-    let server = format!(
-        r#"
-name = "server"
-function = {{ kind = "echo" }}
-local = {{ segment = "{lan_b}", address = "10.1.0.2/24", address6 = "fd00:b::2/64", mtu = 1500 }}
-global = {{ segment = "{ws}", address = "10.200.0.2/16" }}
-[[route]]
-to = "10.0.0.0/24"
-via = "10.1.0.254"
-[[route]]
-to = "fd00:a::/64"
-via = "fd00:b::fe"
-"#,
-        ws = unique("wanS")
-    );
-    (client, router, server, lan_a, lan_b)
+    let net = |segment: &str, v4: &str, v6: &str, mtu: u32| {
+        NetToml::new(segment, v4).address6(v6).mtu(mtu)
+    };
+    let client = DeviceToml::new(
+        "client",
+        net(&lan_a, "10.0.0.1/24", "fd00:a::1/64", 9000),
+        (unique("wanC"), "10.100.0.1/16"),
+    )
+    .function(
+        r#"{ kind = "probe", tcp = ["10.1.0.2:7", "[fd00:b::2]:7"], udp = ["10.1.0.2:7"], bytes = 4194304, timeout_ms = 30000 }"#,
+    )
+    .route("10.1.0.0/24", "10.0.0.254")
+    .route("fd00:b::/64", "fd00:a::fe");
+    let router = DeviceToml::new(
+        "router",
+        net(&lan_a, "10.0.0.254/24", "fd00:a::fe/64", 9000).trust_peers(trust),
+        net(&lan_b, "10.1.0.254/24", "fd00:b::fe/64", 1500).trust_peers(trust),
+    )
+    .forward()
+    .function(function_of_router);
+    let server = DeviceToml::new(
+        "server",
+        net(&lan_b, "10.1.0.2/24", "fd00:b::2/64", 1500),
+        (unique("wanS"), "10.200.0.2/16"),
+    )
+    .function(r#"{ kind = "echo" }"#)
+    .route("10.0.0.0/24", "10.1.0.254")
+    .route("fd00:a::/64", "fd00:b::fe");
+    [client, router, server].map(|d| d.settings())
 }
 
 fn run_chain(router_function: &str, trust: bool) {
-    let (client, router, server, _, _) = chain(router_function, trust);
-    let load = |t: &str| DeviceConfig::from_toml(t, "chain").unwrap();
-    let (sh, st) = spawn(&load(&server));
-    let (rh, rt) = spawn(&load(&router));
-    let (ch, ct) = spawn(&load(&client));
-    let report = wait_finished(&ch, Duration::from_secs(60));
-    assert_eq!(report.len(), 3, "{report:?}");
-    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    let [client, router, server] = chain(router_function, trust);
+    let (sh, st) = spawn(&server);
+    let (rh, rt) = spawn(&router);
+    probe_intact(&client, 3, Duration::from_secs(60));
     let r = rh.stats();
     // Both directions of 2 × 4 MiB crossed the router.
     assert!(r.forwarded > 2 * 2 * 4194304 / 1460, "{r:?}");
@@ -75,7 +60,7 @@ fn run_chain(router_function: &str, trust: bool) {
         r.local.rx_bytes > 8 << 20 && r.global.tx_bytes > 8 << 20,
         "{r:?}"
     );
-    stop_all([(ch, ct), (rh, rt), (sh, st)]);
+    stop_all([(rh, rt), (sh, st)]);
 }
 
 #[test]
@@ -94,41 +79,23 @@ fn router_forwards_frames_it_copied_out_first() {
 #[test]
 fn without_a_route_the_router_drops_and_counts() {
     let (lan_a, wan) = (unique("lanA"), unique("wan"));
-    let router = DeviceConfig::from_toml(
-        &format!(
-            r#"
-name = "router"
-forward = true
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{wan}", address = "10.1.0.254/24" }}
-"#
-        ),
-        "r",
+    let router = DeviceToml::new("router", (&lan_a, "10.0.0.254/24"), (&wan, "10.1.0.254/24"))
+        .forward()
+        .settings();
+    let client = DeviceToml::new(
+        "client",
+        (&lan_a, "10.0.0.1/24"),
+        (unique("g"), "10.100.0.1/16"),
     )
-    .unwrap();
-    let client = DeviceConfig::from_toml(
-        &format!(
-            r#"
-name = "client"
-function = {{ kind = "probe", udp = ["172.16.9.9:7"], timeout_ms = 600 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-[[route]]
-to = "172.16.0.0/12"
-via = "10.0.0.254"
-"#,
-            g = unique("g")
-        ),
-        "c",
-    )
-    .unwrap();
+    .function(r#"{ kind = "probe", udp = ["172.16.9.9:7"], timeout_ms = 600 }"#)
+    .route("172.16.0.0/12", "10.0.0.254")
+    .settings();
     let (rh, rt) = spawn(&router);
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(30));
+    let (report, _) = run_to_end(&client, Duration::from_secs(30));
     assert!(report[0].contains("timed out"), "{report:?}");
     let r = rh.stats();
     assert!(r.no_route > 0 && r.forwarded == 0, "{r:?}");
-    stop_all([(ch, ct), (rh, rt)]);
+    stop_all([(rh, rt)]);
 }
 
 #[test]

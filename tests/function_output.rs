@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
 use shmnet::functions::{Emit, Frame, Function, Role, SocketContext, Verdict};
 use shmnet::shm::SegmentKind;
 use shmnet::stack::Device;
@@ -82,10 +81,6 @@ impl Function for ViaDevice {
     }
 }
 
-fn load(text: String) -> shmnet::config::DeviceSettings {
-    DeviceConfig::from_toml(&text, "function-output").unwrap()
-}
-
 fn spawn_with(
     cfg: &shmnet::config::DeviceSettings,
     f: Box<dyn Function>,
@@ -100,16 +95,11 @@ fn spawn_with(
 #[test]
 fn held_frames_are_released_and_forwarded_intact() {
     let (lan, srv) = (unique("lan"), unique("srv"));
-    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 2097152);
-    let holder = load(format!(
-        r#"
-name = "holder"
-forward = true
-local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
-global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
-"#
-    ));
-    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 2097152).settings();
+    let holder = DeviceToml::new("holder", (&lan, "10.1.0.254/24"), (&srv, "10.3.0.254/24"))
+        .forward()
+        .settings();
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254").settings();
     let released = Arc::new(AtomicU64::new(0));
     let (sh, st) = spawn(&server);
     let (hh, ht) = spawn_with(
@@ -119,10 +109,7 @@ global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
             released: Arc::clone(&released),
         }),
     );
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
-    assert_eq!(report.len(), 2, "{report:?}");
-    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    probe_intact(&client, 2, Duration::from_secs(60));
     let h = hh.stats();
     // Both directions of the 2 MiB exchange went through the queue.
     assert!(
@@ -131,7 +118,7 @@ global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
     );
     assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
     assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
-    stop_all([(ch, ct), (hh, ht), (sh, st)]);
+    stop_all([(hh, ht), (sh, st)]);
 }
 
 /// client ─lan─ r ═core═ x ─srv─ server, where r has no route to srv: its
@@ -139,39 +126,26 @@ global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
 #[test]
 fn via_sends_transit_to_a_next_hop_found_by_device_name() {
     let (lan, core, srv) = (unique("lan"), unique("core"), unique("srv"));
-    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 1048576);
-    let r = load(format!(
-        r#"
-name = "r"
-forward = true
-local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
-global = {{ segment = "{core}", address = "10.2.0.1/24" }}
-"#
-    ));
-    let x = load(format!(
-        r#"
-name = "x"
-forward = true
-local = {{ segment = "{core}", address = "10.2.0.2/24" }}
-global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
-route = [{{ to = "10.1.0.0/24", via = "10.2.0.1" }}]
-"#
-    ));
-    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254");
+    let client = probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 1048576).settings();
+    let r = DeviceToml::new("r", (&lan, "10.1.0.254/24"), (&core, "10.2.0.1/24"))
+        .forward()
+        .settings();
+    let x = DeviceToml::new("x", (&core, "10.2.0.2/24"), (&srv, "10.3.0.254/24"))
+        .forward()
+        .route("10.1.0.0/24", "10.2.0.1")
+        .settings();
+    let server = echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254").settings();
     let (sh, st) = spawn(&server);
     let (xh, xt) = spawn(&x);
     let (rh, rt) = spawn_with(&r, Box::new(ViaDevice { next_hop: None }));
     // The client starts once r has found x in its directory.
     std::thread::sleep(Duration::from_millis(50));
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
-    assert_eq!(report.len(), 2, "{report:?}");
-    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
+    probe_intact(&client, 2, Duration::from_secs(60));
     let s = rh.stats();
     assert!(s.redirected > 1048576 / 1500, "{s:?}");
     assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
     assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
-    stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
+    stop_all([(rh, rt), (xh, xt), (sh, st)]);
 }
 
 /// A next hop on neither of the device's networks is a counted drop; a

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use shmnet::shm::layout::{DESC_LEN, LINK_LEN, RING_HEADER_LEN};
-use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment, SegmentKind};
+use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 
 /// A tiny deterministic PRNG (xorshift64*).
 struct Rng(u64);
@@ -128,25 +128,15 @@ fn device_survives_garbage_frames() {
     let (sh, st) = spawn(&server);
 
     // A raw port on the device's local network sends it garbage.
-    let RawPort {
-        segment: seg,
-        port: mut raw,
-        others,
-    } = raw_port(&lan);
-    let targets: Vec<Peer> = others.into_iter().map(|(p, _)| p).collect();
+    let mut raw = raw_port(&lan);
+    let targets = raw.peers();
     assert!(!targets.is_empty());
     let mut rng = Rng(0xDEAD_BEEF_1234_5678);
-    let frame_size = seg.frame_size();
-    let mut sent = 0;
-    while sent < 3000 {
-        let Some(mut buf) = raw.alloc() else {
-            raw.flush();
-            std::thread::sleep(Duration::from_millis(1));
-            continue;
-        };
+    let frame_size = raw.segment.frame_size();
+    let mut f = vec![0u8; frame_size];
+    for _ in 0..3000 {
         let len = 1 + rng.below(frame_size as u64) as usize;
         let kind = rng.below(4);
-        let f = raw.buffer_mut(&mut buf);
         rng.fill(&mut f[..len]);
         if kind != 0 && len >= 14 {
             // Addressed to the device, with a plausible EtherType, so the
@@ -162,9 +152,7 @@ fn device_survives_garbage_frames() {
                 f[30..34].copy_from_slice(&[10, 0, 0, 2]);
             }
         }
-        raw.send(buf, len, &targets);
-        raw.flush();
-        sent += 1;
+        raw.send(&f[..len], &targets);
     }
     drop(raw);
 

@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
+
+const ECHO: &str = r#"{ kind = "echo" }"#;
 
 /// Reads a classic pcap file: (link type, frames).
 fn read_pcap(path: &std::path::Path) -> (u32, Vec<Vec<u8>>) {
@@ -54,23 +55,12 @@ fn tshark_agrees(pcap: &std::path::Path, frames: usize, tcp_payload: usize) {
     assert_eq!(payload, tcp_payload, "tshark decodes the same TCP payload");
 }
 
-fn device_toml(
-    name: &str,
-    lan: &str,
-    wan: &str,
-    host: u8,
-    medium: &str,
-    extra: &str,
-    function: &str,
-) -> String {
-    format!(
-        r#"
-name = "{name}"
-function = {function}
-local = {{ segment = "{lan}", address = "10.0.0.{host}/24", medium = "{medium}"{extra} }}
-global = {{ segment = "{wan}", address = "10.100.0.{host}/16", medium = "{medium}" }}
-"#
-    )
+/// Host `host` of `lan`/`wan`, both networks of `medium`, running
+/// `function`.
+fn device(name: &str, lan: &str, wan: &str, host: u8, medium: &str, function: &str) -> DeviceToml {
+    DeviceToml::host(name, lan, wan, host)
+        .medium(medium)
+        .function(function)
 }
 
 #[test]
@@ -79,42 +69,22 @@ fn pcap_holds_every_frame_the_adapter_carried() {
     let dir = std::env::temp_dir().join(unique("pcap"));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("client-lan.pcap");
-    let server = DeviceConfig::from_toml(
-        &device_toml(
-            "server",
-            &lan,
-            &wan,
-            2,
-            "ethernet",
-            "",
-            r#"{ kind = "echo" }"#,
-        ),
-        "s",
+    let server = device("server", &lan, &wan, 2, "ethernet", ECHO).settings();
+    let client = device(
+        "client",
+        &lan,
+        &wan,
+        1,
+        "ethernet",
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 100000 }"#,
     )
-    .unwrap();
-    let extra = format!(", pcap = {:?}", pcap.display().to_string());
-    let client = DeviceConfig::from_toml(
-        &device_toml(
-            "client",
-            &lan,
-            &wan,
-            1,
-            "ethernet",
-            &extra,
-            r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 100000 }"#,
-        ),
-        "c",
-    )
-    .unwrap();
-    let (sh, st) = spawn(&server);
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
+    .map_local(|n| n.pcap(&pcap))
+    .settings();
+    let server = spawn(&server);
+    // Stopping the client (and dropping its device) flushes the capture.
+    let (report, stats) = run_to_end(&client, Duration::from_secs(60));
     assert!(report[0].contains("intact"), "{report:?}");
-    let stats = ch.stats();
-    ch.stop();
-    sh.stop();
-    drop(ct.join().unwrap()); // flushes the capture
-    st.join().unwrap();
+    stop_all([server]);
     let (link, frames) = read_pcap(&pcap);
     assert_eq!(link, 1, "Ethernet link type");
     assert_eq!(
@@ -142,52 +112,22 @@ fn pcap_holds_every_frame_the_adapter_carried() {
 #[test]
 fn ip_medium_carries_tcp_and_udp() {
     let (lan, wan) = (unique("lan"), unique("wan"));
-    let server = DeviceConfig::from_toml(
-        &device_toml("server", &lan, &wan, 2, "ip", "", r#"{ kind = "echo" }"#),
-        "s",
+    let server = device("server", &lan, &wan, 2, "ip", ECHO).settings();
+    let remote = device("remote", &unique("lan"), &wan, 3, "ip", ECHO).settings();
+    let client = device(
+        "client",
+        &lan,
+        &wan,
+        1,
+        "ip",
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.3:7"], udp = ["10.0.0.2:7", "10.100.0.3:7"], bytes = 1000000 }"#,
     )
-    .unwrap();
-    let remote = DeviceConfig::from_toml(
-        &device_toml(
-            "remote",
-            &unique("lan"),
-            &wan,
-            3,
-            "ip",
-            "",
-            r#"{ kind = "echo" }"#,
-        ),
-        "r",
-    )
-    .unwrap();
-    let client = DeviceConfig::from_toml(
-        &device_toml(
-            "client",
-            &lan,
-            &wan,
-            1,
-            "ip",
-            "",
-            r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.3:7"], udp = ["10.0.0.2:7", "10.100.0.3:7"], bytes = 1000000 }"#,
-        ),
-        "c",
-    )
-    .unwrap();
-    let (sh, st) = spawn(&server);
-    let (rh, rt) = spawn(&remote);
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
-    assert_eq!(report.len(), 4, "{report:?}");
-    assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
-    let s = ch.stats();
+    .settings();
+    let servers = [spawn(&server), spawn(&remote)];
+    let s = probe_intact(&client, 4, Duration::from_secs(60));
     assert!(
         s.local.tx_bytes > 1_000_000 && s.global.tx_bytes > 1_000_000,
         "{s:?}"
     );
-    for h in [&ch, &sh, &rh] {
-        h.stop();
-    }
-    ct.join().unwrap();
-    st.join().unwrap();
-    rt.join().unwrap();
+    stop_all(servers);
 }

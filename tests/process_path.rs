@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmnet::config::DeviceConfig;
 use shmnet::shm::{Segment, SegmentKind};
 use shmnet::stack::Device;
 
@@ -26,9 +25,9 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(dir: &std::path::Path, name: &str, toml: &str) -> Proc {
+    fn start(dir: &std::path::Path, name: &str, device: &DeviceToml) -> Proc {
         let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, toml).unwrap();
+        std::fs::write(&path, device.to_string()).unwrap();
         let mut child = Command::new(BIN)
             .arg("device")
             .arg(&path)
@@ -126,32 +125,43 @@ impl Drop for Proc {
     }
 }
 
-/// Unlinks the test's host segments when dropped (also on failure).
-struct Segments(Vec<String>);
+/// A test's named host segments `lan` and `wan` (unlinked when dropped,
+/// also on failure) and a directory for its device files.
+struct HostNets {
+    lan: String,
+    wan: String,
+    mtu: u32,
+    dir: PathBuf,
+}
 
-impl Drop for Segments {
-    fn drop(&mut self) {
-        for s in &self.0 {
-            let _ = Segment::unlink(s);
-        }
+impl HostNets {
+    fn new(mtu: u32) -> HostNets {
+        let (lan, wan) = (unique("lan"), unique("wan"));
+        let dir = std::env::temp_dir().join(format!("shmnet-proc-{}-{lan}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        HostNets { lan, wan, mtu, dir }
+    }
+
+    /// Host `host` of both networks running `function`.
+    fn device(&self, name: &str, host: u8, function: &str) -> DeviceToml {
+        DeviceToml::host(name, &self.lan, &self.wan, host)
+            .mtu(self.mtu)
+            .function(function)
+    }
+
+    /// [`device`](Self::device) as a process.
+    fn start(&self, name: &str, host: u8, function: &str) -> Proc {
+        Proc::start(&self.dir, name, &self.device(name, host, function))
     }
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("shmnet-proc-{}-{}", std::process::id(), tag));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn device_toml(name: &str, lan: &str, wan: &str, host: u8, mtu: u32, function: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-function = {function}
-local = {{ segment = "{lan}", address = "10.0.0.{host}/24", mtu = {mtu} }}
-global = {{ segment = "{wan}", address = "10.100.0.{host}/16", mtu = {mtu} }}
-"#
-    )
+impl Drop for HostNets {
+    fn drop(&mut self) {
+        for s in [&self.lan, &self.wan] {
+            let _ = Segment::unlink(s);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn probe(target: &str, bytes: u64, timeout_ms: u64) -> String {
@@ -163,34 +173,14 @@ fn probe(target: &str, bytes: u64, timeout_ms: u64) -> String {
 const ECHO: &str = r#"{ kind = "echo", tcp_buffer = 4194304 }"#;
 
 fn tcp_64mib(mtu: u32) {
-    let (lan, wan) = (unique("lan"), unique("wan"));
-    let _segs = Segments(vec![lan.clone(), wan.clone()]);
-    let dir = temp_dir(&lan);
-    let mut server = Proc::start(
-        &dir,
-        "server",
-        &device_toml("server", &lan, &wan, 2, mtu, ECHO),
-    );
+    let net = HostNets::new(mtu);
+    let mut server = net.start("server", 2, ECHO);
     server.wait_ready();
-    let mut client = Proc::start(
-        &dir,
-        "client",
-        &device_toml(
-            "client",
-            &lan,
-            &wan,
-            1,
-            mtu,
-            &probe("10.0.0.2:7", 67108864, 120000),
-        ),
-    );
+    let mut client = net.start("client", 1, &probe("10.0.0.2:7", 67108864, 120000));
     let (code, out) = client.wait_exit(Duration::from_secs(240));
     assert_eq!(code, 0, "{}", client.output());
     assert!(out.contains("67108864 bytes echoed intact"), "{out}");
     assert!(server.alive(), "{}", server.output());
-    drop(client);
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -210,27 +200,16 @@ fn process_tcp_64mib_mtu_65535() {
 
 #[test]
 fn sigkill_of_a_device_leaves_the_others_working() {
-    let (lan, wan) = (unique("lan"), unique("wan"));
-    let _segs = Segments(vec![lan.clone(), wan.clone()]);
-    let dir = temp_dir(&lan);
-    let mtu = 9000;
-    let mut b = Proc::start(&dir, "b", &device_toml("b", &lan, &wan, 2, mtu, ECHO));
-    let mut c = Proc::start(&dir, "c", &device_toml("c", &lan, &wan, 3, mtu, ECHO));
+    let net = HostNets::new(9000);
+    let mut b = net.start("b", 2, ECHO);
+    let mut c = net.start("c", 3, ECHO);
     b.wait_ready();
     c.wait_ready();
 
     // D: a device of this process on the same host segments, exchanging
     // with C before and after A dies.
-    let d_text = device_toml(
-        "d",
-        &lan,
-        &wan,
-        4,
-        mtu,
-        &probe("10.0.0.3:7", 1 << 20, 30000),
-    );
-    let d_settings = DeviceConfig::from_toml(&d_text, "d.toml").unwrap();
-    let (dh, dt) = Device::new(&d_settings, SegmentKind::Host)
+    let d = net.device("d", 4, &probe("10.0.0.3:7", 1 << 20, 30000));
+    let (dh, dt) = Device::new(&d.settings(), SegmentKind::Host)
         .expect("D joins the host segments")
         .spawn();
     let report = wait_finished(&dh, Duration::from_secs(60));
@@ -240,15 +219,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
     );
 
     // A: a long streaming transfer to B (64 GiB), killed in the middle.
-    let a_text = device_toml(
-        "a",
-        &lan,
-        &wan,
-        1,
-        mtu,
-        &probe("10.0.0.2:7", 1 << 36, 3_600_000),
-    );
-    let mut a = Proc::start(&dir, "a", &a_text);
+    let mut a = net.start("a", 1, &probe("10.0.0.2:7", 1 << 36, 3_600_000));
     a.wait_ready();
     let inode = |seg: &str| {
         use std::os::unix::fs::MetadataExt;
@@ -256,7 +227,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
             .expect("host segment exists")
             .ino()
     };
-    let (lan_ino, wan_ino) = (inode(&lan), inode(&wan));
+    let (lan_ino, wan_ino) = (inode(&net.lan), inode(&net.wan));
     std::thread::sleep(Duration::from_millis(1000));
     assert!(a.alive(), "A finished 64 GiB too early: {}", a.output());
     assert!(
@@ -267,18 +238,9 @@ fn sigkill_of_a_device_leaves_the_others_working() {
     a.sigkill();
 
     // D still completes an exchange with C.
-    let again = DeviceConfig::from_toml(
-        &device_toml(
-            "d",
-            &lan,
-            &wan,
-            4,
-            mtu,
-            &probe("10.0.0.3:7", 4 << 20, 30000),
-        ),
-        "d2.toml",
-    )
-    .unwrap();
+    let again = net
+        .device("d", 4, &probe("10.0.0.3:7", 4 << 20, 30000))
+        .settings();
     dh.replace_function(shmnet::functions::build(&again.function).unwrap());
     let t0 = Instant::now();
     while dh.finished() && t0.elapsed() < Duration::from_secs(5) {
@@ -296,61 +258,37 @@ fn sigkill_of_a_device_leaves_the_others_working() {
 
     // A restarted with the same config (a small transfer) rejoins the same
     // segments and reaches B.
-    let a2_text = device_toml(
-        "a",
-        &lan,
-        &wan,
-        1,
-        mtu,
-        &probe("10.0.0.2:7", 2 << 20, 30000),
-    );
-    let mut a2 = Proc::start(&dir, "a", &a2_text);
+    let mut a2 = net.start("a", 1, &probe("10.0.0.2:7", 2 << 20, 30000));
     let (code, out) = a2.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 0, "{}", a2.output());
     assert!(out.contains("2097152 bytes echoed intact"), "{out}");
     assert!(b.alive(), "{}", b.output());
     // The same segments all along: joined again, not recreated.
-    assert_eq!((inode(&lan), inode(&wan)), (lan_ino, wan_ino));
+    assert_eq!((inode(&net.lan), inode(&net.wan)), (lan_ino, wan_ino));
 
     dh.stop();
     dt.join().unwrap();
     drop((b, c));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn stale_segment_of_a_killed_device_is_reclaimed() {
-    let (lan, wan) = (unique("lan"), unique("wan"));
-    let _segs = Segments(vec![lan.clone(), wan.clone()]);
-    let dir = temp_dir(&lan);
-    let echo = device_toml("srv", &lan, &wan, 2, 1500, ECHO);
-    let mut first = Proc::start(&dir, "srv", &echo);
+    let net = HostNets::new(1500);
+    let mut first = net.start("srv", 2, ECHO);
     first.wait_ready();
     first.sigkill();
     // The killed device was the only user: its segments stay behind.
     assert!(
-        std::path::Path::new(&format!("/dev/shm/shmnet.{lan}")).exists(),
+        std::path::Path::new(&format!("/dev/shm/shmnet.{}", net.lan)).exists(),
         "the host segment should outlive the killed process"
     );
 
-    let mut second = Proc::start(&dir, "srv", &echo);
+    let mut second = net.start("srv", 2, ECHO);
     second.wait_ready();
-    let mut client = Proc::start(
-        &dir,
-        "cli",
-        &device_toml(
-            "cli",
-            &lan,
-            &wan,
-            1,
-            1500,
-            &probe("10.0.0.2:7", 4 << 20, 30000),
-        ),
-    );
+    let mut client = net.start("cli", 1, &probe("10.0.0.2:7", 4 << 20, 30000));
     let (code, out) = client.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 0, "{}", client.output());
     assert!(out.contains("4194304 bytes echoed intact"), "{out}");
     assert!(second.alive(), "{}", second.output());
     drop((client, second));
-    let _ = std::fs::remove_dir_all(&dir);
 }

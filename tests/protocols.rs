@@ -14,29 +14,47 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
 const ECHO: &str = r#"{ kind = "echo" }"#;
 
-fn probe_report(client: &shmnet::config::DeviceSettings) -> Vec<String> {
-    let (ch, ct) = spawn(client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
-    ch.stop();
-    ct.join().unwrap();
-    report
+/// Two echo servers for a client that is host 1 of `lan` and `wan`:
+/// "near" (host 2) on both networks, "far" (host 3) reachable only over
+/// the global one.
+struct NearFar {
+    lan: String,
+    wan: String,
+    mtu: u32,
+    servers: Vec<Running>,
+}
+
+impl NearFar {
+    fn start(mtu: u32) -> NearFar {
+        let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
+        let servers = vec![
+            spawn(&settings("near", &lan, &wan, 2, mtu, ECHO)),
+            spawn(&settings("far", &lan2, &wan, 3, mtu, ECHO)),
+        ];
+        NearFar {
+            lan,
+            wan,
+            mtu,
+            servers,
+        }
+    }
+
+    /// Host 1, running `function`.
+    fn client(&self, name: &str, function: &str) -> shmnet::config::DeviceSettings {
+        settings(name, &self.lan, &self.wan, 1, self.mtu, function)
+    }
+
+    /// Runs the probe `function` on host 1; returns its report.
+    fn probe(&self, function: &str) -> Vec<String> {
+        run_to_end(&self.client("client", function), Duration::from_secs(60)).0
+    }
 }
 
 #[test]
 fn udp_echo_local_and_global() {
-    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
-    let (sh, st) = spawn(&settings("near", &lan, &wan, 2, 1500, ECHO));
-    // Reachable only over the global network.
-    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 1500, ECHO));
-    let client = settings(
-        "client",
-        &lan,
-        &wan,
-        1,
-        1500,
-        r#"{ kind = "probe", udp = ["10.0.0.2:7", "10.100.0.3:7"], datagrams = 8 }"#,
-    );
-    let report = probe_report(&client);
+    let net = NearFar::start(1500);
+    let report =
+        net.probe(r#"{ kind = "probe", udp = ["10.0.0.2:7", "10.100.0.3:7"], datagrams = 8 }"#);
     assert_eq!(report.len(), 2, "{report:?}");
     assert!(
         report[0].contains("udp 10.0.0.2:7: 8/8 datagrams echoed intact"),
@@ -46,7 +64,7 @@ fn udp_echo_local_and_global() {
         report[1].contains("udp 10.100.0.3:7: 8/8 datagrams echoed intact"),
         "{report:?}"
     );
-    stop_all([(sh, st), (fh, ft)]);
+    stop_all(net.servers);
 }
 
 /// Pings `to` from a device driven by this thread; returns the echoed data.
@@ -101,10 +119,8 @@ fn ping(dev: &mut Device, to: IpAddress, ident: u16, seq_no: u16) -> Vec<u8> {
 
 #[test]
 fn icmp_echo_local_and_global() {
-    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
-    let (nh, nt) = spawn(&settings("near", &lan, &wan, 2, 1500, ECHO));
-    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 1500, ECHO));
-    let me = settings("pinger", &lan, &wan, 1, 1500, r#"{ kind = "passthrough" }"#);
+    let net = NearFar::start(1500);
+    let me = net.client("pinger", r#"{ kind = "passthrough" }"#);
     let mut dev = Device::new(&me, SegmentKind::Process).unwrap();
     ping(&mut dev, IpAddress::v4(10, 0, 0, 2), 0x1234, 1);
     ping(&mut dev, IpAddress::v4(10, 100, 0, 3), 0x1234, 2);
@@ -112,29 +128,21 @@ fn icmp_echo_local_and_global() {
     ping(&mut dev, IpAddress::v4(10, 100, 0, 2), 0x4321, 3);
     let s = dev.stats();
     assert!(s.local.rx_frames > 0 && s.global.rx_frames > 0, "{s:?}");
-    stop_all([(nh, nt), (fh, ft)]);
+    stop_all(net.servers);
 }
 
 #[test]
 fn tcp_over_ipv6_global_network() {
-    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
-    let (sh, st) = spawn(&settings("server", &lan, &wan, 2, 9000, ECHO));
-    let (fh, ft) = spawn(&settings("far", &lan2, &wan, 3, 9000, ECHO));
-    let client = settings(
-        "client",
-        &lan,
-        &wan,
-        1,
-        9000,
+    let net = NearFar::start(9000);
+    let report = net.probe(
         r#"{ kind = "probe", tcp = ["[fd00:2::2]:7", "[fd00:2::3]:7", "[fd00:1::2]:7"], bytes = 4194304, timeout_ms = 30000 }"#,
     );
-    let report = probe_report(&client);
     assert_eq!(report.len(), 3, "{report:?}");
     for (line, ep) in report.iter().zip(["fd00:2::2", "fd00:2::3", "fd00:1::2"]) {
         assert!(line.starts_with(&format!("tcp {ep}")), "{report:?}");
         assert!(line.contains("4194304 bytes echoed intact"), "{report:?}");
     }
-    stop_all([(sh, st), (fh, ft)]);
+    stop_all(net.servers);
 }
 
 #[test]

@@ -7,12 +7,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::config::DeviceSettings;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
 use shmnet::shm::SegmentKind;
 use shmnet::stack::{Device, DeviceHandle, DeviceStats};
 use smoltcp::socket::tcp;
-use smoltcp::wire::IpAddress;
+use smoltcp::wire::{IpAddress, TcpControl};
 
 const SERVER: IpAddress = IpAddress::v4(10, 1, 0, 2);
 /// TCP buffers of both ends: the sender's window, which the QoS queues
@@ -44,34 +44,18 @@ struct Chain {
 /// and the qos device with `function` (a TOML inline table).
 fn chain(function: &str, ports: &[u16], window: Duration) -> Chain {
     let (lan_a, lan_b) = (unique("lanA"), unique("lanB"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "qos-chain").expect("valid");
-    let client = dev(format!(
-        r#"
-name = "client"
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.1.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
-    let qos = dev(format!(
-        r#"
-name = "qos"
-forward = true
-function = {function}
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{lan_b}", address = "10.1.0.254/24" }}
-"#
-    ));
-    let server = dev(format!(
-        r#"
-name = "server"
-local = {{ segment = "{lan_b}", address = "10.1.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.1.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    // The chain's ends: their sockets are the test's.
+    let passthrough = r#"{ kind = "passthrough" }"#;
+    let client = probe_client(&lan_a, "10.0.0.1", "10.1.0.2", "10.0.0.254", 0)
+        .function(passthrough)
+        .settings();
+    let qos = DeviceToml::new("qos", (&lan_a, "10.0.0.254/24"), (&lan_b, "10.1.0.254/24"))
+        .forward()
+        .function(function)
+        .settings();
+    let server = echo_server(&lan_b, "10.1.0.2", "10.0.0.1", "10.1.0.254")
+        .function(passthrough)
+        .settings();
     let mut sdev = Device::new(&server, SegmentKind::Process).expect("server starts");
     let handles: Vec<_> = ports
         .iter()
@@ -291,15 +275,10 @@ fn reconfigured_rate_applies_in_place_without_losing_queued_frames() {
         )
     };
     let c = chain(&text("8mbit"), &[5001], Duration::from_secs(60));
-    let faster = {
-        let t = format!(
-            "name = \"x\"\nfunction = {}\nlocal = {{ segment = \"x\", address = \"10.9.0.1/24\" }}\nglobal = {{ segment = \"y\", address = \"10.9.1.1/24\" }}\n",
-            text("80mbit")
-        );
-        DeviceConfig::from_toml(&t, "reconfigure")
-            .expect("valid")
-            .function
-    };
+    let faster = DeviceToml::new("x", ("x", "10.9.0.1/24"), ("y", "10.9.1.1/24"))
+        .function(text("80mbit"))
+        .settings()
+        .function;
     let qos = c.qos.0.clone();
     let switch = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));
@@ -339,42 +318,28 @@ fn malformed_frames_are_counted_and_the_device_keeps_working() {
         &[5001],
         Duration::from_secs(60),
     );
-    let RawPort {
-        segment: _,
-        port: mut raw,
-        others,
-    } = raw_port(&c.lan_a);
-    let qos_port = others
-        .first()
-        .map(|(p, _)| *p)
-        .expect("the qos device is on lan-a");
+    let mut raw = raw_port(&c.lan_a);
+    let qos_port = raw.peer_with_mac(c.qos_mac);
     // A well-formed IPv4/TCP frame and an IPv6/UDP one to the server, cut
     // short at every length inside their IP and transport headers.
-    let mut v4 = vec![0u8; 14 + 40 + 8];
-    v4[12..14].copy_from_slice(&[0x08, 0x00]);
-    v4[14..18].copy_from_slice(&[0x45, 0, 0, 48]);
-    v4[14 + 8] = 64;
-    v4[14 + 9] = 6;
-    v4[14 + 12..14 + 20].copy_from_slice(&[10, 0, 0, 1, 10, 1, 0, 2]);
-    let mut v6 = vec![0u8; 14 + 48];
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    v6[14] = 0x60;
-    v6[14 + 5] = 8;
-    v6[14 + 6] = 17;
+    let v4 = frames::tcp(
+        (IpAddress::v4(10, 0, 0, 1), 40000),
+        (SERVER, 5001),
+        TcpControl::None,
+        true,
+        &[0; 8],
+    );
+    let v6 = frames::udp(
+        (IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, 1), 40000),
+        (IpAddress::v6(0xfd00, 1, 0, 0, 0, 0, 0, 2), 5001),
+        &[],
+    );
     let mut sent = 0u64;
     for (frame, ip_end) in [(&v4, 14 + 40), (&v6, 14 + 48)] {
         for len in 14..ip_end {
-            let mut f = frame.clone();
+            let mut f = frame[..len].to_vec();
             f[..6].copy_from_slice(&c.qos_mac);
-            loop {
-                if let Some(mut buf) = raw.alloc() {
-                    raw.buffer_mut(&mut buf)[..len].copy_from_slice(&f[..len]);
-                    raw.send(buf, len, &[qos_port]);
-                    raw.flush();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            raw.send(&f, &[qos_port]);
             sent += 1;
         }
     }

@@ -15,8 +15,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shmnet::config::{DeviceConfig, DeviceSettings};
-use shmnet::shm::Peer;
+use shmnet::config::DeviceSettings;
 use shmnet::stack::DeviceStats;
 
 struct Nets {
@@ -36,98 +35,97 @@ impl Nets {
         }
     }
 
-    fn load(text: &str) -> DeviceSettings {
-        DeviceConfig::from_toml(text, "reroute-test").expect("test config is valid")
-    }
-
     /// a (host 2) or b (host 3): forwards between the two cores.
     fn path(&self, name: &str, host: u8) -> DeviceSettings {
-        Self::load(&format!(
-            r#"
-name = "{name}"
-forward = true
-local = {{ segment = "{c1}", address = "10.21.0.{host}/24", address6 = "fd00:21::{host}/64" }}
-global = {{ segment = "{c2}", address = "10.22.0.{host}/24" }}
-route = [{{ to = "10.1.0.0/24", via = "10.21.0.1" }}, {{ to = "10.2.0.0/24", via = "10.22.0.1" }}]
-"#,
-            c1 = self.core1,
-            c2 = self.core2
-        ))
+        DeviceToml::new(
+            name,
+            NetToml::new(&self.core1, format!("10.21.0.{host}/24"))
+                .address6(format!("fd00:21::{host}/64")),
+            (&self.core2, format!("10.22.0.{host}/24")),
+        )
+        .forward()
+        .route("10.1.0.0/24", "10.21.0.1")
+        .route("10.2.0.0/24", "10.22.0.1")
+        .settings()
     }
 
-    /// r1, whose routing table sends edge2's traffic through a; `extra`
-    /// goes into its function's table.
+    /// r1, whose routing table sends edge2's traffic through a; its
+    /// function finds a and b by name, `extra_hops` are more next hops.
     fn r1(&self, rules: &str, extra_hops: &str) -> DeviceSettings {
-        Self::load(&format!(
-            r#"
-name = "r1"
-forward = true
-local = {{ segment = "{e1}", address = "10.1.0.254/24" }}
-global = {{ segment = "{c1}", address = "10.21.0.1/24", address6 = "fd00:21::1/64" }}
-route = [{{ to = "10.2.0.0/24", via = "10.21.0.2" }}]
-[function]
-kind = "reroute"
-next_hop = [
-    {{ name = "a", device = "a", interval = "50ms", timeout = "250ms" }},
-    {{ name = "b", device = "b", interval = "50ms", timeout = "250ms" }},
-    {extra_hops}
-]
-rule = [{rules}]
-"#,
-            e1 = self.edge1,
-            c1 = self.core1
+        DeviceToml::new(
+            "r1",
+            (&self.edge1, "10.1.0.254/24"),
+            NetToml::new(&self.core1, "10.21.0.1/24").address6("fd00:21::1/64"),
+        )
+        .forward()
+        .route("10.2.0.0/24", "10.21.0.2")
+        .function_table(reroute(
+            [r#"device = "a""#, r#"device = "b""#],
+            extra_hops,
+            rules,
         ))
+        .settings()
     }
 
+    /// r2, whose routing table sends edge1's traffic through a; its
+    /// function has a and b by address.
     fn r2(&self, rules: &str) -> DeviceSettings {
-        Self::load(&format!(
-            r#"
-name = "r2"
-forward = true
-local = {{ segment = "{e2}", address = "10.2.0.254/24" }}
-global = {{ segment = "{c2}", address = "10.22.0.1/24" }}
-route = [{{ to = "10.1.0.0/24", via = "10.22.0.2" }}]
-[function]
-kind = "reroute"
-next_hop = [
-    {{ name = "a", address = "10.22.0.2", interval = "50ms", timeout = "250ms" }},
-    {{ name = "b", address = "10.22.0.3", interval = "50ms", timeout = "250ms" }},
-]
-rule = [{rules}]
-"#,
-            e2 = self.edge2,
-            c2 = self.core2
+        DeviceToml::new(
+            "r2",
+            (&self.edge2, "10.2.0.254/24"),
+            (&self.core2, "10.22.0.1/24"),
+        )
+        .forward()
+        .route("10.1.0.0/24", "10.22.0.2")
+        .function_table(reroute(
+            [r#"address = "10.22.0.2""#, r#"address = "10.22.0.3""#],
+            "",
+            rules,
         ))
+        .settings()
     }
 
     fn server(&self, name: &str, host: u8, port: u16) -> DeviceSettings {
-        Self::load(&format!(
-            r#"
-name = "{name}"
-function = {{ kind = "echo", port = {port} }}
-local = {{ segment = "{e2}", address = "10.2.0.{host}/24" }}
-global = {{ segment = "{g}", address = "10.200.0.{host}/16" }}
-route = [{{ to = "10.1.0.0/24", via = "10.2.0.254" }}]
-"#,
-            e2 = self.edge2,
-            g = unique("sg")
-        ))
+        DeviceToml::new(
+            name,
+            (&self.edge2, format!("10.2.0.{host}/24")),
+            (unique("sg"), format!("10.200.0.{host}/16")),
+        )
+        .function(format!(r#"{{ kind = "echo", port = {port} }}"#))
+        .route("10.1.0.0/24", "10.2.0.254")
+        .settings()
     }
 
     /// A client on edge1 (host `host`) running `tcp` exchanges of `bytes`.
     fn client(&self, host: u8, tcp: &str, bytes: usize) -> DeviceSettings {
-        Self::load(&format!(
-            r#"
-name = "client{host}"
-function = {{ kind = "probe", tcp = [{tcp}], bytes = {bytes}, timeout_ms = 60000 }}
-local = {{ segment = "{e1}", address = "10.1.0.{host}/24" }}
-global = {{ segment = "{g}", address = "10.100.0.{host}/16" }}
-route = [{{ to = "10.2.0.0/24", via = "10.1.0.254" }}]
-"#,
-            e1 = self.edge1,
-            g = unique("cg")
+        DeviceToml::new(
+            format!("client{host}"),
+            (&self.edge1, format!("10.1.0.{host}/24")),
+            (unique("cg"), format!("10.100.0.{host}/16")),
+        )
+        .function(format!(
+            r#"{{ kind = "probe", tcp = [{tcp}], bytes = {bytes}, timeout_ms = 60000 }}"#
         ))
+        .route("10.2.0.0/24", "10.1.0.254")
+        .settings()
     }
+}
+
+/// A reroute function table: next hops a and b (`a` and `b` say how they
+/// are found), checked every 50 ms, then `extra_hops`; the rules `rules`.
+fn reroute(hops: [&str; 2], extra_hops: &str, rules: &str) -> String {
+    format!(
+        r#"kind = "reroute"
+next_hop = [
+    {{ name = "a", {a}, interval = "50ms", timeout = "250ms" }},
+    {{ name = "b", {b}, interval = "50ms", timeout = "250ms" }},
+    {extra_hops}
+]
+rule = [{rules}]
+"#,
+        a = hops[0],
+        b = hops[1]
+    )
 }
 
 /// Runs one client's exchanges to completion; every one must arrive intact.
@@ -322,12 +320,8 @@ fn malformed_frames_do_not_stop_the_rerouter() {
     .map(spawn)
     .collect();
 
-    let RawPort {
-        segment: _,
-        port: mut raw,
-        others,
-    } = raw_port(&nets.edge1);
-    let targets: Vec<Peer> = others.into_iter().map(|(p, _)| p).collect();
+    let mut raw = raw_port(&nets.edge1);
+    let targets = raw.peers();
     // A TCP segment 10.1.0.66:40000 -> 10.2.0.77:9 (IPv4, then IPv6): to
     // no one, so that the garbage that gets forwarded occupies no server.
     let mut v4 = vec![0u8; 14 + 20 + 20 + 16];
@@ -365,17 +359,7 @@ fn malformed_frames_do_not_stop_the_rerouter() {
         frames.push(f);
     }
     for f in &frames {
-        let buf = loop {
-            if let Some(b) = raw.alloc() {
-                break b;
-            }
-            raw.flush();
-            std::thread::sleep(Duration::from_millis(1));
-        };
-        let mut buf = buf;
-        raw.buffer_mut(&mut buf)[..f.len()].copy_from_slice(f);
-        raw.send(buf, f.len(), &targets);
-        raw.flush();
+        raw.send(f, &targets);
     }
     drop(raw);
     let r1h = &devices[3].0;
@@ -399,44 +383,31 @@ fn malformed_frames_do_not_stop_the_rerouter() {
 #[test]
 fn a_network_next_hop_takes_traffic_out_of_that_network_to_its_gateway() {
     let (lan, core, srv) = (unique("lan"), unique("core"), unique("srv"));
-    let load = |t: String| DeviceConfig::from_toml(&t, "reroute-network").unwrap();
-    let r = load(format!(
-        r#"
-name = "r"
-forward = true
-local = {{ segment = "{lan}", address = "10.1.0.254/24" }}
-global = {{ segment = "{core}", address = "10.5.0.1/24", gateway = "10.5.0.2" }}
-route = [{{ to = "10.3.0.0/24", via = "10.1.0.99" }}]
-[function]
-kind = "reroute"
-next_hop = [{{ name = "wan", network = "global" }}]
-rule = [{{ name = "srv", dst = "10.3.0.0/24", via = ["wan"] }}]
-"#
-    ));
-    let x = load(format!(
-        r#"
-name = "x"
-forward = true
-local = {{ segment = "{core}", address = "10.5.0.2/24" }}
-global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
-route = [{{ to = "10.1.0.0/24", via = "10.5.0.1" }}]
-"#
-    ));
+    let r = DeviceToml::new(
+        "r",
+        (&lan, "10.1.0.254/24"),
+        NetToml::new(&core, "10.5.0.1/24").gateway("10.5.0.2"),
+    )
+    .forward()
+    .route("10.3.0.0/24", "10.1.0.99")
+    .function_table(
+        r#"kind = "reroute"
+next_hop = [{ name = "wan", network = "global" }]
+rule = [{ name = "srv", dst = "10.3.0.0/24", via = ["wan"] }]
+"#,
+    );
+    let x = DeviceToml::new("x", (&core, "10.5.0.2/24"), (&srv, "10.3.0.254/24"))
+        .forward()
+        .route("10.1.0.0/24", "10.5.0.1");
     let devices: Vec<_> = [
         echo_server(&srv, "10.3.0.2", "10.1.0.1", "10.3.0.254"),
         x,
         r,
     ]
     .iter()
-    .map(spawn)
+    .map(|d| spawn(&d.settings()))
     .collect();
-    transfer(&probe_client(
-        &lan,
-        "10.1.0.1",
-        "10.3.0.2",
-        "10.1.0.254",
-        1 << 20,
-    ));
+    transfer(&probe_client(&lan, "10.1.0.1", "10.3.0.2", "10.1.0.254", 1 << 20).settings());
     let s = wait_for(
         &devices[2].0,
         Duration::from_secs(5),

@@ -18,48 +18,53 @@ fn exchange(
     peers: &[shmnet::config::DeviceSettings],
 ) -> shmnet::stack::DeviceStats {
     let servers: Vec<_> = peers.iter().map(spawn).collect();
-    let (ch, ct) = spawn(client);
-    let report = wait_finished(&ch, Duration::from_secs(60));
+    let (report, stats) = run_to_end(client, Duration::from_secs(60));
     assert_eq!(report.len(), 1, "{report:?}");
     assert!(
         report[0].contains("4194304 bytes echoed intact"),
         "{report:?}"
     );
-    let stats = ch.stats();
-    ch.stop();
-    ct.join().unwrap();
-    for (h, t) in servers {
-        h.stop();
-        t.join().unwrap();
-    }
+    stop_all(servers);
     stats
+}
+
+/// The exchange went out and came back by the local adapter (or the
+/// global one); the other carried little more than ARP.
+fn carried_by_local(local: bool, s: &shmnet::stack::DeviceStats) {
+    let (used, idle) = if local {
+        (&s.local, &s.global)
+    } else {
+        (&s.global, &s.local)
+    };
+    assert!(used.tx_bytes > 1 << 20, "{s:?}");
+    assert!(used.rx_bytes > 1 << 20, "{s:?}");
+    assert!(idle.tx_bytes < 4096, "{s:?}");
+    assert!(idle.rx_bytes < 4096, "{s:?}");
+}
+
+/// A probe to a server on the client's LAN (host 2), or to one it shares
+/// only the global network with (host 3 of another LAN).
+fn exchange_with_server_on(lan_shared: bool) -> shmnet::stack::DeviceStats {
+    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
+    let (server_lan, host, probe) = if lan_shared {
+        (&lan, 2, PROBE_LOCAL)
+    } else {
+        (&lan2, 3, PROBE_GLOBAL)
+    };
+    exchange(
+        &settings("client", &lan, &wan, 1, 1500, probe),
+        &[settings("server", server_lan, &wan, host, 1500, ECHO)],
+    )
 }
 
 #[test]
 fn local_peer_traffic_leaves_by_the_local_adapter() {
-    let (lan, wan) = (unique("lan"), unique("wan"));
-    let s = exchange(
-        &settings("client", &lan, &wan, 1, 1500, PROBE_LOCAL),
-        &[settings("server", &lan, &wan, 2, 1500, ECHO)],
-    );
-    assert!(s.local.tx_bytes > 1 << 20, "{s:?}");
-    assert!(s.local.rx_bytes > 1 << 20, "{s:?}");
-    assert!(s.global.tx_bytes < 4096, "{s:?}");
-    assert!(s.global.rx_bytes < 4096, "{s:?}");
+    carried_by_local(true, &exchange_with_server_on(true));
 }
 
 #[test]
 fn global_peer_traffic_leaves_by_the_global_adapter() {
-    let (lan, lan2, wan) = (unique("lan"), unique("lan2"), unique("wan"));
-    let s = exchange(
-        &settings("client", &lan, &wan, 1, 1500, PROBE_GLOBAL),
-        // Shares only the global network with the client.
-        &[settings("server", &lan2, &wan, 3, 1500, ECHO)],
-    );
-    assert!(s.global.tx_bytes > 1 << 20, "{s:?}");
-    assert!(s.global.rx_bytes > 1 << 20, "{s:?}");
-    assert!(s.local.tx_bytes < 4096, "{s:?}");
-    assert!(s.local.rx_bytes < 4096, "{s:?}");
+    carried_by_local(false, &exchange_with_server_on(false));
 }
 
 #[test]

@@ -6,42 +6,26 @@ use std::time::Duration;
 
 use common::*;
 
+const ECHO: &str = r#"{ kind = "echo", tcp_buffer = 4194304 }"#;
+const PROBE: &str =
+    r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 67108864, timeout_ms = 120000 }"#;
+
 fn tcp_64mib(mtu: u32) {
     let (lan, wan) = (unique("lan"), unique("wan"));
-    let server = settings(
-        "server",
-        &lan,
-        &wan,
-        2,
-        mtu,
-        r#"{ kind = "echo", tcp_buffer = 4194304 }"#,
-    );
-    let client = settings(
-        "client",
-        &lan,
-        &wan,
-        1,
-        mtu,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 67108864, timeout_ms = 120000 }"#,
-    );
-    let (sh, st) = spawn(&server);
-    let (ch, ct) = spawn(&client);
-    let report = wait_finished(&ch, Duration::from_secs(180));
+    let server = spawn(&settings("server", &lan, &wan, 2, mtu, ECHO));
+    let client = settings("client", &lan, &wan, 1, mtu, PROBE);
+    let (report, cs) = run_to_end(&client, Duration::from_secs(180));
     assert_eq!(report.len(), 1, "{report:?}");
     assert!(
         report[0].contains("67108864 bytes echoed intact"),
         "{report:?}"
     );
-    let cs = ch.stats();
     assert_eq!(cs.local.bad_descriptors + cs.global.bad_descriptors, 0);
     // The stream left by the local adapter; the global one carried only
     // a few ARP frames.
     assert!(cs.local.tx_bytes > 64 << 20, "{cs:?}");
     assert!(cs.global.tx_bytes < 4096, "{cs:?}");
-    ch.stop();
-    sh.stop();
-    ct.join().unwrap();
-    st.join().unwrap();
+    stop_all([server]);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use shmnet::functions::compress::HopSide;
 use shmnet::functions::encrypt::{Encrypt, EncryptConfig, EspPacket, EspRepr, SaConfig};
 use shmnet::functions::{Frame, Function, Role, Verdict};
+use shmnet::testing::fuzz::chunks;
 use smoltcp::time::Instant;
 
 const KEY_A: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
@@ -61,12 +62,7 @@ fuzz_target!(|data: &[u8]| {
         (0x1001, KEY_A),
     );
     let now = Instant::from_millis(0);
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let ctl = rest[0];
-        let len = (u16::from_le_bytes([rest[1], rest[2]]) as usize).min(rest.len() - 3);
-        let chunk = &rest[3..3 + len];
-        rest = &rest[3 + len..];
+    for (ctl, chunk) in chunks(data) {
         let mut buf = vec![0u8; 1514];
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);

@@ -15,15 +15,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::{DeviceConfig, MediumName};
+use shmnet::config::MediumName;
 use shmnet::functions::firewall::{Firewall, FirewallConfig};
 use shmnet::functions::{Frame, Function, FunctionConfig, Role};
+use shmnet::testing::DeviceToml;
+use shmnet::testing::frames::IpHeader;
+use shmnet::testing::fuzz::chunks;
+use smoltcp::phy::Medium;
+use smoltcp::wire::{IpAddress, IpProtocol};
 
-const DEVICE: &str = r#"
-name = "fw"
-local = { segment = "fz-fw-lan", address = "10.0.0.1/24" }
-global = { segment = "fz-fw-wan", address = "10.100.0.1/16" }
-[function]
+const FUNCTION: &str = r#"
 kind = "firewall"
 default = "drop"
 max_connections = 64
@@ -31,26 +32,26 @@ log_drops_per_second = 0
 tcp_closing_timeout = "5s"
 udp_timeout = "10s"
 icmp_timeout = "10s"
-[[function.rule]]
+[[rule]]
 action = "drop"
 proto = "tcp"
 sport = 7
 state = "established"
-[[function.rule]]
+[[rule]]
 action = "accept"
 direction = "in"
 proto = "tcp"
 dst = "10.0.0.0/8"
 dport = "1-1024"
 state = "new"
-[[function.rule]]
+[[rule]]
 action = "accept"
 direction = "out"
-[[function.rule]]
+[[rule]]
 action = "accept"
 proto = "icmpv6"
 src = "fd00::/8"
-[[function.rule]]
+[[rule]]
 action = "accept"
 src = "10.0.0.0/24"
 fragments = true
@@ -60,7 +61,13 @@ fn firewall(medium: MediumName) -> Firewall {
     static CONFIG: OnceLock<FirewallConfig> = OnceLock::new();
     let mut cfg = CONFIG
         .get_or_init(|| {
-            let settings = DeviceConfig::from_toml(DEVICE, "fuzz-firewall").expect("fuzz config");
+            let settings = DeviceToml::new(
+                "fw",
+                ("fz-fw-lan", "10.0.0.1/24"),
+                ("fz-fw-wan", "10.100.0.1/16"),
+            )
+            .function_table(FUNCTION)
+            .settings();
             match settings.function {
                 FunctionConfig::Firewall(cfg) => cfg,
                 other => panic!("not a firewall: {other:?}"),
@@ -71,46 +78,28 @@ fn firewall(medium: MediumName) -> Firewall {
     Firewall::new(cfg).expect("fuzz firewall")
 }
 
-/// Writes an IP header (no checksum: the firewall does not verify it)
-/// followed by `bytes[2..]` into `out`; returns the packet length.
-fn ip_frame(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
+/// The IP header in front of a chunk's `bytes[2..]`: `p` picks the
+/// protocol and fragment bits, `e` the endpoints (a few hosts; bit 7 swaps
+/// source and destination).
+fn header(v4: bool, p: u8, e: u8) -> IpHeader {
     const PROTOS: [u8; 8] = [6, 6, 17, 17, 1, 58, 47, 44];
-    let (Some(&p), Some(&e)) = (bytes.first(), bytes.get(1)) else {
-        return 0;
-    };
-    let payload = &bytes[2..];
-    let proto = PROTOS[usize::from(p & 7)];
     let (mut a, mut b) = (1 + (e & 3), 1 + (e >> 2 & 3));
     if e & 0x80 != 0 {
         std::mem::swap(&mut a, &mut b);
     }
-    if v4 {
-        let total = 20 + payload.len();
-        out[..20].fill(0);
-        out[0] = 0x45;
-        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        // Fragment bits from the selector byte: mostly whole packets.
-        out[6] = if p & 0x40 != 0 { p & 0x3f } else { 0 };
-        out[8] = 64;
-        out[9] = proto;
-        out[12..16].copy_from_slice(&[10, 0, 0, a]);
-        out[16..20].copy_from_slice(&[10, (e >> 4) & 1, 0, b]);
-        out[20..total].copy_from_slice(payload);
-        total
+    let (src, dst) = if v4 {
+        (
+            IpAddress::v4(10, 0, 0, a),
+            IpAddress::v4(10, (e >> 4) & 1, 0, b),
+        )
     } else {
-        let total = 40 + payload.len();
-        out[..40].fill(0);
-        out[0] = 0x60;
-        out[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        out[6] = proto;
-        out[7] = 64;
-        out[8] = 0xfd;
-        out[23] = a;
-        out[24] = 0xfd;
-        out[39] = b;
-        out[40..total].copy_from_slice(payload);
-        total
-    }
+        let host = |h: u8| IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, h.into());
+        (host(a), host(b))
+    };
+    // Fragment bits from the selector byte: mostly whole packets.
+    let frag = if p & 0x40 != 0 { p & 0x3f } else { 0 };
+    IpHeader::new(src, dst, IpProtocol::from(PROTOS[usize::from(p & 7)]))
+        .fragment_field(u16::from(frag) << 8)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -119,30 +108,23 @@ fuzz_target!(|data: &[u8]| {
     let mut since_epoch = Duration::from_secs(1);
     // Room for the largest chunk behind an Ethernet and an IPv6 header.
     let mut buf = vec![0u8; (1 << 16) + 64];
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let ctl = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let bytes = &rest[3..3 + len];
-        rest = &rest[3 + len..];
+    for (ctl, bytes) in chunks(data) {
         since_epoch += Duration::from_secs(5 * u64::from(ctl >> 5));
         let now = (UNIX_EPOCH + since_epoch).into();
         let which = usize::from(ctl >> 2 & 1);
         let fw = &mut fws[which];
-        let l2 = if which == 0 { 14 } else { 0 };
-        let len = match ctl >> 3 & 3 {
-            0 => {
-                buf[..len].copy_from_slice(bytes);
-                len
+        let medium = [Medium::Ethernet, Medium::Ip][which];
+        let len = match (ctl >> 3 & 3, bytes) {
+            (0, _) => {
+                buf[..bytes.len()].copy_from_slice(bytes);
+                bytes.len()
             }
-            t => l2 + ip_frame(t == 1, bytes, &mut buf[l2..]),
+            (t, [p, e, payload @ ..]) => {
+                header(t == 1, *p, *e).emit_frame(medium, payload, &mut buf)
+            }
+            _ => 0,
         };
-        if l2 == 14 && ctl >> 3 & 3 != 0 {
-            buf[..12].fill(2);
-            let ethertype: u16 = if ctl >> 3 & 3 == 1 { 0x0800 } else { 0x86dd };
-            buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        }
-        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
+        let mut frame = Frame::new(&mut buf, len, [MediumName::Ethernet, MediumName::Ip][which]);
         let _ = match ctl & 3 {
             0 => fw.on_ingress(now, Role::Local, &mut frame),
             1 => fw.on_ingress(now, Role::Global, &mut frame),

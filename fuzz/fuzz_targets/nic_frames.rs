@@ -9,21 +9,10 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::DeviceConfig;
-use shmnet::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
+use shmnet::shm::{Peer, Port, SegmentKind};
 use shmnet::stack::Device;
-
-const DEV_A: &str = r#"
-name = "a"
-local = { segment = "fz-lan", address = "10.0.0.1/24" }
-global = { segment = "fz-wan", address = "10.100.0.1/16" }
-"#;
-
-const DEV_B: &str = r#"
-name = "b"
-local = { segment = "fz-lan-b", address = "10.0.1.1/24" }
-global = { segment = "fz-wan", address = "10.100.0.2/16" }
-"#;
+use shmnet::testing::fuzz::chunks;
+use shmnet::testing::{DeviceToml, raw_port};
 
 struct Rig {
     devices: Vec<Device>,
@@ -32,19 +21,19 @@ struct Rig {
     buf: Vec<u8>,
 }
 
-fn raw_port(segment: &str, params: &NetworkParams) -> Port {
-    let seg = Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment");
-    seg.attach(&PortInfo::named("raw")).expect("attach raw")
-}
-
 impl Rig {
     fn new() -> Rig {
-        let a = DeviceConfig::from_toml(DEV_A, "fuzz-a").expect("config a");
-        let b = DeviceConfig::from_toml(DEV_B, "fuzz-b").expect("config b");
-        let dev_a = Device::new(&a, SegmentKind::Process).expect("device a");
-        let dev_b = Device::new(&b, SegmentKind::Process).expect("device b");
-        let lan = raw_port(&a.local.segment, &a.local.params());
-        let wan = raw_port(&a.global.segment, &a.global.params());
+        let a = DeviceToml::new("a", ("fz-lan", "10.0.0.1/24"), ("fz-wan", "10.100.0.1/16"));
+        let b = DeviceToml::new(
+            "b",
+            ("fz-lan-b", "10.0.1.1/24"),
+            ("fz-wan", "10.100.0.2/16"),
+        );
+        let dev_a = Device::new(&a.settings(), SegmentKind::Process).expect("device a");
+        let dev_b = Device::new(&b.settings(), SegmentKind::Process).expect("device b");
+        // Raw ports on the networks device A created.
+        let lan = raw_port("fz-lan").port;
+        let wan = raw_port("fz-wan").port;
         let frame = lan.segment().frame_size().max(wan.segment().frame_size());
         Rig {
             devices: vec![dev_a, dev_b],
@@ -108,13 +97,9 @@ fuzz_target!(|data: &[u8]| {
     RIG.with(|rig| {
         let mut rig = rig.borrow_mut();
         let rig = rig.get_or_insert_with(Rig::new);
-        let mut rest = data;
         let mut sent = 0;
-        while let [which, l0, l1, tail @ ..] = rest {
-            let len = (u16::from_le_bytes([*l0, *l1]) as usize).min(tail.len());
-            let (frame, next) = tail.split_at(len);
-            rest = next;
-            rig.send(*which as usize & 1, frame);
+        for (which, frame) in chunks(data) {
+            rig.send(usize::from(which & 1), frame);
             sent += 1;
             if sent % 8 == 0 {
                 rig.pump();

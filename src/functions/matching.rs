@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn matcher_and_durations() {
         use crate::wire::{FrameView, LinkMedium};
-        let f = crate::functions::fixtures::udp(
+        let f = crate::testing::frames::udp(
             ("10.1.0.5".parse().unwrap(), 5000),
             ("10.2.0.9".parse().unwrap(), 53),
             b"q",

@@ -579,7 +579,7 @@ impl FlowKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::functions::fixtures as frames;
+    use crate::testing::frames;
     use smoltcp::wire::TcpControl;
 
     fn v4(a: &str) -> IpAddress {

@@ -1,4 +1,9 @@
 //! The `shmnet` command: run a topology, run one device, benchmark.
+//!
+//! Only this binary needs clap, env_logger and signal-hook (the `cli`
+//! feature); the library builds without them.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +66,7 @@ enum Cmd {
     /// Remove named segments no live process is attached to.
     Clean,
     /// Measure shmnet against the kernel path; prints one JSON object per result.
-    Bench(shmnet::bench::BenchCli),
+    Bench(bench::BenchCli),
     /// The far end of a process-mode benchmark (internal).
     #[command(hide = true)]
     BenchPeer {
@@ -176,8 +181,8 @@ fn main() {
         }
         Cmd::Segments => list_segments(),
         Cmd::Clean => clean_segments(),
-        Cmd::Bench(args) => shmnet::bench::main(&args),
-        Cmd::BenchPeer { args } => shmnet::bench::peer_main(&args),
+        Cmd::Bench(args) => bench::main(&args),
+        Cmd::BenchPeer { args } => bench::peer_main(&args),
     };
     std::process::exit(code);
 }

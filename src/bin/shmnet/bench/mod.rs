@@ -1,0 +1,257 @@
+//! `shmnet bench`: throughput and latency against the kernel path.
+//!
+//! Every benchmark measures shmnet and, in the same run, the comparable
+//! kernel path (TCP over 127.0.0.1, or a Unix datagram socket pair for raw
+//! frames), and prints one JSON object per result on stdout. Each
+//! measurement is repeated (3 times, once with `--quick`) and the median is
+//! reported; `ratio` > 1 means shmnet did better.
+//!
+//! In process mode the far side (TCP sink, echo server or frame receiver)
+//! runs in a child process started as `shmnet bench-peer ...`, attached to
+//! the same named host segments; it prints `ready` once attached.
+//!
+//! One file per benchmark (`tcp` for bulk and round trips, `frames`,
+//! `idle`, `function` with its `chain`), the kernel reference paths in
+//! `kernel`, the JSON lines in `report`, the process-mode far side in
+//! `peer`.
+
+mod chain;
+mod frames;
+mod function;
+mod idle;
+mod kernel;
+mod peer;
+mod report;
+mod tcp;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use shmnet::config::DeviceSettings;
+use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
+use shmnet::stack::Device;
+use shmnet::testing::DeviceToml;
+
+use frames::{bench_frames, recv_frames};
+use function::{FUNCTIONS_BENCHED, bench_function};
+use idle::bench_idle;
+use tcp::{bench_rr, bench_tcp, listen, serve};
+
+/// Arguments of `shmnet bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchCli {
+    /// Short smoke run (of everything when no benchmark is named).
+    #[arg(long, global = true)]
+    pub quick: bool,
+    #[command(subcommand)]
+    pub cmd: Option<BenchCmd>,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCmd {
+    /// TCP bulk transfer device to device.
+    Tcp {
+        /// IP MTU of the network.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Bytes per transfer (default 256 MiB for MTU >= 9000, 128 MiB below;
+        /// 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+    /// 64-byte request/response round trips over one TCP connection.
+    Rr {
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Round trips per run (default 100000; 2000 with --quick).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Raw frames adapter to adapter through the shared-memory ports.
+    Frames {
+        /// Frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Frames per run (default 20 M; 0.5 M with --quick). The kernel path
+        /// sends a quarter as many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// A network function: its cost per packet, and TCP through a chain
+    /// client → function device(s) → server (devices as threads).
+    Function {
+        /// firewall, qos, reroute, balancer, encrypt or compress.
+        #[arg(long)]
+        name: String,
+        /// Bytes through the chain (default 256 MiB; 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+    /// An idle device: its CPU use, and the round trip of a datagram that
+    /// has to wake it (devices as threads).
+    Idle {
+        /// Exchanges, each after 20 ms of silence (default 50; 10 with --quick).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+/// Where the far side runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// A thread of this process (process-local segments).
+    Thread,
+    /// A child process (named host segments).
+    Process,
+}
+
+impl Mode {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Mode::Thread => "thread",
+            Mode::Process => "process",
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+const PORT: u16 = 5000;
+const TIMEOUT: Duration = Duration::from_secs(120);
+const SOCK_BUF: usize = 4 << 20;
+const RR_SIZE: usize = 64;
+
+/// Runs the benchmarks; returns the process exit code.
+pub fn main(args: &BenchCli) -> i32 {
+    let quick = args.quick;
+    let reps = if quick { 1 } else { 3 };
+    let jobs: Vec<BenchCmd> = match &args.cmd {
+        Some(cmd) => vec![cmd.clone()],
+        None => {
+            let mut v = Vec::new();
+            for mode in [Mode::Thread, Mode::Process] {
+                for mtu in [1500, 65535] {
+                    v.push(BenchCmd::Tcp {
+                        mtu,
+                        mode,
+                        bytes: None,
+                    });
+                }
+                v.push(BenchCmd::Rr { mode, count: None });
+                v.push(BenchCmd::Frames {
+                    size: 64,
+                    mode,
+                    count: None,
+                });
+            }
+            v.push(BenchCmd::Idle { count: None });
+            for name in FUNCTIONS_BENCHED {
+                v.push(BenchCmd::Function {
+                    name: name.to_string(),
+                    bytes: None,
+                });
+            }
+            v
+        }
+    };
+    let mut code = 0;
+    for job in &jobs {
+        let r = match job {
+            BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(*mtu, *mode, *bytes, quick, reps),
+            BenchCmd::Rr { mode, count } => bench_rr(*mode, *count, quick, reps),
+            BenchCmd::Frames { size, mode, count } => {
+                bench_frames(*size, *mode, *count, quick, reps)
+            }
+            BenchCmd::Idle { count } => bench_idle(*count, quick),
+            BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
+        };
+        match r {
+            Ok(line) => {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+            }
+            Err(e) => {
+                eprintln!("shmnet bench: {job:?}: {e}");
+                code = 1;
+            }
+        }
+    }
+    code
+}
+
+/// Entry point of the hidden `bench-peer` subcommand (the far side of a
+/// process-mode benchmark).
+pub fn peer_main(args: &[String]) -> i32 {
+    match peer(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("shmnet bench-peer: {e}");
+            1
+        }
+    }
+}
+
+fn peer(args: &[String]) -> Res<()> {
+    let arg = |i: usize| -> Res<&str> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing argument {i} in {args:?}"))
+    };
+    let num = |i: usize| -> Res<u64> {
+        arg(i)?
+            .parse::<u64>()
+            .map_err(|e| format!("argument {i}: {e}"))
+    };
+    match arg(0)? {
+        kind @ ("tcp" | "rr") => {
+            let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
+            let s = settings("bench-b", 2, lan, wan, mtu)?;
+            let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
+            let h = listen(&mut dev);
+            ready();
+            serve(&mut dev, h, kind == "rr", true);
+            Ok(())
+        }
+        "frames" => {
+            let (name, size, count, mtu) = (arg(1)?, num(2)? as usize, num(3)?, num(4)? as u32);
+            let seg = Segment::open_or_create(name, SegmentKind::Host, &NetworkParams::new(mtu))
+                .map_err(|e| e.to_string())?;
+            let mut rx = seg
+                .attach(&PortInfo::named("rx"))
+                .map_err(|e| e.to_string())?;
+            ready();
+            let secs = recv_frames(&mut rx, size, count)?;
+            println!("rate {}", count as f64 / secs);
+            Ok(())
+        }
+        other => Err(format!("unknown peer kind {other:?}")),
+    }
+}
+
+fn ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+/// A segment name no other run uses.
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "bench{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn settings(name: &str, host: u8, lan: &str, wan: &str, mtu: u32) -> Res<DeviceSettings> {
+    DeviceToml::host(name, lan, wan, host)
+        .mtu(mtu)
+        .parse()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,83 @@
+//! The far side of a process-mode run: a child `shmnet bench-peer`, and
+//! the host segments it shares with this process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shmnet::shm::Segment;
+
+use super::Res;
+
+/// The far side of a process-mode run.
+pub(super) struct PeerProc {
+    child: Child,
+    out: BufReader<ChildStdout>,
+}
+
+impl PeerProc {
+    pub(super) fn spawn(args: &[String]) -> Res<PeerProc> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("bench-peer")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn bench-peer: {e}"))?;
+        let out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut p = PeerProc { child, out };
+        let line = p.line()?;
+        if line != "ready" {
+            return Err(format!("bench-peer said {line:?}, expected ready"));
+        }
+        Ok(p)
+    }
+
+    pub(super) fn line(&mut self) -> Res<String> {
+        let mut s = String::new();
+        match self.out.read_line(&mut s) {
+            Ok(0) => Err("bench-peer exited early".into()),
+            Ok(_) => Ok(s.trim().to_string()),
+            Err(e) => Err(format!("reading bench-peer: {e}")),
+        }
+    }
+
+    pub(super) fn finish(mut self) -> Res<()> {
+        let t0 = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) if st.success() => return Ok(()),
+                Ok(Some(st)) => return Err(format!("bench-peer: {st}")),
+                Ok(None) if t0.elapsed() > Duration::from_secs(5) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err("bench-peer did not exit".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+impl Drop for PeerProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Removes host segments when dropped.
+pub(super) struct Unlink(pub(super) Vec<String>);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Segment::unlink(n);
+        }
+    }
+}
