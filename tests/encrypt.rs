@@ -7,14 +7,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use shmnet::config::DeviceConfig;
+use shmnet::config::{DeviceConfig, DeviceSettings};
+use shmnet::functions::FunctionConfig;
 use shmnet::functions::diag::pattern_byte;
 
 const KEY_12: &str = "4c80cdefbb5d10da906ac73c3613a634 2e443b68";
 const KEY_21: &str = "feffe9928665731c6d6a8f9467308308 cafebabe";
 
-/// The (protocol, payload) of every IPv4 packet in an Ethernet pcap.
-fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
+/// The (protocol, total length, payload) of every IPv4 packet in an
+/// Ethernet pcap.
+fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, usize, Vec<u8>)> {
     assert!(pcap.len() >= 24, "pcap too short");
     let le = pcap[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
     let u32_at = |b: &[u8]| {
@@ -34,7 +36,8 @@ fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
         if rec.len() >= 34 && rec[12..14] == [0x08, 0x00] {
             let ip = &rec[14..];
             let hl = (ip[0] & 0xf) as usize * 4;
-            out.push((ip[9], ip[hl.min(ip.len())..].to_vec()));
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            out.push((ip[9], total, ip[hl.min(ip.len())..].to_vec()));
         }
     }
     out
@@ -48,44 +51,87 @@ fn is_pattern_run(w: &[u8]) -> bool {
             .all(|p| (p[1] as u32 + 251 - p[0] as u32) % 251 == 7)
 }
 
+/// The encrypt function of the tunnel end at `local` (its hop address)
+/// whose peer is at `peer`, with its outbound SA and inbound SAs as
+/// `(spi, key)`.
+fn tunnel(local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]) -> FunctionConfig {
+    let inbound: Vec<String> = inb
+        .iter()
+        .map(|(spi, k)| format!("{{ spi = {spi}, key = \"{k}\" }}"))
+        .collect();
+    function(&format!(
+        "kind = \"encrypt\"\nlocal_address = \"{local}\"\npeer_address = \"{peer}\"\n\
+         outbound = {{ spi = {}, key = \"{}\" }}\ninbound = [{}]\n",
+        out.0,
+        out.1,
+        inbound.join(", ")
+    ))
+}
+
+/// A function's configuration from its TOML section.
+fn function(text: &str) -> FunctionConfig {
+    toml::from_str(text).expect("test function config is valid")
+}
+
+/// A forwarding device running `function`: `local` is its (segment,
+/// address) on the local network, `global` the settings of its global
+/// network (an inline table's inside), and one route (to, via).
+fn device(
+    name: &str,
+    function: FunctionConfig,
+    local: (&str, &str),
+    global: &str,
+    route: (&str, &str),
+) -> DeviceSettings {
+    let text = format!(
+        "name = \"{name}\"\nforward = true\n\
+         local = {{ segment = \"{}\", address = \"{}\" }}\n\
+         global = {{ {global} }}\n\
+         route = [{{ to = \"{}\", via = \"{}\" }}]\n",
+        local.0, local.1, route.0, route.1
+    );
+    let mut d = DeviceConfig::from_toml(&text, name).expect("test config is valid");
+    d.function = function;
+    d
+}
+
+/// The hop's IP MTU, below the LANs' 1500: the tunnel ends learn it from
+/// their device and clamp the inner TCP MSS to fit.
+const HOP_MTU: usize = 1280;
+
 /// client ─lan-a─ e1 ═hop═ e2 ─lan-b─ server; the hop carries ESP.
 #[test]
 fn tcp_stream_crosses_the_hop_encrypted() {
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
     let pcap = std::env::temp_dir().join(format!("{hop}.pcap"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "encrypt-chain").unwrap();
     let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 1048576);
-    let e1 = dev(format!(
-        r#"
-name = "e1"
-forward = true
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.1/24", pcap = "{pcap}" }}
-route = [{{ to = "10.3.0.0/24", via = "10.2.0.2" }}]
-[function]
-kind = "encrypt"
-local_address = "10.2.0.1"
-peer_address = "10.2.0.2"
-outbound = {{ spi = 0x1001, key = "{KEY_12}" }}
-inbound = [{{ spi = 0x2002, key = "{KEY_21}" }}]
-"#,
-        pcap = pcap.display()
-    ));
-    let e2 = dev(format!(
-        r#"
-name = "e2"
-forward = true
-local = {{ segment = "{lan_b}", address = "10.3.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
-route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
-[function]
-kind = "encrypt"
-local_address = "10.2.0.2"
-peer_address = "10.2.0.1"
-outbound = {{ spi = 0x2002, key = "{KEY_21}" }}
-inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
-"#
-    ));
+    let hop_net = |address: &str, extra: &str| {
+        format!("segment = \"{hop}\", address = \"{address}\", mtu = {HOP_MTU}{extra}")
+    };
+    let e1 = device(
+        "e1",
+        tunnel(
+            "10.2.0.1",
+            "10.2.0.2",
+            (0x1001, KEY_12),
+            &[(0x2002, KEY_21)],
+        ),
+        (&lan_a, "10.0.0.254/24"),
+        &hop_net("10.2.0.1/24", &format!(", pcap = \"{}\"", pcap.display())),
+        ("10.3.0.0/24", "10.2.0.2"),
+    );
+    let e2 = device(
+        "e2",
+        tunnel(
+            "10.2.0.2",
+            "10.2.0.1",
+            (0x2002, KEY_21),
+            &[(0x1001, KEY_12)],
+        ),
+        (&lan_b, "10.3.0.254/24"),
+        &hop_net("10.2.0.2/24", ""),
+        ("10.0.0.0/24", "10.2.0.1"),
+    );
     let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
     let devices: Vec<_> = [&server, &e2, &e1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
@@ -100,6 +146,8 @@ inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
     for s in &stats[1..] {
         assert!(counter(s, "encrypted") > 100, "{s:?}");
         assert!(counter(s, "decrypted") > 100, "{s:?}");
+        // The SYN of the TCP exchange, or its SYN-ACK, crossed each end.
+        assert!(counter(s, "mss_clamped") >= 1, "{s:?}");
         for bad in [
             "auth_failed",
             "unknown_spi",
@@ -115,9 +163,17 @@ inbound = [{{ spi = 0x1001, key = "{KEY_12}" }}]
     // run of the probe's stream appears anywhere.
     let bytes = std::fs::read(&pcap).expect("pcap written");
     let packets = ipv4_packets(&bytes);
-    let esp = packets.iter().filter(|(p, _)| *p == 50).count();
+    let esp = packets.iter().filter(|(p, ..)| *p == 50).count();
     assert!(esp > 200, "{esp} ESP packets of {}", packets.len());
-    assert!(packets.iter().all(|(p, _)| *p == 50), "only ESP on the hop");
+    assert!(
+        packets.iter().all(|(p, ..)| *p == 50),
+        "only ESP on the hop"
+    );
+    let largest = packets.iter().map(|(_, len, _)| *len).max().unwrap_or(0);
+    assert!(
+        largest <= HOP_MTU && largest > HOP_MTU - 100,
+        "ESP packets fill the hop's MTU without exceeding it: {largest}"
+    );
     let plain: Vec<u8> = (300_000..300_032).map(pattern_byte).collect();
     assert!(is_pattern_run(&plain), "the detector finds plaintext");
     assert!(
@@ -218,72 +274,40 @@ fn rekey_while_a_stream_crosses_the_tunnel() {
     const NEW_12: &str = "00112233445566778899aabbccddeeff01020304";
     const NEW_21: &str = "ffeeddccbbaa99887766554433221100a0b0c0d0";
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
-    let dev = |text: String| DeviceConfig::from_toml(&text, "rekey-chain").unwrap();
-    let tunnel = |name: &str, local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]| {
-        let inbound: Vec<String> = inb
-            .iter()
-            .map(|(spi, k)| format!("{{ spi = {spi}, key = \"{k}\" }}"))
-            .collect();
-        let text = format!(
-            "kind = \"encrypt\"\nlocal_address = \"{local}\"\npeer_address = \"{peer}\"\n\
-             outbound = {{ spi = {}, key = \"{}\" }}\ninbound = [{}]\n",
-            out.0,
-            out.1,
-            inbound.join(", ")
-        );
-        let _ = name;
-        toml::from_str::<shmnet::functions::FunctionConfig>(&text).unwrap()
-    };
-    let e1_cfg =
-        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e1", "10.2.0.1", "10.2.0.2", out, inb);
-    let e2_cfg =
-        |out: (u32, &str), inb: &[(u32, &str)]| tunnel("e2", "10.2.0.2", "10.2.0.1", out, inb);
-    let device = |name: &str, lan: &str, lan_addr: &str, hop_addr: &str, to: &str, via: &str| {
-        dev(format!(
-            "name = \"{name}\"\nforward = true\n\
-             local = {{ segment = \"{lan}\", address = \"{lan_addr}\" }}\n\
-             global = {{ segment = \"{hop}\", address = \"{hop_addr}\" }}\n\
-             route = [{{ to = \"{to}\", via = \"{via}\" }}]\n"
-        ))
-    };
-    let mut e1 = device(
+    let e1_cfg = |out: (u32, &str), inb: &[(u32, &str)]| tunnel("10.2.0.1", "10.2.0.2", out, inb);
+    let e2_cfg = |out: (u32, &str), inb: &[(u32, &str)]| tunnel("10.2.0.2", "10.2.0.1", out, inb);
+    let hop_net = |address: &str| format!("segment = \"{hop}\", address = \"{address}\"");
+    let wan = |address: &str| format!("segment = \"{}\", address = \"{address}\"", unique("g"));
+    let e1 = device(
         "e1",
-        &lan_a,
-        "10.0.0.254/24",
-        "10.2.0.1/24",
-        "10.3.0.0/24",
-        "10.2.0.2",
+        e1_cfg((0x1001, KEY_12), &[(0x2002, KEY_21)]),
+        (&lan_a, "10.0.0.254/24"),
+        &hop_net("10.2.0.1/24"),
+        ("10.3.0.0/24", "10.2.0.2"),
     );
-    e1.function = e1_cfg((0x1001, KEY_12), &[(0x2002, KEY_21)]);
-    let mut e2 = device(
+    let e2 = device(
         "e2",
-        &lan_b,
-        "10.3.0.254/24",
-        "10.2.0.2/24",
-        "10.0.0.0/24",
-        "10.2.0.1",
+        e2_cfg((0x2002, KEY_21), &[(0x1001, KEY_12)]),
+        (&lan_b, "10.3.0.254/24"),
+        &hop_net("10.2.0.2/24"),
+        ("10.0.0.0/24", "10.2.0.1"),
     );
-    e2.function = e2_cfg((0x2002, KEY_21), &[(0x1001, KEY_12)]);
-    let client = dev(format!(
-        r#"
-name = "client"
-function = {{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout_ms = 60000 }}
-local = {{ segment = "{lan_a}", address = "10.0.0.1/24" }}
-global = {{ segment = "{g}", address = "10.100.0.1/16" }}
-route = [{{ to = "10.3.0.0/24", via = "10.0.0.254" }}]
-"#,
-        g = unique("g")
-    ));
-    let server = dev(format!(
-        r#"
-name = "server"
-function = {{ kind = "echo", tcp_buffer = 4194304 }}
-local = {{ segment = "{lan_b}", address = "10.3.0.2/24" }}
-global = {{ segment = "{g}", address = "10.200.0.2/16" }}
-route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
-"#,
-        g = unique("g")
-    ));
+    let mut client = device(
+        "client",
+        function("kind = \"probe\"\ntcp = [\"10.3.0.2:7\"]\nbytes = 67108864\ntimeout_ms = 60000"),
+        (&lan_a, "10.0.0.1/24"),
+        &wan("10.100.0.1/16"),
+        ("10.3.0.0/24", "10.0.0.254"),
+    );
+    let mut server = device(
+        "server",
+        function("kind = \"echo\"\ntcp_buffer = 4194304"),
+        (&lan_b, "10.3.0.2/24"),
+        &wan("10.200.0.2/16"),
+        ("10.0.0.0/24", "10.3.0.254"),
+    );
+    client.forward = false;
+    server.forward = false;
     let (sh, st) = spawn(&server);
     let (h2, t2) = spawn(&e2);
     let (h1, t1) = spawn(&e1);
@@ -295,42 +319,38 @@ route = [{{ to = "10.0.0.0/24", via = "10.3.0.254" }}]
             std::thread::sleep(Duration::from_millis(1));
         }
     };
-    // Stage 1: both receivers accept the new SAs as well.
-    wait_moved(&h1, 8 << 20);
-    h1.reconfigure(e1_cfg(
-        (0x1001, KEY_12),
-        &[(0x2002, KEY_21), (0x2003, NEW_21)],
-    ));
-    h2.reconfigure(e2_cfg(
-        (0x2002, KEY_21),
-        &[(0x1001, KEY_12), (0x1002, NEW_12)],
-    ));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
-    // Stage 2: both senders switch to the new SAs.
-    wait_moved(&h1, 16 << 20);
-    h1.reconfigure(e1_cfg(
-        (0x1002, NEW_12),
-        &[(0x2002, KEY_21), (0x2003, NEW_21)],
-    ));
-    h2.reconfigure(e2_cfg(
-        (0x2003, NEW_21),
-        &[(0x1001, KEY_12), (0x1002, NEW_12)],
-    ));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
-    // Stage 3: the old SAs go, once the packets sent under them are in.
-    wait_moved(&h1, 32 << 20);
-    h1.reconfigure(e1_cfg((0x1002, NEW_12), &[(0x2003, NEW_21)]));
-    h2.reconfigure(e2_cfg((0x2003, NEW_21), &[(0x1002, NEW_12)]));
-    assert!(
-        !ch.finished(),
-        "the stream must still be running at each stage"
-    );
+    // Each stage, once `after` bytes moved: e1's and e2's (outbound SA,
+    // inbound SAs).
+    type Sas<'a> = ((u32, &'a str), &'a [(u32, &'a str)]);
+    let stages: [(u64, Sas, Sas); 3] = [
+        // 1: both receivers accept the new SAs as well.
+        (
+            8 << 20,
+            ((0x1001, KEY_12), &[(0x2002, KEY_21), (0x2003, NEW_21)]),
+            ((0x2002, KEY_21), &[(0x1001, KEY_12), (0x1002, NEW_12)]),
+        ),
+        // 2: both senders switch to the new SAs.
+        (
+            16 << 20,
+            ((0x1002, NEW_12), &[(0x2002, KEY_21), (0x2003, NEW_21)]),
+            ((0x2003, NEW_21), &[(0x1001, KEY_12), (0x1002, NEW_12)]),
+        ),
+        // 3: the old SAs go, once the packets sent under them are in.
+        (
+            32 << 20,
+            ((0x1002, NEW_12), &[(0x2003, NEW_21)]),
+            ((0x2003, NEW_21), &[(0x1002, NEW_12)]),
+        ),
+    ];
+    for (after, (out1, in1), (out2, in2)) in stages {
+        wait_moved(&h1, after);
+        h1.reconfigure(e1_cfg(out1, in1));
+        h2.reconfigure(e2_cfg(out2, in2));
+        assert!(
+            !ch.finished(),
+            "the stream must still be running at each stage"
+        );
+    }
     let report = wait_finished(&ch, Duration::from_secs(120));
     assert_eq!(report.len(), 1, "{report:?}");
     assert!(
