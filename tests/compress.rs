@@ -13,26 +13,29 @@ fn compressible_stream_crosses_the_hop_in_fewer_bytes() {
     let (lan_a, hop, lan_b) = (unique("lanA"), unique("hop"), unique("lanB"));
     let dev = |text: String| DeviceConfig::from_toml(&text, "compress-chain").unwrap();
     let client = probe_client(&lan_a, "10.0.0.1", "10.3.0.2", "10.0.0.254", 4194304);
-    let c1 = dev(format!(
-        r#"
-name = "c1"
-forward = true
-function = {{ kind = "compress" }}
-local = {{ segment = "{lan_a}", address = "10.0.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.1/24" }}
-route = [{{ to = "10.3.0.0/24", via = "10.2.0.2" }}]
-"#
-    ));
-    let c2 = dev(format!(
-        r#"
-name = "c2"
-forward = true
-function = {{ kind = "compress" }}
-local = {{ segment = "{lan_b}", address = "10.3.0.254/24" }}
-global = {{ segment = "{hop}", address = "10.2.0.2/24" }}
-route = [{{ to = "10.0.0.0/24", via = "10.2.0.1" }}]
-"#
-    ));
+    // A compressing device between `lan` and the hop, routing `to` via `via`.
+    let end = |name: &str, lan: &str, lan_addr: &str, hop_addr: &str, (to, via): (&str, &str)| {
+        dev(format!(
+            "name = \"{name}\"\nforward = true\nfunction = {{ kind = \"compress\" }}\n\
+             local = {{ segment = \"{lan}\", address = \"{lan_addr}\" }}\n\
+             global = {{ segment = \"{hop}\", address = \"{hop_addr}\" }}\n\
+             route = [{{ to = \"{to}\", via = \"{via}\" }}]\n"
+        ))
+    };
+    let c1 = end(
+        "c1",
+        &lan_a,
+        "10.0.0.254/24",
+        "10.2.0.1/24",
+        ("10.3.0.0/24", "10.2.0.2"),
+    );
+    let c2 = end(
+        "c2",
+        &lan_b,
+        "10.3.0.254/24",
+        "10.2.0.2/24",
+        ("10.0.0.0/24", "10.2.0.1"),
+    );
     let server = echo_server(&lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254");
     let devices: Vec<_> = [&server, &c2, &c1].into_iter().map(spawn).collect();
     let (ch, ct) = spawn(&client);
