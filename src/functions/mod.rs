@@ -19,7 +19,7 @@ pub mod packet;
 pub mod socket;
 
 pub use packet::{balancer, compress, encrypt, firewall, qos, reroute};
-pub use socket::diag;
+pub use socket::{diag, echo, probe};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -34,9 +34,9 @@ pub enum FunctionConfig {
     #[default]
     Passthrough,
     /// Echoes TCP streams and UDP datagrams on a port (a test server).
-    Echo(diag::EchoConfig),
+    Echo(echo::EchoConfig),
     /// Runs TCP and UDP exchanges against echo servers and reports them.
-    Probe(diag::ProbeConfig),
+    Probe(probe::ProbeConfig),
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
     Compress(compress::CompressConfig),
@@ -73,8 +73,8 @@ pub const KINDS: &[&str] = &[
 pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
     Ok(match cfg {
         FunctionConfig::Passthrough => Box::new(Passthrough),
-        FunctionConfig::Echo(c) => Box::new(diag::Echo::new(c.clone())?),
-        FunctionConfig::Probe(c) => Box::new(diag::Probe::new(c.clone())?),
+        FunctionConfig::Echo(c) => Box::new(echo::Echo::new(c.clone())?),
+        FunctionConfig::Probe(c) => Box::new(probe::Probe::new(c.clone())?),
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
