@@ -18,6 +18,7 @@ pub mod matching;
 pub mod packet;
 pub mod socket;
 
+pub use packet::passthrough::Passthrough;
 pub use packet::{balancer, compress, encrypt, firewall, qos, reroute};
 pub use socket::{diag, echo, probe};
 
@@ -218,19 +219,5 @@ pub(crate) mod fixtures {
         ip[10..12].copy_from_slice(&ck.to_be_bytes());
         ip[20..total].copy_from_slice(payload);
         (buf, 14 + total)
-    }
-}
-
-/// The pass-through function: every frame continues unchanged (the
-/// device's own counters show the traffic).
-#[derive(Debug, Default)]
-pub struct Passthrough;
-
-impl Function for Passthrough {
-    fn name(&self) -> &'static str {
-        "passthrough"
-    }
-    fn hooks_ingress(&self) -> bool {
-        false
     }
 }

@@ -15,5 +15,6 @@ pub mod balancer;
 pub mod compress;
 pub mod encrypt;
 pub mod firewall;
+pub mod passthrough;
 pub mod qos;
 pub mod reroute;
