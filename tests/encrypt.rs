@@ -13,8 +13,9 @@ use shmnet::functions::diag::pattern_byte;
 const KEY_12: &str = "4c80cdefbb5d10da906ac73c3613a634 2e443b68";
 const KEY_21: &str = "feffe9928665731c6d6a8f9467308308 cafebabe";
 
-/// The (protocol, payload) of every IPv4 packet in an Ethernet pcap.
-fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
+/// The (protocol, total length, payload) of every IPv4 packet in an
+/// Ethernet pcap.
+fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, usize, Vec<u8>)> {
     assert!(pcap.len() >= 24, "pcap too short");
     let le = pcap[..4] == [0xd4, 0xc3, 0xb2, 0xa1];
     let u32_at = |b: &[u8]| {
@@ -34,7 +35,8 @@ fn ipv4_packets(pcap: &[u8]) -> Vec<(u8, Vec<u8>)> {
         if rec.len() >= 34 && rec[12..14] == [0x08, 0x00] {
             let ip = &rec[14..];
             let hl = (ip[0] & 0xf) as usize * 4;
-            out.push((ip[9], ip[hl.min(ip.len())..].to_vec()));
+            let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+            out.push((ip[9], total, ip[hl.min(ip.len())..].to_vec()));
         }
     }
     out
@@ -64,6 +66,10 @@ fn tunnel(local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]) -> Str
     )
 }
 
+/// The hop's IP MTU, below the LANs' 1500: the tunnel ends learn it from
+/// their device and clamp the inner TCP MSS to fit.
+const HOP_MTU: usize = 1280;
+
 /// client ─lan-a─ e1 ═hop═ e2 ─lan-b─ server; the hop carries ESP.
 #[test]
 fn tcp_stream_crosses_the_hop_encrypted() {
@@ -72,7 +78,7 @@ fn tcp_stream_crosses_the_hop_encrypted() {
     let client = hop.client(1048576).settings();
     let e1 = hop
         .end(1, "e1")
-        .map_global(|n| n.pcap(&pcap))
+        .map_global(|n| n.pcap(&pcap).mtu(HOP_MTU as u32))
         .function_table(tunnel(
             "10.2.0.1",
             "10.2.0.2",
@@ -82,6 +88,7 @@ fn tcp_stream_crosses_the_hop_encrypted() {
         .settings();
     let e2 = hop
         .end(2, "e2")
+        .map_global(|n| n.mtu(HOP_MTU as u32))
         .function_table(tunnel(
             "10.2.0.2",
             "10.2.0.1",
@@ -103,6 +110,10 @@ fn tcp_stream_crosses_the_hop_encrypted() {
     for s in &stats[1..] {
         assert!(counter(s, "encrypted") > 100, "{s:?}");
         assert!(counter(s, "decrypted") > 100, "{s:?}");
+        assert!(
+            counter(s, "mss_clamped") >= 1,
+            "the inner SYN fits the hop: {s:?}"
+        );
         for bad in [
             "auth_failed",
             "unknown_spi",
@@ -118,9 +129,21 @@ fn tcp_stream_crosses_the_hop_encrypted() {
     // run of the probe's stream appears anywhere.
     let bytes = std::fs::read(&pcap).expect("pcap written");
     let packets = ipv4_packets(&bytes);
-    let esp = packets.iter().filter(|(p, _)| *p == 50).count();
+    let esp = packets.iter().filter(|(p, _, _)| *p == 50).count();
     assert!(esp > 200, "{esp} ESP packets of {}", packets.len());
-    assert!(packets.iter().all(|(p, _)| *p == 50), "only ESP on the hop");
+    assert!(
+        packets.iter().all(|(p, _, _)| *p == 50),
+        "only ESP on the hop"
+    );
+    let largest = packets
+        .iter()
+        .map(|(_, total, _)| *total)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        largest <= HOP_MTU && largest > HOP_MTU - 100,
+        "ESP packets fill but never exceed the hop MTU: largest {largest}"
+    );
     let plain: Vec<u8> = (300_000..300_032).map(pattern_byte).collect();
     assert!(is_pattern_run(&plain), "the detector finds plaintext");
     assert!(

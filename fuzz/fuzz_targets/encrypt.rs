@@ -5,14 +5,17 @@
 //! Input: chunks `[ctl: u8][len: u16 LE][bytes]`. `ctl & 1` picks the side
 //! (0: from the client network, encapsulated; 1: from the hop, decapsulated),
 //! `ctl & 2` first seals the chunk with the peer's SA so decapsulation gets
-//! past the ICV (exercising replay window, trailer and inner checks).
+//! past the ICV (exercising replay window, trailer and inner checks),
+//! `ctl & 4` frames the chunk for the IP medium instead of Ethernet. The
+//! hop's MTU (1400) is below the client network's (1500), as the device
+//! would tell the function when attached.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::functions::compress::HopSide;
 use shmnet::functions::encrypt::{Encrypt, EncryptConfig, EspPacket, EspRepr, SaConfig};
-use shmnet::functions::{Frame, Function, Role, Verdict};
+use shmnet::functions::{Frame, Function, LinkInfo, Role, Verdict};
 use shmnet::testing::fuzz::chunks;
+use shmnet::wire::LinkMedium;
 use smoltcp::time::Instant;
 
 const KEY_A: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
@@ -27,14 +30,17 @@ fn end(local: [u8; 4], peer: [u8; 4], out: (u32, &str), inb: (u32, &str)) -> Enc
     Encrypt::new(EncryptConfig {
         local_address: local.into(),
         peer_address: peer.into(),
-        hop: HopSide::Global,
-        medium: Default::default(),
+        hop: Role::Global,
         outbound: sa(out),
         inbound: vec![sa(inb)],
         replay_window: 32,
-        hop_mtu: 1400,
     })
     .unwrap()
+    .with_link(LinkInfo {
+        medium: LinkMedium::Ethernet,
+        local_mtu: 1500,
+        global_mtu: 1400,
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -63,12 +69,21 @@ fuzz_target!(|data: &[u8]| {
     );
     let now = Instant::from_millis(0);
     for (ctl, chunk) in chunks(data) {
-        let mut buf = vec![0u8; 1514];
+        let medium = if ctl & 4 == 0 {
+            LinkMedium::Ethernet
+        } else {
+            LinkMedium::Ip
+        };
+        let l3 = medium.header_len();
+        let mut buf = vec![0u8; l3 + 1500];
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);
-        let mut f = Frame::new(&mut buf, n, shmnet::wire::LinkMedium::Ethernet);
+        let mut f = Frame::new(&mut buf, n, medium);
         if ctl & 1 == 0 {
-            let _ = e1.on_ingress(now, Role::Local, &mut f);
+            if e1.on_ingress(now, Role::Local, &mut f) == Verdict::Modified {
+                // ESP never exceeds the hop's MTU.
+                assert!(f.len() <= l3 + 1400);
+            }
             assert!(f.len() <= f.capacity());
             continue;
         }
@@ -79,8 +94,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if e2.on_ingress(now, Role::Global, &mut f) == Verdict::Modified {
-            let b = f.bytes();
-            assert!(b.len() > 14 + 20 && matches!(b[14] >> 4, 4 | 6));
+            // A whole IP packet, exactly as long as the frame.
+            let len = f.len();
+            let again = Frame::new(f.buffer_mut(), len, medium);
+            let v = again.ip().expect("decapsulated an IP packet");
+            assert_eq!(v.end, len);
         }
         assert!(f.len() <= f.capacity());
     }

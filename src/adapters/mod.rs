@@ -41,7 +41,8 @@ use crate::shm::{InPlaceFrame, LinkMedium, Peer, Port, PortInfo, Segment, ShmErr
 const RX_REPLY_RESERVE: usize = 8;
 
 /// Which network an adapter is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Local,
     Global,

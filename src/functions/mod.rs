@@ -18,8 +18,9 @@ pub mod matching;
 pub mod packet;
 pub mod socket;
 
+pub use packet::passthrough::Passthrough;
 pub use packet::{balancer, compress, encrypt, firewall, qos, reroute};
-pub use socket::diag;
+pub use socket::{diag, echo, probe};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -34,9 +35,9 @@ pub enum FunctionConfig {
     #[default]
     Passthrough,
     /// Echoes TCP streams and UDP datagrams on a port (a test server).
-    Echo(diag::EchoConfig),
+    Echo(echo::EchoConfig),
     /// Runs TCP and UDP exchanges against echo servers and reports them.
-    Probe(diag::ProbeConfig),
+    Probe(probe::ProbeConfig),
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
     Compress(compress::CompressConfig),
@@ -102,8 +103,8 @@ impl FunctionConfig {
 pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
     Ok(match cfg {
         FunctionConfig::Passthrough => Box::new(Passthrough),
-        FunctionConfig::Echo(c) => Box::new(diag::Echo::new(c.clone())?),
-        FunctionConfig::Probe(c) => Box::new(diag::Probe::new(c.clone())?),
+        FunctionConfig::Echo(c) => Box::new(echo::Echo::new(c.clone())?),
+        FunctionConfig::Probe(c) => Box::new(probe::Probe::new(c.clone())?),
         FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
         FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
         FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
@@ -113,24 +114,5 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
     })
 }
 
-/// The checksum of an IPv4 header whose checksum field is zero.
-pub(crate) fn ipv4_header_checksum(header: &[u8]) -> u16 {
-    !smoltcp::wire::checksum::data(header)
-}
-
 #[cfg(test)]
 pub(crate) use crate::testing::frames as fixtures;
-
-/// The pass-through function: every frame continues unchanged (the
-/// device's own counters show the traffic).
-#[derive(Debug, Default)]
-pub struct Passthrough;
-
-impl Function for Passthrough {
-    fn name(&self) -> &'static str {
-        "passthrough"
-    }
-    fn hooks_ingress(&self) -> bool {
-        false
-    }
-}

@@ -8,12 +8,13 @@
 #[allow(unused_imports)]
 use super::{
     Directory, Emit, Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict,
-    build, ipv4_header_checksum, matching,
+    build, matching,
 };
 
 pub mod balancer;
 pub mod compress;
 pub mod encrypt;
 pub mod firewall;
+pub mod passthrough;
 pub mod qos;
 pub mod reroute;

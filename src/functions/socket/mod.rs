@@ -1,9 +1,39 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
-//! on forwarded frames: the diagnostic echo server and probe client, and
-//! the protocol functions to come (proxy, cache, management).
+//! on forwarded frames: the diagnostic echo server ([`echo`]) and probe
+//! client ([`probe`]), and the protocol functions to come (proxy, cache,
+//! management). The socket constructors they share are here.
+
+use smoltcp::socket::{tcp, udp};
 
 #[allow(unused_imports)]
 use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
-pub mod diag;
+pub mod echo;
+pub mod probe;
+
+/// The diagnostic pair under its former name (`functions::diag`).
+pub mod diag {
+    pub use super::echo::{Echo, EchoConfig};
+    pub use super::probe::{Probe, ProbeConfig, pattern_byte};
+    pub use super::tcp_socket;
+}
+
+/// A TCP socket with buffers of `size` bytes, Nagle off.
+pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; size]),
+        tcp::SocketBuffer::new(vec![0; size]),
+    );
+    s.set_nagle_enabled(false);
+    s
+}
+
+/// A UDP socket queueing up to `datagrams` datagrams and `bytes` bytes
+/// each way.
+pub fn udp_socket(datagrams: usize, bytes: usize) -> udp::Socket<'static> {
+    udp::Socket::new(
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
+        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
+    )
+}

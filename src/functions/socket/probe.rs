@@ -1,10 +1,16 @@
-//! Diagnostic functions: an echo server and a probe that exercises it.
+//! The probe: runs TCP and UDP exchanges against echo servers
+//! ([`super::echo`]), one after another, checks that every byte comes back
+//! intact and reports each exchange (or, with `expect_blocked`, that a
+//! firewall blocked it).
 //!
-//! They terminate TCP and UDP on the device's own stack, which makes them the
-//! simplest way to see the data path work (the sample topology uses them)
-//! and to check that bytes arrive intact.
+//! ```
+//! use shmnet::functions::{build, FunctionConfig};
+//! let text = "kind = \"probe\"\ntcp = [\"10.0.0.2:7\"]\nbytes = 65536\ntimeout_ms = 5000";
+//! let cfg: FunctionConfig = toml::from_str(text).unwrap();
+//! let probe = build(&cfg).unwrap();
+//! assert!(!probe.finished());
+//! ```
 
-#![allow(clippy::redundant_closure_call)] // transitional: counters and reconfigure shims, removed as each function moves to the new contract
 use std::net::SocketAddr;
 
 use smoltcp::iface::SocketHandle;
@@ -12,173 +18,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{Function, FunctionError, SocketContext};
-
-/// `[function] kind = "echo"`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EchoConfig {
-    /// TCP and UDP port to echo on.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// Concurrent TCP connections served (smoltcp has no listen backlog).
-    #[serde(default = "default_conns")]
-    pub connections: usize,
-    /// Bytes of each TCP socket's receive and send buffer.
-    #[serde(default = "default_tcp_buffer")]
-    pub tcp_buffer: usize,
-}
-
-fn default_port() -> u16 {
-    7
-}
-fn default_conns() -> usize {
-    2
-}
-fn default_tcp_buffer() -> usize {
-    1 << 20
-}
-
-/// Echo server on TCP and UDP.
-pub struct Echo {
-    cfg: EchoConfig,
-    tcp: Vec<SocketHandle>,
-    udp: Option<SocketHandle>,
-    scratch: Vec<u8>,
-    bytes: u64,
-    datagrams: u64,
-}
-
-impl Echo {
-    pub fn new(cfg: EchoConfig) -> Result<Echo, FunctionError> {
-        let bad = |why: &str| FunctionError::Invalid {
-            kind: "echo",
-            why: why.into(),
-        };
-        if cfg.port == 0 {
-            return Err(bad("port must be 1..=65535"));
-        }
-        if !(1..=64).contains(&cfg.connections) {
-            return Err(bad("connections must be 1..=64"));
-        }
-        if !(1024..=(1 << 30)).contains(&cfg.tcp_buffer) {
-            return Err(bad("tcp_buffer must be 1 KiB..=1 GiB"));
-        }
-        Ok(Echo {
-            cfg,
-            tcp: Vec::new(),
-            udp: None,
-            scratch: vec![0; 64 * 1024],
-            bytes: 0,
-            datagrams: 0,
-        })
-    }
-}
-
-/// A TCP socket with buffers of `size` bytes, Nagle off.
-pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; size]),
-        tcp::SocketBuffer::new(vec![0; size]),
-    );
-    s.set_nagle_enabled(false);
-    s
-}
-
-fn udp_socket(datagrams: usize, bytes: usize) -> udp::Socket<'static> {
-    udp::Socket::new(
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
-        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
-    )
-}
-
-impl Function for Echo {
-    fn name(&self) -> &'static str {
-        "echo"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
-    }
-
-    fn attach(&mut self, cx: &mut SocketContext<'_>) {
-        // Listen at once: a SYN processed before the first `poll` would
-        // otherwise be refused.
-        for _ in 0..self.cfg.connections {
-            let mut s = tcp_socket(self.cfg.tcp_buffer);
-            // A client that vanished (its device killed) must not hold a
-            // connection slot forever.
-            s.set_keep_alive(Some(Duration::from_secs(5)));
-            s.set_timeout(Some(Duration::from_secs(15)));
-            let _ = s.listen(self.cfg.port);
-            self.tcp.push(cx.sockets.add(s));
-        }
-        let mut u = udp_socket(64, 256 * 1024);
-        if u.bind(self.cfg.port).is_ok() {
-            self.udp = Some(cx.sockets.add(u));
-        }
-    }
-
-    fn detach(&mut self, cx: &mut SocketContext<'_>) {
-        for h in self.tcp.drain(..) {
-            cx.sockets.remove(h);
-        }
-        if let Some(h) = self.udp.take() {
-            cx.sockets.remove(h);
-        }
-    }
-
-    fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
-        let mut progress = false;
-        for &h in &self.tcp {
-            let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            if s.state() == tcp::State::TimeWait {
-                s.abort();
-            }
-            if !s.is_open() {
-                let _ = s.listen(self.cfg.port);
-                continue;
-            }
-            while s.can_recv() && s.can_send() {
-                let room = (s.send_capacity() - s.send_queue()).min(self.scratch.len());
-                let n = s.recv_slice(&mut self.scratch[..room]).unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                let _ = s.send_slice(&self.scratch[..n]);
-                self.bytes += n as u64;
-                progress = true;
-            }
-            if !s.may_recv() && s.send_queue() == 0 && s.state() == tcp::State::CloseWait {
-                s.close();
-            }
-        }
-        if let Some(h) = self.udp {
-            let s = cx.sockets.get_mut::<udp::Socket>(h);
-            while s.can_send() {
-                let Ok((n, meta)) = s.recv_slice(&mut self.scratch) else {
-                    break;
-                };
-                let _ = s.send_slice(&self.scratch[..n], meta.endpoint);
-                self.datagrams += 1;
-                progress = true;
-            }
-        }
-        progress
-    }
-
-    fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
-        let pairs: Vec<(String, u64)> = (|| {
-            vec![
-                ("tcp_bytes_echoed".into(), self.bytes),
-                ("udp_datagrams_echoed".into(), self.datagrams),
-            ]
-        })();
-        for (n, v) in pairs {
-            visit(&n, v);
-        }
-    }
-}
+use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
 
 /// `[function] kind = "probe"`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -320,6 +160,27 @@ impl Probe {
     }
 }
 
+/// The report line of an exchange that timed out, and whether that is a
+/// success: it is when nothing came back and a block was expected;
+/// otherwise the line is `failure`'s.
+fn timed_out(
+    cfg: &ProbeConfig,
+    what: &str,
+    ep: IpEndpoint,
+    answered: bool,
+    failure: impl FnOnce() -> String,
+) -> (String, bool) {
+    if cfg.expect_blocked && !answered {
+        let ms = cfg.timeout_ms;
+        (
+            format!("{what} {ep}: no answer in {ms} ms: blocked, as expected"),
+            true,
+        )
+    } else {
+        (failure(), false)
+    }
+}
+
 impl Function for Probe {
     fn name(&self) -> &'static str {
         "probe"
@@ -437,23 +298,10 @@ impl Function for Probe {
                     progress = true;
                 }
                 if elapsed > timeout {
-                    let (line, ok) = if self.cfg.expect_blocked && *recvd == 0 {
-                        (
-                            format!(
-                                "tcp {ep}: no answer in {} ms: blocked, as expected",
-                                self.cfg.timeout_ms
-                            ),
-                            true,
-                        )
-                    } else {
-                        let state = s.state();
-                        (
-                            format!(
-                                "tcp {ep}: timed out after {recvd} of {total} bytes ({state:?})"
-                            ),
-                            false,
-                        )
-                    };
+                    let state = s.state();
+                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, *recvd > 0, || {
+                        format!("tcp {ep}: timed out after {recvd} of {total} bytes ({state:?})")
+                    });
                     self.finish(cx, line, ok);
                     return true;
                 }
@@ -492,7 +340,7 @@ impl Function for Probe {
                     return true;
                 }
                 if *sent <= *got || now - *last_send > Duration::from_millis(250) {
-                    let payload: Vec<u8> = (0..64).map(pattern_byte).collect();
+                    let payload: [u8; 64] = std::array::from_fn(|i| pattern_byte(i as u64));
                     if s.send_slice(&payload, ep).is_ok() {
                         *sent = *got + 1;
                         *last_send = now;
@@ -500,20 +348,9 @@ impl Function for Probe {
                     }
                 }
                 if elapsed > timeout {
-                    let (line, ok) = if self.cfg.expect_blocked && *got == 0 {
-                        (
-                            format!(
-                                "udp {ep}: no answer in {} ms: blocked, as expected",
-                                self.cfg.timeout_ms
-                            ),
-                            true,
-                        )
-                    } else {
-                        (
-                            format!("udp {ep}: timed out, {got}/{want} datagrams echoed"),
-                            false,
-                        )
-                    };
+                    let (line, ok) = timed_out(&self.cfg, "udp", ep, *got > 0, || {
+                        format!("udp {ep}: timed out, {got}/{want} datagrams echoed")
+                    });
                     self.finish(cx, line, ok);
                     return true;
                 }
@@ -543,14 +380,7 @@ impl Function for Probe {
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
-        let pairs: Vec<(String, u64)> = (|| {
-            vec![
-                ("exchanges_done".into(), self.next as u64),
-                ("exchanges_failed".into(), self.failures),
-            ]
-        })();
-        for (n, v) in pairs {
-            visit(&n, v);
-        }
+        visit("exchanges_done", self.next as u64);
+        visit("exchanges_failed", self.failures);
     }
 }
