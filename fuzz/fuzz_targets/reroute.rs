@@ -2,7 +2,7 @@
 //! panic, and a `Via` verdict always names a configured next hop's address.
 //!
 //! Input: chunks `[ctl: u8][len: u16 LE][bytes]`. `ctl & 1` picks the
-//! function (Ethernet or bare-IP medium), `ctl >> 1 & 3` whether the bytes
+//! medium (Ethernet or bare IP), `ctl >> 1 & 3` whether the bytes
 //! are the whole frame (0) or the payload of a well-formed IPv4 (1) or IPv6
 //! (2, 3) header the target builds, so that transport headers and the
 //! rules get explored. With a header, `bytes[0]` picks the protocol and the
@@ -12,9 +12,10 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::{DeviceConfig, MediumName};
+use shmnet::config::DeviceConfig;
 use shmnet::functions::reroute::{Reroute, RerouteConfig};
 use shmnet::functions::{Frame, Function, FunctionConfig, Role, Verdict};
+use shmnet::wire::LinkMedium;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
@@ -63,9 +64,9 @@ via = ["a", "c"]
 
 const NEXT_HOPS: [&str; 4] = ["10.20.0.2", "fd00:20::2", "10.20.0.3", "fd00:20::3"];
 
-fn reroute(medium: MediumName) -> Reroute {
+fn reroute() -> Reroute {
     static PARSED: OnceLock<RerouteConfig> = OnceLock::new();
-    let mut cfg = PARSED
+    let cfg = PARSED
         .get_or_init(|| {
             let settings = DeviceConfig::from_toml(DEVICE, "fuzz-reroute").expect("fuzz config");
             match settings.function {
@@ -74,7 +75,6 @@ fn reroute(medium: MediumName) -> Reroute {
             }
         })
         .clone();
-    cfg.medium = medium;
     Reroute::new(cfg).expect("fuzz reroute")
 }
 
@@ -121,7 +121,7 @@ fn ip_frame(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let next_hops: Vec<IpAddress> = NEXT_HOPS.iter().map(|a| a.parse().unwrap()).collect();
-    let mut fns = [reroute(MediumName::Ethernet), reroute(MediumName::Ip)];
+    let mut r = reroute();
     let mut buf = vec![0u8; (1 << 16) + 64];
     let mut rest = data;
     let now = Instant::from_secs(1);
@@ -130,8 +130,12 @@ fuzz_target!(|data: &[u8]| {
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let bytes = &rest[3..3 + len];
         rest = &rest[3 + len..];
-        let which = usize::from(ctl & 1);
-        let l2 = if which == 0 { 14 } else { 0 };
+        let medium = if ctl & 1 == 0 {
+            LinkMedium::Ethernet
+        } else {
+            LinkMedium::Ip
+        };
+        let l2 = medium.header_len();
         let len = match ctl >> 1 & 3 {
             0 => {
                 buf[..len].copy_from_slice(bytes);
@@ -152,8 +156,8 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Role::Local
         };
-        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
-        if let Verdict::Via(a) = fns[which].on_ingress(now, from, &mut frame) {
+        let mut frame = Frame::new(&mut buf, len, medium);
+        if let Verdict::Via(a) = r.on_ingress(now, from, &mut frame) {
             assert!(next_hops.contains(&a), "Via {a} is no configured next hop");
         }
     }
