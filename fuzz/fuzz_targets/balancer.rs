@@ -4,8 +4,7 @@
 //! valid header checksum.
 //!
 //! Input: chunks `[ctl: u8][len: u16 LE][bytes]`. `ctl & 1` picks the side
-//! (local or global adapter), `ctl & 2` the balancer (Ethernet or bare-IP
-//! medium), `ctl >> 2 & 3` whether the bytes are the whole frame (0) or
+//! (local or global adapter), `ctl & 2` the medium (Ethernet or bare IP), `ctl >> 2 & 3` whether the bytes are the whole frame (0) or
 //! the payload of a well-formed IPv4 (1, 2) or IPv6 (3) header the target
 //! builds — between a few clients, the VIPs and the backends, so that flows
 //! and their replies repeat — and `ctl >> 4` one-second steps of time.
@@ -16,9 +15,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
+use shmnet::config::DeviceConfig;
 use shmnet::functions::balancer::{Balancer, BalancerConfig};
-use shmnet::config::{DeviceConfig, MediumName};
 use shmnet::functions::{Frame, Function, FunctionConfig, Role, Verdict};
+use shmnet::wire::LinkMedium;
 use smoltcp::wire::Ipv4Packet;
 
 const DEVICE: &str = r#"
@@ -52,9 +52,9 @@ table_size = 13
 check = "none"
 "#;
 
-fn balancer(medium: MediumName) -> Balancer {
+fn balancer() -> Balancer {
     static CONFIG: OnceLock<BalancerConfig> = OnceLock::new();
-    let mut cfg = CONFIG
+    let cfg = CONFIG
         .get_or_init(|| {
             let settings = DeviceConfig::from_toml(DEVICE, "fuzz-balancer").expect("fuzz config");
             match settings.function {
@@ -63,7 +63,6 @@ fn balancer(medium: MediumName) -> Balancer {
             }
         })
         .clone();
-    cfg.medium = medium;
     Balancer::new(cfg).expect("fuzz balancer")
 }
 
@@ -123,7 +122,8 @@ fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut lbs = [balancer(MediumName::Ethernet), balancer(MediumName::Ip)];
+    // One balancer per medium: the flows of one are not the other's.
+    let mut lbs = [balancer(), balancer()];
     // Deterministic time (smoltcp's Instant converts from SystemTime).
     let mut since_epoch = Duration::from_secs(1);
     let mut buf = vec![0u8; (1 << 16) + 64];
@@ -137,7 +137,8 @@ fuzz_target!(|data: &[u8]| {
         let now = (UNIX_EPOCH + since_epoch).into();
         let which = usize::from(ctl >> 1 & 1);
         let lb = &mut lbs[which];
-        let l2 = if which == 0 { 14 } else { 0 };
+        let medium = [LinkMedium::Ethernet, LinkMedium::Ip][which];
+        let l2 = medium.header_len();
         let built = ctl >> 2 & 3;
         let len = match built {
             0 => {
@@ -152,8 +153,12 @@ fuzz_target!(|data: &[u8]| {
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
         }
         let before: Vec<u8> = buf[..len].to_vec();
-        let from = if ctl & 1 == 0 { Role::Local } else { Role::Global };
-        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
+        let from = if ctl & 1 == 0 {
+            Role::Local
+        } else {
+            Role::Global
+        };
+        let mut frame = Frame::new(&mut buf, len, medium);
         let v = lb.on_ingress(now, from, &mut frame);
         assert_eq!(frame.len(), len, "the balancer never resizes a frame");
         match v {
