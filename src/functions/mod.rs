@@ -14,6 +14,7 @@
 //! assert_eq!(f.name(), "passthrough");
 //! ```
 
+pub mod health;
 pub mod matching;
 pub mod packet;
 pub mod socket;

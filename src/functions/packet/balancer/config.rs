@@ -1,0 +1,263 @@
+//! The `[function] kind = "balancer"` schema and its validation into
+//! services, flow timeouts and the flow-table size.
+
+use smoltcp::time::Duration;
+
+use super::flows::Timeouts;
+use super::maglev::is_prime;
+use super::service::{Backend, Endpoint, Service};
+use crate::functions::health::{self, HealthCheck, HealthSpec};
+use crate::functions::matching::{ConfigDuration, ProtoSpec, proto_field};
+use crate::wire::proto;
+
+/// Most backends per service (table entries are `u16`).
+const MAX_BACKENDS: usize = 4096;
+/// Largest lookup table.
+const MAX_TABLE: u32 = 1 << 24;
+/// Largest flow table.
+const MAX_FLOWS: usize = 1 << 24;
+
+/// Health check of a service's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// A TCP connection to the backend's address and port.
+    Tcp,
+    /// No checks: backends are always up.
+    None,
+}
+
+/// One `[[function.service]]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// The virtual address clients connect to, `"ip:port"`.
+    pub vip: String,
+    /// `"tcp"` (the default) or `"udp"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<ProtoSpec>,
+    /// Backend endpoints, `"ip:port"`, of the VIP's IP version.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Maglev lookup-table size: a prime larger than the number of
+    /// backends (≥ 100× gives an even spread).
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    /// Default: `"tcp"` for TCP services, `"none"` for UDP ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Time between checks of one backend.
+    #[serde(default = "default_interval")]
+    pub interval: ConfigDuration,
+    /// A check not established by then fails.
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+    /// Consecutive failures that mark a backend down.
+    #[serde(default = "health::default_fall")]
+    pub fall: u32,
+    /// Consecutive successes that mark it up again.
+    #[serde(default = "health::default_rise")]
+    pub rise: u32,
+}
+
+fn default_table_size() -> u32 {
+    65537
+}
+fn default_interval() -> ConfigDuration {
+    ConfigDuration::from_secs(1)
+}
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(500)
+}
+
+/// `[function] kind = "balancer"`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Flow-table size; new flows beyond it are refused.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+    /// Idle time after which a TCP flow is forgotten.
+    #[serde(default = "default_tcp_timeout")]
+    pub tcp_timeout: ConfigDuration,
+    /// Linger after a FIN or RST.
+    #[serde(default = "default_tcp_closing_timeout")]
+    pub tcp_closing_timeout: ConfigDuration,
+    /// Idle time after which a UDP flow is forgotten.
+    #[serde(default = "default_udp_timeout")]
+    pub udp_timeout: ConfigDuration,
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceConfig>,
+}
+
+fn default_max_flows() -> usize {
+    65536
+}
+fn default_tcp_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(300)
+}
+fn default_tcp_closing_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(4)
+}
+fn default_udp_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(30)
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        BalancerConfig {
+            max_flows: default_max_flows(),
+            tcp_timeout: default_tcp_timeout(),
+            tcp_closing_timeout: default_tcp_closing_timeout(),
+            udp_timeout: default_udp_timeout(),
+            services: Vec::new(),
+        }
+    }
+}
+
+/// A validated configuration.
+pub(super) struct Compiled {
+    pub services: Vec<Service>,
+    pub timeouts: Timeouts,
+    pub max_flows: usize,
+}
+
+impl BalancerConfig {
+    /// Validates the configuration; the error names the service (or the
+    /// global field) and what is wrong.
+    pub(super) fn compile(&self) -> Result<Compiled, String> {
+        if !(1..=MAX_FLOWS).contains(&self.max_flows) {
+            return Err(format!("max_flows must be 1..={MAX_FLOWS}"));
+        }
+        let positive = |field: &str, d: ConfigDuration| -> Result<Duration, String> {
+            if d.0 > Duration::ZERO {
+                Ok(d.0)
+            } else {
+                Err(format!(
+                    "{field} \"{d}\" must be positive (like \"30s\" or \"5m\")"
+                ))
+            }
+        };
+        let timeouts = Timeouts {
+            tcp: positive("tcp_timeout", self.tcp_timeout)?,
+            tcp_closing: positive("tcp_closing_timeout", self.tcp_closing_timeout)?,
+            udp: positive("udp_timeout", self.udp_timeout)?,
+        };
+        let mut services: Vec<Service> = Vec::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let svc = s.compile(i)?;
+            if services.iter().any(|o| o.name == svc.name) {
+                return Err(format!(
+                    "service {:?}: two services have this name",
+                    svc.name
+                ));
+            }
+            if services
+                .iter()
+                .any(|o| o.vip == svc.vip && o.proto == svc.proto)
+            {
+                return Err(format!(
+                    "service {:?}: another service has vip {} ({})",
+                    svc.name,
+                    svc.vip,
+                    if svc.proto == proto::TCP {
+                        "tcp"
+                    } else {
+                        "udp"
+                    }
+                ));
+            }
+            services.push(svc);
+        }
+        Ok(Compiled {
+            services,
+            timeouts,
+            max_flows: self.max_flows,
+        })
+    }
+}
+
+impl ServiceConfig {
+    /// Service `i` of the list.
+    fn compile(&self, i: usize) -> Result<Service, String> {
+        let what = if self.name.is_empty() {
+            format!("service {i}")
+        } else {
+            format!("service {:?}", self.name)
+        };
+        if self.name.is_empty() || self.name.contains(char::is_whitespace) {
+            return Err(format!("{what}: name must be non-empty, without spaces"));
+        }
+        let vip = Endpoint::parse(&self.vip).ok_or_else(|| {
+            format!(
+                "{what}: vip {:?} is not ip:port (like \"10.20.0.100:80\" or \"[fd00::100]:80\")",
+                self.vip
+            )
+        })?;
+        if vip.port == 0 {
+            return Err(format!("{what}: vip port must be 1..=65535"));
+        }
+        let proto = match proto_field(&what, self.proto.as_ref())? {
+            None | Some(proto::TCP) => proto::TCP,
+            Some(proto::UDP) => proto::UDP,
+            Some(_) => return Err(format!("{what}: proto must be \"tcp\" or \"udp\"")),
+        };
+        let m = self.table_size;
+        if !is_prime(m) || m > MAX_TABLE {
+            return Err(format!(
+                "{what}: table_size {m} must be a prime up to {MAX_TABLE} (like 65537 or 251)"
+            ));
+        }
+        if self.backends.len() > MAX_BACKENDS {
+            return Err(format!("{what}: at most {MAX_BACKENDS} backends"));
+        }
+        if m as usize <= self.backends.len() {
+            return Err(format!(
+                "{what}: table_size {m} must exceed the number of backends ({}); \
+                 100 times as many entries spreads flows evenly",
+                self.backends.len()
+            ));
+        }
+        let mut backends: Vec<Backend> = Vec::new();
+        for text in &self.backends {
+            let ep = Endpoint::parse(text)
+                .ok_or_else(|| format!("{what}: backend {text:?} is not ip:port"))?;
+            if ep.port == 0 {
+                return Err(format!("{what}: backend {text:?}: port must be 1..=65535"));
+            }
+            if ep.v6 != vip.v6 {
+                return Err(format!(
+                    "{what}: backend {text:?} is not of the vip's IP version"
+                ));
+            }
+            if backends.iter().any(|b| b.ep == ep) {
+                return Err(format!("{what}: backend {text:?} is listed twice"));
+            }
+            backends.push(Backend::new(ep, m));
+        }
+        let checked = match self.check {
+            Some(c) => c == Check::Tcp,
+            None => proto == proto::TCP,
+        };
+        let check = checked
+            .then(|| {
+                let spec = HealthSpec {
+                    interval: self.interval,
+                    timeout: Some(self.timeout),
+                    fall: self.fall,
+                    rise: self.rise,
+                };
+                HealthCheck::compile(&what, spec)
+            })
+            .transpose()?;
+        Ok(Service::new(
+            self.name.clone(),
+            proto,
+            vip,
+            backends,
+            m,
+            check,
+        ))
+    }
+}

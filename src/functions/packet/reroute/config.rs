@@ -1,0 +1,288 @@
+//! The `[function] kind = "reroute"` schema and its validation into next
+//! hops ([`Hop`]) and rules ([`Rule`]).
+
+use std::net::IpAddr;
+
+use super::probe::{Hop, Target};
+use super::rules::Rule;
+use crate::functions::Role;
+use crate::functions::health::{self, HealthCheck, HealthSpec};
+use crate::functions::matching::{ConfigDuration, MatchSpec, Matcher, PortSpec, ProtoSpec};
+use crate::wire::proto;
+
+/// One address or a list (at most one IPv4 and one IPv6).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum Addresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// How a next hop's health is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// ICMP echo from the device's own stack.
+    #[default]
+    Icmp,
+    /// None: up whenever it has an address.
+    None,
+}
+
+/// What a matching packet does when none of its rule's next hops is up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenDown {
+    /// The routing table decides, as if no rule had matched.
+    #[default]
+    Table,
+    Drop,
+}
+
+/// One `[[function.next_hop]]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextHopConfig {
+    pub name: String,
+    /// A fixed address on one of the device's networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Addresses>,
+    /// A device on one of this device's networks, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// One of the device's networks (`"local"` or `"global"`): packets
+    /// leave by its adapter, to their destination if it is on that
+    /// network, else to its gateway.
+    #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
+    pub network: Option<Role>,
+    /// Default: `icmp` for an address or device, `none` for a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+    /// Time between probes (and between looking up `device` again).
+    #[serde(default = "default_interval")]
+    pub interval: ConfigDuration,
+    /// How long a probe waits for its reply (default: `interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ConfigDuration>,
+    /// Consecutive misses that take an up next hop down.
+    #[serde(default = "health::default_fall")]
+    pub fall: u32,
+    /// Consecutive answers that bring a down next hop up.
+    #[serde(default = "health::default_rise")]
+    pub rise: u32,
+}
+
+/// One `[[function.rule]]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Names the rule's counter (default: its index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Destination prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<ProtoSpec>,
+    /// Source port or range (needs `proto = "tcp"` or `"udp"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<PortSpec>,
+    /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<PortSpec>,
+    /// DiffServ code point, 0..=63.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dscp: Option<u8>,
+    /// Next hops by name, most preferred first.
+    pub via: Vec<String>,
+}
+
+/// `[function] kind = "reroute"`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerouteConfig {
+    /// Return to a preferred next hop when it comes back up.
+    #[serde(default = "default_failback")]
+    pub failback: bool,
+    #[serde(default)]
+    pub when_down: WhenDown,
+    #[serde(rename = "next_hop")]
+    pub next_hops: Vec<NextHopConfig>,
+    /// Ordered rules; the first match wins.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(100)
+}
+fn default_failback() -> bool {
+    true
+}
+
+/// `network = "local" | "global"`, read into the device's [`Role`].
+mod network {
+    use super::Role;
+
+    pub fn serialize<S: serde::Serializer>(r: &Option<Role>, s: S) -> Result<S::Ok, S::Error> {
+        match r {
+            Some(Role::Local) => s.serialize_str("local"),
+            Some(Role::Global) => s.serialize_str("global"),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        match s.as_str() {
+            "local" => Ok(Some(Role::Local)),
+            "global" => Ok(Some(Role::Global)),
+            _ => Err(serde::de::Error::unknown_variant(&s, &["local", "global"])),
+        }
+    }
+}
+
+impl RerouteConfig {
+    /// Validates the configuration into next hops and rules; the error
+    /// names the next hop or rule and the field.
+    pub(super) fn compile(&self) -> Result<(Vec<Hop>, Vec<Rule>), String> {
+        if self.next_hops.is_empty() {
+            return Err("give at least one next_hop".into());
+        }
+        let mut hops: Vec<Hop> = Vec::with_capacity(self.next_hops.len());
+        for c in &self.next_hops {
+            let h = c.compile()?;
+            if hops.iter().any(|o| o.name == h.name) {
+                return Err(format!("next_hop {}: name used twice", h.name));
+            }
+            hops.push(h);
+        }
+        let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.iter().enumerate() {
+            let r = r.compile(i, &hops)?;
+            if rules.iter().any(|o| o.name == r.name) {
+                return Err(format!("rule {}: name used twice", r.name));
+            }
+            rules.push(r);
+        }
+        Ok((hops, rules))
+    }
+}
+
+impl NextHopConfig {
+    fn compile(&self) -> Result<Hop, String> {
+        let name = &self.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        {
+            return Err(format!(
+                "next_hop {name:?}: name must be letters, digits, '-', '_' or '.'"
+            ));
+        }
+        let owner = format!("next_hop {name}");
+        let params = HealthCheck::compile(
+            &owner,
+            HealthSpec {
+                interval: self.interval,
+                timeout: self.timeout,
+                fall: self.fall,
+                rise: self.rise,
+            },
+        )?;
+        let one_of = || format!("{owner}: give one of address, device or network");
+        let (mut v4, mut v6) = (None, None);
+        let target = match (&self.address, &self.device, self.network) {
+            (None, None, Some(role)) => Target::Network(role),
+            (Some(a), None, None) => {
+                let list = match a {
+                    Addresses::One(s) => std::slice::from_ref(s),
+                    Addresses::Many(v) => v.as_slice(),
+                };
+                if list.is_empty() {
+                    return Err(format!("{owner}: address lists no address"));
+                }
+                for s in list {
+                    let bad = || {
+                        format!(
+                            "{owner}: address {s:?} is not one IPv4 or IPv6 address \
+                             (at most one of each)"
+                        )
+                    };
+                    match s.trim().parse::<IpAddr>().map_err(|_| bad())? {
+                        IpAddr::V4(a) if v4.is_none() && !a.is_unspecified() => v4 = Some(a),
+                        IpAddr::V6(a) if v6.is_none() && !a.is_unspecified() => v6 = Some(a),
+                        _ => return Err(bad()),
+                    }
+                }
+                Target::Fixed
+            }
+            (None, Some(d), None) if !d.is_empty() => Target::Device(d.clone()),
+            _ => return Err(one_of()),
+        };
+        let check = match (self.check, &target) {
+            (Some(Check::Icmp), Target::Network(_)) => {
+                return Err(format!(
+                    "{owner}: a network next hop has no address to check \
+                     (use check = \"none\", or name its gateway by address)"
+                ));
+            }
+            (Some(c), _) => c,
+            (None, Target::Network(_)) => Check::None,
+            (None, _) => Check::Icmp,
+        };
+        Ok(Hop::new(name.clone(), target, check, params, v4, v6))
+    }
+}
+
+impl RuleConfig {
+    /// Rule `i`, whose `via` names some of `hops`.
+    fn compile(&self, i: usize, hops: &[Hop]) -> Result<Rule, String> {
+        let name = self.name.clone().unwrap_or_else(|| i.to_string());
+        let owner = format!("rule {name}");
+        let matcher = Matcher::compile(
+            &owner,
+            MatchSpec {
+                proto: self.proto.as_ref(),
+                src: self.src.as_deref(),
+                dst: self.dst.as_deref(),
+                sport: self.sport.as_ref(),
+                dport: self.dport.as_ref(),
+            },
+        )?;
+        if (matcher.sport.is_some() || matcher.dport.is_some())
+            && !matches!(matcher.proto, Some(proto::TCP | proto::UDP))
+        {
+            return Err(format!(
+                "{owner}: sport/dport need proto = \"tcp\" or \"udp\""
+            ));
+        }
+        if self.dscp.is_some_and(|d| d > 63) {
+            return Err(format!("{owner}: dscp must be 0..=63"));
+        }
+        if let (Some(s), Some(d)) = (matcher.src, matcher.dst)
+            && s.v6 != d.v6
+        {
+            return Err(format!("{owner}: src and dst are of different IP versions"));
+        }
+        if self.via.is_empty() {
+            return Err(format!("{owner}: via lists no next hop"));
+        }
+        let mut via = Vec::with_capacity(self.via.len());
+        for v in &self.via {
+            let i = hops
+                .iter()
+                .position(|h| &h.name == v)
+                .ok_or_else(|| format!("{owner}: via names {v:?}, which is no next_hop's name"))?;
+            if via.contains(&i) {
+                return Err(format!("{owner}: via names {v:?} twice"));
+            }
+            via.push(i);
+        }
+        Ok(Rule::new(name, matcher, self.dscp, via))
+    }
+}
