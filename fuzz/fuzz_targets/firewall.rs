@@ -3,10 +3,11 @@
 //!
 //! Input: chunks `[ctl: u8][len: u16 LE][bytes]`. `ctl & 3` picks the hook
 //! (0: ingress from local, 1: ingress from global, 2/3: egress), `ctl & 4`
-//! the firewall (Ethernet or bare-IP medium), `ctl >> 3 & 3` whether the
-//! bytes are the whole frame (0) or the payload of a well-formed IPv4 (1)
-//! or IPv6 (2, 3) header the target builds — so that transport headers get
-//! explored, and flows repeat — and `ctl >> 5` five-second steps of time.
+//! the firewall (one sees Ethernet frames, the other bare IP packets),
+//! `ctl >> 3 & 3` whether the bytes are the whole frame (0) or the payload
+//! of a well-formed IPv4 (1) or IPv6 (2, 3) header the target builds — so
+//! that transport headers get explored, and flows repeat — and `ctl >> 5`
+//! five-second steps of time.
 //! With a header, `bytes[0]` picks the protocol and `bytes[1]` the
 //! endpoints (a few hosts; bit 7 swaps source and destination).
 #![no_main]
@@ -15,9 +16,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::{DeviceConfig, MediumName};
+use shmnet::config::DeviceConfig;
 use shmnet::functions::firewall::{Firewall, FirewallConfig};
 use shmnet::functions::{Frame, Function, FunctionConfig, Role};
+use shmnet::wire::LinkMedium;
 
 const DEVICE: &str = r#"
 name = "fw"
@@ -56,9 +58,9 @@ src = "10.0.0.0/24"
 fragments = true
 "#;
 
-fn firewall(medium: MediumName) -> Firewall {
+fn firewall() -> Firewall {
     static CONFIG: OnceLock<FirewallConfig> = OnceLock::new();
-    let mut cfg = CONFIG
+    let cfg = CONFIG
         .get_or_init(|| {
             let settings = DeviceConfig::from_toml(DEVICE, "fuzz-firewall").expect("fuzz config");
             match settings.function {
@@ -67,7 +69,6 @@ fn firewall(medium: MediumName) -> Firewall {
             }
         })
         .clone();
-    cfg.medium = medium;
     Firewall::new(cfg).expect("fuzz firewall")
 }
 
@@ -114,7 +115,7 @@ fn ip_frame(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut fws = [firewall(MediumName::Ethernet), firewall(MediumName::Ip)];
+    let mut fws = [firewall(), firewall()];
     // Deterministic time (smoltcp's Instant converts from SystemTime).
     let mut since_epoch = Duration::from_secs(1);
     // Room for the largest chunk behind an Ethernet and an IPv6 header.
@@ -129,7 +130,8 @@ fuzz_target!(|data: &[u8]| {
         let now = (UNIX_EPOCH + since_epoch).into();
         let which = usize::from(ctl >> 2 & 1);
         let fw = &mut fws[which];
-        let l2 = if which == 0 { 14 } else { 0 };
+        let medium = [LinkMedium::Ethernet, LinkMedium::Ip][which];
+        let l2 = medium.header_len();
         let len = match ctl >> 3 & 3 {
             0 => {
                 buf[..len].copy_from_slice(bytes);
@@ -142,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
             let ethertype: u16 = if ctl >> 3 & 3 == 1 { 0x0800 } else { 0x86dd };
             buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
         }
-        let mut frame = Frame::new(&mut buf, len, shmnet::wire::LinkMedium::Ethernet);
+        let mut frame = Frame::new(&mut buf, len, medium);
         let _ = match ctl & 3 {
             0 => fw.on_ingress(now, Role::Local, &mut frame),
             1 => fw.on_ingress(now, Role::Global, &mut frame),
