@@ -3,13 +3,12 @@
 //! timeouts, and how a packet relates to them ([`Class`]).
 //!
 //! The table hashes with foldhash, seeded at random per process (a peer
-//! cannot aim collisions at it without knowing the seed); an established
-//! packet costs one lookup. Expiry is lazy: an entry is checked when a
+//! cannot aim collisions at it without knowing the seed), over the
+//! derived hash of [`FlowKey`]; an established packet costs one lookup. Expiry is lazy: an entry is checked when a
 //! packet looks it up, and the table is swept every [`SWEEP_EVERY`] of
 //! traffic and, at most every [`FULL_SWEEP_EVERY`], when it is full.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 use foldhash::fast::RandomState;
 use smoltcp::time::{Duration, Instant};
@@ -32,8 +31,9 @@ pub(super) enum Kind {
     Echo {
         request: bool,
     },
-    /// An ICMP error quoting the packet of this (canonical) key.
-    IcmpError(FlowKey),
+    /// An ICMP error: it belongs to the connection of the packet it quotes
+    /// ([`quoted_key`]).
+    IcmpError,
     /// Other ICMP: matched by rules, never tracked.
     IcmpOther,
     /// Another IP protocol, tracked by addresses.
@@ -41,10 +41,9 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    /// The kind of packet `ip` in `frame`; `None` if it is malformed above
-    /// IP (a truncated transport header, or an ICMP error whose quote is
-    /// not an IP header of the same version).
-    pub fn of(ip: &IpView, frame: &[u8]) -> Option<Kind> {
+    /// The kind of packet `ip`; `None` if its transport header is cut
+    /// short (malformed).
+    pub fn of(ip: &IpView) -> Option<Kind> {
         Some(match ip.transport {
             Transport::Tcp { flags, .. } => Kind::Tcp(flags),
             Transport::Udp { .. } => Kind::Udp,
@@ -53,16 +52,21 @@ impl Kind {
                 (false, 0) | (true, 129) => Kind::Echo { request: false },
                 // Destination unreachable, time exceeded, parameter problem
                 // (and ICMPv6's packet too big).
-                (false, 3 | 11 | 12) | (true, 1..=4) => {
-                    let quoted = ip.payload(frame).get(8..)?;
-                    Kind::IcmpError(FlowKey::from_quoted(ip.v6, quoted)?.canonical().0)
-                }
+                (false, 3 | 11 | 12) | (true, 1..=4) => Kind::IcmpError,
                 _ => Kind::IcmpOther,
             },
             Transport::None => Kind::Other,
             Transport::Truncated => return None,
         })
     }
+}
+
+/// The canonical key of the packet an ICMP error `ip` in `frame` quotes;
+/// `None` if the quote is not an IP header of the error's version
+/// (malformed).
+pub(super) fn quoted_key(ip: &IpView, frame: &[u8]) -> Option<(FlowKey, bool)> {
+    let quoted = ip.payload(frame).get(8..)?;
+    Some(FlowKey::from_quoted(ip.v6, quoted)?.canonical())
 }
 
 /// How a packet relates to the connection table.
@@ -118,28 +122,9 @@ impl Timeouts {
     }
 }
 
-/// A canonical flow key, hashed as few words as it takes: an IPv4 key is
-/// one 128-bit word (one multiply in foldhash), where the derived hash
-/// would feed both 128-bit addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ConnKey(FlowKey);
-
-impl Hash for ConnKey {
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        let (k, w) = (&self.0, self.0.words());
-        if k.v6 {
-            h.write_u128(k.src);
-            h.write_u128(k.dst);
-            h.write_u64(w[4]);
-        } else {
-            h.write_u128(u128::from(w[0]) << 64 | u128::from(w[1]));
-        }
-    }
-}
-
 /// The connection table.
 pub(super) struct ConnTable {
-    conns: HashMap<ConnKey, Conn, RandomState>,
+    conns: HashMap<FlowKey, Conn, RandomState>,
     timeouts: Timeouts,
     max: usize,
     next_sweep: Instant,
@@ -170,8 +155,9 @@ impl ConnTable {
         }
     }
 
-    /// Looks the packet (of `kind`, with canonical key `key`) up and
-    /// advances its connection's state; one hash lookup on the common path.
+    /// Looks the packet (of `kind`, with canonical key `key`; for an ICMP
+    /// error, the quoted packet's) up and advances its connection's state;
+    /// one hash lookup on the common path.
     pub fn track(
         &mut self,
         now: Instant,
@@ -179,16 +165,16 @@ impl ConnTable {
         (key, src_lo): (FlowKey, bool),
         stats: &mut FirewallStats,
     ) -> Class {
-        let key = match kind {
-            Kind::IcmpError(quoted) => {
-                return match self.conns.get(&ConnKey(quoted)) {
+        match kind {
+            Kind::IcmpError => {
+                return match self.conns.get(&key) {
                     Some(c) if c.expires > now => Class::Established,
                     _ => Class::New,
                 };
             }
             Kind::IcmpOther => return Class::New,
-            _ => ConnKey(key),
-        };
+            _ => {}
+        }
         let mut expired = false;
         if let Some(c) = self.conns.get_mut(&key) {
             if c.expires <= now {
@@ -245,7 +231,7 @@ impl ConnTable {
             Kind::Tcp(_) => ConnState::SynSent,
             Kind::Udp | Kind::Other => ConnState::Datagram,
             Kind::Echo { .. } => ConnState::Echo,
-            Kind::IcmpError(_) | Kind::IcmpOther => return true,
+            Kind::IcmpError | Kind::IcmpOther => return true,
         };
         if self.conns.len() >= self.max && now >= self.next_full_sweep {
             self.next_full_sweep = now + FULL_SWEEP_EVERY;
@@ -262,7 +248,7 @@ impl ConnTable {
             expires: now,
         };
         c.expires = now + self.timeouts.of(&c);
-        self.conns.insert(ConnKey(key), c);
+        self.conns.insert(key, c);
         stats.connections_created += 1;
         true
     }

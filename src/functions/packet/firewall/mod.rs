@@ -99,7 +99,7 @@ use std::any::Any;
 use smoltcp::time::{Duration, Instant};
 
 pub use config::{Action, Direction, FirewallConfig, RuleConfig, StateMatch};
-use conntrack::{Class, ConnTable, Kind};
+use conntrack::{Class, ConnTable, Kind, quoted_key};
 use rules::Rules;
 
 use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
@@ -178,11 +178,17 @@ impl Firewall {
         if ip.fragment == Fragment::Later {
             return self.fragment(now, side, ip);
         }
-        let Some(kind) = Kind::of(ip, frame.bytes()) else {
+        let Some(kind) = Kind::of(ip) else {
             return self.malformed(now, side);
         };
+        let key = match kind {
+            Kind::IcmpError => match quoted_key(ip, frame.bytes()) {
+                Some(key) => key,
+                None => return self.malformed(now, side),
+            },
+            _ => ip.flow_key().canonical(),
+        };
         self.table.sweep_if_due(now, &mut self.stats);
-        let key = ip.flow_key().canonical();
         match self.table.track(now, kind, key, &mut self.stats) {
             Class::Established => match self.rules.for_established(ip, side) {
                 Some(Action::Drop) => self.deny(now, "rule", side, Some(ip)),

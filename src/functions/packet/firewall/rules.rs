@@ -146,7 +146,11 @@ impl Rules {
 
     /// The action of the first `state = "established"` rule for a packet
     /// of a tracked connection.
+    #[inline]
     pub fn for_established(&mut self, ip: &IpView, side: Role) -> Option<Action> {
+        if self.established.is_empty() {
+            return None;
+        }
         let i = *self
             .established
             .iter()
