@@ -162,7 +162,7 @@ impl Firewall {
     /// counts as the local side).
     fn handle(&mut self, now: Instant, side: Role, frame: &Frame<'_>) -> Verdict {
         let ip = match frame.view() {
-            FrameView::Ip(ip) if !ip.is_truncated() => ip,
+            FrameView::Ip(ip) => ip,
             FrameView::Arp { .. } => return self.accept(),
             FrameView::Other { .. } => {
                 return match self.default_policy {
@@ -170,7 +170,7 @@ impl Firewall {
                     Action::Drop => self.deny(now, "non-IP", side, None),
                 };
             }
-            FrameView::Ip(_) | FrameView::Malformed => return self.malformed(now, side),
+            FrameView::Malformed => return self.malformed(now, side),
         };
         if ip.is_control() {
             return self.accept();
@@ -178,6 +178,8 @@ impl Firewall {
         if ip.fragment == Fragment::Later {
             return self.fragment(now, side, ip);
         }
+        // A truncated transport header (the only `None`) is neither control
+        // traffic nor a later fragment.
         let Some(kind) = Kind::of(ip) else {
             return self.malformed(now, side);
         };
