@@ -1,0 +1,166 @@
+//! The firewall's `[function]` section: its serde schema and the checks
+//! that turn it into the compiled rules and timeouts the engine runs.
+
+use smoltcp::time::Duration;
+
+use super::conntrack::Timeouts;
+use super::rules::Rules;
+use crate::functions::FunctionError;
+use crate::functions::matching::{ConfigDuration, PortSpec, ProtoSpec};
+
+/// What a rule or the default policy does with a packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Accept,
+    #[default]
+    Drop,
+}
+
+/// Which packets a rule applies to, by the way they travel through the
+/// device (the outside is the global network).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Arrived from the global adapter.
+    In,
+    /// Arrived from the local adapter, or emitted by the device's own stack.
+    Out,
+    #[default]
+    Any,
+}
+
+/// Connection state a rule matches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateMatch {
+    /// Packets that would start a connection (and untracked ICMP).
+    New,
+    /// Packets of tracked connections; only a drop is useful here.
+    Established,
+    /// New, established and invalid packets.
+    #[default]
+    Any,
+}
+
+/// One `[[function.rule]]`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub action: Action,
+    #[serde(default)]
+    pub direction: Direction,
+    /// `"tcp"`, `"udp"`, `"icmp"` (IPv4), `"icmpv6"`, a protocol number,
+    /// or `"any"` (the same as leaving it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<ProtoSpec>,
+    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Destination prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    /// Source port or range (TCP and UDP rules only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<PortSpec>,
+    /// Destination port or range (TCP and UDP rules only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<PortSpec>,
+    #[serde(default)]
+    pub state: StateMatch,
+    /// Match only non-first fragments (which carry no ports).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fragments: bool,
+}
+
+/// `[function] kind = "firewall"`; a field left out takes its value from
+/// [`FirewallConfig::default`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FirewallConfig {
+    /// Policy when no rule matches.
+    #[serde(rename = "default")]
+    pub default_policy: Action,
+    /// An established TCP connection, idle.
+    pub tcp_established_timeout: ConfigDuration,
+    /// SYN seen, handshake not complete.
+    pub tcp_handshake_timeout: ConfigDuration,
+    /// FIN or RST seen.
+    pub tcp_closing_timeout: ConfigDuration,
+    /// UDP (and other IP protocols) before the responder answered.
+    pub udp_timeout: ConfigDuration,
+    /// UDP (and other IP protocols) once the responder answered.
+    pub udp_replied_timeout: ConfigDuration,
+    /// ICMP echo exchanges.
+    pub icmp_timeout: ConfigDuration,
+    /// Connection table size.
+    pub max_connections: usize,
+    /// Dropped packets logged per second (0: none).
+    pub log_drops_per_second: u32,
+    /// Ordered rules; the first match wins.
+    #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for FirewallConfig {
+    fn default() -> Self {
+        FirewallConfig {
+            default_policy: Action::Drop,
+            tcp_established_timeout: ConfigDuration::from_secs(3600),
+            tcp_handshake_timeout: ConfigDuration::from_secs(120),
+            tcp_closing_timeout: ConfigDuration::from_secs(30),
+            udp_timeout: ConfigDuration::from_secs(30),
+            udp_replied_timeout: ConfigDuration::from_secs(180),
+            icmp_timeout: ConfigDuration::from_secs(30),
+            max_connections: 65536,
+            log_drops_per_second: 10,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// The largest connection table a config may ask for.
+const MAX_CONNECTIONS: usize = 1 << 24;
+
+/// A config, checked and compiled.
+pub(super) struct Compiled {
+    pub rules: Rules,
+    pub timeouts: Timeouts,
+    pub max_connections: usize,
+}
+
+impl FirewallConfig {
+    /// Checks every field; the error names the field (and the rule).
+    pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
+        let bad = |why: String| FunctionError::Invalid {
+            kind: "firewall",
+            why,
+        };
+        let timeout = |name: &str, d: ConfigDuration| {
+            let range = Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
+            if range.contains(&d.0) {
+                Ok(d.0)
+            } else {
+                Err(bad(format!("{name} {d} is not between 1s and 365d")))
+            }
+        };
+        let timeouts = Timeouts {
+            tcp_established: timeout("tcp_established_timeout", self.tcp_established_timeout)?,
+            tcp_handshake: timeout("tcp_handshake_timeout", self.tcp_handshake_timeout)?,
+            tcp_closing: timeout("tcp_closing_timeout", self.tcp_closing_timeout)?,
+            udp: timeout("udp_timeout", self.udp_timeout)?,
+            udp_replied: timeout("udp_replied_timeout", self.udp_replied_timeout)?,
+            icmp: timeout("icmp_timeout", self.icmp_timeout)?,
+        };
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(bad(format!(
+                "max_connections must be 1..={MAX_CONNECTIONS}"
+            )));
+        }
+        Ok(Compiled {
+            rules: Rules::compile(&self.rules).map_err(bad)?,
+            timeouts,
+            max_connections: self.max_connections,
+        })
+    }
+}
