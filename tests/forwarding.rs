@@ -63,14 +63,14 @@ fn run_chain(router_function: &str, trust: bool) {
     assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
     let r = rh.stats();
     // Both directions of 2 × 4 MiB crossed the router.
-    assert!(r.forwarded > 2 * 2 * 4194304 / 1460, "{r:?}");
+    assert!(r.nic.forwarded > 2 * 2 * 4194304 / 1460, "{r:?}");
     assert_eq!(
-        r.no_route + r.no_neighbour + r.ttl_expired + r.oversize,
+        r.nic.no_route + r.nic.no_neighbour + r.nic.ttl_expired + r.nic.oversize,
         0,
         "{r:?}"
     );
     // The server's MTU is the small one: SYNs from the client were clamped.
-    assert!(r.mss_clamped > 0, "{r:?}");
+    assert!(r.nic.mss_clamped > 0, "{r:?}");
     assert!(
         r.local.rx_bytes > 8 << 20 && r.global.tx_bytes > 8 << 20,
         "{r:?}"
@@ -127,7 +127,7 @@ via = "10.0.0.254"
     let report = wait_finished(&ch, Duration::from_secs(30));
     assert!(report[0].contains("timed out"), "{report:?}");
     let r = rh.stats();
-    assert!(r.no_route > 0 && r.forwarded == 0, "{r:?}");
+    assert!(r.nic.no_route > 0 && r.nic.forwarded == 0, "{r:?}");
     stop_all([(ch, ct), (rh, rt)]);
 }
 

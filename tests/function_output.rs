@@ -129,8 +129,15 @@ global = {{ segment = "{srv}", address = "10.3.0.254/24" }}
         released.load(Ordering::Relaxed) > 2 * 2097152 / 1500,
         "{h:?}"
     );
-    assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
-    assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
+    assert!(
+        h.nic.consumed >= released.load(Ordering::Relaxed) - 64,
+        "{h:?}"
+    );
+    assert_eq!(
+        h.nic.no_route + h.nic.no_neighbour + h.nic.oversize,
+        0,
+        "{h:?}"
+    );
     stop_all([(ch, ct), (hh, ht), (sh, st)]);
 }
 
@@ -168,9 +175,9 @@ route = [{{ to = "10.1.0.0/24", via = "10.2.0.1" }}]
     assert_eq!(report.len(), 2, "{report:?}");
     assert!(report.iter().all(|l| l.contains("intact")), "{report:?}");
     let s = rh.stats();
-    assert!(s.redirected > 1048576 / 1500, "{s:?}");
-    assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
-    assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
+    assert!(s.nic.redirected > 1048576 / 1500, "{s:?}");
+    assert_eq!(s.nic.no_route + s.nic.no_neighbour, 0, "{s:?}");
+    assert!(xh.stats().nic.forwarded > 2 * 1048576 / 1500);
     stop_all([(ch, ct), (rh, rt), (xh, xt), (sh, st)]);
 }
 

@@ -27,7 +27,7 @@ pub mod matching;
 pub mod qos;
 pub mod reroute;
 
-pub use crate::adapters::Role;
+pub use crate::stack::Role;
 
 /// What to do with a captured frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,360 @@
+//! The Nic as smoltcp's `phy::Device`.
+//!
+//! Receive: each frame comes off an adapter in place (trusted peers, no
+//! function looking at it) or copied once into the buffer it needs (the
+//! Nic's own for the stack; on a forwarding device, a buffer lent by the
+//! adapter it most likely leaves from). The function's ingress hook sees
+//! it there; then it goes to the stack, is forwarded, or is dropped (an
+//! empty frame tells smoltcp "processed" without ending its ingress loop).
+//!
+//! Transmit: the stack writes into a buffer lent by the adapter the
+//! previous frame went to; the egress hook sees it; the router picks the
+//! network. While the stack reads a frame in place, the adapter lending it
+//! cannot send, so a reply the stack makes meanwhile is kept
+//! ([`super::Pending`]) and sent at the Nic's next call.
+
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+use super::forward::{self, Exit};
+use super::{Nic, Pending, PendingKind, Router, Transit, frame, lend, pair};
+use crate::adapters::{Adapter, InPlace};
+use crate::counters::bump;
+use crate::functions::{Frame, Function, Verdict};
+use crate::stack::{NicCounters, Role};
+
+/// Ingress: a frame for the stack.
+pub struct NicRxToken<'a> {
+    frame: &'a [u8],
+}
+
+impl phy::RxToken for NicRxToken<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.frame)
+    }
+}
+
+/// Egress: lends a buffer of the predicted adapter, then hooks and routes.
+pub struct NicTxToken<'a> {
+    pub(super) out: Out<'a>,
+    pub(super) function: &'a mut dyn Function,
+    pub(super) router: &'a Router,
+    pub(super) predicted: &'a mut Role,
+    pub(super) counters: &'a NicCounters,
+    pub(super) now: Instant,
+}
+
+/// Where a Tx token's frame goes.
+pub(super) enum Out<'a> {
+    /// Through the adapters, now.
+    Adapters(&'a mut [Box<dyn Adapter>; 2]),
+    /// Kept for the Nic's next call (an adapter is lending a frame in place).
+    Later(&'a mut Pending),
+}
+
+/// What came off an adapter.
+enum Got {
+    InPlace(InPlace),
+    /// Copied into the receive buffer: this many bytes.
+    Copied(usize),
+}
+
+/// What becomes of a frame after the ingress hook.
+enum Fate {
+    Stack,
+    Forward(Transit),
+    Unchanged(Role),
+    Gone,
+}
+
+/// Builds the frame in a scratch buffer the stack writes into and nobody
+/// reads: the frame is dropped (and was counted by the caller).
+fn scratch<R, F: FnOnce(&mut [u8]) -> R>(len: usize, f: F) -> R {
+    f(&mut vec![0u8; len])
+}
+
+impl phy::TxToken for NicTxToken<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let c = self.counters;
+        let adapters = match self.out {
+            Out::Adapters(a) => a,
+            Out::Later(p) => {
+                let Some(buf) = p.buf.get_mut(..len) else {
+                    bump(&c.oversize, 1);
+                    return scratch(len, f);
+                };
+                let r = f(buf);
+                (p.len, p.what) = (len, PendingKind::Reply);
+                return r;
+            }
+        };
+        let pred = *self.predicted;
+        let (p, o) = pair(adapters, pred);
+        let Some(mut lease) = lend(p) else {
+            return scratch(len, f);
+        };
+        let full = p.buffer(&mut lease);
+        if len > full.len() {
+            p.release(lease);
+            bump(&c.oversize, 1);
+            return scratch(len, f);
+        }
+        bump(&c.frames_out, 1);
+        let r = f(&mut full[..len]);
+        let mut frame = Frame::new(full, len);
+        let verdict = self.function.on_egress(self.now, &mut frame);
+        let flen = frame.len();
+        let route = match verdict {
+            Verdict::Drop | Verdict::Consumed => {
+                let n = if verdict == Verdict::Drop {
+                    &c.egress_dropped
+                } else {
+                    &c.consumed
+                };
+                bump(n, 1);
+                p.release(lease);
+                return r;
+            }
+            Verdict::Redirect(role) => {
+                bump(&c.redirected, 1);
+                role
+            }
+            Verdict::Via(via) => {
+                let Some(role) = self.router.network_of(&via) else {
+                    bump(&c.no_route, 1);
+                    p.release(lease);
+                    return r;
+                };
+                if self.router.medium() == Medium::Ethernet {
+                    let on = if role == pred { &mut *p } else { &mut *o };
+                    let Some(mac) = on.mac_of(via) else {
+                        bump(&c.no_neighbour, 1);
+                        p.release(lease);
+                        return r;
+                    };
+                    frame::set_dst_mac(p.buffer(&mut lease), mac.0);
+                }
+                bump(&c.redirected, 1);
+                role
+            }
+            Verdict::Pass | Verdict::Modified => self.router.route(&p.buffer(&mut lease)[..flen]),
+        };
+        if self
+            .router
+            .clamp_mss(&mut p.buffer(&mut lease)[..flen], route)
+        {
+            bump(&c.mss_clamped, 1);
+        }
+        bump([&c.routed_local, &c.routed_global][route.index()], 1);
+        if route == pred {
+            forward::send_lease(self.router, c, p, route, Exit::Unchanged, lease, flen);
+        } else {
+            *self.predicted = route;
+            let frame = &p.buffer(&mut lease)[..flen];
+            forward::send_copy(self.router, c, o, route, Exit::Unchanged, frame);
+            p.release(lease);
+        }
+        r
+    }
+}
+
+impl Nic {
+    /// Tokens handing the stack the first `len` bytes of the receive buffer.
+    fn for_stack(&mut self, len: usize) -> (NicRxToken<'_>, NicTxToken<'_>) {
+        let rx = NicRxToken {
+            frame: &self.rx[..len],
+        };
+        (rx, tx_token!(self, Out::Adapters(&mut self.adapters)))
+    }
+
+    /// Takes the next frame from `role`'s adapter: in place when it may,
+    /// else copied into the buffer it most likely needs.
+    fn take(&mut self, role: Role, hooks: bool) -> Option<Got> {
+        let i = &mut self.adapters[role.index()];
+        if i.in_place() && !hooks {
+            return i.recv_in_place().map(Got::InPlace);
+        }
+        let len = i.recv_into(&mut self.rx)?;
+        Some(Got::Copied(len))
+    }
+
+    /// A frame the stack reads in place, or (a forwarding device's transit
+    /// frame) forwards from there.
+    fn in_place(&mut self, role: Role, f: InPlace) -> (NicRxToken<'_>, NicTxToken<'_>) {
+        let len = f.len();
+        if !self.router.fits(len, role) {
+            bump(&self.counters.oversize, 1);
+            return self.for_stack(0);
+        }
+        let (i, o) = pair(&mut self.adapters, role);
+        let bytes = i.frame(&f);
+        let frame = match self.router.transit(bytes) {
+            Some(Transit::Forward { egress, next_hop }) if egress != role => {
+                let exit = Exit::Forward(next_hop);
+                forward::send_copy(&self.router, &self.counters, o, egress, exit, bytes);
+                &[][..]
+            }
+            Some(t @ Transit::Forward { .. }) => {
+                // Back out of the network it came from, whose adapter is
+                // busy lending it: at the next call.
+                let p = &mut self.pending;
+                p.buf[..bytes.len()].copy_from_slice(bytes);
+                (p.len, p.what) = (bytes.len(), PendingKind::Forward(t));
+                &[][..]
+            }
+            Some(t) => {
+                forward::egress(&self.counters, t);
+                &[][..]
+            }
+            None if self.router.may_clamp(bytes) => {
+                let rx = &mut self.rx[..bytes.len()];
+                rx.copy_from_slice(bytes);
+                if self.router.clamp_mss(rx, role) {
+                    bump(&self.counters.mss_clamped, 1);
+                }
+                rx
+            }
+            // Nothing to rewrite: the stack parses the sender's buffer.
+            None => bytes,
+        };
+        (
+            NicRxToken { frame },
+            tx_token!(self, Out::Later(&mut self.pending)),
+        )
+    }
+
+    /// Runs the ingress hook on a received frame and sends it on its way.
+    fn ingress(&mut self, role: Role, len: usize) -> (NicRxToken<'_>, NicTxToken<'_>) {
+        let c = &*self.counters;
+        let fate = if self.router.fits(len, role) {
+            let mut frame = Frame::new(&mut self.rx, len);
+            let verdict = self.function.on_ingress(self.now, role, &mut frame);
+            let flen = frame.len();
+            let bytes = frame.bytes();
+            let fate = match verdict {
+                Verdict::Pass | Verdict::Modified => self
+                    .router
+                    .transit(bytes)
+                    .map_or(Fate::Stack, Fate::Forward),
+                Verdict::Drop => {
+                    bump(&c.ingress_dropped, 1);
+                    Fate::Gone
+                }
+                Verdict::Consumed => {
+                    bump(&c.consumed, 1);
+                    Fate::Gone
+                }
+                Verdict::Via(via) => {
+                    bump(&c.redirected, 1);
+                    Fate::Forward(self.router.via(bytes, via))
+                }
+                // A forwarding device routes it: next hop, MAC and TTL.
+                Verdict::Redirect(to) if self.router.forwards() => {
+                    bump(&c.redirected, 1);
+                    Fate::Forward(self.router.redirect(bytes, to))
+                }
+                Verdict::Redirect(to) => {
+                    bump(&c.redirected, 1);
+                    Fate::Unchanged(to)
+                }
+            };
+            (fate, flen)
+        } else {
+            bump(&c.oversize, 1);
+            (Fate::Gone, 0)
+        };
+        match fate {
+            (Fate::Stack, flen) => {
+                if self.router.clamp_mss(&mut self.rx[..flen], role) {
+                    bump(&self.counters.mss_clamped, 1);
+                }
+                return self.for_stack(flen);
+            }
+            (Fate::Forward(t), flen) => {
+                if let Some((to, next_hop)) = forward::egress(c, t) {
+                    self.send_rx(to, Exit::Forward(next_hop), flen);
+                }
+            }
+            (Fate::Unchanged(to), flen) => self.send_rx(to, Exit::Unchanged, flen),
+            (Fate::Gone, _) => {}
+        }
+        self.for_stack(0)
+    }
+
+    /// Sends a copy of the receive buffer's frame out of `to`'s adapter.
+    fn send_rx(&mut self, to: Role, exit: Exit, len: usize) {
+        let out = &mut *self.adapters[to.index()];
+        forward::send_copy(&self.router, &self.counters, out, to, exit, &self.rx[..len]);
+    }
+}
+
+impl phy::Device for Nic {
+    type RxToken<'a> = NicRxToken<'a>;
+    type TxToken<'a> = NicTxToken<'a>;
+
+    fn receive(&mut self, _t: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.send_pending();
+        if let Some((_, frame)) = self.inject.pop_front() {
+            let n = frame.len().min(self.rx.len());
+            self.rx[..n].copy_from_slice(&frame[..n]);
+            return Some(self.for_stack(n));
+        }
+        if self.router.forwards() && !self.egress_ready() {
+            // Back-pressure: leave transit frames in their rings until the
+            // adapters have buffers again, rather than drop them. A stall
+            // longer than FORWARD_STALL_LIMIT (two forwarders waiting on
+            // each other) is broken by forwarding anyway, which may drop.
+            let since = *self.stalled_since.get_or_insert(self.now);
+            if self.now - since < super::FORWARD_STALL_LIMIT {
+                return None;
+            }
+        } else {
+            self.stalled_since = None;
+        }
+        let hooks = self.function.hooks_ingress();
+        for _ in 0..2 {
+            self.turn = !self.turn;
+            let role = if self.turn { Role::Local } else { Role::Global };
+            if !self.burst_left(role) {
+                continue;
+            }
+            if let Some(got) = self.take(role, hooks) {
+                self.burst[role.index()] += 1;
+                bump(&self.counters.frames_in, 1);
+                return Some(match got {
+                    Got::InPlace(f) => self.in_place(role, f),
+                    Got::Copied(len) => self.ingress(role, len),
+                });
+            }
+        }
+        None
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<Self::TxToken<'_>> {
+        self.send_pending();
+        let p = &mut self.adapters[self.predicted.index()];
+        if !p.can_lend() {
+            bump(&p.counters().tx_backpressure, 1);
+            return None;
+        }
+        Some(tx_token!(self, Out::Adapters(&mut self.adapters)))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = self.router.medium();
+        caps.max_transmission_unit = self.router.link_header_len()
+            + self
+                .router
+                .mtu(Role::Local)
+                .max(self.router.mtu(Role::Global));
+        caps.max_burst_size = match self.adapters.each_ref().map(|a| a.max_burst()) {
+            [Some(a), Some(b)] => Some(a.min(b)),
+            [a, b] => a.or(b),
+        };
+        if !self.checksums {
+            caps.checksum = ChecksumCapabilities::ignored();
+        }
+        caps
+    }
+}
