@@ -186,14 +186,27 @@ pub struct RawPort {
     pub others: Vec<(shmnet::shm::Peer, [u8; 6])>,
 }
 
-/// Attaches a [`RawPort`] to the network `segment`.
+/// Attaches a [`RawPort`] to the network `segment` (Ethernet, MTU 1500).
 pub fn raw_port(segment: &str) -> RawPort {
-    use shmnet::shm::{NetworkParams, Peer, PortInfo, Segment};
-    let seg = Segment::open_or_create(segment, SegmentKind::Process, &NetworkParams::new(1500))
-        .expect("segment opens");
-    let port = seg
-        .attach(&PortInfo::named("vandal"))
-        .expect("raw port attaches");
+    use shmnet::shm::{NetworkParams, PortInfo};
+    raw_port_as(
+        segment,
+        &NetworkParams::new(1500),
+        &PortInfo::named("vandal"),
+    )
+}
+
+/// Attaches a [`RawPort`] listed as `info` to the network `segment` of
+/// parameters `params`.
+pub fn raw_port_as(
+    segment: &str,
+    params: &shmnet::shm::NetworkParams,
+    info: &shmnet::shm::PortInfo,
+) -> RawPort {
+    use shmnet::shm::{Peer, Segment};
+    let seg =
+        Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment opens");
+    let port = seg.attach(info).expect("raw port attaches");
     let others = seg
         .peers()
         .into_iter()

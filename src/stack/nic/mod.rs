@@ -16,10 +16,12 @@
 //! guess costs one copy). Received frames from trusted peers reach the stack
 //! in place.
 //!
-//! MTUs: the two networks may have different MTUs while smoltcp has one:
-//! the Nic advertises the larger one and clamps the MSS option of TCP SYNs
-//! crossing the smaller network (in both directions), as routers do with
-//! `--clamp-mss-to-pmtu`.
+//! MTUs: each network's MTU is enforced exactly: an IP packet larger than
+//! the MTU of the network it arrives from or leaves by is a counted
+//! `oversize` drop, whatever room the buffers have. The two networks may
+//! have different MTUs while smoltcp has one: the Nic advertises the larger
+//! one and clamps the MSS option of TCP SYNs crossing the smaller network
+//! (in both directions), as routers do with `--clamp-mss-to-pmtu`.
 
 /// A Tx token sending through `$out`, with the Nic's function, router and
 /// counters (fields borrowed apart, so `$out` may borrow another field).

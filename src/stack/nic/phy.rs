@@ -88,7 +88,13 @@ impl phy::TxToken for NicTxToken<'_> {
                 return r;
             }
         };
-        let pred = *self.predicted;
+        let mut pred = *self.predicted;
+        let cap = |r: Role| adapters[r.index()].frame_capacity();
+        if len > cap(pred) && len <= cap(pred.other()) {
+            // Only the other network's buffers are big enough.
+            pred = pred.other();
+            *self.predicted = pred;
+        }
         let (p, o) = pair(adapters, pred);
         let Some(mut lease) = lend(p) else {
             return scratch(len, f);

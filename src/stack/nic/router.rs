@@ -17,6 +17,7 @@
 //! packet[0] = 0x45;
 //! packet[16..20].copy_from_slice(&[10, 0, 0, 9]);
 //! assert_eq!(r.route(&packet), Role::Local);
+//! assert!(r.fits(packet.len(), Role::Global));
 //! ```
 
 use smoltcp::phy::Medium;
@@ -134,10 +135,10 @@ impl Router {
         self.mtu[role.index()]
     }
 
-    /// Does a frame of `len` bytes fit `role`'s network? (For now only the
-    /// buffers' size limits frames.)
-    pub fn fits(&self, _len: usize, _role: Role) -> bool {
-        true
+    /// Does a frame of `len` bytes fit `role`'s network: is its IP packet
+    /// at most the network's MTU?
+    pub fn fits(&self, len: usize, role: Role) -> bool {
+        len <= self.l2 + self.mtu(role)
     }
 
     /// The network a frame the stack sends goes to. Frames too short to
@@ -319,5 +320,15 @@ mod tests {
         f[30..34].copy_from_slice(&[10, 100, 0, 9]);
         assert_eq!(r.route(&f), Role::Global);
         assert_eq!(r.route(&f[..5]), Role::Local);
+    }
+
+    #[test]
+    fn fits_is_exactly_the_ip_mtu() {
+        let r = Router::new(Medium::Ethernet, None, None, 1500, 9000);
+        assert!(r.fits(14 + 1500, Role::Local));
+        assert!(!r.fits(14 + 1501, Role::Local));
+        assert!(r.fits(14 + 9000, Role::Global));
+        let r = Router::new(Medium::Ip, None, None, 576, 576);
+        assert!(r.fits(576, Role::Global) && !r.fits(577, Role::Global));
     }
 }
