@@ -14,7 +14,9 @@
 //! Copies: the Tx token lends a buffer of the adapter the previous frame
 //! went to (flows are long, so the guess is nearly always right; a wrong
 //! guess costs one copy). Received frames from trusted peers reach the stack
-//! in place.
+//! in place. A forwarding device copies each transit frame once: from the
+//! sender's buffer (or ring) straight into a buffer of the adapter it
+//! leaves by, where the function sees it and from where it is sent.
 //!
 //! MTUs: each network's MTU is enforced exactly: an IP packet larger than
 //! the MTU of the network it arrives from or leaves by is a counted
@@ -43,6 +45,8 @@ mod frame;
 mod neighbours;
 mod phy;
 pub mod router;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use smoltcp::time::Instant;
 
 use super::forward::{self, Exit};
 use super::{Nic, Pending, PendingKind, Router, Transit, frame, lend, pair};
-use crate::adapters::{Adapter, InPlace};
+use crate::adapters::{Adapter, InPlace, TxLease};
 use crate::counters::bump;
 use crate::functions::{Frame, Function, Verdict};
 use crate::stack::{NicCounters, Role};
@@ -52,11 +52,18 @@ pub(super) enum Out<'a> {
     Later(&'a mut Pending),
 }
 
+/// Where a received frame waits while the function looks at it.
+enum Held {
+    /// The Nic's receive buffer.
+    Rx,
+    /// A buffer lent by this network's adapter.
+    Lease(Role, TxLease),
+}
+
 /// What came off an adapter.
 enum Got {
     InPlace(InPlace),
-    /// Copied into the receive buffer: this many bytes.
-    Copied(usize),
+    Copied(Held, usize),
 }
 
 /// What becomes of a frame after the ingress hook.
@@ -164,6 +171,18 @@ impl phy::TxToken for NicTxToken<'_> {
     }
 }
 
+/// The bytes of a held frame's buffer.
+fn held_bytes<'a>(
+    adapters: &'a mut [Box<dyn Adapter>; 2],
+    rx: &'a mut [u8],
+    held: &mut Held,
+) -> &'a mut [u8] {
+    match held {
+        Held::Rx => rx,
+        Held::Lease(role, lease) => adapters[role.index()].buffer(lease),
+    }
+}
+
 impl Nic {
     /// Tokens handing the stack the first `len` bytes of the receive buffer.
     fn for_stack(&mut self, len: usize) -> (NicRxToken<'_>, NicTxToken<'_>) {
@@ -176,21 +195,44 @@ impl Nic {
     /// Takes the next frame from `role`'s adapter: in place when it may,
     /// else copied into the buffer it most likely needs.
     fn take(&mut self, role: Role, hooks: bool) -> Option<Got> {
-        let i = &mut self.adapters[role.index()];
-        if i.in_place() && !hooks {
+        let forwards = self.router.forwards();
+        let (i, o) = pair(&mut self.adapters, role);
+        if i.in_place() && (!hooks || forwards) {
             return i.recv_in_place().map(Got::InPlace);
         }
+        // A forwarding device receives straight into a buffer of the other
+        // adapter, where most frames leave (if every frame of this network
+        // fits: the length is known only once it is copied).
+        if forwards
+            && o.frame_capacity() >= i.frame_capacity()
+            && let Some(mut lease) = o.lend()
+        {
+            let Some(len) = i.recv_into(o.buffer(&mut lease)) else {
+                o.release(lease);
+                return None;
+            };
+            return Some(Got::Copied(Held::Lease(role.other(), lease), len));
+        }
         let len = i.recv_into(&mut self.rx)?;
-        Some(Got::Copied(len))
+        Some(Got::Copied(Held::Rx, len))
     }
 
     /// A frame the stack reads in place, or (a forwarding device's transit
     /// frame) forwards from there.
-    fn in_place(&mut self, role: Role, f: InPlace) -> (NicRxToken<'_>, NicTxToken<'_>) {
+    fn in_place(
+        &mut self,
+        role: Role,
+        f: InPlace,
+        hooks: bool,
+    ) -> (NicRxToken<'_>, NicTxToken<'_>) {
         let len = f.len();
         if !self.router.fits(len, role) {
             bump(&self.counters.oversize, 1);
             return self.for_stack(0);
+        }
+        if hooks {
+            let held = self.copy_in_place(role, &f);
+            return self.ingress(role, held, len);
         }
         let (i, o) = pair(&mut self.adapters, role);
         let bytes = i.frame(&f);
@@ -229,11 +271,38 @@ impl Nic {
         )
     }
 
+    /// Copies a frame read in place to where the function may rewrite it:
+    /// a buffer of the adapter it leaves by if it is a transit frame for the
+    /// other network, else the receive buffer.
+    fn copy_in_place(&mut self, role: Role, f: &InPlace) -> Held {
+        let (i, o) = pair(&mut self.adapters, role);
+        let bytes = i.frame(f);
+        let leaves_by_other = matches!(
+            self.router.transit(bytes),
+            Some(Transit::Forward { egress, .. }) if egress != role
+        );
+        if leaves_by_other
+            && bytes.len() <= o.frame_capacity()
+            && let Some(mut lease) = o.lend()
+        {
+            o.buffer(&mut lease)[..bytes.len()].copy_from_slice(bytes);
+            return Held::Lease(role.other(), lease);
+        }
+        self.rx[..bytes.len()].copy_from_slice(bytes);
+        Held::Rx
+    }
+
     /// Runs the ingress hook on a received frame and sends it on its way.
-    fn ingress(&mut self, role: Role, len: usize) -> (NicRxToken<'_>, NicTxToken<'_>) {
+    fn ingress(
+        &mut self,
+        role: Role,
+        mut held: Held,
+        len: usize,
+    ) -> (NicRxToken<'_>, NicTxToken<'_>) {
         let c = &*self.counters;
         let fate = if self.router.fits(len, role) {
-            let mut frame = Frame::new(&mut self.rx, len);
+            let buf = held_bytes(&mut self.adapters, &mut self.rx, &mut held);
+            let mut frame = Frame::new(buf, len);
             let verdict = self.function.on_ingress(self.now, role, &mut frame);
             let flen = frame.len();
             let bytes = frame.bytes();
@@ -271,6 +340,13 @@ impl Nic {
         };
         match fate {
             (Fate::Stack, flen) => {
+                if let Held::Lease(at, mut lease) = held {
+                    // For the device itself after all (rare on a
+                    // forwarding device): into the receive buffer.
+                    let a = &mut self.adapters[at.index()];
+                    self.rx[..flen].copy_from_slice(&a.buffer(&mut lease)[..flen]);
+                    a.release(lease);
+                }
                 if self.router.clamp_mss(&mut self.rx[..flen], role) {
                     bump(&self.counters.mss_clamped, 1);
                 }
@@ -278,19 +354,43 @@ impl Nic {
             }
             (Fate::Forward(t), flen) => {
                 if let Some((to, next_hop)) = forward::egress(c, t) {
-                    self.send_rx(to, Exit::Forward(next_hop), flen);
+                    self.send_held(held, to, Exit::Forward(next_hop), flen);
+                } else {
+                    self.drop_held(held);
                 }
             }
-            (Fate::Unchanged(to), flen) => self.send_rx(to, Exit::Unchanged, flen),
-            (Fate::Gone, _) => {}
+            (Fate::Unchanged(to), flen) => self.send_held(held, to, Exit::Unchanged, flen),
+            (Fate::Gone, _) => self.drop_held(held),
         }
         self.for_stack(0)
     }
 
-    /// Sends a copy of the receive buffer's frame out of `to`'s adapter.
-    fn send_rx(&mut self, to: Role, exit: Exit, len: usize) {
-        let out = &mut *self.adapters[to.index()];
-        forward::send_copy(&self.router, &self.counters, out, to, exit, &self.rx[..len]);
+    /// Sends a held frame out of `to`'s adapter: from the buffer it is in if
+    /// that adapter lent it, else as a copy.
+    fn send_held(&mut self, held: Held, to: Role, exit: Exit, len: usize) {
+        let (router, c) = (&self.router, &*self.counters);
+        match held {
+            Held::Lease(at, lease) if at == to => {
+                let out = &mut *self.adapters[to.index()];
+                forward::send_lease(router, c, out, to, exit, lease, len);
+            }
+            Held::Lease(at, mut lease) => {
+                let (src, out) = pair(&mut self.adapters, at);
+                forward::send_copy(router, c, out, to, exit, &src.buffer(&mut lease)[..len]);
+                src.release(lease);
+            }
+            Held::Rx => {
+                let out = &mut *self.adapters[to.index()];
+                forward::send_copy(router, c, out, to, exit, &self.rx[..len]);
+            }
+        }
+    }
+
+    /// Gives a held frame's buffer back.
+    fn drop_held(&mut self, held: Held) {
+        if let Held::Lease(at, lease) = held {
+            self.adapters[at.index()].release(lease);
+        }
     }
 }
 
@@ -328,8 +428,8 @@ impl phy::Device for Nic {
                 self.burst[role.index()] += 1;
                 bump(&self.counters.frames_in, 1);
                 return Some(match got {
-                    Got::InPlace(f) => self.in_place(role, f),
-                    Got::Copied(len) => self.ingress(role, len),
+                    Got::InPlace(f) => self.in_place(role, f, hooks),
+                    Got::Copied(held, len) => self.ingress(role, held, len),
                 });
             }
         }
