@@ -21,12 +21,17 @@ use smoltcp::wire::{
 const ETHERNET: &str = "ethernet";
 const IP: &str = "ip";
 
-/// A device's stack, a raw port per network, and a virtual clock.
+/// A device, a raw port on each of its networks, and a virtual clock.
 struct Bench {
     dev: Device,
     medium: &'static str,
+    raw: Vec<RawPort>,
     clock: i64,
 }
+
+/// The IPv4 packets each raw port received, as (total length, TTL), and
+/// how many frames the device counted `oversize`.
+type Seen = ([Vec<(usize, u8)>; 2], u64);
 
 impl Bench {
     fn device(text: &str, medium: &'static str) -> Bench {
@@ -34,6 +39,7 @@ impl Bench {
         Bench {
             dev: Device::new(&cfg, SegmentKind::Process).expect("device starts"),
             medium,
+            raw: Vec::new(),
             clock: 0,
         }
     }
@@ -50,9 +56,10 @@ impl Bench {
         self.dev.stats().nic.oversize
     }
 
-    /// A raw port on `segment` (MTU `mtu`) owning `ip`, attached after the
+    /// Attaches a raw port on `segment` (MTU `mtu`) owning `ip`, after the
     /// device (whose port is its only peer).
-    fn raw(&mut self, segment: &str, mtu: u32, ip: [u8; 4], tag: u8) -> RawPort {
+    fn attach_raw(&mut self, segment: &str, mtu: u32, ip: [u8; 4]) {
+        let tag = self.raw.len() as u8;
         let mut params = NetworkParams::new(mtu);
         if self.medium == IP {
             params.medium = LinkMedium::Ip;
@@ -63,10 +70,23 @@ impl Bench {
             ipv4: Some(ip),
             ipv6: None,
         };
-        let raw = raw_port_as(segment, &params, &info);
+        self.raw.push(raw_port_as(segment, &params, &info));
         // Let the device learn the new neighbour.
         self.run();
-        raw
+    }
+
+    /// Raw port `from` sends an echo request of `len` bytes of IP packet;
+    /// returns what came out.
+    fn ping(&mut self, from: usize, src: [u8; 4], dst: [u8; 4], len: usize) -> Seen {
+        let (src, dst) = (Ipv4Address::from_octets(src), Ipv4Address::from_octets(dst));
+        let f = echo_request(&self.raw[from], self.medium, src, dst, len);
+        let before = self.oversize();
+        send(&mut self.raw[from], &f);
+        self.run();
+        let medium = self.medium;
+        let mut got = self.raw.iter_mut().map(|r| received(r, medium));
+        let got = [got.next().unwrap(), got.next().unwrap()];
+        (got, self.oversize() - before)
     }
 }
 
@@ -141,19 +161,14 @@ fn received(raw: &mut RawPort, medium: &str) -> Vec<(usize, u8)> {
     out
 }
 
-fn device_toml(lan: &str, wan: &str, medium: &str, extra: &str) -> String {
+fn device_toml(lan: &str, wan: &str, medium: &str) -> String {
     format!(
         r#"
 name = "host"
-{extra}
 local = {{ segment = "{lan}", address = "10.0.0.1/24", mtu = 1500, medium = "{medium}" }}
 global = {{ segment = "{wan}", address = "10.100.0.1/16", mtu = 9000, medium = "{medium}" }}
 "#
     )
-}
-
-fn a(o: [u8; 4]) -> Ipv4Address {
-    Ipv4Address::from_octets(o)
 }
 
 /// A device with a 1500-byte local and a 9000-byte global network: echo
@@ -162,52 +177,25 @@ fn a(o: [u8; 4]) -> Ipv4Address {
 /// is routed to is dropped on the way out.
 fn device_enforces_mtus(medium: &'static str) {
     let (lan, wan) = (unique("lan"), unique("wan"));
-    let mut b = Bench::device(&device_toml(&lan, &wan, medium, ""), medium);
-    let mut raw_lan = b.raw(&lan, 1500, [10, 0, 0, 77], 1);
-    let mut raw_wan = b.raw(&wan, 9000, [10, 100, 0, 77], 2);
-    let (me_lan, me_wan) = (a([10, 0, 0, 1]), a([10, 100, 0, 1]));
-    let (lan_peer, wan_peer) = (a([10, 0, 0, 77]), a([10, 100, 0, 77]));
-    let mut exchange = |from_wan: bool, src, dst, len| {
-        let raw = if from_wan { &mut raw_wan } else { &mut raw_lan };
-        let f = echo_request(raw, medium, src, dst, len);
-        let before = b.oversize();
-        send(raw, &f);
-        b.run();
-        let got = (
-            received(&mut raw_lan, medium),
-            received(&mut raw_wan, medium),
-        );
-        (got, b.oversize() - before)
-    };
+    let mut b = Bench::device(&device_toml(&lan, &wan, medium), medium);
+    b.attach_raw(&lan, 1500, [10, 0, 0, 77]);
+    b.attach_raw(&wan, 9000, [10, 100, 0, 77]);
+    let (me_lan, me_wan) = ([10, 0, 0, 1], [10, 100, 0, 1]);
+    let (lan_peer, wan_peer) = ([10, 0, 0, 77], [10, 100, 0, 77]);
+    let nothing = [vec![], vec![]];
     // The local network's MTU, received and answered…
-    assert_eq!(
-        exchange(false, lan_peer, me_lan, 1500),
-        ((vec![(1500, 64)], vec![]), 0)
-    );
+    let answered_lan = [vec![(1500, 64)], vec![]];
+    assert_eq!(b.ping(0, lan_peer, me_lan, 1500), (answered_lan.clone(), 0));
     // …one byte more, dropped on arrival.
-    assert_eq!(
-        exchange(false, lan_peer, me_lan, 1501),
-        ((vec![], vec![]), 1)
-    );
+    assert_eq!(b.ping(0, lan_peer, me_lan, 1501), (nothing.clone(), 1));
     // Arriving on the 9000-byte network from a local address: the reply
     // leaves by the local network, where 1500 fits and 1501 does not.
-    assert_eq!(
-        exchange(true, lan_peer, me_wan, 1500),
-        ((vec![(1500, 64)], vec![]), 0)
-    );
-    assert_eq!(
-        exchange(true, lan_peer, me_wan, 1501),
-        ((vec![], vec![]), 1)
-    );
+    assert_eq!(b.ping(1, lan_peer, me_wan, 1500), (answered_lan, 0));
+    assert_eq!(b.ping(1, lan_peer, me_wan, 1501), (nothing.clone(), 1));
     // The global network's MTU, both ways; one more byte dropped.
-    assert_eq!(
-        exchange(true, wan_peer, me_wan, 9000),
-        ((vec![], vec![(9000, 64)]), 0)
-    );
-    assert_eq!(
-        exchange(true, wan_peer, me_wan, 9001),
-        ((vec![], vec![]), 1)
-    );
+    let answered_wan = [vec![], vec![(9000, 64)]];
+    assert_eq!(b.ping(1, wan_peer, me_wan, 9000), (answered_wan, 0));
+    assert_eq!(b.ping(1, wan_peer, me_wan, 9001), (nothing, 1));
 }
 
 #[test]
@@ -236,32 +224,26 @@ global = {{ segment = "{lan_b}", address = "10.1.0.254/24", mtu = 1500, medium =
 "#
     );
     let mut b = Bench::device(&text, medium);
-    let mut raw_a = b.raw(&lan_a, 9000, [10, 0, 0, 77], 1);
-    let mut raw_b = b.raw(&lan_b, 1500, [10, 1, 0, 77], 2);
-    let (host_a, host_b) = (a([10, 0, 0, 77]), a([10, 1, 0, 77]));
-    let mut forward = |from_b: bool, len| {
-        let (raw, src, dst) = if from_b {
-            (&mut raw_b, host_b, host_a)
-        } else {
-            (&mut raw_a, host_a, host_b)
-        };
-        let f = echo_request(raw, medium, src, dst, len);
-        let before = b.oversize();
-        send(raw, &f);
-        b.run();
-        let got = (received(&mut raw_a, medium), received(&mut raw_b, medium));
-        (got, b.oversize() - before)
-    };
+    b.attach_raw(&lan_a, 9000, [10, 0, 0, 77]);
+    b.attach_raw(&lan_b, 1500, [10, 1, 0, 77]);
+    let (host_a, host_b) = ([10, 0, 0, 77], [10, 1, 0, 77]);
+    let nothing = [vec![], vec![]];
     // Into the smaller network: its MTU passes (TTL decremented)…
-    assert_eq!(forward(false, 1500), ((vec![], vec![(1500, 63)]), 0));
+    assert_eq!(
+        b.ping(0, host_a, host_b, 1500),
+        ([vec![], vec![(1500, 63)]], 0)
+    );
     // …one byte more does not fit it.
-    assert_eq!(forward(false, 1501), ((vec![], vec![]), 1));
+    assert_eq!(b.ping(0, host_a, host_b, 1501), (nothing.clone(), 1));
     // Out of the smaller network: its MTU passes, one more is too big for
     // the network it came from.
-    assert_eq!(forward(true, 1500), ((vec![(1500, 63)], vec![]), 0));
-    assert_eq!(forward(true, 1501), ((vec![], vec![]), 1));
+    assert_eq!(
+        b.ping(1, host_b, host_a, 1500),
+        ([vec![(1500, 63)], vec![]], 0)
+    );
+    assert_eq!(b.ping(1, host_b, host_a, 1501), (nothing.clone(), 1));
     // One byte over the bigger network's MTU is dropped on arrival.
-    assert_eq!(forward(false, 9001), ((vec![], vec![]), 1));
+    assert_eq!(b.ping(0, host_a, host_b, 9001), (nothing, 1));
     let s = b.dev.stats();
     assert_eq!((s.nic.forwarded, s.nic.oversize), (2, 3), "{s:?}");
 }

@@ -100,18 +100,9 @@ fn wait_futexes(words: &[(&AtomicU32, u32)], timeout: Option<Duration>) {
         })
         .collect();
     // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
-    let abs = rel.map(|r| {
+    let abs = timeout.map(|t| {
         let now = rustix::time::clock_gettime(ClockId::Monotonic);
-        let mut s = now.tv_sec.saturating_add(r.tv_sec);
-        let mut ns = now.tv_nsec + r.tv_nsec;
-        if ns >= 1_000_000_000 {
-            ns -= 1_000_000_000;
-            s = s.saturating_add(1);
-        }
-        Timespec {
-            tv_sec: s,
-            tv_nsec: ns,
-        }
+        timespec(Duration::new(now.tv_sec as u64, now.tv_nsec as u32).saturating_add(t))
     });
     let r = futex::waitv(
         &waits,
