@@ -1,6 +1,7 @@
 //! Arbitrary frames into two devices' adapters: a raw port on each shared
 //! network broadcasts the input (split into several frames) and the
-//! devices are polled. Nothing may panic.
+//! devices are polled on a virtual clock (`Device::poll_at`), so a crash
+//! replays the same way. Nothing may panic.
 //!
 //! Input: chunks `[which: u8][len: u16 LE][bytes]`; `which & 1` picks the
 //! network (0: device A's local LAN, 1: the global WAN shared by A and B).
@@ -12,6 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use shmnet::config::DeviceConfig;
 use shmnet::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
 use shmnet::stack::Device;
+use smoltcp::time::Instant;
 
 const DEV_A: &str = r#"
 name = "a"
@@ -30,6 +32,8 @@ struct Rig {
     /// Raw ports on fz-lan and fz-wan.
     raw: [Port; 2],
     buf: Vec<u8>,
+    /// Virtual time, in milliseconds.
+    clock: i64,
 }
 
 fn raw_port(segment: &str, params: &NetworkParams) -> Port {
@@ -50,6 +54,7 @@ impl Rig {
             devices: vec![dev_a, dev_b],
             raw: [lan, wan],
             buf: vec![0u8; frame],
+            clock: 0,
         }
     }
 
@@ -84,8 +89,9 @@ impl Rig {
 
     fn pump(&mut self) {
         for _ in 0..4 {
+            self.clock += 1;
             for d in &mut self.devices {
-                d.poll();
+                d.poll_at(Instant::from_millis(self.clock));
             }
             for p in &mut self.raw {
                 // Whatever the devices answer is discarded.
