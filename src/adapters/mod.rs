@@ -27,6 +27,14 @@
 //! Wrappers any adapter can wear: [`pcap::Pcap`] writes every frame the
 //! adapter carries to a capture file.
 //!
+//! Adding an adapter (TAP, VXLAN, memif): implement [`Adapter`] in a file
+//! here (lend buffers of your own memory; copy received frames into the
+//! caller's buffer, or offer them in place if the memory is trusted and
+//! stays put until the next receive; return [`Wake::Readable`] for an
+//! eventfd or socket), then hand it to `stack::Device::from_adapters`, or
+//! let the device's attach step build it from the network's settings. The
+//! Nic needs no change.
+//!
 //! Back-pressure, not drops: when every transmit buffer is in flight,
 //! [`Adapter::can_lend`] says no and the Nic tells smoltcp to retry later (a
 //! silent drop would cost smoltcp a 1 s retransmission stall). Everything
