@@ -7,17 +7,16 @@
 //! printing, metrics and policies read. Nothing copies counters field by
 //! field: adding a counter is one line.
 //!
-//! ```ignore
-//! counter_set! {
-//!     /// Counters of a thing.
-//!     pub struct ThingCounters => ThingStats {
-//!         /// Frames seen.
-//!         frames,
-//!     }
-//! }
-//! let c = ThingCounters::default();
-//! bump(&c.frames, 1);
-//! assert_eq!(c.snapshot().pairs(), [("frames", 1)]);
+//! ```
+//! // `AdapterCounters` / `AdapterStats` are one such set.
+//! use shmnet::adapters::{AdapterCounters, AdapterStats};
+//! use std::sync::atomic::Ordering;
+//! let c = AdapterCounters::default();
+//! c.rx_frames.fetch_add(2, Ordering::Relaxed);
+//! let s: AdapterStats = c.snapshot();
+//! assert_eq!(s.rx_frames, 2);
+//! assert_eq!(s.pairs()[0], ("rx_frames", 2));
+//! assert_eq!(AdapterStats::NAMES.len(), s.pairs().len());
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};
