@@ -2,7 +2,7 @@
 //! that talk over shared memory.
 //!
 //! Layers, bottom up: [`shm`] (segments, ports, rings) → [`adapters`]
-//! (`smoltcp::phy::Device`s on a network) → [`stack`] (a device: one smoltcp
+//! (the network cards a device drives, behind one trait) → [`stack`] (a device: one smoltcp
 //! interface, the NIC that routes between the local and global adapter, the
 //! runtime loop) → [`functions`] (what a device does). [`config`] reads the
 //! TOML files; [`topology`] runs a whole topology file. The `shmnet`
@@ -14,6 +14,7 @@
 
 pub mod adapters;
 pub mod config;
+mod counters;
 pub mod functions;
 pub mod shm;
 pub mod stack;

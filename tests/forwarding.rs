@@ -48,14 +48,14 @@ fn run_chain(router_function: &str, trust: bool) {
     probe_intact(&client, 3, Duration::from_secs(60));
     let r = rh.stats();
     // Both directions of 2 × 4 MiB crossed the router.
-    assert!(r.forwarded > 2 * 2 * 4194304 / 1460, "{r:?}");
+    assert!(r.nic.forwarded > 2 * 2 * 4194304 / 1460, "{r:?}");
     assert_eq!(
-        r.no_route + r.no_neighbour + r.ttl_expired + r.oversize,
+        r.nic.no_route + r.nic.no_neighbour + r.nic.ttl_expired + r.nic.oversize,
         0,
         "{r:?}"
     );
     // The server's MTU is the small one: SYNs from the client were clamped.
-    assert!(r.mss_clamped > 0, "{r:?}");
+    assert!(r.nic.mss_clamped > 0, "{r:?}");
     assert!(
         r.local.rx_bytes > 8 << 20 && r.global.tx_bytes > 8 << 20,
         "{r:?}"
@@ -94,7 +94,7 @@ fn without_a_route_the_router_drops_and_counts() {
     let (report, _) = run_to_end(&client, Duration::from_secs(30));
     assert!(report[0].contains("timed out"), "{report:?}");
     let r = rh.stats();
-    assert!(r.no_route > 0 && r.forwarded == 0, "{r:?}");
+    assert!(r.nic.no_route > 0 && r.nic.forwarded == 0, "{r:?}");
     stop_all([(rh, rt)]);
 }
 

@@ -116,8 +116,15 @@ fn held_frames_are_released_and_forwarded_intact() {
         released.load(Ordering::Relaxed) > 2 * 2097152 / 1500,
         "{h:?}"
     );
-    assert!(h.consumed >= released.load(Ordering::Relaxed) - 64, "{h:?}");
-    assert_eq!(h.no_route + h.no_neighbour + h.oversize, 0, "{h:?}");
+    assert!(
+        h.nic.consumed >= released.load(Ordering::Relaxed) - 64,
+        "{h:?}"
+    );
+    assert_eq!(
+        h.nic.no_route + h.nic.no_neighbour + h.nic.oversize,
+        0,
+        "{h:?}"
+    );
     stop_all([(hh, ht), (sh, st)]);
 }
 
@@ -142,9 +149,9 @@ fn via_sends_transit_to_a_next_hop_found_by_device_name() {
     std::thread::sleep(Duration::from_millis(50));
     probe_intact(&client, 2, Duration::from_secs(60));
     let s = rh.stats();
-    assert!(s.redirected > 1048576 / 1500, "{s:?}");
-    assert_eq!(s.no_route + s.no_neighbour, 0, "{s:?}");
-    assert!(xh.stats().forwarded > 2 * 1048576 / 1500);
+    assert!(s.nic.redirected > 1048576 / 1500, "{s:?}");
+    assert_eq!(s.nic.no_route + s.nic.no_neighbour, 0, "{s:?}");
+    assert!(xh.stats().nic.forwarded > 2 * 1048576 / 1500);
     stop_all([(rh, rt), (xh, xt), (sh, st)]);
 }
 

@@ -172,8 +172,8 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
     // (1) Everything goes through a.
     let mib4 = 4 << 20;
     transfer(&nets.client(1, "\"10.2.0.2:7\"", mib4));
-    let a_fwd = a.as_ref().unwrap().0.stats().forwarded;
-    let b_fwd = b.0.stats().forwarded;
+    let a_fwd = a.as_ref().unwrap().0.stats().nic.forwarded;
+    let b_fwd = b.0.stats().nic.forwarded;
     // Both directions of 4 MiB in segments of at most 1460 bytes.
     let segments = 2 * mib4 as u64 / 1460;
     assert!(a_fwd > segments, "a forwarded {a_fwd}");
@@ -193,7 +193,7 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
     let (ch, ct) = spawn(&nets.client(2, "\"10.2.0.2:7\"", mib16));
     let (ah, at) = a.take().unwrap();
     let t0 = Instant::now();
-    while ah.stats().forwarded < a_fwd + 2000 && !ch.finished() {
+    while ah.stats().nic.forwarded < a_fwd + 2000 && !ch.finished() {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "no traffic through a"
@@ -213,7 +213,7 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
         report.len() == 1 && report[0].contains(&format!("{mib16} bytes echoed intact")),
         "{report:?}"
     );
-    let b_after = b.0.stats().forwarded;
+    let b_after = b.0.stats().nic.forwarded;
     assert!(
         b_after > b_fwd + 1000,
         "b forwarded {b_after} (before: {b_fwd})"
@@ -236,10 +236,10 @@ fn fails_over_to_b_when_a_dies_and_back_when_it_returns() {
             counter(s, "next_hop.a.up") == 1 && counter(s, "failbacks") >= 1
         });
     }
-    let b_before = b.0.stats().forwarded;
+    let b_before = b.0.stats().nic.forwarded;
     transfer(&nets.client(3, "\"10.2.0.2:7\"", mib4));
-    let a2_fwd = a2.0.stats().forwarded;
-    let b_delta = b.0.stats().forwarded - b_before;
+    let a2_fwd = a2.0.stats().nic.forwarded;
+    let b_delta = b.0.stats().nic.forwarded - b_before;
     assert!(a2_fwd > segments, "a forwarded {a2_fwd}");
     assert!(b_delta * 20 < a2_fwd, "b forwarded {b_delta}, a {a2_fwd}");
     let mut all = rest;
@@ -273,8 +273,8 @@ fn a_rule_reroutes_only_the_traffic_it_matches() {
     transfer(&nets.client(1, "\"10.2.0.2:7\", \"10.2.0.9:9\"", mib2));
     let (a, b) = (devices[0].0.stats(), devices[1].0.stats());
     let segments = 2 * mib2 as u64 / 1460;
-    assert!(a.forwarded > segments, "{a:?}");
-    assert!(b.forwarded > segments, "{b:?}");
+    assert!(a.nic.forwarded > segments, "{a:?}");
+    assert!(b.nic.forwarded > segments, "{b:?}");
     for h in [&devices[4].0, &devices[5].0] {
         wait_for(h, Duration::from_secs(5), "counters published", |s| {
             counter(s, "rule.port9.packets") > segments / 2
@@ -414,7 +414,7 @@ rule = [{ name = "srv", dst = "10.3.0.0/24", via = ["wan"] }]
         "packets via the network counted",
         |s| counter(s, "next_hop.wan.packets") > (1 << 20) / 1500,
     );
-    assert_eq!(s.no_neighbour + s.no_route, 0, "{s:?}");
-    assert!(devices[1].0.stats().forwarded > 2 * (1 << 20) / 1500);
+    assert_eq!(s.nic.no_neighbour + s.nic.no_route, 0, "{s:?}");
+    assert!(devices[1].0.stats().nic.forwarded > 2 * (1 << 20) / 1500);
     stop_all(devices);
 }

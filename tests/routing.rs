@@ -73,8 +73,8 @@ fn different_mtus_clamp_mss_and_data_arrives_intact() {
     let client = settings_mtus("client", &lan, &wan, 1, 65535, 1500, PROBE_GLOBAL);
     let server = settings_mtus("server", &lan2, &wan, 3, 65535, 1500, ECHO);
     let s = exchange(&client, &[server]);
-    assert!(s.mss_clamped > 0, "{s:?}");
-    assert_eq!(s.oversize, 0, "{s:?}");
+    assert!(s.nic.mss_clamped > 0, "{s:?}");
+    assert_eq!(s.nic.oversize, 0, "{s:?}");
     assert!(s.global.tx_bytes > 1 << 20, "{s:?}");
     assert!(s.local.tx_bytes < 4096, "{s:?}");
 }

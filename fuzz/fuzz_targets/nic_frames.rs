@@ -1,6 +1,7 @@
 //! Arbitrary frames into two devices' adapters: a raw port on each shared
 //! network broadcasts the input (split into several frames) and the
-//! devices are polled. Nothing may panic.
+//! devices are polled on a virtual clock (`Device::poll_at`), so a crash
+//! replays the same way. Nothing may panic.
 //!
 //! Input: chunks `[which: u8][len: u16 LE][bytes]`; `which & 1` picks the
 //! network (0: device A's local LAN, 1: the global WAN shared by A and B).
@@ -9,36 +10,51 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::shm::{Peer, Port, SegmentKind};
+use shmnet::config::DeviceConfig;
+use shmnet::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
 use shmnet::stack::Device;
-use shmnet::testing::fuzz::chunks;
-use shmnet::testing::{DeviceToml, raw_port};
+use smoltcp::time::Instant;
+
+const DEV_A: &str = r#"
+name = "a"
+local = { segment = "fz-lan", address = "10.0.0.1/24" }
+global = { segment = "fz-wan", address = "10.100.0.1/16" }
+"#;
+
+const DEV_B: &str = r#"
+name = "b"
+local = { segment = "fz-lan-b", address = "10.0.1.1/24" }
+global = { segment = "fz-wan", address = "10.100.0.2/16" }
+"#;
 
 struct Rig {
     devices: Vec<Device>,
     /// Raw ports on fz-lan and fz-wan.
     raw: [Port; 2],
     buf: Vec<u8>,
+    /// Virtual time, in milliseconds.
+    clock: i64,
+}
+
+fn raw_port(segment: &str, params: &NetworkParams) -> Port {
+    let seg = Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment");
+    seg.attach(&PortInfo::named("raw")).expect("attach raw")
 }
 
 impl Rig {
     fn new() -> Rig {
-        let a = DeviceToml::new("a", ("fz-lan", "10.0.0.1/24"), ("fz-wan", "10.100.0.1/16"));
-        let b = DeviceToml::new(
-            "b",
-            ("fz-lan-b", "10.0.1.1/24"),
-            ("fz-wan", "10.100.0.2/16"),
-        );
-        let dev_a = Device::new(&a.settings(), SegmentKind::Process).expect("device a");
-        let dev_b = Device::new(&b.settings(), SegmentKind::Process).expect("device b");
-        // Raw ports on the networks device A created.
-        let lan = raw_port("fz-lan").port;
-        let wan = raw_port("fz-wan").port;
+        let a = DeviceConfig::from_toml(DEV_A, "fuzz-a").expect("config a");
+        let b = DeviceConfig::from_toml(DEV_B, "fuzz-b").expect("config b");
+        let dev_a = Device::new(&a, SegmentKind::Process).expect("device a");
+        let dev_b = Device::new(&b, SegmentKind::Process).expect("device b");
+        let lan = raw_port(&a.local.segment, &a.local.params());
+        let wan = raw_port(&a.global.segment, &a.global.params());
         let frame = lan.segment().frame_size().max(wan.segment().frame_size());
         Rig {
             devices: vec![dev_a, dev_b],
             raw: [lan, wan],
             buf: vec![0u8; frame],
+            clock: 0,
         }
     }
 
@@ -73,8 +89,9 @@ impl Rig {
 
     fn pump(&mut self) {
         for _ in 0..4 {
+            self.clock += 1;
             for d in &mut self.devices {
-                d.poll();
+                d.poll_at(Instant::from_millis(self.clock));
             }
             for p in &mut self.raw {
                 // Whatever the devices answer is discarded.
@@ -97,9 +114,13 @@ fuzz_target!(|data: &[u8]| {
     RIG.with(|rig| {
         let mut rig = rig.borrow_mut();
         let rig = rig.get_or_insert_with(Rig::new);
+        let mut rest = data;
         let mut sent = 0;
-        for (which, frame) in chunks(data) {
-            rig.send(usize::from(which & 1), frame);
+        while let [which, l0, l1, tail @ ..] = rest {
+            let len = (u16::from_le_bytes([*l0, *l1]) as usize).min(tail.len());
+            let (frame, next) = tail.split_at(len);
+            rest = next;
+            rig.send(*which as usize & 1, frame);
             sent += 1;
             if sent % 8 == 0 {
                 rig.pump();

@@ -39,8 +39,8 @@ use smoltcp::iface::{Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
+pub use super::Role;
 pub use super::spec::FunctionSpec;
-pub use crate::adapters::Role;
 use crate::wire::{FrameView, IpView, LinkMedium};
 
 /// What to do with a captured frame.

@@ -92,8 +92,8 @@ pub trait DeviceBlueprint {
 }
 impl NetworkSpec {
     /// The segment parameters this network asks for.
-    pub fn params(&self) -> crate::shm::NetworkParams {
-        let mut p = crate::shm::NetworkParams::new(self.mtu);
+    pub fn params(&self) -> crate::adapters::shm::NetworkParams {
+        let mut p = crate::adapters::shm::NetworkParams::new(self.mtu);
         p.medium = self.medium;
         p.max_ports = self.max_ports;
         p.max_links = self.max_ports * (self.max_ports - 1);

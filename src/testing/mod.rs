@@ -43,6 +43,6 @@ mod topology;
 
 pub use device::{DeviceToml, NetToml};
 pub use topology::{
-    RawPort, Running, counter, echo_server, probe_client, probe_intact, raw_port, run_to_end,
-    spawn, stop_all, unique, wait_finished, wait_for,
+    RawPort, Running, counter, echo_server, probe_client, probe_intact, raw_port, raw_port_as,
+    run_to_end, spawn, stop_all, unique, wait_finished, wait_for,
 };

@@ -173,11 +173,19 @@ pub struct RawPort {
 /// Attaches a [`RawPort`] to the network `segment` (created with MTU 1500
 /// if no device made it yet).
 pub fn raw_port(segment: &str) -> RawPort {
-    let seg = Segment::open_or_create(segment, SegmentKind::Process, &NetworkParams::new(1500))
-        .expect("segment opens");
-    let port = seg
-        .attach(&PortInfo::named("vandal"))
-        .expect("raw port attaches");
+    raw_port_as(
+        segment,
+        &NetworkParams::new(1500),
+        &PortInfo::named("vandal"),
+    )
+}
+
+/// Attaches a [`RawPort`] listed as `info` to the network `segment` of
+/// parameters `params` (created if it does not exist).
+pub fn raw_port_as(segment: &str, params: &NetworkParams, info: &PortInfo) -> RawPort {
+    let seg =
+        Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment opens");
+    let port = seg.attach(info).expect("raw port attaches");
     let others = seg
         .peers()
         .into_iter()

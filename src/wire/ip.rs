@@ -72,6 +72,23 @@ impl LinkMedium {
         }
     }
 
+    /// The medium of smoltcp's device capabilities (anything but Ethernet
+    /// carries bare IP).
+    pub const fn from_phy(m: smoltcp::phy::Medium) -> Self {
+        match m {
+            smoltcp::phy::Medium::Ethernet => LinkMedium::Ethernet,
+            _ => LinkMedium::Ip,
+        }
+    }
+
+    /// smoltcp's name for it.
+    pub const fn to_phy(self) -> smoltcp::phy::Medium {
+        match self {
+            LinkMedium::Ethernet => smoltcp::phy::Medium::Ethernet,
+            LinkMedium::Ip => smoltcp::phy::Medium::Ip,
+        }
+    }
+
     /// `"ethernet"` or `"ip"`, as in a config file.
     pub const fn name(self) -> &'static str {
         match self {

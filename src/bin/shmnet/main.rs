@@ -88,23 +88,30 @@ fn print_stats(s: &DeviceStats) {
         "{} [{}]: routed local {} global {}; dropped in {} out {}; oversize {}; mss clamped {}",
         s.name,
         s.function,
-        s.routed_local,
-        s.routed_global,
-        s.ingress_dropped,
-        s.egress_dropped,
-        s.oversize,
-        s.mss_clamped
+        s.nic.routed_local,
+        s.nic.routed_global,
+        s.nic.ingress_dropped,
+        s.nic.egress_dropped,
+        s.nic.oversize,
+        s.nic.mss_clamped
     );
-    if s.forwarded + s.no_route + s.no_neighbour + s.ttl_expired + s.consumed + s.redirected > 0 {
+    if s.nic.forwarded
+        + s.nic.no_route
+        + s.nic.no_neighbour
+        + s.nic.ttl_expired
+        + s.nic.consumed
+        + s.nic.redirected
+        > 0
+    {
         say!(
             "  forwarded {}; no route {}; no neighbour {}; ttl expired {}; \
              taken by the function {}; sent to its next hop {}",
-            s.forwarded,
-            s.no_route,
-            s.no_neighbour,
-            s.ttl_expired,
-            s.consumed,
-            s.redirected
+            s.nic.forwarded,
+            s.nic.no_route,
+            s.nic.no_neighbour,
+            s.nic.ttl_expired,
+            s.nic.consumed,
+            s.nic.redirected
         );
     }
     for (net, a) in [("local", &s.local), ("global", &s.global)] {
@@ -203,14 +210,14 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
         }
     };
     say!(
-        "device {} ready: local {} on {} (port {}), global {} on {} (port {}), pid {}",
+        "device {} ready: local {} on {} ({}), global {} on {} ({}), pid {}",
         cfg.name,
         cfg.local.v4,
         cfg.local.segment,
-        dev.nic().local().port().index(),
+        dev.nic().local().describe(),
         cfg.global.v4,
         cfg.global.segment,
-        dev.nic().global().port().index(),
+        dev.nic().global().describe(),
         std::process::id()
     );
     let started = std::time::Instant::now();

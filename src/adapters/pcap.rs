@@ -1,0 +1,175 @@
+//! Packet capture as a wrapper any adapter can wear.
+//!
+//! [`Pcap`] wraps an [`Adapter`] and writes every frame it sends (at
+//! commit) and receives (copied or in place) to a classic pcap file, with
+//! the link type of the adapter's medium and wall-clock timestamps. The
+//! file is flushed with the adapter, once per round.
+//!
+//! ```
+//! use shmnet::adapters::pcap::Pcap;
+//! use shmnet::adapters::shm::{NetworkParams, SegmentKind, ShmAdapter, ShmOptions};
+//! use shmnet::adapters::{Adapter, Neighbour};
+//! let me = Neighbour { mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 9]), ipv4: None, ipv6: None };
+//! let inner = ShmAdapter::join("pcap-doc", SegmentKind::Process, &NetworkParams::new(1500), "a", me, ShmOptions::default()).unwrap();
+//! let path = std::env::temp_dir().join(format!("pcap-doc-{}.pcap", std::process::id()));
+//! let mut a = Pcap::create(inner, &path).unwrap();
+//! a.flush();
+//! assert_eq!(std::fs::metadata(&path).unwrap().len(), 24); // the global header
+//! # std::fs::remove_file(&path).ok();
+//! ```
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use smoltcp::phy::{Medium, PcapLinkType, PcapSink};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, IpAddress};
+
+use super::{Adapter, AdapterCounters, AdapterError, InPlace, Neighbour, Remote, TxLease, Wake};
+
+/// An adapter whose every frame is also written to a pcap file.
+pub struct Pcap<A: Adapter> {
+    inner: A,
+    out: BufWriter<File>,
+    start: std::time::Instant,
+    /// Microseconds since the Unix epoch at `start`.
+    start_unix_us: i64,
+}
+
+impl<A: Adapter> Pcap<A> {
+    /// Wraps `inner`, writing to a new file at `path`.
+    pub fn create(inner: A, path: &Path) -> Result<Pcap<A>, AdapterError> {
+        let f = File::create(path).map_err(|source| AdapterError::Pcap {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut out = BufWriter::with_capacity(1 << 20, f);
+        let link = match inner.medium() {
+            Medium::Ethernet => PcapLinkType::Ethernet,
+            _ => PcapLinkType::Ip,
+        };
+        PcapSink::global_header(&mut out, link);
+        Ok(Pcap {
+            inner,
+            out,
+            start: std::time::Instant::now(),
+            start_unix_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as i64)
+                .unwrap_or(0),
+        })
+    }
+
+    /// The wrapped adapter.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+}
+
+/// Appends one record (a free function, so the frame may borrow the inner
+/// adapter while the writer is borrowed).
+fn capture(out: &mut BufWriter<File>, at_us: i64, frame: &[u8]) {
+    PcapSink::packet(out, Instant::from_micros(at_us), frame);
+}
+
+impl<A: Adapter> Pcap<A> {
+    fn now_us(&self) -> i64 {
+        self.start_unix_us + self.start.elapsed().as_micros() as i64
+    }
+}
+
+impl<A: Adapter> Adapter for Pcap<A> {
+    fn medium(&self) -> Medium {
+        self.inner.medium()
+    }
+    fn ip_mtu(&self) -> usize {
+        self.inner.ip_mtu()
+    }
+    fn frame_capacity(&self) -> usize {
+        self.inner.frame_capacity()
+    }
+    fn max_burst(&self) -> Option<usize> {
+        self.inner.max_burst()
+    }
+    fn can_lend(&mut self) -> bool {
+        self.inner.can_lend()
+    }
+    fn lend(&mut self) -> Option<TxLease> {
+        self.inner.lend()
+    }
+    fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
+        self.inner.buffer(lease)
+    }
+    fn commit(&mut self, mut lease: TxLease, len: usize) {
+        let at = self.now_us();
+        let buf = self.inner.buffer(&mut lease);
+        capture(&mut self.out, at, &buf[..len.min(buf.len())]);
+        self.inner.commit(lease, len);
+    }
+    fn release(&mut self, lease: TxLease) {
+        self.inner.release(lease)
+    }
+    fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
+        let len = self.inner.recv_into(dst)?;
+        let at = self.now_us();
+        capture(&mut self.out, at, &dst[..len]);
+        Some(len)
+    }
+    fn in_place(&self) -> bool {
+        self.inner.in_place()
+    }
+    fn recv_in_place(&mut self) -> Option<InPlace> {
+        let f = self.inner.recv_in_place()?;
+        let at = self.now_us();
+        capture(&mut self.out, at, self.inner.frame(&f));
+        Some(f)
+    }
+    fn frame(&self, f: &InPlace) -> &[u8] {
+        self.inner.frame(f)
+    }
+    fn flush(&mut self) {
+        self.inner.flush();
+        let _ = Write::flush(&mut self.out);
+    }
+    fn prepare_sleep(&self) -> Wake<'_> {
+        self.inner.prepare_sleep()
+    }
+    fn end_sleep(&self) {
+        self.inner.end_sleep()
+    }
+    fn remote(&self) -> Arc<dyn Remote> {
+        self.inner.remote()
+    }
+    fn directory_generation(&self) -> u32 {
+        self.inner.directory_generation()
+    }
+    fn own_entry(&self) -> Neighbour {
+        self.inner.own_entry()
+    }
+    fn neighbours(&self) -> Vec<Neighbour> {
+        self.inner.neighbours()
+    }
+    fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress> {
+        self.inner.mac_of(ip)
+    }
+    fn addresses_of(&self, name: &str) -> Vec<IpAddress> {
+        self.inner.addresses_of(name)
+    }
+    fn maintain(&mut self) {
+        self.inner.maintain()
+    }
+    fn counters(&self) -> &AdapterCounters {
+        self.inner.counters()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+impl<A: Adapter> Drop for Pcap<A> {
+    fn drop(&mut self) {
+        let _ = Write::flush(&mut self.out);
+    }
+}

@@ -1,0 +1,488 @@
+//! The shared-memory adapter: a port of a [`Segment`], as an [`Adapter`].
+//!
+//! It switches each outgoing frame to the right port (by destination MAC on
+//! Ethernet networks, by destination IP on IP networks; broadcast and
+//! multicast go to every port), lends the stack buffers of the segment to
+//! write into (no copy on send), copies received frames out before anyone
+//! parses them, or hands them over in place when the peers are trusted, and
+//! sleeps on the port's doorbell (a futex word in the segment).
+//!
+//! The shm types a device needs to attach are re-exported here, so the
+//! layers above never reach into [`crate::shm`].
+//!
+//! ```
+//! use shmnet::adapters::Adapter;
+//! use shmnet::adapters::shm::{NetworkParams, SegmentKind, ShmAdapter, ShmOptions};
+//! let me = shmnet::adapters::Neighbour {
+//!     mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
+//!     ipv4: Some(smoltcp::wire::Ipv4Address::new(10, 0, 0, 1)),
+//!     ipv6: None,
+//! };
+//! let a = ShmAdapter::join("shm-adapter-doc", SegmentKind::Process, &NetworkParams::new(9000), "a", me, ShmOptions::default()).unwrap();
+//! assert_eq!((a.ip_mtu(), a.own_entry()), (9000, me));
+//! ```
+
+use std::sync::Arc;
+
+use smoltcp::phy::Medium;
+use smoltcp::wire::{EthernetAddress, IpAddress, Ipv4Address, Ipv6Address};
+
+use super::{
+    Adapter, AdapterCounters, AdapterError, AdapterStats, InPlace, Neighbour, Remote, TxLease,
+    Wake, link_header_len,
+};
+use crate::counters::bump;
+use crate::shm::{InPlaceFrame, Peer, PeerInfo, Port, PortCounters, TxBuf};
+pub use crate::shm::{LinkMedium, NetworkParams, PortInfo, Segment, SegmentKind};
+
+/// Transmit buffers kept back from [`Adapter::can_lend`] for replies made
+/// while receiving (ARP, RST, ICMP), so a full pool cannot deadlock two
+/// peers.
+const RX_REPLY_RESERVE: usize = 8;
+
+/// Options of a shared-memory adapter.
+#[derive(Debug, Clone, Default)]
+pub struct ShmOptions {
+    /// Frames handed to the stack per poll round (`None`: unlimited).
+    pub max_burst: Option<usize>,
+    /// Hand received frames over in place, without copying them out of the
+    /// sender's buffer. Only for trusted peers: devices of this process, or
+    /// processes the configuration declares trusted.
+    pub trust_peers: bool,
+}
+
+impl From<LinkMedium> for Medium {
+    fn from(m: LinkMedium) -> Medium {
+        match m {
+            LinkMedium::Ethernet => Medium::Ethernet,
+            LinkMedium::Ip => Medium::Ip,
+        }
+    }
+}
+
+/// A port of a shared-memory segment, as an [`Adapter`].
+pub struct ShmAdapter {
+    port: Port,
+    /// The port's segment again, so an in-place frame can be borrowed
+    /// apart from the port.
+    seg: Arc<Segment>,
+    medium: Medium,
+    frame_size: usize,
+    options: ShmOptions,
+    counters: Arc<AdapterCounters>,
+    /// Buffers lent out, by lease slot.
+    leases: Vec<Option<TxBuf>>,
+    free_leases: Vec<u32>,
+    peers: PeerTable,
+    me: Neighbour,
+    /// The frame last taken in place, while it is readable.
+    current: Option<InPlaceFrame>,
+    /// Numbers in-place frames, so a stale ticket reads as empty.
+    rx_seq: u64,
+}
+
+impl ShmAdapter {
+    /// Joins (or creates) the network `segment` as `name`, publishing `me`
+    /// in its directory.
+    pub fn join(
+        segment: &str,
+        kind: SegmentKind,
+        params: &NetworkParams,
+        name: &str,
+        me: Neighbour,
+        options: ShmOptions,
+    ) -> Result<ShmAdapter, AdapterError> {
+        let port = Segment::join(segment, kind, params, &port_info(name, &me))?;
+        Ok(Self::from_port(port, options))
+    }
+
+    /// Attaches a new port named `name` to an open segment.
+    pub fn attach(
+        segment: &Arc<Segment>,
+        name: &str,
+        me: Neighbour,
+        options: ShmOptions,
+    ) -> Result<ShmAdapter, AdapterError> {
+        Ok(Self::from_port(
+            segment.attach(&port_info(name, &me))?,
+            options,
+        ))
+    }
+
+    /// Wraps an already attached port.
+    pub fn from_port(port: Port, options: ShmOptions) -> ShmAdapter {
+        let seg = Arc::clone(port.segment());
+        let me = seg
+            .peer(port.index())
+            .map(|p| neighbour(&p))
+            .unwrap_or(Neighbour {
+                mac: EthernetAddress([0; 6]),
+                ipv4: None,
+                ipv6: None,
+            });
+        ShmAdapter {
+            medium: seg.medium().into(),
+            frame_size: seg.frame_size(),
+            options,
+            counters: Arc::default(),
+            leases: Vec::new(),
+            free_leases: Vec::new(),
+            peers: PeerTable::default(),
+            me,
+            current: None,
+            rx_seq: 0,
+            seg,
+            port,
+        }
+    }
+
+    /// The port (for tools and tests).
+    pub fn port(&self) -> &Port {
+        &self.port
+    }
+
+    fn link_header_len(&self) -> usize {
+        link_header_len(self.medium)
+    }
+
+    /// Counts a received frame; `false` (counted malformed) if it is too
+    /// short to be a frame of this medium.
+    fn accept(&self, len: usize) -> bool {
+        let c = &self.counters;
+        if len < self.link_header_len().max(1) {
+            bump(&c.rx_malformed, 1);
+            return false;
+        }
+        bump(&c.rx_frames, 1);
+        bump(&c.rx_bytes, len as u64);
+        true
+    }
+
+    fn take_lease(&mut self, lease: TxLease) -> Option<TxBuf> {
+        let buf = self.leases.get_mut(lease.slot() as usize)?.take()?;
+        self.free_leases.push(lease.slot());
+        Some(buf)
+    }
+}
+
+fn port_info(name: &str, me: &Neighbour) -> PortInfo {
+    PortInfo {
+        name: name.into(),
+        mac: me.mac.0,
+        ipv4: me.ipv4.map(|a| a.octets()),
+        ipv6: me.ipv6.map(|a| a.octets()),
+    }
+}
+
+fn neighbour(p: &PeerInfo) -> Neighbour {
+    Neighbour {
+        mac: EthernetAddress(p.mac),
+        ipv4: p.ipv4.map(Ipv4Address::from_octets),
+        ipv6: p.ipv6.map(Ipv6Address::from_octets),
+    }
+}
+
+impl Adapter for ShmAdapter {
+    fn medium(&self) -> Medium {
+        self.medium
+    }
+    fn ip_mtu(&self) -> usize {
+        self.seg.mtu() as usize
+    }
+    fn frame_capacity(&self) -> usize {
+        self.frame_size
+    }
+    fn max_burst(&self) -> Option<usize> {
+        self.options.max_burst
+    }
+
+    fn can_lend(&mut self) -> bool {
+        self.port.free_buffers() > RX_REPLY_RESERVE
+    }
+
+    fn lend(&mut self) -> Option<TxLease> {
+        let buf = self.port.alloc()?;
+        let slot = match self.free_leases.pop() {
+            Some(s) => s,
+            None => {
+                self.leases.push(None);
+                self.leases.len() as u32 - 1
+            }
+        };
+        self.leases[slot as usize] = Some(buf);
+        Some(TxLease::new(slot))
+    }
+
+    fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
+        match self.leases.get_mut(lease.slot() as usize) {
+            Some(Some(buf)) => self.port.buffer_mut(buf),
+            _ => &mut [],
+        }
+    }
+
+    fn commit(&mut self, lease: TxLease, len: usize) {
+        let Some(mut buf) = self.take_lease(lease) else {
+            return;
+        };
+        let len = len.min(self.frame_size);
+        // The first bytes decide; copied so the buffer borrow ends first.
+        let mut head = [0u8; 40];
+        let n = len.min(head.len());
+        head[..n].copy_from_slice(&self.port.buffer_mut(&mut buf)[..n]);
+        let dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+        let one;
+        let to: &[Peer] = match dest {
+            Dest::One(p) => {
+                one = [p];
+                &one
+            }
+            Dest::All => &self.peers.everyone,
+            Dest::Nowhere => &[],
+        };
+        if to.is_empty() {
+            bump(&self.counters.tx_unroutable, 1);
+            self.port.release(buf);
+            return;
+        }
+        bump(&self.counters.tx_frames, 1);
+        bump(&self.counters.tx_bytes, len as u64);
+        self.port.send(buf, len, to);
+    }
+
+    fn release(&mut self, lease: TxLease) {
+        if let Some(buf) = self.take_lease(lease) {
+            self.port.release(buf);
+        }
+    }
+
+    fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
+        self.current = None;
+        loop {
+            let (len, _src) = self.port.recv_into(dst)?;
+            if self.accept(len) {
+                return Some(len);
+            }
+        }
+    }
+
+    fn in_place(&self) -> bool {
+        self.options.trust_peers
+    }
+
+    fn recv_in_place(&mut self) -> Option<InPlace> {
+        self.current = None;
+        if !self.options.trust_peers {
+            return None;
+        }
+        loop {
+            let f = self.port.recv_in_place()?;
+            if self.accept(f.len()) {
+                self.rx_seq += 1;
+                let ticket = InPlace::new(self.rx_seq, f.len());
+                self.current = Some(f);
+                return Some(ticket);
+            }
+        }
+    }
+
+    fn frame(&self, f: &InPlace) -> &[u8] {
+        match &self.current {
+            Some(cur) if f.seq() == self.rx_seq => self.seg.frame_bytes(cur),
+            _ => &[],
+        }
+    }
+
+    fn flush(&mut self) {
+        self.current = None;
+        self.port.flush();
+    }
+
+    fn prepare_sleep(&self) -> Wake<'_> {
+        let expected = self.port.prepare_sleep();
+        if self.port.rx_pending() {
+            self.port.end_sleep();
+            return Wake::Ready;
+        }
+        Wake::Futex {
+            word: self.port.doorbell(),
+            expected,
+        }
+    }
+
+    fn end_sleep(&self) {
+        self.port.end_sleep();
+    }
+
+    fn remote(&self) -> Arc<dyn Remote> {
+        Arc::new(ShmRemote {
+            counters: Arc::clone(&self.counters),
+            port: Arc::clone(self.port.counters()),
+            seg: Arc::clone(&self.seg),
+            index: self.port.index(),
+        })
+    }
+
+    fn directory_generation(&self) -> u32 {
+        self.port.port_generation()
+    }
+
+    fn own_entry(&self) -> Neighbour {
+        self.me
+    }
+
+    fn neighbours(&self) -> Vec<Neighbour> {
+        let me = self.port.index();
+        self.seg
+            .peers()
+            .iter()
+            .filter(|p| p.index != me)
+            .map(neighbour)
+            .collect()
+    }
+
+    fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress> {
+        self.peers.refresh(&self.port);
+        let peer = match ip {
+            IpAddress::Ipv4(a) => lookup(&self.peers.by_v4, &a.octets()),
+            IpAddress::Ipv6(a) => lookup(&self.peers.by_v6, &a.octets()),
+        }?;
+        self.peers
+            .by_mac
+            .iter()
+            .find(|(_, p)| p == peer)
+            .map(|(m, _)| EthernetAddress(*m))
+    }
+
+    fn addresses_of(&self, name: &str) -> Vec<IpAddress> {
+        let tag = crate::shm::name_tag(name);
+        let mut out = Vec::new();
+        for p in self.seg.peers().into_iter().filter(|p| p.name_tag == tag) {
+            out.extend(p.ipv4.map(|a| IpAddress::Ipv4(a.into())));
+            out.extend(p.ipv6.map(|a| IpAddress::Ipv6(a.into())));
+        }
+        out
+    }
+
+    fn maintain(&mut self) {
+        self.seg.sweep_dead();
+    }
+
+    fn counters(&self) -> &AdapterCounters {
+        &self.counters
+    }
+
+    fn describe(&self) -> String {
+        format!("port {}", self.port.index())
+    }
+}
+
+/// Counters and doorbell of a [`ShmAdapter`], for other threads.
+struct ShmRemote {
+    counters: Arc<AdapterCounters>,
+    port: Arc<PortCounters>,
+    seg: Arc<Segment>,
+    index: u32,
+}
+
+impl Remote for ShmRemote {
+    fn stats(&self) -> AdapterStats {
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let p = &self.port;
+        // The facility counts what it sees on its rings; add it in.
+        let mut s = self.counters.snapshot();
+        s.tx_unroutable += l(&p.unroutable);
+        s.bad_descriptors += l(&p.bad_descriptors);
+        s.corrupt_rings += l(&p.corrupt_rings);
+        s.ring_full += l(&p.ring_full);
+        s
+    }
+
+    fn wake(&self) {
+        self.seg.ring_doorbell(self.index);
+    }
+}
+
+/// The segment's directory as `(address, peer)` tables, rebuilt when ports
+/// come or go. A network has at most a few dozen ports, so a scan beats
+/// hashing on the per-frame path.
+#[derive(Default)]
+struct PeerTable {
+    generation: Option<u32>,
+    by_mac: Vec<([u8; 6], Peer)>,
+    by_v4: Vec<([u8; 4], Peer)>,
+    by_v6: Vec<([u8; 16], Peer)>,
+    everyone: Vec<Peer>,
+}
+
+enum Dest {
+    Nowhere,
+    One(Peer),
+    All,
+}
+
+impl PeerTable {
+    fn refresh(&mut self, port: &Port) {
+        let now = port.port_generation();
+        if self.generation == Some(now) {
+            return;
+        }
+        self.generation = Some(now);
+        self.by_mac.clear();
+        self.by_v4.clear();
+        self.by_v6.clear();
+        self.everyone.clear();
+        for p in port.segment().peers() {
+            if p.index == port.index() {
+                continue;
+            }
+            let peer = Peer {
+                index: p.index,
+                epoch: p.epoch,
+            };
+            self.by_mac.push((p.mac, peer));
+            if let Some(a) = p.ipv4 {
+                self.by_v4.push((a, peer));
+            }
+            if let Some(a) = p.ipv6 {
+                self.by_v6.push((a, peer));
+            }
+            self.everyone.push(peer);
+        }
+    }
+
+    /// Where a frame goes, judged by its link-layer (Ethernet) or network
+    /// (IP) destination.
+    fn destination(&mut self, port: &Port, medium: Medium, frame: &[u8]) -> Dest {
+        self.refresh(port);
+        let found = |p: Option<&Peer>| p.map_or(Dest::Nowhere, |p| Dest::One(*p));
+        if medium == Medium::Ethernet {
+            return match frame.first() {
+                _ if frame.len() < 14 => Dest::Nowhere,
+                Some(b) if b & 1 != 0 => Dest::All,
+                _ => found(lookup(&self.by_mac, &frame[..6])),
+            };
+        }
+        match frame.first().map(|b| b >> 4) {
+            Some(4) if frame.len() >= 20 => {
+                let dst = &frame[16..20];
+                if dst[0] >= 224 || dst == [255; 4] {
+                    Dest::All
+                } else {
+                    found(lookup(&self.by_v4, dst))
+                }
+            }
+            Some(6) if frame.len() >= 40 => {
+                if frame[24] == 0xff {
+                    Dest::All
+                } else {
+                    found(lookup(&self.by_v6, &frame[24..40]))
+                }
+            }
+            _ => Dest::Nowhere,
+        }
+    }
+}
+
+fn lookup<'a, const N: usize>(table: &'a [([u8; N], Peer)], key: &[u8]) -> Option<&'a Peer> {
+    table.iter().find(|(k, _)| k[..] == *key).map(|(_, p)| p)
+}

@@ -1,0 +1,508 @@
+//! The device: one smoltcp `Interface` + `SocketSet` over a [`Nic`], the
+//! function, and the runtime loop (see the [module docs](super)).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::phy::Medium;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+use super::handle::Shared;
+use super::hook::{self, Function, FunctionError, LinkInfo, SocketContext};
+use super::spec::{DeviceBlueprint, DeviceSpec, NetworkSpec};
+use super::{DeviceHandle, DeviceStats, Nic, Role, Router};
+use crate::adapters::pcap::Pcap;
+use crate::adapters::shm::{SegmentKind, ShmAdapter, ShmOptions};
+use crate::adapters::{Adapter, AdapterError, Neighbour};
+
+/// While busy-polling without progress, yield the core this often…
+pub const SPIN_HOT: Duration = Duration::from_micros(20);
+/// …and sleep on the doorbells after this long.
+pub const SPIN: Duration = Duration::from_micros(200);
+/// Sleep at most this long, so maintenance (dead-peer sweeps, stop
+/// requests) runs even on a silent network.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// How often to look for dead peers.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How often a running device publishes its function's counters.
+const COUNTERS_EVERY: Duration = Duration::from_millis(50);
+
+/// Errors creating or running a device.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// A segment could not be opened or attached; see the cause.
+    #[error("device {device}: network {network}: {source}")]
+    Network {
+        device: String,
+        network: &'static str,
+        #[source]
+        source: AdapterError,
+    },
+    /// The function could not be built from its configuration.
+    #[error("device {device}: {source}")]
+    Function {
+        device: String,
+        #[source]
+        source: FunctionError,
+    },
+    /// The interface's address table is full.
+    #[error("device {device}: too many addresses or routes")]
+    AddressTable { device: String },
+}
+
+/// A network device: its own stack, two adapters, one function.
+pub struct Device {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    nic: Nic,
+    clock: std::time::Instant,
+    shared: Arc<Shared>,
+    last_sweep: std::time::Instant,
+    last_counters: std::time::Instant,
+    /// Medium and MTUs, as functions learn them.
+    link: LinkInfo,
+}
+
+/// The name a device's adapter on `role`'s network is listed under in that
+/// network's directory.
+fn port_name(device: &str, role: Role) -> String {
+    format!("{device}/{}", role.name())
+}
+
+/// The devices on a device's two networks, from the adapters' directories.
+impl hook::Directory for [Box<dyn Adapter>; 2] {
+    fn device_addresses(&self, name: &str) -> Vec<IpAddress> {
+        let names = Role::ALL.map(|r| port_name(name, r));
+        self.iter()
+            .flat_map(|a| names.iter().flat_map(|n| a.addresses_of(n)))
+            .collect()
+    }
+}
+
+/// Joins `role`'s network as configured: a shared-memory port, wearing a
+/// pcap capture if the network asks for one.
+fn attach(
+    cfg: &DeviceSpec,
+    role: Role,
+    kind: SegmentKind,
+) -> Result<Box<dyn Adapter>, DeviceError> {
+    let net: &NetworkSpec = match role {
+        Role::Local => &cfg.local,
+        Role::Global => &cfg.global,
+    };
+    let err = |source: AdapterError| DeviceError::Network {
+        device: cfg.name.clone(),
+        network: role.name(),
+        source,
+    };
+    let me = Neighbour {
+        mac: EthernetAddress(cfg.mac),
+        ipv4: Some(net.v4.address()),
+        ipv6: net.v6.map(|c| c.address()),
+    };
+    let options = ShmOptions {
+        max_burst: net.max_burst,
+        trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::Process),
+    };
+    let name = port_name(&cfg.name, role);
+    let port =
+        ShmAdapter::join(&net.segment, kind, &net.params(), &name, me, options).map_err(err)?;
+    Ok(match &net.pcap {
+        Some(path) => Box::new(Pcap::create(port, path).map_err(err)?),
+        None => Box::new(port),
+    })
+}
+
+impl Device {
+    /// Builds a device from validated settings and its function's
+    /// configuration (e.g. `config::DeviceSettings`), joining (or creating)
+    /// its two networks' segments of the given kind.
+    pub fn new(blueprint: &impl DeviceBlueprint, kind: SegmentKind) -> Result<Device, DeviceError> {
+        let cfg = blueprint.spec();
+        let function = blueprint
+            .function()
+            .build()
+            .map_err(|source| DeviceError::Function {
+                device: cfg.name.clone(),
+                source,
+            })?;
+        Self::with_function(cfg, function, kind)
+    }
+
+    /// Builds a device running `function` (built-in or your own), joining
+    /// (or creating) its two networks' segments of the given kind.
+    pub fn with_function(
+        cfg: &DeviceSpec,
+        function: Box<dyn Function>,
+        kind: SegmentKind,
+    ) -> Result<Device, DeviceError> {
+        let local = attach(cfg, Role::Local, kind)?;
+        let global = attach(cfg, Role::Global, kind)?;
+        Self::from_adapters(cfg, local, global, function)
+    }
+
+    /// Builds a device around adapters the caller attached (of any kind,
+    /// both on the same medium).
+    pub fn from_adapters(
+        cfg: &DeviceSpec,
+        local: Box<dyn Adapter>,
+        global: Box<dyn Adapter>,
+        function: Box<dyn Function>,
+    ) -> Result<Device, DeviceError> {
+        let mut router = Router::new(
+            local.medium(),
+            Some(cfg.local.v4),
+            cfg.local.v6,
+            local.ip_mtu(),
+            global.ip_mtu(),
+        )
+        .with_routes(cfg.routes.iter().map(|r| (r.to, r.via)).collect());
+        if cfg.forward {
+            let v4gw = |g: Option<IpAddress>| match g {
+                Some(IpAddress::Ipv4(a)) => Some(a),
+                _ => None,
+            };
+            let v6gw = |g: Option<IpAddress>| match g {
+                Some(IpAddress::Ipv6(a)) => Some(a),
+                _ => None,
+            };
+            router = router.forwarding(
+                cfg.mac,
+                Some(cfg.global.v4),
+                cfg.global.v6,
+                v4gw(cfg.global.gateway),
+                v6gw(cfg.global.gateway6),
+            );
+        }
+        let checksums = cfg.local.checksums || cfg.global.checksums;
+        let medium = local.medium();
+        let remotes = [local.remote(), global.remote()];
+        let function_name = function.name().to_string();
+        let mut nic = Nic::new(local, global, function, router, checksums);
+        let shared = Arc::new(Shared::new(
+            &cfg.name,
+            &function_name,
+            remotes,
+            Arc::clone(nic.counters()),
+        ));
+        let hw = match medium {
+            Medium::Ethernet => HardwareAddress::Ethernet(EthernetAddress(cfg.mac)),
+            _ => HardwareAddress::Ip,
+        };
+        let mut config = Config::new(hw);
+        config.random_seed = crc32fast::hash(cfg.name.as_bytes()) as u64
+            ^ (std::process::id() as u64) << 32
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+        let clock = std::time::Instant::now();
+        let mut iface = Interface::new(config, &mut nic, Instant::ZERO);
+        let table_full = || DeviceError::AddressTable {
+            device: cfg.name.clone(),
+        };
+        let mut full = false;
+        iface.update_ip_addrs(|a| {
+            let mut push = |c: IpCidr| full |= a.push(c).is_err();
+            push(IpCidr::Ipv4(cfg.local.v4));
+            push(IpCidr::Ipv4(cfg.global.v4));
+            if let Some(c) = cfg.local.v6 {
+                push(IpCidr::Ipv6(c));
+            }
+            if let Some(c) = cfg.global.v6 {
+                push(IpCidr::Ipv6(c));
+            }
+        });
+        if full {
+            return Err(table_full());
+        }
+        if let Some(IpAddress::Ipv4(g)) = cfg.global.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(g)
+                .map_err(|_| table_full())?;
+        }
+        if let Some(IpAddress::Ipv6(g)) = cfg.global.gateway6 {
+            iface
+                .routes_mut()
+                .add_default_ipv6_route(g)
+                .map_err(|_| table_full())?;
+        }
+        let mut full = false;
+        iface.routes_mut().update(|table| {
+            for r in &cfg.routes {
+                full |= table
+                    .push(smoltcp::iface::Route {
+                        cidr: r.to,
+                        via_router: r.via,
+                        preferred_until: None,
+                        expires_at: None,
+                    })
+                    .is_err();
+            }
+        });
+        if full {
+            return Err(table_full());
+        }
+        let link = LinkInfo {
+            medium: crate::wire::LinkMedium::from_phy(medium),
+            local_mtu: nic.adapter(Role::Local).ip_mtu(),
+            global_mtu: nic.adapter(Role::Global).ip_mtu(),
+        };
+        let mut dev = Device {
+            link,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            nic,
+            clock,
+            shared,
+            last_sweep: clock,
+            last_counters: clock,
+        };
+        let (f, mut cx) = dev.function_cx();
+        f.attach(&mut cx);
+        Ok(dev)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Device time (smoltcp's clock starts at device creation).
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.clock.elapsed().as_micros() as i64)
+    }
+
+    pub fn iface(&mut self) -> &mut Interface {
+        &mut self.iface
+    }
+    pub fn sockets(&mut self) -> &mut SocketSet<'static> {
+        &mut self.sockets
+    }
+    /// Interface and sockets at once (e.g. to `connect` a TCP socket).
+    pub fn parts(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
+        (&mut self.iface, &mut self.sockets)
+    }
+    pub fn nic(&self) -> &Nic {
+        &self.nic
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> DeviceHandle {
+        DeviceHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DeviceStats {
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+        self.shared.stats()
+    }
+
+    /// Replaces the function now: the old one closes its sockets, the new
+    /// one opens its own.
+    pub fn replace_function(&mut self, mut f: Box<dyn Function>) {
+        let (old, mut cx) = self.function_cx();
+        old.detach(&mut cx);
+        f.attach(&mut cx);
+        log::info!(
+            "device {}: function {} -> {}",
+            self.shared.name,
+            self.nic.function.name(),
+            f.name()
+        );
+        *self.shared.function_name.lock() = f.name().into();
+        self.nic.function = f;
+        self.shared.finished.store(false, Ordering::SeqCst);
+    }
+
+    /// The function and what it may touch, borrowed at once.
+    fn function_cx(&mut self) -> (&mut Box<dyn Function>, SocketContext<'_>) {
+        let now = self.now();
+        let (function, adapters) = self.nic.function_and_adapters();
+        (
+            function,
+            SocketContext {
+                now,
+                iface: &mut self.iface,
+                sockets: &mut self.sockets,
+                devices: adapters,
+                link: self.link,
+            },
+        )
+    }
+
+    /// One round on the wall clock (see [`Device::poll_at`]).
+    pub fn poll(&mut self) -> bool {
+        self.poll_at(self.now())
+    }
+
+    /// Device time at wall-clock time `t`.
+    fn instant_of(&self, t: std::time::Instant) -> Instant {
+        Instant::from_micros(t.saturating_duration_since(self.clock).as_micros() as i64)
+    }
+
+    /// One round at device time `now`, read from no clock: pending function
+    /// swaps, the stack (ingress, egress), the function's socket work and
+    /// held frames, then the adapters are flushed. Returns whether anything
+    /// moved. Tests and embedders drive a device on virtual time with it;
+    /// `now` should not go backwards.
+    pub fn poll_at(&mut self, now: Instant) -> bool {
+        if self.shared.replace_pending.swap(false, Ordering::Acquire) {
+            let pending = self.shared.replace.lock().take();
+            if let Some(f) = pending {
+                self.replace_function(f);
+            }
+            let cfg = self.shared.reconfigure.lock().take();
+            if let Some(cfg) = cfg
+                && !self
+                    .nic
+                    .function
+                    .reconfigure(cfg.as_ref())
+                    .unwrap_or_else(|e| {
+                        log::warn!("device {}: reconfigure failed: {e}", self.shared.name);
+                        true
+                    })
+            {
+                match cfg.build() {
+                    Ok(f) => self.replace_function(f),
+                    Err(e) => log::warn!("device {}: reconfigure failed: {e}", self.shared.name),
+                }
+            }
+        }
+        self.nic.begin_round(now);
+        let before = self.nic.frames_moved();
+        let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets)
+            == PollResult::SocketStateChanged;
+        let (function, adapters) = self.nic.function_and_adapters();
+        let mut cx = SocketContext {
+            now,
+            iface: &mut self.iface,
+            sockets: &mut self.sockets,
+            devices: adapters,
+            link: self.link,
+        };
+        let worked = function.poll(&mut cx);
+        if worked {
+            self.iface
+                .poll_egress(now, &mut self.nic, &mut self.sockets);
+        }
+        let released = self.nic.release_held();
+        self.nic.flush();
+        let f = &mut self.nic.function;
+        let report = f.take_report();
+        if !report.is_empty() {
+            self.shared.reports.lock().extend(report);
+        }
+        if f.finished() != self.shared.finished.load(Ordering::Relaxed) {
+            self.shared.finished.store(f.finished(), Ordering::SeqCst);
+        }
+        changed || worked || released || self.nic.frames_moved() != before
+    }
+
+    /// Sleeps until a peer sends, a stack timer is due, or `max` passes.
+    pub fn wait(&mut self, max: Duration) {
+        let now = self.now();
+        let mut delay = self
+            .iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .unwrap_or(max)
+            .min(max);
+        if let Some(at) = self.nic.function.poll_at() {
+            // smoltcp's Instant difference is unsigned: a time already
+            // passed must not read as a long sleep.
+            let until = if at > now {
+                (at - now).total_micros()
+            } else {
+                0
+            };
+            delay = delay.min(Duration::from_micros(until));
+        }
+        if delay.is_zero() {
+            return;
+        }
+        self.nic.wait(Some(delay));
+    }
+
+    /// Publishes the function's counters for handles (every 50 ms) and
+    /// looks for dead peers (every 500 ms).
+    fn maintenance(&mut self, t: std::time::Instant) {
+        if t.saturating_duration_since(self.last_counters) < COUNTERS_EVERY {
+            return;
+        }
+        self.last_counters = t;
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+        if t.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.last_sweep = t;
+            self.nic.maintain();
+        }
+    }
+
+    /// Runs the device until `app` returns `true` or [`DeviceHandle::stop`]
+    /// is called. `app` runs after every round with the device (its sockets,
+    /// interface and stats) and returns whether it is done.
+    pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
+        let mut last_progress = std::time::Instant::now();
+        let mut last_yield = last_progress;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            let progress = self.poll_at(self.instant_of(t));
+            if app(self) {
+                break;
+            }
+            self.maintenance(t);
+            if progress {
+                last_progress = t;
+                last_yield = t;
+                continue;
+            }
+            let idle = t.saturating_duration_since(last_progress);
+            if idle < SPIN {
+                // Every SPIN_HOT of idling, let a peer sharing this core run
+                // (devices often outnumber cores). A yield per poll would
+                // cost a system call each round and halve bulk throughput.
+                if t.saturating_duration_since(last_yield) >= SPIN_HOT {
+                    std::thread::yield_now();
+                    last_yield = t;
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                self.wait(MAX_SLEEP);
+                last_progress = std::time::Instant::now() - SPIN_HOT;
+            }
+        }
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+    }
+
+    /// Runs until stopped.
+    pub fn run(&mut self) {
+        self.run_until(|_| false);
+    }
+
+    /// Moves the device to its own thread; returns a handle and the thread.
+    pub fn spawn(mut self) -> (DeviceHandle, std::thread::JoinHandle<Device>) {
+        let h = self.handle();
+        let t = std::thread::Builder::new()
+            .name(format!("dev-{}", self.name()))
+            .spawn(move || {
+                self.run();
+                self
+            })
+            .expect("spawn device thread");
+        (h, t)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let (f, mut cx) = self.function_cx();
+        f.detach(&mut cx);
+    }
+}
