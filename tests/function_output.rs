@@ -175,16 +175,16 @@ fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
     );
     let mut frame = vec![0u8; 14 + 20];
     frame[12..14].copy_from_slice(&[0x08, 0x00]);
-    frame[14] = 0x45;
+    frame[14..18].copy_from_slice(&[0x45, 0, 0, 20]);
     frame[14 + 8] = 64;
     let far = IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 1));
     assert_eq!(
-        router.via(&frame, far),
+        router.via(&router.parse(&frame), far),
         shmnet::stack::nic::Transit::NoRoute
     );
     let near = IpAddress::Ipv4(Ipv4Address::new(10, 2, 0, 7));
     assert_eq!(
-        router.via(&frame, near),
+        router.via(&router.parse(&frame), near),
         shmnet::stack::nic::Transit::Forward {
             egress: Role::Global,
             next_hop: near
@@ -193,13 +193,13 @@ fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
     // Redirected to the global network: no gateway there, no route.
     frame[14 + 16..14 + 20].copy_from_slice(&[192, 0, 2, 1]);
     assert_eq!(
-        router.redirect(&frame, Role::Global),
+        router.redirect(&router.parse(&frame), Role::Global),
         shmnet::stack::nic::Transit::NoRoute
     );
     // A destination on the global network is its own next hop.
     frame[14 + 16..14 + 20].copy_from_slice(&[10, 2, 0, 7]);
     assert_eq!(
-        router.redirect(&frame, Role::Global),
+        router.redirect(&router.parse(&frame), Role::Global),
         shmnet::stack::nic::Transit::Forward {
             egress: Role::Global,
             next_hop: near
@@ -207,7 +207,7 @@ fn via_to_an_unreachable_next_hop_is_a_counted_drop() {
     );
     frame[14 + 8] = 1;
     assert_eq!(
-        router.via(&frame, near),
+        router.via(&router.parse(&frame), near),
         shmnet::stack::nic::Transit::Expired
     );
 }

@@ -18,6 +18,7 @@ use super::{Router, Transit, frame, lend};
 use crate::adapters::{Adapter, TxLease};
 use crate::counters::bump;
 use crate::stack::{NicCounters, Role};
+use crate::wire::FrameView;
 
 /// How a frame leaves.
 #[derive(Debug, Clone, Copy)]
@@ -51,14 +52,24 @@ pub(super) fn forward_copy(
     adapters: &mut [Box<dyn Adapter>; 2],
     t: Transit,
     frame: &[u8],
+    view: &FrameView,
 ) {
     if let Some((to, next_hop)) = egress(counters, t) {
         let out = &mut *adapters[to.index()];
-        send_copy(router, counters, out, to, Exit::Forward(next_hop), frame);
+        send_copy(
+            router,
+            counters,
+            out,
+            to,
+            Exit::Forward(next_hop),
+            frame,
+            view,
+        );
     }
 }
 
-/// Sends a copy of `frame` out of `out`, the adapter on `to`'s network.
+/// Sends a copy of `frame` (parsed as `view`) out of `out`, the adapter on
+/// `to`'s network.
 pub(super) fn send_copy(
     router: &Router,
     counters: &NicCounters,
@@ -66,6 +77,7 @@ pub(super) fn send_copy(
     to: Role,
     exit: Exit,
     frame: &[u8],
+    view: &FrameView,
 ) {
     if !router.fits(frame.len(), to) {
         return bump(&counters.oversize, 1);
@@ -79,11 +91,12 @@ pub(super) fn send_copy(
         return bump(&counters.oversize, 1);
     };
     dst.copy_from_slice(frame);
-    send_lease(router, counters, out, to, exit, lease, frame.len());
+    send_lease(router, counters, out, to, exit, lease, frame.len(), view);
 }
 
 /// Sends the first `len` bytes of a buffer `out` lent (`out` is the adapter
-/// on `to`'s network).
+/// on `to`'s network), a frame parsed as `view`.
+#[allow(clippy::too_many_arguments)] // the frame, where it is, where it goes
 pub(super) fn send_lease(
     router: &Router,
     counters: &NicCounters,
@@ -92,6 +105,7 @@ pub(super) fn send_lease(
     exit: Exit,
     mut lease: TxLease,
     len: usize,
+    view: &FrameView,
 ) {
     if !router.fits(len, to) {
         out.release(lease);
@@ -112,8 +126,8 @@ pub(super) fn send_lease(
             out.release(lease);
             return bump(&counters.oversize, 1);
         };
-        frame::rewrite_forwarded(router.link_header_len(), buf, macs);
-        if router.clamp_mss(buf, to) {
+        frame::rewrite_forwarded(router.link_header_len(), view, buf, macs);
+        if router.clamp_mss(view, buf, to) {
             bump(&counters.mss_clamped, 1);
         }
         bump(&counters.forwarded, 1);

@@ -224,9 +224,10 @@ impl Nic {
             };
             n += 1;
             let frame = &self.held[..emit.len.min(self.held.len())];
+            let view = self.router.parse(frame);
             let transit = match emit.via {
-                Some(via) => Some(self.router.via(frame, via)),
-                None => self.router.transit(frame),
+                Some(via) => Some(self.router.via(&view, via)),
+                None => self.router.transit(&view),
             };
             match transit {
                 Some(t) => forward::forward_copy(
@@ -235,6 +236,7 @@ impl Nic {
                     &mut self.adapters,
                     t,
                     frame,
+                    &view,
                 ),
                 None => self.inject.push_back((Role::Local, frame.to_vec())),
             }
@@ -252,13 +254,18 @@ impl Nic {
                 let token = tx_token!(self, phy::Out::Adapters(&mut self.adapters));
                 smoltcp::phy::TxToken::consume(token, len, |b| b.copy_from_slice(src));
             }
-            PendingKind::Forward(t) => forward::forward_copy(
-                &self.router,
-                &self.counters,
-                &mut self.adapters,
-                t,
-                &self.pending.buf[..len],
-            ),
+            PendingKind::Forward(t) => {
+                let frame = &self.pending.buf[..len];
+                let view = self.router.parse(frame);
+                forward::forward_copy(
+                    &self.router,
+                    &self.counters,
+                    &mut self.adapters,
+                    t,
+                    frame,
+                    &view,
+                )
+            }
         }
     }
 

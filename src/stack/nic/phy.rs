@@ -22,7 +22,7 @@ use crate::adapters::{Adapter, InPlace, TxLease};
 use crate::counters::bump;
 use crate::stack::hook::{Frame, Function, Verdict};
 use crate::stack::{NicCounters, Role};
-use crate::wire::LinkMedium;
+use crate::wire::FrameView;
 
 /// Ingress: a frame for the stack.
 pub struct NicRxToken<'a> {
@@ -115,9 +115,13 @@ impl phy::TxToken for NicTxToken<'_> {
         }
         bump(&c.frames_out, 1);
         let r = f(&mut full[..len]);
-        let mut frame = Frame::new(full, len, LinkMedium::from_phy(self.router.medium()));
+        let view = self.router.parse(&full[..len]);
+        let mut frame = Frame::with_view(full, len, self.router.link_medium(), view);
         let verdict = self.function.on_egress(self.now, &mut frame);
-        let flen = frame.len();
+        if verdict == Verdict::Modified {
+            frame.reparse();
+        }
+        let (flen, view) = (frame.len(), *frame.view());
         let route = match verdict {
             Verdict::Drop | Verdict::Consumed => {
                 let n = if verdict == Verdict::Drop {
@@ -151,21 +155,32 @@ impl phy::TxToken for NicTxToken<'_> {
                 bump(&c.redirected, 1);
                 role
             }
-            Verdict::Pass | Verdict::Modified => self.router.route(&p.buffer(&mut lease)[..flen]),
+            Verdict::Pass | Verdict::Modified => {
+                self.router.route(&view, &p.buffer(&mut lease)[..flen])
+            }
         };
         if self
             .router
-            .clamp_mss(&mut p.buffer(&mut lease)[..flen], route)
+            .clamp_mss(&view, &mut p.buffer(&mut lease)[..flen], route)
         {
             bump(&c.mss_clamped, 1);
         }
         bump([&c.routed_local, &c.routed_global][route.index()], 1);
         if route == pred {
-            forward::send_lease(self.router, c, p, route, Exit::Unchanged, lease, flen);
+            forward::send_lease(
+                self.router,
+                c,
+                p,
+                route,
+                Exit::Unchanged,
+                lease,
+                flen,
+                &view,
+            );
         } else {
             *self.predicted = route;
             let frame = &p.buffer(&mut lease)[..flen];
-            forward::send_copy(self.router, c, o, route, Exit::Unchanged, frame);
+            forward::send_copy(self.router, c, o, route, Exit::Unchanged, frame, &view);
             p.release(lease);
         }
         r
@@ -232,15 +247,16 @@ impl Nic {
             return self.for_stack(0);
         }
         if hooks {
-            let held = self.copy_in_place(role, &f);
-            return self.ingress(role, held, len);
+            let (held, view) = self.copy_in_place(role, &f);
+            return self.ingress(role, held, len, Some(view));
         }
         let (i, o) = pair(&mut self.adapters, role);
         let bytes = i.frame(&f);
-        let frame = match self.router.transit(bytes) {
+        let view = self.router.parse(bytes);
+        let frame = match self.router.transit(&view) {
             Some(Transit::Forward { egress, next_hop }) if egress != role => {
                 let exit = Exit::Forward(next_hop);
-                forward::send_copy(&self.router, &self.counters, o, egress, exit, bytes);
+                forward::send_copy(&self.router, &self.counters, o, egress, exit, bytes, &view);
                 &[][..]
             }
             Some(t @ Transit::Forward { .. }) => {
@@ -255,10 +271,10 @@ impl Nic {
                 forward::egress(&self.counters, t);
                 &[][..]
             }
-            None if self.router.may_clamp(bytes) => {
+            None if self.router.may_clamp(&view) => {
                 let rx = &mut self.rx[..bytes.len()];
                 rx.copy_from_slice(bytes);
-                if self.router.clamp_mss(rx, role) {
+                if self.router.clamp_mss(&view, rx, role) {
                     bump(&self.counters.mss_clamped, 1);
                 }
                 rx
@@ -275,11 +291,12 @@ impl Nic {
     /// Copies a frame read in place to where the function may rewrite it:
     /// a buffer of the adapter it leaves by if it is a transit frame for the
     /// other network, else the receive buffer.
-    fn copy_in_place(&mut self, role: Role, f: &InPlace) -> Held {
+    fn copy_in_place(&mut self, role: Role, f: &InPlace) -> (Held, FrameView) {
         let (i, o) = pair(&mut self.adapters, role);
         let bytes = i.frame(f);
+        let view = self.router.parse(bytes);
         let leaves_by_other = matches!(
-            self.router.transit(bytes),
+            self.router.transit(&view),
             Some(Transit::Forward { egress, .. }) if egress != role
         );
         if leaves_by_other
@@ -287,30 +304,35 @@ impl Nic {
             && let Some(mut lease) = o.lend()
         {
             o.buffer(&mut lease)[..bytes.len()].copy_from_slice(bytes);
-            return Held::Lease(role.other(), lease);
+            return (Held::Lease(role.other(), lease), view);
         }
         self.rx[..bytes.len()].copy_from_slice(bytes);
-        Held::Rx
+        (Held::Rx, view)
     }
 
     /// Runs the ingress hook on a received frame and sends it on its way.
+    /// `view`: the frame's parse, if it was parsed already.
     fn ingress(
         &mut self,
         role: Role,
         mut held: Held,
         len: usize,
+        view: Option<FrameView>,
     ) -> (NicRxToken<'_>, NicTxToken<'_>) {
         let c = &*self.counters;
-        let fate = if self.router.fits(len, role) {
+        let (fate, view) = if self.router.fits(len, role) {
             let buf = held_bytes(&mut self.adapters, &mut self.rx, &mut held);
-            let mut frame = Frame::new(buf, len, LinkMedium::from_phy(self.router.medium()));
+            let view = view.unwrap_or_else(|| self.router.parse(&buf[..len]));
+            let mut frame = Frame::with_view(buf, len, self.router.link_medium(), view);
             let verdict = self.function.on_ingress(self.now, role, &mut frame);
-            let flen = frame.len();
-            let bytes = frame.bytes();
+            if verdict == Verdict::Modified {
+                frame.reparse();
+            }
+            let (flen, view) = (frame.len(), *frame.view());
             let fate = match verdict {
                 Verdict::Pass | Verdict::Modified => self
                     .router
-                    .transit(bytes)
+                    .transit(&view)
                     .map_or(Fate::Stack, Fate::Forward),
                 Verdict::Drop => {
                     bump(&c.ingress_dropped, 1);
@@ -322,22 +344,22 @@ impl Nic {
                 }
                 Verdict::Via(via) => {
                     bump(&c.redirected, 1);
-                    Fate::Forward(self.router.via(bytes, via))
+                    Fate::Forward(self.router.via(&view, via))
                 }
                 // A forwarding device routes it: next hop, MAC and TTL.
                 Verdict::Redirect(to) if self.router.forwards() => {
                     bump(&c.redirected, 1);
-                    Fate::Forward(self.router.redirect(bytes, to))
+                    Fate::Forward(self.router.redirect(&view, to))
                 }
                 Verdict::Redirect(to) => {
                     bump(&c.redirected, 1);
                     Fate::Unchanged(to)
                 }
             };
-            (fate, flen)
+            ((fate, flen), view)
         } else {
             bump(&c.oversize, 1);
-            (Fate::Gone, 0)
+            ((Fate::Gone, 0), FrameView::Malformed)
         };
         match fate {
             (Fate::Stack, flen) => {
@@ -348,19 +370,19 @@ impl Nic {
                     self.rx[..flen].copy_from_slice(&a.buffer(&mut lease)[..flen]);
                     a.release(lease);
                 }
-                if self.router.clamp_mss(&mut self.rx[..flen], role) {
+                if self.router.clamp_mss(&view, &mut self.rx[..flen], role) {
                     bump(&self.counters.mss_clamped, 1);
                 }
                 return self.for_stack(flen);
             }
             (Fate::Forward(t), flen) => {
                 if let Some((to, next_hop)) = forward::egress(c, t) {
-                    self.send_held(held, to, Exit::Forward(next_hop), flen);
+                    self.send_held(held, to, Exit::Forward(next_hop), flen, &view);
                 } else {
                     self.drop_held(held);
                 }
             }
-            (Fate::Unchanged(to), flen) => self.send_held(held, to, Exit::Unchanged, flen),
+            (Fate::Unchanged(to), flen) => self.send_held(held, to, Exit::Unchanged, flen, &view),
             (Fate::Gone, _) => self.drop_held(held),
         }
         self.for_stack(0)
@@ -368,21 +390,22 @@ impl Nic {
 
     /// Sends a held frame out of `to`'s adapter: from the buffer it is in if
     /// that adapter lent it, else as a copy.
-    fn send_held(&mut self, held: Held, to: Role, exit: Exit, len: usize) {
+    fn send_held(&mut self, held: Held, to: Role, exit: Exit, len: usize, view: &FrameView) {
         let (router, c) = (&self.router, &*self.counters);
         match held {
             Held::Lease(at, lease) if at == to => {
                 let out = &mut *self.adapters[to.index()];
-                forward::send_lease(router, c, out, to, exit, lease, len);
+                forward::send_lease(router, c, out, to, exit, lease, len, view);
             }
             Held::Lease(at, mut lease) => {
                 let (src, out) = pair(&mut self.adapters, at);
-                forward::send_copy(router, c, out, to, exit, &src.buffer(&mut lease)[..len]);
+                let frame = &src.buffer(&mut lease)[..len];
+                forward::send_copy(router, c, out, to, exit, frame, view);
                 src.release(lease);
             }
             Held::Rx => {
                 let out = &mut *self.adapters[to.index()];
-                forward::send_copy(router, c, out, to, exit, &self.rx[..len]);
+                forward::send_copy(router, c, out, to, exit, &self.rx[..len], view);
             }
         }
     }
@@ -430,7 +453,7 @@ impl phy::Device for Nic {
                 bump(&self.counters.frames_in, 1);
                 return Some(match got {
                     Got::InPlace(f) => self.in_place(role, f, hooks),
-                    Got::Copied(held, len) => self.ingress(role, held, len),
+                    Got::Copied(held, len) => self.ingress(role, held, len, None),
                 });
             }
         }

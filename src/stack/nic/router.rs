@@ -14,9 +14,9 @@
 //! use shmnet::stack::{Role, Router};
 //! let r = Router::new(smoltcp::phy::Medium::Ip, Some("10.0.0.1/24".parse().unwrap()), None, 1500, 1500);
 //! let mut packet = [0u8; 20];
-//! packet[0] = 0x45;
+//! packet[..4].copy_from_slice(&[0x45, 0, 0, 20]);
 //! packet[16..20].copy_from_slice(&[10, 0, 0, 9]);
-//! assert_eq!(r.route(&packet), Role::Local);
+//! assert_eq!(r.route(&r.parse(&packet), &packet), Role::Local);
 //! assert!(r.fits(packet.len(), Role::Global));
 //! ```
 
@@ -26,6 +26,7 @@ use smoltcp::wire::{IpAddress, IpCidr, Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6C
 use super::frame;
 use crate::adapters::link_header_len;
 use crate::stack::Role;
+use crate::wire::{FrameView, LinkMedium};
 
 /// Decides which network a frame belongs to.
 #[derive(Debug, Clone)]
@@ -143,8 +144,8 @@ impl Router {
 
     /// The network a frame the stack sends goes to. Frames too short to
     /// tell go local.
-    pub fn route(&self, frame: &[u8]) -> Role {
-        match frame::route_address(self.l2, frame) {
+    pub fn route(&self, view: &FrameView, frame: &[u8]) -> Role {
+        match frame::route_address(view, frame) {
             Some(a) if !self.next_hop_is_local(&a) => Role::Global,
             _ => Role::Local,
         }
@@ -153,9 +154,9 @@ impl Router {
     /// For a forwarding device: `None` if the frame is for the device
     /// itself (its addresses, broadcast, multicast, link-local, non-IP),
     /// else where it goes.
-    pub fn transit(&self, frame: &[u8]) -> Option<Transit> {
+    pub fn transit(&self, view: &FrameView) -> Option<Transit> {
         let f = self.fwd.as_ref()?;
-        let (dst, ttl) = frame::dst_ttl(self.l2, frame)?;
+        let (dst, ttl) = frame::dst_ttl(view)?;
         if self.is_ours(f, &dst) {
             return None;
         }
@@ -179,8 +180,8 @@ impl Router {
 
     /// Where a frame goes that a function sends to next hop `via`
     /// (`Verdict::Via`): like a transit frame, but to `via`.
-    pub fn via(&self, frame: &[u8], via: IpAddress) -> Transit {
-        match (&self.fwd, frame::dst_ttl(self.l2, frame)) {
+    pub fn via(&self, view: &FrameView, via: IpAddress) -> Transit {
+        match (&self.fwd, frame::dst_ttl(view)) {
             (None, _) | (_, None) => Transit::NoRoute,
             (_, Some((_, ttl))) if ttl <= 1 => Transit::Expired,
             _ => match self.network_of(&via) {
@@ -197,8 +198,8 @@ impl Router {
     /// (`Verdict::Redirect`): to its destination if that is on the network,
     /// else to the gateway of a static route or the default route if that
     /// gateway is on the network.
-    pub fn redirect(&self, frame: &[u8], role: Role) -> Transit {
-        let (Some(f), Some((dst, ttl))) = (&self.fwd, frame::dst_ttl(self.l2, frame)) else {
+    pub fn redirect(&self, view: &FrameView, role: Role) -> Transit {
+        let (Some(f), Some((dst, ttl))) = (&self.fwd, frame::dst_ttl(view)) else {
             return Transit::NoRoute;
         };
         if ttl <= 1 {
@@ -228,14 +229,25 @@ impl Router {
 
     /// Could [`Router::clamp_mss`] change this frame (a TCP SYN, and the
     /// networks' MTUs differ)?
-    pub fn may_clamp(&self, frame: &[u8]) -> bool {
-        self.mtu[0] != self.mtu[1] && frame::is_tcp_syn(self.l2, frame)
+    pub fn may_clamp(&self, view: &FrameView) -> bool {
+        self.mtu[0] != self.mtu[1] && frame::is_tcp_syn(view)
     }
 
     /// Clamps the MSS of a TCP SYN crossing `role`'s network if that network
     /// is the smaller one. Returns whether the frame changed.
-    pub fn clamp_mss(&self, frame: &mut [u8], role: Role) -> bool {
-        self.mtu[0] != self.mtu[1] && frame::clamp_mss(self.l2, frame, self.mtu(role))
+    pub fn clamp_mss(&self, view: &FrameView, frame: &mut [u8], role: Role) -> bool {
+        self.mtu[0] != self.mtu[1] && frame::clamp_mss(view, frame, self.mtu(role))
+    }
+
+    /// The one parse of a frame of this device's medium (see
+    /// [`crate::wire::ip`]); every decision above reads it.
+    pub fn parse(&self, frame: &[u8]) -> FrameView {
+        FrameView::parse(self.link_medium(), frame)
+    }
+
+    /// The medium as the wire layer names it.
+    pub fn link_medium(&self) -> LinkMedium {
+        LinkMedium::from_phy(self.medium)
     }
 
     /// Is `dst` the device itself (or everyone)?
@@ -315,11 +327,12 @@ mod tests {
         let mut f = vec![0u8; 14 + 20];
         f[12..14].copy_from_slice(&[0x08, 0x00]);
         f[14] = 0x45;
+        f[16..18].copy_from_slice(&20u16.to_be_bytes());
         f[30..34].copy_from_slice(&[10, 0, 0, 9]);
-        assert_eq!(r.route(&f), Role::Local);
+        assert_eq!(r.route(&r.parse(&f), &f), Role::Local);
         f[30..34].copy_from_slice(&[10, 100, 0, 9]);
-        assert_eq!(r.route(&f), Role::Global);
-        assert_eq!(r.route(&f[..5]), Role::Local);
+        assert_eq!(r.route(&r.parse(&f), &f), Role::Global);
+        assert_eq!(r.route(&r.parse(&f[..5]), &f[..5]), Role::Local);
     }
 
     #[test]
