@@ -114,6 +114,3 @@ pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
         FunctionConfig::Balancer(c) => Box::new(balancer::Balancer::new(c.clone())?),
     })
 }
-
-#[cfg(test)]
-pub(crate) use crate::testing::frames as fixtures;

@@ -323,6 +323,9 @@ impl Function for Compress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::FunctionConfig;
+    use crate::testing::frames;
+    use crate::testing::function::ip_round_trip;
     use crate::wire::LinkMedium;
     use smoltcp::wire::{IpAddress, IpProtocol};
 
@@ -335,7 +338,7 @@ mod tests {
     /// protocol 253 (experimental: no transport header to check), in a
     /// 9014-byte buffer.
     fn frame_with(payload: &[u8]) -> (Vec<u8>, usize) {
-        let mut buf = crate::functions::fixtures::wrap(
+        let mut buf = frames::wrap(
             IpAddress::v4(10, 0, 0, 1),
             IpAddress::v4(10, 1, 0, 2),
             IpProtocol::Unknown(253),
@@ -358,7 +361,7 @@ mod tests {
         // A UDP datagram.
         let payload: Vec<u8> = (0..4000u32).map(|i| (i % 17) as u8).collect();
         let (a, b) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 1, 0, 2));
-        let original = crate::functions::fixtures::udp((a, 1000), (b, 2000), &payload);
+        let original = frames::udp((a, 1000), (b, 2000), &payload);
         let len = original.len();
         let mut buf = original.clone();
         buf.resize(9014, 0);
@@ -483,7 +486,7 @@ mod tests {
             IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, 1),
             IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, 2),
         );
-        let fixture = crate::functions::fixtures::wrap;
+        let fixture = frames::wrap;
         let (mut c, mut d) = pair();
         let original = fixture(a, b, IpProtocol::Unknown(253), &text(600));
         let mut buf = original.clone();
@@ -512,22 +515,10 @@ mod tests {
     #[test]
     fn ip_medium_round_trips_without_a_link_header() {
         let (eth_frame, len) = frame_with(&text(800));
-        let original = eth_frame[14..len].to_vec();
-        let mut buf = original.clone();
         let (mut c, mut d) = pair();
-        let mut f = Frame::new(&mut buf, original.len(), LinkMedium::Ip);
-        assert_eq!(
-            c.on_ingress(Instant::ZERO, Role::Local, &mut f),
-            Verdict::Modified
-        );
-        assert_eq!(checksum::ipv4_header(&f.bytes()[..20]), 0);
-        let n = f.len();
-        let mut f = Frame::new(&mut buf, n, LinkMedium::Ip);
-        assert_eq!(
-            d.on_ingress(Instant::ZERO, Role::Global, &mut f),
-            Verdict::Modified
-        );
-        assert_eq!(f.bytes(), &original[..]);
+        let packet = &eth_frame[14..len];
+        let compressed = ip_round_trip(&mut c, &mut d, packet, packet.len());
+        assert_eq!(checksum::ipv4_header(&compressed[..20]), 0);
     }
 
     #[test]

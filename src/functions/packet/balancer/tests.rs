@@ -1,7 +1,9 @@
 use super::maglev::{self, NONE, Permutation};
 use super::service::Endpoint;
 use super::*;
-use crate::functions::fixtures::udp;
+use crate::functions::FunctionConfig;
+use crate::testing::frames::{self, arp, ep, garbled, udp};
+use crate::testing::function::{self, config_error, counter};
 use crate::wire::LinkMedium;
 use smoltcp::wire::{
     IpAddress, Ipv4Address, Ipv4Packet, Ipv6Address, Ipv6Packet, TcpControl, TcpPacket, UdpPacket,
@@ -9,7 +11,7 @@ use smoltcp::wire::{
 
 fn tcp(src: (IpAddress, u16), dst: (IpAddress, u16), control: TcpControl) -> Vec<u8> {
     let ack = control != TcpControl::Syn;
-    crate::functions::fixtures::tcp(src, dst, control, ack, b"hello, backend")
+    frames::tcp(src, dst, control, ack, b"hello, backend")
 }
 
 const CLIENT: Ipv4Address = Ipv4Address::new(10, 11, 0, 1);
@@ -25,7 +27,7 @@ fn t(ms: u64) -> Instant {
 }
 
 fn balancer(text: &str) -> Balancer {
-    Balancer::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Balancer::new)
 }
 
 /// One TCP service on VIP:7 over `n` backends 10.12.0.2.. port 7, and a
@@ -47,10 +49,6 @@ fn config(n: u8, extra: &str) -> String {
     )
 }
 
-fn ep(a: impl Into<IpAddress>, port: u16) -> (IpAddress, u16) {
-    (a.into(), port)
-}
-
 /// Runs `on_ingress` on a copy; returns the verdict and the frame after.
 fn ingress(lb: &mut Balancer, now: Instant, from: Role, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     ingress_on(LinkMedium::Ethernet, lb, now, from, bytes)
@@ -63,10 +61,7 @@ fn ingress_on(
     from: Role,
     bytes: &[u8],
 ) -> (Verdict, Vec<u8>) {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    let v = lb.on_ingress(now, from, &mut Frame::new(&mut buf, len, medium));
-    (v, buf)
+    function::ingress(lb, now, from, medium, bytes)
 }
 
 /// The backend a client's packet was sent to (its new destination).
@@ -75,14 +70,6 @@ fn dnat_target(lb: &mut Balancer, now: Instant, frame: &[u8]) -> Option<Ipv4Addr
         (Verdict::Modified, out) => Some(Ipv4Packet::new_unchecked(&out[14..]).dst_addr()),
         _ => None,
     }
-}
-
-fn counter(lb: &Balancer, name: &str) -> u64 {
-    crate::stack::hook::counters_of(lb)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 fn perms(n: usize, m: u32) -> Vec<(u16, Permutation)> {
@@ -457,9 +444,7 @@ fn other_traffic_passes_untouched() {
     assert_eq!(ingress(&mut lb, t(0), Role::Local, &other).0, Verdict::Pass);
     let udp7 = udp(ep(CLIENT, 1), ep(VIP, 7), b"x");
     assert_eq!(ingress(&mut lb, t(0), Role::Local, &udp7).0, Verdict::Pass);
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut lb, t(0), Role::Local, &arp).0, Verdict::Pass);
+    assert_eq!(ingress(&mut lb, t(0), Role::Local, &arp()).0, Verdict::Pass);
     // A fragment to a VIP cannot be balanced.
     let mut frag = udp(ep(CLIENT, 1), ep(VIP, 53), b"x");
     frag[14 + 6] = 0x20;
@@ -491,16 +476,7 @@ fn truncated_and_garbage_frames_never_panic() {
         assert!(counter(&lb, "malformed") > 0);
     }
     let mut lb = balancer(&config(3, "max_flows = 64"));
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let mut f = frames[(i % 3) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (i, f) in garbled(&frames, 20_000) {
         let from = if i % 2 == 0 {
             Role::Local
         } else {
@@ -516,10 +492,7 @@ fn truncated_and_garbage_frames_never_panic() {
 
 #[test]
 fn config_errors_name_the_problem() {
-    let err = |text: &str| match Balancer::new(toml::from_str(text).expect("parses")) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("accepted: {text}"),
-    };
+    let err = |text: &str| config_error(text, Balancer::new);
     let svc = |body: &str| format!("[[service]]\nname = \"s\"\nvip = \"10.0.0.1:80\"\n{body}");
     assert!(err(&svc("table_size = 65536")).contains("prime"));
     assert!(

@@ -1,6 +1,7 @@
 use super::*;
-use crate::functions::fixtures::{self, wrap};
 use crate::functions::{FunctionConfig, build};
+use crate::testing::frames::{self, ep, garbled, wrap};
+use crate::testing::function::{self, config_error, counter, egress, ingress};
 use crate::wire::LinkMedium;
 use Verdict::{Drop, Pass};
 use smoltcp::phy::ChecksumCapabilities;
@@ -11,26 +12,22 @@ use smoltcp::wire::{
 
 type Ep = (IpAddress, u16);
 
-fn ep(a: impl Into<IpAddress>, port: u16) -> Ep {
-    (a.into(), port)
-}
-
 /// A bare SYN, a SYN-ACK, a data segment (ACK, PSH), a FIN-ACK.
 fn syn(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Syn, false, b"")
+    frames::tcp(src, dst, TcpControl::Syn, false, b"")
 }
 fn syn_ack(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Syn, true, b"")
+    frames::tcp(src, dst, TcpControl::Syn, true, b"")
 }
 fn data(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Psh, true, b"hello")
+    frames::tcp(src, dst, TcpControl::Psh, true, b"hello")
 }
 fn fin(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Fin, true, b"")
+    frames::tcp(src, dst, TcpControl::Fin, true, b"")
 }
 
 fn udp(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::udp(src, dst, b"datagram")
+    frames::udp(src, dst, b"datagram")
 }
 
 const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
@@ -42,7 +39,7 @@ fn t(secs: u64) -> Instant {
 }
 
 fn firewall(text: &str) -> Firewall {
-    Firewall::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Firewall::new)
 }
 
 fn icmp(src: Ipv4Address, dst: Ipv4Address, repr: Icmpv4Repr<'_>) -> Vec<u8> {
@@ -86,11 +83,9 @@ fn hook(
     from: Option<Role>,
     bytes: &[u8],
 ) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let mut frame = Frame::new(&mut buf, bytes.len(), medium);
     match from {
-        Some(from) => fw.on_ingress(now, from, &mut frame),
-        None => fw.on_egress(now, &mut frame),
+        Some(from) => ingress(fw, now, from, medium, bytes).0,
+        None => egress(fw, now, medium, bytes).0,
     }
 }
 
@@ -105,14 +100,6 @@ fn script(fw: &mut Firewall, steps: &[(u64, Option<Role>, Vec<u8>, Verdict)]) {
     for (i, (secs, from, bytes, want)) in steps.iter().enumerate() {
         assert_eq!(run(fw, *secs, *from, bytes), *want, "step {i}");
     }
-}
-
-fn counter(fw: &Firewall, name: &str) -> u64 {
-    crate::stack::hook::counters_of(fw)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 fn counters_are(fw: &Firewall, want: &[(&str, u64)]) {
@@ -302,7 +289,7 @@ fn icmp_echo_reply_and_related_errors_pass() {
     // Port unreachable for a datagram we sent is related; for one we
     // never sent it is not.
     let unreachable = |sport| {
-        let quoted = fixtures::udp_l4(ep(A, sport), ep(B, 9), b"datagram");
+        let quoted = frames::udp_l4(ep(A, sport), ep(B, 9), b"datagram");
         let header = Ipv4Repr {
             src_addr: A,
             dst_addr: B,
@@ -476,17 +463,7 @@ fn truncated_and_garbage_frames_are_counted_drops() {
     }
     // Random bytes, with and without a plausible header: no panic.
     let mut fw = firewall("log_drops_per_second = 0");
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let base = &frames[(i % 4) as usize];
-        let mut f = base.clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (i, f) in garbled(&frames, 20_000) {
         let _ = run(&mut fw, i / 100, IN, &f);
     }
 }
@@ -555,13 +532,7 @@ fn drop_logging_is_rate_limited() {
 
 #[test]
 fn config_errors_name_the_problem() {
-    let err = |text: &str| {
-        let cfg: FirewallConfig = toml::from_str(text).expect("parses");
-        match Firewall::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
+    let err = |text: &str| config_error(text, Firewall::new);
     let rule = |body: &str| err(&format!("[[rule]]\naction = \"accept\"\n{body}"));
     for (body, names) in [
         ("src = \"10.0.0.0/33\"", "rule 0: src"),

@@ -4,14 +4,16 @@
 use smoltcp::wire::{IpAddress, IpProtocol, TcpControl};
 
 use super::*;
-use crate::functions::fixtures;
+use crate::functions::FunctionConfig;
+use crate::testing::frames::{self, Garbler, arp};
+use crate::testing::function::{self, config_error, counter};
 use crate::wire::proto::{
     ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP,
 };
 use crate::wire::{LinkMedium, checksum};
 
 fn qos(text: &str) -> Qos {
-    Qos::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Qos::new)
 }
 
 /// A config with the one class "a", whose fields are `body`.
@@ -42,12 +44,12 @@ fn v4(
     let (s, d) = (addr(src), addr(dst));
     let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
     let mut f = match proto {
-        PROTO_TCP => fixtures::tcp((s, ports.0), (d, ports.1), TcpControl::None, false, &body),
-        PROTO_UDP => fixtures::udp((s, ports.0), (d, ports.1), &body),
+        PROTO_TCP => frames::tcp((s, ports.0), (d, ports.1), TcpControl::None, false, &body),
+        PROTO_UDP => frames::udp((s, ports.0), (d, ports.1), &body),
         p => {
             let mut l4 = [&ports.0.to_be_bytes()[..], &ports.1.to_be_bytes(), &[0; 4]].concat();
             l4.extend_from_slice(&body);
-            fixtures::wrap(s, d, IpProtocol::from(p), &l4)
+            frames::wrap(s, d, IpProtocol::from(p), &l4)
         }
     };
     f[15] = tos;
@@ -73,16 +75,14 @@ fn tcp(dport: u16, payload: usize) -> Vec<u8> {
 fn v6(src_last: u8, dst_last: u8, tc: u8, ports: (u16, u16)) -> Vec<u8> {
     let s = IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, src_last.into());
     let d = IpAddress::v6(0xfd02, 0, 0, 0, 0, 0, 0, dst_last.into());
-    let mut f = fixtures::udp((s, ports.0), (d, ports.1), &[0; 16]);
+    let mut f = frames::udp((s, ports.0), (d, ports.1), &[0; 16]);
     f[14] = 0x60 | tc >> 4;
     f[15] = tc << 4 | (f[15] & 0x0f);
     f
 }
 
 fn ingress_on(q: &mut Qos, now: Instant, from: Role, medium: LinkMedium, bytes: &[u8]) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    q.on_ingress(now, from, &mut Frame::new(&mut buf, len, medium))
+    function::ingress(q, now, from, medium, bytes).0
 }
 
 fn ingress(q: &mut Qos, now: Instant, from: Role, bytes: &[u8]) -> Verdict {
@@ -97,14 +97,6 @@ fn drain(q: &mut Qos, now: Instant) -> Vec<Vec<u8>> {
         out.push(buf[..len].to_vec());
     }
     out
-}
-
-fn counter(q: &Qos, name: &str) -> u64 {
-    crate::stack::hook::counters_of(q)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 const CLASSES: &str = r#"
@@ -193,17 +185,13 @@ fn classifies_by_dscp_proto_prefix_and_ports_first_match_wins() {
     frag[14 + 7] = 8;
     assert_eq!(c(&frag).as_deref(), Some("rest"));
     // ARP and neighbour discovery are not classified.
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(c(&arp), None);
+    assert_eq!(c(&arp()), None);
 }
 
 #[test]
 fn arp_and_neighbour_discovery_pass_unqueued() {
     let mut q = qos(CLASSES);
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut q, t(0), Role::Local, &arp), Verdict::Pass);
+    assert_eq!(ingress(&mut q, t(0), Role::Local, &arp()), Verdict::Pass);
     let mut ns = v6(1, 2, 0, (0, 0));
     ns[14 + 6] = PROTO_ICMPV6;
     ns[14 + 40] = 135;
@@ -523,18 +511,12 @@ fn malformed_frames_are_counted_drops_and_garbage_never_panics() {
         assert_eq!(q.queued_frames(), 0);
     }
     let mut q = qos(CLASSES);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut garbler = Garbler::default();
     let mut taken = 0;
     let mut buf = vec![0u8; 2048];
     for i in 0..20_000u64 {
         let mut f = frames[(i % 3) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+        let x = garbler.garble(&mut f, 1 + i % 4);
         f.truncate(f.len() - (x >> 40) as usize % 8);
         if ingress(&mut q, t(i as i64), Role::Local, &f) == Verdict::Consumed {
             taken += 1;
@@ -598,13 +580,7 @@ fn reconfigure_changes_rates_in_place_and_keeps_queued_frames() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let err = |text: &str| {
-        let cfg: QosConfig = toml::from_str(text).expect("parses");
-        match Qos::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
+    let err = |text: &str| config_error(text, Qos::new);
     let class = one_class_text;
     assert!(err(&class("rate = \"40mbps\"")).contains("class a: rate"));
     assert!(err(&class("rate = \"fast\"")).contains("class a: rate"));

@@ -1,6 +1,9 @@
 use super::*;
 use crate::functions::Directory;
+use crate::functions::FunctionConfig;
 use crate::functions::matching::parse_duration;
+use crate::testing::frames::{arp, garbled};
+use crate::testing::function::{self, config_error, counter};
 use crate::wire::LinkMedium;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
@@ -14,15 +17,7 @@ fn ms(n: i64) -> Instant {
 }
 
 fn reroute(text: &str) -> Reroute {
-    Reroute::new(toml::from_str(text).expect("test config parses")).expect("valid config")
-}
-
-fn counter(r: &Reroute, name: &str) -> u64 {
-    crate::stack::hook::counters_of(r)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
+    function::build(text, Reroute::new)
 }
 
 fn ingress(r: &mut Reroute, bytes: &[u8]) -> Verdict {
@@ -30,9 +25,7 @@ fn ingress(r: &mut Reroute, bytes: &[u8]) -> Verdict {
 }
 
 fn ingress_on(medium: LinkMedium, r: &mut Reroute, bytes: &[u8]) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    r.on_ingress(ms(0), Role::Local, &mut Frame::new(&mut buf, len, medium))
+    function::ingress(r, ms(0), Role::Local, medium, bytes).0
 }
 
 /// Ethernet (dst 02:..:02, src 02:..:01, IPv4) + IPv4 (TOS 0xb8 = DSCP
@@ -143,9 +136,7 @@ fn own_broadcast_multicast_expiring_and_non_ip_frames_pass() {
     assert_eq!(ingress(&mut r, &udp6(53)), Verdict::Pass);
     assert_eq!(counter(&r, "to_device"), 5);
     assert_eq!(ingress(&mut r, &to([10, 9, 0, 1], 1)), Verdict::Pass);
-    let mut arp = TCP4_DSCP46.to_vec();
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut r, &arp), Verdict::Pass);
+    assert_eq!(ingress(&mut r, &arp()), Verdict::Pass);
     assert_eq!(
         ingress(&mut r, &to([10, 9, 0, 1], 2)),
         Verdict::Via(A4.into())
@@ -195,16 +186,7 @@ fn truncated_and_garbage_frames_pass_and_are_counted() {
         assert!(matches!(ingress(&mut r, f), Verdict::Via(_)));
     }
     assert_eq!(counter(&r, "malformed"), malformed);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let mut f = frames[(i % 2) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (_, f) in garbled(&frames, 20_000) {
         if let Verdict::Via(a) = ingress(&mut r, &f) {
             assert!([A4.into(), A6.into()].contains(&a), "{a}");
         }
@@ -479,13 +461,7 @@ fn reconfigure_keeps_health_of_unchanged_next_hops() {
 #[test]
 fn config_errors_name_the_problem() {
     assert_eq!(parse_duration("99999999999999999999s"), None);
-    let err = |text: &str| {
-        let cfg: RerouteConfig = toml::from_str(text).expect("parses");
-        match Reroute::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
+    let err = |text: &str| config_error(text, Reroute::new);
     let hop = "[[next_hop]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
     assert!(err("next_hop = []").contains("at least one next_hop"));
     assert!(err("[[next_hop]]\nname = \"a\"").contains("one of address, device or network"));
