@@ -210,6 +210,7 @@ impl Matcher {
 
     /// Does the packet match? A port field matches only packets that carry
     /// ports (TCP and UDP, not later fragments).
+    #[inline]
     pub fn matches(&self, ip: &IpView) -> bool {
         let in_range = |r: Option<(u16, u16)>, p: Option<u16>| match (r, p) {
             (None, _) => true,
