@@ -55,7 +55,8 @@ use lz4_flex::block::{
 };
 use smoltcp::time::Instant;
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, Role, Verdict};
+use crate::functions::common::{counters, reconfigure_in_place};
 use crate::wire::{IpView, checksum};
 
 pub use crate::wire::ipcomp::{CPI_LZ4, IPPROTO_IPCOMP, IpCompError, IpCompPacket, IpCompRepr};
@@ -102,43 +103,25 @@ impl CompressConfig {
     }
 }
 
-/// Counters of the compression function.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CompressStats {
-    pub compressed: u64,
-    pub decompressed: u64,
-    pub skipped_small: u64,
-    pub skipped_incompressible: u64,
-    /// Payload bytes before and after compression, and the difference.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub bytes_saved: u64,
-    /// Compressed packets that could not be decompressed (dropped).
-    pub decompress_errors: u64,
-    /// IPComp packets with another algorithm or bad header (dropped).
-    pub unknown_cpi: u64,
-    /// Frames this function leaves alone (passed untouched): not IP,
-    /// malformed, fragments, IPv6 packets with extension headers.
-    pub not_ip: u64,
-}
-
-impl CompressStats {
-    /// Visits each counter by its fixed name.
-    fn visit(&self, visit: &mut dyn FnMut(&str, u64)) {
-        for (name, value) in [
-            ("compressed", self.compressed),
-            ("decompressed", self.decompressed),
-            ("skipped_small", self.skipped_small),
-            ("skipped_incompressible", self.skipped_incompressible),
-            ("bytes_in", self.bytes_in),
-            ("bytes_out", self.bytes_out),
-            ("bytes_saved", self.bytes_saved),
-            ("decompress_errors", self.decompress_errors),
-            ("unknown_cpi", self.unknown_cpi),
-            ("not_ip", self.not_ip),
-        ] {
-            visit(name, value);
-        }
+counters! {
+    /// Counters of the compression function.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct CompressStats {
+        pub compressed: u64,
+        pub decompressed: u64,
+        pub skipped_small: u64,
+        pub skipped_incompressible: u64,
+        /// Payload bytes before and after compression, and the difference.
+        pub bytes_in: u64,
+        pub bytes_out: u64,
+        pub bytes_saved: u64,
+        /// Compressed packets that could not be decompressed (dropped).
+        pub decompress_errors: u64,
+        /// IPComp packets with another algorithm or bad header (dropped).
+        pub unknown_cpi: u64,
+        /// Frames this function leaves alone (passed untouched): not IP,
+        /// malformed, fragments, IPv6 packets with extension headers.
+        pub not_ip: u64,
     }
 }
 
@@ -309,10 +292,7 @@ impl Function for Compress {
     }
 
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        match cfg.downcast_ref::<FunctionConfig>() {
-            Some(FunctionConfig::Compress(c)) => Compress::reconfigure(self, c).map(|()| true),
-            _ => Ok(false),
-        }
+        reconfigure_in_place(cfg, |c| Compress::reconfigure(self, c))
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use super::sa::{InboundSa, OutboundSa, SaKey};
 use crate::functions::FunctionError;
+use crate::functions::common::invalid;
 use crate::stack::Role;
 
 /// `[function] kind = "encrypt"`.
@@ -78,10 +79,7 @@ pub(super) struct Compiled {
 impl EncryptConfig {
     /// Checks the parameters and reads the keys (key files included).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
-        let invalid = |why: String| FunctionError::Invalid {
-            kind: "encrypt",
-            why,
-        };
+        let invalid = invalid("encrypt");
         if !(32..=1024).contains(&self.replay_window) {
             return Err(invalid("replay_window must be 32..=1024 packets".into()));
         }

@@ -6,6 +6,7 @@ use smoltcp::time::Duration;
 use super::conntrack::Timeouts;
 use super::rules::Rules;
 use crate::functions::FunctionError;
+use crate::functions::common::invalid;
 use crate::functions::matching::{ConfigDuration, PortSpec, ProtoSpec};
 
 /// What a rule or the default policy does with a packet.
@@ -132,10 +133,7 @@ pub(super) struct Compiled {
 impl FirewallConfig {
     /// Checks every field; the error names the field (and the rule).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
-        let bad = |why: String| FunctionError::Invalid {
-            kind: "firewall",
-            why,
-        };
+        let bad = invalid("firewall");
         let timeout = |name: &str, d: ConfigDuration| {
             let range = Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
             if range.contains(&d.0) {

@@ -6,6 +6,7 @@
 use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
+use crate::functions::common::invalid;
 use crate::functions::matching::{PortSpec, ProtoSpec};
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
@@ -186,10 +187,6 @@ pub(super) struct Plan {
     pub link: Option<Rate>,
 }
 
-fn invalid(why: String) -> FunctionError {
-    FunctionError::Invalid { kind: "qos", why }
-}
-
 /// 10 ms at the rate: covers a device's wake-up latency many times over.
 fn default_burst(rate: u64) -> u64 {
     (rate / 8 / 100).max(2 * 1514)
@@ -279,6 +276,7 @@ impl ClassConfig {
 impl QosConfig {
     /// Checks the configuration; the error names the class and field.
     pub(super) fn plan(&self) -> Result<Plan, FunctionError> {
+        let invalid = invalid("qos");
         if self.classes.is_empty() {
             return Err(invalid("give at least one class".into()));
         }
