@@ -58,25 +58,9 @@ impl ClassMatch {
             &format!("class {name}"),
             MatchSpec {
                 proto: c.proto.as_ref().filter(|_| !icmp),
-                src: c.src.as_deref(),
-                dst: c.dst.as_deref(),
-                sport: c.sport.as_ref(),
-                dport: c.dport.as_ref(),
+                ..c.match_spec()
             },
         )?;
-        let ported = matches!(fields.proto, Some(proto::TCP | proto::UDP));
-        if (fields.sport.is_some() || fields.dport.is_some()) && !ported {
-            return Err(format!(
-                "class {name}: sport/dport need proto = \"tcp\" or \"udp\""
-            ));
-        }
-        if let (Some(s), Some(d)) = (fields.src, fields.dst)
-            && s.v6 != d.v6
-        {
-            return Err(format!(
-                "class {name}: src and dst are of different IP versions"
-            ));
-        }
         Ok(ClassMatch { dscp, icmp, fields })
     }
 

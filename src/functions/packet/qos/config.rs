@@ -7,7 +7,7 @@ use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
 use crate::functions::common::invalid;
-use crate::functions::matching::{PortSpec, ProtoSpec};
+use crate::functions::matching::with_match_fields;
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
 /// benchmarks') with its headers at any MTU, without a drop — smoltcp has
@@ -55,50 +55,41 @@ pub enum Direction {
     Both,
 }
 
-/// One `[[function.class]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassConfig {
-    /// Letters, digits, `-` and `_` (it names the class's counters).
-    pub name: String,
-    /// 0 (highest) ..= 15.
-    #[serde(default)]
-    pub priority: u32,
-    /// Share within its priority level, 1..=1000.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// Shaping rate; none: not shaped (only the link rate applies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<RateSpec>,
-    /// Bucket size in bytes (default: 10 ms at `rate`, at least 3028).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    /// Queue size in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<u64>,
-    #[serde(default)]
-    pub over_limit: OverLimit,
-    /// Queue bytes from which ECT packets are CE-marked (default: half the
-    /// queue); only with `over_limit = "mark"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mark_at: Option<u64>,
-    /// DSCP values (0..=63) matched; empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dscp: Vec<i64>,
-    /// `"icmp"` matches ICMP in IPv4 and ICMPv6 in IPv6 (ping alike in
-    /// both versions); a number matches that protocol only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<String>,
-    /// Source port or range (needs proto tcp or udp).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<PortSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<PortSpec>,
+with_match_fields! {
+    /// One `[[function.class]]`: its scheduling parameters, the DSCP values
+    /// and the match fields it takes packets by. `proto = "icmp"` matches
+    /// ICMP in IPv4 and ICMPv6 in IPv6 (ping alike in both versions); a
+    /// number matches that protocol only.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ClassConfig {
+        /// Letters, digits, `-` and `_` (it names the class's counters).
+        pub name: String,
+        /// 0 (highest) ..= 15.
+        #[serde(default)]
+        pub priority: u32,
+        /// Share within its priority level, 1..=1000.
+        #[serde(default = "default_weight")]
+        pub weight: u32,
+        /// Shaping rate; none: not shaped (only the link rate applies).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rate: Option<RateSpec>,
+        /// Bucket size in bytes (default: 10 ms at `rate`, at least 3028).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub burst: Option<u64>,
+        /// Queue size in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub queue: Option<u64>,
+        #[serde(default)]
+        pub over_limit: OverLimit,
+        /// Queue bytes from which ECT packets are CE-marked (default: half the
+        /// queue); only with `over_limit = "mark"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mark_at: Option<u64>,
+        /// DSCP values (0..=63) matched; empty: any.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub dscp: Vec<i64>,
+    }
 }
 
 fn default_weight() -> u32 {

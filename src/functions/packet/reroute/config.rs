@@ -7,8 +7,7 @@ use super::probe::{Hop, Target};
 use super::rules::Rule;
 use crate::functions::Role;
 use crate::functions::health::{self, HealthCheck, HealthSpec};
-use crate::functions::matching::{ConfigDuration, MatchSpec, Matcher, PortSpec, ProtoSpec};
-use crate::wire::proto;
+use crate::functions::matching::{ConfigDuration, Matcher, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -72,32 +71,21 @@ pub struct NextHopConfig {
     pub rise: u32,
 }
 
-/// One `[[function.rule]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Names the rule's counter (default: its index).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    /// Destination prefix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Source port or range (needs `proto = "tcp"` or `"udp"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<PortSpec>,
-    /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<PortSpec>,
-    /// DiffServ code point, 0..=63.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dscp: Option<u8>,
-    /// Next hops by name, most preferred first.
-    pub via: Vec<String>,
+with_match_fields! {
+    /// One `[[function.rule]]`: the next hops it sends to, and what it
+    /// takes (the match fields and a DSCP).
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleConfig {
+        /// Names the rule's counter (default: its index).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        /// DiffServ code point, 0..=63.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub dscp: Option<u8>,
+        /// Next hops by name, most preferred first.
+        pub via: Vec<String>,
+    }
 }
 
 /// `[function] kind = "reroute"`.
@@ -244,30 +232,9 @@ impl RuleConfig {
     fn compile(&self, i: usize, hops: &[Hop]) -> Result<Rule, String> {
         let name = self.name.clone().unwrap_or_else(|| i.to_string());
         let owner = format!("rule {name}");
-        let matcher = Matcher::compile(
-            &owner,
-            MatchSpec {
-                proto: self.proto.as_ref(),
-                src: self.src.as_deref(),
-                dst: self.dst.as_deref(),
-                sport: self.sport.as_ref(),
-                dport: self.dport.as_ref(),
-            },
-        )?;
-        if (matcher.sport.is_some() || matcher.dport.is_some())
-            && !matches!(matcher.proto, Some(proto::TCP | proto::UDP))
-        {
-            return Err(format!(
-                "{owner}: sport/dport need proto = \"tcp\" or \"udp\""
-            ));
-        }
+        let matcher = Matcher::compile(&owner, self.match_spec())?;
         if self.dscp.is_some_and(|d| d > 63) {
             return Err(format!("{owner}: dscp must be 0..=63"));
-        }
-        if let (Some(s), Some(d)) = (matcher.src, matcher.dst)
-            && s.v6 != d.v6
-        {
-            return Err(format!("{owner}: src and dst are of different IP versions"));
         }
         if self.via.is_empty() {
             return Err(format!("{owner}: via lists no next hop"));
