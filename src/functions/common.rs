@@ -39,6 +39,27 @@ macro_rules! counters {
 }
 pub(crate) use counters;
 
+/// Declares a config section struct as written (its own fields end with a
+/// comma), with the `[extra]` fields after its own: how
+/// `with_match_fields!` and `with_health_fields!` add a shared fragment to
+/// the sections that need it. serde's `flatten` would do it but does not
+/// go with `deny_unknown_fields`, and each section must refuse unknown
+/// fields.
+macro_rules! struct_with_fields {
+    (
+        [$($extra:tt)*]
+        $(#[$attr:meta])*
+        pub struct $name:ident { $($own:tt)* }
+    ) => {
+        $(#[$attr])*
+        pub struct $name {
+            $($own)*
+            $($extra)*
+        }
+    };
+}
+pub(crate) use struct_with_fields;
+
 /// `{kind}.{name}.{counter}` for each of `counters`: the counter names of
 /// one rule, class or peer, built once so that visiting them allocates
 /// nothing.
@@ -63,5 +84,26 @@ pub fn reconfigure_in_place<C: KindConfig>(
     match cfg.downcast_ref::<FunctionConfig>().and_then(C::of) {
         Some(c) => apply(c).map(|()| true),
         None => Ok(false),
+    }
+}
+
+/// serde field defaults by value, so that a field's default stands next to
+/// it: `#[serde(default = "defaults::u32::<64>")]`. (A section whose every
+/// field has a default uses `#[serde(default)]` and its `Default` impl
+/// instead.)
+pub mod defaults {
+    use super::super::matching::ConfigDuration;
+
+    pub fn u32<const N: u32>() -> u32 {
+        N
+    }
+    pub fn bool<const B: bool>() -> bool {
+        B
+    }
+    pub fn secs<const S: u64>() -> ConfigDuration {
+        ConfigDuration::from_secs(S)
+    }
+    pub fn millis<const MS: u64>() -> ConfigDuration {
+        ConfigDuration::from_millis(MS)
     }
 }

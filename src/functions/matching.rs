@@ -174,35 +174,29 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Declares a config section (a rule, a class) as written, followed by the
 /// five match fields (`proto`, `src`, `dst`, `sport`, `dport`), and gives
-/// it a `match_spec()` accessor for [`Matcher::compile`]. Each function
-/// keeps the fields in its own section so that unknown fields are still
-/// refused there (serde's `flatten` does not go with
-/// `deny_unknown_fields`).
+/// it a `match_spec()` accessor for [`Matcher::compile`].
 macro_rules! with_match_fields {
-    (
-        $(#[$attr:meta])*
-        pub struct $name:ident {
-            $($(#[$field_attr:meta])* pub $field:ident: $ty:ty,)*
-        }
-    ) => {
-        $(#[$attr])*
-        pub struct $name {
-            $($(#[$field_attr])* pub $field: $ty,)*
-            /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or a protocol number.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub proto: Option<$crate::functions::matching::ProtoSpec>,
-            /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub src: Option<String>,
-            /// Destination prefix.
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub dst: Option<String>,
-            /// Source port or range (needs `proto = "tcp"` or `"udp"`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub sport: Option<$crate::functions::matching::PortSpec>,
-            /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub dport: Option<$crate::functions::matching::PortSpec>,
+    ($(#[$attr:meta])* pub struct $name:ident $own:tt) => {
+        $crate::functions::common::struct_with_fields! {
+            [
+                /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or a protocol number.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub proto: Option<$crate::functions::matching::ProtoSpec>,
+                /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub src: Option<String>,
+                /// Destination prefix.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub dst: Option<String>,
+                /// Source port or range (needs `proto = "tcp"` or `"udp"`).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub sport: Option<$crate::functions::matching::PortSpec>,
+                /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub dport: Option<$crate::functions::matching::PortSpec>,
+            ]
+            $(#[$attr])*
+            pub struct $name $own
         }
 
         impl $name {

@@ -61,32 +61,24 @@ use crate::wire::{IpView, checksum};
 
 pub use crate::wire::ipcomp::{CPI_LZ4, IPPROTO_IPCOMP, IpCompError, IpCompPacket, IpCompRepr};
 
-/// `[function] kind = "compress"`.
+/// `[function] kind = "compress"`; a field left out takes its value from
+/// [`CompressConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompressConfig {
     /// Payloads smaller than this many bytes are sent as they are.
-    #[serde(default = "default_min_size")]
     pub min_size: usize,
     /// Which of the device's networks is the compressed hop (`"global"`,
     /// the default, or `"local"`): packets arriving from the other one are
     /// compressed, packets arriving from this one restored.
-    #[serde(default = "default_hop")]
     pub hop: Role,
-}
-
-fn default_min_size() -> usize {
-    128
-}
-fn default_hop() -> Role {
-    Role::Global
 }
 
 impl Default for CompressConfig {
     fn default() -> Self {
         CompressConfig {
-            min_size: default_min_size(),
-            hop: default_hop(),
+            min_size: 128,
+            hop: Role::Global,
         }
     }
 }

@@ -20,39 +20,37 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
 
-/// `[function] kind = "probe"`.
+/// `[function] kind = "probe"`; a field left out takes its value from
+/// [`ProbeConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProbeConfig {
     /// Echo servers to stream `bytes` to over TCP, as "ip:port".
-    #[serde(default)]
     pub tcp: Vec<String>,
     /// Echo servers to send `datagrams` UDP datagrams to.
-    #[serde(default)]
     pub udp: Vec<String>,
     /// Bytes per TCP exchange.
-    #[serde(default = "default_bytes")]
     pub bytes: usize,
     /// Datagrams per UDP exchange.
-    #[serde(default = "default_datagrams")]
     pub datagrams: usize,
     /// Give up on one exchange after this many milliseconds.
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// The exchanges are expected to fail (a firewall should block them):
     /// no answer counts as success, an answer as failure.
-    #[serde(default)]
     pub expect_blocked: bool,
 }
 
-fn default_bytes() -> usize {
-    1 << 20
-}
-fn default_datagrams() -> usize {
-    4
-}
-fn default_timeout_ms() -> u64 {
-    10_000
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            bytes: 1 << 20,
+            datagrams: 4,
+            timeout_ms: 10_000,
+            expect_blocked: false,
+        }
+    }
 }
 
 /// The byte a stream carries at `offset`: a pattern that catches

@@ -542,3 +542,16 @@ fn config_errors_name_the_problem() {
     assert!(e.contains("table_size 100"), "{e}");
     assert_eq!(lb.table_share(0).len(), 3);
 }
+
+#[test]
+fn backend_checks_left_unconfigured_take_the_defaults() {
+    // 1 s between checks, 500 ms to connect, 3 failures down, 2 up.
+    let lb = balancer(&config(1, ""));
+    let c = lb.services[0].check.expect("a TCP service is checked");
+    assert_eq!(
+        (c.interval, c.timeout, c.fall, c.rise),
+        (Duration::from_secs(1), Duration::from_millis(500), 3, 2)
+    );
+    // The UDP service is not checked unless asked to.
+    assert_eq!(lb.services[1].check, None);
+}

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use super::sa::{InboundSa, OutboundSa, SaKey};
 use crate::functions::FunctionError;
-use crate::functions::common::invalid;
+use crate::functions::common::{defaults, invalid};
 use crate::stack::Role;
 
 /// `[function] kind = "encrypt"`.
@@ -33,7 +33,7 @@ pub struct EncryptConfig {
     pub peer_address: Ipv4Addr,
     /// Which of the device's networks is the hop: `"global"` (default) or
     /// `"local"`.
-    #[serde(default = "default_hop")]
+    #[serde(default = "global")]
     pub hop: Role,
     /// The SA that encrypts what this device sends.
     pub outbound: SaConfig,
@@ -41,7 +41,7 @@ pub struct EncryptConfig {
     #[serde(default)]
     pub inbound: Vec<SaConfig>,
     /// Anti-replay window in packets, 32..=1024.
-    #[serde(default = "default_replay_window")]
+    #[serde(default = "defaults::u32::<64>")]
     pub replay_window: u32,
 }
 
@@ -60,11 +60,8 @@ pub struct SaConfig {
     pub key_file: Option<PathBuf>,
 }
 
-fn default_hop() -> Role {
+fn global() -> Role {
     Role::Global
-}
-fn default_replay_window() -> u32 {
-    64
 }
 
 /// A validated configuration: addresses and keyed SAs.

@@ -6,7 +6,7 @@
 use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
-use crate::functions::common::invalid;
+use crate::functions::common::{defaults, invalid};
 use crate::functions::matching::with_match_fields;
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
@@ -69,7 +69,7 @@ with_match_fields! {
         #[serde(default)]
         pub priority: u32,
         /// Share within its priority level, 1..=1000.
-        #[serde(default = "default_weight")]
+        #[serde(default = "defaults::u32::<1>")]
         pub weight: u32,
         /// Shaping rate; none: not shaped (only the link rate applies).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,10 +90,6 @@ with_match_fields! {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub dscp: Vec<i64>,
     }
-}
-
-fn default_weight() -> u32 {
-    1
 }
 
 /// `[function] kind = "qos"`.

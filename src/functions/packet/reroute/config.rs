@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use super::probe::{Hop, Target};
 use super::rules::Rule;
 use crate::functions::Role;
-use crate::functions::health::{self, HealthCheck, HealthSpec};
-use crate::functions::matching::{ConfigDuration, Matcher, with_match_fields};
+use crate::functions::common::defaults;
+use crate::functions::health::{HealthCheck, with_health_fields};
+use crate::functions::matching::{Matcher, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -38,37 +39,32 @@ pub enum WhenDown {
     Drop,
 }
 
-/// One `[[function.next_hop]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NextHopConfig {
-    pub name: String,
-    /// A fixed address on one of the device's networks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<Addresses>,
-    /// A device on one of this device's networks, by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// One of the device's networks (`"local"` or `"global"`): packets
-    /// leave by its adapter, to their destination if it is on that
-    /// network, else to its gateway.
-    #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
-    pub network: Option<Role>,
-    /// Default: `icmp` for an address or device, `none` for a network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Check>,
-    /// Time between probes (and between looking up `device` again).
-    #[serde(default = "default_interval")]
-    pub interval: ConfigDuration,
-    /// How long a probe waits for its reply (default: `interval`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<ConfigDuration>,
-    /// Consecutive misses that take an up next hop down.
-    #[serde(default = "health::default_fall")]
-    pub fall: u32,
-    /// Consecutive answers that bring a down next hop up.
-    #[serde(default = "health::default_rise")]
-    pub rise: u32,
+with_health_fields! {
+    interval = "defaults::millis::<100>";
+    /// One `[[function.next_hop]]`: where it is, and how it is checked (an
+    /// address or device by ICMP echo every `interval`, 100ms unless given;
+    /// a probe waits `timeout`, the interval unless given; `fall` misses take
+    /// it down, `rise` answers bring it back). `interval` is also how often a
+    /// `device` is looked up again.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NextHopConfig {
+        pub name: String,
+        /// A fixed address on one of the device's networks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<Addresses>,
+        /// A device on one of this device's networks, by name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub device: Option<String>,
+        /// One of the device's networks (`"local"` or `"global"`): packets
+        /// leave by its adapter, to their destination if it is on that
+        /// network, else to its gateway.
+        #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
+        pub network: Option<Role>,
+        /// Default: `icmp` for an address or device, `none` for a network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<Check>,
+    }
 }
 
 with_match_fields! {
@@ -93,7 +89,7 @@ with_match_fields! {
 #[serde(deny_unknown_fields)]
 pub struct RerouteConfig {
     /// Return to a preferred next hop when it comes back up.
-    #[serde(default = "default_failback")]
+    #[serde(default = "defaults::bool::<true>")]
     pub failback: bool,
     #[serde(default)]
     pub when_down: WhenDown,
@@ -102,13 +98,6 @@ pub struct RerouteConfig {
     /// Ordered rules; the first match wins.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
-}
-
-fn default_interval() -> ConfigDuration {
-    ConfigDuration::from_millis(100)
-}
-fn default_failback() -> bool {
-    true
 }
 
 /// `network = "local" | "global"`, read into the device's [`Role`].
@@ -173,15 +162,7 @@ impl NextHopConfig {
             ));
         }
         let owner = format!("next_hop {name}");
-        let params = HealthCheck::compile(
-            &owner,
-            HealthSpec {
-                interval: self.interval,
-                timeout: self.timeout,
-                fall: self.fall,
-                rise: self.rise,
-            },
-        )?;
+        let params = HealthCheck::compile(&owner, self.health_spec())?;
         let one_of = || format!("{owner}: give one of address, device or network");
         let (mut v4, mut v6) = (None, None);
         let target = match (&self.address, &self.device, self.network) {

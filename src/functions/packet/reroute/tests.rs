@@ -527,3 +527,19 @@ fn config_errors_name_the_problem() {
     let ok = parse(&format!("kind = \"reroute\"\n{hop}[[rule]]\nvia = [\"a\"]")).unwrap();
     assert!(super::super::build(&ok).is_ok());
 }
+
+#[test]
+fn next_hop_checks_left_unconfigured_take_the_defaults() {
+    // 100 ms between probes, each waits as long, 3 misses down, 2 up.
+    let r = reroute(&format!("{TWO_HOPS}\n[[rule]]\nvia = [\"a\"]"));
+    let p = r.hops[0].params;
+    assert_eq!(
+        (p.interval, p.timeout, p.fall, p.rise),
+        (
+            smoltcp::time::Duration::from_millis(100),
+            smoltcp::time::Duration::from_millis(100),
+            3,
+            2
+        )
+    );
+}
