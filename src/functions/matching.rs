@@ -76,6 +76,24 @@ impl Prefix {
     }
 }
 
+/// `Ok` if `name` is fit to name something in counters, segments and
+/// logs: non-empty, of ASCII letters, digits and the characters in
+/// `punct`. Else `Err` with what a name is made of, for the caller's
+/// message: `letters, digits, '-' or '_'`.
+pub fn check_name(name: &str, punct: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || punct.contains(c));
+    if ok {
+        return Ok(());
+    }
+    let mut chars = vec!["letters".to_string(), "digits".to_string()];
+    chars.extend(punct.chars().map(|c| format!("'{c}'")));
+    let last = chars.pop().unwrap_or_default();
+    Err(format!("{} or {last}", chars.join(", ")))
+}
+
 /// An inclusive port range; `None` if malformed or empty.
 pub fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
     let one = |s: &str| s.trim().parse::<u16>().ok();
@@ -364,6 +382,12 @@ mod tests {
         assert_eq!(parse_ports(&PortSpec::Range("9-1".into())), None);
         assert_eq!(parse_ports(&PortSpec::Number(65536)), None);
         assert_eq!(parse_proto(&ProtoSpec::Name("udp".into())), Some(17));
+        assert_eq!(check_name("web-1_a", "-_"), Ok(()));
+        assert_eq!(
+            check_name("a.b", "-_"),
+            Err("letters, digits, '-' or '_'".into())
+        );
+        assert!(check_name("", "-").is_err() && check_name("a b", "-_.").is_err());
         assert_eq!(parse_proto(&ProtoSpec::Number(300)), None);
         assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));

@@ -7,7 +7,7 @@ use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
 use crate::functions::common::{defaults, invalid};
-use crate::functions::matching::with_match_fields;
+use crate::functions::matching::{check_name, with_match_fields};
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
 /// benchmarks') with its headers at any MTU, without a drop — smoltcp has
@@ -206,15 +206,7 @@ fn bucket(
 impl ClassConfig {
     fn plan(&self) -> Result<ClassPlan, String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-        {
-            return Err(format!(
-                "class name {name:?} must be letters, digits, '-' or '_'"
-            ));
-        }
+        check_name(name, "-_").map_err(|chars| format!("class name {name:?} must be {chars}"))?;
         if self.priority > MAX_PRIORITY {
             return Err(format!(
                 "class {name}: priority {} is not 0..={MAX_PRIORITY}",

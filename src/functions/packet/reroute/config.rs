@@ -8,7 +8,7 @@ use super::rules::Rule;
 use crate::functions::Role;
 use crate::functions::common::defaults;
 use crate::functions::health::{HealthCheck, with_health_fields};
-use crate::functions::matching::{Matcher, with_match_fields};
+use crate::functions::matching::{Matcher, check_name, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -152,15 +152,8 @@ impl RerouteConfig {
 impl NextHopConfig {
     fn compile(&self) -> Result<Hop, String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
-        {
-            return Err(format!(
-                "next_hop {name:?}: name must be letters, digits, '-', '_' or '.'"
-            ));
-        }
+        check_name(name, "-_.")
+            .map_err(|chars| format!("next_hop {name:?}: name must be {chars}"))?;
         let owner = format!("next_hop {name}");
         let params = HealthCheck::compile(&owner, self.health_spec())?;
         let one_of = || format!("{owner}: give one of address, device or network");
