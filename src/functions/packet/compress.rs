@@ -34,8 +34,7 @@
 //! // A bare IPv4 packet (protocol 253) with 400 bytes of repetitive text.
 //! let mut buf = vec![0u8; 420];
 //! buf[..20].copy_from_slice(&[0x45, 0, 0x01, 0xa4, 0, 0, 0, 0, 64, 253, 0, 0, 10, 0, 0, 1, 10, 3, 0, 2]);
-//! let ck = shmnet::wire::checksum::ipv4_header(&buf[..20]);
-//! buf[10..12].copy_from_slice(&ck.to_be_bytes());
+//! shmnet::wire::checksum::fill_ipv4_header(&mut buf[..20]);
 //! buf[20..].iter_mut().enumerate().for_each(|(i, b)| *b = b"shm net "[i % 8]);
 //! let original = buf.clone();
 //! let (mut c, mut d) = (Compress::new(CompressConfig::default()).unwrap(), Compress::new(CompressConfig::default()).unwrap());
@@ -156,14 +155,8 @@ impl Compress {
     /// IPv6 packet's extension headers would have to stay in front of the
     /// IPComp header, RFC 3173 §4). Counts the others as `not_ip`.
     fn handled(&mut self, frame: &Frame<'_>) -> Option<IpView> {
-        match frame.ip() {
-            Some(v)
-                if !v.is_truncated()
-                    && !v.is_fragment()
-                    && (!v.v6 || v.l4 == v.l3 + IPV6_HEADER_LEN) =>
-            {
-                Some(*v)
-            }
+        match frame.view().well_formed_ip() {
+            Ok(v) if !v.is_fragment() && (!v.v6 || v.l4 == v.l3 + IPV6_HEADER_LEN) => Some(*v),
             _ => {
                 self.stats.not_ip += 1;
                 None
@@ -264,9 +257,7 @@ fn rewrite_ip(frame: &mut [u8], v: &IpView, protocol: u8, end: usize) {
     } else {
         ip[9] = protocol;
         ip[2..4].copy_from_slice(&((end - v.l3) as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let ck = checksum::ipv4_header(ip);
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        checksum::fill_ipv4_header(ip);
     }
 }
 

@@ -89,7 +89,7 @@ use service::Service;
 use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
 use crate::functions::common::{counter_names, counters, invalid, reconfigure_in_place};
 use crate::functions::health::Health;
-use crate::wire::{FlowKey, FrameView, TcpFlags, proto};
+use crate::wire::{FlowKey, NoIp, TcpFlags, proto};
 
 /// How often expired flows are swept out (from `poll`), and how often at
 /// most when the table is full (a flood must not make every packet sweep).
@@ -257,23 +257,19 @@ impl Balancer {
     fn handle(&mut self, now: Instant, frame: &mut Frame<'_>) -> Verdict {
         // What the rest needs of the view, read field by field (copying
         // the whole view costs more than the rest of the decision).
-        let (key, flags, fragment, at) = match frame.view() {
-            FrameView::Ip(ip) if !ip.is_truncated() => {
-                if ip.proto != proto::TCP && ip.proto != proto::UDP {
-                    return Verdict::Pass;
-                }
-                (
-                    ip.flow_key(),
-                    ip.tcp_flags().unwrap_or(TcpFlags::empty()),
-                    ip.is_fragment(),
-                    Offsets::of(ip),
-                )
-            }
-            FrameView::Ip(_) | FrameView::Malformed => {
+        let (key, flags, fragment, at) = match frame.view().well_formed_ip() {
+            Ok(ip) if ip.proto != proto::TCP && ip.proto != proto::UDP => return Verdict::Pass,
+            Ok(ip) => (
+                ip.flow_key(),
+                ip.tcp_flags().unwrap_or(TcpFlags::empty()),
+                ip.is_fragment(),
+                Offsets::of(ip),
+            ),
+            Err(NoIp::Malformed) => {
                 self.stats.malformed += 1;
                 return Verdict::Drop;
             }
-            FrameView::Arp { .. } | FrameView::Other { .. } => return Verdict::Pass,
+            Err(NoIp::NotIp) => return Verdict::Pass,
         };
         // A fragment (a later one has no ports at all) cannot be balanced.
         let Some(at) = at.filter(|_| !fragment) else {

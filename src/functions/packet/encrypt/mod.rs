@@ -388,11 +388,9 @@ fn emit_outer_ipv4(h: &mut [u8], src: [u8; 4], dst: [u8; 4], total_len: usize) {
     h[6..8].copy_from_slice(&[0x40, 0]);
     h[8] = 64;
     h[9] = IPPROTO_ESP;
-    h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&src);
     h[16..20].copy_from_slice(&dst);
-    let ck = checksum::ipv4_header(&h[..20]);
-    h[10..12].copy_from_slice(&ck.to_be_bytes());
+    checksum::fill_ipv4_header(&mut h[..20]);
 }
 
 impl Function for Encrypt {

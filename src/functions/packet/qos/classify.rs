@@ -7,7 +7,7 @@
 
 use super::config::ClassConfig;
 use crate::functions::matching::{MatchSpec, Matcher, ProtoSpec};
-use crate::wire::{FrameView, IpView, checksum, proto};
+use crate::wire::{FrameView, IpView, NoIp, checksum, proto};
 
 /// Why a frame is not scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +22,11 @@ pub(super) enum Unscheduled {
 /// The IP packet a frame carries, if it is one QoS schedules.
 #[inline]
 pub(super) fn scheduled(view: &FrameView) -> Result<&IpView, Unscheduled> {
-    match view {
-        FrameView::Ip(ip) if ip.is_truncated() => Err(Unscheduled::Malformed),
-        FrameView::Ip(ip) if ip.is_control() => Err(Unscheduled::Pass),
-        FrameView::Ip(ip) => Ok(ip),
-        FrameView::Malformed => Err(Unscheduled::Malformed),
-        FrameView::Arp { .. } | FrameView::Other { .. } => Err(Unscheduled::Pass),
+    match view.well_formed_ip() {
+        Ok(ip) if ip.is_control() => Err(Unscheduled::Pass),
+        Ok(ip) => Ok(ip),
+        Err(NoIp::Malformed) => Err(Unscheduled::Malformed),
+        Err(NoIp::NotIp) => Err(Unscheduled::Pass),
     }
 }
 

@@ -53,9 +53,7 @@ fn v4(
         }
     };
     f[15] = tos;
-    f[24..26].fill(0);
-    let ck = checksum::ipv4_header(&f[14..34]);
-    f[24..26].copy_from_slice(&ck.to_be_bytes());
+    checksum::fill_ipv4_header(&mut f[14..34]);
     f
 }
 
@@ -427,9 +425,7 @@ fn incremental_checksum_matches_a_full_recompute() {
         for id in [0u16, 1, 0x7fff, 0xfffe, 0xffff] {
             let mut f = v4([192, 168, 1, 1], [10, 1, 2, 3], PROTO_UDP, (1, 2), tos, 0);
             f[18..20].copy_from_slice(&id.to_be_bytes());
-            f[24..26].fill(0);
-            let sum = checksum::ipv4_header(&f[14..34]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            checksum::fill_ipv4_header(&mut f[14..34]);
             // At the IP header's offset in either medium.
             for (medium, l3) in [(LinkMedium::Ethernet, 14), (LinkMedium::Ip, 0)] {
                 let mut g = f[14 - l3..].to_vec();

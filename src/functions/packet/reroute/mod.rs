@@ -92,7 +92,7 @@ use rules::Rule;
 
 use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
 use crate::functions::common::{counters, invalid, reconfigure_in_place};
-use crate::wire::{FrameView, IpView};
+use crate::wire::{FrameView, IpView, NoIp};
 
 counters! {
     /// Counters not kept per rule or next hop.
@@ -167,13 +167,13 @@ impl Reroute {
 
     /// Decides on one frame from an adapter.
     fn decide(&mut self, view: &FrameView) -> Verdict {
-        let ip = match view {
-            FrameView::Ip(ip) if !ip.is_truncated() => ip,
-            FrameView::Ip(_) | FrameView::Malformed => {
+        let ip = match view.well_formed_ip() {
+            Ok(ip) => ip,
+            Err(NoIp::Malformed) => {
                 self.stats.malformed += 1;
                 return Verdict::Pass;
             }
-            FrameView::Arp { .. } | FrameView::Other { .. } => return Verdict::Pass,
+            Err(NoIp::NotIp) => return Verdict::Pass,
         };
         if self.is_local(ip) {
             self.stats.to_device += 1;
