@@ -113,23 +113,11 @@ fn rules_block_and_allow_in_order() {
     let mut fw = firewall(
         r#"
         default = "drop"
-        [[rule]]
-        action = "drop"
-        direction = "in"
-        src = "10.9.0.0/16"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dst = "10.1.0.0/16"
-        dport = 80
-        state = "new"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "udp"
-        sport = "1024-65535"
-        dport = "5000-5010"
+        rule = [
+            { action = "drop", direction = "in", src = "10.9.0.0/16" },
+            { action = "accept", direction = "in", proto = "tcp", dst = "10.1.0.0/16", dport = 80, state = "new" },
+            { action = "accept", direction = "in", proto = "udp", sport = "1024-65535", dport = "5000-5010" },
+        ]
         "#,
     );
     let to_b = |src, dport| syn(ep(src, 40000), ep(B, dport));
@@ -196,18 +184,10 @@ fn replies_to_outbound_tcp_pass_unsolicited_inbound_does_not() {
 #[test]
 fn own_stack_replies_pass_and_established_rules_may_drop() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "drop"
-        proto = "tcp"
-        sport = 7
-        state = "established"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dport = "7-9"
-        "#,
+        r#"rule = [
+            { action = "drop", proto = "tcp", sport = 7, state = "established" },
+            { action = "accept", direction = "in", proto = "tcp", dport = "7-9" },
+        ]"#,
     );
     let (c, s7, s8) = (ep(C, 40000), ep(A, 7), ep(A, 8));
     script(
@@ -247,10 +227,7 @@ fn udp_reply_passes_until_the_entry_expires() {
         r#"
         udp_timeout = "30s"
         udp_replied_timeout = "3m"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "udp"
+        rule = [{ action = "accept", direction = "out", proto = "udp" }]
         "#,
     );
     let (a, a2, a3, b) = (ep(A, 5353), ep(A, 5354), ep(A, 5355), ep(B, 53));
@@ -275,16 +252,10 @@ fn udp_reply_passes_until_the_entry_expires() {
 #[test]
 fn icmp_echo_reply_and_related_errors_pass() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "icmp"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "udp"
-        "#,
+        r#"rule = [
+            { action = "accept", direction = "out", proto = "icmp" },
+            { action = "accept", direction = "out", proto = "udp" },
+        ]"#,
     );
     // Port unreachable for a datagram we sent is related; for one we
     // never sent it is not.
@@ -327,14 +298,7 @@ fn icmp_echo_reply_and_related_errors_pass() {
 #[test]
 fn ipv6_tcp_is_tracked_and_neighbour_discovery_passes() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dst = "fd00:2::/64"
-        dport = 443
-        "#,
+        r#"rule = [{ action = "accept", direction = "in", proto = "tcp", dst = "fd00:2::/64", dport = 443 }]"#,
     );
     let server = Ipv6Address::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
     let c = ep(Ipv6Address::new(0xfd00, 9, 0, 0, 0, 0, 0, 1), 50000);

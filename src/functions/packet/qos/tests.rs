@@ -99,27 +99,14 @@ fn drain(q: &mut Qos, now: Instant) -> Vec<Vec<u8>> {
 
 const CLASSES: &str = r#"
     default = "rest"
-    [[class]]
-    name = "voice"
-    dscp = [46, 34]
-    [[class]]
-    name = "web"
-    proto = "tcp"
-    dst = "10.1.0.0/16"
-    dport = "80-443"
-    [[class]]
-    name = "dns6"
-    proto = "udp"
-    src = "fd00::/16"
-    sport = 53
-    [[class]]
-    name = "ping"
-    proto = "icmp"
-    [[class]]
-    name = "gre"
-    proto = 47
-    [[class]]
-    name = "rest"
+    class = [
+        { name = "voice", dscp = [46, 34] },
+        { name = "web", proto = "tcp", dst = "10.1.0.0/16", dport = "80-443" },
+        { name = "dns6", proto = "udp", src = "fd00::/16", sport = 53 },
+        { name = "ping", proto = "icmp" },
+        { name = "gre", proto = 47 },
+        { name = "rest" },
+    ]
 "#;
 
 #[test]
@@ -256,14 +243,10 @@ fn drr_shares_a_shaped_link_by_weight() {
         default = "b"
         rate = "8mbit"
         burst = 2000
-        [[class]]
-        name = "a"
-        weight = 3
-        dport = 1
-        proto = "tcp"
-        [[class]]
-        name = "b"
-        weight = 1
+        class = [
+            { name = "a", weight = 3, dport = 1, proto = "tcp" },
+            { name = "b", weight = 1 },
+        ]
         "#);
     // Different sizes: DRR shares bytes, not packets.
     let (fa, fb) = (tcp(1, 1000 - 54), tcp(2, 400 - 54));
@@ -285,15 +268,10 @@ fn drr_shares_a_shaped_link_by_weight() {
 fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
     let mut q = qos(r#"
         default = "low"
-        [[class]]
-        name = "high"
-        priority = 0
-        rate = "8mbit"
-        burst = 2000
-        proto = "udp"
-        [[class]]
-        name = "low"
-        priority = 3
+        class = [
+            { name = "high", priority = 0, rate = "8mbit", burst = 2000, proto = "udp" },
+            { name = "low", priority = 3 },
+        ]
         "#);
     let (hi, lo) = (
         v4([10, 0, 0, 1], [10, 1, 0, 2], PROTO_UDP, (1, 1), 0, 500 - 42),
@@ -314,12 +292,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
     // An unshaped high class starves the low one.
     let mut q = qos(r#"
         default = "low"
-        [[class]]
-        name = "high"
-        proto = "udp"
-        [[class]]
-        name = "low"
-        priority = 1
+        class = [{ name = "high", proto = "udp" }, { name = "low", priority = 1 }]
         "#);
     for _ in 0..10 {
         ingress(&mut q, t(0), Role::Local, &lo);
@@ -332,13 +305,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
 
 #[test]
 fn directions_are_separate_links() {
-    let mut q = qos(r#"
-        default = "a"
-        rate = "8mbit"
-        burst = 1000
-        [[class]]
-        name = "a"
-        "#);
+    let mut q = qos("default = \"a\"\nrate = \"8mbit\"\nburst = 1000\nclass = [{ name = \"a\" }]");
     let f = tcp(80, 1000 - 54);
     for _ in 0..3 {
         ingress(&mut q, t(0), Role::Local, &f);
@@ -346,12 +313,7 @@ fn directions_are_separate_links() {
     }
     // Each link's bucket lets one frame out.
     assert_eq!(drain(&mut q, t(0)).len(), 2);
-    let mut out_only = qos(r#"
-        default = "a"
-        direction = "out"
-        [[class]]
-        name = "a"
-        "#);
+    let mut out_only = qos("default = \"a\"\ndirection = \"out\"\nclass = [{ name = \"a\" }]");
     assert_eq!(
         ingress(&mut out_only, t(0), Role::Global, &f),
         Verdict::Pass

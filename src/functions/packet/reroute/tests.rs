@@ -63,35 +63,22 @@ fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ttl: u8) -> Vec<u8> 
 }
 
 const TWO_HOPS: &str = r#"
-    [[next_hop]]
-    name = "a"
-    address = ["10.20.0.2", "fd00:20::2"]
-    [[next_hop]]
-    name = "b"
-    address = ["10.20.0.3", "fd00:20::3"]
+    next_hop = [
+        { name = "a", address = ["10.20.0.2", "fd00:20::2"] },
+        { name = "b", address = ["10.20.0.3", "fd00:20::3"] },
+    ]
 "#;
 
 #[test]
 fn rules_match_prefixes_ports_proto_and_dscp_first_match_wins() {
     let mut r = reroute(&format!(
-        "{TWO_HOPS}
-        [[rule]]
-        name = \"voice\"
-        dscp = 46
-        via = [\"b\"]
-        [[rule]]
-        name = \"dns6\"
-        proto = \"udp\"
-        dst = \"fd00:2::/32\"
-        dport = 53
-        via = [\"b\", \"a\"]
-        [[rule]]
-        name = \"web\"
-        src = \"10.1.0.0/16\"
-        proto = 6
-        dport = \"80-443\"
-        via = [\"a\", \"b\"]
-        "
+        r#"{TWO_HOPS}
+        rule = [
+            {{ name = "voice", dscp = 46, via = ["b"] }},
+            {{ name = "dns6", proto = "udp", dst = "fd00:2::/32", dport = 53, via = ["b", "a"] }},
+            {{ name = "web", src = "10.1.0.0/16", proto = 6, dport = "80-443", via = ["a", "b"] }},
+        ]
+        "#
     ));
     assert_eq!(ingress(&mut r, &TCP4_DSCP46), Verdict::Via(B4.into()));
     assert_eq!(ingress(&mut r, &udp6(53)), Verdict::Via(B6.into()));
@@ -216,19 +203,11 @@ fn tick(r: &mut Reroute, now: Instant, answering: &[IpAddress]) -> Vec<IpAddress
 fn health_state_machine_fails_over_and_back_in_virtual_time() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "a"
-        address = "10.20.0.2"
-        interval = "100ms"
-        timeout = "50ms"
-        fall = 3
-        rise = 2
-        [[next_hop]]
-        name = "b"
-        address = "10.20.0.3"
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", address = "10.20.0.2", interval = "100ms", timeout = "50ms", fall = 3, rise = 2 },
+            { name = "b", address = "10.20.0.3" },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     let (a, b): (IpAddress, IpAddress) = (A4.into(), B4.into());
@@ -278,18 +257,11 @@ fn without_failback_traffic_stays_on_the_backup() {
     let mut r = reroute(
         r#"
         failback = false
-        [[next_hop]]
-        name = "a"
-        address = "10.20.0.2"
-        fall = 1
-        rise = 1
-        [[next_hop]]
-        name = "b"
-        address = "10.20.0.3"
-        fall = 1
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", address = "10.20.0.2", fall = 1, rise = 1 },
+            { name = "b", address = "10.20.0.3", fall = 1 },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     let (a, b): (IpAddress, IpAddress) = (A4.into(), B4.into());
@@ -312,12 +284,8 @@ fn without_failback_traffic_stays_on_the_backup() {
 fn a_network_next_hop_sends_packets_out_of_that_network() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "wan"
-        network = "global"
-        [[rule]]
-        name = "all"
-        via = ["wan"]
+        next_hop = [{ name = "wan", network = "global" }]
+        rule = [{ name = "all", via = ["wan"] }]
         "#,
     );
     let v = Verdict::Redirect(Role::Global);
@@ -335,17 +303,11 @@ fn a_network_next_hop_sends_packets_out_of_that_network() {
 fn device_next_hops_follow_the_directory() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "a"
-        device = "router-a"
-        rise = 2
-        [[next_hop]]
-        name = "b"
-        device = "router-b"
-        check = "none"
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", device = "router-a", rise = 2 },
+            { name = "b", device = "router-b", check = "none" },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     struct Dir(std::cell::Cell<bool>);
