@@ -539,28 +539,30 @@ fn reconfigure_changes_rates_in_place_and_keeps_queued_frames() {
 #[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, Qos::new);
-    let class = one_class_text;
-    assert!(err(&class("rate = \"40mbps\"")).contains("class a: rate"));
-    assert!(err(&class("rate = \"fast\"")).contains("class a: rate"));
-    assert!(err(&class("rate = 10")).contains("class a: rate"));
-    assert!(err(&class("burst = 100")).contains("burst needs a rate"));
-    assert!(err(&class("queue = 100")).contains("class a: queue"));
-    assert!(err(&class("weight = 0")).contains("class a: weight"));
-    assert!(err(&class("priority = 16")).contains("class a: priority"));
-    assert!(err(&class("dscp = [64]")).contains("class a: dscp 64"));
-    assert!(err(&class("proto = \"sctp\"")).contains("class a: proto"));
-    assert!(err(&class("proto = 256")).contains("class a: proto"));
-    assert!(err(&class("src = \"10.0.0.0/33\"")).contains("class a: src"));
-    assert!(err(&class("dport = 80")).contains("need proto"));
-    assert!(err(&class("proto = \"tcp\"\nsport = \"9-1\"")).contains("sport"));
-    assert!(err(&class("mark_at = 10")).contains("mark_at needs"));
-    assert!(
-        err(&class(
-            "over_limit = \"mark\"\nqueue = 2000\nmark_at = 3000"
-        ))
-        .contains("mark_at")
-    );
-    assert!(err(&class("src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"")).contains("IP versions"));
+    for (body, names) in [
+        ("rate = \"40mbps\"", "class a: rate"),
+        ("rate = \"fast\"", "class a: rate"),
+        ("rate = 10", "class a: rate"),
+        ("burst = 100", "burst needs a rate"),
+        ("queue = 100", "class a: queue"),
+        ("weight = 0", "class a: weight"),
+        ("priority = 16", "class a: priority"),
+        ("dscp = [64]", "class a: dscp 64"),
+        ("proto = \"sctp\"", "class a: proto"),
+        ("proto = 256", "class a: proto"),
+        ("src = \"10.0.0.0/33\"", "class a: src"),
+        ("dport = 80", "need proto"),
+        ("proto = \"tcp\"\nsport = \"9-1\"", "sport"),
+        ("mark_at = 10", "mark_at needs"),
+        (
+            "over_limit = \"mark\"\nqueue = 2000\nmark_at = 3000",
+            "mark_at",
+        ),
+        ("src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"", "IP versions"),
+    ] {
+        let e = err(&one_class_text(body));
+        assert!(e.contains(names), "{body}: {e}");
+    }
     assert!(err("default = \"x\"\n[[class]]\nname = \"a\"").contains("default class \"x\""));
     assert!(err("default = \"a\"\n[[class]]\nname = \"a b\"").contains("class name"));
     assert!(
