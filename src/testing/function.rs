@@ -55,6 +55,13 @@ pub fn counter(f: &dyn Function, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
+/// Asserts `f`'s counters named in `want` have those values.
+pub fn counters_are(f: &dyn Function, want: &[(&str, u64)]) {
+    for &(name, n) in want {
+        assert_eq!(counter(f, name), n, "{name}");
+    }
+}
+
 /// Runs a copy of `bytes`, a frame of `medium`, through `f`'s ingress hook
 /// as if it arrived from `from` at `now`; returns the verdict and the frame
 /// after (as long as the function left it).

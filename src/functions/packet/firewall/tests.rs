@@ -1,7 +1,7 @@
 use super::*;
 use crate::functions::{FunctionConfig, build};
 use crate::testing::frames::{self, ep, garbled, wrap};
-use crate::testing::function::{self, config_error, counter, egress, ingress};
+use crate::testing::function::{self, config_error, counter, counters_are, egress, ingress};
 use crate::wire::LinkMedium;
 use Verdict::{Drop, Pass};
 use smoltcp::phy::ChecksumCapabilities;
@@ -99,12 +99,6 @@ fn run(fw: &mut Firewall, secs: u64, from: Option<Role>, bytes: &[u8]) -> Verdic
 fn script(fw: &mut Firewall, steps: &[(u64, Option<Role>, Vec<u8>, Verdict)]) {
     for (i, (secs, from, bytes, want)) in steps.iter().enumerate() {
         assert_eq!(run(fw, *secs, *from, bytes), *want, "step {i}");
-    }
-}
-
-fn counters_are(fw: &Firewall, want: &[(&str, u64)]) {
-    for &(name, n) in want {
-        assert_eq!(counter(fw, name), n, "{name}");
     }
 }
 

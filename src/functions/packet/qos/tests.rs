@@ -6,7 +6,7 @@ use smoltcp::wire::{IpAddress, IpProtocol, TcpControl};
 use super::*;
 use crate::functions::FunctionConfig;
 use crate::testing::frames::{self, Garbler, arp};
-use crate::testing::function::{self, config_error, counter};
+use crate::testing::function::{self, config_error, counter, counters_are};
 use crate::wire::proto::{
     ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP,
 };
@@ -366,9 +366,10 @@ fn mark_sets_ce_on_ect_past_the_threshold_and_drops_only_when_full() {
     let (a, b) = (&out[2], &f(2));
     let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
     assert!(diff.iter().all(|&i| [15, 24, 25].contains(&i)), "{diff:?}");
-    assert_eq!(counter(&q, "class.a.marked"), 2);
-    assert_eq!(counter(&q, "class.a.dropped"), 1);
-    assert_eq!(counter(&q, "marked"), 2);
+    counters_are(
+        &q,
+        &[("class.a.marked", 2), ("class.a.dropped", 1), ("marked", 2)],
+    );
     // IPv6: the ECN bits of the traffic class.
     let mut q6 = one_class("over_limit = \"mark\"\nmark_at = 0");
     ingress(&mut q6, t(0), Role::Local, &v6(1, 2, 46 << 2 | 2, (1, 2)));

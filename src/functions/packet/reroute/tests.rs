@@ -3,7 +3,7 @@ use crate::functions::Directory;
 use crate::functions::FunctionConfig;
 use crate::functions::matching::parse_duration;
 use crate::testing::frames::{arp, garbled};
-use crate::testing::function::{self, config_error, counter};
+use crate::testing::function::{self, config_error, counter, counters_are};
 use crate::wire::LinkMedium;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
@@ -94,12 +94,17 @@ fn rules_match_prefixes_ports_proto_and_dscp_first_match_wins() {
         ingress(&mut r, &tcp4([10, 1, 0, 1], [10, 9, 0, 1], 50000, 444, 64)),
         Verdict::Pass
     );
-    assert_eq!(counter(&r, "rule.voice.packets"), 1);
-    assert_eq!(counter(&r, "rule.dns6.packets"), 1);
-    assert_eq!(counter(&r, "rule.web.packets"), 1);
-    assert_eq!(counter(&r, "next_hop.a.packets"), 1);
-    assert_eq!(counter(&r, "next_hop.b.packets"), 2);
-    assert_eq!(counter(&r, "unmatched"), 3);
+    counters_are(
+        &r,
+        &[
+            ("rule.voice.packets", 1),
+            ("rule.dns6.packets", 1),
+            ("rule.web.packets", 1),
+            ("next_hop.a.packets", 1),
+            ("next_hop.b.packets", 2),
+            ("unmatched", 3),
+        ],
+    );
 }
 
 #[test]
