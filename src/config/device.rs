@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use smoltcp::wire::{IpAddress, IpCidr};
 
-use super::{ConfigError, parse_toml};
+use super::{ConfigError, parse_toml, read};
+use crate::functions::matching::check_name;
 use crate::functions::{self, FunctionConfig};
 use crate::stack::spec::{DeviceSpec, NetworkSpec, StaticRoute};
 use crate::wire::LinkMedium;
@@ -132,11 +133,7 @@ impl crate::stack::DeviceBlueprint for DeviceSettings {
 impl DeviceConfig {
     /// Reads and validates a device file.
     pub fn load(path: &Path) -> Result<DeviceSettings, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let (text, file) = read(path)?;
         Self::from_toml(&text, &file)
     }
 
@@ -153,17 +150,7 @@ impl DeviceConfig {
             field: field.into(),
             why,
         };
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                "name",
-                "use letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
+        check_name(&self.name, "-_.").map_err(|chars| invalid("name", format!("use {chars}")))?;
         let local = self.local.validate(file, "local")?;
         let global = self.global.validate(file, "global")?;
         if local.segment == global.segment {
@@ -276,17 +263,8 @@ impl NetworkConfig {
             field: format!("{net}.{field}"),
             why,
         };
-        if self.segment.is_empty()
-            || !self
-                .segment
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            return Err(invalid(
-                "segment",
-                "use letters, digits, '-', '_' or '.'".into(),
-            ));
-        }
+        check_name(&self.segment, "-_.")
+            .map_err(|chars| invalid("segment", format!("use {chars}")))?;
         if !(crate::shm::layout::MTU_MIN..=crate::shm::layout::MTU_MAX).contains(&self.mtu) {
             return Err(invalid(
                 "mtu",

@@ -68,6 +68,15 @@ pub enum ConfigError {
     },
 }
 
+/// The text of the file at `path`, and its name for messages.
+fn read(path: &std::path::Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(source) => Err(ConfigError::Read { file, source }),
+    }
+}
+
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.into(),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, parse_toml};
+use super::{ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, parse_toml, read};
 
 /// How a topology's devices run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -42,11 +42,7 @@ pub struct Topology {
 impl Topology {
     /// Reads a topology file and every device file it names.
     pub fn load(path: &Path) -> Result<Topology, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let (text, file) = read(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_toml(&text, &file, base)
     }

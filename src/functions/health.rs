@@ -51,9 +51,49 @@ pub fn default_rise() -> u32 {
     DEFAULT_RISE
 }
 
-/// The health-check fields of a config section (each function keeps them
-/// in its own section, with its own defaults, so that unknown fields are
-/// still refused there).
+/// Declares the config section of a checked peer (a next hop, a service's
+/// backends) as written, followed by the four check fields (`interval`,
+/// with the section's own default, `timeout`, `fall` and `rise`), and
+/// gives it a `health_spec()` accessor for [`HealthCheck::compile`].
+macro_rules! with_health_fields {
+    (interval = $interval:literal; $(#[$attr:meta])* pub struct $name:ident $own:tt) => {
+        $crate::functions::common::struct_with_fields! {
+            [
+                /// Time between probes.
+                #[serde(default = $interval)]
+                pub interval: $crate::functions::matching::ConfigDuration,
+                /// How long a probe waits for its answer.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub timeout: Option<$crate::functions::matching::ConfigDuration>,
+                /// Consecutive failures that take an up peer down.
+                #[serde(default = "crate::functions::health::default_fall")]
+                pub fall: u32,
+                /// Consecutive successes that bring a down peer up.
+                #[serde(default = "crate::functions::health::default_rise")]
+                pub rise: u32,
+            ]
+            $(#[$attr])*
+            pub struct $name $own
+        }
+
+        impl $name {
+            /// The check fields, for
+            /// [`HealthCheck::compile`]($crate::functions::health::HealthCheck::compile).
+            pub fn health_spec(&self) -> $crate::functions::health::HealthSpec {
+                $crate::functions::health::HealthSpec {
+                    interval: self.interval,
+                    timeout: self.timeout,
+                    fall: self.fall,
+                    rise: self.rise,
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_health_fields;
+
+/// The health-check fields of a config section (declared there with
+/// `with_health_fields!`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthSpec {
     /// Time between probes.

@@ -76,6 +76,24 @@ impl Prefix {
     }
 }
 
+/// `Ok` if `name` is fit to name something in counters, segments and
+/// logs: non-empty, of ASCII letters, digits and the characters in
+/// `punct`. Else `Err` with what a name is made of, for the caller's
+/// message: `letters, digits, '-' or '_'`.
+pub fn check_name(name: &str, punct: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || punct.contains(c));
+    if ok {
+        return Ok(());
+    }
+    let mut chars = vec!["letters".to_string(), "digits".to_string()];
+    chars.extend(punct.chars().map(|c| format!("'{c}'")));
+    let last = chars.pop().unwrap_or_default();
+    Err(format!("{} or {last}", chars.join(", ")))
+}
+
 /// An inclusive port range; `None` if malformed or empty.
 pub fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
     let one = |s: &str| s.trim().parse::<u16>().ok();
@@ -172,9 +190,52 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_micros(micros))
 }
 
+/// Declares a config section (a rule, a class) as written, followed by the
+/// five match fields (`proto`, `src`, `dst`, `sport`, `dport`), and gives
+/// it a `match_spec()` accessor for [`Matcher::compile`].
+macro_rules! with_match_fields {
+    ($(#[$attr:meta])* pub struct $name:ident $own:tt) => {
+        $crate::functions::common::struct_with_fields! {
+            [
+                /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or a protocol number.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub proto: Option<$crate::functions::matching::ProtoSpec>,
+                /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub src: Option<String>,
+                /// Destination prefix.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub dst: Option<String>,
+                /// Source port or range (needs `proto = "tcp"` or `"udp"`).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub sport: Option<$crate::functions::matching::PortSpec>,
+                /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub dport: Option<$crate::functions::matching::PortSpec>,
+            ]
+            $(#[$attr])*
+            pub struct $name $own
+        }
+
+        impl $name {
+            /// The match fields, for
+            /// [`Matcher::compile`]($crate::functions::matching::Matcher::compile).
+            pub fn match_spec(&self) -> $crate::functions::matching::MatchSpec<'_> {
+                $crate::functions::matching::MatchSpec {
+                    proto: self.proto.as_ref(),
+                    src: self.src.as_deref(),
+                    dst: self.dst.as_deref(),
+                    sport: self.sport.as_ref(),
+                    dport: self.dport.as_ref(),
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_match_fields;
+
 /// The match fields of a rule or class, borrowed from its config section
-/// (each function keeps the fields in its own section so that unknown
-/// fields are still refused there).
+/// (declared there with `with_match_fields!`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MatchSpec<'a> {
     pub proto: Option<&'a ProtoSpec>,
@@ -197,19 +258,34 @@ pub struct Matcher {
 
 impl Matcher {
     /// Compiles the fields of `owner` (e.g. `rule "web"`); the error names
-    /// the owner and the field.
+    /// the owner and the field. Ports need a protocol that has them (TCP
+    /// or UDP), and `src` and `dst` must be of one IP version.
     pub fn compile(owner: &str, m: MatchSpec<'_>) -> Result<Matcher, String> {
-        Ok(Matcher {
+        let matcher = Matcher {
             proto: proto_field(owner, m.proto)?,
             src: prefix_field(owner, "src", m.src)?,
             dst: prefix_field(owner, "dst", m.dst)?,
             sport: ports_field(owner, "sport", m.sport)?,
             dport: ports_field(owner, "dport", m.dport)?,
-        })
+        };
+        if (matcher.sport.is_some() || matcher.dport.is_some())
+            && !matches!(matcher.proto, Some(PROTO_TCP | PROTO_UDP))
+        {
+            return Err(format!(
+                "{owner}: sport/dport need proto = \"tcp\" or \"udp\""
+            ));
+        }
+        if let (Some(s), Some(d)) = (matcher.src, matcher.dst)
+            && s.v6 != d.v6
+        {
+            return Err(format!("{owner}: src and dst are of different IP versions"));
+        }
+        Ok(matcher)
     }
 
     /// Does the packet match? A port field matches only packets that carry
     /// ports (TCP and UDP, not later fragments).
+    #[inline]
     pub fn matches(&self, ip: &IpView) -> bool {
         let in_range = |r: Option<(u16, u16)>, p: Option<u16>| match (r, p) {
             (None, _) => true,
@@ -306,6 +382,12 @@ mod tests {
         assert_eq!(parse_ports(&PortSpec::Range("9-1".into())), None);
         assert_eq!(parse_ports(&PortSpec::Number(65536)), None);
         assert_eq!(parse_proto(&ProtoSpec::Name("udp".into())), Some(17));
+        assert_eq!(check_name("web-1_a", "-_"), Ok(()));
+        assert_eq!(
+            check_name("a.b", "-_"),
+            Err("letters, digits, '-' or '_'".into())
+        );
+        assert!(check_name("", "-").is_err() && check_name("a b", "-_.").is_err());
         assert_eq!(parse_proto(&ProtoSpec::Number(300)), None);
         assert_eq!(parse_duration("100ms"), Some(Duration::from_millis(100)));
         assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
@@ -357,6 +439,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("rule \"x\"") && err.contains("dst"), "{err}");
+        let ports_alone = MatchSpec {
+            dport: Some(&dport),
+            ..Default::default()
+        };
+        let err = Matcher::compile("rule 2", ports_alone).unwrap_err();
+        assert!(err.contains("rule 2: sport/dport need proto"), "{err}");
+        let mixed = MatchSpec {
+            src: Some("10.0.0.0/8"),
+            dst: Some("fd00::/8"),
+            ..Default::default()
+        };
+        let err = Matcher::compile("rule 3", mixed).unwrap_err();
+        assert!(
+            err.contains("rule 3: src and dst are of different IP"),
+            "{err}"
+        );
         #[derive(serde::Deserialize, serde::Serialize)]
         struct T {
             d: ConfigDuration,

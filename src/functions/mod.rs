@@ -14,6 +14,7 @@
 //! assert_eq!(f.name(), "passthrough");
 //! ```
 
+pub mod common;
 pub mod health;
 pub mod matching;
 pub mod packet;
@@ -27,49 +28,88 @@ pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
 };
 
-/// A function's configuration: the `[function]` section of a device file,
-/// selected by `kind`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum FunctionConfig {
-    /// Forwards everything unchanged.
-    #[default]
-    Passthrough,
-    /// Echoes TCP streams and UDP datagrams on a port (a test server).
-    Echo(echo::EchoConfig),
-    /// Runs TCP and UDP exchanges against echo servers and reports them.
-    Probe(probe::ProbeConfig),
-    /// LZ4-compresses IP payloads towards the global network and restores
-    /// them from it (IPComp, RFC 3173); used in pairs.
-    Compress(compress::CompressConfig),
-    /// Stateful firewall: connection tracking plus ordered rules.
-    Firewall(firewall::FirewallConfig),
-    /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
-    /// devices.
-    Encrypt(encrypt::EncryptConfig),
-    /// QoS: classes, token-bucket shaping, strict priority and DRR
-    /// scheduling, tail drop or ECN marking.
-    Qos(qos::QosConfig),
-    /// Policy-based routing to health-checked next hops, with failover and
-    /// failback.
-    Reroute(reroute::RerouteConfig),
-    /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
-    /// health checks.
-    Balancer(balancer::BalancerConfig),
+/// A function's own config type, one variant of [`FunctionConfig`]: what
+/// its `reconfigure` looks for ([`common::reconfigure_in_place`]).
+pub trait KindConfig: Sized {
+    /// The config in `cfg`, if `cfg` is of this kind.
+    fn of(cfg: &FunctionConfig) -> Option<&Self>;
 }
 
-/// Names accepted as `kind`.
-pub const KINDS: &[&str] = &[
-    "passthrough",
-    "echo",
-    "probe",
-    "compress",
-    "firewall",
-    "encrypt",
-    "qos",
-    "reroute",
-    "balancer",
-];
+/// Declares [`FunctionConfig`] from the list of function kinds (variant,
+/// config type, `kind` name, constructor), and what follows from the
+/// list: [`KINDS`], [`FunctionConfig::kind`], [`build`] and each config
+/// type's [`KindConfig`]. A new function is one more line here.
+macro_rules! function_kinds {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($config:ty) = $kind:literal, $new:path;
+    )*) => {
+        /// A function's configuration: the `[function]` section of a device
+        /// file, selected by `kind`.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+        pub enum FunctionConfig {
+            /// Forwards everything unchanged.
+            #[default]
+            Passthrough,
+            $($(#[$doc])* $variant($config),)*
+        }
+
+        /// Names accepted as `kind`.
+        pub const KINDS: &[&str] = &["passthrough", $($kind),*];
+
+        impl FunctionConfig {
+            /// The `kind` this configuration names.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    FunctionConfig::Passthrough => "passthrough",
+                    $(FunctionConfig::$variant(_) => $kind,)*
+                }
+            }
+        }
+
+        /// Builds a function from its configuration.
+        pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
+            Ok(match cfg {
+                FunctionConfig::Passthrough => Box::new(Passthrough),
+                $(FunctionConfig::$variant(c) => Box::new($new(c.clone())?),)*
+            })
+        }
+
+        $(impl KindConfig for $config {
+            fn of(cfg: &FunctionConfig) -> Option<&Self> {
+                match cfg {
+                    FunctionConfig::$variant(c) => Some(c),
+                    _ => None,
+                }
+            }
+        })*
+    };
+}
+
+function_kinds! {
+    /// Echoes TCP streams and UDP datagrams on a port (a test server).
+    Echo(echo::EchoConfig) = "echo", echo::Echo::new;
+    /// Runs TCP and UDP exchanges against echo servers and reports them.
+    Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
+    /// LZ4-compresses IP payloads towards the global network and restores
+    /// them from it (IPComp, RFC 3173); used in pairs.
+    Compress(compress::CompressConfig) = "compress", compress::Compress::new;
+    /// Stateful firewall: connection tracking plus ordered rules.
+    Firewall(firewall::FirewallConfig) = "firewall", firewall::Firewall::new;
+    /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
+    /// devices.
+    Encrypt(encrypt::EncryptConfig) = "encrypt", encrypt::Encrypt::new;
+    /// QoS: classes, token-bucket shaping, strict priority and DRR
+    /// scheduling, tail drop or ECN marking.
+    Qos(qos::QosConfig) = "qos", qos::Qos::new;
+    /// Policy-based routing to health-checked next hops, with failover and
+    /// failback.
+    Reroute(reroute::RerouteConfig) = "reroute", reroute::Reroute::new;
+    /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
+    /// health checks.
+    Balancer(balancer::BalancerConfig) = "balancer", balancer::Balancer::new;
+}
 
 impl crate::stack::FunctionSpec for FunctionConfig {
     fn kind(&self) -> &str {
@@ -83,37 +123,20 @@ impl crate::stack::FunctionSpec for FunctionConfig {
     }
 }
 
-impl FunctionConfig {
-    /// The `kind` this configuration names.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            FunctionConfig::Passthrough => "passthrough",
-            FunctionConfig::Echo(_) => "echo",
-            FunctionConfig::Probe(_) => "probe",
-            FunctionConfig::Compress(_) => "compress",
-            FunctionConfig::Firewall(_) => "firewall",
-            FunctionConfig::Encrypt(_) => "encrypt",
-            FunctionConfig::Qos(_) => "qos",
-            FunctionConfig::Reroute(_) => "reroute",
-            FunctionConfig::Balancer(_) => "balancer",
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_name_is_the_tag_serde_reads() {
+        for kind in KINDS {
+            let parsed = toml::from_str::<FunctionConfig>(&format!("kind = \"{kind}\""));
+            match parsed {
+                Ok(cfg) => assert_eq!(cfg.kind(), *kind),
+                // Kinds with required fields: known, but incomplete.
+                Err(e) => assert!(e.to_string().contains("missing field"), "{kind}: {e}"),
+            }
         }
+        assert_eq!(FunctionConfig::default().kind(), "passthrough");
     }
 }
-
-/// Builds a function from its configuration.
-pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
-    Ok(match cfg {
-        FunctionConfig::Passthrough => Box::new(Passthrough),
-        FunctionConfig::Echo(c) => Box::new(echo::Echo::new(c.clone())?),
-        FunctionConfig::Probe(c) => Box::new(probe::Probe::new(c.clone())?),
-        FunctionConfig::Compress(c) => Box::new(compress::Compress::new(c.clone())?),
-        FunctionConfig::Firewall(c) => Box::new(firewall::Firewall::new(c.clone())?),
-        FunctionConfig::Encrypt(c) => Box::new(encrypt::Encrypt::new(c.clone())?),
-        FunctionConfig::Qos(c) => Box::new(qos::Qos::new(c.clone())?),
-        FunctionConfig::Reroute(c) => Box::new(reroute::Reroute::new(c.clone())?),
-        FunctionConfig::Balancer(c) => Box::new(balancer::Balancer::new(c.clone())?),
-    })
-}
-
-#[cfg(test)]
-pub(crate) use crate::testing::frames as fixtures;

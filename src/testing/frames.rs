@@ -1,8 +1,9 @@
 //! Frames built with smoltcp's Repr types: what unit tests, integration
 //! tests, fuzz targets and the bench feed to functions and devices.
 //!
-//! The whole-frame builders ([`tcp`], [`udp`], [`wrap`], [`ipv4_frame`])
-//! return Ethernet frames with valid checksums. [`IpHeader`] writes an IP
+//! The whole-frame builders ([`tcp`], [`udp`], [`wrap`], [`ipv4_frame`],
+//! [`arp`]) return Ethernet frames with valid checksums; [`garbled`]
+//! turns frames into deterministic garbage for robustness tests. [`IpHeader`] writes an IP
 //! header (and, on Ethernet, the frame header) in front of a payload into
 //! the caller's buffer, with the fields a fuzz target wants to vary: TOS,
 //! hop limit, fragment bits.
@@ -23,8 +24,9 @@
 
 use smoltcp::phy::{ChecksumCapabilities, Medium};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, IpRepr,
-    Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, IpAddress, IpProtocol, IpRepr, Ipv4Address, Ipv4Packet, Ipv6Packet, TcpControl,
+    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 /// The source MAC of every frame built here.
@@ -217,6 +219,87 @@ pub fn udp_l4(src: (IpAddress, u16), dst: (IpAddress, u16), payload: &[u8]) -> V
 /// A UDP datagram in Ethernet + IP.
 pub fn udp(src: (IpAddress, u16), dst: (IpAddress, u16), payload: &[u8]) -> Vec<u8> {
     wrap(src.0, dst.0, IpProtocol::Udp, &udp_l4(src, dst, payload))
+}
+
+/// An endpoint for the builders: `ep(Ipv4Address::new(10, 0, 0, 1), 80)`.
+pub fn ep(addr: impl Into<IpAddress>, port: u16) -> (IpAddress, u16) {
+    (addr.into(), port)
+}
+
+/// An Ethernet ARP request ([`SRC_MAC`], 10.0.0.1 asking for 10.0.0.2):
+/// a frame every function lets pass.
+pub fn arp() -> Vec<u8> {
+    let repr = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: SRC_MAC,
+        source_protocol_addr: Ipv4Address::new(10, 0, 0, 1),
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: Ipv4Address::new(10, 0, 0, 2),
+    };
+    let mut buf = vec![0u8; ETHERNET_LEN + repr.buffer_len()];
+    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+    EthernetRepr {
+        src_addr: SRC_MAC,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut frame);
+    repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    buf
+}
+
+/// Deterministic garbage for robustness tests: a fixed xorshift64
+/// sequence, so a failure replays.
+///
+/// ```
+/// use shmnet::testing::frames::Garbler;
+/// let (mut a, mut b) = (vec![0u8; 64], vec![0u8; 64]);
+/// Garbler::default().garble(&mut a, 3);
+/// Garbler::default().garble(&mut b, 3);
+/// assert_eq!(a, b);
+/// assert_ne!(a, [0u8; 64]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Garbler {
+    state: u64,
+}
+
+impl Default for Garbler {
+    fn default() -> Self {
+        Garbler {
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+impl Garbler {
+    /// Overwrites `n` bytes of `frame` (at places and with values the
+    /// sequence picks); returns the sequence's last number, for a caller
+    /// that wants more randomness (where to cut the frame, say).
+    pub fn garble(&mut self, frame: &mut [u8], n: u64) -> u64 {
+        for _ in 0..n {
+            let x = &mut self.state;
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            if !frame.is_empty() {
+                let at = (*x % frame.len() as u64) as usize;
+                frame[at] = (*x >> 32) as u8;
+            }
+        }
+        self.state
+    }
+}
+
+/// `rounds` garbled frames: the `i`-th is `frames[i % frames.len()]` with
+/// `1 + i % 4` bytes overwritten by one [`Garbler`]. Yields `(i, frame)`.
+pub fn garbled(frames: &[Vec<u8>], rounds: u64) -> impl Iterator<Item = (u64, Vec<u8>)> + '_ {
+    let mut g = Garbler::default();
+    (0..rounds).map(move |i| {
+        let mut f = frames[(i % frames.len() as u64) as usize].clone();
+        g.garble(&mut f, 1 + i % 4);
+        (i, f)
+    })
 }
 
 /// An Ethernet + IPv4 frame `src` → `dst` carrying `payload` as protocol

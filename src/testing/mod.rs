@@ -11,6 +11,8 @@
 //!   [`counter`]), the
 //!   usual chain ends ([`probe_client`], [`echo_server`]), and a
 //!   [`RawPort`] for hand-made frames.
+//! - [`function`]: one function driven by hand (its hooks, counters and
+//!   config errors), as the functions' unit tests do.
 //! - [`fuzz`]: input framing for the fuzz targets.
 //!
 //! Built for the crate's own unit tests, and with the `testing` feature
@@ -38,6 +40,7 @@
 
 mod device;
 pub mod frames;
+pub mod function;
 pub mod fuzz;
 mod topology;
 

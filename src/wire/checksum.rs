@@ -26,6 +26,15 @@ pub fn ipv4_header(header: &[u8]) -> u16 {
     !smoltcp::wire::checksum::data(header)
 }
 
+/// Computes and stores the header checksum of the IPv4 header `header`
+/// (its length: 20 bytes, or more with options), after the caller changed
+/// its fields.
+pub fn fill_ipv4_header(header: &mut [u8]) {
+    header[10..12].fill(0);
+    let ck = ipv4_header(header);
+    header[10..12].copy_from_slice(&ck.to_be_bytes());
+}
+
 /// Folds a one's-complement accumulator to 16 bits.
 pub fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
@@ -96,5 +105,19 @@ mod tests {
         );
         assert_eq!(adjust(0x1234, d), a);
         assert!(!update_at(&mut hdr, 19, &old, &new));
+    }
+
+    #[test]
+    fn fill_writes_the_checksum_smoltcp_verifies() {
+        let mut hdr = [
+            0x45u8, 0, 0, 28, 0, 0, 0x40, 0, 64, 50, 0xde, 0xad, 10, 2, 0, 1, 10, 2, 0, 2,
+        ];
+        fill_ipv4_header(&mut hdr);
+        assert_eq!(ipv4_header(&hdr), 0);
+        assert!(smoltcp::wire::Ipv4Packet::new_unchecked(&hdr[..]).verify_checksum());
+        // A field changed: filled again, valid again.
+        hdr[8] = 1;
+        fill_ipv4_header(&mut hdr);
+        assert_eq!(ipv4_header(&hdr), 0);
     }
 }

@@ -125,6 +125,46 @@ pub enum Fragment {
     Later,
 }
 
+/// Why [`FrameView::well_formed_ip`] has no packet for a function to
+/// work on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoIp {
+    /// Not IP (ARP, another EtherType): not for the function to judge.
+    NotIp,
+    /// A malformed IP header, or a transport header (or IPv6 extension
+    /// header chain) cut short: functions count it as malformed.
+    Malformed,
+}
+
+/// What an ICMP (in IPv4) or ICMPv6 (in IPv6) message is, by its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpKind {
+    EchoRequest,
+    EchoReply,
+    /// Destination unreachable, time exceeded, parameter problem (and
+    /// ICMPv6's packet too big): it quotes the packet it is about.
+    Error,
+    /// Anything else (timestamps, router and neighbour discovery, …).
+    Other,
+}
+
+impl IcmpKind {
+    /// The kind of ICMP (`v6`: ICMPv6) type `ty`.
+    pub fn of(v6: bool, ty: u8) -> IcmpKind {
+        match (v6, ty) {
+            (false, 8) | (true, 128) => IcmpKind::EchoRequest,
+            (false, 0) | (true, 129) => IcmpKind::EchoReply,
+            (false, 3 | 11 | 12) | (true, 1..=4) => IcmpKind::Error,
+            _ => IcmpKind::Other,
+        }
+    }
+
+    /// An echo request or reply (whose identifier names the exchange).
+    pub fn is_echo(self) -> bool {
+        matches!(self, IcmpKind::EchoRequest | IcmpKind::EchoReply)
+    }
+}
+
 /// The transport header, as far as functions look at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -216,6 +256,17 @@ impl FrameView {
         match self {
             FrameView::Ip(v) => Some(v),
             _ => None,
+        }
+    }
+
+    /// The IP view, if the frame carries a packet a function can work on:
+    /// a well-formed IP header and, where one belongs, a whole transport
+    /// header. Else whether it is not IP or malformed.
+    pub fn well_formed_ip(&self) -> Result<&IpView, NoIp> {
+        match self {
+            FrameView::Ip(v) if !v.is_truncated() => Ok(v),
+            FrameView::Ip(_) | FrameView::Malformed => Err(NoIp::Malformed),
+            FrameView::Arp { .. } | FrameView::Other { .. } => Err(NoIp::NotIp),
         }
     }
 }
@@ -371,20 +422,21 @@ fn transport(v: &IpView, l4: &[u8]) -> Transport {
                 dport: be16(l4, 2),
             }
         }
-        proto::ICMP if !v.v6 => icmp(l4, |t| t == 0 || t == 8),
-        proto::ICMPV6 if v.v6 => icmp(l4, |t| t == 128 || t == 129),
+        proto::ICMP if !v.v6 => icmp(l4, false),
+        proto::ICMPV6 if v.v6 => icmp(l4, true),
         _ => Transport::None,
     }
 }
 
-fn icmp(l4: &[u8], is_echo: impl Fn(u8) -> bool) -> Transport {
+fn icmp(l4: &[u8], v6: bool) -> Transport {
     if l4.len() < 8 {
         return Transport::Truncated;
     }
+    let echo = IcmpKind::of(v6, l4[0]).is_echo();
     Transport::Icmp {
         ty: l4[0],
         code: l4[1],
-        ident: if is_echo(l4[0]) { be16(l4, 4) } else { 0 },
+        ident: if echo { be16(l4, 4) } else { 0 },
     }
 }
 
@@ -426,6 +478,14 @@ impl IpView {
     /// Is it a fragment (first or later)?
     pub fn is_fragment(&self) -> bool {
         self.fragment != Fragment::Whole
+    }
+    /// The kind of an ICMP (ICMPv6) message, for ICMP packets that carry
+    /// their header.
+    pub fn icmp_kind(&self) -> Option<IcmpKind> {
+        match self.transport {
+            Transport::Icmp { ty, .. } => Some(IcmpKind::of(self.v6, ty)),
+            _ => None,
+        }
     }
     /// ICMPv6 the network itself needs: MLD, router and neighbour
     /// discovery, redirect, MLDv2 reports. Functions let it pass.
@@ -597,7 +657,7 @@ impl FlowKey {
 mod tests {
     use super::*;
     use crate::testing::frames;
-    use smoltcp::wire::TcpControl;
+    use smoltcp::wire::{IpProtocol, TcpControl};
 
     fn v4(a: &str) -> IpAddress {
         a.parse().unwrap()
@@ -697,6 +757,52 @@ mod tests {
             let _ = FrameView::parse(LinkMedium::Ethernet, &f[..n]);
             let _ = FrameView::parse(LinkMedium::Ip, &f[14..14 + n.min(f.len() - 14)]);
         }
+    }
+
+    #[test]
+    fn icmp_kinds_by_version_and_well_formed_packets() {
+        for (v6, ty, kind) in [
+            (false, 8, IcmpKind::EchoRequest),
+            (true, 128, IcmpKind::EchoRequest),
+            (false, 0, IcmpKind::EchoReply),
+            (true, 129, IcmpKind::EchoReply),
+            (false, 3, IcmpKind::Error),
+            (false, 11, IcmpKind::Error),
+            (true, 2, IcmpKind::Error),
+            (true, 135, IcmpKind::Other),
+            (false, 13, IcmpKind::Other),
+            // Types are per version: IPv4's echo request is no ICMPv6 one.
+            (true, 8, IcmpKind::Other),
+            (false, 128, IcmpKind::Other),
+        ] {
+            assert_eq!(IcmpKind::of(v6, ty), kind, "v6 {v6} type {ty}");
+        }
+        // An echo's identifier is read; another message's is not.
+        let (a, b) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 0, 0, 2));
+        let mut ping = frames::wrap(a, b, IpProtocol::Icmp, &[8, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        let v = *FrameView::parse(LinkMedium::Ethernet, &ping).ip().unwrap();
+        assert_eq!(v.icmp_kind(), Some(IcmpKind::EchoRequest));
+        assert_eq!(v.flow_key().sport, 0x1234);
+        ping[34] = 13;
+        let v = *FrameView::parse(LinkMedium::Ethernet, &ping).ip().unwrap();
+        assert_eq!(
+            (v.icmp_kind(), v.flow_key().sport),
+            (Some(IcmpKind::Other), 0)
+        );
+        // What functions may work on: whole packets; ARP is not IP, a cut
+        // transport header is malformed.
+        assert_eq!(
+            FrameView::parse(LinkMedium::Ethernet, &ping).well_formed_ip(),
+            Ok(&v)
+        );
+        let arp = FrameView::parse(LinkMedium::Ethernet, &frames::arp());
+        assert_eq!(arp.well_formed_ip(), Err(NoIp::NotIp));
+        let cut = FrameView::Ip(IpView {
+            transport: Transport::Truncated,
+            ..v
+        });
+        assert_eq!(cut.well_formed_ip(), Err(NoIp::Malformed));
+        assert_eq!(FrameView::Malformed.well_formed_ip(), Err(NoIp::Malformed));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub mod ip;
 pub mod ipcomp;
 pub mod tcp;
 
-pub use ip::{FlowKey, Fragment, FrameView, IpView, LinkMedium, Transport};
+pub use ip::{FlowKey, Fragment, FrameView, IcmpKind, IpView, LinkMedium, NoIp, Transport};
 pub use tcp::TcpFlags;
 
 /// IP protocol numbers the functions match on.

@@ -34,8 +34,7 @@
 //! // A bare IPv4 packet (protocol 253) with 400 bytes of repetitive text.
 //! let mut buf = vec![0u8; 420];
 //! buf[..20].copy_from_slice(&[0x45, 0, 0x01, 0xa4, 0, 0, 0, 0, 64, 253, 0, 0, 10, 0, 0, 1, 10, 3, 0, 2]);
-//! let ck = shmnet::wire::checksum::ipv4_header(&buf[..20]);
-//! buf[10..12].copy_from_slice(&ck.to_be_bytes());
+//! shmnet::wire::checksum::fill_ipv4_header(&mut buf[..20]);
 //! buf[20..].iter_mut().enumerate().for_each(|(i, b)| *b = b"shm net "[i % 8]);
 //! let original = buf.clone();
 //! let (mut c, mut d) = (Compress::new(CompressConfig::default()).unwrap(), Compress::new(CompressConfig::default()).unwrap());
@@ -55,37 +54,30 @@ use lz4_flex::block::{
 };
 use smoltcp::time::Instant;
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, Role, Verdict};
+use crate::functions::common::{counters, reconfigure_in_place};
 use crate::wire::{IpView, checksum};
 
 pub use crate::wire::ipcomp::{CPI_LZ4, IPPROTO_IPCOMP, IpCompError, IpCompPacket, IpCompRepr};
 
-/// `[function] kind = "compress"`.
+/// `[function] kind = "compress"`; a field left out takes its value from
+/// [`CompressConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompressConfig {
     /// Payloads smaller than this many bytes are sent as they are.
-    #[serde(default = "default_min_size")]
     pub min_size: usize,
     /// Which of the device's networks is the compressed hop (`"global"`,
     /// the default, or `"local"`): packets arriving from the other one are
     /// compressed, packets arriving from this one restored.
-    #[serde(default = "default_hop")]
     pub hop: Role,
-}
-
-fn default_min_size() -> usize {
-    128
-}
-fn default_hop() -> Role {
-    Role::Global
 }
 
 impl Default for CompressConfig {
     fn default() -> Self {
         CompressConfig {
-            min_size: default_min_size(),
-            hop: default_hop(),
+            min_size: 128,
+            hop: Role::Global,
         }
     }
 }
@@ -102,43 +94,25 @@ impl CompressConfig {
     }
 }
 
-/// Counters of the compression function.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct CompressStats {
-    pub compressed: u64,
-    pub decompressed: u64,
-    pub skipped_small: u64,
-    pub skipped_incompressible: u64,
-    /// Payload bytes before and after compression, and the difference.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub bytes_saved: u64,
-    /// Compressed packets that could not be decompressed (dropped).
-    pub decompress_errors: u64,
-    /// IPComp packets with another algorithm or bad header (dropped).
-    pub unknown_cpi: u64,
-    /// Frames this function leaves alone (passed untouched): not IP,
-    /// malformed, fragments, IPv6 packets with extension headers.
-    pub not_ip: u64,
-}
-
-impl CompressStats {
-    /// Visits each counter by its fixed name.
-    fn visit(&self, visit: &mut dyn FnMut(&str, u64)) {
-        for (name, value) in [
-            ("compressed", self.compressed),
-            ("decompressed", self.decompressed),
-            ("skipped_small", self.skipped_small),
-            ("skipped_incompressible", self.skipped_incompressible),
-            ("bytes_in", self.bytes_in),
-            ("bytes_out", self.bytes_out),
-            ("bytes_saved", self.bytes_saved),
-            ("decompress_errors", self.decompress_errors),
-            ("unknown_cpi", self.unknown_cpi),
-            ("not_ip", self.not_ip),
-        ] {
-            visit(name, value);
-        }
+counters! {
+    /// Counters of the compression function.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct CompressStats {
+        pub compressed: u64,
+        pub decompressed: u64,
+        pub skipped_small: u64,
+        pub skipped_incompressible: u64,
+        /// Payload bytes before and after compression, and the difference.
+        pub bytes_in: u64,
+        pub bytes_out: u64,
+        pub bytes_saved: u64,
+        /// Compressed packets that could not be decompressed (dropped).
+        pub decompress_errors: u64,
+        /// IPComp packets with another algorithm or bad header (dropped).
+        pub unknown_cpi: u64,
+        /// Frames this function leaves alone (passed untouched): not IP,
+        /// malformed, fragments, IPv6 packets with extension headers.
+        pub not_ip: u64,
     }
 }
 
@@ -181,14 +155,8 @@ impl Compress {
     /// IPv6 packet's extension headers would have to stay in front of the
     /// IPComp header, RFC 3173 §4). Counts the others as `not_ip`.
     fn handled(&mut self, frame: &Frame<'_>) -> Option<IpView> {
-        match frame.ip() {
-            Some(v)
-                if !v.is_truncated()
-                    && !v.is_fragment()
-                    && (!v.v6 || v.l4 == v.l3 + IPV6_HEADER_LEN) =>
-            {
-                Some(*v)
-            }
+        match frame.view().well_formed_ip() {
+            Ok(v) if !v.is_fragment() && (!v.v6 || v.l4 == v.l3 + IPV6_HEADER_LEN) => Some(*v),
             _ => {
                 self.stats.not_ip += 1;
                 None
@@ -289,9 +257,7 @@ fn rewrite_ip(frame: &mut [u8], v: &IpView, protocol: u8, end: usize) {
     } else {
         ip[9] = protocol;
         ip[2..4].copy_from_slice(&((end - v.l3) as u16).to_be_bytes());
-        ip[10..12].copy_from_slice(&[0, 0]);
-        let ck = checksum::ipv4_header(ip);
-        ip[10..12].copy_from_slice(&ck.to_be_bytes());
+        checksum::fill_ipv4_header(ip);
     }
 }
 
@@ -309,10 +275,7 @@ impl Function for Compress {
     }
 
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        match cfg.downcast_ref::<FunctionConfig>() {
-            Some(FunctionConfig::Compress(c)) => Compress::reconfigure(self, c).map(|()| true),
-            _ => Ok(false),
-        }
+        reconfigure_in_place(cfg, |c| Compress::reconfigure(self, c))
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
@@ -323,6 +286,9 @@ impl Function for Compress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::functions::FunctionConfig;
+    use crate::testing::frames;
+    use crate::testing::function::ip_round_trip;
     use crate::wire::LinkMedium;
     use smoltcp::wire::{IpAddress, IpProtocol};
 
@@ -335,7 +301,7 @@ mod tests {
     /// protocol 253 (experimental: no transport header to check), in a
     /// 9014-byte buffer.
     fn frame_with(payload: &[u8]) -> (Vec<u8>, usize) {
-        let mut buf = crate::functions::fixtures::wrap(
+        let mut buf = frames::wrap(
             IpAddress::v4(10, 0, 0, 1),
             IpAddress::v4(10, 1, 0, 2),
             IpProtocol::Unknown(253),
@@ -358,7 +324,7 @@ mod tests {
         // A UDP datagram.
         let payload: Vec<u8> = (0..4000u32).map(|i| (i % 17) as u8).collect();
         let (a, b) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 1, 0, 2));
-        let original = crate::functions::fixtures::udp((a, 1000), (b, 2000), &payload);
+        let original = frames::udp((a, 1000), (b, 2000), &payload);
         let len = original.len();
         let mut buf = original.clone();
         buf.resize(9014, 0);
@@ -483,7 +449,7 @@ mod tests {
             IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, 1),
             IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, 2),
         );
-        let fixture = crate::functions::fixtures::wrap;
+        let fixture = frames::wrap;
         let (mut c, mut d) = pair();
         let original = fixture(a, b, IpProtocol::Unknown(253), &text(600));
         let mut buf = original.clone();
@@ -512,22 +478,10 @@ mod tests {
     #[test]
     fn ip_medium_round_trips_without_a_link_header() {
         let (eth_frame, len) = frame_with(&text(800));
-        let original = eth_frame[14..len].to_vec();
-        let mut buf = original.clone();
         let (mut c, mut d) = pair();
-        let mut f = Frame::new(&mut buf, original.len(), LinkMedium::Ip);
-        assert_eq!(
-            c.on_ingress(Instant::ZERO, Role::Local, &mut f),
-            Verdict::Modified
-        );
-        assert_eq!(checksum::ipv4_header(&f.bytes()[..20]), 0);
-        let n = f.len();
-        let mut f = Frame::new(&mut buf, n, LinkMedium::Ip);
-        assert_eq!(
-            d.on_ingress(Instant::ZERO, Role::Global, &mut f),
-            Verdict::Modified
-        );
-        assert_eq!(f.bytes(), &original[..]);
+        let packet = &eth_frame[14..len];
+        let compressed = ip_round_trip(&mut c, &mut d, packet, packet.len());
+        assert_eq!(checksum::ipv4_header(&compressed[..20]), 0);
     }
 
     #[test]

@@ -15,29 +15,27 @@ use smoltcp::time::Duration;
 
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
 
-/// `[function] kind = "echo"`.
+/// `[function] kind = "echo"`; a field left out takes its value from
+/// [`EchoConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EchoConfig {
     /// TCP and UDP port to echo on.
-    #[serde(default = "default_port")]
     pub port: u16,
     /// Concurrent TCP connections served (smoltcp has no listen backlog).
-    #[serde(default = "default_conns")]
     pub connections: usize,
     /// Bytes of each TCP socket's receive and send buffer.
-    #[serde(default = "default_tcp_buffer")]
     pub tcp_buffer: usize,
 }
 
-fn default_port() -> u16 {
-    7
-}
-fn default_conns() -> usize {
-    2
-}
-fn default_tcp_buffer() -> usize {
-    1 << 20
+impl Default for EchoConfig {
+    fn default() -> Self {
+        EchoConfig {
+            port: 7,
+            connections: 2,
+            tcp_buffer: 1 << 20,
+        }
+    }
 }
 
 /// Echo server on TCP and UDP.

@@ -20,39 +20,37 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
 
-/// `[function] kind = "probe"`.
+/// `[function] kind = "probe"`; a field left out takes its value from
+/// [`ProbeConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProbeConfig {
     /// Echo servers to stream `bytes` to over TCP, as "ip:port".
-    #[serde(default)]
     pub tcp: Vec<String>,
     /// Echo servers to send `datagrams` UDP datagrams to.
-    #[serde(default)]
     pub udp: Vec<String>,
     /// Bytes per TCP exchange.
-    #[serde(default = "default_bytes")]
     pub bytes: usize,
     /// Datagrams per UDP exchange.
-    #[serde(default = "default_datagrams")]
     pub datagrams: usize,
     /// Give up on one exchange after this many milliseconds.
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// The exchanges are expected to fail (a firewall should block them):
     /// no answer counts as success, an answer as failure.
-    #[serde(default)]
     pub expect_blocked: bool,
 }
 
-fn default_bytes() -> usize {
-    1 << 20
-}
-fn default_datagrams() -> usize {
-    4
-}
-fn default_timeout_ms() -> u64 {
-    10_000
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            bytes: 1 << 20,
+            datagrams: 4,
+            timeout_ms: 10_000,
+            expect_blocked: false,
+        }
+    }
 }
 
 /// The byte a stream carries at `offset`: a pattern that catches
@@ -66,20 +64,27 @@ enum Job {
     Udp(IpEndpoint),
 }
 
+/// A TCP exchange under way: bytes sent and echoed back, and whether
+/// every echoed byte was the one sent.
+struct TcpExchange {
+    h: SocketHandle,
+    sent: u64,
+    recvd: u64,
+    intact: bool,
+}
+
+/// A UDP exchange under way: datagrams sent and echoed intact.
+struct UdpExchange {
+    h: SocketHandle,
+    sent: usize,
+    got: usize,
+    last_send: Instant,
+}
+
 enum Step {
     Start,
-    Tcp {
-        h: SocketHandle,
-        sent: u64,
-        recvd: u64,
-        intact: bool,
-    },
-    Udp {
-        h: SocketHandle,
-        sent: usize,
-        got: usize,
-        last_send: Instant,
-    },
+    Tcp(TcpExchange),
+    Udp(UdpExchange),
 }
 
 /// Runs exchanges against echo servers, one after another, and reports.
@@ -141,13 +146,13 @@ impl Probe {
             ok = false;
         }
         match std::mem::replace(&mut self.step, Step::Start) {
-            Step::Tcp { h, .. } => {
+            Step::Tcp(TcpExchange { h, .. }) => {
                 // Close gracefully so the server's connection ends too; the
                 // socket is removed once the FIN exchange is over.
                 cx.sockets.get_mut::<tcp::Socket>(h).close();
                 self.closing.push((h, cx.now));
             }
-            Step::Udp { h, .. } => {
+            Step::Udp(UdpExchange { h, .. }) => {
                 cx.sockets.remove(h);
             }
             Step::Start => {}
@@ -216,22 +221,22 @@ impl Function for Probe {
                         self.finish(cx, format!("tcp {ep}: cannot connect: {e}"), false);
                         return true;
                     }
-                    self.step = Step::Tcp {
+                    self.step = Step::Tcp(TcpExchange {
                         h: cx.sockets.add(s),
                         sent: 0,
                         recvd: 0,
                         intact: true,
-                    };
+                    });
                 }
                 Job::Udp(_) => {
                     let mut s = udp_socket(16, 64 * 1024);
                     let _ = s.bind(self.port);
-                    self.step = Step::Udp {
+                    self.step = Step::Udp(UdpExchange {
                         h: cx.sockets.add(s),
                         sent: 0,
                         got: 0,
                         last_send: now,
-                    };
+                    });
                 }
             }
         }
@@ -239,23 +244,14 @@ impl Function for Probe {
         let elapsed = now - self.started;
         let mut progress = false;
         match (&mut self.step, &self.jobs[self.next]) {
-            (
-                Step::Tcp {
-                    h,
-                    sent,
-                    recvd,
-                    intact,
-                },
-                Job::Tcp(ep),
-            ) => {
-                let ep = *ep;
-                let s = cx.sockets.get_mut::<tcp::Socket>(*h);
-                while s.can_send() && *sent < total {
+            (Step::Tcp(x), &Job::Tcp(ep)) => {
+                let s = cx.sockets.get_mut::<tcp::Socket>(x.h);
+                while s.can_send() && x.sent < total {
                     let n = s
                         .send(|buf| {
-                            let n = buf.len().min((total - *sent) as usize);
+                            let n = buf.len().min((total - x.sent) as usize);
                             for (i, b) in buf[..n].iter_mut().enumerate() {
-                                *b = pattern_byte(*sent + i as u64);
+                                *b = pattern_byte(x.sent + i as u64);
                             }
                             (n, n)
                         })
@@ -263,7 +259,7 @@ impl Function for Probe {
                     if n == 0 {
                         break;
                     }
-                    *sent += n as u64;
+                    x.sent += n as u64;
                     progress = true;
                 }
                 while s.can_recv() {
@@ -272,15 +268,15 @@ impl Function for Probe {
                         break;
                     }
                     for (i, b) in self.scratch[..n].iter().enumerate() {
-                        if *b != pattern_byte(*recvd + i as u64) {
-                            *intact = false;
+                        if *b != pattern_byte(x.recvd + i as u64) {
+                            x.intact = false;
                         }
                     }
-                    *recvd += n as u64;
+                    x.recvd += n as u64;
                     progress = true;
                 }
-                if *recvd >= total {
-                    let ok = *intact;
+                if x.recvd >= total {
+                    let ok = x.intact;
                     let secs = elapsed.total_micros().max(1) as f64 / 1e6;
                     s.close();
                     let line = format!(
@@ -292,31 +288,25 @@ impl Function for Probe {
                     self.finish(cx, line, ok);
                     return true;
                 }
-                if s.state() == tcp::State::Closed && *sent == 0 && elapsed <= timeout {
+                if s.state() == tcp::State::Closed && x.sent == 0 && elapsed <= timeout {
                     // Refused (the server may not be up yet): try again.
                     let _ = s.connect(cx.iface.context(), ep, self.port);
                     progress = true;
                 }
                 if elapsed > timeout {
                     let state = s.state();
-                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, *recvd > 0, || {
-                        format!("tcp {ep}: timed out after {recvd} of {total} bytes ({state:?})")
+                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, x.recvd > 0, || {
+                        format!(
+                            "tcp {ep}: timed out after {} of {total} bytes ({state:?})",
+                            x.recvd
+                        )
                     });
                     self.finish(cx, line, ok);
                     return true;
                 }
             }
-            (
-                Step::Udp {
-                    h,
-                    sent,
-                    got,
-                    last_send,
-                },
-                Job::Udp(ep),
-            ) => {
-                let ep = *ep;
-                let s = cx.sockets.get_mut::<udp::Socket>(*h);
+            (Step::Udp(x), &Job::Udp(ep)) => {
+                let s = cx.sockets.get_mut::<udp::Socket>(x.h);
                 while let Ok((n, _)) = s.recv_slice(&mut self.scratch) {
                     if n == 64
                         && self.scratch[..64]
@@ -324,32 +314,33 @@ impl Function for Probe {
                             .enumerate()
                             .all(|(i, b)| *b == pattern_byte(i as u64))
                     {
-                        *got += 1;
+                        x.got += 1;
                     }
                     progress = true;
                 }
                 // One datagram in flight at a time; resend after 250 ms
                 // (the first may wait on ARP).
                 let want = self.cfg.datagrams;
-                if *got >= want {
+                if x.got >= want {
                     let line = format!(
-                        "udp {ep}: {got}/{want} datagrams echoed intact in {:.1} ms",
+                        "udp {ep}: {}/{want} datagrams echoed intact in {:.1} ms",
+                        x.got,
                         elapsed.total_micros() as f64 / 1e3
                     );
                     self.finish(cx, line, true);
                     return true;
                 }
-                if *sent <= *got || now - *last_send > Duration::from_millis(250) {
+                if x.sent <= x.got || now - x.last_send > Duration::from_millis(250) {
                     let payload: [u8; 64] = std::array::from_fn(|i| pattern_byte(i as u64));
                     if s.send_slice(&payload, ep).is_ok() {
-                        *sent = *got + 1;
-                        *last_send = now;
+                        x.sent = x.got + 1;
+                        x.last_send = now;
                         progress = true;
                     }
                 }
                 if elapsed > timeout {
-                    let (line, ok) = timed_out(&self.cfg, "udp", ep, *got > 0, || {
-                        format!("udp {ep}: timed out, {got}/{want} datagrams echoed")
+                    let (line, ok) = timed_out(&self.cfg, "udp", ep, x.got > 0, || {
+                        format!("udp {ep}: timed out, {}/{want} datagrams echoed", x.got)
                     });
                     self.finish(cx, line, ok);
                     return true;
@@ -365,8 +356,8 @@ impl Function for Probe {
             return Some(since + Duration::from_millis(100));
         }
         match &self.step {
-            Step::Udp { last_send, .. } => Some(*last_send + Duration::from_millis(250)),
-            Step::Tcp { .. } => Some(self.started + Duration::from_millis(self.cfg.timeout_ms)),
+            Step::Udp(x) => Some(x.last_send + Duration::from_millis(250)),
+            Step::Tcp(_) => Some(self.started + Duration::from_millis(self.cfg.timeout_ms)),
             Step::Start => None,
         }
     }

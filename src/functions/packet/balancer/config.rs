@@ -6,7 +6,8 @@ use smoltcp::time::Duration;
 use super::flows::Timeouts;
 use super::maglev::is_prime;
 use super::service::{Backend, Endpoint, Service};
-use crate::functions::health::{self, HealthCheck, HealthSpec};
+use crate::functions::common::defaults;
+use crate::functions::health::{HealthCheck, HealthSpec, with_health_fields};
 use crate::functions::matching::{ConfigDuration, ProtoSpec, proto_field};
 use crate::wire::proto;
 
@@ -27,90 +28,61 @@ pub enum Check {
     None,
 }
 
-/// One `[[function.service]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceConfig {
-    pub name: String,
-    /// The virtual address clients connect to, `"ip:port"`.
-    pub vip: String,
-    /// `"tcp"` (the default) or `"udp"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Backend endpoints, `"ip:port"`, of the VIP's IP version.
-    #[serde(default)]
-    pub backends: Vec<String>,
-    /// Maglev lookup-table size: a prime larger than the number of
-    /// backends (≥ 100× gives an even spread).
-    #[serde(default = "default_table_size")]
-    pub table_size: u32,
-    /// Default: `"tcp"` for TCP services, `"none"` for UDP ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Check>,
-    /// Time between checks of one backend.
-    #[serde(default = "default_interval")]
-    pub interval: ConfigDuration,
-    /// A check not established by then fails.
-    #[serde(default = "default_timeout")]
-    pub timeout: ConfigDuration,
-    /// Consecutive failures that mark a backend down.
-    #[serde(default = "health::default_fall")]
-    pub fall: u32,
-    /// Consecutive successes that mark it up again.
-    #[serde(default = "health::default_rise")]
-    pub rise: u32,
+with_health_fields! {
+    interval = "defaults::secs::<1>";
+    /// One `[[function.service]]`: the VIP, its backends, and how they are
+    /// checked (a TCP connection to each every `interval`, 1s unless given,
+    /// failing if not established within `timeout`, 500ms unless given;
+    /// `fall` failures mark a backend down, `rise` successes up again).
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceConfig {
+        pub name: String,
+        /// The virtual address clients connect to, `"ip:port"`.
+        pub vip: String,
+        /// `"tcp"` (the default) or `"udp"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub proto: Option<ProtoSpec>,
+        /// Backend endpoints, `"ip:port"`, of the VIP's IP version.
+        #[serde(default)]
+        pub backends: Vec<String>,
+        /// Maglev lookup-table size: a prime larger than the number of
+        /// backends (≥ 100× gives an even spread).
+        #[serde(default = "defaults::u32::<65537>")]
+        pub table_size: u32,
+        /// Default: `"tcp"` for TCP services, `"none"` for UDP ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<Check>,
+    }
 }
 
-fn default_table_size() -> u32 {
-    65537
-}
-fn default_interval() -> ConfigDuration {
-    ConfigDuration::from_secs(1)
-}
-fn default_timeout() -> ConfigDuration {
-    ConfigDuration::from_millis(500)
-}
+/// A backend check's `timeout` when the service leaves it out.
+const DEFAULT_CHECK_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(500);
 
-/// `[function] kind = "balancer"`.
+/// `[function] kind = "balancer"`; a field left out takes its value from
+/// [`BalancerConfig::default`].
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BalancerConfig {
     /// Flow-table size; new flows beyond it are refused.
-    #[serde(default = "default_max_flows")]
     pub max_flows: usize,
     /// Idle time after which a TCP flow is forgotten.
-    #[serde(default = "default_tcp_timeout")]
     pub tcp_timeout: ConfigDuration,
     /// Linger after a FIN or RST.
-    #[serde(default = "default_tcp_closing_timeout")]
     pub tcp_closing_timeout: ConfigDuration,
     /// Idle time after which a UDP flow is forgotten.
-    #[serde(default = "default_udp_timeout")]
     pub udp_timeout: ConfigDuration,
-    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceConfig>,
-}
-
-fn default_max_flows() -> usize {
-    65536
-}
-fn default_tcp_timeout() -> ConfigDuration {
-    ConfigDuration::from_secs(300)
-}
-fn default_tcp_closing_timeout() -> ConfigDuration {
-    ConfigDuration::from_secs(4)
-}
-fn default_udp_timeout() -> ConfigDuration {
-    ConfigDuration::from_secs(30)
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         BalancerConfig {
-            max_flows: default_max_flows(),
-            tcp_timeout: default_tcp_timeout(),
-            tcp_closing_timeout: default_tcp_closing_timeout(),
-            udp_timeout: default_udp_timeout(),
+            max_flows: 65536,
+            tcp_timeout: ConfigDuration::from_secs(300),
+            tcp_closing_timeout: ConfigDuration::from_secs(4),
+            udp_timeout: ConfigDuration::from_secs(30),
             services: Vec::new(),
         }
     }
@@ -243,10 +215,8 @@ impl ServiceConfig {
         let check = checked
             .then(|| {
                 let spec = HealthSpec {
-                    interval: self.interval,
-                    timeout: Some(self.timeout),
-                    fall: self.fall,
-                    rise: self.rise,
+                    timeout: Some(self.timeout.unwrap_or(DEFAULT_CHECK_TIMEOUT)),
+                    ..self.health_spec()
                 };
                 HealthCheck::compile(&what, spec)
             })

@@ -86,29 +86,32 @@ use nat::{Nat, Offsets, Side};
 use probe::CHECK_PORTS;
 use service::Service;
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict};
+use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
+use crate::functions::common::{counter_names, counters, invalid, reconfigure_in_place};
 use crate::functions::health::Health;
-use crate::wire::{FlowKey, FrameView, TcpFlags, proto};
+use crate::wire::{FlowKey, NoIp, TcpFlags, proto};
 
 /// How often expired flows are swept out (from `poll`), and how often at
 /// most when the table is full (a flood must not make every packet sweep).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Global counters of the balancer.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BalancerStats {
-    pub flows_created: u64,
-    pub expired: u64,
-    pub no_backend: u64,
-    pub table_full: u64,
-    pub health_changes: u64,
-    pub malformed: u64,
-    pub fragments_dropped: u64,
-    /// A new flow whose reply direction would be indistinguishable from an
-    /// existing flow's (same client endpoint, same backend, two VIPs).
-    pub conflicts: u64,
-    pub checks_ok: u64,
-    pub checks_failed: u64,
+counters! {
+    /// Global counters of the balancer.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct BalancerStats {
+        pub flows_created: u64,
+        pub expired: u64,
+        pub no_backend: u64,
+        pub table_full: u64,
+        pub health_changes: u64,
+        pub malformed: u64,
+        pub fragments_dropped: u64,
+        /// A new flow whose reply direction would be indistinguishable from an
+        /// existing flow's (same client endpoint, same backend, two VIPs).
+        pub conflicts: u64,
+        pub checks_ok: u64,
+        pub checks_failed: u64,
+    }
 }
 
 /// The counters of one backend address, summed over the services that
@@ -130,7 +133,11 @@ fn backend_counters(services: &[Service]) -> Vec<BackendCounters> {
                 None => out.push((
                     b.ep,
                     BackendCounters {
-                        names: ["flows", "packets", "up"].map(|c| format!("backend.{}.{c}", b.ep)),
+                        names: counter_names(
+                            "backend",
+                            &b.ep.to_string(),
+                            ["flows", "packets", "up"],
+                        ),
                         members: vec![(si, bi)],
                     },
                 )),
@@ -156,16 +163,9 @@ pub struct Balancer {
     stats: BalancerStats,
 }
 
-fn invalid(why: String) -> FunctionError {
-    FunctionError::Invalid {
-        kind: "balancer",
-        why,
-    }
-}
-
 impl Balancer {
     pub fn new(cfg: BalancerConfig) -> Result<Balancer, FunctionError> {
-        let c = cfg.compile().map_err(invalid)?;
+        let c = cfg.compile().map_err(invalid("balancer"))?;
         Ok(Balancer {
             backend_counters: backend_counters(&c.services),
             services: c.services,
@@ -257,23 +257,19 @@ impl Balancer {
     fn handle(&mut self, now: Instant, frame: &mut Frame<'_>) -> Verdict {
         // What the rest needs of the view, read field by field (copying
         // the whole view costs more than the rest of the decision).
-        let (key, flags, fragment, at) = match frame.view() {
-            FrameView::Ip(ip) if !ip.is_truncated() => {
-                if ip.proto != proto::TCP && ip.proto != proto::UDP {
-                    return Verdict::Pass;
-                }
-                (
-                    ip.flow_key(),
-                    ip.tcp_flags().unwrap_or(TcpFlags::empty()),
-                    ip.is_fragment(),
-                    Offsets::of(ip),
-                )
-            }
-            FrameView::Ip(_) | FrameView::Malformed => {
+        let (key, flags, fragment, at) = match frame.view().well_formed_ip() {
+            Ok(ip) if ip.proto != proto::TCP && ip.proto != proto::UDP => return Verdict::Pass,
+            Ok(ip) => (
+                ip.flow_key(),
+                ip.tcp_flags().unwrap_or(TcpFlags::empty()),
+                ip.is_fragment(),
+                Offsets::of(ip),
+            ),
+            Err(NoIp::Malformed) => {
                 self.stats.malformed += 1;
                 return Verdict::Drop;
             }
-            FrameView::Arp { .. } | FrameView::Other { .. } => return Verdict::Pass,
+            Err(NoIp::NotIp) => return Verdict::Pass,
         };
         // A fragment (a later one has no ports at all) cannot be balanced.
         let Some(at) = at.filter(|_| !fragment) else {
@@ -516,27 +512,16 @@ impl Function for Balancer {
     }
 
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        let Some(FunctionConfig::Balancer(c)) = cfg.downcast_ref::<FunctionConfig>() else {
-            return Ok(false);
-        };
-        self.apply(c).map_err(invalid)?;
-        log::info!("balancer: reconfigured, {} flows kept", self.flows.len());
-        Ok(true)
+        reconfigure_in_place(cfg, |c| {
+            self.apply(c).map_err(invalid("balancer"))?;
+            log::info!("balancer: reconfigured, {} flows kept", self.flows.len());
+            Ok(())
+        })
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
-        let st = &self.stats;
         visit("flows_active", self.flows.len() as u64);
-        visit("flows_created", st.flows_created);
-        visit("expired", st.expired);
-        visit("no_backend", st.no_backend);
-        visit("table_full", st.table_full);
-        visit("health_changes", st.health_changes);
-        visit("malformed", st.malformed);
-        visit("fragments_dropped", st.fragments_dropped);
-        visit("conflicts", st.conflicts);
-        visit("checks_ok", st.checks_ok);
-        visit("checks_failed", st.checks_failed);
+        self.stats.visit(visit);
         for s in &self.services {
             let [flows, packets, no_backend, up] = &s.counters;
             visit(flows, s.flows);

@@ -6,6 +6,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::maglev::{self, NONE, Permutation};
+use crate::functions::common::counter_names;
 use crate::functions::health::{Health, HealthCheck};
 use crate::wire::FlowKey;
 
@@ -126,8 +127,11 @@ impl Service {
         check: Option<HealthCheck>,
     ) -> Service {
         let mut s = Service {
-            counters: ["flows", "packets", "no_backend", "backends_up"]
-                .map(|c| format!("service.{name}.{c}")),
+            counters: counter_names(
+                "service",
+                &name,
+                ["flows", "packets", "no_backend", "backends_up"],
+            ),
             name,
             proto,
             vip,

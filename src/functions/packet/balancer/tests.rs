@@ -1,7 +1,9 @@
 use super::maglev::{self, NONE, Permutation};
 use super::service::Endpoint;
 use super::*;
-use crate::functions::fixtures::udp;
+use crate::functions::FunctionConfig;
+use crate::testing::frames::{self, arp, ep, garbled, udp};
+use crate::testing::function::{self, config_error, counter};
 use crate::wire::LinkMedium;
 use smoltcp::wire::{
     IpAddress, Ipv4Address, Ipv4Packet, Ipv6Address, Ipv6Packet, TcpControl, TcpPacket, UdpPacket,
@@ -9,7 +11,7 @@ use smoltcp::wire::{
 
 fn tcp(src: (IpAddress, u16), dst: (IpAddress, u16), control: TcpControl) -> Vec<u8> {
     let ack = control != TcpControl::Syn;
-    crate::functions::fixtures::tcp(src, dst, control, ack, b"hello, backend")
+    frames::tcp(src, dst, control, ack, b"hello, backend")
 }
 
 const CLIENT: Ipv4Address = Ipv4Address::new(10, 11, 0, 1);
@@ -25,7 +27,7 @@ fn t(ms: u64) -> Instant {
 }
 
 fn balancer(text: &str) -> Balancer {
-    Balancer::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Balancer::new)
 }
 
 /// One TCP service on VIP:7 over `n` backends 10.12.0.2.. port 7, and a
@@ -47,10 +49,6 @@ fn config(n: u8, extra: &str) -> String {
     )
 }
 
-fn ep(a: impl Into<IpAddress>, port: u16) -> (IpAddress, u16) {
-    (a.into(), port)
-}
-
 /// Runs `on_ingress` on a copy; returns the verdict and the frame after.
 fn ingress(lb: &mut Balancer, now: Instant, from: Role, bytes: &[u8]) -> (Verdict, Vec<u8>) {
     ingress_on(LinkMedium::Ethernet, lb, now, from, bytes)
@@ -63,10 +61,7 @@ fn ingress_on(
     from: Role,
     bytes: &[u8],
 ) -> (Verdict, Vec<u8>) {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    let v = lb.on_ingress(now, from, &mut Frame::new(&mut buf, len, medium));
-    (v, buf)
+    function::ingress(lb, now, from, medium, bytes)
 }
 
 /// The backend a client's packet was sent to (its new destination).
@@ -75,14 +70,6 @@ fn dnat_target(lb: &mut Balancer, now: Instant, frame: &[u8]) -> Option<Ipv4Addr
         (Verdict::Modified, out) => Some(Ipv4Packet::new_unchecked(&out[14..]).dst_addr()),
         _ => None,
     }
-}
-
-fn counter(lb: &Balancer, name: &str) -> u64 {
-    crate::stack::hook::counters_of(lb)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 fn perms(n: usize, m: u32) -> Vec<(u16, Permutation)> {
@@ -311,41 +298,25 @@ fn flows_expire_with_virtual_time() {
     let q = udp(c, ep(VIP, 53), b"q");
     let be = dnat_target(&mut lb, t(0), &q).unwrap();
     let reply = udp(ep(be, 53), c, b"a");
+    // A backend's packet at `ms`: rewritten while its flow lives.
+    let back = |lb: &mut Balancer, ms, f: &[u8]| ingress(lb, t(ms), Role::Global, f).0;
     // Each packet refreshes the idle timer.
-    assert_eq!(
-        ingress(&mut lb, t(29_000), Role::Global, &reply).0,
-        Verdict::Modified
-    );
-    assert_eq!(
-        ingress(&mut lb, t(58_000), Role::Global, &reply).0,
-        Verdict::Modified
-    );
+    assert_eq!(back(&mut lb, 29_000, &reply), Verdict::Modified);
+    assert_eq!(back(&mut lb, 58_000, &reply), Verdict::Modified);
     assert_eq!(lb.flows_active(), 1);
     // 30 s of silence: gone, the reply is no longer rewritten.
-    assert_eq!(
-        ingress(&mut lb, t(88_001), Role::Global, &reply).0,
-        Verdict::Pass
-    );
+    assert_eq!(back(&mut lb, 88_001, &reply), Verdict::Pass);
     assert_eq!(counter(&lb, "expired"), 1);
     assert_eq!(lb.flows_active(), 0);
     // TCP: idle timeout, and a short linger after FIN.
     let c = ep(CLIENT, 40000);
     let be = dnat_target(&mut lb, t(100_000), &tcp(c, ep(VIP, 7), TcpControl::Syn)).unwrap();
     let data = tcp(ep(be, 7), c, TcpControl::Psh);
-    assert_eq!(
-        ingress(&mut lb, t(159_000), Role::Global, &data).0,
-        Verdict::Modified
-    );
+    assert_eq!(back(&mut lb, 159_000, &data), Verdict::Modified);
     let fin = tcp(c, ep(VIP, 7), TcpControl::Fin);
     assert_eq!(dnat_target(&mut lb, t(160_000), &fin), Some(be));
-    assert_eq!(
-        ingress(&mut lb, t(161_500), Role::Global, &data).0,
-        Verdict::Modified
-    );
-    assert_eq!(
-        ingress(&mut lb, t(164_000), Role::Global, &data).0,
-        Verdict::Pass
-    );
+    assert_eq!(back(&mut lb, 161_500, &data), Verdict::Modified);
+    assert_eq!(back(&mut lb, 164_000, &data), Verdict::Pass);
     // A sweep removes what nobody touched.
     dnat_target(
         &mut lb,
@@ -457,9 +428,7 @@ fn other_traffic_passes_untouched() {
     assert_eq!(ingress(&mut lb, t(0), Role::Local, &other).0, Verdict::Pass);
     let udp7 = udp(ep(CLIENT, 1), ep(VIP, 7), b"x");
     assert_eq!(ingress(&mut lb, t(0), Role::Local, &udp7).0, Verdict::Pass);
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut lb, t(0), Role::Local, &arp).0, Verdict::Pass);
+    assert_eq!(ingress(&mut lb, t(0), Role::Local, &arp()).0, Verdict::Pass);
     // A fragment to a VIP cannot be balanced.
     let mut frag = udp(ep(CLIENT, 1), ep(VIP, 53), b"x");
     frag[14 + 6] = 0x20;
@@ -491,16 +460,7 @@ fn truncated_and_garbage_frames_never_panic() {
         assert!(counter(&lb, "malformed") > 0);
     }
     let mut lb = balancer(&config(3, "max_flows = 64"));
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let mut f = frames[(i % 3) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (i, f) in garbled(&frames, 20_000) {
         let from = if i % 2 == 0 {
             Role::Local
         } else {
@@ -516,21 +476,25 @@ fn truncated_and_garbage_frames_never_panic() {
 
 #[test]
 fn config_errors_name_the_problem() {
-    let err = |text: &str| match Balancer::new(toml::from_str(text).expect("parses")) {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("accepted: {text}"),
-    };
+    let err = |text: &str| config_error(text, Balancer::new);
     let svc = |body: &str| format!("[[service]]\nname = \"s\"\nvip = \"10.0.0.1:80\"\n{body}");
-    assert!(err(&svc("table_size = 65536")).contains("prime"));
-    assert!(
-        err(&svc(
-            "table_size = 2\nbackends = [\"10.0.1.1:80\", \"10.0.1.2:80\"]"
-        ))
-        .contains("exceed")
-    );
-    assert!(err(&svc("backends = [\"10.0.1.1\"]")).contains("not ip:port"));
-    assert!(err(&svc("backends = [\"[fd00::1]:80\"]")).contains("IP version"));
-    assert!(err(&svc("backends = [\"10.0.1.1:80\", \"10.0.1.1:80\"]")).contains("twice"));
+    for (body, names) in [
+        ("table_size = 65536", "prime"),
+        (
+            "table_size = 2\nbackends = [\"10.0.1.1:80\", \"10.0.1.2:80\"]",
+            "exceed",
+        ),
+        ("backends = [\"10.0.1.1\"]", "not ip:port"),
+        ("backends = [\"[fd00::1]:80\"]", "IP version"),
+        ("backends = [\"10.0.1.1:80\", \"10.0.1.1:80\"]", "twice"),
+        ("timeout = \"0s\"", "service \"s\": timeout"),
+        ("fall = 0", "service \"s\": fall"),
+        ("proto = \"sctp\"", "proto"),
+        ("proto = \"icmp\"", "\"tcp\" or \"udp\""),
+    ] {
+        let e = err(&svc(body));
+        assert!(e.contains(names), "{body}: {e}");
+    }
     // Durations are read by the parser (its message shows the line).
     let e = toml::from_str::<BalancerConfig>(&svc("interval = \"fast\""))
         .unwrap_err()
@@ -539,12 +503,8 @@ fn config_errors_name_the_problem() {
         e.contains("interval") && e.contains("not a duration"),
         "{e}"
     );
-    assert!(err(&svc("timeout = \"0s\"")).contains("service \"s\": timeout"));
-    assert!(err(&svc("fall = 0")).contains("service \"s\": fall"));
     // Unchecked backends need no check parameters.
     assert!(Balancer::new(toml::from_str(&svc("check = \"none\"\nfall = 0")).unwrap()).is_ok());
-    assert!(err(&svc("proto = \"sctp\"")).contains("proto"));
-    assert!(err(&svc("proto = \"icmp\"")).contains("\"tcp\" or \"udp\""));
     assert!(err("[[service]]\nname = \"s\"\nvip = \"10.0.0.1\"").contains("vip"));
     assert!(err(&format!("{}\n{}", svc(""), svc(""))).contains("name"));
     assert!(err("udp_timeout = \"0s\"").contains("udp_timeout"));
@@ -568,4 +528,17 @@ fn config_errors_name_the_problem() {
         .to_string();
     assert!(e.contains("table_size 100"), "{e}");
     assert_eq!(lb.table_share(0).len(), 3);
+}
+
+#[test]
+fn backend_checks_left_unconfigured_take_the_defaults() {
+    // 1 s between checks, 500 ms to connect, 3 failures down, 2 up.
+    let lb = balancer(&config(1, ""));
+    let c = lb.services[0].check.expect("a TCP service is checked");
+    assert_eq!(
+        (c.interval, c.timeout, c.fall, c.rise),
+        (Duration::from_secs(1), Duration::from_millis(500), 3, 2)
+    );
+    // The UDP service is not checked unless asked to.
+    assert_eq!(lb.services[1].check, None);
 }

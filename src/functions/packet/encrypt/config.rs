@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use super::sa::{InboundSa, OutboundSa, SaKey};
 use crate::functions::FunctionError;
+use crate::functions::common::{defaults, invalid};
 use crate::stack::Role;
 
 /// `[function] kind = "encrypt"`.
@@ -32,7 +33,7 @@ pub struct EncryptConfig {
     pub peer_address: Ipv4Addr,
     /// Which of the device's networks is the hop: `"global"` (default) or
     /// `"local"`.
-    #[serde(default = "default_hop")]
+    #[serde(default = "global")]
     pub hop: Role,
     /// The SA that encrypts what this device sends.
     pub outbound: SaConfig,
@@ -40,7 +41,7 @@ pub struct EncryptConfig {
     #[serde(default)]
     pub inbound: Vec<SaConfig>,
     /// Anti-replay window in packets, 32..=1024.
-    #[serde(default = "default_replay_window")]
+    #[serde(default = "defaults::u32::<64>")]
     pub replay_window: u32,
 }
 
@@ -59,11 +60,8 @@ pub struct SaConfig {
     pub key_file: Option<PathBuf>,
 }
 
-fn default_hop() -> Role {
+fn global() -> Role {
     Role::Global
-}
-fn default_replay_window() -> u32 {
-    64
 }
 
 /// A validated configuration: addresses and keyed SAs.
@@ -78,10 +76,7 @@ pub(super) struct Compiled {
 impl EncryptConfig {
     /// Checks the parameters and reads the keys (key files included).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
-        let invalid = |why: String| FunctionError::Invalid {
-            kind: "encrypt",
-            why,
-        };
+        let invalid = invalid("encrypt");
         if !(32..=1024).contains(&self.replay_window) {
             return Err(invalid("replay_window must be 32..=1024 packets".into()));
         }

@@ -66,7 +66,8 @@ mod tests;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol};
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, Role, Verdict};
+use crate::functions::common::{counters, reconfigure_in_place};
 use crate::stack::LinkInfo;
 use crate::wire::tcp::clamp_mss;
 use crate::wire::{FrameView, IpView, LinkMedium, checksum, proto};
@@ -96,48 +97,29 @@ const MIN_ESP: usize = ESP_LEN + IV_LEN + 4 + ICV_LEN;
 const NEXT_IPV4: u8 = 4;
 const NEXT_IPV6: u8 = 41;
 
-/// Counters of the encryption function.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct EncryptStats {
-    pub encrypted: u64,
-    pub decrypted: u64,
-    /// Already seen, or older than the window (dropped).
-    pub replayed: u64,
-    /// ICV did not verify (dropped).
-    pub auth_failed: u64,
-    pub unknown_spi: u64,
-    /// Would exceed the hop's MTU or the frame buffer (dropped).
-    pub too_big: u64,
-    /// The outbound sequence number would wrap: rekey (dropped).
-    pub seq_exhausted: u64,
-    /// Decrypted trailer or inner packet malformed (dropped).
-    pub bad_padding: u64,
-    /// Frames that are not IP (passed) or malformed ESP (dropped).
-    pub not_ip: u64,
-    /// Plaintext from the hop that would bypass the tunnel (dropped).
-    pub plaintext_dropped: u64,
-    /// TCP SYNs whose MSS was lowered to fit the hop.
-    pub mss_clamped: u64,
-}
-
-impl EncryptStats {
-    /// Visits each counter by its fixed name.
-    fn visit(&self, visit: &mut dyn FnMut(&str, u64)) {
-        for (name, value) in [
-            ("encrypted", self.encrypted),
-            ("decrypted", self.decrypted),
-            ("replayed", self.replayed),
-            ("auth_failed", self.auth_failed),
-            ("unknown_spi", self.unknown_spi),
-            ("too_big", self.too_big),
-            ("seq_exhausted", self.seq_exhausted),
-            ("bad_padding", self.bad_padding),
-            ("not_ip", self.not_ip),
-            ("plaintext_dropped", self.plaintext_dropped),
-            ("mss_clamped", self.mss_clamped),
-        ] {
-            visit(name, value);
-        }
+counters! {
+    /// Counters of the encryption function.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct EncryptStats {
+        pub encrypted: u64,
+        pub decrypted: u64,
+        /// Already seen, or older than the window (dropped).
+        pub replayed: u64,
+        /// ICV did not verify (dropped).
+        pub auth_failed: u64,
+        pub unknown_spi: u64,
+        /// Would exceed the hop's MTU or the frame buffer (dropped).
+        pub too_big: u64,
+        /// The outbound sequence number would wrap: rekey (dropped).
+        pub seq_exhausted: u64,
+        /// Decrypted trailer or inner packet malformed (dropped).
+        pub bad_padding: u64,
+        /// Frames that are not IP (passed) or malformed ESP (dropped).
+        pub not_ip: u64,
+        /// Plaintext from the hop that would bypass the tunnel (dropped).
+        pub plaintext_dropped: u64,
+        /// TCP SYNs whose MSS was lowered to fit the hop.
+        pub mss_clamped: u64,
     }
 }
 
@@ -406,11 +388,9 @@ fn emit_outer_ipv4(h: &mut [u8], src: [u8; 4], dst: [u8; 4], total_len: usize) {
     h[6..8].copy_from_slice(&[0x40, 0]);
     h[8] = 64;
     h[9] = IPPROTO_ESP;
-    h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&src);
     h[16..20].copy_from_slice(&dst);
-    let ck = checksum::ipv4_header(&h[..20]);
-    h[10..12].copy_from_slice(&ck.to_be_bytes());
+    checksum::fill_ipv4_header(&mut h[..20]);
 }
 
 impl Function for Encrypt {
@@ -431,10 +411,7 @@ impl Function for Encrypt {
     }
 
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        match cfg.downcast_ref::<FunctionConfig>() {
-            Some(FunctionConfig::Encrypt(c)) => Encrypt::reconfigure(self, c).map(|()| true),
-            _ => Ok(false),
-        }
+        reconfigure_in_place(cfg, |c| Encrypt::reconfigure(self, c))
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {

@@ -4,6 +4,9 @@
 use super::config::parse_hex;
 use super::sa::Cipher;
 use super::*;
+use crate::functions::FunctionConfig;
+use crate::testing::frames::{arp, ipv4_frame};
+use crate::testing::function::ip_round_trip;
 use crate::wire::TcpFlags;
 
 /// A frame of `len` bytes of `buf` on an Ethernet network.
@@ -48,7 +51,7 @@ fn pair() -> (Encrypt, Encrypt) {
 
 /// An Ethernet + IPv4 + UDP-ish frame 10.0.0.1 → 10.3.0.2 with `payload`.
 fn frame_with(payload: &[u8]) -> (Vec<u8>, usize) {
-    crate::functions::fixtures::ipv4_frame([10, 0, 0, 1], [10, 3, 0, 2], payload, 1514)
+    ipv4_frame([10, 0, 0, 1], [10, 3, 0, 2], payload, 1514)
 }
 
 /// Encrypts a fresh frame with `payload` on `e`; returns the ESP frame.
@@ -269,12 +272,7 @@ fn hop_mtu_is_the_hop_networks() {
     // The largest inner packet that fits: 1200 + 2 trailer bytes, padded
     // to 1204, + 52 = 1256; 1240 would need 1296.
     for (inner, want) in [(1200, Verdict::Modified), (1240, Verdict::Drop)] {
-        let (mut buf, len) = crate::functions::fixtures::ipv4_frame(
-            [10, 0, 0, 1],
-            [10, 3, 0, 2],
-            &vec![7; inner - 20],
-            9014,
-        );
+        let (mut buf, len) = ipv4_frame([10, 0, 0, 1], [10, 3, 0, 2], &vec![7; inner - 20], 9014);
         let mut f = eth(&mut buf, len);
         assert_eq!(e1.encapsulate(&mut f), want, "{inner}-byte inner packet");
         assert!(f.len() <= 14 + 1280);
@@ -300,23 +298,9 @@ fn hop_mtu_is_the_hop_networks() {
 fn ip_medium_round_trips_without_a_link_header() {
     let (mut e1, mut e2) = pair();
     let (eth_frame, len) = frame_with(&[3; 100]);
-    let inner = eth_frame[14..len].to_vec();
-    let mut buf = inner.clone();
-    buf.resize(1500, 0);
-    let mut f = Frame::new(&mut buf, inner.len(), LinkMedium::Ip);
-    assert_eq!(
-        e1.on_ingress(Instant::ZERO, Role::Local, &mut f),
-        Verdict::Modified
-    );
-    assert_eq!(f.bytes()[9], IPPROTO_ESP);
-    assert_eq!(checksum::ipv4_header(&f.bytes()[..20]), 0);
-    let n = f.len();
-    let mut f = Frame::new(&mut buf, n, LinkMedium::Ip);
-    assert_eq!(
-        e2.on_ingress(Instant::ZERO, Role::Global, &mut f),
-        Verdict::Modified
-    );
-    assert_eq!(f.bytes(), &inner[..]);
+    let esp = ip_round_trip(&mut e1, &mut e2, &eth_frame[14..len], 1500);
+    assert_eq!(esp[9], IPPROTO_ESP);
+    assert_eq!(checksum::ipv4_header(&esp[..20]), 0);
 }
 
 #[test]
@@ -349,10 +333,10 @@ fn hop_side_bypass_and_non_ip() {
     buf[14 + 16..14 + 20].copy_from_slice(&[10, 2, 0, 2]);
     assert_eq!(e2.decapsulate(&mut eth(&mut buf, len)), Verdict::Pass);
     // ARP passes both ways.
-    let mut arp = vec![0u8; 60];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(e2.decapsulate(&mut eth(&mut arp, 60)), Verdict::Pass);
-    assert_eq!(e2.encapsulate(&mut eth(&mut arp, 60)), Verdict::Pass);
+    let mut arp = arp();
+    let n = arp.len();
+    assert_eq!(e2.decapsulate(&mut eth(&mut arp, n)), Verdict::Pass);
+    assert_eq!(e2.encapsulate(&mut eth(&mut arp, n)), Verdict::Pass);
 }
 
 #[test]

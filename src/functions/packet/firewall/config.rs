@@ -6,7 +6,8 @@ use smoltcp::time::Duration;
 use super::conntrack::Timeouts;
 use super::rules::Rules;
 use crate::functions::FunctionError;
-use crate::functions::matching::{ConfigDuration, PortSpec, ProtoSpec};
+use crate::functions::common::invalid;
+use crate::functions::matching::{ConfigDuration, with_match_fields};
 
 /// What a rule or the default policy does with a packet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -43,34 +44,23 @@ pub enum StateMatch {
     Any,
 }
 
-/// One `[[function.rule]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub action: Action,
-    #[serde(default)]
-    pub direction: Direction,
-    /// `"tcp"`, `"udp"`, `"icmp"` (IPv4), `"icmpv6"`, a protocol number,
-    /// or `"any"` (the same as leaving it out).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    /// Destination prefix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<String>,
-    /// Source port or range (TCP and UDP rules only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<PortSpec>,
-    /// Destination port or range (TCP and UDP rules only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<PortSpec>,
-    #[serde(default)]
-    pub state: StateMatch,
-    /// Match only non-first fragments (which carry no ports).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fragments: bool,
+with_match_fields! {
+    /// One `[[function.rule]]`: its action, the side and connection state
+    /// it applies to, and the match fields. `proto = "icmp"` is ICMP in
+    /// IPv4 (`"icmpv6"` IPv6's); `proto = "any"` is the same as leaving it
+    /// out.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleConfig {
+        pub action: Action,
+        #[serde(default)]
+        pub direction: Direction,
+        #[serde(default)]
+        pub state: StateMatch,
+        /// Match only non-first fragments (which carry no ports).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pub fragments: bool,
+    }
 }
 
 /// `[function] kind = "firewall"`; a field left out takes its value from
@@ -132,10 +122,7 @@ pub(super) struct Compiled {
 impl FirewallConfig {
     /// Checks every field; the error names the field (and the rule).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
-        let bad = |why: String| FunctionError::Invalid {
-            kind: "firewall",
-            why,
-        };
+        let bad = invalid("firewall");
         let timeout = |name: &str, d: ConfigDuration| {
             let range = Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
             if range.contains(&d.0) {

@@ -14,7 +14,7 @@ use foldhash::fast::RandomState;
 use smoltcp::time::{Duration, Instant};
 
 use super::FirewallStats;
-use crate::wire::{FlowKey, IpView, TcpFlags, Transport};
+use crate::wire::{FlowKey, IcmpKind, IpView, TcpFlags, Transport};
 
 /// How often expired entries are swept out even when the table is not full.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -47,13 +47,11 @@ impl Kind {
         Some(match ip.transport {
             Transport::Tcp { flags, .. } => Kind::Tcp(flags),
             Transport::Udp { .. } => Kind::Udp,
-            Transport::Icmp { ty, .. } => match (ip.v6, ty) {
-                (false, 8) | (true, 128) => Kind::Echo { request: true },
-                (false, 0) | (true, 129) => Kind::Echo { request: false },
-                // Destination unreachable, time exceeded, parameter problem
-                // (and ICMPv6's packet too big).
-                (false, 3 | 11 | 12) | (true, 1..=4) => Kind::IcmpError,
-                _ => Kind::IcmpOther,
+            Transport::Icmp { ty, .. } => match IcmpKind::of(ip.v6, ty) {
+                IcmpKind::EchoRequest => Kind::Echo { request: true },
+                IcmpKind::EchoReply => Kind::Echo { request: false },
+                IcmpKind::Error => Kind::IcmpError,
+                IcmpKind::Other => Kind::IcmpOther,
             },
             Transport::None => Kind::Other,
             Transport::Truncated => return None,

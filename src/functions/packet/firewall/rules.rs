@@ -5,9 +5,7 @@
 
 use super::config::{Action, Direction, RuleConfig, StateMatch};
 use crate::functions::Role;
-use crate::functions::matching::{
-    MatchSpec, Matcher, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, ProtoSpec,
-};
+use crate::functions::matching::{MatchSpec, Matcher, PROTO_ICMP, PROTO_ICMPV6, ProtoSpec};
 use crate::wire::IpView;
 
 /// A rule, compiled.
@@ -36,29 +34,16 @@ impl Rule {
             &owner,
             MatchSpec {
                 proto,
-                src: r.src.as_deref(),
-                dst: r.dst.as_deref(),
-                sport: r.sport.as_ref(),
-                dport: r.dport.as_ref(),
+                ..r.match_spec()
             },
         )?;
         let has_ports = matcher.sport.is_some() || matcher.dport.is_some();
-        if has_ports && !matches!(matcher.proto, Some(PROTO_TCP | PROTO_UDP)) {
-            return Err(format!(
-                "{owner}: sport/dport need proto = \"tcp\" or \"udp\""
-            ));
-        }
         if r.fragments && (has_ports || r.state != StateMatch::Any) {
             return Err(format!(
                 "{owner}: a fragments rule matches no ports and no state"
             ));
         }
-        let family = match (matcher.src, matcher.dst) {
-            (Some(s), Some(d)) if s.v6 != d.v6 => {
-                return Err(format!("{owner}: src and dst are of different IP versions"));
-            }
-            (s, d) => s.or(d).map(|p| p.v6),
-        };
+        let family = matcher.src.or(matcher.dst).map(|p| p.v6);
         let v6 = match (matcher.proto, family) {
             (Some(PROTO_ICMP), Some(true)) => {
                 return Err(format!("{owner}: proto \"icmp\" is IPv4; use \"icmpv6\""));

@@ -1,6 +1,7 @@
 use super::*;
-use crate::functions::fixtures::{self, wrap};
 use crate::functions::{FunctionConfig, build};
+use crate::testing::frames::{self, ep, garbled, wrap};
+use crate::testing::function::{self, config_error, counter, counters_are, egress, ingress};
 use crate::wire::LinkMedium;
 use Verdict::{Drop, Pass};
 use smoltcp::phy::ChecksumCapabilities;
@@ -11,26 +12,22 @@ use smoltcp::wire::{
 
 type Ep = (IpAddress, u16);
 
-fn ep(a: impl Into<IpAddress>, port: u16) -> Ep {
-    (a.into(), port)
-}
-
 /// A bare SYN, a SYN-ACK, a data segment (ACK, PSH), a FIN-ACK.
 fn syn(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Syn, false, b"")
+    frames::tcp(src, dst, TcpControl::Syn, false, b"")
 }
 fn syn_ack(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Syn, true, b"")
+    frames::tcp(src, dst, TcpControl::Syn, true, b"")
 }
 fn data(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Psh, true, b"hello")
+    frames::tcp(src, dst, TcpControl::Psh, true, b"hello")
 }
 fn fin(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::tcp(src, dst, TcpControl::Fin, true, b"")
+    frames::tcp(src, dst, TcpControl::Fin, true, b"")
 }
 
 fn udp(src: Ep, dst: Ep) -> Vec<u8> {
-    fixtures::udp(src, dst, b"datagram")
+    frames::udp(src, dst, b"datagram")
 }
 
 const A: Ipv4Address = Ipv4Address::new(10, 0, 0, 1);
@@ -42,7 +39,7 @@ fn t(secs: u64) -> Instant {
 }
 
 fn firewall(text: &str) -> Firewall {
-    Firewall::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Firewall::new)
 }
 
 fn icmp(src: Ipv4Address, dst: Ipv4Address, repr: Icmpv4Repr<'_>) -> Vec<u8> {
@@ -86,11 +83,9 @@ fn hook(
     from: Option<Role>,
     bytes: &[u8],
 ) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let mut frame = Frame::new(&mut buf, bytes.len(), medium);
     match from {
-        Some(from) => fw.on_ingress(now, from, &mut frame),
-        None => fw.on_egress(now, &mut frame),
+        Some(from) => ingress(fw, now, from, medium, bytes).0,
+        None => egress(fw, now, medium, bytes).0,
     }
 }
 
@@ -107,42 +102,16 @@ fn script(fw: &mut Firewall, steps: &[(u64, Option<Role>, Vec<u8>, Verdict)]) {
     }
 }
 
-fn counter(fw: &Firewall, name: &str) -> u64 {
-    crate::stack::hook::counters_of(fw)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
-fn counters_are(fw: &Firewall, want: &[(&str, u64)]) {
-    for &(name, n) in want {
-        assert_eq!(counter(fw, name), n, "{name}");
-    }
-}
-
 #[test]
 fn rules_block_and_allow_in_order() {
     let mut fw = firewall(
         r#"
         default = "drop"
-        [[rule]]
-        action = "drop"
-        direction = "in"
-        src = "10.9.0.0/16"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dst = "10.1.0.0/16"
-        dport = 80
-        state = "new"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "udp"
-        sport = "1024-65535"
-        dport = "5000-5010"
+        rule = [
+            { action = "drop", direction = "in", src = "10.9.0.0/16" },
+            { action = "accept", direction = "in", proto = "tcp", dst = "10.1.0.0/16", dport = 80, state = "new" },
+            { action = "accept", direction = "in", proto = "udp", sport = "1024-65535", dport = "5000-5010" },
+        ]
         "#,
     );
     let to_b = |src, dport| syn(ep(src, 40000), ep(B, dport));
@@ -209,18 +178,10 @@ fn replies_to_outbound_tcp_pass_unsolicited_inbound_does_not() {
 #[test]
 fn own_stack_replies_pass_and_established_rules_may_drop() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "drop"
-        proto = "tcp"
-        sport = 7
-        state = "established"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dport = "7-9"
-        "#,
+        r#"rule = [
+            { action = "drop", proto = "tcp", sport = 7, state = "established" },
+            { action = "accept", direction = "in", proto = "tcp", dport = "7-9" },
+        ]"#,
     );
     let (c, s7, s8) = (ep(C, 40000), ep(A, 7), ep(A, 8));
     script(
@@ -260,10 +221,7 @@ fn udp_reply_passes_until_the_entry_expires() {
         r#"
         udp_timeout = "30s"
         udp_replied_timeout = "3m"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "udp"
+        rule = [{ action = "accept", direction = "out", proto = "udp" }]
         "#,
     );
     let (a, a2, a3, b) = (ep(A, 5353), ep(A, 5354), ep(A, 5355), ep(B, 53));
@@ -288,21 +246,15 @@ fn udp_reply_passes_until_the_entry_expires() {
 #[test]
 fn icmp_echo_reply_and_related_errors_pass() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "icmp"
-        [[rule]]
-        action = "accept"
-        direction = "out"
-        proto = "udp"
-        "#,
+        r#"rule = [
+            { action = "accept", direction = "out", proto = "icmp" },
+            { action = "accept", direction = "out", proto = "udp" },
+        ]"#,
     );
     // Port unreachable for a datagram we sent is related; for one we
     // never sent it is not.
     let unreachable = |sport| {
-        let quoted = fixtures::udp_l4(ep(A, sport), ep(B, 9), b"datagram");
+        let quoted = frames::udp_l4(ep(A, sport), ep(B, 9), b"datagram");
         let header = Ipv4Repr {
             src_addr: A,
             dst_addr: B,
@@ -340,14 +292,7 @@ fn icmp_echo_reply_and_related_errors_pass() {
 #[test]
 fn ipv6_tcp_is_tracked_and_neighbour_discovery_passes() {
     let mut fw = firewall(
-        r#"
-        [[rule]]
-        action = "accept"
-        direction = "in"
-        proto = "tcp"
-        dst = "fd00:2::/64"
-        dport = 443
-        "#,
+        r#"rule = [{ action = "accept", direction = "in", proto = "tcp", dst = "fd00:2::/64", dport = 443 }]"#,
     );
     let server = Ipv6Address::new(0xfd00, 2, 0, 0, 0, 0, 0, 2);
     let c = ep(Ipv6Address::new(0xfd00, 9, 0, 0, 0, 0, 0, 1), 50000);
@@ -476,17 +421,7 @@ fn truncated_and_garbage_frames_are_counted_drops() {
     }
     // Random bytes, with and without a plausible header: no panic.
     let mut fw = firewall("log_drops_per_second = 0");
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let base = &frames[(i % 4) as usize];
-        let mut f = base.clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (i, f) in garbled(&frames, 20_000) {
         let _ = run(&mut fw, i / 100, IN, &f);
     }
 }
@@ -555,13 +490,7 @@ fn drop_logging_is_rate_limited() {
 
 #[test]
 fn config_errors_name_the_problem() {
-    let err = |text: &str| {
-        let cfg: FirewallConfig = toml::from_str(text).expect("parses");
-        match Firewall::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
+    let err = |text: &str| config_error(text, Firewall::new);
     let rule = |body: &str| err(&format!("[[rule]]\naction = \"accept\"\n{body}"));
     for (body, names) in [
         ("src = \"10.0.0.0/33\"", "rule 0: src"),

@@ -7,7 +7,7 @@
 
 use super::config::ClassConfig;
 use crate::functions::matching::{MatchSpec, Matcher, ProtoSpec};
-use crate::wire::{FrameView, IpView, checksum, proto};
+use crate::wire::{FrameView, IpView, NoIp, checksum, proto};
 
 /// Why a frame is not scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +22,11 @@ pub(super) enum Unscheduled {
 /// The IP packet a frame carries, if it is one QoS schedules.
 #[inline]
 pub(super) fn scheduled(view: &FrameView) -> Result<&IpView, Unscheduled> {
-    match view {
-        FrameView::Ip(ip) if ip.is_truncated() => Err(Unscheduled::Malformed),
-        FrameView::Ip(ip) if ip.is_control() => Err(Unscheduled::Pass),
-        FrameView::Ip(ip) => Ok(ip),
-        FrameView::Malformed => Err(Unscheduled::Malformed),
-        FrameView::Arp { .. } | FrameView::Other { .. } => Err(Unscheduled::Pass),
+    match view.well_formed_ip() {
+        Ok(ip) if ip.is_control() => Err(Unscheduled::Pass),
+        Ok(ip) => Ok(ip),
+        Err(NoIp::Malformed) => Err(Unscheduled::Malformed),
+        Err(NoIp::NotIp) => Err(Unscheduled::Pass),
     }
 }
 
@@ -58,25 +57,9 @@ impl ClassMatch {
             &format!("class {name}"),
             MatchSpec {
                 proto: c.proto.as_ref().filter(|_| !icmp),
-                src: c.src.as_deref(),
-                dst: c.dst.as_deref(),
-                sport: c.sport.as_ref(),
-                dport: c.dport.as_ref(),
+                ..c.match_spec()
             },
         )?;
-        let ported = matches!(fields.proto, Some(proto::TCP | proto::UDP));
-        if (fields.sport.is_some() || fields.dport.is_some()) && !ported {
-            return Err(format!(
-                "class {name}: sport/dport need proto = \"tcp\" or \"udp\""
-            ));
-        }
-        if let (Some(s), Some(d)) = (fields.src, fields.dst)
-            && s.v6 != d.v6
-        {
-            return Err(format!(
-                "class {name}: src and dst are of different IP versions"
-            ));
-        }
         Ok(ClassMatch { dscp, icmp, fields })
     }
 

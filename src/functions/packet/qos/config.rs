@@ -6,7 +6,8 @@
 use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
-use crate::functions::matching::{PortSpec, ProtoSpec};
+use crate::functions::common::{defaults, invalid};
+use crate::functions::matching::{check_name, with_match_fields};
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
 /// benchmarks') with its headers at any MTU, without a drop — smoltcp has
@@ -54,54 +55,41 @@ pub enum Direction {
     Both,
 }
 
-/// One `[[function.class]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClassConfig {
-    /// Letters, digits, `-` and `_` (it names the class's counters).
-    pub name: String,
-    /// 0 (highest) ..= 15.
-    #[serde(default)]
-    pub priority: u32,
-    /// Share within its priority level, 1..=1000.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// Shaping rate; none: not shaped (only the link rate applies).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<RateSpec>,
-    /// Bucket size in bytes (default: 10 ms at `rate`, at least 3028).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u64>,
-    /// Queue size in bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<u64>,
-    #[serde(default)]
-    pub over_limit: OverLimit,
-    /// Queue bytes from which ECT packets are CE-marked (default: half the
-    /// queue); only with `over_limit = "mark"`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mark_at: Option<u64>,
-    /// DSCP values (0..=63) matched; empty: any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dscp: Vec<i64>,
-    /// `"icmp"` matches ICMP in IPv4 and ICMPv6 in IPv6 (ping alike in
-    /// both versions); a number matches that protocol only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<String>,
-    /// Source port or range (needs proto tcp or udp).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<PortSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<PortSpec>,
-}
-
-fn default_weight() -> u32 {
-    1
+with_match_fields! {
+    /// One `[[function.class]]`: its scheduling parameters, the DSCP values
+    /// and the match fields it takes packets by. `proto = "icmp"` matches
+    /// ICMP in IPv4 and ICMPv6 in IPv6 (ping alike in both versions); a
+    /// number matches that protocol only.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ClassConfig {
+        /// Letters, digits, `-` and `_` (it names the class's counters).
+        pub name: String,
+        /// 0 (highest) ..= 15.
+        #[serde(default)]
+        pub priority: u32,
+        /// Share within its priority level, 1..=1000.
+        #[serde(default = "defaults::u32::<1>")]
+        pub weight: u32,
+        /// Shaping rate; none: not shaped (only the link rate applies).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub rate: Option<RateSpec>,
+        /// Bucket size in bytes (default: 10 ms at `rate`, at least 3028).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub burst: Option<u64>,
+        /// Queue size in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub queue: Option<u64>,
+        #[serde(default)]
+        pub over_limit: OverLimit,
+        /// Queue bytes from which ECT packets are CE-marked (default: half the
+        /// queue); only with `over_limit = "mark"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub mark_at: Option<u64>,
+        /// DSCP values (0..=63) matched; empty: any.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub dscp: Vec<i64>,
+    }
 }
 
 /// `[function] kind = "qos"`.
@@ -186,10 +174,6 @@ pub(super) struct Plan {
     pub link: Option<Rate>,
 }
 
-fn invalid(why: String) -> FunctionError {
-    FunctionError::Invalid { kind: "qos", why }
-}
-
 /// 10 ms at the rate: covers a device's wake-up latency many times over.
 fn default_burst(rate: u64) -> u64 {
     (rate / 8 / 100).max(2 * 1514)
@@ -222,15 +206,7 @@ fn bucket(
 impl ClassConfig {
     fn plan(&self) -> Result<ClassPlan, String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-        {
-            return Err(format!(
-                "class name {name:?} must be letters, digits, '-' or '_'"
-            ));
-        }
+        check_name(name, "-_").map_err(|chars| format!("class name {name:?} must be {chars}"))?;
         if self.priority > MAX_PRIORITY {
             return Err(format!(
                 "class {name}: priority {} is not 0..={MAX_PRIORITY}",
@@ -279,6 +255,7 @@ impl ClassConfig {
 impl QosConfig {
     /// Checks the configuration; the error names the class and field.
     pub(super) fn plan(&self) -> Result<Plan, FunctionError> {
+        let invalid = invalid("qos");
         if self.classes.is_empty() {
             return Err(invalid("give at least one class".into()));
         }

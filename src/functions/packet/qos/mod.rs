@@ -99,39 +99,44 @@ use smoltcp::time::Instant;
 
 use self::classify::{ClassMatch, Unscheduled, mark_ce, scheduled};
 use self::scheduler::Link;
-use super::{Emit, Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use super::{Emit, Frame, Function, FunctionError, Role, Verdict};
+use crate::functions::common::{counter_names, counters, reconfigure_in_place};
 use crate::wire::FrameView;
 
 pub use self::config::{
     ClassConfig, DEFAULT_QUEUE, Direction, OverLimit, QosConfig, RateSpec, parse_rate,
 };
 
-/// Counters of one class (both directions together).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ClassStats {
-    /// Frames released.
-    pub packets: u64,
-    /// Bytes released.
-    pub bytes: u64,
-    /// Frames dropped because the queue was full.
-    pub dropped: u64,
-    /// Frames CE-marked.
-    pub marked: u64,
+counters! {
+    /// Counters of one class (both directions together).
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct ClassStats {
+        /// Frames released.
+        pub packets: u64,
+        /// Bytes released.
+        pub bytes: u64,
+        /// Frames dropped because the queue was full.
+        pub dropped: u64,
+        /// Frames CE-marked.
+        pub marked: u64,
+    }
 }
 
-/// Counters of the whole function, beyond the per-class ones.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct QosStats {
-    /// Frames passed unqueued: non-IP, neighbour discovery, the
-    /// unscheduled direction.
-    pub passed: u64,
-    /// Malformed or truncated IP frames (dropped).
-    pub malformed: u64,
-    /// Frames queued.
-    pub enqueued: u64,
-    /// Frames too big for the output buffer, or dropped by a
-    /// reconfiguration that removed their class and found no room.
-    pub discarded: u64,
+counters! {
+    /// Counters of the whole function, beyond the per-class ones.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct QosStats {
+        /// Frames queued.
+        pub enqueued: u64,
+        /// Frames passed unqueued: non-IP, neighbour discovery, the
+        /// unscheduled direction.
+        pub passed: u64,
+        /// Malformed or truncated IP frames (dropped).
+        pub malformed: u64,
+        /// Frames too big for the output buffer, or dropped by a
+        /// reconfiguration that removed their class and found no room.
+        pub discarded: u64,
+    }
 }
 
 /// A class: its criteria, its marking threshold, its counters.
@@ -170,8 +175,11 @@ impl Qos {
             .classes
             .into_iter()
             .map(|c| Class {
-                counter_names: ["packets", "bytes", "dropped", "marked", "queued_bytes"]
-                    .map(|what| format!("class.{}.{what}", c.name)),
+                counter_names: counter_names(
+                    "class",
+                    &c.name,
+                    ["packets", "bytes", "dropped", "marked", "queued_bytes"],
+                ),
                 name: c.name,
                 matcher: c.matcher,
                 mark_at: c.mark_at,
@@ -349,10 +357,7 @@ impl Function for Qos {
     }
 
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        match cfg.downcast_ref::<FunctionConfig>() {
-            Some(FunctionConfig::Qos(c)) => Qos::reconfigure(self, c).map(|()| true),
-            _ => Ok(false),
-        }
+        reconfigure_in_place(cfg, |c| Qos::reconfigure(self, c))
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
@@ -374,19 +379,9 @@ impl Function for Qos {
             total.marked += s.marked;
             queued += q;
         }
-        for (name, v) in [
-            ("packets", total.packets),
-            ("bytes", total.bytes),
-            ("dropped", total.dropped),
-            ("marked", total.marked),
-            ("queued_bytes", queued),
-            ("queued_packets", self.queued_frames() as u64),
-            ("enqueued", self.stats.enqueued),
-            ("passed", self.stats.passed),
-            ("malformed", self.stats.malformed),
-            ("discarded", self.stats.discarded),
-        ] {
-            visit(name, v);
-        }
+        total.visit(visit);
+        visit("queued_bytes", queued);
+        visit("queued_packets", self.queued_frames() as u64);
+        self.stats.visit(visit);
     }
 }

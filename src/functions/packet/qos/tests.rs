@@ -4,14 +4,16 @@
 use smoltcp::wire::{IpAddress, IpProtocol, TcpControl};
 
 use super::*;
-use crate::functions::fixtures;
+use crate::functions::FunctionConfig;
+use crate::testing::frames::{self, Garbler, arp};
+use crate::testing::function::{self, config_error, counter, counters_are};
 use crate::wire::proto::{
     ICMP as PROTO_ICMP, ICMPV6 as PROTO_ICMPV6, TCP as PROTO_TCP, UDP as PROTO_UDP,
 };
 use crate::wire::{LinkMedium, checksum};
 
 fn qos(text: &str) -> Qos {
-    Qos::new(toml::from_str(text).expect("test config parses")).expect("valid config")
+    function::build(text, Qos::new)
 }
 
 /// A config with the one class "a", whose fields are `body`.
@@ -42,18 +44,16 @@ fn v4(
     let (s, d) = (addr(src), addr(dst));
     let body: Vec<u8> = (0..payload).map(|i| i as u8).collect();
     let mut f = match proto {
-        PROTO_TCP => fixtures::tcp((s, ports.0), (d, ports.1), TcpControl::None, false, &body),
-        PROTO_UDP => fixtures::udp((s, ports.0), (d, ports.1), &body),
+        PROTO_TCP => frames::tcp((s, ports.0), (d, ports.1), TcpControl::None, false, &body),
+        PROTO_UDP => frames::udp((s, ports.0), (d, ports.1), &body),
         p => {
             let mut l4 = [&ports.0.to_be_bytes()[..], &ports.1.to_be_bytes(), &[0; 4]].concat();
             l4.extend_from_slice(&body);
-            fixtures::wrap(s, d, IpProtocol::from(p), &l4)
+            frames::wrap(s, d, IpProtocol::from(p), &l4)
         }
     };
     f[15] = tos;
-    f[24..26].fill(0);
-    let ck = checksum::ipv4_header(&f[14..34]);
-    f[24..26].copy_from_slice(&ck.to_be_bytes());
+    checksum::fill_ipv4_header(&mut f[14..34]);
     f
 }
 
@@ -73,16 +73,14 @@ fn tcp(dport: u16, payload: usize) -> Vec<u8> {
 fn v6(src_last: u8, dst_last: u8, tc: u8, ports: (u16, u16)) -> Vec<u8> {
     let s = IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, src_last.into());
     let d = IpAddress::v6(0xfd02, 0, 0, 0, 0, 0, 0, dst_last.into());
-    let mut f = fixtures::udp((s, ports.0), (d, ports.1), &[0; 16]);
+    let mut f = frames::udp((s, ports.0), (d, ports.1), &[0; 16]);
     f[14] = 0x60 | tc >> 4;
     f[15] = tc << 4 | (f[15] & 0x0f);
     f
 }
 
 fn ingress_on(q: &mut Qos, now: Instant, from: Role, medium: LinkMedium, bytes: &[u8]) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    q.on_ingress(now, from, &mut Frame::new(&mut buf, len, medium))
+    function::ingress(q, now, from, medium, bytes).0
 }
 
 fn ingress(q: &mut Qos, now: Instant, from: Role, bytes: &[u8]) -> Verdict {
@@ -99,37 +97,16 @@ fn drain(q: &mut Qos, now: Instant) -> Vec<Vec<u8>> {
     out
 }
 
-fn counter(q: &Qos, name: &str) -> u64 {
-    crate::stack::hook::counters_of(q)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
 const CLASSES: &str = r#"
     default = "rest"
-    [[class]]
-    name = "voice"
-    dscp = [46, 34]
-    [[class]]
-    name = "web"
-    proto = "tcp"
-    dst = "10.1.0.0/16"
-    dport = "80-443"
-    [[class]]
-    name = "dns6"
-    proto = "udp"
-    src = "fd00::/16"
-    sport = 53
-    [[class]]
-    name = "ping"
-    proto = "icmp"
-    [[class]]
-    name = "gre"
-    proto = 47
-    [[class]]
-    name = "rest"
+    class = [
+        { name = "voice", dscp = [46, 34] },
+        { name = "web", proto = "tcp", dst = "10.1.0.0/16", dport = "80-443" },
+        { name = "dns6", proto = "udp", src = "fd00::/16", sport = 53 },
+        { name = "ping", proto = "icmp" },
+        { name = "gre", proto = 47 },
+        { name = "rest" },
+    ]
 "#;
 
 #[test]
@@ -193,17 +170,13 @@ fn classifies_by_dscp_proto_prefix_and_ports_first_match_wins() {
     frag[14 + 7] = 8;
     assert_eq!(c(&frag).as_deref(), Some("rest"));
     // ARP and neighbour discovery are not classified.
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(c(&arp), None);
+    assert_eq!(c(&arp()), None);
 }
 
 #[test]
 fn arp_and_neighbour_discovery_pass_unqueued() {
     let mut q = qos(CLASSES);
-    let mut arp = vec![0u8; 42];
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut q, t(0), Role::Local, &arp), Verdict::Pass);
+    assert_eq!(ingress(&mut q, t(0), Role::Local, &arp()), Verdict::Pass);
     let mut ns = v6(1, 2, 0, (0, 0));
     ns[14 + 6] = PROTO_ICMPV6;
     ns[14 + 40] = 135;
@@ -270,14 +243,10 @@ fn drr_shares_a_shaped_link_by_weight() {
         default = "b"
         rate = "8mbit"
         burst = 2000
-        [[class]]
-        name = "a"
-        weight = 3
-        dport = 1
-        proto = "tcp"
-        [[class]]
-        name = "b"
-        weight = 1
+        class = [
+            { name = "a", weight = 3, dport = 1, proto = "tcp" },
+            { name = "b", weight = 1 },
+        ]
         "#);
     // Different sizes: DRR shares bytes, not packets.
     let (fa, fb) = (tcp(1, 1000 - 54), tcp(2, 400 - 54));
@@ -299,15 +268,10 @@ fn drr_shares_a_shaped_link_by_weight() {
 fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
     let mut q = qos(r#"
         default = "low"
-        [[class]]
-        name = "high"
-        priority = 0
-        rate = "8mbit"
-        burst = 2000
-        proto = "udp"
-        [[class]]
-        name = "low"
-        priority = 3
+        class = [
+            { name = "high", priority = 0, rate = "8mbit", burst = 2000, proto = "udp" },
+            { name = "low", priority = 3 },
+        ]
         "#);
     let (hi, lo) = (
         v4([10, 0, 0, 1], [10, 1, 0, 2], PROTO_UDP, (1, 1), 0, 500 - 42),
@@ -328,12 +292,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
     // An unshaped high class starves the low one.
     let mut q = qos(r#"
         default = "low"
-        [[class]]
-        name = "high"
-        proto = "udp"
-        [[class]]
-        name = "low"
-        priority = 1
+        class = [{ name = "high", proto = "udp" }, { name = "low", priority = 1 }]
         "#);
     for _ in 0..10 {
         ingress(&mut q, t(0), Role::Local, &lo);
@@ -346,13 +305,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
 
 #[test]
 fn directions_are_separate_links() {
-    let mut q = qos(r#"
-        default = "a"
-        rate = "8mbit"
-        burst = 1000
-        [[class]]
-        name = "a"
-        "#);
+    let mut q = qos("default = \"a\"\nrate = \"8mbit\"\nburst = 1000\nclass = [{ name = \"a\" }]");
     let f = tcp(80, 1000 - 54);
     for _ in 0..3 {
         ingress(&mut q, t(0), Role::Local, &f);
@@ -360,12 +313,7 @@ fn directions_are_separate_links() {
     }
     // Each link's bucket lets one frame out.
     assert_eq!(drain(&mut q, t(0)).len(), 2);
-    let mut out_only = qos(r#"
-        default = "a"
-        direction = "out"
-        [[class]]
-        name = "a"
-        "#);
+    let mut out_only = qos("default = \"a\"\ndirection = \"out\"\nclass = [{ name = \"a\" }]");
     assert_eq!(
         ingress(&mut out_only, t(0), Role::Global, &f),
         Verdict::Pass
@@ -418,9 +366,10 @@ fn mark_sets_ce_on_ect_past_the_threshold_and_drops_only_when_full() {
     let (a, b) = (&out[2], &f(2));
     let diff: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
     assert!(diff.iter().all(|&i| [15, 24, 25].contains(&i)), "{diff:?}");
-    assert_eq!(counter(&q, "class.a.marked"), 2);
-    assert_eq!(counter(&q, "class.a.dropped"), 1);
-    assert_eq!(counter(&q, "marked"), 2);
+    counters_are(
+        &q,
+        &[("class.a.marked", 2), ("class.a.dropped", 1), ("marked", 2)],
+    );
     // IPv6: the ECN bits of the traffic class.
     let mut q6 = one_class("over_limit = \"mark\"\nmark_at = 0");
     ingress(&mut q6, t(0), Role::Local, &v6(1, 2, 46 << 2 | 2, (1, 2)));
@@ -439,9 +388,7 @@ fn incremental_checksum_matches_a_full_recompute() {
         for id in [0u16, 1, 0x7fff, 0xfffe, 0xffff] {
             let mut f = v4([192, 168, 1, 1], [10, 1, 2, 3], PROTO_UDP, (1, 2), tos, 0);
             f[18..20].copy_from_slice(&id.to_be_bytes());
-            f[24..26].fill(0);
-            let sum = checksum::ipv4_header(&f[14..34]);
-            f[24..26].copy_from_slice(&sum.to_be_bytes());
+            checksum::fill_ipv4_header(&mut f[14..34]);
             // At the IP header's offset in either medium.
             for (medium, l3) in [(LinkMedium::Ethernet, 14), (LinkMedium::Ip, 0)] {
                 let mut g = f[14 - l3..].to_vec();
@@ -523,18 +470,12 @@ fn malformed_frames_are_counted_drops_and_garbage_never_panics() {
         assert_eq!(q.queued_frames(), 0);
     }
     let mut q = qos(CLASSES);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut garbler = Garbler::default();
     let mut taken = 0;
     let mut buf = vec![0u8; 2048];
     for i in 0..20_000u64 {
         let mut f = frames[(i % 3) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+        let x = garbler.garble(&mut f, 1 + i % 4);
         f.truncate(f.len() - (x >> 40) as usize % 8);
         if ingress(&mut q, t(i as i64), Role::Local, &f) == Verdict::Consumed {
             taken += 1;
@@ -598,35 +539,31 @@ fn reconfigure_changes_rates_in_place_and_keeps_queued_frames() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let err = |text: &str| {
-        let cfg: QosConfig = toml::from_str(text).expect("parses");
-        match Qos::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
-    let class = one_class_text;
-    assert!(err(&class("rate = \"40mbps\"")).contains("class a: rate"));
-    assert!(err(&class("rate = \"fast\"")).contains("class a: rate"));
-    assert!(err(&class("rate = 10")).contains("class a: rate"));
-    assert!(err(&class("burst = 100")).contains("burst needs a rate"));
-    assert!(err(&class("queue = 100")).contains("class a: queue"));
-    assert!(err(&class("weight = 0")).contains("class a: weight"));
-    assert!(err(&class("priority = 16")).contains("class a: priority"));
-    assert!(err(&class("dscp = [64]")).contains("class a: dscp 64"));
-    assert!(err(&class("proto = \"sctp\"")).contains("class a: proto"));
-    assert!(err(&class("proto = 256")).contains("class a: proto"));
-    assert!(err(&class("src = \"10.0.0.0/33\"")).contains("class a: src"));
-    assert!(err(&class("dport = 80")).contains("need proto"));
-    assert!(err(&class("proto = \"tcp\"\nsport = \"9-1\"")).contains("sport"));
-    assert!(err(&class("mark_at = 10")).contains("mark_at needs"));
-    assert!(
-        err(&class(
-            "over_limit = \"mark\"\nqueue = 2000\nmark_at = 3000"
-        ))
-        .contains("mark_at")
-    );
-    assert!(err(&class("src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"")).contains("IP versions"));
+    let err = |text: &str| config_error(text, Qos::new);
+    for (body, names) in [
+        ("rate = \"40mbps\"", "class a: rate"),
+        ("rate = \"fast\"", "class a: rate"),
+        ("rate = 10", "class a: rate"),
+        ("burst = 100", "burst needs a rate"),
+        ("queue = 100", "class a: queue"),
+        ("weight = 0", "class a: weight"),
+        ("priority = 16", "class a: priority"),
+        ("dscp = [64]", "class a: dscp 64"),
+        ("proto = \"sctp\"", "class a: proto"),
+        ("proto = 256", "class a: proto"),
+        ("src = \"10.0.0.0/33\"", "class a: src"),
+        ("dport = 80", "need proto"),
+        ("proto = \"tcp\"\nsport = \"9-1\"", "sport"),
+        ("mark_at = 10", "mark_at needs"),
+        (
+            "over_limit = \"mark\"\nqueue = 2000\nmark_at = 3000",
+            "mark_at",
+        ),
+        ("src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"", "IP versions"),
+    ] {
+        let e = err(&one_class_text(body));
+        assert!(e.contains(names), "{body}: {e}");
+    }
     assert!(err("default = \"x\"\n[[class]]\nname = \"a\"").contains("default class \"x\""));
     assert!(err("default = \"a\"\n[[class]]\nname = \"a b\"").contains("class name"));
     assert!(

@@ -6,9 +6,9 @@ use std::net::IpAddr;
 use super::probe::{Hop, Target};
 use super::rules::Rule;
 use crate::functions::Role;
-use crate::functions::health::{self, HealthCheck, HealthSpec};
-use crate::functions::matching::{ConfigDuration, MatchSpec, Matcher, PortSpec, ProtoSpec};
-use crate::wire::proto;
+use crate::functions::common::defaults;
+use crate::functions::health::{HealthCheck, with_health_fields};
+use crate::functions::matching::{Matcher, check_name, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -39,65 +39,49 @@ pub enum WhenDown {
     Drop,
 }
 
-/// One `[[function.next_hop]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NextHopConfig {
-    pub name: String,
-    /// A fixed address on one of the device's networks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<Addresses>,
-    /// A device on one of this device's networks, by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    /// One of the device's networks (`"local"` or `"global"`): packets
-    /// leave by its adapter, to their destination if it is on that
-    /// network, else to its gateway.
-    #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
-    pub network: Option<Role>,
-    /// Default: `icmp` for an address or device, `none` for a network.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Check>,
-    /// Time between probes (and between looking up `device` again).
-    #[serde(default = "default_interval")]
-    pub interval: ConfigDuration,
-    /// How long a probe waits for its reply (default: `interval`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<ConfigDuration>,
-    /// Consecutive misses that take an up next hop down.
-    #[serde(default = "health::default_fall")]
-    pub fall: u32,
-    /// Consecutive answers that bring a down next hop up.
-    #[serde(default = "health::default_rise")]
-    pub rise: u32,
+with_health_fields! {
+    interval = "defaults::millis::<100>";
+    /// One `[[function.next_hop]]`: where it is, and how it is checked (an
+    /// address or device by ICMP echo every `interval`, 100ms unless given;
+    /// a probe waits `timeout`, the interval unless given; `fall` misses take
+    /// it down, `rise` answers bring it back). `interval` is also how often a
+    /// `device` is looked up again.
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct NextHopConfig {
+        pub name: String,
+        /// A fixed address on one of the device's networks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<Addresses>,
+        /// A device on one of this device's networks, by name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub device: Option<String>,
+        /// One of the device's networks (`"local"` or `"global"`): packets
+        /// leave by its adapter, to their destination if it is on that
+        /// network, else to its gateway.
+        #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
+        pub network: Option<Role>,
+        /// Default: `icmp` for an address or device, `none` for a network.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub check: Option<Check>,
+    }
 }
 
-/// One `[[function.rule]]`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Names the rule's counter (default: its index).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<String>,
-    /// Destination prefix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proto: Option<ProtoSpec>,
-    /// Source port or range (needs `proto = "tcp"` or `"udp"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sport: Option<PortSpec>,
-    /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dport: Option<PortSpec>,
-    /// DiffServ code point, 0..=63.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dscp: Option<u8>,
-    /// Next hops by name, most preferred first.
-    pub via: Vec<String>,
+with_match_fields! {
+    /// One `[[function.rule]]`: the next hops it sends to, and what it
+    /// takes (the match fields and a DSCP).
+    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleConfig {
+        /// Names the rule's counter (default: its index).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub name: Option<String>,
+        /// DiffServ code point, 0..=63.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub dscp: Option<u8>,
+        /// Next hops by name, most preferred first.
+        pub via: Vec<String>,
+    }
 }
 
 /// `[function] kind = "reroute"`.
@@ -105,7 +89,7 @@ pub struct RuleConfig {
 #[serde(deny_unknown_fields)]
 pub struct RerouteConfig {
     /// Return to a preferred next hop when it comes back up.
-    #[serde(default = "default_failback")]
+    #[serde(default = "defaults::bool::<true>")]
     pub failback: bool,
     #[serde(default)]
     pub when_down: WhenDown,
@@ -114,13 +98,6 @@ pub struct RerouteConfig {
     /// Ordered rules; the first match wins.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
-}
-
-fn default_interval() -> ConfigDuration {
-    ConfigDuration::from_millis(100)
-}
-fn default_failback() -> bool {
-    true
 }
 
 /// `network = "local" | "global"`, read into the device's [`Role`].
@@ -175,25 +152,10 @@ impl RerouteConfig {
 impl NextHopConfig {
     fn compile(&self) -> Result<Hop, String> {
         let name = &self.name;
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
-        {
-            return Err(format!(
-                "next_hop {name:?}: name must be letters, digits, '-', '_' or '.'"
-            ));
-        }
+        check_name(name, "-_.")
+            .map_err(|chars| format!("next_hop {name:?}: name must be {chars}"))?;
         let owner = format!("next_hop {name}");
-        let params = HealthCheck::compile(
-            &owner,
-            HealthSpec {
-                interval: self.interval,
-                timeout: self.timeout,
-                fall: self.fall,
-                rise: self.rise,
-            },
-        )?;
+        let params = HealthCheck::compile(&owner, self.health_spec())?;
         let one_of = || format!("{owner}: give one of address, device or network");
         let (mut v4, mut v6) = (None, None);
         let target = match (&self.address, &self.device, self.network) {
@@ -244,30 +206,9 @@ impl RuleConfig {
     fn compile(&self, i: usize, hops: &[Hop]) -> Result<Rule, String> {
         let name = self.name.clone().unwrap_or_else(|| i.to_string());
         let owner = format!("rule {name}");
-        let matcher = Matcher::compile(
-            &owner,
-            MatchSpec {
-                proto: self.proto.as_ref(),
-                src: self.src.as_deref(),
-                dst: self.dst.as_deref(),
-                sport: self.sport.as_ref(),
-                dport: self.dport.as_ref(),
-            },
-        )?;
-        if (matcher.sport.is_some() || matcher.dport.is_some())
-            && !matches!(matcher.proto, Some(proto::TCP | proto::UDP))
-        {
-            return Err(format!(
-                "{owner}: sport/dport need proto = \"tcp\" or \"udp\""
-            ));
-        }
+        let matcher = Matcher::compile(&owner, self.match_spec())?;
         if self.dscp.is_some_and(|d| d > 63) {
             return Err(format!("{owner}: dscp must be 0..=63"));
-        }
-        if let (Some(s), Some(d)) = (matcher.src, matcher.dst)
-            && s.v6 != d.v6
-        {
-            return Err(format!("{owner}: src and dst are of different IP versions"));
         }
         if self.via.is_empty() {
             return Err(format!("{owner}: via lists no next hop"));

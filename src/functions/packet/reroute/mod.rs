@@ -90,18 +90,21 @@ pub use config::{Addresses, Check, NextHopConfig, RerouteConfig, RuleConfig, Whe
 use probe::{Hop, PROBE_IDENT, Target, echo_reply_seq, echo_request};
 use rules::Rule;
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict};
-use crate::wire::{FrameView, IpView};
+use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
+use crate::functions::common::{counters, invalid, reconfigure_in_place};
+use crate::wire::{FrameView, IpView, NoIp};
 
-/// Counters not kept per rule or next hop.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RerouteStats {
-    pub failovers: u64,
-    pub failbacks: u64,
-    pub unmatched: u64,
-    pub to_device: u64,
-    pub no_next_hop: u64,
-    pub malformed: u64,
+counters! {
+    /// Counters not kept per rule or next hop.
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct RerouteStats {
+        pub failovers: u64,
+        pub failbacks: u64,
+        pub unmatched: u64,
+        pub to_device: u64,
+        pub no_next_hop: u64,
+        pub malformed: u64,
+    }
 }
 
 /// The re-routing function.
@@ -124,16 +127,9 @@ pub struct Reroute {
     stats: RerouteStats,
 }
 
-fn invalid(why: String) -> FunctionError {
-    FunctionError::Invalid {
-        kind: "reroute",
-        why,
-    }
-}
-
 impl Reroute {
     pub fn new(cfg: RerouteConfig) -> Result<Reroute, FunctionError> {
-        let (hops, rules) = cfg.compile().map_err(invalid)?;
+        let (hops, rules) = cfg.compile().map_err(invalid("reroute"))?;
         let mut r = Reroute {
             failback: cfg.failback,
             when_down: cfg.when_down,
@@ -171,13 +167,13 @@ impl Reroute {
 
     /// Decides on one frame from an adapter.
     fn decide(&mut self, view: &FrameView) -> Verdict {
-        let ip = match view {
-            FrameView::Ip(ip) if !ip.is_truncated() => ip,
-            FrameView::Ip(_) | FrameView::Malformed => {
+        let ip = match view.well_formed_ip() {
+            Ok(ip) => ip,
+            Err(NoIp::Malformed) => {
                 self.stats.malformed += 1;
                 return Verdict::Pass;
             }
-            FrameView::Arp { .. } | FrameView::Other { .. } => return Verdict::Pass,
+            Err(NoIp::NotIp) => return Verdict::Pass,
         };
         if self.is_local(ip) {
             self.stats.to_device += 1;
@@ -379,29 +375,22 @@ impl Function for Reroute {
             visit(sent, h.probes_sent);
             visit(lost, h.probes_lost);
         }
-        let s = &self.stats;
-        visit("failovers", s.failovers);
-        visit("failbacks", s.failbacks);
-        visit("unmatched", s.unmatched);
-        visit("to_device", s.to_device);
-        visit("no_next_hop", s.no_next_hop);
-        visit("malformed", s.malformed);
+        self.stats.visit(visit);
     }
 
     /// Takes a changed configuration in place (see `take_state`); an
     /// invalid one changes nothing.
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        let Some(FunctionConfig::Reroute(cfg)) = cfg.downcast_ref::<FunctionConfig>() else {
-            return Ok(false);
-        };
-        let mut new = Reroute::new(cfg.clone())?;
-        new.take_state(self);
-        log::info!(
-            "reroute: reconfigured ({} next hops, {} rules)",
-            new.hops.len(),
-            new.rules.len()
-        );
-        *self = new;
-        Ok(true)
+        reconfigure_in_place(cfg, |cfg: &RerouteConfig| {
+            let mut new = Reroute::new(cfg.clone())?;
+            new.take_state(self);
+            log::info!(
+                "reroute: reconfigured ({} next hops, {} rules)",
+                new.hops.len(),
+                new.rules.len()
+            );
+            *self = new;
+            Ok(())
+        })
     }
 }

@@ -8,6 +8,7 @@ use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address};
 
 use super::Reroute;
 use super::config::Check;
+use crate::functions::common::counter_names;
 use crate::functions::health::{Health, HealthCheck, Transition};
 use crate::functions::{Directory, Role, Verdict};
 
@@ -61,8 +62,11 @@ impl Hop {
         // one once it has an address.
         let fixed = matches!(target, Target::Fixed | Target::Network(_));
         Hop {
-            counters: ["packets", "up", "probes_sent", "probes_lost"]
-                .map(|c| format!("next_hop.{name}.{c}")),
+            counters: counter_names(
+                "next_hop",
+                &name,
+                ["packets", "up", "probes_sent", "probes_lost"],
+            ),
             name,
             target,
             check,

@@ -1,6 +1,9 @@
 use super::*;
 use crate::functions::Directory;
+use crate::functions::FunctionConfig;
 use crate::functions::matching::parse_duration;
+use crate::testing::frames::{arp, garbled};
+use crate::testing::function::{self, config_error, counter, counters_are};
 use crate::wire::LinkMedium;
 use smoltcp::wire::{Ipv4Address, Ipv4Cidr, Ipv6Address, Ipv6Cidr};
 
@@ -14,15 +17,7 @@ fn ms(n: i64) -> Instant {
 }
 
 fn reroute(text: &str) -> Reroute {
-    Reroute::new(toml::from_str(text).expect("test config parses")).expect("valid config")
-}
-
-fn counter(r: &Reroute, name: &str) -> u64 {
-    crate::stack::hook::counters_of(r)
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("no counter {name}"))
+    function::build(text, Reroute::new)
 }
 
 fn ingress(r: &mut Reroute, bytes: &[u8]) -> Verdict {
@@ -30,9 +25,7 @@ fn ingress(r: &mut Reroute, bytes: &[u8]) -> Verdict {
 }
 
 fn ingress_on(medium: LinkMedium, r: &mut Reroute, bytes: &[u8]) -> Verdict {
-    let mut buf = bytes.to_vec();
-    let len = buf.len();
-    r.on_ingress(ms(0), Role::Local, &mut Frame::new(&mut buf, len, medium))
+    function::ingress(r, ms(0), Role::Local, medium, bytes).0
 }
 
 /// Ethernet (dst 02:..:02, src 02:..:01, IPv4) + IPv4 (TOS 0xb8 = DSCP
@@ -70,35 +63,22 @@ fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ttl: u8) -> Vec<u8> 
 }
 
 const TWO_HOPS: &str = r#"
-    [[next_hop]]
-    name = "a"
-    address = ["10.20.0.2", "fd00:20::2"]
-    [[next_hop]]
-    name = "b"
-    address = ["10.20.0.3", "fd00:20::3"]
+    next_hop = [
+        { name = "a", address = ["10.20.0.2", "fd00:20::2"] },
+        { name = "b", address = ["10.20.0.3", "fd00:20::3"] },
+    ]
 "#;
 
 #[test]
 fn rules_match_prefixes_ports_proto_and_dscp_first_match_wins() {
     let mut r = reroute(&format!(
-        "{TWO_HOPS}
-        [[rule]]
-        name = \"voice\"
-        dscp = 46
-        via = [\"b\"]
-        [[rule]]
-        name = \"dns6\"
-        proto = \"udp\"
-        dst = \"fd00:2::/32\"
-        dport = 53
-        via = [\"b\", \"a\"]
-        [[rule]]
-        name = \"web\"
-        src = \"10.1.0.0/16\"
-        proto = 6
-        dport = \"80-443\"
-        via = [\"a\", \"b\"]
-        "
+        r#"{TWO_HOPS}
+        rule = [
+            {{ name = "voice", dscp = 46, via = ["b"] }},
+            {{ name = "dns6", proto = "udp", dst = "fd00:2::/32", dport = 53, via = ["b", "a"] }},
+            {{ name = "web", src = "10.1.0.0/16", proto = 6, dport = "80-443", via = ["a", "b"] }},
+        ]
+        "#
     ));
     assert_eq!(ingress(&mut r, &TCP4_DSCP46), Verdict::Via(B4.into()));
     assert_eq!(ingress(&mut r, &udp6(53)), Verdict::Via(B6.into()));
@@ -114,12 +94,17 @@ fn rules_match_prefixes_ports_proto_and_dscp_first_match_wins() {
         ingress(&mut r, &tcp4([10, 1, 0, 1], [10, 9, 0, 1], 50000, 444, 64)),
         Verdict::Pass
     );
-    assert_eq!(counter(&r, "rule.voice.packets"), 1);
-    assert_eq!(counter(&r, "rule.dns6.packets"), 1);
-    assert_eq!(counter(&r, "rule.web.packets"), 1);
-    assert_eq!(counter(&r, "next_hop.a.packets"), 1);
-    assert_eq!(counter(&r, "next_hop.b.packets"), 2);
-    assert_eq!(counter(&r, "unmatched"), 3);
+    counters_are(
+        &r,
+        &[
+            ("rule.voice.packets", 1),
+            ("rule.dns6.packets", 1),
+            ("rule.web.packets", 1),
+            ("next_hop.a.packets", 1),
+            ("next_hop.b.packets", 2),
+            ("unmatched", 3),
+        ],
+    );
 }
 
 #[test]
@@ -143,9 +128,7 @@ fn own_broadcast_multicast_expiring_and_non_ip_frames_pass() {
     assert_eq!(ingress(&mut r, &udp6(53)), Verdict::Pass);
     assert_eq!(counter(&r, "to_device"), 5);
     assert_eq!(ingress(&mut r, &to([10, 9, 0, 1], 1)), Verdict::Pass);
-    let mut arp = TCP4_DSCP46.to_vec();
-    arp[12..14].copy_from_slice(&[0x08, 0x06]);
-    assert_eq!(ingress(&mut r, &arp), Verdict::Pass);
+    assert_eq!(ingress(&mut r, &arp()), Verdict::Pass);
     assert_eq!(
         ingress(&mut r, &to([10, 9, 0, 1], 2)),
         Verdict::Via(A4.into())
@@ -195,16 +178,7 @@ fn truncated_and_garbage_frames_pass_and_are_counted() {
         assert!(matches!(ingress(&mut r, f), Verdict::Via(_)));
     }
     assert_eq!(counter(&r, "malformed"), malformed);
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for i in 0..20_000u64 {
-        let mut f = frames[(i % 2) as usize].clone();
-        for _ in 0..1 + i % 4 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let at = (x % f.len() as u64) as usize;
-            f[at] = (x >> 32) as u8;
-        }
+    for (_, f) in garbled(&frames, 20_000) {
         if let Verdict::Via(a) = ingress(&mut r, &f) {
             assert!([A4.into(), A6.into()].contains(&a), "{a}");
         }
@@ -234,19 +208,11 @@ fn tick(r: &mut Reroute, now: Instant, answering: &[IpAddress]) -> Vec<IpAddress
 fn health_state_machine_fails_over_and_back_in_virtual_time() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "a"
-        address = "10.20.0.2"
-        interval = "100ms"
-        timeout = "50ms"
-        fall = 3
-        rise = 2
-        [[next_hop]]
-        name = "b"
-        address = "10.20.0.3"
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", address = "10.20.0.2", interval = "100ms", timeout = "50ms", fall = 3, rise = 2 },
+            { name = "b", address = "10.20.0.3" },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     let (a, b): (IpAddress, IpAddress) = (A4.into(), B4.into());
@@ -296,18 +262,11 @@ fn without_failback_traffic_stays_on_the_backup() {
     let mut r = reroute(
         r#"
         failback = false
-        [[next_hop]]
-        name = "a"
-        address = "10.20.0.2"
-        fall = 1
-        rise = 1
-        [[next_hop]]
-        name = "b"
-        address = "10.20.0.3"
-        fall = 1
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", address = "10.20.0.2", fall = 1, rise = 1 },
+            { name = "b", address = "10.20.0.3", fall = 1 },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     let (a, b): (IpAddress, IpAddress) = (A4.into(), B4.into());
@@ -330,12 +289,8 @@ fn without_failback_traffic_stays_on_the_backup() {
 fn a_network_next_hop_sends_packets_out_of_that_network() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "wan"
-        network = "global"
-        [[rule]]
-        name = "all"
-        via = ["wan"]
+        next_hop = [{ name = "wan", network = "global" }]
+        rule = [{ name = "all", via = ["wan"] }]
         "#,
     );
     let v = Verdict::Redirect(Role::Global);
@@ -353,17 +308,11 @@ fn a_network_next_hop_sends_packets_out_of_that_network() {
 fn device_next_hops_follow_the_directory() {
     let mut r = reroute(
         r#"
-        [[next_hop]]
-        name = "a"
-        device = "router-a"
-        rise = 2
-        [[next_hop]]
-        name = "b"
-        device = "router-b"
-        check = "none"
-        [[rule]]
-        name = "all"
-        via = ["a", "b"]
+        next_hop = [
+            { name = "a", device = "router-a", rise = 2 },
+            { name = "b", device = "router-b", check = "none" },
+        ]
+        rule = [{ name = "all", via = ["a", "b"] }]
         "#,
     );
     struct Dir(std::cell::Cell<bool>);
@@ -479,13 +428,7 @@ fn reconfigure_keeps_health_of_unchanged_next_hops() {
 #[test]
 fn config_errors_name_the_problem() {
     assert_eq!(parse_duration("99999999999999999999s"), None);
-    let err = |text: &str| {
-        let cfg: RerouteConfig = toml::from_str(text).expect("parses");
-        match Reroute::new(cfg) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted: {text}"),
-        }
-    };
+    let err = |text: &str| config_error(text, Reroute::new);
     let hop = "[[next_hop]]\nname = \"a\"\naddress = \"10.0.0.1\"\n";
     assert!(err("next_hop = []").contains("at least one next_hop"));
     assert!(err("[[next_hop]]\nname = \"a\"").contains("one of address, device or network"));
@@ -550,4 +493,20 @@ fn config_errors_name_the_problem() {
     assert!(parse(&format!("kind = \"reroute\"\nwhen_down = \"x\"\n{hop}")).is_err());
     let ok = parse(&format!("kind = \"reroute\"\n{hop}[[rule]]\nvia = [\"a\"]")).unwrap();
     assert!(super::super::build(&ok).is_ok());
+}
+
+#[test]
+fn next_hop_checks_left_unconfigured_take_the_defaults() {
+    // 100 ms between probes, each waits as long, 3 misses down, 2 up.
+    let r = reroute(&format!("{TWO_HOPS}\n[[rule]]\nvia = [\"a\"]"));
+    let p = r.hops[0].params;
+    assert_eq!(
+        (p.interval, p.timeout, p.fall, p.rise),
+        (
+            smoltcp::time::Duration::from_millis(100),
+            smoltcp::time::Duration::from_millis(100),
+            3,
+            2
+        )
+    );
 }
