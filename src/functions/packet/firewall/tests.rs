@@ -467,6 +467,9 @@ fn full_table_drops_new_connections_and_counts_them() {
         ],
     );
     counters_are(&fw, &[("table_full", 1), ("connections", 2)]);
+    // The stats say as much as the counters.
+    let stats = fw.stats();
+    assert_eq!((stats.table_full, stats.connections), (1, 2));
 }
 
 #[test]
