@@ -1,7 +1,7 @@
 //! What the fuzz targets share: their input framing ([`chunks`]) and
 //! the function each one runs, configured once from a `[function]`
 //! section validated as part of a device file ([`function`]). Frames are
-//! built with [`IpHeader`](super::frames::IpHeader).
+//! built with [`IpHeader`].
 //!
 //! ```
 //! use std::sync::OnceLock;
