@@ -69,11 +69,7 @@ fuzz_target!(|data: &[u8]| {
     );
     let now = Instant::from_millis(0);
     for (ctl, chunk) in chunks(data) {
-        let medium = if ctl & 4 == 0 {
-            LinkMedium::Ethernet
-        } else {
-            LinkMedium::Ip
-        };
+        let medium = [LinkMedium::Ethernet, LinkMedium::Ip][usize::from(ctl >> 2 & 1)];
         let l3 = medium.header_len();
         let mut buf = vec![0u8; l3 + 1500];
         let n = chunk.len().min(buf.len());

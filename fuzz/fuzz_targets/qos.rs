@@ -20,89 +20,46 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::config::DeviceConfig;
 use shmnet::functions::qos::Qos;
 use shmnet::functions::{Frame, Function, FunctionConfig, Role, Verdict};
+use shmnet::testing::frames::IpHeader;
+use shmnet::testing::fuzz::{chunks, function_config};
 use shmnet::wire::{LinkMedium, checksum};
 use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{IpAddress, IpProtocol};
 
 const CONFIG_A: &str = r#"
-[function]
 kind = "qos"
 default = "bulk"
 rate = "10mbit"
 burst = 4000
-[[function.class]]
-name = "voice"
-dscp = [46, 10]
-over_limit = "mark"
-queue = 6000
-mark_at = 1000
-rate = "1mbit"
-burst = 1514
-[[function.class]]
-name = "web"
-priority = 1
-weight = 3
-proto = "tcp"
-dport = "80-90"
-queue = 4000
-over_limit = "mark"
-[[function.class]]
-name = "v6"
-priority = 1
-src = "fd00::/16"
-proto = "udp"
-sport = 53
-[[function.class]]
-name = "bulk"
-priority = 2
-queue = 20000
+class = [
+    { name = "voice", dscp = [46, 10], over_limit = "mark", queue = 6000, mark_at = 1000, rate = "1mbit", burst = 1514 },
+    { name = "web", priority = 1, weight = 3, proto = "tcp", dport = "80-90", queue = 4000, over_limit = "mark" },
+    { name = "v6", priority = 1, src = "fd00::/16", proto = "udp", sport = 53 },
+    { name = "bulk", priority = 2, queue = 20000 },
+]
 "#;
 
 const CONFIG_B: &str = r#"
-[function]
 kind = "qos"
 default = "bulk"
 direction = "out"
-[[function.class]]
-name = "web"
-weight = 1
-proto = "tcp"
-dport = 80
-queue = 3000
-rate = "100kbit"
-burst = 100
-[[function.class]]
-name = "bulk"
-priority = 1
-queue = 1514
-over_limit = "mark"
-mark_at = 0
+class = [
+    { name = "web", weight = 1, proto = "tcp", dport = 80, queue = 3000, rate = "100kbit", burst = 100 },
+    { name = "bulk", priority = 1, queue = 1514, over_limit = "mark", mark_at = 0 },
+]
 "#;
 
-fn config(text: &str) -> FunctionConfig {
-    let device = format!(
-        "name = \"qos\"\nlocal = {{ segment = \"fz-qos-lan\", address = \"10.0.0.254/24\" }}\n\
-         global = {{ segment = \"fz-qos-wan\", address = \"10.1.0.254/24\" }}\n{text}"
-    );
-    match DeviceConfig::from_toml(&device, "fuzz-qos") {
-        Ok(settings) => match settings.function {
-            f @ FunctionConfig::Qos(_) => f,
-            other => panic!("not qos: {other:?}"),
-        },
-        Err(e) => panic!("fuzz config: {e}"),
-    }
-}
-
-/// Writes an IP header around `bytes[2..]` into `out`: `bytes[0]` is the
-/// TOS / traffic class, `bytes[1]` picks the protocol and ports.
-fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
-    let (Some(&tos), Some(&sel)) = (bytes.first(), bytes.get(1)) else {
+/// Writes a frame of `medium` into `out`: an IP header around
+/// `bytes[2..]`, `bytes[0]` the TOS / traffic class, `bytes[1]` picking
+/// the protocol and ports; returns the frame length.
+fn ip_frame(medium: LinkMedium, v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
+    let Some((&[tos, sel], rest)) = bytes.split_first_chunk() else {
         return 0;
     };
     let proto = [6u8, 17, 1, 58][usize::from(sel & 3)];
-    let mut payload = bytes[2..].to_vec();
+    let mut payload = rest.to_vec();
     if payload.len() >= 4 && sel & 4 != 0 {
         // Ports the classes look for, and (if there is room) a UDP length
         // or TCP data offset that makes the transport header whole.
@@ -116,35 +73,20 @@ fn ip_packet(v4: bool, bytes: &[u8], out: &mut [u8]) -> usize {
             _ => {}
         }
     }
-    if v4 {
-        let total = 20 + payload.len();
-        out[..20].fill(0);
-        out[0] = 0x45;
-        out[1] = tos;
-        out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        out[8] = 64;
-        out[9] = proto;
-        out[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        out[16..20].copy_from_slice(&[10, 1, 0, sel >> 5]);
-        let sum = checksum::ipv4_header(&out[..20]);
-        out[10..12].copy_from_slice(&sum.to_be_bytes());
-        out[20..total].copy_from_slice(&payload);
-        total
+    let (src, dst) = if v4 {
+        (
+            IpAddress::v4(10, 0, 0, 1),
+            IpAddress::v4(10, 1, 0, sel >> 5),
+        )
     } else {
-        let total = 40 + payload.len();
-        out[..40].fill(0);
-        out[0] = 0x60 | tos >> 4;
-        out[1] = tos << 4;
-        out[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        out[6] = proto;
-        out[7] = 64;
-        out[8] = 0xfd;
-        out[23] = 1;
-        out[24] = 0xfd;
-        out[39] = sel >> 5;
-        out[40..total].copy_from_slice(&payload);
-        total
+        let host = |h: u8| IpAddress::v6(0xfd00, 0, 0, 0, 0, 0, 0, h.into());
+        (host(1), host(sel >> 5))
+    };
+    IpHeader {
+        tos,
+        ..IpHeader::new(src, dst, IpProtocol::from(proto))
     }
+    .emit_frame(medium, &payload, out)
 }
 
 /// Where the IP header is and its version, if the frame looks like IP.
@@ -191,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // Parsed once: the TOML parse would dominate a run.
     static CONFIGS: OnceLock<[FunctionConfig; 2]> = OnceLock::new();
-    let configs = CONFIGS.get_or_init(|| [config(CONFIG_A), config(CONFIG_B)]);
+    let configs = CONFIGS.get_or_init(|| [function_config(CONFIG_A), function_config(CONFIG_B)]);
     let FunctionConfig::Qos(first) = &configs[0] else {
         unreachable!()
     };
@@ -204,32 +146,18 @@ fuzz_target!(|data: &[u8]| {
     let (mut taken, mut released) = (0u64, 0u64);
     let mut buf = vec![0u8; (1 << 16) + 64];
     let mut out = vec![0u8; 65550];
-    let mut rest = data.get(1..).unwrap_or(&[]);
-    while rest.len() >= 3 {
-        let ctl = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let bytes = &rest[3..3 + len];
-        rest = &rest[3 + len..];
+    for (ctl, bytes) in chunks(data.get(1..).unwrap_or(&[])) {
         let step = ctl >> 5;
         if step > 0 {
             now += Duration::from_micros(10u64.pow(u32::from(step)));
         }
         match ctl & 3 {
             from @ (0 | 1) => {
-                let l2 = medium.header_len();
                 let n = match ctl >> 3 & 3 {
-                    t @ (1 | 2) => {
-                        let n = ip_packet(t == 1, bytes, &mut buf[l2..]);
-                        if l2 == 14 {
-                            buf[..12].fill(2);
-                            let et: u16 = if t == 1 { 0x0800 } else { 0x86dd };
-                            buf[12..14].copy_from_slice(&et.to_be_bytes());
-                        }
-                        l2 + n
-                    }
+                    t @ (1 | 2) => ip_frame(medium, t == 1, bytes, &mut buf),
                     _ => {
-                        buf[..len].copy_from_slice(bytes);
-                        len
+                        buf[..bytes.len()].copy_from_slice(bytes);
+                        bytes.len()
                     }
                 };
                 let original = buf[..n].to_vec();
@@ -251,7 +179,7 @@ fuzz_target!(|data: &[u8]| {
             }
             2 => {
                 let size = if ctl & 4 != 0 { 1600 } else { out.len() };
-                for _ in 0..len.max(1) {
+                for _ in 0..bytes.len().max(1) {
                     let Some(emit) = qos.poll_transmit(now, &mut out[..size]) else {
                         break;
                     };

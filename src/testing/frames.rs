@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use shmnet::testing::frames::{self, IpHeader};
-//! use smoltcp::phy::Medium;
+//! use shmnet::wire::LinkMedium;
 //! use smoltcp::wire::{IpAddress, IpProtocol, TcpControl};
 //!
 //! let (client, server) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 1, 0, 2));
@@ -18,16 +18,18 @@
 //! assert_eq!(syn.len(), 14 + 20 + 20);
 //!
 //! let mut buf = [0u8; 128];
-//! let len = IpHeader::new(client, server, IpProtocol::Udp).emit_frame(Medium::Ip, b"hi", &mut buf);
+//! let len = IpHeader::new(client, server, IpProtocol::Udp).emit_frame(LinkMedium::Ip, b"hi", &mut buf);
 //! assert_eq!(len, 20 + 2);
 //! ```
 
-use smoltcp::phy::{ChecksumCapabilities, Medium};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, IpAddress, IpProtocol, IpRepr, Ipv4Address, Ipv4Packet, Ipv6Packet, TcpControl,
     TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
+
+use crate::wire::LinkMedium;
 
 /// The source MAC of every frame built here.
 pub const SRC_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
@@ -142,13 +144,13 @@ impl IpHeader {
     /// [`emit`](Self::emit) as a frame of `medium`: on Ethernet behind a
     /// 14-byte header ([`SRC_MAC`] → [`DST_MAC`]). Returns the frame's
     /// length.
-    pub fn emit_frame(&self, medium: Medium, payload: &[u8], out: &mut [u8]) -> usize {
+    pub fn emit_frame(&self, medium: LinkMedium, payload: &[u8], out: &mut [u8]) -> usize {
         match medium {
-            Medium::Ethernet => {
+            LinkMedium::Ethernet => {
                 ethernet(out, matches!(self.src, IpAddress::Ipv6(_)));
                 ETHERNET_LEN + self.emit(payload, &mut out[ETHERNET_LEN..])
             }
-            _ => self.emit(payload, out),
+            LinkMedium::Ip => self.emit(payload, out),
         }
     }
 }
@@ -161,7 +163,7 @@ pub fn wrap(src: IpAddress, dst: IpAddress, proto: IpProtocol, l4: &[u8]) -> Vec
         ..IpHeader::new(src, dst, proto)
     };
     let mut buf = vec![0u8; ETHERNET_LEN + header.header_len() + l4.len()];
-    header.emit_frame(Medium::Ethernet, l4, &mut buf);
+    header.emit_frame(LinkMedium::Ethernet, l4, &mut buf);
     buf
 }
 
@@ -313,7 +315,7 @@ pub fn ipv4_frame(src: [u8; 4], dst: [u8; 4], payload: &[u8], buf_len: usize) ->
         IpAddress::Ipv4(dst.into()),
         IpProtocol::Udp,
     )
-    .emit_frame(Medium::Ethernet, payload, &mut buf);
+    .emit_frame(LinkMedium::Ethernet, payload, &mut buf);
     (buf, len)
 }
 
@@ -332,7 +334,7 @@ mod tests {
         }
         .fragment_field(0x2003);
         let mut buf = [0u8; 64];
-        let n = h.emit_frame(Medium::Ethernet, &[1, 2, 3], &mut buf);
+        let n = h.emit_frame(LinkMedium::Ethernet, &[1, 2, 3], &mut buf);
         assert_eq!(n, 14 + 20 + 3);
         assert_eq!(buf[12..14], [0x08, 0x00]);
         let p = Ipv4Packet::new_checked(&buf[14..n]).unwrap();
@@ -351,7 +353,7 @@ mod tests {
             tos: 0xb8,
             ..IpHeader::new(a6.into(), b6.into(), IpProtocol::Udp)
         };
-        let n = h.emit_frame(Medium::Ip, &[9; 5], &mut buf);
+        let n = h.emit_frame(LinkMedium::Ip, &[9; 5], &mut buf);
         let p = Ipv6Packet::new_checked(&buf[..n]).unwrap();
         assert_eq!((p.src_addr(), p.dst_addr()), (a6, b6));
         assert_eq!((p.traffic_class(), p.payload_len()), (0xb8, 5));

@@ -101,20 +101,26 @@ use conntrack::{Class, ConnTable, Kind, quoted_key};
 use rules::Rules;
 
 use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
+use crate::functions::common::counters;
 use crate::wire::{Fragment, FrameView, IpView};
 
-/// Counters of the firewall (`rule{i}_packets` are kept per rule).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct FirewallStats {
-    pub accepted: u64,
-    pub dropped: u64,
-    pub invalid: u64,
-    pub malformed: u64,
-    pub fragments_dropped: u64,
-    pub table_full: u64,
-    pub connections_created: u64,
-    pub expired: u64,
-    pub logs_suppressed: u64,
+counters! {
+    /// Counters of the firewall (`rule{i}_packets` are kept per rule).
+    #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+    pub struct FirewallStats {
+        pub accepted: u64,
+        pub dropped: u64,
+        pub invalid: u64,
+        pub malformed: u64,
+        pub fragments_dropped: u64,
+        pub table_full: u64,
+        /// Connections in the table now (expired ones not yet swept
+        /// included): read from the table by [`Firewall::stats`].
+        pub connections: u64,
+        pub connections_created: u64,
+        pub expired: u64,
+        pub logs_suppressed: u64,
+    }
 }
 
 /// The stateful firewall function.
@@ -147,8 +153,12 @@ impl Firewall {
         self.table.len()
     }
 
-    pub fn stats(&self) -> &FirewallStats {
-        &self.stats
+    /// The counters, with the connections in the table now.
+    pub fn stats(&self) -> FirewallStats {
+        FirewallStats {
+            connections: self.table.len() as u64,
+            ..self.stats
+        }
     }
 
     /// Packets that matched rule `i` (0-based, in config order).
@@ -301,21 +311,7 @@ impl Function for Firewall {
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
         self.rules.counters(visit);
-        let s = &self.stats;
-        for (name, n) in [
-            ("accepted", s.accepted),
-            ("dropped", s.dropped),
-            ("invalid", s.invalid),
-            ("malformed", s.malformed),
-            ("fragments_dropped", s.fragments_dropped),
-            ("table_full", s.table_full),
-            ("connections", self.table.len() as u64),
-            ("connections_created", s.connections_created),
-            ("expired", s.expired),
-            ("logs_suppressed", s.logs_suppressed),
-        ] {
-            visit(name, n);
-        }
+        self.stats().visit(visit);
     }
 
     /// Checks a new firewall config; a valid one is not applied in place

@@ -94,11 +94,13 @@ fn run(fw: &mut Firewall, secs: u64, from: Option<Role>, bytes: &[u8]) -> Verdic
     hook(fw, t(secs), LinkMedium::Ethernet, from, bytes)
 }
 
-/// Runs each step `(seconds, from, frame, verdict)` in order and checks
-/// its verdict.
-fn script(fw: &mut Firewall, steps: &[(u64, Option<Role>, Vec<u8>, Verdict)]) {
-    for (i, (secs, from, bytes, want)) in steps.iter().enumerate() {
-        assert_eq!(run(fw, *secs, *from, bytes), *want, "step {i}");
+impl Firewall {
+    /// Runs each step `(seconds, from, frame, verdict)` in order and
+    /// checks its verdict.
+    fn script(&mut self, steps: &[(u64, Option<Role>, Vec<u8>, Verdict)]) {
+        for (i, (secs, from, bytes, want)) in steps.iter().enumerate() {
+            assert_eq!(run(self, *secs, *from, bytes), *want, "step {i}");
+        }
     }
 }
 
@@ -116,20 +118,17 @@ fn rules_block_and_allow_in_order() {
     );
     let to_b = |src, dport| syn(ep(src, 40000), ep(B, dport));
     let dgram = |sport, dport| udp(ep(A, sport), ep(B, dport));
-    script(
-        &mut fw,
-        &[
-            (0, IN, to_b(A, 80), Pass),
-            (0, IN, to_b(A, 81), Drop),
-            // The earlier drop rule wins over the accept for port 80.
-            (0, IN, to_b(C, 80), Drop),
-            // Direction "in" does not cover frames from the local network.
-            (0, OUT, to_b(A, 8080), Drop),
-            (0, IN, dgram(2000, 5005), Pass),
-            (0, IN, dgram(2000, 5011), Drop),
-            (0, IN, dgram(53, 5005), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, IN, to_b(A, 80), Pass),
+        (0, IN, to_b(A, 81), Drop),
+        // The earlier drop rule wins over the accept for port 80.
+        (0, IN, to_b(C, 80), Drop),
+        // Direction "in" does not cover frames from the local network.
+        (0, OUT, to_b(A, 8080), Drop),
+        (0, IN, dgram(2000, 5005), Pass),
+        (0, IN, dgram(2000, 5011), Drop),
+        (0, IN, dgram(53, 5005), Drop),
+    ]);
     counters_are(
         &fw,
         &[
@@ -147,31 +146,25 @@ fn rules_block_and_allow_in_order() {
 fn replies_to_outbound_tcp_pass_unsolicited_inbound_does_not() {
     let mut fw = firewall("[[rule]]\naction = \"accept\"\ndirection = \"out\"\nproto = \"tcp\"");
     let (a, b, c) = (ep(A, 40000), ep(B, 80), ep(C, 5555));
-    script(
-        &mut fw,
-        &[
-            (0, OUT, syn(a, b), Pass),
-            (0, IN, syn_ack(b, a), Pass),
-            (0, OUT, data(a, b), Pass),
-            (1, IN, data(b, a), Pass),
-            // Nobody asked for these.
-            (1, IN, syn(c, ep(A, 22)), Drop),
-            (1, IN, data(c, a), Drop),
-            (1, IN, syn_ack(c, a), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, OUT, syn(a, b), Pass),
+        (0, IN, syn_ack(b, a), Pass),
+        (0, OUT, data(a, b), Pass),
+        (1, IN, data(b, a), Pass),
+        // Nobody asked for these.
+        (1, IN, syn(c, ep(A, 22)), Drop),
+        (1, IN, data(c, a), Drop),
+        (1, IN, syn_ack(c, a), Drop),
+    ]);
     assert_eq!(counter(&fw, "invalid"), 2);
-    script(
-        &mut fw,
-        &[
-            // Closing still lets the last segments through...
-            (2, IN, fin(b, a), Pass),
-            (2, OUT, fin(a, b), Pass),
-            (2, OUT, data(a, b), Pass),
-            // ... for the closing timeout only.
-            (40, IN, data(b, a), Drop),
-        ],
-    );
+    fw.script(&[
+        // Closing still lets the last segments through...
+        (2, IN, fin(b, a), Pass),
+        (2, OUT, fin(a, b), Pass),
+        (2, OUT, data(a, b), Pass),
+        // ... for the closing timeout only.
+        (40, IN, data(b, a), Drop),
+    ]);
     counters_are(&fw, &[("expired", 1), ("connections_created", 1)]);
 }
 
@@ -184,17 +177,14 @@ fn own_stack_replies_pass_and_established_rules_may_drop() {
         ]"#,
     );
     let (c, s7, s8) = (ep(C, 40000), ep(A, 7), ep(A, 8));
-    script(
-        &mut fw,
-        &[
-            (0, IN, syn(c, s8), Pass),
-            (0, OWN, syn_ack(s8, c), Pass),
-            (0, IN, syn(c, s7), Pass),
-            (0, OWN, syn_ack(s7, c), Drop),
-            // The device itself may not start connections: no rule allows it.
-            (0, OWN, syn(s8, ep(C, 80)), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, IN, syn(c, s8), Pass),
+        (0, OWN, syn_ack(s8, c), Pass),
+        (0, IN, syn(c, s7), Pass),
+        (0, OWN, syn_ack(s7, c), Drop),
+        // The device itself may not start connections: no rule allows it.
+        (0, OWN, syn(s8, ep(C, 80)), Drop),
+    ]);
     assert_eq!(fw.rule_packets(0), 1);
     assert_eq!(fw.rule_packets(1), 2);
 }
@@ -204,14 +194,11 @@ fn own_stack_traffic_is_out() {
     let mut fw =
         firewall("[[rule]]\naction = \"accept\"\ndirection = \"out\"\nproto = \"udp\"\ndport = 53");
     let (a, b) = (ep(A, 5000), ep(B, 53));
-    script(
-        &mut fw,
-        &[
-            (0, OWN, udp(a, b), Pass),
-            (0, IN, udp(b, a), Pass),
-            (0, IN, udp(b, ep(A, 5001)), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, OWN, udp(a, b), Pass),
+        (0, IN, udp(b, a), Pass),
+        (0, IN, udp(b, ep(A, 5001)), Drop),
+    ]);
     assert_eq!(fw.rule_packets(0), 1);
 }
 
@@ -225,21 +212,18 @@ fn udp_reply_passes_until_the_entry_expires() {
         "#,
     );
     let (a, a2, a3, b) = (ep(A, 5353), ep(A, 5354), ep(A, 5355), ep(B, 53));
-    script(
-        &mut fw,
-        &[
-            (0, OUT, udp(a, b), Pass),
-            (1, IN, udp(b, a), Pass),
-            // Replied: the longer timeout, refreshed by each packet.
-            (150, IN, udp(b, a), Pass),
-            (150 + 181, IN, udp(b, a), Drop),
-            // Never answered: the short one.
-            (400, OUT, udp(a2, b), Pass),
-            (429, IN, udp(b, a2), Pass),
-            (400, OUT, udp(a3, b), Pass),
-            (431, IN, udp(b, a3), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, OUT, udp(a, b), Pass),
+        (1, IN, udp(b, a), Pass),
+        // Replied: the longer timeout, refreshed by each packet.
+        (150, IN, udp(b, a), Pass),
+        (150 + 181, IN, udp(b, a), Drop),
+        // Never answered: the short one.
+        (400, OUT, udp(a2, b), Pass),
+        (429, IN, udp(b, a2), Pass),
+        (400, OUT, udp(a3, b), Pass),
+        (431, IN, udp(b, a3), Drop),
+    ]);
     assert!(counter(&fw, "expired") >= 2);
 }
 
@@ -274,19 +258,16 @@ fn icmp_echo_reply_and_related_errors_pass() {
             },
         )
     };
-    script(
-        &mut fw,
-        &[
-            (0, OUT, ping(A, B, true, 7), Pass),
-            (0, IN, ping(B, A, false, 7), Pass),
-            (0, IN, ping(B, A, false, 8), Drop),
-            (0, IN, ping(B, A, true, 9), Drop),
-            (31, IN, ping(B, A, false, 7), Drop),
-            (40, OUT, udp(ep(A, 4000), ep(B, 9)), Pass),
-            (40, IN, unreachable(4000), Pass),
-            (40, IN, unreachable(4001), Drop),
-        ],
-    );
+    fw.script(&[
+        (0, OUT, ping(A, B, true, 7), Pass),
+        (0, IN, ping(B, A, false, 7), Pass),
+        (0, IN, ping(B, A, false, 8), Drop),
+        (0, IN, ping(B, A, true, 9), Drop),
+        (31, IN, ping(B, A, false, 7), Drop),
+        (40, OUT, udp(ep(A, 4000), ep(B, 9)), Pass),
+        (40, IN, unreachable(4000), Pass),
+        (40, IN, unreachable(4001), Drop),
+    ]);
 }
 
 #[test]
@@ -300,16 +281,13 @@ fn ipv6_tcp_is_tracked_and_neighbour_discovery_passes() {
     // A neighbour solicitation (type 135) needs no rule.
     let mut ns = [0u8; 24];
     ns[0] = 135;
-    script(
-        &mut fw,
-        &[
-            (0, IN, syn(c, s), Pass),
-            (0, OWN, syn_ack(s, c), Pass),
-            (0, IN, data(c, s), Pass),
-            (0, IN, syn(c, s2), Drop),
-            (0, IN, wrap(c.0, s.0, IpProtocol::Icmpv6, &ns), Pass),
-        ],
-    );
+    fw.script(&[
+        (0, IN, syn(c, s), Pass),
+        (0, OWN, syn_ack(s, c), Pass),
+        (0, IN, data(c, s), Pass),
+        (0, IN, syn(c, s2), Drop),
+        (0, IN, wrap(c.0, s.0, IpProtocol::Icmpv6, &ns), Pass),
+    ]);
     // An IPv4 prefix never matches an IPv6 packet.
     let mut v4only = firewall("[[rule]]\naction = \"accept\"\ndst = \"0.0.0.0/0\"");
     assert_eq!(run(&mut v4only, 0, IN, &syn(c, s)), Drop);
@@ -351,16 +329,13 @@ fn ipv6_packet_too_big_for_a_tracked_flow_is_related() {
     // An ICMP error whose quote is not an IPv6 header is malformed.
     let mut broken = too_big(40000);
     broken[14 + 40 + 8] = 0x45;
-    script(
-        &mut fw,
-        &[
-            (0, OUT, syn(ep(a, 40000), ep(b, 443)), Pass),
-            (1, IN, too_big(40000), Pass),
-            // One quoting a connection nobody opened meets the default.
-            (1, IN, too_big(40001), Drop),
-            (1, IN, broken, Drop),
-        ],
-    );
+    fw.script(&[
+        (0, OUT, syn(ep(a, 40000), ep(b, 443)), Pass),
+        (1, IN, too_big(40000), Pass),
+        // One quoting a connection nobody opened meets the default.
+        (1, IN, too_big(40001), Drop),
+        (1, IN, broken, Drop),
+    ]);
     assert_eq!(counter(&fw, "malformed"), 1);
 }
 
@@ -439,14 +414,11 @@ fn non_first_fragments_dropped_unless_a_rule_allows_them() {
     // A first fragment (more-fragments set, offset 0) is a whole packet.
     let mut first = udp(ep(C, 1), ep(B, 2));
     first[14 + 6] = 0x20;
-    script(
-        &mut fw,
-        &[
-            (0, IN, frag(A), Pass),
-            (0, IN, frag(C), Drop),
-            (0, IN, first, Pass),
-        ],
-    );
+    fw.script(&[
+        (0, IN, frag(A), Pass),
+        (0, IN, frag(C), Drop),
+        (0, IN, first, Pass),
+    ]);
     counters_are(&fw, &[("fragments_dropped", 1), ("rule0_packets", 1)]);
 }
 
@@ -454,19 +426,19 @@ fn non_first_fragments_dropped_unless_a_rule_allows_them() {
 fn full_table_drops_new_connections_and_counts_them() {
     let mut fw = firewall("default = \"accept\"\nmax_connections = 2");
     let flow = |port| udp(ep(A, port), ep(B, 53));
-    script(
-        &mut fw,
-        &[
-            (0, OUT, flow(1), Pass),
-            (0, OUT, flow(2), Pass),
-            (0, OUT, flow(3), Drop),
-            // Existing connections keep working.
-            (1, IN, udp(ep(B, 53), ep(A, 2)), Pass),
-            // Once the unanswered one expires there is room again.
-            (35, OUT, flow(3), Pass),
-        ],
-    );
+    fw.script(&[
+        (0, OUT, flow(1), Pass),
+        (0, OUT, flow(2), Pass),
+        (0, OUT, flow(3), Drop),
+        // Existing connections keep working.
+        (1, IN, udp(ep(B, 53), ep(A, 2)), Pass),
+        // Once the unanswered one expires there is room again.
+        (35, OUT, flow(3), Pass),
+    ]);
     counters_are(&fw, &[("table_full", 1), ("connections", 2)]);
+    // The stats say as much as the counters.
+    let stats = fw.stats();
+    assert_eq!((stats.table_full, stats.connections), (1, 2));
 }
 
 #[test]

@@ -242,8 +242,7 @@ fn health_state_machine_fails_over_and_back_in_virtual_time() {
     tick(&mut r, ms(650), &[b]);
     tick(&mut r, ms(700), &[a, b]);
     assert_eq!(r.is_up("a"), Some(true));
-    assert_eq!(counter(&r, "next_hop.a.probes_sent"), 8);
-    assert_eq!(counter(&r, "next_hop.a.up"), 1);
+    counters_are(&r, &[("next_hop.a.probes_sent", 8), ("next_hop.a.up", 1)]);
     // Both down: the table decides (Pass); with when_down = "drop", drop.
     for t in (800..=1400).step_by(50) {
         tick(&mut r, ms(t), &[]);
@@ -281,8 +280,7 @@ fn without_failback_traffic_stays_on_the_backup() {
     tick(&mut r, ms(300), &[a]);
     tick(&mut r, ms(400), &[a]);
     assert_eq!(r.active("all", false), Some("a"));
-    assert_eq!(counter(&r, "failovers"), 1);
-    assert_eq!(counter(&r, "failbacks"), 1);
+    counters_are(&r, &[("failovers", 1), ("failbacks", 1)]);
 }
 
 #[test]
@@ -300,8 +298,7 @@ fn a_network_next_hop_sends_packets_out_of_that_network() {
     );
     assert_eq!(ingress(&mut r, &udp6(53)), v);
     assert_eq!(r.active("all", true), Some("wan"));
-    assert_eq!(counter(&r, "next_hop.wan.packets"), 2);
-    assert_eq!(counter(&r, "next_hop.wan.up"), 1);
+    counters_are(&r, &[("next_hop.wan.packets", 2), ("next_hop.wan.up", 1)]);
 }
 
 #[test]
