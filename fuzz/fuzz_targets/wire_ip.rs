@@ -29,10 +29,12 @@ fuzz_target!(|data: &[u8]| {
             let _ = FlowKey::from_quoted(v.v6, quoted);
         }
         let _ = v.nd_target(data);
-        // Clamping the MSS in place changes an option value and the
-        // checksum, never what the parser sees of the packet's structure.
+        // Clamping the MSS of a TCP segment (as the NIC does) changes an
+        // option value and the checksum, never what the parser sees of the
+        // packet's structure.
         let mut copy = data.to_vec();
-        if let Some(seg) = copy.get_mut(v.l4..v.end)
+        if matches!(v.transport, Transport::Tcp { .. })
+            && let Some(seg) = copy.get_mut(v.l4..v.end)
             && tcp::clamp_mss(seg, 536)
         {
             let FrameView::Ip(w) = FrameView::parse(medium, &copy) else {
