@@ -39,11 +39,6 @@ pub use crate::stack::spec::{NetworkSpec as NetworkSettings, StaticRoute};
 
 use crate::functions;
 
-/// Transitional: functions still name the medium in their configs until
-/// they learn it from the device.
-#[doc(hidden)]
-pub use crate::wire::LinkMedium as MediumName;
-
 /// Errors reading configuration. Each names the file and the field.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -227,16 +227,22 @@ impl Router {
         }
     }
 
+    /// Do the networks' MTUs differ (so TCP SYNs may need their MSS
+    /// clamped)?
+    pub fn clamps(&self) -> bool {
+        self.mtu[0] != self.mtu[1]
+    }
+
     /// Could [`Router::clamp_mss`] change this frame (a TCP SYN, and the
     /// networks' MTUs differ)?
     pub fn may_clamp(&self, view: &FrameView) -> bool {
-        self.mtu[0] != self.mtu[1] && frame::is_tcp_syn(view)
+        self.clamps() && frame::is_tcp_syn(view)
     }
 
     /// Clamps the MSS of a TCP SYN crossing `role`'s network if that network
     /// is the smaller one. Returns whether the frame changed.
     pub fn clamp_mss(&self, view: &FrameView, frame: &mut [u8], role: Role) -> bool {
-        self.mtu[0] != self.mtu[1] && frame::clamp_mss(view, frame, self.mtu(role))
+        self.clamps() && frame::clamp_mss(view, frame, self.mtu(role))
     }
 
     /// The one parse of a frame of this device's medium (see
