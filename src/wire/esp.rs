@@ -27,27 +27,13 @@ mod field {
     pub const PAYLOAD: usize = 8;
 }
 
-/// A read/write view of an ESP header and what follows it.
-#[derive(Debug, Clone)]
-pub struct EspPacket<T: AsRef<[u8]>> {
-    buffer: T,
+header_view! {
+    /// A read/write view of an ESP header and what follows it (IV,
+    /// encrypted data and ICV: the payload).
+    pub struct EspPacket, field::PAYLOAD, EspError, EspError::Truncated
 }
 
 impl<T: AsRef<[u8]>> EspPacket<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        EspPacket { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self, EspError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    pub fn check_len(&self) -> Result<(), EspError> {
-        if self.buffer.as_ref().len() < field::PAYLOAD {
-            return Err(EspError::Truncated);
-        }
-        Ok(())
-    }
     pub fn spi(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::SPI];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
@@ -55,10 +41,6 @@ impl<T: AsRef<[u8]>> EspPacket<T> {
     pub fn seq(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::SEQ];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-    /// IV, encrypted data and ICV.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD..]
     }
 }
 

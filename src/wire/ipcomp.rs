@@ -35,27 +35,13 @@ mod field {
     pub const PAYLOAD: usize = 4;
 }
 
-/// A read/write view of an IPComp header and its payload.
-#[derive(Debug, Clone)]
-pub struct IpCompPacket<T: AsRef<[u8]>> {
-    buffer: T,
+header_view! {
+    /// A read/write view of an IPComp header and its payload (the
+    /// compressed data).
+    pub struct IpCompPacket, field::PAYLOAD, IpCompError, IpCompError::Truncated
 }
 
 impl<T: AsRef<[u8]>> IpCompPacket<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        IpCompPacket { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self, IpCompError> {
-        let p = Self::new_unchecked(buffer);
-        p.check_len()?;
-        Ok(p)
-    }
-    pub fn check_len(&self) -> Result<(), IpCompError> {
-        if self.buffer.as_ref().len() < field::PAYLOAD {
-            return Err(IpCompError::Truncated);
-        }
-        Ok(())
-    }
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[field::NEXT_HEADER]
     }
@@ -65,10 +51,6 @@ impl<T: AsRef<[u8]>> IpCompPacket<T> {
     pub fn cpi(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::CPI];
         u16::from_be_bytes([b[0], b[1]])
-    }
-    /// The compressed data.
-    pub fn payload(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::PAYLOAD..]
     }
 }
 

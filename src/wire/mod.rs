@@ -28,6 +28,46 @@
 //! assert!(matches!(v.transport, Transport::Udp { .. }));
 //! ```
 
+/// Declares the read/write view of a fixed-length header and the payload
+/// after it, `$name<T>` over a buffer `T`, with smoltcp's constructors:
+/// `new_unchecked`, `new_checked`, and `check_len`, which refuses a buffer
+/// shorter than `$len` with `$truncated`. The format's own accessors and
+/// its `Repr` stay in its module.
+macro_rules! header_view {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident, $len:expr, $error:ty, $truncated:expr) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        $vis struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            /// A view of `buffer` whose length is not checked: accessors
+            /// panic on a buffer shorter than the header.
+            pub const fn new_unchecked(buffer: T) -> Self {
+                $name { buffer }
+            }
+            /// A view of `buffer` once [`Self::check_len`] passes.
+            pub fn new_checked(buffer: T) -> Result<Self, $error> {
+                let p = Self::new_unchecked(buffer);
+                p.check_len()?;
+                Ok(p)
+            }
+            /// Whether the buffer holds the whole header.
+            pub fn check_len(&self) -> Result<(), $error> {
+                if self.buffer.as_ref().len() < $len {
+                    return Err($truncated);
+                }
+                Ok(())
+            }
+            /// The bytes after the header.
+            pub fn payload(&self) -> &[u8] {
+                &self.buffer.as_ref()[$len..]
+            }
+        }
+    };
+}
+
 pub mod checksum;
 pub mod esp;
 pub mod ip;
