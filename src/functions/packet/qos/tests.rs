@@ -87,6 +87,16 @@ fn ingress(q: &mut Qos, now: Instant, from: Role, bytes: &[u8]) -> Verdict {
     ingress_on(q, now, from, LinkMedium::Ethernet, bytes)
 }
 
+/// Offers `frames`, each from its network, `rounds` times over at `now`
+/// (interleaved: one of each per round), as a backlog builds up.
+fn offer(q: &mut Qos, now: Instant, rounds: usize, frames: &[(Role, &[u8])]) {
+    for _ in 0..rounds {
+        for &(from, f) in frames {
+            ingress(q, now, from, f);
+        }
+    }
+}
+
 /// Releases everything that may leave at `now`: the frames.
 fn drain(q: &mut Qos, now: Instant) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -213,9 +223,7 @@ fn token_bucket_shapes_to_the_rate_and_says_when_to_come_back() {
     }
     assert_eq!(sent, 200);
     // A late poll does not earn more than the burst.
-    for _ in 0..10 {
-        ingress(&mut q, t(1001), Role::Local, &f);
-    }
+    offer(&mut q, t(1001), 10, &[(Role::Local, &f)]);
     assert_eq!(drain(&mut q, t(5000)).len(), 3);
     assert_eq!(counter(&q, "class.a.bytes"), 203 * 1000);
     assert_eq!(counter(&q, "class.a.queued_bytes"), 7000);
@@ -226,9 +234,7 @@ fn token_bucket_shapes_to_the_rate_and_says_when_to_come_back() {
 fn frames_bigger_than_the_burst_still_leave_at_the_rate() {
     let mut q = one_class("rate = \"8mbit\"\nburst = 1500");
     let f = tcp(80, 9000 - 54);
-    for _ in 0..4 {
-        ingress(&mut q, t(0), Role::Local, &f);
-    }
+    offer(&mut q, t(0), 4, &[(Role::Local, &f)]);
     assert_eq!(drain(&mut q, t(0)).len(), 1);
     // 7500 bytes in debt, plus 1500 to have a full bucket again: 9 ms,
     // the time 9000 bytes take at the rate.
@@ -250,10 +256,12 @@ fn drr_shares_a_shaped_link_by_weight() {
         "#);
     // Different sizes: DRR shares bytes, not packets.
     let (fa, fb) = (tcp(1, 1000 - 54), tcp(2, 400 - 54));
-    for _ in 0..1000 {
-        ingress(&mut q, t(0), Role::Local, &fa);
-        ingress(&mut q, t(0), Role::Local, &fb);
-    }
+    offer(
+        &mut q,
+        t(0),
+        1000,
+        &[(Role::Local, &fa), (Role::Local, &fb)],
+    );
     // 1000 bytes per ms; 400 ms: 400 kB, both classes backlogged.
     for ms in 0..400 {
         drain(&mut q, t(ms));
@@ -277,10 +285,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
         v4([10, 0, 0, 1], [10, 1, 0, 2], PROTO_UDP, (1, 1), 0, 500 - 42),
         tcp(2, 500 - 54),
     );
-    for _ in 0..10 {
-        ingress(&mut q, t(0), Role::Local, &lo);
-        ingress(&mut q, t(0), Role::Local, &hi);
-    }
+    offer(&mut q, t(0), 10, &[(Role::Local, &lo), (Role::Local, &hi)]);
     let out = drain(&mut q, t(0));
     // The high class's burst first, then (it is out of tokens) the low
     // class, all of it.
@@ -294,10 +299,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
         default = "low"
         class = [{ name = "high", proto = "udp" }, { name = "low", priority = 1 }]
         "#);
-    for _ in 0..10 {
-        ingress(&mut q, t(0), Role::Local, &lo);
-        ingress(&mut q, t(0), Role::Local, &hi);
-    }
+    offer(&mut q, t(0), 10, &[(Role::Local, &lo), (Role::Local, &hi)]);
     let out = drain(&mut q, t(0));
     assert!(out[..10].iter().all(|f| *f == hi));
     assert!(out[10..].iter().all(|f| *f == lo));
@@ -307,10 +309,7 @@ fn strict_priority_serves_higher_levels_first_unless_they_are_shaped() {
 fn directions_are_separate_links() {
     let mut q = qos("default = \"a\"\nrate = \"8mbit\"\nburst = 1000\nclass = [{ name = \"a\" }]");
     let f = tcp(80, 1000 - 54);
-    for _ in 0..3 {
-        ingress(&mut q, t(0), Role::Local, &f);
-        ingress(&mut q, t(0), Role::Global, &f);
-    }
+    offer(&mut q, t(0), 3, &[(Role::Local, &f), (Role::Global, &f)]);
     // Each link's bucket lets one frame out.
     assert_eq!(drain(&mut q, t(0)).len(), 2);
     let mut out_only = qos("default = \"a\"\ndirection = \"out\"\nclass = [{ name = \"a\" }]");
@@ -506,9 +505,7 @@ fn reconfigure_changes_rates_in_place_and_keeps_queued_frames() {
     let mut q = qos(&text("8mbit", 1000, 1, true));
     let f = tcp(80, 1000 - 54);
     let u = v4([10, 0, 0, 1], [10, 1, 0, 2], PROTO_UDP, (1, 1), 0, 100);
-    for _ in 0..10 {
-        ingress(&mut q, t(0), Role::Local, &f);
-    }
+    offer(&mut q, t(0), 10, &[(Role::Local, &f)]);
     ingress(&mut q, t(0), Role::Local, &u);
     // The bucket's burst lets one of "a" go, "gone" is not shaped.
     assert_eq!(drain(&mut q, t(0)), vec![u.clone(), f.clone()]);
