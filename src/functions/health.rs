@@ -127,13 +127,8 @@ impl HealthCheck {
     /// the owner and the field.
     pub fn compile(owner: &str, spec: HealthSpec) -> Result<HealthCheck, String> {
         let period = |field: &str, d: ConfigDuration| {
-            if (Self::MIN_PERIOD..=Self::MAX_PERIOD).contains(&d.0) {
-                Ok(d.0)
-            } else {
-                Err(format!(
-                    "{owner}: {field} \"{d}\" must be between 1ms and 1h (like \"100ms\" or \"2s\")"
-                ))
-            }
+            d.within(field, Self::MIN_PERIOD..=Self::MAX_PERIOD)
+                .map_err(|e| format!("{owner}: {e}"))
         };
         let interval = period("interval", spec.interval)?;
         let timeout = match spec.timeout {

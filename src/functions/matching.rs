@@ -14,6 +14,7 @@
 
 use smoltcp::time::Duration;
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 
 use crate::wire::IpView;
 pub use crate::wire::proto::{
@@ -313,6 +314,19 @@ impl ConfigDuration {
     pub const fn from_secs(s: u64) -> Self {
         ConfigDuration(Duration::from_secs(s))
     }
+
+    /// The duration, if it lies in `range`; otherwise the config error
+    /// naming `field`, the value and the bounds. Every duration field has
+    /// bounds: a zero timeout fires at once, and a huge one overflows the
+    /// clock it is added to.
+    pub fn within(self, field: &str, range: RangeInclusive<Duration>) -> Result<Duration, String> {
+        if range.contains(&self.0) {
+            Ok(self.0)
+        } else {
+            let (lo, hi) = (ConfigDuration(*range.start()), ConfigDuration(*range.end()));
+            Err(format!("{field} \"{self}\" must be between {lo} and {hi}"))
+        }
+    }
 }
 
 impl From<ConfigDuration> for Duration {
@@ -464,5 +478,11 @@ mod tests {
         assert_eq!(toml::to_string(&t).unwrap().trim(), "d = \"90s\"");
         let e = toml::from_str::<T>("d = \"5y\"").err().unwrap().to_string();
         assert!(e.contains("not a duration"), "{e}");
+        let bounds = Duration::from_millis(1)..=Duration::from_secs(3600);
+        assert_eq!(t.d.within("d", bounds.clone()), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            ConfigDuration::from_secs(7200).within("timeout", bounds),
+            Err("timeout \"2h\" must be between 1ms and 1h".into())
+        );
     }
 }

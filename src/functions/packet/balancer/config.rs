@@ -1,6 +1,8 @@
 //! The `[function] kind = "balancer"` schema and its validation into
 //! services, flow timeouts and the flow-table size.
 
+use std::ops::RangeInclusive;
+
 use smoltcp::time::Duration;
 
 use super::flows::Timeouts;
@@ -56,6 +58,10 @@ with_health_fields! {
     }
 }
 
+/// What a flow timeout may be.
+const TIMEOUTS: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(365 * 86400);
+
 /// A backend check's `timeout` when the service leaves it out.
 const DEFAULT_CHECK_TIMEOUT: ConfigDuration = ConfigDuration::from_millis(500);
 
@@ -102,19 +108,12 @@ impl BalancerConfig {
         if !(1..=MAX_FLOWS).contains(&self.max_flows) {
             return Err(format!("max_flows must be 1..={MAX_FLOWS}"));
         }
-        let positive = |field: &str, d: ConfigDuration| -> Result<Duration, String> {
-            if d.0 > Duration::ZERO {
-                Ok(d.0)
-            } else {
-                Err(format!(
-                    "{field} \"{d}\" must be positive (like \"30s\" or \"5m\")"
-                ))
-            }
-        };
         let timeouts = Timeouts {
-            tcp: positive("tcp_timeout", self.tcp_timeout)?,
-            tcp_closing: positive("tcp_closing_timeout", self.tcp_closing_timeout)?,
-            udp: positive("udp_timeout", self.udp_timeout)?,
+            tcp: self.tcp_timeout.within("tcp_timeout", TIMEOUTS)?,
+            tcp_closing: self
+                .tcp_closing_timeout
+                .within("tcp_closing_timeout", TIMEOUTS)?,
+            udp: self.udp_timeout.within("udp_timeout", TIMEOUTS)?,
         };
         let mut services: Vec<Service> = Vec::new();
         for (i, s) in self.services.iter().enumerate() {

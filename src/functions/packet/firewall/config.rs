@@ -1,6 +1,8 @@
 //! The firewall's `[function]` section: its serde schema and the checks
 //! that turn it into the compiled rules and timeouts the engine runs.
 
+use std::ops::RangeInclusive;
+
 use smoltcp::time::Duration;
 
 use super::conntrack::Timeouts;
@@ -109,6 +111,10 @@ impl Default for FirewallConfig {
     }
 }
 
+/// What a connection timeout may be.
+const TIMEOUTS: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
+
 /// The largest connection table a config may ask for.
 const MAX_CONNECTIONS: usize = 1 << 24;
 
@@ -123,14 +129,7 @@ impl FirewallConfig {
     /// Checks every field; the error names the field (and the rule).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
         let bad = invalid("firewall");
-        let timeout = |name: &str, d: ConfigDuration| {
-            let range = Duration::from_secs(1)..=Duration::from_secs(365 * 86400);
-            if range.contains(&d.0) {
-                Ok(d.0)
-            } else {
-                Err(bad(format!("{name} {d} is not between 1s and 365d")))
-            }
-        };
+        let timeout = |name: &str, d: ConfigDuration| d.within(name, TIMEOUTS).map_err(bad);
         let timeouts = Timeouts {
             tcp_established: timeout("tcp_established_timeout", self.tcp_established_timeout)?,
             tcp_handshake: timeout("tcp_handshake_timeout", self.tcp_handshake_timeout)?,
