@@ -29,9 +29,7 @@ fn slow_tcp_receiver_throttles_sender_and_loses_nothing() {
         &wan,
         1,
         1500,
-        &format!(
-            r#"{{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = {TOTAL}, timeout_ms = 60000 }}"#
-        ),
+        &format!(r#"{{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = {TOTAL}, timeout = "60s" }}"#),
     ));
 
     let mut got = 0u64;

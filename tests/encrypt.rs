@@ -259,9 +259,7 @@ fn rekey_while_a_stream_crosses_the_tunnel() {
     e2.function = e2_cfg(old_21, &[old_12]);
     let client = hop
         .client(0)
-        .function(
-            r#"{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout_ms = 60000 }"#,
-        )
+        .function(r#"{ kind = "probe", tcp = ["10.3.0.2:7"], bytes = 67108864, timeout = "60s" }"#)
         .settings();
     let server = hop
         .server()

@@ -68,12 +68,12 @@ fn allowed_port_echoes_blocked_port_times_out() {
     let (ah, at) = client(
         "client-a",
         1,
-        r#"{ kind = "probe", tcp = ["10.100.0.2:7"], bytes = 262144, timeout_ms = 10000 }"#,
+        r#"{ kind = "probe", tcp = ["10.100.0.2:7"], bytes = 262144, timeout = "10s" }"#,
     );
     let (bh, bt) = client(
         "client-b",
         3,
-        r#"{ kind = "probe", tcp = ["10.100.0.2:9"], bytes = 4096, timeout_ms = 2000 }"#,
+        r#"{ kind = "probe", tcp = ["10.100.0.2:9"], bytes = 4096, timeout = "2s" }"#,
     );
     let report_a = wait_finished(&ah, Duration::from_secs(20));
     let report_b = wait_finished(&bh, Duration::from_secs(20));

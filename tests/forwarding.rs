@@ -19,7 +19,7 @@ fn chain(function_of_router: &str, trust: bool) -> [DeviceSettings; 3] {
         (unique("wanC"), "10.100.0.1/16"),
     )
     .function(
-        r#"{ kind = "probe", tcp = ["10.1.0.2:7", "[fd00:b::2]:7"], udp = ["10.1.0.2:7"], bytes = 4194304, timeout_ms = 30000 }"#,
+        r#"{ kind = "probe", tcp = ["10.1.0.2:7", "[fd00:b::2]:7"], udp = ["10.1.0.2:7"], bytes = 4194304, timeout = "30s" }"#,
     )
     .route("10.1.0.0/24", "10.0.0.254")
     .route("fd00:b::/64", "fd00:a::fe");

@@ -163,7 +163,7 @@ fn device_survives_garbage_frames() {
         &wan,
         1,
         1500,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7"], udp = ["10.0.0.2:7"], bytes = 1048576, timeout_ms = 30000 }"#,
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7"], udp = ["10.0.0.2:7"], bytes = 1048576, timeout = "30s" }"#,
     );
     let (ch, ct) = spawn(&client);
     let report = wait_finished(&ch, Duration::from_secs(60));

@@ -164,10 +164,8 @@ impl Drop for HostNets {
     }
 }
 
-fn probe(target: &str, bytes: u64, timeout_ms: u64) -> String {
-    format!(
-        r#"{{ kind = "probe", tcp = ["{target}"], bytes = {bytes}, timeout_ms = {timeout_ms} }}"#
-    )
+fn probe(target: &str, bytes: u64, timeout: &str) -> String {
+    format!(r#"{{ kind = "probe", tcp = ["{target}"], bytes = {bytes}, timeout = "{timeout}" }}"#)
 }
 
 const ECHO: &str = r#"{ kind = "echo", tcp_buffer = 4194304 }"#;
@@ -176,7 +174,7 @@ fn tcp_64mib(mtu: u32) {
     let net = HostNets::new(mtu);
     let mut server = net.start("server", 2, ECHO);
     server.wait_ready();
-    let mut client = net.start("client", 1, &probe("10.0.0.2:7", 67108864, 120000));
+    let mut client = net.start("client", 1, &probe("10.0.0.2:7", 67108864, "2m"));
     let (code, out) = client.wait_exit(Duration::from_secs(240));
     assert_eq!(code, 0, "{}", client.output());
     assert!(out.contains("67108864 bytes echoed intact"), "{out}");
@@ -208,7 +206,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
 
     // D: a device of this process on the same host segments, exchanging
     // with C before and after A dies.
-    let d = net.device("d", 4, &probe("10.0.0.3:7", 1 << 20, 30000));
+    let d = net.device("d", 4, &probe("10.0.0.3:7", 1 << 20, "30s"));
     let (dh, dt) = Device::new(&d.settings(), SegmentKind::Host)
         .expect("D joins the host segments")
         .spawn();
@@ -219,7 +217,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
     );
 
     // A: a long streaming transfer to B (64 GiB), killed in the middle.
-    let mut a = net.start("a", 1, &probe("10.0.0.2:7", 1 << 36, 3_600_000));
+    let mut a = net.start("a", 1, &probe("10.0.0.2:7", 1 << 36, "1h"));
     a.wait_ready();
     let inode = |seg: &str| {
         use std::os::unix::fs::MetadataExt;
@@ -239,7 +237,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
 
     // D still completes an exchange with C.
     let again = net
-        .device("d", 4, &probe("10.0.0.3:7", 4 << 20, 30000))
+        .device("d", 4, &probe("10.0.0.3:7", 4 << 20, "30s"))
         .settings();
     dh.replace_function(shmnet::functions::build(&again.function).unwrap());
     let t0 = Instant::now();
@@ -258,7 +256,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
 
     // A restarted with the same config (a small transfer) rejoins the same
     // segments and reaches B.
-    let mut a2 = net.start("a", 1, &probe("10.0.0.2:7", 2 << 20, 30000));
+    let mut a2 = net.start("a", 1, &probe("10.0.0.2:7", 2 << 20, "30s"));
     let (code, out) = a2.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 0, "{}", a2.output());
     assert!(out.contains("2097152 bytes echoed intact"), "{out}");
@@ -285,7 +283,7 @@ fn stale_segment_of_a_killed_device_is_reclaimed() {
 
     let mut second = net.start("srv", 2, ECHO);
     second.wait_ready();
-    let mut client = net.start("cli", 1, &probe("10.0.0.2:7", 4 << 20, 30000));
+    let mut client = net.start("cli", 1, &probe("10.0.0.2:7", 4 << 20, "30s"));
     let (code, out) = client.wait_exit(Duration::from_secs(60));
     assert_eq!(code, 0, "{}", client.output());
     assert!(out.contains("4194304 bytes echoed intact"), "{out}");

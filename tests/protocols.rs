@@ -135,7 +135,7 @@ fn icmp_echo_local_and_global() {
 fn tcp_over_ipv6_global_network() {
     let net = NearFar::start(9000);
     let report = net.probe(
-        r#"{ kind = "probe", tcp = ["[fd00:2::2]:7", "[fd00:2::3]:7", "[fd00:1::2]:7"], bytes = 4194304, timeout_ms = 30000 }"#,
+        r#"{ kind = "probe", tcp = ["[fd00:2::2]:7", "[fd00:2::3]:7", "[fd00:1::2]:7"], bytes = 4194304, timeout = "30s" }"#,
     );
     assert_eq!(report.len(), 3, "{report:?}");
     for (line, ep) in report.iter().zip(["fd00:2::2", "fd00:2::3", "fd00:1::2"]) {
@@ -155,7 +155,7 @@ fn arp_resolves_on_both_networks() {
         &wan,
         1,
         1500,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.2:7"], bytes = 65536, timeout_ms = 30000 }"#,
+        r#"{ kind = "probe", tcp = ["10.0.0.2:7", "10.100.0.2:7"], bytes = 65536, timeout = "30s" }"#,
     ));
     let report = wait_finished(&ch, Duration::from_secs(60));
     assert_eq!(report.len(), 2, "{report:?}");

@@ -15,7 +15,7 @@ fn running_device_switches_function() {
     let (sh, st) = spawn(&server);
     assert_eq!(sh.stats().function, "passthrough");
 
-    let probe = r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 200000, timeout_ms = 300 }"#;
+    let probe = r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 200000, timeout = "300ms" }"#;
     let (ch, ct) = spawn(&settings("client", &lan, &wan, 1, 1500, probe));
     let report = wait_finished(&ch, Duration::from_secs(30));
     assert!(
@@ -38,7 +38,7 @@ fn running_device_switches_function() {
     sh.replace_function(build(&FunctionConfig::Passthrough).unwrap());
     ch.stop();
     ct.join().unwrap();
-    let probe = r#"{ kind = "probe", udp = ["10.0.0.2:7"], timeout_ms = 600 }"#;
+    let probe = r#"{ kind = "probe", udp = ["10.0.0.2:7"], timeout = "600ms" }"#;
     let (ch, ct) = spawn(&settings("client3", &lan, &wan, 4, 1500, probe));
     let report = wait_finished(&ch, Duration::from_secs(30));
     assert!(report[0].contains("timed out"), "{report:?}");

@@ -104,7 +104,7 @@ impl Nets {
             (unique("cg"), format!("10.100.0.{host}/16")),
         )
         .function(format!(
-            r#"{{ kind = "probe", tcp = [{tcp}], bytes = {bytes}, timeout_ms = 60000 }}"#
+            r#"{{ kind = "probe", tcp = [{tcp}], bytes = {bytes}, timeout = "60s" }}"#
         ))
         .route("10.2.0.0/24", "10.1.0.254")
         .settings()

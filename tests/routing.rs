@@ -9,9 +9,9 @@ use common::*;
 
 const ECHO: &str = r#"{ kind = "echo" }"#;
 const PROBE_LOCAL: &str =
-    r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 4194304, timeout_ms = 30000 }"#;
+    r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 4194304, timeout = "30s" }"#;
 const PROBE_GLOBAL: &str =
-    r#"{ kind = "probe", tcp = ["10.100.0.3:7"], bytes = 4194304, timeout_ms = 30000 }"#;
+    r#"{ kind = "probe", tcp = ["10.100.0.3:7"], bytes = 4194304, timeout = "30s" }"#;
 
 fn exchange(
     client: &shmnet::config::DeviceSettings,

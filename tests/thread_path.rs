@@ -7,8 +7,7 @@ use std::time::Duration;
 use common::*;
 
 const ECHO: &str = r#"{ kind = "echo", tcp_buffer = 4194304 }"#;
-const PROBE: &str =
-    r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 67108864, timeout_ms = 120000 }"#;
+const PROBE: &str = r#"{ kind = "probe", tcp = ["10.0.0.2:7"], bytes = 67108864, timeout = "2m" }"#;
 
 fn tcp_64mib(mtu: u32) {
     let (lan, wan) = (unique("lan"), unique("wan"));

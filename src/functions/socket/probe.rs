@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use shmnet::functions::{build, FunctionConfig};
-//! let text = "kind = \"probe\"\ntcp = [\"10.0.0.2:7\"]\nbytes = 65536\ntimeout_ms = 5000";
+//! let text = "kind = \"probe\"\ntcp = [\"10.0.0.2:7\"]\nbytes = 65536\ntimeout = \"5s\"";
 //! let cfg: FunctionConfig = toml::from_str(text).unwrap();
 //! let probe = build(&cfg).unwrap();
 //! assert!(!probe.finished());
@@ -19,6 +19,13 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
+use crate::functions::matching::ConfigDuration;
+
+/// An exchange's `timeout` when the config leaves it out.
+const DEFAULT_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(10);
+/// What `timeout` may be.
+const TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
 
 /// `[function] kind = "probe"`; a field left out takes its value from
 /// [`ProbeConfig::default`].
@@ -33,8 +40,13 @@ pub struct ProbeConfig {
     pub bytes: usize,
     /// Datagrams per UDP exchange.
     pub datagrams: usize,
-    /// Give up on one exchange after this many milliseconds.
-    pub timeout_ms: u64,
+    /// Give up on one exchange after this long (`"10s"`, 1ms..=1h).
+    pub timeout: ConfigDuration,
+    /// Deprecated: `timeout` in milliseconds, the spelling from before
+    /// durations were typed. Still read (a config gives one of the two);
+    /// never written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// The exchanges are expected to fail (a firewall should block them):
     /// no answer counts as success, an answer as failure.
     pub expect_blocked: bool,
@@ -47,7 +59,8 @@ impl Default for ProbeConfig {
             udp: Vec::new(),
             bytes: 1 << 20,
             datagrams: 4,
-            timeout_ms: 10_000,
+            timeout: DEFAULT_TIMEOUT,
+            timeout_ms: None,
             expect_blocked: false,
         }
     }
@@ -89,6 +102,8 @@ enum Step {
 
 /// Runs exchanges against echo servers, one after another, and reports.
 pub struct Probe {
+    /// The config as applied: `timeout` holds the deprecated `timeout_ms`
+    /// if that was given.
     cfg: ProbeConfig,
     jobs: Vec<Job>,
     next: usize,
@@ -102,16 +117,40 @@ pub struct Probe {
     closing: Vec<(SocketHandle, Instant)>,
 }
 
+/// A config error of the probe.
+fn invalid(why: String) -> FunctionError {
+    crate::functions::common::invalid("probe")(why)
+}
+
 fn parse_endpoint(s: &str) -> Result<IpEndpoint, FunctionError> {
-    let a: SocketAddr = s.parse().map_err(|_| FunctionError::Invalid {
-        kind: "probe",
-        why: format!("{s:?} is not ip:port"),
-    })?;
+    let a: SocketAddr = s
+        .parse()
+        .map_err(|_| invalid(format!("{s:?} is not ip:port")))?;
     Ok(IpEndpoint::new(IpAddress::from(a.ip()), a.port()))
 }
 
+impl ProbeConfig {
+    /// How long one exchange may take: `timeout`, or the deprecated
+    /// `timeout_ms` in its place.
+    fn timeout(&self) -> Result<ConfigDuration, FunctionError> {
+        match self.timeout_ms {
+            None => Ok(self.timeout),
+            Some(_) if self.timeout != DEFAULT_TIMEOUT => Err(invalid(
+                "timeout_ms is the old spelling of timeout: give one of them".into(),
+            )),
+            Some(ms) => {
+                // Saturating: an absurd value fails the bounds check, it
+                // does not overflow.
+                let timeout = ConfigDuration(Duration::from_micros(ms.saturating_mul(1000)));
+                log::warn!("probe: timeout_ms is deprecated, write timeout = \"{timeout}\"");
+                Ok(timeout)
+            }
+        }
+    }
+}
+
 impl Probe {
-    pub fn new(cfg: ProbeConfig) -> Result<Probe, FunctionError> {
+    pub fn new(mut cfg: ProbeConfig) -> Result<Probe, FunctionError> {
         let mut jobs = Vec::new();
         for t in &cfg.tcp {
             jobs.push(Job::Tcp(parse_endpoint(t)?));
@@ -120,11 +159,11 @@ impl Probe {
             jobs.push(Job::Udp(parse_endpoint(t)?));
         }
         if jobs.is_empty() {
-            return Err(FunctionError::Invalid {
-                kind: "probe",
-                why: "give at least one tcp or udp target".into(),
-            });
+            return Err(invalid("give at least one tcp or udp target".into()));
         }
+        cfg.timeout = cfg.timeout()?;
+        cfg.timeout_ms = None;
+        cfg.timeout.within("timeout", TIMEOUTS).map_err(invalid)?;
         Ok(Probe {
             cfg,
             jobs,
@@ -176,9 +215,11 @@ fn timed_out(
     failure: impl FnOnce() -> String,
 ) -> (String, bool) {
     if cfg.expect_blocked && !answered {
-        let ms = cfg.timeout_ms;
         (
-            format!("{what} {ep}: no answer in {ms} ms: blocked, as expected"),
+            format!(
+                "{what} {ep}: no answer in {}: blocked, as expected",
+                cfg.timeout
+            ),
             true,
         )
     } else {
@@ -209,7 +250,7 @@ impl Function for Probe {
         if self.next >= self.jobs.len() {
             return false;
         }
-        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        let timeout = self.cfg.timeout.0;
         if let Step::Start = self.step {
             self.started = now;
             self.port = self.port.wrapping_add(1).max(40000);
@@ -357,7 +398,7 @@ impl Function for Probe {
         }
         match &self.step {
             Step::Udp(x) => Some(x.last_send + Duration::from_millis(250)),
-            Step::Tcp(_) => Some(self.started + Duration::from_millis(self.cfg.timeout_ms)),
+            Step::Tcp(_) => Some(self.started + self.cfg.timeout.0),
             Step::Start => None,
         }
     }
@@ -373,5 +414,33 @@ impl Function for Probe {
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
         visit("exchanges_done", self.next as u64);
         visit("exchanges_failed", self.failures);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::function::config_error;
+
+    #[test]
+    fn timeout_config_errors_name_the_field() {
+        let err = |text: &str| config_error(&format!("udp = [\"10.0.0.2:7\"]\n{text}"), Probe::new);
+        let both = err("timeout = \"2s\"\ntimeout_ms = 2000");
+        assert!(both.contains("give one of them"), "{both}");
+        for zero in ["timeout = \"0s\"", "timeout_ms = 0"] {
+            let e = err(zero);
+            assert!(
+                e.contains("timeout \"0us\" must be between 1ms and 1h"),
+                "{e}"
+            );
+        }
+        let huge = err(&format!("timeout_ms = {}", u64::MAX));
+        assert!(huge.contains("must be between"), "{huge}");
+        // The default is written with its unit; the old field never is.
+        let text = toml::to_string(&ProbeConfig::default()).unwrap();
+        assert!(
+            text.contains("timeout = \"10s\"") && !text.contains("timeout_ms"),
+            "{text}"
+        );
     }
 }
