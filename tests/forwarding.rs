@@ -87,15 +87,20 @@ fn without_a_route_the_router_drops_and_counts() {
         (&lan_a, "10.0.0.1/24"),
         (unique("g"), "10.100.0.1/16"),
     )
-    .function(r#"{ kind = "probe", udp = ["172.16.9.9:7"], timeout_ms = 600 }"#)
+    .function(r#"{ kind = "probe", udp = ["172.16.9.9:7"], timeout = "600ms" }"#)
     .route("172.16.0.0/12", "10.0.0.254")
     .settings();
-    let (rh, rt) = spawn(&router);
-    let (report, _) = run_to_end(&client, Duration::from_secs(30));
-    assert!(report[0].contains("timed out"), "{report:?}");
-    let r = rh.stats();
+    let (mut router, mut client) = (device(&router), device(&client));
+    let probe = client.handle();
+    let mut clock = VirtualClock::new(smoltcp::time::Duration::from_millis(1));
+    let devices = &mut [&mut client, &mut router];
+    let finished = clock.run_until(devices, smoltcp::time::Duration::from_secs(2), |_| {
+        probe.finished()
+    });
+    let report = probe.take_report();
+    assert!(finished && report[0].contains("timed out"), "{report:?}");
+    let r = router.stats();
     assert!(r.nic.no_route > 0 && r.nic.forwarded == 0, "{r:?}");
-    stop_all([(rh, rt)]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Each network's MTU holds exactly: an IP packet of the MTU passes, one
 //! byte more is a counted `oversize` drop: received or sent by a device's
 //! stack, and forwarded, on Ethernet and IP networks. The devices run on
-//! virtual time (`Device::poll_at`) in the test's thread; raw ports send
+//! virtual time (`VirtualClock`) in the test's thread; raw ports send
 //! the hand-made packets and see what comes out.
 
 mod common;
@@ -12,7 +12,7 @@ use shmnet::config::DeviceConfig;
 use shmnet::shm::SegmentKind;
 use shmnet::stack::Device;
 use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::time::Instant;
+use smoltcp::time::Duration;
 use smoltcp::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4Packet, Icmpv4Repr,
     IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
@@ -26,7 +26,7 @@ struct Bench {
     dev: Device,
     medium: &'static str,
     raw: Vec<RawPort>,
-    clock: i64,
+    clock: VirtualClock,
 }
 
 /// The IPv4 packets each raw port received, as (total length, TTL), and
@@ -40,16 +40,14 @@ impl Bench {
             dev: Device::new(&cfg, SegmentKind::Process).expect("device starts"),
             medium,
             raw: Vec::new(),
-            clock: 0,
+            clock: VirtualClock::new(Duration::from_millis(1)),
         }
     }
 
     /// Polls the device a few rounds of virtual time.
     fn run(&mut self) {
-        for _ in 0..8 {
-            self.clock += 1;
-            self.dev.poll_at(Instant::from_millis(self.clock));
-        }
+        self.clock
+            .run_for(&mut [&mut self.dev], Duration::from_millis(8));
     }
 
     fn oversize(&self) -> u64 {

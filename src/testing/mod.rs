@@ -11,6 +11,8 @@
 //!   [`counter`]), the
 //!   usual chain ends ([`probe_client`], [`echo_server`]), and a
 //!   [`RawPort`] for hand-made frames.
+//! - [`VirtualClock`]: devices built with [`device`] and polled in the
+//!   test's thread on virtual time, deterministically.
 //! - [`function`]: one function driven by hand (its hooks, counters and
 //!   config errors), as the functions' unit tests do.
 //! - [`fuzz`]: input framing for the fuzz targets.
@@ -38,14 +40,16 @@
 //! stop_all([client, server]);
 //! ```
 
+mod clock;
 mod device;
 pub mod frames;
 pub mod function;
 pub mod fuzz;
 mod topology;
 
+pub use clock::VirtualClock;
 pub use device::{DeviceToml, NetToml};
 pub use topology::{
-    RawPort, Running, counter, echo_server, probe_client, probe_intact, raw_port, raw_port_as,
-    run_to_end, spawn, stop_all, unique, wait_finished, wait_for,
+    RawPort, Running, counter, device, echo_server, probe_client, probe_intact, raw_port,
+    raw_port_as, run_to_end, spawn, stop_all, unique, wait_finished, wait_for,
 };

@@ -30,11 +30,15 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// A device of this process (process-local segments) for the caller to
+/// poll, e.g. on a [`VirtualClock`](super::VirtualClock).
+pub fn device(s: &DeviceSettings) -> Device {
+    Device::new(s, SegmentKind::Process).expect("device starts")
+}
+
 /// Starts a device as a thread of this process (process-local segments).
 pub fn spawn(s: &DeviceSettings) -> Running {
-    Device::new(s, SegmentKind::Process)
-        .expect("device starts")
-        .spawn()
+    device(s).spawn()
 }
 
 /// Stops devices started with [`spawn`] and waits for their threads.

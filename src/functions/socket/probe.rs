@@ -421,6 +421,38 @@ impl Function for Probe {
 mod tests {
     use super::*;
     use crate::testing::function::config_error;
+    use crate::testing::{DeviceToml, VirtualClock, device, unique};
+
+    /// A probe alone on its networks, expecting `target` to be blocked:
+    /// its report and the virtual time it took to finish.
+    fn blocked(target: &str, timeout: &str) -> (Vec<String>, Instant) {
+        let (lan, wan) = (unique("lan"), unique("wan"));
+        let function = format!(
+            r#"{{ kind = "probe", udp = ["{target}"], expect_blocked = true, {timeout} }}"#
+        );
+        let s = DeviceToml::host("probe", &lan, &wan, 1)
+            .function(&function)
+            .settings();
+        let mut probe = device(&s);
+        let h = probe.handle();
+        let mut clock = VirtualClock::new(Duration::from_millis(1));
+        clock.run_until(&mut [&mut probe], Duration::from_secs(10), |_| h.finished());
+        (h.take_report(), clock.now())
+    }
+
+    #[test]
+    fn an_exchange_gives_up_after_the_typed_timeout_or_its_deprecated_spelling() {
+        for timeout in [r#"timeout = "2s""#, "timeout_ms = 2000"] {
+            let (report, took) = blocked("10.0.0.9:7", timeout);
+            assert_eq!(
+                report,
+                ["udp 10.0.0.9:7: no answer in 2s: blocked, as expected"],
+                "{timeout}"
+            );
+            let ms = took.total_millis();
+            assert!((2000..2010).contains(&ms), "{timeout}: finished at {ms} ms");
+        }
+    }
 
     #[test]
     fn timeout_config_errors_name_the_field() {

@@ -1,0 +1,95 @@
+//! Virtual time: devices driven in the test's own thread by
+//! [`Device::poll_at`], on a clock that moves only when the test says so.
+//! Nothing reads the wall clock and nothing runs concurrently, so a run
+//! does the same every time, and a timeout of minutes passes in as many
+//! rounds as it takes, not in minutes.
+//!
+//! ```
+//! use shmnet::testing::{DeviceToml, VirtualClock, device, unique};
+//! use smoltcp::time::Duration;
+//!
+//! // An echo server and a probe on the same networks, in this thread.
+//! let (lan, wan) = (unique("lan"), unique("wan"));
+//! let host = |name, host, function| {
+//!     device(&DeviceToml::host(name, &lan, &wan, host).function(function).settings())
+//! };
+//! let mut server = host("server", 2, r#"{ kind = "echo" }"#);
+//! let mut client = host("client", 1, r#"{ kind = "probe", udp = ["10.0.0.2:7"] }"#);
+//! let probe = client.handle();
+//!
+//! let mut clock = VirtualClock::new(Duration::from_millis(1));
+//! let done = clock.run_until(&mut [&mut client, &mut server], Duration::from_secs(5), |_| {
+//!     probe.finished()
+//! });
+//! assert!(done);
+//! let report = probe.take_report();
+//! assert!(report[0].contains("4/4 datagrams echoed intact"), "{report:?}");
+//! ```
+
+use smoltcp::time::{Duration, Instant};
+
+use crate::stack::Device;
+
+/// A clock for devices polled by hand: it starts at zero, and every
+/// [`tick`](VirtualClock::tick) moves it on by a fixed step and polls each
+/// device once at the new time.
+#[derive(Debug, Clone)]
+pub struct VirtualClock {
+    now: Instant,
+    step: Duration,
+}
+
+impl VirtualClock {
+    /// A clock at zero that moves by `step` each tick (1 ms is fine
+    /// grained enough for the stack's and the functions' timers).
+    pub fn new(step: Duration) -> VirtualClock {
+        assert!(step > Duration::ZERO, "a clock that does not move");
+        VirtualClock {
+            now: Instant::ZERO,
+            step,
+        }
+    }
+
+    /// The time of the last tick.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Moves one step on and polls each of `devices` once, in order;
+    /// returns whether any of them moved anything.
+    pub fn tick(&mut self, devices: &mut [&mut Device]) -> bool {
+        self.now += self.step;
+        let mut progress = false;
+        for d in devices.iter_mut() {
+            progress |= d.poll_at(self.now);
+        }
+        progress
+    }
+
+    /// Ticks until `span` has passed.
+    pub fn run_for(&mut self, devices: &mut [&mut Device], span: Duration) {
+        let end = self.now + span;
+        while self.now < end {
+            self.tick(devices);
+        }
+    }
+
+    /// Ticks until `done` (asked after every tick) holds, or until `limit`
+    /// has passed; returns whether `done` held. [`now`](Self::now) is then
+    /// the virtual time it took.
+    pub fn run_until(
+        &mut self,
+        devices: &mut [&mut Device],
+        limit: Duration,
+        mut done: impl FnMut(&mut [&mut Device]) -> bool,
+    ) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            self.tick(devices);
+            if done(devices) {
+                return true;
+            }
+        }
+        false
+    }
+}
