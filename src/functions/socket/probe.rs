@@ -366,6 +366,10 @@ impl Function for Probe {
         self.next >= self.jobs.len() && self.closing.is_empty()
     }
 
+    fn failed(&self) -> bool {
+        self.failures > 0
+    }
+
     fn take_report(&mut self) -> Vec<String> {
         std::mem::take(&mut self.report)
     }
