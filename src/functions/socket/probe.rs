@@ -18,6 +18,8 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use crate::functions::matching::quoted;
+
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
 
 /// `[function] kind = "probe"`; a field left out takes its value from
@@ -105,7 +107,7 @@ pub struct Probe {
 fn parse_endpoint(s: &str) -> Result<IpEndpoint, FunctionError> {
     let a: SocketAddr = s.parse().map_err(|_| FunctionError::Invalid {
         kind: "probe",
-        why: format!("{s:?} is not ip:port"),
+        why: format!("{} is not ip:port", quoted(s)),
     })?;
     Ok(IpEndpoint::new(IpAddress::from(a.ip()), a.port()))
 }
