@@ -1,13 +1,41 @@
 //! Running a whole topology: every device of a topology file as a thread of
 //! this process, or each as its own `shmnet device` process.
+//!
+//! Devices with a finite job (probes) start last and the run ends once
+//! every job is done (or after [`RunOptions::duration`], or when
+//! [`RunOptions::stop`] is set). A run is ok only if every probe completed
+//! without a failed exchange and no device process exited with an error;
+//! [`RunOutcome::failures`] says what went wrong. Devices still running
+//! when a run ends — normally, on an error half way, or in a panic — are
+//! stopped: threads are joined, processes get SIGTERM (then SIGKILL) and
+//! are reaped.
+//!
+//! ```no_run
+//! use shmnet::topology::{RunOptions, run_file};
+//! let out = run_file("examples/sample/topology.toml".as_ref(), &RunOptions::default(), |line| {
+//!     println!("{line}")
+//! })
+//! .expect("the topology loads and its devices start");
+//! for why in &out.failures {
+//!     eprintln!("{why}");
+//! }
+//! assert!(out.ok);
+//! ```
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
 
 use crate::config::{DeviceSettings, RunMode, Topology};
 use crate::shm::SegmentKind;
 use crate::stack::{Device, DeviceHandle, DeviceStats};
+
+/// How long a device process gets to detach after SIGTERM before it is
+/// killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Options of [`run`].
 #[derive(Debug, Clone, Default)]
@@ -28,17 +56,27 @@ pub struct RunOutcome {
     pub reports: Vec<String>,
     /// Counters of every device at the end (thread mode).
     pub stats: Vec<DeviceStats>,
-    /// Whether every probe reported success.
+    /// Whether the run succeeded: `failures` is empty.
     pub ok: bool,
+    /// Why the run failed, one line per device: a probe that failed or
+    /// never completed, a device process that exited with an error.
+    pub failures: Vec<String>,
+}
+
+impl RunOutcome {
+    fn new(reports: Vec<String>, stats: Vec<DeviceStats>, failures: Vec<String>) -> RunOutcome {
+        RunOutcome {
+            reports,
+            stats,
+            ok: failures.is_empty(),
+            failures,
+        }
+    }
 }
 
 fn stopped(opts: &RunOptions) -> bool {
     opts.stop
         .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-}
-
-fn has_job(d: &DeviceSettings) -> bool {
-    matches!(d.function, crate::functions::FunctionConfig::Probe(_))
 }
 
 /// Runs a topology and returns its reports. `on_line` sees each report
@@ -54,6 +92,27 @@ pub fn run(
     }
 }
 
+/// `name [kind]`, as the stats lines name a device.
+fn label(d: &DeviceSettings) -> String {
+    format!("{} [{}]", d.name, d.function.kind())
+}
+
+/// The devices of a thread-mode run; stopped and joined when dropped.
+struct Threads(Vec<(DeviceHandle, Option<JoinHandle<Device>>, bool)>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for (h, _, _) in &self.0 {
+            h.stop();
+        }
+        for (_, t, _) in &mut self.0 {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 fn run_threads(
     topo: &Topology,
     opts: &RunOptions,
@@ -61,56 +120,148 @@ fn run_threads(
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     // Servers first, so probes find them listening.
     let mut order: Vec<&DeviceSettings> = topo.devices.iter().collect();
-    order.sort_by_key(|d| has_job(d));
-    let mut running: Vec<(DeviceHandle, std::thread::JoinHandle<Device>, bool)> = Vec::new();
-    for d in order {
-        let dev = Device::new(d, SegmentKind::Process)?;
-        let (h, t) = dev.spawn();
-        running.push((h, t, has_job(d)));
+    order.sort_by_key(|d| d.function.has_job());
+    let mut running = Threads(Vec::new());
+    for d in &order {
+        let (h, t) = Device::new(*d, SegmentKind::Process)?.spawn();
+        running.0.push((h, Some(t), d.function.has_job()));
     }
     let started = Instant::now();
-    let mut out = RunOutcome {
-        ok: true,
-        ..Default::default()
-    };
-    let any_job = running.iter().any(|r| r.2);
-    loop {
-        for (h, _, _) in &running {
-            for line in h.take_report() {
-                if line.contains("timed out")
-                    || line.contains("CORRUPTED")
-                    || line.contains("NOT BLOCKED")
-                    || line.contains("cannot")
-                {
-                    out.ok = false;
-                }
-                let line = format!("{}: {line}", h.name());
-                on_line(&line);
-                out.reports.push(line);
-            }
+    let mut reports = Vec::new();
+    let mut collect = |h: &DeviceHandle, reports: &mut Vec<String>| {
+        for line in h.take_report() {
+            let line = format!("{}: {line}", h.name());
+            on_line(&line);
+            reports.push(line);
         }
-        let jobs_done = any_job && running.iter().filter(|r| r.2).all(|r| r.0.finished());
+    };
+    let any_job = running.0.iter().any(|r| r.2);
+    loop {
+        for (h, _, _) in &running.0 {
+            collect(h, &mut reports);
+        }
+        let jobs_done = any_job && running.0.iter().filter(|r| r.2).all(|r| r.0.finished());
         let time_up = opts.duration.is_some_and(|d| started.elapsed() >= d) || stopped(opts);
         if jobs_done || time_up {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for (h, _, _) in &running {
-        for line in h.take_report() {
-            let line = format!("{}: {line}", h.name());
-            on_line(&line);
-            out.reports.push(line);
-        }
+    for (h, _, _) in &running.0 {
         h.stop();
     }
-    for (h, t, _) in running {
+    let mut stats = Vec::new();
+    let mut failures = Vec::new();
+    for ((h, t, job), d) in running.0.iter_mut().zip(&order) {
         let dev = t
+            .take()
+            .expect("joined once")
             .join()
             .map_err(|_| format!("device {} panicked", h.name()))?;
-        out.stats.push(dev.stats());
+        collect(h, &mut reports);
+        let s = dev.stats();
+        if *job && (h.failed() || !h.finished()) {
+            let counters: Vec<String> = s
+                .function_counters
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let what = if h.failed() {
+                "failed"
+            } else {
+                "did not complete"
+            };
+            failures.push(format!("{} {what} ({})", label(d), counters.join(" ")));
+        }
+        stats.push(s);
     }
-    Ok(out)
+    Ok(RunOutcome::new(reports, stats, failures))
+}
+
+/// One device of a process-mode run.
+struct DeviceProcess {
+    name: String,
+    /// `name [kind]`.
+    label: String,
+    job: bool,
+    child: Child,
+    status: Option<ExitStatus>,
+    /// The run sent it SIGTERM.
+    terminated: bool,
+    /// It outlived [`STOP_GRACE`] after SIGTERM and was killed.
+    killed: bool,
+}
+
+impl DeviceProcess {
+    /// Takes the exit status if the process has ended.
+    fn poll(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait()?;
+        }
+        Ok(self.status)
+    }
+
+    /// Why this device fails the run, if it does.
+    fn failure(&self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let label = &self.label;
+        let status = self.status?;
+        if self.killed {
+            return Some(format!(
+                "{label} did not stop within {} s of SIGTERM and was killed",
+                STOP_GRACE.as_secs()
+            ));
+        }
+        if status.success() {
+            return None;
+        }
+        Some(match (self.job, self.terminated) {
+            (true, true) => format!("{label} did not complete before the run stopped ({status})"),
+            (true, false) => format!("{label} failed ({status})"),
+            // SIGTERM before the device set up its handler: stopped as asked.
+            (false, true) if status.signal() == Some(Signal::TERM.as_raw()) => return None,
+            (false, true) => format!("{label} failed while stopping ({status})"),
+            (false, false) => format!("{label} exited while the run went on ({status})"),
+        })
+    }
+}
+
+/// The device processes of a run. Dropping it stops and reaps every one
+/// still running, so no device outlives the run, however it ends.
+struct Children(Vec<DeviceProcess>);
+
+impl Children {
+    /// Sends SIGTERM to every device still running, waits up to `grace`
+    /// for all to exit, then kills the rest.
+    fn stop(&mut self, grace: Duration) {
+        for p in &mut self.0 {
+            if matches!(p.poll(), Ok(None)) {
+                let pid = rustix::process::Pid::from_child(&p.child);
+                let _ = rustix::process::kill_process(pid, Signal::TERM);
+                p.terminated = true;
+            }
+        }
+        let t0 = Instant::now();
+        while self.0.iter_mut().any(|p| matches!(p.poll(), Ok(None))) {
+            if t0.elapsed() >= grace {
+                for p in &mut self.0 {
+                    if matches!(p.poll(), Ok(None)) {
+                        let _ = p.child.kill();
+                        p.status = p.child.wait().ok();
+                        p.killed = true;
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop(STOP_GRACE);
+    }
 }
 
 fn run_processes(
@@ -118,45 +269,53 @@ fn run_processes(
     opts: &RunOptions,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
-    let exe = std::env::current_exe()?;
-    let dir = std::env::temp_dir().join(format!("shmnet-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut order: Vec<(usize, &DeviceSettings)> = topo.devices.iter().enumerate().collect();
-    order.sort_by_key(|(_, d)| has_job(d));
-    let mut children: Vec<(String, Child, bool)> = Vec::new();
-    for (i, d) in order {
-        let file = match &topo.device_files[i] {
-            Some(p) => p.clone(),
-            None => {
-                return Err(format!(
-                    "device {:?} is inline; process mode needs each device in its own file",
-                    d.name
-                )
-                .into());
-            }
+    let mut order = Vec::new();
+    for (d, file) in topo.devices.iter().zip(&topo.device_files) {
+        let Some(file) = file else {
+            return Err(format!(
+                "device {:?} is inline; process mode needs each device in its own file",
+                d.name
+            )
+            .into());
         };
+        order.push((d, file));
+    }
+    // Servers first, so probes find them listening.
+    order.sort_by_key(|(d, _)| d.function.has_job());
+    let exe = std::env::current_exe()?;
+    let mut children = Children(Vec::new());
+    for (d, file) in order {
         let child = Command::new(&exe)
             .arg("device")
-            .arg(&file)
+            .arg(file)
             .stdout(std::process::Stdio::inherit())
             .spawn()?;
-        children.push((d.name.clone(), child, has_job(d)));
+        children.0.push(DeviceProcess {
+            name: d.name.clone(),
+            label: label(d),
+            job: d.function.has_job(),
+            child,
+            status: None,
+            terminated: false,
+            killed: false,
+        });
         std::thread::sleep(Duration::from_millis(50));
     }
     let started = Instant::now();
-    let mut ok = true;
+    let any_job = children.0.iter().any(|p| p.job);
     loop {
         let mut jobs_left = false;
-        for (_, c, job) in children.iter_mut() {
-            if *job {
-                match c.try_wait()? {
-                    Some(st) => ok &= st.success(),
-                    None => jobs_left = true,
-                }
+        let mut died = false;
+        for p in &mut children.0 {
+            match p.poll()? {
+                None => jobs_left |= p.job,
+                // A device without a job runs until told to stop; one that
+                // failed on its own leaves the topology broken.
+                Some(st) => died |= !p.job && !st.success(),
             }
         }
-        let any_job = children.iter().any(|c| c.2);
         if (any_job && !jobs_left)
+            || died
             || opts.duration.is_some_and(|d| started.elapsed() >= d)
             || stopped(opts)
         {
@@ -164,21 +323,17 @@ fn run_processes(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for (name, c, _) in children.iter_mut() {
-        if c.try_wait()?.is_none() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(c.id() as i32).expect("child pid"),
-                rustix::process::Signal::TERM,
-            );
+    children.stop(STOP_GRACE);
+    let mut failures = Vec::new();
+    for p in &children.0 {
+        let name = &p.name;
+        match p.status {
+            Some(st) if !st.success() => on_line(&format!("{name}: exited ({st})")),
+            _ => on_line(&format!("{name}: exited")),
         }
-        let _ = c.wait();
-        on_line(&format!("{name}: exited"));
+        failures.extend(p.failure());
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(RunOutcome {
-        ok,
-        ..Default::default()
-    })
+    Ok(RunOutcome::new(Vec::new(), Vec::new(), failures))
 }
 
 /// Loads and runs a topology file.

@@ -133,3 +133,92 @@ fn missing_file() {
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("does-not-exist.toml"), "{err}");
 }
+
+#[test]
+fn missing_device_file_is_named_with_the_topology_that_names_it() {
+    let (code, err, topo) = run(
+        "run",
+        "names-missing.toml",
+        "name = \"t\"\n[[device]]\nfile = \"not-written.toml\"\n",
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&topo), "stderr does not name {topo}: {err}");
+    assert!(
+        err.contains("device[0].file") && err.contains("not-written.toml: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_huge_value_is_quoted_short_with_its_length() {
+    let huge = "x".repeat(50_000_000);
+    let cases = [
+        // Refused by validation, and by the TOML parser (unknown variant).
+        ("huge-address", GOOD.replace("10.0.0.1/24", &huge)),
+        (
+            "huge-medium",
+            GOOD.replace("mtu = 9000", &format!("mtu = 9000\nmedium = \"{huge}\"")),
+        ),
+    ];
+    for (stem, text) in cases {
+        let (code, err, path) = run("device", &format!("{stem}.toml"), &text);
+        assert_ne!(code, 0, "{stem}");
+        assert!(err.len() < 1000, "{stem}: {} bytes of error", err.len());
+        assert!(err.contains(&path), "{stem}: {err}");
+        assert!(
+            err.contains(&format!("{}…", "x".repeat(80))) && err.contains("(50000000 bytes)"),
+            "{stem}: {err}"
+        );
+        assert!(!err.contains(&"x".repeat(81)), "{stem}: {err}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn medium_and_mode_errors_carry_no_function_hint() {
+    let (code, err, path) = run(
+        "device",
+        "medium.toml",
+        &GOOD.replace("mtu = 9000", "mtu = 9000\nmedium = \"ipx\""),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&path), "{err}");
+    assert!(
+        err.contains("medium = \"ipx\"") && err.contains("expected `ethernet` or `ip`"),
+        "{err}"
+    );
+    assert!(!err.contains("function"), "{err}");
+    let (code, err, path) = run(
+        "run",
+        "mode-topo.toml",
+        &topology(GOOD).replace("name = \"bad\"", "name = \"bad\"\nmode = \"fork\""),
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains(&path), "{err}");
+    assert!(
+        err.contains("fork") && err.contains("expected `thread` or `process`"),
+        "{err}"
+    );
+    assert!(!err.contains("function"), "{err}");
+}
+
+#[test]
+fn a_process_mode_config_error_leaves_no_run_directory() {
+    // Inline devices cannot run as processes: refused before any starts.
+    let path = dir().join("inline-topo.toml");
+    std::fs::write(&path, topology(GOOD)).unwrap();
+    let child = Command::new(BIN)
+        .args(["run", "--mode", "process"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shmnet");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is inline; process mode needs"), "{err}");
+    let run_dir = std::env::temp_dir().join(format!("shmnet-run-{pid}"));
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
+}

@@ -24,7 +24,13 @@ fn every_example_topology_runs_and_its_probes_succeed() {
         };
         let out = run_file(&dir.join("topology.toml"), &opts, |_| {})
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        assert!(out.ok, "{}: {:#?}", dir.display(), out.reports);
+        assert!(
+            out.ok,
+            "{}: {:?}\n{:#?}",
+            dir.display(),
+            out.failures,
+            out.reports
+        );
         assert!(
             !out.reports.is_empty(),
             "{}: no probe reported",

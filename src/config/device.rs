@@ -9,7 +9,7 @@ use serde::Deserialize;
 use smoltcp::wire::{IpAddress, IpCidr};
 
 use super::{ConfigError, parse_toml, read};
-use crate::functions::matching::check_name;
+use crate::functions::matching::{check_name, quoted};
 use crate::functions::{self, FunctionConfig};
 use crate::stack::spec::{DeviceSpec, NetworkSpec, StaticRoute};
 use crate::wire::LinkMedium;
@@ -58,6 +58,9 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub buffers: u32,
 }
+
+/// The longest segment name the shared-memory facility accepts.
+const SEGMENT_NAME_MAX: usize = 200;
 
 fn default_mtu() -> u32 {
     1500
@@ -157,8 +160,8 @@ impl DeviceConfig {
             return Err(invalid(
                 "global.segment",
                 format!(
-                    "{:?} is also the local segment; the two networks must differ",
-                    global.segment
+                    "{} is also the local segment; the two networks must differ",
+                    quoted(&global.segment)
                 ),
             ));
         }
@@ -191,7 +194,7 @@ impl DeviceConfig {
             Some(s) => parse_mac(s).ok_or_else(|| {
                 invalid(
                     "mac",
-                    format!("{s:?} is not a unicast MAC like 02:53:00:00:00:01"),
+                    format!("{} is not a unicast MAC like 02:53:00:00:00:01", quoted(s)),
                 )
             })?,
         };
@@ -201,13 +204,15 @@ impl DeviceConfig {
             let to: IpCidr = r.to.parse().map_err(|_| {
                 invalid(
                     &field("to"),
-                    format!("{:?} is not a prefix like 10.1.0.0/24", r.to),
+                    format!("{} is not a prefix like 10.1.0.0/24", quoted(&r.to)),
                 )
             })?;
-            let via: IpAddress =
-                r.via.parse::<IpAddr>().map(IpAddress::from).map_err(|_| {
-                    invalid(&field("via"), format!("{:?} is not an IP address", r.via))
-                })?;
+            let via: IpAddress = r.via.parse::<IpAddr>().map(IpAddress::from).map_err(|_| {
+                invalid(
+                    &field("via"),
+                    format!("{} is not an IP address", quoted(&r.via)),
+                )
+            })?;
             let on_a_network = [Some(IpCidr::Ipv4(local.v4)), Some(IpCidr::Ipv4(global.v4))]
                 .into_iter()
                 .chain([local.v6.map(IpCidr::Ipv6), global.v6.map(IpCidr::Ipv6)])
@@ -265,6 +270,15 @@ impl NetworkConfig {
         };
         check_name(&self.segment, "-_.")
             .map_err(|chars| invalid("segment", format!("use {chars}")))?;
+        if self.segment.len() > SEGMENT_NAME_MAX {
+            return Err(invalid(
+                "segment",
+                format!(
+                    "{} is too long: a segment name has at most {SEGMENT_NAME_MAX} characters",
+                    quoted(&self.segment)
+                ),
+            ));
+        }
         if !(crate::shm::layout::MTU_MIN..=crate::shm::layout::MTU_MAX).contains(&self.mtu) {
             return Err(invalid(
                 "mtu",
@@ -286,8 +300,8 @@ impl NetworkConfig {
                 return Err(invalid(
                     "address",
                     format!(
-                        "{:?} is not an IPv4 unicast address with prefix, like 10.0.0.1/24",
-                        self.address
+                        "{} is not an IPv4 unicast address with prefix, like 10.0.0.1/24",
+                        quoted(&self.address)
                     ),
                 ));
             }
@@ -310,7 +324,8 @@ impl NetworkConfig {
                     return Err(invalid(
                         "address6",
                         format!(
-                            "{s:?} is not an IPv6 unicast address with prefix, like fd00::1/64"
+                            "{} is not an IPv6 unicast address with prefix, like fd00::1/64",
+                            quoted(s)
                         ),
                     ));
                 }
@@ -327,7 +342,11 @@ impl NetworkConfig {
                     Ok(IpAddr::V6(a)) if !want_v4 => Ok(Some(IpAddress::Ipv6(a))),
                     _ => Err(invalid(
                         field,
-                        format!("{s:?} is not an IPv{} address", if want_v4 { 4 } else { 6 }),
+                        format!(
+                            "{} is not an IPv{} address",
+                            quoted(s),
+                            if want_v4 { 4 } else { 6 }
+                        ),
                     )),
                 },
             }

@@ -38,8 +38,10 @@ pub use topology::{RunMode, Topology};
 pub use crate::stack::spec::{NetworkSpec as NetworkSettings, StaticRoute};
 
 use crate::functions;
+use crate::functions::matching::QUOTE_MAX;
 
-/// Errors reading configuration. Each names the file and the field.
+/// Errors reading configuration. Each names the file and the field, and
+/// quotes at most [`QUOTE_MAX`] characters of a bad value.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -61,6 +63,16 @@ pub enum ConfigError {
         field: String,
         why: String,
     },
+    /// A device file the topology `topology` names (in `field`) is missing
+    /// or invalid; `source` says why. Fix that file, or the topology's
+    /// `file` entry if it names the wrong one.
+    #[error("{topology}: field `{field}`: {source}")]
+    DeviceFile {
+        topology: String,
+        field: String,
+        #[source]
+        source: Box<ConfigError>,
+    },
 }
 
 /// The text of the file at `path`, and its name for messages.
@@ -75,19 +87,153 @@ fn read(path: &std::path::Path) -> Result<(String, String), ConfigError> {
 fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.into(),
-        message: explain_parse_error(&e.to_string()),
+        message: explain_parse_error(&e, Some(text)),
     })
 }
 
-/// Makes serde's unknown-variant message for `kind` list the functions.
-fn explain_parse_error(msg: &str) -> String {
-    let msg = msg.trim_end().to_string();
-    if msg.contains("unknown variant") {
-        format!(
-            "{msg}\n(unknown function; known kinds: {})",
+/// Characters of the offending line a parse error shows at most.
+const LINE_SHOWN: usize = 80;
+
+/// A TOML parser or serde error as a short message: where it is (line,
+/// column and at most [`LINE_SHOWN`] characters of the line, when `text`
+/// is the document the error came from), what is wrong with every quoted
+/// value cut to [`QUOTE_MAX`] characters, and for an unknown function
+/// kind, the kinds there are.
+fn explain_parse_error(e: &toml::de::Error, text: Option<&str>) -> String {
+    let mut msg = String::new();
+    if let (Some(text), Some(span)) = (text, e.span())
+        && span.start <= text.len()
+        && text.is_char_boundary(span.start)
+    {
+        msg.push_str(&snippet(text, span));
+    }
+    let what = shorten_quoted(e.message().trim_end());
+    msg.push_str(&what);
+    let kinds: Vec<String> = functions::KINDS.iter().map(|k| format!("`{k}`")).collect();
+    if what.contains("unknown variant") && what.contains(&format!("one of {}", kinds.join(", "))) {
+        msg.push_str(&format!(
+            "\n(unknown function; known kinds: {})",
             functions::KINDS.join(", ")
-        )
+        ));
+    }
+    msg
+}
+
+/// "TOML parse error at line L, column C" and the line with the span
+/// underlined, as the toml crate shows it, but at most [`LINE_SHOWN`]
+/// characters of the line, around the span.
+fn snippet(text: &str, span: std::ops::Range<usize>) -> String {
+    let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[span.start..]
+        .find('\n')
+        .map_or(text.len(), |i| span.start + i);
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let number = text[..line_start].matches('\n').count() + 1;
+    let column = text[line_start..span.start].chars().count();
+    // Start the window a little before the span if the line is too long.
+    let first = if line.chars().nth(LINE_SHOWN).is_some() {
+        column.saturating_sub(LINE_SHOWN / 4)
     } else {
-        msg
+        0
+    };
+    let shown: String = line.chars().skip(first).take(LINE_SHOWN).collect();
+    let cut_left = if first > 0 { "…" } else { "" };
+    let cut_right = if line.chars().nth(first + LINE_SHOWN).is_some() {
+        "…"
+    } else {
+        ""
+    };
+    let underlined = text
+        .get(span.start..span.end.min(line_start + line.len()))
+        .map_or(1, |s| s.chars().count())
+        .clamp(1, (first + LINE_SHOWN).saturating_sub(column).max(1));
+    let gutter = " ".repeat(number.to_string().len());
+    format!(
+        "TOML parse error at line {number}, column {}\n{gutter} |\n{number} | {cut_left}{shown}{cut_right}\n{gutter} | {}{}\n",
+        column + 1,
+        " ".repeat(cut_left.chars().count() + column - first),
+        "^".repeat(underlined)
+    )
+}
+
+/// `msg` with every value quoted in it (between backticks or double
+/// quotes) longer than [`QUOTE_MAX`] characters cut with an ellipsis and
+/// followed by its length: for messages of other crates that quote a
+/// whole value.
+fn shorten_quoted(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = rest.as_bytes()[open] as char;
+        out.push_str(&rest[..=open]);
+        let body = &rest[open + 1..];
+        // The closing quote; a `\"` inside "..." is not one.
+        let mut escaped = false;
+        let close = body.char_indices().find_map(|(i, c)| {
+            let end = c == quote && !escaped;
+            escaped = quote == '"' && c == '\\' && !escaped;
+            end.then_some(i)
+        });
+        let (inside, after) = match close {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => (body, ""),
+        };
+        match inside.char_indices().nth(QUOTE_MAX) {
+            None => out.push_str(inside),
+            Some((cut, _)) => out.push_str(&inside[..cut]),
+        }
+        let long = inside.chars().nth(QUOTE_MAX).is_some();
+        if long {
+            out.push('…');
+        }
+        if close.is_some() {
+            out.push(quote);
+        }
+        if long {
+            out.push_str(&format!(" ({} bytes)", inside.len()));
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_quoted_values_are_cut_and_their_length_given() {
+        let long = "x".repeat(1000);
+        let msg = shorten_quoted(&format!("unknown variant `{long}`, expected `a` or \"b\""));
+        assert_eq!(
+            msg,
+            format!(
+                "unknown variant `{}…` (1000 bytes), expected `a` or \"b\"",
+                "x".repeat(QUOTE_MAX)
+            )
+        );
+        let msg = shorten_quoted(&format!("string \"a\\\"{long}\" and `"));
+        assert!(msg.starts_with("string \"a\\\"x"), "{msg}");
+        assert!(msg.ends_with("…\" (1003 bytes) and `"), "{msg}");
+        assert_eq!(shorten_quoted("no quotes"), "no quotes");
+    }
+
+    #[test]
+    fn a_parse_error_shows_a_window_of_a_long_line() {
+        let text = format!(
+            "name = \"a\"\nlocal = {{ segment = \"l\", address = \"10.0.0.1/24\", medium = \"{}\" }}\n",
+            "y".repeat(10_000)
+        );
+        let e = toml::from_str::<DeviceConfig>(&text).unwrap_err();
+        let shown = explain_parse_error(&e, Some(&text));
+        assert!(shown.len() < 600, "{} bytes: {shown}", shown.len());
+        assert!(
+            shown.starts_with("TOML parse error at line 2, column 60\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("\n2 | …"), "{shown}");
+        assert!(shown.contains("(10000 bytes)"), "{shown}");
+        assert!(!shown.contains("unknown function"), "{shown}");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, parse_toml, read};
+use crate::functions::matching::quoted;
 
 /// How a topology's devices run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -71,7 +72,12 @@ impl Topology {
                     });
                 };
                 let p = base.join(rel);
-                devices.push(DeviceConfig::load(&p)?);
+                let device = DeviceConfig::load(&p).map_err(|e| ConfigError::DeviceFile {
+                    topology: file.into(),
+                    field: format!("device[{i}].file"),
+                    source: Box::new(e),
+                })?;
+                devices.push(device);
                 files.push(Some(p));
             } else {
                 let where_ = format!("{file} (device[{i}])");
@@ -80,7 +86,7 @@ impl Topology {
                         .try_into()
                         .map_err(|e: toml::de::Error| ConfigError::Parse {
                             file: where_.clone(),
-                            message: explain_parse_error(&e.to_string()),
+                            message: explain_parse_error(&e, None),
                         })?;
                 devices.push(cfg.validate(&where_)?);
                 files.push(None);
@@ -92,7 +98,7 @@ impl Topology {
                 return Err(ConfigError::Invalid {
                     file: file.into(),
                     field: "device.name".into(),
-                    why: format!("two devices are named {:?}", d.name),
+                    why: format!("two devices are named {}", quoted(&d.name)),
                 });
             }
         }

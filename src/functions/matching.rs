@@ -95,6 +95,62 @@ pub fn check_name(name: &str, punct: &str) -> Result<(), String> {
     Err(format!("{} or {last}", chars.join(", ")))
 }
 
+/// Characters of a value an error message quotes at most.
+pub const QUOTE_MAX: usize = 80;
+
+/// A value from a config file as an error message shows it: quoted and
+/// escaped like `{:?}`, and when longer than [`QUOTE_MAX`] characters, cut
+/// with an ellipsis and followed by its length, so a 50 MB string in a file
+/// makes a one-line message.
+///
+/// ```
+/// use shmnet::functions::matching::quoted;
+/// assert_eq!(quoted("a\"b").to_string(), r#""a\"b""#);
+/// let long = "x".repeat(1000);
+/// assert_eq!(quoted(&long).to_string(), format!("\"{}…\" (1000 bytes)", "x".repeat(80)));
+/// ```
+pub fn quoted(value: &str) -> Quoted<'_> {
+    Quoted(value)
+}
+
+/// See [`quoted`].
+#[derive(Debug, Clone, Copy)]
+pub struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        match s.char_indices().nth(QUOTE_MAX) {
+            None => write!(f, "{s:?}"),
+            Some((cut, _)) => {
+                let head = format!("{:?}", &s[..cut]);
+                let inside = &head[1..head.len() - 1];
+                write!(f, "\"{inside}…\" ({} bytes)", s.len())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    /// As written in the file: `80` or `"1024-65535"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortSpec::Number(n) => write!(f, "{n}"),
+            PortSpec::Range(s) => write!(f, "{}", quoted(s)),
+        }
+    }
+}
+
+impl std::fmt::Display for ProtoSpec {
+    /// As written in the file: `6` or `"tcp"`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtoSpec::Number(n) => write!(f, "{n}"),
+            ProtoSpec::Name(s) => write!(f, "{}", quoted(s)),
+        }
+    }
+}
+
 /// An inclusive port range; `None` if malformed or empty.
 pub fn parse_ports(spec: &PortSpec) -> Option<(u16, u16)> {
     let one = |s: &str| s.trim().parse::<u16>().ok();
@@ -134,8 +190,9 @@ pub fn prefix_field(owner: &str, field: &str, s: Option<&str>) -> Result<Option<
     s.map(|s| {
         Prefix::parse(s).ok_or_else(|| {
             format!(
-                "{owner}: {field} {s:?} is not an address prefix \
-                 (like \"10.0.0.0/24\" or \"fd00::/64\")"
+                "{owner}: {field} {} is not an address prefix \
+                 (like \"10.0.0.0/24\" or \"fd00::/64\")",
+                quoted(s)
             )
         })
     })
@@ -151,7 +208,7 @@ pub fn ports_field(
     p.map(|p| {
         parse_ports(p).ok_or_else(|| {
             format!(
-                "{owner}: {field} {p:?} is not a port or range \
+                "{owner}: {field} {p} is not a port or range \
                  (like 80 or \"1024-65535\", within 0..=65535, low end first)"
             )
         })
@@ -164,7 +221,7 @@ pub fn proto_field(owner: &str, p: Option<&ProtoSpec>) -> Result<Option<u8>, Str
     p.map(|p| {
         parse_proto(p).ok_or_else(|| {
             format!(
-                "{owner}: proto {p:?} is not \"tcp\", \"udp\", \"icmp\", \
+                "{owner}: proto {p} is not \"tcp\", \"udp\", \"icmp\", \
                  \"icmpv6\" or a number 0..=255"
             )
         })
@@ -357,9 +414,9 @@ impl<'de> serde::Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         parse_duration(&s).map(ConfigDuration).ok_or_else(|| {
-            let shown: String = s.chars().take(40).collect();
             serde::de::Error::custom(format!(
-                "{shown:?} is not a duration (like \"250ms\", \"30s\", \"5m\"; units us, ms, s, m, h, d)"
+                "{} is not a duration (like \"250ms\", \"30s\", \"5m\"; units us, ms, s, m, h, d)",
+                quoted(&s)
             ))
         })
     }

@@ -111,6 +111,15 @@ function_kinds! {
     Balancer(balancer::BalancerConfig) = "balancer", balancer::Balancer::new;
 }
 
+impl FunctionConfig {
+    /// Whether the function has a finite job (a probe's exchanges): a run
+    /// starts it after the others and ends when every such job is done;
+    /// one that fails or never completes fails the run.
+    pub fn has_job(&self) -> bool {
+        matches!(self, FunctionConfig::Probe(_))
+    }
+}
+
 impl crate::stack::FunctionSpec for FunctionConfig {
     fn kind(&self) -> &str {
         self.kind()

@@ -318,6 +318,7 @@ impl Device {
         );
         *self.shared.function_name.lock() = f.name().into();
         self.nic.function = f;
+        self.shared.failed.store(false, Ordering::SeqCst);
         self.shared.finished.store(false, Ordering::SeqCst);
     }
 
@@ -400,6 +401,8 @@ impl Device {
             self.shared.reports.lock().extend(report);
         }
         if f.finished() != self.shared.finished.load(Ordering::Relaxed) {
+            // The verdict first: whoever sees `finished` sees it too.
+            self.shared.failed.store(f.failed(), Ordering::SeqCst);
             self.shared.finished.store(f.finished(), Ordering::SeqCst);
         }
         changed || worked || released || self.nic.frames_moved() != before
@@ -430,6 +433,14 @@ impl Device {
         self.nic.wait(Some(delay));
     }
 
+    /// Publishes the function's counters and whether it failed for handles.
+    fn publish(&self) {
+        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+        self.shared
+            .failed
+            .store(self.nic.function.failed(), Ordering::SeqCst);
+    }
+
     /// Publishes the function's counters for handles (every 50 ms) and
     /// looks for dead peers (every 500 ms).
     fn maintenance(&mut self, t: std::time::Instant) {
@@ -437,7 +448,7 @@ impl Device {
             return;
         }
         self.last_counters = t;
-        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+        self.publish();
         if t.saturating_duration_since(self.last_sweep) >= SWEEP_EVERY {
             self.last_sweep = t;
             self.nic.maintain();
@@ -478,7 +489,7 @@ impl Device {
                 last_progress = std::time::Instant::now() - SPIN_HOT;
             }
         }
-        *self.shared.function_counters.lock() = hook::counters_of(self.nic.function.as_ref());
+        self.publish();
     }
 
     /// Runs until stopped.

@@ -27,6 +27,8 @@ pub(super) struct Shared {
     pub(super) function_counters: Mutex<Vec<(String, u64)>>,
     pub(super) reports: Mutex<Vec<String>>,
     pub(super) finished: AtomicBool,
+    /// [`Function::failed`], published before `finished`.
+    pub(super) failed: AtomicBool,
     /// The adapters' counters and doorbells, by `Role::index`.
     pub(super) adapters: [Arc<dyn Remote>; 2],
     pub(super) nic: Arc<NicCounters>,
@@ -49,6 +51,7 @@ impl Shared {
             function_counters: Mutex::new(Vec::new()),
             reports: Mutex::new(Vec::new()),
             finished: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             adapters,
             nic,
         }
@@ -110,6 +113,12 @@ impl DeviceHandle {
     /// Has the function finished its job (see [`Function::finished`])?
     pub fn finished(&self) -> bool {
         self.shared.finished.load(Ordering::SeqCst)
+    }
+    /// Has part of the function's job failed (see [`Function::failed`])?
+    /// Up to date whenever [`finished`](Self::finished) is, else within
+    /// 50 ms.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
     }
     /// Report lines the function produced so far (drained).
     pub fn take_report(&self) -> Vec<String> {

@@ -289,6 +289,14 @@ pub trait Function: Send {
         false
     }
 
+    /// `true` once part of a finite job has failed (a probe's exchange
+    /// timed out, came back corrupted, or got through a block it expected),
+    /// even before the job is [`finished`](Function::finished). Runners
+    /// use it for their exit status.
+    fn failed(&self) -> bool {
+        false
+    }
+
     /// Human-readable results (a probe's findings), drained by the caller.
     fn take_report(&mut self) -> Vec<String> {
         Vec::new()

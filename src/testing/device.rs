@@ -89,6 +89,11 @@ impl NetToml {
         self.with("trust_peers", trust.to_string())
     }
 
+    /// The segment's capacity in ports, if this device creates it.
+    pub fn max_ports(self, ports: u32) -> NetToml {
+        self.with("max_ports", ports.to_string())
+    }
+
     /// The network's default gateway.
     pub fn gateway(self, address: &str) -> NetToml {
         self.with("gateway", quote(address))
@@ -177,6 +182,13 @@ impl DeviceToml {
     pub fn medium(mut self, medium: &str) -> DeviceToml {
         self.local = self.local.medium(medium);
         self.global = self.global.medium(medium);
+        self
+    }
+
+    /// The same segment capacity on both networks.
+    pub fn max_ports(mut self, ports: u32) -> DeviceToml {
+        self.local = self.local.max_ports(ports);
+        self.global = self.global.max_ports(ports);
         self
     }
 

@@ -175,6 +175,9 @@ fn main() {
                             print_stats(s);
                         }
                     }
+                    for why in &out.failures {
+                        eprintln!("shmnet run: {why}");
+                    }
                     if out.ok { 0 } else { 1 }
                 }
                 Err(e) => {
@@ -221,20 +224,30 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
         std::process::id()
     );
     let started = std::time::Instant::now();
-    let mut failed = false;
     let h = dev.handle();
     dev.run_until(|_| {
         for line in h.take_report() {
-            failed |= line.contains("timed out")
-                || line.contains("CORRUPTED")
-                || line.contains("NOT BLOCKED")
-                || line.contains("cannot");
             say!("{}: {line}", cfg.name);
         }
         h.finished() || shutting_down() || duration.is_some_and(|t| started.elapsed() >= t)
     });
+    for line in h.take_report() {
+        say!("{}: {line}", cfg.name);
+    }
     print_stats(&dev.stats());
-    if failed { 1 } else { 0 }
+    let kind = cfg.function.kind();
+    if h.failed() {
+        eprintln!("shmnet device: {} [{kind}] failed", cfg.name);
+        1
+    } else if cfg.function.has_job() && !h.finished() {
+        eprintln!(
+            "shmnet device: {} [{kind}] stopped before it completed",
+            cfg.name
+        );
+        1
+    } else {
+        0
+    }
 }
 
 fn list_segments() -> i32 {

@@ -19,7 +19,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
-use crate::functions::matching::ConfigDuration;
+use crate::functions::matching::{ConfigDuration, quoted};
 
 /// An exchange's `timeout` when the config leaves it out.
 const DEFAULT_TIMEOUT: ConfigDuration = ConfigDuration::from_secs(10);
@@ -125,7 +125,7 @@ fn invalid(why: String) -> FunctionError {
 fn parse_endpoint(s: &str) -> Result<IpEndpoint, FunctionError> {
     let a: SocketAddr = s
         .parse()
-        .map_err(|_| invalid(format!("{s:?} is not ip:port")))?;
+        .map_err(|_| invalid(format!("{} is not ip:port", quoted(s))))?;
     Ok(IpEndpoint::new(IpAddress::from(a.ip()), a.port()))
 }
 
@@ -405,6 +405,10 @@ impl Function for Probe {
 
     fn finished(&self) -> bool {
         self.next >= self.jobs.len() && self.closing.is_empty()
+    }
+
+    fn failed(&self) -> bool {
+        self.failures > 0
     }
 
     fn take_report(&mut self) -> Vec<String> {

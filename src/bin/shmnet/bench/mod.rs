@@ -35,7 +35,7 @@ use shmnet::testing::DeviceToml;
 
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
-use idle::bench_idle;
+use idle::{IdleArgs, bench_idle};
 use tcp::{bench_rr, bench_tcp, listen, serve};
 
 /// Arguments of `shmnet bench`.
@@ -93,9 +93,17 @@ pub enum BenchCmd {
         #[arg(long)]
         bytes: Option<u64>,
     },
-    /// An idle device: its CPU use, and the round trip of a datagram that
-    /// has to wake it (devices as threads).
+    /// Idle devices: the CPU they use together, and the round trip of a
+    /// datagram that has to wake one.
     Idle {
+        /// Idle devices (echo servers) on one pair of networks.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// The window CPU use is measured over (default 5; 1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
         /// Exchanges, each after 20 ms of silence (default 50; 10 with --quick).
         #[arg(long)]
         count: Option<u64>,
@@ -150,7 +158,14 @@ pub fn main(args: &BenchCli) -> i32 {
                     count: None,
                 });
             }
-            v.push(BenchCmd::Idle { count: None });
+            for mode in [Mode::Thread, Mode::Process] {
+                v.push(BenchCmd::Idle {
+                    devices: if quick { 8 } else { 64 },
+                    mode,
+                    seconds: None,
+                    count: None,
+                });
+            }
             for name in FUNCTIONS_BENCHED {
                 v.push(BenchCmd::Function {
                     name: name.to_string(),
@@ -168,7 +183,20 @@ pub fn main(args: &BenchCli) -> i32 {
             BenchCmd::Frames { size, mode, count } => {
                 bench_frames(*size, *mode, *count, quick, reps)
             }
-            BenchCmd::Idle { count } => bench_idle(*count, quick),
+            &BenchCmd::Idle {
+                devices,
+                mode,
+                seconds,
+                count,
+            } => bench_idle(
+                IdleArgs {
+                    devices,
+                    mode,
+                    seconds,
+                    count,
+                },
+                quick,
+            ),
             BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
         };
         match r {

@@ -10,7 +10,7 @@ use super::maglev::is_prime;
 use super::service::{Backend, Endpoint, Service};
 use crate::functions::common::defaults;
 use crate::functions::health::{HealthCheck, HealthSpec, with_health_fields};
-use crate::functions::matching::{ConfigDuration, ProtoSpec, proto_field};
+use crate::functions::matching::{ConfigDuration, ProtoSpec, proto_field, quoted};
 use crate::wire::proto;
 
 /// Most backends per service (table entries are `u16`).
@@ -120,8 +120,8 @@ impl BalancerConfig {
             let svc = s.compile(i)?;
             if services.iter().any(|o| o.name == svc.name) {
                 return Err(format!(
-                    "service {:?}: two services have this name",
-                    svc.name
+                    "service {}: two services have this name",
+                    quoted(&svc.name)
                 ));
             }
             if services
@@ -129,8 +129,8 @@ impl BalancerConfig {
                 .any(|o| o.vip == svc.vip && o.proto == svc.proto)
             {
                 return Err(format!(
-                    "service {:?}: another service has vip {} ({})",
-                    svc.name,
+                    "service {}: another service has vip {} ({})",
+                    quoted(&svc.name),
                     svc.vip,
                     if svc.proto == proto::TCP {
                         "tcp"
@@ -155,15 +155,15 @@ impl ServiceConfig {
         let what = if self.name.is_empty() {
             format!("service {i}")
         } else {
-            format!("service {:?}", self.name)
+            format!("service {}", quoted(&self.name))
         };
         if self.name.is_empty() || self.name.contains(char::is_whitespace) {
             return Err(format!("{what}: name must be non-empty, without spaces"));
         }
         let vip = Endpoint::parse(&self.vip).ok_or_else(|| {
             format!(
-                "{what}: vip {:?} is not ip:port (like \"10.20.0.100:80\" or \"[fd00::100]:80\")",
-                self.vip
+                "{what}: vip {} is not ip:port (like \"10.20.0.100:80\" or \"[fd00::100]:80\")",
+                quoted(&self.vip)
             )
         })?;
         if vip.port == 0 {
@@ -193,17 +193,21 @@ impl ServiceConfig {
         let mut backends: Vec<Backend> = Vec::new();
         for text in &self.backends {
             let ep = Endpoint::parse(text)
-                .ok_or_else(|| format!("{what}: backend {text:?} is not ip:port"))?;
+                .ok_or_else(|| format!("{what}: backend {} is not ip:port", quoted(text)))?;
             if ep.port == 0 {
-                return Err(format!("{what}: backend {text:?}: port must be 1..=65535"));
+                return Err(format!(
+                    "{what}: backend {}: port must be 1..=65535",
+                    quoted(text)
+                ));
             }
             if ep.v6 != vip.v6 {
                 return Err(format!(
-                    "{what}: backend {text:?} is not of the vip's IP version"
+                    "{what}: backend {} is not of the vip's IP version",
+                    quoted(text)
                 ));
             }
             if backends.iter().any(|b| b.ep == ep) {
-                return Err(format!("{what}: backend {text:?} is listed twice"));
+                return Err(format!("{what}: backend {} is listed twice", quoted(text)));
             }
             backends.push(Backend::new(ep, m));
         }

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use super::sa::{InboundSa, OutboundSa, SaKey};
 use crate::functions::FunctionError;
 use crate::functions::common::{defaults, invalid};
+use crate::functions::matching::quoted;
 use crate::stack::Role;
 
 /// `[function] kind = "encrypt"`.
@@ -104,7 +105,8 @@ fn sa_key(sa: &SaConfig) -> Result<SaKey, String> {
     let bytes = match (&sa.key, &sa.key_file) {
         (Some(hex), None) => parse_hex(hex).ok_or("key is not hex")?,
         (None, Some(path)) => {
-            let raw = std::fs::read(path).map_err(|e| format!("key_file {path:?}: {e}"))?;
+            let raw = std::fs::read(path)
+                .map_err(|e| format!("key_file {}: {e}", quoted(&path.to_string_lossy())))?;
             match std::str::from_utf8(&raw).ok().and_then(parse_hex) {
                 Some(b) if matches!(b.len(), 20 | 36) => b,
                 _ => raw,

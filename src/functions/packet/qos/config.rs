@@ -7,7 +7,7 @@ use super::classify::ClassMatch;
 use super::scheduler::{Rate, Shape};
 use crate::functions::FunctionError;
 use crate::functions::common::{defaults, invalid};
-use crate::functions::matching::{check_name, with_match_fields};
+use crate::functions::matching::{check_name, quoted, with_match_fields};
 
 /// Default queue per class: holds a 4 MiB TCP window (the probe's and the
 /// benchmarks') with its headers at any MTU, without a drop — smoltcp has
@@ -131,18 +131,20 @@ pub fn parse_rate(spec: &RateSpec) -> Result<u64, String> {
                 "tbit" => 1e12,
                 "kbps" | "mbps" | "gbps" => {
                     return Err(format!(
-                        "{s:?}: tc reads {unit:?} as bytes per second; write kbit, mbit or gbit"
+                        "{}: tc reads {unit:?} as bytes per second; write kbit, mbit or gbit",
+                        quoted(s)
                     ));
                 }
                 _ => {
                     return Err(format!(
-                        "{s:?} is not a rate (like \"500kbit\", \"40mbit\", \"1gbit\")"
+                        "{} is not a rate (like \"500kbit\", \"40mbit\", \"1gbit\")",
+                        quoted(s)
                     ));
                 }
             };
             let n: f64 = num
                 .parse()
-                .map_err(|_| format!("{s:?} is not a rate (like \"40mbit\")"))?;
+                .map_err(|_| format!("{} is not a rate (like \"40mbit\")", quoted(s)))?;
             (n * scale).round() as u64
         }
     };
@@ -206,7 +208,8 @@ fn bucket(
 impl ClassConfig {
     fn plan(&self) -> Result<ClassPlan, String> {
         let name = &self.name;
-        check_name(name, "-_").map_err(|chars| format!("class name {name:?} must be {chars}"))?;
+        check_name(name, "-_")
+            .map_err(|chars| format!("class name {} must be {chars}", quoted(name)))?;
         if self.priority > MAX_PRIORITY {
             return Err(format!(
                 "class {name}: priority {} is not 0..={MAX_PRIORITY}",
@@ -271,8 +274,8 @@ impl QosConfig {
             .position(|c| c.name == self.default_class)
             .ok_or_else(|| {
                 invalid(format!(
-                    "default class {:?} is not one of the classes",
-                    self.default_class
+                    "default class {} is not one of the classes",
+                    quoted(&self.default_class)
                 ))
             })?;
         Ok(Plan {

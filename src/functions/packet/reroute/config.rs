@@ -8,7 +8,7 @@ use super::rules::Rule;
 use crate::functions::Role;
 use crate::functions::common::defaults;
 use crate::functions::health::{HealthCheck, with_health_fields};
-use crate::functions::matching::{Matcher, check_name, with_match_fields};
+use crate::functions::matching::{Matcher, check_name, quoted, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -153,7 +153,7 @@ impl NextHopConfig {
     fn compile(&self) -> Result<Hop, String> {
         let name = &self.name;
         check_name(name, "-_.")
-            .map_err(|chars| format!("next_hop {name:?}: name must be {chars}"))?;
+            .map_err(|chars| format!("next_hop {}: name must be {chars}", quoted(name)))?;
         let owner = format!("next_hop {name}");
         let params = HealthCheck::compile(&owner, self.health_spec())?;
         let one_of = || format!("{owner}: give one of address, device or network");
@@ -171,8 +171,9 @@ impl NextHopConfig {
                 for s in list {
                     let bad = || {
                         format!(
-                            "{owner}: address {s:?} is not one IPv4 or IPv6 address \
-                             (at most one of each)"
+                            "{owner}: address {} is not one IPv4 or IPv6 address \
+                             (at most one of each)",
+                            quoted(s)
                         )
                     };
                     match s.trim().parse::<IpAddr>().map_err(|_| bad())? {
@@ -215,12 +216,14 @@ impl RuleConfig {
         }
         let mut via = Vec::with_capacity(self.via.len());
         for v in &self.via {
-            let i = hops
-                .iter()
-                .position(|h| &h.name == v)
-                .ok_or_else(|| format!("{owner}: via names {v:?}, which is no next_hop's name"))?;
+            let i = hops.iter().position(|h| &h.name == v).ok_or_else(|| {
+                format!(
+                    "{owner}: via names {}, which is no next_hop's name",
+                    quoted(v)
+                )
+            })?;
             if via.contains(&i) {
-                return Err(format!("{owner}: via names {v:?} twice"));
+                return Err(format!("{owner}: via names {} twice", quoted(v)));
             }
             via.push(i);
         }
