@@ -51,6 +51,8 @@ macro_rules! counter_set {
             }
         }
 
+        // Not every set is printed (some only feed others' tables).
+        #[allow(dead_code)]
         impl $snap {
             /// The counters' names, in table order.
             pub const NAMES: [&'static str; <[&str]>::len(&[$(stringify!($field)),*])] =

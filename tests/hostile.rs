@@ -1,14 +1,14 @@
-//! A hostile peer: garbage written into a live host segment's rings and
-//! link table, and garbage frames sent to a device.
+//! A hostile peer: garbage written into everything it owns that others
+//! read (its rings, descriptors, tails and header), and garbage frames sent
+//! to a device.
 
 mod common;
 
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use shmnet::shm::layout::{DESC_LEN, LINK_LEN, RING_HEADER_LEN};
+use shmnet::shm::layout::{DESC_LEN, RING_HEADER_LEN};
 use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 
 /// A tiny deterministic PRNG (xorshift64*).
@@ -33,92 +33,87 @@ impl Rng {
     }
 }
 
-struct Unlink(String);
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = Segment::unlink(&self.0);
-    }
-}
-
 #[test]
-fn garbage_in_rings_is_counted_never_delivered_as_bad_frames() {
+fn a_peer_scribbling_its_own_memory_hurts_only_its_own_links() {
     let name = unique("hostile");
-    let _unlink = Unlink(name.clone());
     let params = NetworkParams {
         buffers: 64,
         max_ports: 4,
-        max_links: 8,
         ..NetworkParams::new(1500)
     };
-    let seg = Segment::open_or_create(&name, SegmentKind::Host, &params).unwrap();
+    let seg = Segment::open_or_create(&name, SegmentKind::Process, &params).unwrap();
     let mut a = seg.attach(&PortInfo::named("a")).unwrap();
     let mut b = seg.attach(&PortInfo::named("b")).unwrap();
+    let mut h = seg.attach(&PortInfo::named("vandal")).unwrap();
+    for p in [&mut a, &mut b, &mut h] {
+        p.flush();
+    }
     let g = *seg.geometry();
     let frame_size = seg.frame_size();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/shm/shmnet.{name}"))
-        .expect("the host segment is a file in /dev/shm");
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut out = vec![0u8; frame_size];
     let mut seq = 0u32;
-    let (mut delivered, mut intact) = (0u64, 0u64);
-    let mut check = |b: &mut shmnet::shm::Port, delivered: &mut u64, intact: &mut u64| {
-        while let Some((len, _from)) = b.recv_into(&mut out) {
-            assert!(
-                (1..=frame_size).contains(&len),
-                "delivered a frame of {len} bytes (frame size {frame_size})"
-            );
-            *delivered += 1;
-            if len == 64 && out[4..64].iter().all(|&x| x == out[0]) {
-                *intact += 1;
-            }
-        }
-    };
-
-    // Clean traffic for 100 rounds, then the vandal joins in.
+    let (mut from_a, mut intact_a) = (0u64, 0u64);
     for round in 0..6000u32 {
+        // a -> b (clean), h -> b and a -> h (the vandal's links).
         for _ in 0..4 {
             let Some(mut buf) = a.alloc() else { break };
             let f = a.buffer_mut(&mut buf);
             f[..4].copy_from_slice(&seq.to_le_bytes());
             f[4..64].fill(seq.to_le_bytes()[0]);
-            a.send(buf, 64, &[b.peer()]);
+            a.send(buf, 64, &[b.peer(), h.peer()]);
             seq += 1;
         }
+        if let Some(mut buf) = h.alloc() {
+            h.buffer_mut(&mut buf)[..64].fill(0xEE);
+            h.send(buf, 64, &[b.peer()]);
+        }
         a.flush();
+        h.flush();
         if round >= 100 {
-            // The hostile peer: random bytes into ring headers and
-            // descriptors of the links in use, and now and then the link
-            // table.
+            // The vandal writes random bytes into what it owns and others
+            // read: its ring towards b (header and descriptors), its tail
+            // for a's ring, its header.
             let mut junk = [0u8; 16];
             let n = 1 + rng.below(16) as usize;
             rng.fill(&mut junk[..n]);
-            let link = rng.below(2) as u32;
-            let at = if rng.below(16) == 0 {
-                g.links_off as usize
-                    + link as usize * LINK_LEN
-                    + rng.below(LINK_LEN as u64) as usize
-            } else if rng.below(2) == 0 {
-                g.ring_off(link) + rng.below(RING_HEADER_LEN as u64) as usize
-            } else {
-                g.ring_off(link)
-                    + RING_HEADER_LEN
-                    + rng.below(g.ring_slots as u64 * DESC_LEN as u64) as usize
+            let at = match rng.below(8) {
+                0 => g.tail_off(a.index()) + rng.below(16) as usize,
+                1 => rng.below(256) as usize,
+                2 | 3 => g.ring_off(b.index()) + rng.below(RING_HEADER_LEN as u64) as usize,
+                _ => {
+                    g.ring_off(b.index())
+                        + RING_HEADER_LEN
+                        + rng.below(g.ring_slots as u64 * DESC_LEN as u64) as usize
+                }
             };
-            file.write_at(&junk[..n], at as u64).unwrap();
+            h.vandalise(at, &junk[..n]);
         }
-        check(&mut b, &mut delivered, &mut intact);
+        while let Some((len, from)) = b.recv_into(&mut out) {
+            assert!(
+                (1..=frame_size).contains(&len),
+                "delivered a frame of {len} bytes (frame size {frame_size})"
+            );
+            if from == a.index() {
+                from_a += 1;
+                if len == 64 && out[4..64].iter().all(|&x| x == out[0]) {
+                    intact_a += 1;
+                }
+            }
+        }
+        while h.recv_into(&mut out).is_some() {}
+        b.flush();
     }
-    check(&mut b, &mut delivered, &mut intact);
 
     let bad = b.counters().bad_descriptors.load(Ordering::Relaxed)
         + b.counters().corrupt_rings.load(Ordering::Relaxed)
         + a.counters().corrupt_rings.load(Ordering::Relaxed);
     assert!(bad > 0, "garbage went unnoticed");
-    assert!(intact > 0, "nothing got through ({delivered} delivered)");
+    // Nobody can write a's ring or b's tail: every frame a sent to b came
+    // through, in order and intact.
+    assert_eq!(from_a, seq as u64, "a -> b lost frames");
+    assert_eq!(intact_a, from_a, "a -> b frames were damaged");
 }
 
 #[test]

@@ -119,7 +119,7 @@ fn echo_request(
         return packet;
     }
     let eth = EthernetRepr {
-        src_addr: EthernetAddress(raw.port.segment().peer(raw.port.index()).unwrap().mac),
+        src_addr: EthernetAddress(raw.port.info().mac),
         dst_addr: EthernetAddress(raw.others[0].1),
         ethertype: EthernetProtocol::Ipv4,
     };

@@ -62,7 +62,7 @@ impl TopologyDir {
 impl Drop for TopologyDir {
     fn drop(&mut self) {
         for s in [&self.lan, &self.wan] {
-            let _ = Segment::unlink(s);
+            let _ = Segment::remove_if_unused(s);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shmnet::shm::layout::{
-    DESC_LEN, Descriptor, DescriptorRepr, HeaderRepr, LinkMedium, MTU_MAX, MTU_MIN,
+    DESC_LEN, Descriptor, DescriptorRepr, Geometry, LinkMedium, MTU_MAX, MTU_MIN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mtu = u32::from_le_bytes(data[..4].try_into().unwrap()).clamp(MTU_MIN, MTU_MAX);
     let region = u16::from_le_bytes(data[4..6].try_into().unwrap()) as u32;
-    let geo = HeaderRepr::new(mtu, LinkMedium::Ethernet, 8, 16, 64, 0)
+    let geo = Geometry::new(mtu, LinkMedium::Ethernet, 8, 64)
         .expect("clamped MTU gives a valid geometry");
     let Ok(d) = Descriptor::new_checked(&data[6..]) else {
         return;

@@ -1,28 +1,22 @@
-//! A peer that scribbles over a live link: port A sends frames to port B,
-//! then the input is written over link 0's table entry, ring header and
-//! descriptors through the segment's backing file. B must keep receiving
-//! without panicking (counting bad descriptors and corrupt rings), and A
-//! must keep flushing and allocating.
+//! A peer that scribbles over everything it owns that another port reads:
+//! port A sends frames to port B, then the input is written over A's ring
+//! towards B (header and descriptors, as a hostile producer would) and over
+//! B's tail entry for A's ring (as a hostile consumer would). Neither side
+//! may panic: B counts bad descriptors and corrupt rings and resyncs, A
+//! restarts the link, and traffic keeps flowing both ways.
 //!
 //! Input: `[frames][flags]` then patches `[offset: u16 LE][len: u8][bytes]`
-//! applied over the window `link entry 0 ++ ring 0`, offsets modulo its size.
+//! applied over the window `A's ring to B ++ B's tail entry for A`,
+//! offsets modulo its size.
 #![no_main]
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
-
 use libfuzzer_sys::fuzz_target;
-use shmnet::shm::layout::LINK_LEN;
+use shmnet::shm::layout::TAIL_LEN;
 use shmnet::shm::{NetworkParams, Port, PortInfo, Segment, SegmentKind};
-
-fn name() -> String {
-    format!("fuzz-ring-{}", std::process::id())
-}
 
 fn params() -> NetworkParams {
     let mut p = NetworkParams::new(1500);
     p.max_ports = 4;
-    p.max_links = 12;
     p.buffers = 64;
     p
 }
@@ -53,17 +47,16 @@ fuzz_target!(|data: &[u8]| {
     let [frames, flags, patches @ ..] = data else {
         return;
     };
-    let name = name();
-    let _ = Segment::unlink(&name);
-    let seg = Segment::open_or_create(&name, SegmentKind::Host, &params()).expect("create");
+    // Thread ports: the same rings as between processes, without sockets.
+    let seg = Segment::open_or_create("fuzz-ring", SegmentKind::Process, &params()).expect("create");
     let mut a = seg.attach(&PortInfo::named("a")).expect("attach a");
     let mut b = seg.attach(&PortInfo::named("b")).expect("attach b");
+    a.set_drain_on_drop(std::time::Duration::ZERO);
+    b.set_drain_on_drop(std::time::Duration::ZERO);
     let mut buf = vec![0u8; seg.frame_size()];
 
-    // Link 0 is the first link claimed: A → B.
     send_frames(&mut a, &b, 1 + (*frames as usize % 70), *frames);
     if flags & 1 != 0 {
-        // Let B discover the link and consume a frame first.
         let _ = b.recv_into(&mut buf);
     }
     if flags & 2 != 0 {
@@ -72,33 +65,32 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let geo = seg.geometry();
-    let link_off = geo.link_off(0) as u64;
-    let ring_off = geo.ring_off(0) as u64;
-    let ring_len = geo.ring_len();
-    let window = LINK_LEN as u64 + ring_len;
-    let file = OpenOptions::new()
-        .write(true)
-        .open(format!("/dev/shm/shmnet.{name}"))
-        .expect("open backing file");
+    let ring = geo.ring_off(b.index());
+    let ring_len = geo.ring_len() as usize;
+    let tail = geo.tail_off(a.index());
+    let window = ring_len + TAIL_LEN;
     let mut rest = patches;
-    while let [o0, o1, len, tail @ ..] = rest {
-        let len = (*len as usize).min(tail.len());
-        let (bytes, next) = tail.split_at(len);
+    while let [o0, o1, len, more @ ..] = rest {
+        let len = (*len as usize).min(more.len());
+        let (bytes, next) = more.split_at(len);
         rest = next;
-        let mut pos = u16::from_le_bytes([*o0, *o1]) as u64 % window;
+        let mut pos = u16::from_le_bytes([*o0, *o1]) as usize % window;
         let mut bytes = bytes;
         while !bytes.is_empty() {
-            // Split at the seam between the link entry and the ring, and
+            // Split at the seam between the ring and the tail entry, and
             // wrap at the window's end.
-            let (at, room) = if pos < LINK_LEN as u64 {
-                (link_off + pos, LINK_LEN as u64 - pos)
+            let (n, at_a) = if pos < ring_len {
+                ((ring_len - pos).min(bytes.len()), true)
             } else {
-                (ring_off + (pos - LINK_LEN as u64), window - pos)
+                ((window - pos).min(bytes.len()), false)
             };
-            let n = (room as usize).min(bytes.len());
-            file.write_at(&bytes[..n], at).expect("write");
+            if at_a {
+                a.vandalise(ring + pos, &bytes[..n]);
+            } else {
+                b.vandalise(tail + (pos - ring_len), &bytes[..n]);
+            }
             bytes = &bytes[n..];
-            pos = (pos + n as u64) % window;
+            pos = (pos + n) % window;
         }
     }
 
@@ -118,17 +110,4 @@ fuzz_target!(|data: &[u8]| {
     b.flush();
     a.flush();
     let _ = a.alloc();
-    let c = b.counters();
-    let _ = (
-        c.bad_descriptors.load(std::sync::atomic::Ordering::Relaxed),
-        c.corrupt_rings.load(std::sync::atomic::Ordering::Relaxed),
-    );
-
-    // Frames a corrupted ring stranded are not worth waiting for here.
-    a.set_drain_on_drop(std::time::Duration::ZERO);
-    b.set_drain_on_drop(std::time::Duration::ZERO);
-    drop(a);
-    drop(b);
-    drop(seg);
-    let _ = Segment::unlink(&name);
 });

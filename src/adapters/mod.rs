@@ -243,6 +243,13 @@ counter_set! {
         corrupt_rings,
         /// Times a transmit found no free buffer.
         ring_full,
+        /// Links restarted or dropped: a peer left, or broke the ring
+        /// protocol (shared memory).
+        links_reset,
+        /// Would-be peers refused at the door: another user, a bad hello,
+        /// an unsealed or mis-sized region (shared memory between
+        /// processes).
+        peers_rejected,
     }
 }
 

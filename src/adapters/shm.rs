@@ -5,7 +5,8 @@
 //! multicast go to every port), lends the stack buffers of the segment to
 //! write into (no copy on send), copies received frames out before anyone
 //! parses them, or hands them over in place when the peers are trusted, and
-//! sleeps on the port's doorbell (a futex word in the segment).
+//! sleeps on the port's doorbell (an eventfd; between processes, with the
+//! membership sockets, behind one epoll fd).
 //!
 //! The shm types a device needs to attach are re-exported here, so the
 //! layers above never reach into [`crate::shm`].
@@ -32,7 +33,7 @@ use super::{
     Wake, link_header_len,
 };
 use crate::counters::bump;
-use crate::shm::{InPlaceFrame, Peer, PeerInfo, Port, PortCounters, TxBuf};
+use crate::shm::{Doorbell, InPlaceFrame, Peer, Port, PortCounters, TxBuf};
 pub use crate::shm::{LinkMedium, NetworkParams, PortInfo, Segment, SegmentKind};
 
 /// Transmit buffers kept back from [`Adapter::can_lend`] for replies made
@@ -112,14 +113,7 @@ impl ShmAdapter {
     /// Wraps an already attached port.
     pub fn from_port(port: Port, options: ShmOptions) -> ShmAdapter {
         let seg = Arc::clone(port.segment());
-        let me = seg
-            .peer(port.index())
-            .map(|p| neighbour(&p))
-            .unwrap_or(Neighbour {
-                mac: EthernetAddress([0; 6]),
-                ipv4: None,
-                ipv6: None,
-            });
+        let me = neighbour(port.info());
         ShmAdapter {
             medium: seg.medium().into(),
             frame_size: seg.frame_size(),
@@ -174,7 +168,7 @@ fn port_info(name: &str, me: &Neighbour) -> PortInfo {
     }
 }
 
-fn neighbour(p: &PeerInfo) -> Neighbour {
+fn neighbour(p: &PortInfo) -> Neighbour {
     Neighbour {
         mac: EthernetAddress(p.mac),
         ipv4: p.ipv4.map(Ipv4Address::from_octets),
@@ -229,7 +223,12 @@ impl Adapter for ShmAdapter {
         let mut head = [0u8; 40];
         let n = len.min(head.len());
         head[..n].copy_from_slice(&self.port.buffer_mut(&mut buf)[..n]);
-        let dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+        let mut dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+        if !matches!(dest, Dest::One(_)) && self.port.membership_due() {
+            // Broadcast, or someone unknown: perhaps a peer just joined.
+            self.port.maintain();
+            dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+        }
         let one;
         let to: &[Peer] = match dest {
             Dest::One(p) => {
@@ -266,12 +265,14 @@ impl Adapter for ShmAdapter {
     }
 
     fn in_place(&self) -> bool {
-        self.options.trust_peers
+        // Frames of other processes are always copied out: their memory is
+        // never referenced.
+        self.options.trust_peers && self.seg.kind() == SegmentKind::Process
     }
 
     fn recv_in_place(&mut self) -> Option<InPlace> {
         self.current = None;
-        if !self.options.trust_peers {
+        if !self.in_place() {
             return None;
         }
         loop {
@@ -287,7 +288,7 @@ impl Adapter for ShmAdapter {
 
     fn frame(&self, f: &InPlace) -> &[u8] {
         match &self.current {
-            Some(cur) if f.seq() == self.rx_seq => self.seg.frame_bytes(cur),
+            Some(cur) if f.seq() == self.rx_seq => self.port.frame_bytes(cur),
             _ => &[],
         }
     }
@@ -298,15 +299,12 @@ impl Adapter for ShmAdapter {
     }
 
     fn prepare_sleep(&self) -> Wake<'_> {
-        let expected = self.port.prepare_sleep();
+        self.port.prepare_sleep();
         if self.port.rx_pending() {
             self.port.end_sleep();
             return Wake::Ready;
         }
-        Wake::Futex {
-            word: self.port.doorbell(),
-            expected,
-        }
+        Wake::Readable(self.port.wake_fd())
     }
 
     fn end_sleep(&self) {
@@ -317,13 +315,12 @@ impl Adapter for ShmAdapter {
         Arc::new(ShmRemote {
             counters: Arc::clone(&self.counters),
             port: Arc::clone(self.port.counters()),
-            seg: Arc::clone(&self.seg),
-            index: self.port.index(),
+            doorbell: self.port.doorbell(),
         })
     }
 
     fn directory_generation(&self) -> u32 {
-        self.port.port_generation()
+        self.port.generation()
     }
 
     fn own_entry(&self) -> Neighbour {
@@ -331,13 +328,7 @@ impl Adapter for ShmAdapter {
     }
 
     fn neighbours(&self) -> Vec<Neighbour> {
-        let me = self.port.index();
-        self.seg
-            .peers()
-            .iter()
-            .filter(|p| p.index != me)
-            .map(neighbour)
-            .collect()
+        self.port.peers().map(|p| neighbour(&p.info)).collect()
     }
 
     fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress> {
@@ -354,9 +345,10 @@ impl Adapter for ShmAdapter {
     }
 
     fn addresses_of(&self, name: &str) -> Vec<IpAddress> {
-        let tag = crate::shm::name_tag(name);
         let mut out = Vec::new();
-        for p in self.seg.peers().into_iter().filter(|p| p.name_tag == tag) {
+        let me = self.port.info();
+        let named = self.port.peers().map(|p| &p.info).chain(Some(me));
+        for p in named.filter(|p| p.name == name) {
             out.extend(p.ipv4.map(|a| IpAddress::Ipv4(a.into())));
             out.extend(p.ipv6.map(|a| IpAddress::Ipv6(a.into())));
         }
@@ -364,7 +356,7 @@ impl Adapter for ShmAdapter {
     }
 
     fn maintain(&mut self) {
-        self.seg.sweep_dead();
+        self.port.maintain();
     }
 
     fn counters(&self) -> &AdapterCounters {
@@ -380,8 +372,7 @@ impl Adapter for ShmAdapter {
 struct ShmRemote {
     counters: Arc<AdapterCounters>,
     port: Arc<PortCounters>,
-    seg: Arc<Segment>,
-    index: u32,
+    doorbell: Doorbell,
 }
 
 impl Remote for ShmRemote {
@@ -394,11 +385,13 @@ impl Remote for ShmRemote {
         s.bad_descriptors += l(&p.bad_descriptors);
         s.corrupt_rings += l(&p.corrupt_rings);
         s.ring_full += l(&p.ring_full);
+        s.links_reset += l(&p.links_reset);
+        s.peers_rejected += l(&p.peers_rejected);
         s
     }
 
     fn wake(&self) {
-        self.seg.ring_doorbell(self.index);
+        self.doorbell.ring();
     }
 }
 
@@ -422,7 +415,7 @@ enum Dest {
 
 impl PeerTable {
     fn refresh(&mut self, port: &Port) {
-        let now = port.port_generation();
+        let now = port.generation();
         if self.generation == Some(now) {
             return;
         }
@@ -431,19 +424,16 @@ impl PeerTable {
         self.by_v4.clear();
         self.by_v6.clear();
         self.everyone.clear();
-        for p in port.segment().peers() {
-            if p.index == port.index() {
-                continue;
-            }
+        for p in port.peers() {
             let peer = Peer {
                 index: p.index,
                 epoch: p.epoch,
             };
-            self.by_mac.push((p.mac, peer));
-            if let Some(a) = p.ipv4 {
+            self.by_mac.push((p.info.mac, peer));
+            if let Some(a) = p.info.ipv4 {
                 self.by_v4.push((a, peer));
             }
-            if let Some(a) = p.ipv6 {
+            if let Some(a) = p.info.ipv6 {
                 self.by_v6.push((a, peer));
             }
             self.everyone.push(peer);

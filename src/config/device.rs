@@ -47,11 +47,14 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub checksums: bool,
     /// Parse received frames in the sender's buffer instead of copying them
-    /// out first. Default: yes when devices are threads of one process, no
-    /// across processes (a peer process is not trusted unless you say so).
+    /// out first, when devices are threads of one process (the default
+    /// there). Frames of another process are always copied: its memory is
+    /// never referenced.
     #[serde(default)]
     pub trust_peers: Option<bool>,
-    /// Segment capacity, used when this device creates the segment.
+    /// Ports the network holds at once; every device of the network must
+    /// give the same value (a joiner with another is refused). Unused ports
+    /// cost only address space.
     #[serde(default = "default_max_ports")]
     pub max_ports: u32,
     /// Transmit buffers per port (0: chosen from the MTU).
@@ -59,14 +62,15 @@ pub struct NetworkConfig {
     pub buffers: u32,
 }
 
-/// The longest segment name the shared-memory facility accepts.
-const SEGMENT_NAME_MAX: usize = 200;
+/// The longest segment name the shared-memory facility accepts (it names a
+/// directory, and is part of socket paths).
+const SEGMENT_NAME_MAX: usize = crate::shm::NETWORK_NAME_MAX;
 
 fn default_mtu() -> u32 {
     1500
 }
 fn default_max_ports() -> u32 {
-    32
+    128
 }
 
 /// A device: its name, its function and its two networks.

@@ -1,35 +1,42 @@
-//! The on-memory formats of a segment, in smoltcp's Packet/Repr style.
+//! The on-memory formats of a port's region, in smoltcp's Packet/Repr style.
+//!
+//! Every port owns one region, written only by its owner and mapped
+//! read-only by its peers (one writer per byte):
 //!
 //! ```text
-//! 0            header (HEADER_LEN bytes)       magic, version, geometry, checksum, generations
-//! ports_off    max_ports × PORT_LEN            directory: state/epoch, owner, MAC, IPs, doorbell
-//! links_off    max_links × LINK_LEN            link table: state/serial, src, dst, epochs
-//! rings_off    max_links × ring_len            one memif-style ring per link
-//! pools_off    max_ports × pool_len            each port's transmit buffers
+//! 0          header (HEADER_LEN bytes)   magic, version, geometry, identity, checksum, sleeping flag
+//! rings_off  max_ports × ring_len        the ring this port produces towards peer i (at index i)
+//! tails_off  max_ports × TAIL_LEN        how far this port consumed the ring peer i produces for it
+//! pool_off   buffers × frame_size        this port's transmit buffers
 //! ```
-//! Everything is an offset from the segment start; nothing stores a pointer.
-//! Where each field sits is said once, in `mod field`.
+//! A link from A to B is A's ring at index B (descriptors and head, written
+//! by A) plus B's tail entry at index A (written by B). Each carries a link
+//! serial in the same 64-bit word as the index, so a reset ring and a
+//! stale tail are never mixed up. Everything is an offset from the region
+//! start; nothing stores a pointer. Where each field sits is said once, in
+//! `mod field`.
 //!
-//! - [`SegmentHeader`] / [`HeaderRepr`]: the header. `parse` checks magic,
+//! - [`PortHeader`] / [`HeaderRepr`]: the header. `parse` checks magic,
 //!   version, a geometry that recomputes to the stored offsets and fits the
 //!   mapping, and last a CRC-32 over the fields written at creation;
-//!   `emit` writes all but the version, which the creator publishes last.
+//!   `emit` writes all but the version, which the owner publishes last.
+//! - [`Geometry`]: the network's parameters every port must share, and the
+//!   offsets they imply.
 //! - [`Descriptor`] / [`DescriptorRepr`]: a 16-byte ring descriptor laid
 //!   out as memif's `{flags, region, length, offset, metadata}`; `parse`
 //!   checks it against the geometry and the link's sender, so a descriptor
 //!   that parses names one buffer of the sender's pool.
-//! - Directory, link-table and ring-header entries are live atomics, read
-//!   and written in place by `segment.rs` and `ring.rs` at the offsets of
-//!   `mod field`; they have no local Packet view.
+//! - Ring headers and tail entries are live atomics, read and written in
+//!   place by `ring.rs` at the offsets of `mod field`.
 //!
 //! Contract: the views never panic on a buffer of at least `check_len`
 //! bytes; every `parse` error is a typed [`ShmError`]; `emit` writes into a
 //! buffer of `buffer_len()` bytes and never allocates. Integers are in the
-//! host's byte order (a segment never leaves the host).
+//! host's byte order (a region never leaves the host).
 //!
 //! ```
-//! use shmnet::shm::layout::{Descriptor, DescriptorRepr, HeaderRepr, LinkMedium, DESC_LEN};
-//! let geo = HeaderRepr::new(1500, LinkMedium::Ethernet, 8, 16, 64, 0).unwrap();
+//! use shmnet::shm::layout::{Descriptor, DescriptorRepr, Geometry, LinkMedium, DESC_LEN};
+//! let geo = Geometry::new(1500, LinkMedium::Ethernet, 8, 64).unwrap();
 //! let repr = DescriptorRepr { region: 2, buffer: 5, length: 60, metadata: 0 };
 //! let mut bytes = [0u8; DESC_LEN];
 //! repr.emit(&mut Descriptor::new_unchecked(&mut bytes[..]), &geo);
@@ -42,19 +49,17 @@ use byteorder::{ByteOrder, NativeEndian};
 
 use super::ShmError;
 
-/// Bytes reserved for the segment header (one page).
+/// Bytes reserved for the region header (one page).
 pub const HEADER_LEN: usize = 4096;
 /// Magic bytes at offset 0.
-pub const MAGIC: [u8; 8] = *b"SHMNETSG";
+pub const MAGIC: [u8; 8] = *b"SHMNETPT";
 /// Layout version; published last, after everything else is initialised.
-/// Version 2 added the header checksum.
-pub const LAYOUT_VERSION: u32 = 2;
-/// Bytes per port directory entry (two cache lines).
-pub const PORT_LEN: usize = 128;
-/// Bytes per link table entry (one cache line).
-pub const LINK_LEN: usize = 64;
-/// Bytes of a ring header (memif: 128, head and tail on separate lines).
+/// Version 3: one region per port, written only by its owner.
+pub const LAYOUT_VERSION: u32 = 3;
+/// Bytes of a ring header.
 pub const RING_HEADER_LEN: usize = 128;
+/// Bytes of a tail entry (one cache line).
+pub const TAIL_LEN: usize = 64;
 /// Bytes per descriptor (memif: 16).
 pub const DESC_LEN: usize = 16;
 /// Cookie written into every initialised ring header (memif's value).
@@ -64,15 +69,14 @@ pub const MTU_MIN: u32 = 576;
 pub const MTU_MAX: u32 = 65535;
 /// Link-layer header room in each buffer (Ethernet II, no FCS).
 pub const L2_HEADER_LEN: u32 = 14;
-/// Upper bounds that keep a segment's size sane and indices in a u16 region.
+/// Upper bounds that keep a region's size sane and indices in a u16.
 pub const MAX_PORTS_LIMIT: u32 = 1024;
-pub const MAX_LINKS_LIMIT: u32 = 1 << 20;
 pub const MAX_SLOTS_LIMIT: u32 = 1 << 16;
 
 /// Byte offsets of every field, one module per format: the only place
 /// that knows where a field sits.
 pub(crate) mod field {
-    /// The segment header (at offset 0 of a segment).
+    /// The region header (at offset 0 of a port's region).
     pub(crate) mod header {
         use std::ops::Range;
         pub const MAGIC: Range<usize> = 0..8;
@@ -85,67 +89,41 @@ pub(crate) mod field {
         pub const RING_SLOTS: usize = 32;
         pub const BUFFERS: usize = 36;
         pub const MAX_PORTS: usize = 40;
-        pub const MAX_LINKS: usize = 44;
-        pub const PORTS_OFF: usize = 48;
-        pub const LINKS_OFF: usize = 56;
+        pub const MEDIUM: usize = 44;
+        /// The owner's port index, epoch (unique per attachment) and pid.
+        pub const INDEX: usize = 48;
+        pub const EPOCH: usize = 52;
+        pub const PID: usize = 56;
         pub const RINGS_OFF: usize = 64;
-        pub const POOLS_OFF: usize = 72;
-        pub const MEDIUM: usize = 80;
-        pub const CREATOR_PID: usize = 84;
+        pub const TAILS_OFF: usize = 72;
+        pub const POOL_OFF: usize = 80;
         /// u32: CRC-32 of the bytes `SUMMED`, written once at creation.
         pub const CHECKSUM: usize = 88;
         /// The fields written once at creation, apart from the magic (checked
         /// on its own) and the version (published later).
         pub const SUMMED: Range<usize> = HEADER_LEN..CHECKSUM;
-        /// Atomics, bumped whenever a port or a link changes state.
-        pub const PORT_GEN: usize = 128;
-        pub const LINK_GEN: usize = 192;
+        /// u32: non-zero while the owner sleeps (or is about to) on its
+        /// doorbell; senders that see it ring the doorbell.
+        pub const SLEEPING: usize = 128;
         pub const END: usize = 256;
     }
 
-    /// A port directory entry.
-    pub(crate) mod port {
-        /// u64 atomic: `epoch << 32 | state`.
-        pub const WORD: usize = 0;
-        pub const OWNER_PID: usize = 8;
-        /// u64: the owner's process start time (clock ticks since boot), to
-        /// tell a reused pid from the original owner.
-        pub const OWNER_START: usize = 16;
-        /// 6 bytes in a u64.
-        pub const MAC: usize = 24;
-        /// u32 address, then a u32 that is non-zero when it is set.
-        pub const IPV4: usize = 32;
-        pub const IPV4_SET: usize = 36;
-        /// u64: the first 8 bytes of the IPv6 address (all 16 zero: none).
-        pub const IPV6: usize = 40;
-        /// u64: its last 8 bytes.
-        pub const IPV6_LOW: usize = 48;
-        /// u64: a hash of the device name.
-        pub const NAME: usize = 56;
-        /// u32 futex word a sender bumps to wake the owner.
-        pub const DOORBELL: usize = 64;
-        /// u32: non-zero while the owner sleeps (or is about to) on the
-        /// doorbell.
-        pub const SLEEPING: usize = 68;
-    }
-
-    /// A link table entry.
-    pub(crate) mod link {
-        /// u64 atomic: `serial << 32 | state`.
-        pub const WORD: usize = 0;
-        pub const SRC: usize = 8;
-        pub const DST: usize = 12;
-        pub const SRC_EPOCH: usize = 16;
-        pub const DST_EPOCH: usize = 20;
-    }
-
-    /// A ring header.
+    /// A ring header (in the producer's region).
     pub(crate) mod ring {
         pub const COOKIE: usize = 0;
-        /// u32 producer index, wrapping; written only by the link's source.
-        pub const HEAD: usize = 8;
-        /// u32 consumer index, wrapping; on its own cache line.
-        pub const TAIL: usize = 64;
+        /// u32: the epoch of the port this ring is for; a ring whose epoch is
+        /// not the reader's is not (yet) for it.
+        pub const TO_EPOCH: usize = 4;
+        /// u64 atomic: `serial << 32 | head`; head is the wrapping producer
+        /// index, serial changes whenever the producer resets the ring.
+        pub const WORD: usize = 8;
+    }
+
+    /// A tail entry (in the consumer's region).
+    pub(crate) mod tail {
+        /// u64 atomic: `serial << 32 | tail`; the serial of the ring the
+        /// tail belongs to, and the wrapping consumer index.
+        pub const WORD: usize = 0;
     }
 
     /// A ring descriptor (memif's `{flags, region, length, offset,
@@ -162,15 +140,195 @@ pub(crate) mod field {
 
 pub use crate::wire::LinkMedium;
 
-/// A read/write view of a segment header held in a local buffer.
+/// Packs a serial and an index into one ring or tail word.
+pub(crate) fn word(serial: u32, index: u32) -> u64 {
+    (serial as u64) << 32 | index as u64
+}
+/// Splits a ring or tail word into `(serial, index)`.
+pub(crate) fn split(w: u64) -> (u32, u32) {
+    ((w >> 32) as u32, w as u32)
+}
+
+/// The parameters every port of a network shares, and the offsets they
+/// imply inside each port's region. Built by [`Geometry::new`], which
+/// checks them; two ports talk only if their geometries are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub mtu: u32,
+    pub medium: LinkMedium,
+    /// Bytes per buffer: the MTU plus a link header, rounded up to 64.
+    pub frame_size: u32,
+    /// Slots per ring: the buffers rounded up to a power of two.
+    pub ring_slots: u32,
+    /// Transmit buffers per port.
+    pub buffers: u32,
+    /// Ports the network can hold (port indices are below it).
+    pub max_ports: u32,
+    rings_off: u64,
+    tails_off: u64,
+    pool_off: u64,
+    total_len: u64,
+}
+
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| x / a * a)
+}
+
+impl Geometry {
+    /// Computes the layout for a network; errors if a parameter is out of
+    /// range (naming it).
+    pub fn new(
+        mtu: u32,
+        medium: LinkMedium,
+        max_ports: u32,
+        buffers: u32,
+    ) -> Result<Geometry, ShmError> {
+        if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+            return Err(ShmError::MtuOutOfRange { mtu });
+        }
+        let frame_size = align_up((mtu + L2_HEADER_LEN) as u64, 64).unwrap_or(0) as u32;
+        Self::from_fields(
+            mtu,
+            medium,
+            frame_size,
+            buffers.checked_next_power_of_two().unwrap_or(0),
+            buffers,
+            max_ports,
+        )
+    }
+
+    fn from_fields(
+        mtu: u32,
+        medium: LinkMedium,
+        frame_size: u32,
+        ring_slots: u32,
+        buffers: u32,
+        max_ports: u32,
+    ) -> Result<Geometry, ShmError> {
+        let mut g = Geometry {
+            mtu,
+            medium,
+            frame_size,
+            ring_slots,
+            buffers,
+            max_ports,
+            rings_off: 0,
+            tails_off: 0,
+            pool_off: 0,
+            total_len: 0,
+        };
+        g.check()?;
+        g.compute_offsets()
+            .ok_or_else(|| ShmError::InvalidParameter("region size overflows".into()))?;
+        Ok(g)
+    }
+
+    fn compute_offsets(&mut self) -> Option<()> {
+        let ports = self.max_ports as u64;
+        self.rings_off = HEADER_LEN as u64;
+        self.tails_off = align_up(
+            self.rings_off
+                .checked_add(ports.checked_mul(self.ring_len())?)?,
+            4096,
+        )?;
+        self.pool_off = align_up(self.tails_off.checked_add(ports * TAIL_LEN as u64)?, 4096)?;
+        self.total_len = align_up(self.pool_off.checked_add(self.pool_len())?, 4096)?;
+        Some(())
+    }
+
+    /// The semantic checks shared by `new` and `parse`.
+    fn check(&self) -> Result<(), ShmError> {
+        let bad = |why: &str| Err(ShmError::InvalidParameter(why.into()));
+        if !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
+            return Err(ShmError::MtuOutOfRange { mtu: self.mtu });
+        }
+        if (self.frame_size as u64) < (self.mtu + L2_HEADER_LEN) as u64
+            || !self.frame_size.is_multiple_of(64)
+        {
+            return bad("frame size does not hold an MTU-sized frame");
+        }
+        if !(2..=MAX_PORTS_LIMIT).contains(&self.max_ports) {
+            return bad("max_ports must be 2..=1024");
+        }
+        if !(4..=MAX_SLOTS_LIMIT).contains(&self.buffers) {
+            return bad("buffers per port must be 4..=65536");
+        }
+        if !self.ring_slots.is_power_of_two()
+            || self.ring_slots < self.buffers
+            || self.ring_slots > MAX_SLOTS_LIMIT
+        {
+            return bad("ring slots must be a power of two no smaller than the buffers");
+        }
+        // Buffer offsets travel in a u32 descriptor field.
+        if (self.buffers as u64) * (self.frame_size as u64) > u32::MAX as u64 {
+            return bad("a port's buffer pool exceeds 4 GiB");
+        }
+        Ok(())
+    }
+
+    /// The first parameter in which `self` (the network's) and `other` (a
+    /// joiner's) differ: `(name, network's value, joiner's value)`.
+    pub fn mismatch(&self, other: &Geometry) -> Option<(&'static str, u64, u64)> {
+        [
+            ("mtu", self.mtu as u64, other.mtu as u64),
+            (
+                "medium",
+                self.medium.code() as u64,
+                other.medium.code() as u64,
+            ),
+            ("buffers", self.buffers as u64, other.buffers as u64),
+            ("max_ports", self.max_ports as u64, other.max_ports as u64),
+            (
+                "frame_size",
+                self.frame_size as u64,
+                other.frame_size as u64,
+            ),
+            (
+                "ring_slots",
+                self.ring_slots as u64,
+                other.ring_slots as u64,
+            ),
+        ]
+        .into_iter()
+        .find(|(_, a, b)| a != b)
+    }
+
+    pub fn ring_len(&self) -> u64 {
+        RING_HEADER_LEN as u64 + self.ring_slots as u64 * DESC_LEN as u64
+    }
+    pub fn pool_len(&self) -> u64 {
+        self.buffers as u64 * self.frame_size as u64
+    }
+    /// Bytes of a port's region.
+    pub fn region_len(&self) -> usize {
+        self.total_len as usize
+    }
+    /// Offset of the ring a port produces towards port `peer`.
+    #[inline]
+    pub fn ring_off(&self, peer: u32) -> usize {
+        self.rings_off as usize + peer as usize * self.ring_len() as usize
+    }
+    /// Offset of a port's tail entry for the ring port `peer` produces.
+    #[inline]
+    pub fn tail_off(&self, peer: u32) -> usize {
+        self.tails_off as usize + peer as usize * TAIL_LEN
+    }
+    /// Offset of buffer `buffer` of a port's pool.
+    #[inline]
+    pub fn buffer_off(&self, buffer: u32) -> usize {
+        self.pool_off as usize + buffer as usize * self.frame_size as usize
+    }
+}
+
+/// A read/write view of a region header held in a local buffer.
 #[derive(Debug, Clone)]
-pub struct SegmentHeader<T: AsRef<[u8]>> {
+pub struct PortHeader<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-impl<T: AsRef<[u8]>> SegmentHeader<T> {
+impl<T: AsRef<[u8]>> PortHeader<T> {
     pub const fn new_unchecked(buffer: T) -> Self {
-        SegmentHeader { buffer }
+        PortHeader { buffer }
     }
     /// Wraps `buffer` after checking it is long enough for every field.
     pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
@@ -196,9 +354,6 @@ impl<T: AsRef<[u8]>> SegmentHeader<T> {
     pub fn version(&self) -> u32 {
         self.u32(field::header::VERSION)
     }
-    pub fn creator_pid(&self) -> u32 {
-        self.u32(field::header::CREATOR_PID)
-    }
     /// The stored checksum of the fields written at creation.
     pub fn checksum(&self) -> u32 {
         self.u32(field::header::CHECKSUM)
@@ -209,7 +364,7 @@ impl<T: AsRef<[u8]>> SegmentHeader<T> {
     }
 }
 
-impl<T: AsRef<[u8]> + AsMut<[u8]>> SegmentHeader<T> {
+impl<T: AsRef<[u8]> + AsMut<[u8]>> PortHeader<T> {
     fn set_u32(&mut self, at: usize, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[at..at + 4], v)
     }
@@ -218,152 +373,29 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> SegmentHeader<T> {
     }
 }
 
-/// The geometry of a segment: everything needed to find any port, link,
-/// ring or buffer. Derived from a few parameters by [`HeaderRepr::new`].
+/// What a region header says: the network's geometry and who owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderRepr {
-    pub mtu: u32,
-    pub frame_size: u32,
-    pub ring_slots: u32,
-    pub buffers: u32,
-    pub max_ports: u32,
-    pub max_links: u32,
-    pub medium: LinkMedium,
-    pub ports_off: u64,
-    pub links_off: u64,
-    pub rings_off: u64,
-    pub pools_off: u64,
-    pub total_len: u64,
-    pub creator_pid: u32,
-}
-
-fn align_up(v: u64, a: u64) -> Option<u64> {
-    v.checked_add(a - 1).map(|x| x / a * a)
+    pub geo: Geometry,
+    /// The owner's port index.
+    pub index: u32,
+    /// Unique per attachment: a restarted device at the same index has
+    /// another epoch.
+    pub epoch: u32,
+    /// The owner's process id, for operators (liveness comes from the
+    /// kernel, never from this field).
+    pub pid: u32,
 }
 
 impl HeaderRepr {
-    /// Computes the layout for a network; errors if a parameter is out of range.
-    pub fn new(
-        mtu: u32,
-        medium: LinkMedium,
-        max_ports: u32,
-        max_links: u32,
-        buffers: u32,
-        creator_pid: u32,
-    ) -> Result<HeaderRepr, ShmError> {
-        if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
-            return Err(ShmError::MtuOutOfRange { mtu });
-        }
-        let frame_size = align_up((mtu + L2_HEADER_LEN) as u64, 64).unwrap_or(0) as u32;
-        let ring_slots = buffers.checked_next_power_of_two().unwrap_or(0);
-        let mut r = HeaderRepr {
-            mtu,
-            frame_size,
-            ring_slots,
-            buffers,
-            max_ports,
-            max_links,
-            medium,
-            ports_off: 0,
-            links_off: 0,
-            rings_off: 0,
-            pools_off: 0,
-            total_len: 0,
-            creator_pid,
-        };
-        r.compute_offsets()
-            .ok_or_else(|| ShmError::InvalidParameter("segment size overflows".into()))?;
-        r.check_geometry()?;
-        Ok(r)
-    }
-
-    fn compute_offsets(&mut self) -> Option<()> {
-        self.ports_off = HEADER_LEN as u64;
-        self.links_off = align_up(
-            self.ports_off
-                .checked_add((self.max_ports as u64).checked_mul(PORT_LEN as u64)?)?,
-            64,
-        )?;
-        self.rings_off = align_up(
-            self.links_off
-                .checked_add((self.max_links as u64).checked_mul(LINK_LEN as u64)?)?,
-            4096,
-        )?;
-        self.pools_off = align_up(
-            self.rings_off
-                .checked_add((self.max_links as u64).checked_mul(self.ring_len())?)?,
-            4096,
-        )?;
-        self.total_len = align_up(
-            self.pools_off
-                .checked_add((self.max_ports as u64).checked_mul(self.pool_len())?)?,
-            4096,
-        )?;
-        Some(())
-    }
-
-    /// The semantic checks shared by `new` and `parse`.
-    fn check_geometry(&self) -> Result<(), ShmError> {
-        let bad = |why: &str| Err(ShmError::InvalidParameter(why.into()));
-        if !(MTU_MIN..=MTU_MAX).contains(&self.mtu) {
-            return Err(ShmError::MtuOutOfRange { mtu: self.mtu });
-        }
-        if (self.frame_size as u64) < (self.mtu + L2_HEADER_LEN) as u64
-            || !self.frame_size.is_multiple_of(64)
-        {
-            return bad("frame size does not hold an MTU-sized frame");
-        }
-        if !(2..=MAX_PORTS_LIMIT).contains(&self.max_ports) {
-            return bad("max_ports must be 2..=1024");
-        }
-        if !(1..=MAX_LINKS_LIMIT).contains(&self.max_links) {
-            return bad("max_links must be 1..=1048576");
-        }
-        if !(4..=MAX_SLOTS_LIMIT).contains(&self.buffers) {
-            return bad("buffers per port must be 4..=65536");
-        }
-        if !self.ring_slots.is_power_of_two()
-            || self.ring_slots < self.buffers
-            || self.ring_slots > MAX_SLOTS_LIMIT
-        {
-            return bad("ring slots must be a power of two no smaller than the buffers");
-        }
-        // Buffer offsets travel in a u32 descriptor field.
-        if (self.buffers as u64) * (self.frame_size as u64) > u32::MAX as u64 {
-            return bad("a port's buffer pool exceeds 4 GiB");
-        }
-        Ok(())
-    }
-
-    pub fn ring_len(&self) -> u64 {
-        RING_HEADER_LEN as u64 + self.ring_slots as u64 * DESC_LEN as u64
-    }
-    pub fn pool_len(&self) -> u64 {
-        self.buffers as u64 * self.frame_size as u64
-    }
-    pub fn port_off(&self, port: u32) -> usize {
-        self.ports_off as usize + port as usize * PORT_LEN
-    }
-    pub fn link_off(&self, link: u32) -> usize {
-        self.links_off as usize + link as usize * LINK_LEN
-    }
-    pub fn ring_off(&self, link: u32) -> usize {
-        self.rings_off as usize + link as usize * self.ring_len() as usize
-    }
-    pub fn pool_off(&self, port: u32) -> usize {
-        self.pools_off as usize + port as usize * self.pool_len() as usize
-    }
-    /// Offset of buffer `buffer` of `port`'s pool.
-    pub fn buffer_off(&self, port: u32, buffer: u32) -> usize {
-        self.pool_off(port) + buffer as usize * self.frame_size as usize
-    }
-
-    /// Parses and validates a header: magic, version, and a geometry that
-    /// recomputes to the same offsets and fits in `region_len` bytes.
+    /// Parses and validates a header: magic, version, a geometry that
+    /// recomputes to the same offsets and fits in `region_len` bytes, an
+    /// index inside it, and last the checksum.
     pub fn parse<T: AsRef<[u8]>>(
-        h: &SegmentHeader<T>,
+        h: &PortHeader<T>,
         region_len: usize,
     ) -> Result<HeaderRepr, ShmError> {
+        use field::header as f;
         h.check_len()?;
         if h.magic() != MAGIC {
             return Err(ShmError::corrupt("bad magic"));
@@ -378,51 +410,49 @@ impl HeaderRepr {
                 expected: LAYOUT_VERSION,
             });
         }
-        if h.u32(field::header::HEADER_LEN) as usize != HEADER_LEN {
+        if h.u32(f::HEADER_LEN) as usize != HEADER_LEN {
             return Err(ShmError::corrupt("header length"));
         }
-        let medium = LinkMedium::from_code(h.u32(field::header::MEDIUM))
+        let medium = LinkMedium::from_code(h.u32(f::MEDIUM))
             .ok_or_else(|| ShmError::corrupt("unknown medium"))?;
-        let mut r = HeaderRepr {
-            mtu: h.u32(field::header::MTU),
-            frame_size: h.u32(field::header::FRAME_SIZE),
-            ring_slots: h.u32(field::header::RING_SLOTS),
-            buffers: h.u32(field::header::BUFFERS),
-            max_ports: h.u32(field::header::MAX_PORTS),
-            max_links: h.u32(field::header::MAX_LINKS),
+        let geo = Geometry::from_fields(
+            h.u32(f::MTU),
             medium,
-            ports_off: 0,
-            links_off: 0,
-            rings_off: 0,
-            pools_off: 0,
-            total_len: 0,
-            creator_pid: h.creator_pid(),
-        };
-        r.check_geometry()
-            .map_err(|e| ShmError::corrupt(format!("geometry: {e}")))?;
-        r.compute_offsets()
-            .ok_or_else(|| ShmError::corrupt("geometry overflows"))?;
+            h.u32(f::FRAME_SIZE),
+            h.u32(f::RING_SLOTS),
+            h.u32(f::BUFFERS),
+            h.u32(f::MAX_PORTS),
+        )
+        .map_err(|e| ShmError::corrupt(format!("geometry: {e}")))?;
         let stored = [
-            (field::header::PORTS_OFF, r.ports_off),
-            (field::header::LINKS_OFF, r.links_off),
-            (field::header::RINGS_OFF, r.rings_off),
-            (field::header::POOLS_OFF, r.pools_off),
-            (field::header::TOTAL_LEN, r.total_len),
+            (f::RINGS_OFF, geo.rings_off),
+            (f::TAILS_OFF, geo.tails_off),
+            (f::POOL_OFF, geo.pool_off),
+            (f::TOTAL_LEN, geo.total_len),
         ];
         if stored.iter().any(|&(at, v)| h.u64(at) != v) {
             return Err(ShmError::corrupt("stored offsets disagree with geometry"));
         }
-        if r.total_len > region_len as u64 {
+        if geo.total_len > region_len as u64 {
             return Err(ShmError::corrupt(format!(
                 "header says {} bytes, mapping has {region_len}",
-                r.total_len
+                geo.total_len
             )));
+        }
+        let index = h.u32(f::INDEX);
+        if index >= geo.max_ports {
+            return Err(ShmError::corrupt("port index past max_ports"));
         }
         // Last, so that damage the checks above can name is named by them.
         if h.checksum() != h.compute_checksum() {
             return Err(ShmError::corrupt("header checksum"));
         }
-        Ok(r)
+        Ok(HeaderRepr {
+            geo,
+            index,
+            epoch: h.u32(f::EPOCH),
+            pid: h.u32(f::PID),
+        })
     }
 
     /// Bytes `emit` writes.
@@ -431,38 +461,35 @@ impl HeaderRepr {
     }
 
     /// Writes every field except the version (which is published last) and
-    /// the generation counters; the checksum covers what it writes.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut SegmentHeader<T>) {
-        h.buffer.as_mut()[field::header::MAGIC].copy_from_slice(&MAGIC);
-        h.set_u32(field::header::HEADER_LEN, HEADER_LEN as u32);
-        h.set_u64(field::header::TOTAL_LEN, self.total_len);
-        h.set_u32(field::header::MTU, self.mtu);
-        h.set_u32(field::header::FRAME_SIZE, self.frame_size);
-        h.set_u32(field::header::RING_SLOTS, self.ring_slots);
-        h.set_u32(field::header::BUFFERS, self.buffers);
-        h.set_u32(field::header::MAX_PORTS, self.max_ports);
-        h.set_u32(field::header::MAX_LINKS, self.max_links);
-        h.set_u64(field::header::PORTS_OFF, self.ports_off);
-        h.set_u64(field::header::LINKS_OFF, self.links_off);
-        h.set_u64(field::header::RINGS_OFF, self.rings_off);
-        h.set_u64(field::header::POOLS_OFF, self.pools_off);
-        h.set_u32(field::header::MEDIUM, self.medium.code());
-        h.set_u32(field::header::CREATOR_PID, self.creator_pid);
+    /// the sleeping flag; the checksum covers what it writes.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut PortHeader<T>) {
+        use field::header as f;
+        let g = &self.geo;
+        h.buffer.as_mut()[f::MAGIC].copy_from_slice(&MAGIC);
+        h.set_u32(f::HEADER_LEN, HEADER_LEN as u32);
+        h.set_u64(f::TOTAL_LEN, g.total_len);
+        h.set_u32(f::MTU, g.mtu);
+        h.set_u32(f::FRAME_SIZE, g.frame_size);
+        h.set_u32(f::RING_SLOTS, g.ring_slots);
+        h.set_u32(f::BUFFERS, g.buffers);
+        h.set_u32(f::MAX_PORTS, g.max_ports);
+        h.set_u32(f::MEDIUM, g.medium.code());
+        h.set_u32(f::INDEX, self.index);
+        h.set_u32(f::EPOCH, self.epoch);
+        h.set_u32(f::PID, self.pid);
+        h.set_u64(f::RINGS_OFF, g.rings_off);
+        h.set_u64(f::TAILS_OFF, g.tails_off);
+        h.set_u64(f::POOL_OFF, g.pool_off);
         let sum = h.compute_checksum();
-        h.set_u32(field::header::CHECKSUM, sum);
+        h.set_u32(f::CHECKSUM, sum);
     }
 
     /// Writes a complete header including the version, for tests and fuzzing.
-    pub fn emit_published<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut SegmentHeader<T>) {
+    pub fn emit_published<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut PortHeader<T>) {
         self.emit(h);
         h.set_u32(field::header::VERSION, LAYOUT_VERSION);
     }
 }
-
-/// States stored in the low half of a port or link word.
-pub(crate) const STATE_FREE: u32 = 0;
-pub(crate) const STATE_CLAIMING: u32 = 1;
-pub(crate) const STATE_ACTIVE: u32 = 2;
 
 bitflags::bitflags! {
     /// The flags of a ring descriptor (memif's `flags` field).
@@ -557,7 +584,7 @@ impl DescriptorRepr {
     /// within one buffer.
     pub fn parse<T: AsRef<[u8]>>(
         d: &Descriptor<T>,
-        geo: &HeaderRepr,
+        geo: &Geometry,
         expected_region: u32,
     ) -> Result<DescriptorRepr, ShmError> {
         d.check_len()?;
@@ -597,7 +624,7 @@ impl DescriptorRepr {
 
     /// Writes the descriptor (no flags) into `d`, which must hold
     /// [`DESC_LEN`] bytes.
-    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Descriptor<T>, geo: &HeaderRepr) {
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Descriptor<T>, geo: &Geometry) {
         d.set_flags(DescFlags::empty());
         d.set_region(self.region);
         d.set_length(self.length);
@@ -610,61 +637,104 @@ impl DescriptorRepr {
 mod tests {
     use super::*;
 
-    fn geo() -> HeaderRepr {
-        HeaderRepr::new(1500, LinkMedium::Ethernet, 8, 16, 64, 42).unwrap()
+    fn geo() -> Geometry {
+        Geometry::new(1500, LinkMedium::Ethernet, 8, 64).unwrap()
+    }
+
+    fn header() -> HeaderRepr {
+        HeaderRepr {
+            geo: geo(),
+            index: 3,
+            epoch: 77,
+            pid: 42,
+        }
     }
 
     #[test]
     fn header_round_trip() {
-        let g = geo();
+        let h = header();
         let mut buf = vec![0u8; HEADER_LEN];
-        g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
+        h.emit_published(&mut PortHeader::new_unchecked(&mut buf[..]));
         let back = HeaderRepr::parse(
-            &SegmentHeader::new_checked(&buf[..]).unwrap(),
-            g.total_len as usize,
+            &PortHeader::new_checked(&buf[..]).unwrap(),
+            h.geo.region_len(),
         )
         .unwrap();
-        assert_eq!(back, g);
-        assert_eq!(g.frame_size, 1536);
-        assert_eq!(g.ring_slots, 64);
+        assert_eq!(back, h);
+        assert_eq!(h.geo.frame_size, 1536);
+        assert_eq!(h.geo.ring_slots, 64);
+        assert_eq!(h.geo.region_len() % 4096, 0);
     }
 
     #[test]
     fn header_rejects_garbage() {
-        let g = geo();
+        let h = header();
         let mut buf = vec![0u8; HEADER_LEN];
-        g.emit(&mut SegmentHeader::new_unchecked(&mut buf[..]));
-        let h = SegmentHeader::new_unchecked(&buf[..]);
+        h.emit(&mut PortHeader::new_unchecked(&mut buf[..]));
+        let p = PortHeader::new_unchecked(&buf[..]);
         assert!(matches!(
-            HeaderRepr::parse(&h, usize::MAX),
+            HeaderRepr::parse(&p, usize::MAX),
             Err(ShmError::NotReady)
         ));
-        g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
+        h.emit_published(&mut PortHeader::new_unchecked(&mut buf[..]));
         // Mapping smaller than the header claims.
         assert!(matches!(
-            HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), 4096),
+            HeaderRepr::parse(&PortHeader::new_unchecked(&buf[..]), 4096),
             Err(ShmError::Corrupt { .. })
         ));
         // Tampered offset.
-        buf[field::header::POOLS_OFF] ^= 1;
-        assert!(HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX).is_err());
-        buf[field::header::POOLS_OFF] ^= 1;
+        buf[field::header::POOL_OFF] ^= 1;
+        assert!(HeaderRepr::parse(&PortHeader::new_unchecked(&buf[..]), usize::MAX).is_err());
+        buf[field::header::POOL_OFF] ^= 1;
         buf[field::header::VERSION] = 9;
         assert!(matches!(
-            HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX),
+            HeaderRepr::parse(&PortHeader::new_unchecked(&buf[..]), usize::MAX),
             Err(ShmError::VersionMismatch { found: 9, .. })
         ));
-        assert!(SegmentHeader::new_checked(&buf[..10]).is_err());
+        assert!(PortHeader::new_checked(&buf[..10]).is_err());
     }
 
     #[test]
     fn mtu_limits() {
         assert!(matches!(
-            HeaderRepr::new(575, LinkMedium::Ip, 8, 8, 64, 0),
+            Geometry::new(575, LinkMedium::Ip, 8, 64),
             Err(ShmError::MtuOutOfRange { mtu: 575 })
         ));
-        assert!(HeaderRepr::new(65536, LinkMedium::Ip, 8, 8, 64, 0).is_err());
-        assert!(HeaderRepr::new(65535, LinkMedium::Ethernet, 8, 8, 64, 0).is_ok());
+        assert!(Geometry::new(65536, LinkMedium::Ip, 8, 64).is_err());
+        assert!(Geometry::new(65535, LinkMedium::Ethernet, 8, 64).is_ok());
+    }
+
+    #[test]
+    fn a_mismatch_names_the_first_differing_parameter() {
+        let a = geo();
+        assert_eq!(a.mismatch(&a), None);
+        let b = Geometry::new(1500, LinkMedium::Ethernet, 16, 64).unwrap();
+        assert_eq!(a.mismatch(&b), Some(("max_ports", 8, 16)));
+        let c = Geometry::new(9000, LinkMedium::Ethernet, 8, 64).unwrap();
+        assert_eq!(a.mismatch(&c), Some(("mtu", 1500, 9000)));
+    }
+
+    #[test]
+    fn header_checksum_catches_what_the_geometry_checks_cannot() {
+        let h = header();
+        let mut buf = vec![0u8; HEADER_LEN];
+        h.emit_published(&mut PortHeader::new_unchecked(&mut buf[..]));
+        // MTU 1500 -> 1499 still fits the 1536-byte frames, so only the
+        // checksum notices; so does a changed epoch.
+        for at in [field::header::MTU, field::header::EPOCH] {
+            let mut bad = buf.clone();
+            bad[at] ^= 1;
+            match HeaderRepr::parse(&PortHeader::new_unchecked(&bad[..]), usize::MAX) {
+                Err(ShmError::Corrupt { why, .. }) => assert_eq!(why, "header checksum"),
+                other => panic!("byte {at} flipped: {other:?}"),
+            }
+        }
+        // The version and the sleeping flag are outside the sum.
+        buf[field::header::SLEEPING] = 1;
+        assert_eq!(
+            HeaderRepr::parse(&PortHeader::new_unchecked(&buf[..]), usize::MAX).unwrap(),
+            h
+        );
     }
 
     #[test]
@@ -699,30 +769,6 @@ mod tests {
         NativeEndian::write_u32(&mut bytes[8..], 0);
         NativeEndian::write_u32(&mut bytes[4..], 1537);
         assert!(DescriptorRepr::parse(&Descriptor::new_unchecked(&bytes[..]), &g, 3).is_err());
-    }
-
-    #[test]
-    fn header_checksum_catches_what_the_geometry_checks_cannot() {
-        let g = geo();
-        let mut buf = vec![0u8; HEADER_LEN];
-        g.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
-        // MTU 1500 -> 1499 still fits the 1536-byte frames, so only the
-        // checksum notices; so does a changed creator pid.
-        for at in [field::header::MTU, field::header::CREATOR_PID] {
-            let mut bad = buf.clone();
-            bad[at] ^= 1;
-            match HeaderRepr::parse(&SegmentHeader::new_unchecked(&bad[..]), usize::MAX) {
-                Err(ShmError::Corrupt { why, .. }) => assert_eq!(why, "header checksum"),
-                other => panic!("byte {at} flipped: {other:?}"),
-            }
-        }
-        // The version and the generation counters are outside the sum.
-        buf[field::header::PORT_GEN] = 7;
-        buf[field::header::LINK_GEN] = 9;
-        assert_eq!(
-            HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX).unwrap(),
-            g
-        );
     }
 
     #[test]

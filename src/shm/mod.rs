@@ -1,29 +1,33 @@
-//! The shared-memory facility: segments, ports, links, rings and buffers.
+//! The shared-memory facility: networks, ports, rings and buffers, with
+//! one writer per byte.
 //!
-//! A [`Segment`] is one network's worth of shared memory, found by name. It
-//! is either process-local ([`SegmentKind::Process`], devices are threads) or
-//! a named POSIX shared-memory object ([`SegmentKind::Host`], devices are
-//! processes); both have the same layout (see [`layout`]) and the same API.
-//! A device adapter [`Segment::attach`]es a [`Port`]; a port sends a frame to
-//! another port over a *link*, a single-producer/single-consumer memif-style
-//! ring claimed the first time the pair talks, so memory in use grows with
-//! the links actually used. Frames live in the sender's buffer pool; only a
-//! 16-byte descriptor moves through the ring.
+//! A [`Segment`] names one network and fixes its parameters. A device
+//! adapter [`Segment::attach`]es a [`Port`], which owns one region of
+//! memory: its transmit buffers, the rings it produces (one per peer) and
+//! the tails of the rings it consumes. Only the owner writes its region;
+//! peers read it — between processes through a read-only mapping of a
+//! sealed memfd passed over a Unix socket, so a peer can neither write nor
+//! truncate it. A frame stays in its sender's buffer; only a 16-byte
+//! memif-style descriptor moves through the ring. Ports learn who joins and
+//! who leaves from the kernel (a dead process's sockets close), never from
+//! fields a peer could forge.
 //!
-//! Everything read from the segment is treated as hostile: the header,
-//! descriptors, ring indices and directory entries are validated, and a bad
-//! one is a typed error or counted and dropped, never a panic.
+//! Everything read from a peer's memory is treated as hostile: headers,
+//! descriptors and ring indices are validated, and a bad one is a typed
+//! error or counted and dropped, never a panic.
 //!
 //! The files, each using only those above it:
 //!
 //! ```text
 //! layout.rs    the on-memory formats (Packet/Repr), field offsets, geometry
-//! region.rs    raw memory: the mapping, atomics, copies, lent buffer views
+//! region.rs    raw memory: own regions, read-only peer views, lent buffers
 //!              (the only file of shmnet with `unsafe` code)
-//! ring.rs      the memif-style SPSC ring: producer and consumer ends
-//! segment.rs   a network's segment: create/open, port directory, links, reclaim
+//! ring.rs      the memif-style SPSC ring, split between producer and consumer memory
+//! member.rs    who is on a network: port info, doorbells, join/leave events
+//! local.rs     membership between threads (a registry in this process)
+//! host.rs      membership between processes (runtime directory, Unix sockets)
+//! segment.rs   networks by name and their parameters
 //! port.rs      a port: buffer pool, links, send/receive/flush, drain on drop
-//! wake.rs      sleeping on several ports' doorbells
 //! ```
 //!
 //! ```
@@ -31,6 +35,7 @@
 //! let seg = Segment::open_or_create("doc-example", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
 //! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
 //! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
+//! a.flush(); // learn that b joined
 //! let mut buf = a.alloc().unwrap();
 //! a.buffer_mut(&mut buf)[..5].copy_from_slice(b"hello");
 //! a.send(buf, 5, &[b.peer()]);
@@ -39,20 +44,36 @@
 //! let (len, from) = b.recv_into(&mut out).unwrap();
 //! assert_eq!((&out[..len], from), (&b"hello"[..], a.index()));
 //! ```
+mod host;
 pub mod layout;
+pub mod record;
+#[cfg(feature = "testing")]
+pub use host::testing as host_testing;
+mod local;
+mod member;
 mod port;
 mod region;
 mod ring;
 mod segment;
-mod wake;
 
-pub use layout::LinkMedium;
+pub use host::NETWORK_NAME_MAX;
+pub use layout::{Geometry, LinkMedium};
+pub(crate) use member::Doorbell;
+pub use member::{PeerInfo, PortInfo, mac_from_name};
 pub use port::{Peer, Port, PortCounters};
 pub use region::{InPlaceFrame, TxBuf};
-pub use segment::{
-    NetworkParams, PeerInfo, PortInfo, Segment, SegmentKind, mac_from_name, name_tag,
-};
-pub use wake::wait_any;
+pub use segment::{NetworkParams, Segment, SegmentKind};
+
+/// A value for an error message: at most 80 characters of it, with its
+/// length when cut (a 50 MB value must not make a 50 MB message).
+pub(crate) fn quote(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.chars().count() <= MAX {
+        return value.to_string();
+    }
+    let cut: String = value.chars().take(MAX).collect();
+    format!("{cut}… ({} bytes)", value.len())
+}
 
 /// Errors of the facility.
 #[derive(Debug, thiserror::Error)]
@@ -70,15 +91,16 @@ pub enum ShmError {
     /// The segment is still being initialised by its creator; retry.
     #[error("segment not initialised yet")]
     NotReady,
-    /// Every port (or link) slot is taken; raise `max_ports`/`max_links`.
-    #[error("segment {name:?} is full: no free {what}")]
-    Full { name: String, what: &'static str },
+    /// Every port index is taken; raise the network's `max_ports` (the same
+    /// on every device of the network).
+    #[error("network {name:?} is full: all {max_ports} ports are attached; raise max_ports")]
+    Full { name: String, max_ports: u32 },
     /// MTU outside 576..=65535 bytes of IP packet.
     #[error("MTU {mtu} out of range (576..=65535)")]
     MtuOutOfRange { mtu: u32 },
-    /// A live segment has other parameters than requested; use the same
+    /// A live network has other parameters than requested; use the same
     /// parameters on every device of a network.
-    #[error("segment {name:?} exists with {field} {found}, requested {requested}")]
+    #[error("network {name:?} runs with {field} {found}, this device asks for {requested}")]
     ParameterMismatch {
         name: String,
         field: &'static str,
@@ -95,9 +117,32 @@ pub enum ShmError {
     /// A descriptor failed validation (counted and dropped on the data path).
     #[error("bad descriptor: {0}")]
     BadDescriptor(&'static str),
-    /// Another live port already uses this hardware address.
-    #[error("segment {name:?}: address already attached by a live port")]
-    AddressInUse { name: String },
+    /// Another live port already uses one of this port's addresses; give
+    /// each device its own.
+    #[error("network {name:?}: {what} already in use by {holder}")]
+    AddressInUse {
+        name: String,
+        what: String,
+        holder: String,
+    },
+    /// A file or directory shmnet would use belongs to another user or is
+    /// open to others; remove it (as its owner) or point
+    /// `SHMNET_RUNTIME_DIR` elsewhere.
+    #[error(
+        "{path} belongs to {owner} with mode {mode:o}; shmnet needs it owned by you and closed to others (mode 0700/0600)"
+    )]
+    NotOwned {
+        path: String,
+        owner: String,
+        mode: u32,
+    },
+    /// Another process held the network's lock for too long (it may hang);
+    /// find it with `fuser PATH`, or retry.
+    #[error("timed out after {waited:?} waiting for the lock {path}")]
+    LockTimeout {
+        path: String,
+        waited: std::time::Duration,
+    },
     /// An operating-system call failed.
     #[error("{what}: {source}")]
     Io {

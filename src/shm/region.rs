@@ -1,25 +1,31 @@
 //! Raw memory: the only module of shmnet that holds pointers to shared
 //! memory, and the only one allowed `unsafe` code.
 //!
-//! A [`Region`] is one mapping, either anonymous (devices are threads of one
-//! process) or of a named POSIX shared-memory object under `/dev/shm`
-//! (devices are separate processes). Everything above this module reaches
-//! the mapping through it, by offset:
+//! A [`Region`] is one port's memory, mapped read-write by its owner only:
+//! either anonymous (devices are threads of one process) or a sealed memfd
+//! (devices are processes; peers get the fd over a Unix socket). A
+//! [`PeerView`] is a peer's region as this port sees it: mapped read-only
+//! (a memfd sealed against writable mappings and resizing, so a peer can
+//! neither write nor truncate it), or, between threads, the same memory
+//! behind an API that only reads. Everything above this module reaches the
+//! mappings through them, by offset:
 //!
 //! - atomics at fixed, layout-checked offsets ([`Region::atomic_u32`],
-//!   [`Region::atomic_u64`]): ring indices, directory and link words;
-//! - copies in and out ([`Region::read`], [`Region::write`]): headers and
+//!   [`Region::atomic_u64`], [`PeerView::load_u32`], [`PeerView::load_u64`]):
+//!   ring words and flags;
+//! - copies in and out ([`Region::write`], [`PeerView::read`]): headers and
 //!   descriptors are copied into local buffers before they are parsed;
 //! - two lent views of frame buffers, each behind a token only this module
 //!   makes: a transmit buffer of this port's [`Pool`] ([`Pool::bytes_mut`],
-//!   for a [`TxBuf`]) and a received frame left in its sender's buffer
-//!   ([`Region::frame`], for an [`InPlaceFrame`]).
+//!   for a [`TxBuf`]) in memory only this port writes, and a received frame
+//!   left in an in-process sender's buffer ([`PeerView::frame`], for an
+//!   [`InPlaceFrame`]).
 //!
 //! Contract: an offset outside the layout is a bug in shmnet and panics;
-//! bytes a peer wrote are returned as values for the caller to validate.
-//! Apart from the atomics, the two views are the only references into
-//! memory a peer can write; both rely on the ring protocol (a buffer is
-//! written only by its owner, and only while no descriptor names it).
+//! bytes a peer wrote are returned as values for the caller to validate. No
+//! reference is ever formed to memory another process can write: every
+//! byte has one writer, its owner, and a peer process reaches it only
+//! through copies and atomic loads.
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
@@ -32,21 +38,39 @@
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use rustix::fs::Mode;
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::shm;
 
 use super::ShmError;
 
-/// One mapping of a segment.
+/// The seals a peer's memfd must carry before we map it: nobody can resize
+/// it (no SIGBUS), nobody can map it writable or write it any more (the
+/// owner keeps the one writable mapping it made before sealing), and the
+/// seals themselves are final.
+pub(crate) const PEER_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::FUTURE_WRITE)
+    .union(SealFlags::SEAL);
+
+fn io(what: impl Into<String>) -> impl FnOnce(rustix::io::Errno) -> ShmError {
+    let what = what.into();
+    move |e| ShmError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+/// One mapping: a port's own memory (read-write) or a peer's (read-only).
 pub(crate) struct Region {
     ptr: NonNull<u8>,
     len: usize,
-    _fd: Option<OwnedFd>,
+    writable: bool,
+    fd: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain memory owned by this value until drop; every
@@ -58,11 +82,6 @@ unsafe impl Send for Region {}
 // caller to own the range exclusively (`Pool::bytes_mut` proves it with a
 // `TxBuf` and `&mut Pool`).
 unsafe impl Sync for Region {}
-
-/// The path of a named segment's backing object, for messages.
-pub(crate) fn object_name(name: &str) -> String {
-    format!("/shmnet.{name}")
-}
 
 impl Region {
     /// Maps `len` bytes of zeroed process-local memory (pages are committed
@@ -78,68 +97,23 @@ impl Region {
                 MapFlags::SHARED | MapFlags::NORESERVE,
             )
         }
-        .map_err(|e| ShmError::Io {
-            what: "mmap anonymous segment".into(),
-            source: e.into(),
-        })?;
-        Self::from_mapping(ptr, len, None)
+        .map_err(io("mmap anonymous region"))?;
+        Self::from_mapping(ptr, len, true, None)
     }
 
-    /// Creates the named object (mode 0600, fails if it exists), sizes it
-    /// and maps it. The object is zero-filled by the kernel.
-    pub(crate) fn create_named(name: &str, len: usize) -> Result<Region, ShmError> {
-        let path = object_name(name);
-        let fd = shm::open(
-            path.as_str(),
-            shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR,
-            Mode::RUSR | Mode::WUSR,
+    /// Creates a zeroed memfd of `len` bytes, maps it read-write, then seals
+    /// it ([`PEER_SEALS`]): this mapping stays the only writable one there
+    /// will ever be, and the size is fixed. Share it with
+    /// [`Region::fd`]; peers map it with [`Region::map_peer`].
+    pub(crate) fn sealed_memfd(name: &str, len: usize) -> Result<Region, ShmError> {
+        let fd = rustix::fs::memfd_create(
+            format!("shmnet:{name}"),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
         )
-        .map_err(|e| match e {
-            rustix::io::Errno::EXIST => ShmError::AlreadyExists { name: name.into() },
-            e => ShmError::Io {
-                what: format!("create {path}"),
-                source: e.into(),
-            },
-        })?;
-        if let Err(e) = rustix::fs::ftruncate(&fd, len as u64) {
-            let _ = shm::unlink(path.as_str());
-            return Err(ShmError::Io {
-                what: format!("size {path} to {len} bytes"),
-                source: e.into(),
-            });
-        }
-        Self::map_fd(fd, len, &path)
-    }
-
-    /// Opens and maps an existing named object, whole.
-    pub(crate) fn open_named(name: &str) -> Result<Region, ShmError> {
-        let path = object_name(name);
-        let fd =
-            shm::open(path.as_str(), shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
-                rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
-                e => ShmError::Io {
-                    what: format!("open {path}"),
-                    source: e.into(),
-                },
-            })?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| ShmError::Io {
-            what: format!("stat {path}"),
-            source: e.into(),
-        })?;
-        let len = usize::try_from(st.st_size).unwrap_or(0);
-        if len < super::layout::HEADER_LEN {
-            return Err(ShmError::Corrupt {
-                name: name.into(),
-                why: format!("object is {len} bytes, smaller than a header"),
-            });
-        }
-        Self::map_fd(fd, len, &path)
-    }
-
-    fn map_fd(fd: OwnedFd, len: usize, path: &str) -> Result<Region, ShmError> {
-        // SAFETY: mapping a file we opened read-write, at a kernel-chosen
-        // address, aliases no Rust object. Length equals the file size we
-        // set or read.
+        .map_err(io("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len as u64).map_err(io(format!("size memfd to {len} bytes")))?;
+        // SAFETY: mapping a memfd we just created, at a kernel-chosen
+        // address, aliases no Rust object; the length is the size we set.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -150,64 +124,73 @@ impl Region {
                 0,
             )
         }
-        .map_err(|e| ShmError::Io {
-            what: format!("mmap {path}"),
-            source: e.into(),
-        })?;
-        Self::from_mapping(ptr, len, Some(fd))
+        .map_err(io("mmap memfd"))?;
+        let region = Self::from_mapping(ptr, len, true, Some(fd))?;
+        if let Some(fd) = &region.fd {
+            rustix::fs::fcntl_add_seals(fd, PEER_SEALS).map_err(io("seal memfd"))?;
+        }
+        Ok(region)
     }
 
-    fn from_mapping(ptr: *mut c_void, len: usize, fd: Option<OwnedFd>) -> Result<Region, ShmError> {
+    /// Maps a peer's memfd read-only after checking that it is sealed
+    /// ([`PEER_SEALS`]) and exactly `len` bytes long, so the peer can neither
+    /// write it behind our back through another mapping nor shrink it under
+    /// us.
+    pub(crate) fn map_peer(fd: OwnedFd, len: usize) -> Result<Region, ShmError> {
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(io("read a peer region's seals"))?;
+        if !seals.contains(PEER_SEALS) {
+            return Err(ShmError::corrupt(format!(
+                "peer region is not sealed (seals {seals:?})"
+            )));
+        }
+        let st = rustix::fs::fstat(&fd).map_err(io("stat a peer region"))?;
+        if st.st_size != len as i64 {
+            return Err(ShmError::corrupt(format!(
+                "peer region is {} bytes, the geometry says {len}",
+                st.st_size
+            )));
+        }
+        // SAFETY: a read-only shared mapping of a file whose size is fixed
+        // (sealed) and equal to `len`: every byte of the mapping stays
+        // backed, and no Rust reference is formed to it beyond atomics.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                &fd,
+                0,
+            )
+        }
+        .map_err(io("mmap a peer region"))?;
+        Self::from_mapping(ptr, len, false, None)
+    }
+
+    fn from_mapping(
+        ptr: *mut c_void,
+        len: usize,
+        writable: bool,
+        fd: Option<OwnedFd>,
+    ) -> Result<Region, ShmError> {
         Ok(Region {
             ptr: NonNull::new(ptr.cast()).ok_or(ShmError::Io {
                 what: "mmap returned null".into(),
                 source: std::io::Error::other("null mapping"),
             })?,
             len,
-            _fd: fd,
+            writable,
+            fd,
         })
     }
 
-    /// Removes a named object; mappings stay valid until dropped.
-    pub(crate) fn unlink_named(name: &str) -> Result<(), ShmError> {
-        let path = object_name(name);
-        shm::unlink(path.as_str()).map_err(|e| match e {
-            rustix::io::Errno::NOENT => ShmError::NotFound { name: name.into() },
-            e => ShmError::Io {
-                what: format!("unlink {path}"),
-                source: e.into(),
-            },
-        })
+    /// The memfd behind a sealed region, to pass to peers.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|f| f.as_fd())
     }
 
     pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    /// Runs `f` holding an exclusive `flock` on the backing object (no-op
-    /// for anonymous memory): attaching and last-one-out removal of a named
-    /// segment exclude each other with it.
-    pub(crate) fn locked<T>(&self, f: impl FnOnce() -> T) -> T {
-        let Some(fd) = &self._fd else {
-            return f();
-        };
-        let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::LockExclusive);
-        let r = f();
-        let _ = rustix::fs::flock(fd, rustix::fs::FlockOperation::Unlock);
-        r
-    }
-
-    /// Does `/dev/shm` still have this mapping's object under `name`?
-    pub(crate) fn is_named(&self, name: &str) -> bool {
-        let Some(fd) = &self._fd else {
-            return false;
-        };
-        let Ok(mine) = rustix::fs::fstat(fd) else {
-            return false;
-        };
-        let path = format!("/dev/shm{}", object_name(name));
-        rustix::fs::stat(path.as_str())
-            .is_ok_and(|st| st.st_dev == mine.st_dev && st.st_ino == mine.st_ino)
     }
 
     fn check(&self, off: usize, len: usize, align: usize) {
@@ -220,20 +203,39 @@ impl Region {
         );
     }
 
-    /// The 32-bit atomic at `off` (4-aligned, inside the region).
+    /// The 32-bit atomic at `off` (4-aligned, inside the region) of a
+    /// region this port owns.
     pub(crate) fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         self.check(off, 4, 4);
+        assert!(self.writable, "store to a read-only peer region");
         // SAFETY: in bounds and aligned (checked above); the mapping lives as
-        // long as `self`; an atomic may be shared with any other writer, and
+        // long as `self`; an atomic may be shared with any other reader, and
         // every bit pattern is a valid u32.
         unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU32) }
     }
 
-    /// The 64-bit atomic at `off` (8-aligned, inside the region).
+    /// The 64-bit atomic at `off` (8-aligned) of a region this port owns.
     pub(crate) fn atomic_u64(&self, off: usize) -> &AtomicU64 {
         self.check(off, 8, 8);
+        assert!(self.writable, "store to a read-only peer region");
         // SAFETY: as for `atomic_u32`, with 8-byte alignment checked.
         unsafe { &*(self.ptr.as_ptr().add(off) as *const AtomicU64) }
+    }
+
+    /// Loads the u32 at `off` (4-aligned), whoever owns the region.
+    fn load_u32(&self, off: usize) -> u32 {
+        self.check(off, 4, 4);
+        // SAFETY: in bounds and aligned (checked above) in a mapping that
+        // lives as long as `self`; only loaded, so a read-only mapping is
+        // fine, and a peer storing concurrently is what atomics allow.
+        unsafe { (*(self.ptr.as_ptr().add(off) as *const AtomicU32)).load(Ordering::Acquire) }
+    }
+
+    /// Loads the u64 at `off` (8-aligned), whoever owns the region.
+    fn load_u64(&self, off: usize) -> u64 {
+        self.check(off, 8, 8);
+        // SAFETY: as for `load_u32`, with 8-byte alignment checked.
+        unsafe { (*(self.ptr.as_ptr().add(off) as *const AtomicU64)).load(Ordering::Acquire) }
     }
 
     /// Copies `dst.len()` bytes starting at `off` out of the region.
@@ -254,7 +256,7 @@ impl Region {
 
     /// Copies `src` into the region at `off`; `false` if out of range.
     pub(crate) fn write(&self, off: usize, src: &[u8]) -> bool {
-        if off.checked_add(src.len()).is_none_or(|end| end > self.len) {
+        if !self.writable || off.checked_add(src.len()).is_none_or(|end| end > self.len) {
             return false;
         }
         // SAFETY: destination inside the mapping (checked above), source a
@@ -293,17 +295,67 @@ impl Region {
         // SAFETY: in bounds (checked); immutability is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(off), len) }
     }
+}
 
-    /// The bytes of a frame taken in place (see [`InPlaceFrame`]).
+/// A peer's region as this port sees it: loads and copies only.
+///
+/// Between processes it is a read-only mapping of the peer's sealed memfd;
+/// between threads it shares the peer's own mapping, and this API, which
+/// has no store, is what keeps the peer its only writer.
+#[derive(Clone)]
+pub(crate) struct PeerView {
+    region: Arc<Region>,
+    /// The peer is a thread of this process (its frames may be read in
+    /// place: it follows the ring protocol because it is our own code).
+    in_process: bool,
+}
+
+impl PeerView {
+    /// A view of a thread peer's own region.
+    pub(crate) fn in_process(region: Arc<Region>) -> PeerView {
+        PeerView {
+            region,
+            in_process: true,
+        }
+    }
+    /// A view of another process's region, mapped with [`Region::map_peer`].
+    pub(crate) fn other_process(region: Region) -> PeerView {
+        PeerView {
+            region: Arc::new(region),
+            in_process: false,
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.region.len
+    }
+    pub(crate) fn load_u32(&self, off: usize) -> u32 {
+        self.region.load_u32(off)
+    }
+    pub(crate) fn load_u64(&self, off: usize) -> u64 {
+        self.region.load_u64(off)
+    }
+    /// Copies `dst.len()` bytes at `off` out; `false` if out of range.
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
+        self.region.read(off, dst)
+    }
+    /// Can frames of this peer be read in place ([`PeerView::frame`])?
+    pub(crate) fn is_in_process(&self) -> bool {
+        self.in_process
+    }
+
+    /// The bytes of a frame taken in place (see [`InPlaceFrame`]); empty
+    /// for a peer in another process, whose memory is never referenced.
     pub(crate) fn frame(&self, f: &InPlaceFrame) -> &[u8] {
+        if !self.in_process {
+            return &[];
+        }
         // SAFETY: an `InPlaceFrame` is only made by `InPlaceFrame::new` from
         // a descriptor that passed `DescriptorRepr::parse`, so the range is
         // one buffer of the sender's pool, inside the mapping (checked again
-        // by `bytes`). By protocol the sender does not write that buffer
-        // until the consumer publishes a tail past its slot, which the port
-        // does only on its next call; `recv_in_place` is reserved for
-        // trusted senders that follow it.
-        unsafe { self.bytes(f.offset, f.len) }
+        // by `bytes`). The sender is a thread of this process running this
+        // code: it does not write that buffer until the consumer publishes a
+        // tail past its slot, which the port does only on its next call.
+        unsafe { self.region.bytes(f.offset, f.len) }
     }
 }
 
@@ -316,6 +368,8 @@ impl Region {
 #[derive(Debug)]
 pub struct TxBuf {
     index: u32,
+    /// The pool that lent it: a buffer is only ever used with its own port.
+    pool: u32,
 }
 
 /// A received frame still in the sender's buffer (see
@@ -358,6 +412,8 @@ impl InPlaceFrame {
 /// directory slot; the pool is the only maker of [`TxBuf`]s for its
 /// buffers and lends their bytes only through `&mut self`.
 pub(crate) struct Pool {
+    /// Unique in this process: tells a pool's own `TxBuf`s from others'.
+    id: u32,
     /// Offset of buffer 0 in the region.
     off: usize,
     frame_size: usize,
@@ -368,12 +424,24 @@ pub(crate) struct Pool {
 impl Pool {
     /// A pool of `buffers` buffers of `frame_size` bytes at `off`, all free.
     pub(crate) fn new(off: usize, frame_size: usize, buffers: u32) -> Pool {
+        static NEXT: AtomicU32 = AtomicU32::new(1);
         Pool {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             off,
             frame_size,
             free: (0..buffers).rev().collect(),
             refs: vec![0; buffers as usize],
         }
+    }
+
+    /// A `TxBuf` of another port is a caller bug: using it would lend a
+    /// buffer this pool may have lent or sent already.
+    #[inline]
+    fn check_own(&self, buf: &TxBuf) {
+        assert_eq!(
+            buf.pool, self.id,
+            "a TxBuf was used with a port that did not lend it"
+        );
     }
 
     /// Buffers in the pool.
@@ -392,13 +460,17 @@ impl Pool {
     pub(crate) fn alloc(&mut self) -> Option<TxBuf> {
         let index = self.free.pop()?;
         self.refs[index as usize] = 1;
-        Some(TxBuf { index })
+        Some(TxBuf {
+            index,
+            pool: self.id,
+        })
     }
 
     /// One more descriptor will name `buf`; returns the buffer index it
     /// carries.
     #[inline]
     pub(crate) fn share(&mut self, buf: &TxBuf) -> u32 {
+        self.check_own(buf);
         self.refs[buf.index as usize] += 1;
         buf.index
     }
@@ -407,6 +479,7 @@ impl Pool {
     /// again once no descriptor names it.
     #[inline]
     pub(crate) fn release(&mut self, buf: TxBuf) {
+        self.check_own(&buf);
         self.unref(buf.index);
     }
 
@@ -424,14 +497,17 @@ impl Pool {
     /// The whole buffer (`frame_size` bytes) behind `buf`.
     #[inline]
     pub(crate) fn bytes_mut<'a>(&'a mut self, region: &'a Region, buf: &mut TxBuf) -> &'a mut [u8] {
+        self.check_own(buf);
         let off = self.off + buf.index as usize * self.frame_size;
         // SAFETY: `buf` came from this pool's free list (`alloc` is the only
-        // maker of a `TxBuf`, and it is not `Clone`), so the range is one of
-        // this pool's buffers, which `bytes_mut` bounds-checks again. The
-        // view borrows `&mut self`, so no other view of this pool's buffers
-        // exists in this process while it lives. Peers read
-        // only buffers a descriptor names, and a buffer comes off the free
-        // list only when none does.
+        // maker of a `TxBuf`, it is not `Clone`, and `check_own` refused
+        // another pool's), so the range is one of this pool's buffers, which
+        // `bytes_mut` bounds-checks again. The view borrows `&mut self`, so
+        // no other view of this pool's buffers exists in this process while
+        // it lives. The region is this port's own: no peer can write it (a
+        // peer process maps it read-only, a peer thread only reads), and
+        // peers read only buffers a descriptor names, while a buffer comes
+        // off the free list only when none does.
         unsafe { region.bytes_mut(off, self.frame_size) }
     }
 }

@@ -1,23 +1,32 @@
 //! Rings: the memif-style single-producer/single-consumer descriptor ring
-//! that carries one link's frames.
+//! that carries one link's frames, split so that each end writes only its
+//! own memory.
 //!
-//! A ring is a 128-byte header (cookie; the producer's `head` and the
-//! consumer's `tail` on cache lines of their own, both free-running `u32`s)
-//! followed by a power-of-two number of 16-byte descriptors (see
-//! [`layout`](super::layout) for both formats). The producer writes a
-//! descriptor into slot `head & mask` and then publishes `head`; the
-//! consumer reads slots up to `head` and then publishes `tail`. Only a
-//! descriptor moves: the frame stays in a buffer of the producer's pool.
+//! The producer's half lives in its region (see [`layout`](super::layout)):
+//! a ring header (cookie, the epoch of the port it is for, and a 64-bit
+//! word `serial << 32 | head`) followed by a power-of-two number of 16-byte
+//! descriptors. The consumer's half is one tail word `serial << 32 | tail`
+//! in *its* region. The producer writes a descriptor into slot
+//! `head & mask` and then publishes `head`; the consumer reads slots up to
+//! `head` and then publishes `tail`, tagged with the serial of the ring it
+//! read. Only a descriptor moves: the frame stays in a buffer of the
+//! producer's pool.
 //!
-//! Contract: the producer alone writes `head` and the slots, the consumer
-//! alone writes `tail`; each end keeps its own indices in local memory
-//! ([`Producer`], [`Consumer`]) and treats what the other end wrote as
-//! hostile. A `tail` the producer never allowed, a `head` more than a ring
-//! ahead, or a bad cookie is counted as a corrupt ring (and the consumer
-//! resynchronises to the producer's `head`); a descriptor is parsed with
-//! [`DescriptorRepr::parse`] before anything it names is touched. Nothing
-//! here panics on what a peer wrote. Indices are published in batches
-//! ([`PUBLISH_BATCH`]) and at every flush.
+//! The serial makes a link restartable without anyone writing the other's
+//! memory: the producer resets its ring under a new serial (head 0); the
+//! consumer, seeing a serial it does not know, starts again from tail 0
+//! under it; the producer ignores tails of any other serial. That is how a
+//! link heals after a restart of either end or after a corrupt index.
+//!
+//! Contract: the producer alone writes its ring, the consumer alone its
+//! tail; each end keeps its own indices in local memory ([`Producer`],
+//! [`Consumer`]) and treats what the other end wrote as hostile. A `tail`
+//! the producer never allowed or a `head` more than a ring ahead is counted
+//! as a corrupt ring ([`Reclaim::Corrupt`] tells the producer to reset the
+//! link; the consumer resynchronises to the producer's `head`); a
+//! descriptor is parsed with [`DescriptorRepr::parse`] before anything it
+//! names is touched. Nothing here panics on what a peer wrote. Indices are
+//! published in batches ([`PUBLISH_BATCH`]) and at every flush.
 //!
 //! This module knows rings only; links, ports and wake-ups are
 //! [`Port`](super::Port)'s. It is crate-private: the unit tests at the end
@@ -26,62 +35,72 @@
 
 use std::collections::VecDeque;
 use std::collections::vec_deque::Drain;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::layout::{
-    DESC_LEN, Descriptor, DescriptorRepr, HeaderRepr, RING_COOKIE, RING_HEADER_LEN, field,
+    DESC_LEN, Descriptor, DescriptorRepr, Geometry, RING_COOKIE, RING_HEADER_LEN, field, split,
+    word,
 };
-use super::region::Region;
+use super::region::{PeerView, Region};
 
 /// Ring indices are published every this many frames, and at a flush.
 pub(crate) const PUBLISH_BATCH: u32 = 32;
 
-/// Initialises the ring at `ring` (an offset from the layout) for a new
-/// link: cookie set, both indices zero. Only the link's claimer calls it,
-/// before it publishes the link.
-pub(crate) fn reset(region: &Region, ring: usize) {
-    region
-        .atomic_u32(ring + field::ring::COOKIE)
-        .store(RING_COOKIE, Ordering::Relaxed);
-    region
-        .atomic_u32(ring + field::ring::HEAD)
-        .store(0, Ordering::Relaxed);
-    region
-        .atomic_u32(ring + field::ring::TAIL)
-        .store(0, Ordering::Relaxed);
-}
-
-/// The producer's end of one ring, in local memory.
+/// The producer end of a link, in local memory: where its ring is, the
+/// serial it runs under, and the buffers its descriptors name, oldest
+/// first (returned as the consumer's tail passes them).
 #[derive(Debug)]
 pub(crate) struct Producer {
-    /// Offset of the ring header in the region.
+    /// Offset of the ring in the producer's region.
     ring: usize,
-    /// The pool the descriptors name (the producer's port index).
+    /// Offset of the consumer's tail entry for this ring in its region.
+    tail: usize,
+    /// The producer's port index (the descriptors' region field).
     region: u16,
-    /// Next slot to fill (local; published to the ring as `published`).
+    serial: u32,
     head: u32,
     published: u32,
-    /// The consumer's tail as last read for space checks: re-read only when
-    /// the ring looks full, so the hot path stays off the consumer's line.
+    /// Last tail seen (for the full check) and last tail reclaimed up to.
     tail_cache: u32,
-    /// The tail up to which buffers have been handed back.
     tail_seen: u32,
-    /// Buffers in the ring, oldest first.
     inflight: VecDeque<u32>,
 }
 
 impl Producer {
-    /// The producing end of a ring just [`reset`].
-    pub(crate) fn new(ring: usize, region: u16) -> Producer {
+    /// Starts the ring at `ring` of `own` towards the port of epoch
+    /// `to_epoch` under `serial` (non-zero, different from the last one):
+    /// head 0, nothing in flight. `tail` is the consumer's tail entry
+    /// offset.
+    pub(crate) fn start(
+        own: &Region,
+        ring: usize,
+        tail: usize,
+        region: u16,
+        to_epoch: u32,
+        serial: u32,
+    ) -> Producer {
+        own.atomic_u32(ring + field::ring::COOKIE)
+            .store(RING_COOKIE, Ordering::Relaxed);
+        own.atomic_u32(ring + field::ring::TO_EPOCH)
+            .store(to_epoch, Ordering::Relaxed);
+        // Release: a consumer that sees the new serial sees the epoch too.
+        own.atomic_u64(ring + field::ring::WORD)
+            .store(word(serial, 0), Ordering::Release);
         Producer {
             ring,
+            tail,
             region,
+            serial,
             head: 0,
             published: 0,
             tail_cache: 0,
             tail_seen: 0,
             inflight: VecDeque::new(),
         }
+    }
+
+    pub(crate) fn serial(&self) -> u32 {
+        self.serial
     }
 
     /// Buffers named by descriptors the consumer has not passed yet.
@@ -92,51 +111,80 @@ impl Producer {
     pub(crate) fn in_flight_len(&self) -> usize {
         self.inflight.len()
     }
+
+    /// The consumer's tail for this ring, if it is following this serial.
+    fn peer_tail(&self, peer: &PeerView) -> Option<u32> {
+        let (serial, tail) = split(peer.load_u64(self.tail + field::tail::WORD));
+        (serial == self.serial).then_some(tail)
+    }
 }
 
-/// The consumer's end of one ring, in local memory.
+/// The consumer end of a link, in local memory.
 #[derive(Debug)]
 pub(crate) struct Consumer {
-    /// Offset of the ring header in the region.
+    /// Offset of the ring in the producer's region.
     ring: usize,
-    /// Next slot to read.
+    /// Offset of our tail entry for it in our region.
+    tail_at: usize,
+    /// Our epoch: a ring for another epoch is not for us (yet).
+    epoch: u32,
+    /// The serial we follow (0: none yet).
+    serial: u32,
     tail: u32,
-    /// Tail value last stored to the ring.
     published: u32,
-    /// The producer's head as last read.
     head_seen: u32,
 }
 
-/// What [`Rings::pop`] found in the next slot.
+impl Consumer {
+    pub(crate) fn new(ring: usize, tail_at: usize, epoch: u32) -> Consumer {
+        Consumer {
+            ring,
+            tail_at,
+            epoch,
+            serial: 0,
+            tail: 0,
+            published: 0,
+            head_seen: 0,
+        }
+    }
+}
+
+/// What a pop found.
 pub(crate) enum Pop {
-    /// Nothing published (or the ring was resynchronised).
     Empty,
-    /// A descriptor that passed [`DescriptorRepr::parse`]; its slot is
-    /// consumed.
     Frame(DescriptorRepr),
-    /// A descriptor that failed it; its slot is consumed.
+    /// A descriptor that failed validation (its slot is consumed).
     Bad,
 }
 
-/// The rings of one segment as a port's ends see them: where they are, how
-/// big, and where corruption is counted. Built per operation from borrowed
-/// fields, so a link's [`Producer`]/[`Consumer`] can be borrowed mutably
-/// alongside it.
+/// What a reclaim found.
+pub(crate) enum Reclaim<'p> {
+    /// Buffers the consumer is done with.
+    Done(Drain<'p, u32>),
+    /// The consumer's tail is impossible: reset the link.
+    Corrupt,
+    /// Frames are in flight but the consumer's tail is not for this ring's
+    /// serial (yet): it has not caught up with a restart, or someone
+    /// scribbled it. The port restarts the link if that lasts.
+    NotFollowing,
+}
+
+/// The ring operations over a port's own region and a peer's view, with
+/// the geometry and the corruption counter they need.
 #[derive(Clone, Copy)]
 pub(crate) struct Rings<'a> {
-    region: &'a Region,
-    geo: &'a HeaderRepr,
+    own: &'a Region,
+    geo: &'a Geometry,
     slots: u32,
     mask: u32,
-    /// Counts indices a peer wrote out of range.
     corrupt: &'a AtomicU64,
 }
 
 impl<'a> Rings<'a> {
     #[inline]
-    pub(crate) fn new(region: &'a Region, geo: &'a HeaderRepr, corrupt: &'a AtomicU64) -> Self {
+    pub(crate) fn new(own: &'a Region, geo: &'a Geometry, corrupt: &'a AtomicU64) -> Self {
         Rings {
-            region,
+            own,
             geo,
             slots: geo.ring_slots,
             mask: geo.ring_slots - 1,
@@ -144,12 +192,6 @@ impl<'a> Rings<'a> {
         }
     }
 
-    #[inline]
-    fn u32(&self, ring: usize, field: usize) -> &'a AtomicU32 {
-        self.region.atomic_u32(ring + field)
-    }
-
-    /// Offset of the slot that index `i` falls on.
     #[inline]
     fn slot(&self, ring: usize, i: u32) -> usize {
         ring + RING_HEADER_LEN + (i & self.mask) as usize * DESC_LEN
@@ -159,27 +201,18 @@ impl<'a> Rings<'a> {
         self.corrupt.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Stores this end's index `local` into the ring's word `field`, unless
-    /// `published` says it is there already.
-    #[inline]
-    fn publish_index(&self, ring: usize, field: usize, local: u32, published: &mut u32) {
-        if *published != local {
-            *published = local;
-            self.u32(ring, field).store(local, Ordering::Release);
-        }
-    }
+    // ---- producer side ----
 
-    // ---- producer ----
-
-    /// Writes a descriptor for `buffer` (`len` bytes) into the next slot;
-    /// `false` if the ring is full (or its tail is garbage).
+    /// Queues one descriptor; `false` if the ring is full (or the consumer
+    /// wrote an impossible tail). Published in batches.
     #[inline]
-    pub(crate) fn push(&self, p: &mut Producer, buffer: u32, len: u32) -> bool {
+    pub(crate) fn push(&self, p: &mut Producer, peer: &PeerView, buffer: u32, len: u32) -> bool {
         if p.head.wrapping_sub(p.tail_cache) >= self.slots {
-            let tail = self.u32(p.ring, field::ring::TAIL).load(Ordering::Acquire);
+            let Some(tail) = p.peer_tail(peer) else {
+                return false;
+            };
             let used = p.head.wrapping_sub(tail);
             if used > self.slots {
-                // The consumer wrote a tail we never allowed: ignore it.
                 self.count_corrupt();
                 return false;
             }
@@ -196,7 +229,7 @@ impl<'a> Rings<'a> {
             metadata: 0,
         }
         .emit(&mut Descriptor::new_unchecked(&mut d[..]), self.geo);
-        self.region.write(self.slot(p.ring, p.head), &d);
+        self.own.write(self.slot(p.ring, p.head), &d);
         p.head = p.head.wrapping_add(1);
         p.inflight.push_back(buffer);
         if p.head.wrapping_sub(p.published) >= PUBLISH_BATCH {
@@ -205,67 +238,79 @@ impl<'a> Rings<'a> {
         true
     }
 
-    /// Publishes the slots written since the last publish.
+    /// Makes every queued descriptor visible to the consumer.
     #[inline]
     pub(crate) fn publish(&self, p: &mut Producer) {
-        self.publish_index(p.ring, field::ring::HEAD, p.head, &mut p.published);
+        if p.published != p.head {
+            p.published = p.head;
+            self.own
+                .atomic_u64(p.ring + field::ring::WORD)
+                .store(word(p.serial, p.head), Ordering::Release);
+        }
     }
 
-    /// Reads the consumer's tail and hands back the buffers of the slots it
-    /// passed, oldest first. A tail claiming more than was sent is counted
-    /// as corrupt and trusted only as far as what is known to be in the
-    /// ring.
-    pub(crate) fn reclaim<'p>(&self, p: &'p mut Producer) -> Drain<'p, u32> {
-        let tail = self.u32(p.ring, field::ring::TAIL).load(Ordering::Acquire);
-        let mut done = tail.wrapping_sub(p.tail_seen) as usize;
+    /// Takes back the buffers whose descriptors the consumer has passed.
+    pub(crate) fn reclaim<'p>(&self, p: &'p mut Producer, peer: &PeerView) -> Reclaim<'p> {
+        let done = match p.peer_tail(peer) {
+            Some(tail) => tail.wrapping_sub(p.tail_seen) as usize,
+            None if p.inflight.is_empty() => 0,
+            None => return Reclaim::NotFollowing,
+        };
         if done > p.inflight.len() {
             self.count_corrupt();
-            done = p.inflight.len();
+            return Reclaim::Corrupt;
         }
         p.tail_seen = p.tail_seen.wrapping_add(done as u32);
         p.tail_cache = p.tail_seen;
-        p.inflight.drain(..done)
+        Reclaim::Done(p.inflight.drain(..done))
     }
 
-    // ---- consumer ----
+    // ---- consumer side ----
 
-    /// The consuming end of the ring at `ring`, starting at its current
-    /// tail. A ring without the cookie is counted as corrupt (and used
-    /// anyway: every descriptor is validated).
-    pub(crate) fn consumer(&self, ring: usize) -> Consumer {
-        if self.u32(ring, field::ring::COOKIE).load(Ordering::Relaxed) != RING_COOKIE {
-            self.count_corrupt();
+    /// Follows the producer's serial: a new one (a reset ring, for our
+    /// epoch) starts us again from tail 0. `false` if the ring is not for us.
+    fn follow(&self, c: &mut Consumer, peer: &PeerView, serial: u32) -> bool {
+        if serial == c.serial {
+            return true;
         }
-        let tail = self.u32(ring, field::ring::TAIL).load(Ordering::Acquire);
-        Consumer {
-            ring,
-            tail,
-            published: tail,
-            head_seen: tail,
+        if serial == 0
+            || peer.load_u32(c.ring + field::ring::TO_EPOCH) != c.epoch
+            || peer.load_u32(c.ring + field::ring::COOKIE) != RING_COOKIE
+        {
+            return false;
         }
+        c.serial = serial;
+        c.tail = 0;
+        c.head_seen = 0;
+        c.published = 0;
+        self.store_tail(c);
+        true
     }
 
-    /// Takes the next slot, validating its descriptor against the pool of
-    /// port `src`. The slot's buffer stays untouched by the producer until
-    /// the tail is published (by [`Rings::publish_tail`]), so the caller
-    /// may read it until then.
+    fn store_tail(&self, c: &Consumer) {
+        self.own
+            .atomic_u64(c.tail_at + field::tail::WORD)
+            .store(word(c.serial, c.tail), Ordering::Release);
+    }
+
+    /// Takes the next descriptor, validated against the sender `src`.
     #[inline]
-    pub(crate) fn pop(&self, c: &mut Consumer, src: u32) -> Pop {
+    pub(crate) fn pop(&self, c: &mut Consumer, peer: &PeerView, src: u32) -> Pop {
         if c.tail == c.head_seen {
-            let head = self.u32(c.ring, field::ring::HEAD).load(Ordering::Acquire);
+            let (serial, head) = split(peer.load_u64(c.ring + field::ring::WORD));
+            if !self.follow(c, peer, serial) {
+                return Pop::Empty;
+            }
             let avail = head.wrapping_sub(c.tail);
             if avail == 0 {
                 return Pop::Empty;
             }
             if avail > self.slots {
-                // Garbage indices: resynchronise to the producer's head
-                // rather than read slots that were never written.
+                // Garbage: skip to where the producer says it is.
                 self.count_corrupt();
                 c.tail = head;
                 c.head_seen = head;
-                c.published = head;
-                self.u32(c.ring, field::ring::TAIL)
-                    .store(head, Ordering::Release);
+                self.publish_tail(c);
                 return Pop::Empty;
             }
             c.head_seen = head;
@@ -273,14 +318,14 @@ impl<'a> Rings<'a> {
         let at = self.slot(c.ring, c.tail);
         c.tail = c.tail.wrapping_add(1);
         let mut d = [0u8; DESC_LEN];
-        self.region.read(at, &mut d);
+        peer.read(at, &mut d);
         match DescriptorRepr::parse(&Descriptor::new_unchecked(&d[..]), self.geo, src) {
             Ok(r) => Pop::Frame(r),
             Err(_) => Pop::Bad,
         }
     }
 
-    /// Publishes the tail if a batch's worth of slots was consumed.
+    /// Publishes the tail once a batch has been consumed.
     #[inline]
     pub(crate) fn publish_tail_batched(&self, c: &mut Consumer) {
         if c.tail.wrapping_sub(c.published) >= PUBLISH_BATCH {
@@ -288,17 +333,23 @@ impl<'a> Rings<'a> {
         }
     }
 
-    /// Publishes the tail: the producer may reuse the slots (and buffers)
-    /// consumed so far.
+    /// Publishes the tail: the producer may reuse what we consumed.
     #[inline]
     pub(crate) fn publish_tail(&self, c: &mut Consumer) {
-        self.publish_index(c.ring, field::ring::TAIL, c.tail, &mut c.published);
+        if c.published != c.tail {
+            c.published = c.tail;
+            self.store_tail(c);
+        }
     }
 
-    /// Has the producer published slots this end has not taken?
+    /// Is something waiting (or has the producer restarted the ring)?
     #[inline]
-    pub(crate) fn pending(&self, c: &Consumer) -> bool {
-        self.u32(c.ring, field::ring::HEAD).load(Ordering::Acquire) != c.tail
+    pub(crate) fn pending(&self, c: &Consumer, peer: &PeerView) -> bool {
+        let (serial, head) = split(peer.load_u64(c.ring + field::ring::WORD));
+        if serial != c.serial {
+            return serial != 0 && peer.load_u32(c.ring + field::ring::TO_EPOCH) == c.epoch;
+        }
+        head != c.tail
     }
 }
 
@@ -306,19 +357,49 @@ impl<'a> Rings<'a> {
 mod tests {
     use super::*;
     use crate::shm::layout::LinkMedium;
+    use std::sync::Arc;
 
-    /// Runs `f` on ring 0 (8 slots, just reset) of a fresh segment's
-    /// memory, with both ends (the producer is port 1) and the corruption
-    /// counter.
-    fn with_ring(f: impl FnOnce(&Region, usize, Rings, Producer, Consumer, &AtomicU64)) {
-        let geo = HeaderRepr::new(1500, LinkMedium::Ethernet, 4, 4, 8, 0).unwrap();
-        let region = Region::anonymous(geo.total_len as usize).unwrap();
-        let ring = geo.ring_off(0);
-        reset(&region, ring);
-        let corrupt = AtomicU64::new(0);
-        let rings = Rings::new(&region, &geo, &corrupt);
-        let c = rings.consumer(ring);
-        f(&region, ring, rings, Producer::new(ring, 1), c, &corrupt);
+    /// Port 1 (producer) and port 2 (consumer), each with its own region.
+    struct Pair {
+        geo: Geometry,
+        a: Arc<Region>,
+        b: Arc<Region>,
+        corrupt: AtomicU64,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let geo = Geometry::new(1500, LinkMedium::Ethernet, 4, 8).unwrap();
+            let r = || Arc::new(Region::anonymous(geo.region_len()).unwrap());
+            Pair {
+                geo,
+                a: r(),
+                b: r(),
+                corrupt: AtomicU64::new(0),
+            }
+        }
+        fn view_a(&self) -> PeerView {
+            PeerView::in_process(Arc::clone(&self.a))
+        }
+        fn view_b(&self) -> PeerView {
+            PeerView::in_process(Arc::clone(&self.b))
+        }
+        fn producer(&self, serial: u32) -> Producer {
+            Producer::start(
+                &self.a,
+                self.geo.ring_off(2),
+                self.geo.tail_off(1),
+                1,
+                77,
+                serial,
+            )
+        }
+        fn consumer(&self) -> Consumer {
+            Consumer::new(self.geo.ring_off(2), self.geo.tail_off(1), 77)
+        }
+        fn corrupt(&self) -> u64 {
+            self.corrupt.load(Ordering::Relaxed)
+        }
     }
 
     fn frame(pop: Pop) -> (u32, u32) {
@@ -329,59 +410,119 @@ mod tests {
         }
     }
 
+    fn reclaimed(r: Reclaim) -> Vec<u32> {
+        match r {
+            Reclaim::Done(d) => d.collect(),
+            Reclaim::Corrupt => panic!("corrupt"),
+            Reclaim::NotFollowing => Vec::new(),
+        }
+    }
+
     #[test]
     fn frames_pass_in_order_and_a_full_ring_pushes_back() {
-        with_ring(|_, _, rings, mut p, mut c, corrupt| {
-            for b in 0..8 {
-                assert!(rings.push(&mut p, b, 60 + b));
-            }
-            assert!(!rings.push(&mut p, 0, 60), "the ring holds 8");
-            assert!(!rings.pending(&c), "nothing published before the batch");
-            rings.publish(&mut p);
-            assert!(rings.pending(&c));
-            for b in 0..8 {
-                assert_eq!(frame(rings.pop(&mut c, 1)), (b, 60 + b));
-            }
-            assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
-            assert_eq!(rings.reclaim(&mut p).count(), 0, "tail not published");
-            rings.publish_tail(&mut c);
-            assert_eq!(
-                rings.reclaim(&mut p).collect::<Vec<_>>(),
-                (0..8).collect::<Vec<_>>()
-            );
-            assert!(rings.push(&mut p, 3, 64));
-            assert_eq!(corrupt.load(Ordering::Relaxed), 0);
-        });
+        let t = Pair::new();
+        let (pa, pb) = (
+            Rings::new(&t.a, &t.geo, &t.corrupt),
+            Rings::new(&t.b, &t.geo, &t.corrupt),
+        );
+        let (va, vb) = (t.view_a(), t.view_b());
+        let mut p = t.producer(5);
+        let mut c = t.consumer();
+        for b in 0..8 {
+            assert!(pa.push(&mut p, &vb, b, 60 + b));
+        }
+        assert!(!pa.push(&mut p, &vb, 0, 60), "the ring holds 8");
+        assert!(!pb.pending(&c, &va) || c.serial == 0);
+        pa.publish(&mut p);
+        assert!(pb.pending(&c, &va));
+        for b in 0..8 {
+            assert_eq!(frame(pb.pop(&mut c, &va, 1)), (b, 60 + b));
+        }
+        assert!(matches!(pb.pop(&mut c, &va, 1), Pop::Empty));
+        assert!(
+            reclaimed(pa.reclaim(&mut p, &vb)).is_empty(),
+            "tail not published"
+        );
+        pb.publish_tail(&mut c);
+        assert_eq!(
+            reclaimed(pa.reclaim(&mut p, &vb)),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert!(pa.push(&mut p, &vb, 3, 64));
+        assert_eq!(t.corrupt(), 0);
+    }
+
+    #[test]
+    fn a_restarted_ring_is_followed_from_zero_and_old_tails_are_ignored() {
+        let t = Pair::new();
+        let (pa, pb) = (
+            Rings::new(&t.a, &t.geo, &t.corrupt),
+            Rings::new(&t.b, &t.geo, &t.corrupt),
+        );
+        let (va, vb) = (t.view_a(), t.view_b());
+        let mut p = t.producer(5);
+        let mut c = t.consumer();
+        for b in 0..3 {
+            pa.push(&mut p, &vb, b, 60);
+        }
+        pa.publish(&mut p);
+        for _ in 0..3 {
+            frame(pb.pop(&mut c, &va, 1));
+        }
+        pb.publish_tail(&mut c);
+        // The producer restarts under a new serial: the consumer's tail of
+        // 3 belongs to the old one and must not free anything.
+        let mut p = t.producer(6);
+        assert!(reclaimed(pa.reclaim(&mut p, &vb)).is_empty());
+        pa.push(&mut p, &vb, 7, 61);
+        pa.publish(&mut p);
+        assert_eq!(frame(pb.pop(&mut c, &va, 1)), (7, 61));
+        pb.publish_tail(&mut c);
+        assert_eq!(reclaimed(pa.reclaim(&mut p, &vb)), vec![7]);
+        assert_eq!(t.corrupt(), 0);
+    }
+
+    #[test]
+    fn a_ring_for_another_epoch_is_not_read() {
+        let t = Pair::new();
+        let pa = Rings::new(&t.a, &t.geo, &t.corrupt);
+        let pb = Rings::new(&t.b, &t.geo, &t.corrupt);
+        let mut p = t.producer(5);
+        pa.push(&mut p, &t.view_b(), 1, 60);
+        pa.publish(&mut p);
+        let mut c = Consumer::new(t.geo.ring_off(2), t.geo.tail_off(1), 78);
+        assert!(!pb.pending(&c, &t.view_a()));
+        assert!(matches!(pb.pop(&mut c, &t.view_a(), 1), Pop::Empty));
     }
 
     #[test]
     fn what_the_other_end_scribbles_is_counted_not_trusted() {
-        with_ring(|region, ring, rings, mut p, mut c, corrupt| {
-            rings.push(&mut p, 0, 60);
-            rings.publish(&mut p);
-            // A descriptor checked against another sender's pool is bad.
-            assert!(matches!(rings.pop(&mut c, 2), Pop::Bad));
+        let t = Pair::new();
+        let (pa, pb) = (
+            Rings::new(&t.a, &t.geo, &t.corrupt),
+            Rings::new(&t.b, &t.geo, &t.corrupt),
+        );
+        let (va, vb) = (t.view_a(), t.view_b());
+        let mut p = t.producer(5);
+        let mut c = t.consumer();
+        pa.push(&mut p, &vb, 0, 60);
+        pa.publish(&mut p);
+        assert!(
+            matches!(pb.pop(&mut c, &va, 2), Pop::Bad),
+            "not the sender's pool"
+        );
 
-            // A head more than a ring ahead: counted, consumer resynchronised.
-            let head = region.atomic_u32(ring + field::ring::HEAD);
-            head.store(1000, Ordering::Release);
-            assert!(matches!(rings.pop(&mut c, 1), Pop::Empty));
-            assert_eq!(corrupt.load(Ordering::Relaxed), 1);
-            assert!(!rings.pending(&c));
+        // A head far ahead: counted, the consumer skips to it.
+        t.a.atomic_u64(t.geo.ring_off(2) + field::ring::WORD)
+            .store(word(5, 1000), Ordering::Release);
+        assert!(matches!(pb.pop(&mut c, &va, 1), Pop::Empty));
+        assert_eq!(t.corrupt(), 1);
+        assert!(!pb.pending(&c, &va));
 
-            // A tail claiming more than was sent: counted, and only what is in
-            // flight comes back.
-            let tail = region.atomic_u32(ring + field::ring::TAIL);
-            tail.store(500, Ordering::Release);
-            assert_eq!(rings.reclaim(&mut p).collect::<Vec<_>>(), vec![0]);
-            assert_eq!(corrupt.load(Ordering::Relaxed), 2);
-
-            // A ring without the cookie is counted when a consumer attaches.
-            region
-                .atomic_u32(ring + field::ring::COOKIE)
-                .store(0, Ordering::Relaxed);
-            let _ = rings.consumer(ring);
-            assert_eq!(corrupt.load(Ordering::Relaxed), 3);
-        });
+        // A tail the producer never allowed: counted, the link must reset.
+        t.b.atomic_u64(t.geo.tail_off(1) + field::tail::WORD)
+            .store(word(5, 500), Ordering::Release);
+        assert!(matches!(pa.reclaim(&mut p, &vb), Reclaim::Corrupt));
+        assert_eq!(t.corrupt(), 2);
     }
 }

@@ -22,10 +22,13 @@ use crate::adapters::{Adapter, AdapterError, Neighbour};
 pub const SPIN_HOT: Duration = Duration::from_micros(20);
 /// …and sleep on the doorbells after this long.
 pub const SPIN: Duration = Duration::from_micros(200);
-/// Sleep at most this long, so maintenance (dead-peer sweeps, stop
-/// requests) runs even on a silent network.
-const MAX_SLEEP: Duration = Duration::from_millis(100);
-/// How often to look for dead peers.
+/// Sleep at most this long, so maintenance (counters, membership) runs even
+/// on a silent network. Everything that needs the device sooner wakes it
+/// (peers, handles, signals, joins and departures), so this only bounds
+/// what an idle device costs: one wake-up a second.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often adapters do their upkeep (e.g. apply joins and departures
+/// that did not wake the device).
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 /// How often a running device publishes its function's counters.
 const COUNTERS_EVERY: Duration = Duration::from_millis(50);
@@ -485,6 +488,11 @@ impl Device {
                     std::hint::spin_loop();
                 }
             } else {
+                if self.last_counters < last_progress {
+                    // Handles see the counters as they are when we sleep.
+                    self.last_counters = t;
+                    self.publish();
+                }
                 self.wait(MAX_SLEEP);
                 last_progress = std::time::Instant::now() - SPIN_HOT;
             }

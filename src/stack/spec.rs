@@ -96,7 +96,6 @@ impl NetworkSpec {
         let mut p = crate::adapters::shm::NetworkParams::new(self.mtu);
         p.medium = self.medium;
         p.max_ports = self.max_ports;
-        p.max_links = self.max_ports * (self.max_ports - 1);
         p.buffers = self.buffers;
         p
     }

@@ -199,7 +199,7 @@ pub fn raw_port_as(segment: &str, params: &NetworkParams, info: &PortInfo) -> Ra
                 index: p.index,
                 epoch: p.epoch,
             };
-            (peer, p.mac)
+            (peer, p.info.mac)
         })
         .collect();
     RawPort {

@@ -250,20 +250,38 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
     }
 }
 
+/// This user's host networks, or the reason there are none to show.
+fn host_networks(cmd: &str) -> Option<Vec<String>> {
+    match Segment::list_host() {
+        Ok(names) => Some(names),
+        Err(e) => {
+            eprintln!("shmnet {cmd}: {e}");
+            None
+        }
+    }
+}
+
 fn list_segments() -> i32 {
-    for name in Segment::list_host() {
+    let Some(names) = host_networks("segments") else {
+        return 1;
+    };
+    for name in names {
         match Segment::open(&name) {
             Ok(seg) => {
                 let peers = seg.peers();
                 say!(
-                    "{name}: mtu {} {:?}, {} MiB mapped, {} port(s) attached{}",
+                    "{name}: mtu {} {:?}, max_ports {}, {} MiB per port, {} port(s) attached{}",
                     seg.mtu(),
                     seg.medium(),
-                    seg.mapped_len() >> 20,
+                    seg.geometry().max_ports,
+                    seg.geometry().region_len() >> 20,
                     peers.len(),
                     peers
                         .iter()
-                        .map(|p| format!(" [port {} pid {}]", p.index, p.owner_pid))
+                        .map(|p| format!(
+                            " [port {} {:?} pid {}]",
+                            p.index, p.info.name, p.owner_pid
+                        ))
                         .collect::<String>()
                 );
             }
@@ -274,8 +292,11 @@ fn list_segments() -> i32 {
 }
 
 fn clean_segments() -> i32 {
+    let Some(names) = host_networks("clean") else {
+        return 1;
+    };
     let mut code = 0;
-    for name in Segment::list_host() {
+    for name in names {
         match Segment::remove_if_unused(&name) {
             Ok(true) => say!("removed {name}"),
             Ok(false) => say!("kept {name}: in use"),

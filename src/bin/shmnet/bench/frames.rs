@@ -135,15 +135,21 @@ fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
                 count.to_string(),
                 mtu.to_string(),
             ])?;
+            let _ = &seg;
             let rx_mac = mac_from_name("rx");
-            let p = seg
-                .peers()
-                .into_iter()
-                .find(|p| p.mac == rx_mac)
-                .ok_or("bench-peer's port not found")?;
-            let to = Peer {
-                index: p.index,
-                epoch: p.epoch,
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let to = loop {
+                tx.maintain();
+                if let Some(p) = tx.peers().find(|p| p.info.mac == rx_mac) {
+                    break Peer {
+                        index: p.index,
+                        epoch: p.epoch,
+                    };
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err("bench-peer's port did not join within 10 s".into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             };
             send_frames(&mut tx, to, size, count)?;
             let line = peer.line()?;

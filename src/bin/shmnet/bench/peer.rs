@@ -71,13 +71,13 @@ impl Drop for PeerProc {
     }
 }
 
-/// Removes host segments when dropped.
+/// Removes what is left of host networks when dropped.
 pub(super) struct Unlink(pub(super) Vec<String>);
 
 impl Drop for Unlink {
     fn drop(&mut self) {
         for n in &self.0 {
-            let _ = Segment::unlink(n);
+            let _ = Segment::remove_if_unused(n);
         }
     }
 }

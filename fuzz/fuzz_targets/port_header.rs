@@ -1,4 +1,4 @@
-//! Segment header: parse → emit → parse round trip; parsing never panics.
+//! Port region header: parse → emit → parse round trip; parsing never panics.
 //!
 //! Input byte 0 picks the mode. Bit 0: check against a mapping length taken
 //! from bytes 0..8 (else unbounded). Bit 1: instead of parsing raw bytes,
@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use shmnet::shm::layout::{HEADER_LEN, HeaderRepr, LinkMedium, SegmentHeader};
+use shmnet::shm::layout::{Geometry, HEADER_LEN, HeaderRepr, LinkMedium, PortHeader};
 
 fn u32_at(data: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
@@ -19,7 +19,7 @@ fn u32_at(data: &[u8], at: usize) -> u32 {
 }
 
 fn check(bytes: &[u8], region_len: usize) {
-    let Ok(h) = SegmentHeader::new_checked(bytes) else {
+    let Ok(h) = PortHeader::new_checked(bytes) else {
         return;
     };
     let Ok(repr) = HeaderRepr::parse(&h, region_len) else {
@@ -27,8 +27,8 @@ fn check(bytes: &[u8], region_len: usize) {
     };
     let mut buf = vec![0u8; HEADER_LEN];
     assert!(repr.buffer_len() <= buf.len());
-    repr.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
-    let h2 = SegmentHeader::new_checked(&buf[..]).expect("emitted header is long enough");
+    repr.emit_published(&mut PortHeader::new_unchecked(&mut buf[..]));
+    let h2 = PortHeader::new_checked(&buf[..]).expect("emitted header is long enough");
     let again = HeaderRepr::parse(&h2, region_len).expect("emitted header parses");
     assert_eq!(repr, again);
 }
@@ -43,28 +43,32 @@ fuzz_target!(|data: &[u8]| {
         check(data, region_len);
         return;
     }
-    // Structured mode: [mode][8 bytes region][mtu][ports][links][buffers][medium] patches...
-    let medium = if data.get(28).copied().unwrap_or(0) & 1 == 0 {
+    // Structured mode: [mode][8 bytes region][mtu][ports][index][buffers][epoch][medium] patches...
+    let medium = if data.get(32).copied().unwrap_or(0) & 1 == 0 {
         LinkMedium::Ethernet
     } else {
         LinkMedium::Ip
     };
-    let Ok(geo) = HeaderRepr::new(
+    let Ok(g) = Geometry::new(
         u32_at(data, 8),
         medium,
         u32_at(data, 12) % 2048,
-        u32_at(data, 16),
         u32_at(data, 20) % (1 << 17),
-        u32_at(data, 24),
     ) else {
         return;
     };
+    let geo = HeaderRepr {
+        geo: g,
+        index: u32_at(data, 16) % g.max_ports,
+        epoch: u32_at(data, 24),
+        pid: u32_at(data, 28),
+    };
     let mut buf = vec![0u8; HEADER_LEN];
-    geo.emit_published(&mut SegmentHeader::new_unchecked(&mut buf[..]));
-    if let Ok(parsed) = HeaderRepr::parse(&SegmentHeader::new_unchecked(&buf[..]), usize::MAX) {
+    geo.emit_published(&mut PortHeader::new_unchecked(&mut buf[..]));
+    if let Ok(parsed) = HeaderRepr::parse(&PortHeader::new_unchecked(&buf[..]), usize::MAX) {
         assert_eq!(parsed, geo, "a header built by new() parses back to itself");
     }
-    for p in data.get(29..).unwrap_or(&[]).chunks_exact(2) {
+    for p in data.get(33..).unwrap_or(&[]).chunks_exact(2) {
         buf[p[0] as usize] = p[1];
     }
     check(&buf, region_len);

@@ -1,0 +1,608 @@
+//! The formats of the runtime directory, in smoltcp's Packet/Repr style.
+//!
+//! Devices in separate processes find each other through files (see
+//! `host.rs`); two formats live there:
+//!
+//! - [`PortRecord`] / [`RecordRepr`]: who a port is. It is the file
+//!   `port-<index>.rec`, which joiners read to refuse a duplicate address
+//!   and `shmnet segments` lists, and it is the *hello* a port sends over a
+//!   connection, with its region's memfd and its doorbell eventfd attached.
+//! - [`Manifest`] / [`ManifestRepr`]: the network's geometry, the file
+//!   `manifest`, which every joiner must match.
+//!
+//! ```text
+//! record (128 bytes)
+//!   0 magic "SHMNETPR"   8 version u32     12 index u32      16 epoch u32
+//!  20 pid u32           24 MAC [6]        30 flags u8 (1 IPv4, 2 IPv6)
+//!  31 name length u8    32 IPv4 [4]       36 IPv6 [16]
+//!  52 name [64], zero-padded UTF-8        116 reserved [8], zero
+//! 124 CRC-32 of bytes 0..124
+//!
+//! manifest (40 bytes)
+//!   0 magic "SHMNETMF"   8 version u32     12 mtu  16 medium  20 frame_size
+//!  24 ring_slots        28 buffers        32 max_ports       36 CRC-32 of bytes 0..36
+//! ```
+//! Integers are little-endian, so fixtures and fuzz corpora are the same on
+//! every host.
+//!
+//! Contract: the views never panic on a buffer of at least `check_len`
+//! bytes; `parse` checks every field (including bytes that must be zero)
+//! and the checksum last, so a record that parses is canonical: emitting
+//! its repr gives back the same bytes. `emit` writes exactly
+//! `buffer_len()` bytes, never allocates and never panics.
+//!
+//! ```
+//! use shmnet::shm::record::{PortRecord, RecordRepr, RECORD_LEN};
+//! use shmnet::shm::PortInfo;
+//! let repr = RecordRepr { index: 3, epoch: 9, pid: 42, info: PortInfo::named("web") };
+//! let mut bytes = [0u8; RECORD_LEN];
+//! repr.emit(&mut PortRecord::new_unchecked(&mut bytes[..]));
+//! let parsed = RecordRepr::parse(&PortRecord::new_checked(&bytes[..]).unwrap()).unwrap();
+//! assert_eq!(parsed, repr);
+//! bytes[60] ^= 1; // a scribbled name
+//! assert!(RecordRepr::parse(&PortRecord::new_checked(&bytes[..]).unwrap()).is_err());
+//! ```
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use super::ShmError;
+use super::layout::{Geometry, LinkMedium};
+use super::member::PortInfo;
+
+/// Bytes of a port record (file and hello).
+pub const RECORD_LEN: usize = 128;
+pub const RECORD_MAGIC: [u8; 8] = *b"SHMNETPR";
+pub const RECORD_VERSION: u32 = 1;
+/// Longest device name a record holds, in bytes.
+pub const NAME_MAX: usize = 64;
+
+/// Bytes of a manifest.
+pub const MANIFEST_LEN: usize = 40;
+pub const MANIFEST_MAGIC: [u8; 8] = *b"SHMNETMF";
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Byte offsets of every field: the only place that knows where one sits.
+pub(crate) mod field {
+    pub(crate) mod record {
+        use std::ops::Range;
+        pub const MAGIC: Range<usize> = 0..8;
+        pub const VERSION: Range<usize> = 8..12;
+        pub const INDEX: Range<usize> = 12..16;
+        pub const EPOCH: Range<usize> = 16..20;
+        pub const PID: Range<usize> = 20..24;
+        pub const MAC: Range<usize> = 24..30;
+        pub const FLAGS: usize = 30;
+        pub const NAME_LEN: usize = 31;
+        pub const IPV4: Range<usize> = 32..36;
+        pub const IPV6: Range<usize> = 36..52;
+        pub const NAME: Range<usize> = 52..116;
+        pub const RESERVED: Range<usize> = 116..124;
+        pub const CHECKSUM: Range<usize> = 124..128;
+        pub const SUMMED: Range<usize> = 0..124;
+    }
+
+    pub(crate) mod manifest {
+        use std::ops::Range;
+        pub const MAGIC: Range<usize> = 0..8;
+        pub const VERSION: Range<usize> = 8..12;
+        pub const MTU: Range<usize> = 12..16;
+        pub const MEDIUM: Range<usize> = 16..20;
+        pub const FRAME_SIZE: Range<usize> = 20..24;
+        pub const RING_SLOTS: Range<usize> = 24..28;
+        pub const BUFFERS: Range<usize> = 28..32;
+        pub const MAX_PORTS: Range<usize> = 32..36;
+        pub const CHECKSUM: Range<usize> = 36..40;
+        pub const SUMMED: Range<usize> = 0..36;
+    }
+}
+
+/// Bits of the record's flags byte.
+const HAS_IPV4: u8 = 1;
+const HAS_IPV6: u8 = 2;
+
+/// A read/write view of a port record held in a local buffer.
+#[derive(Debug, Clone)]
+pub struct PortRecord<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> PortRecord<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        PortRecord { buffer }
+    }
+    /// Wraps `buffer` after checking it holds a whole record.
+    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
+        let r = Self::new_unchecked(buffer);
+        r.check_len()?;
+        Ok(r)
+    }
+    pub fn check_len(&self) -> Result<(), ShmError> {
+        let len = self.buffer.as_ref().len();
+        if len < RECORD_LEN {
+            return Err(ShmError::corrupt(format!(
+                "port record is {len} bytes, shorter than {RECORD_LEN}"
+            )));
+        }
+        Ok(())
+    }
+    fn bytes(&self, r: std::ops::Range<usize>) -> &[u8] {
+        &self.buffer.as_ref()[r]
+    }
+    fn u32(&self, r: std::ops::Range<usize>) -> u32 {
+        LittleEndian::read_u32(self.bytes(r))
+    }
+    pub fn magic(&self) -> &[u8] {
+        self.bytes(field::record::MAGIC)
+    }
+    pub fn version(&self) -> u32 {
+        self.u32(field::record::VERSION)
+    }
+    pub fn index(&self) -> u32 {
+        self.u32(field::record::INDEX)
+    }
+    pub fn epoch(&self) -> u32 {
+        self.u32(field::record::EPOCH)
+    }
+    pub fn pid(&self) -> u32 {
+        self.u32(field::record::PID)
+    }
+    pub fn mac(&self) -> &[u8] {
+        self.bytes(field::record::MAC)
+    }
+    pub fn flags(&self) -> u8 {
+        self.buffer.as_ref()[field::record::FLAGS]
+    }
+    pub fn name_len(&self) -> u8 {
+        self.buffer.as_ref()[field::record::NAME_LEN]
+    }
+    pub fn ipv4(&self) -> &[u8] {
+        self.bytes(field::record::IPV4)
+    }
+    pub fn ipv6(&self) -> &[u8] {
+        self.bytes(field::record::IPV6)
+    }
+    /// All 64 bytes of the name field, padding included.
+    pub fn name_field(&self) -> &[u8] {
+        self.bytes(field::record::NAME)
+    }
+    pub fn reserved(&self) -> &[u8] {
+        self.bytes(field::record::RESERVED)
+    }
+    pub fn checksum(&self) -> u32 {
+        self.u32(field::record::CHECKSUM)
+    }
+    /// The checksum the summed bytes have now.
+    pub fn compute_checksum(&self) -> u32 {
+        crc32fast::hash(self.bytes(field::record::SUMMED))
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
+    fn bytes_mut(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
+        &mut self.buffer.as_mut()[r]
+    }
+    fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
+        LittleEndian::write_u32(self.bytes_mut(r), v)
+    }
+    /// Stores the checksum of the summed bytes as they are now (fuzzing
+    /// uses it to reach the checks a random checksum would hide).
+    pub fn fill_checksum(&mut self) {
+        let sum = self.compute_checksum();
+        self.set_u32(field::record::CHECKSUM, sum);
+    }
+}
+
+/// What a port record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRepr {
+    pub index: u32,
+    /// Unique per attachment.
+    pub epoch: u32,
+    /// The writer's pid as it sees it, for operators; whoever needs a pid it
+    /// can trust asks the kernel (SO_PEERCRED).
+    pub pid: u32,
+    pub info: PortInfo,
+}
+
+impl RecordRepr {
+    /// Parses and validates a record: magic, version, known flags, a name
+    /// of at most [`NAME_MAX`] bytes of UTF-8, zero padding, absent
+    /// addresses and reserved bytes all zero, and last the checksum.
+    pub fn parse<T: AsRef<[u8]>>(r: &PortRecord<T>) -> Result<RecordRepr, ShmError> {
+        r.check_len()?;
+        if r.magic() != RECORD_MAGIC {
+            return Err(ShmError::corrupt("port record: bad magic"));
+        }
+        if r.version() != RECORD_VERSION {
+            return Err(ShmError::VersionMismatch {
+                found: r.version(),
+                expected: RECORD_VERSION,
+            });
+        }
+        let flags = r.flags();
+        if flags & !(HAS_IPV4 | HAS_IPV6) != 0 {
+            return Err(ShmError::corrupt(format!(
+                "port record: unknown flags {flags:#04x}"
+            )));
+        }
+        let name_len = r.name_len() as usize;
+        if name_len > NAME_MAX {
+            return Err(ShmError::corrupt(format!(
+                "port record: name of {name_len} bytes, at most {NAME_MAX} fit"
+            )));
+        }
+        let (name, padding) = r.name_field().split_at(name_len);
+        if padding.iter().any(|&b| b != 0) {
+            return Err(ShmError::corrupt("port record: bytes after the name"));
+        }
+        let name = std::str::from_utf8(name)
+            .map_err(|_| ShmError::corrupt("port record: name is not UTF-8"))?;
+        let ipv4 = Self::optional(r.ipv4(), flags & HAS_IPV4 != 0, "IPv4")?;
+        let ipv6 = Self::optional(r.ipv6(), flags & HAS_IPV6 != 0, "IPv6")?;
+        if r.reserved().iter().any(|&b| b != 0) {
+            return Err(ShmError::corrupt("port record: reserved bytes set"));
+        }
+        // Last, so that damage the checks above can name is named by them.
+        if r.checksum() != r.compute_checksum() {
+            return Err(ShmError::corrupt("port record: checksum"));
+        }
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(r.mac());
+        Ok(RecordRepr {
+            index: r.index(),
+            epoch: r.epoch(),
+            pid: r.pid(),
+            info: PortInfo {
+                name: name.to_owned(),
+                mac,
+                ipv4: ipv4.map(|b| b.try_into().unwrap_or_default()),
+                ipv6: ipv6.map(|b| b.try_into().unwrap_or_default()),
+            },
+        })
+    }
+
+    /// An address field: its bytes if its flag is set, else it must be zero.
+    fn optional<'a>(
+        bytes: &'a [u8],
+        present: bool,
+        what: &str,
+    ) -> Result<Option<&'a [u8]>, ShmError> {
+        if present {
+            Ok(Some(bytes))
+        } else if bytes.iter().any(|&b| b != 0) {
+            Err(ShmError::corrupt(format!(
+                "port record: {what} bytes without the {what} flag"
+            )))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Errors unless the repr can be emitted as it is (the name fits).
+    pub fn check(&self) -> Result<(), ShmError> {
+        if self.info.name.len() > NAME_MAX {
+            return Err(ShmError::InvalidParameter(format!(
+                "device name {:?} is {} bytes, at most {NAME_MAX} are allowed",
+                super::quote(&self.info.name),
+                self.info.name.len()
+            )));
+        }
+        Ok(())
+    }
+
+    pub const fn buffer_len(&self) -> usize {
+        RECORD_LEN
+    }
+
+    /// Writes the whole record into `r` (which must hold [`RECORD_LEN`]
+    /// bytes). A name longer than [`NAME_MAX`] is cut at a character
+    /// boundary; [`RecordRepr::check`] refuses it beforehand.
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, r: &mut PortRecord<T>) {
+        use field::record as f;
+        r.bytes_mut(0..RECORD_LEN).fill(0);
+        r.bytes_mut(f::MAGIC).copy_from_slice(&RECORD_MAGIC);
+        r.set_u32(f::VERSION, RECORD_VERSION);
+        r.set_u32(f::INDEX, self.index);
+        r.set_u32(f::EPOCH, self.epoch);
+        r.set_u32(f::PID, self.pid);
+        r.bytes_mut(f::MAC).copy_from_slice(&self.info.mac);
+        let mut flags = 0;
+        if let Some(a) = self.info.ipv4 {
+            flags |= HAS_IPV4;
+            r.bytes_mut(f::IPV4).copy_from_slice(&a);
+        }
+        if let Some(a) = self.info.ipv6 {
+            flags |= HAS_IPV6;
+            r.bytes_mut(f::IPV6).copy_from_slice(&a);
+        }
+        r.buffer.as_mut()[f::FLAGS] = flags;
+        let name = truncated(&self.info.name, NAME_MAX).as_bytes();
+        r.buffer.as_mut()[f::NAME_LEN] = name.len() as u8;
+        r.bytes_mut(f::NAME)[..name.len()].copy_from_slice(name);
+        r.fill_checksum();
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a
+/// character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A read/write view of a manifest held in a local buffer.
+#[derive(Debug, Clone)]
+pub struct Manifest<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Manifest<T> {
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Manifest { buffer }
+    }
+    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
+        let m = Self::new_unchecked(buffer);
+        m.check_len()?;
+        Ok(m)
+    }
+    pub fn check_len(&self) -> Result<(), ShmError> {
+        let len = self.buffer.as_ref().len();
+        if len < MANIFEST_LEN {
+            return Err(ShmError::corrupt(format!(
+                "manifest is {len} bytes, shorter than {MANIFEST_LEN}"
+            )));
+        }
+        Ok(())
+    }
+    fn u32(&self, r: std::ops::Range<usize>) -> u32 {
+        LittleEndian::read_u32(&self.buffer.as_ref()[r])
+    }
+    pub fn magic(&self) -> &[u8] {
+        &self.buffer.as_ref()[field::manifest::MAGIC]
+    }
+    pub fn version(&self) -> u32 {
+        self.u32(field::manifest::VERSION)
+    }
+    pub fn checksum(&self) -> u32 {
+        self.u32(field::manifest::CHECKSUM)
+    }
+    pub fn compute_checksum(&self) -> u32 {
+        crc32fast::hash(&self.buffer.as_ref()[field::manifest::SUMMED])
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Manifest<T> {
+    fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
+        LittleEndian::write_u32(&mut self.buffer.as_mut()[r], v)
+    }
+    /// Stores the checksum of the summed bytes as they are now.
+    pub fn fill_checksum(&mut self) {
+        let sum = self.compute_checksum();
+        self.set_u32(field::manifest::CHECKSUM, sum);
+    }
+}
+
+/// What a manifest says: the network's geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestRepr {
+    pub geo: Geometry,
+}
+
+impl ManifestRepr {
+    /// Parses and validates a manifest: magic, version, a known medium,
+    /// parameters [`Geometry::new`] accepts and that imply the stored frame
+    /// size and ring slots, and last the checksum.
+    pub fn parse<T: AsRef<[u8]>>(m: &Manifest<T>) -> Result<ManifestRepr, ShmError> {
+        use field::manifest as f;
+        m.check_len()?;
+        if m.magic() != MANIFEST_MAGIC {
+            return Err(ShmError::corrupt("manifest: bad magic"));
+        }
+        if m.version() != MANIFEST_VERSION {
+            return Err(ShmError::VersionMismatch {
+                found: m.version(),
+                expected: MANIFEST_VERSION,
+            });
+        }
+        let medium = LinkMedium::from_code(m.u32(f::MEDIUM))
+            .ok_or_else(|| ShmError::corrupt("manifest: unknown medium"))?;
+        let geo = Geometry::new(
+            m.u32(f::MTU),
+            medium,
+            m.u32(f::MAX_PORTS),
+            m.u32(f::BUFFERS),
+        )
+        .map_err(|e| ShmError::corrupt(format!("manifest: {e}")))?;
+        if geo.frame_size != m.u32(f::FRAME_SIZE) || geo.ring_slots != m.u32(f::RING_SLOTS) {
+            return Err(ShmError::corrupt(
+                "manifest: frame size or ring slots disagree with the MTU and buffers",
+            ));
+        }
+        if m.checksum() != m.compute_checksum() {
+            return Err(ShmError::corrupt("manifest: checksum"));
+        }
+        Ok(ManifestRepr { geo })
+    }
+
+    pub const fn buffer_len(&self) -> usize {
+        MANIFEST_LEN
+    }
+
+    /// Writes the whole manifest into `m` ([`MANIFEST_LEN`] bytes).
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, m: &mut Manifest<T>) {
+        use field::manifest as f;
+        let g = &self.geo;
+        m.buffer.as_mut()[f::MAGIC].copy_from_slice(&MANIFEST_MAGIC);
+        m.set_u32(f::VERSION, MANIFEST_VERSION);
+        m.set_u32(f::MTU, g.mtu);
+        m.set_u32(f::MEDIUM, g.medium.code());
+        m.set_u32(f::FRAME_SIZE, g.frame_size);
+        m.set_u32(f::RING_SLOTS, g.ring_slots);
+        m.set_u32(f::BUFFERS, g.buffers);
+        m.set_u32(f::MAX_PORTS, g.max_ports);
+        m.fill_checksum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Port 3, epoch 0x01020304, pid 4242, MAC 02:53:aa:bb:cc:dd, IPv4
+    /// 10.0.0.2, no IPv6, name "web".
+    fn fixture() -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[0..8].copy_from_slice(b"SHMNETPR");
+        b[8..12].copy_from_slice(&[1, 0, 0, 0]);
+        b[12..16].copy_from_slice(&[3, 0, 0, 0]);
+        b[16..20].copy_from_slice(&[4, 3, 2, 1]);
+        b[20..24].copy_from_slice(&[0x92, 0x10, 0, 0]);
+        b[24..30].copy_from_slice(&[0x02, 0x53, 0xaa, 0xbb, 0xcc, 0xdd]);
+        b[30] = 1;
+        b[31] = 3;
+        b[32..36].copy_from_slice(&[10, 0, 0, 2]);
+        b[52..55].copy_from_slice(b"web");
+        let sum = crc32fast::hash(&b[..124]);
+        b[124..].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    fn repr() -> RecordRepr {
+        RecordRepr {
+            index: 3,
+            epoch: 0x0102_0304,
+            pid: 4242,
+            info: PortInfo {
+                name: "web".into(),
+                mac: [0x02, 0x53, 0xaa, 0xbb, 0xcc, 0xdd],
+                ipv4: Some([10, 0, 0, 2]),
+                ipv6: None,
+            },
+        }
+    }
+
+    fn parse(b: &[u8]) -> Result<RecordRepr, ShmError> {
+        RecordRepr::parse(&PortRecord::new_checked(b)?)
+    }
+
+    fn why(e: ShmError) -> String {
+        match e {
+            ShmError::Corrupt { why, .. } => why,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn record_fixture_parses_and_emits_the_same_bytes() {
+        let b = fixture();
+        assert_eq!(parse(&b).unwrap(), repr());
+        let mut out = [0xffu8; RECORD_LEN];
+        repr().emit(&mut PortRecord::new_unchecked(&mut out[..]));
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn record_with_both_addresses_and_a_full_length_name() {
+        let mut r = repr();
+        r.info.ipv6 = Some([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        r.info.name = "é".repeat(32); // 64 bytes
+        let mut out = [0u8; RECORD_LEN];
+        r.emit(&mut PortRecord::new_unchecked(&mut out[..]));
+        assert_eq!(parse(&out).unwrap(), r);
+        assert_eq!(out[30], 3);
+    }
+
+    #[test]
+    fn record_rejects_each_kind_of_damage_by_name() {
+        let cases: [(usize, u8, &str); 8] = [
+            (0, b'X', "bad magic"),
+            (30, 4, "unknown flags"),
+            (31, 65, "name of 65 bytes"),
+            (31, 2, "bytes after the name"),
+            (52, 0xff, "not UTF-8"),
+            (40, 1, "IPv6 bytes without the IPv6 flag"),
+            (116, 1, "reserved bytes set"),
+            (16, 9, "checksum"), // the epoch: only the checksum notices
+        ];
+        for (at, v, expected) in cases {
+            let mut b = fixture();
+            b[at] = v;
+            let got = why(parse(&b).unwrap_err());
+            assert!(got.contains(expected), "byte {at}={v}: {got}");
+        }
+        let mut b = fixture();
+        b[8] = 2;
+        assert!(matches!(
+            parse(&b),
+            Err(ShmError::VersionMismatch {
+                found: 2,
+                expected: 1
+            })
+        ));
+        assert!(why(parse(&fixture()[..127]).unwrap_err()).contains("127 bytes"));
+    }
+
+    #[test]
+    fn long_names_are_refused_before_emit_and_cut_by_it() {
+        let mut r = repr();
+        r.info.name = "x".repeat(65);
+        assert!(matches!(r.check(), Err(ShmError::InvalidParameter(_))));
+        r.info.name = format!("{}é", "x".repeat(63)); // 65 bytes, é straddles 64
+        let mut out = [0u8; RECORD_LEN];
+        r.emit(&mut PortRecord::new_unchecked(&mut out[..]));
+        assert_eq!(parse(&out).unwrap().info.name, "x".repeat(63));
+    }
+
+    fn manifest_fixture() -> [u8; MANIFEST_LEN] {
+        // MTU 1500, Ethernet, 1536-byte frames, 64 slots, 64 buffers, 8 ports.
+        let mut b = [0u8; MANIFEST_LEN];
+        b[0..8].copy_from_slice(b"SHMNETMF");
+        for (at, v) in [
+            (8, 1u32),
+            (12, 1500),
+            (16, 0),
+            (20, 1536),
+            (24, 64),
+            (28, 64),
+            (32, 8),
+        ] {
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        let sum = crc32fast::hash(&b[..36]);
+        b[36..].copy_from_slice(&sum.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn manifest_fixture_round_trips() {
+        let b = manifest_fixture();
+        let geo = Geometry::new(1500, LinkMedium::Ethernet, 8, 64).unwrap();
+        let m = ManifestRepr::parse(&Manifest::new_checked(&b[..]).unwrap()).unwrap();
+        assert_eq!(m.geo, geo);
+        let mut out = [0u8; MANIFEST_LEN];
+        m.emit(&mut Manifest::new_unchecked(&mut out[..]));
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn manifest_rejects_damage() {
+        let parse = |b: &[u8]| ManifestRepr::parse(&Manifest::new_checked(b)?);
+        let mut b = manifest_fixture();
+        b[16] = 7;
+        assert!(why(parse(&b).unwrap_err()).contains("unknown medium"));
+        // 1536-byte frames but 2048 stored: the geometry recomputes to 1536.
+        let mut b = manifest_fixture();
+        b[20..24].copy_from_slice(&2048u32.to_le_bytes());
+        assert!(why(parse(&b).unwrap_err()).contains("disagree"));
+        let mut b = manifest_fixture();
+        b[32..36].copy_from_slice(&1u32.to_le_bytes());
+        assert!(why(parse(&b).unwrap_err()).contains("max_ports"));
+        let mut b = manifest_fixture();
+        b[12] ^= 1; // MTU 1501: valid, only the checksum notices
+        assert!(why(parse(&b).unwrap_err()).contains("checksum"));
+        assert!(parse(&b[..39]).is_err());
+    }
+}
