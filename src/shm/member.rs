@@ -11,7 +11,7 @@
 //!   (`local.rs`);
 //! - between processes, a per-user runtime directory with one Unix socket
 //!   per port; joiners pass their region's sealed memfd and their doorbell
-//!   eventfd over it (`host.rs`). A peer's death closes its sockets, which
+//!   eventfd over it (`host/`). A peer's death closes its sockets, which
 //!   is how survivors learn it: liveness comes from the kernel, never from
 //!   a field a peer could forge.
 //!

@@ -25,7 +25,7 @@
 //! ring.rs      the memif-style SPSC ring, split between producer and consumer memory
 //! member.rs    who is on a network: port info, doorbells, join/leave events
 //! local.rs     membership between threads (a registry in this process)
-//! host.rs      membership between processes (runtime directory, Unix sockets)
+//! host/        membership between processes (runtime directory, Unix sockets)
 //! segment.rs   networks by name and their parameters
 //! port.rs      a port: buffer pool, links, send/receive/flush, drain on drop
 //! ```

@@ -1,7 +1,7 @@
 //! The formats of the runtime directory, in smoltcp's Packet/Repr style.
 //!
 //! Devices in separate processes find each other through files (see
-//! `host.rs`); two formats live there:
+//! `host/`); two formats live there:
 //!
 //! - [`PortRecord`] / [`RecordRepr`]: who a port is. It is the file
 //!   `port-<index>.rec`, which joiners read to refuse a duplicate address

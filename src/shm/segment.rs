@@ -9,7 +9,7 @@
 //!   network is a table in this process (`local.rs`).
 //! - [`SegmentKind::Host`]: devices are processes of this user; the network
 //!   is a directory in the per-user runtime directory, one Unix socket per
-//!   port, through which ports pass their sealed regions (`host.rs`).
+//!   port, through which ports pass their sealed regions (`host/`).
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
