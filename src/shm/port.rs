@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use super::ShmError;
-use super::host::HostMember;
+use super::host::{self, HostMember};
 use super::layout::{Geometry, HeaderRepr, LAYOUT_VERSION, PortHeader, field};
 use super::local::LocalMember;
 use super::member::{Doorbell, Event, PeerInfo, PeerLink, PortInfo};
@@ -206,7 +206,8 @@ impl Port {
                 (Member::Local(m), own, i, e)
             }
             SegmentKind::Host => {
-                let (m, own) = HostMember::join(&name, &geo, info, &doorbell, make)?;
+                let (m, own) =
+                    HostMember::join(&host::runtime_dir()?, &name, &geo, info, &doorbell, make)?;
                 let (i, e) = (m.index(), m.epoch());
                 (Member::Host(m), Arc::new(own), i, e)
             }

@@ -253,8 +253,9 @@ impl Drop for Published {
 }
 
 impl HostMember {
-    /// Joins network `name` in the runtime directory (see the module doc
-    /// for the steps). `make_region(index, epoch)` creates this port's
+    /// Joins network `name` in the runtime directory `rundir` (normally
+    /// [`runtime_dir`]; checked the same way whatever it is; see the module
+    /// doc for the steps). `make_region(index, epoch)` creates this port's
     /// region: a sealed memfd with its header written and published.
     /// Errors: [`ShmError::ParameterMismatch`] (first differing field,
     /// network's value as `found`), [`ShmError::AddressInUse`] (naming the
@@ -263,18 +264,6 @@ impl HostMember {
     /// [`ShmError::NotOwned`], [`ShmError::LockTimeout`],
     /// [`ShmError::InvalidParameter`] (name, socket path too long).
     pub(crate) fn join(
-        name: &str,
-        geo: &Geometry,
-        info: &PortInfo,
-        doorbell: &Doorbell,
-        make_region: impl FnOnce(u32, u32) -> Result<Region, ShmError>,
-    ) -> Result<(HostMember, Region), ShmError> {
-        Self::join_in(&runtime_dir()?, name, geo, info, doorbell, make_region)
-    }
-
-    /// [`HostMember::join`] in the runtime directory `rundir` (checked the
-    /// same way).
-    pub(crate) fn join_in(
         rundir: &Path,
         name: &str,
         geo: &Geometry,

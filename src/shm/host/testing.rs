@@ -75,7 +75,7 @@ impl TestMember {
             None => super::runtime_dir()?,
         };
         let (member, region) =
-            HostMember::join_in(&rundir, network, &geo, &info, &doorbell, |i, e| {
+            HostMember::join(&rundir, network, &geo, &info, &doorbell, |i, e| {
                 sealed_region(&geo, i, e)
             })?;
         Ok(TestMember {

@@ -49,8 +49,16 @@ struct Member {
 fn join_with(run: &TempRun, g: &Geometry, info: &PortInfo) -> Result<Member, ShmError> {
     let bell = Doorbell::new()?;
     let (host, region) =
-        HostMember::join_in(&run.0, "net", g, info, &bell, |i, e| sealed_region(g, i, e))?;
+        HostMember::join(&run.0, "net", g, info, &bell, |i, e| sealed_region(g, i, e))?;
     Ok(Member { host, region, bell })
+}
+
+/// The error of a join that must fail.
+fn refused(run: &TempRun, g: &Geometry, info: &PortInfo) -> ShmError {
+    match join_with(run, g, info) {
+        Ok(m) => panic!("joined as port {}", m.host.index()),
+        Err(e) => e,
+    }
 }
 
 fn join(run: &TempRun, name: &str) -> Member {
@@ -193,9 +201,7 @@ fn describe_lists_live_ports_and_remove_if_unused_keeps_live_networks() {
 fn a_geometry_mismatch_names_the_field_and_both_values() {
     let run = TempRun::new();
     let _a = join(&run, "alpha");
-    let err = join_with(&run, &geo(16), &PortInfo::named("beta"))
-        .err()
-        .unwrap();
+    let err = refused(&run, &geo(16), &PortInfo::named("beta"));
     match err {
         ShmError::ParameterMismatch {
             field,
@@ -215,7 +221,7 @@ fn a_clash_names_the_holder() {
     let _a = join_with(&run, &geo(8), &info).unwrap();
     let mut other = PortInfo::named("beta");
     other.ipv4 = Some([10, 0, 0, 2]);
-    let err = join_with(&run, &geo(8), &other).err().unwrap();
+    let err = refused(&run, &geo(8), &other);
     let holder = format!("device alpha (pid {})", own_pid());
     match &err {
         ShmError::AddressInUse {
@@ -228,9 +234,7 @@ fn a_clash_names_the_holder() {
         }
         other => panic!("{other:?}"),
     }
-    let err = join_with(&run, &geo(8), &PortInfo::named("alpha"))
-        .err()
-        .unwrap();
+    let err = refused(&run, &geo(8), &PortInfo::named("alpha"));
     assert!(
         matches!(&err, ShmError::AddressInUse { what, .. } if what == "device name \"alpha\""),
         "{err}"
@@ -246,7 +250,7 @@ fn a_failed_first_join_leaves_no_directory() {
     let bell = Doorbell::new().unwrap();
     let g = geo(8);
     let info = PortInfo::named("a");
-    let err = HostMember::join_in(&run.0, "net", &g, &info, &bell, |_, _| {
+    let err = HostMember::join(&run.0, "net", &g, &info, &bell, |_, _| {
         Err(ShmError::InvalidParameter("no memory today".into()))
     })
     .err()
@@ -254,7 +258,7 @@ fn a_failed_first_join_leaves_no_directory() {
     assert!(err.to_string().contains("no memory today"), "{err}");
     assert!(!run.net("net").exists());
     // A region peers could not map is refused before it is published.
-    let err = HostMember::join_in(&run.0, "net", &g, &info, &bell, |_, _| {
+    let err = HostMember::join(&run.0, "net", &g, &info, &bell, |_, _| {
         Region::anonymous(g.region_len())
     })
     .err()
@@ -269,7 +273,7 @@ fn a_full_network_names_max_ports() {
     let g = geo(2);
     let _a = join_with(&run, &g, &PortInfo::named("a")).unwrap();
     let _b = join_with(&run, &g, &PortInfo::named("b")).unwrap();
-    let err = join_with(&run, &g, &PortInfo::named("c")).err().unwrap();
+    let err = refused(&run, &g, &PortInfo::named("c"));
     assert!(matches!(err, ShmError::Full { max_ports: 2, .. }), "{err}");
     assert!(err.to_string().contains("max_ports"), "{err}");
 }
@@ -327,9 +331,7 @@ fn a_corrupt_manifest_is_refused_while_ports_live_and_replaced_when_none_do() {
     let run = TempRun::new();
     let a = join(&run, "alpha");
     corrupt_manifest(&run.net("net"));
-    let err = join_with(&run, &geo(8), &PortInfo::named("beta"))
-        .err()
-        .unwrap();
+    let err = refused(&run, &geo(8), &PortInfo::named("beta"));
     assert!(
         matches!(&err, ShmError::Corrupt { why, .. } if why.contains("not replaced")),
         "{err}"
@@ -356,9 +358,7 @@ fn a_corrupt_record_of_a_live_port_is_reported() {
     let mut bytes = std::fs::read(&rec).unwrap();
     bytes[60] ^= 0xff;
     write_private(&rec, &bytes);
-    let err = join_with(&run, &geo(8), &PortInfo::named("beta"))
-        .err()
-        .unwrap();
+    let err = refused(&run, &geo(8), &PortInfo::named("beta"));
     assert!(
         matches!(&err, ShmError::Corrupt { why, .. } if why.contains("port 0")),
         "{err}"
@@ -378,7 +378,7 @@ fn bad_names_and_long_paths_are_refused() {
     rustix::fs::mkdir(&deep, Mode::RWXU).unwrap();
     let bell = Doorbell::new().unwrap();
     let g = geo(8);
-    let err = HostMember::join_in(&deep, "net", &g, &PortInfo::named("a"), &bell, |i, e| {
+    let err = HostMember::join(&deep, "net", &g, &PortInfo::named("a"), &bell, |i, e| {
         sealed_region(&g, i, e)
     })
     .err()
@@ -387,7 +387,7 @@ fn bad_names_and_long_paths_are_refused() {
     let mut long = PortInfo::named("a");
     long.name = "n".repeat(65);
     assert!(matches!(
-        join_with(&run, &g, &long).err().unwrap(),
+        refused(&run, &g, &long),
         ShmError::InvalidParameter(_)
     ));
 }
@@ -423,7 +423,7 @@ fn a_directory_of_another_user_or_open_to_others_is_refused() {
     // As a runtime directory, and as a network's directory.
     let g = geo(8);
     let bell = Doorbell::new().unwrap();
-    let err = HostMember::join_in(&theirs, "net", &g, &PortInfo::named("a"), &bell, |i, e| {
+    let err = HostMember::join(&theirs, "net", &g, &PortInfo::named("a"), &bell, |i, e| {
         sealed_region(&g, i, e)
     })
     .err()
@@ -432,7 +432,7 @@ fn a_directory_of_another_user_or_open_to_others_is_refused() {
     let squatted = run.net("net");
     rustix::fs::mkdir(&squatted, Mode::RWXU).unwrap();
     std::os::unix::fs::chown(&squatted, Some(65534), Some(65534)).unwrap();
-    let err = join_with(&run, &g, &PortInfo::named("a")).err().unwrap();
+    let err = refused(&run, &g, &PortInfo::named("a"));
     assert!(err.to_string().contains("nobody"), "{err}");
     assert!(matches!(
         remove_if_unused_in(&run.0, "net"),
@@ -448,7 +448,7 @@ fn a_directory_of_another_user_or_open_to_others_is_refused() {
     let planted = run.net("net").join("port-5.sock");
     std::fs::write(&planted, b"").unwrap();
     std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
-    let err = join_with(&run, &g, &PortInfo::named("b")).err().unwrap();
+    let err = refused(&run, &g, &PortInfo::named("b"));
     assert!(err.to_string().contains("nobody"), "{err}");
     assert!(planted.exists());
 }
