@@ -378,11 +378,18 @@ mod tests {
                 corrupt: AtomicU64::new(0),
             }
         }
-        fn view_a(&self) -> PeerView {
-            PeerView::in_process(Arc::clone(&self.a))
-        }
-        fn view_b(&self) -> PeerView {
-            PeerView::in_process(Arc::clone(&self.b))
+        /// What a test drives: each port's own rings and tails, each
+        /// port's memory as the other reads it, and the link from port 1
+        /// to port 2 (producer serial 5, consumer for epoch 77).
+        fn ends(&self) -> (Rings<'_>, Rings<'_>, PeerView, PeerView, Producer, Consumer) {
+            (
+                Rings::new(&self.a, &self.geo, &self.corrupt),
+                Rings::new(&self.b, &self.geo, &self.corrupt),
+                PeerView::in_process(Arc::clone(&self.a)),
+                PeerView::in_process(Arc::clone(&self.b)),
+                self.producer(5),
+                self.consumer(),
+            )
         }
         fn producer(&self, serial: u32) -> Producer {
             Producer::start(
@@ -421,13 +428,7 @@ mod tests {
     #[test]
     fn frames_pass_in_order_and_a_full_ring_pushes_back() {
         let t = Pair::new();
-        let (pa, pb) = (
-            Rings::new(&t.a, &t.geo, &t.corrupt),
-            Rings::new(&t.b, &t.geo, &t.corrupt),
-        );
-        let (va, vb) = (t.view_a(), t.view_b());
-        let mut p = t.producer(5);
-        let mut c = t.consumer();
+        let (pa, pb, va, vb, mut p, mut c) = t.ends();
         for b in 0..8 {
             assert!(pa.push(&mut p, &vb, b, 60 + b));
         }
@@ -455,13 +456,7 @@ mod tests {
     #[test]
     fn a_restarted_ring_is_followed_from_zero_and_old_tails_are_ignored() {
         let t = Pair::new();
-        let (pa, pb) = (
-            Rings::new(&t.a, &t.geo, &t.corrupt),
-            Rings::new(&t.b, &t.geo, &t.corrupt),
-        );
-        let (va, vb) = (t.view_a(), t.view_b());
-        let mut p = t.producer(5);
-        let mut c = t.consumer();
+        let (pa, pb, va, vb, mut p, mut c) = t.ends();
         for b in 0..3 {
             pa.push(&mut p, &vb, b, 60);
         }
@@ -485,26 +480,18 @@ mod tests {
     #[test]
     fn a_ring_for_another_epoch_is_not_read() {
         let t = Pair::new();
-        let pa = Rings::new(&t.a, &t.geo, &t.corrupt);
-        let pb = Rings::new(&t.b, &t.geo, &t.corrupt);
-        let mut p = t.producer(5);
-        pa.push(&mut p, &t.view_b(), 1, 60);
+        let (pa, pb, va, vb, mut p, _) = t.ends();
+        pa.push(&mut p, &vb, 1, 60);
         pa.publish(&mut p);
         let mut c = Consumer::new(t.geo.ring_off(2), t.geo.tail_off(1), 78);
-        assert!(!pb.pending(&c, &t.view_a()));
-        assert!(matches!(pb.pop(&mut c, &t.view_a(), 1), Pop::Empty));
+        assert!(!pb.pending(&c, &va));
+        assert!(matches!(pb.pop(&mut c, &va, 1), Pop::Empty));
     }
 
     #[test]
     fn what_the_other_end_scribbles_is_counted_not_trusted() {
         let t = Pair::new();
-        let (pa, pb) = (
-            Rings::new(&t.a, &t.geo, &t.corrupt),
-            Rings::new(&t.b, &t.geo, &t.corrupt),
-        );
-        let (va, vb) = (t.view_a(), t.view_b());
-        let mut p = t.producer(5);
-        let mut c = t.consumer();
+        let (pa, pb, va, vb, mut p, mut c) = t.ends();
         pa.push(&mut p, &vb, 0, 60);
         pa.publish(&mut p);
         assert!(
