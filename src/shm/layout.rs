@@ -140,6 +140,78 @@ pub(crate) mod field {
 
 pub use crate::wire::LinkMedium;
 
+/// Declares a view over a byte buffer in smoltcp's Packet style: the
+/// struct, `new_unchecked`, `new_checked`, and `check_len`, which fails
+/// with `short(len)` on a buffer of fewer than `len` bytes. Each format
+/// adds its own field accessors (offsets from its `mod field`).
+///
+/// With `stamped: field::x`, also the accessors of a format that starts
+/// with a magic and a version and is summed by a CRC-32: `magic`,
+/// `version`, `checksum`, `compute_checksum` and `fill_checksum`, from
+/// `MAGIC`, `VERSION`, `CHECKSUM` and `SUMMED` of that module, read and
+/// written through the view's own `u32` and `set_u32`.
+macro_rules! byte_view {
+    ($(#[$attr:meta])* $name:ident, len: $len:expr, short: $short:expr $(,)?) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone)]
+        pub struct $name<T: AsRef<[u8]>> {
+            buffer: T,
+        }
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            pub const fn new_unchecked(buffer: T) -> Self {
+                $name { buffer }
+            }
+            /// Wraps `buffer` after checking it is long enough for every field.
+            pub fn new_checked(buffer: T) -> Result<Self, $crate::shm::ShmError> {
+                let view = Self::new_unchecked(buffer);
+                view.check_len()?;
+                Ok(view)
+            }
+            pub fn check_len(&self) -> Result<(), $crate::shm::ShmError> {
+                let len = self.buffer.as_ref().len();
+                if len < $len {
+                    let short: fn(usize) -> $crate::shm::ShmError = $short;
+                    return Err(short(len));
+                }
+                Ok(())
+            }
+        }
+    };
+    ($(#[$attr:meta])* $name:ident, len: $len:expr, short: $short:expr,
+     stamped: $($f:ident)::+ $(,)?) => {
+        $crate::shm::layout::byte_view!($(#[$attr])* $name, len: $len, short: $short);
+
+        impl<T: AsRef<[u8]>> $name<T> {
+            pub fn magic(&self) -> &[u8] {
+                &self.buffer.as_ref()[$($f)::+::MAGIC]
+            }
+            pub fn version(&self) -> u32 {
+                self.u32($($f)::+::VERSION)
+            }
+            /// The stored checksum of the summed bytes.
+            pub fn checksum(&self) -> u32 {
+                self.u32($($f)::+::CHECKSUM)
+            }
+            /// The checksum the summed bytes have now.
+            pub fn compute_checksum(&self) -> u32 {
+                crc32fast::hash(&self.buffer.as_ref()[$($f)::+::SUMMED])
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            /// Stores the checksum of the summed bytes as they are now
+            /// (`emit` ends with it; fuzzing uses it to reach the checks a
+            /// random checksum would hide).
+            pub fn fill_checksum(&mut self) {
+                let sum = self.compute_checksum();
+                self.set_u32($($f)::+::CHECKSUM, sum);
+            }
+        }
+    };
+}
+pub(crate) use byte_view;
+
 /// Packs a serial and an index into one ring or tail word.
 pub(crate) fn word(serial: u32, index: u32) -> u64 {
     (serial as u64) << 32 | index as u64
@@ -320,47 +392,20 @@ impl Geometry {
     }
 }
 
-/// A read/write view of a region header held in a local buffer.
-#[derive(Debug, Clone)]
-pub struct PortHeader<T: AsRef<[u8]>> {
-    buffer: T,
-}
+byte_view!(
+    /// A read/write view of a region header held in a local buffer.
+    PortHeader,
+    len: field::header::END,
+    short: |_| ShmError::corrupt("header truncated"),
+    stamped: field::header,
+);
 
 impl<T: AsRef<[u8]>> PortHeader<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        PortHeader { buffer }
-    }
-    /// Wraps `buffer` after checking it is long enough for every field.
-    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
-        let h = Self::new_unchecked(buffer);
-        h.check_len()?;
-        Ok(h)
-    }
-    pub fn check_len(&self) -> Result<(), ShmError> {
-        if self.buffer.as_ref().len() < field::header::END {
-            return Err(ShmError::corrupt("header truncated"));
-        }
-        Ok(())
-    }
     fn u32(&self, at: usize) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[at..at + 4])
     }
     fn u64(&self, at: usize) -> u64 {
         NativeEndian::read_u64(&self.buffer.as_ref()[at..at + 8])
-    }
-    pub fn magic(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::header::MAGIC]
-    }
-    pub fn version(&self) -> u32 {
-        self.u32(field::header::VERSION)
-    }
-    /// The stored checksum of the fields written at creation.
-    pub fn checksum(&self) -> u32 {
-        self.u32(field::header::CHECKSUM)
-    }
-    /// The checksum the fields written at creation have now.
-    pub fn compute_checksum(&self) -> u32 {
-        crc32fast::hash(&self.buffer.as_ref()[field::header::SUMMED])
     }
 }
 
@@ -371,6 +416,18 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> PortHeader<T> {
     fn set_u64(&mut self, at: usize, v: u64) {
         NativeEndian::write_u64(&mut self.buffer.as_mut()[at..at + 8], v)
     }
+}
+
+/// The offsets a header stores next to the geometry, and where: `emit`
+/// writes them, `parse` checks that the geometry recomputes to them.
+fn stored_offsets(g: &Geometry) -> [(usize, u64); 4] {
+    use field::header as f;
+    [
+        (f::RINGS_OFF, g.rings_off),
+        (f::TAILS_OFF, g.tails_off),
+        (f::POOL_OFF, g.pool_off),
+        (f::TOTAL_LEN, g.total_len),
+    ]
 }
 
 /// What a region header says: the network's geometry and who owns it.
@@ -424,13 +481,7 @@ impl HeaderRepr {
             h.u32(f::MAX_PORTS),
         )
         .map_err(|e| ShmError::corrupt(format!("geometry: {e}")))?;
-        let stored = [
-            (f::RINGS_OFF, geo.rings_off),
-            (f::TAILS_OFF, geo.tails_off),
-            (f::POOL_OFF, geo.pool_off),
-            (f::TOTAL_LEN, geo.total_len),
-        ];
-        if stored.iter().any(|&(at, v)| h.u64(at) != v) {
+        if stored_offsets(&geo).iter().any(|&(at, v)| h.u64(at) != v) {
             return Err(ShmError::corrupt("stored offsets disagree with geometry"));
         }
         if geo.total_len > region_len as u64 {
@@ -467,7 +518,6 @@ impl HeaderRepr {
         let g = &self.geo;
         h.buffer.as_mut()[f::MAGIC].copy_from_slice(&MAGIC);
         h.set_u32(f::HEADER_LEN, HEADER_LEN as u32);
-        h.set_u64(f::TOTAL_LEN, g.total_len);
         h.set_u32(f::MTU, g.mtu);
         h.set_u32(f::FRAME_SIZE, g.frame_size);
         h.set_u32(f::RING_SLOTS, g.ring_slots);
@@ -477,11 +527,10 @@ impl HeaderRepr {
         h.set_u32(f::INDEX, self.index);
         h.set_u32(f::EPOCH, self.epoch);
         h.set_u32(f::PID, self.pid);
-        h.set_u64(f::RINGS_OFF, g.rings_off);
-        h.set_u64(f::TAILS_OFF, g.tails_off);
-        h.set_u64(f::POOL_OFF, g.pool_off);
-        let sum = h.compute_checksum();
-        h.set_u32(f::CHECKSUM, sum);
+        for (at, v) in stored_offsets(g) {
+            h.set_u64(at, v);
+        }
+        h.fill_checksum();
     }
 
     /// Writes a complete header including the version, for tests and fuzzing.
@@ -502,27 +551,14 @@ bitflags::bitflags! {
     }
 }
 
-/// A read/write view of one 16-byte descriptor.
-#[derive(Debug, Clone)]
-pub struct Descriptor<T: AsRef<[u8]>> {
-    buffer: T,
-}
+byte_view!(
+    /// A read/write view of one 16-byte descriptor.
+    Descriptor,
+    len: DESC_LEN,
+    short: |_| ShmError::BadDescriptor("truncated"),
+);
 
 impl<T: AsRef<[u8]>> Descriptor<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Descriptor { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
-        let d = Self::new_unchecked(buffer);
-        d.check_len()?;
-        Ok(d)
-    }
-    pub fn check_len(&self) -> Result<(), ShmError> {
-        if self.buffer.as_ref().len() < DESC_LEN {
-            return Err(ShmError::BadDescriptor("truncated"));
-        }
-        Ok(())
-    }
     /// Every bit as stored, known or not.
     pub fn flags(&self) -> DescFlags {
         DescFlags::from_bits_retain(NativeEndian::read_u16(

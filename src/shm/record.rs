@@ -46,7 +46,7 @@
 use byteorder::{ByteOrder, LittleEndian};
 
 use super::ShmError;
-use super::layout::{Geometry, LinkMedium};
+use super::layout::{Geometry, LinkMedium, byte_view};
 use super::member::PortInfo;
 
 /// Bytes of a port record (file and hello).
@@ -100,42 +100,22 @@ pub(crate) mod field {
 const HAS_IPV4: u8 = 1;
 const HAS_IPV6: u8 = 2;
 
-/// A read/write view of a port record held in a local buffer.
-#[derive(Debug, Clone)]
-pub struct PortRecord<T: AsRef<[u8]>> {
-    buffer: T,
-}
+byte_view!(
+    /// A read/write view of a port record held in a local buffer.
+    PortRecord,
+    len: RECORD_LEN,
+    short: |len| ShmError::corrupt(format!(
+        "port record is {len} bytes, shorter than {RECORD_LEN}"
+    )),
+    stamped: field::record,
+);
 
 impl<T: AsRef<[u8]>> PortRecord<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        PortRecord { buffer }
-    }
-    /// Wraps `buffer` after checking it holds a whole record.
-    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
-        let r = Self::new_unchecked(buffer);
-        r.check_len()?;
-        Ok(r)
-    }
-    pub fn check_len(&self) -> Result<(), ShmError> {
-        let len = self.buffer.as_ref().len();
-        if len < RECORD_LEN {
-            return Err(ShmError::corrupt(format!(
-                "port record is {len} bytes, shorter than {RECORD_LEN}"
-            )));
-        }
-        Ok(())
-    }
     fn bytes(&self, r: std::ops::Range<usize>) -> &[u8] {
         &self.buffer.as_ref()[r]
     }
     fn u32(&self, r: std::ops::Range<usize>) -> u32 {
         LittleEndian::read_u32(self.bytes(r))
-    }
-    pub fn magic(&self) -> &[u8] {
-        self.bytes(field::record::MAGIC)
-    }
-    pub fn version(&self) -> u32 {
-        self.u32(field::record::VERSION)
     }
     pub fn index(&self) -> u32 {
         self.u32(field::record::INDEX)
@@ -168,13 +148,6 @@ impl<T: AsRef<[u8]>> PortRecord<T> {
     pub fn reserved(&self) -> &[u8] {
         self.bytes(field::record::RESERVED)
     }
-    pub fn checksum(&self) -> u32 {
-        self.u32(field::record::CHECKSUM)
-    }
-    /// The checksum the summed bytes have now.
-    pub fn compute_checksum(&self) -> u32 {
-        crc32fast::hash(self.bytes(field::record::SUMMED))
-    }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
@@ -183,12 +156,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
     }
     fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
         LittleEndian::write_u32(self.bytes_mut(r), v)
-    }
-    /// Stores the checksum of the summed bytes as they are now (fuzzing
-    /// uses it to reach the checks a random checksum would hide).
-    pub fn fill_checksum(&mut self) {
-        let sum = self.compute_checksum();
-        self.set_u32(field::record::CHECKSUM, sum);
     }
 }
 
@@ -210,15 +177,13 @@ impl RecordRepr {
     /// addresses and reserved bytes all zero, and last the checksum.
     pub fn parse<T: AsRef<[u8]>>(r: &PortRecord<T>) -> Result<RecordRepr, ShmError> {
         r.check_len()?;
-        if r.magic() != RECORD_MAGIC {
-            return Err(ShmError::corrupt("port record: bad magic"));
-        }
-        if r.version() != RECORD_VERSION {
-            return Err(ShmError::VersionMismatch {
-                found: r.version(),
-                expected: RECORD_VERSION,
-            });
-        }
+        check_stamp(
+            "port record",
+            r.magic(),
+            &RECORD_MAGIC,
+            r.version(),
+            RECORD_VERSION,
+        )?;
         let flags = r.flags();
         if flags & !(HAS_IPV4 | HAS_IPV6) != 0 {
             return Err(ShmError::corrupt(format!(
@@ -333,55 +298,45 @@ fn truncated(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A read/write view of a manifest held in a local buffer.
-#[derive(Debug, Clone)]
-pub struct Manifest<T: AsRef<[u8]>> {
-    buffer: T,
+/// The first checks of both formats: the magic, then the version.
+fn check_stamp(
+    what: &str,
+    magic: &[u8],
+    expected_magic: &[u8; 8],
+    version: u32,
+    expected_version: u32,
+) -> Result<(), ShmError> {
+    if magic != expected_magic {
+        return Err(ShmError::corrupt(format!("{what}: bad magic")));
+    }
+    if version != expected_version {
+        return Err(ShmError::VersionMismatch {
+            found: version,
+            expected: expected_version,
+        });
+    }
+    Ok(())
 }
 
+byte_view!(
+    /// A read/write view of a manifest held in a local buffer.
+    Manifest,
+    len: MANIFEST_LEN,
+    short: |len| ShmError::corrupt(format!(
+        "manifest is {len} bytes, shorter than {MANIFEST_LEN}"
+    )),
+    stamped: field::manifest,
+);
+
 impl<T: AsRef<[u8]>> Manifest<T> {
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Manifest { buffer }
-    }
-    pub fn new_checked(buffer: T) -> Result<Self, ShmError> {
-        let m = Self::new_unchecked(buffer);
-        m.check_len()?;
-        Ok(m)
-    }
-    pub fn check_len(&self) -> Result<(), ShmError> {
-        let len = self.buffer.as_ref().len();
-        if len < MANIFEST_LEN {
-            return Err(ShmError::corrupt(format!(
-                "manifest is {len} bytes, shorter than {MANIFEST_LEN}"
-            )));
-        }
-        Ok(())
-    }
     fn u32(&self, r: std::ops::Range<usize>) -> u32 {
         LittleEndian::read_u32(&self.buffer.as_ref()[r])
-    }
-    pub fn magic(&self) -> &[u8] {
-        &self.buffer.as_ref()[field::manifest::MAGIC]
-    }
-    pub fn version(&self) -> u32 {
-        self.u32(field::manifest::VERSION)
-    }
-    pub fn checksum(&self) -> u32 {
-        self.u32(field::manifest::CHECKSUM)
-    }
-    pub fn compute_checksum(&self) -> u32 {
-        crc32fast::hash(&self.buffer.as_ref()[field::manifest::SUMMED])
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Manifest<T> {
     fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
         LittleEndian::write_u32(&mut self.buffer.as_mut()[r], v)
-    }
-    /// Stores the checksum of the summed bytes as they are now.
-    pub fn fill_checksum(&mut self) {
-        let sum = self.compute_checksum();
-        self.set_u32(field::manifest::CHECKSUM, sum);
     }
 }
 
@@ -398,15 +353,13 @@ impl ManifestRepr {
     pub fn parse<T: AsRef<[u8]>>(m: &Manifest<T>) -> Result<ManifestRepr, ShmError> {
         use field::manifest as f;
         m.check_len()?;
-        if m.magic() != MANIFEST_MAGIC {
-            return Err(ShmError::corrupt("manifest: bad magic"));
-        }
-        if m.version() != MANIFEST_VERSION {
-            return Err(ShmError::VersionMismatch {
-                found: m.version(),
-                expected: MANIFEST_VERSION,
-            });
-        }
+        check_stamp(
+            "manifest",
+            m.magic(),
+            &MANIFEST_MAGIC,
+            m.version(),
+            MANIFEST_VERSION,
+        )?;
         let medium = LinkMedium::from_code(m.u32(f::MEDIUM))
             .ok_or_else(|| ShmError::corrupt("manifest: unknown medium"))?;
         let geo = Geometry::new(
