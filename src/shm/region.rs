@@ -369,7 +369,8 @@ impl PeerView {
 pub struct TxBuf {
     index: u32,
     /// The pool that lent it: a buffer is only ever used with its own port.
-    pool: u32,
+    /// Non-zero, so `Option<TxBuf>` still fits in a register.
+    pool: std::num::NonZeroU32,
 }
 
 /// A received frame still in the sender's buffer (see
@@ -413,7 +414,7 @@ impl InPlaceFrame {
 /// buffers and lends their bytes only through `&mut self`.
 pub(crate) struct Pool {
     /// Unique in this process: tells a pool's own `TxBuf`s from others'.
-    id: u32,
+    id: std::num::NonZeroU32,
     /// Offset of buffer 0 in the region.
     off: usize,
     frame_size: usize,
@@ -426,7 +427,8 @@ impl Pool {
     pub(crate) fn new(off: usize, frame_size: usize, buffers: u32) -> Pool {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         Pool {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            id: std::num::NonZeroU32::new(NEXT.fetch_add(1, Ordering::Relaxed))
+                .unwrap_or(std::num::NonZeroU32::MIN),
             off,
             frame_size,
             free: (0..buffers).rev().collect(),
