@@ -11,28 +11,6 @@ use common::*;
 use shmnet::shm::layout::{DESC_LEN, RING_HEADER_LEN};
 use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
-}
-
 #[test]
 fn a_peer_scribbling_its_own_memory_hurts_only_its_own_links() {
     let name = unique("hostile");

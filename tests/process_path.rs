@@ -316,28 +316,6 @@ fn vandal_child() {
     vandal(&network, Duration::from_secs(secs));
 }
 
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
-}
-
 /// Joins `network` and, for `span`, does everything a peer process can:
 /// garbage frames to everyone, random and targeted writes into all it owns
 /// that others read (header, rings, descriptors, tails, buffers), and

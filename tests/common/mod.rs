@@ -93,3 +93,26 @@ impl Hop {
         echo_server(&self.lan_b, "10.3.0.2", "10.0.0.1", "10.3.0.254")
     }
 }
+
+/// A tiny deterministic PRNG (xorshift64*): the garbage hostile tests send
+/// and write is the same on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            *b = self.next() as u8;
+        }
+    }
+}
