@@ -89,15 +89,10 @@ impl LocalNetwork {
     ) -> Result<(LocalMember, Arc<Region>), ShmError> {
         let mut ports = self.ports.lock();
         for e in ports.iter().flatten() {
-            let clash = if e.info.info.name == info.name {
-                Some("device name")
-            } else {
-                info.clash(&e.info.info)
-            };
-            if let Some(what) = clash {
+            if let Some(what) = info.clash(&e.info.info) {
                 return Err(ShmError::AddressInUse {
                     name: self.name.clone(),
-                    what: describe_clash(what, info),
+                    what,
                     holder: format!("device {} (this process)", e.info.info.name),
                 });
             }
@@ -162,28 +157,6 @@ impl LocalNetwork {
             e.inbox.push(Event::Left { index, epoch });
             e.doorbell.ring();
         }
-    }
-}
-
-/// The clash as a refusal names it: which address, with its value.
-pub(crate) fn describe_clash(what: &str, info: &PortInfo) -> String {
-    match what {
-        "IPv4 address" => format!(
-            "{what} {}",
-            std::net::Ipv4Addr::from(info.ipv4.unwrap_or_default())
-        ),
-        "IPv6 address" => format!(
-            "{what} {}",
-            std::net::Ipv6Addr::from(info.ipv6.unwrap_or_default())
-        ),
-        "MAC address" => {
-            let m = info.mac;
-            format!(
-                "{what} {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                m[0], m[1], m[2], m[3], m[4], m[5]
-            )
-        }
-        _ => format!("{what} {:?}", info.name),
     }
 }
 

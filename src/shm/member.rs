@@ -48,15 +48,22 @@ impl PortInfo {
         }
     }
 
-    /// Which of our addresses `other` already uses, for the refusal message
-    /// (`None` if it uses none).
-    pub(crate) fn clash(&self, other: &PortInfo) -> Option<&'static str> {
-        if self.ipv4.is_some() && self.ipv4 == other.ipv4 {
-            Some("IPv4 address")
-        } else if self.ipv6.is_some() && self.ipv6 == other.ipv6 {
-            Some("IPv6 address")
+    /// What of ours `other` already uses — its device name, or one of its
+    /// addresses — as a refusal names it (`"IPv4 address 10.0.0.2"`), or
+    /// `None` if nothing.
+    pub(crate) fn clash(&self, other: &PortInfo) -> Option<String> {
+        if self.name == other.name {
+            Some(format!("device name {:?}", self.name))
+        } else if let Some(a) = self.ipv4.filter(|_| self.ipv4 == other.ipv4) {
+            Some(format!("IPv4 address {}", std::net::Ipv4Addr::from(a)))
+        } else if let Some(a) = self.ipv6.filter(|_| self.ipv6 == other.ipv6) {
+            Some(format!("IPv6 address {}", std::net::Ipv6Addr::from(a)))
         } else if self.mac == other.mac && self.mac != [0; 6] {
-            Some("MAC address")
+            let m = self.mac;
+            Some(format!(
+                "MAC address {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            ))
         } else {
             None
         }
@@ -130,8 +137,9 @@ pub(crate) enum Event {
     Left { index: u32, epoch: u32 },
 }
 
-/// A fresh epoch for a new attachment: non-zero, and different from any
-/// recent one at the same index (time, pid and a counter, hashed).
+/// A fresh epoch for a new attachment: unique with overwhelming probability
+/// (time, pid and a counter, hashed), never 0 (a ring whose epoch is 0 is
+/// for nobody).
 pub(crate) fn fresh_epoch() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);

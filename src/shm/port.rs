@@ -628,15 +628,10 @@ impl Port {
         // Between processes, looking at the clock every flush would cost
         // more than the flush: every 64th will do.
         self.flushes = self.flushes.wrapping_add(1);
-        let due = match &self.member {
-            Member::Local(m) => m.pending(),
-            Member::Host(_) => {
-                self.member_due.load(Ordering::Relaxed)
-                    || (self.flushes.is_multiple_of(64)
-                        && self.last_member_poll.elapsed() >= MEMBERSHIP_EVERY)
-            }
-        };
-        if due {
+        let look = !matches!(self.member, Member::Host(_))
+            || self.flushes.is_multiple_of(64)
+            || self.member_due.load(Ordering::Relaxed);
+        if look && self.membership_due() {
             self.poll_membership();
         }
         let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);

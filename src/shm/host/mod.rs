@@ -109,7 +109,7 @@ pub(crate) use self::rundir::{check_network_name, runtime_dir};
 use self::wire::{send_hello, seqpacket_socket};
 use super::ShmError;
 use super::layout::{Geometry, HEADER_LEN, HeaderRepr, MAX_PORTS_LIMIT, PortHeader};
-use super::member::{Doorbell, Event, PeerInfo, PortInfo};
+use super::member::{Doorbell, Event, PeerInfo, PortInfo, fresh_epoch};
 use super::record::{PortRecord, RECORD_LEN, RecordRepr};
 use super::region::Region;
 use crate::counters::counter_set;
@@ -168,49 +168,11 @@ fn own_pid() -> u32 {
     rustix::process::getpid().as_raw_pid() as u32
 }
 
-/// A fresh epoch: unique per attachment with overwhelming probability,
-/// never 0 (a ring whose epoch is 0 is for nobody).
-fn fresh_epoch(index: u32) -> u32 {
-    use std::hash::BuildHasher;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SERIAL: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let h = foldhash::fast::RandomState::default().hash_one((
-        now,
-        own_pid(),
-        index,
-        SERIAL.fetch_add(1, Ordering::Relaxed),
-    ));
-    ((h ^ (h >> 32)) as u32).max(1)
-}
-
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: d.as_secs() as _,
         tv_nsec: d.subsec_nanos() as _,
     }
-}
-
-/// The address a clash is about, for the refusal message.
-fn clash_what(mine: &PortInfo, theirs: &PortInfo) -> Option<String> {
-    if !mine.name.is_empty() && mine.name == theirs.name {
-        return Some(format!("device name {:?}", mine.name));
-    }
-    let kind = mine.clash(theirs)?;
-    let value = match (kind, mine.ipv4, mine.ipv6) {
-        ("IPv4 address", Some(a), _) => std::net::Ipv4Addr::from(a).to_string(),
-        ("IPv6 address", _, Some(a)) => std::net::Ipv6Addr::from(a).to_string(),
-        _ => mine
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
-    };
-    Some(format!("{kind} {value}"))
 }
 
 /// One port's membership of a network of processes: its listening socket,
@@ -374,7 +336,7 @@ impl Membership {
             _ => net.write_manifest(geo)?,
         }
         for p in &live {
-            if let Some(what) = clash_what(info, &p.record.info) {
+            if let Some(what) = info.clash(&p.record.info) {
                 return Err(ShmError::AddressInUse {
                     name: net.name.clone(),
                     what,
@@ -388,7 +350,7 @@ impl Membership {
                 name: net.name.clone(),
                 max_ports: geo.max_ports,
             })?;
-        let epoch = fresh_epoch(index);
+        let epoch = fresh_epoch();
         let region = make_region(index, epoch)?;
         let memfd = Self::check_own_region(&region, geo, index, epoch)?;
 
