@@ -222,3 +222,12 @@ fn a_process_mode_config_error_leaves_no_run_directory() {
     let run_dir = std::env::temp_dir().join(format!("shmnet-run-{pid}"));
     assert!(!run_dir.exists(), "{} left behind", run_dir.display());
 }
+
+#[test]
+fn socket_buffer_out_of_range() {
+    bad_both(
+        "sockets",
+        &format!("{GOOD}[sockets]\ntcp_buffer = 100\n"),
+        &["sockets.tcp_buffer", "100", "1 KiB..=1 GiB"],
+    );
+}

@@ -11,7 +11,7 @@ use smoltcp::wire::{IpAddress, IpCidr};
 use super::{ConfigError, parse_toml, read};
 use crate::functions::matching::{check_name, quoted};
 use crate::functions::{self, FunctionConfig};
-use crate::stack::spec::{DeviceSpec, NetworkSpec, StaticRoute};
+use crate::stack::spec::{DeviceSpec, NetworkSpec, SocketSettings, StaticRoute};
 use crate::wire::LinkMedium;
 
 /// One network a device is attached to.
@@ -92,6 +92,23 @@ pub struct DeviceConfig {
     /// Static routes, used by the device's own stack and when forwarding.
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Socket buffers of the device's own stack.
+    #[serde(default)]
+    pub sockets: SocketsConfig,
+}
+
+/// `[sockets]`: the TCP buffers of the device's own stack. A field left
+/// out takes [`crate::stack::SocketSettings::default`]'s value.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketsConfig {
+    /// Bytes of each TCP socket's receive and send buffer (default 1 MiB),
+    /// 1 KiB..=1 GiB, for functions that set none of their own. The receive
+    /// buffer is the window a sender may fill before hearing back.
+    pub tcp_buffer: Option<usize>,
+    /// Bytes of closed sockets' buffers kept for new connections (default
+    /// 32 MiB; 0: allocate each socket afresh).
+    pub pool: Option<usize>,
 }
 
 /// `[[route]] to = "10.1.0.0/24", via = "10.0.0.254"`.
@@ -236,6 +253,19 @@ impl DeviceConfig {
             }
             routes.push(StaticRoute { to, via });
         }
+        let mut sockets = SocketSettings::default();
+        if let Some(n) = self.sockets.tcp_buffer {
+            if !(1024..=(1 << 30)).contains(&n) {
+                return Err(invalid(
+                    "sockets.tcp_buffer",
+                    format!("{n} is not within 1 KiB..=1 GiB (1024..=1073741824)"),
+                ));
+            }
+            sockets.tcp_buffer = n;
+        }
+        if let Some(n) = self.sockets.pool {
+            sockets.pool_bytes = n;
+        }
         Ok(DeviceSettings {
             spec: DeviceSpec {
                 name: self.name.clone(),
@@ -244,6 +274,7 @@ impl DeviceConfig {
                 mac,
                 forward: self.forward,
                 routes,
+                sockets,
             },
             function: self.function.clone(),
             source: file.into(),

@@ -57,6 +57,12 @@ use super::segment::{Segment, SegmentKind};
 /// Reclaim finished buffers once this few are left (callers may keep a
 /// reserve of up to this many for replies).
 const LOW_WATER: usize = 16;
+/// …and at least every this many allocations, so that buffers come back
+/// while they are still in the cache: the free list is a stack, and a port
+/// that reclaimed only at the low-water mark would cycle through every
+/// buffer it has, touching (and first-faulting) all of its memory where a
+/// few dozen hot buffers do.
+const RECLAIM_EVERY: u32 = 32;
 /// How often a busy port looks at its sockets for joins and departures
 /// (a sleeping one is woken by them).
 const MEMBERSHIP_EVERY: Duration = Duration::from_millis(1);
@@ -152,6 +158,8 @@ pub struct Port {
     index: u32,
     epoch: u32,
     pool: Pool,
+    /// Allocations since the last reclaim.
+    since_reclaim: u32,
     doorbell: Doorbell,
     member: Member,
     /// By peer index.
@@ -214,6 +222,7 @@ impl Port {
         };
         let mut port = Port {
             pool: Pool::new(geo.buffer_off(0), geo.frame_size as usize, geo.buffers),
+            since_reclaim: 0,
             peers: (0..geo.max_ports).map(|_| None).collect(),
             live: Vec::new(),
             events: Vec::new(),
@@ -304,7 +313,8 @@ impl Port {
 
     /// Takes a free buffer, or `None` if all are in flight (back-pressure).
     pub fn alloc(&mut self) -> Option<TxBuf> {
-        if self.pool.free_len() <= LOW_WATER {
+        self.since_reclaim += 1;
+        if self.pool.free_len() <= LOW_WATER || self.since_reclaim >= RECLAIM_EVERY {
             self.reclaim();
         }
         let buf = self.pool.alloc();
@@ -399,6 +409,7 @@ impl Port {
     /// Returns buffers whose descriptors the consumers have passed, and
     /// restarts links whose consumer reported an impossible tail.
     fn reclaim(&mut self) {
+        self.since_reclaim = 0;
         let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);
         let mut broken = Vec::new();
         for &i in &self.live {

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::Medium;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
 use super::handle::Shared;
 use super::hook::{self, Function, FunctionError, LinkInfo, SocketContext};
+use super::sockets::SocketPool;
 use super::spec::{DeviceBlueprint, DeviceSpec, NetworkSpec};
 use super::{DeviceHandle, DeviceStats, Nic, Role, Router};
 use crate::adapters::pcap::Pcap;
@@ -22,6 +23,31 @@ use crate::adapters::{Adapter, AdapterError, Neighbour};
 pub const SPIN_HOT: Duration = Duration::from_micros(20);
 /// …and sleep on the doorbells after this long.
 pub const SPIN: Duration = Duration::from_micros(200);
+/// A yield that takes this long ran another thread on our core…
+const CROWDED_YIELD: Duration = Duration::from_micros(5);
+/// …and after this many such yields in a row the device moves to another
+/// core, or, if it did so less than MOVE_EVERY ago (every core is busy),
+/// sleeps rather than spin on a shared core.
+const CROWDED_YIELDS: u32 = 2;
+const MOVE_EVERY: Duration = Duration::from_millis(50);
+
+/// Moves the calling thread to another core it may run on, leaving its
+/// affinity as it was; `false` if there is none.
+fn move_off_this_core() -> bool {
+    use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity};
+    let Ok(allowed) = sched_getaffinity(None) else {
+        return false;
+    };
+    let mut elsewhere = allowed;
+    elsewhere.unset(sched_getcpu());
+    if elsewhere.count() == 0 || sched_setaffinity(None, &elsewhere).is_err() {
+        return false;
+    }
+    // The kernel moved us before returning; widening the mask again does
+    // not move us back.
+    let _ = sched_setaffinity(None, &allowed);
+    true
+}
 /// Sleep at most this long, so maintenance (counters, membership) runs even
 /// on a silent network. Everything that needs the device sooner wakes it
 /// (peers, handles, signals, joins and departures), so this only bounds
@@ -68,6 +94,10 @@ pub struct Device {
     last_counters: std::time::Instant,
     /// Medium and MTUs, as functions learn them.
     link: LinkInfo,
+    /// Closed TCP sockets kept for the next connection.
+    pool: SocketPool,
+    /// Bytes of each TCP buffer of sockets from `add_tcp`.
+    tcp_buffer: usize,
 }
 
 /// The name a device's adapter on `role`'s network is listed under in that
@@ -265,6 +295,8 @@ impl Device {
             shared,
             last_sweep: clock,
             last_counters: clock,
+            pool: SocketPool::new(cfg.sockets.pool_bytes),
+            tcp_buffer: cfg.sockets.tcp_buffer,
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -292,6 +324,26 @@ impl Device {
     }
     pub fn nic(&self) -> &Nic {
         &self.nic
+    }
+
+    /// Adds a TCP socket with the device's buffer size (`[sockets]
+    /// tcp_buffer`), Nagle off, taken from the device's pool of closed
+    /// sockets when it has one: the way to open connections cheaply.
+    pub fn add_tcp(&mut self) -> SocketHandle {
+        let s = self.pool.tcp(self.tcp_buffer, self.tcp_buffer);
+        self.sockets.add(s)
+    }
+
+    /// The device's pool of closed TCP sockets.
+    pub fn socket_pool(&self) -> &SocketPool {
+        &self.pool
+    }
+
+    /// Removes a socket; a TCP socket goes back to the pool for the next
+    /// [`Device::add_tcp`]. Remove sockets once closed: an open connection
+    /// is dropped without telling the peer.
+    pub fn remove_socket(&mut self, h: SocketHandle) {
+        self.pool.remove(&mut self.sockets, h);
     }
 
     /// A handle for other threads.
@@ -335,6 +387,8 @@ impl Device {
                 now,
                 iface: &mut self.iface,
                 sockets: &mut self.sockets,
+                pool: &mut self.pool,
+                tcp_buffer: self.tcp_buffer,
                 devices: adapters,
                 link: self.link,
             },
@@ -388,6 +442,8 @@ impl Device {
             now,
             iface: &mut self.iface,
             sockets: &mut self.sockets,
+            pool: &mut self.pool,
+            tcp_buffer: self.tcp_buffer,
             devices: adapters,
             link: self.link,
         };
@@ -464,6 +520,9 @@ impl Device {
     pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
         let mut last_progress = std::time::Instant::now();
         let mut last_yield = last_progress;
+        // Consecutive yields that came back late (see below).
+        let mut crowded = 0u32;
+        let mut last_move = last_progress - MOVE_EVERY;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let t = std::time::Instant::now();
             let progress = self.poll_at(self.instant_of(t));
@@ -477,17 +536,37 @@ impl Device {
                 continue;
             }
             let idle = t.saturating_duration_since(last_progress);
-            if idle < SPIN {
+            if crowded >= CROWDED_YIELDS
+                && t.saturating_duration_since(last_move) >= MOVE_EVERY
+                && move_off_this_core()
+            {
+                crowded = 0;
+                last_move = t;
+            }
+            if idle < SPIN && crowded < CROWDED_YIELDS {
                 // Every SPIN_HOT of idling, let a peer sharing this core run
                 // (devices often outnumber cores). A yield per poll would
                 // cost a system call each round and halve bulk throughput.
                 if t.saturating_duration_since(last_yield) >= SPIN_HOT {
                     std::thread::yield_now();
-                    last_yield = t;
+                    last_yield = std::time::Instant::now();
+                    // A yield that came back late means another thread ran
+                    // on this core, maybe the very peer we wait for. The
+                    // scheduler may keep two spinning threads on one core
+                    // for a long time (both look cache-hot) while another
+                    // core idles: every exchange then costs a time slice.
+                    // Sleeping instead lets the wake-up put us on an idle
+                    // core.
+                    if last_yield.saturating_duration_since(t) >= CROWDED_YIELD {
+                        crowded += 1;
+                    } else {
+                        crowded = 0;
+                    }
                 } else {
                     std::hint::spin_loop();
                 }
             } else {
+                crowded = 0;
                 if self.last_counters < last_progress {
                     // Handles see the counters as they are when we sleep.
                     self.last_counters = t;

@@ -35,11 +35,12 @@
 //! assert_eq!(NoDiscard.on_ingress(Instant::ZERO, Role::Local, &mut f), Verdict::Pass);
 //! ```
 
-use smoltcp::iface::{Interface, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::IpAddress;
 
 pub use super::Role;
+use super::SocketPool;
 pub use super::spec::FunctionSpec;
 use crate::wire::{FrameView, IpView, LinkMedium};
 
@@ -215,12 +216,33 @@ pub struct SocketContext<'a> {
     pub now: Instant,
     /// The device's smoltcp interface (addresses, routes).
     pub iface: &'a mut Interface,
-    /// The device's sockets; a function adds and removes its own.
+    /// The device's sockets; a function adds and removes its own
+    /// (TCP sockets best through [`SocketContext::add_tcp`] and
+    /// [`SocketContext::remove_socket`], which reuse closed ones).
     pub sockets: &'a mut SocketSet<'static>,
+    /// The device's pool of closed TCP sockets.
+    pub pool: &'a mut SocketPool,
+    /// The device's TCP buffer size (`[sockets] tcp_buffer`).
+    pub tcp_buffer: usize,
     /// Other devices on this device's networks, by name.
     pub devices: &'a dyn Directory,
     /// Medium and MTUs of the device's networks.
     pub link: LinkInfo,
+}
+
+impl SocketContext<'_> {
+    /// Adds a TCP socket with `buffer`-byte buffers (`None`: the device's
+    /// `tcp_buffer`), Nagle off, reusing a closed one from the device's
+    /// pool when it can.
+    pub fn add_tcp(&mut self, buffer: Option<usize>) -> SocketHandle {
+        let n = buffer.unwrap_or(self.tcp_buffer);
+        self.sockets.add(self.pool.tcp(n, n))
+    }
+
+    /// Removes a socket; a TCP socket goes back to the device's pool.
+    pub fn remove_socket(&mut self, h: SocketHandle) {
+        self.pool.remove(self.sockets, h);
+    }
 }
 
 /// Errors building or reconfiguring a function.

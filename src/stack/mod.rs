@@ -32,6 +32,7 @@ mod device;
 mod handle;
 pub mod hook;
 pub mod nic;
+mod sockets;
 pub mod spec;
 
 pub use counters::{CounterName, DeviceStats, NicCounters, NicStats};
@@ -39,7 +40,10 @@ pub use device::{Device, DeviceError, SPIN, SPIN_HOT};
 pub use handle::DeviceHandle;
 pub use hook::{Directory, Emit, Frame, Function, FunctionError, LinkInfo, SocketContext, Verdict};
 pub use nic::{Nic, Router, Transit};
-pub use spec::{DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, StaticRoute};
+pub use sockets::{DEFAULT_POOL_BYTES, DEFAULT_TCP_BUFFER, SocketPool};
+pub use spec::{
+    DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, SocketSettings, StaticRoute,
+};
 
 /// Which of a device's two networks (`"local"` / `"global"` in config
 /// files).

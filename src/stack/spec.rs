@@ -62,6 +62,29 @@ pub struct DeviceSpec {
     /// Forward packets not addressed to the device (it sits in a chain).
     pub forward: bool,
     pub routes: Vec<StaticRoute>,
+    /// Socket buffers of the device's own stack.
+    pub sockets: SocketSettings,
+}
+
+/// Socket buffer sizes of a device (`[sockets]` in its file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// Bytes of each TCP socket's receive and send buffer, for functions
+    /// that do not set their own. The receive buffer is the window a peer
+    /// may fill before hearing back.
+    pub tcp_buffer: usize,
+    /// Bytes of closed TCP sockets' buffers the device keeps for new
+    /// connections (0: allocate every socket afresh).
+    pub pool_bytes: usize,
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        SocketSettings {
+            tcp_buffer: super::DEFAULT_TCP_BUFFER,
+            pool_bytes: super::DEFAULT_POOL_BYTES,
+        }
+    }
 }
 
 /// A function's configuration that can build the function. The built-in

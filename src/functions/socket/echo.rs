@@ -13,7 +13,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Duration;
 
-use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
+use super::{Function, FunctionError, SocketContext, udp_socket};
 
 /// `[function] kind = "echo"`; a field left out takes its value from
 /// [`EchoConfig::default`].
@@ -24,8 +24,9 @@ pub struct EchoConfig {
     pub port: u16,
     /// Concurrent TCP connections served (smoltcp has no listen backlog).
     pub connections: usize,
-    /// Bytes of each TCP socket's receive and send buffer.
-    pub tcp_buffer: usize,
+    /// Bytes of each TCP socket's receive and send buffer (default: the
+    /// device's `[sockets] tcp_buffer`).
+    pub tcp_buffer: Option<usize>,
 }
 
 impl Default for EchoConfig {
@@ -33,7 +34,7 @@ impl Default for EchoConfig {
         EchoConfig {
             port: 7,
             connections: 2,
-            tcp_buffer: 1 << 20,
+            tcp_buffer: None,
         }
     }
 }
@@ -60,7 +61,10 @@ impl Echo {
         if !(1..=64).contains(&cfg.connections) {
             return Err(bad("connections must be 1..=64"));
         }
-        if !(1024..=(1 << 30)).contains(&cfg.tcp_buffer) {
+        if cfg
+            .tcp_buffer
+            .is_some_and(|n| !(1024..=(1 << 30)).contains(&n))
+        {
             return Err(bad("tcp_buffer must be 1 KiB..=1 GiB"));
         }
         Ok(Echo {
@@ -87,13 +91,14 @@ impl Function for Echo {
         // Listen at once: a SYN processed before the first `poll` would
         // otherwise be refused.
         for _ in 0..self.cfg.connections {
-            let mut s = tcp_socket(self.cfg.tcp_buffer);
+            let h = cx.add_tcp(self.cfg.tcp_buffer);
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
             // A client that vanished (its device killed) must not hold a
             // connection slot forever.
             s.set_keep_alive(Some(Duration::from_secs(5)));
             s.set_timeout(Some(Duration::from_secs(15)));
             let _ = s.listen(self.cfg.port);
-            self.tcp.push(cx.sockets.add(s));
+            self.tcp.push(h);
         }
         let mut u = udp_socket(64, 256 * 1024);
         if u.bind(self.cfg.port).is_ok() {
@@ -103,7 +108,7 @@ impl Function for Echo {
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
         for h in self.tcp.drain(..) {
-            cx.sockets.remove(h);
+            cx.remove_socket(h);
         }
         if let Some(h) = self.udp.take() {
             cx.sockets.remove(h);

@@ -19,6 +19,8 @@ pub mod diag {
     pub use super::tcp_socket;
 }
 
+pub use crate::stack::DEFAULT_TCP_BUFFER;
+
 /// A TCP socket with buffers of `size` bytes, Nagle off.
 pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(

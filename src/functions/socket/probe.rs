@@ -18,7 +18,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{Function, FunctionError, SocketContext, tcp_socket, udp_socket};
+use super::{Function, FunctionError, SocketContext, udp_socket};
 use crate::functions::matching::{ConfigDuration, quoted};
 
 /// An exchange's `timeout` when the config leaves it out.
@@ -238,15 +238,18 @@ impl Function for Probe {
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
         let now = cx.now;
-        self.closing.retain(|&(h, since)| {
+        let mut i = 0;
+        while let Some(&(h, since)) = self.closing.get(i) {
             let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            let done = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
-                || now - since > Duration::from_secs(5);
-            if done {
-                cx.sockets.remove(h);
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait)
+                || now - since > Duration::from_secs(5)
+            {
+                cx.remove_socket(h);
+                self.closing.swap_remove(i);
+            } else {
+                i += 1;
             }
-            !done
-        });
+        }
         if self.next >= self.jobs.len() {
             return false;
         }
@@ -256,14 +259,16 @@ impl Function for Probe {
             self.port = self.port.wrapping_add(1).max(40000);
             match self.jobs[self.next] {
                 Job::Tcp(ep) => {
-                    let mut s =
-                        tcp_socket((self.cfg.bytes.clamp(64 * 1024, 4 << 20)).next_power_of_two());
+                    let size = self.cfg.bytes.clamp(64 * 1024, 4 << 20).next_power_of_two();
+                    let h = cx.add_tcp(Some(size));
+                    let s = cx.sockets.get_mut::<tcp::Socket>(h);
                     if let Err(e) = s.connect(cx.iface.context(), ep, self.port) {
+                        cx.remove_socket(h);
                         self.finish(cx, format!("tcp {ep}: cannot connect: {e}"), false);
                         return true;
                     }
                     self.step = Step::Tcp(TcpExchange {
-                        h: cx.sockets.add(s),
+                        h,
                         sent: 0,
                         recvd: 0,
                         intact: true,

@@ -159,3 +159,83 @@ pub(super) fn kernel_idle_rtt(n: u64, gap: Duration) -> Res<f64> {
     let _ = echo.join();
     Ok(median(&mut rtts))
 }
+
+/// `n` fresh connections over 127.0.0.1, each sending `bytes` to a server
+/// that reads to EOF and closes; returns each connection's seconds from
+/// `connect` to the client's EOF.
+pub(super) fn kernel_flows(bytes: u64, n: usize) -> Res<Vec<f64>> {
+    kernel_connections(n, bytes, 0)
+}
+
+/// `n` connections, each connect + `size`-byte request + `size`-byte reply
+/// + close; returns the total seconds.
+pub(super) fn kernel_connects(n: usize, size: usize) -> Res<f64> {
+    let start = Instant::now();
+    kernel_connections(n, size as u64, size)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `n` sequential connections: the client sends `send` bytes (then shuts
+/// its side down when no reply is expected) and reads to EOF; the server
+/// reads `send` bytes (or to EOF), replies `reply` bytes and closes.
+/// Returns each connection's seconds.
+fn kernel_connections(n: usize, send: u64, reply: usize) -> Res<Vec<f64>> {
+    let e = |e: std::io::Error| e.to_string();
+    let l = TcpListener::bind("127.0.0.1:0").map_err(e)?;
+    let addr = l.local_addr().map_err(e)?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        for _ in 0..n {
+            let (mut c, _) = l.accept()?;
+            let mut got = 0u64;
+            while reply == 0 || got < send {
+                let k = c.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                got += k as u64;
+            }
+            if reply > 0 {
+                c.write_all(&buf[..reply.min(buf.len())])?;
+            }
+        }
+        Ok(())
+    });
+    let client = std::thread::spawn(move || -> std::io::Result<Vec<f64>> {
+        let buf = vec![0xa5u8; 64 * 1024];
+        let mut back = vec![0u8; 64 * 1024];
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            let mut c = TcpStream::connect(addr)?;
+            c.set_nodelay(true)?;
+            let mut sent = 0u64;
+            while sent < send {
+                let k = (send - sent).min(buf.len() as u64) as usize;
+                c.write_all(&buf[..k])?;
+                sent += k as u64;
+            }
+            if reply == 0 {
+                c.shutdown(std::net::Shutdown::Write)?;
+            }
+            let mut got = 0usize;
+            loop {
+                let k = c.read(&mut back)?;
+                if k == 0 {
+                    break;
+                }
+                got += k;
+            }
+            if got != reply {
+                return Err(std::io::Error::other(format!(
+                    "got {got} of {reply} reply bytes"
+                )));
+            }
+            times.push(start.elapsed().as_secs_f64());
+        }
+        Ok(times)
+    });
+    let times = client.join().map_err(|_| "client panicked")?.map_err(e)?;
+    server.join().map_err(|_| "server panicked")?.map_err(e)?;
+    Ok(times)
+}

@@ -16,6 +16,7 @@
 //! `peer`.
 
 mod chain;
+mod flows;
 mod frames;
 mod function;
 mod idle;
@@ -33,6 +34,7 @@ use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 use shmnet::stack::Device;
 use shmnet::testing::DeviceToml;
 
+use flows::{FLOW_SIZES, Server, Service, bench_connect, bench_flows, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
@@ -68,6 +70,33 @@ pub enum BenchCmd {
         #[arg(long, value_enum, default_value_t = Mode::Thread)]
         mode: Mode,
         /// Round trips per run (default 100000; 2000 with --quick).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Fresh connections, each transferring one size (64 KiB to 256 MiB):
+    /// throughput from connect to close.
+    Flows {
+        /// Only this mode (default: thread and process).
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// Only this IP MTU (default: 1500 and 65535).
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// Bytes per connection, comma-separated (default: 64 KiB, 256 KiB,
+        /// 1, 4, 16 and 256 MiB; 256 MiB left out with --quick).
+        #[arg(long, value_delimiter = ',')]
+        bytes: Option<Vec<u64>>,
+        /// Bytes of each TCP socket buffer at both ends (default: the
+        /// device default, 1 MiB).
+        #[arg(long)]
+        tcp_buffer: Option<usize>,
+    },
+    /// Connections per second, each connect + 1 KiB request + 1 KiB reply
+    /// + close; also the memory an idle connection and a device cost.
+    Connect {
+        #[arg(long, value_enum, default_value_t = Mode::Thread)]
+        mode: Mode,
+        /// Connections per run (default 20000; 500 with --quick).
         #[arg(long)]
         count: Option<u64>,
     },
@@ -152,6 +181,13 @@ pub fn main(args: &BenchCli) -> i32 {
                     });
                 }
                 v.push(BenchCmd::Rr { mode, count: None });
+                v.push(BenchCmd::Flows {
+                    mode: Some(mode),
+                    mtu: None,
+                    bytes: None,
+                    tcp_buffer: None,
+                });
+                v.push(BenchCmd::Connect { mode, count: None });
                 v.push(BenchCmd::Frames {
                     size: 64,
                     mode,
@@ -178,6 +214,36 @@ pub fn main(args: &BenchCli) -> i32 {
     let mut code = 0;
     for job in &jobs {
         let r = match job {
+            BenchCmd::Flows {
+                mode,
+                mtu,
+                bytes,
+                tcp_buffer,
+            } => {
+                let buffer = tcp_buffer.unwrap_or(shmnet::stack::DEFAULT_TCP_BUFFER);
+                let mut lines = Vec::new();
+                let sizes: Vec<u64> = match bytes {
+                    Some(b) => b.clone(),
+                    None if quick => FLOW_SIZES[..FLOW_SIZES.len() - 1].to_vec(),
+                    None => FLOW_SIZES.to_vec(),
+                };
+                let modes = mode.map_or(vec![Mode::Thread, Mode::Process], |m| vec![m]);
+                let mtus = mtu.map_or(vec![1500, 65535], |m| vec![m]);
+                let mut r = Ok(());
+                'all: for &m in &modes {
+                    for &u in &mtus {
+                        match bench_flows(m, u, &sizes, buffer, quick) {
+                            Ok(l) => lines.extend(l),
+                            Err(e) => {
+                                r = Err(e);
+                                break 'all;
+                            }
+                        }
+                    }
+                }
+                r.map(|()| lines.join("\n"))
+            }
+            BenchCmd::Connect { mode, count } => bench_connect(*mode, *count, quick),
             BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(*mtu, *mode, *bytes, quick, reps),
             BenchCmd::Rr { mode, count } => bench_rr(*mode, *count, quick, reps),
             BenchCmd::Frames { size, mode, count } => {
@@ -244,6 +310,25 @@ fn peer(args: &[String]) -> Res<()> {
             let h = listen(&mut dev);
             ready();
             serve(&mut dev, h, kind == "rr", true);
+            Ok(())
+        }
+        "serve" => {
+            let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
+            let service = Service::parse(arg(4)?)?;
+            let s = server_settings(lan, wan, mtu, num(5)? as usize)?;
+            let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
+            let mut server = Server::new(&mut dev, service);
+            // Serve until the parent closes our stdin.
+            let h = dev.handle();
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                h.stop();
+            });
+            ready();
+            dev.run_until(|d| {
+                server.step(d);
+                false
+            });
             Ok(())
         }
         "frames" => {

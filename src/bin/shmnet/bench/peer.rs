@@ -2,7 +2,7 @@
 //! the host segments it shares with this process.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shmnet::shm::Segment;
@@ -12,6 +12,9 @@ use super::Res;
 /// The far side of a process-mode run.
 pub(super) struct PeerProc {
     child: Child,
+    /// Closed by `finish`: a peer that serves until told to stop reads
+    /// its stdin to EOF.
+    stdin: Option<ChildStdin>,
     out: BufReader<ChildStdout>,
 }
 
@@ -21,13 +24,14 @@ impl PeerProc {
         let mut child = Command::new(exe)
             .arg("bench-peer")
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .map_err(|e| format!("spawn bench-peer: {e}"))?;
         let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut p = PeerProc { child, out };
+        let stdin = child.stdin.take();
+        let mut p = PeerProc { child, stdin, out };
         let line = p.line()?;
         if line != "ready" {
             return Err(format!("bench-peer said {line:?}, expected ready"));
@@ -45,6 +49,7 @@ impl PeerProc {
     }
 
     pub(super) fn finish(mut self) -> Res<()> {
+        drop(self.stdin.take());
         let t0 = Instant::now();
         loop {
             match self.child.try_wait() {
