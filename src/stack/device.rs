@@ -96,8 +96,6 @@ pub struct Device {
     link: LinkInfo,
     /// Closed TCP sockets kept for the next connection.
     pool: SocketPool,
-    /// Bytes of each TCP buffer of sockets from `add_tcp`.
-    tcp_buffer: usize,
 }
 
 /// The name a device's adapter on `role`'s network is listed under in that
@@ -295,8 +293,7 @@ impl Device {
             shared,
             last_sweep: clock,
             last_counters: clock,
-            pool: SocketPool::new(cfg.sockets.pool_bytes),
-            tcp_buffer: cfg.sockets.tcp_buffer,
+            pool: SocketPool::new(cfg.sockets),
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -330,7 +327,7 @@ impl Device {
     /// tcp_buffer`), Nagle off, taken from the device's pool of closed
     /// sockets when it has one: the way to open connections cheaply.
     pub fn add_tcp(&mut self) -> SocketHandle {
-        let s = self.pool.tcp(self.tcp_buffer, self.tcp_buffer);
+        let s = self.pool.tcp_default();
         self.sockets.add(s)
     }
 
@@ -379,7 +376,11 @@ impl Device {
 
     /// The function and what it may touch, borrowed at once.
     fn function_cx(&mut self) -> (&mut Box<dyn Function>, SocketContext<'_>) {
-        let now = self.now();
+        self.function_cx_at(self.now())
+    }
+
+    /// [`Device::function_cx`] at device time `now`.
+    fn function_cx_at(&mut self, now: Instant) -> (&mut Box<dyn Function>, SocketContext<'_>) {
         let (function, adapters) = self.nic.function_and_adapters();
         (
             function,
@@ -388,7 +389,6 @@ impl Device {
                 iface: &mut self.iface,
                 sockets: &mut self.sockets,
                 pool: &mut self.pool,
-                tcp_buffer: self.tcp_buffer,
                 devices: adapters,
                 link: self.link,
             },
@@ -437,16 +437,7 @@ impl Device {
         let before = self.nic.frames_moved();
         let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets)
             == PollResult::SocketStateChanged;
-        let (function, adapters) = self.nic.function_and_adapters();
-        let mut cx = SocketContext {
-            now,
-            iface: &mut self.iface,
-            sockets: &mut self.sockets,
-            pool: &mut self.pool,
-            tcp_buffer: self.tcp_buffer,
-            devices: adapters,
-            link: self.link,
-        };
+        let (function, mut cx) = self.function_cx_at(now);
         let worked = function.poll(&mut cx);
         if worked {
             self.iface

@@ -220,10 +220,8 @@ pub struct SocketContext<'a> {
     /// (TCP sockets best through [`SocketContext::add_tcp`] and
     /// [`SocketContext::remove_socket`], which reuse closed ones).
     pub sockets: &'a mut SocketSet<'static>,
-    /// The device's pool of closed TCP sockets.
+    /// The device's pool of closed TCP sockets (and its TCP buffer size).
     pub pool: &'a mut SocketPool,
-    /// The device's TCP buffer size (`[sockets] tcp_buffer`).
-    pub tcp_buffer: usize,
     /// Other devices on this device's networks, by name.
     pub devices: &'a dyn Directory,
     /// Medium and MTUs of the device's networks.
@@ -235,7 +233,7 @@ impl SocketContext<'_> {
     /// `tcp_buffer`), Nagle off, reusing a closed one from the device's
     /// pool when it can.
     pub fn add_tcp(&mut self, buffer: Option<usize>) -> SocketHandle {
-        let n = buffer.unwrap_or(self.tcp_buffer);
+        let n = buffer.unwrap_or(self.pool.tcp_buffer());
         self.sockets.add(self.pool.tcp(n, n))
     }
 

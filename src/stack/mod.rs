@@ -40,7 +40,7 @@ pub use device::{Device, DeviceError, SPIN, SPIN_HOT};
 pub use handle::DeviceHandle;
 pub use hook::{Directory, Emit, Frame, Function, FunctionError, LinkInfo, SocketContext, Verdict};
 pub use nic::{Nic, Router, Transit};
-pub use sockets::{DEFAULT_POOL_BYTES, DEFAULT_TCP_BUFFER, SocketPool};
+pub use sockets::{DEFAULT_POOL_BYTES, DEFAULT_TCP_BUFFER, SocketPool, new_tcp_socket};
 pub use spec::{
     DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, SocketSettings, StaticRoute,
 };

@@ -20,6 +20,8 @@ use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::socket::{Socket, tcp};
 use smoltcp::time::Duration;
 
+use super::SocketSettings;
+
 /// smoltcp's default delayed-ACK time (not exported by smoltcp).
 const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(10);
 
@@ -35,12 +37,25 @@ pub const DEFAULT_TCP_BUFFER: usize = 1 << 20;
 /// Bytes of socket buffers a pool keeps for reuse unless told otherwise.
 pub const DEFAULT_POOL_BYTES: usize = 32 << 20;
 
-/// Closed TCP sockets kept for reuse, up to a byte budget.
+/// A new TCP socket with `rx`- and `tx`-byte buffers, Nagle off.
+pub fn new_tcp_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; tx]),
+    );
+    s.set_nagle_enabled(false);
+    s
+}
+
+/// Closed TCP sockets kept for reuse, up to a byte budget, and the
+/// device's buffer size for new ones.
 pub struct SocketPool {
     idle: Vec<tcp::Socket<'static>>,
     /// Buffer bytes held by `idle`.
     bytes: usize,
     max_bytes: usize,
+    /// Bytes of each buffer of [`SocketPool::tcp_default`]'s sockets.
+    tcp_buffer: usize,
     default_cc: tcp::CongestionControl,
     reused: u64,
     allocated: u64,
@@ -48,7 +63,7 @@ pub struct SocketPool {
 
 impl Default for SocketPool {
     fn default() -> Self {
-        SocketPool::new(DEFAULT_POOL_BYTES)
+        SocketPool::new(SocketSettings::default())
     }
 }
 
@@ -57,8 +72,9 @@ fn buffer_bytes(s: &tcp::Socket<'_>) -> usize {
 }
 
 impl SocketPool {
-    /// A pool keeping at most `max_bytes` of idle socket buffers (0: none).
-    pub fn new(max_bytes: usize) -> SocketPool {
+    /// A pool keeping at most `settings.pool_bytes` of idle socket buffers
+    /// (0: none), handing out `settings.tcp_buffer`-byte buffers by default.
+    pub fn new(settings: SocketSettings) -> SocketPool {
         let probe = tcp::Socket::new(
             tcp::SocketBuffer::new(Vec::new()),
             tcp::SocketBuffer::new(Vec::new()),
@@ -66,7 +82,8 @@ impl SocketPool {
         SocketPool {
             idle: Vec::new(),
             bytes: 0,
-            max_bytes,
+            max_bytes: settings.pool_bytes,
+            tcp_buffer: settings.tcp_buffer,
             default_cc: probe.congestion_control(),
             reused: 0,
             allocated: 0,
@@ -89,14 +106,22 @@ impl SocketPool {
             }
             None => {
                 self.allocated += 1;
-                tcp::Socket::new(
-                    tcp::SocketBuffer::new(vec![0; rx]),
-                    tcp::SocketBuffer::new(vec![0; tx]),
-                )
+                return new_tcp_socket(rx, tx);
             }
         };
         s.set_nagle_enabled(false);
         s
+    }
+
+    /// [`SocketPool::tcp`] with the device's buffer size (`[sockets]
+    /// tcp_buffer`) both ways.
+    pub fn tcp_default(&mut self) -> tcp::Socket<'static> {
+        self.tcp(self.tcp_buffer, self.tcp_buffer)
+    }
+
+    /// The device's TCP buffer size (`[sockets] tcp_buffer`).
+    pub fn tcp_buffer(&self) -> usize {
+        self.tcp_buffer
     }
 
     /// Takes back a socket whose connection is over (or abandons it: an
@@ -141,9 +166,16 @@ impl SocketPool {
 mod tests {
     use super::*;
 
+    fn budget(pool_bytes: usize) -> SocketSettings {
+        SocketSettings {
+            pool_bytes,
+            ..SocketSettings::default()
+        }
+    }
+
     #[test]
     fn a_recycled_socket_comes_back_closed_with_its_defaults() {
-        let mut pool = SocketPool::new(1 << 20);
+        let mut pool = SocketPool::new(budget(1 << 20));
         let mut s = pool.tcp(4096, 2048);
         s.set_keep_alive(Some(Duration::from_secs(1)));
         s.set_timeout(Some(Duration::from_secs(2)));
@@ -170,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_pool_keeps_no_more_than_its_budget() {
-        let mut pool = SocketPool::new(10_000);
+        let mut pool = SocketPool::new(budget(10_000));
         for _ in 0..3 {
             let s = pool.tcp(4096, 1024);
             pool.recycle(Socket::Tcp(s));

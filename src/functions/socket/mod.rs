@@ -21,14 +21,10 @@ pub mod diag {
 
 pub use crate::stack::DEFAULT_TCP_BUFFER;
 
-/// A TCP socket with buffers of `size` bytes, Nagle off.
+/// A TCP socket with buffers of `size` bytes, Nagle off (not from the
+/// device's pool: see [`SocketContext::add_tcp`]).
 pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {
-    let mut s = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; size]),
-        tcp::SocketBuffer::new(vec![0; size]),
-    );
-    s.set_nagle_enabled(false);
-    s
+    crate::stack::new_tcp_socket(size, size)
 }
 
 /// A UDP socket queueing up to `datagrams` datagrams and `bytes` bytes

@@ -4,10 +4,10 @@
 //!
 //! Every connection is opened the way a function opens one: a socket from
 //! the device (`add_tcp`, which reuses closed ones), connected, used,
-//! closed and removed. A
-//! transfer is timed from `connect` until the client has seen the server
-//! close (the server closes once it has read everything), like a kernel
-//! client that writes, shuts down its sending side and reads to EOF.
+//! closed and removed. A transfer is timed from `connect` until the client
+//! has seen the server close (the server closes once it has read
+//! everything), like a kernel client that writes, shuts down its sending
+//! side and reads to EOF.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,7 @@ use super::report::{median, num};
 use super::{Mode, PORT, Res, TIMEOUT, settings, unique};
 
 /// Bytes per connection `bench flows` measures by default.
-pub(super) const FLOW_SIZES: [u64; 6] =
-    [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 256 << 20];
+const FLOW_SIZES: [u64; 6] = [64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 256 << 20];
 /// Request and reply of `bench connect`.
 const EXCHANGE: usize = 1024;
 /// Idle connections held open to measure their memory.
@@ -146,7 +145,19 @@ pub(super) fn server_settings(
     mtu: u32,
     buffer: usize,
 ) -> Res<shmnet::config::DeviceSettings> {
-    let mut s = settings("bench-b", 2, lan, wan, mtu)?;
+    sized_settings("bench-b", 2, lan, wan, mtu, buffer)
+}
+
+/// [`settings`] with TCP buffers of `buffer` bytes.
+fn sized_settings(
+    name: &str,
+    host: u8,
+    lan: &str,
+    wan: &str,
+    mtu: u32,
+    buffer: usize,
+) -> Res<shmnet::config::DeviceSettings> {
+    let mut s = settings(name, host, lan, wan, mtu)?;
     s.spec.sockets.tcp_buffer = buffer;
     Ok(s)
 }
@@ -202,8 +213,7 @@ impl Pair {
             Mode::Thread => SegmentKind::Process,
             Mode::Process => SegmentKind::Host,
         };
-        let mut s = settings("bench-a", 1, &lan, &wan, mtu)?;
-        s.spec.sockets.tcp_buffer = buffer;
+        let s = sized_settings("bench-a", 1, &lan, &wan, mtu, buffer)?;
         let client = Device::new(&s, kind).map_err(|e| e.to_string())?;
         Ok(Pair {
             client,
@@ -312,8 +322,35 @@ fn connections(bytes: u64, quick: bool) -> usize {
     ((budget / bytes) as usize).clamp(lo, hi)
 }
 
-/// `bench flows`: one JSON line per size.
-pub(super) fn bench_flows(
+/// `bench flows` for each mode and MTU asked for (default: both of each),
+/// sizes `bytes` (default [`FLOW_SIZES`], the largest left out with
+/// `quick`); one JSON line per size, joined.
+pub(super) fn bench_flows_all(
+    mode: Option<Mode>,
+    mtu: Option<u32>,
+    bytes: Option<&[u64]>,
+    buffer: Option<usize>,
+    quick: bool,
+) -> Res<String> {
+    let sizes = match bytes {
+        Some(b) => b,
+        None if quick => &FLOW_SIZES[..FLOW_SIZES.len() - 1],
+        None => &FLOW_SIZES[..],
+    };
+    let buffer = buffer.unwrap_or(DEFAULT_TCP_BUFFER);
+    let modes = mode.map_or(vec![Mode::Thread, Mode::Process], |m| vec![m]);
+    let mtus = mtu.map_or(vec![1500, 65535], |m| vec![m]);
+    let mut lines = Vec::new();
+    for &m in &modes {
+        for &u in &mtus {
+            lines.extend(bench_flows(m, u, sizes, buffer, quick)?);
+        }
+    }
+    Ok(lines.join("\n"))
+}
+
+/// `bench flows` for one mode and MTU: one JSON line per size.
+fn bench_flows(
     mode: Mode,
     mtu: u32,
     sizes: &[u64],

@@ -34,7 +34,7 @@ use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 use shmnet::stack::Device;
 use shmnet::testing::DeviceToml;
 
-use flows::{FLOW_SIZES, Server, Service, bench_connect, bench_flows, server_settings};
+use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
@@ -219,30 +219,7 @@ pub fn main(args: &BenchCli) -> i32 {
                 mtu,
                 bytes,
                 tcp_buffer,
-            } => {
-                let buffer = tcp_buffer.unwrap_or(shmnet::stack::DEFAULT_TCP_BUFFER);
-                let mut lines = Vec::new();
-                let sizes: Vec<u64> = match bytes {
-                    Some(b) => b.clone(),
-                    None if quick => FLOW_SIZES[..FLOW_SIZES.len() - 1].to_vec(),
-                    None => FLOW_SIZES.to_vec(),
-                };
-                let modes = mode.map_or(vec![Mode::Thread, Mode::Process], |m| vec![m]);
-                let mtus = mtu.map_or(vec![1500, 65535], |m| vec![m]);
-                let mut r = Ok(());
-                'all: for &m in &modes {
-                    for &u in &mtus {
-                        match bench_flows(m, u, &sizes, buffer, quick) {
-                            Ok(l) => lines.extend(l),
-                            Err(e) => {
-                                r = Err(e);
-                                break 'all;
-                            }
-                        }
-                    }
-                }
-                r.map(|()| lines.join("\n"))
-            }
+            } => bench_flows_all(*mode, *mtu, bytes.as_deref(), *tcp_buffer, quick),
             BenchCmd::Connect { mode, count } => bench_connect(*mode, *count, quick),
             BenchCmd::Tcp { mtu, mode, bytes } => bench_tcp(*mtu, *mode, *bytes, quick, reps),
             BenchCmd::Rr { mode, count } => bench_rr(*mode, *count, quick, reps),
