@@ -12,7 +12,7 @@ use smoltcp::wire::IpAddress;
 use shmnet::config::DeviceConfig;
 use shmnet::functions::diag::tcp_socket;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The echo server, configured like any device file.
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "#,
         "server (inline)",
     )?;
-    let (server, server_thread) = Device::new(&server, SegmentKind::Process)?.spawn();
+    let (server, server_thread) = NetDevice::new(&server, SegmentKind::InProcess)?.spawn();
 
     // Our own device: a pass-through function, sockets driven from here.
     let me = DeviceConfig::from_toml(
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "#,
         "app (inline)",
     )?;
-    let mut dev = Device::new(&me, SegmentKind::Process)?;
+    let mut dev = NetDevice::new(&me, SegmentKind::InProcess)?;
     let h = dev.sockets().add(tcp_socket(256 * 1024));
     let (iface, sockets) = dev.parts();
     sockets.get_mut::<tcp::Socket>(h).connect(

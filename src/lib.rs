@@ -22,3 +22,9 @@ pub mod stack;
 pub mod testing;
 pub mod topology;
 pub mod wire;
+
+/// The smoltcp this crate is built on (its types are all over the API:
+/// `Instant`, `IpAddress`, `Interface`, sockets). Use it through this
+/// re-export rather than a separate dependency, so the versions and
+/// features always match.
+pub use smoltcp;

@@ -31,7 +31,7 @@ use rustix::process::Signal;
 
 use crate::config::{DeviceSettings, RunMode, Topology};
 use crate::shm::SegmentKind;
-use crate::stack::{Device, DeviceHandle, DeviceStats};
+use crate::stack::{DeviceHandle, DeviceStats, NetDevice};
 
 /// How long a device process gets to detach after SIGTERM before it is
 /// killed.
@@ -98,7 +98,7 @@ fn label(d: &DeviceSettings) -> String {
 }
 
 /// The devices of a thread-mode run; stopped and joined when dropped.
-struct Threads(Vec<(DeviceHandle, Option<JoinHandle<Device>>, bool)>);
+struct Threads(Vec<(DeviceHandle, Option<JoinHandle<NetDevice>>, bool)>);
 
 impl Drop for Threads {
     fn drop(&mut self) {
@@ -123,7 +123,7 @@ fn run_threads(
     order.sort_by_key(|d| d.function.has_job());
     let mut running = Threads(Vec::new());
     for d in &order {
-        let (h, t) = Device::new(*d, SegmentKind::Process)?.spawn();
+        let (h, t) = NetDevice::new(*d, SegmentKind::InProcess)?.spawn();
         running.0.push((h, Some(t), d.function.has_job()));
     }
     let started = Instant::now();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
 use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::socket::tcp;
 
 #[test]
@@ -18,7 +18,7 @@ fn slow_tcp_receiver_throttles_sender_and_loses_nothing() {
     const RX_BUF: usize = 32 * 1024;
     let (lan, wan) = (unique("lan"), unique("wan"));
     let me = settings("slow", &lan, &wan, 2, 1500, r#"{ kind = "passthrough" }"#);
-    let mut dev = Device::new(&me, SegmentKind::Process).unwrap();
+    let mut dev = NetDevice::new(&me, SegmentKind::InProcess).unwrap();
     let mut sock = tcp_socket(RX_BUF);
     sock.listen(7).unwrap();
     let h = dev.sockets().add(sock);
@@ -84,7 +84,7 @@ fn unread_port_backpressures_sender_without_loss() {
         buffers: 64,
         ..NetworkParams::new(1500)
     };
-    let seg = Segment::open_or_create(&name, SegmentKind::Process, &params).unwrap();
+    let seg = Segment::open_or_create(&name, SegmentKind::InProcess, &params).unwrap();
     let mut a = seg.attach(&PortInfo::named("flooder")).unwrap();
     let mut b = seg.attach(&PortInfo::named("sleeper")).unwrap();
     let to = [b.peer()];

@@ -18,7 +18,7 @@ use shmnet::config::DeviceSettings;
 use shmnet::functions::FunctionConfig;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceHandle, DeviceStats};
+use shmnet::stack::{DeviceHandle, DeviceStats, NetDevice};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{IpAddress, IpEndpoint};
@@ -94,7 +94,7 @@ impl Net {
         .settings()
     }
 
-    fn client(&self) -> Device {
+    fn client(&self) -> NetDevice {
         let cfg = DeviceToml::new(
             "client",
             (&self.front, "10.11.0.1/24"),
@@ -102,7 +102,7 @@ impl Net {
         )
         .route("10.20.0.0/24", "10.11.0.254")
         .settings();
-        Device::new(&cfg, SegmentKind::Process).expect("client starts")
+        NetDevice::new(&cfg, SegmentKind::InProcess).expect("client starts")
     }
 }
 
@@ -118,7 +118,7 @@ struct Conn {
 
 /// Opens TCP connections from `ports` to VIP:7; waits until all are
 /// established.
-fn connect(dev: &mut Device, ports: std::ops::Range<u16>) -> Vec<Conn> {
+fn connect(dev: &mut NetDevice, ports: std::ops::Range<u16>) -> Vec<Conn> {
     let mut conns = Vec::new();
     for port in ports {
         let h = dev.sockets().add(tcp_socket(64 * 1024));
@@ -151,7 +151,7 @@ fn connect(dev: &mut Device, ports: std::ops::Range<u16>) -> Vec<Conn> {
 
 /// Sends `bytes` more on every connection and checks the echo is the same
 /// bytes, in order.
-fn exchange(dev: &mut Device, conns: &mut [Conn], bytes: u64) {
+fn exchange(dev: &mut NetDevice, conns: &mut [Conn], bytes: u64) {
     let targets: Vec<u64> = conns.iter().map(|c| c.sent + bytes).collect();
     let t0 = Instant::now();
     let mut buf = vec![0u8; 16 * 1024];
@@ -199,7 +199,7 @@ fn exchange(dev: &mut Device, conns: &mut [Conn], bytes: u64) {
 }
 
 /// Closes the connections and lets the FIN exchanges run.
-fn close(dev: &mut Device, conns: Vec<Conn>) {
+fn close(dev: &mut NetDevice, conns: Vec<Conn>) {
     for c in &conns {
         dev.sockets().get_mut::<tcp::Socket>(c.h).close();
     }

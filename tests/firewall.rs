@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::*;
 use shmnet::functions::diag::tcp_socket;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::socket::tcp;
 
 /// client-a and client-b reach the server over the global network; the
@@ -27,7 +27,7 @@ fn allowed_port_echoes_blocked_port_times_out() {
             { action = "drop", direction = "in", proto = "tcp", dport = 9 },
         ] }"#,
     );
-    let mut dev = Device::new(&server, SegmentKind::Process).expect("server starts");
+    let mut dev = NetDevice::new(&server, SegmentKind::InProcess).expect("server starts");
     let listeners: Vec<_> = [7, 9]
         .into_iter()
         .map(|port| {

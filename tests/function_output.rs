@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use shmnet::functions::{Emit, Frame, Function, Role, SocketContext, Verdict};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, Ipv4Address};
 
@@ -84,8 +84,11 @@ impl Function for ViaDevice {
 fn spawn_with(
     cfg: &shmnet::config::DeviceSettings,
     f: Box<dyn Function>,
-) -> (shmnet::stack::DeviceHandle, std::thread::JoinHandle<Device>) {
-    let mut d = Device::new(cfg, SegmentKind::Process).unwrap();
+) -> (
+    shmnet::stack::DeviceHandle,
+    std::thread::JoinHandle<NetDevice>,
+) {
+    let mut d = NetDevice::new(cfg, SegmentKind::InProcess).unwrap();
     d.replace_function(f);
     d.spawn()
 }

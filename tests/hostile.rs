@@ -19,7 +19,7 @@ fn a_peer_scribbling_its_own_memory_hurts_only_its_own_links() {
         max_ports: 4,
         ..NetworkParams::new(1500)
     };
-    let seg = Segment::open_or_create(&name, SegmentKind::Process, &params).unwrap();
+    let seg = Segment::open_or_create(&name, SegmentKind::InProcess, &params).unwrap();
     let mut a = seg.attach(&PortInfo::named("a")).unwrap();
     let mut b = seg.attach(&PortInfo::named("b")).unwrap();
     let mut h = seg.attach(&PortInfo::named("vandal")).unwrap();

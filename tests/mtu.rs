@@ -10,7 +10,7 @@ use common::*;
 use shmnet::adapters::shm::{LinkMedium, NetworkParams, PortInfo};
 use shmnet::config::DeviceConfig;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Duration;
 use smoltcp::wire::{
@@ -23,7 +23,7 @@ const IP: &str = "ip";
 
 /// A device, a raw port on each of its networks, and a virtual clock.
 struct Bench {
-    dev: Device,
+    dev: NetDevice,
     medium: &'static str,
     raw: Vec<RawPort>,
     clock: VirtualClock,
@@ -37,7 +37,7 @@ impl Bench {
     fn device(text: &str, medium: &'static str) -> Bench {
         let cfg = DeviceConfig::from_toml(text, "mtu test").expect("config is valid");
         Bench {
-            dev: Device::new(&cfg, SegmentKind::Process).expect("device starts"),
+            dev: NetDevice::new(&cfg, SegmentKind::InProcess).expect("device starts"),
             medium,
             raw: Vec::new(),
             clock: VirtualClock::new(Duration::from_millis(1)),

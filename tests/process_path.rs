@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::shm::{Segment, SegmentKind};
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
 
@@ -207,7 +207,7 @@ fn sigkill_of_a_device_leaves_the_others_working() {
     // D: a device of this process on the same host segments, exchanging
     // with C before and after A dies.
     let d = net.device("d", 4, &probe("10.0.0.3:7", 1 << 20, "30s"));
-    let (dh, dt) = Device::new(&d.settings(), SegmentKind::Host)
+    let (dh, dt) = NetDevice::new(&d.settings(), SegmentKind::Shared)
         .expect("D joins the host segments")
         .spawn();
     let report = wait_finished(&dh, Duration::from_secs(60));
@@ -331,8 +331,13 @@ fn vandal(network: &str, span: Duration) {
         ipv4: Some([10, 0, 0, 66]),
         ..PortInfo::named("vandal")
     };
-    let mut port = Segment::join(network, SegmentKind::Host, &NetworkParams::new(1500), &info)
-        .expect("the vandal joins");
+    let mut port = Segment::join(
+        network,
+        SegmentKind::Shared,
+        &NetworkParams::new(1500),
+        &info,
+    )
+    .expect("the vandal joins");
     port.set_drain_on_drop(Duration::ZERO);
     let g = *port.segment().geometry();
     let frame_size = g.frame_size as usize;

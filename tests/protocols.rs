@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::icmp;
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
@@ -68,7 +68,7 @@ fn udp_echo_local_and_global() {
 }
 
 /// Pings `to` from a device driven by this thread; returns the echoed data.
-fn ping(dev: &mut Device, to: IpAddress, ident: u16, seq_no: u16) -> Vec<u8> {
+fn ping(dev: &mut NetDevice, to: IpAddress, ident: u16, seq_no: u16) -> Vec<u8> {
     let mut sock = icmp::Socket::new(
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
         icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 4096]),
@@ -121,7 +121,7 @@ fn ping(dev: &mut Device, to: IpAddress, ident: u16, seq_no: u16) -> Vec<u8> {
 fn icmp_echo_local_and_global() {
     let net = NearFar::start(1500);
     let me = net.client("pinger", r#"{ kind = "passthrough" }"#);
-    let mut dev = Device::new(&me, SegmentKind::Process).unwrap();
+    let mut dev = NetDevice::new(&me, SegmentKind::InProcess).unwrap();
     ping(&mut dev, IpAddress::v4(10, 0, 0, 2), 0x1234, 1);
     ping(&mut dev, IpAddress::v4(10, 100, 0, 3), 0x1234, 2);
     // The near device also answers on its global address.

@@ -10,7 +10,7 @@ use common::*;
 use shmnet::config::DeviceSettings;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceHandle, DeviceStats};
+use shmnet::stack::{DeviceHandle, DeviceStats, NetDevice};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{IpAddress, TcpControl};
 
@@ -35,7 +35,7 @@ struct Chain {
     /// The clients' network, and the qos device's MAC on it.
     lan_a: String,
     qos_mac: [u8; 6],
-    qos: (DeviceHandle, std::thread::JoinHandle<Device>),
+    qos: (DeviceHandle, std::thread::JoinHandle<NetDevice>),
     server: DeviceHandle,
     server_thread: std::thread::JoinHandle<Vec<Received>>,
 }
@@ -56,7 +56,7 @@ fn chain(function: &str, ports: &[u16], window: Duration) -> Chain {
     let server = echo_server(&lan_b, "10.1.0.2", "10.0.0.1", "10.1.0.254")
         .function(passthrough)
         .settings();
-    let mut sdev = Device::new(&server, SegmentKind::Process).expect("server starts");
+    let mut sdev = NetDevice::new(&server, SegmentKind::InProcess).expect("server starts");
     let handles: Vec<_> = ports
         .iter()
         .map(|&p| {
@@ -117,7 +117,7 @@ fn chain(function: &str, ports: &[u16], window: Duration) -> Chain {
 /// The client sends the probe pattern to each of `ports` at once, `bytes`
 /// on each, or until `limit` passes; returns the bytes sent per port.
 fn send(client: &DeviceSettings, ports: &[u16], bytes: u64, limit: Duration) -> Vec<u64> {
-    let mut dev = Device::new(client, SegmentKind::Process).expect("client starts");
+    let mut dev = NetDevice::new(client, SegmentKind::InProcess).expect("client starts");
     let handles: Vec<_> = ports
         .iter()
         .enumerate()

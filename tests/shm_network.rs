@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use shmnet::shm::{NetworkParams, Port, PortInfo, Segment, SegmentKind, ShmError};
 
-const KINDS: [SegmentKind; 2] = [SegmentKind::Process, SegmentKind::Host];
+const KINDS: [SegmentKind; 2] = [SegmentKind::InProcess, SegmentKind::Shared];
 
 fn params() -> NetworkParams {
     NetworkParams {

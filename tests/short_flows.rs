@@ -1,5 +1,5 @@
 //! Many short connections in a row, as request/response traffic makes
-//! them: each uses a socket from the device's pool (`Device::add_tcp`,
+//! them: each uses a socket from the device's pool (`NetDevice::add_tcp`,
 //! returned by `remove_socket`), and every byte of every connection
 //! arrives intact although sockets and their buffers are reused.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
@@ -18,7 +18,7 @@ const PASS: &str = r#"{ kind = "passthrough" }"#;
 
 /// One connection to the echo server: sends `data`, checks the echo
 /// byte for byte, closes, and gives the socket back to the pool.
-fn echo_once(dev: &mut Device, port: u16, data: &[u8]) -> Result<(), String> {
+fn echo_once(dev: &mut NetDevice, port: u16, data: &[u8]) -> Result<(), String> {
     let h = dev.add_tcp();
     let (iface, sockets) = dev.parts();
     sockets
@@ -70,12 +70,12 @@ fn echo_once(dev: &mut Device, port: u16, data: &[u8]) -> Result<(), String> {
 
 fn many_short_connections(kind: SegmentKind, mtu: u32) {
     let (lan, wan) = (unique("lan"), unique("wan"));
-    let server = Device::new(&settings("server", &lan, &wan, 2, mtu, ECHO), kind)
+    let server = NetDevice::new(&settings("server", &lan, &wan, 2, mtu, ECHO), kind)
         .expect("echo server")
         .spawn();
     let mut s = settings("client", &lan, &wan, 1, mtu, PASS);
     s.spec.sockets.tcp_buffer = 256 * 1024;
-    let mut dev = Device::new(&s, kind).expect("client device");
+    let mut dev = NetDevice::new(&s, kind).expect("client device");
     let mut rng = Rng(0x5eed);
     let connections = 120;
     for k in 0..connections {
@@ -104,10 +104,10 @@ fn many_short_connections(kind: SegmentKind, mtu: u32) {
 
 #[test]
 fn many_short_connections_thread_mtu_1500() {
-    many_short_connections(SegmentKind::Process, 1500);
+    many_short_connections(SegmentKind::InProcess, 1500);
 }
 
 #[test]
 fn many_short_connections_process_mtu_65535() {
-    many_short_connections(SegmentKind::Host, 65535);
+    many_short_connections(SegmentKind::Shared, 65535);
 }

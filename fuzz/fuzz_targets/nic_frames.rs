@@ -1,6 +1,6 @@
 //! Arbitrary frames into two devices' adapters: a raw port on each shared
 //! network broadcasts the input (split into several frames) and the
-//! devices are polled on a virtual clock (`Device::poll_at`), so a crash
+//! devices are polled on a virtual clock (`NetDevice::poll_at`), so a crash
 //! replays the same way. Nothing may panic.
 //!
 //! Input: chunks `[which: u8][len: u16 LE][bytes]`; `which & 1` picks the
@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use libfuzzer_sys::fuzz_target;
 use shmnet::config::DeviceConfig;
 use shmnet::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::time::Instant;
 
 const DEV_A: &str = r#"
@@ -28,7 +28,7 @@ global = { segment = "fz-wan", address = "10.100.0.2/16" }
 "#;
 
 struct Rig {
-    devices: Vec<Device>,
+    devices: Vec<NetDevice>,
     /// Raw ports on fz-lan and fz-wan.
     raw: [Port; 2],
     buf: Vec<u8>,
@@ -37,7 +37,7 @@ struct Rig {
 }
 
 fn raw_port(segment: &str, params: &NetworkParams) -> Port {
-    let seg = Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment");
+    let seg = Segment::open_or_create(segment, SegmentKind::InProcess, params).expect("segment");
     seg.attach(&PortInfo::named("raw")).expect("attach raw")
 }
 
@@ -45,8 +45,8 @@ impl Rig {
     fn new() -> Rig {
         let a = DeviceConfig::from_toml(DEV_A, "fuzz-a").expect("config a");
         let b = DeviceConfig::from_toml(DEV_B, "fuzz-b").expect("config b");
-        let dev_a = Device::new(&a, SegmentKind::Process).expect("device a");
-        let dev_b = Device::new(&b, SegmentKind::Process).expect("device b");
+        let dev_a = NetDevice::new(&a, SegmentKind::InProcess).expect("device a");
+        let dev_b = NetDevice::new(&b, SegmentKind::InProcess).expect("device b");
         let lan = raw_port(&a.local.segment, &a.local.params());
         let wan = raw_port(&a.global.segment, &a.global.params());
         let frame = lan.segment().frame_size().max(wan.segment().frame_size());

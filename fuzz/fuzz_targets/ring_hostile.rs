@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Thread ports: the same rings as between processes, without sockets.
-    let seg = Segment::open_or_create("fuzz-ring", SegmentKind::Process, &params()).expect("create");
+    let seg = Segment::open_or_create("fuzz-ring", SegmentKind::InProcess, &params()).expect("create");
     let mut a = seg.attach(&PortInfo::named("a")).expect("attach a");
     let mut b = seg.attach(&PortInfo::named("b")).expect("attach b");
     a.set_drain_on_drop(std::time::Duration::ZERO);

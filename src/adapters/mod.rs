@@ -31,7 +31,7 @@
 //! here (lend buffers of your own memory; copy received frames into the
 //! caller's buffer, or offer them in place if the memory is trusted and
 //! stays put until the next receive; return [`Wake::Readable`] for an
-//! eventfd or socket), then hand it to `stack::Device::from_adapters`, or
+//! eventfd or socket), then hand it to `stack::NetDevice::from_adapters`, or
 //! let the device's attach step build it from the network's settings. The
 //! Nic needs no change.
 //!
@@ -48,7 +48,7 @@
 //! let me = |m| Neighbour { mac: EthernetAddress([2, 0, 0, 0, 0, m]), ipv4: None, ipv6: None };
 //! let params = NetworkParams::new(1500);
 //! let join = |name, m| {
-//!     ShmAdapter::join("adapter-doc", SegmentKind::Process, &params, name, me(m), ShmOptions::default())
+//!     ShmAdapter::join("adapter-doc", SegmentKind::InProcess, &params, name, me(m), ShmOptions::default())
 //! };
 //! let (mut a, mut b) = (join("a", 1).unwrap(), join("b", 2).unwrap());
 //! assert_eq!(a.ip_mtu(), 1500);

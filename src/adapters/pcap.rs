@@ -10,7 +10,7 @@
 //! use shmnet::adapters::shm::{NetworkParams, SegmentKind, ShmAdapter, ShmOptions};
 //! use shmnet::adapters::{Adapter, Neighbour};
 //! let me = Neighbour { mac: smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 9]), ipv4: None, ipv6: None };
-//! let inner = ShmAdapter::join("pcap-doc", SegmentKind::Process, &NetworkParams::new(1500), "a", me, ShmOptions::default()).unwrap();
+//! let inner = ShmAdapter::join("pcap-doc", SegmentKind::InProcess, &NetworkParams::new(1500), "a", me, ShmOptions::default()).unwrap();
 //! let path = std::env::temp_dir().join(format!("pcap-doc-{}.pcap", std::process::id()));
 //! let mut a = Pcap::create(inner, &path).unwrap();
 //! a.flush();

@@ -19,7 +19,7 @@
 //!     ipv4: Some(smoltcp::wire::Ipv4Address::new(10, 0, 0, 1)),
 //!     ipv6: None,
 //! };
-//! let a = ShmAdapter::join("shm-adapter-doc", SegmentKind::Process, &NetworkParams::new(9000), "a", me, ShmOptions::default()).unwrap();
+//! let a = ShmAdapter::join("shm-adapter-doc", SegmentKind::InProcess, &NetworkParams::new(9000), "a", me, ShmOptions::default()).unwrap();
 //! assert_eq!((a.ip_mtu(), a.own_entry()), (9000, me));
 //! ```
 
@@ -267,7 +267,7 @@ impl Adapter for ShmAdapter {
     fn in_place(&self) -> bool {
         // Frames of other processes are always copied out: their memory is
         // never referenced.
-        self.options.trust_peers && self.seg.kind() == SegmentKind::Process
+        self.options.trust_peers && self.seg.kind() == SegmentKind::InProcess
     }
 
     fn recv_in_place(&mut self) -> Option<InPlace> {

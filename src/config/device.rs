@@ -122,7 +122,7 @@ pub struct RouteConfig {
 }
 
 /// A device's settings after validation: the device's spec (what
-/// [`crate::stack::Device`] needs) and its function's configuration.
+/// [`crate::stack::NetDevice`] needs) and its function's configuration.
 /// Derefs to the [`DeviceSpec`], so `settings.local.mtu` reads through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSettings {

@@ -32,7 +32,7 @@
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-//! let seg = Segment::open_or_create("doc-example", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let seg = Segment::open_or_create("doc-example", SegmentKind::InProcess, &NetworkParams::new(1500)).unwrap();
 //! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
 //! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
 //! a.flush(); // learn that b joined

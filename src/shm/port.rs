@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-//! let seg = Segment::open_or_create("doc-port", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let seg = Segment::open_or_create("doc-port", SegmentKind::InProcess, &NetworkParams::new(1500)).unwrap();
 //! let mut a = seg.attach(&PortInfo::named("a")).unwrap();
 //! let mut b = seg.attach(&PortInfo::named("b")).unwrap();
 //! a.flush(); // learn that b joined
@@ -189,8 +189,8 @@ impl Port {
         let make = |index: u32, epoch: u32| {
             let len = geo.region_len();
             let region = match kind {
-                SegmentKind::Process => Region::anonymous(len)?,
-                SegmentKind::Host => Region::sealed_memfd(&format!("{name}.{index}"), len)?,
+                SegmentKind::InProcess => Region::anonymous(len)?,
+                SegmentKind::Shared => Region::sealed_memfd(&format!("{name}.{index}"), len)?,
             };
             let header = HeaderRepr {
                 geo,
@@ -207,13 +207,13 @@ impl Port {
             Ok(region)
         };
         let (member, own, index, epoch) = match kind {
-            SegmentKind::Process => {
+            SegmentKind::InProcess => {
                 let net = seg.local().expect("a process segment has a local network");
                 let (m, own) = net.join(info, &doorbell, make)?;
                 let (i, e) = (m.index(), m.epoch());
                 (Member::Local(m), own, i, e)
             }
-            SegmentKind::Host => {
+            SegmentKind::Shared => {
                 let (m, own) =
                     HostMember::join(&host::runtime_dir()?, &name, &geo, info, &doorbell, make)?;
                 let (i, e) = (m.index(), m.epoch());

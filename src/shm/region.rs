@@ -29,7 +29,7 @@
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-//! let seg = Segment::open_or_create("doc-region", SegmentKind::Process, &NetworkParams::new(1500)).unwrap();
+//! let seg = Segment::open_or_create("doc-region", SegmentKind::InProcess, &NetworkParams::new(1500)).unwrap();
 //! let mut port = seg.attach(&PortInfo::named("a")).unwrap();
 //! let mut buf = port.alloc().unwrap(); // a TxBuf: this port's buffer, lent
 //! port.buffer_mut(&mut buf)[..2].copy_from_slice(b"hi");

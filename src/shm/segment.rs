@@ -5,15 +5,15 @@
 //! is not one shared block any more but one region per port (see
 //! [`layout`](super::layout)); the segment is how ports find each other:
 //!
-//! - [`SegmentKind::Process`]: devices are threads of this process; the
+//! - [`SegmentKind::InProcess`]: devices are threads of this process; the
 //!   network is a table in this process (`local.rs`).
-//! - [`SegmentKind::Host`]: devices are processes of this user; the network
+//! - [`SegmentKind::Shared`]: devices are processes of this user; the network
 //!   is a directory in the per-user runtime directory, one Unix socket per
 //!   port, through which ports pass their sealed regions (`host/`).
 //!
 //! ```
 //! use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-//! let seg = Segment::open_or_create("doc-segment", SegmentKind::Process, &NetworkParams::new(9000)).unwrap();
+//! let seg = Segment::open_or_create("doc-segment", SegmentKind::InProcess, &NetworkParams::new(9000)).unwrap();
 //! let port = seg.attach(&PortInfo::named("dev")).unwrap();
 //! let me = seg.peers().into_iter().find(|p| p.index == port.index()).unwrap();
 //! assert_eq!((seg.mtu(), me.owner_pid, me.info.name.as_str()), (9000, std::process::id(), "dev"));
@@ -31,10 +31,10 @@ use super::member::PeerInfo;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SegmentKind {
     /// Process-local memory: every device is a thread of this process.
-    Process,
+    InProcess,
     /// Sealed memfds shared over Unix sockets in the per-user runtime
     /// directory: devices may be separate processes of this user.
-    Host,
+    Shared,
 }
 
 /// The parameters of a network; every device of the network must use the
@@ -110,8 +110,8 @@ impl Segment {
         host::check_network_name(name)?;
         let geo = params.geometry()?;
         let local = match kind {
-            SegmentKind::Process => Some(LocalNetwork::open_or_create(name, &geo)?),
-            SegmentKind::Host => None,
+            SegmentKind::InProcess => Some(LocalNetwork::open_or_create(name, &geo)?),
+            SegmentKind::Shared => None,
         };
         Ok(Arc::new(Segment {
             name: name.into(),
@@ -127,7 +127,7 @@ impl Segment {
         let (geo, _) = host::describe(name)?;
         Ok(Arc::new(Segment {
             name: name.into(),
-            kind: SegmentKind::Host,
+            kind: SegmentKind::Shared,
             geo,
             local: None,
         }))

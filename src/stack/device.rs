@@ -84,7 +84,7 @@ pub enum DeviceError {
 }
 
 /// A network device: its own stack, two adapters, one function.
-pub struct Device {
+pub struct NetDevice {
     iface: Interface,
     sockets: SocketSet<'static>,
     nic: Nic,
@@ -137,7 +137,7 @@ fn attach(
     };
     let options = ShmOptions {
         max_burst: net.max_burst,
-        trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::Process),
+        trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::InProcess),
     };
     let name = port_name(&cfg.name, role);
     let port =
@@ -148,11 +148,14 @@ fn attach(
     })
 }
 
-impl Device {
+impl NetDevice {
     /// Builds a device from validated settings and its function's
     /// configuration (e.g. `config::DeviceSettings`), joining (or creating)
     /// its two networks' segments of the given kind.
-    pub fn new(blueprint: &impl DeviceBlueprint, kind: SegmentKind) -> Result<Device, DeviceError> {
+    pub fn new(
+        blueprint: &impl DeviceBlueprint,
+        kind: SegmentKind,
+    ) -> Result<NetDevice, DeviceError> {
         let cfg = blueprint.spec();
         let function = blueprint
             .function()
@@ -170,7 +173,7 @@ impl Device {
         cfg: &DeviceSpec,
         function: Box<dyn Function>,
         kind: SegmentKind,
-    ) -> Result<Device, DeviceError> {
+    ) -> Result<NetDevice, DeviceError> {
         let local = attach(cfg, Role::Local, kind)?;
         let global = attach(cfg, Role::Global, kind)?;
         Self::from_adapters(cfg, local, global, function)
@@ -183,7 +186,7 @@ impl Device {
         local: Box<dyn Adapter>,
         global: Box<dyn Adapter>,
         function: Box<dyn Function>,
-    ) -> Result<Device, DeviceError> {
+    ) -> Result<NetDevice, DeviceError> {
         let mut router = Router::new(
             local.medium(),
             Some(cfg.local.v4),
@@ -284,7 +287,7 @@ impl Device {
             local_mtu: nic.adapter(Role::Local).ip_mtu(),
             global_mtu: nic.adapter(Role::Global).ip_mtu(),
         };
-        let mut dev = Device {
+        let mut dev = NetDevice {
             link,
             iface,
             sockets: SocketSet::new(Vec::new()),
@@ -337,7 +340,7 @@ impl Device {
     }
 
     /// Removes a socket; a TCP socket goes back to the pool for the next
-    /// [`Device::add_tcp`]. Remove sockets once closed: an open connection
+    /// [`NetDevice::add_tcp`]. Remove sockets once closed: an open connection
     /// is dropped without telling the peer.
     pub fn remove_socket(&mut self, h: SocketHandle) {
         self.pool.remove(&mut self.sockets, h);
@@ -379,7 +382,7 @@ impl Device {
         self.function_cx_at(self.now())
     }
 
-    /// [`Device::function_cx`] at device time `now`.
+    /// [`NetDevice::function_cx`] at device time `now`.
     fn function_cx_at(&mut self, now: Instant) -> (&mut Box<dyn Function>, SocketContext<'_>) {
         let (function, adapters) = self.nic.function_and_adapters();
         (
@@ -395,7 +398,7 @@ impl Device {
         )
     }
 
-    /// One round on the wall clock (see [`Device::poll_at`]).
+    /// One round on the wall clock (see [`NetDevice::poll_at`]).
     pub fn poll(&mut self) -> bool {
         self.poll_at(self.now())
     }
@@ -508,7 +511,7 @@ impl Device {
     /// Runs the device until `app` returns `true` or [`DeviceHandle::stop`]
     /// is called. `app` runs after every round with the device (its sockets,
     /// interface and stats) and returns whether it is done.
-    pub fn run_until(&mut self, mut app: impl FnMut(&mut Device) -> bool) {
+    pub fn run_until(&mut self, mut app: impl FnMut(&mut NetDevice) -> bool) {
         let mut last_progress = std::time::Instant::now();
         let mut last_yield = last_progress;
         // Consecutive yields that came back late (see below).
@@ -576,7 +579,7 @@ impl Device {
     }
 
     /// Moves the device to its own thread; returns a handle and the thread.
-    pub fn spawn(mut self) -> (DeviceHandle, std::thread::JoinHandle<Device>) {
+    pub fn spawn(mut self) -> (DeviceHandle, std::thread::JoinHandle<NetDevice>) {
         let h = self.handle();
         let t = std::thread::Builder::new()
             .name(format!("dev-{}", self.name()))
@@ -589,7 +592,7 @@ impl Device {
     }
 }
 
-impl Drop for Device {
+impl Drop for NetDevice {
     fn drop(&mut self) {
         let (f, mut cx) = self.function_cx();
         f.detach(&mut cx);

@@ -1,9 +1,9 @@
 //! Devices: one smoltcp `Interface` + `SocketSet`, the [`Nic`] that owns
 //! both adapters, the device's function, the runtime loop and the counters.
 //!
-//! - `device`: [`Device`], built from validated settings (it attaches its
+//! - `device`: [`NetDevice`], built from validated settings (it attaches its
 //!   networks through [`crate::adapters`]), polled one round at a time
-//!   ([`Device::poll_at`] on any clock, [`Device::poll`] on the wall clock)
+//!   ([`NetDevice::poll_at`] on any clock, [`NetDevice::poll`] on the wall clock)
 //!   or run by its loop: busy-poll while traffic flows, yield the core
 //!   every [`SPIN_HOT`], and after [`SPIN`] sleep on the adapters' wake-ups,
 //!   bounded by smoltcp's next timer, so an idle device costs ~0 % CPU;
@@ -14,13 +14,13 @@
 //! ```
 //! use shmnet::config::DeviceConfig;
 //! use shmnet::adapters::shm::SegmentKind;
-//! use shmnet::stack::Device;
+//! use shmnet::stack::NetDevice;
 //! let cfg = DeviceConfig::from_toml(r#"
 //!     name = "doc"
 //!     local = { segment = "doc-lan", address = "10.9.0.1/24" }
 //!     global = { segment = "doc-wan", address = "10.10.0.1/16" }
 //! "#, "inline").unwrap();
-//! let mut dev = Device::new(&cfg, SegmentKind::Process).unwrap();
+//! let mut dev = NetDevice::new(&cfg, SegmentKind::InProcess).unwrap();
 //! // One round on a virtual clock, one on the wall clock.
 //! dev.poll_at(smoltcp::time::Instant::from_millis(5));
 //! dev.poll();
@@ -36,7 +36,7 @@ mod sockets;
 pub mod spec;
 
 pub use counters::{CounterName, DeviceStats, NicCounters, NicStats};
-pub use device::{Device, DeviceError, SPIN, SPIN_HOT};
+pub use device::{DeviceError, NetDevice, SPIN, SPIN_HOT};
 pub use handle::DeviceHandle;
 pub use hook::{Directory, Emit, Frame, Function, FunctionError, LinkInfo, SocketContext, Verdict};
 pub use nic::{Nic, Router, Transit};

@@ -1,5 +1,5 @@
 //! Virtual time: devices driven in the test's own thread by
-//! [`Device::poll_at`], on a clock that moves only when the test says so.
+//! [`NetDevice::poll_at`], on a clock that moves only when the test says so.
 //! Nothing reads the wall clock and nothing runs concurrently, so a run
 //! does the same every time, and a timeout of minutes passes in as many
 //! rounds as it takes, not in minutes.
@@ -28,7 +28,7 @@
 
 use smoltcp::time::{Duration, Instant};
 
-use crate::stack::Device;
+use crate::stack::NetDevice;
 
 /// A clock for devices polled by hand: it starts at zero, and every
 /// [`tick`](VirtualClock::tick) moves it on by a fixed step and polls each
@@ -57,7 +57,7 @@ impl VirtualClock {
 
     /// Moves one step on and polls each of `devices` once, in order;
     /// returns whether any of them moved anything.
-    pub fn tick(&mut self, devices: &mut [&mut Device]) -> bool {
+    pub fn tick(&mut self, devices: &mut [&mut NetDevice]) -> bool {
         self.now += self.step;
         let mut progress = false;
         for d in devices.iter_mut() {
@@ -67,7 +67,7 @@ impl VirtualClock {
     }
 
     /// Ticks until `span` has passed.
-    pub fn run_for(&mut self, devices: &mut [&mut Device], span: Duration) {
+    pub fn run_for(&mut self, devices: &mut [&mut NetDevice], span: Duration) {
         let end = self.now + span;
         while self.now < end {
             self.tick(devices);
@@ -79,9 +79,9 @@ impl VirtualClock {
     /// the virtual time it took.
     pub fn run_until(
         &mut self,
-        devices: &mut [&mut Device],
+        devices: &mut [&mut NetDevice],
         limit: Duration,
-        mut done: impl FnMut(&mut [&mut Device]) -> bool,
+        mut done: impl FnMut(&mut [&mut NetDevice]) -> bool,
     ) -> bool {
         let end = self.now + limit;
         while self.now < end {

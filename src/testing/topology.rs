@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use super::DeviceToml;
 use crate::config::DeviceSettings;
 use crate::shm::{NetworkParams, Peer, Port, PortInfo, Segment, SegmentKind};
-use crate::stack::{Device, DeviceHandle, DeviceStats};
+use crate::stack::{DeviceHandle, DeviceStats, NetDevice};
 
 /// A device running on its own thread: its handle and the thread.
-pub type Running = (DeviceHandle, JoinHandle<Device>);
+pub type Running = (DeviceHandle, JoinHandle<NetDevice>);
 
 /// A name no other test of this process (or another process) uses, for
 /// segments: `t<pid>-<tag>-<n>`.
@@ -32,8 +32,8 @@ pub fn unique(tag: &str) -> String {
 
 /// A device of this process (process-local segments) for the caller to
 /// poll, e.g. on a [`VirtualClock`](super::VirtualClock).
-pub fn device(s: &DeviceSettings) -> Device {
-    Device::new(s, SegmentKind::Process).expect("device starts")
+pub fn device(s: &DeviceSettings) -> NetDevice {
+    NetDevice::new(s, SegmentKind::InProcess).expect("device starts")
 }
 
 /// Starts a device as a thread of this process (process-local segments).
@@ -188,7 +188,7 @@ pub fn raw_port(segment: &str) -> RawPort {
 /// parameters `params` (created if it does not exist).
 pub fn raw_port_as(segment: &str, params: &NetworkParams, info: &PortInfo) -> RawPort {
     let seg =
-        Segment::open_or_create(segment, SegmentKind::Process, params).expect("segment opens");
+        Segment::open_or_create(segment, SegmentKind::InProcess, params).expect("segment opens");
     let port = seg.attach(info).expect("raw port attaches");
     let others = seg
         .peers()

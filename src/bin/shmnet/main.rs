@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use shmnet::config::{DeviceConfig, RunMode};
 use shmnet::shm::{Segment, SegmentKind};
-use shmnet::stack::{Device, DeviceStats};
+use shmnet::stack::{DeviceStats, NetDevice};
 use shmnet::topology::{RunOptions, run_file};
 
 /// Like `println!`, but a closed stdout (`shmnet run | head`) winds the
@@ -55,7 +55,7 @@ enum Cmd {
     },
     /// Run one device as its own process, joining its networks' shared
     /// segments by name.
-    Device {
+    NetDevice {
         config: PathBuf,
         /// Stop after this many seconds.
         #[arg(long)]
@@ -186,7 +186,7 @@ fn main() {
                 }
             }
         }
-        Cmd::Device { config, duration } => {
+        Cmd::NetDevice { config, duration } => {
             run_device(&config, duration.map(Duration::from_secs_f64))
         }
         Cmd::Segments => list_segments(),
@@ -205,7 +205,7 @@ fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
             return 2;
         }
     };
-    let mut dev = match Device::new(&cfg, SegmentKind::Host) {
+    let mut dev = match NetDevice::new(&cfg, SegmentKind::Shared) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("shmnet device: {e}");

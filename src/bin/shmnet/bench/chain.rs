@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use shmnet::config::DeviceSettings;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use shmnet::testing::DeviceToml;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
@@ -66,7 +66,8 @@ pub(super) fn chain_tcp(
     let cfgs = chain_configs(functions)?;
     let n = functions.len();
     let mut running = Vec::new();
-    let mut server = Device::new(&cfgs[n + 1], SegmentKind::Process).map_err(|e| e.to_string())?;
+    let mut server =
+        NetDevice::new(&cfgs[n + 1], SegmentKind::InProcess).map_err(|e| e.to_string())?;
     let sh = listen(&mut server);
     let handle = server.handle();
     running.push((
@@ -76,13 +77,14 @@ pub(super) fn chain_tcp(
         }),
     ));
     for c in &cfgs[1..=n] {
-        let (h, t) = Device::new(c, SegmentKind::Process)
+        let (h, t) = NetDevice::new(c, SegmentKind::InProcess)
             .map_err(|e| e.to_string())?
             .spawn();
         running.push((h, std::thread::spawn(move || drop(t.join()))));
     }
     let result = (|| {
-        let mut dev = Device::new(&cfgs[0], SegmentKind::Process).map_err(|e| e.to_string())?;
+        let mut dev =
+            NetDevice::new(&cfgs[0], SegmentKind::InProcess).map_err(|e| e.to_string())?;
         let h = dev
             .sockets()
             .add(shmnet::functions::diag::tcp_socket(SOCK_BUF));

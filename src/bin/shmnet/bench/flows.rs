@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{DEFAULT_TCP_BUFFER, Device};
+use shmnet::stack::{DEFAULT_TCP_BUFFER, NetDevice};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
@@ -70,7 +70,7 @@ pub(super) struct Server {
 const SPARE_LISTENERS: usize = 2;
 
 impl Server {
-    pub(super) fn new(dev: &mut Device, service: Service) -> Server {
+    pub(super) fn new(dev: &mut NetDevice, service: Service) -> Server {
         let mut s = Server {
             service,
             conns: Vec::new(),
@@ -80,7 +80,7 @@ impl Server {
         s
     }
 
-    fn top_up(&mut self, dev: &mut Device) {
+    fn top_up(&mut self, dev: &mut NetDevice) {
         let listening = self
             .conns
             .iter()
@@ -95,7 +95,7 @@ impl Server {
     }
 
     /// Serves every connection a step; returns whether anything moved.
-    pub(super) fn step(&mut self, dev: &mut Device) -> bool {
+    pub(super) fn step(&mut self, dev: &mut NetDevice) -> bool {
         let mut moved = false;
         let mut i = 0;
         while i < self.conns.len() {
@@ -170,7 +170,7 @@ enum Far {
 
 /// A client device connected to a server device serving `service`.
 struct Pair {
-    client: Device,
+    client: NetDevice,
     far: Far,
     next_port: u16,
 }
@@ -181,7 +181,8 @@ impl Pair {
         let far = match mode {
             Mode::Thread => {
                 let s = server_settings(&lan, &wan, mtu, buffer)?;
-                let mut dev = Device::new(&s, SegmentKind::Process).map_err(|e| e.to_string())?;
+                let mut dev =
+                    NetDevice::new(&s, SegmentKind::InProcess).map_err(|e| e.to_string())?;
                 let handle = dev.handle();
                 let t = std::thread::Builder::new()
                     .name("bench-server".into())
@@ -210,11 +211,11 @@ impl Pair {
             }
         };
         let kind = match mode {
-            Mode::Thread => SegmentKind::Process,
-            Mode::Process => SegmentKind::Host,
+            Mode::Thread => SegmentKind::InProcess,
+            Mode::Process => SegmentKind::Shared,
         };
         let s = sized_settings("bench-a", 1, &lan, &wan, mtu, buffer)?;
-        let client = Device::new(&s, kind).map_err(|e| e.to_string())?;
+        let client = NetDevice::new(&s, kind).map_err(|e| e.to_string())?;
         Ok(Pair {
             client,
             far,

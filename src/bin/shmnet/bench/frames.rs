@@ -110,7 +110,7 @@ fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
     let mtu = frames_mtu(size);
     match mode {
         Mode::Thread => {
-            let (seg, mut tx) = sender(&name, SegmentKind::Process, size)?;
+            let (seg, mut tx) = sender(&name, SegmentKind::InProcess, size)?;
             let mut rx = seg
                 .attach(&PortInfo::named("rx"))
                 .map_err(|e| e.to_string())?;
@@ -127,7 +127,7 @@ fn shm_frames_run(size: usize, mode: Mode, count: u64) -> Res<f64> {
         }
         Mode::Process => {
             let _unlink = Unlink(vec![name.clone()]);
-            let (seg, mut tx) = sender(&name, SegmentKind::Host, size)?;
+            let (seg, mut tx) = sender(&name, SegmentKind::Shared, size)?;
             let mut peer = PeerProc::spawn(&[
                 "frames".into(),
                 name.clone(),

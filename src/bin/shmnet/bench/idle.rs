@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use shmnet::config::DeviceSettings;
 use shmnet::shm::SegmentKind;
-use shmnet::stack::{Device, DeviceHandle};
+use shmnet::stack::{DeviceHandle, NetDevice};
 use shmnet::testing::DeviceToml;
 use smoltcp::iface::SocketHandle;
 use smoltcp::wire::IpAddress;
@@ -86,7 +86,7 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// One UDP round trip from `dev` to the echo server; returns microseconds.
-fn udp_round_trip(dev: &mut Device, h: SocketHandle, payload: &[u8]) -> Res<f64> {
+fn udp_round_trip(dev: &mut NetDevice, h: SocketHandle, payload: &[u8]) -> Res<f64> {
     use smoltcp::socket::udp;
     let start = Instant::now();
     let mut sent = false;
@@ -124,7 +124,7 @@ fn sleep(d: Duration) -> Res<()> {
 
 /// Idle devices as threads of this process; stopped and joined when
 /// dropped.
-struct Threads(Vec<(DeviceHandle, Option<std::thread::JoinHandle<Device>>)>);
+struct Threads(Vec<(DeviceHandle, Option<std::thread::JoinHandle<NetDevice>>)>);
 
 impl Drop for Threads {
     fn drop(&mut self) {
@@ -338,16 +338,16 @@ pub(super) fn bench_idle(args: IdleArgs, quick: bool) -> Res<String> {
             let mut threads = Threads(Vec::new());
             for d in &echoes {
                 let s: DeviceSettings = d.parse().map_err(|e| e.to_string())?;
-                let (h, t) = Device::new(&s, SegmentKind::Process)
+                let (h, t) = NetDevice::new(&s, SegmentKind::InProcess)
                     .map_err(|e| e.to_string())?
                     .spawn();
                 threads.0.push((h, Some(t)));
             }
-            (SegmentKind::Process, Some(threads), None)
+            (SegmentKind::InProcess, Some(threads), None)
         }
-        Mode::Process => (SegmentKind::Host, None, Some(Processes::start(&echoes)?)),
+        Mode::Process => (SegmentKind::Shared, None, Some(Processes::start(&echoes)?)),
     };
-    let mut client = Device::new(
+    let mut client = NetDevice::new(
         &device("idle-client", 1, "{ kind = \"passthrough\" }")
             .parse()
             .map_err(|e| e.to_string())?,

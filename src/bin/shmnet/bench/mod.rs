@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use shmnet::config::DeviceSettings;
 use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use shmnet::testing::DeviceToml;
 
 use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
@@ -283,7 +283,7 @@ fn peer(args: &[String]) -> Res<()> {
         kind @ ("tcp" | "rr") => {
             let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
             let s = settings("bench-b", 2, lan, wan, mtu)?;
-            let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
+            let mut dev = NetDevice::new(&s, SegmentKind::Shared).map_err(|e| e.to_string())?;
             let h = listen(&mut dev);
             ready();
             serve(&mut dev, h, kind == "rr", true);
@@ -293,7 +293,7 @@ fn peer(args: &[String]) -> Res<()> {
             let (lan, wan, mtu) = (arg(1)?, arg(2)?, num(3)? as u32);
             let service = Service::parse(arg(4)?)?;
             let s = server_settings(lan, wan, mtu, num(5)? as usize)?;
-            let mut dev = Device::new(&s, SegmentKind::Host).map_err(|e| e.to_string())?;
+            let mut dev = NetDevice::new(&s, SegmentKind::Shared).map_err(|e| e.to_string())?;
             let mut server = Server::new(&mut dev, service);
             // Serve until the parent closes our stdin.
             let h = dev.handle();
@@ -310,7 +310,7 @@ fn peer(args: &[String]) -> Res<()> {
         }
         "frames" => {
             let (name, size, count, mtu) = (arg(1)?, num(2)? as usize, num(3)?, num(4)? as u32);
-            let seg = Segment::open_or_create(name, SegmentKind::Host, &NetworkParams::new(mtu))
+            let seg = Segment::open_or_create(name, SegmentKind::Shared, &NetworkParams::new(mtu))
                 .map_err(|e| e.to_string())?;
             let mut rx = seg
                 .attach(&PortInfo::named("rx"))

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use shmnet::shm::SegmentKind;
-use shmnet::stack::Device;
+use shmnet::stack::NetDevice;
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
@@ -14,7 +14,7 @@ use super::peer::{PeerProc, Unlink};
 use super::report::measure;
 use super::{Mode, PORT, RR_SIZE, Res, SOCK_BUF, TIMEOUT, settings, unique};
 
-pub(super) fn listen(dev: &mut Device) -> SocketHandle {
+pub(super) fn listen(dev: &mut NetDevice) -> SocketHandle {
     // Delayed ACKs stay on for round trips too: the reply carries the ACK,
     // as with the kernel's defaults.
     let mut s = shmnet::functions::diag::tcp_socket(SOCK_BUF);
@@ -24,7 +24,7 @@ pub(super) fn listen(dev: &mut Device) -> SocketHandle {
 
 /// Sink (or echo) until the client closes; with `exit`, also stops the
 /// device when the connection is over or after a long idle time.
-pub(super) fn serve(dev: &mut Device, h: SocketHandle, echo: bool, exit: bool) {
+pub(super) fn serve(dev: &mut NetDevice, h: SocketHandle, echo: bool, exit: bool) {
     let mut last = Instant::now();
     let mut closing: Option<Instant> = None;
     let mut tmp = vec![0u8; 64 * 1024];
@@ -68,9 +68,9 @@ pub(super) fn serve(dev: &mut Device, h: SocketHandle, echo: bool, exit: bool) {
 
 /// A client device connected to the server at 10.0.0.2; returns it once
 /// the connection is established.
-fn client(lan: &str, wan: &str, mtu: u32, kind: SegmentKind) -> Res<(Device, SocketHandle)> {
+fn client(lan: &str, wan: &str, mtu: u32, kind: SegmentKind) -> Res<(NetDevice, SocketHandle)> {
     let s = settings("bench-a", 1, lan, wan, mtu)?;
-    let mut dev = Device::new(&s, kind).map_err(|e| e.to_string())?;
+    let mut dev = NetDevice::new(&s, kind).map_err(|e| e.to_string())?;
     let sock = shmnet::functions::diag::tcp_socket(SOCK_BUF);
     let h = dev.sockets().add(sock);
     let (iface, sockets) = dev.parts();
@@ -95,7 +95,7 @@ fn client(lan: &str, wan: &str, mtu: u32, kind: SegmentKind) -> Res<(Device, Soc
 }
 
 /// Closes the client's connection politely (bounded wait).
-pub(super) fn hang_up(dev: &mut Device, h: SocketHandle) {
+pub(super) fn hang_up(dev: &mut NetDevice, h: SocketHandle) {
     dev.sockets().get_mut::<tcp::Socket>(h).close();
     let t0 = Instant::now();
     dev.run_until(|d| {
@@ -109,7 +109,7 @@ pub(super) fn hang_up(dev: &mut Device, h: SocketHandle) {
 /// passed, says the exchange is done (`Ok(true)`) or failed; returns the
 /// seconds from the start to the end.
 fn timed(
-    dev: &mut Device,
+    dev: &mut NetDevice,
     h: SocketHandle,
     mut step: impl FnMut(&mut tcp::Socket<'_>, bool) -> Res<bool>,
 ) -> Res<f64> {
@@ -130,7 +130,7 @@ fn timed(
 
 /// Sends `bytes`; returns seconds from the first byte to the receiver's
 /// acknowledgement of the last.
-fn send_bulk(dev: &mut Device, h: SocketHandle, bytes: u64) -> Res<f64> {
+fn send_bulk(dev: &mut NetDevice, h: SocketHandle, bytes: u64) -> Res<f64> {
     let mut sent = 0u64;
     timed(dev, h, |s, expired| {
         while sent < bytes && s.can_send() {
@@ -159,7 +159,7 @@ fn send_bulk(dev: &mut Device, h: SocketHandle, bytes: u64) -> Res<f64> {
 }
 
 /// `count` 64-byte round trips; returns seconds.
-fn ping_pong(dev: &mut Device, h: SocketHandle, count: u64) -> Res<f64> {
+fn ping_pong(dev: &mut NetDevice, h: SocketHandle, count: u64) -> Res<f64> {
     let msg = [0x5au8; RR_SIZE];
     let mut done = 0u64;
     let mut got = 0usize;
@@ -206,7 +206,8 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
     match mode {
         Mode::Thread => {
             let s = settings("bench-b", 2, &lan, &wan, mtu)?;
-            let mut server = Device::new(&s, SegmentKind::Process).map_err(|e| e.to_string())?;
+            let mut server =
+                NetDevice::new(&s, SegmentKind::InProcess).map_err(|e| e.to_string())?;
             let sh = listen(&mut server);
             let handle = server.handle();
             let t = std::thread::Builder::new()
@@ -216,7 +217,7 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
                     server
                 })
                 .map_err(|e| e.to_string())?;
-            let r = client(&lan, &wan, mtu, SegmentKind::Process).and_then(|(mut dev, h)| {
+            let r = client(&lan, &wan, mtu, SegmentKind::InProcess).and_then(|(mut dev, h)| {
                 let r = if rr {
                     ping_pong(&mut dev, h, amount)
                 } else {
@@ -233,7 +234,7 @@ fn shm_tcp_run(mtu: u32, mode: Mode, rr: bool, amount: u64) -> Res<f64> {
             let _unlink = Unlink(vec![lan.clone(), wan.clone()]);
             let kind = if rr { "rr" } else { "tcp" };
             let peer = PeerProc::spawn(&[kind.into(), lan.clone(), wan.clone(), mtu.to_string()])?;
-            let (mut dev, h) = client(&lan, &wan, mtu, SegmentKind::Host)?;
+            let (mut dev, h) = client(&lan, &wan, mtu, SegmentKind::Shared)?;
             let r = if rr {
                 ping_pong(&mut dev, h, amount)
             } else {
