@@ -55,7 +55,7 @@ enum Cmd {
     },
     /// Run one device as its own process, joining its networks' shared
     /// segments by name.
-    NetDevice {
+    Device {
         config: PathBuf,
         /// Stop after this many seconds.
         #[arg(long)]
@@ -186,7 +186,7 @@ fn main() {
                 }
             }
         }
-        Cmd::NetDevice { config, duration } => {
+        Cmd::Device { config, duration } => {
             run_device(&config, duration.map(Duration::from_secs_f64))
         }
         Cmd::Segments => list_segments(),

@@ -184,7 +184,7 @@ impl NextHopConfig {
                 }
                 Target::Fixed
             }
-            (None, Some(d), None) if !d.is_empty() => Target::NetDevice(d.clone()),
+            (None, Some(d), None) if !d.is_empty() => Target::Device(d.clone()),
             _ => return Err(one_of()),
         };
         let check = match (self.check, &target) {

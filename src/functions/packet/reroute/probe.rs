@@ -22,7 +22,7 @@ const PROBE_PAYLOAD: &[u8; 8] = b"shmnetrr";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Target {
     Fixed,
-    NetDevice(String),
+    Device(String),
     Network(Role),
 }
 
@@ -107,7 +107,7 @@ impl Hop {
 
     /// When this next hop next needs attention.
     pub fn due(&self) -> Option<Instant> {
-        let resolve = matches!(self.target, Target::NetDevice(_)).then_some(self.next_resolve);
+        let resolve = matches!(self.target, Target::Device(_)).then_some(self.next_resolve);
         let probing = self.health.in_flight().is_some() || self.probe_address().is_some();
         let probe = (self.check == Check::Icmp && probing).then(|| self.health.due(&self.params));
         match (resolve, probe) {
@@ -137,7 +137,7 @@ impl Reroute {
     /// Looks up device next hops that are due, through `devices`.
     pub(super) fn resolve(&mut self, now: Instant, devices: &dyn Directory) {
         for h in &mut self.hops {
-            let Target::NetDevice(dev) = &h.target else {
+            let Target::Device(dev) = &h.target else {
                 continue;
             };
             if now < h.next_resolve {
