@@ -14,6 +14,7 @@
 
 pub mod adapters;
 pub mod config;
+pub mod error;
 mod counters;
 pub mod functions;
 pub mod shm;

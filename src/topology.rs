@@ -1,5 +1,42 @@
 //! Running a whole topology: every device of a topology file as a thread of
-//! this process, or each as its own `shmnet device` process.
+//! this process ([`run`] in thread mode), or each as its own process
+//! ([`run`] in process mode, starting [`RunOptions::child`] per device); and
+//! running one device as this process ([`run_device`], what
+//! `shmnet device FILE` does).
+//!
+//! # Process mode in your own program
+//!
+//! Each device process is started as `PROGRAM ARGS… FILE` (see
+//! [`ChildCommand`]); by default that is the `shmnet` binary's
+//! `shmnet device FILE`. A program with its own function kinds
+//! ([`crate::functions::register`]) names itself instead and, when started
+//! that way, registers its kinds and calls [`run_device`]:
+//!
+//! ```no_run
+//! use shmnet::config::{DeviceConfig, RunMode};
+//! use shmnet::topology::{ChildCommand, RunOptions, run_device, run_file};
+//!
+//! fn main() {
+//!     // register_my_kinds();
+//!     let args: Vec<String> = std::env::args().collect();
+//!     if args.len() == 3 && args[1] == "--device" {
+//!         // A child: run the one device until it is done or killed.
+//!         let cfg = DeviceConfig::load(args[2].as_ref()).expect("device file");
+//!         let out = run_device(&cfg, &RunOptions::default(), |l| println!("{l}"));
+//!         std::process::exit(if out.is_ok_and(|o| o.ok) { 0 } else { 1 });
+//!     }
+//!     let opts = RunOptions {
+//!         mode: Some(RunMode::Process),
+//!         child: Some(ChildCommand::new(std::env::current_exe().unwrap()).arg("--device")),
+//!         ..Default::default()
+//!     };
+//!     let out = run_file("topology.toml".as_ref(), &opts, |l| println!("{l}")).unwrap();
+//!     for exit in &out.exits {
+//!         println!("{}: {:?}", exit.device, exit.status);
+//!     }
+//!     assert!(out.ok, "{:?}", out.failures);
+//! }
+//! ```
 //!
 //! Devices with a finite job (probes) start last and the run ends once
 //! every job is done (or after [`RunOptions::duration`], or when
@@ -22,7 +59,8 @@
 //! assert!(out.ok);
 //! ```
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,7 +69,7 @@ use rustix::process::Signal;
 
 use crate::config::{DeviceSettings, RunMode, Topology};
 use crate::shm::SegmentKind;
-use crate::stack::{DeviceHandle, DeviceStats, NetDevice};
+use crate::stack::{DeviceError, DeviceHandle, DeviceStats, NetDevice};
 
 /// How long a device process gets to detach after SIGTERM before it is
 /// killed.
@@ -47,6 +85,73 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Override the topology's mode.
     pub mode: Option<RunMode>,
+    /// Process mode: the program each device process runs (default:
+    /// [`ChildCommand::shmnet`]).
+    pub child: Option<ChildCommand>,
+}
+
+/// The command a process-mode run starts for each device: `program`, then
+/// `args`, then the path of the device's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildCommand {
+    /// The executable.
+    pub program: PathBuf,
+    /// Arguments before the device file.
+    pub args: Vec<OsString>,
+}
+
+impl ChildCommand {
+    /// `program ARGS… FILE`, with no arguments yet.
+    pub fn new(program: impl Into<PathBuf>) -> ChildCommand {
+        ChildCommand {
+            program: program.into(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds an argument before the device file.
+    pub fn arg(mut self, a: impl Into<OsString>) -> ChildCommand {
+        self.args.push(a.into());
+        self
+    }
+
+    /// `shmnet device FILE`. The binary is `$SHMNET_BIN` if set, else this
+    /// program if it is `shmnet`, else a `shmnet` next to this program
+    /// (cargo's `target/<profile>/`, also from its `deps/`), else `shmnet`
+    /// from `PATH`.
+    pub fn shmnet() -> ChildCommand {
+        ChildCommand::new(shmnet_binary()).arg("device")
+    }
+}
+
+/// Where [`ChildCommand::shmnet`] finds the binary.
+fn shmnet_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHMNET_BIN") {
+        return p.into();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if exe.file_name().is_some_and(|n| n == "shmnet") {
+            return exe;
+        }
+        let dir = exe.parent();
+        let beside = dir.map(|d| d.join("shmnet"));
+        let above = dir.and_then(|d| d.parent()).map(|d| d.join("shmnet"));
+        if let Some(p) = [beside, above].into_iter().flatten().find(|p| p.is_file()) {
+            return p;
+        }
+    }
+    "shmnet".into()
+}
+
+/// How one device process of a process-mode run ended.
+#[derive(Debug, Clone)]
+pub struct DeviceExit {
+    /// The device's name.
+    pub device: String,
+    /// Its exit status (`None` if it could not be reaped).
+    pub status: Option<ExitStatus>,
+    /// The run stopped it (SIGTERM) rather than it ending on its own.
+    pub stopped_by_run: bool,
 }
 
 /// What a run produced.
@@ -54,8 +159,11 @@ pub struct RunOptions {
 pub struct RunOutcome {
     /// Report lines, prefixed with the device name.
     pub reports: Vec<String>,
-    /// Counters of every device at the end (thread mode).
+    /// Counters of every device at the end (thread mode, and
+    /// [`run_device`]).
     pub stats: Vec<DeviceStats>,
+    /// How each device process ended (process mode), in start order.
+    pub exits: Vec<DeviceExit>,
     /// Whether the run succeeded: `failures` is empty.
     pub ok: bool,
     /// Why the run failed, one line per device: a probe that failed or
@@ -68,6 +176,7 @@ impl RunOutcome {
         RunOutcome {
             reports,
             stats,
+            exits: Vec::new(),
             ok: failures.is_empty(),
             failures,
         }
@@ -282,14 +391,21 @@ fn run_processes(
     }
     // Servers first, so probes find them listening.
     order.sort_by_key(|(d, _)| d.function.has_job());
-    let exe = std::env::current_exe()?;
+    let command = opts.child.clone().unwrap_or_else(ChildCommand::shmnet);
     let mut children = Children(Vec::new());
     for (d, file) in order {
-        let child = Command::new(&exe)
-            .arg("device")
+        let child = Command::new(&command.program)
+            .args(&command.args)
             .arg(file)
             .stdout(std::process::Stdio::inherit())
-            .spawn()?;
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start device {:?} with {}: {e}",
+                    d.name,
+                    command.program.display()
+                )
+            })?;
         children.0.push(DeviceProcess {
             name: d.name.clone(),
             label: label(d),
@@ -325,6 +441,7 @@ fn run_processes(
     }
     children.stop(STOP_GRACE);
     let mut failures = Vec::new();
+    let mut exits = Vec::new();
     for p in &children.0 {
         let name = &p.name;
         match p.status {
@@ -332,8 +449,67 @@ fn run_processes(
             _ => on_line(&format!("{name}: exited")),
         }
         failures.extend(p.failure());
+        exits.push(DeviceExit {
+            device: p.name.clone(),
+            status: p.status,
+            stopped_by_run: p.terminated,
+        });
     }
-    Ok(RunOutcome::new(Vec::new(), Vec::new(), failures))
+    let mut out = RunOutcome::new(Vec::new(), Vec::new(), failures);
+    out.exits = exits;
+    Ok(out)
+}
+
+/// Runs one device as this process, on this thread: joins its networks as
+/// shared segments (so devices of other processes reach it), reports
+/// `ready` through `on_line`, then runs until its job is done (a probe),
+/// [`RunOptions::stop`] is set or [`RunOptions::duration`] passes. Report
+/// lines go to `on_line` as they appear, prefixed with the device name.
+/// The outcome holds the device's counters and, if its job failed or did
+/// not complete, why. `mode` and `child` are ignored.
+///
+/// This is `shmnet device FILE` without its signal handling: to stop
+/// cleanly on SIGTERM (detaching from the networks), set a flag from a
+/// signal handler and pass it as `stop`.
+pub fn run_device(
+    cfg: &DeviceSettings,
+    opts: &RunOptions,
+    mut on_line: impl FnMut(&str),
+) -> Result<RunOutcome, DeviceError> {
+    let mut dev = NetDevice::new(cfg, SegmentKind::Shared)?;
+    on_line(&format!(
+        "device {} ready: local {} on {} ({}), global {} on {} ({}), pid {}",
+        cfg.name,
+        cfg.local.v4,
+        cfg.local.segment,
+        dev.nic().local().describe(),
+        cfg.global.v4,
+        cfg.global.segment,
+        dev.nic().global().describe(),
+        std::process::id()
+    ));
+    let started = Instant::now();
+    let h = dev.handle();
+    let mut reports = Vec::new();
+    let mut collect = |reports: &mut Vec<String>| {
+        for line in h.take_report() {
+            let line = format!("{}: {line}", cfg.name);
+            on_line(&line);
+            reports.push(line);
+        }
+    };
+    dev.run_until(|_| {
+        collect(&mut reports);
+        h.finished() || stopped(opts) || opts.duration.is_some_and(|t| started.elapsed() >= t)
+    });
+    collect(&mut reports);
+    let mut failures = Vec::new();
+    if h.failed() {
+        failures.push(format!("{} failed", label(cfg)));
+    } else if cfg.function.has_job() && !h.finished() {
+        failures.push(format!("{} stopped before it completed", label(cfg)));
+    }
+    Ok(RunOutcome::new(reports, vec![dev.stats()], failures))
 }
 
 /// Loads and runs a topology file.

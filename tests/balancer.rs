@@ -296,7 +296,11 @@ fn flows_spread_and_keep_affinity_when_a_backend_is_added() {
 
     // Add backend 3.
     let f: FunctionConfig = toml::from_str(&balancer_function(4)).expect("function config");
-    lh.reconfigure(f);
+    let applied = lh
+        .reconfigure(f)
+        .expect("valid config")
+        .wait(Duration::from_secs(10));
+    assert_eq!(applied.expect("applied"), shmnet::stack::Applied::InPlace);
     wait_for(
         &lh,
         Duration::from_secs(10),

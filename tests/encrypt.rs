@@ -300,12 +300,15 @@ fn rekey_while_a_stream_crosses_the_tunnel() {
     ];
     for (bytes, out1, in1, out2, in2) in stages {
         wait_moved(&h1, bytes);
-        h1.reconfigure(e1_cfg(out1, &in1));
-        h2.reconfigure(e2_cfg(out2, &in2));
-        // Both devices apply the change at their next round; give that and
-        // the packets already in the rings time to land before the next
-        // stage (on a fast run the byte marks pass back to back, and stage 3
-        // would retire an SA packets in flight still use).
+        let t1 = h1.reconfigure(e1_cfg(out1, &in1)).expect("valid config");
+        let t2 = h2.reconfigure(e2_cfg(out2, &in2)).expect("valid config");
+        for t in [t1, t2] {
+            let how = t.wait(Duration::from_secs(10)).expect("rekey applied");
+            assert_eq!(how, shmnet::stack::Applied::InPlace, "a rekey keeps the tunnel");
+        }
+        // Give the packets already in the rings time to land before the
+        // next stage (on a fast run the byte marks pass back to back, and
+        // stage 3 would retire an SA packets in flight still use).
         std::thread::sleep(Duration::from_millis(20));
         assert!(
             !ch.finished(),

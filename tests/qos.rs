@@ -284,7 +284,11 @@ fn reconfigured_rate_applies_in_place_without_losing_queued_frames() {
         std::thread::sleep(Duration::from_secs(1));
         // The sender's 256 KiB window sits in the queue at 8 Mbit/s.
         let queued = qos.stats().function_counter("class.bulk.queued_bytes");
-        qos.reconfigure(faster);
+        let applied = qos
+            .reconfigure(faster)
+            .expect("valid config")
+            .wait(Duration::from_secs(10));
+        assert_eq!(applied.expect("applied"), shmnet::stack::Applied::InPlace);
         queued
     });
     let bytes: u64 = 8 << 20;

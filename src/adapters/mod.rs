@@ -269,7 +269,7 @@ pub enum AdapterError {
     #[error(transparent)]
     Shm(#[from] crate::shm::ShmError),
     /// The pcap file could not be created; check the path.
-    #[error("pcap file {path}: {source}")]
+    #[error("pcap file {path}")]
     Pcap {
         path: String,
         #[source]

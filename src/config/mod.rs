@@ -46,7 +46,7 @@ use crate::functions::matching::QUOTE_MAX;
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         file: String,
         #[source]
@@ -66,13 +66,37 @@ pub enum ConfigError {
     /// A device file the topology `topology` names (in `field`) is missing
     /// or invalid; `source` says why. Fix that file, or the topology's
     /// `file` entry if it names the wrong one.
-    #[error("{topology}: field `{field}`: {source}")]
+    #[error("{topology}: field `{field}`")]
     DeviceFile {
         topology: String,
         field: String,
         #[source]
         source: Box<ConfigError>,
     },
+}
+
+impl functions::FunctionConfig {
+    /// Reads a function's configuration from the text of its `[function]`
+    /// section (`kind = "..."` and the kind's parameters); errors name the
+    /// line and the field, as for files.
+    ///
+    /// ```
+    /// use shmnet::functions::FunctionConfig;
+    /// let cfg = FunctionConfig::from_toml(r#"
+    ///     kind = "firewall"
+    ///     default = "drop"
+    ///     [[rule]]
+    ///     action = "accept"
+    ///     proto = "tcp"
+    ///     dport = 80
+    /// "#).unwrap();
+    /// assert_eq!(cfg.kind(), "firewall");
+    /// let e = FunctionConfig::from_toml(r#"kind = "teleport""#).unwrap_err();
+    /// assert!(e.to_string().contains("known kinds"), "{e}");
+    /// ```
+    pub fn from_toml(text: &str) -> Result<functions::FunctionConfig, ConfigError> {
+        parse_toml(text, "[function]")
+    }
 }
 
 /// The text of the file at `path`, and its name for messages.
@@ -97,8 +121,7 @@ const LINE_SHOWN: usize = 80;
 /// A TOML parser or serde error as a short message: where it is (line,
 /// column and at most [`LINE_SHOWN`] characters of the line, when `text`
 /// is the document the error came from), what is wrong with every quoted
-/// value cut to [`QUOTE_MAX`] characters, and for an unknown function
-/// kind, the kinds there are.
+/// value cut to [`QUOTE_MAX`] characters.
 fn explain_parse_error(e: &toml::de::Error, text: Option<&str>) -> String {
     let mut msg = String::new();
     if let (Some(text), Some(span)) = (text, e.span())
@@ -107,15 +130,7 @@ fn explain_parse_error(e: &toml::de::Error, text: Option<&str>) -> String {
     {
         msg.push_str(&snippet(text, span));
     }
-    let what = shorten_quoted(e.message().trim_end());
-    msg.push_str(&what);
-    let kinds: Vec<String> = functions::KINDS.iter().map(|k| format!("`{k}`")).collect();
-    if what.contains("unknown variant") && what.contains(&format!("one of {}", kinds.join(", "))) {
-        msg.push_str(&format!(
-            "\n(unknown function; known kinds: {})",
-            functions::KINDS.join(", ")
-        ));
-    }
+    msg.push_str(&shorten_quoted(e.message().trim_end()));
     msg
 }
 

@@ -17,6 +17,7 @@ use crate::stack::FunctionSpec;
 /// `visit` method that visits every field by its name, in declaration
 /// order: the counter names a function reports from
 /// [`Function::counters`](crate::functions::Function::counters).
+#[allow(unused_macros)] // unused when the functions using it are compiled out
 macro_rules! counters {
     (
         $(#[$attr:meta])*
@@ -37,6 +38,7 @@ macro_rules! counters {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use counters;
 
 /// Declares a config section struct as written (its own fields end with a
@@ -45,6 +47,7 @@ pub(crate) use counters;
 /// the sections that need it. serde's `flatten` would do it but does not
 /// go with `deny_unknown_fields`, and each section must refuse unknown
 /// fields.
+#[allow(unused_macros)] // unused when the functions using it are compiled out
 macro_rules! struct_with_fields {
     (
         [$($extra:tt)*]
@@ -58,6 +61,7 @@ macro_rules! struct_with_fields {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use struct_with_fields;
 
 /// `{kind}.{name}.{counter}` for each of `counters`: the counter names of

@@ -55,6 +55,7 @@ pub fn default_rise() -> u32 {
 /// backends) as written, followed by the four check fields (`interval`,
 /// with the section's own default, `timeout`, `fall` and `rise`), and
 /// gives it a `health_spec()` accessor for [`HealthCheck::compile`].
+#[allow(unused_macros)] // unused when the functions using it are compiled out
 macro_rules! with_health_fields {
     (interval = $interval:literal; $(#[$attr:meta])* pub struct $name:ident $own:tt) => {
         $crate::functions::common::struct_with_fields! {
@@ -90,6 +91,7 @@ macro_rules! with_health_fields {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use with_health_fields;
 
 /// The health-check fields of a config section (declared there with

@@ -251,6 +251,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 /// Declares a config section (a rule, a class) as written, followed by the
 /// five match fields (`proto`, `src`, `dst`, `sport`, `dport`), and gives
 /// it a `match_spec()` accessor for [`Matcher::compile`].
+#[allow(unused_macros)] // unused when the functions using it are compiled out
 macro_rules! with_match_fields {
     ($(#[$attr:meta])* pub struct $name:ident $own:tt) => {
         $crate::functions::common::struct_with_fields! {
@@ -290,6 +291,7 @@ macro_rules! with_match_fields {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use with_match_fields;
 
 /// The match fields of a rule or class, borrowed from its config section

@@ -18,10 +18,23 @@ pub mod common;
 pub mod health;
 pub mod matching;
 pub mod packet;
+mod registry;
 pub mod socket;
 
 pub use packet::passthrough::Passthrough;
-pub use packet::{balancer, compress, encrypt, firewall, qos, reroute};
+#[cfg(feature = "balancer")]
+pub use packet::balancer;
+#[cfg(feature = "compress")]
+pub use packet::compress;
+#[cfg(feature = "encrypt")]
+pub use packet::encrypt;
+#[cfg(feature = "firewall")]
+pub use packet::firewall;
+#[cfg(feature = "qos")]
+pub use packet::qos;
+#[cfg(feature = "reroute")]
+pub use packet::reroute;
+pub use registry::{Factory, register, register_with_job, registered};
 pub use socket::{diag, echo, probe};
 
 pub use crate::stack::hook::{
@@ -35,48 +48,91 @@ pub trait KindConfig: Sized {
     fn of(cfg: &FunctionConfig) -> Option<&Self>;
 }
 
-/// Declares [`FunctionConfig`] from the list of function kinds (variant,
-/// config type, `kind` name, constructor), and what follows from the
-/// list: [`KINDS`], [`FunctionConfig::kind`], [`build`] and each config
-/// type's [`KindConfig`]. A new function is one more line here.
+/// Declares [`FunctionConfig`] from the list of built-in function kinds
+/// (cargo feature, variant, config type, `kind` name, constructor), and
+/// what follows from the list: [`KINDS`], [`FunctionConfig::kind`],
+/// [`build`], each config type's [`KindConfig`] and the TOML form. A new
+/// function is one more line here.
 macro_rules! function_kinds {
     ($(
         $(#[$doc:meta])*
-        $variant:ident($config:ty) = $kind:literal, $new:path;
+        [$($feature:literal)?] $variant:ident($config:ty) = $kind:literal, $new:path;
     )*) => {
         /// A function's configuration: the `[function]` section of a device
-        /// file, selected by `kind`.
-        #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-        #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+        /// file, selected by `kind`. Read one from TOML with
+        /// [`FunctionConfig::from_toml`](crate::config) or build the
+        /// variant's config type in Rust.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        #[non_exhaustive]
         pub enum FunctionConfig {
             /// Forwards everything unchanged.
             #[default]
             Passthrough,
-            $($(#[$doc])* $variant($config),)*
+            $($(#[$doc])* #[cfg(all($(feature = $feature)?))] $variant($config),)*
+            /// A function kind the program registered with [`register`].
+            Custom(CustomConfig),
         }
 
-        /// Names accepted as `kind`.
-        pub const KINDS: &[&str] = &["passthrough", $($kind),*];
+        /// The built-in kinds as serde reads and writes them.
+        #[derive(serde::Deserialize, serde::Serialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+        enum Builtin {
+            Passthrough,
+            $(#[cfg(all($(feature = $feature)?))] $variant($config),)*
+        }
 
-        impl FunctionConfig {
-            /// The `kind` this configuration names.
-            pub fn kind(&self) -> &'static str {
-                match self {
-                    FunctionConfig::Passthrough => "passthrough",
-                    $(FunctionConfig::$variant(_) => $kind,)*
+        impl From<Builtin> for FunctionConfig {
+            fn from(b: Builtin) -> FunctionConfig {
+                match b {
+                    Builtin::Passthrough => FunctionConfig::Passthrough,
+                    $(#[cfg(all($(feature = $feature)?))] Builtin::$variant(c) => FunctionConfig::$variant(c),)*
                 }
             }
         }
 
-        /// Builds a function from its configuration.
+        impl FunctionConfig {
+            /// The built-in configuration as serde writes it, `None` for a
+            /// custom one.
+            fn builtin(&self) -> Option<Builtin> {
+                Some(match self {
+                    FunctionConfig::Passthrough => Builtin::Passthrough,
+                    $(#[cfg(all($(feature = $feature)?))] FunctionConfig::$variant(c) => Builtin::$variant(c.clone()),)*
+                    FunctionConfig::Custom(_) => return None,
+                })
+            }
+        }
+
+        /// The built-in kinds compiled in (see the crate's cargo features),
+        /// as accepted by `kind`. Kinds registered with [`register`] come
+        /// on top ([`registered`]).
+        pub const KINDS: &[&str] = &["passthrough", $(#[cfg(all($(feature = $feature)?))] $kind),*];
+
+        /// Every built-in kind with the cargo feature it needs, compiled in
+        /// or not: what an error about an unknown kind can suggest.
+        const ALL_BUILTIN: &[(&str, &str)] = &[$(($kind, concat!("" $(, $feature)?))),*];
+
+        impl FunctionConfig {
+            /// The `kind` this configuration names.
+            pub fn kind(&self) -> &str {
+                match self {
+                    FunctionConfig::Passthrough => "passthrough",
+                    $(#[cfg(all($(feature = $feature)?))] FunctionConfig::$variant(_) => $kind,)*
+                    FunctionConfig::Custom(c) => &c.kind,
+                }
+            }
+        }
+
+        /// Builds a function from its configuration (a custom kind through
+        /// the factory registered for it).
         pub fn build(cfg: &FunctionConfig) -> Result<Box<dyn Function>, FunctionError> {
             Ok(match cfg {
                 FunctionConfig::Passthrough => Box::new(Passthrough),
-                $(FunctionConfig::$variant(c) => Box::new($new(c.clone())?),)*
+                $(#[cfg(all($(feature = $feature)?))] FunctionConfig::$variant(c) => Box::new($new(c.clone())?),)*
+                FunctionConfig::Custom(c) => registry::build(c)?,
             })
         }
 
-        $(impl KindConfig for $config {
+        $(#[cfg(all($(feature = $feature)?))] impl KindConfig for $config {
             fn of(cfg: &FunctionConfig) -> Option<&Self> {
                 match cfg {
                     FunctionConfig::$variant(c) => Some(c),
@@ -89,26 +145,121 @@ macro_rules! function_kinds {
 
 function_kinds! {
     /// Echoes TCP streams and UDP datagrams on a port (a test server).
-    Echo(echo::EchoConfig) = "echo", echo::Echo::new;
+    [] Echo(echo::EchoConfig) = "echo", echo::Echo::new;
     /// Runs TCP and UDP exchanges against echo servers and reports them.
-    Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
+    [] Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
-    Compress(compress::CompressConfig) = "compress", compress::Compress::new;
+    ["compress"] Compress(compress::CompressConfig) = "compress", compress::Compress::new;
     /// Stateful firewall: connection tracking plus ordered rules.
-    Firewall(firewall::FirewallConfig) = "firewall", firewall::Firewall::new;
+    ["firewall"] Firewall(firewall::FirewallConfig) = "firewall", firewall::Firewall::new;
     /// ESP tunnel (RFC 4303) with AES-GCM (RFC 4106) between a pair of
     /// devices.
-    Encrypt(encrypt::EncryptConfig) = "encrypt", encrypt::Encrypt::new;
+    ["encrypt"] Encrypt(encrypt::EncryptConfig) = "encrypt", encrypt::Encrypt::new;
     /// QoS: classes, token-bucket shaping, strict priority and DRR
     /// scheduling, tail drop or ECN marking.
-    Qos(qos::QosConfig) = "qos", qos::Qos::new;
+    ["qos"] Qos(qos::QosConfig) = "qos", qos::Qos::new;
     /// Policy-based routing to health-checked next hops, with failover and
     /// failback.
-    Reroute(reroute::RerouteConfig) = "reroute", reroute::Reroute::new;
+    ["reroute"] Reroute(reroute::RerouteConfig) = "reroute", reroute::Reroute::new;
     /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
     /// health checks.
-    Balancer(balancer::BalancerConfig) = "balancer", balancer::Balancer::new;
+    ["balancer"] Balancer(balancer::BalancerConfig) = "balancer", balancer::Balancer::new;
+}
+
+impl<'de> serde::Deserialize<'de> for FunctionConfig {
+    /// A built-in kind with its fields checked, or a registered custom
+    /// kind (its parameters checked by building it once).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.get("kind") {
+            Some(toml::Value::String(k)) => k.clone(),
+            Some(v) => {
+                return Err(D::Error::custom(format!(
+                    "`kind` must be a string, not {}",
+                    v.type_str()
+                )));
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        if KINDS.contains(&kind.as_str()) {
+            return Builtin::deserialize(toml::Value::Table(table))
+                .map(FunctionConfig::from)
+                .map_err(|e| D::Error::custom(e.message()));
+        }
+        if registry::contains(&kind) {
+            table.remove("kind");
+            let custom = CustomConfig { kind, params: table };
+            registry::build(&custom).map_err(|e| D::Error::custom(e.to_string()))?;
+            return Ok(FunctionConfig::Custom(custom));
+        }
+        Err(D::Error::custom(unknown_kind(&kind)))
+    }
+}
+
+impl serde::Serialize for FunctionConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.builtin(), self) {
+            (Some(b), _) => b.serialize(s),
+            (None, FunctionConfig::Custom(c)) => {
+                let mut t = c.params.clone();
+                t.insert("kind".into(), toml::Value::String(c.kind.clone()));
+                t.serialize(s)
+            }
+            (None, _) => unreachable!("only custom configs have no built-in form"),
+        }
+    }
+}
+
+/// The message for a `kind` nobody knows: the kinds there are, and the
+/// cargo feature that would add a built-in one left out of this build.
+fn unknown_kind(kind: &str) -> String {
+    let mut known: Vec<String> = KINDS.iter().map(|k| k.to_string()).collect();
+    known.extend(registered());
+    let mut msg = format!(
+        "unknown function kind `{kind}`; known kinds: {}",
+        known.join(", ")
+    );
+    if let Some((_, feature)) = ALL_BUILTIN.iter().find(|(k, _)| *k == kind) {
+        msg.push_str(&format!(
+            " (`{kind}` is built in, but this program was compiled without shmnet's \
+             cargo feature `{feature}`)"
+        ));
+    }
+    msg
+}
+
+/// The configuration of a custom function kind: its `kind` and the other
+/// keys of its `[function]` section, for its factory to read (best with
+/// [`CustomConfig::params`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CustomConfig {
+    /// The registered kind name.
+    pub kind: String,
+    /// The section's other keys.
+    pub params: toml::Table,
+}
+
+impl CustomConfig {
+    /// A configuration of `kind` with no parameters.
+    pub fn new(kind: impl Into<String>) -> CustomConfig {
+        CustomConfig {
+            kind: kind.into(),
+            params: toml::Table::new(),
+        }
+    }
+
+    /// The parameters read into the function's own config type (serde);
+    /// a missing, unknown or mistyped field is an error naming it.
+    pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, FunctionError> {
+        toml::Value::Table(self.params.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| FunctionError::Invalid {
+                kind: "custom",
+                why: format!("{}: {}", self.kind, e.message().trim_end()),
+            })
+    }
 }
 
 impl FunctionConfig {
@@ -116,7 +267,11 @@ impl FunctionConfig {
     /// starts it after the others and ends when every such job is done;
     /// one that fails or never completes fails the run.
     pub fn has_job(&self) -> bool {
-        matches!(self, FunctionConfig::Probe(_))
+        match self {
+            FunctionConfig::Probe(_) => true,
+            FunctionConfig::Custom(c) => registry::has_job(&c.kind),
+            _ => false,
+        }
     }
 }
 

@@ -144,7 +144,7 @@ pub enum ShmError {
         waited: std::time::Duration,
     },
     /// An operating-system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -10,10 +10,10 @@ use smoltcp::phy::Medium;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use super::handle::Shared;
+use super::handle::{Applied, Change, Shared};
 use super::hook::{self, Function, FunctionError, LinkInfo, SocketContext};
 use super::sockets::SocketPool;
-use super::spec::{DeviceBlueprint, DeviceSpec, NetworkSpec};
+use super::spec::{DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec};
 use super::{DeviceHandle, DeviceStats, Nic, Role, Router};
 use crate::adapters::pcap::Pcap;
 use crate::adapters::shm::{SegmentKind, ShmAdapter, ShmOptions};
@@ -64,7 +64,7 @@ const COUNTERS_EVERY: Duration = Duration::from_millis(50);
 #[non_exhaustive]
 pub enum DeviceError {
     /// A segment could not be opened or attached; see the cause.
-    #[error("device {device}: network {network}: {source}")]
+    #[error("device {device}: network {network}")]
     Network {
         device: String,
         network: &'static str,
@@ -72,7 +72,7 @@ pub enum DeviceError {
         source: AdapterError,
     },
     /// The function could not be built from its configuration.
-    #[error("device {device}: {source}")]
+    #[error("device {device}")]
     Function {
         device: String,
         #[source]
@@ -377,6 +377,52 @@ impl NetDevice {
         self.shared.finished.store(false, Ordering::SeqCst);
     }
 
+    /// Applies a changed configuration now: in place when the running
+    /// function takes it (keeping its state), else by replacing the
+    /// function with one built from `cfg`. On an error the running function
+    /// is unchanged. [`DeviceHandle::reconfigure`] does the same from
+    /// another thread.
+    pub fn reconfigure(&mut self, cfg: &dyn FunctionSpec) -> Result<Applied, FunctionError> {
+        let outcome = match self.nic.function.reconfigure(cfg) {
+            Ok(true) => {
+                log::info!(
+                    "device {}: function {} reconfigured in place",
+                    self.shared.name,
+                    self.nic.function.name()
+                );
+                Ok(Applied::InPlace)
+            }
+            Ok(false) => cfg.build().map(|f| {
+                self.replace_function(f);
+                Applied::Replaced
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &outcome {
+            log::warn!("device {}: reconfigure refused: {e}", self.shared.name);
+        }
+        self.publish();
+        outcome
+    }
+
+    /// Applies the changes handles requested, in order, settling each
+    /// ticket.
+    fn apply_changes(&mut self) {
+        loop {
+            let next = self.shared.changes.lock().queue.pop_front();
+            let Some((epoch, change)) = next else { break };
+            let outcome = match change {
+                Change::Replace(f) => {
+                    self.replace_function(f);
+                    self.publish();
+                    Ok(Applied::Replaced)
+                }
+                Change::Reconfigure(cfg) => self.reconfigure(cfg.as_ref()),
+            };
+            self.shared.settle(epoch, outcome);
+        }
+    }
+
     /// The function and what it may touch, borrowed at once.
     fn function_cx(&mut self) -> (&mut Box<dyn Function>, SocketContext<'_>) {
         self.function_cx_at(self.now())
@@ -414,27 +460,8 @@ impl NetDevice {
     /// moved. Tests and embedders drive a device on virtual time with it;
     /// `now` should not go backwards.
     pub fn poll_at(&mut self, now: Instant) -> bool {
-        if self.shared.replace_pending.swap(false, Ordering::Acquire) {
-            let pending = self.shared.replace.lock().take();
-            if let Some(f) = pending {
-                self.replace_function(f);
-            }
-            let cfg = self.shared.reconfigure.lock().take();
-            if let Some(cfg) = cfg
-                && !self
-                    .nic
-                    .function
-                    .reconfigure(cfg.as_ref())
-                    .unwrap_or_else(|e| {
-                        log::warn!("device {}: reconfigure failed: {e}", self.shared.name);
-                        true
-                    })
-            {
-                match cfg.build() {
-                    Ok(f) => self.replace_function(f),
-                    Err(e) => log::warn!("device {}: reconfigure failed: {e}", self.shared.name),
-                }
-            }
+        if self.shared.change_pending.swap(false, Ordering::Acquire) {
+            self.apply_changes();
         }
         self.nic.begin_round(now);
         let before = self.nic.frames_moved();
@@ -571,6 +598,10 @@ impl NetDevice {
             }
         }
         self.publish();
+        if self.shared.stop.load(Ordering::Relaxed) {
+            // Stopped for good: changes still queued fail.
+            self.shared.close();
+        }
     }
 
     /// Runs until stopped.
@@ -594,6 +625,7 @@ impl NetDevice {
 
 impl Drop for NetDevice {
     fn drop(&mut self) {
+        self.shared.close();
         let (f, mut cx) = self.function_cx();
         f.detach(&mut cx);
     }

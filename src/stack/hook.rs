@@ -244,12 +244,33 @@ impl SocketContext<'_> {
 }
 
 /// Errors building or reconfiguring a function.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum FunctionError {
     /// A parameter is invalid; the message names it. Fix the config.
     #[error("function {kind}: {why}")]
-    Invalid { kind: &'static str, why: String },
+    Invalid {
+        /// The function kind whose configuration is wrong.
+        kind: &'static str,
+        /// What is wrong, naming the parameter.
+        why: String,
+    },
+    /// No function of this kind is built in or registered.
+    #[error("{why}")]
+    Unknown {
+        /// The kind asked for.
+        kind: String,
+        /// The kinds there are.
+        why: String,
+    },
+    /// A custom kind could not be registered.
+    #[error("cannot register function kind `{kind}`: {why}")]
+    Register {
+        /// The kind name given.
+        kind: String,
+        /// Why it was refused.
+        why: String,
+    },
 }
 
 /// A network function. Every method has a no-op default.

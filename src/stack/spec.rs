@@ -97,6 +97,14 @@ pub trait FunctionSpec: Any + Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &str;
     /// Builds the function; an invalid configuration is an error.
     fn build(&self) -> Result<Box<dyn Function>, FunctionError>;
+    /// Checks the configuration without installing anything; by default,
+    /// by building a function and dropping it. [`DeviceHandle::reconfigure`]
+    /// calls it before sending a change.
+    ///
+    /// [`DeviceHandle::reconfigure`]: super::DeviceHandle::reconfigure
+    fn validate(&self) -> Result<(), FunctionError> {
+        self.build().map(drop)
+    }
     /// The configuration itself, for [`Function::reconfigure`] to downcast.
     fn as_any(&self) -> &dyn Any;
 }

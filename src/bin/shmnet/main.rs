@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use shmnet::config::{DeviceConfig, RunMode};
-use shmnet::shm::{Segment, SegmentKind};
-use shmnet::stack::{DeviceStats, NetDevice};
-use shmnet::topology::{RunOptions, run_file};
+use shmnet::error::Chain;
+use shmnet::shm::Segment;
+use shmnet::stack::DeviceStats;
+use shmnet::topology::{ChildCommand, RunOptions, run_device, run_file};
 
 /// Like `println!`, but a closed stdout (`shmnet run | head`) winds the
 /// program down as SIGTERM would, instead of panicking.
@@ -163,10 +164,15 @@ fn main() {
             mode,
             stats,
         } => {
+            // Device processes run this very binary.
+            let child = std::env::current_exe()
+                .ok()
+                .map(|exe| ChildCommand::new(exe).arg("device"));
             let opts = RunOptions {
                 duration: duration.map(Duration::from_secs_f64),
                 mode,
                 stop: Some(&SHUTDOWN),
+                child,
             };
             match run_file(&topology, &opts, |line| say!("{line}")) {
                 Ok(out) => {
@@ -181,13 +187,13 @@ fn main() {
                     if out.ok { 0 } else { 1 }
                 }
                 Err(e) => {
-                    eprintln!("shmnet run: {e}");
+                    eprintln!("shmnet run: {}", Chain(&*e));
                     2
                 }
             }
         }
         Cmd::Device { config, duration } => {
-            run_device(&config, duration.map(Duration::from_secs_f64))
+            device_command(&config, duration.map(Duration::from_secs_f64))
         }
         Cmd::Segments => list_segments(),
         Cmd::Clean => clean_segments(),
@@ -197,56 +203,31 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run_device(config: &std::path::Path, duration: Option<Duration>) -> i32 {
+fn device_command(config: &std::path::Path, duration: Option<Duration>) -> i32 {
     let cfg = match DeviceConfig::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("shmnet device: {e}");
+            eprintln!("shmnet device: {}", Chain(&e));
             return 2;
         }
     };
-    let mut dev = match NetDevice::new(&cfg, SegmentKind::Shared) {
-        Ok(d) => d,
+    let opts = RunOptions {
+        duration,
+        stop: Some(&SHUTDOWN),
+        ..Default::default()
+    };
+    match run_device(&cfg, &opts, |line| say!("{line}")) {
+        Ok(out) => {
+            out.stats.iter().for_each(print_stats);
+            for why in &out.failures {
+                eprintln!("shmnet device: {why}");
+            }
+            if out.ok { 0 } else { 1 }
+        }
         Err(e) => {
-            eprintln!("shmnet device: {e}");
-            return 2;
+            eprintln!("shmnet device: {}", Chain(&e));
+            2
         }
-    };
-    say!(
-        "device {} ready: local {} on {} ({}), global {} on {} ({}), pid {}",
-        cfg.name,
-        cfg.local.v4,
-        cfg.local.segment,
-        dev.nic().local().describe(),
-        cfg.global.v4,
-        cfg.global.segment,
-        dev.nic().global().describe(),
-        std::process::id()
-    );
-    let started = std::time::Instant::now();
-    let h = dev.handle();
-    dev.run_until(|_| {
-        for line in h.take_report() {
-            say!("{}: {line}", cfg.name);
-        }
-        h.finished() || shutting_down() || duration.is_some_and(|t| started.elapsed() >= t)
-    });
-    for line in h.take_report() {
-        say!("{}: {line}", cfg.name);
-    }
-    print_stats(&dev.stats());
-    let kind = cfg.function.kind();
-    if h.failed() {
-        eprintln!("shmnet device: {} [{kind}] failed", cfg.name);
-        1
-    } else if cfg.function.has_job() && !h.finished() {
-        eprintln!(
-            "shmnet device: {} [{kind}] stopped before it completed",
-            cfg.name
-        );
-        1
-    } else {
-        0
     }
 }
 
@@ -255,7 +236,7 @@ fn host_networks(cmd: &str) -> Option<Vec<String>> {
     match Segment::list_host() {
         Ok(names) => Some(names),
         Err(e) => {
-            eprintln!("shmnet {cmd}: {e}");
+            eprintln!("shmnet {cmd}: {}", Chain(&e));
             None
         }
     }
@@ -285,7 +266,7 @@ fn list_segments() -> i32 {
                         .collect::<String>()
                 );
             }
-            Err(e) => say!("{name}: {e}"),
+            Err(e) => say!("{name}: {}", Chain(&e)),
         }
     }
     0
@@ -301,7 +282,7 @@ fn clean_segments() -> i32 {
             Ok(true) => say!("removed {name}"),
             Ok(false) => say!("kept {name}: in use"),
             Err(e) => {
-                eprintln!("shmnet clean: {name}: {e}");
+                eprintln!("shmnet clean: {name}: {}", Chain(&e));
                 code = 1;
             }
         }

@@ -11,10 +11,16 @@ use super::{
     build, matching,
 };
 
+#[cfg(feature = "balancer")]
 pub mod balancer;
+#[cfg(feature = "compress")]
 pub mod compress;
+#[cfg(feature = "encrypt")]
 pub mod encrypt;
+#[cfg(feature = "firewall")]
 pub mod firewall;
 pub mod passthrough;
+#[cfg(feature = "qos")]
 pub mod qos;
+#[cfg(feature = "reroute")]
 pub mod reroute;
