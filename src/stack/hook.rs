@@ -249,7 +249,12 @@ impl SocketContext<'_> {
 pub enum FunctionError {
     /// A parameter is invalid; the message names it. Fix the config.
     #[error("function {kind}: {why}")]
-    Invalid { kind: &'static str, why: String },
+    Invalid {
+        /// The function's kind, as in the config.
+        kind: &'static str,
+        /// What is wrong, naming the parameter.
+        why: String,
+    },
 }
 
 /// A network function. Every method has a no-op default.
