@@ -36,7 +36,7 @@ macro_rules! counter_set {
             $( $(#[$fmeta])* pub $field: ::std::sync::atomic::AtomicU64, )*
         }
 
-        #[doc = concat!("A snapshot of [`", stringify!($atomic), "`]: the same fields, as values.")]
+        #[doc = concat!("A snapshot of `", stringify!($atomic), "`: the same fields, as values.")]
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct $snap {
             $( $(#[$fmeta])* pub $field: u64, )*

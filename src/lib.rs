@@ -11,6 +11,7 @@
 //! harness the tests, fuzz targets and bench share.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
 
 pub mod adapters;
 pub mod config;

@@ -206,9 +206,11 @@ impl InPlace {
     pub fn seq(&self) -> u64 {
         self.seq
     }
+    /// The frame's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the frame has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -217,17 +219,24 @@ impl InPlace {
 /// A station on a network, as its directory lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Neighbour {
+    /// Its hardware address.
     pub mac: EthernetAddress,
+    /// Its IPv4 address, if it has one.
     pub ipv4: Option<Ipv4Address>,
+    /// Its IPv6 address, if it has one.
     pub ipv6: Option<Ipv6Address>,
 }
 
 counter_set! {
     /// Counters of one adapter, readable from any thread.
     pub struct AdapterCounters => AdapterStats {
+        /// Frames received (malformed ones excluded).
         rx_frames,
+        /// Bytes of the received frames, link header included.
         rx_bytes,
+        /// Frames sent to at least one peer.
         tx_frames,
+        /// Bytes of the sent frames, link header included.
         tx_bytes,
         /// The stack was told to wait: every buffer was in flight.
         tx_backpressure,
@@ -271,7 +280,9 @@ pub enum AdapterError {
     /// The pcap file could not be created; check the path.
     #[error("pcap file {path}")]
     Pcap {
+        /// The capture file's path.
         path: String,
+        /// Why creating it failed.
         #[source]
         source: std::io::Error,
     },

@@ -22,7 +22,12 @@ pub enum Wake<'a> {
     Ready,
     /// Sleep while this word (in memory shared with the peers) still holds
     /// `expected`; a peer changes it and wakes the futex.
-    Futex { word: &'a AtomicU32, expected: u32 },
+    Futex {
+        /// The futex word.
+        word: &'a AtomicU32,
+        /// The value it holds while there is nothing to do.
+        expected: u32,
+    },
     /// Sleep until this descriptor is readable.
     Readable(BorrowedFd<'a>),
 }

@@ -98,15 +98,19 @@ pub fn reconfigure_in_place<C: KindConfig>(
 pub mod defaults {
     use super::super::matching::ConfigDuration;
 
+    /// The default `N`, for a `u32` field.
     pub fn u32<const N: u32>() -> u32 {
         N
     }
+    /// The default `B`, for a `bool` field.
     pub fn bool<const B: bool>() -> bool {
         B
     }
+    /// The default of `S` seconds, for a duration field.
     pub fn secs<const S: u64>() -> ConfigDuration {
         ConfigDuration::from_secs(S)
     }
+    /// The default of `MS` milliseconds, for a duration field.
     pub fn millis<const MS: u64>() -> ConfigDuration {
         ConfigDuration::from_millis(MS)
     }

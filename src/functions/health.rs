@@ -111,9 +111,13 @@ pub struct HealthSpec {
 /// Validated check parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthCheck {
+    /// Time between probes (the next leaves only once the previous ended).
     pub interval: Duration,
+    /// How long a probe waits for its answer (the interval if not given).
     pub timeout: Duration,
+    /// Consecutive failures that take an up peer down, 1..=[`Self::MAX_COUNT`].
     pub fall: u32,
+    /// Consecutive successes that bring a down peer up, 1..=[`Self::MAX_COUNT`].
     pub rise: u32,
 }
 
@@ -158,7 +162,9 @@ impl HealthCheck {
 /// log, count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
+    /// A down peer reached `rise` consecutive successes.
     Up,
+    /// An up peer reached `fall` consecutive failures.
     Down,
 }
 
@@ -186,6 +192,7 @@ impl Health {
         }
     }
 
+    /// Whether the peer is up (traffic may go to it).
     pub fn is_up(&self) -> bool {
         self.up
     }

@@ -25,7 +25,9 @@ pub use crate::wire::proto::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum PortSpec {
+    /// One port, as a TOML integer (0..=65535 is checked when compiled).
     Number(i64),
+    /// `"low-high"` or one port, as a TOML string.
     Range(String),
 }
 
@@ -34,15 +36,20 @@ pub enum PortSpec {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum ProtoSpec {
+    /// A protocol number (0..=255 is checked when compiled).
     Number(i64),
+    /// `"tcp"`, `"udp"`, `"icmp"` or `"icmpv6"`.
     Name(String),
 }
 
 /// An address prefix; IPv4 addresses live in the low 32 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
+    /// IPv6 (else IPv4).
     pub v6: bool,
+    /// The network address, host bits cleared.
     pub addr: u128,
+    /// The top prefix-length bits of the address set (IPv4: of the low 32).
     pub mask: u128,
 }
 
@@ -298,10 +305,15 @@ pub(crate) use with_match_fields;
 /// (declared there with `with_match_fields!`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MatchSpec<'a> {
+    /// `proto` as written; `None`: left out.
     pub proto: Option<&'a ProtoSpec>,
+    /// `src` as written (a prefix or one address); `None`: left out.
     pub src: Option<&'a str>,
+    /// `dst` as written (a prefix or one address); `None`: left out.
     pub dst: Option<&'a str>,
+    /// `sport` as written; `None`: left out.
     pub sport: Option<&'a PortSpec>,
+    /// `dport` as written; `None`: left out.
     pub dport: Option<&'a PortSpec>,
 }
 
@@ -309,10 +321,15 @@ pub struct MatchSpec<'a> {
 /// matches every IP packet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Matcher {
+    /// IP protocol number; `None`: any.
     pub proto: Option<u8>,
+    /// Source prefix; `None`: any.
     pub src: Option<Prefix>,
+    /// Destination prefix; `None`: any.
     pub dst: Option<Prefix>,
+    /// Inclusive source port range (only with TCP or UDP); `None`: any.
     pub sport: Option<(u16, u16)>,
+    /// Inclusive destination port range (only with TCP or UDP); `None`: any.
     pub dport: Option<(u16, u16)>,
 }
 
@@ -367,9 +384,11 @@ impl Matcher {
 pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
+    /// `ms` milliseconds.
     pub const fn from_millis(ms: u64) -> Self {
         ConfigDuration(Duration::from_millis(ms))
     }
+    /// `s` seconds.
     pub const fn from_secs(s: u64) -> Self {
         ConfigDuration(Duration::from_secs(s))
     }

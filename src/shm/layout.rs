@@ -64,13 +64,16 @@ pub const TAIL_LEN: usize = 64;
 pub const DESC_LEN: usize = 16;
 /// Cookie written into every initialised ring header (memif's value).
 pub const RING_COOKIE: u32 = 0x03E3_1F20;
-/// Smallest and largest IP MTU a network may have.
+/// Smallest IP MTU a network may have (bytes).
 pub const MTU_MIN: u32 = 576;
+/// Largest IP MTU a network may have (bytes).
 pub const MTU_MAX: u32 = 65535;
 /// Link-layer header room in each buffer (Ethernet II, no FCS).
 pub const L2_HEADER_LEN: u32 = 14;
-/// Upper bounds that keep a region's size sane and indices in a u16.
+/// Most ports a network may have (`max_ports` is 2..=this); keeps a
+/// region's size sane and port indices in a u16.
 pub const MAX_PORTS_LIMIT: u32 = 1024;
+/// Most buffers per port and slots per ring; keeps buffer indices in a u16.
 pub const MAX_SLOTS_LIMIT: u32 = 1 << 16;
 
 /// Byte offsets of every field, one module per format: the only place
@@ -159,6 +162,8 @@ macro_rules! byte_view {
         }
 
         impl<T: AsRef<[u8]>> $name<T> {
+            /// Wraps `buffer` without checking its length; accessors panic on a
+            /// buffer shorter than [`Self::check_len`] asks for.
             pub const fn new_unchecked(buffer: T) -> Self {
                 $name { buffer }
             }
@@ -168,6 +173,7 @@ macro_rules! byte_view {
                 view.check_len()?;
                 Ok(view)
             }
+            /// Whether the buffer holds every field; else the format's truncation error.
             pub fn check_len(&self) -> Result<(), $crate::shm::ShmError> {
                 let len = self.buffer.as_ref().len();
                 if len < $len {
@@ -183,9 +189,12 @@ macro_rules! byte_view {
         $crate::shm::layout::byte_view!($(#[$attr])* $name, len: $len, short: $short);
 
         impl<T: AsRef<[u8]>> $name<T> {
+            /// The magic bytes as stored.
             pub fn magic(&self) -> &[u8] {
                 &self.buffer.as_ref()[$($f)::+::MAGIC]
             }
+            /// The format version as stored (a port header's stays 0 until its owner
+            /// publishes it).
             pub fn version(&self) -> u32 {
                 self.u32($($f)::+::VERSION)
             }
@@ -226,7 +235,9 @@ pub(crate) fn split(w: u64) -> (u32, u32) {
 /// checks them; two ports talk only if their geometries are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
+    /// IP MTU in bytes, [`MTU_MIN`]..=[`MTU_MAX`].
     pub mtu: u32,
+    /// The link layer of the network's frames.
     pub medium: LinkMedium,
     /// Bytes per buffer: the MTU plus a link header, rounded up to 64.
     pub frame_size: u32,
@@ -365,9 +376,11 @@ impl Geometry {
         .find(|(_, a, b)| a != b)
     }
 
+    /// Bytes of one ring: its header plus `ring_slots` descriptors.
     pub fn ring_len(&self) -> u64 {
         RING_HEADER_LEN as u64 + self.ring_slots as u64 * DESC_LEN as u64
     }
+    /// Bytes of a port's buffer pool: `buffers × frame_size`.
     pub fn pool_len(&self) -> u64 {
         self.buffers as u64 * self.frame_size as u64
     }
@@ -433,6 +446,7 @@ fn stored_offsets(g: &Geometry) -> [(usize, u64); 4] {
 /// What a region header says: the network's geometry and who owns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeaderRepr {
+    /// The network's geometry.
     pub geo: Geometry,
     /// The owner's port index.
     pub index: u32,
@@ -565,36 +579,45 @@ impl<T: AsRef<[u8]>> Descriptor<T> {
             &self.buffer.as_ref()[field::descriptor::FLAGS],
         ))
     }
+    /// The index of the port whose pool holds the frame (memif's region).
     pub fn region(&self) -> u16 {
         NativeEndian::read_u16(&self.buffer.as_ref()[field::descriptor::REGION])
     }
+    /// Frame length in bytes.
     pub fn length(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::LENGTH])
     }
+    /// Byte offset of the buffer inside the sender's pool.
     pub fn offset(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::OFFSET])
     }
+    /// Opaque to the facility; adapters may use it.
     pub fn metadata(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::METADATA])
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Descriptor<T> {
+    /// Stores the flags.
     pub fn set_flags(&mut self, v: DescFlags) {
         NativeEndian::write_u16(
             &mut self.buffer.as_mut()[field::descriptor::FLAGS],
             v.bits(),
         )
     }
+    /// Stores the region (the sender's port index).
     pub fn set_region(&mut self, v: u16) {
         NativeEndian::write_u16(&mut self.buffer.as_mut()[field::descriptor::REGION], v)
     }
+    /// Stores the frame length in bytes.
     pub fn set_length(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::LENGTH], v)
     }
+    /// Stores the buffer's byte offset inside the pool.
     pub fn set_offset(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::OFFSET], v)
     }
+    /// Stores the adapter metadata word.
     pub fn set_metadata(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::METADATA], v)
     }
@@ -654,6 +677,7 @@ impl DescriptorRepr {
         })
     }
 
+    /// Bytes `emit` writes: [`DESC_LEN`].
     pub const fn buffer_len(&self) -> usize {
         DESC_LEN
     }

@@ -33,8 +33,9 @@ pub struct PortInfo {
     pub name: String,
     /// Ethernet address (frames are switched by it on Ethernet networks).
     pub mac: [u8; 6],
-    /// Addresses (frames are switched by them on IP networks).
+    /// IPv4 address, if any (frames are switched by it on IP networks).
     pub ipv4: Option<[u8; 4]>,
+    /// IPv6 address, if any (frames are switched by it on IP networks).
     pub ipv6: Option<[u8; 16]>,
 }
 
@@ -80,11 +81,15 @@ pub fn mac_from_name(name: &str) -> [u8; 6] {
 /// One attached port, as its peers know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
+    /// The port's index in the network.
     pub index: u32,
+    /// Unique per attachment: a device restarted at the same index has
+    /// another epoch.
     pub epoch: u32,
     /// The owner's pid as the kernel reported it (SO_PEERCRED), or this
     /// process's for a thread peer.
     pub owner_pid: u32,
+    /// What the port published about itself.
     pub info: PortInfo,
 }
 

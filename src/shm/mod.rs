@@ -81,30 +81,53 @@ pub(crate) fn quote(value: &str) -> String {
 pub enum ShmError {
     /// No segment of that name exists; create it or check the name.
     #[error("segment {name:?} not found")]
-    NotFound { name: String },
+    NotFound {
+        /// The segment (network) name asked for.
+        name: String,
+    },
     /// A segment of that name exists; open it instead.
     #[error("segment {name:?} already exists")]
-    AlreadyExists { name: String },
+    AlreadyExists {
+        /// The segment (network) name asked for.
+        name: String,
+    },
     /// The segment was made by an incompatible shmnet; remove it or upgrade.
     #[error("segment layout version {found}, this build understands {expected}")]
-    VersionMismatch { found: u32, expected: u32 },
+    VersionMismatch {
+        /// The version stored in the header, record or manifest.
+        found: u32,
+        /// The version this build reads and writes.
+        expected: u32,
+    },
     /// The segment is still being initialised by its creator; retry.
     #[error("segment not initialised yet")]
     NotReady,
     /// Every port index is taken; raise the network's `max_ports` (the same
     /// on every device of the network).
     #[error("network {name:?} is full: all {max_ports} ports are attached; raise max_ports")]
-    Full { name: String, max_ports: u32 },
+    Full {
+        /// The network's name.
+        name: String,
+        /// The network's port limit, all of them attached.
+        max_ports: u32,
+    },
     /// MTU outside 576..=65535 bytes of IP packet.
     #[error("MTU {mtu} out of range (576..=65535)")]
-    MtuOutOfRange { mtu: u32 },
+    MtuOutOfRange {
+        /// The MTU asked for, in bytes.
+        mtu: u32,
+    },
     /// A live network has other parameters than requested; use the same
     /// parameters on every device of a network.
     #[error("network {name:?} runs with {field} {found}, this device asks for {requested}")]
     ParameterMismatch {
+        /// The network's name.
         name: String,
+        /// The first parameter that differs (`mtu`, `medium`, `buffers`, …).
         field: &'static str,
+        /// The live network's value (a medium as its header code).
         found: u64,
+        /// This device's value.
         requested: u64,
     },
     /// A parameter is outside what the layout supports.
@@ -113,7 +136,12 @@ pub enum ShmError {
     /// The header or directory does not make sense; the segment is stale or
     /// was overwritten.
     #[error("segment {name:?} is corrupt: {why}")]
-    Corrupt { name: String, why: String },
+    Corrupt {
+        /// The network's name; empty where the failing check does not know it.
+        name: String,
+        /// Which check failed.
+        why: String,
+    },
     /// A descriptor failed validation (counted and dropped on the data path).
     #[error("bad descriptor: {0}")]
     BadDescriptor(&'static str),
@@ -121,8 +149,11 @@ pub enum ShmError {
     /// each device its own.
     #[error("network {name:?}: {what} already in use by {holder}")]
     AddressInUse {
+        /// The network's name.
         name: String,
+        /// The clashing address or name, e.g. `IPv4 address 10.0.0.2`.
         what: String,
+        /// The live port that holds it, e.g. `device alpha (pid 42)`.
         holder: String,
     },
     /// A file or directory shmnet would use belongs to another user or is
@@ -132,21 +163,28 @@ pub enum ShmError {
         "{path} belongs to {owner} with mode {mode:o}; shmnet needs it owned by you and closed to others (mode 0700/0600)"
     )]
     NotOwned {
+        /// The file or directory.
         path: String,
+        /// Its owner, e.g. `uid 65534 (nobody)`.
         owner: String,
+        /// Its permission bits.
         mode: u32,
     },
     /// Another process held the network's lock for too long (it may hang);
     /// find it with `fuser PATH`, or retry.
     #[error("timed out after {waited:?} waiting for the lock {path}")]
     LockTimeout {
+        /// The lock file.
         path: String,
+        /// How long this process waited before giving up.
         waited: std::time::Duration,
     },
     /// An operating-system call failed.
     #[error("{what}")]
     Io {
+        /// The operation that failed and on what.
         what: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },

@@ -78,7 +78,9 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// at, so a frame never goes to a different device reusing the index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
+    /// The peer's port index in the network.
     pub index: u32,
+    /// The epoch of the attachment the frame is meant for.
     pub epoch: u32,
 }
 
@@ -250,12 +252,16 @@ impl Port {
         Ok(port)
     }
 
+    /// The network this port is attached to.
     pub fn segment(&self) -> &Arc<Segment> {
         &self.seg
     }
+    /// This port's index in the network (below `max_ports`).
     pub fn index(&self) -> u32 {
         self.index
     }
+    /// This attachment's epoch: a later attachment at the same index has
+    /// another.
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
@@ -266,6 +272,7 @@ impl Port {
             epoch: self.epoch,
         }
     }
+    /// This port's counters, shareable with other threads.
     pub fn counters(&self) -> &Arc<PortCounters> {
         &self.counters
     }

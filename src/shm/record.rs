@@ -51,14 +51,18 @@ use super::member::PortInfo;
 
 /// Bytes of a port record (file and hello).
 pub const RECORD_LEN: usize = 128;
+/// Magic bytes at offset 0 of a port record.
 pub const RECORD_MAGIC: [u8; 8] = *b"SHMNETPR";
+/// Version of the port record format.
 pub const RECORD_VERSION: u32 = 1;
 /// Longest device name a record holds, in bytes.
 pub const NAME_MAX: usize = 64;
 
 /// Bytes of a manifest.
 pub const MANIFEST_LEN: usize = 40;
+/// Magic bytes at offset 0 of a manifest.
 pub const MANIFEST_MAGIC: [u8; 8] = *b"SHMNETMF";
+/// Version of the manifest format.
 pub const MANIFEST_VERSION: u32 = 1;
 
 /// Byte offsets of every field: the only place that knows where one sits.
@@ -117,27 +121,35 @@ impl<T: AsRef<[u8]>> PortRecord<T> {
     fn u32(&self, r: std::ops::Range<usize>) -> u32 {
         LittleEndian::read_u32(self.bytes(r))
     }
+    /// The port's index in the network.
     pub fn index(&self) -> u32 {
         self.u32(field::record::INDEX)
     }
+    /// The port's epoch (unique per attachment).
     pub fn epoch(&self) -> u32 {
         self.u32(field::record::EPOCH)
     }
+    /// The writer's pid, as it sees it.
     pub fn pid(&self) -> u32 {
         self.u32(field::record::PID)
     }
+    /// The port's MAC address (6 bytes).
     pub fn mac(&self) -> &[u8] {
         self.bytes(field::record::MAC)
     }
+    /// Which addresses are present: `0x1` IPv4, `0x2` IPv6.
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::record::FLAGS]
     }
+    /// Length of the name in bytes (at most [`NAME_MAX`] in a valid record).
     pub fn name_len(&self) -> u8 {
         self.buffer.as_ref()[field::record::NAME_LEN]
     }
+    /// The IPv4 address (4 bytes; zero when its flag is clear).
     pub fn ipv4(&self) -> &[u8] {
         self.bytes(field::record::IPV4)
     }
+    /// The IPv6 address (16 bytes; zero when its flag is clear).
     pub fn ipv6(&self) -> &[u8] {
         self.bytes(field::record::IPV6)
     }
@@ -145,6 +157,7 @@ impl<T: AsRef<[u8]>> PortRecord<T> {
     pub fn name_field(&self) -> &[u8] {
         self.bytes(field::record::NAME)
     }
+    /// The 8 reserved bytes (must be zero).
     pub fn reserved(&self) -> &[u8] {
         self.bytes(field::record::RESERVED)
     }
@@ -162,12 +175,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
 /// What a port record says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordRepr {
+    /// The port's index in the network (below `max_ports`).
     pub index: u32,
     /// Unique per attachment.
     pub epoch: u32,
     /// The writer's pid as it sees it, for operators; whoever needs a pid it
     /// can trust asks the kernel (SO_PEERCRED).
     pub pid: u32,
+    /// The device's name, MAC and addresses.
     pub info: PortInfo,
 }
 
@@ -255,6 +270,7 @@ impl RecordRepr {
         Ok(())
     }
 
+    /// Bytes `emit` writes: [`RECORD_LEN`].
     pub const fn buffer_len(&self) -> usize {
         RECORD_LEN
     }
@@ -343,6 +359,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Manifest<T> {
 /// What a manifest says: the network's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestRepr {
+    /// The network's geometry.
     pub geo: Geometry,
 }
 
@@ -380,6 +397,7 @@ impl ManifestRepr {
         Ok(ManifestRepr { geo })
     }
 
+    /// Bytes `emit` writes: [`MANIFEST_LEN`].
     pub const fn buffer_len(&self) -> usize {
         MANIFEST_LEN
     }

@@ -375,7 +375,7 @@ pub struct TxBuf {
 
 /// A received frame still in the sender's buffer (see
 /// [`Port::recv_in_place`](super::Port::recv_in_place)); read it with
-/// [`Segment::frame_bytes`](super::Segment::frame_bytes).
+/// [`Port::frame_bytes`](super::Port::frame_bytes).
 #[derive(Debug)]
 pub struct InPlaceFrame {
     offset: usize,
@@ -394,9 +394,11 @@ impl InPlaceFrame {
     pub(crate) fn offset(&self) -> usize {
         self.offset
     }
+    /// The frame's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the frame has no bytes.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -43,6 +43,7 @@ pub enum SegmentKind {
 pub struct NetworkParams {
     /// IP MTU, 576..=65535.
     pub mtu: u32,
+    /// The link layer: Ethernet (the default of [`NetworkParams::new`]) or bare IP.
     pub medium: LinkMedium,
     /// Ports (device adapters) the network can hold at once. Costs only
     /// address space until used: each port keeps one ring per possible peer.
@@ -161,15 +162,19 @@ impl Segment {
         self.peers().len()
     }
 
+    /// The network's name.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Whether its ports are threads of this process or processes.
     pub fn kind(&self) -> SegmentKind {
         self.kind
     }
+    /// The network's IP MTU in bytes.
     pub fn mtu(&self) -> u32 {
         self.geo.mtu
     }
+    /// The network's link layer.
     pub fn medium(&self) -> LinkMedium {
         self.geo.medium
     }
@@ -177,6 +182,7 @@ impl Segment {
     pub fn frame_size(&self) -> usize {
         self.geo.frame_size as usize
     }
+    /// The network's parameters and the region layout they imply.
     pub fn geometry(&self) -> &Geometry {
         &self.geo
     }

@@ -24,11 +24,13 @@ use crate::counters::counter_set;
 counter_set! {
     /// Counters of the interface system.
     pub struct NicCounters => NicStats {
-        /// Frames the stack sent, by the network they went to.
+        /// Frames the stack sent that went to the local network.
         routed_local,
+        /// Frames the stack sent that went to the global network.
         routed_global,
-        /// Frames the function dropped on ingress / egress.
+        /// Received frames the function dropped (ingress).
         ingress_dropped,
+        /// Frames from the stack the function dropped (egress).
         egress_dropped,
         /// Frames the function took (answered, or holds to release later).
         consumed,
@@ -42,12 +44,16 @@ counter_set! {
         mss_clamped,
         /// Transit packets forwarded (forwarding devices only).
         forwarded,
-        /// Transit packets dropped: no route, no known next hop, TTL ran out.
+        /// Packets dropped for want of a route: transit packets, and
+        /// `Verdict::Via` next hops on neither network.
         no_route,
+        /// Packets dropped because the next hop's MAC is not known (Ethernet).
         no_neighbour,
+        /// Transit packets dropped because their TTL / hop limit ran out.
         ttl_expired,
-        /// Frames received by either adapter / sent by the stack.
+        /// Frames received by either adapter.
         frames_in,
+        /// Frames the stack sent (counted before the function's verdict).
         frames_out,
     }
 }
@@ -55,11 +61,18 @@ counter_set! {
 /// A snapshot of a device's counters.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceStats {
+    /// The device's name.
     pub name: String,
+    /// The running function's kind, as in the config (e.g. `firewall`).
     pub function: String,
+    /// The local network's adapter (counters `local.…`).
     pub local: AdapterStats,
+    /// The global network's adapter (counters `global.…`).
     pub global: AdapterStats,
+    /// The Nic's counters (unprefixed names).
     pub nic: NicStats,
+    /// The function's own counters as last published, `(name, value)`
+    /// (`function.…`).
     pub function_counters: Vec<(String, u64)>,
 }
 
@@ -69,6 +82,7 @@ pub struct DeviceStats {
 pub struct CounterName<'a> {
     /// `local`, `global`, `function`, or empty (the Nic's).
     pub group: &'static str,
+    /// The counter's name within its group.
     pub name: &'a str,
 }
 

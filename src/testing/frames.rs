@@ -59,8 +59,11 @@ fn ethernet(buf: &mut [u8], v6: bool) {
 /// options, identification 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpHeader {
+    /// Source address; its family picks IPv4 or IPv6.
     pub src: IpAddress,
+    /// Destination address, of the same family.
     pub dst: IpAddress,
+    /// IPv4 protocol / IPv6 next header.
     pub protocol: IpProtocol,
     /// TTL or hop limit (64 by default).
     pub hop_limit: u8,

@@ -168,7 +168,9 @@ pub fn echo_server(lan: &str, address: &str, client: &str, gateway: &str) -> Dev
 /// A raw port (no stack behind it) on a process-local network, for sending
 /// hand-made frames.
 pub struct RawPort {
+    /// The network it is attached to.
     pub segment: Arc<Segment>,
+    /// Its port: send and receive frames through it.
     pub port: Port,
     /// The ports of the devices attached when it joined, with their MACs.
     pub others: Vec<(Peer, [u8; 6])>,

@@ -34,10 +34,12 @@ header_view! {
 }
 
 impl<T: AsRef<[u8]>> EspPacket<T> {
+    /// The Security Parameters Index: which SA the packet belongs to.
     pub fn spi(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::SPI];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
     }
+    /// The sequence number (counts up from 1 per SA; anti-replay).
     pub fn seq(&self) -> u32 {
         let b = &self.buffer.as_ref()[field::SEQ];
         u32::from_be_bytes([b[0], b[1], b[2], b[3]])
@@ -47,11 +49,15 @@ impl<T: AsRef<[u8]>> EspPacket<T> {
 /// What an ESP header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EspRepr {
+    /// Security Parameters Index; 0..=255 are reserved and refused by `parse`.
     pub spi: u32,
+    /// Sequence number: counts up from 1 per SA; the receiver checks it
+    /// against its anti-replay window.
     pub seq: u32,
 }
 
 impl EspRepr {
+    /// Reads the header; refuses a truncated buffer or a reserved SPI.
     pub fn parse<T: AsRef<[u8]>>(p: &EspPacket<T>) -> Result<EspRepr, EspError> {
         p.check_len()?;
         if p.spi() < 256 {
@@ -62,9 +68,11 @@ impl EspRepr {
             seq: p.seq(),
         })
     }
+    /// Bytes [`Self::emit`] writes: the 8-byte header.
     pub const fn buffer_len(&self) -> usize {
         field::PAYLOAD
     }
+    /// Writes the header into `p` (at least [`Self::buffer_len`] bytes).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut EspPacket<T>) {
         let b = p.buffer.as_mut();
         b[field::SPI].copy_from_slice(&self.spi.to_be_bytes());

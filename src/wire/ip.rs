@@ -105,9 +105,15 @@ pub enum FrameView {
     Ip(IpView),
     /// An ARP packet (Ethernet only); `target` is the target protocol
     /// address, if the packet is long enough to hold it.
-    Arp { target: Option<Ipv4Address> },
+    Arp {
+        /// The target protocol address (bytes 24..28 of the ARP packet).
+        target: Option<Ipv4Address>,
+    },
     /// Another EtherType: not for the functions to judge.
-    Other { ethertype: u16 },
+    Other {
+        /// The frame's EtherType.
+        ethertype: u16,
+    },
     /// Too short for its link header, or an IP header that fails the rules
     /// in the module doc.
     Malformed,
@@ -139,7 +145,9 @@ pub enum NoIp {
 /// What an ICMP (in IPv4) or ICMPv6 (in IPv6) message is, by its type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpKind {
+    /// Echo request: ICMP type 8, ICMPv6 type 128.
     EchoRequest,
+    /// Echo reply: ICMP type 0, ICMPv6 type 129.
     EchoReply,
     /// Destination unreachable, time exceeded, parameter problem (and
     /// ICMPv6's packet too big): it quotes the packet it is about.
@@ -168,22 +176,32 @@ impl IcmpKind {
 /// The transport header, as far as functions look at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
+    /// TCP with a whole header (20 bytes or more, within the packet).
     Tcp {
+        /// Source port.
         sport: u16,
+        /// Destination port.
         dport: u16,
+        /// The flag byte.
         flags: TcpFlags,
         /// Header length (data offset × 4).
         header_len: u8,
     },
+    /// UDP with a whole 8-byte header (and, unfragmented, a length field that fits).
     Udp {
+        /// Source port.
         sport: u16,
+        /// Destination port.
         dport: u16,
     },
     /// ICMP (in IPv4) or ICMPv6 (in IPv6). `ident` is the echo identifier
     /// for echo requests and replies, else 0.
     Icmp {
+        /// ICMP / ICMPv6 type.
         ty: u8,
+        /// ICMP / ICMPv6 code.
         code: u8,
+        /// Echo identifier (echo request and reply only, else 0).
         ident: u16,
     },
     /// Another protocol, or a later fragment.
@@ -202,7 +220,9 @@ pub enum Transport {
 pub struct IpView {
     /// IPv6 (else IPv4).
     pub v6: bool,
+    /// Source address (IPv4 in the low 32 bits).
     pub src: u128,
+    /// Destination address (IPv4 in the low 32 bits).
     pub dst: u128,
     /// The upper-layer protocol: IPv4's protocol field, or IPv6's last
     /// next-header after the extension headers walked.
@@ -211,6 +231,7 @@ pub struct IpView {
     pub tos: u8,
     /// TTL / hop limit.
     pub hop_limit: u8,
+    /// Whether it is a fragment, and which one (IPv6: from the fragment header).
     pub fragment: Fragment,
     /// Offset of the IP header in the frame (the link header's length).
     pub l3: usize,
@@ -221,6 +242,7 @@ pub struct IpView {
     /// Offset just past the IP packet (its total length); bytes beyond are
     /// link padding.
     pub end: usize,
+    /// The transport header's fields, or why there are none.
     pub transport: Transport,
 }
 
@@ -441,9 +463,11 @@ fn icmp(l4: &[u8], v6: bool) -> Transport {
 }
 
 impl IpView {
+    /// The source address as smoltcp's type.
     pub fn src_addr(&self) -> IpAddress {
         addr(self.v6, self.src)
     }
+    /// The destination address as smoltcp's type.
     pub fn dst_addr(&self) -> IpAddress {
         addr(self.v6, self.dst)
     }
@@ -561,11 +585,17 @@ fn addr(v6: bool, a: u128) -> IpAddress {
 /// For ICMP echo the identifier stands in for both ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
+    /// Source address (IPv4 in the low 32 bits).
     pub src: u128,
+    /// Destination address (IPv4 in the low 32 bits).
     pub dst: u128,
+    /// Source port, the ICMP echo identifier, or 0 for other protocols.
     pub sport: u16,
+    /// Destination port, the ICMP echo identifier, or 0 for other protocols.
     pub dport: u16,
+    /// IP protocol number (see [`proto`]).
     pub proto: u8,
+    /// IPv6 (else IPv4).
     pub v6: bool,
 }
 

@@ -42,12 +42,15 @@ header_view! {
 }
 
 impl<T: AsRef<[u8]>> IpCompPacket<T> {
+    /// Protocol number of the original (compressed) payload.
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[field::NEXT_HEADER]
     }
+    /// The reserved flag byte (must be 0).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
+    /// The compression parameter index: the algorithm (we write [`CPI_LZ4`]).
     pub fn cpi(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::CPI];
         u16::from_be_bytes([b[0], b[1]])
@@ -64,6 +67,7 @@ pub struct IpCompRepr {
 }
 
 impl IpCompRepr {
+    /// Reads the header; refuses a truncated buffer or non-zero flags.
     pub fn parse<T: AsRef<[u8]>>(p: &IpCompPacket<T>) -> Result<IpCompRepr, IpCompError> {
         p.check_len()?;
         if p.flags() != 0 {
@@ -74,9 +78,11 @@ impl IpCompRepr {
             cpi: p.cpi(),
         })
     }
+    /// Bytes [`Self::emit`] writes: the 4-byte header.
     pub const fn buffer_len(&self) -> usize {
         field::PAYLOAD
     }
+    /// Writes the header into `p` (at least [`Self::buffer_len`] bytes), flags zeroed.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut IpCompPacket<T>) {
         let b = p.buffer.as_mut();
         b[field::NEXT_HEADER] = self.next_header;

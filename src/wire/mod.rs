@@ -79,10 +79,16 @@ pub use tcp::TcpFlags;
 
 /// IP protocol numbers the functions match on.
 pub mod proto {
+    /// ICMP for IPv4 (RFC 792).
     pub const ICMP: u8 = 1;
+    /// TCP (RFC 9293).
     pub const TCP: u8 = 6;
+    /// UDP (RFC 768).
     pub const UDP: u8 = 17;
+    /// ESP (RFC 4303), written by the encryption function.
     pub const ESP: u8 = 50;
+    /// ICMP for IPv6 (RFC 4443).
     pub const ICMPV6: u8 = 58;
+    /// IPComp (RFC 3173), written by the compression function.
     pub const IPCOMP: u8 = 108;
 }

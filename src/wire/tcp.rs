@@ -17,13 +17,21 @@ bitflags::bitflags! {
     /// The TCP header's flag byte.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct TcpFlags: u8 {
+        /// No more data from the sender.
         const FIN = 0x01;
+        /// Synchronise sequence numbers (opens a connection).
         const SYN = 0x02;
+        /// Reset the connection.
         const RST = 0x04;
+        /// Push buffered data to the application.
         const PSH = 0x08;
+        /// The acknowledgement field is valid.
         const ACK = 0x10;
+        /// The urgent pointer is valid.
         const URG = 0x20;
+        /// ECN echo (RFC 3168).
         const ECE = 0x40;
+        /// Congestion window reduced (RFC 3168).
         const CWR = 0x80;
     }
 }

@@ -98,13 +98,19 @@ counters! {
     /// Counters of the compression function.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
     pub struct CompressStats {
+        /// Packets compressed (sent on as IPComp).
         pub compressed: u64,
+        /// Compressed packets restored.
         pub decompressed: u64,
+        /// Packets with a payload under `min_size` (passed as they are).
         pub skipped_small: u64,
+        /// Packets whose payload would not shrink (passed as they are).
         pub skipped_incompressible: u64,
-        /// Payload bytes before and after compression, and the difference.
+        /// Payload bytes of the compressed packets, before compression.
         pub bytes_in: u64,
+        /// The same payloads after compression, IPComp header included.
         pub bytes_out: u64,
+        /// `bytes_in - bytes_out`: bytes the hop did not have to carry.
         pub bytes_saved: u64,
         /// Compressed packets that could not be decompressed (dropped).
         pub decompress_errors: u64,
@@ -126,6 +132,7 @@ pub struct Compress {
 }
 
 impl Compress {
+    /// A compressor with `cfg`; errors if `min_size` is outside 16..=65535.
     pub fn new(cfg: CompressConfig) -> Result<Compress, FunctionError> {
         cfg.validate()?;
         Ok(Compress {
@@ -137,6 +144,7 @@ impl Compress {
         })
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> &CompressStats {
         &self.stats
     }

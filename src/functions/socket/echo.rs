@@ -50,6 +50,8 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// The server for `cfg`; errors if `port`, `connections` or `tcp_buffer`
+    /// is out of range.
     pub fn new(cfg: EchoConfig) -> Result<Echo, FunctionError> {
         let bad = |why: &str| FunctionError::Invalid {
             kind: "echo",

@@ -150,6 +150,8 @@ impl ProbeConfig {
 }
 
 impl Probe {
+    /// The probe for `cfg`; errors on a bad target, no target at all, or a
+    /// `timeout` outside 1ms..=1h.
     pub fn new(mut cfg: ProbeConfig) -> Result<Probe, FunctionError> {
         let mut jobs = Vec::new();
         for t in &cfg.tcp {

@@ -1,6 +1,6 @@
-//! A public face of [`HostMember`] for integration tests of the protocol
-//! between processes (feature `testing`): a port with a real sealed region
-//! and doorbell, and no data path.
+//! A public face of `HostMember`, a port's membership between processes,
+//! for integration tests of that protocol (feature `testing`): a port with
+//! a real sealed region and doorbell, and no data path.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,14 +32,23 @@ pub(crate) fn sealed_region(geo: &Geometry, index: u32, epoch: u32) -> Result<Re
 /// A change in membership, as a test sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TestEvent {
+    /// A port passed every check and joined.
     Joined {
+        /// Its port index.
         index: u32,
+        /// Its epoch (unique per attachment).
         epoch: u32,
+        /// Its owner's pid, as the kernel reported it.
         pid: u32,
+        /// Its device name.
         name: String,
     },
+    /// A joined port's connection hung up, or a newer attachment replaced
+    /// it at its index.
     Left {
+        /// Its port index.
         index: u32,
+        /// The epoch of the attachment that left.
         epoch: u32,
     },
 }
@@ -51,7 +60,9 @@ pub struct TestMember {
     _doorbell: Doorbell,
 }
 
-/// [`super::runtime_dir`], public for tests.
+/// The per-user runtime directory (`$SHMNET_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/shmnet`, else `/tmp/shmnet-<euid>`), created 0700 if
+/// missing and refused unless private to this user; public for tests.
 pub fn runtime_dir() -> Result<PathBuf, ShmError> {
     super::runtime_dir()
 }
@@ -85,24 +96,31 @@ impl TestMember {
         })
     }
 
+    /// This port's index in the network.
     pub fn index(&self) -> u32 {
         self.member.index()
     }
 
+    /// This attachment's epoch.
     pub fn epoch(&self) -> u32 {
         self.member.epoch()
     }
 
+    /// What this port's membership has seen so far.
     pub fn stats(&self) -> HostStats {
         self.member.stats()
     }
 
+    /// Never blocks: accepts joiners, checks their hellos and returns who
+    /// joined and who left since the last call.
     pub fn poll(&mut self) -> Vec<TestEvent> {
         let mut out = Vec::new();
         self.member.poll(&mut out);
         convert(out)
     }
 
+    /// Waits (at most `limit`) until every port this one connected to at
+    /// join has answered with its hello or hung up; returns the changes seen.
     pub fn settle(&mut self, limit: Duration) -> Vec<TestEvent> {
         let mut out = Vec::new();
         self.member.settle(limit, &mut out);

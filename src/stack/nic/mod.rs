@@ -160,6 +160,7 @@ impl Nic {
         }
     }
 
+    /// The Nic's counters, shared with the device's other threads.
     pub fn counters(&self) -> &Arc<NicCounters> {
         &self.counters
     }
@@ -167,6 +168,7 @@ impl Nic {
     pub fn adapter(&self, role: Role) -> &dyn Adapter {
         &*self.adapters[role.index()]
     }
+    /// The adapter on `role`'s network, mutably.
     pub fn adapter_mut(&mut self, role: Role) -> &mut dyn Adapter {
         &mut *self.adapters[role.index()]
     }
@@ -182,6 +184,7 @@ impl Nic {
     pub fn global(&self) -> &dyn Adapter {
         self.adapter(Role::Global)
     }
+    /// What decides where each frame goes.
     pub fn router(&self) -> &Router {
         &self.router
     }

@@ -57,7 +57,12 @@ struct Forwarding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transit {
     /// Out of this network's adapter, to this next hop.
-    Forward { egress: Role, next_hop: IpAddress },
+    Forward {
+        /// The network it leaves by.
+        egress: Role,
+        /// The neighbour it is sent to: a gateway, or its destination.
+        next_hop: IpAddress,
+    },
     /// No route to its destination.
     NoRoute,
     /// Its TTL / hop limit ran out.
@@ -117,6 +122,7 @@ impl Router {
         self.fwd.is_some()
     }
 
+    /// The device's link layer (Ethernet or bare IP).
     pub fn medium(&self) -> Medium {
         self.medium
     }

@@ -39,6 +39,8 @@ with_health_fields! {
     #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct ServiceConfig {
+        /// Unique among the services, non-empty, without spaces; names its
+        /// counters and log lines.
         pub name: String,
         /// The virtual address clients connect to, `"ip:port"`.
         pub vip: String,
@@ -78,6 +80,7 @@ pub struct BalancerConfig {
     pub tcp_closing_timeout: ConfigDuration,
     /// Idle time after which a UDP flow is forgotten.
     pub udp_timeout: ConfigDuration,
+    /// The `[[service]]` tables (TOML key `service`); none by default.
     #[serde(rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceConfig>,
 }

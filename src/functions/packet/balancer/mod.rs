@@ -99,17 +99,26 @@ counters! {
     /// Global counters of the balancer.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
     pub struct BalancerStats {
+        /// Flows entered in the table.
         pub flows_created: u64,
+        /// Flows removed because their idle timeout passed.
         pub expired: u64,
+        /// Packets to a VIP whose service had no healthy backend (dropped).
         pub no_backend: u64,
+        /// New flows refused because the table held `max_flows` (dropped).
         pub table_full: u64,
+        /// Times a backend went up or down.
         pub health_changes: u64,
+        /// Malformed or truncated IP packets (dropped).
         pub malformed: u64,
+        /// Fragments to a VIP, which cannot be balanced (dropped).
         pub fragments_dropped: u64,
         /// A new flow whose reply direction would be indistinguishable from an
         /// existing flow's (same client endpoint, same backend, two VIPs).
         pub conflicts: u64,
+        /// Health checks a backend answered.
         pub checks_ok: u64,
+        /// Health checks refused or timed out.
         pub checks_failed: u64,
     }
 }
@@ -164,6 +173,7 @@ pub struct Balancer {
 }
 
 impl Balancer {
+    /// The function for `cfg`; errors name an invalid service or backend.
     pub fn new(cfg: BalancerConfig) -> Result<Balancer, FunctionError> {
         let c = cfg.compile().map_err(invalid("balancer"))?;
         Ok(Balancer {
@@ -180,6 +190,7 @@ impl Balancer {
         })
     }
 
+    /// The global counters so far.
     pub fn stats(&self) -> &BalancerStats {
         &self.stats
     }

@@ -101,12 +101,15 @@ counters! {
     /// Counters of the encryption function.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
     pub struct EncryptStats {
+        /// Packets encapsulated and sent on to the hop.
         pub encrypted: u64,
+        /// ESP packets that verified and were decapsulated.
         pub decrypted: u64,
         /// Already seen, or older than the window (dropped).
         pub replayed: u64,
         /// ICV did not verify (dropped).
         pub auth_failed: u64,
+        /// ESP for us with a bad header or an SPI of no inbound SA (dropped).
         pub unknown_spi: u64,
         /// Would exceed the hop's MTU or the frame buffer (dropped).
         pub too_big: u64,
@@ -169,6 +172,7 @@ impl Encrypt {
         self.hop_mtu = link.mtu(self.hop);
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> &EncryptStats {
         &self.stats
     }

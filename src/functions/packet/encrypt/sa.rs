@@ -173,6 +173,7 @@ pub struct ReplayWindow {
 }
 
 impl ReplayWindow {
+    /// An empty window over the last `size` sequence numbers (at least 1).
     pub fn new(size: u32) -> ReplayWindow {
         let size = size.max(1) as u64;
         ReplayWindow {

@@ -27,7 +27,9 @@ const MAX_RATE: u64 = 10_000_000_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum RateSpec {
+    /// Bits per second, as a TOML integer.
     Bits(i64),
+    /// A number with a unit, `"40mbit"`, `"1.5gbit"` (see [`parse_rate`]).
     Text(String),
 }
 
@@ -80,6 +82,7 @@ with_match_fields! {
         /// Queue size in bytes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub queue: Option<u64>,
+        /// `"drop"` (the default) or `"mark"`.
         #[serde(default)]
         pub over_limit: OverLimit,
         /// Queue bytes from which ECT packets are CE-marked (default: half the
@@ -99,6 +102,7 @@ pub struct QosConfig {
     /// The class of packets no class matches.
     #[serde(rename = "default")]
     pub default_class: String,
+    /// Which frames are scheduled: `"out"`, `"in"` or `"both"` (the default).
     #[serde(default)]
     pub direction: Direction,
     /// Total rate of each direction's link; none: not shaped.

@@ -164,6 +164,7 @@ pub struct Qos {
 }
 
 impl Qos {
+    /// The scheduler for `cfg`; errors name an invalid class, rate or queue.
     pub fn new(cfg: QosConfig) -> Result<Qos, FunctionError> {
         Qos::build(&cfg)
     }
@@ -197,6 +198,7 @@ impl Qos {
         })
     }
 
+    /// The counters beyond the per-class ones.
     pub fn stats(&self) -> &QosStats {
         &self.stats
     }

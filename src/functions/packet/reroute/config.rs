@@ -14,7 +14,9 @@ use crate::functions::matching::{Matcher, check_name, quoted, with_match_fields}
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(untagged)]
 pub enum Addresses {
+    /// `address = "10.0.0.1"`.
     One(String),
+    /// `address = ["10.0.0.1", "fd00::1"]`: one of each version at most.
     Many(Vec<String>),
 }
 
@@ -36,6 +38,7 @@ pub enum WhenDown {
     /// The routing table decides, as if no rule had matched.
     #[default]
     Table,
+    /// The packet is dropped.
     Drop,
 }
 
@@ -49,6 +52,8 @@ with_health_fields! {
     #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct NextHopConfig {
+        /// Unique among the next hops; letters, digits, `-`, `_` or `.`
+        /// (names its counters and `via` entries).
         pub name: String,
         /// A fixed address on one of the device's networks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,8 +96,10 @@ pub struct RerouteConfig {
     /// Return to a preferred next hop when it comes back up.
     #[serde(default = "defaults::bool::<true>")]
     pub failback: bool,
+    /// With none of a rule's next hops up: `"table"` (the default) or `"drop"`.
     #[serde(default)]
     pub when_down: WhenDown,
+    /// The `[[next_hop]]` tables (TOML key `next_hop`); at least one.
     #[serde(rename = "next_hop")]
     pub next_hops: Vec<NextHopConfig>,
     /// Ordered rules; the first match wins.

@@ -98,11 +98,17 @@ counters! {
     /// Counters not kept per rule or next hop.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
     pub struct RerouteStats {
+        /// Times a rule's next hop moved away from its preference (or to none).
         pub failovers: u64,
+        /// Times a rule's next hop moved back towards its preference.
         pub failbacks: u64,
+        /// Transit packets no rule matched (passed to the routing table).
         pub unmatched: u64,
+        /// Packets for the device itself, broadcast, multicast or link-local (passed).
         pub to_device: u64,
+        /// Packets a rule matched while none of its next hops was up.
         pub no_next_hop: u64,
+        /// Malformed or truncated IP packets (passed; the stack checks them again).
         pub malformed: u64,
     }
 }
@@ -128,6 +134,7 @@ pub struct Reroute {
 }
 
 impl Reroute {
+    /// The function for `cfg`; errors name an invalid next hop or rule.
     pub fn new(cfg: RerouteConfig) -> Result<Reroute, FunctionError> {
         let (hops, rules) = cfg.compile().map_err(invalid("reroute"))?;
         let mut r = Reroute {
@@ -147,6 +154,7 @@ impl Reroute {
         Ok(r)
     }
 
+    /// The counters not kept per rule or next hop.
     pub fn stats(&self) -> &RerouteStats {
         &self.stats
     }
