@@ -6,8 +6,8 @@
 //! cargo run --release --example embed
 //! ```
 
-use smoltcp::socket::tcp;
-use smoltcp::wire::IpAddress;
+use shmnet::smoltcp::socket::tcp;
+use shmnet::smoltcp::wire::IpAddress;
 
 use shmnet::config::DeviceConfig;
 use shmnet::functions::diag::tcp_socket;

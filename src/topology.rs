@@ -98,6 +98,8 @@ pub struct ChildCommand {
     pub program: PathBuf,
     /// Arguments before the device file.
     pub args: Vec<OsString>,
+    /// Environment variables set for the child (on top of this process's).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl ChildCommand {
@@ -106,7 +108,14 @@ impl ChildCommand {
         ChildCommand {
             program: program.into(),
             args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> ChildCommand {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Adds an argument before the device file.
@@ -397,6 +406,7 @@ fn run_processes(
         let child = Command::new(&command.program)
             .args(&command.args)
             .arg(file)
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::inherit())
             .spawn()
             .map_err(|e| {

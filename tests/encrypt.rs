@@ -304,7 +304,11 @@ fn rekey_while_a_stream_crosses_the_tunnel() {
         let t2 = h2.reconfigure(e2_cfg(out2, &in2)).expect("valid config");
         for t in [t1, t2] {
             let how = t.wait(Duration::from_secs(10)).expect("rekey applied");
-            assert_eq!(how, shmnet::stack::Applied::InPlace, "a rekey keeps the tunnel");
+            assert_eq!(
+                how,
+                shmnet::stack::Applied::InPlace,
+                "a rekey keeps the tunnel"
+            );
         }
         // Give the packets already in the rings time to land before the
         // next stage (on a fast run the byte marks pass back to back, and

@@ -23,51 +23,6 @@ const PROBE_NOBODY: &str = r#"{ kind = "probe", tcp = ["10.0.0.99:7"], timeout_m
 const PROBE_FOREVER: &str = r#"{ kind = "probe", tcp = ["10.0.0.99:7"], timeout_ms = 3600000 }"#;
 const ECHO: &str = r#"{ kind = "echo" }"#;
 
-/// A topology of device files in its own directory, on its own pair of
-/// host segments (unlinked when dropped, with the directory).
-struct TopologyDir {
-    dir: PathBuf,
-    lan: String,
-    wan: String,
-}
-
-impl TopologyDir {
-    fn new() -> TopologyDir {
-        let (lan, wan) = (unique("lan"), unique("wan"));
-        let dir = std::env::temp_dir().join(format!("shmnet-runcmd-{lan}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        TopologyDir { dir, lan, wan }
-    }
-
-    /// Host `host` of the pair of networks, running `function`.
-    fn device(&self, name: &str, host: u8, function: &str) -> DeviceToml {
-        DeviceToml::host(name, &self.lan, &self.wan, host).function(function)
-    }
-
-    /// Writes each device to its own file and a topology naming them;
-    /// returns the topology's path.
-    fn write(&self, devices: &[DeviceToml]) -> PathBuf {
-        let mut topo = String::from("name = \"t\"\n");
-        for (i, d) in devices.iter().enumerate() {
-            let file = format!("dev{i}.toml");
-            std::fs::write(self.dir.join(&file), d.to_string()).unwrap();
-            topo.push_str(&format!("[[device]]\nfile = \"{file}\"\n"));
-        }
-        let path = self.dir.join("topology.toml");
-        std::fs::write(&path, topo).unwrap();
-        path
-    }
-}
-
-impl Drop for TopologyDir {
-    fn drop(&mut self) {
-        for s in [&self.lan, &self.wan] {
-            let _ = Segment::remove_if_unused(s);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Runs `shmnet run TOPOLOGY ARGS…`; returns (exit code, stdout, stderr).
 fn shmnet_run(topology: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)

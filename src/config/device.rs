@@ -35,6 +35,7 @@ pub struct NetworkConfig {
     /// Default gateway on this network (global network only).
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Default IPv6 gateway on this network (global network only).
     #[serde(default)]
     pub gateway6: Option<String>,
     /// Write every frame this adapter carries to a pcap file.
@@ -62,6 +63,69 @@ pub struct NetworkConfig {
     pub buffers: u32,
 }
 
+impl NetworkConfig {
+    /// A network section with `segment` and `address` (e.g.
+    /// `"10.0.0.1/24"`) and every other field at its default (MTU 1500,
+    /// Ethernet, 128 ports): change fields from there.
+    ///
+    /// ```
+    /// use shmnet::config::{DeviceConfig, NetworkConfig};
+    /// use shmnet::functions::FunctionConfig;
+    /// let mut wan = NetworkConfig::new("doc-b-wan", "10.100.0.1/16");
+    /// wan.mtu = 9000;
+    /// let settings = DeviceConfig::new("edge", NetworkConfig::new("doc-b-lan", "10.0.0.1/24"), wan)
+    ///     .with_function(FunctionConfig::Passthrough)
+    ///     .validate("edge (built in Rust)")
+    ///     .unwrap();
+    /// assert_eq!(settings.global.mtu, 9000);
+    /// ```
+    pub fn new(segment: impl Into<String>, address: impl Into<String>) -> NetworkConfig {
+        NetworkConfig {
+            segment: segment.into(),
+            address: address.into(),
+            address6: None,
+            mtu: default_mtu(),
+            medium: LinkMedium::default(),
+            gateway: None,
+            gateway6: None,
+            pcap: None,
+            max_burst: None,
+            checksums: false,
+            trust_peers: None,
+            max_ports: default_max_ports(),
+            buffers: 0,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// A device named `name` on these networks, running passthrough, with
+    /// every other field at its default; [`DeviceConfig::validate`] checks
+    /// it as it would a file.
+    pub fn new(
+        name: impl Into<String>,
+        local: NetworkConfig,
+        global: NetworkConfig,
+    ) -> DeviceConfig {
+        DeviceConfig {
+            name: name.into(),
+            function: FunctionConfig::default(),
+            local,
+            global,
+            mac: None,
+            forward: false,
+            routes: Vec::new(),
+            sockets: SocketsConfig::default(),
+        }
+    }
+
+    /// The same device running `function`.
+    pub fn with_function(mut self, function: FunctionConfig) -> DeviceConfig {
+        self.function = function;
+        self
+    }
+}
+
 /// The longest segment name the shared-memory facility accepts (it names a
 /// directory, and is part of socket paths).
 const SEGMENT_NAME_MAX: usize = crate::shm::NETWORK_NAME_MAX;
@@ -77,10 +141,14 @@ fn default_max_ports() -> u32 {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
+    /// The device's name: unique among the devices of its networks.
     pub name: String,
+    /// What the device does (`[function]`; default: passthrough).
     #[serde(default)]
     pub function: FunctionConfig,
+    /// The host's shared-memory network (`[local]`).
     pub local: NetworkConfig,
+    /// The network that also reaches remote hosts (`[global]`).
     pub global: NetworkConfig,
     /// Hardware address, "02:53:xx:xx:xx:xx"; default derived from the name.
     #[serde(default)]
@@ -126,7 +194,9 @@ pub struct RouteConfig {
 /// Derefs to the [`DeviceSpec`], so `settings.local.mtu` reads through.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSettings {
+    /// What the stack needs: name, networks, routes, sockets.
     pub spec: DeviceSpec,
+    /// What the device does.
     pub function: FunctionConfig,
     /// The file it came from, for messages.
     pub source: String,

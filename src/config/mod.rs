@@ -48,19 +48,31 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{file}: cannot read")]
     Read {
+        /// The path, as given.
         file: String,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
     /// Not valid TOML, a missing or unknown field, or a value of the wrong
     /// type; the message has the line and the field.
     #[error("{file}: {message}")]
-    Parse { file: String, message: String },
+    Parse {
+        /// The file (or `[function]` for [`FunctionConfig::from_toml`]).
+        ///
+        /// [`FunctionConfig::from_toml`]: crate::functions::FunctionConfig::from_toml
+        file: String,
+        /// Where and what: line, column, the line itself, the problem.
+        message: String,
+    },
     /// A field has a value that makes no sense.
     #[error("{file}: field `{field}`: {why}")]
     Invalid {
+        /// The file.
         file: String,
+        /// The field, as a path (`global.mtu`, `function.rule[2].dport`).
         field: String,
+        /// What is wrong and what would be right.
         why: String,
     },
     /// A device file the topology `topology` names (in `field`) is missing
@@ -68,8 +80,11 @@ pub enum ConfigError {
     /// `file` entry if it names the wrong one.
     #[error("{topology}: field `{field}`")]
     DeviceFile {
+        /// The topology file.
         topology: String,
+        /// Its entry naming the device file (`device[1].file`).
         field: String,
+        /// What is wrong with the device file.
         #[source]
         source: Box<ConfigError>,
     },
@@ -77,8 +92,9 @@ pub enum ConfigError {
 
 impl functions::FunctionConfig {
     /// Reads a function's configuration from the text of its `[function]`
-    /// section (`kind = "..."` and the kind's parameters); errors name the
-    /// line and the field, as for files.
+    /// section (`kind = "..."` and the kind's parameters) and checks it by
+    /// building the function once; errors name the line and the field, as
+    /// for files.
     ///
     /// ```
     /// use shmnet::functions::FunctionConfig;
@@ -95,7 +111,16 @@ impl functions::FunctionConfig {
     /// assert!(e.to_string().contains("known kinds"), "{e}");
     /// ```
     pub fn from_toml(text: &str) -> Result<functions::FunctionConfig, ConfigError> {
-        parse_toml(text, "[function]")
+        const FILE: &str = "[function]";
+        let cfg: functions::FunctionConfig = parse_toml(text, FILE)?;
+        // What only building tells: values out of range, rules that
+        // cannot compile.
+        functions::build(&cfg).map_err(|e| ConfigError::Invalid {
+            file: FILE.into(),
+            field: "function".into(),
+            why: e.to_string(),
+        })?;
+        Ok(cfg)
     }
 }
 

@@ -33,8 +33,12 @@ struct TopologyFile {
 /// A topology after validation.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The topology's name (for messages).
     pub name: String,
+    /// Whether devices run as threads or processes (`mode`, default
+    /// threads).
     pub mode: RunMode,
+    /// Every device, validated, in file order.
     pub devices: Vec<DeviceSettings>,
     /// Where each device came from (its own file, or the topology file).
     pub device_files: Vec<Option<PathBuf>>,

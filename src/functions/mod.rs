@@ -21,7 +21,6 @@ pub mod packet;
 mod registry;
 pub mod socket;
 
-pub use packet::passthrough::Passthrough;
 #[cfg(feature = "balancer")]
 pub use packet::balancer;
 #[cfg(feature = "compress")]
@@ -30,6 +29,7 @@ pub use packet::compress;
 pub use packet::encrypt;
 #[cfg(feature = "firewall")]
 pub use packet::firewall;
+pub use packet::passthrough::Passthrough;
 #[cfg(feature = "qos")]
 pub use packet::qos;
 #[cfg(feature = "reroute")]
@@ -190,7 +190,10 @@ impl<'de> serde::Deserialize<'de> for FunctionConfig {
         }
         if registry::contains(&kind) {
             table.remove("kind");
-            let custom = CustomConfig { kind, params: table };
+            let custom = CustomConfig {
+                kind,
+                params: table,
+            };
             registry::build(&custom).map_err(|e| D::Error::custom(e.to_string()))?;
             return Ok(FunctionConfig::Custom(custom));
         }
@@ -255,9 +258,9 @@ impl CustomConfig {
     pub fn params<T: serde::de::DeserializeOwned>(&self) -> Result<T, FunctionError> {
         toml::Value::Table(self.params.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| FunctionError::Invalid {
-                kind: "custom",
-                why: format!("{}: {}", self.kind, e.message().trim_end()),
+            .map_err(|e: toml::de::Error| FunctionError::Params {
+                kind: self.kind.clone(),
+                why: e.message().trim_end().to_string(),
             })
     }
 }

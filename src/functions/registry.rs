@@ -58,10 +58,7 @@ static REGISTRY: RwLock<BTreeMap<String, Entry>> = RwLock::new(BTreeMap::new());
 /// ```
 pub fn register(
     kind: &str,
-    factory: impl Fn(&CustomConfig) -> Result<Box<dyn Function>, FunctionError>
-    + Send
-    + Sync
-    + 'static,
+    factory: impl Fn(&CustomConfig) -> Result<Box<dyn Function>, FunctionError> + Send + Sync + 'static,
 ) -> Result<(), FunctionError> {
     insert(kind, Arc::new(factory), false)
 }
@@ -72,10 +69,7 @@ pub fn register(
 /// ([`Function::failed`]).
 pub fn register_with_job(
     kind: &str,
-    factory: impl Fn(&CustomConfig) -> Result<Box<dyn Function>, FunctionError>
-    + Send
-    + Sync
-    + 'static,
+    factory: impl Fn(&CustomConfig) -> Result<Box<dyn Function>, FunctionError> + Send + Sync + 'static,
 ) -> Result<(), FunctionError> {
     insert(kind, Arc::new(factory), true)
 }
@@ -97,9 +91,7 @@ fn insert(kind: &str, factory: Factory, job: bool) -> Result<(), FunctionError> 
     if kind == "passthrough" || ALL_BUILTIN.iter().any(|(k, _)| *k == kind) {
         return refuse("that is a built-in kind");
     }
-    REGISTRY
-        .write()
-        .insert(kind.into(), Entry { factory, job });
+    REGISTRY.write().insert(kind.into(), Entry { factory, job });
     Ok(())
 }
 
@@ -119,7 +111,10 @@ pub(super) fn has_job(kind: &str) -> bool {
 /// Builds a custom function with its registered factory.
 pub(super) fn build(cfg: &CustomConfig) -> Result<Box<dyn Function>, FunctionError> {
     // The factory runs without the lock: it may itself look things up.
-    let factory = REGISTRY.read().get(&cfg.kind).map(|e| Arc::clone(&e.factory));
+    let factory = REGISTRY
+        .read()
+        .get(&cfg.kind)
+        .map(|e| Arc::clone(&e.factory));
     match factory {
         Some(f) => f(cfg),
         None => Err(FunctionError::Unknown {
@@ -143,10 +138,9 @@ mod tests {
         assert!(register("firewall", f).is_err());
         register("registry-test", f).unwrap();
         assert!(registered().contains(&"registry-test".to_string()));
-        let built = crate::functions::build(&FunctionConfig::Custom(CustomConfig::new(
-            "registry-test",
-        )))
-        .unwrap();
+        let built =
+            crate::functions::build(&FunctionConfig::Custom(CustomConfig::new("registry-test")))
+                .unwrap();
         assert_eq!(built.name(), "passthrough");
         let unknown = crate::functions::build(&FunctionConfig::Custom(CustomConfig::new("nope")));
         let msg = unknown.err().unwrap().to_string();

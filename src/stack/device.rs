@@ -66,21 +66,29 @@ pub enum DeviceError {
     /// A segment could not be opened or attached; see the cause.
     #[error("device {device}: network {network}")]
     Network {
+        /// The device.
         device: String,
+        /// `local` or `global`.
         network: &'static str,
+        /// Why attaching failed.
         #[source]
         source: AdapterError,
     },
     /// The function could not be built from its configuration.
     #[error("device {device}")]
     Function {
+        /// The device.
         device: String,
+        /// What is wrong with the function's configuration.
         #[source]
         source: FunctionError,
     },
     /// The interface's address table is full.
     #[error("device {device}: too many addresses or routes")]
-    AddressTable { device: String },
+    AddressTable {
+        /// The device.
+        device: String,
+    },
 }
 
 /// A network device: its own stack, two adapters, one function.
@@ -303,6 +311,7 @@ impl NetDevice {
         Ok(dev)
     }
 
+    /// The device's name.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -312,9 +321,13 @@ impl NetDevice {
         Instant::from_micros(self.clock.elapsed().as_micros() as i64)
     }
 
+    /// The device's smoltcp interface: its addresses, routes and
+    /// neighbour cache.
     pub fn iface(&mut self) -> &mut Interface {
         &mut self.iface
     }
+    /// The device's sockets. Add TCP sockets with [`NetDevice::add_tcp`]
+    /// (pooled); any smoltcp socket can be added here directly.
     pub fn sockets(&mut self) -> &mut SocketSet<'static> {
         &mut self.sockets
     }
@@ -322,6 +335,7 @@ impl NetDevice {
     pub fn parts(&mut self) -> (&mut Interface, &mut SocketSet<'static>) {
         (&mut self.iface, &mut self.sockets)
     }
+    /// The interface system: both adapters, routing, the function.
     pub fn nic(&self) -> &Nic {
         &self.nic
     }

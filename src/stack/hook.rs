@@ -255,6 +255,14 @@ pub enum FunctionError {
         /// What is wrong, naming the parameter.
         why: String,
     },
+    /// A parameter of a custom kind is invalid; the message names it.
+    #[error("function {kind}: {why}")]
+    Params {
+        /// The custom kind.
+        kind: String,
+        /// What is wrong, naming the parameter.
+        why: String,
+    },
     /// No function of this kind is built in or registered.
     #[error("{why}")]
     Unknown {

@@ -15,7 +15,9 @@ use crate::wire::LinkMedium;
 /// address on the local or the global subnet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaticRoute {
+    /// The destination prefix.
     pub to: IpCidr,
+    /// The gateway.
     pub via: IpAddress,
 }
 
@@ -31,6 +33,8 @@ pub struct NetworkSpec {
     pub v6: Option<Ipv6Cidr>,
     /// IP MTU, 576..=65535.
     pub mtu: u32,
+    /// The link layer: Ethernet frames or bare IP packets. Both of a
+    /// device's networks use the same.
     pub medium: LinkMedium,
     /// Default IPv4 gateway (global network).
     pub gateway: Option<IpAddress>,
@@ -54,13 +58,18 @@ pub struct NetworkSpec {
 /// A device's validated settings, without its function.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceSpec {
+    /// The device's name: its ports are listed as `NAME/local` and
+    /// `NAME/global` in the networks' directories.
     pub name: String,
+    /// The host's shared-memory network.
     pub local: NetworkSpec,
+    /// The network that also reaches remote hosts.
     pub global: NetworkSpec,
     /// Hardware address (both adapters).
     pub mac: [u8; 6],
     /// Forward packets not addressed to the device (it sits in a chain).
     pub forward: bool,
+    /// Static routes, for the device's stack and for forwarding.
     pub routes: Vec<StaticRoute>,
     /// Socket buffers of the device's own stack.
     pub sockets: SocketSettings,
@@ -118,7 +127,9 @@ impl dyn FunctionSpec {
 
 /// Everything a device is built from: its spec and its function's spec.
 pub trait DeviceBlueprint {
+    /// The device's settings.
     fn spec(&self) -> &DeviceSpec;
+    /// Its function's configuration.
     fn function(&self) -> &dyn FunctionSpec;
 }
 impl NetworkSpec {

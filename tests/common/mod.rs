@@ -4,6 +4,8 @@
 
 pub use shmnet::testing::*;
 
+use std::path::PathBuf;
+
 use shmnet::config::DeviceSettings;
 
 /// A device on `lan`/`wan` with the given host number, MTU and function
@@ -114,5 +116,50 @@ impl Rng {
         for b in buf {
             *b = self.next() as u8;
         }
+    }
+}
+
+/// A topology of device files in its own directory, on its own pair of
+/// host segments (unlinked when dropped, with the directory).
+pub struct TopologyDir {
+    pub dir: PathBuf,
+    pub lan: String,
+    pub wan: String,
+}
+
+impl TopologyDir {
+    pub fn new() -> TopologyDir {
+        let (lan, wan) = (unique("lan"), unique("wan"));
+        let dir = std::env::temp_dir().join(format!("shmnet-runcmd-{lan}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        TopologyDir { dir, lan, wan }
+    }
+
+    /// Host `host` of the pair of networks, running `function`.
+    pub fn device(&self, name: &str, host: u8, function: &str) -> DeviceToml {
+        DeviceToml::host(name, &self.lan, &self.wan, host).function(function)
+    }
+
+    /// Writes each device to its own file and a topology naming them;
+    /// returns the topology's path.
+    pub fn write(&self, devices: &[DeviceToml]) -> PathBuf {
+        let mut topo = String::from("name = \"t\"\n");
+        for (i, d) in devices.iter().enumerate() {
+            let file = format!("dev{i}.toml");
+            std::fs::write(self.dir.join(&file), d.to_string()).unwrap();
+            topo.push_str(&format!("[[device]]\nfile = \"{file}\"\n"));
+        }
+        let path = self.dir.join("topology.toml");
+        std::fs::write(&path, topo).unwrap();
+        path
+    }
+}
+
+impl Drop for TopologyDir {
+    fn drop(&mut self) {
+        for s in [&self.lan, &self.wan] {
+            let _ = shmnet::shm::Segment::remove_if_unused(s);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

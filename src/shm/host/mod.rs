@@ -555,11 +555,19 @@ impl Drop for Membership {
         match self.net.scan(true) {
             Ok(live) if live.is_empty() => {
                 if let Err(e) = self.net.remove_all() {
-                    log::info!("leaving network {:?}: {}", self.net.name, crate::error::Chain(&e));
+                    log::info!(
+                        "leaving network {:?}: {}",
+                        self.net.name,
+                        crate::error::Chain(&e)
+                    );
                 }
             }
             Ok(_) => {}
-            Err(e) => log::warn!("leaving network {:?}: {}", self.net.name, crate::error::Chain(&e)),
+            Err(e) => log::warn!(
+                "leaving network {:?}: {}",
+                self.net.name,
+                crate::error::Chain(&e)
+            ),
         }
         drop(lock);
     }
