@@ -175,7 +175,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         }
         for e in &out.exits {
             let status = e.status.map_or("not reaped".into(), |s| s.to_string());
-            let why = if e.stopped_by_run { " (stopped by the run)" } else { "" };
+            let why = if e.stopped_by_run {
+                " (stopped by the run)"
+            } else {
+                ""
+            };
             println!("  process {}: {status}{why}", e.device);
         }
         for why in &out.failures {
