@@ -7,6 +7,10 @@
 //! derived hash of [`FlowKey`]; an established packet costs one lookup. Expiry is lazy: an entry is checked when a
 //! packet looks it up, and the table is swept every [`SWEEP_EVERY`] of
 //! traffic and, at most every [`FULL_SWEEP_EVERY`], when it is full.
+//!
+//! Each entry remembers how its connection started (the side its first
+//! packet came from, which end sent it), so that a reconfiguration can ask
+//! the new rules about it again ([`ConnTable::reconfigure`]).
 
 use std::collections::HashMap;
 
@@ -14,7 +18,8 @@ use foldhash::fast::RandomState;
 use smoltcp::time::{Duration, Instant};
 
 use super::FirewallStats;
-use crate::wire::{FlowKey, IcmpKind, IpView, TcpFlags, Transport};
+use crate::functions::Role;
+use crate::wire::{FlowKey, Fragment, IcmpKind, IpView, TcpFlags, Transport, proto};
 
 /// How often expired entries are swept out even when the table is not full.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -91,6 +96,9 @@ enum ConnState {
 struct Conn {
     /// The originator is the canonical key's source.
     orig_is_src: bool,
+    /// The side the first packet came from (the device's own stack counts
+    /// as the local side).
+    from: Role,
     state: ConnState,
     replied: bool,
     expires: Instant,
@@ -216,13 +224,15 @@ impl ConnTable {
         }
     }
 
-    /// Enters an accepted new packet's connection; `false` if the table is
-    /// full. ICMP messages that start nothing need no entry.
+    /// Enters an accepted new packet's connection, started from `from`;
+    /// `false` if the table is full. ICMP messages that start nothing need
+    /// no entry.
     pub fn create(
         &mut self,
         now: Instant,
         kind: Kind,
         (key, src_lo): (FlowKey, bool),
+        from: Role,
         stats: &mut FirewallStats,
     ) -> bool {
         let state = match kind {
@@ -241,6 +251,7 @@ impl ConnTable {
         }
         let mut c = Conn {
             orig_is_src: src_lo,
+            from,
             state,
             replied: false,
             expires: now,
@@ -251,9 +262,76 @@ impl ConnTable {
         true
     }
 
+    /// Takes a new configuration: keeps the connections for which `allows`
+    /// (asked with the packet that started each one, as the originator
+    /// sent it, and the side it came from) says yes, with their state,
+    /// and removes the others; returns how many it removed. Entries keep
+    /// their idle deadline, or get the later one that `timeouts` give
+    /// counted from their last packet: a longer timeout helps a connection
+    /// at once, a shorter one applies from its next packet on. `max`
+    /// applies to new connections only: a table holding more keeps them.
+    pub fn reconfigure(
+        &mut self,
+        timeouts: Timeouts,
+        max: usize,
+        mut allows: impl FnMut(&IpView, Role) -> bool,
+    ) -> u64 {
+        let old = self.timeouts;
+        let before = self.conns.len();
+        self.conns.retain(|key, c| {
+            if !allows(&first_packet(key, c), c.from) {
+                return false;
+            }
+            let last = c.expires - old.of(c);
+            c.expires = c.expires.max(last + timeouts.of(c));
+            true
+        });
+        self.timeouts = timeouts;
+        self.max = max;
+        (before - self.conns.len()) as u64
+    }
+
     fn sweep(&mut self, now: Instant, stats: &mut FirewallStats) {
         let before = self.conns.len();
         self.conns.retain(|_, c| c.expires > now);
         stats.expired += (before - self.conns.len()) as u64;
+    }
+}
+
+/// The packet that started connection `c` (canonical key `key`), as the
+/// rules saw it: from the originator, a bare SYN for TCP, an echo request
+/// for an echo exchange. Only what rules match on is filled in.
+fn first_packet(key: &FlowKey, c: &Conn) -> IpView {
+    let k = if c.orig_is_src { *key } else { key.reversed() };
+    let transport = match (c.state, k.proto) {
+        (ConnState::Echo, _) => Transport::Icmp {
+            ty: if k.v6 { 128 } else { 8 },
+            code: 0,
+            ident: k.sport,
+        },
+        (_, proto::TCP) => Transport::Tcp {
+            sport: k.sport,
+            dport: k.dport,
+            flags: TcpFlags::SYN,
+            header_len: 20,
+        },
+        (_, proto::UDP) => Transport::Udp {
+            sport: k.sport,
+            dport: k.dport,
+        },
+        _ => Transport::None,
+    };
+    IpView {
+        v6: k.v6,
+        src: k.src,
+        dst: k.dst,
+        proto: k.proto,
+        tos: 0,
+        hop_limit: 64,
+        fragment: Fragment::Whole,
+        l3: 0,
+        l4: 0,
+        end: 0,
+        transport,
     }
 }

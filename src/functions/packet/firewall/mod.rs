@@ -53,7 +53,30 @@
 //!
 //! Counters: `rule{i}_packets` per rule (0-based), `accepted`, `dropped`,
 //! `invalid`, `malformed`, `fragments_dropped`, `table_full`,
-//! `connections`, `connections_created`, `expired`, `logs_suppressed`.
+//! `connections`, `connections_created`, `expired`, `revoked`,
+//! `logs_suppressed`.
+//!
+//! **Reconfiguration** ([`Firewall::reconfigure`], which
+//! [`Function::reconfigure`] calls for a firewall config) is in place and
+//! never costs a connection the new configuration still allows. The new
+//! config is checked first: an invalid one is an error and changes
+//! nothing. Then the connection table stays, and each tracked connection is
+//! put to the new rules as if its first packet arrived now — from the side
+//! it came from, with the protocol, addresses and ports the entry recorded
+//! (a bare SYN for TCP, an echo request for ICMP echo): the connections the
+//! new rules (or the new `default`) would refuse are removed and counted in
+//! `revoked`, so their next packets meet the rules as strangers (with
+//! `default = "drop"`, mid-stream TCP segments are `invalid` and dropped).
+//! Every other connection keeps its state; its idle deadline stays, or
+//! moves later if the new timeouts, counted from its last packet, give a
+//! later one (a longer timeout helps at once, a shorter one applies from
+//! the connection's next packet). A smaller `max_connections` evicts
+//! nothing: new connections are refused (`table_full`) until expiries bring
+//! the table under it. `state = "established"` rules need no pass over the
+//! table: established packets consult them anyway. All counters carry on,
+//! except `rule{i}_packets`, which follow the new rule list: a rule that
+//! stands unchanged at the same position keeps its count, the others start
+//! at 0.
 //!
 //! Drops are logged with `log::info!`, at most `log_drops_per_second`.
 //!
@@ -100,8 +123,8 @@ pub use config::{Action, Direction, FirewallConfig, RuleConfig, StateMatch};
 use conntrack::{Class, ConnTable, Kind, quoted_key};
 use rules::Rules;
 
-use super::{Frame, Function, FunctionConfig, FunctionError, Role, Verdict};
-use crate::functions::common::counters;
+use super::{Frame, Function, FunctionError, Role, Verdict};
+use crate::functions::common::{counters, reconfigure_in_place};
 use crate::wire::{Fragment, FrameView, IpView};
 
 counters! {
@@ -119,6 +142,9 @@ counters! {
         pub connections: u64,
         pub connections_created: u64,
         pub expired: u64,
+        /// Connections a reconfiguration removed because the new rules
+        /// would not accept them.
+        pub revoked: u64,
         pub logs_suppressed: u64,
     }
 }
@@ -166,6 +192,34 @@ impl Firewall {
         self.rules.packets(i)
     }
 
+    /// Applies a changed configuration in place (see the module docs):
+    /// the connection table stays, and the connections the new rules would
+    /// not accept if they started now are removed (counted in `revoked`).
+    /// An invalid configuration is an error and changes nothing.
+    pub fn reconfigure(&mut self, cfg: &FirewallConfig) -> Result<(), FunctionError> {
+        let c = cfg.compile()?;
+        let mut rules = c.rules;
+        rules.keep_counts(&self.rules);
+        let default_policy = cfg.default_policy;
+        let revoked = self
+            .table
+            .reconfigure(c.timeouts, c.max_connections, |first, side| {
+                match rules.decide_new(first, side) {
+                    Some(action) => action == Action::Accept,
+                    None => default_policy == Action::Accept,
+                }
+            });
+        self.stats.revoked += revoked;
+        self.rules = rules;
+        self.default_policy = default_policy;
+        self.log.per_second = cfg.log_drops_per_second;
+        log::info!(
+            "firewall: reconfigured, {} connections kept, {revoked} revoked",
+            self.table.len()
+        );
+        Ok(())
+    }
+
     /// Decides on one frame that came from `side` (the device's own stack
     /// counts as the local side).
     fn handle(&mut self, now: Instant, side: Role, frame: &Frame<'_>) -> Verdict {
@@ -209,7 +263,7 @@ impl Firewall {
                 None if self.default_policy == Action::Drop => {
                     self.deny(now, "rule", side, Some(ip))
                 }
-                _ if self.table.create(now, kind, key, &mut self.stats) => self.accept(),
+                _ if self.table.create(now, kind, key, side, &mut self.stats) => self.accept(),
                 _ => self.deny(now, "table full", side, Some(ip)),
             },
             Class::Invalid => {
@@ -314,12 +368,7 @@ impl Function for Firewall {
         self.stats().visit(visit);
     }
 
-    /// Checks a new firewall config; a valid one is not applied in place
-    /// (`Ok(false)`: the device builds a fresh firewall from it).
     fn reconfigure(&mut self, cfg: &dyn crate::stack::FunctionSpec) -> Result<bool, FunctionError> {
-        if let Some(FunctionConfig::Firewall(c)) = cfg.downcast_ref::<FunctionConfig>() {
-            c.compile()?;
-        }
-        Ok(false)
+        reconfigure_in_place(cfg, |c| Firewall::reconfigure(self, c))
     }
 }

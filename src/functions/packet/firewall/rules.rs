@@ -9,7 +9,7 @@ use crate::functions::matching::{MatchSpec, Matcher, PROTO_ICMP, PROTO_ICMPV6, P
 use crate::wire::IpView;
 
 /// A rule, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rule {
     action: Action,
     /// The side the packet must come from (`None`: either); see
@@ -69,6 +69,12 @@ impl Rule {
         })
     }
 
+    /// Is it one of the rules a packet that would start a connection
+    /// consults (`state = "new"` or `"any"`, not for fragments)?
+    fn for_new(&self) -> bool {
+        !self.fragments && self.state != StateMatch::Established
+    }
+
     /// Does the packet, coming from `side`, match? (State and fragments
     /// are the caller's choice of rules.)
     fn matches(&self, ip: &IpView, side: Role) -> bool {
@@ -113,9 +119,26 @@ impl Rules {
     /// The action of the first rule for a new packet (`state = "new"` or
     /// `"any"`), counted; `None` if none matches.
     pub fn for_new(&mut self, ip: &IpView, side: Role) -> Option<Action> {
-        self.first(ip, side, |r| {
-            !r.fragments && r.state != StateMatch::Established
-        })
+        self.first(ip, side, Rule::for_new)
+    }
+
+    /// What [`Rules::for_new`] would decide, without counting: how a
+    /// reconfiguration asks about a connection already tracked.
+    pub fn decide_new(&self, ip: &IpView, side: Role) -> Option<Action> {
+        self.rules
+            .iter()
+            .find(|r| r.for_new() && r.matches(ip, side))
+            .map(|r| r.action)
+    }
+
+    /// Takes over the packet counts of `old`'s rules that stand unchanged
+    /// at the same position; the others start at 0.
+    pub fn keep_counts(&mut self, old: &Rules) {
+        for (i, (new, was)) in self.rules.iter().zip(&old.rules).enumerate() {
+            if new == was {
+                self.packets[i] = old.packets[i];
+            }
+        }
     }
 
     /// The action of the first `state = "any"` rule for an invalid packet.

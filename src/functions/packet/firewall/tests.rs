@@ -526,25 +526,206 @@ fn counters_are_named_once_and_visited_in_order() {
             "connections",
             "connections_created",
             "expired",
+            "revoked",
             "logs_suppressed",
         ]
     );
 }
 
+/// Applies the firewall config section `text` through the `Function`
+/// trait, as a device does.
+fn reconfigure(fw: &mut Firewall, text: &str) -> Result<bool, FunctionError> {
+    let cfg: FunctionConfig =
+        toml::from_str(&format!("kind = \"firewall\"\n{text}")).expect("parses");
+    Function::reconfigure(fw, &cfg)
+}
+
+/// Rules accepting TCP to ports 80 and 443 and UDP to 53 from the inside.
+const WEB_AND_DNS: &str = r#"
+    default = "drop"
+    rule = [
+        { action = "accept", direction = "out", proto = "tcp", dport = 80 },
+        { action = "accept", direction = "out", proto = "tcp", dport = 443 },
+        { action = "accept", direction = "out", proto = "udp", dport = 53 },
+    ]
+"#;
+
+/// Opens a TCP connection `a` -> `b` from the inside and exchanges data.
+fn establish(fw: &mut Firewall, secs: u64, a: Ep, b: Ep) {
+    fw.script(&[
+        (secs, OUT, syn(a, b), Pass),
+        (secs, IN, syn_ack(b, a), Pass),
+        (secs, OUT, data(a, b), Pass),
+        (secs, IN, data(b, a), Pass),
+    ]);
+}
+
 #[test]
-fn reconfigure_checks_the_config_and_leaves_the_rebuild_to_the_device() {
-    let mut fw = firewall("[[rule]]\naction = \"accept\"\ndirection = \"out\"");
-    assert_eq!(run(&mut fw, 0, OUT, &syn(ep(A, 40000), ep(B, 80))), Pass);
-    let parse = |text: &str| toml::from_str::<FunctionConfig>(text).expect("parses");
-    let bad = parse("kind = \"firewall\"\n[[rule]]\naction = \"accept\"\ndst = \"10.0.0.0/99\"");
-    let err = fw.reconfigure(&bad).unwrap_err().to_string();
+fn reconfigure_with_the_same_rules_keeps_established_flows() {
+    let mut fw = firewall(WEB_AND_DNS);
+    let (a, b) = (ep(A, 40000), ep(B, 443));
+    establish(&mut fw, 0, a, b);
+    assert!(reconfigure(&mut fw, WEB_AND_DNS).unwrap());
+    // Mid-stream segments both ways: a rebuilt firewall would call them
+    // invalid and drop them.
+    fw.script(&[(1, OUT, data(a, b), Pass), (1, IN, data(b, a), Pass)]);
+    counters_are(
+        &fw,
+        &[
+            ("connections", 1),
+            ("revoked", 0),
+            ("invalid", 0),
+            // The rule is unchanged: its count carries on.
+            ("rule1_packets", 1),
+            ("accepted", 6),
+        ],
+    );
+}
+
+#[test]
+fn narrowed_rules_revoke_only_the_connections_they_forbid() {
+    let mut fw = firewall(WEB_AND_DNS);
+    let (a1, a2, a3) = (ep(A, 40001), ep(A, 40002), ep(A, 5353));
+    let (web, tls, dns) = (ep(B, 80), ep(B, 443), ep(B, 53));
+    establish(&mut fw, 0, a1, web);
+    establish(&mut fw, 0, a2, tls);
+    fw.script(&[(0, OUT, udp(a3, dns), Pass), (0, IN, udp(dns, a3), Pass)]);
+    // The device's own stack (the egress hook) counts as the inside.
+    fw.script(&[(0, OWN, syn(ep(C, 40004), web), Pass)]);
+
+    // Widened: a rule for a range of TCP ports keeps them all.
+    let widened = r#"rule = [
+        { action = "accept", direction = "out", proto = "tcp", dport = "1-1023" },
+        { action = "accept", direction = "out", proto = "tcp", dport = 443 },
+        { action = "accept", direction = "out", proto = "udp", dport = 53 },
+    ]"#;
+    assert!(reconfigure(&mut fw, widened).unwrap());
+    counters_are(&fw, &[("connections", 4), ("revoked", 0)]);
+
+    // Narrowed: port 443 is no longer allowed.
+    let narrowed = r#"rule = [
+        { action = "accept", direction = "out", proto = "tcp", dport = 80 },
+        { action = "drop", direction = "out", proto = "tcp", dport = 443 },
+        { action = "accept", direction = "out", proto = "udp", dport = 53 },
+    ]"#;
+    assert!(reconfigure(&mut fw, narrowed).unwrap());
+    counters_are(
+        &fw,
+        &[
+            ("connections", 3),
+            ("revoked", 1),
+            // Re-evaluation counts no packets: a changed rule starts at 0,
+            // one unchanged at its position keeps its count.
+            ("rule0_packets", 0),
+            ("rule1_packets", 0),
+            ("rule2_packets", 1),
+        ],
+    );
+    fw.script(&[
+        // The revoked connection is cut both ways, and cannot start again.
+        (1, OUT, data(a2, tls), Drop),
+        (1, IN, data(tls, a2), Drop),
+        (1, OUT, syn(ep(A, 40003), tls), Drop),
+        // The others carry on, in their state.
+        (1, OUT, data(a1, web), Pass),
+        (1, IN, data(web, a1), Pass),
+        (1, IN, udp(dns, a3), Pass),
+        (1, IN, syn_ack(web, ep(C, 40004)), Pass),
+    ]);
+    counters_are(&fw, &[("invalid", 2), ("rule1_packets", 1)]);
+
+    // Direction counts: a rule for outside-in connections only revokes
+    // every connection started inside.
+    let inbound_only = r#"rule = [{ action = "accept", direction = "in", proto = "tcp" }]"#;
+    assert!(reconfigure(&mut fw, inbound_only).unwrap());
+    counters_are(&fw, &[("connections", 0), ("revoked", 4)]);
+    assert_eq!(run(&mut fw, 2, IN, &data(web, a1)), Drop);
+}
+
+#[test]
+fn reconfigure_revokes_under_a_stricter_default_and_keeps_echo_state() {
+    let mut fw = firewall("default = \"accept\"");
+    let (a, b) = (ep(A, 40000), ep(B, 22));
+    establish(&mut fw, 0, a, b);
+    fw.script(&[(0, OUT, ping(A, B, true, 7), Pass)]);
+    // Only ICMP is allowed now: the TCP connection goes, the echo stays.
+    assert!(
+        reconfigure(
+            &mut fw,
+            "rule = [{ action = \"accept\", proto = \"icmp\" }]"
+        )
+        .unwrap()
+    );
+    counters_are(&fw, &[("connections", 1), ("revoked", 1)]);
+    fw.script(&[
+        (1, IN, ping(B, A, false, 7), Pass),
+        (1, IN, data(b, a), Drop),
+    ]);
+}
+
+#[test]
+fn invalid_reconfiguration_leaves_the_firewall_unchanged() {
+    let mut fw = firewall(WEB_AND_DNS);
+    let (a, b) = (ep(A, 40000), ep(B, 80));
+    establish(&mut fw, 0, a, b);
+    let before = crate::stack::hook::counters_of(&fw);
+    let bad = "default = \"accept\"\n[[rule]]\naction = \"drop\"\ndst = \"10.0.0.0/99\"";
+    let err = reconfigure(&mut fw, bad).unwrap_err().to_string();
     assert!(err.contains("rule 0: dst"), "{err}");
-    let good = parse("kind = \"firewall\"\ndefault = \"accept\"");
-    assert!(!fw.reconfigure(&good).unwrap());
-    assert!(!fw.reconfigure(&FunctionConfig::Passthrough).unwrap());
-    // Nothing changed: the connection is still tracked, the rules the same.
+    let err = reconfigure(&mut fw, "max_connections = 0")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_connections"), "{err}");
+    assert_eq!(crate::stack::hook::counters_of(&fw), before);
+    // Another kind is not applicable: the device builds that function.
+    assert!(!Function::reconfigure(&mut fw, &FunctionConfig::Passthrough).unwrap());
+    // The same rules, default and connection.
+    fw.script(&[
+        (1, IN, data(b, a), Pass),
+        (1, OUT, syn(ep(A, 40001), ep(B, 81)), Drop),
+        (1, IN, syn(ep(C, 1), ep(A, 80)), Drop),
+    ]);
     assert_eq!(fw.connections(), 1);
-    assert_eq!(run(&mut fw, 1, IN, &syn(ep(C, 1), ep(A, 2))), Drop);
+}
+
+#[test]
+fn reconfigured_timeouts_help_at_once_and_shorten_going_forward() {
+    let rule = "rule = [{ action = \"accept\", direction = \"out\", proto = \"udp\" }]";
+    let mut fw = firewall(&format!("udp_timeout = \"30s\"\n{rule}"));
+    let (a, b) = (ep(A, 5000), ep(B, 53));
+    fw.script(&[(0, OUT, udp(a, b), Pass)]);
+    // Longer: the unanswered entry now lives 60 s from its last packet.
+    let longer = format!("udp_timeout = \"60s\"\nudp_replied_timeout = \"3m\"\n{rule}");
+    assert!(reconfigure(&mut fw, &longer).unwrap());
+    fw.script(&[(45, IN, udp(b, a), Pass)]);
+    // Shorter: the replied entry keeps its deadline (45 s + 3 m); its next
+    // packet sets the new one.
+    let shorter = format!("udp_timeout = \"10s\"\nudp_replied_timeout = \"10s\"\n{rule}");
+    assert!(reconfigure(&mut fw, &shorter).unwrap());
+    fw.script(&[
+        (100, IN, udp(b, a), Pass),
+        (109, IN, udp(b, a), Pass),
+        (120, IN, udp(b, a), Drop),
+    ]);
+    counters_are(&fw, &[("revoked", 0), ("expired", 1)]);
+}
+
+#[test]
+fn smaller_max_connections_evicts_nothing() {
+    let mut fw = firewall("default = \"accept\"");
+    let flow = |port| udp(ep(A, port), ep(B, 53));
+    fw.script(&[(0, OUT, flow(1), Pass), (0, OUT, flow(2), Pass)]);
+    assert!(reconfigure(&mut fw, "default = \"accept\"\nmax_connections = 1").unwrap());
+    fw.script(&[
+        (1, IN, udp(ep(B, 53), ep(A, 1)), Pass),
+        (1, IN, udp(ep(B, 53), ep(A, 2)), Pass),
+        // Over the new limit: no room for a third.
+        (1, OUT, flow(3), Drop),
+    ]);
+    counters_are(
+        &fw,
+        &[("connections", 2), ("table_full", 1), ("revoked", 0)],
+    );
 }
 
 #[test]

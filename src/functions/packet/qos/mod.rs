@@ -161,6 +161,18 @@ pub struct Qos {
     next_link: usize,
     now: Instant,
     stats: QosStats,
+    /// What classes a reconfiguration removed had counted: the totals keep
+    /// it, so that they never go down.
+    retired: ClassStats,
+}
+
+impl ClassStats {
+    fn add(&mut self, other: &ClassStats) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.dropped += other.dropped;
+        self.marked += other.marked;
+    }
 }
 
 impl Qos {
@@ -195,6 +207,7 @@ impl Qos {
             next_link: 0,
             now: Instant::ZERO,
             stats: QosStats::default(),
+            retired: ClassStats::default(),
         })
     }
 
@@ -313,7 +326,8 @@ impl Qos {
     /// Applies a changed configuration in place: classes keep their queued
     /// frames, bucket levels and counters by name; the frames of a class
     /// that is gone move to the new default class (discarded if it has no
-    /// room). An invalid configuration is an error and changes nothing.
+    /// room), its counts stay in the totals. An invalid configuration is an
+    /// error and changes nothing.
     pub fn reconfigure(&mut self, cfg: &QosConfig) -> Result<(), FunctionError> {
         let mut next = Qos::build(cfg)?;
         let target: Vec<Option<usize>> = self
@@ -321,9 +335,11 @@ impl Qos {
             .iter()
             .map(|c| next.index_of(&c.name))
             .collect();
+        next.retired = self.retired;
         for (old, &ni) in self.classes.iter().zip(&target) {
-            if let Some(ni) = ni {
-                next.classes[ni].stats = old.stats;
+            match ni {
+                Some(ni) => next.classes[ni].stats = old.stats,
+                None => next.retired.add(&old.stats),
             }
         }
         let mut discarded = 0;
@@ -363,7 +379,7 @@ impl Function for Qos {
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
-        let mut total = ClassStats::default();
+        let mut total = self.retired;
         let mut queued = 0;
         for (i, c) in self.classes.iter().enumerate() {
             let q = self.class_queued_bytes(i);
@@ -375,10 +391,7 @@ impl Function for Qos {
             {
                 visit(name, v);
             }
-            total.packets += s.packets;
-            total.bytes += s.bytes;
-            total.dropped += s.dropped;
-            total.marked += s.marked;
+            total.add(&s);
             queued += q;
         }
         total.visit(visit);

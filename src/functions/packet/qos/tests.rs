@@ -516,6 +516,8 @@ fn reconfigure_changes_rates_in_place_and_keeps_queued_frames() {
     q.reconfigure(&cfg).unwrap();
     assert_eq!(q.queued_frames(), 10);
     assert_eq!(counter(&q, "class.a.packets"), 1);
+    // The totals keep what the removed class released.
+    assert_eq!(counter(&q, "packets"), 2);
     assert_eq!(counter(&q, "class.a.queued_bytes"), 9000 + u.len() as u64);
     // The bucket was empty; in 1 ms it earns 10 000 bytes now.
     let out = drain(&mut q, t(1));

@@ -44,7 +44,10 @@
 //! [`Verdict::Redirect`] for a network); the device sets the link-layer
 //! destination and forwards. The choice per rule and family is cached and
 //! recomputed only when a next hop changes state, so a packet costs a
-//! first-match scan.
+//! first-match scan. A changed config applies in place
+//! ([`Function::reconfigure`]): next hops whose name and target remain
+//! keep their health, probe state and counters, rules keep their counters
+//! and, with failback off, their current next hop.
 //!
 //! Counters: `rule.NAME.packets`, `next_hop.NAME.packets` / `.up` /
 //! `.probes_sent` / `.probes_lost`, `failovers` and `failbacks` (changes of
@@ -260,8 +263,9 @@ impl Reroute {
 
     /// Takes over the state of `old` that still applies: next hops whose
     /// name and target (address, device or network) are unchanged keep
-    /// their health and counters, rules keep their counters by name, and
-    /// the health-check socket stays open.
+    /// their health and counters, rules keep their counters and (with
+    /// failback off) their current next hop by name, and the health-check
+    /// socket stays open.
     fn take_state(&mut self, old: &mut Reroute) {
         for h in &mut self.hops {
             let Some(o) = old.hops.iter().find(|o| o.name == h.name) else {
@@ -284,6 +288,7 @@ impl Reroute {
         for r in &mut self.rules {
             if let Some(o) = old.rules.iter().find(|o| o.name == r.name) {
                 r.packets = o.packets;
+                r.keep_choice(o, &old.hops, &self.hops);
             }
         }
         self.own = std::mem::take(&mut old.own);

@@ -48,6 +48,20 @@ impl Rule {
         self.matcher.matches(ip) && self.dscp.is_none_or(|d| d == ip.dscp())
     }
 
+    /// Starts from `old`'s choice of next hop for each family (`old_hops`
+    /// are its next hops), found by name among `hops`, if it is still in
+    /// `via`: with failback off, [`Rule::choose`] then keeps it while it is
+    /// up, as it would have without the reconfiguration.
+    pub fn keep_choice(&mut self, old: &Rule, old_hops: &[Hop], hops: &[Hop]) {
+        for (slot, was) in self.active.iter_mut().zip(old.active) {
+            *slot = was.and_then(|(oh, verdict)| {
+                let name = &old_hops[oh].name;
+                let h = self.via.iter().copied().find(|&h| hops[h].name == *name)?;
+                Some((h, verdict))
+            });
+        }
+    }
+
     /// Chooses the next hop of each family again: the first of `via` that
     /// is up and has an address of the family, unless `failback` is off
     /// and the current one is still usable. With `log`, changes are logged.

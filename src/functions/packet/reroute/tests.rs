@@ -284,6 +284,37 @@ fn without_failback_traffic_stays_on_the_backup() {
 }
 
 #[test]
+fn reconfigure_without_failback_keeps_the_current_next_hop() {
+    let text = |via: &str| {
+        format!(
+            r#"
+            failback = false
+            next_hop = [
+                {{ name = "a", address = "10.20.0.2", fall = 1, rise = 1 }},
+                {{ name = "b", address = "10.20.0.3", fall = 1 }},
+            ]
+            rule = [{{ name = "all", via = {via} }}]
+            "#
+        )
+    };
+    let mut r = reroute(&text(r#"["a", "b"]"#));
+    let (a, b): (IpAddress, IpAddress) = (A4.into(), B4.into());
+    tick(&mut r, ms(0), &[b]);
+    tick(&mut r, ms(100), &[b]);
+    tick(&mut r, ms(200), &[a, b]);
+    assert_eq!(r.is_up("a"), Some(true));
+    assert_eq!(r.active("all", false), Some("b"));
+    let cfg = |via: &str| FunctionConfig::Reroute(toml::from_str(&text(via)).unwrap());
+    // The same config: traffic stays where it is.
+    assert!(r.reconfigure(&cfg(r#"["a", "b"]"#)).unwrap());
+    assert_eq!(r.active("all", false), Some("b"));
+    // b no longer in the list: the rule's first choice.
+    assert!(r.reconfigure(&cfg(r#"["a"]"#)).unwrap());
+    assert_eq!(r.active("all", false), Some("a"));
+    counters_are(&r, &[("failovers", 1), ("failbacks", 0)]);
+}
+
+#[test]
 fn a_network_next_hop_sends_packets_out_of_that_network() {
     let mut r = reroute(
         r#"
