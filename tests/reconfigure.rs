@@ -19,11 +19,10 @@ use shmnet::config::DeviceSettings;
 use shmnet::functions::diag::{pattern_byte, tcp_socket};
 use shmnet::functions::{FunctionConfig, build};
 use shmnet::shm::SegmentKind;
-use shmnet::stack::hook::counters_of;
-use shmnet::stack::{DeviceHandle, DeviceStats, NetDevice};
-use smoltcp::iface::SocketHandle;
-use smoltcp::socket::tcp;
-use smoltcp::wire::{IpAddress, IpEndpoint};
+use shmnet::smoltcp::iface::SocketHandle;
+use shmnet::smoltcp::socket::tcp;
+use shmnet::smoltcp::wire::{IpAddress, IpEndpoint};
+use shmnet::stack::{Applied, DeviceHandle, DeviceStats, NetDevice};
 
 #[test]
 fn running_device_switches_function() {
@@ -84,27 +83,17 @@ fn function(doc: &str) -> FunctionConfig {
     toml::from_str(doc).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{doc}"))
 }
 
-/// Applies `cfg` to the function of the running device `h` and waits until
-/// the device has taken it.
-///
-/// `DeviceHandle::reconfigure` returns nothing and takes effect at the
-/// device's next round; function counters reach handles every 50 ms. So
-/// this checks `cfg` builds, then waits until the counters the device
-/// publishes are named as `cfg`'s function names them (a config that adds
-/// or removes a rule, class, backend or next hop shows there), then two
-/// publication periods more. To become `reconfigure(cfg)?.wait(..)` once
-/// reconfiguring returns a ticket.
+/// Applies `cfg` to the function of the running device `h` and waits
+/// until the change is live; a change of the same kind must be applied in
+/// place.
 fn apply(h: &DeviceHandle, cfg: FunctionConfig) {
-    let f = build(&cfg).expect("the new config is valid");
-    let names: Vec<String> = counters_of(f.as_ref())
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    h.reconfigure(cfg);
-    wait_for(h, LIMIT, "the new config in effect", |s| {
-        s.function_counters.iter().map(|(n, _)| n).eq(&names)
-    });
-    std::thread::sleep(2 * COUNTERS_EVERY);
+    let ticket = h.reconfigure(cfg).expect("the new config is valid");
+    let how = ticket.wait(LIMIT).expect("the device applies the change");
+    assert_eq!(
+        how,
+        Applied::InPlace,
+        "a change of the same kind keeps state"
+    );
 }
 
 /// What became of a flow.

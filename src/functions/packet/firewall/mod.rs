@@ -131,20 +131,31 @@ counters! {
     /// Counters of the firewall (`rule{i}_packets` are kept per rule).
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
     pub struct FirewallStats {
+        /// Packets let through (established, or accepted by a rule or
+        /// the default policy).
         pub accepted: u64,
+        /// Packets dropped, for any reason below or by a rule.
         pub dropped: u64,
+        /// TCP segments other than a bare SYN, and echo replies, with no
+        /// tracked connection.
         pub invalid: u64,
+        /// Frames whose IP or transport header does not parse.
         pub malformed: u64,
+        /// Non-first fragments no `fragments = true` rule accepted.
         pub fragments_dropped: u64,
+        /// New connections refused because the table was full.
         pub table_full: u64,
         /// Connections in the table now (expired ones not yet swept
         /// included): read from the table by [`Firewall::stats`].
         pub connections: u64,
+        /// Connections entered into the table since the start.
         pub connections_created: u64,
+        /// Connections removed after their timeout.
         pub expired: u64,
         /// Connections a reconfiguration removed because the new rules
         /// would not accept them.
         pub revoked: u64,
+        /// Drop log lines left out to respect `log_drops_per_second`.
         pub logs_suppressed: u64,
     }
 }
@@ -159,6 +170,8 @@ pub struct Firewall {
 }
 
 impl Firewall {
+    /// A firewall with these rules and an empty connection table; an
+    /// invalid rule is an error naming it.
     pub fn new(cfg: FirewallConfig) -> Result<Firewall, FunctionError> {
         let c = cfg.compile()?;
         Ok(Firewall {
