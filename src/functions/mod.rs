@@ -21,19 +21,9 @@ pub mod packet;
 mod registry;
 pub mod socket;
 
-#[cfg(feature = "balancer")]
-pub use packet::balancer;
-#[cfg(feature = "compress")]
-pub use packet::compress;
-#[cfg(feature = "encrypt")]
-pub use packet::encrypt;
-#[cfg(feature = "firewall")]
-pub use packet::firewall;
+// Each packet function's module (those compiled in) as `functions::NAME`.
 pub use packet::passthrough::Passthrough;
-#[cfg(feature = "qos")]
-pub use packet::qos;
-#[cfg(feature = "reroute")]
-pub use packet::reroute;
+pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
 pub use socket::{diag, echo, probe};
 
