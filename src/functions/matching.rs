@@ -3,13 +3,19 @@
 //! fields of a rule or class compiled into a [`Matcher`] that tests a
 //! packet's [`IpView`], and typed durations ([`ConfigDuration`], written
 //! `"250ms"`, `"30s"`, `"5m"`). Parsed once from the config into forms
-//! that are cheap to match per packet.
+//! that are cheap to match per packet. A config built in Rust writes the
+//! values with `From`: `80.into()`, `(1024..=65535).into()` for ports,
+//! `"tcp".into()` or `6.into()` for protocols, a [`std::time::Duration`]
+//! for a duration.
 //!
 //! ```
-//! use shmnet::functions::matching::{parse_duration, Prefix};
+//! use shmnet::functions::matching::{parse_duration, parse_ports, ConfigDuration, PortSpec, Prefix};
 //! let p = Prefix::parse("10.1.0.0/16").unwrap();
 //! assert!(p.contains(false, u128::from(u32::from_be_bytes([10, 1, 2, 3]))));
 //! assert_eq!(parse_duration("250ms"), Some(smoltcp::time::Duration::from_millis(250)));
+//! assert_eq!(parse_ports(&PortSpec::from(1024..=65535)), Some((1024, 65535)));
+//! let d: ConfigDuration = std::time::Duration::from_secs(30).into();
+//! assert_eq!(d.to_string(), "30s");
 //! ```
 
 use smoltcp::time::Duration;
@@ -155,6 +161,47 @@ impl std::fmt::Display for ProtoSpec {
             ProtoSpec::Number(n) => write!(f, "{n}"),
             ProtoSpec::Name(s) => write!(f, "{}", quoted(s)),
         }
+    }
+}
+
+impl From<u16> for PortSpec {
+    /// One port, as `dport = 80` writes it: `PortSpec::from(80)`, or
+    /// `dport: Some(80.into())` in a config built in Rust.
+    fn from(port: u16) -> PortSpec {
+        PortSpec::Number(i64::from(port))
+    }
+}
+
+impl From<RangeInclusive<u16>> for PortSpec {
+    /// An inclusive range, as `dport = "1024-65535"` writes it:
+    /// `PortSpec::from(1024..=65535)`. An empty range (`9..=1`) is kept as
+    /// written and refused when the config is compiled, as in a file.
+    fn from(ports: RangeInclusive<u16>) -> PortSpec {
+        PortSpec::Range(format!("{}-{}", ports.start(), ports.end()))
+    }
+}
+
+impl From<u8> for ProtoSpec {
+    /// A protocol by number, as `proto = 6` writes it:
+    /// `ProtoSpec::from(6)`, or `proto: Some(PROTO_TCP.into())`.
+    fn from(proto: u8) -> ProtoSpec {
+        ProtoSpec::Number(i64::from(proto))
+    }
+}
+
+impl From<&str> for ProtoSpec {
+    /// A protocol by name, as `proto = "tcp"` writes it:
+    /// `proto: Some("tcp".into())`. The name is checked when the config is
+    /// compiled, as in a file.
+    fn from(name: &str) -> ProtoSpec {
+        ProtoSpec::Name(name.to_string())
+    }
+}
+
+impl From<String> for ProtoSpec {
+    /// A protocol by name; see `From<&str>`.
+    fn from(name: String) -> ProtoSpec {
+        ProtoSpec::Name(name)
     }
 }
 
@@ -413,6 +460,32 @@ impl From<ConfigDuration> for Duration {
     }
 }
 
+impl From<Duration> for ConfigDuration {
+    /// A duration of the functions' (smoltcp's) clock.
+    fn from(d: Duration) -> ConfigDuration {
+        ConfigDuration(d)
+    }
+}
+
+impl From<std::time::Duration> for ConfigDuration {
+    /// A [`std::time::Duration`] in a config built in Rust:
+    /// `timeout: Duration::from_secs(30).into()`. The clock counts whole
+    /// microseconds: a finer part is dropped, and a duration beyond
+    /// `u64::MAX` microseconds (half a million years) is cut to it — then
+    /// refused by the field's bounds, as every duration field has some.
+    fn from(d: std::time::Duration) -> ConfigDuration {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        ConfigDuration(Duration::from_micros(micros))
+    }
+}
+
+impl From<ConfigDuration> for std::time::Duration {
+    /// The duration, for code that keeps `std` durations.
+    fn from(d: ConfigDuration) -> std::time::Duration {
+        std::time::Duration::from_micros(d.0.total_micros())
+    }
+}
+
 impl std::fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let us = self.0.total_micros();
@@ -489,6 +562,32 @@ mod tests {
         for bad in ["", "ms", "5", "5y", "-1s", "1.5s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn specs_from_rust_values() {
+        assert_eq!(PortSpec::from(80), PortSpec::Number(80));
+        assert_eq!(
+            PortSpec::from(1024..=65535),
+            PortSpec::Range("1024-65535".into())
+        );
+        assert_eq!(parse_ports(&(1024..=65535).into()), Some((1024, 65535)));
+        let empty = RangeInclusive::new(9, 1);
+        assert_eq!(parse_ports(&empty.into()), None, "empty range refused");
+        assert_eq!(ProtoSpec::from("tcp"), ProtoSpec::Name("tcp".into()));
+        assert_eq!(parse_proto(&PROTO_UDP.into()), Some(PROTO_UDP));
+        let d = ConfigDuration::from(std::time::Duration::from_millis(250));
+        assert_eq!(d, ConfigDuration::from_millis(250));
+        assert_eq!(
+            std::time::Duration::from(d),
+            std::time::Duration::from_millis(250)
+        );
+        let huge = ConfigDuration::from(std::time::Duration::MAX);
+        assert_eq!(huge.0, Duration::from_micros(u64::MAX));
+        assert!(
+            huge.within("t", Duration::ZERO..=Duration::from_secs(1))
+                .is_err()
+        );
     }
 
     #[test]

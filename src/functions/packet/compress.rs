@@ -94,6 +94,20 @@ impl CompressConfig {
     }
 }
 
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let cfg: CompressConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, CompressConfig::default());
+        assert!(CompressConfig::default().validate().is_ok());
+    }
+}
+
 counters! {
     /// Counters of the compression function.
     #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,9 @@ use super::flows::Timeouts;
 use super::maglev::is_prime;
 use super::service::{Backend, Endpoint, Service};
 use crate::functions::common::defaults;
-use crate::functions::health::{HealthCheck, HealthSpec, with_health_fields};
+use crate::functions::health::{
+    DEFAULT_FALL, DEFAULT_RISE, HealthCheck, HealthSpec, with_health_fields,
+};
 use crate::functions::matching::{ConfigDuration, ProtoSpec, proto_field, quoted};
 use crate::wire::proto;
 
@@ -36,6 +38,22 @@ with_health_fields! {
     /// checked (a TCP connection to each every `interval`, 1s unless given,
     /// failing if not established within `timeout`, 500ms unless given;
     /// `fall` failures mark a backend down, `rise` successes up again).
+    ///
+    /// [`ServiceConfig::default`] gives each field the value a file gives
+    /// when it leaves the field out. A file must give `name` and `vip`;
+    /// their defaults are empty, which the balancer refuses, so a service
+    /// built in Rust sets them too.
+    ///
+    /// ```
+    /// use shmnet::functions::balancer::ServiceConfig;
+    /// let web = ServiceConfig {
+    ///     name: "web".into(),
+    ///     vip: "10.20.0.100:80".into(),
+    ///     backends: vec!["10.30.0.1:8080".into(), "10.30.0.2:8080".into()],
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(web.table_size, 65537);
+    /// ```
     #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct ServiceConfig {
@@ -57,6 +75,25 @@ with_health_fields! {
         /// Default: `"tcp"` for TCP services, `"none"` for UDP ones.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub check: Option<Check>,
+    }
+}
+
+impl Default for ServiceConfig {
+    /// What a file gives for each field it leaves out; `name` and `vip`
+    /// (required in a file) empty.
+    fn default() -> Self {
+        ServiceConfig {
+            name: String::new(),
+            vip: String::new(),
+            proto: None,
+            backends: Vec::new(),
+            table_size: defaults::u32::<65537>(),
+            check: None,
+            interval: defaults::secs::<1>(),
+            timeout: None,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+        }
     }
 }
 
@@ -235,5 +272,35 @@ impl ServiceConfig {
             m,
             check,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let text = "name = \"web\"\nvip = \"10.20.0.100:80\"";
+        let service: ServiceConfig = toml::from_str(text).unwrap();
+        let built = ServiceConfig {
+            name: "web".into(),
+            vip: "10.20.0.100:80".into(),
+            ..Default::default()
+        };
+        assert_eq!(service, built);
+        let balancer: BalancerConfig = toml::from_str("").unwrap();
+        assert_eq!(balancer, BalancerConfig::default());
+        assert!(
+            BalancerConfig {
+                services: vec![ServiceConfig::default()],
+                ..Default::default()
+            }
+            .compile()
+            .is_err(),
+            "a service without name or vip is refused"
+        );
     }
 }

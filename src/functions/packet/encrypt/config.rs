@@ -25,6 +25,29 @@ use crate::functions::matching::quoted;
 use crate::stack::Role;
 
 /// `[function] kind = "encrypt"`.
+///
+/// [`EncryptConfig::default`] gives each field the value a file gives when
+/// it leaves the field out. A file must give `local_address`,
+/// `peer_address` and `outbound`; their defaults (`0.0.0.0` and an SA
+/// without SPI or key) are refused by [`Encrypt::new`](super::Encrypt::new),
+/// so a config built in Rust sets them.
+///
+/// ```
+/// use shmnet::functions::encrypt::{Encrypt, EncryptConfig, SaConfig};
+/// let sa = |spi: u32| SaConfig {
+///     spi,
+///     key: Some("00112233445566778899aabbccddeeff01020304".into()),
+///     ..Default::default()
+/// };
+/// let cfg = EncryptConfig {
+///     local_address: [10, 2, 0, 1].into(),
+///     peer_address: [10, 2, 0, 2].into(),
+///     outbound: sa(0x1001),
+///     inbound: vec![sa(0x2002)],
+///     ..Default::default()
+/// };
+/// assert!(Encrypt::new(cfg).is_ok());
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncryptConfig {
@@ -48,7 +71,11 @@ pub struct EncryptConfig {
 
 /// One security association: `{ spi = 0x1001, key = "hex" }` or
 /// `{ spi = 0x1001, key_file = "path" }`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+///
+/// `Default` gives each field the value a file gives when it leaves the
+/// field out. A file must give `spi` (and one of `key`, `key_file`); the
+/// defaults (SPI 0, which is reserved, and no key) are refused.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SaConfig {
     /// Security parameter index, 256..=u32::MAX.
@@ -65,6 +92,22 @@ fn global() -> Role {
     Role::Global
 }
 
+impl Default for EncryptConfig {
+    /// What a file gives for each field it leaves out; the addresses
+    /// `0.0.0.0` and `outbound` an SA without SPI or key (all three
+    /// required in a file).
+    fn default() -> Self {
+        EncryptConfig {
+            local_address: Ipv4Addr::UNSPECIFIED,
+            peer_address: Ipv4Addr::UNSPECIFIED,
+            hop: global(),
+            outbound: SaConfig::default(),
+            inbound: Vec::new(),
+            replay_window: defaults::u32::<64>(),
+        }
+    }
+}
+
 /// A validated configuration: addresses and keyed SAs.
 pub(super) struct Compiled {
     pub(super) local: Ipv4Addr,
@@ -78,6 +121,14 @@ impl EncryptConfig {
     /// Checks the parameters and reads the keys (key files included).
     pub(super) fn compile(&self) -> Result<Compiled, FunctionError> {
         let invalid = invalid("encrypt");
+        for (field, a) in [
+            ("local_address", self.local_address),
+            ("peer_address", self.peer_address),
+        ] {
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() {
+                return Err(invalid(format!("{field} {a} is not a unicast address")));
+            }
+        }
         if !(32..=1024).contains(&self.replay_window) {
             return Err(invalid("replay_window must be 32..=1024 packets".into()));
         }
@@ -144,4 +195,52 @@ pub(super) fn parse_hex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let text = "local_address = \"10.2.0.1\"\npeer_address = \"10.2.0.2\"\n\
+                    outbound = { spi = 4097 }";
+        let cfg: EncryptConfig = toml::from_str(text).unwrap();
+        let built = EncryptConfig {
+            local_address: Ipv4Addr::new(10, 2, 0, 1),
+            peer_address: Ipv4Addr::new(10, 2, 0, 2),
+            outbound: SaConfig {
+                spi: 4097,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(cfg, built);
+    }
+
+    #[test]
+    fn default_addresses_are_refused() {
+        let key = Some("00112233445566778899aabbccddeeff01020304".to_string());
+        let outbound = SaConfig {
+            spi: 4097,
+            key,
+            ..Default::default()
+        };
+        let cfg = EncryptConfig {
+            outbound,
+            ..Default::default()
+        };
+        let Err(FunctionError::Invalid { why, .. }) = cfg.compile() else {
+            panic!("0.0.0.0 accepted")
+        };
+        assert_eq!(why, "local_address 0.0.0.0 is not a unicast address");
+        let cfg = EncryptConfig {
+            local_address: Ipv4Addr::new(10, 2, 0, 1),
+            peer_address: Ipv4Addr::new(10, 2, 0, 2),
+            ..cfg
+        };
+        assert!(cfg.compile().is_ok());
+    }
 }

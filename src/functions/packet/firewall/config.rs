@@ -15,7 +15,10 @@ use crate::functions::matching::{ConfigDuration, with_match_fields};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Let the packet through (and track its connection).
     Accept,
+    /// Discard the packet (counted, and logged within
+    /// `log_drops_per_second`): the default policy.
     #[default]
     Drop,
 }
@@ -29,6 +32,7 @@ pub enum Direction {
     In,
     /// Arrived from the local adapter, or emitted by the device's own stack.
     Out,
+    /// Either way (the default).
     #[default]
     Any,
 }
@@ -51,12 +55,37 @@ with_match_fields! {
     /// it applies to, and the match fields. `proto = "icmp"` is ICMP in
     /// IPv4 (`"icmpv6"` IPv6's); `proto = "any"` is the same as leaving it
     /// out.
-    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    ///
+    /// Built in Rust, a rule sets its action and the fields it matches on,
+    /// and takes the rest from [`RuleConfig::default`], which is what a
+    /// file gives for each field left out: any direction, any state, no
+    /// match field (every packet). `action` is the one field a file must
+    /// give; its `Default` is [`Action::Drop`], so a rule whose action was
+    /// forgotten fails closed.
+    ///
+    /// ```
+    /// use shmnet::functions::firewall::{Action, RuleConfig};
+    /// let web = RuleConfig {
+    ///     action: Action::Accept,
+    ///     proto: Some("tcp".into()),
+    ///     dport: Some(80.into()),
+    ///     ..Default::default()
+    /// };
+    /// let text = "action = \"accept\"\nproto = \"tcp\"\ndport = 80";
+    /// assert_eq!(toml::from_str::<RuleConfig>(text).unwrap(), web);
+    /// ```
+    #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct RuleConfig {
+        /// What a matching packet gets: `"accept"` or `"drop"` (required in
+        /// a file).
         pub action: Action,
+        /// The way a packet travels: `"in"`, `"out"` or `"any"` (the
+        /// default).
         #[serde(default)]
         pub direction: Direction,
+        /// The connection state matched: `"new"`, `"established"` or
+        /// `"any"` (the default).
         #[serde(default)]
         pub state: StateMatch,
         /// Match only non-first fragments (which carry no ports).
@@ -148,5 +177,38 @@ impl FirewallConfig {
             timeouts,
             max_connections: self.max_connections,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::functions::matching::{PortSpec, ProtoSpec};
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let rule: RuleConfig = toml::from_str("action = \"accept\"").unwrap();
+        let built = RuleConfig {
+            action: Action::Accept,
+            ..Default::default()
+        };
+        assert_eq!(rule, built);
+        let fw: FirewallConfig = toml::from_str("").unwrap();
+        assert_eq!(fw, FirewallConfig::default());
+
+        let text = "action = \"accept\"\nproto = \"tcp\"\ndport = \"8000-8080\"\nsport = 53";
+        let rule: RuleConfig = toml::from_str(text).unwrap();
+        let built = RuleConfig {
+            action: Action::Accept,
+            proto: Some("tcp".into()),
+            dport: Some((8000..=8080).into()),
+            sport: Some(53.into()),
+            ..Default::default()
+        };
+        assert_eq!(rule, built);
+        assert_eq!(built.proto, Some(ProtoSpec::Name("tcp".into())));
+        assert_eq!(built.sport, Some(PortSpec::Number(53)));
     }
 }

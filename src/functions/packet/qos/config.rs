@@ -33,6 +33,31 @@ pub enum RateSpec {
     Text(String),
 }
 
+impl From<u64> for RateSpec {
+    /// Bits per second, as `rate = 40000000` writes it:
+    /// `rate: Some(40_000_000.into())`. A value beyond `i64::MAX` is cut to
+    /// it, and refused like any rate above 10000gbit.
+    fn from(bits: u64) -> RateSpec {
+        RateSpec::Bits(i64::try_from(bits).unwrap_or(i64::MAX))
+    }
+}
+
+impl From<&str> for RateSpec {
+    /// A rate with a unit, as `rate = "40mbit"` writes it:
+    /// `rate: Some("40mbit".into())`; checked when the config is compiled,
+    /// as in a file.
+    fn from(text: &str) -> RateSpec {
+        RateSpec::Text(text.to_string())
+    }
+}
+
+impl From<String> for RateSpec {
+    /// A rate with a unit; see `From<&str>`.
+    fn from(text: String) -> RateSpec {
+        RateSpec::Text(text)
+    }
+}
+
 /// What happens to a packet arriving at a full queue, and before that.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +87,24 @@ with_match_fields! {
     /// and the match fields it takes packets by. `proto = "icmp"` matches
     /// ICMP in IPv4 and ICMPv6 in IPv6 (ping alike in both versions); a
     /// number matches that protocol only.
+    ///
+    /// [`ClassConfig::default`] gives each field the value a file gives
+    /// when it leaves the field out (priority 0, weight 1, not shaped, the
+    /// default queue, tail drop, any packet). A file must give `name`; its
+    /// default is empty, which the function refuses, so a class built in
+    /// Rust names itself too.
+    ///
+    /// ```
+    /// use shmnet::functions::qos::ClassConfig;
+    /// let video = ClassConfig {
+    ///     name: "video".into(),
+    ///     rate: Some("40mbit".into()),
+    ///     proto: Some("udp".into()),
+    ///     dport: Some((5000..=5100).into()),
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(video.weight, 1);
+    /// ```
     #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct ClassConfig {
@@ -95,8 +138,46 @@ with_match_fields! {
     }
 }
 
+impl Default for ClassConfig {
+    /// What a file gives for each field it leaves out; `name` (required in
+    /// a file) empty.
+    fn default() -> Self {
+        ClassConfig {
+            name: String::new(),
+            priority: 0,
+            weight: defaults::u32::<1>(),
+            rate: None,
+            burst: None,
+            queue: None,
+            over_limit: OverLimit::default(),
+            mark_at: None,
+            dscp: Vec::new(),
+            proto: None,
+            src: None,
+            dst: None,
+            sport: None,
+            dport: None,
+        }
+    }
+}
+
 /// `[function] kind = "qos"`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+///
+/// `Default` gives each field the value a file gives when it leaves the
+/// field out. A file must give `default` (here `default_class`) and at
+/// least one class; their defaults are empty, which the function refuses.
+///
+/// ```
+/// use shmnet::functions::qos::{ClassConfig, QosConfig};
+/// let cfg = QosConfig {
+///     default_class: "bulk".into(),
+///     rate: Some(100_000_000.into()),
+///     classes: vec![ClassConfig { name: "bulk".into(), ..Default::default() }],
+///     ..Default::default()
+/// };
+/// assert!(shmnet::functions::qos::Qos::new(cfg).is_ok());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QosConfig {
     /// The class of packets no class matches.
@@ -288,5 +369,37 @@ impl QosConfig {
             default,
             link: bucket("", self.rate.as_ref(), self.burst).map_err(invalid)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let text = "default = \"bulk\"\n[[class]]\nname = \"bulk\"";
+        let cfg: QosConfig = toml::from_str(text).unwrap();
+        let built = QosConfig {
+            default_class: "bulk".into(),
+            classes: vec![ClassConfig {
+                name: "bulk".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(cfg, built);
+        assert!(built.plan().is_ok());
+        assert!(QosConfig::default().plan().is_err(), "no class, no default");
+    }
+
+    #[test]
+    fn rates_from_rust_values() {
+        assert_eq!(RateSpec::from("40mbit"), RateSpec::Text("40mbit".into()));
+        assert_eq!(parse_rate(&"40mbit".into()), Ok(40_000_000));
+        assert_eq!(parse_rate(&40_000_000.into()), Ok(40_000_000));
+        assert!(parse_rate(&u64::MAX.into()).is_err());
     }
 }

@@ -7,7 +7,7 @@ use super::probe::{Hop, Target};
 use super::rules::Rule;
 use crate::functions::Role;
 use crate::functions::common::defaults;
-use crate::functions::health::{HealthCheck, with_health_fields};
+use crate::functions::health::{DEFAULT_FALL, DEFAULT_RISE, HealthCheck, with_health_fields};
 use crate::functions::matching::{Matcher, check_name, quoted, with_match_fields};
 
 /// One address or a list (at most one IPv4 and one IPv6).
@@ -18,6 +18,22 @@ pub enum Addresses {
     One(String),
     /// `address = ["10.0.0.1", "fd00::1"]`: one of each version at most.
     Many(Vec<String>),
+}
+
+impl From<&str> for Addresses {
+    /// One address, as `address = "10.0.0.1"` writes it:
+    /// `address: Some("10.0.0.1".into())`; checked when the config is
+    /// compiled, as in a file.
+    fn from(address: &str) -> Addresses {
+        Addresses::One(address.to_string())
+    }
+}
+
+impl From<IpAddr> for Addresses {
+    /// One address, already parsed.
+    fn from(address: IpAddr) -> Addresses {
+        Addresses::One(address.to_string())
+    }
 }
 
 /// How a next hop's health is checked.
@@ -49,6 +65,21 @@ with_health_fields! {
     /// a probe waits `timeout`, the interval unless given; `fall` misses take
     /// it down, `rise` answers bring it back). `interval` is also how often a
     /// `device` is looked up again.
+    ///
+    /// [`NextHopConfig::default`] gives each field the value a file gives
+    /// when it leaves the field out. A file must give `name` (and one of
+    /// `address`, `device` or `network`); the defaults are empty and none,
+    /// which the function refuses, so a next hop built in Rust sets them.
+    ///
+    /// ```
+    /// use shmnet::functions::reroute::NextHopConfig;
+    /// let a = NextHopConfig {
+    ///     name: "a".into(),
+    ///     address: Some("10.0.1.1".into()),
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(a.interval.to_string(), "100ms");
+    /// ```
     #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct NextHopConfig {
@@ -75,7 +106,11 @@ with_health_fields! {
 with_match_fields! {
     /// One `[[function.rule]]`: the next hops it sends to, and what it
     /// takes (the match fields and a DSCP).
-    #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+    ///
+    /// `Default` gives each field the value a file gives when it leaves the
+    /// field out. A file must give `via`; its default is empty, which the
+    /// function refuses, so a rule built in Rust names its next hops.
+    #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     pub struct RuleConfig {
         /// Names the rule's counter (default: its index).
@@ -89,7 +124,48 @@ with_match_fields! {
     }
 }
 
+impl Default for NextHopConfig {
+    /// What a file gives for each field it leaves out; `name` (required in
+    /// a file) empty.
+    fn default() -> Self {
+        NextHopConfig {
+            name: String::new(),
+            address: None,
+            device: None,
+            network: None,
+            check: None,
+            interval: defaults::millis::<100>(),
+            timeout: None,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+        }
+    }
+}
+
 /// `[function] kind = "reroute"`.
+///
+/// [`RerouteConfig::default`] gives each field the value a file gives when
+/// it leaves the field out. A file must give at least one `[[next_hop]]`;
+/// the default has none, which the function refuses.
+///
+/// ```
+/// use shmnet::functions::reroute::{NextHopConfig, RerouteConfig, RuleConfig};
+/// let hop = |name: &str, address: &str| NextHopConfig {
+///     name: name.into(),
+///     address: Some(address.into()),
+///     ..Default::default()
+/// };
+/// let cfg = RerouteConfig {
+///     next_hops: vec![hop("a", "10.0.1.1"), hop("b", "10.0.2.1")],
+///     rules: vec![RuleConfig {
+///         proto: Some("udp".into()),
+///         via: vec!["a".into(), "b".into()],
+///         ..Default::default()
+///     }],
+///     ..Default::default()
+/// };
+/// assert!(cfg.failback);
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RerouteConfig {
@@ -105,6 +181,18 @@ pub struct RerouteConfig {
     /// Ordered rules; the first match wins.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
+}
+
+impl Default for RerouteConfig {
+    /// What a file gives for each field it leaves out; no next hop.
+    fn default() -> Self {
+        RerouteConfig {
+            failback: defaults::bool::<true>(),
+            when_down: WhenDown::default(),
+            next_hops: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// `network = "local" | "global"`, read into the device's [`Role`].
@@ -235,5 +323,37 @@ impl RuleConfig {
             via.push(i);
         }
         Ok(Rule::new(name, matcher, self.dscp, via))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field left out of a file and a field left to `Default` are the
+    /// same value, so the two ways of writing a config cannot drift apart.
+    #[test]
+    fn default_is_what_a_file_leaves_out() {
+        let text = "[[next_hop]]\nname = \"a\"\n[[rule]]\nvia = [\"a\"]";
+        let cfg: RerouteConfig = toml::from_str(text).unwrap();
+        let built = RerouteConfig {
+            next_hops: vec![NextHopConfig {
+                name: "a".into(),
+                ..Default::default()
+            }],
+            rules: vec![RuleConfig {
+                via: vec!["a".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(cfg, built);
+        assert!(RerouteConfig::default().compile().is_err(), "no next hop");
+        let addressed = NextHopConfig {
+            address: Some("10.0.1.1".parse::<IpAddr>().unwrap().into()),
+            ..built.next_hops[0].clone()
+        };
+        assert_eq!(addressed.address, Some(Addresses::One("10.0.1.1".into())));
+        assert!(addressed.compile().is_ok());
     }
 }
