@@ -38,7 +38,7 @@ struct PortGuard {
 }
 
 impl PortGuard {
-    fn new(c: &CustomConfig) -> Result<Box<dyn Function>, FunctionError> {
+    fn build(c: &CustomConfig) -> Result<Box<dyn Function>, FunctionError> {
         let cfg: GuardConfig = c.params()?;
         Ok(Box::new(PortGuard {
             ports: cfg.udp_ports,
@@ -138,7 +138,7 @@ fn device_files(tag: &str) -> Vec<(&'static str, String)> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    register("port-guard", PortGuard::new)?;
+    register("port-guard", PortGuard::build)?;
 
     // Started as a device process by the run below: run that one device.
     let args: Vec<String> = std::env::args().collect();

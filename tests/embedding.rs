@@ -209,7 +209,7 @@ fn child_device_main() {
         return;
     }
     register_test_echo();
-    let file = std::env::args().last().expect("a device file");
+    let file = std::env::args().next_back().expect("a device file");
     let cfg = DeviceConfig::load(file.as_ref()).expect("device file");
     let out = run_device(&cfg, &RunOptions::default(), |l| println!("{l}")).expect("starts");
     std::process::exit(if out.ok { 0 } else { 1 });

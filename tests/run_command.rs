@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::config::{RunMode, Topology};
-use shmnet::shm::Segment;
 use shmnet::topology::{RunOptions, run};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shmnet");

@@ -24,7 +24,7 @@ use shmnet::config::DeviceConfig;
 use shmnet::functions::FunctionConfig;
 use shmnet::functions::balancer::{BalancerConfig, Check, ServiceConfig};
 use shmnet::functions::echo::EchoConfig;
-use shmnet::functions::matching::{ConfigDuration, ProtoSpec};
+use shmnet::functions::matching::ConfigDuration;
 use shmnet::shm::SegmentKind;
 use shmnet::smoltcp::socket::tcp;
 use shmnet::smoltcp::wire::IpAddress;
@@ -54,14 +54,14 @@ fn main() -> Result<(), Box<dyn Error>> {
     let service = ServiceConfig {
         name: "echo".into(),
         vip: "10.20.0.100:7".into(),
-        proto: Some(ProtoSpec::Name("tcp".into())),
+        proto: Some("tcp".into()),
         backends: BACKENDS.map(String::from).to_vec(),
-        table_size: 65537,
         check: Some(Check::Tcp),
         interval: ConfigDuration::from_millis(200),
         timeout: Some(ConfigDuration::from_millis(300)),
         fall: 2,
         rise: 2,
+        ..ServiceConfig::default()
     };
     let balancer = BalancerConfig {
         services: vec![service],

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use shmnet::config::DeviceConfig;
 use shmnet::functions::FunctionConfig;
 use shmnet::functions::echo::EchoConfig;
-use shmnet::functions::firewall::{Action, Direction, FirewallConfig, RuleConfig, StateMatch};
-use shmnet::functions::matching::{PortSpec, ProtoSpec};
+use shmnet::functions::firewall::{Action, Direction, FirewallConfig, RuleConfig};
+use shmnet::functions::matching::PortSpec;
 use shmnet::functions::socket::udp_socket;
 use shmnet::shm::SegmentKind;
 use shmnet::smoltcp::socket::{tcp, udp};
@@ -53,16 +53,12 @@ fn main() -> Result<(), Box<dyn Error>> {
     // The firewall: its local network is the inside, its global one the
     // outside. Rule 0 lets the inside reach TCP port 7, rule 1 lets pings
     // out; the default policy drops the rest. Replies need no rule.
-    let accept_out = |proto: &str, dport: Option<i64>| RuleConfig {
+    let accept_out = |proto: &str, dport: Option<u16>| RuleConfig {
         action: Action::Accept,
         direction: Direction::Out,
-        state: StateMatch::Any,
-        fragments: false,
-        proto: Some(ProtoSpec::Name(proto.into())),
-        src: None,
-        dst: None,
-        sport: None,
-        dport: dport.map(PortSpec::Number),
+        proto: Some(proto.into()),
+        dport: dport.map(PortSpec::from),
+        ..RuleConfig::default()
     };
     let rules = FirewallConfig {
         default_policy: Action::Drop,
