@@ -204,9 +204,96 @@ pub fn run(
     opts: &RunOptions,
     mut on_line: impl FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
-    match opts.mode.unwrap_or(topo.mode) {
+    let mode = opts.mode.unwrap_or(topo.mode);
+    // TAP ports first: a missing privilege fails the run before any
+    // device starts.
+    let taps = TapPorts::start(topo, mode, &mut on_line)?;
+    let out = match mode {
         RunMode::Thread => run_threads(topo, opts, &mut on_line),
         RunMode::Process => run_processes(topo, opts, &mut on_line),
+    };
+    taps.stop(&mut on_line);
+    out
+}
+
+/// The running TAP ports of a topology (bridges in this process); their
+/// interfaces go when the ports stop or this process dies.
+struct TapPorts(Vec<(String, crate::adapters::bridge::BridgeHandle)>);
+
+impl TapPorts {
+    #[cfg(feature = "tap")]
+    fn start(
+        topo: &Topology,
+        mode: RunMode,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<TapPorts, Box<dyn std::error::Error + Send + Sync>> {
+        use crate::adapters::bridge::Bridge;
+        use crate::adapters::shm::{ShmAdapter, ShmOptions};
+        use crate::adapters::tap::TapAdapter;
+        use crate::adapters::{Adapter, Neighbour};
+        let kind = match mode {
+            RunMode::Thread => SegmentKind::InProcess,
+            RunMode::Process => SegmentKind::Shared,
+        };
+        let mut ports = TapPorts(Vec::new());
+        for t in &topo.taps {
+            let tap = TapAdapter::open(&t.name, t.network.mtu, t.address)?;
+            let me = Neighbour {
+                mac: tap.mac(),
+                ipv4: Some(t.address.address()),
+                ipv6: None,
+            };
+            let options = ShmOptions {
+                max_burst: None,
+                trust_peers: false,
+            };
+            let port_name = format!("tap:{}", t.name);
+            let port = ShmAdapter::join(
+                &t.network.segment,
+                kind,
+                &t.network.params(),
+                &port_name,
+                me,
+                options,
+            )?;
+            on_line(&format!(
+                "tap {} ready: {} ({}, MTU {}) on {} ({})",
+                t.name,
+                t.address,
+                tap.mac(),
+                t.network.mtu,
+                t.network.segment,
+                port.describe()
+            ));
+            let bridge = Bridge::new(Box::new(tap), Box::new(port)).spawn(&t.name)?;
+            ports.0.push((t.name.clone(), bridge));
+        }
+        Ok(ports)
+    }
+
+    #[cfg(not(feature = "tap"))]
+    fn start(
+        topo: &Topology,
+        _mode: RunMode,
+        _on_line: &mut dyn FnMut(&str),
+    ) -> Result<TapPorts, Box<dyn std::error::Error + Send + Sync>> {
+        match topo.taps.first() {
+            Some(t) => Err(format!("TAP port {}: this program was built without TAP support", t.name).into()),
+            None => Ok(TapPorts(Vec::new())),
+        }
+    }
+
+    /// Stops every bridge (removing its interface) and reports what
+    /// crossed it.
+    fn stop(self, on_line: &mut dyn FnMut(&str)) {
+        for (name, bridge) in self.0 {
+            let [tap, _] = bridge.stats();
+            on_line(&format!(
+                "tap {name}: {} frames from Linux, {} to Linux",
+                tap.rx_frames, tap.tx_frames
+            ));
+            drop(bridge.stop());
+        }
     }
 }
 

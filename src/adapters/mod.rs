@@ -23,9 +23,11 @@
 //!   ([`Neighbour`]), the MAC of an IP, the addresses of a named device;
 //! - the network's facts (medium, IP MTU, frame capacity) and counters.
 //!
-//! Implementations: [`shm::ShmAdapter`], a port of a shared-memory segment.
-//! Wrappers any adapter can wear: [`pcap::Pcap`] writes every frame the
-//! adapter carries to a capture file.
+//! Implementations: [`shm::ShmAdapter`], a port of a shared-memory segment;
+//! `tap::TapAdapter` (feature `tap`), a Linux TAP interface. Wrappers any
+//! adapter can wear: [`pcap::Pcap`] writes every frame the adapter carries
+//! to a capture file. [`bridge::Bridge`] joins two adapters: a TAP port is
+//! a TAP interface bridged to a port of a segment.
 //!
 //! Adding an adapter (TAP, VXLAN, memif): implement [`Adapter`] in a file
 //! here (lend buffers of your own memory; copy received frames into the
@@ -64,8 +66,11 @@
 //! assert_eq!(a.remote().stats().tx_frames, 1);
 //! ```
 
+pub mod bridge;
 pub mod pcap;
 pub mod shm;
+#[cfg(feature = "tap")]
+pub mod tap;
 mod wake;
 
 use std::sync::Arc;
@@ -277,6 +282,14 @@ pub enum AdapterError {
     /// Attaching to the segment failed.
     #[error(transparent)]
     Shm(#[from] crate::shm::ShmError),
+    /// A TAP interface could not be created or configured.
+    #[error("TAP interface {name}: {why}")]
+    Tap {
+        /// The interface name.
+        name: String,
+        /// What went wrong, and what to do about a missing privilege.
+        why: String,
+    },
     /// The pcap file could not be created; check the path.
     #[error("pcap file {path}")]
     Pcap {

@@ -1,12 +1,17 @@
-//! Topology files: a name, a run mode (threads or processes) and the
-//! devices, each inline or in its own file.
+//! Topology files: a name, a run mode (threads or processes), the devices
+//! (each inline or in its own file) and the TAP ports that bridge Linux to
+//! their networks.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use smoltcp::wire::Ipv4Cidr;
+
 use super::{ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, parse_toml, read};
 use crate::functions::matching::quoted;
+use crate::stack::spec::NetworkSpec;
+use crate::wire::LinkMedium;
 
 /// How a topology's devices run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -28,6 +33,41 @@ struct TopologyFile {
     mode: RunMode,
     #[serde(default, rename = "device")]
     devices: Vec<toml::Value>,
+    #[serde(default, rename = "tap")]
+    taps: Vec<TapConfig>,
+}
+
+/// `[[tap]]`: a Linux TAP interface bridged to one of the topology's
+/// networks, so that Linux programs reach its devices (and they reach
+/// Linux) with ordinary sockets.
+///
+/// ```toml
+/// [[tap]]
+/// name = "shmtap0"            # the Linux interface
+/// segment = "tap-lan"         # a network of the topology's devices
+/// address = "10.77.0.1/24"    # Linux's address on it
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TapConfig {
+    /// The interface name (at most 15 characters).
+    pub name: String,
+    /// The segment it joins: one that a device of the topology is on.
+    pub segment: String,
+    /// The host's IPv4 address and prefix on that network.
+    pub address: String,
+}
+
+/// A TAP port, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TapSpec {
+    /// The interface name.
+    pub name: String,
+    /// Linux's address on the network.
+    pub address: Ipv4Cidr,
+    /// The network, as the first device on it configures it: the TAP's
+    /// MTU is the network's.
+    pub network: NetworkSpec,
 }
 
 /// A topology after validation.
@@ -42,6 +82,8 @@ pub struct Topology {
     pub devices: Vec<DeviceSettings>,
     /// Where each device came from (its own file, or the topology file).
     pub device_files: Vec<Option<PathBuf>>,
+    /// TAP ports (`[[tap]]`).
+    pub taps: Vec<TapSpec>,
 }
 
 impl Topology {
@@ -106,11 +148,101 @@ impl Topology {
                 });
             }
         }
+        let mut taps = Vec::new();
+        for (i, tap) in t.taps.iter().enumerate() {
+            taps.push(validate_tap(tap, &devices, &taps, file, i)?);
+        }
         Ok(Topology {
             name: t.name.unwrap_or_else(|| "topology".into()),
             mode: t.mode,
             devices,
             device_files: files,
+            taps,
         })
     }
+}
+
+/// Checks a `[[tap]]` against the devices: its network must be one of
+/// theirs (Ethernet), its address on that network's subnet and nobody
+/// else's.
+fn validate_tap(
+    tap: &TapConfig,
+    devices: &[DeviceSettings],
+    earlier: &[TapSpec],
+    file: &str,
+    i: usize,
+) -> Result<TapSpec, ConfigError> {
+    let invalid = |field: &str, why: String| ConfigError::Invalid {
+        file: file.into(),
+        field: format!("tap[{i}].{field}"),
+        why,
+    };
+    if !cfg!(feature = "tap") {
+        return Err(invalid(
+            "name",
+            "this program was built without TAP support (shmnet's cargo feature `tap`)".into(),
+        ));
+    }
+    #[cfg(feature = "tap")]
+    if !crate::adapters::tap::valid_tap_name(&tap.name) {
+        return Err(invalid(
+            "name",
+            format!(
+                "{} is not an interface name: 1..={} letters, digits, `-`, `_` or `.`",
+                quoted(&tap.name),
+                crate::adapters::tap::TAP_NAME_MAX
+            ),
+        ));
+    }
+    if earlier.iter().any(|t| t.name == tap.name) {
+        return Err(invalid("name", format!("two TAP ports are named {}", quoted(&tap.name))));
+    }
+    let mut on_segment = devices
+        .iter()
+        .flat_map(|d| [&d.local, &d.global])
+        .filter(|n| n.segment == tap.segment);
+    let Some(network) = on_segment.next().cloned() else {
+        return Err(invalid(
+            "segment",
+            format!("no device of the topology is on segment {}", quoted(&tap.segment)),
+        ));
+    };
+    if network.medium != LinkMedium::Ethernet {
+        return Err(invalid(
+            "segment",
+            "a TAP port needs an Ethernet network (medium = \"ethernet\")".into(),
+        ));
+    }
+    let address: Ipv4Cidr = tap.address.parse().map_err(|_| {
+        invalid(
+            "address",
+            format!("{} is not an IPv4 address with a prefix, like \"10.77.0.1/24\"", quoted(&tap.address)),
+        )
+    })?;
+    if network.v4.network() != address.network() {
+        return Err(invalid(
+            "address",
+            format!(
+                "{address} is not on the network's subnet {} (its devices' addresses)",
+                network.v4.network()
+            ),
+        ));
+    }
+    let taken = std::iter::once(network.v4.address())
+        .chain(
+            devices
+                .iter()
+                .flat_map(|d| [&d.local, &d.global])
+                .filter(|n| n.segment == tap.segment)
+                .map(|n| n.v4.address()),
+        )
+        .chain(earlier.iter().filter(|t| t.network.segment == tap.segment).map(|t| t.address.address()));
+    if taken.into_iter().any(|a| a == address.address()) {
+        return Err(invalid("address", format!("{} is taken by a device or another TAP port", address.address())));
+    }
+    Ok(TapSpec {
+        name: tap.name.clone(),
+        address,
+        network,
+    })
 }

@@ -81,8 +81,89 @@ pub fn update_at(buf: &mut [u8], at: usize, old: &[u8], new: &[u8]) -> bool {
     true
 }
 
+/// Writes every checksum of the IP packet in `frame` (a frame of
+/// `medium`): the IPv4 header's and the TCP, UDP, ICMP or ICMPv6 one, for
+/// a peer that verifies them (the Linux kernel behind a TAP) when the
+/// senders on a shared-memory network left them out. A fragment gets only
+/// its IPv4 header checksum (its transport checksum covers bytes it does
+/// not hold); a frame that is not a well-formed IP packet is left as it
+/// is. Returns whether it wrote anything.
+pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
+    // (The sum of at most 32 Ki words of 0xffff fits the u32 accumulator.)
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Address, Ipv6Address};
+    let view = super::FrameView::parse(medium, frame);
+    let Some(ip) = view.ip() else {
+        return false;
+    };
+    let (l3, l4, end) = (ip.l3, ip.l4, ip.end.min(frame.len()));
+    if !ip.v6 && l4 <= end {
+        fill_ipv4_header(&mut frame[l3..l4]);
+    }
+    if ip.fragment != super::Fragment::Whole || l4 > end {
+        return !ip.v6;
+    }
+    let (src, dst) = if ip.v6 {
+        (
+            IpAddress::Ipv6(Ipv6Address::from(ip.src.to_be_bytes())),
+            IpAddress::Ipv6(Ipv6Address::from(ip.dst.to_be_bytes())),
+        )
+    } else {
+        (
+            IpAddress::Ipv4(Ipv4Address::from_bits(ip.src as u32)),
+            IpAddress::Ipv4(Ipv4Address::from_bits(ip.dst as u32)),
+        )
+    };
+    let payload = &mut frame[l4..end];
+    let (at, pseudo) = match IpProtocol::from(ip.proto) {
+        IpProtocol::Tcp => (16, true),
+        IpProtocol::Udp => (6, true),
+        IpProtocol::Icmp if !ip.v6 => (2, false),
+        IpProtocol::Icmpv6 if ip.v6 => (2, true),
+        _ => return !ip.v6,
+    };
+    if payload.len() < at + 2 {
+        return !ip.v6;
+    }
+    payload[at..at + 2].fill(0);
+    let mut acc = 0u32;
+    if pseudo {
+        acc = pseudo_header(&src, &dst, ip.proto, payload.len());
+    }
+    acc = sum_words(acc, payload, false);
+    if payload.len() % 2 == 1 {
+        acc += u32::from(payload[payload.len() - 1]) << 8;
+    }
+    let mut ck = !fold(acc);
+    // UDP sends an all-zero result as all ones (0 means "no checksum").
+    if ck == 0 && ip.proto == 17 {
+        ck = 0xffff;
+    }
+    payload[at..at + 2].copy_from_slice(&ck.to_be_bytes());
+    true
+}
+
+/// The one's-complement sum of the TCP/UDP/ICMPv6 pseudo-header.
+fn pseudo_header(
+    src: &smoltcp::wire::IpAddress,
+    dst: &smoltcp::wire::IpAddress,
+    proto: u8,
+    len: usize,
+) -> u32 {
+    use smoltcp::wire::IpAddress;
+    let mut acc = 0u32;
+    for a in [src, dst] {
+        acc = match a {
+            IpAddress::Ipv4(a) => sum_words(acc, &a.octets(), false),
+            IpAddress::Ipv6(a) => sum_words(acc, &a.octets(), false),
+        };
+    }
+    acc + u32::from(proto) + (len as u32 & 0xffff) + (len as u32 >> 16)
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::wire::LinkMedium;
+    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket};
     use super::*;
 
     #[test]
@@ -119,5 +200,49 @@ mod tests {
         hdr[8] = 1;
         fill_ipv4_header(&mut hdr);
         assert_eq!(ipv4_header(&hdr), 0);
+    }
+
+    /// An IPv4 packet with zeroed checksums and `payload` after an L4
+    /// header of `proto`.
+    fn packet(proto: u8, l4_len: usize, payload: &[u8]) -> Vec<u8> {
+        let total = 20 + l4_len + payload.len();
+        let mut p = vec![0u8; total];
+        p[..20].copy_from_slice(&[
+            0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1,
+            10, 0, 0, 2,
+        ]);
+        p[20..22].copy_from_slice(&1234u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        if proto == 6 {
+            p[32] = 5 << 4;
+        } else {
+            let udp_len = (l4_len + payload.len()) as u16;
+            p[24..26].copy_from_slice(&udp_len.to_be_bytes());
+        }
+        p[20 + l4_len..].copy_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn fill_all_writes_checksums_smoltcp_accepts() {
+        let (src, dst) = (
+            IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 1)),
+            IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 2)),
+        );
+        for odd in [b"hello".as_slice(), b"hello!".as_slice(), b"".as_slice()] {
+            let mut tcp = packet(6, 20, odd);
+            assert!(fill_all(LinkMedium::Ip, &mut tcp));
+            let ip = Ipv4Packet::new_checked(&tcp[..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert!(TcpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst));
+            let mut udp = packet(17, 8, odd);
+            assert!(fill_all(LinkMedium::Ip, &mut udp));
+            let ip = Ipv4Packet::new_checked(&udp[..]).unwrap();
+            assert!(UdpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst));
+        }
+        // Not IP: untouched.
+        let mut junk = vec![0u8; 10];
+        assert!(!fill_all(LinkMedium::Ip, &mut junk));
+        assert_eq!(junk, vec![0u8; 10]);
     }
 }
