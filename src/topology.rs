@@ -278,7 +278,11 @@ impl TapPorts {
         _on_line: &mut dyn FnMut(&str),
     ) -> Result<TapPorts, Box<dyn std::error::Error + Send + Sync>> {
         match topo.taps.first() {
-            Some(t) => Err(format!("TAP port {}: this program was built without TAP support", t.name).into()),
+            Some(t) => Err(format!(
+                "TAP port {}: this program was built without TAP support",
+                t.name
+            )
+            .into()),
             None => Ok(TapPorts(Vec::new())),
         }
     }

@@ -1,6 +1,6 @@
 //! A bridge between two adapters: every frame one receives, the other
 //! sends. A TAP port is a bridge between a TAP interface
-//! ([`super::tap::TapAdapter`]) and a port of the segment
+//! (`tap::TapAdapter`, feature `tap`) and a port of the segment
 //! ([`super::shm::ShmAdapter`]): the segment switches frames to and from
 //! the port by MAC like any device's, the TAP hands them to Linux.
 //!

@@ -129,8 +129,7 @@ fn explain(e: &std::io::Error) -> String {
 /// The interface's MAC, from sysfs.
 fn read_mac(name: &str) -> Result<EthernetAddress, String> {
     let path = format!("/sys/class/net/{name}/address");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
     let mut mac = [0u8; 6];
     let mut parts = text.trim().split(':');
     for b in &mut mac {
@@ -252,4 +251,3 @@ impl Adapter for TapAdapter {
         format!("tap {}", self.name)
     }
 }
-

@@ -162,6 +162,9 @@ impl Topology {
     }
 }
 
+/// The largest IP MTU Linux gives a TAP interface.
+pub const TAP_MTU_MAX: u32 = 65521;
+
 /// Checks a `[[tap]]` against the devices: its network must be one of
 /// theirs (Ethernet), its address on that network's subnet and nobody
 /// else's.
@@ -195,7 +198,10 @@ fn validate_tap(
         ));
     }
     if earlier.iter().any(|t| t.name == tap.name) {
-        return Err(invalid("name", format!("two TAP ports are named {}", quoted(&tap.name))));
+        return Err(invalid(
+            "name",
+            format!("two TAP ports are named {}", quoted(&tap.name)),
+        ));
     }
     let mut on_segment = devices
         .iter()
@@ -204,7 +210,10 @@ fn validate_tap(
     let Some(network) = on_segment.next().cloned() else {
         return Err(invalid(
             "segment",
-            format!("no device of the topology is on segment {}", quoted(&tap.segment)),
+            format!(
+                "no device of the topology is on segment {}",
+                quoted(&tap.segment)
+            ),
         ));
     };
     if network.medium != LinkMedium::Ethernet {
@@ -213,10 +222,23 @@ fn validate_tap(
             "a TAP port needs an Ethernet network (medium = \"ethernet\")".into(),
         ));
     }
+    if network.mtu > TAP_MTU_MAX {
+        return Err(invalid(
+            "segment",
+            format!(
+                "the network's MTU is {}, more than a TAP interface carries ({TAP_MTU_MAX}, \
+                 Linux's limit: 65535 less the Ethernet header); lower the devices' `mtu`",
+                network.mtu
+            ),
+        ));
+    }
     let address: Ipv4Cidr = tap.address.parse().map_err(|_| {
         invalid(
             "address",
-            format!("{} is not an IPv4 address with a prefix, like \"10.77.0.1/24\"", quoted(&tap.address)),
+            format!(
+                "{} is not an IPv4 address with a prefix, like \"10.77.0.1/24\"",
+                quoted(&tap.address)
+            ),
         )
     })?;
     if network.v4.network() != address.network() {
@@ -236,9 +258,20 @@ fn validate_tap(
                 .filter(|n| n.segment == tap.segment)
                 .map(|n| n.v4.address()),
         )
-        .chain(earlier.iter().filter(|t| t.network.segment == tap.segment).map(|t| t.address.address()));
+        .chain(
+            earlier
+                .iter()
+                .filter(|t| t.network.segment == tap.segment)
+                .map(|t| t.address.address()),
+        );
     if taken.into_iter().any(|a| a == address.address()) {
-        return Err(invalid("address", format!("{} is taken by a device or another TAP port", address.address())));
+        return Err(invalid(
+            "address",
+            format!(
+                "{} is taken by a device or another TAP port",
+                address.address()
+            ),
+        ));
     }
     Ok(TapSpec {
         name: tap.name.clone(),

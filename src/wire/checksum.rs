@@ -90,7 +90,7 @@ pub fn update_at(buf: &mut [u8], at: usize, old: &[u8], new: &[u8]) -> bool {
 /// is. Returns whether it wrote anything.
 pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
     // (The sum of at most 32 Ki words of 0xffff fits the u32 accumulator.)
-    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Address, Ipv6Address};
+    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address};
     let view = super::FrameView::parse(medium, frame);
     let Some(ip) = view.ip() else {
         return false;
@@ -114,11 +114,12 @@ pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
         )
     };
     let payload = &mut frame[l4..end];
-    let (at, pseudo) = match IpProtocol::from(ip.proto) {
-        IpProtocol::Tcp => (16, true),
-        IpProtocol::Udp => (6, true),
-        IpProtocol::Icmp if !ip.v6 => (2, false),
-        IpProtocol::Icmpv6 if ip.v6 => (2, true),
+    // Only a transport header the parser found whole: `l4` means nothing
+    // otherwise (a cut-short or over-long extension-header chain).
+    let (at, pseudo) = match ip.transport {
+        super::Transport::Tcp { .. } => (16, true),
+        super::Transport::Udp { .. } => (6, true),
+        super::Transport::Icmp { .. } => (2, ip.v6),
         _ => return !ip.v6,
     };
     if payload.len() < at + 2 {
@@ -162,9 +163,9 @@ fn pseudo_header(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use crate::wire::LinkMedium;
     use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket};
-    use super::*;
 
     #[test]
     fn incremental_matches_full() {
@@ -208,8 +209,26 @@ mod tests {
         let total = 20 + l4_len + payload.len();
         let mut p = vec![0u8; total];
         p[..20].copy_from_slice(&[
-            0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, proto, 0, 0, 10, 0, 0, 1,
-            10, 0, 0, 2,
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            proto,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
         ]);
         p[20..22].copy_from_slice(&1234u16.to_be_bytes());
         p[22..24].copy_from_slice(&80u16.to_be_bytes());
@@ -234,11 +253,19 @@ mod tests {
             assert!(fill_all(LinkMedium::Ip, &mut tcp));
             let ip = Ipv4Packet::new_checked(&tcp[..]).unwrap();
             assert!(ip.verify_checksum());
-            assert!(TcpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst));
+            assert!(
+                TcpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&src, &dst)
+            );
             let mut udp = packet(17, 8, odd);
             assert!(fill_all(LinkMedium::Ip, &mut udp));
             let ip = Ipv4Packet::new_checked(&udp[..]).unwrap();
-            assert!(UdpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst));
+            assert!(
+                UdpPacket::new_checked(ip.payload())
+                    .unwrap()
+                    .verify_checksum(&src, &dst)
+            );
         }
         // Not IP: untouched.
         let mut junk = vec![0u8; 10];

@@ -11,7 +11,7 @@
 //! the same named host segments; it prints `ready` once attached.
 //!
 //! One file per benchmark (`tcp` for bulk and round trips, `frames`,
-//! `idle`, `function` with its `chain`), the kernel reference paths in
+//! `idle`, `function` with its `chain`, `tap`), the kernel reference paths in
 //! `kernel`, the JSON lines in `report`, the process-mode far side in
 //! `peer`.
 
@@ -23,6 +23,7 @@ mod idle;
 mod kernel;
 mod peer;
 mod report;
+mod tap;
 mod tcp;
 
 use std::io::Write;
@@ -38,6 +39,7 @@ use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
+use tap::bench_tap;
 use tcp::{bench_rr, bench_tcp, listen, serve};
 
 /// Arguments of `shmnet bench`.
@@ -122,6 +124,16 @@ pub enum BenchCmd {
         #[arg(long)]
         bytes: Option<u64>,
     },
+    /// A Linux TCP client through a TAP port to an echo device, both ways
+    /// (needs CAP_NET_ADMIN; skipped without).
+    Tap {
+        /// IP MTU of the network and the TAP interface.
+        #[arg(long, default_value_t = 65521)]
+        mtu: u32,
+        /// Bytes each way (default 256 MiB; 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
     /// Idle devices: the CPU they use together, and the round trip of a
     /// datagram that has to wake one.
     Idle {
@@ -202,6 +214,9 @@ pub fn main(args: &BenchCli) -> i32 {
                     count: None,
                 });
             }
+            for mtu in [1500, 65521] {
+                v.push(BenchCmd::Tap { mtu, bytes: None });
+            }
             for name in FUNCTIONS_BENCHED {
                 v.push(BenchCmd::Function {
                     name: name.to_string(),
@@ -241,6 +256,7 @@ pub fn main(args: &BenchCli) -> i32 {
                 quick,
             ),
             BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
+            BenchCmd::Tap { mtu, bytes } => bench_tap(*mtu, *bytes, quick, reps),
         };
         match r {
             Ok(line) => {

@@ -1,0 +1,299 @@
+//! TAP ports with real peers: Linux's `ping` and the kernel's own TCP stack
+//! reach an echo device through a TAP interface, in thread and process
+//! mode; the interface goes when the run ends or is killed; without
+//! CAP_NET_ADMIN a run fails saying so and leaves nothing behind.
+//!
+//! Each test skips, saying why, where the kernel has no TUN/TAP or the test
+//! runs without the privilege to make interfaces.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
+
+/// Why TAP tests cannot run here, if they cannot.
+fn skip_reason() -> Option<&'static str> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
+    }
+    None
+}
+
+macro_rules! skip_unless_tap {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Waits until the interface is gone (the kernel removes it when the last
+/// descriptor closes).
+fn wait_gone(name: &str) -> bool {
+    let t0 = Instant::now();
+    while interface_exists(name) {
+        if t0.elapsed() > Duration::from_secs(10) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first.
+struct Run(Child);
+
+impl Run {
+    fn start(topology: &Path, args: &[&str]) -> Run {
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(topology)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmnet run");
+        Run(child)
+    }
+
+    /// Waits for the `tap NAME ready` line.
+    fn wait_ready(&mut self, name: &str) {
+        let out = self.0.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let want = format!("tap {name} ready");
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if line.starts_with(&want) {
+                // Keep draining so the run never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return;
+            }
+        }
+        let mut err = String::new();
+        let _ = self.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("the run ended before its TAP port was ready: {err}");
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> i32 {
+        let pid = rustix::process::Pid::from_child(&self.0);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let status = self.0.wait().expect("wait");
+        std::mem::forget(self);
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connects once the device behind the TAP answers.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() > Duration::from_secs(15) => panic!("connect {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Streams `bytes` of a pattern to the echo server at `addr` with the
+/// kernel's TCP and checks every byte that comes back.
+fn stream_intact(addr: SocketAddr, bytes: usize) {
+    let mut c = connect(addr);
+    let mut r = c.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0usize;
+        while got < bytes {
+            let n = r.read(&mut buf).expect("read the echo");
+            assert!(n > 0, "the echo ended after {got} of {bytes} bytes");
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, pattern_byte((got + i) as u64), "byte {}", got + i);
+            }
+            got += n;
+        }
+    });
+    let chunk: Vec<u8> = (0..256 * 1024).map(|i| pattern_byte(i as u64)).collect();
+    let mut sent = 0usize;
+    while sent < bytes {
+        // The pattern repeats every 256 KiB (a multiple of its period).
+        let n = (bytes - sent).min(chunk.len());
+        c.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    reader.join().expect("every byte came back intact");
+}
+
+fn pattern_byte(offset: u64) -> u8 {
+    shmnet::functions::diag::pattern_byte(offset % (256 * 1024))
+}
+
+fn ping(address: &str) -> bool {
+    Command::new("ping")
+        .args(["-c", "3", "-W", "2", "-i", "0.2", address])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ping (Debian package iputils-ping)")
+        .success()
+}
+
+#[test]
+fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
+    skip_unless_tap!();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap/topology.toml");
+    let mut run = Run::start(&example, &["--duration", "60"]);
+    run.wait_ready("shmtap0");
+    connect("10.77.0.2:7".parse().unwrap());
+    assert!(ping("10.77.0.2"), "ping 10.77.0.2 through shmtap0");
+    stream_intact("10.77.0.2:7".parse().unwrap(), 64 << 20);
+    assert_eq!(run.stop(), 0);
+    assert!(wait_gone("shmtap0"), "shmtap0 outlived its run");
+}
+
+/// A topology with one TAP port and one echo device, in its own directory
+/// and subnet; `n` keeps the tests of this file apart.
+struct TapTopology {
+    dir: PathBuf,
+    tap: String,
+    echo: String,
+}
+
+impl TapTopology {
+    fn new(n: u8, mode: &str) -> TapTopology {
+        let tag = unique("tap");
+        let dir = std::env::temp_dir().join(format!("shmnet-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tap = format!("shmt{}x{n}", std::process::id() % 100_000);
+        let subnet = format!("10.76.{}", 10 + n);
+        std::fs::write(
+            dir.join("echo.toml"),
+            format!(
+                "name = \"echo\"\nfunction = {{ kind = \"echo\" }}\n\
+                 local = {{ segment = \"{tag}-lan\", address = \"{subnet}.2/24\", mtu = 9000 }}\n\
+                 global = {{ segment = \"{tag}-wan\", address = \"10.176.{n}.2/24\" }}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("topology.toml"),
+            format!(
+                "name = \"tap-test\"\nmode = \"{mode}\"\n\
+                 [[tap]]\nname = \"{tap}\"\nsegment = \"{tag}-lan\"\naddress = \"{subnet}.1/24\"\n\
+                 [[device]]\nfile = \"echo.toml\"\n"
+            ),
+        )
+        .unwrap();
+        // Readable by the unprivileged user of the capability test.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&dir)
+            .status();
+        TapTopology {
+            dir,
+            tap,
+            echo: format!("{subnet}.2"),
+        }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("topology.toml")
+    }
+
+    /// `shmnet run` of the topology, once its TAP port is up.
+    fn run(&self) -> Run {
+        let mut run = Run::start(&self.file(), &["--duration", "60"]);
+        run.wait_ready(&self.tap);
+        run
+    }
+}
+
+impl Drop for TapTopology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
+    skip_unless_tap!();
+    let t = TapTopology::new(1, "process");
+    let run = t.run();
+    // The TAP's MTU is the network's.
+    let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", t.tap)).unwrap();
+    assert_eq!(mtu.trim(), "9000");
+    assert!(ping(&t.echo));
+    stream_intact(format!("{}:7", t.echo).parse().unwrap(), 16 << 20);
+    assert_eq!(run.stop(), 0);
+    assert!(wait_gone(&t.tap), "{} outlived its run", t.tap);
+}
+
+#[test]
+fn a_killed_run_leaves_no_interface_behind() {
+    skip_unless_tap!();
+    let t = TapTopology::new(2, "thread");
+    let run = t.run();
+    assert!(interface_exists(&t.tap));
+    drop(run); // SIGKILL
+    assert!(wait_gone(&t.tap), "{} outlived a killed run", t.tap);
+    // The next run makes it again.
+    let run = t.run();
+    assert!(ping(&t.echo));
+    assert_eq!(run.stop(), 0);
+}
+
+#[test]
+fn without_cap_net_admin_the_run_fails_saying_so_and_leaves_nothing() {
+    skip_unless_tap!();
+    for (n, mode) in [(3, "thread"), (4, "process")] {
+        let t = TapTopology::new(n, mode);
+        let runtime = t.dir.join("runtime");
+        std::fs::create_dir_all(&runtime).unwrap();
+        let _ = Command::new("chmod").arg("777").arg(&runtime).status();
+        // As nobody, with no capabilities.
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(BIN)
+            .arg("run")
+            .arg(t.file())
+            .args(["--duration", "10"])
+            .env("SHMNET_RUNTIME_DIR", &runtime)
+            .output()
+            .expect("run setpriv (util-linux)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{mode}: {err}");
+        assert!(
+            err.contains("CAP_NET_ADMIN") && err.contains(&t.tap),
+            "{mode}: {err}"
+        );
+        assert!(!interface_exists(&t.tap));
+        let left: Vec<_> = std::fs::read_dir(&runtime).unwrap().collect();
+        assert!(left.is_empty(), "{mode}: left behind {left:?}");
+    }
+}
