@@ -205,37 +205,91 @@ pub fn run(
     mut on_line: impl FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     let mode = opts.mode.unwrap_or(topo.mode);
-    // TAP ports first: a missing privilege fails the run before any
-    // device starts.
-    let taps = TapPorts::start(topo, mode, &mut on_line)?;
+    // TAP ports and gateways first: a missing privilege or a bad address
+    // fails the run before any device starts.
+    let mut bridges = Bridges::start_taps(topo, mode, &mut on_line)?;
+    bridges.start_vxlans(topo, mode, &mut on_line)?;
     let out = match mode {
         RunMode::Thread => run_threads(topo, opts, &mut on_line),
         RunMode::Process => run_processes(topo, opts, &mut on_line),
     };
-    taps.stop(&mut on_line);
+    bridges.stop(&mut on_line);
     out
 }
 
-/// The running TAP ports of a topology (bridges in this process); their
-/// interfaces go when the ports stop or this process dies.
-struct TapPorts(Vec<(String, crate::adapters::bridge::BridgeHandle)>);
+/// The segment kind of a run's networks.
+fn segment_kind(mode: RunMode) -> SegmentKind {
+    match mode {
+        RunMode::Thread => SegmentKind::InProcess,
+        RunMode::Process => SegmentKind::Shared,
+    }
+}
 
-impl TapPorts {
-    #[cfg(feature = "tap")]
-    fn start(
+/// The running TAP ports and VXLAN gateways of a topology (bridges in this
+/// process); TAP interfaces go when the ports stop or this process dies.
+struct Bridges(Vec<(String, crate::adapters::bridge::BridgeHandle)>);
+
+impl Bridges {
+    /// Opens every VXLAN gateway and bridges it to its segment as the
+    /// segment's uplink.
+    fn start_vxlans(
+        &mut self,
         topo: &Topology,
         mode: RunMode,
         on_line: &mut dyn FnMut(&str),
-    ) -> Result<TapPorts, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use crate::adapters::bridge::Bridge;
+        use crate::adapters::shm::{ShmAdapter, ShmOptions};
+        use crate::adapters::vxlan::VxlanAdapter;
+        use crate::adapters::{Adapter, Neighbour};
+        for v in &topo.vxlans {
+            let name = format!("vxlan:{}", v.settings.vni);
+            let mac = smoltcp::wire::EthernetAddress(crate::shm::PortInfo::named(&name).mac);
+            let tunnel = VxlanAdapter::open(v.settings.clone(), mac)?;
+            let me = Neighbour {
+                mac,
+                ipv4: None,
+                ipv6: None,
+            };
+            let options = ShmOptions {
+                uplink: true,
+                ..ShmOptions::default()
+            };
+            let port = ShmAdapter::join(
+                &v.network.segment,
+                segment_kind(mode),
+                &v.network.params(),
+                &name,
+                me,
+                options,
+            )?;
+            let remotes: Vec<String> = v.settings.remotes.iter().map(|r| r.to_string()).collect();
+            on_line(&format!(
+                "vxlan gateway ready: {} vni {} to {} for {} ({})",
+                v.settings.local,
+                v.settings.vni,
+                remotes.join(", "),
+                v.network.segment,
+                port.describe()
+            ));
+            let bridge = Bridge::new(Box::new(tunnel), Box::new(port)).spawn(&name)?;
+            self.0.push((name, bridge));
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "tap")]
+    fn start_taps(
+        topo: &Topology,
+        mode: RunMode,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Bridges, Box<dyn std::error::Error + Send + Sync>> {
         use crate::adapters::bridge::Bridge;
         use crate::adapters::shm::{ShmAdapter, ShmOptions};
         use crate::adapters::tap::TapAdapter;
         use crate::adapters::{Adapter, Neighbour};
-        let kind = match mode {
-            RunMode::Thread => SegmentKind::InProcess,
-            RunMode::Process => SegmentKind::Shared,
-        };
-        let mut ports = TapPorts(Vec::new());
+        let kind = segment_kind(mode);
+        let mut ports = Bridges(Vec::new());
         for t in &topo.taps {
             let tap = TapAdapter::open(&t.name, t.network.mtu, t.address)?;
             let me = Neighbour {
@@ -243,10 +297,7 @@ impl TapPorts {
                 ipv4: Some(t.address.address()),
                 ipv6: None,
             };
-            let options = ShmOptions {
-                max_burst: None,
-                trust_peers: false,
-            };
+            let options = ShmOptions::default();
             let port_name = format!("tap:{}", t.name);
             let port = ShmAdapter::join(
                 &t.network.segment,
@@ -266,35 +317,35 @@ impl TapPorts {
                 port.describe()
             ));
             let bridge = Bridge::new(Box::new(tap), Box::new(port)).spawn(&t.name)?;
-            ports.0.push((t.name.clone(), bridge));
+            ports.0.push((format!("tap {}", t.name), bridge));
         }
         Ok(ports)
     }
 
     #[cfg(not(feature = "tap"))]
-    fn start(
+    fn start_taps(
         topo: &Topology,
         _mode: RunMode,
         _on_line: &mut dyn FnMut(&str),
-    ) -> Result<TapPorts, Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<Bridges, Box<dyn std::error::Error + Send + Sync>> {
         match topo.taps.first() {
             Some(t) => Err(format!(
                 "TAP port {}: this program was built without TAP support",
                 t.name
             )
             .into()),
-            None => Ok(TapPorts(Vec::new())),
+            None => Ok(Bridges(Vec::new())),
         }
     }
 
-    /// Stops every bridge (removing its interface) and reports what
+    /// Stops every bridge (removing TAP interfaces) and reports what
     /// crossed it.
     fn stop(self, on_line: &mut dyn FnMut(&str)) {
         for (name, bridge) in self.0 {
-            let [tap, _] = bridge.stats();
+            let [outside, _] = bridge.stats();
             on_line(&format!(
-                "tap {name}: {} frames from Linux, {} to Linux",
-                tap.rx_frames, tap.tx_frames
+                "{name}: {} frames in, {} out; {} malformed, {} from unlisted peers",
+                outside.rx_frames, outside.tx_frames, outside.rx_malformed, outside.peers_rejected
             ));
             drop(bridge.stop());
         }

@@ -66,7 +66,7 @@ impl Bench {
             name: format!("raw-{tag}"),
             mac: [2, 0, 0, 0, 0x77, tag],
             ipv4: Some(ip),
-            ipv6: None,
+            ..PortInfo::default()
         };
         self.raw.push(raw_port_as(segment, &params, &info));
         // Let the device learn the new neighbour.

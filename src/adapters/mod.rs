@@ -24,7 +24,8 @@
 //! - the network's facts (medium, IP MTU, frame capacity) and counters.
 //!
 //! Implementations: [`shm::ShmAdapter`], a port of a shared-memory segment;
-//! `tap::TapAdapter` (feature `tap`), a Linux TAP interface. Wrappers any
+//! `tap::TapAdapter` (feature `tap`), a Linux TAP interface;
+//! [`vxlan::VxlanAdapter`], a VXLAN tunnel endpoint to remote hosts. Wrappers any
 //! adapter can wear: [`pcap::Pcap`] writes every frame the adapter carries
 //! to a capture file. [`bridge::Bridge`] joins two adapters: a TAP port is
 //! a TAP interface bridged to a port of a segment.
@@ -71,6 +72,7 @@ pub mod pcap;
 pub mod shm;
 #[cfg(feature = "tap")]
 pub mod tap;
+pub mod vxlan;
 mod wake;
 
 use std::sync::Arc;
@@ -137,28 +139,39 @@ pub trait Adapter: Send {
         &[]
     }
     /// Pushes queued frames, hands consumed buffers back and wakes peers
-    /// that sleep. Call after every round.
-    fn flush(&mut self);
+    /// that sleep. Call after every round. (Nothing to do, by default, for
+    /// an adapter whose commit sends at once.)
+    fn flush(&mut self) {}
 
     /// Announces that the device is about to sleep and says what will wake
     /// it ([`Wake::Ready`] if work is already waiting). Pair with
     /// [`Adapter::end_sleep`].
     fn prepare_sleep(&self) -> Wake<'_>;
     /// The device is awake again.
-    fn end_sleep(&self);
+    fn end_sleep(&self) {}
     /// What other threads may hold: counters and a doorbell.
     fn remote(&self) -> Arc<dyn Remote>;
 
     /// Changes whenever the directory does (a neighbour came or went).
-    fn directory_generation(&self) -> u32;
+    /// The defaults of this and the next methods are those of an adapter
+    /// without a directory (a TAP interface, a tunnel): nobody listed.
+    fn directory_generation(&self) -> u32 {
+        0
+    }
     /// This adapter as the directory lists it.
     fn own_entry(&self) -> Neighbour;
     /// Everyone else on the network.
-    fn neighbours(&self) -> Vec<Neighbour>;
+    fn neighbours(&self) -> Vec<Neighbour> {
+        Vec::new()
+    }
     /// The hardware address of the neighbour owning `ip`.
-    fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress>;
+    fn mac_of(&mut self, _ip: IpAddress) -> Option<EthernetAddress> {
+        None
+    }
     /// The addresses of the neighbour attached under `name`.
-    fn addresses_of(&self, name: &str) -> Vec<IpAddress>;
+    fn addresses_of(&self, _name: &str) -> Vec<IpAddress> {
+        Vec::new()
+    }
 
     /// Periodic upkeep (every half second or so): e.g. reclaim what dead
     /// peers held.
@@ -175,6 +188,51 @@ pub trait Remote: Send + Sync {
     fn stats(&self) -> AdapterStats;
     /// Wakes the device sleeping on this adapter.
     fn wake(&self);
+}
+
+/// The lending of an adapter with a single transmit buffer that a commit
+/// sends at once (a TAP interface, a tunnel): at most one lease out.
+#[derive(Debug, Default)]
+pub struct SingleLease {
+    lent: bool,
+}
+
+impl SingleLease {
+    /// Whether the buffer is free.
+    pub fn can_lend(&self) -> bool {
+        !self.lent
+    }
+    /// Lends the buffer (slot 0), if it is free.
+    pub fn lend(&mut self) -> Option<TxLease> {
+        (!self.lent).then(|| {
+            self.lent = true;
+            TxLease::new(0)
+        })
+    }
+    /// Whether `lease` is the one lent.
+    pub fn holds(&self, lease: &TxLease) -> bool {
+        self.lent && lease.slot() == 0
+    }
+    /// Takes `lease` back; `false` if it was not the one lent.
+    pub fn give_back(&mut self, lease: TxLease) -> bool {
+        let ok = self.holds(&lease);
+        if ok {
+            self.lent = false;
+        }
+        ok
+    }
+}
+
+/// The [`Remote`] of an adapter that only has counters to share: whoever
+/// sleeps on it also sleeps on something else that wakes them (a bridge's
+/// other side).
+pub struct CountersRemote(pub Arc<AdapterCounters>);
+
+impl Remote for CountersRemote {
+    fn stats(&self) -> AdapterStats {
+        self.0.snapshot()
+    }
+    fn wake(&self) {}
 }
 
 /// A transmit buffer lent by an adapter (see [`Adapter::lend`]); give it
@@ -288,6 +346,14 @@ pub enum AdapterError {
         /// The interface name.
         name: String,
         /// What went wrong, and what to do about a missing privilege.
+        why: String,
+    },
+    /// A VXLAN endpoint could not be opened.
+    #[error("VXLAN endpoint {local}: {why}")]
+    Vxlan {
+        /// The local UDP address.
+        local: String,
+        /// What went wrong.
         why: String,
     },
     /// The pcap file could not be created; check the path.

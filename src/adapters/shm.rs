@@ -50,6 +50,9 @@ pub struct ShmOptions {
     /// sender's buffer. Only for trusted peers: devices of this process, or
     /// processes the configuration declares trusted.
     pub trust_peers: bool,
+    /// Join as an uplink (a gateway such as VXLAN): frames for
+    /// destinations no port of the segment owns come to this port.
+    pub uplink: bool,
 }
 
 impl From<LinkMedium> for Medium {
@@ -93,7 +96,7 @@ impl ShmAdapter {
         me: Neighbour,
         options: ShmOptions,
     ) -> Result<ShmAdapter, AdapterError> {
-        let port = Segment::join(segment, kind, params, &port_info(name, &me))?;
+        let port = Segment::join(segment, kind, params, &port_info(name, &me, options.uplink))?;
         Ok(Self::from_port(port, options))
     }
 
@@ -105,7 +108,7 @@ impl ShmAdapter {
         options: ShmOptions,
     ) -> Result<ShmAdapter, AdapterError> {
         Ok(Self::from_port(
-            segment.attach(&port_info(name, &me))?,
+            segment.attach(&port_info(name, &me, options.uplink))?,
             options,
         ))
     }
@@ -159,12 +162,13 @@ impl ShmAdapter {
     }
 }
 
-fn port_info(name: &str, me: &Neighbour) -> PortInfo {
+fn port_info(name: &str, me: &Neighbour, uplink: bool) -> PortInfo {
     PortInfo {
         name: name.into(),
         mac: me.mac.0,
         ipv4: me.ipv4.map(|a| a.octets()),
         ipv6: me.ipv6.map(|a| a.octets()),
+        uplink,
     }
 }
 
@@ -223,11 +227,16 @@ impl Adapter for ShmAdapter {
         let mut head = [0u8; 40];
         let n = len.min(head.len());
         head[..n].copy_from_slice(&self.port.buffer_mut(&mut buf)[..n]);
-        let mut dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+        let uplink = self.options.uplink;
+        let mut dest = self
+            .peers
+            .destination(&self.port, self.medium, &head[..n], uplink);
         if !matches!(dest, Dest::One(_)) && self.port.membership_due() {
             // Broadcast, or someone unknown: perhaps a peer just joined.
             self.port.maintain();
-            dest = self.peers.destination(&self.port, self.medium, &head[..n]);
+            dest = self
+                .peers
+                .destination(&self.port, self.medium, &head[..n], uplink);
         }
         let one;
         let to: &[Peer] = match dest {
@@ -236,6 +245,8 @@ impl Adapter for ShmAdapter {
                 &one
             }
             Dest::All => &self.peers.everyone,
+            Dest::Locals => &self.peers.locals,
+            Dest::Uplinks => &self.peers.uplinks,
             Dest::Nowhere => &[],
         };
         if to.is_empty() {
@@ -405,12 +416,20 @@ struct PeerTable {
     by_v4: Vec<([u8; 4], Peer)>,
     by_v6: Vec<([u8; 16], Peer)>,
     everyone: Vec<Peer>,
+    /// The ports that are not uplinks.
+    locals: Vec<Peer>,
+    /// The uplinks: where frames for nobody here go.
+    uplinks: Vec<Peer>,
 }
 
 enum Dest {
     Nowhere,
     One(Peer),
     All,
+    /// Every port but the uplinks (a broadcast that came in by an uplink).
+    Locals,
+    /// The uplinks (a frame for nobody here, from a port that is not one).
+    Uplinks,
 }
 
 impl PeerTable {
@@ -424,6 +443,8 @@ impl PeerTable {
         self.by_v4.clear();
         self.by_v6.clear();
         self.everyone.clear();
+        self.locals.clear();
+        self.uplinks.clear();
         for p in port.peers() {
             let peer = Peer {
                 index: p.index,
@@ -437,18 +458,38 @@ impl PeerTable {
                 self.by_v6.push((a, peer));
             }
             self.everyone.push(peer);
+            if p.info.uplink {
+                self.uplinks.push(peer);
+            } else {
+                self.locals.push(peer);
+            }
         }
     }
 
     /// Where a frame goes, judged by its link-layer (Ethernet) or network
-    /// (IP) destination.
-    fn destination(&mut self, port: &Port, medium: Medium, frame: &[u8]) -> Dest {
+    /// (IP) destination. A frame for nobody here goes to the uplinks, unless
+    /// it came from one (`from_uplink`): frames that came in from beyond
+    /// never go back out (no loops between gateways), and their broadcasts
+    /// reach only the ports that are not uplinks.
+    fn destination(
+        &mut self,
+        port: &Port,
+        medium: Medium,
+        frame: &[u8],
+        from_uplink: bool,
+    ) -> Dest {
         self.refresh(port);
-        let found = |p: Option<&Peer>| p.map_or(Dest::Nowhere, |p| Dest::One(*p));
+        let all = if from_uplink { Dest::Locals } else { Dest::All };
+        let unknown = if from_uplink || self.uplinks.is_empty() {
+            Dest::Nowhere
+        } else {
+            Dest::Uplinks
+        };
+        let found = |p: Option<&Peer>| p.map_or(unknown, |p| Dest::One(*p));
         if medium == Medium::Ethernet {
             return match frame.first() {
                 _ if frame.len() < 14 => Dest::Nowhere,
-                Some(b) if b & 1 != 0 => Dest::All,
+                Some(b) if b & 1 != 0 => all,
                 _ => found(lookup(&self.by_mac, &frame[..6])),
             };
         }
@@ -456,14 +497,14 @@ impl PeerTable {
             Some(4) if frame.len() >= 20 => {
                 let dst = &frame[16..20];
                 if dst[0] >= 224 || dst == [255; 4] {
-                    Dest::All
+                    all
                 } else {
                     found(lookup(&self.by_v4, dst))
                 }
             }
             Some(6) if frame.len() >= 40 => {
                 if frame[24] == 0xff {
-                    Dest::All
+                    all
                 } else {
                     found(lookup(&self.by_v6, &frame[24..40]))
                 }

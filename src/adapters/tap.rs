@@ -18,9 +18,10 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use smoltcp::phy::Medium;
-use smoltcp::wire::{EthernetAddress, IpAddress, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
-use super::{Adapter, AdapterCounters, AdapterError, AdapterStats, Neighbour, Remote, TxLease};
+use super::{Adapter, AdapterCounters, AdapterError, CountersRemote, Neighbour, Remote};
+use super::{SingleLease, TxLease};
 use super::{Wake, link_header_len};
 use crate::counters::bump;
 use crate::wire::LinkMedium;
@@ -38,7 +39,7 @@ pub struct TapAdapter {
     address: Ipv4Cidr,
     /// The one transmit buffer: a commit writes it to the kernel at once.
     tx: Vec<u8>,
-    lent: bool,
+    lease: SingleLease,
     counters: Arc<AdapterCounters>,
 }
 
@@ -89,7 +90,7 @@ impl TapAdapter {
             mac,
             address,
             tx: vec![0; mtu as usize + link_header_len(Medium::Ethernet)],
-            lent: false,
+            lease: SingleLease::default(),
             counters: Arc::default(),
         })
     }
@@ -141,17 +142,6 @@ fn read_mac(name: &str) -> Result<EthernetAddress, String> {
     Ok(EthernetAddress(mac))
 }
 
-/// The TAP's counters for other threads. Waking is not needed: whoever
-/// sleeps on a TAP also sleeps on the adapter it is bridged to.
-struct TapRemote(Arc<AdapterCounters>);
-
-impl Remote for TapRemote {
-    fn stats(&self) -> AdapterStats {
-        self.0.snapshot()
-    }
-    fn wake(&self) {}
-}
-
 impl Adapter for TapAdapter {
     fn medium(&self) -> Medium {
         Medium::Ethernet
@@ -163,27 +153,22 @@ impl Adapter for TapAdapter {
         self.tx.len()
     }
     fn can_lend(&mut self) -> bool {
-        !self.lent
+        self.lease.can_lend()
     }
     fn lend(&mut self) -> Option<TxLease> {
-        if self.lent {
-            return None;
-        }
-        self.lent = true;
-        Some(TxLease::new(0))
+        self.lease.lend()
     }
     fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
-        if self.lent && lease.slot() == 0 {
+        if self.lease.holds(lease) {
             &mut self.tx
         } else {
             &mut []
         }
     }
     fn commit(&mut self, lease: TxLease, len: usize) {
-        if !self.lent || lease.slot() != 0 {
+        if !self.lease.give_back(lease) {
             return;
         }
-        self.lent = false;
         let len = len.min(self.tx.len());
         // Devices on shared memory leave checksums out; Linux checks them.
         fill_all(LinkMedium::Ethernet, &mut self.tx[..len]);
@@ -197,9 +182,7 @@ impl Adapter for TapAdapter {
         }
     }
     fn release(&mut self, lease: TxLease) {
-        if lease.slot() == 0 {
-            self.lent = false;
-        }
+        self.lease.give_back(lease);
     }
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
         let cap = self.tx.len();
@@ -217,16 +200,11 @@ impl Adapter for TapAdapter {
             return Some(len);
         }
     }
-    fn flush(&mut self) {}
     fn prepare_sleep(&self) -> Wake<'_> {
         Wake::Readable(self.dev.as_fd())
     }
-    fn end_sleep(&self) {}
     fn remote(&self) -> Arc<dyn Remote> {
-        Arc::new(TapRemote(Arc::clone(&self.counters)))
-    }
-    fn directory_generation(&self) -> u32 {
-        0
+        Arc::new(CountersRemote(Arc::clone(&self.counters)))
     }
     fn own_entry(&self) -> Neighbour {
         Neighbour {
@@ -234,15 +212,6 @@ impl Adapter for TapAdapter {
             ipv4: Some(self.address.address()),
             ipv6: None,
         }
-    }
-    fn neighbours(&self) -> Vec<Neighbour> {
-        Vec::new()
-    }
-    fn mac_of(&mut self, _ip: IpAddress) -> Option<EthernetAddress> {
-        None
-    }
-    fn addresses_of(&self, _name: &str) -> Vec<IpAddress> {
-        Vec::new()
     }
     fn counters(&self) -> &AdapterCounters {
         &self.counters

@@ -35,6 +35,50 @@ struct TopologyFile {
     devices: Vec<toml::Value>,
     #[serde(default, rename = "tap")]
     taps: Vec<TapConfig>,
+    #[serde(default, rename = "vxlan")]
+    vxlans: Vec<VxlanConfig>,
+}
+
+/// `[[vxlan]]`: a VXLAN gateway (RFC 7348) that carries one of the
+/// topology's networks to remote hosts over UDP.
+///
+/// ```toml
+/// [[vxlan]]
+/// segment = "vx-wan"          # the network it carries
+/// local = "10.78.0.2"         # this host's underlay address (port 4789)
+/// vni = 4242
+/// remotes = ["10.78.0.1"]     # remote VTEPs (port 4789 unless given)
+/// underlay_mtu = 1500         # default 1500
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanConfig {
+    /// The segment it carries: one that a device of the topology is on.
+    pub segment: String,
+    /// The local UDP address to bind: an address of this host, with an
+    /// optional `:port` (default 4789).
+    pub local: String,
+    /// The VXLAN network identifier, 0..=16777215.
+    pub vni: u32,
+    /// The remote VTEPs: addresses with an optional `:port` (default 4789).
+    pub remotes: Vec<String>,
+    /// The MTU of the underlay path (default 1500): the network's MTU plus
+    /// 50 bytes of encapsulation must fit in it.
+    #[serde(default = "default_underlay_mtu")]
+    pub underlay_mtu: u32,
+}
+
+fn default_underlay_mtu() -> u32 {
+    1500
+}
+
+/// A VXLAN gateway, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VxlanSpec {
+    /// The endpoint's settings (the inner MTU is the network's).
+    pub settings: crate::adapters::vxlan::VxlanSettings,
+    /// The network it carries, as the first device on it configures it.
+    pub network: NetworkSpec,
 }
 
 /// `[[tap]]`: a Linux TAP interface bridged to one of the topology's
@@ -84,6 +128,8 @@ pub struct Topology {
     pub device_files: Vec<Option<PathBuf>>,
     /// TAP ports (`[[tap]]`).
     pub taps: Vec<TapSpec>,
+    /// VXLAN gateways (`[[vxlan]]`).
+    pub vxlans: Vec<VxlanSpec>,
 }
 
 impl Topology {
@@ -152,14 +198,142 @@ impl Topology {
         for (i, tap) in t.taps.iter().enumerate() {
             taps.push(validate_tap(tap, &devices, &taps, file, i)?);
         }
+        let mut vxlans: Vec<VxlanSpec> = Vec::new();
+        for (i, v) in t.vxlans.iter().enumerate() {
+            let spec = validate_vxlan(v, &devices, file, i)?;
+            if vxlans
+                .iter()
+                .any(|o| o.settings.local == spec.settings.local)
+            {
+                return Err(ConfigError::Invalid {
+                    file: file.into(),
+                    field: format!("vxlan[{i}].local"),
+                    why: format!("two gateways bind {}", spec.settings.local),
+                });
+            }
+            vxlans.push(spec);
+        }
         Ok(Topology {
             name: t.name.unwrap_or_else(|| "topology".into()),
             mode: t.mode,
             devices,
             device_files: files,
             taps,
+            vxlans,
         })
     }
+}
+
+/// The network of the topology's devices named `segment` (the first
+/// device's view of it), if it is an Ethernet network.
+fn ethernet_network(
+    devices: &[DeviceSettings],
+    segment: &str,
+    invalid: impl Fn(&str, String) -> ConfigError,
+) -> Result<NetworkSpec, ConfigError> {
+    let found = devices
+        .iter()
+        .flat_map(|d| [&d.local, &d.global])
+        .find(|n| n.segment == segment);
+    let Some(network) = found.cloned() else {
+        return Err(invalid(
+            "segment",
+            format!(
+                "no device of the topology is on segment {}",
+                quoted(segment)
+            ),
+        ));
+    };
+    if network.medium != LinkMedium::Ethernet {
+        return Err(invalid(
+            "segment",
+            "a bridged port needs an Ethernet network (medium = \"ethernet\")".into(),
+        ));
+    }
+    Ok(network)
+}
+
+/// `ADDR` or `ADDR:PORT` (an IPv6 address with a port in brackets).
+fn socket_addr(text: &str, default_port: u16) -> Option<std::net::SocketAddr> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|a| (a, default_port).into())
+    })
+}
+
+/// Checks a `[[vxlan]]`: its network must be one of the devices'
+/// (Ethernet), its addresses well-formed, its VNI 24 bits, and the
+/// network's MTU plus the encapsulation within the underlay's MTU.
+fn validate_vxlan(
+    v: &VxlanConfig,
+    devices: &[DeviceSettings],
+    file: &str,
+    i: usize,
+) -> Result<VxlanSpec, ConfigError> {
+    use crate::wire::vxlan::{OVERHEAD_V4, VNI_MAX, VXLAN_PORT};
+    let invalid = |field: &str, why: String| ConfigError::Invalid {
+        file: file.into(),
+        field: format!("vxlan[{i}].{field}"),
+        why,
+    };
+    let network = ethernet_network(devices, &v.segment, invalid)?;
+    if v.vni > VNI_MAX {
+        return Err(invalid(
+            "vni",
+            format!("{} is more than 24 bits (at most {VNI_MAX})", v.vni),
+        ));
+    }
+    let local = socket_addr(&v.local, VXLAN_PORT).ok_or_else(|| {
+        invalid(
+            "local",
+            format!("{} is not an address, or address:port", quoted(&v.local)),
+        )
+    })?;
+    if v.remotes.is_empty() {
+        return Err(invalid("remotes", "no remote VTEP listed".into()));
+    }
+    let mut remotes = Vec::new();
+    for (j, r) in v.remotes.iter().enumerate() {
+        let a = socket_addr(r, VXLAN_PORT).ok_or_else(|| {
+            invalid(
+                &format!("remotes[{j}]"),
+                format!("{} is not an address, or address:port", quoted(r)),
+            )
+        })?;
+        if a.is_ipv4() != local.is_ipv4() {
+            return Err(invalid(
+                &format!("remotes[{j}]"),
+                "not of the local address's IP version".into(),
+            ));
+        }
+        remotes.push(a);
+    }
+    // An IPv6 underlay adds 20 bytes more.
+    let overhead = OVERHEAD_V4 + if local.is_ipv6() { 20 } else { 0 };
+    if network.mtu + overhead > v.underlay_mtu {
+        return Err(invalid(
+            "underlay_mtu",
+            format!(
+                "the network's MTU {} plus {overhead} bytes of VXLAN encapsulation is more than \
+                 the underlay's {}: lower the devices' `mtu` on {} to at most {}, or raise \
+                 `underlay_mtu` if the underlay carries more",
+                network.mtu,
+                v.underlay_mtu,
+                quoted(&v.segment),
+                v.underlay_mtu.saturating_sub(overhead)
+            ),
+        ));
+    }
+    Ok(VxlanSpec {
+        settings: crate::adapters::vxlan::VxlanSettings {
+            local,
+            vni: v.vni,
+            remotes,
+            mtu: network.mtu,
+        },
+        network,
+    })
 }
 
 /// The largest IP MTU Linux gives a TAP interface.
@@ -203,25 +377,7 @@ fn validate_tap(
             format!("two TAP ports are named {}", quoted(&tap.name)),
         ));
     }
-    let mut on_segment = devices
-        .iter()
-        .flat_map(|d| [&d.local, &d.global])
-        .filter(|n| n.segment == tap.segment);
-    let Some(network) = on_segment.next().cloned() else {
-        return Err(invalid(
-            "segment",
-            format!(
-                "no device of the topology is on segment {}",
-                quoted(&tap.segment)
-            ),
-        ));
-    };
-    if network.medium != LinkMedium::Ethernet {
-        return Err(invalid(
-            "segment",
-            "a TAP port needs an Ethernet network (medium = \"ethernet\")".into(),
-        ));
-    }
+    let network = ethernet_network(devices, &tap.segment, invalid)?;
     if network.mtu > TAP_MTU_MAX {
         return Err(invalid(
             "segment",

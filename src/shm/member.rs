@@ -37,6 +37,9 @@ pub struct PortInfo {
     pub ipv4: Option<[u8; 4]>,
     /// IPv6 address, if any (frames are switched by it on IP networks).
     pub ipv6: Option<[u8; 16]>,
+    /// An uplink (a gateway to stations beyond the segment, e.g. VXLAN):
+    /// frames for destinations no port owns go to it.
+    pub uplink: bool,
 }
 
 impl PortInfo {

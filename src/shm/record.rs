@@ -13,7 +13,7 @@
 //! ```text
 //! record (128 bytes)
 //!   0 magic "SHMNETPR"   8 version u32     12 index u32      16 epoch u32
-//!  20 pid u32           24 MAC [6]        30 flags u8 (1 IPv4, 2 IPv6)
+//!  20 pid u32           24 MAC [6]        30 flags u8 (1 IPv4, 2 IPv6, 4 uplink)
 //!  31 name length u8    32 IPv4 [4]       36 IPv6 [16]
 //!  52 name [64], zero-padded UTF-8        116 reserved [8], zero
 //! 124 CRC-32 of bytes 0..124
@@ -103,6 +103,8 @@ pub(crate) mod field {
 /// Bits of the record's flags byte.
 const HAS_IPV4: u8 = 1;
 const HAS_IPV6: u8 = 2;
+/// The port is an uplink ([`PortInfo::uplink`]).
+const UPLINK: u8 = 4;
 
 byte_view!(
     /// A read/write view of a port record held in a local buffer.
@@ -200,7 +202,7 @@ impl RecordRepr {
             RECORD_VERSION,
         )?;
         let flags = r.flags();
-        if flags & !(HAS_IPV4 | HAS_IPV6) != 0 {
+        if flags & !(HAS_IPV4 | HAS_IPV6 | UPLINK) != 0 {
             return Err(ShmError::corrupt(format!(
                 "port record: unknown flags {flags:#04x}"
             )));
@@ -237,6 +239,7 @@ impl RecordRepr {
                 mac,
                 ipv4: ipv4.map(|b| b.try_into().unwrap_or_default()),
                 ipv6: ipv6.map(|b| b.try_into().unwrap_or_default()),
+                uplink: flags & UPLINK != 0,
             },
         })
     }
@@ -295,6 +298,9 @@ impl RecordRepr {
         if let Some(a) = self.info.ipv6 {
             flags |= HAS_IPV6;
             r.bytes_mut(f::IPV6).copy_from_slice(&a);
+        }
+        if self.info.uplink {
+            flags |= UPLINK;
         }
         r.buffer.as_mut()[f::FLAGS] = flags;
         let name = truncated(&self.info.name, NAME_MAX).as_bytes();
@@ -451,6 +457,7 @@ mod tests {
                 mac: [0x02, 0x53, 0xaa, 0xbb, 0xcc, 0xdd],
                 ipv4: Some([10, 0, 0, 2]),
                 ipv6: None,
+                uplink: false,
             },
         }
     }
@@ -490,7 +497,7 @@ mod tests {
     fn record_rejects_each_kind_of_damage_by_name() {
         let cases: [(usize, u8, &str); 8] = [
             (0, b'X', "bad magic"),
-            (30, 4, "unknown flags"),
+            (30, 8, "unknown flags"),
             (31, 65, "name of 65 bytes"),
             (31, 2, "bytes after the name"),
             (52, 0xff, "not UTF-8"),

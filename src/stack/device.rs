@@ -146,6 +146,7 @@ fn attach(
     let options = ShmOptions {
         max_burst: net.max_burst,
         trust_peers: net.trust_peers.unwrap_or(kind == SegmentKind::InProcess),
+        uplink: false,
     };
     let name = port_name(&cfg.name, role);
     let port =

@@ -11,6 +11,7 @@
 //! - [`tcp`]: TCP flags and the MSS clamp.
 //! - [`esp`], [`ipcomp`]: the ESP (RFC 4303) and IPComp (RFC 3173)
 //!   headers the encryption and compression functions write.
+//! - [`vxlan`]: the VXLAN header (RFC 7348) of the gateway to remote hosts.
 //!
 //! Everything here is pure: it reads or writes byte buffers, never
 //! allocates on the per-frame path and never panics on any input (each
@@ -73,6 +74,7 @@ pub mod esp;
 pub mod ip;
 pub mod ipcomp;
 pub mod tcp;
+pub mod vxlan;
 
 pub use ip::{FlowKey, Fragment, FrameView, IcmpKind, IpView, LinkMedium, NoIp, Transport};
 pub use tcp::TcpFlags;

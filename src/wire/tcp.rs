@@ -83,6 +83,68 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
     false
 }
 
+/// Cuts segment `index` out of a TCP super-segment (what a sender's TCP
+/// segmentation offload hands over unsegmented: one IPv4 or IPv6 TCP packet
+/// larger than the path's MTU) into `dst`: the link, IP and TCP headers,
+/// then at most `max_payload` bytes of the payload starting at
+/// `index * max_payload`, with the IP length, the IPv4 identification
+/// (+ `index`), the TCP sequence number, the flags (FIN and PSH only on the
+/// last segment, CWR only on the first) and every checksum made right.
+/// Returns the segment's length, or `None` when `index` is past the last
+/// segment, the frame is not a whole, unfragmented TCP packet of `medium`,
+/// or `dst` is too small.
+pub fn tso_segment(
+    medium: super::LinkMedium,
+    frame: &[u8],
+    max_payload: usize,
+    index: usize,
+    dst: &mut [u8],
+) -> Option<usize> {
+    let view = super::FrameView::parse(medium, frame);
+    let ip = view.ip()?;
+    let super::Transport::Tcp { header_len, .. } = ip.transport else {
+        return None;
+    };
+    if ip.fragment != super::Fragment::Whole || max_payload == 0 {
+        return None;
+    }
+    let head = ip.l4 + usize::from(header_len);
+    let payload = frame.get(head..ip.end)?;
+    let start = index.checked_mul(max_payload)?;
+    if start >= payload.len().max(1) {
+        return None;
+    }
+    let chunk = &payload[start..payload.len().min(start + max_payload)];
+    let last = start + chunk.len() == payload.len();
+    let len = head + chunk.len();
+    let out = dst.get_mut(..len)?;
+    out[..head].copy_from_slice(&frame[..head]);
+    out[head..].copy_from_slice(chunk);
+    let (l3, l4) = (ip.l3, ip.l4);
+    if ip.v6 {
+        let plen = u16::try_from(len - l3 - 40).ok()?;
+        out[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
+    } else {
+        let total = u16::try_from(len - l3).ok()?;
+        out[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+        let id = u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]).wrapping_add(index as u16);
+        out[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+    }
+    let seq = u32::from_be_bytes([out[l4 + 4], out[l4 + 5], out[l4 + 6], out[l4 + 7]])
+        .wrapping_add(start as u32);
+    out[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
+    let mut flags = TcpFlags::from_bits_retain(out[l4 + 13]);
+    if !last {
+        flags.remove(TcpFlags::FIN | TcpFlags::PSH);
+    }
+    if index > 0 {
+        flags.remove(TcpFlags::CWR);
+    }
+    out[l4 + 13] = flags.bits();
+    checksum::fill_all(medium, out);
+    Some(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +169,76 @@ mod tests {
         assert!(!clamp_mss(&mut tcp, 536));
         // Truncated options never panic.
         assert!(!clamp_mss(&mut [0u8; 10], 536));
+    }
+
+    #[test]
+    fn a_super_segment_is_cut_into_valid_segments() {
+        use crate::wire::LinkMedium;
+        use smoltcp::wire::{IpAddress, Ipv4Address, Ipv4Packet, TcpPacket};
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let total = 40 + payload.len();
+        let mut p = vec![0u8; total];
+        p[..20].copy_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0x12,
+            0x34,
+            0x40,
+            0,
+            64,
+            6,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
+        ]);
+        p[20..24].copy_from_slice(&[0x9c, 0x40, 0, 7]);
+        p[24..28].copy_from_slice(&0xffff_fc00u32.to_be_bytes()); // wraps
+        p[32] = 5 << 4;
+        p[33] = (TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN | TcpFlags::CWR).bits();
+        p[40..].copy_from_slice(&payload);
+        let (src, dst) = (
+            IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 1)),
+            IpAddress::Ipv4(Ipv4Address::new(10, 0, 0, 2)),
+        );
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1100];
+        let mut i = 0;
+        while let Some(n) = tso_segment(LinkMedium::Ip, &p, 1000, i, &mut buf) {
+            let ip = Ipv4Packet::new_checked(&buf[..n]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.ident(), 0x1234 + i as u16);
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(tcp.verify_checksum(&src, &dst));
+            assert_eq!(
+                tcp.seq_number().0 as u32,
+                0xffff_fc00u32.wrapping_add(1000 * i as u32)
+            );
+            let last = got.len() + tcp.payload().len() == payload.len();
+            assert_eq!(tcp.fin(), last);
+            assert_eq!(tcp.psh(), last);
+            assert_eq!(tcp.cwr(), i == 0);
+            got.extend_from_slice(tcp.payload());
+            i += 1;
+        }
+        assert_eq!(i, 3);
+        assert_eq!(got, payload);
+        // Too small a buffer, or not TCP: nothing.
+        assert_eq!(
+            tso_segment(LinkMedium::Ip, &p, 1000, 0, &mut [0u8; 100]),
+            None
+        );
+        assert_eq!(
+            tso_segment(LinkMedium::Ip, &[0u8; 60], 1000, 0, &mut buf),
+            None
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use smoltcp::phy::{Device as _, Medium, RxToken as _};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, IpAddress, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
 
 use super::{Nic, Router};
 use crate::adapters::{
@@ -98,24 +98,12 @@ impl Adapter for MemAdapter {
     fn remote(&self) -> Arc<dyn Remote> {
         Arc::new(Silent)
     }
-    fn directory_generation(&self) -> u32 {
-        0
-    }
     fn own_entry(&self) -> Neighbour {
         Neighbour {
             mac: EthernetAddress([0; 6]),
             ipv4: None,
             ipv6: None,
         }
-    }
-    fn neighbours(&self) -> Vec<Neighbour> {
-        Vec::new()
-    }
-    fn mac_of(&mut self, _ip: IpAddress) -> Option<EthernetAddress> {
-        None
-    }
-    fn addresses_of(&self, _name: &str) -> Vec<IpAddress> {
-        Vec::new()
     }
     fn counters(&self) -> &AdapterCounters {
         &self.counters
