@@ -29,7 +29,7 @@ pub(super) fn bench_tap(mtu: u32, bytes: Option<u64>, quick: bool, reps: usize) 
         address = "10.76.250.1/24"
         [[device]]
         name = "echo"
-        function = {{ kind = "echo", port = 7 }}
+        function = {{ kind = "echo", port = 7, connections = 8 }}
         local = {{ segment = "bench-tap-lan", address = "10.76.250.2/24", mtu = {mtu} }}
         global = {{ segment = "bench-tap-wan", address = "10.176.0.2/16" }}
         "#
@@ -41,28 +41,40 @@ pub(super) fn bench_tap(mtu: u32, bytes: Option<u64>, quick: bool, reps: usize) 
         stop: Some(stop),
         ..Default::default()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Whether the TAP port is up (Ok), or why the run failed (Err).
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let runner = std::thread::spawn(move || {
-        let out = run(&topo, &opts, |_| {});
-        let _ = tx.send(out.as_ref().err().map(|e| e.to_string()));
+        let up = tx.clone();
+        let out = run(&topo, &opts, |line| {
+            if line.starts_with(&format!("tap {TAP} ready")) {
+                let _ = up.send(Ok(()));
+            }
+        });
+        if let Err(e) = &out {
+            let _ = tx.send(Err(e.to_string()));
+        }
         out.map(|_| ()).map_err(|e| e.to_string())
     });
     let addr: SocketAddr = ECHO.parse().expect("address");
-    // Up once the echo device answers (or the run failed to start).
-    let t0 = Instant::now();
-    let ready = loop {
-        if let Ok(Some(e)) = rx.try_recv() {
-            break Err(e);
-        }
-        if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            drop(c);
-            break Ok(());
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            break Err("the echo device behind the TAP port did not answer".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    // Not a packet to the echo device before the TAP interface (and its
+    // route) exists: it would leave by the default route.
+    let ready = match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(up) => up,
+        Err(_) => Err("the TAP port did not come up".into()),
     };
+    let t0 = Instant::now();
+    let ready = ready.and_then(|()| {
+        loop {
+            if let Ok(c) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                drop(c);
+                break Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                break Err("the echo device behind the TAP port did not answer".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
     let result = match ready {
         Err(e) if e.contains("CAP_NET_ADMIN") || e.contains("/dev/net/tun") => {
             let why = e.replace('"', "'");
