@@ -59,6 +59,24 @@ fn skip_reason() -> Option<String> {
     None
 }
 
+macro_rules! skip_unless_vxlan {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// The lock that keeps the tests of this file apart (they share
+/// namespaces, links and UDP port 4789).
+fn test_lock() -> std::fs::File {
+    let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-vxlan-test.lock"))
+        .expect("lock file");
+    lock.lock().expect("lock");
+    lock
+}
+
 /// The Linux peer of the example (its script's `up`), taken down however
 /// the test ends; holds the lock that keeps the tests of this file apart.
 struct LinuxPeer {
@@ -67,9 +85,7 @@ struct LinuxPeer {
 
 impl LinuxPeer {
     fn up() -> LinuxPeer {
-        let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-vxlan-test.lock"))
-            .expect("lock file");
-        lock.lock().expect("lock");
+        let lock = test_lock();
         let script = example().join("linux-peer.sh");
         let _ = sh(Command::new(&script).arg("down"));
         let out = Command::new(&script)
@@ -164,10 +180,7 @@ fn echo_64_mib(peer: &LinuxPeer) {
 
 #[test]
 fn a_linux_vtep_reaches_the_echo_device_in_both_modes() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless_vxlan!();
     let peer = LinuxPeer::up();
     for mode in ["thread", "process"] {
         let run = Run::start(&["--mode", mode]);
@@ -179,10 +192,7 @@ fn a_linux_vtep_reaches_the_echo_device_in_both_modes() {
 
 #[test]
 fn tshark_decodes_the_underlay_as_vxlan_with_intact_inner_frames() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_unless_vxlan!();
     let peer = LinuxPeer::up();
     let run = Run::start(&[]);
     ping_until_up(&peer);
@@ -248,4 +258,136 @@ fn a_network_mtu_the_underlay_cannot_carry_is_refused() {
         err.contains("vxlan[0].underlay_mtu") && err.contains("at most 1450"),
         "{err}"
     );
+}
+
+/// Two shmnet hosts: this namespace and one made for the test, joined by
+/// a veth pair (10.78.9.2 here, 10.78.9.1 there), each running its own
+/// topology with its own segments and a gateway to the other.
+struct TwoHosts {
+    dir: PathBuf,
+    _lock: std::fs::File,
+}
+
+const HOST_B: &str = "shmnet-vxhostb";
+
+impl TwoHosts {
+    fn up() -> TwoHosts {
+        let lock = test_lock();
+        let dir = std::env::temp_dir().join(format!("shmnet-vx2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hosts = TwoHosts { dir, _lock: lock };
+        hosts.down_links();
+        for cmd in [
+            vec!["netns", "add", HOST_B],
+            vec![
+                "link", "add", "shmvx2-a", "type", "veth", "peer", "name", "shmvx2-b",
+            ],
+            vec!["link", "set", "shmvx2-b", "netns", HOST_B],
+            vec!["addr", "add", "10.78.9.2/24", "dev", "shmvx2-a"],
+            vec!["link", "set", "shmvx2-a", "up"],
+            vec![
+                "-n",
+                HOST_B,
+                "addr",
+                "add",
+                "10.78.9.1/24",
+                "dev",
+                "shmvx2-b",
+            ],
+            vec!["-n", HOST_B, "link", "set", "shmvx2-b", "up"],
+            vec!["-n", HOST_B, "link", "set", "lo", "up"],
+        ] {
+            assert!(sh(Command::new("ip").args(&cmd)), "ip {cmd:?}");
+        }
+        hosts
+    }
+
+    fn down_links(&self) {
+        let _ = sh(Command::new("ip").args(["netns", "del", HOST_B]));
+        let _ = sh(Command::new("ip").args(["link", "del", "shmvx2-a"]));
+    }
+
+    /// Host `side`'s topology: a gateway to the other host and `device`
+    /// (a TOML device section body) on the carried network.
+    fn topology(&self, side: &str, mode: &str, local: &str, remote: &str, device: &str) -> PathBuf {
+        let file = format!("{side}-dev.toml");
+        std::fs::write(self.dir.join(&file), device).unwrap();
+        let text = format!(
+            "name = \"{side}\"\nmode = \"{mode}\"\n\
+             [[vxlan]]\nsegment = \"vx2-{side}-g\"\nlocal = \"{local}\"\nvni = 77\nremotes = [\"{remote}\"]\n\
+             [[device]]\nfile = \"{file}\"\n"
+        );
+        let path = self.dir.join(format!("{side}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        self.down_links();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn two_shmnet_hosts_exchange_64_mib_over_the_gateway_in_both_modes() {
+    skip_unless_vxlan!();
+    let hosts = TwoHosts::up();
+    for mode in ["thread", "process"] {
+        let echo = hosts.topology(
+            "b",
+            mode,
+            "10.78.9.1",
+            "10.78.9.2",
+            "name = \"far\"\nfunction = { kind = \"echo\" }\n\
+             local = { segment = \"vx2-b-l\", address = \"10.81.0.2/24\" }\n\
+             global = { segment = \"vx2-b-g\", address = \"10.79.9.20/24\", mtu = 1450 }\n",
+        );
+        let probe = hosts.topology(
+            "a",
+            mode,
+            "10.78.9.2",
+            "10.78.9.1",
+            "name = \"near\"\n\
+             function = { kind = \"probe\", tcp = [\"10.79.9.20:7\"], bytes = 67108864, timeout = \"60s\" }\n\
+             local = { segment = \"vx2-a-l\", address = \"10.81.0.1/24\" }\n\
+             global = { segment = \"vx2-a-g\", address = \"10.79.9.10/24\", mtu = 1450 }\n",
+        );
+        // Each host its own runtime directory: its own host segments.
+        let runtime = |side: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            let d = hosts.dir.join(format!("run-{side}-{mode}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+            d
+        };
+        let far = Run(Command::new("ip")
+            .args(["netns", "exec", HOST_B, BIN, "run"])
+            .arg(&echo)
+            .args(["--duration", "120"])
+            .env("SHMNET_RUNTIME_DIR", runtime("b"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start host B"));
+        std::thread::sleep(Duration::from_millis(500));
+        let out = Command::new(BIN)
+            .arg("run")
+            .arg(&probe)
+            .args(["--duration", "120"])
+            .env("SHMNET_RUNTIME_DIR", runtime("a"))
+            .output()
+            .expect("run host A");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("67108864 bytes echoed intact"),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(line) = stdout.lines().find(|l| l.contains("echoed intact")) {
+            eprintln!("{mode}: {line}");
+        }
+        assert_eq!(far.stop(), 0, "{mode}");
+    }
 }

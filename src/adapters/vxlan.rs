@@ -40,6 +40,8 @@ use crate::wire::vxlan::{HEADER_LEN, VxlanPacket, VxlanRepr};
 const FDB_MAX: usize = 4096;
 /// A learned entry not refreshed for this long is forgotten.
 const FDB_AGE: Duration = Duration::from_secs(300);
+/// Bytes of the UDP socket's receive and send buffers.
+const SOCKET_BUFFER: usize = 8 << 20;
 /// Datagrams read per [`Adapter::recv_into`] call before giving up on
 /// finding a valid one (so a flood of junk cannot hold the bridge).
 const JUNK_PER_CALL: usize = 64;
@@ -101,6 +103,18 @@ impl VxlanAdapter {
         })?;
         sock.set_nonblocking(true)
             .map_err(|e| err(format!("cannot make the socket non-blocking: {e}")))?;
+        // Devices send a TCP window at once and the gateway drains the
+        // socket only between rounds: a small buffer would drop bursts that
+        // shared memory never drops. The forced size needs CAP_NET_ADMIN;
+        // without it the kernel's limit (net.core.rmem_max) applies.
+        for set in [
+            rustix::net::sockopt::set_socket_recv_buffer_size_force,
+            rustix::net::sockopt::set_socket_send_buffer_size_force,
+        ] {
+            if set(&sock, SOCKET_BUFFER).is_err() {
+                let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, SOCKET_BUFFER);
+            }
+        }
         let frame = link_header_len(Medium::Ethernet) + settings.mtu as usize;
         Ok(VxlanAdapter {
             sock,
