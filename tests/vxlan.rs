@@ -342,7 +342,8 @@ fn two_shmnet_hosts_exchange_64_mib_over_the_gateway_in_both_modes() {
             "10.78.9.2",
             "name = \"far\"\nfunction = { kind = \"echo\" }\n\
              local = { segment = \"vx2-b-l\", address = \"10.81.0.2/24\" }\n\
-             global = { segment = \"vx2-b-g\", address = \"10.79.9.20/24\", mtu = 1450 }\n",
+             global = { segment = \"vx2-b-g\", address = \"10.79.9.20/24\", mtu = 1450 }\n\
+             [sockets]\ncongestion = \"cubic\"\n",
         );
         let probe = hosts.topology(
             "a",
@@ -352,7 +353,8 @@ fn two_shmnet_hosts_exchange_64_mib_over_the_gateway_in_both_modes() {
             "name = \"near\"\n\
              function = { kind = \"probe\", tcp = [\"10.79.9.20:7\"], bytes = 67108864, timeout = \"60s\" }\n\
              local = { segment = \"vx2-a-l\", address = \"10.81.0.1/24\" }\n\
-             global = { segment = \"vx2-a-g\", address = \"10.79.9.10/24\", mtu = 1450 }\n",
+             global = { segment = \"vx2-a-g\", address = \"10.79.9.10/24\", mtu = 1450 }\n\
+             [sockets]\ncongestion = \"cubic\"\n",
         );
         // Each host its own runtime directory: its own host segments.
         let runtime = |side: &str| {

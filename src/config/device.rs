@@ -177,6 +177,10 @@ pub struct SocketsConfig {
     /// Bytes of closed sockets' buffers kept for new connections (default
     /// 32 MiB; 0: allocate each socket afresh).
     pub pool: Option<usize>,
+    /// TCP congestion control: `"none"` (default: shared memory loses
+    /// nothing), `"reno"` or `"cubic"` (for traffic that leaves the host
+    /// through a VXLAN gateway or a TAP port).
+    pub congestion: Option<crate::stack::Congestion>,
 }
 
 /// `[[route]] to = "10.1.0.0/24", via = "10.0.0.254"`.
@@ -332,6 +336,9 @@ impl DeviceConfig {
                 ));
             }
             sockets.tcp_buffer = n;
+        }
+        if let Some(c) = self.sockets.congestion {
+            sockets.congestion = c;
         }
         if let Some(n) = self.sockets.pool {
             sockets.pool_bytes = n;

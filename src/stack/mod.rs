@@ -42,7 +42,7 @@ pub use hook::{Directory, Emit, Frame, Function, FunctionError, LinkInfo, Socket
 pub use nic::{Nic, Router, Transit};
 pub use sockets::{DEFAULT_POOL_BYTES, DEFAULT_TCP_BUFFER, SocketPool, new_tcp_socket};
 pub use spec::{
-    DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, SocketSettings, StaticRoute,
+    Congestion, DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec, SocketSettings, StaticRoute,
 };
 
 /// Which of a device's two networks (`"local"` / `"global"` in config

@@ -37,13 +37,16 @@ pub const DEFAULT_TCP_BUFFER: usize = 1 << 20;
 /// Bytes of socket buffers a pool keeps for reuse unless told otherwise.
 pub const DEFAULT_POOL_BYTES: usize = 32 << 20;
 
-/// A new TCP socket with `rx`- and `tx`-byte buffers, Nagle off.
+/// A new TCP socket with `rx`- and `tx`-byte buffers, Nagle off, no
+/// congestion control (shared memory loses nothing; a device's pool sets
+/// its `[sockets] congestion`).
 pub fn new_tcp_socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; rx]),
         tcp::SocketBuffer::new(vec![0; tx]),
     );
     s.set_nagle_enabled(false);
+    s.set_congestion_control(tcp::CongestionControl::None);
     s
 }
 
@@ -56,6 +59,7 @@ pub struct SocketPool {
     max_bytes: usize,
     /// Bytes of each buffer of [`SocketPool::tcp_default`]'s sockets.
     tcp_buffer: usize,
+    /// The device's congestion control (`[sockets] congestion`).
     default_cc: tcp::CongestionControl,
     reused: u64,
     allocated: u64,
@@ -75,16 +79,12 @@ impl SocketPool {
     /// A pool keeping at most `settings.pool_bytes` of idle socket buffers
     /// (0: none), handing out `settings.tcp_buffer`-byte buffers by default.
     pub fn new(settings: SocketSettings) -> SocketPool {
-        let probe = tcp::Socket::new(
-            tcp::SocketBuffer::new(Vec::new()),
-            tcp::SocketBuffer::new(Vec::new()),
-        );
         SocketPool {
             idle: Vec::new(),
             bytes: 0,
             max_bytes: settings.pool_bytes,
             tcp_buffer: settings.tcp_buffer,
-            default_cc: probe.congestion_control(),
+            default_cc: settings.congestion.smoltcp(),
             reused: 0,
             allocated: 0,
         }
@@ -106,7 +106,9 @@ impl SocketPool {
             }
             None => {
                 self.allocated += 1;
-                return new_tcp_socket(rx, tx);
+                let mut s = new_tcp_socket(rx, tx);
+                s.set_congestion_control(self.default_cc);
+                return s;
             }
         };
         s.set_nagle_enabled(false);
@@ -211,5 +213,34 @@ mod tests {
         pool.recycle(Socket::Tcp(a));
         pool.recycle(Socket::Tcp(b));
         assert_eq!(pool.held_bytes(), 5120);
+    }
+
+    #[test]
+    fn pooled_sockets_carry_the_devices_congestion_control() {
+        use crate::stack::Congestion;
+        let mut set = SocketSet::new(Vec::new());
+        let mut pool = SocketPool::new(SocketSettings {
+            congestion: Congestion::Cubic,
+            ..budget(1 << 20)
+        });
+        let s = pool.tcp(1024, 1024);
+        assert_eq!(s.congestion_control(), tcp::CongestionControl::Cubic);
+        let h = set.add(s);
+        pool.remove(&mut set, h);
+        // Recycled, it comes back with the device's setting too.
+        assert_eq!(
+            pool.tcp(1024, 1024).congestion_control(),
+            tcp::CongestionControl::Cubic
+        );
+        // Outside a pool (and by default) there is none.
+        assert_eq!(
+            new_tcp_socket(64, 64).congestion_control(),
+            tcp::CongestionControl::None
+        );
+        let mut plain = SocketPool::new(budget(0));
+        assert_eq!(
+            plain.tcp(64, 64).congestion_control(),
+            tcp::CongestionControl::None
+        );
     }
 }

@@ -75,7 +75,34 @@ pub struct DeviceSpec {
     pub sockets: SocketSettings,
 }
 
-/// Socket buffer sizes of a device (`[sockets]` in its file).
+/// The congestion control of a device's TCP sockets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// None: send what the peer's window allows. Right on shared memory,
+    /// which never loses a frame.
+    #[default]
+    None,
+    /// Reno (RFC 5681).
+    Reno,
+    /// CUBIC (RFC 9438): for traffic that leaves the host (a VXLAN
+    /// gateway, a TAP port), where links lose packets.
+    Cubic,
+}
+
+impl Congestion {
+    /// smoltcp's setting.
+    pub fn smoltcp(self) -> smoltcp::socket::tcp::CongestionControl {
+        use smoltcp::socket::tcp::CongestionControl as C;
+        match self {
+            Congestion::None => C::None,
+            Congestion::Reno => C::Reno,
+            Congestion::Cubic => C::Cubic,
+        }
+    }
+}
+
+/// Socket settings of a device (`[sockets]` in its file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketSettings {
     /// Bytes of each TCP socket's receive and send buffer, for functions
@@ -85,6 +112,8 @@ pub struct SocketSettings {
     /// Bytes of closed TCP sockets' buffers the device keeps for new
     /// connections (0: allocate every socket afresh).
     pub pool_bytes: usize,
+    /// Congestion control of every TCP socket the device opens.
+    pub congestion: Congestion,
 }
 
 impl Default for SocketSettings {
@@ -92,6 +121,7 @@ impl Default for SocketSettings {
         SocketSettings {
             tcp_buffer: super::DEFAULT_TCP_BUFFER,
             pool_bytes: super::DEFAULT_POOL_BYTES,
+            congestion: Congestion::None,
         }
     }
 }
