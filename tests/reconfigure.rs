@@ -700,6 +700,47 @@ fn tunnel(local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]) -> Fun
     ))
 }
 
+/// A pair function's chain, running: client ─lan-a─ end 1 ═hop═ end 2
+/// ─lan-b─ echo server, the ends named `names` and running `f1`/`f2`, and
+/// the test's client with two flows to the server.
+struct PairChain {
+    ends: [Running; 2],
+    server: Running,
+    client: Client,
+}
+
+impl PairChain {
+    fn start(names: [&str; 2], f1: FunctionConfig, f2: FunctionConfig) -> PairChain {
+        let hop = Hop::new();
+        let mut e1 = hop.end(1, names[0]).settings();
+        e1.function = f1;
+        let mut e2 = hop.end(2, names[1]).settings();
+        e2.function = f2;
+        let client = hop
+            .client(0)
+            .function(r#"{ kind = "passthrough" }"#)
+            .settings();
+        let server = hop
+            .server()
+            .function(r#"{ kind = "echo", connections = 4 }"#)
+            .settings();
+        let server = spawn(&server);
+        let end2 = spawn(&e2);
+        let end1 = spawn(&e1);
+        let to = IpEndpoint::new(IpAddress::v4(10, 3, 0, 2), 7);
+        PairChain {
+            ends: [end1, end2],
+            server,
+            client: Client::new(&client, &[to, to]),
+        }
+    }
+
+    fn stop(self) {
+        let [e1, e2] = self.ends;
+        stop_all([e1, e2, self.server]);
+    }
+}
+
 /// client ─lan-a─ e1 ═hop═ e2 ─lan-b─ echo server; the hop carries ESP.
 /// Both ends get the same config, then (widened) a second inbound SA each
 /// — the next key, accepted before any sender uses it — then (narrowed)
@@ -709,28 +750,13 @@ fn tunnel(local: &str, peer: &str, out: (u32, &str), inb: &[(u32, &str)]) -> Fun
 /// is refused and the streams complete intact.
 #[test]
 fn encrypt_keeps_its_security_associations() {
-    let hop = Hop::new();
     let (old_12, next_12) = ((0x1001, KEY_12), (0x1002, NEXT_12));
     let (old_21, next_21) = ((0x2002, KEY_21), (0x2003, NEXT_21));
     let e1_cfg = |inb: &[(u32, &str)]| tunnel("10.2.0.1", "10.2.0.2", old_12, inb);
     let e2_cfg = |inb: &[(u32, &str)]| tunnel("10.2.0.2", "10.2.0.1", old_21, inb);
-    let mut e1 = hop.end(1, "e1").settings();
-    e1.function = e1_cfg(&[old_21]);
-    let mut e2 = hop.end(2, "e2").settings();
-    e2.function = e2_cfg(&[old_12]);
-    let client = hop
-        .client(0)
-        .function(r#"{ kind = "passthrough" }"#)
-        .settings();
-    let server = hop
-        .server()
-        .function(r#"{ kind = "echo", connections = 4 }"#)
-        .settings();
-    let sv = spawn(&server);
-    let (h2, t2) = spawn(&e2);
-    let (h1, t1) = spawn(&e1);
-    let to = IpEndpoint::new(IpAddress::v4(10, 3, 0, 2), 7);
-    let mut c = Client::new(&client, &[to, to]);
+    let mut chain = PairChain::start(["e1", "e2"], e1_cfg(&[old_21]), e2_cfg(&[old_12]));
+    let [h1, h2] = [0, 1].map(|i| chain.ends[i].0.clone());
+    let c = &mut chain.client;
 
     let steps = [
         (vec![old_21], vec![old_12]),
@@ -753,7 +779,7 @@ fn encrypt_keeps_its_security_associations() {
             assert_eq!(counter(&s, bad), 0, "{bad}: {s:?}");
         }
     }
-    stop_all([(h1, t1), (h2, t2), sv]);
+    chain.stop();
 }
 
 // ─── compress ───────────────────────────────────────────────────────────
@@ -769,24 +795,9 @@ fn compress(min_size: usize) -> FunctionConfig {
 /// restored. The streams complete intact and the counters carry on.
 #[test]
 fn compress_keeps_streams_across_changes() {
-    let hop = Hop::new();
-    let mut c1 = hop.end(1, "c1").settings();
-    c1.function = compress(128);
-    let mut c2 = hop.end(2, "c2").settings();
-    c2.function = compress(128);
-    let client = hop
-        .client(0)
-        .function(r#"{ kind = "passthrough" }"#)
-        .settings();
-    let server = hop
-        .server()
-        .function(r#"{ kind = "echo", connections = 4 }"#)
-        .settings();
-    let sv = spawn(&server);
-    let (h2, t2) = spawn(&c2);
-    let (h1, t1) = spawn(&c1);
-    let to = IpEndpoint::new(IpAddress::v4(10, 3, 0, 2), 7);
-    let mut c = Client::new(&client, &[to, to]);
+    let mut chain = PairChain::start(["c1", "c2"], compress(128), compress(128));
+    let [h1, h2] = [0, 1].map(|i| chain.ends[i].0.clone());
+    let c = &mut chain.client;
 
     let sizes = [128, 64, 2000];
     // Packets each end compressed, as of the last change.
@@ -817,5 +828,5 @@ fn compress_keeps_streams_across_changes() {
         let after = counter(&s, "compressed") - was;
         assert!(after * 4 < last_quarter, "{after} compressed after: {s:?}");
     }
-    stop_all([(h1, t1), (h2, t2), sv]);
+    chain.stop();
 }
