@@ -406,14 +406,12 @@ fn validate_tap(
             ),
         ));
     }
-    let taken = std::iter::once(network.v4.address())
-        .chain(
-            devices
-                .iter()
-                .flat_map(|d| [&d.local, &d.global])
-                .filter(|n| n.segment == tap.segment)
-                .map(|n| n.v4.address()),
-        )
+    // Every device's address on the segment (`network` is one of them).
+    let taken = devices
+        .iter()
+        .flat_map(|d| [&d.local, &d.global])
+        .filter(|n| n.segment == tap.segment)
+        .map(|n| n.v4.address())
         .chain(
             earlier
                 .iter()
