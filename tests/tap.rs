@@ -26,6 +26,9 @@ fn skip_reason() -> Option<&'static str> {
     if !rustix::process::geteuid().is_root() {
         return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
     }
+    if !have("ping") || !have("setpriv") {
+        return Some("ping (iputils-ping) or setpriv (util-linux) is not installed");
+    }
     None
 }
 

@@ -10,6 +10,8 @@
 //! at a time (a lock file); each skips, saying why, where the kernel lacks
 //! network namespaces or VXLAN, or without root.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,6 +35,14 @@ fn sh(cmd: &mut Command) -> bool {
 fn skip_reason() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
         return Some("not root: namespaces, veth and vxlan links need CAP_NET_ADMIN".into());
+    }
+    if let Some(tool) = ["ip", "ping", "nc", "tshark"]
+        .into_iter()
+        .find(|t| !common::have(t))
+    {
+        return Some(format!(
+            "{tool} is not installed (iproute2, iputils-ping, netcat-openbsd, tshark)"
+        ));
     }
     let probe = "shmnet-vxprobe";
     let _ = sh(Command::new("ip").args(["link", "del", probe]));

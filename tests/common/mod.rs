@@ -163,3 +163,13 @@ impl Drop for TopologyDir {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether `tool` (a program no one here wrote: ping, nc, tshark, …) is
+/// installed; tests that need one skip, saying so, where it is not.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
