@@ -1,7 +1,7 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
-//! on forwarded frames: the diagnostic echo server ([`echo`]) and probe
-//! client ([`probe`]), and the protocol functions to come (proxy, cache,
+//! on forwarded frames: the diagnostic echo server ([`echo`]), discard
+//! server ([`sink`]) and probe client ([`probe`]), and the protocol functions to come (proxy, cache,
 //! management). The socket constructors they share are here.
 
 use smoltcp::socket::{tcp, udp};
@@ -11,6 +11,7 @@ use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
 pub mod echo;
 pub mod probe;
+pub mod sink;
 
 /// The diagnostic pair under its former name (`functions::diag`).
 pub mod diag {
