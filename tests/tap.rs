@@ -58,8 +58,9 @@ fn wait_gone(name: &str) -> bool {
     true
 }
 
-/// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first.
-struct Run(Child);
+/// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first;
+/// what it printed after its TAP port was ready.
+struct Run(Child, std::sync::Arc<std::sync::Mutex<String>>);
 
 impl Run {
     fn start(topology: &Path, args: &[&str]) -> Run {
@@ -71,7 +72,7 @@ impl Run {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start shmnet run");
-        Run(child)
+        Run(child, Default::default())
     }
 
     /// Waits for the `tap NAME ready` line.
@@ -82,8 +83,15 @@ impl Run {
         for line in lines.by_ref() {
             let line = line.expect("read stdout");
             if line.starts_with(&want) {
-                // Keep draining so the run never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
+                // Keep reading so the run never blocks on a full pipe.
+                let out = std::sync::Arc::clone(&self.1);
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        let mut out = out.lock().unwrap();
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                });
                 return;
             }
         }
@@ -93,12 +101,24 @@ impl Run {
     }
 
     /// SIGTERM, then the exit code.
-    fn stop(mut self) -> i32 {
+    fn stop(self) -> i32 {
+        self.stop_with_output().0
+    }
+
+    /// SIGTERM, then the exit code and what the run printed once its TAP
+    /// port was ready (its counters at the end).
+    fn stop_with_output(mut self) -> (i32, String) {
         let pid = rustix::process::Pid::from_child(&self.0);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let status = self.0.wait().expect("wait");
-        std::mem::forget(self);
-        status.code().unwrap_or(-1)
+        // The reader ends with the pipe, when the run has exited.
+        let t0 = Instant::now();
+        while std::sync::Arc::strong_count(&self.1) > 1 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = self.1.lock().unwrap().clone();
+        let _ = self.0.kill();
+        (status.code().unwrap_or(-1), out)
     }
 }
 
@@ -173,6 +193,43 @@ fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
     stream_intact("10.77.0.2:7".parse().unwrap(), 64 << 20);
     assert_eq!(run.stop(), 0);
     assert!(wait_gone("shmtap0"), "shmtap0 outlived its run");
+}
+
+#[test]
+fn the_tcp_proxy_example_relays_concurrent_linux_streams_to_both_echo_devices() {
+    skip_unless_tap!();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-proxy/topology.toml");
+    let mut run = Run::start(&example, &["--duration", "120"]);
+    run.wait_ready("shmtap4");
+    connect("10.83.0.2:7".parse().unwrap());
+    let clients: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| stream_intact("10.83.0.2:7".parse().unwrap(), 16 << 20)))
+        .collect();
+    for c in clients {
+        c.join()
+            .expect("a stream through the proxy came back intact");
+    }
+    let (code, out) = run.stop_with_output();
+    assert_eq!(code, 0, "{out}");
+    // The probe connection of `connect` and the four streams.
+    assert!(out.contains("listener.7.connections=5"), "{out}");
+    assert!(
+        out.contains("listener.7.bytes_up=67108864") && out.contains("listener.7.resets=0"),
+        "{out}"
+    );
+    // Least connections spread the concurrent streams over both devices.
+    for echo in ["echo-a", "echo-b"] {
+        let line = out
+            .lines()
+            .skip_while(|l| !l.starts_with(echo))
+            .find(|l| l.contains("tcp_bytes_echoed="))
+            .unwrap_or_else(|| panic!("no counters of {echo}: {out}"));
+        assert!(
+            !line.contains("tcp_bytes_echoed=0 "),
+            "{echo} got nothing: {out}"
+        );
+    }
+    assert!(wait_gone("shmtap4"), "shmtap4 outlived its run");
 }
 
 /// A topology with one TAP port and one echo device, in its own directory

@@ -25,7 +25,7 @@ pub mod socket;
 pub use packet::passthrough::Passthrough;
 pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
-pub use socket::{diag, echo, probe, sink};
+pub use socket::{diag, echo, probe, sink, tcp_proxy};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -139,6 +139,8 @@ function_kinds! {
     /// Discards TCP streams on a port, checking them, and answers each with
     /// a receipt (a test server for one-way transfers).
     [] Sink(sink::SinkConfig) = "sink", sink::Sink::new;
+    /// Relays TCP connections on its ports to pools of upstreams.
+    [] TcpProxy(tcp_proxy::TcpProxyConfig) = "tcp-proxy", tcp_proxy::TcpProxy::new;
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     [] Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
     /// LZ4-compresses IP payloads towards the global network and restores

@@ -12,6 +12,7 @@ use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 pub mod echo;
 pub mod probe;
 pub mod sink;
+pub mod tcp_proxy;
 
 /// The diagnostic pair under its former name (`functions::diag`).
 pub mod diag {
