@@ -11,9 +11,8 @@
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
-use smoltcp::time::Duration;
 
-use super::{Function, FunctionError, SocketContext, udp_socket};
+use super::{Function, FunctionError, SocketContext, check_server, listen_on, udp_socket};
 
 /// `[function] kind = "echo"`; a field left out takes its value from
 /// [`EchoConfig::default`].
@@ -53,22 +52,7 @@ impl Echo {
     /// The server for `cfg`; errors if `port`, `connections` or `tcp_buffer`
     /// is out of range.
     pub fn new(cfg: EchoConfig) -> Result<Echo, FunctionError> {
-        let bad = |why: &str| FunctionError::Invalid {
-            kind: "echo",
-            why: why.into(),
-        };
-        if cfg.port == 0 {
-            return Err(bad("port must be 1..=65535"));
-        }
-        if !(1..=64).contains(&cfg.connections) {
-            return Err(bad("connections must be 1..=64"));
-        }
-        if cfg
-            .tcp_buffer
-            .is_some_and(|n| !(1024..=(1 << 30)).contains(&n))
-        {
-            return Err(bad("tcp_buffer must be 1 KiB..=1 GiB"));
-        }
+        check_server("echo", cfg.port, (cfg.connections, 64), cfg.tcp_buffer)?;
         Ok(Echo {
             cfg,
             tcp: Vec::new(),
@@ -92,16 +76,7 @@ impl Function for Echo {
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
         // Listen at once: a SYN processed before the first `poll` would
         // otherwise be refused.
-        for _ in 0..self.cfg.connections {
-            let h = cx.add_tcp(self.cfg.tcp_buffer);
-            let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            // A client that vanished (its device killed) must not hold a
-            // connection slot forever.
-            s.set_keep_alive(Some(Duration::from_secs(5)));
-            s.set_timeout(Some(Duration::from_secs(15)));
-            let _ = s.listen(self.cfg.port);
-            self.tcp.push(h);
-        }
+        self.tcp = listen_on(cx, self.cfg.port, self.cfg.connections, self.cfg.tcp_buffer);
         let mut u = udp_socket(64, 256 * 1024);
         if u.bind(self.cfg.port).is_ok() {
             self.udp = Some(cx.sockets.add(u));

@@ -23,6 +23,60 @@ pub mod diag {
 
 pub use crate::stack::DEFAULT_TCP_BUFFER;
 
+/// Checks the fields every TCP server function has: `port` (non-zero),
+/// `connections` (1..=`max`) and `tcp_buffer` (1 KiB..=1 GiB); the error
+/// names the field.
+pub(crate) fn check_server(
+    kind: &'static str,
+    port: u16,
+    connections: (usize, usize),
+    tcp_buffer: Option<usize>,
+) -> Result<(), FunctionError> {
+    let bad = crate::functions::common::invalid(kind);
+    if port == 0 {
+        return Err(bad("port must be 1..=65535".into()));
+    }
+    let (n, max) = connections;
+    if !(1..=max).contains(&n) {
+        return Err(bad(format!("connections must be 1..={max}")));
+    }
+    check_tcp_buffer(kind, tcp_buffer)
+}
+
+/// Checks a function's `tcp_buffer` (1 KiB..=1 GiB).
+pub(crate) fn check_tcp_buffer(
+    kind: &'static str,
+    tcp_buffer: Option<usize>,
+) -> Result<(), FunctionError> {
+    match tcp_buffer {
+        Some(n) if !(1024..=(1 << 30)).contains(&n) => Err(
+            crate::functions::common::invalid(kind)("tcp_buffer must be 1 KiB..=1 GiB".into()),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Opens `n` TCP sockets listening on `port` (buffers of `tcp_buffer`, or
+/// the device's). A client that vanished (its device killed) must not
+/// hold a slot forever: keep-alive every 5 s, given up after 15 s.
+pub(crate) fn listen_on(
+    cx: &mut SocketContext<'_>,
+    port: u16,
+    n: usize,
+    tcp_buffer: Option<usize>,
+) -> Vec<smoltcp::iface::SocketHandle> {
+    (0..n)
+        .map(|_| {
+            let h = cx.add_tcp(tcp_buffer);
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(5)));
+            s.set_timeout(Some(smoltcp::time::Duration::from_secs(15)));
+            let _ = s.listen(port);
+            h
+        })
+        .collect()
+}
+
 /// A TCP socket with buffers of `size` bytes, Nagle off (not from the
 /// device's pool: see [`SocketContext::add_tcp`]).
 pub fn tcp_socket(size: usize) -> tcp::Socket<'static> {

@@ -218,6 +218,111 @@ impl Probe {
     }
 }
 
+/// Queues the pattern from `*sent` on, up to `total` bytes, as far as
+/// `s`'s send buffer has room; returns whether it queued any.
+fn send_pattern(s: &mut tcp::Socket<'_>, sent: &mut u64, total: u64) -> bool {
+    let mut queued = false;
+    while s.can_send() && *sent < total {
+        let from = *sent;
+        let n = s
+            .send(|buf| {
+                let n = buf.len().min((total - from) as usize);
+                for (i, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern_byte(from + i as u64);
+                }
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        *sent += n as u64;
+        queued = true;
+    }
+    queued
+}
+
+/// Checks what came back of an echo exchange; its report line and
+/// success once all of it has.
+fn echo_step(
+    s: &mut tcp::Socket<'_>,
+    x: &mut TcpExchange,
+    scratch: &mut [u8],
+    progress: &mut bool,
+    ep: IpEndpoint,
+    total: u64,
+    secs: f64,
+) -> Option<(String, bool)> {
+    while s.can_recv() {
+        let n = s.recv_slice(scratch).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        for (i, b) in scratch[..n].iter().enumerate() {
+            if *b != pattern_byte(x.recvd + i as u64) {
+                x.intact = false;
+            }
+        }
+        x.recvd += n as u64;
+        *progress = true;
+    }
+    if x.recvd < total {
+        return None;
+    }
+    s.close();
+    let ok = x.intact;
+    let line = format!(
+        "tcp {ep}: {total} bytes echoed {} in {:.1} ms ({:.2} Gbit/s both ways)",
+        if ok { "intact" } else { "CORRUPTED" },
+        secs * 1e3,
+        2.0 * total as f64 * 8.0 / secs / 1e9
+    );
+    Some((line, ok))
+}
+
+/// Half-closes a one-way exchange once everything is queued and reads
+/// the sink's receipt; the report line and success once it is in.
+fn one_way_step(
+    s: &mut tcp::Socket<'_>,
+    x: &mut TcpExchange,
+    progress: &mut bool,
+    ep: IpEndpoint,
+    total: u64,
+    secs: f64,
+) -> Option<(String, bool)> {
+    if x.sent == total && s.may_send() {
+        // Half-close: the sink answers the FIN.
+        s.close();
+    }
+    while x.receipt.len() < RECEIPT_LEN {
+        let mut part = [0u8; RECEIPT_LEN];
+        let want = RECEIPT_LEN - x.receipt.len();
+        match s.recv_slice(&mut part[..want]) {
+            Ok(n) if n > 0 => x.receipt.extend_from_slice(&part[..n]),
+            _ => break,
+        }
+        *progress = true;
+    }
+    if x.receipt.len() < RECEIPT_LEN {
+        return None;
+    }
+    let count = u64::from_be_bytes(x.receipt[..8].try_into().unwrap_or_default());
+    let ok = count == total && x.receipt[8] == 1;
+    let line = if ok {
+        format!(
+            "tcp {ep}: {total} bytes delivered intact in {:.1} ms ({:.1} Mbit/s one way)",
+            secs * 1e3,
+            total as f64 * 8.0 / secs / 1e6
+        )
+    } else {
+        format!(
+            "tcp {ep}: the sink received {count} of {total} bytes{}",
+            if x.receipt[8] == 1 { "" } else { ", CORRUPTED" }
+        )
+    };
+    Some((line, ok))
+}
+
 /// The report line of an exchange that timed out, and whether that is a
 /// success: it is when nothing came back and a block was expected;
 /// otherwise the line is `failure`'s.
@@ -305,47 +410,17 @@ impl Function for Probe {
         let elapsed = now - self.started;
         let mut progress = false;
         match (&mut self.step, &self.jobs[self.next]) {
-            (Step::Tcp(x), &Job::Tcp(ep)) => {
+            (Step::Tcp(x), &(Job::Tcp(ep) | Job::Send(ep))) => {
+                let one_way = matches!(self.jobs[self.next], Job::Send(_));
                 let s = cx.sockets.get_mut::<tcp::Socket>(x.h);
-                while s.can_send() && x.sent < total {
-                    let n = s
-                        .send(|buf| {
-                            let n = buf.len().min((total - x.sent) as usize);
-                            for (i, b) in buf[..n].iter_mut().enumerate() {
-                                *b = pattern_byte(x.sent + i as u64);
-                            }
-                            (n, n)
-                        })
-                        .unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    x.sent += n as u64;
-                    progress = true;
-                }
-                while s.can_recv() {
-                    let n = s.recv_slice(&mut self.scratch).unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    for (i, b) in self.scratch[..n].iter().enumerate() {
-                        if *b != pattern_byte(x.recvd + i as u64) {
-                            x.intact = false;
-                        }
-                    }
-                    x.recvd += n as u64;
-                    progress = true;
-                }
-                if x.recvd >= total {
-                    let ok = x.intact;
-                    let secs = elapsed.total_micros().max(1) as f64 / 1e6;
-                    s.close();
-                    let line = format!(
-                        "tcp {ep}: {total} bytes echoed {} in {:.1} ms ({:.2} Gbit/s both ways)",
-                        if ok { "intact" } else { "CORRUPTED" },
-                        secs * 1e3,
-                        2.0 * total as f64 * 8.0 / secs / 1e9
-                    );
+                progress |= send_pattern(s, &mut x.sent, total);
+                let secs = elapsed.total_micros().max(1) as f64 / 1e6;
+                let outcome = if one_way {
+                    one_way_step(s, x, &mut progress, ep, total, secs)
+                } else {
+                    echo_step(s, x, &mut self.scratch, &mut progress, ep, total, secs)
+                };
+                if let Some((line, ok)) = outcome {
                     self.finish(cx, line, ok);
                     return true;
                 }
@@ -356,77 +431,23 @@ impl Function for Probe {
                 }
                 if elapsed > timeout {
                     let state = s.state();
-                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, x.recvd > 0, || {
-                        format!(
-                            "tcp {ep}: timed out after {} of {total} bytes ({state:?})",
-                            x.recvd
-                        )
-                    });
-                    self.finish(cx, line, ok);
-                    return true;
-                }
-            }
-            (Step::Tcp(x), &Job::Send(ep)) => {
-                let s = cx.sockets.get_mut::<tcp::Socket>(x.h);
-                while s.can_send() && x.sent < total {
-                    let n = s
-                        .send(|buf| {
-                            let n = buf.len().min((total - x.sent) as usize);
-                            for (i, b) in buf[..n].iter_mut().enumerate() {
-                                *b = pattern_byte(x.sent + i as u64);
-                            }
-                            (n, n)
-                        })
-                        .unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    x.sent += n as u64;
-                    progress = true;
-                }
-                if x.sent == total && s.may_send() {
-                    // Half-close: the sink answers the FIN.
-                    s.close();
-                }
-                while x.receipt.len() < RECEIPT_LEN {
-                    let mut part = [0u8; RECEIPT_LEN];
-                    let want = RECEIPT_LEN - x.receipt.len();
-                    match s.recv_slice(&mut part[..want]) {
-                        Ok(n) if n > 0 => x.receipt.extend_from_slice(&part[..n]),
-                        _ => break,
-                    }
-                    progress = true;
-                }
-                if x.receipt.len() == RECEIPT_LEN {
-                    let count = u64::from_be_bytes(x.receipt[..8].try_into().unwrap_or_default());
-                    let ok = count == total && x.receipt[8] == 1;
-                    let secs = elapsed.total_micros().max(1) as f64 / 1e6;
-                    let line = if ok {
-                        format!(
-                            "tcp {ep}: {total} bytes delivered intact in {:.1} ms ({:.1} Mbit/s one way)",
-                            secs * 1e3,
-                            total as f64 * 8.0 / secs / 1e6
-                        )
+                    let answered = if one_way {
+                        !x.receipt.is_empty()
                     } else {
-                        format!(
-                            "tcp {ep}: the sink received {count} of {total} bytes{}",
-                            if x.receipt[8] == 1 { "" } else { ", CORRUPTED" }
-                        )
+                        x.recvd > 0
                     };
-                    self.finish(cx, line, ok);
-                    return true;
-                }
-                if s.state() == tcp::State::Closed && x.sent == 0 && elapsed <= timeout {
-                    let _ = s.connect(cx.iface.context(), ep, self.port);
-                    progress = true;
-                }
-                if elapsed > timeout {
-                    let state = s.state();
-                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, !x.receipt.is_empty(), || {
-                        format!(
-                            "tcp {ep}: timed out after sending {} of {total} bytes, no receipt ({state:?})",
-                            x.sent
-                        )
+                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, answered, || {
+                        if one_way {
+                            format!(
+                                "tcp {ep}: timed out after sending {} of {total} bytes, no receipt ({state:?})",
+                                x.sent
+                            )
+                        } else {
+                            format!(
+                                "tcp {ep}: timed out after {} of {total} bytes ({state:?})",
+                                x.recvd
+                            )
+                        }
                     });
                     self.finish(cx, line, ok);
                     return true;

@@ -12,12 +12,10 @@
 //! assert_eq!(build(&cfg).unwrap().name(), "sink");
 //! ```
 
+use super::probe::pattern_byte;
+use super::{Function, FunctionError, SocketContext, check_server, listen_on};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
-use smoltcp::time::Duration;
-
-use super::probe::pattern_byte;
-use super::{Function, FunctionError, SocketContext};
 
 /// Bytes of a receipt: the count, then the intact flag.
 pub const RECEIPT_LEN: usize = 9;
@@ -75,19 +73,7 @@ impl Sink {
     /// The server for `cfg`; errors if `port`, `connections` or
     /// `tcp_buffer` is out of range.
     pub fn new(cfg: SinkConfig) -> Result<Sink, FunctionError> {
-        let bad = crate::functions::common::invalid("sink");
-        if cfg.port == 0 {
-            return Err(bad("port must be 1..=65535".into()));
-        }
-        if !(1..=64).contains(&cfg.connections) {
-            return Err(bad("connections must be 1..=64".into()));
-        }
-        if cfg
-            .tcp_buffer
-            .is_some_and(|n| !(1024..=(1 << 30)).contains(&n))
-        {
-            return Err(bad("tcp_buffer must be 1 KiB..=1 GiB".into()));
-        }
+        check_server("sink", cfg.port, (cfg.connections, 64), cfg.tcp_buffer)?;
         Ok(Sink {
             cfg,
             tcp: Vec::new(),
@@ -109,14 +95,8 @@ impl Function for Sink {
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
-        for _ in 0..self.cfg.connections {
-            let h = cx.add_tcp(self.cfg.tcp_buffer);
-            let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            s.set_keep_alive(Some(Duration::from_secs(5)));
-            s.set_timeout(Some(Duration::from_secs(15)));
-            let _ = s.listen(self.cfg.port);
-            self.tcp.push((h, FRESH));
-        }
+        let listening = listen_on(cx, self.cfg.port, self.cfg.connections, self.cfg.tcp_buffer);
+        self.tcp = listening.into_iter().map(|h| (h, FRESH)).collect();
     }
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {

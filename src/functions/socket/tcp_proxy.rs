@@ -39,7 +39,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{Function, FunctionError, SocketContext};
+use super::{Function, FunctionError, SocketContext, check_tcp_buffer};
 use crate::functions::common::{counter_names, counters, defaults, invalid, reconfigure_in_place};
 use crate::functions::matching::{ConfigDuration, quoted};
 use crate::stack::FunctionSpec;
@@ -242,12 +242,7 @@ fn listeners_of(cfg: &TcpProxyConfig) -> Result<Vec<Listener>, FunctionError> {
     if !(1..=64).contains(&cfg.backlog) {
         return Err(bad("backlog must be 1..=64".into()));
     }
-    if cfg
-        .tcp_buffer
-        .is_some_and(|n| !(1024..=(1 << 30)).contains(&n))
-    {
-        return Err(bad("tcp_buffer must be 1 KiB..=1 GiB".into()));
-    }
+    check_tcp_buffer("tcp-proxy", cfg.tcp_buffer)?;
     Ok(out)
 }
 
