@@ -1,8 +1,9 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
 //! on forwarded frames: the diagnostic echo server ([`echo`]) and probe
-//! client ([`probe`]), and the protocol functions to come (proxy, cache,
-//! management). The socket constructors they share are here.
+//! client ([`probe`]), HTTP (`http`: the codec and a static server), and
+//! the protocol functions to come (proxy, cache, management). The socket
+//! constructors they share are here.
 
 use smoltcp::socket::{tcp, udp};
 
@@ -10,6 +11,8 @@ use smoltcp::socket::{tcp, udp};
 use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
 pub mod echo;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod probe;
 
 /// The diagnostic pair under its former name (`functions::diag`).
