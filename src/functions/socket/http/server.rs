@@ -730,3 +730,6 @@ fn respond(req: &RequestHead, site: &Site, n: &mut Counters) -> Pending {
         close: !keep,
     }
 }
+
+#[cfg(test)]
+mod tests;
