@@ -25,6 +25,8 @@ pub mod socket;
 pub use packet::passthrough::Passthrough;
 pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
+#[cfg(feature = "http")]
+pub use socket::http;
 pub use socket::{diag, echo, probe, sink, tcp_proxy};
 
 pub use crate::stack::hook::{
@@ -160,6 +162,9 @@ function_kinds! {
     /// L4 load balancer: VIPs in front of backends, Maglev hashing, NAT,
     /// health checks.
     ["balancer"] Balancer(balancer::BalancerConfig) = "balancer", balancer::Balancer::new;
+    /// A static HTTP/1.1 server: routes by path prefix, keep-alive,
+    /// pipelining (a backend for examples, tests and benchmarks).
+    ["http"] HttpServer(http::HttpServerConfig) = "http-server", http::HttpServer::new;
 }
 
 impl<'de> serde::Deserialize<'de> for FunctionConfig {

@@ -1,8 +1,10 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
-//! on forwarded frames: the diagnostic echo server ([`echo`]), discard
-//! server ([`sink`]) and probe client ([`probe`]), and the protocol functions to come (proxy, cache,
-//! management). The socket constructors they share are here.
+//! on forwarded frames: the TCP proxy ([`tcp_proxy`]), HTTP (`http`: the
+//! codec and a static server), the diagnostic echo server ([`echo`]),
+//! discard server ([`sink`]) and probe client ([`probe`]), and the
+//! protocol functions to come (cache, management). The socket
+//! constructors they share are here.
 
 use smoltcp::socket::{tcp, udp};
 
@@ -10,6 +12,8 @@ use smoltcp::socket::{tcp, udp};
 use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
 pub mod echo;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod probe;
 pub mod sink;
 pub mod tcp_proxy;
