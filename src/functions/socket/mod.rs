@@ -95,3 +95,131 @@ pub fn udp_socket(datagrams: usize, bytes: usize) -> udp::Socket<'static> {
         udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; datagrams], vec![0; bytes]),
     )
 }
+
+/// The listening side of a TCP server function. smoltcp has no listen
+/// backlog: a SYN that finds no socket listening is refused. So an
+/// acceptor keeps `backlog` sockets listening on its port while there is
+/// room for more connections, and none when there is not (a client beyond
+/// the limit is refused by a reset, the others go on).
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    port: u16,
+    backlog: usize,
+    tcp_buffer: Option<usize>,
+    listening: Vec<smoltcp::iface::SocketHandle>,
+}
+
+impl Acceptor {
+    /// An acceptor for `port` keeping `backlog` sockets listening (with
+    /// `tcp_buffer`-byte buffers, or the device's).
+    pub(crate) fn new(port: u16, backlog: usize, tcp_buffer: Option<usize>) -> Acceptor {
+        Acceptor {
+            port,
+            backlog,
+            tcp_buffer,
+            listening: Vec::new(),
+        }
+    }
+
+    /// Hands the sockets a client connected to (in SYN-RECEIVED or later)
+    /// to `accepted`, then keeps `min(backlog, room)` sockets listening.
+    pub(crate) fn accept(
+        &mut self,
+        cx: &mut SocketContext<'_>,
+        room: usize,
+        mut accepted: impl FnMut(&mut SocketContext<'_>, smoltcp::iface::SocketHandle),
+    ) -> bool {
+        let mut n = 0;
+        let mut i = 0;
+        while i < self.listening.len() {
+            let h = self.listening[i];
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            match s.state() {
+                tcp::State::Listen => i += 1,
+                tcp::State::Closed => {
+                    let _ = s.listen(self.port);
+                    i += 1;
+                }
+                _ => {
+                    self.listening.swap_remove(i);
+                    accepted(cx, h);
+                    n += 1;
+                }
+            }
+        }
+        let want = self.backlog.min(room.saturating_sub(n));
+        while self.listening.len() > want {
+            if let Some(h) = self.listening.pop() {
+                cx.remove_socket(h);
+            }
+        }
+        while self.listening.len() < want {
+            let h = cx.add_tcp(self.tcp_buffer);
+            let _ = cx.sockets.get_mut::<tcp::Socket>(h).listen(self.port);
+            self.listening.push(h);
+        }
+        n > 0
+    }
+
+    /// Closes every listening socket (the function is detached, or the
+    /// port is no longer configured).
+    pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>) {
+        for h in self.listening.drain(..) {
+            cx.remove_socket(h);
+        }
+    }
+
+    /// The listening sockets, taken out (to close later, when there is no
+    /// context at hand).
+    pub(crate) fn take(&mut self) -> Vec<smoltcp::iface::SocketHandle> {
+        std::mem::take(&mut self.listening)
+    }
+
+    /// Takes over `old`'s listening sockets (a reconfiguration that keeps
+    /// the port).
+    pub(crate) fn adopt(&mut self, old: &mut Acceptor) {
+        self.listening = old.take();
+    }
+}
+
+/// Local ports a function connects from, each in use once.
+#[derive(Debug)]
+pub(crate) struct LocalPorts {
+    next: u16,
+    used: std::collections::HashSet<u16>,
+}
+
+/// The ephemeral range (RFC 6335).
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl Default for LocalPorts {
+    fn default() -> Self {
+        LocalPorts {
+            next: *EPHEMERAL.start(),
+            used: Default::default(),
+        }
+    }
+}
+
+impl LocalPorts {
+    /// A port not in use, now in use; `None` when all are.
+    pub(crate) fn take(&mut self) -> Option<u16> {
+        for _ in 0..EPHEMERAL.len() {
+            let p = self.next;
+            self.next = if p == *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                p + 1
+            };
+            if self.used.insert(p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// `port` is free again.
+    pub(crate) fn give_back(&mut self, port: u16) {
+        self.used.remove(&port);
+    }
+}

@@ -39,13 +39,10 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
-use super::{Function, FunctionError, SocketContext, check_tcp_buffer};
+use super::{Acceptor, Function, FunctionError, LocalPorts, SocketContext, check_tcp_buffer};
 use crate::functions::common::{counter_names, counters, defaults, invalid, reconfigure_in_place};
 use crate::functions::matching::{ConfigDuration, quoted};
 use crate::stack::FunctionSpec;
-
-/// Local ports the proxy connects upstream from.
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 /// How a listener picks an upstream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -127,7 +124,7 @@ struct Listener {
     balance: Balance,
     upstreams: Vec<Upstream>,
     next: usize,
-    listening: Vec<SocketHandle>,
+    acceptor: Acceptor,
     stats: ListenerStats,
     names: [String; 7],
 }
@@ -153,8 +150,7 @@ pub struct TcpProxy {
     cfg: TcpProxyConfig,
     listeners: Vec<Listener>,
     conns: Vec<Conn>,
-    ports: HashSet<u16>,
-    next_port: u16,
+    ports: LocalPorts,
     scratch: Vec<u8>,
     /// Sockets of ended connections, and their local port, to return to
     /// the pool next round.
@@ -211,7 +207,7 @@ fn listeners_of(cfg: &TcpProxyConfig) -> Result<Vec<Listener>, FunctionError> {
             balance: l.balance,
             upstreams,
             next: 0,
-            listening: Vec::new(),
+            acceptor: Acceptor::new(l.port, cfg.backlog as usize, cfg.tcp_buffer),
             stats: ListenerStats::default(),
             names: counter_names(
                 "listener",
@@ -254,29 +250,11 @@ impl TcpProxy {
             cfg,
             listeners,
             conns: Vec::new(),
-            ports: HashSet::new(),
-            next_port: *EPHEMERAL.start(),
+            ports: LocalPorts::default(),
             scratch: vec![0; 64 * 1024],
             dying: Vec::new(),
             orphans: Vec::new(),
         })
-    }
-
-    /// A free local port to connect from.
-    fn local_port(&mut self) -> Option<u16> {
-        let span = EPHEMERAL.len();
-        for _ in 0..span {
-            let p = self.next_port;
-            self.next_port = if p == *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                p + 1
-            };
-            if self.ports.insert(p) {
-                return Some(p);
-            }
-        }
-        None
     }
 
     /// Keeps `backlog` sockets listening on every port while there is room
@@ -285,35 +263,13 @@ impl TcpProxy {
     fn accept(&mut self, cx: &mut SocketContext<'_>) -> bool {
         let mut progress = false;
         for li in 0..self.listeners.len() {
-            let mut i = 0;
-            while i < self.listeners[li].listening.len() {
-                let h = self.listeners[li].listening[i];
-                let s = cx.sockets.get_mut::<tcp::Socket>(h);
-                match s.state() {
-                    tcp::State::Listen => i += 1,
-                    tcp::State::Closed => {
-                        let _ = s.listen(self.listeners[li].port);
-                        i += 1;
-                    }
-                    _ => {
-                        self.listeners[li].listening.swap_remove(i);
-                        self.open(cx, li, h);
-                        progress = true;
-                    }
-                }
-            }
             let room = (self.cfg.max_connections as usize).saturating_sub(self.conns.len());
-            let want = (self.cfg.backlog as usize).min(room);
-            let l = &mut self.listeners[li];
-            while l.listening.len() > want {
-                if let Some(h) = l.listening.pop() {
-                    cx.remove_socket(h);
-                }
-            }
-            while l.listening.len() < want {
-                let h = cx.add_tcp(self.cfg.tcp_buffer);
-                let _ = cx.sockets.get_mut::<tcp::Socket>(h).listen(l.port);
-                l.listening.push(h);
+            let mut accepted = Vec::new();
+            progress |= self.listeners[li]
+                .acceptor
+                .accept(cx, room, |_, h| accepted.push(h));
+            for h in accepted {
+                self.open(cx, li, h);
             }
         }
         progress
@@ -332,7 +288,7 @@ impl TcpProxy {
         };
         let port = l.port;
         let to = l.upstreams[ui].ep;
-        let Some(local_port) = self.local_port() else {
+        let Some(local_port) = self.ports.take() else {
             let l = &mut self.listeners[li];
             l.stats.connect_failures += 1;
             cx.sockets.get_mut::<tcp::Socket>(client).abort();
@@ -350,7 +306,7 @@ impl TcpProxy {
             cx.sockets.get_mut::<tcp::Socket>(client).abort();
             cx.remove_socket(client);
             cx.remove_socket(upstream);
-            self.ports.remove(&local_port);
+            self.ports.give_back(local_port);
             return;
         }
         let l = &mut self.listeners[li];
@@ -470,7 +426,7 @@ impl TcpProxy {
         for (client, upstream, port) in self.dying.drain(..) {
             cx.remove_socket(client);
             cx.remove_socket(upstream);
-            self.ports.remove(&port);
+            self.ports.give_back(port);
         }
         for h in self.orphans.drain(..) {
             cx.remove_socket(h);
@@ -567,9 +523,7 @@ impl Function for TcpProxy {
         }
         self.bury(cx);
         for l in &mut self.listeners {
-            for h in l.listening.drain(..) {
-                cx.remove_socket(h);
-            }
+            l.acceptor.close(cx);
         }
     }
 
@@ -622,7 +576,7 @@ impl Function for TcpProxy {
             // the connection counts of upstreams that stay.
             for l in &mut fresh {
                 if let Some(old) = self.listeners.iter_mut().find(|o| o.port == l.port) {
-                    l.listening = std::mem::take(&mut old.listening);
+                    l.acceptor.adopt(&mut old.acceptor);
                     l.stats = old.stats.clone();
                     for u in &mut l.upstreams {
                         if let Some(o) = old.upstreams.iter().find(|o| o.ep == u.ep) {
@@ -634,7 +588,7 @@ impl Function for TcpProxy {
             }
             // Ports that go stop listening; their connections run on.
             for old in &mut self.listeners {
-                self.orphans.append(&mut old.listening);
+                self.orphans.append(&mut old.acceptor.take());
             }
             self.listeners = fresh;
             self.cfg = new.clone();
