@@ -232,6 +232,56 @@ fn the_tcp_proxy_example_relays_concurrent_linux_streams_to_both_echo_devices() 
     assert!(wait_gone("shmtap4"), "shmtap4 outlived its run");
 }
 
+/// `curl ARGS`: its standard output and error, and whether it succeeded.
+fn curl(args: &[&str]) -> (String, bool) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    (text, out.status.success())
+}
+
+#[test]
+fn curl_reaches_three_backends_through_the_http_proxy_example() {
+    skip_unless_tap!();
+    if !have("curl") {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/proxy/topology.toml");
+    let mut run = Run::start(&example, &["--duration", "120"]);
+    run.wait_ready("shmtap2");
+    connect("10.81.0.2:80".parse().unwrap());
+    // Successive requests, each on its own connection, go round robin.
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (out, ok) = curl(&["-i", "http://10.81.0.2/"]);
+        assert!(ok && out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("Via: 1.1 shmnet"), "{out}");
+        let by = out
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Served-By: "))
+            .unwrap_or_else(|| panic!("no X-Served-By: {out}"));
+        assert!(out.contains(&format!("hello from {}", by.trim())), "{out}");
+        served.insert(by.trim().to_string());
+    }
+    assert_eq!(served.len(), 3, "{served:?}");
+    // Two requests in one curl run share the client connection.
+    let (out, ok) = curl(&["-v", "http://10.81.0.2/static/a", "http://10.81.0.2/static/b"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Re-using existing connection"), "{out}");
+    assert_eq!(out.matches("a static file").count(), 2, "{out}");
+    let (out, ok) = curl(&["-i", "http://10.81.0.2/static/"]);
+    assert!(ok && out.contains("X-Served-By: web1"), "{out}");
+    let (code, out) = run.stop_with_output();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("responses_2xx=6"), "{out}");
+    assert!(wait_gone("shmtap2"), "shmtap2 outlived its run");
+}
+
 /// A topology with one TAP port and one echo device, in its own directory
 /// and subnet; `n` keeps the tests of this file apart.
 struct TapTopology {

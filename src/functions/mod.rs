@@ -165,6 +165,9 @@ function_kinds! {
     /// A static HTTP/1.1 server: routes by path prefix, keep-alive,
     /// pipelining (a backend for examples, tests and benchmarks).
     ["http"] HttpServer(http::HttpServerConfig) = "http-server", http::HttpServer::new;
+    /// HTTP/1.1 reverse proxy and L7 balancer: routes by Host and path to
+    /// pools of upstreams, keep-alive both sides, passive health.
+    ["http"] HttpProxy(http::HttpProxyConfig) = "http-proxy", http::HttpProxy::new;
 }
 
 impl<'de> serde::Deserialize<'de> for FunctionConfig {

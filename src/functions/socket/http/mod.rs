@@ -3,6 +3,8 @@
 //! "http-server"`), a backend for examples, tests and benchmarks.
 
 pub mod codec;
+pub mod proxy;
 pub mod server;
 
+pub use proxy::{HttpProxy, HttpProxyConfig};
 pub use server::{HttpServer, HttpServerConfig, Route};

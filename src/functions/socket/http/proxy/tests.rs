@@ -1,0 +1,271 @@
+//! The proxy on the in-process harness, on virtual time: a client
+//! device's sockets driven from the test, the proxy, and `http-server`
+//! devices as upstreams; responses read back with the codec.
+
+use smoltcp::socket::tcp;
+use smoltcp::time::Duration;
+use smoltcp::wire::IpAddress;
+
+use super::super::codec::{BodyDecoder, Limits, Method, ResponseHead};
+use super::super::server::generated_byte;
+use crate::stack::NetDevice;
+use crate::testing::function::config_error;
+use crate::testing::{DeviceToml, VirtualClock, device, unique};
+
+/// Client 10.0.0.1, proxy 10.0.0.2, web servers 10.0.0.3 and .4.
+struct Site {
+    clock: VirtualClock,
+    devices: Vec<NetDevice>,
+    port: u16,
+}
+
+fn web(name: &str) -> String {
+    format!(
+        r#"kind = "http-server"
+name = "{name}"
+routes = [{{ path = "/", body = "hello from {name}\n" }}, {{ path = "/big", size = 1048576 }}]"#
+    )
+}
+
+impl Site {
+    fn new(proxy: &str) -> Site {
+        let (lan, wan) = (unique("lan"), unique("wan"));
+        let host = |name: &str, n: u8, table: &str| {
+            device(
+                &DeviceToml::host(name, &lan, &wan, n)
+                    .function_table(table)
+                    .settings(),
+            )
+        };
+        Site {
+            clock: VirtualClock::new(Duration::from_millis(1)),
+            devices: vec![
+                host("client", 1, "kind = \"passthrough\""),
+                host("proxy", 2, proxy),
+                host("web1", 3, &web("web1")),
+                host("web2", 4, &web("web2")),
+            ],
+            port: 40000,
+        }
+    }
+
+    /// Sends `request` bytes on a new connection and reads until the proxy
+    /// closes it; every response parsed: status, head, body.
+    fn exchange(&mut self, request: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
+        self.port += 1;
+        let client = &mut self.devices[0];
+        let h = client.add_tcp();
+        let (iface, sockets) = client.parts();
+        sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), self.port)
+            .expect("connect");
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        let done = self
+            .clock
+            .run_until(&mut refs, Duration::from_secs(120), |d| {
+                let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+                if s.may_send() && sent < request.len() {
+                    sent += s.send_slice(&request[sent..]).unwrap_or(0);
+                }
+                while let Ok(n) = s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), b.len())
+                }) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                // Done once the proxy closed and everything is read.
+                sent > 0 && !s.may_recv()
+            });
+        assert!(
+            done,
+            "the proxy did not close: {}",
+            String::from_utf8_lossy(&got)
+        );
+        self.devices[0].sockets().get_mut::<tcp::Socket>(h).abort();
+        responses(&got)
+    }
+
+    fn counter(&mut self, name: &str) -> u64 {
+        let stats = self.devices[1].stats();
+        stats
+            .function_counters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or_else(|| panic!("no counter {name}"), |c| c.1)
+    }
+}
+
+/// The responses in `bytes`, in order.
+fn responses(mut bytes: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (head, n) = ResponseHead::parse(bytes, Method::Get, &Limits::default())
+            .expect("a valid response")
+            .expect("a whole head");
+        bytes = &bytes[n..];
+        let mut body = BodyDecoder::new(head.body(), &Limits::default()).unwrap();
+        let mut data = Vec::new();
+        while !body.is_done() {
+            let d = body.decode(bytes).expect("a valid body");
+            data.extend_from_slice(&bytes[d.data.clone()]);
+            bytes = &bytes[d.consumed..];
+            if d.consumed == 0 {
+                body.finish().expect("a body that ends with the connection");
+                break;
+            }
+        }
+        out.push((head.status(), head, data));
+    }
+    out
+}
+
+fn served_by(head: &ResponseHead) -> String {
+    String::from_utf8_lossy(head.fields().get(b"x-served-by").unwrap_or(b"?")).into_owned()
+}
+
+const PROXY: &str = r#"kind = "http-proxy"
+connect_timeout = "2s"
+pools = [
+    { name = "web", upstreams = ["10.0.0.3:80", "10.0.0.4:80"] },
+    { name = "sticky", upstreams = ["10.0.0.3:80", "10.0.0.4:80"], balance = "hash", hash_cookie = "session" },
+    { name = "nowhere", upstreams = ["10.0.0.9:80"] },
+    { name = "refused", upstreams = ["10.0.0.3:81"] },
+]
+routes = [
+    { path = "/", pool = "web" },
+    { host = "sticky.example", path = "/", pool = "sticky" },
+    { path = "/nowhere", pool = "nowhere" },
+    { path = "/refused", pool = "refused" },
+    { host = "other.example", path = "/only", pool = "web" },
+]"#;
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\n{extra}\r\n")
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_over_kept_connections() {
+    let mut site = Site::new(PROXY);
+    let mut req = String::new();
+    for _ in 0..3 {
+        req += &get("/", "");
+    }
+    req += &get("/", "Connection: close\r\n");
+    let r = site.exchange(req.as_bytes());
+    assert_eq!(r.len(), 4);
+    let by: Vec<String> = r.iter().map(|(_, h, _)| served_by(h)).collect();
+    assert_eq!(by, ["web1", "web2", "web1", "web2"]);
+    for (status, head, body) in &r {
+        assert_eq!(*status, 200);
+        assert_eq!(body, format!("hello from {}\n", served_by(head)).as_bytes());
+        assert_eq!(head.fields().get(b"via"), Some(&b"1.1 shmnet"[..]));
+    }
+    assert_eq!(r[3].1.fields().get(b"connection"), Some(&b"close"[..]));
+    // One connection to each upstream, each used twice.
+    assert_eq!(site.counter("upstream_connects"), 2);
+    assert_eq!(site.counter("upstream_reuses"), 2);
+    assert_eq!(site.counter("responses_2xx"), 4);
+}
+
+#[test]
+fn a_large_body_streams_through_intact() {
+    let mut site = Site::new(PROXY);
+    let r = site.exchange(get("/big", "Connection: close\r\n").as_bytes());
+    assert_eq!(r[0].0, 200);
+    let body = &r[0].2;
+    assert_eq!(body.len(), 1 << 20);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, b)| *b == generated_byte(i as u64))
+    );
+}
+
+#[test]
+fn request_bodies_go_upstream_in_either_framing() {
+    let mut site = Site::new(PROXY);
+    let req = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+               POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+               GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let r = site.exchange(req.as_bytes());
+    let statuses: Vec<u16> = r.iter().map(|x| x.0).collect();
+    assert_eq!(statuses, [200, 200, 200]);
+}
+
+#[test]
+fn failures_get_short_answers() {
+    let mut site = Site::new(PROXY);
+    for (req, want) in [
+        (get("/nowhere", ""), 504),
+        (get("/refused", ""), 502),
+        (
+            "GET /only HTTP/1.1\r\nHost: elsewhere.example\r\n\r\n".to_string(),
+            200,
+        ),
+        ("BAD REQUEST LINE\r\n\r\n".to_string(), 400),
+        (format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000)), 414),
+    ] {
+        let r = site.exchange(req.as_bytes());
+        assert_eq!(r[0].0, want, "{}", &req[..req.len().min(60)]);
+    }
+    // A route for another host only: this host falls back to "/".
+    assert!(site.counter("upstream_timeouts") >= 1);
+    assert_eq!(site.counter("bad_requests"), 2);
+}
+
+#[test]
+fn a_session_cookie_sticks_to_one_upstream() {
+    let mut site = Site::new(PROXY);
+    let mut seen = std::collections::BTreeSet::new();
+    for session in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let mut req = String::new();
+        for i in 0..3 {
+            let close = if i == 2 { "Connection: close\r\n" } else { "" };
+            req += &format!(
+                "GET / HTTP/1.1\r\nHost: sticky.example\r\nCookie: a=1; session={session}\r\n{close}\r\n"
+            );
+        }
+        let r = site.exchange(req.as_bytes());
+        let by: Vec<String> = r.iter().map(|(_, h, _)| served_by(h)).collect();
+        assert!(by.iter().all(|b| *b == by[0]), "{session}: {by:?}");
+        seen.insert(by[0].clone());
+    }
+    assert_eq!(seen.len(), 2, "six sessions all on {seen:?}");
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let err = |text: &str| config_error(text, super::HttpProxy::new);
+    let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
+    for (text, want) in [
+        (
+            "routes = [{ pool = \"web\" }]".to_string(),
+            "at least one [[pools]]",
+        ),
+        (pool.to_string(), "at least one [[routes]]"),
+        (
+            format!("{pool}routes = [{{ pool = \"nope\" }}]"),
+            "routes[0].pool \"nope\" is not a pool",
+        ),
+        (
+            format!("{pool}routes = [{{ path = \"x\", pool = \"web\" }}]"),
+            "must start with /",
+        ),
+        (
+            "pools = [{ name = \"h\", upstreams = [\"10.0.0.3:80\"], balance = \"hash\" }]\nroutes = [{ pool = \"h\" }]".to_string(),
+            "needs one of hash_header and hash_cookie",
+        ),
+        (
+            format!("{pool}routes = [{{ pool = \"web\" }}]\nmax_headers = 0"),
+            "max_headers must be",
+        ),
+    ] {
+        let e = err(&text);
+        assert!(e.contains(want), "{text}: {e}");
+    }
+}
