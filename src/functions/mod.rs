@@ -25,7 +25,7 @@ pub mod socket;
 pub use packet::passthrough::Passthrough;
 pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
-pub use socket::{diag, echo, probe};
+pub use socket::{cache, diag, echo, probe};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -138,6 +138,8 @@ function_kinds! {
     [] Echo(echo::EchoConfig) = "echo", echo::Echo::new;
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     [] Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
+    /// A memcached-compatible memory cache (text and meta protocol).
+    [] Cache(cache::CacheConfig) = "cache", cache::Cache::new;
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
     ["compress"] Compress(compress::CompressConfig) = "compress", compress::Compress::new;

@@ -1,14 +1,15 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
 //! on forwarded frames: the diagnostic echo server ([`echo`]) and probe
-//! client ([`probe`]), and the protocol functions to come (proxy, cache,
-//! management). The socket constructors they share are here.
+//! client ([`probe`]), the memcached-compatible memory cache ([`cache`]),
+//! and the protocol functions to come (proxy, management). The socket constructors they share are here.
 
 use smoltcp::socket::{tcp, udp};
 
 #[allow(unused_imports)]
 use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
+pub mod cache;
 pub mod echo;
 pub mod probe;
 
