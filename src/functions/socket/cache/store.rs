@@ -691,6 +691,8 @@ impl Store {
         match at {
             Some(t) if t > now.total_millis() => self.flush_at = Some(t),
             _ => {
+                // memcached spends a CAS unique on an immediate flush.
+                self.new_cas();
                 self.index.clear();
                 self.slots.clear();
                 self.free.clear();
