@@ -708,7 +708,7 @@ impl Store {
 
     /// Background work, cheap enough for every poll: applies a delayed
     /// flush that fell due, and removes expired items from a bounded
-    /// window of slots every [`SWEEP_EVERY_MS`].
+    /// window of slots every 100 ms of device time.
     pub fn maintain(&mut self, now: Instant) {
         let now_ms = now.total_millis();
         if let Some(t) = self.flush_at
