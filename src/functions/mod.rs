@@ -27,7 +27,7 @@ pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
 #[cfg(feature = "http")]
 pub use socket::http;
-pub use socket::{diag, echo, probe, sink, tcp_proxy};
+pub use socket::{cache, diag, echo, probe, sink, tcp_proxy};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -145,6 +145,8 @@ function_kinds! {
     [] TcpProxy(tcp_proxy::TcpProxyConfig) = "tcp-proxy", tcp_proxy::TcpProxy::new;
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     [] Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
+    /// A memcached-compatible memory cache (text and meta protocol).
+    [] Cache(cache::CacheConfig) = "cache", cache::Cache::new;
     /// LZ4-compresses IP payloads towards the global network and restores
     /// them from it (IPComp, RFC 3173); used in pairs.
     ["compress"] Compress(compress::CompressConfig) = "compress", compress::Compress::new;

@@ -1,16 +1,18 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
 //! on forwarded frames: the TCP proxy ([`tcp_proxy`]), HTTP (`http`: the
-//! codec and a static server), the diagnostic echo server ([`echo`]),
+//! codec, the reverse proxy and a static server), the memcached-compatible
+//! memory cache ([`cache`]), the diagnostic echo server ([`echo`]),
 //! discard server ([`sink`]) and probe client ([`probe`]), and the
-//! protocol functions to come (cache, management). The socket
-//! constructors they share are here.
+//! protocol functions to come (management). The socket constructors they
+//! share are here.
 
 use smoltcp::socket::{tcp, udp};
 
 #[allow(unused_imports)]
 use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
 
+pub mod cache;
 pub mod echo;
 #[cfg(feature = "http")]
 pub mod http;
