@@ -28,6 +28,7 @@
 //! assert_eq!(build(&cfg).unwrap().name(), "http-proxy");
 //! ```
 
+mod cache;
 mod config;
 mod exchange;
 #[cfg(test)]
@@ -70,6 +71,11 @@ counters! {
         upstream_failures: u64,
         upstream_timeouts: u64,
         upstreams_ejected: u64,
+        cache_hits: u64,
+        cache_misses: u64,
+        cache_stores: u64,
+        cache_evictions: u64,
+        cache_bytes: u64,
     }
 }
 
@@ -126,6 +132,8 @@ struct Client {
     keep: bool,
     /// Deadline of the current phase (connect, response head, idle).
     deadline: Instant,
+    /// The response being captured for the cache.
+    capture: Option<cache::Capture>,
 }
 
 /// The HTTP reverse proxy.
@@ -148,12 +156,14 @@ pub struct HttpProxy {
     now: Instant,
     /// Upstream connections being closed.
     closing_up: Vec<UpConn>,
+    cache: cache::HttpCache,
 }
 
 impl HttpProxy {
     /// The proxy for `cfg`; errors name the field that is wrong.
     pub fn new(cfg: HttpProxyConfig) -> Result<HttpProxy, FunctionError> {
         let (pools, routes) = compile(&cfg)?;
+        let cache = cache::HttpCache::new(cfg.cache_bytes, cfg.cache_max_object);
         Ok(HttpProxy {
             limits: limits(&cfg),
             acceptor: Acceptor::new(cfg.port, cfg.backlog, cfg.tcp_buffer),
@@ -168,6 +178,7 @@ impl HttpProxy {
             dying: Vec::new(),
             now: Instant::ZERO,
             closing_up: Vec::new(),
+            cache,
         })
     }
 
@@ -192,6 +203,7 @@ impl HttpProxy {
                 target: None,
                 keep: true,
                 deadline: cx.now + self.cfg.idle_timeout.0,
+                capture: None,
             });
         }
         any
@@ -354,7 +366,10 @@ impl Function for HttpProxy {
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
-        self.stats.visit(visit);
+        let mut stats = self.stats.clone();
+        stats.cache_evictions = self.cache.evictions;
+        stats.cache_bytes = self.cache.bytes() as u64;
+        stats.visit(visit);
     }
 
     fn reconfigure(&mut self, cfg: &dyn FunctionSpec) -> Result<bool, FunctionError> {
@@ -393,6 +408,7 @@ impl Function for HttpProxy {
             self.pools = pools;
             self.routes = routes;
             self.limits = limits(new);
+            self.cache.resize(new.cache_bytes, new.cache_max_object);
             self.cfg = new.clone();
             Ok(())
         })

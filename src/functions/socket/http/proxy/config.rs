@@ -58,6 +58,11 @@ pub struct HttpProxyConfig {
     pub max_head: usize,
     /// Most header fields in a head: 431 beyond (100).
     pub max_headers: usize,
+    /// Bytes of the HTTP cache (responses with explicit freshness kept and
+    /// served while fresh); 0, the default, turns it off.
+    pub cache_bytes: usize,
+    /// The largest response body the cache keeps (1 MiB).
+    pub cache_max_object: usize,
 }
 
 impl Default for HttpProxyConfig {
@@ -80,6 +85,8 @@ impl Default for HttpProxyConfig {
             max_request_line: limits.max_request_line,
             max_head: limits.max_head,
             max_headers: limits.max_headers,
+            cache_bytes: 0,
+            cache_max_object: 1 << 20,
         }
     }
 }
@@ -279,6 +286,8 @@ pub(super) fn compile(cfg: &HttpProxyConfig) -> Result<(Vec<Pool>, Vec<Route>), 
         ("max_request_line", cfg.max_request_line, 64..=(1 << 20)),
         ("max_head", cfg.max_head, 256..=(1 << 20)),
         ("max_headers", cfg.max_headers, 1..=MAX_HEADERS),
+        ("cache_bytes", cfg.cache_bytes, 0..=(16 << 30)),
+        ("cache_max_object", cfg.cache_max_object, 1..=(1 << 30)),
     ] {
         if !range.contains(&v) {
             return Err(bad(format!(

@@ -7,6 +7,7 @@ use smoltcp::socket::tcp;
 use super::super::codec::{
     BodyDecoder, BodyKind, Rewrite, Version, forwarded, via, x_forwarded_for,
 };
+use super::cache::Capture;
 use super::config::{pick, route};
 use super::{Client, HttpProxy, Phase, READ_AHEAD, Stats, UpConn};
 use crate::functions::SocketContext;
@@ -81,6 +82,48 @@ impl HttpProxy {
         };
         c.req_body = Some(body);
         c.keep = c.req.keep_alive();
+        c.capture = None;
+        if let Some(key) = self.cache.key(&c.req) {
+            if let Some(e) = self.cache.lookup(&key, &c.req, now) {
+                // A fresh copy: answered here, nothing goes upstream.
+                let age = e.age(now).to_string();
+                let len = e.body.len().to_string();
+                let via = via(e.head.fields(), e.head.version(), &self.cfg.name);
+                let mut add: Vec<(&[u8], &[u8])> = vec![
+                    (b"Via", &via),
+                    (b"Age", age.as_bytes()),
+                    (b"Content-Length", len.as_bytes()),
+                ];
+                if !c.keep {
+                    add.push((b"Connection", b"close"));
+                } else if c.req.version() == Version::Http10 {
+                    add.push((b"Connection", b"keep-alive"));
+                }
+                e.head.emit(
+                    &Rewrite {
+                        keep_hop_by_hop: false,
+                        remove: &[b"via", b"age", b"content-length"],
+                        add: &add,
+                    },
+                    &mut c.to_client,
+                );
+                c.to_client.extend_from_slice(&e.body);
+                let status = e.head.status();
+                c.req_body = None;
+                if !c.keep {
+                    c.phase = Phase::Closing;
+                }
+                self.stats.cache_hits += 1;
+                self.count_status(status);
+                return Step::Again;
+            }
+            self.stats.cache_misses += 1;
+            c.capture = Some(Capture {
+                key,
+                head: None,
+                body: Vec::new(),
+            });
+        }
         let Some(p) = route(&self.routes, &c.req) else {
             self.stats.no_route += 1;
             // The request's body would have to be read to go on: close.
@@ -308,6 +351,14 @@ impl HttpProxy {
         };
         c.resp_body = Some(body);
         c.keep &= c.resp.body() != BodyKind::UntilClose;
+        if let Some(cap) = c.capture.as_mut() {
+            match self.cache.storable(&c.resp) {
+                Some((lifetime, age)) if c.resp.body() != BodyKind::UntilClose => {
+                    cap.head = Some((c.resp.clone(), lifetime, age));
+                }
+                _ => c.capture = None,
+            }
+        }
         let via = via(c.resp.fields(), c.resp.version(), &self.cfg.name);
         let mut add: Vec<(&[u8], &[u8])> = vec![(b"Via", &via)];
         if c.resp.body() == BodyKind::Chunked {
@@ -375,6 +426,13 @@ impl HttpProxy {
             let take = room.min(up.buf.len());
             match body.decode(&up.buf[..take]) {
                 Ok(d) => {
+                    if let Some(cap) = c.capture.as_mut() {
+                        if cap.body.len() + d.data.len() > self.cache.max_object() {
+                            c.capture = None;
+                        } else {
+                            cap.body.extend_from_slice(&up.buf[d.data.clone()]);
+                        }
+                    }
                     let cs = cx.sockets.get_mut::<tcp::Socket>(c.sock);
                     let n = cs.send_slice(&up.buf[..d.consumed]).unwrap_or(0);
                     debug_assert_eq!(n, d.consumed, "room was checked");
@@ -392,6 +450,11 @@ impl HttpProxy {
             return if moved > 0 { Step::Again } else { Step::Wait };
         }
         // The exchange is through.
+        if let Some(cap) = c.capture.take()
+            && self.cache.store(cap, cx.now)
+        {
+            self.stats.cache_stores += 1;
+        }
         let keep_up = c.resp.keep_alive() && up.buf.is_empty();
         let up = c.up.take().expect("checked above");
         self.end_target(ci, true);

@@ -23,7 +23,11 @@ fn web(name: &str) -> String {
     format!(
         r#"kind = "http-server"
 name = "{name}"
-routes = [{{ path = "/", body = "hello from {name}\n" }}, {{ path = "/big", size = 1048576 }}]"#
+routes = [
+    {{ path = "/", body = "hello from {name}\n" }},
+    {{ path = "/big", size = 1048576 }},
+    {{ path = "/static/", body = "static from {name}\n", headers = {{ "Cache-Control" = "max-age=60" }} }},
+]"#
     )
 }
 
@@ -130,6 +134,7 @@ fn served_by(head: &ResponseHead) -> String {
 
 const PROXY: &str = r#"kind = "http-proxy"
 connect_timeout = "2s"
+cache_bytes = 1048576
 pools = [
     { name = "web", upstreams = ["10.0.0.3:80", "10.0.0.4:80"] },
     { name = "sticky", upstreams = ["10.0.0.3:80", "10.0.0.4:80"], balance = "hash", hash_cookie = "session" },
@@ -236,6 +241,44 @@ fn a_session_cookie_sticks_to_one_upstream() {
         seen.insert(by[0].clone());
     }
     assert_eq!(seen.len(), 2, "six sessions all on {seen:?}");
+}
+
+#[test]
+fn fresh_responses_are_served_from_the_cache_with_their_age() {
+    let mut site = Site::new(PROXY);
+    let r = site.exchange(get("/static/a", "Connection: close\r\n").as_bytes());
+    assert_eq!(r[0].0, 200);
+    assert!(r[0].1.fields().get(b"age").is_none());
+    let first = served_by(&r[0].1);
+    let connects = site.counter("upstream_connects");
+    // Again, and again after 5 s: from the cache, the same server's copy.
+    site.clock.run_for(&mut [], Duration::from_secs(5));
+    let r = site
+        .exchange((get("/static/a", "") + &get("/static/a", "Connection: close\r\n")).as_bytes());
+    for (status, head, body) in &r {
+        assert_eq!(*status, 200);
+        assert_eq!(served_by(head), first);
+        assert_eq!(body, format!("static from {first}\n").as_bytes());
+        let age: u64 = std::str::from_utf8(head.fields().get(b"age").expect("an Age field"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((5..=6).contains(&age), "age {age}");
+    }
+    assert_eq!(site.counter("upstream_connects"), connects);
+    assert_eq!(site.counter("cache_hits"), 2);
+    assert_eq!(site.counter("cache_stores"), 1);
+    // Not cacheable (no freshness) or asked to revalidate: upstream.
+    site.exchange(get("/", "Connection: close\r\n").as_bytes());
+    site.exchange(
+        get(
+            "/static/a",
+            "Cache-Control: no-cache\r\nConnection: close\r\n",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(site.counter("cache_hits"), 2);
+    assert_eq!(site.counter("cache_misses"), 3);
 }
 
 #[test]
