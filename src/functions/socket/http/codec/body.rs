@@ -158,10 +158,13 @@ impl BodyDecoder {
                     return Ok(self.data(at, take));
                 }
                 State::UntilClose => {
-                    if self.handed + (input.len() - at) as u64 > self.max_body {
+                    // Up to the limit, then an error: the same however
+                    // the input is cut.
+                    let room = self.max_body - self.handed;
+                    if room == 0 {
                         return Err(HttpError::BodyTooLarge);
                     }
-                    return Ok(self.data(at, input.len() - at));
+                    return Ok(self.data(at, take(room, input.len() - at)));
                 }
                 State::Data(n) => {
                     let take = take(n, input.len() - at);

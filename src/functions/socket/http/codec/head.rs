@@ -420,7 +420,8 @@ impl HeadParser {
         let from = self.scanned.min(buf.len()).max(start);
         let first_lf = memchr(b'\n', &buf[start..]);
         let line = first_lf.unwrap_or(buf.len() - start);
-        let line = if first_lf.is_some() && line > 0 && buf[start + line - 1] == b'\r' {
+        // Without its CR, whether or not its LF is there yet.
+        let line = if line > 0 && buf[start + line - 1] == b'\r' {
             line - 1
         } else {
             line
