@@ -105,12 +105,16 @@ impl Default for HttpServerConfig {
 }
 
 /// One route: `{ path = "/", status = 200, body = "text" }` or `{ path =
-/// "/big", size = 1048576 }`, with optional `headers = { NAME = "value" }`.
+/// "/big", size = 1048576 }`, with optional `headers = { NAME = "value" }`
+/// and `exact = true` (this path only, not those under it).
 #[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Path prefix the route answers (starts with `/`).
     pub path: String,
+    /// Answer only this path, not the paths under it (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
     /// Status code (default 200).
     #[serde(default = "ok")]
     pub status: u16,
@@ -136,6 +140,7 @@ fn ok() -> u16 {
 #[derive(Debug)]
 struct Answer {
     path: Vec<u8>,
+    exact: bool,
     status: u16,
     head: Vec<u8>,
     body: Body,
@@ -229,7 +234,13 @@ impl Site {
     fn route(&self, path: &[u8]) -> &Answer {
         self.answers
             .iter()
-            .find(|a| path.starts_with(&a.path))
+            .find(|a| {
+                if a.exact {
+                    path == a.path
+                } else {
+                    path.starts_with(&a.path)
+                }
+            })
             .unwrap_or(&self.not_found)
     }
 }
@@ -291,6 +302,7 @@ fn answer(cfg: &HttpServerConfig, r: &Route) -> Result<Answer, String> {
     // Left open: framing and connection fields are added per response.
     Ok(Answer {
         path: r.path.as_bytes().to_vec(),
+        exact: r.exact,
         status: r.status,
         head,
         body,

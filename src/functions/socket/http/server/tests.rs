@@ -24,6 +24,7 @@ routes = [
     { path = "/a/b", status = 201, body = "deeper\n" },
     { path = "/big", size = 200000 },
     { path = "/gone", status = 410 },
+    { path = "/only", exact = true, body = "only\n" },
 ]"#;
 
 /// A server device running `function` (a `[function]` table) and a
@@ -217,6 +218,22 @@ fn routes_answer_by_longest_prefix_with_their_fields() {
     assert_eq!(p.counter("bytes_out"), got.len() as u64);
     assert_eq!(p.counter("bytes_in"), req.len() as u64);
     assert_eq!(p.counter("connections"), 1);
+}
+
+#[test]
+fn an_exact_route_answers_its_path_only() {
+    let mut p = Pair::new(SITE);
+    let h = p.connect();
+    let req = b"GET /only HTTP/1.1\r\nHost: s\r\n\r\nGET /only/x HTTP/1.1\r\nHost: s\r\n\r\n\
+                GET /only?q HTTP/1.1\r\nHost: s\r\n\r\n";
+    let got = p.exchange(h, req, Duration::from_secs(5), |b, _| {
+        has_responses(b, 3, &[])
+    });
+    let bodies: Vec<String> = responses(&got, &[])
+        .into_iter()
+        .map(|(_, b)| text(&b).to_string())
+        .collect();
+    assert_eq!(bodies, ["only\n", "root\n", "only\n"]);
 }
 
 #[test]
