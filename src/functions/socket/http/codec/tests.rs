@@ -523,6 +523,23 @@ fn chunk_encoding_round_trips() {
 }
 
 #[test]
+fn chunks_written_into_a_fixed_buffer_fit_it() {
+    let data = [7u8; 300];
+    let mut out = [0u8; 262];
+    // 0x100 bytes: a 5-byte header, the data, CRLF = 263; 0xff fits.
+    assert_eq!(encode_chunk_into(&data, &mut out), (255, 261));
+    assert_eq!(&out[..4], b"ff\r\n");
+    assert_eq!(&out[259..261], b"\r\n");
+    assert_eq!(encode_chunk_into(&data, &mut out[..6]), (1, 6));
+    assert_eq!(encode_chunk_into(&data, &mut out[..5]), (0, 0));
+    assert_eq!(encode_chunk_into(b"", &mut out), (0, 0));
+    let mut d = BodyDecoder::new(BodyKind::Chunked, &Limits::default()).unwrap();
+    let (n, w) = encode_chunk_into(&data[..10], &mut out);
+    let got = d.decode(&out[..w]).unwrap();
+    assert_eq!((n, got.consumed, got.data.len()), (10, w - 2, 10));
+}
+
+#[test]
 fn connection_semantics() {
     let parse = |s: &str| {
         RequestHead::parse(s.as_bytes(), &Limits::default())

@@ -411,3 +411,31 @@ fn configs_are_checked() {
     );
     assert!(err("idle_timeout = \"1ms\"").contains("idle_timeout"));
 }
+
+#[test]
+fn new_routes_apply_in_place_and_keep_connections() {
+    use crate::functions::FunctionConfig;
+    use crate::stack::Applied;
+    let mut p = Pair::new(SITE);
+    let h = p.connect();
+    let get = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n";
+    let got = p.exchange(h, get, Duration::from_secs(5), |b, _| {
+        has_responses(b, 1, &[])
+    });
+    assert_eq!(responses(&got, &[])[0].1, b"root\n");
+    let changed = SITE.replace("body = \"root\\n\"", "body = \"new root\\n\"");
+    let cfg: FunctionConfig = toml::from_str(&changed).unwrap();
+    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::InPlace);
+    // The same connection, the new answer.
+    let got = p.exchange(h, get, Duration::from_secs(5), |b, _| {
+        has_responses(b, 1, &[])
+    });
+    assert_eq!(responses(&got, &[])[0].1, b"new root\n");
+    assert_eq!(p.counter("connections"), 1);
+    // Other sockets: a new server.
+    let cfg: FunctionConfig =
+        toml::from_str(&changed.replace("backlog = 2", "backlog = 3")).unwrap();
+    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::Replaced);
+    let bad: FunctionConfig = toml::from_str(&changed.replace("/gone", "gone")).unwrap();
+    assert!(p.server.reconfigure(&bad).is_err());
+}
