@@ -44,6 +44,12 @@ impl<'a> HeadWriter<'a> {
         HeadWriter { out }
     }
 
+    /// Goes on with the fields of a head whose start line (and perhaps
+    /// some fields) `out` ends with.
+    pub fn fields(out: &'a mut Vec<u8>) -> HeadWriter<'a> {
+        HeadWriter { out }
+    }
+
     /// Adds the field `name: value`.
     pub fn field(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
         debug_assert!(!value.iter().any(|&b| b == b'\r' || b == b'\n'));
