@@ -135,17 +135,25 @@ impl Version {
 /// standard ones, by name; anything else is `Other` (its name is in
 /// [`RequestHead::method_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)] // the variants are the methods of the same name
 pub enum Method {
+    /// GET.
     #[default]
     Get,
+    /// HEAD: its response has no body, whatever its fields say.
     Head,
+    /// POST.
     Post,
+    /// PUT.
     Put,
+    /// DELETE.
     Delete,
+    /// CONNECT: its 2xx response starts a tunnel, with no body.
     Connect,
+    /// OPTIONS (the only method with the `*` target).
     Options,
+    /// TRACE.
     Trace,
+    /// PATCH.
     Patch,
     /// An extension method (a valid token, case-sensitive).
     Other,
