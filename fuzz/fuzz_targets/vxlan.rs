@@ -27,6 +27,7 @@ static PAIR: LazyLock<Mutex<(UdpSocket, VxlanAdapter, std::net::SocketAddr)>> =
             vni: 4242,
             remotes: vec![peer.local_addr().unwrap()],
             mtu: MTU,
+            faults: Default::default(),
         };
         let gw = VxlanAdapter::open(settings, EthernetAddress([2, 0, 0, 0, 0, 1])).expect("open");
         let at = gw.local_addr().expect("bound");

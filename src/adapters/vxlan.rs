@@ -47,7 +47,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 const JUNK_PER_CALL: usize = 64;
 
 /// A VXLAN endpoint's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VxlanSettings {
     /// The local UDP address to bind (an address of this host and the
     /// port, 4789 by default).
@@ -58,6 +58,49 @@ pub struct VxlanSettings {
     pub remotes: Vec<SocketAddr>,
     /// The IP MTU of the inner network.
     pub mtu: u32,
+    /// Faults to inject on the way out, as a lossy link would (testing).
+    pub faults: Faults,
+}
+
+/// Faults a gateway injects into what it sends, to show that what crosses
+/// it survives a real link (this kernel has no netem). Each is a
+/// probability per datagram, 0.0..=1.0; `seed` makes a run repeatable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Drop the datagram.
+    pub loss: f64,
+    /// Hold it back and send it after the next one.
+    pub reorder: f64,
+    /// Send it twice.
+    pub duplicate: f64,
+    /// Seed of the dice.
+    pub seed: u64,
+}
+
+impl Faults {
+    /// Whether any fault is asked for.
+    pub fn any(&self) -> bool {
+        self.loss > 0.0 || self.reorder > 0.0 || self.duplicate > 0.0
+    }
+}
+
+/// The dice of [`Faults`]: splitmix64, enough for coin flips.
+struct Dice(u64);
+
+impl Dice {
+    /// True with probability `p`.
+    fn roll(&mut self, p: f64) -> bool {
+        if p <= 0.0 {
+            return false;
+        }
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
 }
 
 /// A VXLAN endpoint: a bound UDP socket, the remote VTEPs and the learned
@@ -80,6 +123,9 @@ pub struct VxlanAdapter {
     lease: SingleLease,
     mac: EthernetAddress,
     counters: Arc<AdapterCounters>,
+    dice: Dice,
+    /// A datagram held back by [`Faults::reorder`], and where it goes.
+    held: Option<(Vec<u8>, SocketAddr)>,
 }
 
 impl VxlanAdapter {
@@ -126,6 +172,8 @@ impl VxlanAdapter {
             lease: SingleLease::default(),
             mac,
             counters: Arc::default(),
+            dice: Dice(settings.faults.seed),
+            held: None,
             settings,
         })
     }
@@ -189,8 +237,27 @@ impl VxlanAdapter {
         true
     }
 
-    fn send_to(&self, len: usize, to: SocketAddr) -> bool {
-        self.sock.send_to(&self.tx[..HEADER_LEN + len], to).is_ok()
+    fn send_to(&mut self, len: usize, to: SocketAddr) -> bool {
+        let faults = self.settings.faults;
+        if !faults.any() {
+            return self.sock.send_to(&self.tx[..HEADER_LEN + len], to).is_ok();
+        }
+        let datagram = &self.tx[..HEADER_LEN + len];
+        if self.dice.roll(faults.loss) {
+            return true; // lost on the way, as far as anyone can tell
+        }
+        if self.held.is_none() && self.dice.roll(faults.reorder) {
+            self.held = Some((datagram.to_vec(), to));
+            return true;
+        }
+        let ok = self.sock.send_to(datagram, to).is_ok();
+        if self.dice.roll(faults.duplicate) {
+            let _ = self.sock.send_to(datagram, to);
+        }
+        if let Some((late, to)) = self.held.take() {
+            let _ = self.sock.send_to(&late, to);
+        }
+        ok
     }
 }
 
@@ -240,7 +307,10 @@ impl Adapter for VxlanAdapter {
         let sent = match self.learned(dst) {
             Some(vtep) => usize::from(self.send_to(len, vtep)),
             None => (0..self.settings.remotes.len())
-                .filter(|&i| self.send_to(len, self.settings.remotes[i]))
+                .filter(|&i| {
+                    let to = self.settings.remotes[i];
+                    self.send_to(len, to)
+                })
                 .count(),
         };
         if sent == 0 {
@@ -252,6 +322,13 @@ impl Adapter for VxlanAdapter {
     }
     fn release(&mut self, lease: TxLease) {
         self.lease.give_back(lease);
+    }
+    fn flush(&mut self) {
+        // A datagram held back for reordering goes out at the end of the
+        // burst at the latest: a real link delays, it does not park.
+        if let Some((late, to)) = self.held.take() {
+            let _ = self.sock.send_to(&late, to);
+        }
     }
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
         let cap = self.tx.len() - HEADER_LEN;

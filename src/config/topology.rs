@@ -66,6 +66,10 @@ pub struct VxlanConfig {
     /// 50 bytes of encapsulation must fit in it.
     #[serde(default = "default_underlay_mtu")]
     pub underlay_mtu: u32,
+    /// Faults to inject into what the gateway sends (for tests): `{ loss
+    /// = 0.01, reorder = 0.01, duplicate = 0.01, seed = 1 }`.
+    #[serde(default)]
+    pub faults: crate::adapters::vxlan::Faults,
 }
 
 fn default_underlay_mtu() -> u32 {
@@ -309,6 +313,19 @@ fn validate_vxlan(
         }
         remotes.push(a);
     }
+    let f = v.faults;
+    for (name, p) in [
+        ("loss", f.loss),
+        ("reorder", f.reorder),
+        ("duplicate", f.duplicate),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(invalid(
+                &format!("faults.{name}"),
+                format!("{p} is not a probability (0.0..=1.0)"),
+            ));
+        }
+    }
     // An IPv6 underlay adds 20 bytes more.
     let overhead = OVERHEAD_V4 + if local.is_ipv6() { 20 } else { 0 };
     if network.mtu + overhead > v.underlay_mtu {
@@ -331,6 +348,7 @@ fn validate_vxlan(
             vni: v.vni,
             remotes,
             mtu: network.mtu,
+            faults: v.faults,
         },
         network,
     })

@@ -27,7 +27,7 @@ pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
 #[cfg(feature = "http")]
 pub use socket::http;
-pub use socket::{diag, echo, probe};
+pub use socket::{diag, echo, probe, sink};
 
 pub use crate::stack::hook::{
     Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
@@ -138,6 +138,9 @@ macro_rules! function_kinds {
 function_kinds! {
     /// Echoes TCP streams and UDP datagrams on a port (a test server).
     [] Echo(echo::EchoConfig) = "echo", echo::Echo::new;
+    /// Discards TCP streams on a port, checking them, and answers each with
+    /// a receipt (a test server for one-way transfers).
+    [] Sink(sink::SinkConfig) = "sink", sink::Sink::new;
     /// Runs TCP and UDP exchanges against echo servers and reports them.
     [] Probe(probe::ProbeConfig) = "probe", probe::Probe::new;
     /// LZ4-compresses IP payloads towards the global network and restores

@@ -1,9 +1,9 @@
 //! Socket functions: functions that work on the device's own smoltcp
 //! sockets through [`SocketContext`] (attach / poll / detach) rather than
-//! on forwarded frames: the diagnostic echo server ([`echo`]) and probe
-//! client ([`probe`]), HTTP (`http`: the codec and a static server), and
-//! the protocol functions to come (proxy, cache, management). The socket
-//! constructors they share are here.
+//! on forwarded frames: the diagnostic echo server ([`echo`]), discard
+//! server ([`sink`]) and probe client ([`probe`]), HTTP (`http`: the codec
+//! and a static server), and the protocol functions to come (proxy, cache,
+//! management). The socket constructors they share are here.
 
 use smoltcp::socket::{tcp, udp};
 
@@ -14,6 +14,7 @@ pub mod echo;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod probe;
+pub mod sink;
 
 /// The diagnostic pair under its former name (`functions::diag`).
 pub mod diag {

@@ -1,7 +1,8 @@
 //! The probe: runs TCP and UDP exchanges against echo servers
 //! ([`super::echo`]), one after another, checks that every byte comes back
 //! intact and reports each exchange (or, with `expect_blocked`, that a
-//! firewall blocked it).
+//! firewall blocked it). One-way TCP exchanges (`send`) stream to a sink
+//! ([`super::sink`]) and check its receipt.
 //!
 //! ```
 //! use shmnet::functions::{build, FunctionConfig};
@@ -18,6 +19,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+use super::sink::RECEIPT_LEN;
 use super::{Function, FunctionError, SocketContext, udp_socket};
 use crate::functions::matching::{ConfigDuration, quoted};
 
@@ -36,6 +38,9 @@ pub struct ProbeConfig {
     pub tcp: Vec<String>,
     /// Echo servers to send `datagrams` UDP datagrams to.
     pub udp: Vec<String>,
+    /// Sinks ([`super::sink`]) to stream `bytes` to one way, as "ip:port":
+    /// the probe half-closes and checks the sink's receipt.
+    pub send: Vec<String>,
     /// Bytes per TCP exchange.
     pub bytes: usize,
     /// Datagrams per UDP exchange.
@@ -57,6 +62,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             tcp: Vec::new(),
             udp: Vec::new(),
+            send: Vec::new(),
             bytes: 1 << 20,
             datagrams: 4,
             timeout: DEFAULT_TIMEOUT,
@@ -75,15 +81,18 @@ pub fn pattern_byte(offset: u64) -> u8 {
 enum Job {
     Tcp(IpEndpoint),
     Udp(IpEndpoint),
+    Send(IpEndpoint),
 }
 
-/// A TCP exchange under way: bytes sent and echoed back, and whether
-/// every echoed byte was the one sent.
+/// A TCP exchange under way: bytes sent and echoed back (or, one way, the
+/// receipt's bytes), and whether every echoed byte was the one sent.
 struct TcpExchange {
     h: SocketHandle,
     sent: u64,
     recvd: u64,
     intact: bool,
+    /// The sink's receipt as far as it came (one-way exchanges).
+    receipt: Vec<u8>,
 }
 
 /// A UDP exchange under way: datagrams sent and echoed intact.
@@ -160,8 +169,11 @@ impl Probe {
         for t in &cfg.udp {
             jobs.push(Job::Udp(parse_endpoint(t)?));
         }
+        for t in &cfg.send {
+            jobs.push(Job::Send(parse_endpoint(t)?));
+        }
         if jobs.is_empty() {
-            return Err(invalid("give at least one tcp or udp target".into()));
+            return Err(invalid("give at least one tcp, udp or send target".into()));
         }
         cfg.timeout = cfg.timeout()?;
         cfg.timeout_ms = None;
@@ -260,7 +272,7 @@ impl Function for Probe {
             self.started = now;
             self.port = self.port.wrapping_add(1).max(40000);
             match self.jobs[self.next] {
-                Job::Tcp(ep) => {
+                Job::Tcp(ep) | Job::Send(ep) => {
                     let size = self.cfg.bytes.clamp(64 * 1024, 4 << 20).next_power_of_two();
                     let h = cx.add_tcp(Some(size));
                     let s = cx.sockets.get_mut::<tcp::Socket>(h);
@@ -274,6 +286,7 @@ impl Function for Probe {
                         sent: 0,
                         recvd: 0,
                         intact: true,
+                        receipt: Vec::new(),
                     });
                 }
                 Job::Udp(_) => {
@@ -347,6 +360,72 @@ impl Function for Probe {
                         format!(
                             "tcp {ep}: timed out after {} of {total} bytes ({state:?})",
                             x.recvd
+                        )
+                    });
+                    self.finish(cx, line, ok);
+                    return true;
+                }
+            }
+            (Step::Tcp(x), &Job::Send(ep)) => {
+                let s = cx.sockets.get_mut::<tcp::Socket>(x.h);
+                while s.can_send() && x.sent < total {
+                    let n = s
+                        .send(|buf| {
+                            let n = buf.len().min((total - x.sent) as usize);
+                            for (i, b) in buf[..n].iter_mut().enumerate() {
+                                *b = pattern_byte(x.sent + i as u64);
+                            }
+                            (n, n)
+                        })
+                        .unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    x.sent += n as u64;
+                    progress = true;
+                }
+                if x.sent == total && s.may_send() {
+                    // Half-close: the sink answers the FIN.
+                    s.close();
+                }
+                while x.receipt.len() < RECEIPT_LEN {
+                    let mut part = [0u8; RECEIPT_LEN];
+                    let want = RECEIPT_LEN - x.receipt.len();
+                    match s.recv_slice(&mut part[..want]) {
+                        Ok(n) if n > 0 => x.receipt.extend_from_slice(&part[..n]),
+                        _ => break,
+                    }
+                    progress = true;
+                }
+                if x.receipt.len() == RECEIPT_LEN {
+                    let count = u64::from_be_bytes(x.receipt[..8].try_into().unwrap_or_default());
+                    let ok = count == total && x.receipt[8] == 1;
+                    let secs = elapsed.total_micros().max(1) as f64 / 1e6;
+                    let line = if ok {
+                        format!(
+                            "tcp {ep}: {total} bytes delivered intact in {:.1} ms ({:.1} Mbit/s one way)",
+                            secs * 1e3,
+                            total as f64 * 8.0 / secs / 1e6
+                        )
+                    } else {
+                        format!(
+                            "tcp {ep}: the sink received {count} of {total} bytes{}",
+                            if x.receipt[8] == 1 { "" } else { ", CORRUPTED" }
+                        )
+                    };
+                    self.finish(cx, line, ok);
+                    return true;
+                }
+                if s.state() == tcp::State::Closed && x.sent == 0 && elapsed <= timeout {
+                    let _ = s.connect(cx.iface.context(), ep, self.port);
+                    progress = true;
+                }
+                if elapsed > timeout {
+                    let state = s.state();
+                    let (line, ok) = timed_out(&self.cfg, "tcp", ep, !x.receipt.is_empty(), || {
+                        format!(
+                            "tcp {ep}: timed out after sending {} of {total} bytes, no receipt ({state:?})",
+                            x.sent
                         )
                     });
                     self.finish(cx, line, ok);

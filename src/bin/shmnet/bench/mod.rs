@@ -11,7 +11,7 @@
 //! the same named host segments; it prints `ready` once attached.
 //!
 //! One file per benchmark (`tcp` for bulk and round trips, `frames`,
-//! `idle`, `function` with its `chain`, `tap`), the kernel reference paths in
+//! `idle`, `function` with its `chain`, `tap`, `vxlan`), the kernel reference paths in
 //! `kernel`, the JSON lines in `report`, the process-mode far side in
 //! `peer`.
 
@@ -25,6 +25,7 @@ mod peer;
 mod report;
 mod tap;
 mod tcp;
+mod vxlan;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,6 +42,7 @@ use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
 use tap::bench_tap;
 use tcp::{bench_rr, bench_tcp, listen, serve};
+use vxlan::bench_vxlan;
 
 /// Arguments of `shmnet bench`.
 #[derive(Debug, clap::Args)]
@@ -134,6 +136,18 @@ pub enum BenchCmd {
         #[arg(long)]
         bytes: Option<u64>,
     },
+    /// One-way TCP from a device on one host to a device on another across
+    /// two VXLAN gateways, against Linux's own VXLAN between the same two
+    /// hosts (two network namespaces; needs root, skipped without).
+    Vxlan {
+        /// MTU of the underlay (the veth between the hosts); the overlay
+        /// gets 50 bytes less.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+        /// Bytes (default 256 MiB; 16 MiB with --quick).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
     /// Idle devices: the CPU they use together, and the round trip of a
     /// datagram that has to wake one.
     Idle {
@@ -217,6 +231,10 @@ pub fn main(args: &BenchCli) -> i32 {
             for mtu in [1500, 65521] {
                 v.push(BenchCmd::Tap { mtu, bytes: None });
             }
+            v.push(BenchCmd::Vxlan {
+                mtu: 1500,
+                bytes: None,
+            });
             for name in FUNCTIONS_BENCHED {
                 v.push(BenchCmd::Function {
                     name: name.to_string(),
@@ -257,6 +275,7 @@ pub fn main(args: &BenchCli) -> i32 {
             ),
             BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
             BenchCmd::Tap { mtu, bytes } => bench_tap(*mtu, *bytes, quick, reps),
+            BenchCmd::Vxlan { mtu, bytes } => bench_vxlan(*mtu, *bytes, quick, reps),
         };
         match r {
             Ok(line) => {
