@@ -13,10 +13,11 @@
 //!
 //! # Cargo features
 //!
-//! - `functions` (default): every built-in packet function, i.e. the
-//!   features `firewall`, `qos`, `reroute`, `balancer`, `encrypt` (pulls in
-//!   aes-gcm) and `compress` (lz4_flex). Passthrough, echo and probe are
-//!   always there. A kind left out is refused by name when a configuration
+//! - `functions` (default): every built-in function, i.e. the features
+//!   `firewall`, `qos`, `reroute`, `balancer`, `encrypt` (pulls in
+//!   aes-gcm), `compress` (lz4_flex) and `http` (the HTTP/1.1 codec and
+//!   `http-server`; httparse). Passthrough, echo and probe are always
+//!   there. A kind left out is refused by name when a configuration
 //!   asks for it.
 //! - `cli` (default): the `shmnet` binary, with clap, env_logger,
 //!   signal-hook and serde_json. The library never needs them.

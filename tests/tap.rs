@@ -278,11 +278,14 @@ fn curl_reaches_three_backends_through_the_http_proxy_example() {
     assert!(ok, "{out}");
     assert!(out.contains("Re-using existing connection"), "{out}");
     assert_eq!(out.matches("a static file").count(), 2, "{out}");
-    let (out, ok) = curl(&["-i", "http://10.81.0.2/static/"]);
+    // The first answer of /static/a was stored: the next comes with Age.
+    let (out, ok) = curl(&["-i", "http://10.81.0.2/static/a"]);
     assert!(ok && out.contains("X-Served-By: web1"), "{out}");
+    assert!(out.contains("Age: "), "{out}");
     let (code, out) = run.stop_with_output();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("responses_2xx=6"), "{out}");
+    assert!(out.contains("cache_hits=1 "), "{out}");
     assert!(wait_gone("shmtap2"), "shmtap2 outlived its run");
 }
 

@@ -16,7 +16,8 @@
 //!   [`BodyDecoder`] walks it incrementally and hands out data pieces as
 //!   ranges of the caller's input, never buffering: chunked (extensions,
 //!   trailers, bounded size lines, overflow), Content-Length, read until
-//!   close. [`encode_chunk`] / [`LAST_CHUNK`] re-frame a body as chunked.
+//!   close. [`encode_chunk`] (or [`encode_chunk_into`] a send buffer) and
+//!   [`LAST_CHUNK`] re-frame a body as chunked.
 //! - Connection semantics: [`RequestHead::keep_alive`],
 //!   [`ResponseHead::keep_alive`], hop-by-hop fields
 //!   ([`Fields::is_hop_by_hop`], [`HOP_BY_HOP`]).
@@ -61,6 +62,7 @@ mod tests;
 
 pub use body::{
     BodyDecoder, BodyKind, CHUNK_HEADER_MAX, Decoded, LAST_CHUNK, chunk_header, encode_chunk,
+    encode_chunk_into,
 };
 pub use emit::{HeadWriter, Rewrite, error_response, forwarded, reason, via, x_forwarded_for};
 pub use head::{Fields, HOP_BY_HOP, HeadParser, RequestHead, ResponseHead};
@@ -133,17 +135,25 @@ impl Version {
 /// standard ones, by name; anything else is `Other` (its name is in
 /// [`RequestHead::method_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[allow(missing_docs)] // the variants are the methods of the same name
 pub enum Method {
+    /// GET.
     #[default]
     Get,
+    /// HEAD: its response has no body, whatever its fields say.
     Head,
+    /// POST.
     Post,
+    /// PUT.
     Put,
+    /// DELETE.
     Delete,
+    /// CONNECT: its 2xx response starts a tunnel, with no body.
     Connect,
+    /// OPTIONS (the only method with the `*` target).
     Options,
+    /// TRACE.
     Trace,
+    /// PATCH.
     Patch,
     /// An extension method (a valid token, case-sensitive).
     Other,

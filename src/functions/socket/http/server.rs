@@ -105,12 +105,16 @@ impl Default for HttpServerConfig {
 }
 
 /// One route: `{ path = "/", status = 200, body = "text" }` or `{ path =
-/// "/big", size = 1048576 }`, with optional `headers = { NAME = "value" }`.
+/// "/big", size = 1048576 }`, with optional `headers = { NAME = "value" }`
+/// and `exact = true` (this path only, not those under it).
 #[derive(Debug, Clone, PartialEq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Path prefix the route answers (starts with `/`).
     pub path: String,
+    /// Answer only this path, not the paths under it (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
     /// Status code (default 200).
     #[serde(default = "ok")]
     pub status: u16,
@@ -131,13 +135,17 @@ fn ok() -> u16 {
     200
 }
 
-/// A route made ready to answer: its path, and its response head up to
-/// the framing fields.
+/// A route made ready to answer: its path, and its whole response head
+/// for each way a connection goes on (built once, shared by every
+/// response).
 #[derive(Debug)]
 struct Answer {
     path: Vec<u8>,
+    exact: bool,
     status: u16,
-    head: Vec<u8>,
+    /// Keep-alive (1.1), close, keep-alive for 1.0 (`Connection:
+    /// keep-alive`).
+    heads: [Arc<[u8]>; 3],
     body: Body,
 }
 
@@ -229,7 +237,13 @@ impl Site {
     fn route(&self, path: &[u8]) -> &Answer {
         self.answers
             .iter()
-            .find(|a| path.starts_with(&a.path))
+            .find(|a| {
+                if a.exact {
+                    path == a.path
+                } else {
+                    path.starts_with(&a.path)
+                }
+            })
             .unwrap_or(&self.not_found)
     }
 }
@@ -288,11 +302,28 @@ fn answer(cfg: &HttpServerConfig, r: &Route) -> Result<Answer, String> {
         }
         w.field(name.as_bytes(), value.trim().as_bytes());
     }
-    // Left open: framing and connection fields are added per response.
+    // A 204 has no Content-Length; a 304's would be the resource's.
+    if r.status != 204 && r.status != 304 {
+        w.content_length(body.len());
+    }
+    let ending = |connection: Option<&[u8]>| {
+        let mut h = head.clone();
+        let mut w = HeadWriter::fields(&mut h);
+        if let Some(c) = connection {
+            w.field(b"Connection", c);
+        }
+        w.finish();
+        Arc::from(h)
+    };
     Ok(Answer {
         path: r.path.as_bytes().to_vec(),
+        exact: r.exact,
         status: r.status,
-        head,
+        heads: [
+            ending(None),
+            ending(Some(b"close")),
+            ending(Some(b"keep-alive")),
+        ],
         body,
     })
 }
@@ -329,7 +360,7 @@ impl Counters {
 /// A response being sent: its head, then its body from `sent` on.
 #[derive(Debug)]
 struct Pending {
-    head: Vec<u8>,
+    head: Arc<[u8]>,
     body: Option<Body>,
     /// Bytes of head and body sent so far.
     sent: u64,
@@ -536,7 +567,7 @@ fn serve(
             error_response(e.status(), None, &mut out);
             n.response(e.status());
             c.queue.push_back(Pending {
-                head: out,
+                head: out.into(),
                 body: None,
                 sent: 0,
                 close: true,
@@ -674,7 +705,7 @@ fn read(
                         let mut cont = Vec::new();
                         HeadWriter::response(&mut cont, 100).finish();
                         c.queue.push_back(Pending {
-                            head: cont,
+                            head: cont.into(),
                             body: None,
                             sent: 0,
                             close: false,
@@ -708,24 +739,15 @@ fn read(
 fn respond(req: &RequestHead, site: &Site, n: &mut Counters) -> Pending {
     let a = site.route(req.path());
     let keep = req.keep_alive();
-    let mut head = a.head.clone();
-    let len = a.body.len();
-    // A 204 has no Content-Length; a 304's would be the resource's.
-    if a.status != 204 && a.status != 304 {
-        head.extend_from_slice(b"Content-Length: ");
-        head.extend_from_slice(len.to_string().as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    if !keep {
-        head.extend_from_slice(b"Connection: close\r\n");
-    } else if req.version() == Version::Http10 {
-        head.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let head = match (keep, req.version()) {
+        (false, _) => &a.heads[1],
+        (true, Version::Http10) => &a.heads[2],
+        (true, Version::Http11) => &a.heads[0],
+    };
     n.response(a.status);
     Pending {
-        head,
-        body: (req.method() != Method::Head && len > 0).then(|| a.body.clone()),
+        head: Arc::clone(head),
+        body: (req.method() != Method::Head && a.body.len() > 0).then(|| a.body.clone()),
         sent: 0,
         close: !keep,
     }

@@ -158,10 +158,13 @@ impl BodyDecoder {
                     return Ok(self.data(at, take));
                 }
                 State::UntilClose => {
-                    if self.handed + (input.len() - at) as u64 > self.max_body {
+                    // Up to the limit, then an error: the same however
+                    // the input is cut.
+                    let room = self.max_body - self.handed;
+                    if room == 0 {
                         return Err(HttpError::BodyTooLarge);
                     }
-                    return Ok(self.data(at, input.len() - at));
+                    return Ok(self.data(at, take(room, input.len() - at)));
                 }
                 State::Data(n) => {
                     let take = take(n, input.len() - at);
@@ -393,4 +396,25 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&h[..n]);
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes as much of `data` as fits into `out` as one chunk (header, data,
+/// CRLF), for a proxy writing straight into a socket's send buffer;
+/// returns (data bytes taken, bytes written), `(0, 0)` when `out` cannot
+/// hold a chunk of at least one byte or `data` is empty.
+pub fn encode_chunk_into(data: &[u8], out: &mut [u8]) -> (usize, usize) {
+    let mut h = [0; CHUNK_HEADER_MAX];
+    // The header of the chunk that fits, whose length depends on its size.
+    let mut take = data.len().min(out.len().saturating_sub(3 + 2));
+    while take > 0 && chunk_header(take, &mut h) + take + 2 > out.len() {
+        take -= 1;
+    }
+    if take == 0 {
+        return (0, 0);
+    }
+    let n = chunk_header(take, &mut h);
+    out[..n].copy_from_slice(&h[..n]);
+    out[n..n + take].copy_from_slice(&data[..take]);
+    out[n + take..n + take + 2].copy_from_slice(b"\r\n");
+    (take, n + take + 2)
 }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use super::{BodyKind, Fields, RequestHead, ResponseHead, Version, is_tchar};
+use super::{Fields, RequestHead, ResponseHead, Version, is_tchar};
 
 /// Writes a head into a buffer: start line, fields, empty line. Always
 /// HTTP/1.1 (an intermediary sends its own version, RFC 9110 §2.5).
@@ -44,6 +44,12 @@ impl<'a> HeadWriter<'a> {
         HeadWriter { out }
     }
 
+    /// Goes on with the fields of a head whose start line (and perhaps
+    /// some fields) `out` ends with.
+    pub fn fields(out: &'a mut Vec<u8>) -> HeadWriter<'a> {
+        HeadWriter { out }
+    }
+
     /// Adds the field `name: value`.
     pub fn field(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
         debug_assert!(!value.iter().any(|&b| b == b'\r' || b == b'\n'));
@@ -71,9 +77,9 @@ impl<'a> HeadWriter<'a> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rewrite<'a> {
     /// Keep hop-by-hop fields. By default they are dropped, as a proxy
-    /// must ([`Fields::is_hop_by_hop`]), and so is Content-Length when
-    /// Transfer-Encoding framed the message (RFC 9112 §6.3): the proxy
-    /// frames what it forwards itself, through `add`.
+    /// must ([`Fields::is_hop_by_hop`]), and so is Content-Length in a
+    /// message with Transfer-Encoding (which overrides it, RFC 9112 §6.3):
+    /// the proxy frames what it forwards itself, through `add`.
     pub keep_hop_by_hop: bool,
     /// Further fields to drop, by name (any case).
     pub remove: &'a [&'a [u8]],
@@ -83,13 +89,13 @@ pub struct Rewrite<'a> {
 
 impl Rewrite<'_> {
     /// Writes the fields of `fields` this rewrite keeps, then its own.
-    fn fields(&self, fields: &Fields, body: BodyKind, w: &mut HeadWriter<'_>) {
+    fn fields(&self, fields: &Fields, w: &mut HeadWriter<'_>) {
+        let te = fields.get(b"transfer-encoding").is_some();
         for (name, value) in fields.iter() {
             let dropped = self.remove.iter().any(|r| name.eq_ignore_ascii_case(r))
                 || (!self.keep_hop_by_hop
                     && (fields.is_hop_by_hop(name)
-                        || (body == BodyKind::Chunked
-                            && name.eq_ignore_ascii_case(b"content-length"))));
+                        || (te && name.eq_ignore_ascii_case(b"content-length"))));
             if !dropped {
                 w.field(name, value);
             }
@@ -111,7 +117,7 @@ impl RequestHead {
     /// form of an absolute-form target).
     pub fn emit_with_target(&self, target: &[u8], rewrite: &Rewrite<'_>, out: &mut Vec<u8>) {
         let mut w = HeadWriter::request(out, self.method_bytes(), target);
-        rewrite.fields(self.fields(), self.body(), &mut w);
+        rewrite.fields(self.fields(), &mut w);
         w.finish();
     }
 }
@@ -121,7 +127,7 @@ impl ResponseHead {
     /// its fields rewritten by `rewrite`, at the end of `out`.
     pub fn emit(&self, rewrite: &Rewrite<'_>, out: &mut Vec<u8>) {
         let mut w = HeadWriter::response_with_reason(out, self.status(), self.reason());
-        rewrite.fields(self.fields(), self.body(), &mut w);
+        rewrite.fields(self.fields(), &mut w);
         w.finish();
     }
 }

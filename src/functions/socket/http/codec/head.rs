@@ -302,10 +302,11 @@ impl HeadParser {
             return Ok(None);
         };
         let bytes = &buf[start..end];
-        let mut table = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Uninitialised: no 4 KiB of stores per request.
+        let mut table = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
         let max = self.limits.max_headers.min(MAX_HEADERS);
-        let mut req = httparse::Request::new(&mut table[..max]);
-        match req.parse(bytes) {
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(bytes, &mut table[..max]) {
             Ok(httparse::Status::Complete(n)) if n == bytes.len() => {}
             Ok(_) => return Err(HttpError::Malformed("head ends early")),
             Err(e) => return Err(head_error(e, bytes, true)),
@@ -420,7 +421,8 @@ impl HeadParser {
         let from = self.scanned.min(buf.len()).max(start);
         let first_lf = memchr(b'\n', &buf[start..]);
         let line = first_lf.unwrap_or(buf.len() - start);
-        let line = if first_lf.is_some() && line > 0 && buf[start + line - 1] == b'\r' {
+        // Without its CR, whether or not its LF is there yet.
+        let line = if line > 0 && buf[start + line - 1] == b'\r' {
             line - 1
         } else {
             line

@@ -24,6 +24,7 @@ routes = [
     { path = "/a/b", status = 201, body = "deeper\n" },
     { path = "/big", size = 200000 },
     { path = "/gone", status = 410 },
+    { path = "/only", exact = true, body = "only\n" },
 ]"#;
 
 /// A server device running `function` (a `[function]` table) and a
@@ -220,6 +221,22 @@ fn routes_answer_by_longest_prefix_with_their_fields() {
 }
 
 #[test]
+fn an_exact_route_answers_its_path_only() {
+    let mut p = Pair::new(SITE);
+    let h = p.connect();
+    let req = b"GET /only HTTP/1.1\r\nHost: s\r\n\r\nGET /only/x HTTP/1.1\r\nHost: s\r\n\r\n\
+                GET /only?q HTTP/1.1\r\nHost: s\r\n\r\n";
+    let got = p.exchange(h, req, Duration::from_secs(5), |b, _| {
+        has_responses(b, 3, &[])
+    });
+    let bodies: Vec<String> = responses(&got, &[])
+        .into_iter()
+        .map(|(_, b)| text(&b).to_string())
+        .collect();
+    assert_eq!(bodies, ["only\n", "root\n", "only\n"]);
+}
+
+#[test]
 fn a_404_for_unrouted_paths_and_a_generated_body_arrives_whole() {
     let site = "kind = \"http-server\"\nroutes = [{ path = \"/big\", size = 300000 }]";
     let mut p = Pair::new(site);
@@ -393,4 +410,32 @@ fn configs_are_checked() {
         err("routes = [{ path = \"/\", headers = { \"X\" = \"a\\nb\" } }]").contains("control")
     );
     assert!(err("idle_timeout = \"1ms\"").contains("idle_timeout"));
+}
+
+#[test]
+fn new_routes_apply_in_place_and_keep_connections() {
+    use crate::functions::FunctionConfig;
+    use crate::stack::Applied;
+    let mut p = Pair::new(SITE);
+    let h = p.connect();
+    let get = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n";
+    let got = p.exchange(h, get, Duration::from_secs(5), |b, _| {
+        has_responses(b, 1, &[])
+    });
+    assert_eq!(responses(&got, &[])[0].1, b"root\n");
+    let changed = SITE.replace("body = \"root\\n\"", "body = \"new root\\n\"");
+    let cfg: FunctionConfig = toml::from_str(&changed).unwrap();
+    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::InPlace);
+    // The same connection, the new answer.
+    let got = p.exchange(h, get, Duration::from_secs(5), |b, _| {
+        has_responses(b, 1, &[])
+    });
+    assert_eq!(responses(&got, &[])[0].1, b"new root\n");
+    assert_eq!(p.counter("connections"), 1);
+    // Other sockets: a new server.
+    let cfg: FunctionConfig =
+        toml::from_str(&changed.replace("backlog = 2", "backlog = 3")).unwrap();
+    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::Replaced);
+    let bad: FunctionConfig = toml::from_str(&changed.replace("/gone", "gone")).unwrap();
+    assert!(p.server.reconfigure(&bad).is_err());
 }

@@ -1,0 +1,239 @@
+//! `kind = "http-server"` against curl, a client no one here wrote: a
+//! topology with a TAP port (`shmtap3`, Linux at 10.82.0.1/24) and the
+//! server at 10.82.0.2:80. GET with `X-Served-By`, HEAD, a reused
+//! keep-alive connection, a 64 MiB generated body, 404, and a garbage
+//! request (from nc) answered with 400.
+//!
+//! Skips, saying why, without /dev/net/tun, root, curl or nc. TAP tests
+//! take the TAP test lock, so they never run two at a time; the
+//! interface goes with the run, however the test ends.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
+const TAP: &str = "shmtap3";
+const SERVER: &str = "10.82.0.2";
+const BIG: u64 = 64 << 20;
+
+/// Why this test cannot run here, if it cannot.
+fn skip_reason() -> Option<&'static str> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
+    }
+    if !have("curl") || !have("nc") {
+        return Some("curl or nc (netcat-openbsd) is not installed");
+    }
+    None
+}
+
+/// The lock the TAP tests share (one TAP topology at a time, so their
+/// interfaces and routes never meet).
+fn tap_lock() -> std::fs::File {
+    let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-tap-test.lock"))
+        .expect("lock file");
+    lock.lock().expect("lock");
+    lock
+}
+
+/// `shmnet run` of the test's topology, killed (and its TAP interface
+/// with it) if the test ends first; its directory removed.
+struct Run {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Run {
+    fn start() -> Run {
+        let tag = unique("http");
+        let dir = std::env::temp_dir().join(format!("shmnet-{tag}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topology = format!(
+            r#"name = "http-server-test"
+[[tap]]
+name = "{TAP}"
+segment = "{tag}-lan"
+address = "10.82.0.1/24"
+
+[[device]]
+name = "web"
+local = {{ segment = "{tag}-lan", address = "{SERVER}/24" }}
+global = {{ segment = "{tag}-wan", address = "10.182.0.2/16" }}
+[device.function]
+kind = "http-server"
+name = "web1"
+routes = [
+    {{ path = "/", exact = true, body = "hello from web1\n" }},
+    {{ path = "/a", body = "a\n", headers = {{ "Cache-Control" = "max-age=60" }} }},
+    {{ path = "/big", size = {BIG} }},
+]
+"#
+        );
+        let file = dir.join("topology.toml");
+        std::fs::write(&file, topology).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(&file)
+            .args(["--duration", "300"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmnet run");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let want = format!("tap {TAP} ready");
+        let mut run = Run { child, dir };
+        for line in lines.by_ref() {
+            if line.expect("read stdout").starts_with(&want) {
+                // Keep draining so the run never blocks on a full pipe.
+                std::thread::spawn(move || for _ in lines {});
+                return run;
+            }
+        }
+        let mut err = String::new();
+        let _ = run
+            .child
+            .stderr
+            .take()
+            .map(|mut e| e.read_to_string(&mut err));
+        panic!("the run ended before its TAP port was ready: {err}");
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// curl with `args`; its stdout and stderr.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn url(path: &str) -> String {
+    format!("http://{SERVER}{path}")
+}
+
+/// Waits until the server answers (its route via the TAP is up).
+fn wait_answering() {
+    let t0 = Instant::now();
+    loop {
+        let (code, _) = curl(&[
+            "--max-time",
+            "2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url("/"),
+        ]);
+        if code == "200" {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no answer from {SERVER}: {code}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of header `name` in curl's `--include` / `--head` output.
+fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn curl_gets_heads_reuses_downloads_64_mib_and_garbage_gets_400() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _lock = tap_lock();
+    let run = Run::start();
+    wait_answering();
+
+    // GET /: 200, the server's name, the body.
+    let (out, err) = curl(&["--include", &url("/")]);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}{err}");
+    assert_eq!(header(&out, "X-Served-By"), Some("web1"), "{out}");
+    assert!(out.ends_with("\r\n\r\nhello from web1\n"), "{out}");
+    let (out, _) = curl(&["--include", &url("/a/b")]);
+    assert_eq!(header(&out, "Cache-Control"), Some("max-age=60"), "{out}");
+
+    // HEAD: the GET's length, no body.
+    let (out, err) = curl(&["--head", &url("/big")]);
+    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}{err}");
+    assert_eq!(
+        header(&out, "Content-Length"),
+        Some(&*BIG.to_string()),
+        "{out}"
+    );
+    assert!(out.ends_with("\r\n\r\n"), "{out}");
+
+    // Two URLs in one curl: the second reuses the first's connection.
+    let (out, err) = curl(&[
+        "--verbose",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{num_connects}\n",
+        &url("/"),
+        &url("/a"),
+    ]);
+    assert_eq!(out, "200 1\n200 0\n", "{err}");
+    assert!(err.contains("Re-using existing connection"), "{err}");
+
+    // 64 MiB of generated body, complete.
+    let (out, err) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        &url("/big"),
+    ]);
+    assert_eq!(out, format!("200 {BIG}"), "{err}");
+
+    // Unrouted: 404.
+    let (out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/nope")]);
+    assert_eq!(out, "404");
+
+    // Garbage from nc: 400, and the server closes.
+    let mut nc = Command::new("nc")
+        .args(["-N", "-w", "10", SERVER, "80"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run nc (netcat-openbsd)");
+    std::io::Write::write_all(&mut nc.stdin.take().unwrap(), b"GARBAGE\r\n\r\n").unwrap();
+    let out = nc.wait_with_output().expect("nc");
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+    assert_eq!(header(&out, "Connection"), Some("close"), "{out}");
+    drop(run);
+}
