@@ -28,6 +28,7 @@
 //! assert_eq!(build(&cfg).unwrap().name(), "http-proxy");
 //! ```
 
+mod apps;
 mod cache;
 mod config;
 mod exchange;
@@ -39,6 +40,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
+pub use apps::{AppConfig, LATENCY_BUCKETS_MS};
 pub use config::{Balance, HttpProxyConfig, PoolConfig, RouteConfig};
 use config::{Pool, Route, compile, limits};
 
@@ -134,6 +136,11 @@ struct Client {
     deadline: Instant,
     /// The response being captured for the cache.
     capture: Option<cache::Capture>,
+    /// The application of the exchange, when it was admitted; when the
+    /// exchange began and its bytes each way so far.
+    app: Option<usize>,
+    started: Instant,
+    xfer: (u64, u64),
 }
 
 /// The HTTP reverse proxy.
@@ -157,6 +164,7 @@ pub struct HttpProxy {
     /// Upstream connections being closed.
     closing_up: Vec<UpConn>,
     cache: cache::HttpCache,
+    apps: Vec<apps::App>,
 }
 
 impl HttpProxy {
@@ -164,6 +172,7 @@ impl HttpProxy {
     pub fn new(cfg: HttpProxyConfig) -> Result<HttpProxy, FunctionError> {
         let (pools, routes) = compile(&cfg)?;
         let cache = cache::HttpCache::new(cfg.cache_bytes, cfg.cache_max_object);
+        let apps = apps::compile(&cfg.apps, Instant::ZERO)?;
         Ok(HttpProxy {
             limits: limits(&cfg),
             acceptor: Acceptor::new(cfg.port, cfg.backlog, cfg.tcp_buffer),
@@ -179,6 +188,7 @@ impl HttpProxy {
             now: Instant::ZERO,
             closing_up: Vec::new(),
             cache,
+            apps,
         })
     }
 
@@ -204,6 +214,9 @@ impl HttpProxy {
                 keep: true,
                 deadline: cx.now + self.cfg.idle_timeout.0,
                 capture: None,
+                app: None,
+                started: cx.now,
+                xfer: (0, 0),
             });
         }
         any
@@ -223,15 +236,38 @@ impl HttpProxy {
     /// Ends client `ci`'s exchange with a short error response and closes
     /// it; the upstream connection, if any, is dropped.
     fn fail(&mut self, ci: usize, status: u16) {
+        self.fail_with(ci, status, None);
+    }
+
+    /// [`HttpProxy::fail`] with a `Retry-After` of so many seconds (429,
+    /// 503).
+    fn fail_with(&mut self, ci: usize, status: u16, retry_after: Option<u32>) {
         self.count_status(status);
         let c = &mut self.clients[ci];
-        error_response(status, None, &mut c.to_client);
+        let before = c.to_client.len();
+        error_response(status, retry_after, &mut c.to_client);
+        c.xfer.1 += (c.to_client.len() - before) as u64;
+        self.app_done(ci, status);
+        let c = &mut self.clients[ci];
         c.phase = Phase::Closing;
         c.keep = false;
         if let Some(up) = c.up.take() {
             self.dying.push((up.sock, Some(up.local_port)));
         }
         self.end_target(ci, false);
+    }
+
+    /// Client `ci`'s exchange is answered with `status`: its application
+    /// counts it.
+    fn app_done(&mut self, ci: usize, status: u16) {
+        let c = &mut self.clients[ci];
+        if let Some(a) = c.app.take() {
+            let took = self.now - c.started;
+            let xfer = std::mem::take(&mut c.xfer);
+            if let Some(app) = self.apps.get_mut(a) {
+                app.done(status, xfer, took);
+            }
+        }
     }
 
     /// The exchange of client `ci` no longer uses its upstream: counts it
@@ -370,11 +406,15 @@ impl Function for HttpProxy {
         stats.cache_evictions = self.cache.evictions;
         stats.cache_bytes = self.cache.bytes() as u64;
         stats.visit(visit);
+        for a in &self.apps {
+            a.visit(visit);
+        }
     }
 
     fn reconfigure(&mut self, cfg: &dyn FunctionSpec) -> Result<bool, FunctionError> {
         reconfigure_in_place::<HttpProxyConfig>(cfg, |new| {
             let (mut pools, routes) = compile(new)?;
+            let mut apps = apps::compile(&new.apps, self.now)?;
             // Upstreams that stay keep their health and counts.
             for p in &mut pools {
                 let Some(old) = self.pools.iter().find(|o| o.name == p.name) else {
@@ -409,6 +449,20 @@ impl Function for HttpProxy {
             self.routes = routes;
             self.limits = limits(new);
             self.cache.resize(new.cache_bytes, new.cache_max_object);
+            // Applications that stay keep their counts and buckets, and the
+            // exchanges under way stay theirs.
+            for a in &mut apps {
+                if let Some(old) = self.apps.iter().find(|o| o.name() == a.name()) {
+                    a.adopt(old);
+                }
+            }
+            for c in &mut self.clients {
+                c.app = c.app.and_then(|i| {
+                    let name = self.apps.get(i)?.name();
+                    apps.iter().position(|a| a.name() == name)
+                });
+            }
+            self.apps = apps;
             self.cfg = new.clone();
             Ok(())
         })

@@ -63,6 +63,9 @@ pub struct HttpProxyConfig {
     pub cache_bytes: usize,
     /// The largest response body the cache keeps (1 MiB).
     pub cache_max_object: usize,
+    /// Applications: requests counted and policed per application
+    /// ([`super::apps`]).
+    pub apps: Vec<super::apps::AppConfig>,
 }
 
 impl Default for HttpProxyConfig {
@@ -87,6 +90,7 @@ impl Default for HttpProxyConfig {
             max_headers: limits.max_headers,
             cache_bytes: 0,
             cache_max_object: 1 << 20,
+            apps: Vec::new(),
         }
     }
 }
@@ -314,15 +318,7 @@ pub(super) fn limits(cfg: &HttpProxyConfig) -> Limits {
 /// The pool serving `req`: the longest path prefix among the routes of
 /// its host, else among the routes of any host.
 pub(super) fn route(routes: &[Route], req: &RequestHead) -> Option<usize> {
-    let host = req.fields().get(b"host").map(|h| {
-        let h = h.trim_ascii();
-        // Without the port (and an IPv6 literal's brackets kept whole).
-        let end = match h.iter().rposition(|&b| b == b':') {
-            Some(i) if !h[i..].contains(&b']') => i,
-            _ => h.len(),
-        };
-        h[..end].to_ascii_lowercase()
-    });
+    let host = host_of(req);
     let path = req.path();
     let best = |specific: bool| {
         routes
@@ -337,6 +333,19 @@ pub(super) fn route(routes: &[Route], req: &RequestHead) -> Option<usize> {
             .map(|r| r.pool)
     };
     best(true).or_else(|| best(false))
+}
+
+/// The request's host, lowercased, without its port.
+pub(super) fn host_of(req: &RequestHead) -> Option<Vec<u8>> {
+    req.fields().get(b"host").map(|h| {
+        let h = h.trim_ascii();
+        // Without the port (and an IPv6 literal's brackets kept whole).
+        let end = match h.iter().rposition(|&b| b == b':') {
+            Some(i) if !h[i..].contains(&b']') => i,
+            _ => h.len(),
+        };
+        h[..end].to_ascii_lowercase()
+    })
 }
 
 /// The upstream of `pool` for `req`, if any is not ejected (or, when all

@@ -7,6 +7,7 @@ use smoltcp::socket::tcp;
 use super::super::codec::{
     BodyDecoder, BodyKind, Rewrite, Version, forwarded, via, x_forwarded_for,
 };
+use super::apps::{self, Refusal};
 use super::cache::Capture;
 use super::config::{pick, route};
 use super::{Client, HttpProxy, Phase, READ_AHEAD, Stats, UpConn};
@@ -83,6 +84,31 @@ impl HttpProxy {
         c.req_body = Some(body);
         c.keep = c.req.keep_alive();
         c.capture = None;
+        c.started = now;
+        c.xfer = (n as u64, 0);
+        if let Some(a) = apps::classify(&self.apps, &c.req) {
+            let client = cx
+                .sockets
+                .get::<tcp::Socket>(c.sock)
+                .remote_endpoint()
+                .map(|e| std::net::IpAddr::from(e.addr));
+            match self.apps[a].admit(client, now) {
+                Ok(()) => c.app = Some(a),
+                Err(refusal) => {
+                    let (status, retry) = match refusal {
+                        Refusal::Denied => (403, None),
+                        Refusal::RateLimited(s) => (429, Some(s)),
+                        Refusal::Busy => (503, Some(1)),
+                    };
+                    let before = c.to_client.len();
+                    self.fail_with(ci, status, retry);
+                    let c = &self.clients[ci];
+                    let out = (c.to_client.len() - before) as u64;
+                    self.apps[a].answered(status, (n as u64, out));
+                    return Step::Again;
+                }
+            }
+        }
         if let Some(key) = self.cache.key(&c.req) {
             if let Some(e) = self.cache.lookup(&key, &c.req, now) {
                 // A fresh copy: answered here, nothing goes upstream.
@@ -113,8 +139,10 @@ impl HttpProxy {
                 if !c.keep {
                     c.phase = Phase::Closing;
                 }
+                c.xfer.1 += (e.body.len() + 64) as u64;
                 self.stats.cache_hits += 1;
                 self.count_status(status);
+                self.app_done(ci, status);
                 return Step::Again;
             }
             self.stats.cache_misses += 1;
@@ -291,6 +319,7 @@ impl HttpProxy {
                     let n = us.send_slice(&c.inbuf[..d.consumed]).unwrap_or(0);
                     debug_assert_eq!(n, d.consumed, "room was checked");
                     c.inbuf.drain(..d.consumed);
+                    c.xfer.0 += n as u64;
                     moved |= d.consumed > 0;
                 }
                 Err(e) => {
@@ -369,6 +398,7 @@ impl HttpProxy {
         } else if c.req.version() == Version::Http10 {
             add.push((b"Connection", b"keep-alive"));
         }
+        let before = c.to_client.len();
         c.resp.emit(
             &Rewrite {
                 keep_hop_by_hop: false,
@@ -377,6 +407,7 @@ impl HttpProxy {
             },
             &mut c.to_client,
         );
+        c.xfer.1 += (c.to_client.len() - before) as u64;
         let status = c.resp.status();
         self.count_status(status);
         self.clients[ci].phase = Phase::ResponseBody;
@@ -438,6 +469,7 @@ impl HttpProxy {
                     debug_assert_eq!(n, d.consumed, "room was checked");
                     up.buf.drain(..d.consumed);
                     self.stats.bytes_to_clients += n as u64;
+                    c.xfer.1 += n as u64;
                     moved += n;
                     if d.consumed == 0 {
                         break;
@@ -457,7 +489,9 @@ impl HttpProxy {
         }
         let keep_up = c.resp.keep_alive() && up.buf.is_empty();
         let up = c.up.take().expect("checked above");
+        let status = c.resp.status();
         self.end_target(ci, true);
+        self.app_done(ci, status);
         let kept = self.idle.iter().filter(|k| k.ep == up.ep).count();
         if keep_up && kept < self.cfg.max_idle_per_upstream {
             self.idle.push(UpConn {
@@ -482,6 +516,11 @@ impl HttpProxy {
 
     /// The client or the upstream broke off mid-response: both go.
     fn abandon(&mut self, cx: &mut SocketContext<'_>, ci: usize) -> Step {
+        let status = match self.clients[ci].phase {
+            Phase::ResponseBody => self.clients[ci].resp.status(),
+            _ => 502,
+        };
+        self.app_done(ci, status);
         let c = &mut self.clients[ci];
         if let Some(up) = c.up.take() {
             cx.sockets.get_mut::<tcp::Socket>(up.sock).abort();

@@ -282,6 +282,50 @@ fn fresh_responses_are_served_from_the_cache_with_their_age() {
 }
 
 #[test]
+fn applications_are_counted_and_policed() {
+    let proxy = format!(
+        r#"{PROXY}
+apps = [
+    {{ name = "limited", path = "/limited", rate = 1.0, burst = 2.0 }},
+    {{ name = "blocked", path = "/blocked", deny = ["10.0.0.0/24"] }},
+    {{ name = "busy", path = "/busy", max_concurrent = 1 }},
+    {{ name = "rest", path = "/" }},
+]"#
+    );
+    let mut site = Site::new(&proxy);
+    let r = site.exchange((get("/limited", "").repeat(3)).as_bytes());
+    let statuses: Vec<u16> = r.iter().map(|x| x.0).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(r[2].1.fields().get(b"retry-after"), Some(&b"1"[..]));
+    // A second later the bucket has a token again.
+    site.clock.run_for(&mut [], Duration::from_secs(1));
+    let r = site.exchange(get("/limited", "Connection: close\r\n").as_bytes());
+    assert_eq!(r[0].0, 200);
+    let r = site.exchange(get("/blocked", "").as_bytes());
+    assert_eq!(r[0].0, 403);
+    let r = site.exchange((get("/", "") + &get("/x", "Connection: close\r\n")).as_bytes());
+    assert_eq!(r.len(), 2);
+    let c = |site: &mut Site, n: &str| site.counter(&format!("app.{n}"));
+    assert_eq!(c(&mut site, "limited.requests"), 4);
+    assert_eq!(c(&mut site, "limited.rate_limited"), 1);
+    assert_eq!(c(&mut site, "limited.status_2xx"), 3);
+    assert_eq!(c(&mut site, "limited.status_4xx"), 1);
+    assert_eq!(c(&mut site, "blocked.denied"), 1);
+    assert_eq!(c(&mut site, "blocked.status_4xx"), 1);
+    assert_eq!(c(&mut site, "rest.requests"), 2);
+    assert_eq!(c(&mut site, "rest.status_2xx"), 2);
+    assert!(c(&mut site, "rest.bytes_out") > 2 * 20);
+    // Every answered request of `rest` is in one latency bucket.
+    let buckets: u64 = super::LATENCY_BUCKETS_MS
+        .iter()
+        .map(|ms| c(&mut site, &format!("rest.latency_le_{ms}ms")))
+        .sum::<u64>()
+        + c(&mut site, "rest.latency_le_inf");
+    assert_eq!(buckets, 2);
+    assert_eq!(c(&mut site, "busy.requests"), 0);
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, super::HttpProxy::new);
     let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
@@ -306,6 +350,18 @@ fn config_errors_name_the_field() {
         (
             format!("{pool}routes = [{{ pool = \"web\" }}]\nmax_headers = 0"),
             "max_headers must be",
+        ),
+        (
+            format!("{pool}routes = [{{ pool = \"web\" }}]\napps = [{{ name = \"a b\" }}]"),
+            "apps[0].name",
+        ),
+        (
+            format!("{pool}routes = [{{ pool = \"web\" }}]\napps = [{{ name = \"a\", rate = 0.0 }}]"),
+            "apps[0].rate must be above 0",
+        ),
+        (
+            format!("{pool}routes = [{{ pool = \"web\" }}]\napps = [{{ name = \"a\", deny = [\"nope\"] }}]"),
+            "apps[0].deny: \"nope\" is not a prefix",
         ),
     ] {
         let e = err(&text);
