@@ -32,6 +32,7 @@ mod apps;
 mod cache;
 mod config;
 mod exchange;
+mod health;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,7 @@ use smoltcp::wire::IpEndpoint;
 pub use apps::{AppConfig, LATENCY_BUCKETS_MS};
 pub use config::{Balance, HttpProxyConfig, PoolConfig, RouteConfig};
 use config::{Pool, Route, compile, limits};
+pub use health::HealthConfig;
 
 use super::codec::{BodyDecoder, HeadParser, Limits, RequestHead, ResponseHead, error_response};
 use crate::functions::common::{counters, reconfigure_in_place};
@@ -78,6 +80,10 @@ counters! {
         cache_stores: u64,
         cache_evictions: u64,
         cache_bytes: u64,
+        health_checks_passed: u64,
+        health_checks_failed: u64,
+        upstreams_marked_down: u64,
+        upstreams_marked_up: u64,
     }
 }
 
@@ -325,6 +331,13 @@ impl Function for HttpProxy {
         for (h, _) in self.dying.drain(..) {
             cx.remove_socket(h);
         }
+        for p in &mut self.pools {
+            for u in &mut p.upstreams {
+                if let Some(c) = u.checker.as_mut() {
+                    c.close(cx, &mut self.ports);
+                }
+            }
+        }
         self.acceptor.close(cx);
     }
 
@@ -337,6 +350,19 @@ impl Function for HttpProxy {
             }
         }
         let mut progress = self.accept(cx);
+        let mut out = health::Outcome::default();
+        for p in &mut self.pools {
+            for u in &mut p.upstreams {
+                if let Some(c) = u.checker.as_mut() {
+                    c.bury(cx, &mut self.ports);
+                    c.poll(cx, &mut self.ports, u.ep, &mut out);
+                }
+            }
+        }
+        self.stats.health_checks_passed += out.passed;
+        self.stats.health_checks_failed += out.failed;
+        self.stats.upstreams_marked_down += out.went_down;
+        self.stats.upstreams_marked_up += out.came_up;
         let mut ci = 0;
         while ci < self.clients.len() {
             let (moved, gone) = self.serve(cx, ci);
@@ -398,7 +424,12 @@ impl Function for HttpProxy {
             .iter()
             .chain(&self.closing_up)
             .map(|u| u.idle_since + idle);
-        clients.chain(ups).min()
+        let checks = self
+            .pools
+            .iter()
+            .flat_map(|p| &p.upstreams)
+            .filter_map(|u| u.checker.as_ref().map(|c| c.poll_at()));
+        clients.chain(ups).chain(checks).min()
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
@@ -417,14 +448,19 @@ impl Function for HttpProxy {
             let mut apps = apps::compile(&new.apps, self.now)?;
             // Upstreams that stay keep their health and counts.
             for p in &mut pools {
-                let Some(old) = self.pools.iter().find(|o| o.name == p.name) else {
+                let Some(old) = self.pools.iter_mut().find(|o| o.name == p.name) else {
                     continue;
                 };
                 for u in &mut p.upstreams {
-                    if let Some(o) = old.upstreams.iter().find(|o| o.ep == u.ep) {
+                    if let Some(o) = old.upstreams.iter_mut().find(|o| o.ep == u.ep) {
                         u.active = o.active;
                         u.failures = o.failures;
                         u.down_until = o.down_until;
+                        // The checks go on where they were.
+                        if let (Some(new), Some(mut c)) = (u.checker.take(), o.checker.take()) {
+                            c.reconfigure(new.config());
+                            u.checker = Some(c);
+                        }
                     }
                 }
             }
@@ -444,6 +480,16 @@ impl Function for HttpProxy {
                 );
                 let mut old = old;
                 self.dying.extend(old.take().into_iter().map(|h| (h, None)));
+            }
+            // Checks of upstreams that go: their sockets go too.
+            for o in self.pools.iter_mut().flat_map(|p| &mut p.upstreams) {
+                if let Some(c) = o.checker.take() {
+                    self.dying.extend(
+                        c.into_sockets()
+                            .into_iter()
+                            .map(|(h, port)| (h, Some(port))),
+                    );
+                }
             }
             self.pools = pools;
             self.routes = routes;

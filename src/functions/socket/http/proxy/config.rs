@@ -129,6 +129,9 @@ pub struct PoolConfig {
     /// sessions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_cookie: Option<String>,
+    /// Active health checks of the upstreams (none: passive only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<super::health::HealthConfig>,
 }
 
 /// One `[[routes]]` entry.
@@ -150,7 +153,7 @@ fn root() -> String {
 }
 
 /// An upstream of a pool and what the proxy knows of it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Upstream {
     pub(super) ep: IpEndpoint,
     /// Requests in progress on it.
@@ -158,6 +161,8 @@ pub(super) struct Upstream {
     /// Failures in a row.
     pub(super) failures: u32,
     pub(super) down_until: Option<Instant>,
+    /// Its active checks, if the pool has them.
+    pub(super) checker: Option<super::health::Checker>,
 }
 
 /// What the hash of a pool reads.
@@ -224,7 +229,14 @@ pub(super) fn compile(cfg: &HttpProxyConfig) -> Result<(Vec<Pool>, Vec<Route>), 
                 active: 0,
                 failures: 0,
                 down_until: None,
+                checker: p
+                    .health
+                    .clone()
+                    .map(|h| super::health::Checker::new(h, Instant::ZERO)),
             });
+        }
+        if let Some(h) = &p.health {
+            h.check().map_err(|e| bad(format!("pools[{i}].{e}")))?;
         }
         let key = match (p.balance, &p.hash_header, &p.hash_cookie) {
             (Balance::Hash, Some(h), None) => Some(HashKey::Header(h.as_bytes().to_vec())),
@@ -352,7 +364,9 @@ pub(super) fn host_of(req: &RequestHead) -> Option<Vec<u8>> {
 /// are, any).
 pub(super) fn pick(pool: &mut Pool, req: &RequestHead, now: Instant) -> Option<usize> {
     let n = pool.upstreams.len();
-    let up = |u: &Upstream| u.down_until.is_none_or(|t| now >= t);
+    let up = |u: &Upstream| {
+        u.down_until.is_none_or(|t| now >= t) && !u.checker.as_ref().is_some_and(|c| c.down)
+    };
     let all_down = !pool.upstreams.iter().any(up);
     let usable = |i: usize| all_down || up(&pool.upstreams[i]);
     if pool.balance == Balance::Hash

@@ -94,6 +94,12 @@ impl Site {
         responses(&got)
     }
 
+    /// Lets `span` of virtual time pass with every device running.
+    fn idle(&mut self, span: Duration) {
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        self.clock.run_for(&mut refs, span);
+    }
+
     fn counter(&mut self, name: &str) -> u64 {
         let stats = self.devices[1].stats();
         stats
@@ -323,6 +329,25 @@ apps = [
         + c(&mut site, "rest.latency_le_inf");
     assert_eq!(buckets, 2);
     assert_eq!(c(&mut site, "busy.requests"), 0);
+}
+
+#[test]
+fn active_checks_take_a_dead_upstream_out_before_a_request_meets_it() {
+    let proxy = r#"kind = "http-proxy"
+pools = [{ name = "web", upstreams = ["10.0.0.3:80", "10.0.0.9:80", "10.0.0.4:80"],
+           health = { path = "/health", interval = "200ms", timeout = "100ms", fall = 2, rise = 2 } }]
+routes = [{ path = "/", pool = "web" }]"#;
+    let mut site = Site::new(proxy);
+    site.idle(Duration::from_secs(2));
+    assert_eq!(site.counter("upstreams_marked_down"), 1);
+    assert!(site.counter("health_checks_passed") >= 10);
+    let mut req = get("/", "").repeat(5);
+    req += &get("/", "Connection: close\r\n");
+    let r = site.exchange(req.as_bytes());
+    let by: Vec<String> = r.iter().map(|(_, h, _)| served_by(h)).collect();
+    assert_eq!(r.iter().filter(|x| x.0 == 200).count(), 6, "{by:?}");
+    assert_eq!(by, ["web1", "web2", "web1", "web2", "web1", "web2"]);
+    assert_eq!(site.counter("upstream_timeouts"), 0);
 }
 
 #[test]
