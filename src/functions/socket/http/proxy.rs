@@ -2,7 +2,7 @@
 //!
 //! Each client connection is served one request at a time, in order (so
 //! pipelined requests are answered in order): its head is parsed and
-//! routed by `Host` and path prefix ([`config`]) to a pool, the pool's
+//! routed by `Host` and path prefix to a pool, the pool's
 //! balancing picks an upstream, and the request goes out on a kept
 //! connection to it or a new one — head rewritten (hop-by-hop fields
 //! dropped, `Via`, `X-Forwarded-For` and `Forwarded` added), body streamed

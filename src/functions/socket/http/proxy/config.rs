@@ -64,7 +64,7 @@ pub struct HttpProxyConfig {
     /// The largest response body the cache keeps (1 MiB).
     pub cache_max_object: usize,
     /// Applications: requests counted and policed per application
-    /// ([`super::apps`]).
+    /// (see `HttpProxy`).
     pub apps: Vec<super::apps::AppConfig>,
 }
 
