@@ -351,6 +351,18 @@ routes = [{ path = "/", pool = "web" }]"#;
 }
 
 #[test]
+fn a_client_that_never_finishes_its_head_is_closed_after_the_idle_timeout() {
+    let proxy = PROXY.replace("connect_timeout = \"2s\"", "idle_timeout = \"5s\"");
+    let mut site = Site::new(&proxy);
+    // Slowloris: half a head, then nothing.
+    let r = site.exchange(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n");
+    assert!(r.is_empty());
+    let took = site.clock.now().total_millis();
+    assert!((5000..7000).contains(&took), "closed after {took} ms");
+    assert_eq!(site.counter("requests"), 0);
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, super::HttpProxy::new);
     let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
