@@ -239,8 +239,8 @@ fn curl(args: &[&str]) -> (String, bool) {
         .args(args)
         .output()
         .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (text, out.status.success())
 }
 
@@ -270,7 +270,11 @@ fn curl_reaches_three_backends_through_the_http_proxy_example() {
     }
     assert_eq!(served.len(), 3, "{served:?}");
     // Two requests in one curl run share the client connection.
-    let (out, ok) = curl(&["-v", "http://10.81.0.2/static/a", "http://10.81.0.2/static/b"]);
+    let (out, ok) = curl(&[
+        "-v",
+        "http://10.81.0.2/static/a",
+        "http://10.81.0.2/static/b",
+    ]);
     assert!(ok, "{out}");
     assert!(out.contains("Re-using existing connection"), "{out}");
     assert_eq!(out.matches("a static file").count(), 2, "{out}");
