@@ -22,6 +22,9 @@ use super::{Res, settings, unique};
 /// Distinct keys (all preloaded).
 const KEYS: usize = 10_000;
 const VALUE_LEN: usize = 1024;
+/// After the key of a set and of a hit's VALUE line (flags 0, VALUE_LEN).
+const SET_TAIL: &[u8] = b" 0 0 1024\r\n";
+const VALUE_TAIL: &[u8] = b" 0 1024";
 /// Requests in flight per connection.
 pub(super) const DEPTH: usize = 8;
 const PORT: u16 = 11211;
@@ -112,7 +115,7 @@ impl Protocol for CacheClient {
             Op::Set(k) => {
                 out.extend_from_slice(b"set ");
                 out.extend_from_slice(&self.data.keys[k]);
-                out.extend_from_slice(format!(" 0 0 {VALUE_LEN}\r\n").as_bytes());
+                out.extend_from_slice(SET_TAIL);
                 out.extend_from_slice(self.data.value(k));
                 out.extend_from_slice(b"\r\n");
             }
@@ -143,11 +146,10 @@ impl Protocol for CacheClient {
                     return Err(format!("get of preloaded key {k} missed"));
                 }
                 let key = &self.data.keys[k];
-                let want_tail = format!(" 0 {VALUE_LEN}");
-                let ok = line.len() == 6 + key.len() + want_tail.len()
+                let ok = line.len() == 6 + key.len() + VALUE_TAIL.len()
                     && line.starts_with(b"VALUE ")
                     && &line[6..6 + key.len()] == key
-                    && line.ends_with(want_tail.as_bytes());
+                    && line.ends_with(VALUE_TAIL);
                 if !ok {
                     return Err(format!("get of key {k} answered {:?}", text()));
                 }
@@ -310,6 +312,12 @@ mod tests {
             reply_to(Op::Set(7), &data).reply(b"STORED\r\n"),
             Ok(Some(8))
         );
+    }
+
+    #[test]
+    fn the_tails_name_the_value_length() {
+        assert_eq!(SET_TAIL, format!(" 0 0 {VALUE_LEN}\r\n").as_bytes());
+        assert_eq!(VALUE_TAIL, format!(" 0 {VALUE_LEN}").as_bytes());
     }
 
     #[test]
