@@ -11,17 +11,21 @@
 //! the same named host segments; it prints `ready` once attached.
 //!
 //! One file per benchmark (`tcp` for bulk and round trips, `frames`,
-//! `idle`, `function` with its `chain`, `tap`, `vxlan`), the kernel reference paths in
-//! `kernel`, the JSON lines in `report`, the process-mode far side in
-//! `peer`.
+//! `idle`, `function` with its `chain`, `tap`, `vxlan`, `cache`, `proxy`),
+//! the kernel reference paths in `kernel`, the request/response load
+//! generator of `cache` and `proxy` in `load`, the JSON lines in `report`,
+//! the process-mode far side in `peer`.
 
+mod cache;
 mod chain;
 mod flows;
 mod frames;
 mod function;
 mod idle;
 mod kernel;
+mod load;
 mod peer;
+mod proxy;
 mod report;
 mod tap;
 mod tcp;
@@ -36,10 +40,12 @@ use shmnet::shm::{NetworkParams, PortInfo, Segment, SegmentKind};
 use shmnet::stack::NetDevice;
 use shmnet::testing::DeviceToml;
 
+use cache::bench_cache;
 use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
+use proxy::bench_proxy;
 use tap::bench_tap;
 use tcp::{bench_rr, bench_tcp, listen, serve};
 use vxlan::bench_vxlan;
@@ -163,6 +169,28 @@ pub enum BenchCmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// memcached text protocol, gets and sets 9:1 (64-byte keys, 1 KiB
+    /// values, 8 requests in flight per connection) to a `cache` device,
+    /// against a real memcached on 127.0.0.1 (skipped without one).
+    Cache {
+        /// Client connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds each run lasts (default 3; 1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// Keep-alive HTTP GETs of a 1 KiB body through an `http-proxy` device
+    /// to an `http-server` device, against haproxy in front of a kernel
+    /// HTTP server on 127.0.0.1 (skipped without haproxy).
+    Proxy {
+        /// Client connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds each run lasts (default 3; 1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
 }
 
 /// Where the far side runs.
@@ -235,6 +263,14 @@ pub fn main(args: &BenchCli) -> i32 {
                 mtu: 1500,
                 bytes: None,
             });
+            v.push(BenchCmd::Cache {
+                connections: 32,
+                seconds: None,
+            });
+            v.push(BenchCmd::Proxy {
+                connections: 32,
+                seconds: None,
+            });
             for name in FUNCTIONS_BENCHED {
                 v.push(BenchCmd::Function {
                     name: name.to_string(),
@@ -276,6 +312,14 @@ pub fn main(args: &BenchCli) -> i32 {
             BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
             BenchCmd::Tap { mtu, bytes } => bench_tap(*mtu, *bytes, quick, reps),
             BenchCmd::Vxlan { mtu, bytes } => bench_vxlan(*mtu, *bytes, quick, reps),
+            BenchCmd::Cache {
+                connections,
+                seconds,
+            } => bench_cache(*connections, *seconds, quick, reps),
+            BenchCmd::Proxy {
+                connections,
+                seconds,
+            } => bench_proxy(*connections, *seconds, quick, reps),
         };
         match r {
             Ok(line) => {
