@@ -147,6 +147,8 @@ struct Client {
     app: Option<usize>,
     started: Instant,
     xfer: (u64, u64),
+    /// Connects retried for this request after a refusal.
+    tries: u8,
 }
 
 /// The HTTP reverse proxy.
@@ -223,6 +225,7 @@ impl HttpProxy {
                 app: None,
                 started: cx.now,
                 xfer: (0, 0),
+                tries: 0,
             });
         }
         any

@@ -13,6 +13,9 @@ use super::config::{pick, route};
 use super::{Client, HttpProxy, Phase, READ_AHEAD, Stats, UpConn};
 use crate::functions::SocketContext;
 
+/// Further connects to a pool's upstreams after one refused a request.
+const MAX_CONNECT_TRIES: u8 = 2;
+
 /// What one step of a client's exchange did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Step {
@@ -158,47 +161,12 @@ impl HttpProxy {
             self.fail(ci, 404);
             return Step::Again;
         };
-        let Some(u) = pick(&mut self.pools[p], &c.req, now) else {
-            self.fail(ci, 503);
+        c.tries = 0;
+        if let Err(status) = self.open_upstream(cx, ci, p) {
+            self.fail(ci, status);
             return Step::Again;
-        };
-        self.pools[p].upstreams[u].active += 1;
-        c.target = Some((p, u));
-        let ep = self.pools[p].upstreams[u].ep;
-        // A kept connection to that upstream, if one is still good.
-        while let Some(k) = self.idle.iter().position(|k| k.pool == p && k.ep == ep) {
-            let k = self.idle.swap_remove(k);
-            let s = cx.sockets.get::<tcp::Socket>(k.sock);
-            if s.state() == tcp::State::Established && s.recv_queue() == 0 && k.buf.is_empty() {
-                self.stats.upstream_reuses += 1;
-                c.up = Some(k);
-                break;
-            }
-            cx.sockets.get_mut::<tcp::Socket>(k.sock).abort();
-            self.dying.push((k.sock, Some(k.local_port)));
         }
-        if c.up.is_none() {
-            let Some(local_port) = self.ports.take() else {
-                self.fail(ci, 503);
-                return Step::Again;
-            };
-            let sock = cx.add_tcp(self.cfg.tcp_buffer);
-            let s = cx.sockets.get_mut::<tcp::Socket>(sock);
-            if s.connect(cx.iface.context(), ep, local_port).is_err() {
-                self.dying.push((sock, Some(local_port)));
-                self.fail(ci, 502);
-                return Step::Again;
-            }
-            self.stats.upstream_connects += 1;
-            c.up = Some(UpConn {
-                sock,
-                pool: p,
-                ep,
-                local_port,
-                buf: Vec::new(),
-                idle_since: now,
-            });
-        }
+        let c = &mut self.clients[ci];
         // The head as it goes upstream.
         let cs = cx.sockets.get::<tcp::Socket>(c.sock);
         let client = cs.remote_endpoint().map(|e| std::net::IpAddr::from(e.addr));
@@ -242,6 +210,52 @@ impl HttpProxy {
         Step::Again
     }
 
+    /// Picks an upstream of pool `p` for client `ci`'s request and gets a
+    /// connection to it: a kept one, or a new one under way. The status
+    /// to answer with when there is none.
+    fn open_upstream(
+        &mut self,
+        cx: &mut SocketContext<'_>,
+        ci: usize,
+        p: usize,
+    ) -> Result<(), u16> {
+        let now = cx.now;
+        let c = &mut self.clients[ci];
+        let u = pick(&mut self.pools[p], &c.req, now).ok_or(503u16)?;
+        self.pools[p].upstreams[u].active += 1;
+        c.target = Some((p, u));
+        let ep = self.pools[p].upstreams[u].ep;
+        // A kept connection to that upstream, if one is still good.
+        while let Some(k) = self.idle.iter().position(|k| k.pool == p && k.ep == ep) {
+            let k = self.idle.swap_remove(k);
+            let s = cx.sockets.get::<tcp::Socket>(k.sock);
+            if s.state() == tcp::State::Established && s.recv_queue() == 0 && k.buf.is_empty() {
+                self.stats.upstream_reuses += 1;
+                c.up = Some(k);
+                return Ok(());
+            }
+            cx.sockets.get_mut::<tcp::Socket>(k.sock).abort();
+            self.dying.push((k.sock, Some(k.local_port)));
+        }
+        let local_port = self.ports.take().ok_or(503u16)?;
+        let sock = cx.add_tcp(self.cfg.tcp_buffer);
+        let s = cx.sockets.get_mut::<tcp::Socket>(sock);
+        if s.connect(cx.iface.context(), ep, local_port).is_err() {
+            self.dying.push((sock, Some(local_port)));
+            return Err(502);
+        }
+        self.stats.upstream_connects += 1;
+        c.up = Some(UpConn {
+            sock,
+            pool: p,
+            ep,
+            local_port,
+            buf: Vec::new(),
+            idle_since: now,
+        });
+        Ok(())
+    }
+
     /// Waits for the upstream connection.
     fn connecting(&mut self, cx: &mut SocketContext<'_>, ci: usize) -> Step {
         let c = &mut self.clients[ci];
@@ -264,6 +278,21 @@ impl HttpProxy {
                 }
             }
             _ => {
+                // Refused (a busy upstream with no socket listening, say).
+                // Nothing of the request went out: try again, on whichever
+                // upstream the pool picks now, twice at most.
+                let pool = c.target.map(|(p, _)| p);
+                if let (Some(p), true) = (pool, c.tries < MAX_CONNECT_TRIES) {
+                    c.tries += 1;
+                    if let Some(up) = c.up.take() {
+                        self.dying.push((up.sock, Some(up.local_port)));
+                    }
+                    self.end_target(ci, false);
+                    if let Err(status) = self.open_upstream(cx, ci, p) {
+                        self.fail(ci, status);
+                    }
+                    return Step::Again;
+                }
                 self.fail(ci, 502);
                 Step::Again
             }
