@@ -363,6 +363,64 @@ fn a_client_that_never_finishes_its_head_is_closed_after_the_idle_timeout() {
 }
 
 #[test]
+fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
+    let mut site = Site::new(PROXY);
+    site.port += 1;
+    let h = site.devices[0].add_tcp();
+    let (iface, sockets) = site.devices[0].parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), site.port)
+        .unwrap();
+    // Sends `req` on the open connection; what comes back until `done`.
+    let roundtrip = |site: &mut Site, req: &[u8], done: &dyn Fn(&[u8], bool) -> bool| {
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
+        let ok = site
+            .clock
+            .run_until(&mut refs, Duration::from_secs(30), |d| {
+                let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+                if s.may_send() && sent < req.len() {
+                    sent += s.send_slice(&req[sent..]).unwrap_or(0);
+                }
+                while let Ok(n) = s.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), b.len())
+                }) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                done(&got, !s.may_recv() && sent > 0)
+            });
+        assert!(ok, "{}", String::from_utf8_lossy(&got));
+        responses(&got)
+    };
+    let one = |got: &[u8], _: bool| got.ends_with(b"hello from web1\n");
+    let r = roundtrip(&mut site, get("/", "").as_bytes(), &one);
+    assert_eq!(served_by(&r[0].1), "web1");
+    // web1 leaves the pool: the next request, on the same connection,
+    // goes to web2; so do the ones after.
+    let new = PROXY.replace(
+        r#"upstreams = ["10.0.0.3:80", "10.0.0.4:80"] },"#,
+        r#"upstreams = ["10.0.0.4:80"] },"#,
+    );
+    let cfg: crate::functions::FunctionConfig = toml::from_str(&new).unwrap();
+    assert_eq!(
+        site.devices[1].reconfigure(&cfg).unwrap(),
+        crate::stack::Applied::InPlace
+    );
+    let closed = |_: &[u8], closed: bool| closed;
+    let req = get("/", "") + &get("/", "Connection: close\r\n");
+    let r = roundtrip(&mut site, req.as_bytes(), &closed);
+    let by: Vec<String> = r.iter().map(|(_, h, _)| served_by(h)).collect();
+    assert_eq!(by, ["web2", "web2"]);
+    assert_eq!(site.counter("connections"), 1);
+    assert_eq!(site.counter("requests"), 3);
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, super::HttpProxy::new);
     let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
