@@ -421,6 +421,46 @@ fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
 }
 
 #[test]
+fn a_client_that_does_not_read_holds_back_its_upstream_not_the_proxy_memory() {
+    let proxy = format!("{PROXY}\ntcp_buffer = 16384");
+    let mut site = Site::new(&proxy);
+    let h = site.devices[0]
+        .sockets()
+        .add(crate::stack::new_tcp_socket(4096, 4096));
+    let (iface, sockets) = site.devices[0].parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), 41000)
+        .unwrap();
+    let req = get("/big", "");
+    let mut sent = 0;
+    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
+    // Asks for 1 MiB and never reads.
+    site.clock
+        .run_until(&mut refs, Duration::from_secs(5), |d| {
+            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+            if s.may_send() && sent < req.len() {
+                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
+            }
+            false
+        });
+    let sent_by_web: u64 = site.devices[2..]
+        .iter_mut()
+        .map(|d| {
+            d.stats()
+                .function_counters
+                .iter()
+                .find(|(n, _)| n == "bytes_out")
+                .map_or(0, |c| c.1)
+        })
+        .sum();
+    assert!(
+        (1..256 << 10).contains(&sent_by_web),
+        "the upstream sent {sent_by_web} bytes to a proxy whose client reads nothing"
+    );
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, super::HttpProxy::new);
     let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
