@@ -149,6 +149,8 @@ struct Client {
     xfer: (u64, u64),
     /// Connects retried for this request after a refusal.
     tries: u8,
+    /// When a closing connection is given up on.
+    linger: Option<Instant>,
 }
 
 /// The HTTP reverse proxy.
@@ -226,6 +228,7 @@ impl HttpProxy {
                 started: cx.now,
                 xfer: (0, 0),
                 tries: 0,
+                linger: None,
             });
         }
         any
@@ -420,6 +423,7 @@ impl Function for HttpProxy {
         let idle = self.cfg.idle_timeout.0;
         let clients = self.clients.iter().filter_map(|c| match c.phase {
             Phase::Head | Phase::Connecting | Phase::ResponseHead => Some(c.deadline),
+            Phase::Closing => c.linger,
             _ => None,
         });
         let ups = self

@@ -3,6 +3,7 @@
 //! response head rewritten and its body relayed.
 
 use smoltcp::socket::tcp;
+use smoltcp::time::Duration;
 
 use super::super::codec::{
     BodyDecoder, BodyKind, Rewrite, Version, forwarded, via, x_forwarded_for,
@@ -12,6 +13,10 @@ use super::cache::Capture;
 use super::config::{pick, route};
 use super::{Client, HttpProxy, Phase, READ_AHEAD, Stats, UpConn};
 use crate::functions::SocketContext;
+
+/// How long a closing client connection may take to flush its last bytes
+/// and finish the close.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// Further connects to a pool's upstreams after one refused a request.
 const MAX_CONNECT_TRIES: u8 = 2;
@@ -571,7 +576,15 @@ impl HttpProxy {
     /// Sends what is left, then closes the client connection.
     fn closing(&mut self, cx: &mut SocketContext<'_>, ci: usize) -> Step {
         let c = &mut self.clients[ci];
+        // A client that reads nothing, or never closes its side, does not
+        // keep its place for ever.
+        let linger = *c.linger.get_or_insert(cx.now + LINGER);
         let s = cx.sockets.get_mut::<tcp::Socket>(c.sock);
+        if cx.now >= linger {
+            s.abort();
+            self.dying.push((c.sock, None));
+            return Step::Gone;
+        }
         if !c.to_client.is_empty() && s.may_send() {
             return Step::Wait;
         }

@@ -461,6 +461,68 @@ fn a_client_that_does_not_read_holds_back_its_upstream_not_the_proxy_memory() {
 }
 
 #[test]
+fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
+    let proxy = format!("{PROXY}\nmax_connections = 1");
+    let mut site = Site::new(&proxy);
+    let first = site.devices[0].add_tcp();
+    let second = site.devices[0].add_tcp();
+    let (iface, sockets) = site.devices[0].parts();
+    let to = (IpAddress::v4(10, 0, 0, 2), 80);
+    sockets
+        .get_mut::<tcp::Socket>(first)
+        .connect(iface.context(), to, 41001)
+        .unwrap();
+    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
+    let up = site
+        .clock
+        .run_until(&mut refs, Duration::from_secs(5), |d| {
+            d[0].sockets().get::<tcp::Socket>(first).state() == tcp::State::Established
+        });
+    assert!(up);
+    // The first holds the only place: the second is refused.
+    let (iface, sockets) = refs[0].parts();
+    sockets
+        .get_mut::<tcp::Socket>(second)
+        .connect(iface.context(), to, 41002)
+        .unwrap();
+    let refused = site
+        .clock
+        .run_until(&mut refs, Duration::from_secs(5), |d| {
+            d[0].sockets().get::<tcp::Socket>(second).state() == tcp::State::Closed
+        });
+    assert!(refused, "the second client got in");
+    // The first is served all the same.
+    let req = get("/", "Connection: close\r\n");
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let done = site
+        .clock
+        .run_until(&mut refs, Duration::from_secs(10), |d| {
+            let s = d[0].sockets().get_mut::<tcp::Socket>(first);
+            if s.may_send() && sent < req.len() {
+                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
+            }
+            while let Ok(n) = s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            !s.may_recv() && sent > 0
+        });
+    assert!(done);
+    assert_eq!(responses(&got)[0].0, 200);
+    drop(refs);
+    // Its place is free again, at the latest once the proxy gives up on
+    // the first client finishing its close (it never does here).
+    site.idle(Duration::from_secs(6));
+    let r = site.exchange(get("/", "Connection: close\r\n").as_bytes());
+    assert_eq!(r[0].0, 200);
+}
+
+#[test]
 fn config_errors_name_the_field() {
     let err = |text: &str| config_error(text, super::HttpProxy::new);
     let pool = "pools = [{ name = \"web\", upstreams = [\"10.0.0.3:80\"] }]\n";
