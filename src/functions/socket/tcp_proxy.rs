@@ -748,6 +748,59 @@ mod tests {
     }
 
     #[test]
+    fn a_new_pool_applies_in_place_and_the_relayed_stream_goes_on() {
+        let net = Net::new();
+        let mut probe = net.host(
+            "probe",
+            1,
+            r#"{ kind = "probe", tcp = ["10.0.0.2:7000", "10.0.0.2:7000"], bytes = 4194304 }"#,
+        );
+        let proxy_cfg = |upstream: &str| {
+            format!(
+                r#"kind = "tcp-proxy"
+                listeners = [{{ port = 7000, upstreams = ["{upstream}"] }}]"#
+            )
+        };
+        let mut proxy = device(
+            &DeviceToml::host("proxy", &net.lan, &net.wan, 2)
+                .function_table(proxy_cfg("10.0.0.3:7"))
+                .settings(),
+        );
+        let mut a = net.host("a", 3, r#"{ kind = "echo" }"#);
+        let mut b = net.host("b", 4, r#"{ kind = "echo" }"#);
+        let new: crate::functions::FunctionConfig =
+            toml::from_str(&proxy_cfg("10.0.0.4:7")).unwrap();
+        let h = probe.handle();
+        let mut switched = false;
+        let mut clock = VirtualClock::new(Duration::from_millis(1));
+        let done = clock.run_until(
+            &mut [&mut probe, &mut proxy, &mut a, &mut b],
+            Duration::from_secs(30),
+            |d| {
+                // Mid-stream, the pool changes to b alone.
+                if !switched && counter(d[1], "listener.7000.bytes_up") > 1 << 20 {
+                    let applied = d[1].reconfigure(&new).unwrap();
+                    assert_eq!(applied, crate::stack::Applied::InPlace);
+                    switched = true;
+                }
+                h.finished()
+            },
+        );
+        assert!(done && switched);
+        let report = h.take_report();
+        assert!(
+            report
+                .iter()
+                .all(|l| l.contains("4194304 bytes echoed intact")),
+            "{report:?}"
+        );
+        // The stream under way finished on a; the next went to b.
+        assert_eq!(counter(&a, "tcp_bytes_echoed"), 4 << 20);
+        assert_eq!(counter(&b, "tcp_bytes_echoed"), 4 << 20);
+        assert_eq!(counter(&proxy, "listener.7000.connections"), 2);
+    }
+
+    #[test]
     fn config_errors_name_the_field() {
         let err = |text: &str| config_error(text, super::TcpProxy::new);
         let cases = [
