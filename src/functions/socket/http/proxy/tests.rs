@@ -17,6 +17,8 @@ struct Site {
     clock: VirtualClock,
     devices: Vec<NetDevice>,
     port: u16,
+    lan: String,
+    wan: String,
 }
 
 fn web(name: &str) -> String {
@@ -50,6 +52,8 @@ impl Site {
                 host("web2", 4, &web("web2")),
             ],
             port: 40000,
+            lan,
+            wan,
         }
     }
 
@@ -518,6 +522,101 @@ fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
     // Its place is free again, at the latest once the proxy gives up on
     // the first client finishing its close (it never does here).
     site.idle(Duration::from_secs(6));
+    let r = site.exchange(get("/", "Connection: close\r\n").as_bytes());
+    assert_eq!(r[0].0, 200);
+}
+
+/// An upstream that answers every connection with the head of a 100 kB
+/// response, 1000 bytes of its body, and then a reset.
+struct Breaks {
+    socks: Vec<smoltcp::iface::SocketHandle>,
+    sent: Vec<bool>,
+}
+
+impl crate::stack::Function for Breaks {
+    fn name(&self) -> &'static str {
+        "breaks"
+    }
+    fn hooks_ingress(&self) -> bool {
+        false
+    }
+    fn attach(&mut self, cx: &mut crate::stack::SocketContext<'_>) {
+        self.socks = crate::functions::socket::listen_on(cx, 80, 4, None);
+        self.sent = vec![false; 4];
+    }
+    fn poll(&mut self, cx: &mut crate::stack::SocketContext<'_>) -> bool {
+        for (i, &h) in self.socks.iter().enumerate() {
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            if !s.is_open() {
+                let _ = s.listen(80);
+                self.sent[i] = false;
+            } else if s.may_send() && s.recv_queue() > 0 && !self.sent[i] {
+                let mut out = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+                out.extend_from_slice(&[b'x'; 1000]);
+                let _ = s.send_slice(&out);
+                self.sent[i] = true;
+            } else if self.sent[i] && s.send_queue() == 0 {
+                s.abort();
+            }
+        }
+        false
+    }
+}
+
+#[test]
+fn an_upstream_that_resets_mid_body_cuts_the_client_off_not_the_proxy() {
+    let _ = crate::functions::register("breaks-mid-body", |_| {
+        Ok(Box::new(Breaks {
+            socks: Vec::new(),
+            sent: Vec::new(),
+        }))
+    });
+    let mut site = Site::new(PROXY);
+    // web2 (10.0.0.4) is replaced by the breaking upstream.
+    drop(site.devices.pop());
+    let broken = DeviceToml::host("web2", &site.lan, &site.wan, 4)
+        .function_table("kind = \"breaks-mid-body\"")
+        .settings();
+    site.devices.push(device(&broken));
+    let mut got = Vec::new();
+    site.port += 1;
+    let h = site.devices[0].add_tcp();
+    let (iface, sockets) = site.devices[0].parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), site.port)
+        .unwrap();
+    // Two requests: web1 answers the first, the second meets the reset.
+    let req = get("/", "").repeat(2);
+    let mut sent = 0;
+    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
+    let ended = site
+        .clock
+        .run_until(&mut refs, Duration::from_secs(30), |d| {
+            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+            if s.may_send() && sent < req.len() {
+                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
+            }
+            while let Ok(n) = s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            s.state() == tcp::State::Closed
+        });
+    assert!(ended, "the client was not cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("hello from web1"), "{text}");
+    assert!(text.contains("Content-Length: 100000"), "{text}");
+    assert!(got.len() < 2000, "{} bytes", got.len());
+    drop(refs);
+    // The proxy goes on: the next client is served (by web1, the pool
+    // having counted web2's failure).
+    assert_eq!(site.counter("upstream_failures"), 1);
     let r = site.exchange(get("/", "Connection: close\r\n").as_bytes());
     assert_eq!(r[0].0, 200);
 }
