@@ -2,6 +2,7 @@
 //! device's sockets driven from the test, the proxy, and `http-server`
 //! devices as upstreams; responses read back with the codec.
 
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 use smoltcp::wire::IpAddress;
@@ -60,18 +61,41 @@ impl Site {
     /// Sends `request` bytes on a new connection and reads until the proxy
     /// closes it; every response parsed: status, head, body.
     fn exchange(&mut self, request: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
+        let h = self.open(None);
+        let got = self.talk(h, request, |s, _| !s.may_recv());
+        self.devices[0].sockets().get_mut::<tcp::Socket>(h).abort();
+        responses(&got)
+    }
+
+    /// A client socket (with `rx`-byte receive buffer, or the device's)
+    /// connecting to the proxy.
+    fn open(&mut self, rx: Option<usize>) -> SocketHandle {
         self.port += 1;
         let client = &mut self.devices[0];
-        let h = client.add_tcp();
+        let h = match rx {
+            Some(rx) => client.sockets().add(crate::stack::new_tcp_socket(rx, 4096)),
+            None => client.add_tcp(),
+        };
         let (iface, sockets) = client.parts();
         sockets
             .get_mut::<tcp::Socket>(h)
             .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), self.port)
             .expect("connect");
+        h
+    }
+
+    /// Sends `request` on `h` and reads what comes back until `done` says
+    /// so (asked once all is sent); panics after 2 minutes.
+    fn talk(
+        &mut self,
+        h: SocketHandle,
+        request: &[u8],
+        done: impl Fn(&tcp::Socket, &[u8]) -> bool,
+    ) -> Vec<u8> {
         let mut sent = 0;
         let mut got = Vec::new();
         let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
-        let done = self
+        let ok = self
             .clock
             .run_until(&mut refs, Duration::from_secs(120), |d| {
                 let s = d[0].sockets().get_mut::<tcp::Socket>(h);
@@ -86,16 +110,10 @@ impl Site {
                         break;
                     }
                 }
-                // Done once the proxy closed and everything is read.
-                sent > 0 && !s.may_recv()
+                sent == request.len() && done(s, &got)
             });
-        assert!(
-            done,
-            "the proxy did not close: {}",
-            String::from_utf8_lossy(&got)
-        );
-        self.devices[0].sockets().get_mut::<tcp::Socket>(h).abort();
-        responses(&got)
+        assert!(ok, "no end in sight: {}", String::from_utf8_lossy(&got));
+        got
     }
 
     /// Lets `span` of virtual time pass with every device running.
@@ -369,41 +387,11 @@ fn a_client_that_never_finishes_its_head_is_closed_after_the_idle_timeout() {
 #[test]
 fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
     let mut site = Site::new(PROXY);
-    site.port += 1;
-    let h = site.devices[0].add_tcp();
-    let (iface, sockets) = site.devices[0].parts();
-    sockets
-        .get_mut::<tcp::Socket>(h)
-        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), site.port)
-        .unwrap();
-    // Sends `req` on the open connection; what comes back until `done`.
-    let roundtrip = |site: &mut Site, req: &[u8], done: &dyn Fn(&[u8], bool) -> bool| {
-        let mut sent = 0;
-        let mut got = Vec::new();
-        let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
-        let ok = site
-            .clock
-            .run_until(&mut refs, Duration::from_secs(30), |d| {
-                let s = d[0].sockets().get_mut::<tcp::Socket>(h);
-                if s.may_send() && sent < req.len() {
-                    sent += s.send_slice(&req[sent..]).unwrap_or(0);
-                }
-                while let Ok(n) = s.recv(|b| {
-                    got.extend_from_slice(b);
-                    (b.len(), b.len())
-                }) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                done(&got, !s.may_recv() && sent > 0)
-            });
-        assert!(ok, "{}", String::from_utf8_lossy(&got));
-        responses(&got)
-    };
-    let one = |got: &[u8], _: bool| got.ends_with(b"hello from web1\n");
-    let r = roundtrip(&mut site, get("/", "").as_bytes(), &one);
-    assert_eq!(served_by(&r[0].1), "web1");
+    let h = site.open(None);
+    let got = site.talk(h, get("/", "").as_bytes(), |_, got| {
+        got.ends_with(b"hello from web1\n")
+    });
+    assert_eq!(served_by(&responses(&got)[0].1), "web1");
     // web1 leaves the pool: the next request, on the same connection,
     // goes to web2; so do the ones after.
     let new = PROXY.replace(
@@ -415,10 +403,12 @@ fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
         site.devices[1].reconfigure(&cfg).unwrap(),
         crate::stack::Applied::InPlace
     );
-    let closed = |_: &[u8], closed: bool| closed;
     let req = get("/", "") + &get("/", "Connection: close\r\n");
-    let r = roundtrip(&mut site, req.as_bytes(), &closed);
-    let by: Vec<String> = r.iter().map(|(_, h, _)| served_by(h)).collect();
+    let got = site.talk(h, req.as_bytes(), |s, _| !s.may_recv());
+    let by: Vec<String> = responses(&got)
+        .iter()
+        .map(|(_, h, _)| served_by(h))
+        .collect();
     assert_eq!(by, ["web2", "web2"]);
     assert_eq!(site.counter("connections"), 1);
     assert_eq!(site.counter("requests"), 3);
@@ -428,26 +418,10 @@ fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
 fn a_client_that_does_not_read_holds_back_its_upstream_not_the_proxy_memory() {
     let proxy = format!("{PROXY}\ntcp_buffer = 16384");
     let mut site = Site::new(&proxy);
-    let h = site.devices[0]
-        .sockets()
-        .add(crate::stack::new_tcp_socket(4096, 4096));
-    let (iface, sockets) = site.devices[0].parts();
-    sockets
-        .get_mut::<tcp::Socket>(h)
-        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), 41000)
-        .unwrap();
-    let req = get("/big", "");
-    let mut sent = 0;
-    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
     // Asks for 1 MiB and never reads.
-    site.clock
-        .run_until(&mut refs, Duration::from_secs(5), |d| {
-            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
-            if s.may_send() && sent < req.len() {
-                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
-            }
-            false
-        });
+    let h = site.open(Some(4096));
+    site.talk(h, get("/big", "").as_bytes(), |_, _| true);
+    site.idle(Duration::from_secs(5));
     let sent_by_web: u64 = site.devices[2..]
         .iter_mut()
         .map(|d| {
@@ -468,57 +442,18 @@ fn a_client_that_does_not_read_holds_back_its_upstream_not_the_proxy_memory() {
 fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
     let proxy = format!("{PROXY}\nmax_connections = 1");
     let mut site = Site::new(&proxy);
-    let first = site.devices[0].add_tcp();
-    let second = site.devices[0].add_tcp();
-    let (iface, sockets) = site.devices[0].parts();
-    let to = (IpAddress::v4(10, 0, 0, 2), 80);
-    sockets
-        .get_mut::<tcp::Socket>(first)
-        .connect(iface.context(), to, 41001)
-        .unwrap();
-    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
-    let up = site
-        .clock
-        .run_until(&mut refs, Duration::from_secs(5), |d| {
-            d[0].sockets().get::<tcp::Socket>(first).state() == tcp::State::Established
-        });
-    assert!(up);
+    let first = site.open(None);
+    site.talk(first, b"", |s, _| s.state() == tcp::State::Established);
     // The first holds the only place: the second is refused.
-    let (iface, sockets) = refs[0].parts();
-    sockets
-        .get_mut::<tcp::Socket>(second)
-        .connect(iface.context(), to, 41002)
-        .unwrap();
-    let refused = site
-        .clock
-        .run_until(&mut refs, Duration::from_secs(5), |d| {
-            d[0].sockets().get::<tcp::Socket>(second).state() == tcp::State::Closed
-        });
-    assert!(refused, "the second client got in");
+    let second = site.open(None);
+    site.talk(second, b"", |s, _| s.state() == tcp::State::Closed);
     // The first is served all the same.
-    let req = get("/", "Connection: close\r\n");
-    let mut sent = 0;
-    let mut got = Vec::new();
-    let done = site
-        .clock
-        .run_until(&mut refs, Duration::from_secs(10), |d| {
-            let s = d[0].sockets().get_mut::<tcp::Socket>(first);
-            if s.may_send() && sent < req.len() {
-                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
-            }
-            while let Ok(n) = s.recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), b.len())
-            }) {
-                if n == 0 {
-                    break;
-                }
-            }
-            !s.may_recv() && sent > 0
-        });
-    assert!(done);
+    let got = site.talk(
+        first,
+        get("/", "Connection: close\r\n").as_bytes(),
+        |s, _| !s.may_recv(),
+    );
     assert_eq!(responses(&got)[0].0, 200);
-    drop(refs);
     // Its place is free again, at the latest once the proxy gives up on
     // the first client finishing its close (it never does here).
     site.idle(Duration::from_secs(6));
@@ -529,7 +464,7 @@ fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
 /// An upstream that answers every connection with the head of a 100 kB
 /// response, 1000 bytes of its body, and then a reset.
 struct Breaks {
-    socks: Vec<smoltcp::iface::SocketHandle>,
+    socks: Vec<SocketHandle>,
     sent: Vec<bool>,
 }
 
@@ -578,42 +513,16 @@ fn an_upstream_that_resets_mid_body_cuts_the_client_off_not_the_proxy() {
         .function_table("kind = \"breaks-mid-body\"")
         .settings();
     site.devices.push(device(&broken));
-    let mut got = Vec::new();
-    site.port += 1;
-    let h = site.devices[0].add_tcp();
-    let (iface, sockets) = site.devices[0].parts();
-    sockets
-        .get_mut::<tcp::Socket>(h)
-        .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), site.port)
-        .unwrap();
     // Two requests: web1 answers the first, the second meets the reset.
-    let req = get("/", "").repeat(2);
-    let mut sent = 0;
-    let mut refs: Vec<&mut NetDevice> = site.devices.iter_mut().collect();
-    let ended = site
-        .clock
-        .run_until(&mut refs, Duration::from_secs(30), |d| {
-            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
-            if s.may_send() && sent < req.len() {
-                sent += s.send_slice(&req.as_bytes()[sent..]).unwrap_or(0);
-            }
-            while let Ok(n) = s.recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), b.len())
-            }) {
-                if n == 0 {
-                    break;
-                }
-            }
-            s.state() == tcp::State::Closed
-        });
-    assert!(ended, "the client was not cut off");
+    let h = site.open(None);
+    let got = site.talk(h, get("/", "").repeat(2).as_bytes(), |s, _| {
+        s.state() == tcp::State::Closed
+    });
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("hello from web1"), "{text}");
     assert!(text.contains("Content-Length: 100000"), "{text}");
     assert!(got.len() < 2000, "{} bytes", got.len());
-    drop(refs);
     // The proxy goes on: the next client is served (by web1, the pool
     // having counted web2's failure).
     assert_eq!(site.counter("upstream_failures"), 1);
