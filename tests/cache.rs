@@ -11,27 +11,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::have;
+use common::tap::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
 const CACHE: &str = "10.80.0.2:11211";
 /// Debian's interpreter, where python3-pymemcache installs.
 const PYTHON: &str = "/usr/bin/python3";
 
 fn skip_reason() -> Option<&'static str> {
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
-    }
-    None
+    tap_unavailable()
 }
 
 macro_rules! skip_unless {
@@ -54,15 +46,8 @@ fn have_pymemcache() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Keeps the tests that run the example's TAP interface apart.
-fn tap_lock() -> std::fs::File {
-    let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-tap-test.lock"))
-        .expect("lock file");
-    lock.lock().expect("lock");
-    lock
-}
-
-/// A child process killed (SIGKILL) when the test ends, passing or not.
+/// A child process (the real memcached) killed when the test ends,
+/// passing or not.
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -74,43 +59,12 @@ impl Drop for Killed {
 
 /// `shmnet run` of the example, once its TAP port is up and the cache
 /// accepts connections.
-fn run_example() -> Killed {
+fn run_example() -> Run {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cache/topology.toml");
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .arg(&example)
-        .args(["--duration", "300"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shmnet run");
-    let out = child.stdout.take().expect("stdout");
-    let mut run = Killed(child);
-    let mut lines = BufReader::new(out).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("tap shmtap1 ready"));
-    if !ready {
-        let mut err = String::new();
-        let _ = run.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("the run ended before its TAP port was ready: {err}");
-    }
-    // Keep draining so the run never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    wait_connect(CACHE.parse().unwrap());
+    let mut run = Run::start(&example, &["--duration", "300"]);
+    run.wait_ready("shmtap1");
+    connect(CACHE.parse().unwrap());
     run
-}
-
-fn wait_connect(addr: SocketAddr) {
-    let t0 = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(_) => return,
-            Err(e) if t0.elapsed() > Duration::from_secs(15) => panic!("connect {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 #[test]
@@ -151,7 +105,7 @@ fn every_command_answers_as_a_real_memcached() {
             .spawn()
             .expect("start memcached"),
     );
-    wait_connect(SocketAddr::from(([127, 0, 0, 1], port)));
+    connect(SocketAddr::from(([127, 0, 0, 1], port)));
     let _run = run_example();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cache/compare.py");
     let answers = |host: &str, port: u16| {

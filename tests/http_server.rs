@@ -10,25 +10,20 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tap::*;
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
 const TAP: &str = "shmtap3";
 const SERVER: &str = "10.82.0.2";
 const BIG: u64 = 64 << 20;
 
 /// Why this test cannot run here, if it cannot.
 fn skip_reason() -> Option<&'static str> {
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
+    if let Some(why) = tap_unavailable() {
+        return Some(why);
     }
     if !have("curl") || !have("nc") {
         return Some("curl or nc (netcat-openbsd) is not installed");
@@ -36,29 +31,14 @@ fn skip_reason() -> Option<&'static str> {
     None
 }
 
-/// The lock the TAP tests share (one TAP topology at a time, so their
-/// interfaces and routes never meet).
-fn tap_lock() -> std::fs::File {
-    let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-tap-test.lock"))
-        .expect("lock file");
-    lock.lock().expect("lock");
-    lock
-}
-
-/// `shmnet run` of the test's topology, killed (and its TAP interface
-/// with it) if the test ends first; its directory removed.
-struct Run {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Run {
-    fn start() -> Run {
-        let tag = unique("http");
-        let dir = std::env::temp_dir().join(format!("shmnet-{tag}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let topology = format!(
-            r#"name = "http-server-test"
+/// `shmnet run` of the test's topology (a TAP port and an http-server),
+/// once its TAP port is ready; its directory goes with it.
+fn start() -> Run {
+    let tag = unique("http");
+    let dir = std::env::temp_dir().join(format!("shmnet-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let topology = format!(
+        r#"name = "http-server-test"
 [[tap]]
 name = "{TAP}"
 segment = "{tag}-lan"
@@ -77,44 +57,12 @@ routes = [
     {{ path = "/big", size = {BIG} }},
 ]
 "#
-        );
-        let file = dir.join("topology.toml");
-        std::fs::write(&file, topology).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .arg(&file)
-            .args(["--duration", "300"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shmnet run");
-        let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        let want = format!("tap {TAP} ready");
-        let mut run = Run { child, dir };
-        for line in lines.by_ref() {
-            if line.expect("read stdout").starts_with(&want) {
-                // Keep draining so the run never blocks on a full pipe.
-                std::thread::spawn(move || for _ in lines {});
-                return run;
-            }
-        }
-        let mut err = String::new();
-        let _ = run
-            .child
-            .stderr
-            .take()
-            .map(|mut e| e.read_to_string(&mut err));
-        panic!("the run ended before its TAP port was ready: {err}");
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    );
+    let file = dir.join("topology.toml");
+    std::fs::write(&file, topology).unwrap();
+    let mut run = Run::start(&file, &["--duration", "300"]).removing(dir);
+    run.wait_ready(TAP);
+    run
 }
 
 /// curl with `args`; its stdout and stderr.
@@ -173,7 +121,7 @@ fn curl_gets_heads_reuses_downloads_64_mib_and_garbage_gets_400() {
         return;
     }
     let _lock = tap_lock();
-    let run = Run::start();
+    let run = start();
     wait_answering();
 
     // GET /: 200, the server's name, the body.

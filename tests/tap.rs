@@ -8,23 +8,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tap::*;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
 
 /// Why TAP tests cannot run here, if they cannot.
 fn skip_reason() -> Option<&'static str> {
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
+    if let Some(why) = tap_unavailable() {
+        return Some(why);
     }
     if !have("ping") || !have("setpriv") {
         return Some("ping (iputils-ping) or setpriv (util-linux) is not installed");
@@ -56,89 +52,6 @@ fn wait_gone(name: &str) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-/// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first;
-/// what it printed after its TAP port was ready.
-struct Run(Child, std::sync::Arc<std::sync::Mutex<String>>);
-
-impl Run {
-    fn start(topology: &Path, args: &[&str]) -> Run {
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg(topology)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shmnet run");
-        Run(child, Default::default())
-    }
-
-    /// Waits for the `tap NAME ready` line.
-    fn wait_ready(&mut self, name: &str) {
-        let out = self.0.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        let want = format!("tap {name} ready");
-        for line in lines.by_ref() {
-            let line = line.expect("read stdout");
-            if line.starts_with(&want) {
-                // Keep reading so the run never blocks on a full pipe.
-                let out = std::sync::Arc::clone(&self.1);
-                std::thread::spawn(move || {
-                    for line in lines.map_while(Result::ok) {
-                        let mut out = out.lock().unwrap();
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                });
-                return;
-            }
-        }
-        let mut err = String::new();
-        let _ = self.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("the run ended before its TAP port was ready: {err}");
-    }
-
-    /// SIGTERM, then the exit code.
-    fn stop(self) -> i32 {
-        self.stop_with_output().0
-    }
-
-    /// SIGTERM, then the exit code and what the run printed once its TAP
-    /// port was ready (its counters at the end).
-    fn stop_with_output(mut self) -> (i32, String) {
-        let pid = rustix::process::Pid::from_child(&self.0);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let status = self.0.wait().expect("wait");
-        // The reader ends with the pipe, when the run has exited.
-        let t0 = Instant::now();
-        while std::sync::Arc::strong_count(&self.1) > 1 && t0.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let out = self.1.lock().unwrap().clone();
-        let _ = self.0.kill();
-        (status.code().unwrap_or(-1), out)
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Connects once the device behind the TAP answers.
-fn connect(addr: SocketAddr) -> TcpStream {
-    let t0 = Instant::now();
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(c) => return c,
-            Err(e) if t0.elapsed() > Duration::from_secs(15) => panic!("connect {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
 }
 
 /// Streams `bytes` of a pattern to the echo server at `addr` with the
@@ -185,6 +98,7 @@ fn ping(address: &str) -> bool {
 #[test]
 fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap/topology.toml");
     let mut run = Run::start(&example, &["--duration", "60"]);
     run.wait_ready("shmtap0");
@@ -198,6 +112,7 @@ fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
 #[test]
 fn the_tcp_proxy_example_relays_concurrent_linux_streams_to_both_echo_devices() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-proxy/topology.toml");
     let mut run = Run::start(&example, &["--duration", "120"]);
     run.wait_ready("shmtap4");
@@ -247,6 +162,7 @@ fn curl(args: &[&str]) -> (String, bool) {
 #[test]
 fn curl_reaches_three_backends_through_the_http_proxy_example() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     if !have("curl") {
         eprintln!("skipped: curl is not installed");
         return;
@@ -355,6 +271,7 @@ impl Drop for TapTopology {
 #[test]
 fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     let t = TapTopology::new(1, "process");
     let run = t.run();
     // The TAP's MTU is the network's.
@@ -369,6 +286,7 @@ fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
 #[test]
 fn a_killed_run_leaves_no_interface_behind() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     let t = TapTopology::new(2, "thread");
     let run = t.run();
     assert!(interface_exists(&t.tap));
@@ -383,6 +301,7 @@ fn a_killed_run_leaves_no_interface_behind() {
 #[test]
 fn without_cap_net_admin_the_run_fails_saying_so_and_leaves_nothing() {
     skip_unless_tap!();
+    let _lock = tap_lock();
     for (n, mode) in [(3, "thread"), (4, "process")] {
         let t = TapTopology::new(n, mode);
         let runtime = t.dir.join("runtime");

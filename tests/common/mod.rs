@@ -4,6 +4,8 @@
 
 pub use shmnet::testing::*;
 
+pub mod tap;
+
 use std::path::PathBuf;
 
 use shmnet::config::DeviceSettings;

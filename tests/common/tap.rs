@@ -1,0 +1,138 @@
+//! Running a topology with a TAP port as `shmnet run`, for the tests that
+//! drive devices with Linux programs: whether this machine can, the lock
+//! that keeps those tests apart, the run itself and a connect that waits
+//! for the device behind the TAP.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_shmnet");
+
+/// Why TAP ports cannot be made here, if they cannot.
+pub fn tap_unavailable() -> Option<&'static str> {
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("no /dev/net/tun: this kernel or container has no TUN/TAP");
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("not root: creating TAP interfaces needs CAP_NET_ADMIN");
+    }
+    None
+}
+
+/// The lock the tests with TAP topologies share, held while it lives.
+pub fn tap_lock() -> std::fs::File {
+    let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-tap-test.lock"))
+        .expect("lock file");
+    lock.lock().expect("lock");
+    lock
+}
+
+/// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first,
+/// with what it printed once its TAP port was ready; a directory of the
+/// test's is removed with it.
+pub struct Run {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    dir: Option<PathBuf>,
+}
+
+impl Run {
+    /// Starts the run.
+    pub fn start(topology: &Path, args: &[&str]) -> Run {
+        let child = Command::new(BIN)
+            .arg("run")
+            .arg(topology)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shmnet run");
+        Run {
+            child,
+            output: Default::default(),
+            dir: None,
+        }
+    }
+
+    /// Removes `dir` when the run is dropped.
+    pub fn removing(mut self, dir: PathBuf) -> Run {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Waits for the `tap NAME ready` line.
+    pub fn wait_ready(&mut self, name: &str) {
+        let out = self.child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(out).lines();
+        let want = format!("tap {name} ready");
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if line.starts_with(&want) {
+                // Keep reading so the run never blocks on a full pipe.
+                let out = Arc::clone(&self.output);
+                std::thread::spawn(move || {
+                    for line in lines.map_while(Result::ok) {
+                        let mut out = out.lock().unwrap();
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                });
+                return;
+            }
+        }
+        let mut err = String::new();
+        let _ = self
+            .child
+            .stderr
+            .take()
+            .map(|mut e| e.read_to_string(&mut err));
+        panic!("the run ended before its TAP port was ready: {err}");
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn stop(self) -> i32 {
+        self.stop_with_output().0
+    }
+
+    /// SIGTERM, then the exit code and what the run printed once its TAP
+    /// port was ready (its counters at the end).
+    pub fn stop_with_output(mut self) -> (i32, String) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let status = self.child.wait().expect("wait");
+        // The reader ends with the pipe, once the run has exited.
+        let t0 = Instant::now();
+        while Arc::strong_count(&self.output) > 1 && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = self.output.lock().unwrap().clone();
+        (status.code().unwrap_or(-1), out)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Connects once the device behind the TAP answers (15 s at most).
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let t0 = Instant::now();
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(c) => return c,
+            Err(e) if t0.elapsed() > Duration::from_secs(15) => panic!("connect {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
