@@ -383,3 +383,6 @@ impl Function for Cache {
         reconfigure_in_place(cfg, |c: &CacheConfig| Cache::reconfigure(self, c))
     }
 }
+
+#[cfg(test)]
+mod tests;
