@@ -136,7 +136,7 @@ impl Session {
                 b'l' => push_num(
                     &mut head,
                     b'l',
-                    (now.total_millis() - it.accessed_ms) / 1000,
+                    now.total_millis().saturating_sub(it.accessed_ms) / 1000,
                 ),
                 b'h' => push_num(&mut head, b'h', u8::from(it.fetched)),
                 b'O' => {
@@ -474,12 +474,12 @@ impl Session {
         // memcached prints "now - exptime" (negative while alive).
         let exp = match it.expiry {
             Expiry::Never => -1,
-            Expiry::At(t) => (now_ms - t).div_euclid(1000),
+            Expiry::At(t) => now_ms.saturating_sub(t).div_euclid(1000),
         };
         line.extend_from_slice(
             format!(
                 " exp={exp} la={} cas={} fetch={} cls=1 size={}\r\n",
-                (now_ms - it.accessed_ms) / 1000,
+                now_ms.saturating_sub(it.accessed_ms) / 1000,
                 it.cas,
                 if it.fetched { "yes" } else { "no" },
                 it.total()

@@ -194,7 +194,7 @@ impl Item {
     pub fn ttl(&self, now: Instant) -> i64 {
         match self.expiry {
             Expiry::Never => -1,
-            Expiry::At(t) => ((t - now.total_millis()).max(0) + 999) / 1000,
+            Expiry::At(t) => (t.saturating_sub(now.total_millis()).max(0) + 999) / 1000,
         }
     }
 }
@@ -302,9 +302,16 @@ impl Store {
         } else if exptime < 0 {
             Expiry::At(i64::MIN)
         } else if exptime > REALTIME_MAXDELTA {
-            Expiry::At(exptime.saturating_mul(1000) - self.unix_base_ms)
+            Expiry::At(
+                exptime
+                    .saturating_mul(1000)
+                    .saturating_sub(self.unix_base_ms),
+            )
         } else {
-            Expiry::At(now.total_millis() + exptime * 1000)
+            Expiry::At(
+                now.total_millis()
+                    .saturating_add(exptime.saturating_mul(1000)),
+            )
         }
     }
 
