@@ -26,6 +26,8 @@
 //! assert!(report[0].contains("4/4 datagrams echoed intact"), "{report:?}");
 //! ```
 
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 
 use crate::stack::NetDevice;
@@ -72,6 +74,38 @@ impl VirtualClock {
         while self.now < end {
             self.tick(devices);
         }
+    }
+
+    /// Sends `request` on TCP socket `h` of `devices[0]` (a client polled
+    /// by hand) and collects what comes back, ticking until everything is
+    /// sent and `done(socket, received)` holds, or `limit` has passed;
+    /// whether `done` held, and the bytes received.
+    pub fn converse(
+        &mut self,
+        devices: &mut [&mut NetDevice],
+        h: SocketHandle,
+        request: &[u8],
+        limit: Duration,
+        done: impl Fn(&tcp::Socket, &[u8]) -> bool,
+    ) -> (bool, Vec<u8>) {
+        let mut sent = 0;
+        let mut got = Vec::new();
+        let ok = self.run_until(devices, limit, |d| {
+            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+            if s.may_send() && sent < request.len() {
+                sent += s.send_slice(&request[sent..]).unwrap_or(0);
+            }
+            while let Ok(n) = s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), b.len())
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            sent == request.len() && done(s, &got)
+        });
+        (ok, got)
     }
 
     /// Ticks until `done` (asked after every tick) holds, or until `limit`

@@ -92,26 +92,10 @@ impl Site {
         request: &[u8],
         done: impl Fn(&tcp::Socket, &[u8]) -> bool,
     ) -> Vec<u8> {
-        let mut sent = 0;
-        let mut got = Vec::new();
         let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
-        let ok = self
+        let (ok, got) = self
             .clock
-            .run_until(&mut refs, Duration::from_secs(120), |d| {
-                let s = d[0].sockets().get_mut::<tcp::Socket>(h);
-                if s.may_send() && sent < request.len() {
-                    sent += s.send_slice(&request[sent..]).unwrap_or(0);
-                }
-                while let Ok(n) = s.recv(|b| {
-                    got.extend_from_slice(b);
-                    (b.len(), b.len())
-                }) {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                sent == request.len() && done(s, &got)
-            });
+            .converse(&mut refs, h, request, Duration::from_secs(120), done);
         assert!(ok, "no end in sight: {}", String::from_utf8_lossy(&got));
         got
     }
