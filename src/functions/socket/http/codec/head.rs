@@ -411,7 +411,10 @@ impl HeadParser {
             match &buf[start..] {
                 [b'\r', b'\n', ..] => start += 2,
                 [b'\n', ..] => start += 1,
-                [b'\r'] | [] => return self.incomplete(buf.len()),
+                // A lone CR may start the next line ending: not counted
+                // against the limit until it is one (as a whole buffer
+                // would judge it).
+                [b'\r'] | [] => return self.incomplete(start),
                 _ => break,
             }
             if start > limits.max_head {
