@@ -16,6 +16,8 @@ pub mod cache;
 pub mod echo;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "manager")]
+pub mod manager;
 pub mod probe;
 pub mod sink;
 pub mod tcp_proxy;

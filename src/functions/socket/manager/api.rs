@@ -1,0 +1,1 @@
+//! The JSON API: requests parsed from HTTP method and target.

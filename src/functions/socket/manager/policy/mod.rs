@@ -1,0 +1,1 @@
+//! The policy engine: rules over metrics that change devices' functions.
