@@ -194,6 +194,7 @@ pub mod config;
 mod counters;
 pub mod error;
 pub mod functions;
+pub mod management;
 pub mod shm;
 pub mod stack;
 #[cfg(any(test, feature = "testing"))]

@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 
 use crate::config::{DeviceSettings, RunMode, Topology};
+use crate::management::{Agent, Management};
 use crate::shm::SegmentKind;
 use crate::stack::{DeviceError, DeviceHandle, DeviceStats, NetDevice};
 
@@ -205,16 +206,66 @@ pub fn run(
     mut on_line: impl FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     let mode = opts.mode.unwrap_or(topo.mode);
+    let mgmt = Management::resolve(&topo.management, &topo.name);
+    let key = management_key(&mgmt)?;
+    let topo = &with_management(topo, &mgmt);
     // TAP ports and gateways first: a missing privilege or a bad address
     // fails the run before any device starts.
     let mut bridges = Bridges::start_taps(topo, mode, &mut on_line)?;
     bridges.start_vxlans(topo, mode, &mut on_line)?;
     let out = match mode {
-        RunMode::Thread => run_threads(topo, opts, &mut on_line),
-        RunMode::Process => run_processes(topo, opts, &mut on_line),
+        RunMode::Thread => run_threads(topo, opts, key.as_ref().map(|k| (&mgmt, k)), &mut on_line),
+        RunMode::Process => run_processes(topo, opts, &mgmt, &mut on_line),
     };
     bridges.stop(&mut on_line);
     out
+}
+
+/// The secret of a run whose devices run agents (`None`: they do not).
+fn management_key(
+    m: &Management,
+) -> Result<Option<std::sync::Arc<crate::wire::mgmt::Key>>, Box<dyn std::error::Error + Send + Sync>> {
+    if !m.enabled {
+        return Ok(None);
+    }
+    m.key()
+        .map(Some)
+        .map_err(|e| format!("management secret: {e}").into())
+}
+
+/// The topology with its management settings handed to each device (and
+/// to a manager, which needs the secret and the agents' port).
+fn with_management(topo: &Topology, m: &Management) -> Topology {
+    let mut t = topo.clone();
+    for d in &mut t.devices {
+        d.management = crate::config::ManagementConfig {
+            enabled: Some(m.enabled),
+            agent_port: Some(m.agent_port),
+            secret_file: Some(m.secret_file.clone()),
+        };
+        crate::management::inform_manager(d, m);
+    }
+    t
+}
+
+/// Runs `dev` on this thread until `done` says so, with its agent when the
+/// device has one.
+fn run_managed(
+    dev: &mut NetDevice,
+    agent: Option<(Agent, u16)>,
+    mut done: impl FnMut(&mut NetDevice) -> bool,
+) {
+    match agent {
+        Some((mut agent, port)) => {
+            dev.set_management_port(Some(port));
+            dev.run_until(|dev| {
+                agent.poll(dev);
+                done(dev)
+            });
+            agent.close(dev);
+        }
+        None => dev.run_until(done),
+    }
 }
 
 /// The segment kind of a run's networks.
@@ -376,6 +427,7 @@ impl Drop for Threads {
 fn run_threads(
     topo: &Topology,
     opts: &RunOptions,
+    mgmt: Option<(&Management, &std::sync::Arc<crate::wire::mgmt::Key>)>,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     // Servers first, so probes find them listening.
@@ -383,7 +435,15 @@ fn run_threads(
     order.sort_by_key(|d| d.function.has_job());
     let mut running = Threads(Vec::new());
     for d in &order {
-        let (h, t) = NetDevice::new(*d, SegmentKind::InProcess)?.spawn();
+        let mut dev = NetDevice::new(*d, SegmentKind::InProcess)?;
+        let agent = mgmt.map(|(m, k)| (Agent::new(d, k.clone(), m.agent_port), m.agent_port));
+        let h = dev.handle();
+        let t = std::thread::Builder::new()
+            .name(format!("dev-{}", d.name))
+            .spawn(move || {
+                run_managed(&mut dev, agent, |_| false);
+                dev
+            })?;
         running.0.push((h, Some(t), d.function.has_job()));
     }
     let started = Instant::now();
@@ -527,6 +587,7 @@ impl Drop for Children {
 fn run_processes(
     topo: &Topology,
     opts: &RunOptions,
+    mgmt: &Management,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     let mut order = Vec::new();
@@ -548,6 +609,7 @@ fn run_processes(
         let child = Command::new(&command.program)
             .args(&command.args)
             .arg(file)
+            .envs(mgmt.env())
             .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::inherit())
             .spawn()
@@ -628,6 +690,19 @@ pub fn run_device(
     opts: &RunOptions,
     mut on_line: impl FnMut(&str),
 ) -> Result<RunOutcome, DeviceError> {
+    let mut cfg = cfg.clone();
+    let mgmt = Management::resolve(&Management::from_env(&cfg.management), &cfg.name);
+    crate::management::inform_manager(&mut cfg, &mgmt);
+    let cfg = &cfg;
+    let agent = if mgmt.enabled {
+        let key = mgmt.key().map_err(|why| DeviceError::Management {
+            device: cfg.name.clone(),
+            why,
+        })?;
+        Some((Agent::new(cfg, key, mgmt.agent_port), mgmt.agent_port))
+    } else {
+        None
+    };
     let mut dev = NetDevice::new(cfg, SegmentKind::Shared)?;
     on_line(&format!(
         "device {} ready: local {} on {} ({}), global {} on {} ({}), pid {}",
@@ -650,7 +725,7 @@ pub fn run_device(
             reports.push(line);
         }
     };
-    dev.run_until(|_| {
+    run_managed(&mut dev, agent, |_| {
         collect(&mut reports);
         h.finished() || stopped(opts) || opts.duration.is_some_and(|t| started.elapsed() >= t)
     });

@@ -87,7 +87,7 @@ pub use wake::{Wake, sleep};
 ///
 /// Every method runs on the device's thread; [`Adapter::remote`] is the
 /// part other threads may hold.
-pub trait Adapter: Send {
+pub trait Adapter: Send + IntoDynAdapter {
     /// The link layer of the network (Ethernet or bare IP).
     fn medium(&self) -> Medium;
     /// The network's IP MTU: the largest IP packet it carries.
@@ -180,6 +180,32 @@ pub trait Adapter: Send {
     fn counters(&self) -> &AdapterCounters;
     /// A short name for logs, e.g. `port 3`.
     fn describe(&self) -> String;
+    /// Every station of the network by the name it is listed under, this
+    /// adapter's own included (empty for adapters without a directory).
+    fn members(&self) -> Vec<(String, Neighbour)> {
+        Vec::new()
+    }
+    /// Takes off the capture this adapter wears ([`pcap::Pcap`]), giving
+    /// back the adapter beneath and what the capture wrote; `Err(self)`
+    /// when it wears none.
+    fn take_off_capture(
+        self: Box<Self>,
+    ) -> Result<(Box<dyn Adapter>, pcap::Capture), Box<dyn Adapter>> {
+        Err(self.into_dyn())
+    }
+}
+
+/// Boxes any adapter as a trait object; lets [`Adapter`]'s provided
+/// methods that consume `Box<Self>` hand it back as `Box<dyn Adapter>`.
+pub trait IntoDynAdapter {
+    /// `self` as a trait object.
+    fn into_dyn(self: Box<Self>) -> Box<dyn Adapter>;
+}
+
+impl<A: Adapter + 'static> IntoDynAdapter for A {
+    fn into_dyn(self: Box<Self>) -> Box<dyn Adapter> {
+        self
+    }
 }
 
 /// The part of an adapter other threads may hold.
@@ -365,4 +391,59 @@ pub enum AdapterError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Holds an adapter's place for the moment it is taken out to be wrapped
+/// or unwrapped (see [`crate::stack::Nic::rewrap`]); never polled.
+pub(crate) struct Vacant(AdapterCounters);
+
+impl Vacant {
+    pub(crate) fn boxed() -> Box<dyn Adapter> {
+        Box::new(Vacant(AdapterCounters::default()))
+    }
+}
+
+impl Adapter for Vacant {
+    fn medium(&self) -> Medium {
+        Medium::Ip
+    }
+    fn ip_mtu(&self) -> usize {
+        0
+    }
+    fn frame_capacity(&self) -> usize {
+        0
+    }
+    fn can_lend(&mut self) -> bool {
+        false
+    }
+    fn lend(&mut self) -> Option<TxLease> {
+        None
+    }
+    fn buffer(&mut self, _: &mut TxLease) -> &mut [u8] {
+        &mut []
+    }
+    fn commit(&mut self, _: TxLease, _: usize) {}
+    fn release(&mut self, _: TxLease) {}
+    fn recv_into(&mut self, _: &mut [u8]) -> Option<usize> {
+        None
+    }
+    fn prepare_sleep(&self) -> Wake<'_> {
+        Wake::Ready
+    }
+    fn remote(&self) -> Arc<dyn Remote> {
+        Arc::new(CountersRemote(Arc::default()))
+    }
+    fn own_entry(&self) -> Neighbour {
+        Neighbour {
+            mac: EthernetAddress([0; 6]),
+            ipv4: None,
+            ipv6: None,
+        }
+    }
+    fn counters(&self) -> &AdapterCounters {
+        &self.0
+    }
+    fn describe(&self) -> String {
+        "vacant".into()
+    }
 }

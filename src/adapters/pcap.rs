@@ -30,57 +30,94 @@ use smoltcp::wire::{EthernetAddress, IpAddress};
 use super::{Adapter, AdapterCounters, AdapterError, InPlace, Neighbour, Remote, TxLease, Wake};
 
 /// An adapter whose every frame is also written to a pcap file.
-pub struct Pcap<A: Adapter> {
-    inner: A,
+pub struct Pcap {
+    inner: Box<dyn Adapter>,
     out: BufWriter<File>,
+    /// What was written: records and their bytes.
+    written: Capture,
     start: std::time::Instant,
     /// Microseconds since the Unix epoch at `start`.
     start_unix_us: i64,
 }
 
-impl<A: Adapter> Pcap<A> {
-    /// Wraps `inner`, writing to a new file at `path`.
-    pub fn create(inner: A, path: &Path) -> Result<Pcap<A>, AdapterError> {
+/// A new pcap file, its global header written, for [`Pcap::wrap`].
+pub struct PcapFile(BufWriter<File>);
+
+impl PcapFile {
+    /// Creates (or truncates) `path` for frames of `medium`.
+    pub fn create(path: &Path, medium: Medium) -> Result<PcapFile, AdapterError> {
         let f = File::create(path).map_err(|source| AdapterError::Pcap {
             path: path.display().to_string(),
             source,
         })?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
-        let link = match inner.medium() {
+        let link = match medium {
             Medium::Ethernet => PcapLinkType::Ethernet,
             _ => PcapLinkType::Ip,
         };
         PcapSink::global_header(&mut out, link);
-        Ok(Pcap {
+        Ok(PcapFile(out))
+    }
+}
+
+/// What a capture wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// Frames recorded.
+    pub frames: u64,
+    /// Their bytes (as captured, without record headers).
+    pub bytes: u64,
+}
+
+impl Pcap {
+    /// Wraps `inner`, writing to a new file at `path`.
+    pub fn create(inner: impl Adapter + 'static, path: &Path) -> Result<Pcap, AdapterError> {
+        let file = PcapFile::create(path, inner.medium())?;
+        Ok(Self::wrap(Box::new(inner), file))
+    }
+
+    /// Wraps an adapter already boxed (e.g. one a device runs, to capture
+    /// from now on) in a file opened beforehand, so that nothing can fail
+    /// once the adapter is taken.
+    pub fn wrap(inner: Box<dyn Adapter>, file: PcapFile) -> Pcap {
+        Pcap {
             inner,
-            out,
+            out: file.0,
+            written: Capture::default(),
             start: std::time::Instant::now(),
             start_unix_us: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_micros() as i64)
                 .unwrap_or(0),
-        })
+        }
     }
 
     /// The wrapped adapter.
-    pub fn inner(&self) -> &A {
-        &self.inner
+    pub fn inner(&self) -> &dyn Adapter {
+        self.inner.as_ref()
+    }
+
+    /// What was written so far.
+    pub fn written(&self) -> Capture {
+        self.written
     }
 }
 
 /// Appends one record (a free function, so the frame may borrow the inner
 /// adapter while the writer is borrowed).
-fn capture(out: &mut BufWriter<File>, at_us: i64, frame: &[u8]) {
+fn capture(out: &mut BufWriter<File>, written: &mut Capture, at_us: i64, frame: &[u8]) {
     PcapSink::packet(out, Instant::from_micros(at_us), frame);
+    written.frames += 1;
+    written.bytes += frame.len() as u64;
 }
 
-impl<A: Adapter> Pcap<A> {
+impl Pcap {
     fn now_us(&self) -> i64 {
         self.start_unix_us + self.start.elapsed().as_micros() as i64
     }
 }
 
-impl<A: Adapter> Adapter for Pcap<A> {
+impl Adapter for Pcap {
     fn medium(&self) -> Medium {
         self.inner.medium()
     }
@@ -105,7 +142,7 @@ impl<A: Adapter> Adapter for Pcap<A> {
     fn commit(&mut self, mut lease: TxLease, len: usize) {
         let at = self.now_us();
         let buf = self.inner.buffer(&mut lease);
-        capture(&mut self.out, at, &buf[..len.min(buf.len())]);
+        capture(&mut self.out, &mut self.written, at, &buf[..len.min(buf.len())]);
         self.inner.commit(lease, len);
     }
     fn release(&mut self, lease: TxLease) {
@@ -114,7 +151,7 @@ impl<A: Adapter> Adapter for Pcap<A> {
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
         let len = self.inner.recv_into(dst)?;
         let at = self.now_us();
-        capture(&mut self.out, at, &dst[..len]);
+        capture(&mut self.out, &mut self.written, at, &dst[..len]);
         Some(len)
     }
     fn in_place(&self) -> bool {
@@ -123,7 +160,7 @@ impl<A: Adapter> Adapter for Pcap<A> {
     fn recv_in_place(&mut self) -> Option<InPlace> {
         let f = self.inner.recv_in_place()?;
         let at = self.now_us();
-        capture(&mut self.out, at, self.inner.frame(&f));
+        capture(&mut self.out, &mut self.written, at, self.inner.frame(&f));
         Some(f)
     }
     fn frame(&self, f: &InPlace) -> &[u8] {
@@ -157,6 +194,9 @@ impl<A: Adapter> Adapter for Pcap<A> {
     fn addresses_of(&self, name: &str) -> Vec<IpAddress> {
         self.inner.addresses_of(name)
     }
+    fn members(&self) -> Vec<(String, Neighbour)> {
+        self.inner.members()
+    }
     fn maintain(&mut self) {
         self.inner.maintain()
     }
@@ -166,10 +206,9 @@ impl<A: Adapter> Adapter for Pcap<A> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-}
-
-impl<A: Adapter> Drop for Pcap<A> {
-    fn drop(&mut self) {
-        let _ = Write::flush(&mut self.out);
+    fn take_off_capture(self: Box<Self>) -> Result<(Box<dyn Adapter>, Capture), Box<dyn Adapter>> {
+        // The writer flushes as it drops.
+        let Pcap { inner, written, .. } = *self;
+        Ok((inner, written))
     }
 }

@@ -366,6 +366,12 @@ impl Adapter for ShmAdapter {
         out
     }
 
+    fn members(&self) -> Vec<(String, Neighbour)> {
+        let me = self.port.info();
+        let all = self.port.peers().map(|p| &p.info).chain(Some(me));
+        all.map(|p| (p.name.to_string(), neighbour(p))).collect()
+    }
+
     fn maintain(&mut self) {
         self.port.maintain();
     }

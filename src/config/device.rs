@@ -116,6 +116,7 @@ impl DeviceConfig {
             forward: false,
             routes: Vec::new(),
             sockets: SocketsConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 
@@ -163,6 +164,54 @@ pub struct DeviceConfig {
     /// Socket buffers of the device's own stack.
     #[serde(default)]
     pub sockets: SocketsConfig,
+    /// The management agent (`[management]`; a topology's table overrides
+    /// it).
+    #[serde(default)]
+    pub management: ManagementConfig,
+}
+
+/// `[management]`: the management agent every device runs, in a topology
+/// or a device file.
+///
+/// ```toml
+/// [management]
+/// agent_port = 9101              # the agent's TCP port (default 9101)
+/// secret_file = "mgmt.secret"    # the shared secret; created if missing
+/// enabled = true                 # default
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Run the agent (default: yes).
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The agent's TCP port on each of the device's addresses.
+    #[serde(default)]
+    pub agent_port: Option<u16>,
+    /// The file holding the secret that signs management messages,
+    /// relative to the file naming it. Created (mode 0600, 32 random
+    /// bytes) when missing. Default: `NAME.secret` (NAME: the topology's
+    /// or the device's) in `$XDG_RUNTIME_DIR/shmnet/`, or in
+    /// `/tmp/shmnet-UID/`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+impl ManagementConfig {
+    /// These settings with `over`'s given fields in their place.
+    pub fn overridden_by(&self, over: &ManagementConfig) -> ManagementConfig {
+        ManagementConfig {
+            enabled: over.enabled.or(self.enabled),
+            agent_port: over.agent_port.or(self.agent_port),
+            secret_file: over.secret_file.clone().or_else(|| self.secret_file.clone()),
+        }
+    }
+
+    /// Relative paths resolved against `base` (the named file's folder).
+    pub fn resolved(mut self, base: &Path) -> ManagementConfig {
+        self.secret_file = self.secret_file.map(|f| base.join(f));
+        self
+    }
 }
 
 /// `[sockets]`: the TCP buffers of the device's own stack. A field left
@@ -204,6 +253,8 @@ pub struct DeviceSettings {
     pub function: FunctionConfig,
     /// The file it came from, for messages.
     pub source: String,
+    /// The management agent's settings (secret file paths resolved).
+    pub management: ManagementConfig,
 }
 
 impl std::ops::Deref for DeviceSettings {
@@ -232,7 +283,22 @@ impl DeviceConfig {
     /// Reads and validates a device file.
     pub fn load(path: &Path) -> Result<DeviceSettings, ConfigError> {
         let (text, file) = read(path)?;
-        Self::from_toml(&text, &file)
+        let cfg: DeviceConfig = parse_toml(&text, &file)?;
+        cfg.relative_to(path.parent().unwrap_or(Path::new(".")))
+            .validate(&file)
+    }
+
+    /// The paths this configuration names that are relative to its file
+    /// (`[management] secret_file`, a manager's `policy` and
+    /// `secret_file`), resolved against the file's folder `base`.
+    pub fn relative_to(mut self, base: &Path) -> DeviceConfig {
+        self.management = self.management.resolved(base);
+        #[cfg(feature = "manager")]
+        if let FunctionConfig::Manager(m) = &mut self.function {
+            m.policy = m.policy.take().map(|p| base.join(p));
+            m.secret_file = m.secret_file.take().map(|p| base.join(p));
+        }
+        self
     }
 
     /// Parses and validates device TOML; `file` names it in errors.
@@ -355,6 +421,7 @@ impl DeviceConfig {
             },
             function: self.function.clone(),
             source: file.into(),
+            management: self.management.clone(),
         })
     }
 }

@@ -32,7 +32,7 @@
 mod device;
 mod topology;
 
-pub use device::{DeviceConfig, DeviceSettings, NetworkConfig, RouteConfig};
+pub use device::{DeviceConfig, DeviceSettings, ManagementConfig, NetworkConfig, RouteConfig};
 pub use topology::{RunMode, TapConfig, TapSpec, Topology, VxlanConfig, VxlanSpec};
 // The validated network and route types live with the stack that uses them.
 pub use crate::stack::spec::{NetworkSpec as NetworkSettings, StaticRoute};

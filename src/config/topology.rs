@@ -37,6 +37,8 @@ struct TopologyFile {
     taps: Vec<TapConfig>,
     #[serde(default, rename = "vxlan")]
     vxlans: Vec<VxlanConfig>,
+    #[serde(default)]
+    management: super::ManagementConfig,
 }
 
 /// `[[vxlan]]`: a VXLAN gateway (RFC 7348) that carries one of the
@@ -134,6 +136,8 @@ pub struct Topology {
     pub taps: Vec<TapSpec>,
     /// VXLAN gateways (`[[vxlan]]`).
     pub vxlans: Vec<VxlanSpec>,
+    /// `[management]`, paths resolved; it overrides each device's own.
+    pub management: super::ManagementConfig,
 }
 
 impl Topology {
@@ -184,7 +188,7 @@ impl Topology {
                             file: where_.clone(),
                             message: explain_parse_error(&e, None),
                         })?;
-                devices.push(cfg.validate(&where_)?);
+                devices.push(cfg.relative_to(base).validate(&where_)?);
                 files.push(None);
             }
         }
@@ -224,6 +228,7 @@ impl Topology {
             device_files: files,
             taps,
             vxlans,
+            management: t.management.resolved(base),
         })
     }
 }

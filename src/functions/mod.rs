@@ -27,6 +27,8 @@ pub use packet::*;
 pub use registry::{Factory, register, register_with_job, registered};
 #[cfg(feature = "http")]
 pub use socket::http;
+#[cfg(feature = "manager")]
+pub use socket::manager;
 pub use socket::{cache, diag, echo, probe, sink, tcp_proxy};
 
 pub use crate::stack::hook::{
@@ -170,6 +172,9 @@ function_kinds! {
     /// HTTP/1.1 reverse proxy and L7 balancer: routes by Host and path to
     /// pools of upstreams, keep-alive both sides, passive health.
     ["http"] HttpProxy(http::HttpProxyConfig) = "http-proxy", http::HttpProxy::new;
+    /// Network management: polls every device's agent, serves Prometheus
+    /// metrics and a JSON API, probes actively, runs the policy engine.
+    ["manager"] Manager(manager::ManagerConfig) = "manager", manager::Manager::new;
 }
 
 impl<'de> serde::Deserialize<'de> for FunctionConfig {

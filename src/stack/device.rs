@@ -15,7 +15,7 @@ use super::hook::{self, Function, FunctionError, LinkInfo, SocketContext};
 use super::sockets::SocketPool;
 use super::spec::{DeviceBlueprint, DeviceSpec, FunctionSpec, NetworkSpec};
 use super::{DeviceHandle, DeviceStats, Nic, Role, Router};
-use crate::adapters::pcap::Pcap;
+use crate::adapters::pcap::{Capture, Pcap, PcapFile};
 use crate::adapters::shm::{SegmentKind, ShmAdapter, ShmOptions};
 use crate::adapters::{Adapter, AdapterError, Neighbour};
 
@@ -83,6 +83,14 @@ pub enum DeviceError {
         #[source]
         source: FunctionError,
     },
+    /// The management agent cannot start (its secret is unreadable).
+    #[error("device {device}: management: {why}")]
+    Management {
+        /// The device.
+        device: String,
+        /// What is wrong.
+        why: String,
+    },
     /// The interface's address table is full.
     #[error("device {device}: too many addresses or routes")]
     AddressTable {
@@ -104,6 +112,8 @@ pub struct NetDevice {
     link: LinkInfo,
     /// Closed TCP sockets kept for the next connection.
     pool: SocketPool,
+    /// Which networks wear a capture, by [`Role::index`].
+    capturing: [bool; 2],
 }
 
 /// The name a device's adapter on `role`'s network is listed under in that
@@ -119,6 +129,25 @@ impl hook::Directory for [Box<dyn Adapter>; 2] {
         self.iter()
             .flat_map(|a| names.iter().flat_map(|n| a.addresses_of(n)))
             .collect()
+    }
+    fn devices(&self) -> Vec<(String, Vec<IpAddress>)> {
+        let mut out: std::collections::BTreeMap<String, Vec<IpAddress>> = Default::default();
+        for a in self {
+            for (name, n) in a.members() {
+                // A device's port on this network may be its local or its
+                // global one, whichever network this is to us.
+                let Some(device) = Role::ALL
+                    .iter()
+                    .find_map(|r| name.strip_suffix(&format!("/{}", r.name())))
+                else {
+                    continue;
+                };
+                let addrs = out.entry(device.to_string()).or_default();
+                addrs.extend(n.ipv4.map(IpAddress::Ipv4));
+                addrs.extend(n.ipv6.map(IpAddress::Ipv6));
+            }
+        }
+        out.into_iter().collect()
     }
 }
 
@@ -306,6 +335,7 @@ impl NetDevice {
             last_sweep: clock,
             last_counters: clock,
             pool: SocketPool::new(cfg.sockets),
+            capturing: [cfg.local.pcap.is_some(), cfg.global.pcap.is_some()],
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -359,6 +389,59 @@ impl NetDevice {
     /// is dropped without telling the peer.
     pub fn remove_socket(&mut self, h: SocketHandle) {
         self.pool.remove(&mut self.sockets, h);
+    }
+
+    /// Lets TCP to and from `port` on this device bypass the function's
+    /// hooks: the management agent's port (see the `management` module).
+    pub fn set_management_port(&mut self, port: Option<u16>) {
+        self.nic.management_port = port;
+    }
+
+    /// Medium and MTUs of the device's networks.
+    pub fn link(&self) -> LinkInfo {
+        self.link
+    }
+
+    /// Starts writing every frame of `role`'s network to a new pcap file
+    /// at `path` (in addition to a capture the network's configuration
+    /// asks for, which this refuses to stack on).
+    pub fn start_capture(&mut self, role: Role, path: &std::path::Path) -> Result<(), AdapterError> {
+        if self.capturing[role.index()] {
+            return Err(AdapterError::Pcap {
+                path: path.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "the {} network is being captured already",
+                    role.name()
+                )),
+            });
+        }
+        let file = PcapFile::create(path, self.nic.adapter(role).medium())?;
+        self.nic
+            .rewrap(role, |a| Box::new(Pcap::wrap(a, file)) as Box<dyn Adapter>);
+        self.capturing[role.index()] = true;
+        log::info!(
+            "device {}: capturing the {} network to {}",
+            self.shared.name,
+            role.name(),
+            path.display()
+        );
+        Ok(())
+    }
+
+    /// Stops the capture of `role`'s network (one started by
+    /// [`NetDevice::start_capture`] or by the configuration) and says what
+    /// it wrote; `None` when there was none.
+    pub fn stop_capture(&mut self, role: Role) -> Option<Capture> {
+        let mut written = None;
+        self.nic.rewrap(role, |a| match a.take_off_capture() {
+            Ok((inner, w)) => {
+                written = Some(w);
+                inner
+            }
+            Err(a) => a,
+        });
+        self.capturing[role.index()] = false;
+        written
     }
 
     /// A handle for other threads.
@@ -457,6 +540,13 @@ impl NetDevice {
                 link: self.link,
             },
         )
+    }
+
+    /// What a function's hooks get: the interface, sockets, socket pool,
+    /// directory and link facts, at the current device time. For services
+    /// that run beside the function (the management agent).
+    pub fn context(&mut self) -> SocketContext<'_> {
+        self.function_cx().1
     }
 
     /// One round on the wall clock (see [`NetDevice::poll_at`]).

@@ -86,6 +86,11 @@ pub trait Directory {
     /// The addresses of the device named `name` on this device's networks
     /// (empty when it has no port on either).
     fn device_addresses(&self, name: &str) -> Vec<IpAddress>;
+    /// Every device on the networks with its addresses, by name (a TAP
+    /// port or gateway, listed under another kind of name, is left out).
+    fn devices(&self) -> Vec<(String, Vec<IpAddress>)> {
+        Vec::new()
+    }
 }
 
 /// The device's links, as a function needs to know them.

@@ -73,6 +73,8 @@ pub mod checksum;
 pub mod esp;
 pub mod ip;
 pub mod ipcomp;
+pub mod mgmt;
+pub mod mgmt_payload;
 pub mod tcp;
 pub mod vxlan;
 

@@ -36,6 +36,7 @@ macro_rules! tx_token {
             predicted: &mut $nic.predicted,
             counters: &$nic.counters,
             now: $nic.now,
+            management_port: $nic.management_port,
         }
     };
 }
@@ -97,6 +98,11 @@ pub struct Nic {
     stalled_since: Option<Instant>,
     /// Where the function writes the frames it releases (`poll_transmit`).
     held: Vec<u8>,
+    /// The management agent's TCP port: its traffic to and from this
+    /// device bypasses the function's hooks, so a function (a deny-all
+    /// firewall, an encrypting or shaping one) cannot cut the device off
+    /// from its manager. The agent authenticates every request itself.
+    pub(crate) management_port: Option<u16>,
 }
 
 /// A frame that could not be sent when it was made, because the adapter it
@@ -157,6 +163,7 @@ impl Nic {
             warm: neighbours::Warmup::default(),
             stalled_since: None,
             held: vec![0; cap],
+            management_port: None,
         }
     }
 
@@ -168,6 +175,15 @@ impl Nic {
     pub fn adapter(&self, role: Role) -> &dyn Adapter {
         &*self.adapters[role.index()]
     }
+    /// Replaces `role`'s adapter with what `f` makes of it (e.g. the same
+    /// adapter wearing or taking off a capture). Frames in flight stay
+    /// with the adapter beneath: wrappers change nothing the peers see.
+    pub fn rewrap(&mut self, role: Role, f: impl FnOnce(Box<dyn Adapter>) -> Box<dyn Adapter>) {
+        let slot = &mut self.adapters[role.index()];
+        let a = std::mem::replace(slot, adapters::Vacant::boxed());
+        *slot = f(a);
+    }
+
     /// The adapter on `role`'s network, mutably.
     pub fn adapter_mut(&mut self, role: Role) -> &mut dyn Adapter {
         &mut *self.adapters[role.index()]

@@ -43,6 +43,7 @@ pub struct NicTxToken<'a> {
     pub(super) predicted: &'a mut Role,
     pub(super) counters: &'a NicCounters,
     pub(super) now: Instant,
+    pub(super) management_port: Option<u16>,
 }
 
 /// Where a Tx token's frame goes.
@@ -65,6 +66,19 @@ enum Held {
 enum Got {
     InPlace(InPlace),
     Copied(Held, usize),
+}
+
+/// Whether `view` is TCP to (`ingress`) or from the management agent's
+/// port, which the hooks do not see (see `Nic::management_port`).
+fn is_management(port: Option<u16>, view: &FrameView, ingress: bool) -> bool {
+    let Some(port) = port else { return false };
+    match view.ip() {
+        Some(ip) if ip.proto == crate::wire::proto::TCP => match ip.ports() {
+            Some((s, d)) => port == if ingress { d } else { s },
+            None => false,
+        },
+        _ => false,
+    }
 }
 
 /// What becomes of a frame after the ingress hook.
@@ -117,7 +131,11 @@ impl phy::TxToken for NicTxToken<'_> {
         let r = f(&mut full[..len]);
         let view = self.router.parse(&full[..len]);
         let mut frame = Frame::with_view(full, len, self.router.link_medium(), view);
-        let verdict = self.function.on_egress(self.now, &mut frame);
+        let verdict = if is_management(self.management_port, &view, false) {
+            Verdict::Pass
+        } else {
+            self.function.on_egress(self.now, &mut frame)
+        };
         if verdict == Verdict::Modified {
             frame.reparse();
         }
@@ -332,7 +350,13 @@ impl Nic {
             let buf = held_bytes(&mut self.adapters, &mut self.rx, &mut held);
             let view = view.unwrap_or_else(|| self.router.parse(&buf[..len]));
             let mut frame = Frame::with_view(buf, len, self.router.link_medium(), view);
-            let verdict = self.function.on_ingress(self.now, role, &mut frame);
+            let verdict = if is_management(self.management_port, &view, true)
+                && self.router.transit(&view).is_none()
+            {
+                Verdict::Pass
+            } else {
+                self.function.on_ingress(self.now, role, &mut frame)
+            };
             if verdict == Verdict::Modified {
                 frame.reparse();
             }
