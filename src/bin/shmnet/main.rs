@@ -1,9 +1,11 @@
-//! The `shmnet` command: run a topology, run one device, benchmark.
+//! The `shmnet` command: run a topology, run one device, benchmark, talk
+//! to a manager.
 //!
 //! Only this binary needs clap, env_logger and signal-hook (the `cli`
 //! feature); the library builds without them.
 
 mod bench;
+mod ctl;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,6 +70,9 @@ enum Cmd {
     Clean,
     /// Measure shmnet against the kernel path; prints one JSON object per result.
     Bench(bench::BenchCli),
+    /// Talk to a running manager: devices, counters, functions, captures,
+    /// policy, probes.
+    Ctl(ctl::CtlCli),
     /// The far end of a process-mode benchmark (internal).
     #[command(hide = true)]
     BenchPeer {
@@ -198,6 +203,7 @@ fn main() {
         Cmd::Segments => list_segments(),
         Cmd::Clean => clean_segments(),
         Cmd::Bench(args) => bench::main(&args),
+        Cmd::Ctl(args) => ctl::main(&args, &SHUTDOWN),
         Cmd::BenchPeer { args } => bench::peer_main(&args),
     };
     std::process::exit(code);

@@ -1,0 +1,897 @@
+//! `shmnet ctl`: the operator's client of the manager's JSON API.
+//!
+//! A small blocking HTTP/1.1 client (one request per connection) and a
+//! printer per command; `--json` prints the manager's answer as is.
+//! Mutating commands authenticate with `Bearer` [`api_token`] of the
+//! deployment secret (`--secret-file`, `SHMNET_SECRET_FILE`).
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use shmnet::functions::socket::manager::api::api_token;
+
+/// How long a connect, a read or a write may take (probes wait longer).
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read (the manager's are a few KiB).
+const MAX_BODY: usize = 64 << 20;
+
+#[derive(Args)]
+pub struct CtlCli {
+    /// The manager's URL, e.g. http://10.82.0.2:9100 (default: $SHMNET_MANAGER).
+    #[arg(long, global = true)]
+    manager: Option<String>,
+    /// The deployment secret, for commands that change something (default:
+    /// $SHMNET_SECRET_FILE).
+    #[arg(long, global = true)]
+    secret_file: Option<PathBuf>,
+    /// Print the manager's JSON answers as they are.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCmd,
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// List the devices the manager polls.
+    Devices,
+    /// Show a device's counters.
+    Stats {
+        device: String,
+        /// Repeat every SECS seconds (default 1) with rates, until Ctrl-C.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "SECS")]
+        watch: Option<f64>,
+    },
+    /// Give a device a new function, from a TOML file (its `[function]`
+    /// table, or the whole file).
+    Set {
+        device: String,
+        #[arg(long, value_name = "FILE.toml")]
+        function: PathBuf,
+    },
+    /// Capture a device's adapter traffic to a pcap file (written by the device).
+    Capture {
+        device: String,
+        #[arg(value_parser = ["local", "global"])]
+        adapter: String,
+        /// How long, e.g. 10s, 500ms, 2m.
+        #[arg(long = "for", value_parser = parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// The pcap file (made absolute here).
+        #[arg(short = 'w', value_name = "FILE.pcap")]
+        file: PathBuf,
+    },
+    /// Show the policy rules and the last decisions.
+    Policy,
+    /// Probe ADDR:PORT from a device.
+    Probe {
+        device: String,
+        target: String,
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "icmp", "http", "memcached"])]
+        kind: String,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+        /// Between exchanges, e.g. 10ms.
+        #[arg(long, value_parser = parse_duration, default_value = "10ms")]
+        interval: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    shmnet::functions::matching::parse_duration(s)
+        .map(|d| Duration::from_micros(d.total_micros()))
+        .ok_or_else(|| format!("{s:?}: use e.g. 10s, 500ms, 2m"))
+}
+
+/// A failure to report: the message, already explained.
+struct Failed(String);
+
+impl<E: std::fmt::Display> From<E> for Failed {
+    fn from(e: E) -> Failed {
+        Failed(e.to_string())
+    }
+}
+
+/// Runs `shmnet ctl`; returns the exit code.
+pub fn main(cli: &CtlCli, stop: &AtomicBool) -> i32 {
+    match run(cli, stop) {
+        Ok(()) => 0,
+        Err(Failed(why)) => {
+            eprintln!("shmnet ctl: {why}");
+            1
+        }
+    }
+}
+
+fn run(cli: &CtlCli, stop: &AtomicBool) -> Result<(), Failed> {
+    let manager = match &cli.manager {
+        Some(m) => m.clone(),
+        None => std::env::var("SHMNET_MANAGER").map_err(|_| {
+            Failed(
+                "which manager? pass --manager URL (e.g. http://10.82.0.2:9100) \
+                 or set SHMNET_MANAGER"
+                    .into(),
+            )
+        })?,
+    };
+    let client = Client::new(&manager).map_err(Failed)?;
+    let token = || token(cli.secret_file.as_deref());
+    match &cli.command {
+        CtlCmd::Devices => {
+            let v = client.get("/api/devices")?;
+            if cli.json {
+                return print_json(&v);
+            }
+            print_devices(&v);
+        }
+        CtlCmd::Stats { device, watch } => stats(&client, device, *watch, cli.json, stop)?,
+        CtlCmd::Set { device, function } => {
+            let token = token()?;
+            let body = function_body(function)?;
+            let v = client.send(
+                "PUT",
+                &format!("/api/devices/{}/function", encode(device)),
+                Some(&token),
+                Some(("application/toml", body.as_bytes())),
+                TIMEOUT,
+            )?;
+            if cli.json {
+                return print_json(&v);
+            }
+            let applied = match v["applied"].as_str() {
+                Some("in-place") => "in place",
+                Some(other) => other,
+                None => "applied",
+            };
+            println!(
+                "{device}: function {} applied ({applied})",
+                v["function"].as_str().unwrap_or("?")
+            );
+        }
+        CtlCmd::Capture {
+            device,
+            adapter,
+            duration,
+            file,
+        } => capture(
+            &client,
+            &token()?,
+            device,
+            adapter,
+            *duration,
+            file,
+            cli.json,
+            stop,
+        )?,
+        CtlCmd::Policy => {
+            let v = client.get("/api/policy")?;
+            if cli.json {
+                return print_json(&v);
+            }
+            print_policy(&v);
+        }
+        CtlCmd::Probe {
+            device,
+            target,
+            kind,
+            count,
+            interval,
+        } => {
+            let interval_ms = interval.as_millis().min(u128::from(u32::MAX)) as u32;
+            let body = json!({
+                "device": device,
+                "target": target,
+                "kind": kind,
+                "count": count,
+                "interval_ms": interval_ms,
+            });
+            // The answer comes when every exchange is done.
+            let wait = *interval * *count + Duration::from_secs(u64::from(*count).min(60) + 10);
+            let v = client.send(
+                "POST",
+                "/api/probe",
+                Some(&token()?),
+                Some(("application/json", body.to_string().as_bytes())),
+                wait.max(TIMEOUT),
+            )?;
+            if cli.json {
+                return print_json(&v);
+            }
+            print_probe(device, &v);
+        }
+    }
+    Ok(())
+}
+
+/// The bearer token of the secret in `path` (or `$SHMNET_SECRET_FILE`).
+fn token(path: Option<&Path>) -> Result<String, Failed> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => std::env::var_os("SHMNET_SECRET_FILE")
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                Failed(
+                    "this command needs the API secret: pass --secret-file PATH \
+                     or set SHMNET_SECRET_FILE"
+                        .into(),
+                )
+            })?,
+    };
+    let raw = std::fs::read(&path)
+        .map_err(|e| Failed(format!("cannot read the secret {}: {e}", path.display())))?;
+    Ok(api_token(&secret_bytes(&raw)))
+}
+
+/// A secret file's bytes: trimmed of whitespace, hex-decoded if it is all
+/// hex digits of even length ≥ 32, else as is.
+fn secret_bytes(raw: &[u8]) -> Vec<u8> {
+    let t = raw.trim_ascii();
+    if t.len() >= 32 && t.len() % 2 == 0 && t.iter().all(u8::is_ascii_hexdigit) {
+        let nibble = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+        t.chunks(2)
+            .map(|p| nibble(p[0]) << 4 | nibble(p[1]))
+            .collect()
+    } else {
+        t.to_vec()
+    }
+}
+
+/// The text `ctl set` sends: the file's `[function]` table re-serialised,
+/// or the whole file if it has none.
+fn function_body(path: &Path) -> Result<String, Failed> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failed(format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| Failed(format!("{}: {}", path.display(), e.message())))?;
+    match table.get("function") {
+        Some(toml::Value::Table(f)) => Ok(toml::to_string(f)?),
+        _ => Ok(text),
+    }
+}
+
+/// `s` percent-encoded for a path segment.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_json(v: &Value) -> Result<(), Failed> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Rows printed as columns, each as wide as its widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.into(),
+        other => other.to_string(),
+    }
+}
+
+fn uptime(v: &Value) -> String {
+    let Some(s) = v.as_f64() else {
+        return "-".into();
+    };
+    let whole = s as u64;
+    match whole {
+        0..60 => format!("{s:.1}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        3600..86400 => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+        _ => format!("{}d{:02}h", whole / 86400, whole % 86400 / 3600),
+    }
+}
+
+fn print_devices(v: &Value) {
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = v["devices"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|d| {
+            let up = match (&d["up"], &d["error"]) {
+                (Value::Bool(true), _) => "up".to_string(),
+                (_, Value::String(e)) => format!("down ({e})"),
+                _ => "down".to_string(),
+            };
+            vec![
+                cell(&d["name"]),
+                cell(&d["function"]),
+                cell(&d["address"]),
+                up,
+                uptime(&d["uptime_s"]),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "FUNCTION", "ADDRESS", "UP", "UPTIME"], &rows);
+}
+
+/// A device's counters, sorted by name.
+fn counters(v: &Value) -> Vec<(String, u64)> {
+    let mut c: Vec<(String, u64)> = v["counters"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    c.sort();
+    c
+}
+
+fn stats(
+    client: &Client,
+    device: &str,
+    watch: Option<f64>,
+    json: bool,
+    stop: &AtomicBool,
+) -> Result<(), Failed> {
+    let path = format!("/api/devices/{}", encode(device));
+    let every = match watch {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86400.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => return Err(Failed(format!("--watch {s}: use seconds above 0"))),
+    };
+    let clear = std::io::stdout().is_terminal();
+    let mut last: Option<(Instant, Vec<(String, u64)>)> = None;
+    loop {
+        let v = client.get(&path)?;
+        let now = Instant::now();
+        if json {
+            print_json(&v)?;
+        } else {
+            if every.is_some() && clear {
+                // Each round replaces the last on screen.
+                print!("\x1b[H\x1b[2J");
+            }
+            println!(
+                "{} [{}] {} {}, uptime {}",
+                cell(&v["name"]),
+                cell(&v["function"]),
+                cell(&v["address"]),
+                if v["up"] == Value::Bool(true) {
+                    "up"
+                } else {
+                    "down"
+                },
+                uptime(&v["identity"]["uptime_s"]),
+            );
+            let c = counters(&v);
+            match &last {
+                None if every.is_none() => {
+                    let rows: Vec<Vec<String>> = c
+                        .iter()
+                        .map(|(k, n)| vec![k.clone(), n.to_string()])
+                        .collect();
+                    print_table(&["COUNTER", "VALUE"], &rows);
+                }
+                _ => {
+                    let rows: Vec<Vec<String>> = c
+                        .iter()
+                        .map(|(k, n)| {
+                            let rate = last.as_ref().and_then(|(at, prev)| {
+                                let (_, p) = prev.iter().find(|(pk, _)| pk == k)?;
+                                let secs = now.duration_since(*at).as_secs_f64();
+                                (secs > 0.0).then(|| n.saturating_sub(*p) as f64 / secs)
+                            });
+                            let rate = rate.map_or("-".into(), |r| format!("{r:.1}"));
+                            vec![k.clone(), n.to_string(), rate]
+                        })
+                        .collect();
+                    print_table(&["COUNTER", "VALUE", "RATE/s"], &rows);
+                }
+            }
+            last = Some((now, c));
+        }
+        std::io::stdout().flush()?;
+        let Some(every) = every else {
+            return Ok(());
+        };
+        if !sleep(every, stop, |_| {}) {
+            return Ok(());
+        }
+    }
+}
+
+/// Sleeps `d` in small steps, calling `tick` with the time slept so far;
+/// false if stopped (Ctrl-C) first.
+fn sleep(d: Duration, stop: &AtomicBool, mut tick: impl FnMut(Duration)) -> bool {
+    let start = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let gone = start.elapsed();
+        if gone >= d {
+            return true;
+        }
+        tick(gone);
+        std::thread::sleep((d - gone).min(Duration::from_millis(100)));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture(
+    client: &Client,
+    token: &str,
+    device: &str,
+    adapter: &str,
+    duration: Duration,
+    file: &Path,
+    json: bool,
+    stop: &AtomicBool,
+) -> Result<(), Failed> {
+    let file = if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(file)
+    };
+    let file = file
+        .to_str()
+        .ok_or_else(|| Failed(format!("{}: not UTF-8", file.display())))?;
+    // The device stops on its own a little after us, should we die.
+    let seconds = duration.as_secs_f64().ceil().max(1.0) as u64 + 1;
+    let path = format!("/api/devices/{}/capture", encode(device));
+    let body = json!({ "adapter": adapter, "seconds": seconds, "file": file });
+    let started = client.send(
+        "POST",
+        &path,
+        Some(token),
+        Some(("application/json", body.to_string().as_bytes())),
+        TIMEOUT,
+    )?;
+    if json {
+        print_json(&started)?;
+    }
+    let progress = std::io::stderr().is_terminal();
+    sleep(duration, stop, |gone| {
+        if progress {
+            eprint!(
+                "\rcapturing {adapter} of {device}: {:.0}/{:.0} s ",
+                gone.as_secs_f64(),
+                duration.as_secs_f64()
+            );
+        }
+    });
+    if progress {
+        eprintln!();
+    }
+    let v = client.send(
+        "DELETE",
+        &format!("{path}?adapter={adapter}"),
+        Some(token),
+        None,
+        TIMEOUT,
+    )?;
+    if json {
+        return print_json(&v);
+    }
+    println!(
+        "{device}: captured {} frames, {} bytes on {adapter} to {file}",
+        cell(&v["frames"]),
+        cell(&v["bytes"])
+    );
+    Ok(())
+}
+
+fn print_policy(v: &Value) {
+    println!(
+        "policy {}{}",
+        cell(&v["file"]),
+        if v["dry_run"] == Value::Bool(true) {
+            " (dry run)"
+        } else {
+            ""
+        }
+    );
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = v["rules"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            [
+                "name",
+                "state",
+                "since_ms",
+                "fired",
+                "reverted",
+                "suppressed",
+            ]
+            .iter()
+            .map(|k| cell(&r[*k]))
+            .collect()
+        })
+        .collect();
+    print_table(
+        &[
+            "RULE",
+            "STATE",
+            "SINCE_MS",
+            "FIRED",
+            "REVERTED",
+            "SUPPRESSED",
+        ],
+        &rows,
+    );
+    let decisions = v["decisions"].as_array().unwrap_or(&empty);
+    if decisions.is_empty() {
+        println!("no decisions yet");
+        return;
+    }
+    println!("last decisions:");
+    for d in decisions {
+        println!(
+            "  #{} at {} ms: {} {}: {}",
+            cell(&d["id"]),
+            cell(&d["at_ms"]),
+            cell(&d["rule"]),
+            cell(&d["transition"]),
+            cell(&d["why"])
+        );
+        let list = |k: &str| d[k].as_array().cloned().unwrap_or_default();
+        for a in list("actions") {
+            println!("      action: {}", cell(&a));
+        }
+        for r in list("results") {
+            println!("      result: {}", cell(&r));
+        }
+    }
+}
+
+fn print_probe(device: &str, v: &Value) {
+    let loss = v["loss"]
+        .as_f64()
+        .map_or("-".into(), |l| format!("{:.1}%", l * 100.0));
+    let ms = |k: &str| {
+        v["rtt_ms"][k]
+            .as_f64()
+            .map_or("-".into(), |x| format!("{x:.3}"))
+    };
+    println!(
+        "{} {} from {device}: {} sent, {} received, {loss} loss; rtt min/avg/max {}/{}/{} ms",
+        cell(&v["kind"]),
+        cell(&v["target"]),
+        cell(&v["sent"]),
+        cell(&v["received"]),
+        ms("min"),
+        ms("avg"),
+        ms("max")
+    );
+}
+
+/// The manager's address, from its URL.
+struct Client {
+    url: String,
+    host: String,
+    port: u16,
+    /// Path prefix of the URL (`http://h/mgr` → `/mgr`), without the final `/`.
+    base: String,
+}
+
+impl Client {
+    fn new(url: &str) -> Result<Client, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("--manager {url:?}: use http://HOST:PORT (https is not supported)")
+        })?;
+        let (authority, base) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("--manager {url:?}: bad port {p:?}"))?,
+            ),
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("--manager {url:?}: no host"));
+        }
+        Ok(Client {
+            url: url.to_string(),
+            host: host.to_string(),
+            port,
+            base: base.to_string(),
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<Value, Failed> {
+        self.send("GET", path, None, None, TIMEOUT)
+    }
+
+    /// One request; the JSON answer of a 2xx, else the failure with the
+    /// answer's `error`.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+        read_timeout: Duration,
+    ) -> Result<Value, Failed> {
+        let (status, answer) = self
+            .exchange(method, path, token, body, read_timeout)
+            .map_err(|e| Failed(format!("{method} {}{path}: {e}", self.url)))?;
+        let v: Option<Value> = serde_json::from_slice(&answer).ok();
+        if !(200..300).contains(&status) {
+            let why = match v.as_ref().map(|v| &v["error"]) {
+                Some(Value::String(e)) => e.clone(),
+                _ => String::from_utf8_lossy(&answer).trim().to_string(),
+            };
+            return Err(Failed(format!("{method} {path}: HTTP {status}: {why}")));
+        }
+        v.ok_or_else(|| {
+            Failed(format!(
+                "{method} {path}: the manager's answer is not JSON: {}",
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            ))
+        })
+    }
+
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, &[u8])>,
+        read_timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let addrs: Vec<_> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .collect();
+        let mut last = String::from("no address");
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let Some(mut s) = stream else {
+            return Err(format!(
+                "cannot connect: {last} (is the manager running there?)"
+            ));
+        };
+        s.set_read_timeout(Some(read_timeout))
+            .map_err(|e| e.to_string())?;
+        s.set_write_timeout(Some(TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let mut req = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shmnet-ctl/{}\r\n\
+             Accept: application/json\r\nConnection: close\r\n",
+            self.base,
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or(("", b""));
+        if !body.0.is_empty() {
+            req.push_str(&format!("Content-Type: {}\r\n", body.0));
+        }
+        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.1.len()));
+        let mut wire = req.into_bytes();
+        wire.extend_from_slice(body.1);
+        s.write_all(&wire).map_err(|e| format!("sending: {e}"))?;
+        read_response(&mut s).map_err(|e| format!("reading the answer: {e}"))
+    }
+}
+
+/// Reads an HTTP/1.1 response: status and body (Content-Length, chunked,
+/// or up to EOF).
+fn read_response(r: &mut impl Read) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 << 10 {
+            return Err("head too long".into());
+        }
+        if fill(r, &mut buf)? == 0 {
+            return Err("connection closed before the head ended".into());
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .filter(|_| status_line.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("not an HTTP answer: {status_line:?}"))?;
+    let (mut length, mut chunked) = (None, false);
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            length = Some(v.parse::<usize>().map_err(|_| "bad Content-Length")?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    let mut rest = buf.split_off(head_end);
+    if chunked {
+        return Ok((status, dechunk(r, rest)?));
+    }
+    match length {
+        Some(n) if n > MAX_BODY => Err("answer too large".into()),
+        Some(n) => {
+            while rest.len() < n {
+                if fill(r, &mut rest)? == 0 {
+                    return Err("connection closed mid-answer".into());
+                }
+            }
+            rest.truncate(n);
+            Ok((status, rest))
+        }
+        None => {
+            while fill(r, &mut rest)? > 0 {
+                if rest.len() > MAX_BODY {
+                    return Err("answer too large".into());
+                }
+            }
+            Ok((status, rest))
+        }
+    }
+}
+
+/// Reads more into `buf`; 0 at EOF.
+fn fill(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<usize, String> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err("the manager did not answer in time".into());
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A chunked body decoded; `have` holds what was read after the head.
+fn dechunk(r: &mut impl Read, mut have: Vec<u8>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let line_end = loop {
+            if let Some(i) = have[at..].windows(2).position(|w| w == b"\r\n") {
+                break at + i;
+            }
+            if have.len() - at > 1024 {
+                return Err("chunk size line too long".into());
+            }
+            if fill(r, &mut have)? == 0 {
+                return Err("connection closed mid-chunk".into());
+            }
+        };
+        let line = String::from_utf8_lossy(&have[at..line_end]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {line:?}"))?;
+        at = line_end + 2;
+        if size == 0 {
+            return Ok(out);
+        }
+        if out.len() + size > MAX_BODY {
+            return Err("answer too large".into());
+        }
+        while have.len() < at + size + 2 {
+            if fill(r, &mut have)? == 0 {
+                return Err("connection closed mid-chunk".into());
+            }
+        }
+        out.extend_from_slice(&have[at..at + size]);
+        at += size + 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_in_hex_are_decoded_others_taken_as_they_are() {
+        let hex = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            secret_bytes(format!(" {hex}\n").as_bytes())[..3],
+            [0, 0x11, 0x22]
+        );
+        assert_eq!(secret_bytes(hex.as_bytes()).len(), 16);
+        assert_eq!(secret_bytes(b"abc\n"), b"abc");
+        assert_eq!(secret_bytes(&hex.as_bytes()[1..]), &hex.as_bytes()[1..]);
+    }
+
+    #[test]
+    fn answers_with_length_chunks_or_eof() {
+        let mut r: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}junk";
+        assert_eq!(read_response(&mut r).unwrap(), (200, b"{}".to_vec()));
+        let mut r: &[u8] =
+            b"HTTP/1.1 404 No\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n1\r\nd\r\n0\r\n\r\n";
+        assert_eq!(read_response(&mut r).unwrap(), (404, b"abcd".to_vec()));
+        let mut r: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nrest";
+        assert_eq!(read_response(&mut r).unwrap(), (200, b"rest".to_vec()));
+        let mut r: &[u8] = b"SSH-2.0\r\n\r\n";
+        assert!(read_response(&mut r).is_err());
+    }
+
+    #[test]
+    fn manager_urls() {
+        let c = Client::new("http://10.82.0.2:9100/").unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.base.as_str()),
+            ("10.82.0.2", 9100, "")
+        );
+        let c = Client::new("http://[::1]:81/m").unwrap();
+        assert_eq!(
+            (c.host.as_str(), c.port, c.base.as_str()),
+            ("::1", 81, "/m")
+        );
+        assert_eq!(Client::new("http://mgr").unwrap().port, 80);
+        assert!(Client::new("https://mgr").is_err());
+        assert!(Client::new("http://mgr:x").is_err());
+    }
+}
