@@ -12,6 +12,9 @@
 //! - [`esp`], [`ipcomp`]: the ESP (RFC 4303) and IPComp (RFC 3173)
 //!   headers the encryption and compression functions write.
 //! - [`vxlan`]: the VXLAN header (RFC 7348) of the gateway to remote hosts.
+//! - [`mgmt`]: management messages between the manager and each device's
+//!   agent (HMAC-SHA256 tagged), their stream framing and the replay
+//!   guard; its `Key` is the one thing here that reads and writes files.
 //!
 //! Everything here is pure: it reads or writes byte buffers, never
 //! allocates on the per-frame path and never panics on any input (each
