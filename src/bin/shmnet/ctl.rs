@@ -231,7 +231,7 @@ fn token(path: Option<&Path>) -> Result<String, Failed> {
 /// hex digits of even length ≥ 32, else as is.
 fn secret_bytes(raw: &[u8]) -> Vec<u8> {
     let t = raw.trim_ascii();
-    if t.len() >= 32 && t.len() % 2 == 0 && t.iter().all(u8::is_ascii_hexdigit) {
+    if t.len() >= 32 && t.len().is_multiple_of(2) && t.iter().all(u8::is_ascii_hexdigit) {
         let nibble = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
         t.chunks(2)
             .map(|p| nibble(p[0]) << 4 | nibble(p[1]))

@@ -125,7 +125,7 @@ impl Family {
 /// name matched against the counter's last dotted part
 /// (`class.gold.queued_bytes` → `queued_bytes`). By kind because the same
 /// word means both: the cache's `bytes` are held, qos's were sent.
-const GAUGES: &[(&str, &str)] = &[
+pub const GAUGES: &[(&str, &str)] = &[
     // http-server: connections open now; tcp-proxy: per listener.
     ("*", "open_connections"),
     ("*", "active"),
@@ -254,12 +254,12 @@ fn escape_help(v: &str) -> String {
 }
 
 /// A family in `families`, created with `help` and `kind` if new.
-fn family<'f>(
-    families: &'f mut BTreeMap<String, Family>,
+fn family(
+    families: &mut BTreeMap<String, Family>,
     name: String,
     kind: Kind,
     help: impl FnOnce() -> String,
-) -> &'f mut Family {
+) -> &mut Family {
     families
         .entry(name.clone())
         .or_insert_with(|| Family::new(name, help(), kind))
@@ -361,6 +361,10 @@ fn latency_bucket(name: &str) -> Option<(&str, Option<u64>)> {
     Some((app, Some(ms)))
 }
 
+/// An app's latency buckets as counted, `(bound in ms, count)`, and the
+/// overflow bucket's count.
+type Latency = (Vec<(u64, u64)>, u64);
+
 /// Adds one device's `shmnet_up` and counters to `families`.
 fn add_device(families: &mut BTreeMap<String, Family>, d: &DeviceSample<'_>) {
     let base = vec![
@@ -372,7 +376,7 @@ fn add_device(families: &mut BTreeMap<String, Family>, d: &DeviceSample<'_>) {
     })
     .push(base.clone(), if d.up { 1.0 } else { 0.0 });
     // Latency buckets per app, gathered to be made cumulative.
-    let mut latency: BTreeMap<&str, (Vec<(u64, u64)>, u64)> = BTreeMap::new();
+    let mut latency: BTreeMap<&str, Latency> = BTreeMap::new();
     for (name, value) in d.counters {
         let mapped = if let Some(rest) = name.strip_prefix("function.") {
             if let Some((app, le)) = latency_bucket(rest) {
