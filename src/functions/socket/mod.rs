@@ -227,3 +227,69 @@ impl LocalPorts {
         self.used.remove(&port);
     }
 }
+
+/// Connections a function is done with but whose sockets must stay until
+/// the close is on the wire: removing a socket drops it without a word to
+/// the peer, which then holds its end open (an echo server's slot, an
+/// agent's session) until its own timeout. Each is closed (FIN) and
+/// removed once closed, or reset after [`Retired::LINGER`]; its local port
+/// goes back to the pool then.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    /// Socket, when retired, the local port it connected from.
+    list: Vec<(smoltcp::iface::SocketHandle, smoltcp::time::Instant, Option<u16>)>,
+}
+
+impl Retired {
+    /// How long a close may take before the connection is reset.
+    pub(crate) const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(5);
+
+    /// Closes `h` (gracefully, or with a reset when `abort`) and keeps it
+    /// until the peer has heard.
+    pub(crate) fn retire(&mut self, cx: &mut SocketContext<'_>, h: smoltcp::iface::SocketHandle, abort: bool) {
+        let s = cx.sockets.get_mut::<tcp::Socket>(h);
+        // The endpoint goes with the reset: remember the port now.
+        let port = s.local_endpoint().map(|ep| ep.port);
+        if abort {
+            s.abort();
+        } else {
+            s.close();
+        }
+        self.list.push((h, cx.now, port));
+    }
+
+    /// Removes the sockets whose close is done; returns whether any went.
+    pub(crate) fn poll(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) -> bool {
+        let before = self.list.len();
+        self.list.retain(|&(h, since, port)| {
+            let s = cx.sockets.get_mut::<tcp::Socket>(h);
+            let late = cx.now - since >= Self::LINGER;
+            if late && s.is_open() {
+                s.abort();
+                return true; // the reset goes out with the next round
+            }
+            // A reset (abort) leaves the socket closed at once, but its RST
+            // is sent by the round after: keep it one round.
+            let gone = matches!(s.state(), tcp::State::TimeWait)
+                || (s.state() == tcp::State::Closed && cx.now > since);
+            if gone {
+                if let Some(p) = port {
+                    ports.give_back(p);
+                }
+                cx.remove_socket(h);
+            }
+            !gone
+        });
+        self.list.len() != before
+    }
+
+    /// Removes every socket now (the function is detached).
+    pub(crate) fn clear(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) {
+        for (h, _, port) in self.list.drain(..) {
+            if let Some(p) = port {
+                ports.give_back(p);
+            }
+            cx.remove_socket(h);
+        }
+    }
+}

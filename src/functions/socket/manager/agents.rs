@@ -12,7 +12,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::IpAddress;
 
 use crate::functions::SocketContext;
-use crate::functions::socket::LocalPorts;
+use crate::functions::socket::{LocalPorts, Retired};
 use crate::wire::mgmt::{self, Key, Kind, MgmtRepr, Op, Status};
 
 /// What a request was for, handed back with its answer.
@@ -161,7 +161,7 @@ impl AgentLink {
     pub(crate) fn poll(
         &mut self,
         cx: &mut SocketContext<'_>,
-        ports: &mut LocalPorts,
+        retired: &mut Retired,
         key: &Key,
         timeout: Duration,
         out: &mut Vec<Answer>,
@@ -213,7 +213,7 @@ impl AgentLink {
             }
         }
         if let Some(why) = failure {
-            self.fail(cx, ports, &why, out);
+            self.fail(cx, retired, &why, out);
         }
     }
 
@@ -243,18 +243,13 @@ impl AgentLink {
     pub(crate) fn fail(
         &mut self,
         cx: &mut SocketContext<'_>,
-        ports: &mut LocalPorts,
+        retired: &mut Retired,
         why: &str,
         out: &mut Vec<Answer>,
     ) {
         log::debug!("manager: session with {} failed: {why}", self.addr);
         if let Some(h) = self.socket.take() {
-            let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            if let Some(ep) = s.local_endpoint() {
-                ports.give_back(ep.port);
-            }
-            s.abort();
-            cx.remove_socket(h);
+            retired.retire(cx, h, true);
         }
         self.failed_at = Some(cx.now);
         self.output.clear();
@@ -270,9 +265,9 @@ impl AgentLink {
     }
 
     /// Closes the session (the manager stops).
-    pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) {
+    pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>, retired: &mut Retired) {
         let mut sink = Vec::new();
-        self.fail(cx, ports, "manager stopped", &mut sink);
+        self.fail(cx, retired, "manager stopped", &mut sink);
     }
 }
 

@@ -33,7 +33,7 @@ use smoltcp::wire::IpAddress;
 
 use crate::functions::common::{invalid, reconfigure_in_place};
 use crate::functions::matching::ConfigDuration;
-use crate::functions::socket::LocalPorts;
+use crate::functions::socket::{LocalPorts, Retired};
 use crate::functions::{Function, FunctionError, SocketContext};
 use crate::stack::FunctionSpec;
 use crate::wire::mgmt::{Key, Op, Status};
@@ -161,6 +161,8 @@ pub struct Manager {
     key: Key,
     client: u32,
     ports: LocalPorts,
+    /// Sockets closing (agent sessions, probe connections).
+    retired: Retired,
     server: Server,
     pub(crate) devices: BTreeMap<String, Managed>,
     next_poll: Instant,
@@ -173,7 +175,7 @@ pub struct Manager {
     stats: ManagerStats,
     attached: bool,
     /// Probes replaced by a reconfiguration, closed at the next poll.
-    retired: Vec<Probe>,
+    replaced: Vec<Probe>,
     /// Drop every agent session at the next poll (the secret changed).
     relink: bool,
 }
@@ -231,6 +233,7 @@ impl Manager {
             key,
             client: u32::from_ne_bytes(seed),
             ports: LocalPorts::default(),
+            retired: Retired::default(),
             devices: BTreeMap::new(),
             next_poll: Instant::ZERO,
             probes,
@@ -240,7 +243,7 @@ impl Manager {
             patches: HashMap::new(),
             stats: ManagerStats::default(),
             attached: false,
-            retired: Vec::new(),
+            replaced: Vec::new(),
             relink: false,
         })
     }
@@ -507,26 +510,28 @@ impl Function for Manager {
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
         for m in self.devices.values_mut() {
-            m.link.close(cx, &mut self.ports);
+            m.link.close(cx, &mut self.retired);
         }
         for p in &mut self.probes {
-            p.close(cx, &mut self.ports);
+            p.close(cx, &mut self.retired);
         }
-        self.server.close(cx, &mut self.ports);
+        self.server.close(cx, &mut self.retired);
+        self.retired.clear(cx, &mut self.ports);
         self.attached = false;
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
         let mut worked = false;
         let now = cx.now;
-        for mut p in self.retired.drain(..) {
-            p.close(cx, &mut self.ports);
+        for mut p in self.replaced.drain(..) {
+            p.close(cx, &mut self.retired);
         }
         if std::mem::take(&mut self.relink) {
             for m in self.devices.values_mut() {
-                m.link.close(cx, &mut self.ports);
+                m.link.close(cx, &mut self.retired);
             }
         }
+        worked |= self.retired.poll(cx, &mut self.ports);
         if now >= self.next_poll {
             self.next_poll = now + self.cfg.poll_interval.0;
             self.discover(cx);
@@ -539,14 +544,14 @@ impl Function for Manager {
         for name in &names {
             let timeout = self.cfg.poll_timeout.0;
             let m = self.devices.get_mut(name).expect("listed");
-            m.link.poll(cx, &mut self.ports, &self.key, timeout, &mut answers);
+            m.link.poll(cx, &mut self.retired, &self.key, timeout, &mut answers);
             worked |= !answers.is_empty();
             for a in answers.drain(..) {
                 self.on_answer(cx, name, a);
             }
         }
         for p in &mut self.probes {
-            worked |= p.poll(cx, &mut self.ports);
+            worked |= p.poll(cx, &mut self.ports, &mut self.retired);
         }
         worked |= server::serve(self, cx);
         worked
@@ -573,7 +578,7 @@ impl Function for Manager {
             // What the manager learnt stays; probes and sessions restart
             // (the secret may have changed), the policy keeps its rules'
             // state when the file is the same.
-            self.retired.extend(std::mem::replace(&mut self.probes, fresh.probes));
+            self.replaced.extend(std::mem::replace(&mut self.probes, fresh.probes));
             self.relink = true;
             let same_policy = new.policy == self.cfg.policy;
             match (&mut self.engine, fresh.engine) {

@@ -14,7 +14,7 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint};
 
 use crate::functions::SocketContext;
 use crate::functions::matching::ConfigDuration;
-use crate::functions::socket::LocalPorts;
+use crate::functions::socket::{LocalPorts, Retired};
 use crate::functions::socket::http::codec::{Limits, Method, ResponseHead};
 
 /// Upper bounds (ms) of the round-trip histogram's buckets (and +Inf).
@@ -223,7 +223,12 @@ impl Probe {
     }
 
     /// Advances the probe; returns whether it did anything.
-    pub(crate) fn poll(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) -> bool {
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut SocketContext<'_>,
+        ports: &mut LocalPorts,
+        retired: &mut Retired,
+    ) -> bool {
         let now = cx.now;
         let mut worked = false;
         let mut attempt = std::mem::replace(&mut self.attempt, Attempt::Idle);
@@ -252,12 +257,7 @@ impl Probe {
                 let (h, started) = (*h, *started);
                 let r = self.step_tcp(cx, h, started, state);
                 if r.is_some() {
-                    let s = cx.sockets.get_mut::<tcp::Socket>(h);
-                    if let Some(ep) = s.local_endpoint() {
-                        ports.give_back(ep.port);
-                    }
-                    s.abort();
-                    cx.remove_socket(h);
+                    retired.retire(cx, h, false);
                 }
                 r
             }
@@ -407,14 +407,9 @@ impl Probe {
     }
 
     /// Frees the probe's sockets.
-    pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) {
+    pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>, retired: &mut Retired) {
         if let Attempt::Tcp { h, .. } = self.attempt {
-            let s = cx.sockets.get_mut::<tcp::Socket>(h);
-            if let Some(ep) = s.local_endpoint() {
-                ports.give_back(ep.port);
-            }
-            s.abort();
-            cx.remove_socket(h);
+            retired.retire(cx, h, true);
         }
         self.attempt = Attempt::Idle;
         if let Some(h) = self.icmp.take() {

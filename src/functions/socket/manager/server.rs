@@ -14,7 +14,7 @@ use super::{Manager, state};
 use crate::functions::SocketContext;
 use crate::functions::matching::ConfigDuration;
 use crate::functions::socket::http::codec::{HeadWriter, Limits, RequestHead};
-use crate::functions::socket::{Acceptor, LocalPorts};
+use crate::functions::socket::{Acceptor, Retired};
 use crate::wire::mgmt::{Key, Op, Status};
 use crate::wire::mgmt_payload as body;
 
@@ -100,14 +100,14 @@ impl Server {
         respond_json(c, status, &json);
     }
 
-    pub(super) fn close(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) {
+    pub(super) fn close(&mut self, cx: &mut SocketContext<'_>, retired: &mut Retired) {
         self.acceptor.close(cx);
         for c in self.conns.drain(..) {
             cx.sockets.get_mut::<tcp::Socket>(c.h).abort();
             cx.remove_socket(c.h);
         }
         for (_, mut p) in self.probes.drain(..) {
-            p.close(cx, ports);
+            p.close(cx, retired);
         }
     }
 }
@@ -436,14 +436,14 @@ fn poll_probes(m: &mut Manager, cx: &mut SocketContext<'_>) -> bool {
     let mut i = 0;
     while i < m.server.probes.len() {
         let (conn, p) = &mut m.server.probes[i];
-        worked |= p.poll(cx, &mut m.ports);
+        worked |= p.poll(cx, &mut m.ports, &mut m.retired);
         if !p.done() {
             i += 1;
             continue;
         }
         let conn = *conn;
         let (_, mut p) = m.server.probes.swap_remove(i);
-        p.close(cx, &mut m.ports);
+        p.close(cx, &mut m.retired);
         if let Some(c) = m.server.conns.iter_mut().find(|c| c.id == conn) {
             c.waiting = None;
             let v = state::probe_json(&p);
