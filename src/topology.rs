@@ -89,6 +89,8 @@ pub struct RunOptions {
     /// Process mode: the program each device process runs (default:
     /// [`ChildCommand::shmnet`]).
     pub child: Option<ChildCommand>,
+    /// Managers' policies only decide and log (their `dry_run`).
+    pub dry_run: bool,
 }
 
 /// The command a process-mode run starts for each device: `program`, then
@@ -206,7 +208,8 @@ pub fn run(
     mut on_line: impl FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
     let mode = opts.mode.unwrap_or(topo.mode);
-    let mgmt = Management::resolve(&topo.management, &topo.name);
+    let mut mgmt = Management::resolve(&topo.management, &topo.name);
+    mgmt.dry_run = opts.dry_run;
     let key = management_key(&mgmt)?;
     let topo = &with_management(topo, &mgmt);
     // TAP ports and gateways first: a missing privilege or a bad address
@@ -224,7 +227,8 @@ pub fn run(
 /// The secret of a run whose devices run agents (`None`: they do not).
 fn management_key(
     m: &Management,
-) -> Result<Option<std::sync::Arc<crate::wire::mgmt::Key>>, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<std::sync::Arc<crate::wire::mgmt::Key>>, Box<dyn std::error::Error + Send + Sync>>
+{
     if !m.enabled {
         return Ok(None);
     }
@@ -498,6 +502,38 @@ fn run_threads(
     Ok(RunOutcome::new(reports, stats, failures))
 }
 
+/// The device files of a process-mode run's inline devices.
+struct InlineFiles(Option<PathBuf>);
+
+impl InlineFiles {
+    fn write(topo: &Topology) -> std::io::Result<InlineFiles> {
+        if topo.inline.is_empty() {
+            return Ok(InlineFiles(None));
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("shmnet-run-{}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let files = InlineFiles(Some(dir));
+        for (i, text) in &topo.inline {
+            std::fs::write(files.path_of(*i), text)?;
+        }
+        Ok(files)
+    }
+
+    fn path_of(&self, i: usize) -> PathBuf {
+        let dir = self.0.as_deref().unwrap_or(Path::new("."));
+        dir.join(format!("device-{i}.toml"))
+    }
+}
+
+impl Drop for InlineFiles {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// One device of a process-mode run.
 struct DeviceProcess {
     name: String,
@@ -590,14 +626,14 @@ fn run_processes(
     mgmt: &Management,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<RunOutcome, Box<dyn std::error::Error + Send + Sync>> {
+    // Inline devices are written out as device files, in a folder only
+    // this user can read, removed with the run.
+    let dir = InlineFiles::write(topo)?;
     let mut order = Vec::new();
-    for (d, file) in topo.devices.iter().zip(&topo.device_files) {
-        let Some(file) = file else {
-            return Err(format!(
-                "device {:?} is inline; process mode needs each device in its own file",
-                d.name
-            )
-            .into());
+    for (i, (d, file)) in topo.devices.iter().zip(&topo.device_files).enumerate() {
+        let file = match file {
+            Some(f) => f.clone(),
+            None => dir.path_of(i),
         };
         order.push((d, file));
     }
@@ -608,7 +644,7 @@ fn run_processes(
     for (d, file) in order {
         let child = Command::new(&command.program)
             .args(&command.args)
-            .arg(file)
+            .arg(&file)
             .envs(mgmt.env())
             .envs(command.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::inherit())

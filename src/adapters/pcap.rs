@@ -142,7 +142,12 @@ impl Adapter for Pcap {
     fn commit(&mut self, mut lease: TxLease, len: usize) {
         let at = self.now_us();
         let buf = self.inner.buffer(&mut lease);
-        capture(&mut self.out, &mut self.written, at, &buf[..len.min(buf.len())]);
+        capture(
+            &mut self.out,
+            &mut self.written,
+            at,
+            &buf[..len.min(buf.len())],
+        );
         self.inner.commit(lease, len);
     }
     fn release(&mut self, lease: TxLease) {

@@ -203,7 +203,10 @@ impl ManagementConfig {
         ManagementConfig {
             enabled: over.enabled.or(self.enabled),
             agent_port: over.agent_port.or(self.agent_port),
-            secret_file: over.secret_file.clone().or_else(|| self.secret_file.clone()),
+            secret_file: over
+                .secret_file
+                .clone()
+                .or_else(|| self.secret_file.clone()),
         }
     }
 

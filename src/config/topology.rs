@@ -138,6 +138,34 @@ pub struct Topology {
     pub vxlans: Vec<VxlanSpec>,
     /// `[management]`, paths resolved; it overrides each device's own.
     pub management: super::ManagementConfig,
+    /// The inline devices' tables as device files (paths made absolute),
+    /// by index in `devices`: process mode writes them out for the device
+    /// processes.
+    pub inline: Vec<(usize, String)>,
+}
+
+/// A device table with the paths that are relative to its file made
+/// absolute (as `DeviceConfig::relative_to` resolves them), so it reads
+/// the same from another folder.
+fn absolute_paths(mut v: toml::Value, base: &Path) -> toml::Value {
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    let fix = |t: Option<&mut toml::Value>, key: &str| {
+        if let Some(toml::Value::String(p)) = t.and_then(|t| t.get_mut(key)) {
+            *p = base.join(&*p).display().to_string();
+        }
+    };
+    if let Some(t) = v.as_table_mut() {
+        fix(t.get_mut("management"), "secret_file");
+        if t.get("function")
+            .and_then(|f| f.get("kind"))
+            .and_then(|k| k.as_str())
+            == Some("manager")
+        {
+            fix(t.get_mut("function"), "policy");
+            fix(t.get_mut("function"), "secret_file");
+        }
+    }
+    v
 }
 
 impl Topology {
@@ -160,6 +188,7 @@ impl Topology {
         }
         let mut devices = Vec::new();
         let mut files = Vec::new();
+        let mut inline = Vec::new();
         for (i, v) in t.devices.iter().enumerate() {
             let table = v.as_table();
             let only_file = table.is_some_and(|t| t.len() == 1 && t.contains_key("file"));
@@ -190,6 +219,7 @@ impl Topology {
                         })?;
                 devices.push(cfg.relative_to(base).validate(&where_)?);
                 files.push(None);
+                inline.push((i, absolute_paths(v.clone(), base)));
             }
         }
         let mut names = std::collections::HashSet::new();
@@ -229,6 +259,10 @@ impl Topology {
             taps,
             vxlans,
             management: t.management.resolved(base),
+            inline: inline
+                .into_iter()
+                .filter_map(|(i, v)| Some((i, toml::to_string(v.as_table()?).ok()?)))
+                .collect(),
         })
     }
 }

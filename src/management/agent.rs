@@ -239,7 +239,10 @@ impl Agent {
             Ok(r) => {
                 self.counters.bad_requests += 1;
                 let b = b"not a request";
-                return (reply(&self.key, r.op, Status::BadRequest, r.client, r.seq, b), true);
+                return (
+                    reply(&self.key, r.op, Status::BadRequest, r.client, r.seq, b),
+                    true,
+                );
             }
             Err(e) => {
                 self.counters.unauthorized += 1;
@@ -248,20 +251,29 @@ impl Agent {
                     .unwrap_or((0, 0, 0));
                 let text = e.to_string();
                 let b = text.as_bytes();
-                return (reply(&self.key, op, Status::Unauthorized, client, seq, b), true);
+                return (
+                    reply(&self.key, op, Status::Unauthorized, client, seq, b),
+                    true,
+                );
             }
         };
         let (op, client, seq) = (req.op, req.client, req.seq);
         if let Err(e) = self.guard.check(client, seq, req.time_ms, unix_ms()) {
             self.counters.replayed += 1;
             let text = e.to_string();
-            return (reply(&self.key, op, Status::Replay, client, seq, text.as_bytes()), false);
+            return (
+                reply(&self.key, op, Status::Replay, client, seq, text.as_bytes()),
+                false,
+            );
         }
         self.counters.requests += 1;
         let (status, out) = match Op::from_u8(op) {
             None => {
                 self.counters.bad_requests += 1;
-                (Status::UnknownOp, format!("unknown operation {op}").into_bytes())
+                (
+                    Status::UnknownOp,
+                    format!("unknown operation {op}").into_bytes(),
+                )
             }
             Some(op) => match self.serve(dev, op, req.body) {
                 Ok(b) => (Status::Ok, b),
@@ -282,10 +294,8 @@ impl Agent {
             }
             Op::Counters => {
                 let stats = dev.stats();
-                let mut table: Vec<(String, u64)> = stats
-                    .counters()
-                    .map(|(n, v)| (n.to_string(), v))
-                    .collect();
+                let mut table: Vec<(String, u64)> =
+                    stats.counters().map(|(n, v)| (n.to_string(), v)).collect();
                 let agent = self.counters.pairs();
                 table.extend(agent.iter().map(|(n, v)| (format!("agent.{n}"), *v)));
                 table.push((
@@ -305,7 +315,10 @@ impl Agent {
                 let role = role_of(&c.adapter)?;
                 let path = Path::new(&c.file);
                 if !path.is_absolute() {
-                    return Err(format!("{}: the capture file must be an absolute path", c.file));
+                    return Err(format!(
+                        "{}: the capture file must be an absolute path",
+                        c.file
+                    ));
                 }
                 dev.start_capture(role, path).map_err(|e| error_chain(&e))?;
                 self.capture_until[role.index()] = c

@@ -25,6 +25,7 @@ pub fn inform_manager(d: &mut crate::config::DeviceSettings, m: &Management) {
     if let crate::functions::FunctionConfig::Manager(c) = &mut d.function {
         c.secret_file.get_or_insert_with(|| m.secret_file.clone());
         c.agent_port.get_or_insert(m.agent_port);
+        c.dry_run |= m.dry_run;
     }
     #[cfg(not(feature = "manager"))]
     let _ = (d, m);

@@ -16,6 +16,8 @@ pub const ENV_SECRET_FILE: &str = "SHMNET_SECRET_FILE";
 pub const ENV_AGENT_PORT: &str = "SHMNET_AGENT_PORT";
 /// See [`ENV_SECRET_FILE`]: `off` runs no agent.
 pub const ENV_MANAGEMENT: &str = "SHMNET_MANAGEMENT";
+/// See [`ENV_SECRET_FILE`]: `1` puts managers' policies in dry run.
+pub const ENV_DRY_RUN: &str = "SHMNET_DRY_RUN";
 
 /// A device's (or a topology's) management settings, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub struct Management {
     pub agent_port: u16,
     /// The secret's file.
     pub secret_file: PathBuf,
+    /// Managers' policies only decide and log (`shmnet run --dry-run`).
+    pub dry_run: bool,
 }
 
 /// The folder of default secret files: `$XDG_RUNTIME_DIR/shmnet`, else
@@ -48,6 +52,7 @@ impl Management {
                 .secret_file
                 .clone()
                 .unwrap_or_else(|| default_secret_dir().join(format!("{owner}.secret"))),
+            dry_run: std::env::var(ENV_DRY_RUN).is_ok_and(|v| v == "1"),
         }
     }
 
@@ -55,7 +60,9 @@ impl Management {
     pub fn from_env(cfg: &ManagementConfig) -> ManagementConfig {
         let env = ManagementConfig {
             enabled: std::env::var(ENV_MANAGEMENT).ok().map(|v| v != "off"),
-            agent_port: std::env::var(ENV_AGENT_PORT).ok().and_then(|p| p.parse().ok()),
+            agent_port: std::env::var(ENV_AGENT_PORT)
+                .ok()
+                .and_then(|p| p.parse().ok()),
             secret_file: std::env::var_os(ENV_SECRET_FILE).map(PathBuf::from),
         };
         cfg.overridden_by(&env)
@@ -64,9 +71,13 @@ impl Management {
     /// The environment that hands these settings to a device process.
     pub fn env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
         vec![
-            (ENV_MANAGEMENT, if self.enabled { "on" } else { "off" }.into()),
+            (
+                ENV_MANAGEMENT,
+                if self.enabled { "on" } else { "off" }.into(),
+            ),
             (ENV_AGENT_PORT, self.agent_port.to_string().into()),
             (ENV_SECRET_FILE, self.secret_file.clone().into_os_string()),
+            (ENV_DRY_RUN, if self.dry_run { "1" } else { "0" }.into()),
         ]
     }
 
@@ -75,7 +86,9 @@ impl Management {
     pub fn key(&self) -> Result<Arc<Key>, String> {
         let path = &self.secret_file;
         if path.exists() {
-            return Key::from_file(path).map(Arc::new).map_err(|e| e.to_string());
+            return Key::from_file(path)
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
         }
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
@@ -93,7 +106,9 @@ impl Management {
                 Ok(Arc::new(k))
             }
             // Another device of the run made it first.
-            Err(_) if path.exists() => Key::from_file(path).map(Arc::new).map_err(|e| e.to_string()),
+            Err(_) if path.exists() => Key::from_file(path)
+                .map(Arc::new)
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
     }

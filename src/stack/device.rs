@@ -405,7 +405,11 @@ impl NetDevice {
     /// Starts writing every frame of `role`'s network to a new pcap file
     /// at `path` (in addition to a capture the network's configuration
     /// asks for, which this refuses to stack on).
-    pub fn start_capture(&mut self, role: Role, path: &std::path::Path) -> Result<(), AdapterError> {
+    pub fn start_capture(
+        &mut self,
+        role: Role,
+        path: &std::path::Path,
+    ) -> Result<(), AdapterError> {
         if self.capturing[role.index()] {
             return Err(AdapterError::Pcap {
                 path: path.display().to_string(),

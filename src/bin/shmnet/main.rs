@@ -55,6 +55,9 @@ enum Cmd {
         /// Print each device's counters at the end.
         #[arg(long)]
         stats: bool,
+        /// Managers' policies decide and log but change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run one device as its own process, joining its networks' shared
     /// segments by name.
@@ -168,6 +171,7 @@ fn main() {
             duration,
             mode,
             stats,
+            dry_run,
         } => {
             // Device processes run this very binary.
             let child = std::env::current_exe()
@@ -178,6 +182,7 @@ fn main() {
                 mode,
                 stop: Some(&SHUTDOWN),
                 child,
+                dry_run,
             };
             match run_file(&topology, &opts, |line| say!("{line}")) {
                 Ok(out) => {

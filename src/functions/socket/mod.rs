@@ -237,7 +237,11 @@ impl LocalPorts {
 #[derive(Debug, Default)]
 pub(crate) struct Retired {
     /// Socket, when retired, the local port it connected from.
-    list: Vec<(smoltcp::iface::SocketHandle, smoltcp::time::Instant, Option<u16>)>,
+    list: Vec<(
+        smoltcp::iface::SocketHandle,
+        smoltcp::time::Instant,
+        Option<u16>,
+    )>,
 }
 
 impl Retired {
@@ -246,7 +250,12 @@ impl Retired {
 
     /// Closes `h` (gracefully, or with a reset when `abort`) and keeps it
     /// until the peer has heard.
-    pub(crate) fn retire(&mut self, cx: &mut SocketContext<'_>, h: smoltcp::iface::SocketHandle, abort: bool) {
+    pub(crate) fn retire(
+        &mut self,
+        cx: &mut SocketContext<'_>,
+        h: smoltcp::iface::SocketHandle,
+        abort: bool,
+    ) {
         let s = cx.sockets.get_mut::<tcp::Socket>(h);
         // The endpoint goes with the reset: remember the port now.
         let port = s.local_endpoint().map(|ep| ep.port);

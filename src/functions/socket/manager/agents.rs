@@ -139,7 +139,11 @@ impl AgentLink {
         Ok(())
     }
 
-    fn connect(&mut self, cx: &mut SocketContext<'_>, ports: &mut LocalPorts) -> Result<(), String> {
+    fn connect(
+        &mut self,
+        cx: &mut SocketContext<'_>,
+        ports: &mut LocalPorts,
+    ) -> Result<(), String> {
         let local = ports.take().ok_or("no free local port")?;
         let h = cx.add_tcp(Some(256 << 10));
         let (iface, sockets) = (&mut *cx.iface, &mut *cx.sockets);
@@ -148,7 +152,10 @@ impl AgentLink {
         if let Err(e) = s.connect(iface.context(), (self.addr, self.port), local) {
             ports.give_back(local);
             cx.remove_socket(h);
-            return Err(format!("cannot connect to {}:{}: {e}", self.addr, self.port));
+            return Err(format!(
+                "cannot connect to {}:{}: {e}",
+                self.addr, self.port
+            ));
         }
         self.socket = Some(h);
         self.input.clear();
@@ -223,12 +230,12 @@ impl AgentLink {
         if r.kind != Kind::Response {
             return Err("agent sent a request".into());
         }
-        let p = self
-            .pending
-            .pop_front()
-            .ok_or("answer to nothing asked")?;
+        let p = self.pending.pop_front().ok_or("answer to nothing asked")?;
         if r.seq != p.seq {
-            return Err(format!("answer to request {} while {} was due", r.seq, p.seq));
+            return Err(format!(
+                "answer to request {} while {} was due",
+                r.seq, p.seq
+            ));
         }
         let status = Status::from_u8(r.status).unwrap_or(Status::Error);
         Ok(Answer {

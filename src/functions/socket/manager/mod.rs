@@ -180,12 +180,16 @@ pub struct Manager {
     relink: bool,
 }
 
-fn load_policy(cfg: &ManagerConfig) -> Result<Option<(Policy, Option<std::time::SystemTime>)>, String> {
+fn load_policy(
+    cfg: &ManagerConfig,
+) -> Result<Option<(Policy, Option<std::time::SystemTime>)>, String> {
     let Some(path) = &cfg.policy else {
         return Ok(None);
     };
     let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Policy::load(path).map(|p| Some((p, mtime))).map_err(|e| e.to_string())
+    Policy::load(path)
+        .map(|p| Some((p, mtime)))
+        .map_err(|e| e.to_string())
 }
 
 impl Manager {
@@ -209,7 +213,10 @@ impl Manager {
         let mut names = std::collections::HashSet::new();
         for (i, p) in cfg.probes.iter().enumerate() {
             if !names.insert(p.name.clone()) {
-                return Err(bad(format!("probes[{i}]: two probes are named {:?}", p.name)));
+                return Err(bad(format!(
+                    "probes[{i}]: two probes are named {:?}",
+                    p.name
+                )));
             }
             let probe = Probe::new(p.clone(), 0x5300 + i as u16)
                 .map_err(|e| bad(format!("probes[{i}] ({}): {e}", p.name)))?;
@@ -309,8 +316,15 @@ impl Manager {
         let Some(m) = self.devices.get_mut(device) else {
             return Err(format!("no device {device:?}"));
         };
-        m.link
-            .request(cx, &mut self.ports, &self.key, self.client, op, req, purpose)
+        m.link.request(
+            cx,
+            &mut self.ports,
+            &self.key,
+            self.client,
+            op,
+            req,
+            purpose,
+        )
     }
 
     /// A poll round: identity and configuration now and then, counters
@@ -324,7 +338,10 @@ impl Manager {
             if m.link.in_flight() > 0 {
                 continue; // still waiting: the timeout decides
             }
-            let stale = m.refreshed.is_none_or(|t| now - t >= Duration::from_secs(10)) || !m.up;
+            let stale = m
+                .refreshed
+                .is_none_or(|t| now - t >= Duration::from_secs(10))
+                || !m.up;
             let mut asks = vec![(Op::Counters, Purpose::Poll)];
             if stale {
                 asks.insert(0, (Op::Identify, Purpose::Poll));
@@ -360,7 +377,9 @@ impl Manager {
             Purpose::Api { conn } => self.server.agent_answered(conn, device, &a),
             Purpose::Policy { decision } => {
                 let result = match &a.result {
-                    Ok((Status::Ok, b)) => Ok(String::from_utf8_lossy(b).trim().replace('\n', "; ")),
+                    Ok((Status::Ok, b)) => {
+                        Ok(String::from_utf8_lossy(b).trim().replace('\n', "; "))
+                    }
                     Ok((st, b)) => Err(format!("{}: {}", st.name(), String::from_utf8_lossy(b))),
                     Err(e) => Err(e.clone()),
                 };
@@ -370,14 +389,27 @@ impl Manager {
             }
             Purpose::PolicyPatch { decision, .. } => {
                 let patched = match (&a.result, self.patches.remove(&decision)) {
-                    (Ok((Status::Ok, cfg)), Some(Action::Patch { path, op, value, .. })) => {
-                        state::patched(cfg, &path, op, value.as_ref())
-                    }
-                    (Ok((st, b)), _) => Err(format!("config: {}: {}", st.name(), String::from_utf8_lossy(b))),
+                    (
+                        Ok((Status::Ok, cfg)),
+                        Some(Action::Patch {
+                            path, op, value, ..
+                        }),
+                    ) => state::patched(cfg, &path, op, value.as_ref()),
+                    (Ok((st, b)), _) => Err(format!(
+                        "config: {}: {}",
+                        st.name(),
+                        String::from_utf8_lossy(b)
+                    )),
                     (Err(e), _) => Err(e.clone()),
                 };
                 let sent = patched.and_then(|text| {
-                    self.ask(cx, device, Op::SetFunction, text.as_bytes(), Purpose::Policy { decision })
+                    self.ask(
+                        cx,
+                        device,
+                        Op::SetFunction,
+                        text.as_bytes(),
+                        Purpose::Policy { decision },
+                    )
                 });
                 if let (Err(e), Some(engine)) = (sent, &mut self.engine) {
                     engine.settle(decision, Err(e));
@@ -389,7 +421,9 @@ impl Manager {
     /// Evaluates the policy and carries out what it plans.
     fn run_policy(&mut self, cx: &mut SocketContext<'_>) {
         self.reload_if_changed();
-        let Some(engine) = &mut self.engine else { return };
+        let Some(engine) = &mut self.engine else {
+            return;
+        };
         let view = state::MetricsView {
             devices: &self.devices,
             probes: &self.probes,
@@ -403,17 +437,29 @@ impl Manager {
                     Err(Ok(format!("logged: {text}")))
                 }
                 Action::SetFunction { device, function } => self
-                    .ask(cx, device, Op::SetFunction, function.as_bytes(), Purpose::Policy {
-                        decision: p.decision,
-                    })
+                    .ask(
+                        cx,
+                        device,
+                        Op::SetFunction,
+                        function.as_bytes(),
+                        Purpose::Policy {
+                            decision: p.decision,
+                        },
+                    )
                     .map_err(Err),
                 Action::Patch { device, .. } => {
                     let device = device.clone();
                     self.patches.insert(p.decision, p.action.clone());
-                    self.ask(cx, &device, Op::Config, b"", Purpose::PolicyPatch {
-                        decision: p.decision,
-                        action: 0,
-                    })
+                    self.ask(
+                        cx,
+                        &device,
+                        Op::Config,
+                        b"",
+                        Purpose::PolicyPatch {
+                            decision: p.decision,
+                            action: 0,
+                        },
+                    )
                     .map_err(Err)
                 }
                 Action::Capture {
@@ -431,9 +477,15 @@ impl Manager {
                         file: file.clone(),
                         seconds: Some(u64::from(*seconds)),
                     });
-                    self.ask(cx, device, Op::CaptureStart, &req, Purpose::Policy {
-                        decision: p.decision,
-                    })
+                    self.ask(
+                        cx,
+                        device,
+                        Op::CaptureStart,
+                        &req,
+                        Purpose::Policy {
+                            decision: p.decision,
+                        },
+                    )
                     .map_err(Err)
                 }
             };
@@ -544,7 +596,8 @@ impl Function for Manager {
         for name in &names {
             let timeout = self.cfg.poll_timeout.0;
             let m = self.devices.get_mut(name).expect("listed");
-            m.link.poll(cx, &mut self.retired, &self.key, timeout, &mut answers);
+            m.link
+                .poll(cx, &mut self.retired, &self.key, timeout, &mut answers);
             worked |= !answers.is_empty();
             for a in answers.drain(..) {
                 self.on_answer(cx, name, a);
@@ -566,7 +619,10 @@ impl Function for Manager {
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
         self.stats.visit(visit);
         visit("devices", self.devices.len() as u64);
-        visit("devices_up", self.devices.values().filter(|m| m.up).count() as u64);
+        visit(
+            "devices_up",
+            self.devices.values().filter(|m| m.up).count() as u64,
+        );
     }
 
     fn reconfigure(&mut self, cfg: &dyn FunctionSpec) -> Result<bool, FunctionError> {
@@ -578,7 +634,8 @@ impl Function for Manager {
             // What the manager learnt stays; probes and sessions restart
             // (the secret may have changed), the policy keeps its rules'
             // state when the file is the same.
-            self.replaced.extend(std::mem::replace(&mut self.probes, fresh.probes));
+            self.replaced
+                .extend(std::mem::replace(&mut self.probes, fresh.probes));
             self.relink = true;
             let same_policy = new.policy == self.cfg.policy;
             match (&mut self.engine, fresh.engine) {

@@ -14,8 +14,8 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, IpEndpoint};
 
 use crate::functions::SocketContext;
 use crate::functions::matching::ConfigDuration;
-use crate::functions::socket::{LocalPorts, Retired};
 use crate::functions::socket::http::codec::{Limits, Method, ResponseHead};
+use crate::functions::socket::{LocalPorts, Retired};
 
 /// Upper bounds (ms) of the round-trip histogram's buckets (and +Inf).
 pub const RTT_BUCKETS_MS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0, 250.0, 1000.0];
@@ -108,7 +108,11 @@ impl ProbeStats {
                 self.received += 1;
                 self.up = true;
                 self.failing = 0;
-                self.rtt_min_ms = if self.received == 1 { ms } else { self.rtt_min_ms.min(ms) };
+                self.rtt_min_ms = if self.received == 1 {
+                    ms
+                } else {
+                    self.rtt_min_ms.min(ms)
+                };
                 self.rtt_max_ms = self.rtt_max_ms.max(ms);
                 self.rtt_sum_ms += ms;
                 self.rtt_avg_ms = self.rtt_sum_ms / self.received as f64;
@@ -146,8 +150,15 @@ impl ProbeStats {
 /// An attempt under way.
 enum Attempt {
     Idle,
-    Icmp { seq: u16, started: Instant },
-    Tcp { h: SocketHandle, started: Instant, state: Stage },
+    Icmp {
+        seq: u16,
+        started: Instant,
+    },
+    Tcp {
+        h: SocketHandle,
+        started: Instant,
+        state: Stage,
+    },
 }
 
 #[derive(PartialEq, Eq)]
@@ -289,7 +300,9 @@ impl Probe {
             let h = match self.icmp {
                 Some(h) => h,
                 None => {
-                    let buf = || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 1024]);
+                    let buf = || {
+                        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 1024])
+                    };
                     let mut s = icmp::Socket::new(buf(), buf());
                     s.bind(icmp::Endpoint::Ident(self.ident))
                         .map_err(|e| format!("icmp socket: {e}"))?;
@@ -305,7 +318,10 @@ impl Probe {
                 data: b"shmnet-probe",
             };
             let mut buf = vec![0u8; repr.buffer_len()];
-            repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf), &ChecksumCapabilities::default());
+            repr.emit(
+                &mut Icmpv4Packet::new_unchecked(&mut buf),
+                &ChecksumCapabilities::default(),
+            );
             cx.sockets
                 .get_mut::<icmp::Socket>(h)
                 .send_slice(&buf, self.target.addr)
@@ -316,9 +332,10 @@ impl Probe {
         let local = ports.take().ok_or("no free local port")?;
         let h = cx.add_tcp(Some(16 << 10));
         let (iface, sockets) = (&mut *cx.iface, &mut *cx.sockets);
-        if let Err(e) = sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(iface.context(), self.target, local)
+        if let Err(e) =
+            sockets
+                .get_mut::<tcp::Socket>(h)
+                .connect(iface.context(), self.target, local)
         {
             ports.give_back(local);
             cx.remove_socket(h);
@@ -343,7 +360,10 @@ impl Probe {
         let now = cx.now;
         let s = cx.sockets.get_mut::<tcp::Socket>(h);
         if now - started >= self.cfg.timeout.0 {
-            return Some(Err(format!("no answer in {} ms", self.cfg.timeout.0.total_millis())));
+            return Some(Err(format!(
+                "no answer in {} ms",
+                self.cfg.timeout.0.total_millis()
+            )));
         }
         if *stage == Stage::Connecting {
             match s.state() {
@@ -366,7 +386,9 @@ impl Probe {
             *stage = Stage::Asked(Vec::new());
             return None;
         }
-        let Stage::Asked(input) = stage else { return None };
+        let Stage::Asked(input) = stage else {
+            return None;
+        };
         while s.can_recv() {
             let _ = s.recv(|b| {
                 let n = b.len().min(16 << 10 - input.len().min(16 << 10));
@@ -395,7 +417,10 @@ impl Probe {
                 if input[..end].starts_with(b"VERSION ") {
                     Ok(now - started)
                 } else {
-                    Err(format!("answer {:?}", String::from_utf8_lossy(&input[..end]).trim_end()))
+                    Err(format!(
+                        "answer {:?}",
+                        String::from_utf8_lossy(&input[..end]).trim_end()
+                    ))
                 }
             }),
             _ => None,
@@ -422,7 +447,9 @@ impl Probe {
 fn echo_reply(msg: &[u8], ident: u16) -> Option<u16> {
     let p = Icmpv4Packet::new_checked(msg).ok()?;
     match Icmpv4Repr::parse(&p, &ChecksumCapabilities::ignored()).ok()? {
-        Icmpv4Repr::EchoReply { ident: i, seq_no, .. } if i == ident => Some(seq_no),
+        Icmpv4Repr::EchoReply {
+            ident: i, seq_no, ..
+        } if i == ident => Some(seq_no),
         _ => None,
     }
 }

@@ -85,7 +85,10 @@ impl Server {
         };
         c.waiting = None;
         let (status, json) = match &a.result {
-            Err(e) => (504, serde_json::json!({"ok": false, "error": format!("{device}: agent: {e}")})),
+            Err(e) => (
+                504,
+                serde_json::json!({"ok": false, "error": format!("{device}: agent: {e}")}),
+            ),
             Ok((Status::Ok, b)) => (200, ok_body(a.op, b)),
             Ok((st, b)) => {
                 let code = match st {
@@ -257,17 +260,30 @@ fn take_request(c: &mut Conn) -> Option<Request> {
         Ok(None) => return None,
         Err(e) => {
             c.close_after = true;
-            respond_error(c, &ApiError { status: e.status(), message: e.to_string(), allow: &[] });
+            respond_error(
+                c,
+                &ApiError {
+                    status: e.status(),
+                    message: e.to_string(),
+                    allow: &[],
+                },
+            );
             c.input.clear();
             return None;
         }
     };
     let len = match head.body() {
         crate::functions::socket::http::codec::BodyKind::None => 0,
-        crate::functions::socket::http::codec::BodyKind::Length(l) if l as usize <= MAX_BODY => l as usize,
+        crate::functions::socket::http::codec::BodyKind::Length(l) if l as usize <= MAX_BODY => {
+            l as usize
+        }
         _ => {
             c.close_after = true;
-            let e = ApiError { status: 413, message: format!("bodies must have a Content-Length of at most {MAX_BODY} bytes"), allow: &[] };
+            let e = ApiError {
+                status: 413,
+                message: format!("bodies must have a Content-Length of at most {MAX_BODY} bytes"),
+                allow: &[],
+            };
             respond_error(c, &e);
             c.input.clear();
             return None;
@@ -289,7 +305,11 @@ fn take_request(c: &mut Conn) -> Option<Request> {
 
 /// Answers one request (or starts what will answer it).
 fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
-    log::debug!("manager: {} {}", String::from_utf8_lossy(&req.method), String::from_utf8_lossy(&req.target));
+    log::debug!(
+        "manager: {} {}",
+        String::from_utf8_lossy(&req.method),
+        String::from_utf8_lossy(&req.target)
+    );
     let r = match api::route(&req.method, &req.target) {
         Ok(r) => r,
         Err(e) => return respond_error(&mut m.server.conns[i], &e),
@@ -304,22 +324,49 @@ fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
         return respond_error(&mut m.server.conns[i], &e);
     }
     let id = m.server.conns[i].id;
-    let mut ask = |m: &mut Manager, device: &str, op: Op, body: &[u8]| {
-        match m.ask(cx, device, op, body, Purpose::Api { conn: id }) {
-            Ok(()) => m.server.conns[i].waiting = Some(Waiting::Agent),
-            Err(e) => {
-                let status = if m.devices.contains_key(device) { 504 } else { 404 };
-                respond_error(&mut m.server.conns[i], &ApiError { status, message: e, allow: &[] });
-            }
+    let mut ask = |m: &mut Manager, device: &str, op: Op, body: &[u8]| match m.ask(
+        cx,
+        device,
+        op,
+        body,
+        Purpose::Api { conn: id },
+    ) {
+        Ok(()) => m.server.conns[i].waiting = Some(Waiting::Agent),
+        Err(e) => {
+            let status = if m.devices.contains_key(device) {
+                504
+            } else {
+                404
+            };
+            respond_error(
+                &mut m.server.conns[i],
+                &ApiError {
+                    status,
+                    message: e,
+                    allow: &[],
+                },
+            );
         }
     };
     match r {
         ApiRequest::Index => {
-            respond(&mut m.server.conns[i], 200, "text/plain; charset=utf-8", api::INDEX.as_bytes(), &[]);
+            respond(
+                &mut m.server.conns[i],
+                200,
+                "text/plain; charset=utf-8",
+                api::INDEX.as_bytes(),
+                &[],
+            );
         }
         ApiRequest::Metrics => {
             let text = state::render_metrics(m);
-            respond(&mut m.server.conns[i], 200, "text/plain; version=0.0.4; charset=utf-8", text.as_bytes(), &[]);
+            respond(
+                &mut m.server.conns[i],
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text.as_bytes(),
+                &[],
+            );
         }
         ApiRequest::Devices => {
             let v = state::devices_json(m, cx.now);
@@ -347,7 +394,9 @@ fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
             }
         }
         ApiRequest::CaptureStart(name) => {
-            let c: api::CaptureRequest = match api::parse_json(&req.body).and_then(|c: api::CaptureRequest| c.validate().map(|()| c)) {
+            let c: api::CaptureRequest = match api::parse_json(&req.body)
+                .and_then(|c: api::CaptureRequest| c.validate().map(|()| c))
+            {
                 Ok(c) => c,
                 Err(e) => return respond_error(&mut m.server.conns[i], &e),
             };
@@ -359,7 +408,9 @@ fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
             ask(m, &name, Op::CaptureStart, &b);
         }
         ApiRequest::CaptureStop { device, adapter } => {
-            let b = body::to_toml(&body::CaptureStop { adapter: adapter.as_str().into() });
+            let b = body::to_toml(&body::CaptureStop {
+                adapter: adapter.as_str().into(),
+            });
             ask(m, &device, Op::CaptureStop, &b);
         }
         ApiRequest::Policy => {
@@ -374,12 +425,18 @@ fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
             respond_json(&mut m.server.conns[i], st, &v);
         }
         ApiRequest::Probe => {
-            let p: api::ProbeRequest = match api::parse_json(&req.body).and_then(|p: api::ProbeRequest| p.validate().map(|()| p)) {
+            let p: api::ProbeRequest = match api::parse_json(&req.body)
+                .and_then(|p: api::ProbeRequest| p.validate().map(|()| p))
+            {
                 Ok(p) => p,
                 Err(e) => return respond_error(&mut m.server.conns[i], &e),
             };
             if m.server.probes.len() >= MAX_PROBES {
-                let e = ApiError { status: 503, message: "too many probes running; try again".into(), allow: &[] };
+                let e = ApiError {
+                    status: 503,
+                    message: "too many probes running; try again".into(),
+                    allow: &[],
+                };
                 return respond_error(&mut m.server.conns[i], &e);
             }
             let kind = match p.kind {
@@ -423,7 +480,8 @@ fn unknown(name: &str) -> ApiError {
 /// one (a whole device file), else the body itself; it must parse.
 fn function_table(b: &[u8]) -> Result<String, String> {
     let text = std::str::from_utf8(b).map_err(|_| "the body is not UTF-8".to_string())?;
-    let t: toml::Table = toml::from_str(text).map_err(|e| format!("the body is not TOML: {}", e.message()))?;
+    let t: toml::Table =
+        toml::from_str(text).map_err(|e| format!("the body is not TOML: {}", e.message()))?;
     match t.get("function") {
         Some(toml::Value::Table(f)) => toml::to_string(f).map_err(|e| e.to_string()),
         _ => Ok(text.to_string()),

@@ -142,7 +142,12 @@ pub(super) fn render_metrics(m: &Manager) -> String {
     let tables: Vec<(String, Vec<(String, u64)>)> = m
         .devices
         .iter()
-        .map(|(n, d)| (n.clone(), d.counters.iter().map(|(k, v)| (k.clone(), *v)).collect()))
+        .map(|(n, d)| {
+            (
+                n.clone(),
+                d.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            )
+        })
         .collect();
     let samples: Vec<DeviceSample<'_>> = m
         .devices
@@ -173,11 +178,31 @@ fn own_families(m: &Manager) -> Vec<Family> {
     let s = &m.stats;
     counter("polls", "Poll rounds the manager started.", s.polls);
     counter("agent_answers", "Agent requests answered.", s.agent_answers);
-    counter("agent_errors", "Agent requests that failed or timed out.", s.agent_errors);
-    counter("http_requests", "HTTP requests the manager served.", s.http_requests);
-    counter("http_unauthorized", "HTTP requests refused for a missing or wrong token.", s.http_unauthorized);
-    counter("policy_reloads", "Policy file reloads that took effect.", s.policy_reloads);
-    counter("policy_reload_errors", "Policy file reloads refused (the old policy stays).", s.policy_reload_errors);
+    counter(
+        "agent_errors",
+        "Agent requests that failed or timed out.",
+        s.agent_errors,
+    );
+    counter(
+        "http_requests",
+        "HTTP requests the manager served.",
+        s.http_requests,
+    );
+    counter(
+        "http_unauthorized",
+        "HTTP requests refused for a missing or wrong token.",
+        s.http_unauthorized,
+    );
+    counter(
+        "policy_reloads",
+        "Policy file reloads that took effect.",
+        s.policy_reloads,
+    );
+    counter(
+        "policy_reload_errors",
+        "Policy file reloads refused (the old policy stays).",
+        s.policy_reload_errors,
+    );
     let mut rtt = Family::new(
         "shmnet_manager_agent_rtt_seconds",
         "Round trip of the last successful poll of each device's agent.",
@@ -205,20 +230,63 @@ fn own_families(m: &Manager) -> Vec<Family> {
         for p in &m.probes {
             let kind = format!("{:?}", p.cfg.kind).to_lowercase();
             fam.push(
-                vec![label("probe", &p.cfg.name), label("kind", &kind), label("target", &p.cfg.target)],
+                vec![
+                    label("probe", &p.cfg.name),
+                    label("kind", &kind),
+                    label("target", &p.cfg.target),
+                ],
                 f(p),
             );
         }
         fam
     };
-    out.push(per_probe("shmnet_probe_up", "Whether the probe's last attempt succeeded.", Kind::Gauge, &|p| f64::from(u8::from(p.stats.up))));
-    out.push(per_probe("shmnet_probe_sent_total", "Probe attempts made.", Kind::Counter, &|p| p.stats.sent as f64));
-    out.push(per_probe("shmnet_probe_received_total", "Probe attempts that succeeded.", Kind::Counter, &|p| p.stats.received as f64));
-    out.push(per_probe("shmnet_probe_loss_ratio", "Share of the last 100 attempts that failed.", Kind::Gauge, &|p| p.stats.recent_loss));
-    out.push(per_probe("shmnet_probe_rtt_min_seconds", "Smallest round trip.", Kind::Gauge, &|p| p.stats.rtt_min_ms / 1e3));
-    out.push(per_probe("shmnet_probe_rtt_avg_seconds", "Mean round trip.", Kind::Gauge, &|p| p.stats.rtt_avg_ms / 1e3));
-    out.push(per_probe("shmnet_probe_rtt_max_seconds", "Largest round trip.", Kind::Gauge, &|p| p.stats.rtt_max_ms / 1e3));
-    let mut hist = Family::new("shmnet_probe_rtt_seconds", "Round trips of successful probe attempts.", Kind::Histogram);
+    out.push(per_probe(
+        "shmnet_probe_up",
+        "Whether the probe's last attempt succeeded.",
+        Kind::Gauge,
+        &|p| f64::from(u8::from(p.stats.up)),
+    ));
+    out.push(per_probe(
+        "shmnet_probe_sent_total",
+        "Probe attempts made.",
+        Kind::Counter,
+        &|p| p.stats.sent as f64,
+    ));
+    out.push(per_probe(
+        "shmnet_probe_received_total",
+        "Probe attempts that succeeded.",
+        Kind::Counter,
+        &|p| p.stats.received as f64,
+    ));
+    out.push(per_probe(
+        "shmnet_probe_loss_ratio",
+        "Share of the last 100 attempts that failed.",
+        Kind::Gauge,
+        &|p| p.stats.recent_loss,
+    ));
+    out.push(per_probe(
+        "shmnet_probe_rtt_min_seconds",
+        "Smallest round trip.",
+        Kind::Gauge,
+        &|p| p.stats.rtt_min_ms / 1e3,
+    ));
+    out.push(per_probe(
+        "shmnet_probe_rtt_avg_seconds",
+        "Mean round trip.",
+        Kind::Gauge,
+        &|p| p.stats.rtt_avg_ms / 1e3,
+    ));
+    out.push(per_probe(
+        "shmnet_probe_rtt_max_seconds",
+        "Largest round trip.",
+        Kind::Gauge,
+        &|p| p.stats.rtt_max_ms / 1e3,
+    ));
+    let mut hist = Family::new(
+        "shmnet_probe_rtt_seconds",
+        "Round trips of successful probe attempts.",
+        Kind::Histogram,
+    );
     for p in &m.probes {
         let base = vec![label("probe", &p.cfg.name)];
         let mut cum = 0;
@@ -226,14 +294,30 @@ fn own_families(m: &Manager) -> Vec<Family> {
             cum += p.stats.buckets[i];
             let mut l = base.clone();
             l.push(label("le", &format!("{}", b / 1e3)));
-            hist.samples.push(metrics::Sample { labels: l, suffix: Some("_bucket"), value: cum as f64 });
+            hist.samples.push(metrics::Sample {
+                labels: l,
+                suffix: Some("_bucket"),
+                value: cum as f64,
+            });
         }
         cum += p.stats.buckets[RTT_BUCKETS_MS.len()];
         let mut l = base.clone();
         l.push(label("le", "+Inf"));
-        hist.samples.push(metrics::Sample { labels: l, suffix: Some("_bucket"), value: cum as f64 });
-        hist.samples.push(metrics::Sample { labels: base.clone(), suffix: Some("_sum"), value: p.stats.rtt_sum_ms / 1e3 });
-        hist.samples.push(metrics::Sample { labels: base, suffix: Some("_count"), value: cum as f64 });
+        hist.samples.push(metrics::Sample {
+            labels: l,
+            suffix: Some("_bucket"),
+            value: cum as f64,
+        });
+        hist.samples.push(metrics::Sample {
+            labels: base.clone(),
+            suffix: Some("_sum"),
+            value: p.stats.rtt_sum_ms / 1e3,
+        });
+        hist.samples.push(metrics::Sample {
+            labels: base,
+            suffix: Some("_count"),
+            value: cum as f64,
+        });
     }
     out.push(hist);
     if let Some(e) = &m.engine {
@@ -246,12 +330,27 @@ fn own_families(m: &Manager) -> Vec<Family> {
         g("ticks", "Policy evaluations.", c.ticks);
         g("fired", "Rules fired.", c.fired);
         g("reverted", "Rules reverted.", c.reverted);
-        g("suppressed", "Transitions held back by a rule's cooldown.", c.suppressed_by_cooldown);
+        g(
+            "suppressed",
+            "Transitions held back by a rule's cooldown.",
+            c.suppressed_by_cooldown,
+        );
         g("actions_ok", "Policy actions that succeeded.", c.actions_ok);
-        g("actions_failed", "Policy actions that failed.", c.actions_failed);
-        let mut st = Family::new("shmnet_policy_rule_active", "Whether a rule has fired and not yet reverted.", Kind::Gauge);
+        g(
+            "actions_failed",
+            "Policy actions that failed.",
+            c.actions_failed,
+        );
+        let mut st = Family::new(
+            "shmnet_policy_rule_active",
+            "Whether a rule has fired and not yet reverted.",
+            Kind::Gauge,
+        );
         for r in e.status() {
-            let active = matches!(r.state, policy::RuleState::Active | policy::RuleState::Clearing);
+            let active = matches!(
+                r.state,
+                policy::RuleState::Active | policy::RuleState::Clearing
+            );
             st.push(vec![label("rule", &r.name)], f64::from(u8::from(active)));
         }
         out.push(st);
