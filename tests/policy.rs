@@ -90,7 +90,12 @@ fn start(args: &[&str]) -> (Run, HostSetup) {
 
 /// `GET path` of the manager's API, as JSON (Null if it did not answer).
 fn get(path: &str) -> serde_json::Value {
-    let Ok(mut c) = TcpStream::connect_timeout(&MANAGER.parse().unwrap(), Duration::from_secs(2))
+    get_at(MANAGER, path)
+}
+
+/// [`get`] of the manager at `manager`.
+fn get_at(manager: &str, path: &str) -> serde_json::Value {
+    let Ok(mut c) = TcpStream::connect_timeout(&manager.parse().unwrap(), Duration::from_secs(2))
     else {
         return serde_json::Value::Null;
     };
@@ -144,13 +149,18 @@ fn function_of(device: &str) -> String {
 
 /// `shmnet ctl --manager … --secret-file … ARGS`; panics if it fails.
 fn ctl(args: &[&str]) -> String {
+    ctl_at(MANAGER, SECRET, args)
+}
+
+/// [`ctl`] of the manager at `manager`, with the secret in `secret`.
+fn ctl_at(manager: &str, secret: &str, args: &[&str]) -> String {
     let out = Command::new(BIN)
         .args([
             "ctl",
             "--manager",
-            &format!("http://{MANAGER}"),
+            &format!("http://{manager}"),
             "--secret-file",
-            SECRET,
+            secret,
         ])
         .args(args)
         .output()
@@ -415,5 +425,80 @@ fn dry_run_decides_and_changes_nothing() {
     );
     assert_eq!(get("/api/policy")["dry_run"], true);
     let _ = std::fs::remove_file(sink);
+    run.stop();
+}
+
+/// `GET /` with `Host: host` at `addr`: the status.
+fn status_of(addr: &str, host: &str) -> u16 {
+    let Ok(mut c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
+    else {
+        return 0;
+    };
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let _ = write!(
+        c,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_application_answering_errors_is_throttled_and_restored() {
+    // examples/manager's policy: the proxy's `shop` application gets a
+    // lower rate limit while its answers are 5xx.
+    if let Some(why) = tap_unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let _lock = tap_lock();
+    const M: &str = "10.82.0.2:9100";
+    const S: &str = "/tmp/shmnet-manager.secret";
+    let mut run = Run::start(Path::new("examples/manager/topology.toml"), &[]);
+    run.wait_ready("shmtap3");
+    let rate_limit = || {
+        get_at(M, "/api/devices/proxy/config")["function"]
+            .as_str()
+            .and_then(|t| t.parse::<toml::Table>().ok())
+            .and_then(|t| t["apps"][0]["rate"].as_float())
+    };
+    let shop = |rule_transition: &str| {
+        get_at(M, "/api/policy")["decisions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["rule"] == "shop-errors-throttle" && d["transition"] == rule_transition)
+    };
+    wait_until("the proxy polled", 30, || rate_limit() == Some(1000.0));
+    assert_eq!(status_of("10.82.0.4:80", "shop"), 200);
+    let sink = write_file("shop-sink.toml", "kind = \"sink\"\n");
+    let web = write_file(
+        "shop-web.toml",
+        "kind = \"http-server\"\nname = \"web\"\nroutes = [{ path = \"/\", body = \"hello from web\\n\" }]\n",
+    );
+    ctl_at(M, S, &["set", "web", "--function", sink.to_str().unwrap()]);
+    let t0 = Instant::now();
+    while !shop("fire") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no decision: {:#}",
+            get_at(M, "/api/policy")
+        );
+        assert!([502, 503].contains(&status_of("10.82.0.4:80", "shop")));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_until("the limit lowered", 10, || rate_limit() == Some(10.0));
+    ctl_at(M, S, &["set", "web", "--function", web.to_str().unwrap()]);
+    wait_until("the limit restored", 30, || {
+        shop("revert") && rate_limit() == Some(1000.0)
+    });
+    assert_eq!(status_of("10.82.0.4:80", "shop"), 200);
+    let _ = std::fs::remove_file(sink);
+    let _ = std::fs::remove_file(web);
     run.stop();
 }
