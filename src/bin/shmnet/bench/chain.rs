@@ -15,7 +15,7 @@ use super::{PORT, Res, SOCK_BUF, TIMEOUT, unique};
 
 /// The device files of a chain client → `middles` → server: network i
 /// joins device i and i+1, addresses 10.(10+i).0.0/24.
-fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
+pub(super) fn chain_configs(functions: &[&str]) -> Res<Vec<DeviceSettings>> {
     let n = functions.len();
     let nets: Vec<String> = (0..=n).map(|i| unique(&format!("net{i}"))).collect();
     let net = |i: usize, host: u8| format!("10.{}.0.{host}", 10 + i);

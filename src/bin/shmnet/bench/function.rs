@@ -22,7 +22,7 @@ const K2: &str = "feffe9928665731c6d6a8f9467308308cafebabe";
 /// The function configuration(s) of each benchmarked chain. Addresses
 /// follow `chain_configs`: device k sits between 10.(10+k).0.254 and
 /// 10.(11+k).0.1.
-fn chain_functions(name: &str) -> Res<Vec<String>> {
+pub(super) fn chain_functions(name: &str) -> Res<Vec<String>> {
     Ok(match name {
         // Lets the client's connections out (and their replies back in).
         "firewall" => vec![

@@ -11,7 +11,8 @@
 //! the same named host segments; it prints `ready` once attached.
 //!
 //! One file per benchmark (`tcp` for bulk and round trips, `frames`,
-//! `idle`, `function` with its `chain`, `tap`, `vxlan`, `cache`, `proxy`),
+//! `idle`, `function` with its `chain`, `tap`, `vxlan`, `cache`, `proxy`,
+//! `manage`),
 //! the kernel reference paths in `kernel`, the request/response load
 //! generator of `cache` and `proxy` in `load`, the JSON lines in `report`,
 //! the process-mode far side in `peer`.
@@ -24,6 +25,7 @@ mod function;
 mod idle;
 mod kernel;
 mod load;
+mod manage;
 mod peer;
 mod proxy;
 mod report;
@@ -45,6 +47,7 @@ use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
+use manage::bench_manage;
 use proxy::bench_proxy;
 use tap::bench_tap;
 use tcp::{bench_rr, bench_tcp, listen, serve};
@@ -191,6 +194,11 @@ pub enum BenchCmd {
         #[arg(long)]
         seconds: Option<f64>,
     },
+    /// Management: TCP through a firewall chain without and with a manager
+    /// polling the agents and a scraper on `/metrics` (both every second),
+    /// round trips to an agent and to the manager's API, and the time from
+    /// a policy condition to the new function in place.
+    Manage,
 }
 
 /// Where the far side runs.
@@ -271,6 +279,7 @@ pub fn main(args: &BenchCli) -> i32 {
                 connections: 32,
                 seconds: None,
             });
+            v.push(BenchCmd::Manage);
             for name in FUNCTIONS_BENCHED {
                 v.push(BenchCmd::Function {
                     name: name.to_string(),
@@ -320,6 +329,7 @@ pub fn main(args: &BenchCli) -> i32 {
                 connections,
                 seconds,
             } => bench_proxy(*connections, *seconds, quick, reps),
+            BenchCmd::Manage => bench_manage(quick),
         };
         match r {
             Ok(line) => {
