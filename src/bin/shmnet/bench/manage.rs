@@ -70,6 +70,7 @@ impl Secret {
             enabled: true,
             agent_port: DEFAULT_AGENT_PORT,
             secret_file: path.clone(),
+            dry_run: false,
         };
         Ok(Secret {
             key: m.key()?,
