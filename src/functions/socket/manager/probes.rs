@@ -369,7 +369,9 @@ impl Probe {
         let Stage::Asked(input) = stage else { return None };
         while s.can_recv() {
             let _ = s.recv(|b| {
-                let n = b.len().min(16 << 10 - input.len().min(16 << 10));
+                // At most 16 KiB of answer kept. (`16 << 10 - len` was
+                // `16 << (10 - len)`: an answer in pieces lost its rest.)
+                let n = b.len().min((16 << 10) - input.len().min(16 << 10));
                 input.extend_from_slice(&b[..n]);
                 (b.len(), ())
             });
