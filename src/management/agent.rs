@@ -95,7 +95,7 @@ impl Agent {
             address: n.v4.to_string(),
             address6: n.v6.map(|c| c.to_string()),
             mac: mac_text(cfg.mac),
-            mtu: n.mtu as u32,
+            mtu: n.mtu,
             segment: n.segment.clone(),
         };
         Agent {
@@ -180,11 +180,12 @@ impl Agent {
         let mut cx = dev.context();
         self.sessions.retain_mut(|s| {
             let sock = cx.sockets.get_mut::<tcp::Socket>(s.h);
-            if !s.output.is_empty() && sock.can_send() {
-                if let Ok(n) = sock.send_slice(&s.output) {
-                    s.output.drain(..n);
-                    worked = true;
-                }
+            if !s.output.is_empty()
+                && sock.can_send()
+                && let Ok(n) = sock.send_slice(&s.output)
+            {
+                s.output.drain(..n);
+                worked = true;
             }
             // Only the peer's FIN (CLOSE-WAIT) ends a session from its side:
             // a socket just accepted cannot receive yet either.

@@ -169,10 +169,11 @@ impl AgentLink {
         let Some(h) = self.socket else { return };
         let s = cx.sockets.get_mut::<tcp::Socket>(h);
         let mut failure = None;
-        if s.can_send() && !self.output.is_empty() {
-            if let Ok(n) = s.send_slice(&self.output) {
-                self.output.drain(..n);
-            }
+        if s.can_send()
+            && !self.output.is_empty()
+            && let Ok(n) = s.send_slice(&self.output)
+        {
+            self.output.drain(..n);
         }
         while s.can_recv() {
             let _ = s.recv(|b| {
@@ -206,10 +207,10 @@ impl AgentLink {
                     tcp::State::Closed => "connection refused or reset".into(),
                     _ => "agent closed the connection".into(),
                 });
-            } else if let Some(p) = self.pending.front() {
-                if cx.now - p.sent > timeout {
-                    failure = Some(format!("no answer in {} ms", timeout.total_millis()));
-                }
+            } else if let Some(p) = self.pending.front()
+                && cx.now - p.sent > timeout
+            {
+                failure = Some(format!("no answer in {} ms", timeout.total_millis()));
             }
         }
         if let Some(why) = failure {

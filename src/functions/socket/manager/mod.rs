@@ -338,10 +338,8 @@ impl Manager {
                     break;
                 }
             }
-            if stale {
-                if let Some(m) = self.devices.get_mut(&name) {
-                    m.refreshed = Some(now);
-                }
+            if stale && let Some(m) = self.devices.get_mut(&name) {
+                m.refreshed = Some(now);
             }
         }
     }
@@ -438,10 +436,10 @@ impl Manager {
                 }
             };
             // Settled now: actions that need no agent, and failed sends.
-            if let Err(result) = outcome {
-                if let Some(e) = &mut self.engine {
-                    e.settle(p.decision, result);
-                }
+            if let Err(result) = outcome
+                && let Some(e) = &mut self.engine
+            {
+                e.settle(p.decision, result);
             }
         }
     }

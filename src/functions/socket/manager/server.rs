@@ -219,11 +219,12 @@ pub(super) fn serve(m: &mut Manager, cx: &mut SocketContext<'_>) -> bool {
         }
         let c = &mut m.server.conns[i];
         let s = cx.sockets.get_mut::<tcp::Socket>(h);
-        if !c.output.is_empty() && s.can_send() {
-            if let Ok(n) = s.send_slice(&c.output) {
-                c.output.drain(..n);
-                worked |= n > 0;
-            }
+        if !c.output.is_empty()
+            && s.can_send()
+            && let Ok(n) = s.send_slice(&c.output)
+        {
+            c.output.drain(..n);
+            worked |= n > 0;
         }
         // (A socket just accepted cannot receive yet either: only a peer's
         // FIN, CLOSE-WAIT, ends the connection from that side.)
