@@ -12,7 +12,7 @@
 //! outliving a killed manager and a new manager taking over; the API
 //! under load while 16 MiB cross the firewall intact.
 //!
-//! Each test skips, saying why, without /dev/net/tun, root or curl (and
+//! Each test skips, saying why, without /dev/net/tun, root, curl or ip (and
 //! skips the parts that need promtool, prometheus, tshark or ping where
 //! those are missing). TAP tests take the TAP test lock; the interface
 //! goes with the run, and routes, processes and files a test made go with
@@ -55,8 +55,8 @@ fn skip_reason() -> Option<&'static str> {
     if let Some(why) = tap_unavailable() {
         return Some(why);
     }
-    if !have("curl") {
-        return Some("curl is not installed");
+    if !have("curl") || !have("ip") {
+        return Some("curl or ip (iproute2) is not installed");
     }
     None
 }
@@ -556,8 +556,10 @@ fn read_msg(s: &mut TcpStream) -> Option<Vec<u8>> {
 /// Whether the peer closed `s` (EOF or reset) within its read timeout.
 fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
-    matches!(s.read(&mut b), Ok(0))
-        || matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    match s.read(&mut b) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
 }
 
 fn agent_session() -> TcpStream {
