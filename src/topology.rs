@@ -540,6 +540,9 @@ struct DeviceProcess {
     /// `name [kind]`.
     label: String,
     job: bool,
+    /// It watches the others and is on no packet's path (a manager): the
+    /// topology still works without it, so its death does not stop the run.
+    observer: bool,
     child: Child,
     status: Option<ExitStatus>,
     /// The run sent it SIGTERM.
@@ -660,6 +663,7 @@ fn run_processes(
             name: d.name.clone(),
             label: label(d),
             job: d.function.has_job(),
+            observer: d.function.kind() == "manager",
             child,
             status: None,
             terminated: false,
@@ -676,8 +680,10 @@ fn run_processes(
             match p.poll()? {
                 None => jobs_left |= p.job,
                 // A device without a job runs until told to stop; one that
-                // failed on its own leaves the topology broken.
-                Some(st) => died |= !p.job && !st.success(),
+                // failed on its own leaves the topology broken (unless it
+                // only watched: a manager can be restarted by hand, and its
+                // death is reported when the run ends).
+                Some(st) => died |= !p.job && !p.observer && !st.success(),
             }
         }
         if (any_job && !jobs_left)

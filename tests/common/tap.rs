@@ -65,6 +65,12 @@ impl Run {
         self
     }
 
+    /// The process id of `shmnet run` (the parent of a process-mode run's
+    /// devices).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the `tap NAME ready` line.
     pub fn wait_ready(&mut self, name: &str) {
         let out = self.child.stdout.take().expect("stdout");

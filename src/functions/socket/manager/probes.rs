@@ -391,6 +391,7 @@ impl Probe {
         };
         while s.can_recv() {
             let _ = s.recv(|b| {
+                // At most 16 KiB of answer kept.
                 let n = b.len().min((16 << 10) - input.len().min(16 << 10));
                 input.extend_from_slice(&b[..n]);
                 (b.len(), ())

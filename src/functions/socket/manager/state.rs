@@ -391,7 +391,9 @@ pub(super) fn device_json(m: &Manager, name: &str, _now: Instant) -> Option<serd
         "polls_failed": d.polls_failed,
         "identity": d.identity.as_ref().map(|i| serde_json::json!({
             "version": i.version,
-            "uptime_s": i.uptime_ms as f64 / 1e3,
+            // The identity is fetched every 10 s, the uptime with every
+            // poll's counters.
+            "uptime_s": d.uptime_ms.unwrap_or(i.uptime_ms) as f64 / 1e3,
             "pid": i.pid,
             "forward": i.forward,
             "local": i.local,
