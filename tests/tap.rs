@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,38 +50,6 @@ fn wait_gone(name: &str) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-/// Streams `bytes` of a pattern to the echo server at `addr` with the
-/// kernel's TCP and checks every byte that comes back.
-fn stream_intact(addr: SocketAddr, bytes: usize) {
-    let mut c = connect(addr);
-    let mut r = c.try_clone().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0usize;
-        while got < bytes {
-            let n = r.read(&mut buf).expect("read the echo");
-            assert!(n > 0, "the echo ended after {got} of {bytes} bytes");
-            for (i, b) in buf[..n].iter().enumerate() {
-                assert_eq!(*b, pattern_byte((got + i) as u64), "byte {}", got + i);
-            }
-            got += n;
-        }
-    });
-    let chunk: Vec<u8> = (0..256 * 1024).map(|i| pattern_byte(i as u64)).collect();
-    let mut sent = 0usize;
-    while sent < bytes {
-        // The pattern repeats every 256 KiB (a multiple of its period).
-        let n = (bytes - sent).min(chunk.len());
-        c.write_all(&chunk[..n]).expect("write");
-        sent += n;
-    }
-    reader.join().expect("every byte came back intact");
-}
-
-fn pattern_byte(offset: u64) -> u8 {
-    shmnet::functions::diag::pattern_byte(offset % (256 * 1024))
 }
 
 fn ping(address: &str) -> bool {

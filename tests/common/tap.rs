@@ -3,7 +3,7 @@
 //! that keeps those tests apart, the run itself and a connect that waits
 //! for the device behind the TAP.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -141,4 +141,38 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// Streams `bytes` of a pattern to the echo server at `addr` with the
+/// kernel's TCP and checks every byte that comes back.
+pub fn stream_intact(addr: SocketAddr, bytes: usize) {
+    let mut c = connect(addr);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = c.try_clone().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut got = 0usize;
+        while got < bytes {
+            let n = r.read(&mut buf).expect("read the echo");
+            assert!(n > 0, "the echo ended after {got} of {bytes} bytes");
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, pattern_byte((got + i) as u64), "byte {}", got + i);
+            }
+            got += n;
+        }
+    });
+    // The pattern repeats every 256 KiB (a multiple of its period).
+    let chunk: Vec<u8> = (0..256 * 1024).map(|i| pattern_byte(i as u64)).collect();
+    let mut sent = 0usize;
+    while sent < bytes {
+        let n = (bytes - sent).min(chunk.len());
+        c.write_all(&chunk[..n]).expect("write");
+        sent += n;
+    }
+    reader.join().expect("every byte came back intact");
+}
+
+/// The echo server's pattern, repeating every 256 KiB.
+pub fn pattern_byte(offset: u64) -> u8 {
+    shmnet::functions::diag::pattern_byte(offset % (256 * 1024))
 }

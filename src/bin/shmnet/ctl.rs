@@ -68,7 +68,8 @@ enum CtlCmd {
     },
     /// Show the policy rules and the last decisions.
     Policy,
-    /// Probe ADDR:PORT from a device.
+    /// Probe DEVICE's service at ADDR:PORT from the manager (DEVICE names
+    /// the probe in the answer).
     Probe {
         device: String,
         target: String,
@@ -588,7 +589,7 @@ fn print_probe(device: &str, v: &Value) {
             .map_or("-".into(), |x| format!("{x:.3}"))
     };
     println!(
-        "{} {} from {device}: {} sent, {} received, {loss} loss; rtt min/avg/max {}/{}/{} ms",
+        "{} {} ({device}) from the manager: {} sent, {} received, {loss} loss; rtt min/avg/max {}/{}/{} ms",
         cell(&v["kind"]),
         cell(&v["target"]),
         cell(&v["sent"]),

@@ -467,11 +467,7 @@ impl Manager {
                     file,
                 } => {
                     let req = body::to_toml(&body::CaptureStart {
-                        adapter: match adapter {
-                            policy::CaptureAdapter::Local => "local",
-                            policy::CaptureAdapter::Global => "global",
-                        }
-                        .into(),
+                        adapter: adapter.as_str().into(),
                         file: file.clone(),
                         seconds: Some(u64::from(*seconds)),
                     });

@@ -346,14 +346,30 @@ fn own_families(m: &Manager) -> Vec<Family> {
             "Whether a rule has fired and not yet reverted.",
             Kind::Gauge,
         );
+        let mut tr = Family::new(
+            "shmnet_policy_rule_transitions_total",
+            "A rule's decisions: fired, reverted, held back by its cooldown.",
+            Kind::Counter,
+        );
         for r in e.status() {
             let active = matches!(
                 r.state,
                 policy::RuleState::Active | policy::RuleState::Clearing
             );
             st.push(vec![label("rule", &r.name)], f64::from(u8::from(active)));
+            for (t, n) in [
+                ("fire", r.fired),
+                ("revert", r.reverted),
+                ("suppressed", r.suppressed),
+            ] {
+                tr.push(
+                    vec![label("rule", &r.name), label("transition", t)],
+                    n as f64,
+                );
+            }
         }
         out.push(st);
+        out.push(tr);
     }
     out
 }

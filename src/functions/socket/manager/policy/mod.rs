@@ -123,6 +123,16 @@ pub enum CaptureAdapter {
     Global,
 }
 
+impl CaptureAdapter {
+    /// `local` or `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureAdapter::Local => "local",
+            CaptureAdapter::Global => "global",
+        }
+    }
+}
+
 /// Something the caller does when a rule fires or reverts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -182,10 +192,7 @@ impl fmt::Display for Action {
                 seconds,
                 file,
             } => {
-                let side = match adapter {
-                    CaptureAdapter::Local => "local",
-                    CaptureAdapter::Global => "global",
-                };
+                let side = adapter.as_str();
                 write!(f, "capture {device} {side} for {seconds}s to {file}")
             }
             Action::Log(t) => write!(f, "log: {t}"),
