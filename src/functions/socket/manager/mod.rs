@@ -1,7 +1,7 @@
 //! `kind = "manager"`: network management. The manager device polls every
-//! device's management agent over the networks ([`agents`]), serves
+//! device's management agent over the networks (`agents`), serves
 //! Prometheus `/metrics` ([`metrics`]) and a JSON API ([`api`]) over HTTP on
-//! its own stack ([`server`]), probes devices and services actively
+//! its own stack (`server`), probes devices and services actively
 //! ([`probes`]), and runs the policy engine ([`policy`]) that changes
 //! devices' functions when its rules say so.
 //!
