@@ -73,8 +73,6 @@ pub struct AgentLink {
     output: Vec<u8>,
     input: Vec<u8>,
     next_seq: u64,
-    /// When the session last failed (reconnects wait a little).
-    failed_at: Option<Instant>,
 }
 
 impl AgentLink {
@@ -88,7 +86,6 @@ impl AgentLink {
             output: Vec::new(),
             input: Vec::new(),
             next_seq: 1,
-            failed_at: None,
         }
     }
 
@@ -259,7 +256,6 @@ impl AgentLink {
         if let Some(h) = self.socket.take() {
             retired.retire(cx, h, true);
         }
-        self.failed_at = Some(cx.now);
         self.output.clear();
         self.input.clear();
         for p in self.pending.drain(..) {

@@ -173,7 +173,6 @@ pub struct Manager {
     /// Patches waiting for the device's configuration, by decision.
     patches: HashMap<u64, Action>,
     stats: ManagerStats,
-    attached: bool,
     /// Probes replaced by a reconfiguration, closed at the next poll.
     replaced: Vec<Probe>,
     /// Drop every agent session at the next poll (the secret changed).
@@ -249,7 +248,6 @@ impl Manager {
             policy_mtime,
             patches: HashMap::new(),
             stats: ManagerStats::default(),
-            attached: false,
             replaced: Vec::new(),
             relink: false,
         })
@@ -547,7 +545,6 @@ impl Function for Manager {
                  (run it in a topology, or name the topology's secret file)"
             );
         }
-        self.attached = true;
         self.next_poll = cx.now;
         for p in &mut self.probes {
             p.reset_schedule(cx.now);
@@ -563,7 +560,6 @@ impl Function for Manager {
         }
         self.server.close(cx, &mut self.retired);
         self.retired.clear(cx, &mut self.ports);
-        self.attached = false;
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {

@@ -385,6 +385,7 @@ pub(super) fn devices_json(m: &Manager, _now: Instant) -> serde_json::Value {
                 "function": d.identity.as_ref().map(|i| i.function.clone()),
                 "address": d.link.addr().to_string(),
                 "up": d.up,
+                "listed": d.listed,
                 "uptime_s": d.uptime_ms.map(|ms| ms as f64 / 1e3),
                 "last_poll_ms": d.rtt.map(|r| r.total_micros() as f64 / 1e3),
                 "error": d.error,
