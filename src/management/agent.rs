@@ -20,6 +20,9 @@ use crate::stack::{Applied, NetDevice, Role};
 use crate::wire::mgmt::{self, Key, Kind, MgmtPacket, MgmtRepr, Op, ReplayGuard, Status};
 use crate::wire::mgmt_payload::{self as body, CaptureResult, Identity, PortInfo, SetResult};
 
+/// At most this many rounds in a row without a look at the agent's
+/// sockets.
+const SKIP_ROUNDS: u32 = 64;
 /// Sessions served at once (a manager, `shmnet ctl`, a spare).
 const MAX_SESSIONS: usize = 4;
 /// Each session's socket buffers: a counters table is a few KiB, a
@@ -61,6 +64,8 @@ pub struct Agent {
     counters: AgentCounters,
     /// When each network's capture stops on its own, by [`Role::index`].
     capture_until: [Option<Instant>; 2],
+    /// Rounds the agent sat out (see [`Agent::poll`]).
+    skipped: u32,
 }
 
 struct Session {
@@ -117,6 +122,7 @@ impl Agent {
             },
             counters: AgentCounters::default(),
             capture_until: [None, None],
+            skipped: 0,
         }
     }
 
@@ -129,6 +135,17 @@ impl Agent {
     /// them to `dev` and queues the answers. Returns whether it did
     /// anything.
     pub fn poll(&mut self, dev: &mut NetDevice) -> bool {
+        // A forwarding device's rounds rarely touch its sockets: the agent
+        // looks at its own only when some socket was touched, when it has
+        // output or a capture to time, and every SKIP_ROUNDS rounds anyway
+        // (a device about to sleep spins through many idle rounds first).
+        let busy = self.sessions.iter().any(|s| !s.output.is_empty())
+            || self.capture_until.iter().any(Option::is_some);
+        if !busy && !dev.sockets_changed() && self.skipped < SKIP_ROUNDS {
+            self.skipped += 1;
+            return false;
+        }
+        self.skipped = 0;
         let mut worked = self.stop_due_captures(dev);
         let mut requests = Vec::new();
         {

@@ -114,6 +114,8 @@ pub struct NetDevice {
     pool: SocketPool,
     /// Which networks wear a capture, by [`Role::index`].
     capturing: [bool; 2],
+    /// The last round's stack processing touched a socket.
+    sockets_changed: bool,
 }
 
 /// The name a device's adapter on `role`'s network is listed under in that
@@ -336,6 +338,7 @@ impl NetDevice {
             last_counters: clock,
             pool: SocketPool::new(cfg.sockets),
             capturing: [cfg.local.pcap.is_some(), cfg.global.pcap.is_some()],
+            sockets_changed: false,
         };
         let (f, mut cx) = dev.function_cx();
         f.attach(&mut cx);
@@ -395,6 +398,13 @@ impl NetDevice {
     /// hooks: the management agent's port (see the `management` module).
     pub fn set_management_port(&mut self, port: Option<u16>) {
         self.nic.management_port = port;
+    }
+
+    /// Whether the last round delivered anything to a socket (smoltcp's
+    /// `PollResult::SocketStateChanged`): a service beside the function
+    /// with nothing else pending can skip rounds where this is false.
+    pub fn sockets_changed(&self) -> bool {
+        self.sockets_changed
     }
 
     /// Medium and MTUs of the device's networks.
@@ -576,6 +586,7 @@ impl NetDevice {
         let before = self.nic.frames_moved();
         let changed = self.iface.poll(now, &mut self.nic, &mut self.sockets)
             == PollResult::SocketStateChanged;
+        self.sockets_changed = changed;
         let (function, mut cx) = self.function_cx_at(now);
         let worked = function.poll(&mut cx);
         if worked {

@@ -235,6 +235,7 @@ impl LocalPorts {
 /// removed once closed, or reset after [`Retired::LINGER`]; its local port
 /// goes back to the pool then.
 #[derive(Debug, Default)]
+#[cfg_attr(not(feature = "manager"), allow(dead_code))]
 pub(crate) struct Retired {
     /// Socket, when retired, the local port it connected from.
     list: Vec<(
@@ -244,6 +245,7 @@ pub(crate) struct Retired {
     )>,
 }
 
+#[cfg_attr(not(feature = "manager"), allow(dead_code))]
 impl Retired {
     /// How long a close may take before the connection is reset.
     pub(crate) const LINGER: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(5);

@@ -147,7 +147,7 @@ pub(crate) struct Managed {
     /// The device's uptime at the last poll.
     pub(crate) uptime_ms: Option<u64>,
     pub(crate) error: Option<String>,
-    /// When the device was last seen in a directory.
+    /// Whether a network directory still lists the device.
     pub(crate) listed: bool,
     pub(crate) polls: u64,
     pub(crate) polls_failed: u64,
@@ -173,6 +173,8 @@ pub struct Manager {
     /// Patches waiting for the device's configuration, by decision.
     patches: HashMap<u64, Action>,
     stats: ManagerStats,
+    /// When the poll round whose answers the policy waits for began.
+    round_started: Option<Instant>,
     /// Probes replaced by a reconfiguration, closed at the next poll.
     replaced: Vec<Probe>,
     /// Drop every agent session at the next poll (the secret changed).
@@ -249,6 +251,7 @@ impl Manager {
             patches: HashMap::new(),
             stats: ManagerStats::default(),
             replaced: Vec::new(),
+            round_started: None,
             relink: false,
         })
     }
@@ -578,7 +581,7 @@ impl Function for Manager {
             self.next_poll = now + self.cfg.poll_interval.0;
             self.discover(cx);
             self.poll_agents(cx);
-            self.run_policy(cx);
+            self.round_started = Some(now);
             worked = true;
         }
         let mut answers = Vec::new();
@@ -596,6 +599,17 @@ impl Function for Manager {
         for p in &mut self.probes {
             worked |= p.poll(cx, &mut self.ports, &mut self.retired);
         }
+        // The policy sees each round's counters as soon as they are all in
+        // (or the round timed out): it acts one interval after a change,
+        // not two.
+        if let Some(t) = self.round_started {
+            let all_in = self.devices.values().all(|m| m.link.in_flight() == 0);
+            if all_in || now - t >= self.cfg.poll_timeout.0 {
+                self.round_started = None;
+                self.run_policy(cx);
+                worked = true;
+            }
+        }
         worked |= server::serve(self, cx);
         worked
     }
@@ -603,7 +617,12 @@ impl Function for Manager {
     fn poll_at(&self) -> Option<Instant> {
         let probes = self.probes.iter().map(|p| p.poll_at());
         let adhoc = self.server.probes_due();
-        probes.chain(adhoc).chain(Some(self.next_poll)).min()
+        let round = self.round_started.map(|t| t + self.cfg.poll_timeout.0);
+        probes
+            .chain(adhoc)
+            .chain(round)
+            .chain(Some(self.next_poll))
+            .min()
     }
 
     fn counters(&self, visit: &mut dyn FnMut(&str, u64)) {
