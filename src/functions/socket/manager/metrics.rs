@@ -471,7 +471,14 @@ mod tests {
                     let tables = devices.unwrap_or_else(|| vec![toml::Value::Table(t)]);
                     for d in tables {
                         if let Some(toml::Value::Table(f)) = d.get("function") {
-                            out.push(f.clone());
+                            let mut f = f.clone();
+                            // A manager's policy file is named relative to
+                            // its own file.
+                            if let Some(toml::Value::String(policy)) = f.get_mut("policy") {
+                                let dir = p.parent().unwrap_or(std::path::Path::new("."));
+                                *policy = dir.join(&*policy).display().to_string();
+                            }
+                            out.push(f);
                         }
                     }
                 }
