@@ -349,7 +349,7 @@ fn probe_prints_loss_and_rtt() {
     );
     assert_eq!(
         stdout(&o).trim(),
-        "tcp 10.0.0.3:80 from edge: 100 sent, 99 received, 1.0% loss; \
+        "tcp 10.0.0.3:80 (edge) from the manager: 100 sent, 99 received, 1.0% loss; \
          rtt min/avg/max 0.100/0.200/1.500 ms"
     );
     let seen = h.join().unwrap();
