@@ -20,17 +20,6 @@ const TAP: &str = "shmtap3";
 const SERVER: &str = "10.82.0.2";
 const BIG: u64 = 64 << 20;
 
-/// Why this test cannot run here, if it cannot.
-fn skip_reason() -> Option<&'static str> {
-    if let Some(why) = tap_unavailable() {
-        return Some(why);
-    }
-    if !have("curl") || !have("nc") {
-        return Some("curl or nc (netcat-openbsd) is not installed");
-    }
-    None
-}
-
 /// `shmnet run` of the test's topology (a TAP port and an http-server),
 /// once its TAP port is ready; its directory goes with it.
 fn start() -> Run {
@@ -116,10 +105,7 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn curl_gets_heads_reuses_downloads_64_mib_and_garbage_gets_400() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("curl" => "curl", "nc" => "netcat-openbsd");
     let _lock = tap_lock();
     let run = start();
     wait_answering();

@@ -50,26 +50,6 @@ fn example(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// Why this test cannot run here, if it cannot.
-fn skip_reason() -> Option<&'static str> {
-    if let Some(why) = tap_unavailable() {
-        return Some(why);
-    }
-    if !have("curl") || !have("ip") {
-        return Some("curl or ip (iproute2) is not installed");
-    }
-    None
-}
-
-macro_rules! skip_unless_tap {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
 /// The topology's secret file, removed when dropped if the run created it
 /// (a secret that was there before the test stays).
 struct SecretFile {
@@ -285,7 +265,7 @@ fn ping(address: &str) -> bool {
 
 #[test]
 fn example_serves_api_metrics_and_ctl_in_both_modes() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     for process in [false, true] {
@@ -355,7 +335,7 @@ fn example_serves_api_metrics_and_ctl_in_both_modes() {
 
 #[test]
 fn prometheus_scrapes_every_device_up() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     if !have("prometheus") {
         eprintln!("skipped: prometheus is not installed");
         return;
@@ -429,7 +409,7 @@ fn prometheus_scrapes_every_device_up() {
 
 #[test]
 fn set_function_applies_and_bad_configs_and_tokens_are_refused() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(false);
@@ -592,7 +572,7 @@ fn identify(key: &Key) -> Identity {
 
 #[test]
 fn agent_refuses_replays_wrong_keys_and_garbage() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(false);
@@ -662,7 +642,7 @@ fn agent_refuses_replays_wrong_keys_and_garbage() {
 
 #[test]
 fn capture_of_fw_holds_the_pings() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     if !have("ping") {
         eprintln!("skipped: ping (iputils-ping) is not installed");
         return;
@@ -722,7 +702,7 @@ fn capture_of_fw_holds_the_pings() {
 
 #[test]
 fn probes_find_echo_and_web() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(false);
@@ -790,7 +770,7 @@ fn piecewise_http_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) 
 
 #[test]
 fn http_probe_reads_a_head_that_comes_in_pieces() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(false);
@@ -849,7 +829,7 @@ fn echo_through_fw(msg: &[u8]) {
 
 #[test]
 fn devices_outlive_a_killed_manager_and_a_new_one_takes_over() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(true);
@@ -977,7 +957,7 @@ fn read_response(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, Vec<u8>)>
 
 #[test]
 fn api_under_load_while_16_mib_cross_fw() {
-    skip_unless_tap!();
+    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
     let _lock = tap_lock();
     let _secret = SecretFile::new();
     let run = start(false);

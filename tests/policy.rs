@@ -205,10 +205,7 @@ fn pattern(at: u64) -> u8 {
 
 #[test]
 fn a_busy_edge_is_shaped_and_reverts_with_the_stream_intact() {
-    if let Some(why) = tap_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("ip" => "iproute2");
     let _lock = tap_lock();
     let (run, _setup) = start(&[]);
     assert_eq!(function_of("edge"), "passthrough");
@@ -306,10 +303,7 @@ fn echo_once(c: &mut TcpStream, what: &[u8]) {
 
 #[test]
 fn a_syn_flood_from_one_prefix_is_dropped_and_others_go_on() {
-    if let Some(why) = tap_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("ip" => "iproute2");
     let _lock = tap_lock();
     let (run, mut setup) = start(&[]);
     let mut legit = connect("10.92.0.4:7".parse().unwrap());
@@ -373,10 +367,7 @@ fn fail_and_recover_web2() -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn a_failing_backend_leaves_the_service_and_returns_in_both_modes() {
-    if let Some(why) = tap_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("ip" => "iproute2");
     let _lock = tap_lock();
     for mode in [&[][..], &["--mode", "process"][..]] {
         let (run, _setup) = start(mode);
@@ -401,10 +392,7 @@ fn a_failing_backend_leaves_the_service_and_returns_in_both_modes() {
 
 #[test]
 fn dry_run_decides_and_changes_nothing() {
-    if let Some(why) = tap_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("ip" => "iproute2");
     let _lock = tap_lock();
     let (run, _setup) = start(&["--dry-run"]);
     let sink = write_file("dry-sink.toml", "kind = \"sink\"\n");
@@ -452,10 +440,7 @@ fn status_of(addr: &str, host: &str) -> u16 {
 fn an_application_answering_errors_is_throttled_and_restored() {
     // examples/manager's policy: the proxy's `shop` application gets a
     // lower rate limit while its answers are 5xx.
-    if let Some(why) = tap_unavailable() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    skip_without_tap!("ip" => "iproute2");
     let _lock = tap_lock();
     const M: &str = "10.82.0.2:9100";
     const S: &str = "/tmp/shmnet-manager.secret";

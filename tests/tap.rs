@@ -15,26 +15,6 @@ use std::time::{Duration, Instant};
 use common::tap::*;
 use common::*;
 
-/// Why TAP tests cannot run here, if they cannot.
-fn skip_reason() -> Option<&'static str> {
-    if let Some(why) = tap_unavailable() {
-        return Some(why);
-    }
-    if !have("ping") || !have("setpriv") {
-        return Some("ping (iputils-ping) or setpriv (util-linux) is not installed");
-    }
-    None
-}
-
-macro_rules! skip_unless_tap {
-    () => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
 fn interface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -63,7 +43,7 @@ fn ping(address: &str) -> bool {
 
 #[test]
 fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap/topology.toml");
     let mut run = Run::start(&example, &["--duration", "60"]);
@@ -77,7 +57,7 @@ fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
 
 #[test]
 fn the_tcp_proxy_example_relays_concurrent_linux_streams_to_both_echo_devices() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-proxy/topology.toml");
     let mut run = Run::start(&example, &["--duration", "120"]);
@@ -127,7 +107,7 @@ fn curl(args: &[&str]) -> (String, bool) {
 
 #[test]
 fn curl_reaches_three_backends_through_the_http_proxy_example() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     if !have("curl") {
         eprintln!("skipped: curl is not installed");
@@ -236,7 +216,7 @@ impl Drop for TapTopology {
 
 #[test]
 fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     let t = TapTopology::new(1, "process");
     let run = t.run();
@@ -251,7 +231,7 @@ fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
 
 #[test]
 fn a_killed_run_leaves_no_interface_behind() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     let t = TapTopology::new(2, "thread");
     let run = t.run();
@@ -266,7 +246,7 @@ fn a_killed_run_leaves_no_interface_behind() {
 
 #[test]
 fn without_cap_net_admin_the_run_fails_saying_so_and_leaves_nothing() {
-    skip_unless_tap!();
+    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let _lock = tap_lock();
     for (n, mode) in [(3, "thread"), (4, "process")] {
         let t = TapTopology::new(n, mode);

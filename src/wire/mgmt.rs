@@ -229,7 +229,7 @@ u8_enum! {
         Counters = 2 => "counters",
         /// The device's configuration.
         Config = 3 => "config",
-        /// Replace a packet function.
+        /// Apply a function configuration (in place, or another kind).
         SetFunction = 4 => "set_function",
         /// Start a packet capture.
         CaptureStart = 5 => "capture_start",

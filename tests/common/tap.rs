@@ -24,6 +24,30 @@ pub fn tap_unavailable() -> Option<&'static str> {
     None
 }
 
+/// Why a test that drives a TAP topology with `tools` (a command and the
+/// Debian package that has it) cannot run here, if it cannot.
+pub fn tap_skip_reason(tools: &[(&str, &str)]) -> Option<String> {
+    if let Some(why) = tap_unavailable() {
+        return Some(why.to_string());
+    }
+    tools
+        .iter()
+        .find(|(t, _)| !super::have(t))
+        .map(|(t, pkg)| format!("{t} ({pkg}) is not installed"))
+}
+
+/// Ends the test, saying why, when it cannot run here
+/// ([`tap_skip_reason`]): `skip_without_tap!("curl" => "curl")`.
+#[macro_export]
+macro_rules! skip_without_tap {
+    ($($tool:expr => $pkg:expr),* $(,)?) => {
+        if let Some(why) = common::tap::tap_skip_reason(&[$(($tool, $pkg)),*]) {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 /// The lock the tests with TAP topologies share, held while it lives.
 pub fn tap_lock() -> std::fs::File {
     let lock = std::fs::File::create(std::env::temp_dir().join("shmnet-tap-test.lock"))
