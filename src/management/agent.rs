@@ -14,6 +14,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
 use crate::config::DeviceSettings;
+use crate::error::Chain;
 use crate::functions::FunctionConfig;
 use crate::functions::socket::Acceptor;
 use crate::stack::{Applied, NetDevice, Role};
@@ -338,7 +339,8 @@ impl Agent {
                         c.file
                     ));
                 }
-                dev.start_capture(role, path).map_err(|e| error_chain(&e))?;
+                dev.start_capture(role, path)
+                    .map_err(|e| Chain(&e).to_string())?;
                 self.capture_until[role.index()] = c
                     .seconds
                     .map(|s| Instant::now() + std::time::Duration::from_secs(s.min(86_400)));
@@ -365,9 +367,9 @@ impl Agent {
     fn set_function(&mut self, dev: &mut NetDevice, req: &[u8]) -> Result<Vec<u8>, String> {
         let text = std::str::from_utf8(req).map_err(|_| "the configuration is not UTF-8")?;
         let outcome = FunctionConfig::from_toml(text)
-            .map_err(|e| error_chain(&e))
+            .map_err(|e| Chain(&e).to_string())
             .and_then(|cfg| {
-                let applied = dev.reconfigure(&cfg).map_err(|e| error_chain(&e))?;
+                let applied = dev.reconfigure(&cfg).map_err(|e| Chain(&e).to_string())?;
                 Ok((cfg, applied))
             });
         match outcome {
@@ -412,16 +414,4 @@ fn role_of(adapter: &str) -> Result<Role, String> {
         "global" => Ok(Role::Global),
         other => Err(format!("adapter {other:?}: use local or global")),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
