@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use shmnet::config::DeviceSettings;
 use shmnet::functions::FunctionConfig;
-use shmnet::functions::diag::{pattern_byte, tcp_socket};
+use shmnet::functions::diag::pattern_byte;
 use shmnet::shm::SegmentKind;
 use shmnet::stack::{DeviceHandle, DeviceStats, NetDevice};
 use smoltcp::iface::SocketHandle;
@@ -36,26 +36,28 @@ fn balancer_function(n: usize) -> String {
         .map(|i| format!("\"{}:7\"", backend_addr(i)))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"kind = "balancer"
-[[service]]
-name = "echo-tcp"
+    // Both services over the same backends; the TCP one health-checked.
+    let service = |proto: &str, table_size: u32, check: &str| {
+        format!(
+            r#"[[service]]
+name = "echo-{proto}"
 vip = "10.20.0.100:7"
-proto = "tcp"
+proto = "{proto}"
 backends = [{list}]
-table_size = 65537
-check = "tcp"
+table_size = {table_size}
+{check}"#
+        )
+    };
+    let tcp_check = r#"check = "tcp"
 interval = "200ms"
 timeout = "500ms"
 fall = 3
 rise = 2
-[[service]]
-name = "echo-udp"
-vip = "10.20.0.100:7"
-proto = "udp"
-backends = [{list}]
-table_size = 251
-"#
+"#;
+    format!(
+        "kind = \"balancer\"\n{}{}",
+        service("tcp", 65537, tcp_check),
+        service("udp", 251, "")
     )
 }
 
@@ -121,14 +123,8 @@ struct Conn {
 fn connect(dev: &mut NetDevice, ports: std::ops::Range<u16>) -> Vec<Conn> {
     let mut conns = Vec::new();
     for port in ports {
-        let h = dev.sockets().add(tcp_socket(64 * 1024));
-        let (iface, sockets) = dev.parts();
-        sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(iface.context(), IpEndpoint::new(VIP, 7), port)
-            .expect("connect");
         conns.push(Conn {
-            h,
+            h: tcp_connect(dev, 64 * 1024, IpEndpoint::new(VIP, 7), port),
             base: u64::from(port) * 1_000_003,
             sent: 0,
             recvd: 0,
@@ -166,16 +162,7 @@ fn exchange(dev: &mut NetDevice, conns: &mut [Conn], bytes: u64) {
                 s.state(),
                 c.recvd
             );
-            while c.sent < target && s.can_send() {
-                let n = ((target - c.sent) as usize).min(buf.len());
-                for (i, b) in buf[..n].iter_mut().enumerate() {
-                    *b = pattern_byte(c.base + c.sent + i as u64);
-                }
-                match s.send_slice(&buf[..n]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(k) => c.sent += k as u64,
-                }
-            }
+            c.sent += send_pattern(s, c.base + c.sent, target - c.sent);
             while s.can_recv() {
                 let Ok(n) = s.recv_slice(&mut buf) else { break };
                 for (i, &b) in buf[..n].iter().enumerate() {

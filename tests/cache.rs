@@ -15,29 +15,12 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::have;
+use common::run_ok;
 use common::tap::*;
 
 const CACHE: &str = "10.80.0.2:11211";
 /// Debian's interpreter, where python3-pymemcache installs.
 const PYTHON: &str = "/usr/bin/python3";
-
-fn skip_reason() -> Option<&'static str> {
-    tap_unavailable()
-}
-
-macro_rules! skip_unless {
-    ($($tool:expr),*) => {
-        if let Some(why) = skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-        $(if !have($tool) {
-            eprintln!("skipped: {} is not installed (Debian: memcached, libmemcached-tools)", $tool);
-            return;
-        })*
-    };
-}
 
 fn have_pymemcache() -> bool {
     Command::new(PYTHON)
@@ -59,19 +42,16 @@ impl Drop for Killed {
 
 /// `shmnet run` of the example, once its TAP port is up and the cache
 /// accepts connections.
-fn run_example() -> Run {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cache/topology.toml");
-    let mut run = Run::start(&example, &["--duration", "300"]);
-    run.wait_ready("shmtap1");
+fn run_cache_example() -> Run {
+    let run = run_example("cache", "shmtap1", &["--duration", "300"]);
     connect(CACHE.parse().unwrap());
     run
 }
 
 #[test]
 fn memccapable_passes_every_ascii_test() {
-    skip_unless!("memccapable");
-    let _lock = tap_lock();
-    let _run = run_example();
+    let _lock = lock_tap_or_skip!("memccapable" => "libmemcached-tools");
+    let _run = run_cache_example();
     let out = Command::new("memccapable")
         .args(["-h", "10.80.0.2", "-p", "11211", "-a"])
         .output()
@@ -84,12 +64,11 @@ fn memccapable_passes_every_ascii_test() {
 
 #[test]
 fn every_command_answers_as_a_real_memcached() {
-    skip_unless!("memcached");
     if !have_pymemcache() {
         eprintln!("skipped: {PYTHON} has no pymemcache (Debian: python3-pymemcache)");
         return;
     }
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("memcached" => "memcached");
     // A free port on loopback for the real memcached.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -106,21 +85,15 @@ fn every_command_answers_as_a_real_memcached() {
             .expect("start memcached"),
     );
     connect(SocketAddr::from(([127, 0, 0, 1], port)));
-    let _run = run_example();
+    let _run = run_cache_example();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cache/compare.py");
     let answers = |host: &str, port: u16| {
-        let out = Command::new(PYTHON)
-            .arg(&script)
-            .arg(host)
-            .arg(port.to_string())
-            .output()
-            .expect("run the comparison script");
-        assert!(
-            out.status.success(),
-            "script against {host}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        run_ok(
+            Command::new(PYTHON)
+                .arg(&script)
+                .arg(host)
+                .arg(port.to_string()),
+        )
     };
     let real = answers("127.0.0.1", port);
     let ours = answers("10.80.0.2", 11211);

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -15,7 +16,7 @@ use shmnet::functions::{
     CustomConfig, Function, FunctionConfig, FunctionError, register, registered,
 };
 use shmnet::stack::{Applied, ChangeError, FunctionSpec};
-use shmnet::topology::{ChildCommand, RunOptions, run_device, run_file};
+use shmnet::topology::{ChildCommand, RunOptions, RunOutcome, run_device, run_file};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -159,6 +160,22 @@ fn a_device_polled_by_hand_reconfigures_synchronously() {
     assert_eq!(dev.stats().function, "stubborn");
 }
 
+/// Runs the topology file `topo` for at most `duration`: its devices as
+/// threads, or with `child` as processes started as `child`.
+fn run_topology(topo: &Path, duration: Duration, child: Option<ChildCommand>) -> RunOutcome {
+    let mode = match child {
+        Some(_) => RunMode::Process,
+        None => RunMode::Thread,
+    };
+    let opts = RunOptions {
+        mode: Some(mode),
+        duration: Some(duration),
+        child,
+        ..Default::default()
+    };
+    run_file(topo, &opts, |_| {}).expect("the topology loads")
+}
+
 #[test]
 fn a_registered_kind_runs_from_toml_in_threads() {
     register_test_echo();
@@ -171,12 +188,7 @@ fn a_registered_kind_runs_from_toml_in_threads() {
         r#"{ kind = "probe", tcp = ["10.0.0.2:7"], udp = ["10.0.0.2:7"], bytes = 100000 }"#,
     );
     let topo = t.write(&[server, client]);
-    let opts = RunOptions {
-        mode: Some(RunMode::Thread),
-        duration: Some(Duration::from_secs(60)),
-        ..Default::default()
-    };
-    let out = run_file(&topo, &opts, |_| {}).expect("the topology loads");
+    let out = run_topology(&topo, Duration::from_secs(60), None);
     assert!(out.ok, "{:?} {:?}", out.failures, out.reports);
     assert!(
         out.reports.iter().filter(|l| l.contains("intact")).count() == 2,
@@ -232,13 +244,7 @@ fn device_processes_can_be_this_program() {
         .arg("child_device_main")
         .arg("--nocapture")
         .arg("--test-threads=1");
-    let opts = RunOptions {
-        mode: Some(RunMode::Process),
-        duration: Some(Duration::from_secs(60)),
-        child: Some(child),
-        ..Default::default()
-    };
-    let out = run_file(&topo, &opts, |_| {}).expect("the topology loads");
+    let out = run_topology(&topo, Duration::from_secs(60), Some(child));
     assert!(out.ok, "{:?}", out.failures);
     assert_eq!(out.exits.len(), 2, "{:?}", out.exits);
     let client = out.exits.iter().find(|e| e.device == "client").unwrap();
@@ -259,13 +265,7 @@ fn a_device_process_that_exits_with_an_error_fails_the_library_run() {
         .arg("-c")
         .arg("exit 3")
         .arg("sh");
-    let opts = RunOptions {
-        mode: Some(RunMode::Process),
-        duration: Some(Duration::from_secs(30)),
-        child: Some(child),
-        ..Default::default()
-    };
-    let out = run_file(&topo, &opts, |_| {}).expect("the run starts");
+    let out = run_topology(&topo, Duration::from_secs(30), Some(child));
     assert!(!out.ok);
     assert_eq!(out.exits.len(), 1);
     assert_eq!(out.exits[0].status.and_then(|s| s.code()), Some(3));

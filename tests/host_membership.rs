@@ -126,8 +126,15 @@ fn intruder(sock: &Path) {
 
 // ---- the parent's side -------------------------------------------------
 
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+/// Ends the test, saying why, unless it runs as root (it acts as user
+/// nobody).
+macro_rules! skip_unless_root {
+    () => {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: acting as user nobody needs root");
+            return;
+        }
+    };
 }
 
 /// A child process running `role`; killed and reaped when dropped.
@@ -254,29 +261,37 @@ fn gone(path: &Path) -> bool {
     false
 }
 
+/// `n` members of the network `net` in the runtime directory `run`, each
+/// waiting to see the `n - 1` others: started, then released together.
+fn members(run: &TempDir, net: &str, n: usize) -> Vec<Kid> {
+    let want = (n - 1).to_string();
+    let mut kids: Vec<Kid> = (0..n)
+        .map(|i| {
+            let device = format!("d{i}");
+            Kid::spawn(
+                "member",
+                &[
+                    ("SHMNET_RUNTIME_DIR", run.path()),
+                    ("NET", net),
+                    ("DEVICE", &device),
+                    ("WANT", &want),
+                ],
+                None,
+            )
+        })
+        .collect();
+    // Every child is started and blocked on stdin: release them together.
+    for k in &mut kids {
+        k.go();
+    }
+    kids
+}
+
 #[test]
 fn twenty_four_members_started_at_once_always_meet_on_one_network() {
     let run = TempDir::new("meet", 0o700);
     for round in 0..20 {
-        let mut kids: Vec<Kid> = (0..24)
-            .map(|i| {
-                let device = format!("d{i}");
-                Kid::spawn(
-                    "member",
-                    &[
-                        ("SHMNET_RUNTIME_DIR", run.path()),
-                        ("NET", "meet"),
-                        ("DEVICE", &device),
-                        ("WANT", "23"),
-                    ],
-                    None,
-                )
-            })
-            .collect();
-        // Every child is started and blocked on stdin: release them together.
-        for k in &mut kids {
-            k.go();
-        }
+        let kids = members(&run, "meet", 24);
         let mut indices = Vec::new();
         for (i, k) in kids.iter().enumerate() {
             let line = k.line(Duration::from_secs(30));
@@ -299,24 +314,7 @@ fn twenty_four_members_started_at_once_always_meet_on_one_network() {
 #[test]
 fn a_member_killed_with_sigkill_is_seen_leaving_within_a_second() {
     let run = TempDir::new("kill", 0o700);
-    let mut kids: Vec<Kid> = (0..3)
-        .map(|i| {
-            let device = format!("k{i}");
-            Kid::spawn(
-                "member",
-                &[
-                    ("SHMNET_RUNTIME_DIR", run.path()),
-                    ("NET", "kill"),
-                    ("DEVICE", &device),
-                    ("WANT", "2"),
-                ],
-                None,
-            )
-        })
-        .collect();
-    for k in &mut kids {
-        k.go();
-    }
+    let mut kids = members(&run, "kill", 3);
     let indices: Vec<u32> = kids
         .iter()
         .map(|k| {
@@ -365,10 +363,7 @@ fn owner(path: &Path) -> u32 {
 
 #[test]
 fn a_runtime_directory_squatted_by_nobody_is_refused_and_left_alone() {
-    if !is_root() {
-        eprintln!("skipped: acting as user nobody needs root");
-        return;
-    }
+    skip_unless_root!();
     // World-writable and sticky, like /tmp, so nobody can squat in it.
     let base = TempDir::new("squat", 0o1777);
     let rt = base.0.join("rt");
@@ -413,10 +408,7 @@ fn a_runtime_directory_squatted_by_nobody_is_refused_and_left_alone() {
 
 #[test]
 fn a_connection_from_another_user_is_refused_and_counted() {
-    if !is_root() {
-        eprintln!("skipped: acting as user nobody needs root");
-        return;
-    }
+    skip_unless_root!();
     let base = TempDir::new("intruder", 0o700);
     let mut port = TestMember::join(Some(&base.0), "net", "target", None, 8).unwrap();
     // Open the way to the socket (shmnet never does): only the kernel's

@@ -71,19 +71,22 @@ fn url(path: &str) -> String {
     format!("http://{SERVER}{path}")
 }
 
+/// curl of `urls` (each body thrown away) with `args`: what its
+/// `--write-out` `format` said of each, and its stderr.
+fn curl_write_out(args: &[&str], format: &str, urls: &[&str]) -> (String, String) {
+    let mut all = args.to_vec();
+    all.extend(["-w", format]);
+    for &u in urls {
+        all.extend(["-o", "/dev/null", u]);
+    }
+    curl(&all)
+}
+
 /// Waits until the server answers (its route via the TAP is up).
 fn wait_answering() {
     let t0 = Instant::now();
     loop {
-        let (code, _) = curl(&[
-            "--max-time",
-            "2",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url("/"),
-        ]);
+        let (code, _) = curl_write_out(&["--max-time", "2"], "%{http_code}", &[&url("/")]);
         if code == "200" {
             return;
         }
@@ -105,8 +108,7 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn curl_gets_heads_reuses_downloads_64_mib_and_garbage_gets_400() {
-    skip_without_tap!("curl" => "curl", "nc" => "netcat-openbsd");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("curl" => "curl", "nc" => "netcat-openbsd");
     let run = start();
     wait_answering();
 
@@ -129,32 +131,20 @@ fn curl_gets_heads_reuses_downloads_64_mib_and_garbage_gets_400() {
     assert!(out.ends_with("\r\n\r\n"), "{out}");
 
     // Two URLs in one curl: the second reuses the first's connection.
-    let (out, err) = curl(&[
-        "--verbose",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        "-w",
+    let (out, err) = curl_write_out(
+        &["--verbose"],
         "%{http_code} %{num_connects}\n",
-        &url("/"),
-        &url("/a"),
-    ]);
+        &[&url("/"), &url("/a")],
+    );
     assert_eq!(out, "200 1\n200 0\n", "{err}");
     assert!(err.contains("Re-using existing connection"), "{err}");
 
     // 64 MiB of generated body, complete.
-    let (out, err) = curl(&[
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{size_download}",
-        &url("/big"),
-    ]);
+    let (out, err) = curl_write_out(&[], "%{http_code} %{size_download}", &[&url("/big")]);
     assert_eq!(out, format!("200 {BIG}"), "{err}");
 
     // Unrouted: 404.
-    let (out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/nope")]);
+    let (out, _) = curl_write_out(&[], "%{http_code}", &[&url("/nope")]);
     assert_eq!(out, "404");
 
     // Garbage from nc: 400, and the server closes.

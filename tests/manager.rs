@@ -129,16 +129,16 @@ impl Drop for BackRoute {
 }
 
 /// `shmnet run` of the example (`--mode process` if `process`), once the
-/// manager sees every device up.
-fn start(process: bool) -> Run {
+/// manager sees every device up, and the secret file it makes.
+fn start(process: bool) -> (Run, SecretFile) {
+    let secret = SecretFile::new();
     let mut args = vec!["--duration", "300"];
     if process {
         args.extend(["--mode", "process"]);
     }
-    let mut run = Run::start(&example("topology.toml"), &args);
-    run.wait_ready(TAP);
+    let run = run_example("manager", TAP, &args);
     wait_all_up(UP_WITHIN);
-    run
+    (run, secret)
 }
 
 /// curl with `args`: whether it succeeded, its stdout and stderr.
@@ -265,12 +265,10 @@ fn ping(address: &str) -> bool {
 
 #[test]
 fn example_serves_api_metrics_and_ctl_in_both_modes() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
     for process in [false, true] {
         let mode = if process { "process" } else { "thread" };
-        let run = start(process);
+        let (run, _secret) = start(process);
 
         let text_metrics = metrics();
         if have("promtool") {
@@ -335,14 +333,12 @@ fn example_serves_api_metrics_and_ctl_in_both_modes() {
 
 #[test]
 fn prometheus_scrapes_every_device_up() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    if !have("prometheus") {
-        eprintln!("skipped: prometheus is not installed");
-        return;
-    }
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!(
+        "curl" => "curl",
+        "ip" => "iproute2",
+        "prometheus" => "prometheus",
+    );
+    let (run, _secret) = start(false);
 
     let dir = TempDir::new("prom");
     let config = dir.0.join("prometheus.yml");
@@ -409,10 +405,8 @@ fn prometheus_scrapes_every_device_up() {
 
 #[test]
 fn set_function_applies_and_bad_configs_and_tokens_are_refused() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(false);
     let dir = TempDir::new("mset");
     let file = |name: &str, body: &str| {
         let p = dir.0.join(name);
@@ -572,10 +566,8 @@ fn identify(key: &Key) -> Identity {
 
 #[test]
 fn agent_refuses_replays_wrong_keys_and_garbage() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(false);
     let key = Key::from_file(SECRET).expect("the topology's secret");
 
     let id = identify(&key);
@@ -642,14 +634,8 @@ fn agent_refuses_replays_wrong_keys_and_garbage() {
 
 #[test]
 fn capture_of_fw_holds_the_pings() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    if !have("ping") {
-        eprintln!("skipped: ping (iputils-ping) is not installed");
-        return;
-    }
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2", "ping" => "iputils-ping");
+    let (run, _secret) = start(false);
     let dir = TempDir::new("mcap");
     let pcap = dir.0.join("fw.pcap");
 
@@ -696,16 +682,13 @@ fn capture_of_fw_holds_the_pings() {
             "ICMP types in the capture: {types:?}"
         );
     }
-    drop(dir);
     run.stop();
 }
 
 #[test]
 fn probes_find_echo_and_web() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(false);
 
     let out = ctl(&["--json", "probe", "echo", ECHO, "--count", "50"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -770,10 +753,8 @@ fn piecewise_http_server(n: usize) -> (SocketAddr, std::thread::JoinHandle<()>) 
 
 #[test]
 fn http_probe_reads_a_head_that_comes_in_pieces() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(false);
     let (addr, server) = piecewise_http_server(3);
 
     let target = addr.to_string();
@@ -819,20 +800,13 @@ fn manager_process(run: &Run) -> Option<u32> {
 
 /// Sends `msg` to the echo server through fw and expects it back.
 fn echo_through_fw(msg: &[u8]) {
-    let mut c = connect(ECHO.parse().unwrap());
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(msg).unwrap();
-    let mut back = vec![0u8; msg.len()];
-    c.read_exact(&mut back).expect("the echo");
-    assert_eq!(back, msg);
+    echo_once(&mut connect(ECHO.parse().unwrap()), msg);
 }
 
 #[test]
 fn devices_outlive_a_killed_manager_and_a_new_one_takes_over() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(true);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(true);
 
     let pid = manager_process(&run).expect("the manager's process");
     let _ = rustix::process::kill_process(
@@ -957,10 +931,8 @@ fn read_response(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u16, Vec<u8>)>
 
 #[test]
 fn api_under_load_while_16_mib_cross_fw() {
-    skip_without_tap!("curl" => "curl", "ip" => "iproute2");
-    let _lock = tap_lock();
-    let _secret = SecretFile::new();
-    let run = start(false);
+    let _lock = lock_tap_or_skip!("curl" => "curl", "ip" => "iproute2");
+    let (run, _secret) = start(false);
     let route = BackRoute::add();
 
     // 4 clients × 250 requests/s for 3 s, next to the transfer.

@@ -77,8 +77,7 @@ impl Drop for HostSetup {
 
 /// The example running, its TAP port up and every device polled.
 fn start(args: &[&str]) -> (Run, HostSetup) {
-    let mut run = Run::start(Path::new("examples/policy/topology.toml"), args);
-    run.wait_ready(TAP);
+    let run = run_example("policy", TAP, args);
     let setup = HostSetup::new();
     wait_until("every device up", 30, || {
         let d = get("/api/devices");
@@ -95,20 +94,29 @@ fn get(path: &str) -> serde_json::Value {
 
 /// [`get`] of the manager at `manager`.
 fn get_at(manager: &str, path: &str) -> serde_json::Value {
-    let Ok(mut c) = TcpStream::connect_timeout(&manager.parse().unwrap(), Duration::from_secs(2))
+    serde_json::from_str(body(&http_get(manager, "m", path))).unwrap_or(serde_json::Value::Null)
+}
+
+/// `GET path` with `Host: host` from `addr` on a connection of its own:
+/// the whole response (empty if none came).
+fn http_get(addr: &str, host: &str, path: &str) -> String {
+    let Ok(mut c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
     else {
-        return serde_json::Value::Null;
+        return String::new();
     };
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = write!(
         c,
-        "GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     );
     let mut out = Vec::new();
     let _ = c.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The body of an HTTP response (empty if it has none).
+fn body(response: &str) -> &str {
+    response.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -138,6 +146,12 @@ fn decisions(rule: &str) -> Vec<(String, bool)> {
             )
         })
         .collect()
+}
+
+/// Whether the policy has made the `transition` ("fire", "revert") of
+/// `rule`.
+fn decided(rule: &str, transition: &str) -> bool {
+    decisions(rule).iter().any(|d| d.0 == transition)
 }
 
 fn function_of(device: &str) -> String {
@@ -182,21 +196,7 @@ fn write_file(name: &str, text: &str) -> std::path::PathBuf {
 
 /// One request to the balancer's VIP: the body (empty if none came).
 fn via_vip() -> String {
-    let addr: SocketAddr = "10.93.0.100:80".parse().unwrap();
-    let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return String::new();
-    };
-    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let _ = write!(
-        c,
-        "GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string()
+    body(&http_get("10.93.0.100:80", "vip", "/")).to_string()
 }
 
 fn pattern(at: u64) -> u8 {
@@ -205,8 +205,7 @@ fn pattern(at: u64) -> u8 {
 
 #[test]
 fn a_busy_edge_is_shaped_and_reverts_with_the_stream_intact() {
-    skip_without_tap!("ip" => "iproute2");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ip" => "iproute2");
     let (run, _setup) = start(&[]);
     assert_eq!(function_of("edge"), "passthrough");
     let c = connect("10.91.0.4:7".parse().unwrap());
@@ -246,7 +245,7 @@ fn a_busy_edge_is_shaped_and_reverts_with_the_stream_intact() {
         }
     });
     wait_until("edge shaped", 30, || {
-        decisions("shape-busy-edge").iter().any(|d| d.0 == "fire") && function_of("edge") == "qos"
+        decided("shape-busy-edge", "fire") && function_of("edge") == "qos"
     });
     // The stream goes on through the shaper for a while.
     let at_swap = sent.load(Ordering::Relaxed);
@@ -262,8 +261,7 @@ fn a_busy_edge_is_shaped_and_reverts_with_the_stream_intact() {
     assert_eq!(got, sent, "every byte sent came back");
     assert!(sent > at_swap, "the stream went on after the swap");
     wait_until("edge back to passthrough", 60, || {
-        decisions("shape-busy-edge").iter().any(|d| d.0 == "revert")
-            && function_of("edge") == "passthrough"
+        decided("shape-busy-edge", "revert") && function_of("edge") == "passthrough"
     });
     run.stop();
 }
@@ -293,25 +291,16 @@ fn syn_flood(src: &str, dst: &str, n: u32, secs: f64) {
     }
 }
 
-fn echo_once(c: &mut TcpStream, what: &[u8]) {
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(what).unwrap();
-    let mut back = vec![0u8; what.len()];
-    c.read_exact(&mut back).expect("the echo answers");
-    assert_eq!(back, what);
-}
-
 #[test]
 fn a_syn_flood_from_one_prefix_is_dropped_and_others_go_on() {
-    skip_without_tap!("ip" => "iproute2");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ip" => "iproute2");
     let (run, mut setup) = start(&[]);
     let mut legit = connect("10.92.0.4:7".parse().unwrap());
     echo_once(&mut legit, b"before the flood");
     setup.add_address("10.90.0.200/24");
     let flood = std::thread::spawn(|| syn_flood("10.90.0.200", "10.92.0.4:7", 1500, 5.0));
     wait_until("the flood's prefix dropped", 30, || {
-        decisions("block-syn-flood").iter().any(|d| d.0 == "fire")
+        decided("block-syn-flood", "fire")
     });
     wait_until("fw's rule 0 is a drop", 10, || {
         get("/api/devices/fw/config")["function"]
@@ -331,7 +320,7 @@ fn a_syn_flood_from_one_prefix_is_dropped_and_others_go_on() {
         .unwrap_or(0);
     assert!(dropped > 0, "the firewall dropped the flood's SYNs");
     wait_until("the prefix allowed again", 60, || {
-        decisions("block-syn-flood").iter().any(|d| d.0 == "revert")
+        decided("block-syn-flood", "revert")
     });
     run.stop();
 }
@@ -344,22 +333,16 @@ fn fail_and_recover_web2() -> (Vec<String>, Vec<String>) {
         "web2.toml",
         "kind = \"http-server\"\nname = \"web2\"\nroutes = [{ path = \"/\", body = \"hello from web2\\n\" }]\n",
     );
-    ctl(&["set", "web2", "--function", sink.to_str().unwrap()]);
-    wait_until("web2's probe failing acted on", 20, || {
-        decisions("drop-failed-backend")
-            .iter()
-            .any(|d| d.0 == "fire")
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let down: Vec<String> = (0..12).map(|_| via_vip()).collect();
-    ctl(&["set", "web2", "--function", web2.to_str().unwrap()]);
-    wait_until("web2 back", 20, || {
-        decisions("drop-failed-backend")
-            .iter()
-            .any(|d| d.0 == "revert")
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let up: Vec<String> = (0..12).map(|_| via_vip()).collect();
+    // web2 gets the function in `file`; once the policy made `transition`
+    // (`what`), the VIP's answers.
+    let answers_after = |file: &Path, what: &str, transition: &str| -> Vec<String> {
+        ctl(&["set", "web2", "--function", file.to_str().unwrap()]);
+        wait_until(what, 20, || decided("drop-failed-backend", transition));
+        std::thread::sleep(Duration::from_millis(500));
+        (0..12).map(|_| via_vip()).collect()
+    };
+    let down = answers_after(&sink, "web2's probe failing acted on", "fire");
+    let up = answers_after(&web2, "web2 back", "revert");
     let _ = std::fs::remove_file(sink);
     let _ = std::fs::remove_file(web2);
     (down, up)
@@ -367,8 +350,7 @@ fn fail_and_recover_web2() -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn a_failing_backend_leaves_the_service_and_returns_in_both_modes() {
-    skip_without_tap!("ip" => "iproute2");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ip" => "iproute2");
     for mode in [&[][..], &["--mode", "process"][..]] {
         let (run, _setup) = start(mode);
         let before: Vec<String> = (0..12).map(|_| via_vip()).collect();
@@ -392,8 +374,7 @@ fn a_failing_backend_leaves_the_service_and_returns_in_both_modes() {
 
 #[test]
 fn dry_run_decides_and_changes_nothing() {
-    skip_without_tap!("ip" => "iproute2");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ip" => "iproute2");
     let (run, _setup) = start(&["--dry-run"]);
     let sink = write_file("dry-sink.toml", "kind = \"sink\"\n");
     ctl(&["set", "web2", "--function", sink.to_str().unwrap()]);
@@ -416,21 +397,10 @@ fn dry_run_decides_and_changes_nothing() {
     run.stop();
 }
 
-/// `GET /` with `Host: host` at `addr`: the status.
+/// `GET /` with `Host: host` at `addr`: the status (0 if none came).
 fn status_of(addr: &str, host: &str) -> u16 {
-    let Ok(mut c) = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))
-    else {
-        return 0;
-    };
-    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let _ = write!(
-        c,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.split(' ')
+    http_get(addr, host, "/")
+        .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
@@ -440,12 +410,10 @@ fn status_of(addr: &str, host: &str) -> u16 {
 fn an_application_answering_errors_is_throttled_and_restored() {
     // examples/manager's policy: the proxy's `shop` application gets a
     // lower rate limit while its answers are 5xx.
-    skip_without_tap!("ip" => "iproute2");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ip" => "iproute2");
     const M: &str = "10.82.0.2:9100";
     const S: &str = "/tmp/shmnet-manager.secret";
-    let mut run = Run::start(Path::new("examples/manager/topology.toml"), &[]);
-    run.wait_ready("shmtap3");
+    let run = run_example("manager", "shmtap3", &[]);
     let rate_limit = || {
         get_at(M, "/api/devices/proxy/config")["function"]
             .as_str()

@@ -121,15 +121,7 @@ fn send(client: &DeviceSettings, ports: &[u16], bytes: u64, limit: Duration) -> 
     let handles: Vec<_> = ports
         .iter()
         .enumerate()
-        .map(|(i, &p)| {
-            let h = dev.sockets().add(tcp_socket(SOCKET_BUFFER));
-            let (iface, sockets) = dev.parts();
-            sockets
-                .get_mut::<tcp::Socket>(h)
-                .connect(iface.context(), (SERVER, p), 49152 + i as u16)
-                .expect("connect");
-            h
-        })
+        .map(|(i, &p)| tcp_connect(&mut dev, SOCKET_BUFFER, (SERVER, p), 49152 + i as u16))
         .collect();
     let mut sent = vec![0u64; ports.len()];
     let t0 = Instant::now();
@@ -137,22 +129,7 @@ fn send(client: &DeviceSettings, ports: &[u16], bytes: u64, limit: Duration) -> 
         let mut done = true;
         for (i, &h) in handles.iter().enumerate() {
             let s = d.sockets().get_mut::<tcp::Socket>(h);
-            while sent[i] < bytes && s.can_send() {
-                let base = sent[i];
-                let n = s
-                    .send(|b| {
-                        let n = b.len().min((bytes - base) as usize);
-                        for (k, x) in b[..n].iter_mut().enumerate() {
-                            *x = pattern_byte(base + k as u64);
-                        }
-                        (n, n)
-                    })
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                sent[i] += n as u64;
-            }
+            sent[i] += send_pattern(s, sent[i], bytes - sent[i]);
             done &= sent[i] == bytes && s.send_queue() == 0;
         }
         done || t0.elapsed() > limit

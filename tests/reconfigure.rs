@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shmnet::config::DeviceSettings;
-use shmnet::functions::diag::{pattern_byte, tcp_socket};
+use shmnet::functions::diag::pattern_byte;
 use shmnet::functions::{FunctionConfig, build};
 use shmnet::shm::SegmentKind;
 use shmnet::smoltcp::iface::SocketHandle;
@@ -200,13 +200,7 @@ impl Client {
                 continue;
             }
             let Some(h) = f.h else {
-                let h = self.dev.sockets().add(tcp_socket(SOCKET_BUFFER));
-                let (iface, sockets) = self.dev.parts();
-                sockets
-                    .get_mut::<tcp::Socket>(h)
-                    .connect(iface.context(), f.to, f.port)
-                    .expect("connect");
-                f.h = Some(h);
+                f.h = Some(tcp_connect(&mut self.dev, SOCKET_BUFFER, f.to, f.port));
                 continue;
             };
             let s = self.dev.sockets().get_mut::<tcp::Socket>(h);
@@ -216,22 +210,7 @@ impl Client {
             }
             // Each flow streams its own stretch of the pattern.
             let base = u64::from(f.port) * 1_000_003;
-            while f.sent < f.allowed && s.can_send() {
-                let (sent, allowed) = (f.sent, f.allowed);
-                let n = s
-                    .send(|b| {
-                        let n = b.len().min((allowed - sent) as usize);
-                        for (k, x) in b[..n].iter_mut().enumerate() {
-                            *x = pattern_byte(base + sent + k as u64);
-                        }
-                        (n, n)
-                    })
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                f.sent += n as u64;
-            }
+            f.sent += send_pattern(s, base + f.sent, f.allowed - f.sent);
             while s.can_recv() {
                 let echoed = f.echoed;
                 let n = s
@@ -283,6 +262,15 @@ impl Client {
             assert_eq!(f.fate, Fate::Done, "flow {i} did not survive: {f:?}");
         }
     }
+}
+
+/// The settings of the client (see [`Client`]): at `address` on `lan`,
+/// reaching `server`'s /24 through `gateway`; its function passes frames
+/// through, the test drives its sockets.
+fn client_settings(lan: &str, address: &str, server: &str, gateway: &str) -> DeviceSettings {
+    probe_client(lan, address, server, gateway, 0)
+        .function(r#"{ kind = "passthrough" }"#)
+        .settings()
 }
 
 /// The counter `name` of `h`'s function, as last published.
@@ -341,13 +329,7 @@ fn firewall_keeps_allowed_streams_and_cuts_the_forbidden_one() {
     let s7 = spawn(&server("server7", 2, 7));
     let s9 = spawn(&server("server9", 3, 9));
     let (fh, ft) = spawn(&fw_settings);
-    let client = DeviceToml::new(
-        "client",
-        (&lan, "10.0.0.1/24"),
-        (unique("cg"), "10.100.0.1/16"),
-    )
-    .route("10.3.0.0/24", "10.0.0.254")
-    .settings();
+    let client = client_settings(&lan, "10.0.0.1", "10.3.0.2", "10.0.0.254");
     let (to7, to9) = (0, 1);
     let mut c = Client::new(
         &client,
@@ -419,9 +401,7 @@ fn qos(rate: &str, udp_class: bool) -> FunctionConfig {
 #[test]
 fn qos_keeps_its_queues_and_streams() {
     let (lan_a, lan_b) = (unique("lanA"), unique("lanB"));
-    let client = probe_client(&lan_a, "10.0.0.1", "10.1.0.2", "10.0.0.254", 0)
-        .function(r#"{ kind = "passthrough" }"#)
-        .settings();
+    let client = client_settings(&lan_a, "10.0.0.1", "10.1.0.2", "10.0.0.254");
     let initial = qos("400mbit", false);
     let mut qos_settings =
         DeviceToml::new("qos", (&lan_a, "10.0.0.254/24"), (&lan_b, "10.1.0.254/24"))
@@ -505,21 +485,10 @@ fn reroute_keeps_health_and_streams() {
         .route("10.22.0.0/24", "10.21.0.9")
         .settings();
     r1.function = reroute(0);
-    let server = DeviceToml::new(
-        "server",
-        (&core2, "10.22.0.5/24"),
-        (unique("sg"), "10.200.0.5/16"),
-    )
-    .function(r#"{ kind = "echo", connections = 4 }"#)
-    .route("10.1.0.0/24", "10.22.0.2")
-    .settings();
-    let client = DeviceToml::new(
-        "client",
-        (&edge, "10.1.0.1/24"),
-        (unique("cg"), "10.100.0.1/16"),
-    )
-    .route("10.22.0.0/24", "10.1.0.254")
-    .settings();
+    let server = echo_server(&core2, "10.22.0.5", "10.1.0.1", "10.22.0.2")
+        .function(r#"{ kind = "echo", connections = 4 }"#)
+        .settings();
+    let client = client_settings(&edge, "10.1.0.1", "10.22.0.5", "10.1.0.254");
     let devices: Vec<_> = [&server, &a].into_iter().map(spawn).collect();
     let (rh, rt) = spawn(&r1);
     wait_for(&rh, LIMIT, "the ghost found down, a up", |s| {
@@ -616,13 +585,7 @@ fn balancer_keeps_flows_on_the_backends_that_remain() {
     wait_for(&lh, LIMIT, "backends up", |s| {
         counter(s, "service.echo.backends_up") == 3
     });
-    let client = DeviceToml::new(
-        "client",
-        (&front, "10.11.0.1/24"),
-        (unique("cw"), "10.200.0.1/16"),
-    )
-    .route("10.20.0.0/24", "10.11.0.254")
-    .settings();
+    let client = client_settings(&front, "10.11.0.1", "10.20.0.100", "10.11.0.254");
     let n = 6;
     let mut c = Client::new(&client, &vec![IpEndpoint::new(VIP, 7); n]);
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,6 +37,41 @@ fn shmnet_run(topology: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// [`shmnet_run`] in thread mode and in process mode, `args` after the
+/// mode: asserts that each exits with `code`; returns each one's mode,
+/// stdout and stderr.
+fn shmnet_run_both_modes(
+    topology: &Path,
+    args: &[&str],
+    code: i32,
+) -> [(&'static str, String, String); 2] {
+    ["thread", "process"].map(|mode| {
+        let mut all = vec!["--mode", mode];
+        all.extend(args);
+        let (got, out, err) = shmnet_run(topology, &all);
+        assert_eq!(got, code, "{mode}: {out}\n{err}");
+        (mode, out, err)
+    })
+}
+
+/// An echo server (host 2) and a client (host 1) whose function is
+/// `probe`.
+fn server_and_client(t: &TopologyDir, probe: &str) -> [DeviceToml; 2] {
+    [t.device("server", 2, ECHO), t.device("client", 1, probe)]
+}
+
+/// `shmnet run --mode process TOPOLOGY`, started, its stdout and stderr
+/// piped to the test.
+fn spawn_process_run(topology: &Path) -> Child {
+    Command::new(BIN)
+        .args(["run", "--mode", "process"])
+        .arg(topology)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn shmnet run")
+}
+
 fn run_dir_of(pid: u32) -> PathBuf {
     std::env::temp_dir().join(format!("shmnet-run-{pid}"))
 }
@@ -44,13 +79,8 @@ fn run_dir_of(pid: u32) -> PathBuf {
 #[test]
 fn a_failed_probe_fails_the_run_in_both_modes() {
     let t = TopologyDir::new();
-    let topo = t.write(&[
-        t.device("server", 2, ECHO),
-        t.device("client", 1, PROBE_NOBODY),
-    ]);
-    for mode in ["thread", "process"] {
-        let (code, out, err) = shmnet_run(&topo, &["--mode", mode]);
-        assert_eq!(code, 1, "{mode}: {out}\n{err}");
+    let topo = t.write(&server_and_client(&t, PROBE_NOBODY));
+    for (mode, out, err) in shmnet_run_both_modes(&topo, &[], 1) {
         assert!(
             out.contains("client: tcp 10.0.0.99:7: timed out"),
             "{mode}: {out}"
@@ -65,13 +95,8 @@ fn a_failed_probe_fails_the_run_in_both_modes() {
 #[test]
 fn a_probe_that_never_completes_fails_the_run_in_both_modes() {
     let t = TopologyDir::new();
-    let topo = t.write(&[
-        t.device("server", 2, ECHO),
-        t.device("client", 1, PROBE_FOREVER),
-    ]);
-    for mode in ["thread", "process"] {
-        let (code, out, err) = shmnet_run(&topo, &["--mode", mode, "--duration", "0.5"]);
-        assert_eq!(code, 1, "{mode}: {out}\n{err}");
+    let topo = t.write(&server_and_client(&t, PROBE_FOREVER));
+    for (mode, _, err) in shmnet_run_both_modes(&topo, &["--duration", "0.5"], 1) {
         assert!(
             err.contains("shmnet run: client [probe] did not complete"),
             "{mode}: {err}"
@@ -85,10 +110,7 @@ fn a_probe_that_never_completes_fails_the_run_in_both_modes() {
 fn a_run_without_probes_that_is_stopped_succeeds() {
     let t = TopologyDir::new();
     let topo = t.write(&[t.device("a", 1, ECHO), t.device("b", 2, ECHO)]);
-    for mode in ["thread", "process"] {
-        let (code, out, err) = shmnet_run(&topo, &["--mode", mode, "--duration", "0.5"]);
-        assert_eq!(code, 0, "{mode}: {out}\n{err}");
-    }
+    shmnet_run_both_modes(&topo, &["--duration", "0.5"], 0);
 }
 
 #[test]
@@ -96,7 +118,7 @@ fn the_library_run_reports_a_failed_and_an_unfinished_probe() {
     let t = TopologyDir::new();
     let text = |probe: &str| {
         let mut s = String::from("name = \"lib\"\n");
-        for d in [t.device("server", 2, ECHO), t.device("client", 1, probe)] {
+        for d in server_and_client(&t, probe) {
             s.push_str("[[device]]\n");
             s.push_str(&d.to_string());
         }
@@ -163,13 +185,7 @@ fn exists(pid: u32) -> bool {
 fn sigterm_stops_a_process_run_and_every_device_with_it() {
     let t = TopologyDir::new();
     let topo = t.write(&[t.device("a", 1, ECHO), t.device("b", 2, ECHO)]);
-    let mut run = Command::new(BIN)
-        .args(["run", "--mode", "process"])
-        .arg(&topo)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shmnet run");
+    let mut run = spawn_process_run(&topo);
     // "device NAME ready: ..., pid N" from each device process.
     let mut lines = BufReader::new(run.stdout.take().unwrap()).lines();
     let mut pids = Vec::new();
@@ -211,17 +227,8 @@ fn sigterm_stops_a_process_run_and_every_device_with_it() {
 #[test]
 fn a_process_run_leaves_no_run_directory() {
     let t = TopologyDir::new();
-    let topo = t.write(&[
-        t.device("server", 2, ECHO),
-        t.device("client", 1, PROBE_NOBODY),
-    ]);
-    let run = Command::new(BIN)
-        .args(["run", "--mode", "process"])
-        .arg(&topo)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn shmnet run");
+    let topo = t.write(&server_and_client(&t, PROBE_NOBODY));
+    let run = spawn_process_run(&topo);
     let pid = run.id();
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));

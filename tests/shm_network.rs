@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,7 @@ fn exchange(a: &mut Port, b: &mut Port, from: u32, count: u32) -> Vec<u32> {
     seen
 }
 
-fn joined(seg: &std::sync::Arc<Segment>, name: &str) -> Port {
+fn joined(seg: &Arc<Segment>, name: &str) -> Port {
     let mut p = seg.attach(&PortInfo::named(name)).unwrap();
     p.set_drain_on_drop(Duration::ZERO);
     p
@@ -70,12 +71,18 @@ fn settle(ports: &mut [&mut Port]) {
     panic!("ports did not see each other");
 }
 
+/// A network of `kind` with two ports, a and b, that know each other.
+fn pair(tag: &str, kind: SegmentKind) -> (Arc<Segment>, Port, Port) {
+    let seg = Segment::open_or_create(&unique(tag), kind, &params()).unwrap();
+    let (mut a, mut b) = (joined(&seg, "a"), joined(&seg, "b"));
+    settle(&mut [&mut a, &mut b]);
+    (seg, a, b)
+}
+
 #[test]
 fn a_link_whose_reader_scribbles_its_tail_heals_within_a_second() {
     for kind in KINDS {
-        let seg = Segment::open_or_create(&unique("heal"), kind, &params()).unwrap();
-        let (mut a, mut b) = (joined(&seg, "a"), joined(&seg, "b"));
-        settle(&mut [&mut a, &mut b]);
+        let (seg, mut a, mut b) = pair("heal", kind);
         let first = exchange(&mut a, &mut b, 0, 200);
         assert_eq!(first, (0..200).collect::<Vec<_>>(), "{kind:?}");
 
@@ -190,9 +197,7 @@ fn a_full_network_says_how_to_make_room() {
 #[test]
 fn a_port_that_leaves_gives_its_peers_their_buffers_back() {
     for kind in KINDS {
-        let seg = Segment::open_or_create(&unique("leave"), kind, &params()).unwrap();
-        let (mut a, mut b) = (joined(&seg, "a"), joined(&seg, "b"));
-        settle(&mut [&mut a, &mut b]);
+        let (_seg, mut a, b) = pair("leave", kind);
         let total = a.free_buffers();
         // a fills b's ring; b never reads, then leaves.
         while let Some(buf) = a.alloc() {

@@ -43,11 +43,8 @@ fn ping(address: &str) -> bool {
 
 #[test]
 fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tap/topology.toml");
-    let mut run = Run::start(&example, &["--duration", "60"]);
-    run.wait_ready("shmtap0");
+    let _lock = lock_tap_or_skip!("ping" => "iputils-ping", "setpriv" => "util-linux");
+    let run = run_example("tap", "shmtap0", &["--duration", "60"]);
     connect("10.77.0.2:7".parse().unwrap());
     assert!(ping("10.77.0.2"), "ping 10.77.0.2 through shmtap0");
     stream_intact("10.77.0.2:7".parse().unwrap(), 64 << 20);
@@ -55,13 +52,45 @@ fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
     assert!(wait_gone("shmtap0"), "shmtap0 outlived its run");
 }
 
+/// Linux's UDP segmentation offload: one `sendto` of 5300 bytes with
+/// `UDP_SEGMENT` 1000 reaches the TAP as one super-datagram (where the
+/// kernel hands it over whole); the echo device must still see, and send
+/// back, six datagrams (5 × 1000 + 300), each intact.
+#[test]
+fn a_udp_gso_send_from_linux_reaches_the_device_as_separate_datagrams() {
+    let _lock = lock_tap_or_skip!("python3" => "python3");
+    let run = run_example("tap", "shmtap0", &["--duration", "60"]);
+    connect("10.77.0.2:7".parse().unwrap());
+    let script = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_UDP, 103, 1000)  # UDP_SEGMENT
+s.settimeout(5)
+data = bytes((i * 7) % 251 for i in range(5300))
+s.sendto(data, ("10.77.0.2", 7))
+got = []
+while sum(map(len, got)) < len(data):
+    got.append(s.recv(65536))
+print(" ".join(str(len(g)) for g in got), b"".join(got) == data)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("run python3");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "1000 1000 1000 1000 1000 300 True");
+    assert_eq!(run.stop(), 0);
+}
+
 #[test]
 fn the_tcp_proxy_example_relays_concurrent_linux_streams_to_both_echo_devices() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tcp-proxy/topology.toml");
-    let mut run = Run::start(&example, &["--duration", "120"]);
-    run.wait_ready("shmtap4");
+    let _lock = lock_tap_or_skip!("ping" => "iputils-ping", "setpriv" => "util-linux");
+    let run = run_example("tcp-proxy", "shmtap4", &["--duration", "120"]);
     connect("10.83.0.2:7".parse().unwrap());
     let clients: Vec<_> = (0..4)
         .map(|_| std::thread::spawn(|| stream_intact("10.83.0.2:7".parse().unwrap(), 16 << 20)))
@@ -107,15 +136,12 @@ fn curl(args: &[&str]) -> (String, bool) {
 
 #[test]
 fn curl_reaches_three_backends_through_the_http_proxy_example() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
-    if !have("curl") {
-        eprintln!("skipped: curl is not installed");
-        return;
-    }
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/proxy/topology.toml");
-    let mut run = Run::start(&example, &["--duration", "120"]);
-    run.wait_ready("shmtap2");
+    let _lock = lock_tap_or_skip!(
+        "ping" => "iputils-ping",
+        "setpriv" => "util-linux",
+        "curl" => "curl",
+    );
+    let run = run_example("proxy", "shmtap2", &["--duration", "120"]);
     connect("10.81.0.2:80".parse().unwrap());
     // Successive requests, each on its own connection, go round robin.
     let mut served = std::collections::BTreeSet::new();
@@ -216,8 +242,7 @@ impl Drop for TapTopology {
 
 #[test]
 fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let t = TapTopology::new(1, "process");
     let run = t.run();
     // The TAP's MTU is the network's.
@@ -231,8 +256,7 @@ fn process_mode_reaches_linux_and_removes_the_interface_on_stop() {
 
 #[test]
 fn a_killed_run_leaves_no_interface_behind() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ping" => "iputils-ping", "setpriv" => "util-linux");
     let t = TapTopology::new(2, "thread");
     let run = t.run();
     assert!(interface_exists(&t.tap));
@@ -246,8 +270,7 @@ fn a_killed_run_leaves_no_interface_behind() {
 
 #[test]
 fn without_cap_net_admin_the_run_fails_saying_so_and_leaves_nothing() {
-    skip_without_tap!("ping" => "iputils-ping", "setpriv" => "util-linux");
-    let _lock = tap_lock();
+    let _lock = lock_tap_or_skip!("ping" => "iputils-ping", "setpriv" => "util-linux");
     for (n, mode) in [(3, "thread"), (4, "process")] {
         let t = TapTopology::new(n, mode);
         let runtime = t.dir.join("runtime");

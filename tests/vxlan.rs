@@ -98,15 +98,7 @@ impl LinuxPeer {
         let lock = test_lock();
         let script = example().join("linux-peer.sh");
         let _ = sh(Command::new(&script).arg("down"));
-        let out = Command::new(&script)
-            .arg("up")
-            .output()
-            .expect("run linux-peer.sh");
-        assert!(
-            out.status.success(),
-            "linux-peer.sh up: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::run_ok(Command::new(&script).arg("up"));
         LinuxPeer { _lock: lock }
     }
 
@@ -317,23 +309,25 @@ impl TwoHosts {
         let _ = sh(Command::new("ip").args(["link", "del", "shmvx2-a"]));
     }
 
-    /// Host `side`'s topology: a gateway to the other host and `device`
-    /// (a TOML device section body) on the carried network.
+    /// Host `side`'s topology: a gateway to the other host and `devices`
+    /// (each a device file's text), one of them on the carried network.
     fn topology(
         &self,
         side: &str,
         mode: &str,
         (local, remote): (&str, &str),
         faults: &str,
-        device: &str,
+        devices: &[String],
     ) -> PathBuf {
-        let file = format!("{side}-dev.toml");
-        std::fs::write(self.dir.join(&file), device).unwrap();
-        let text = format!(
+        let mut text = format!(
             "name = \"{side}\"\nmode = \"{mode}\"\n\
-             [[vxlan]]\nsegment = \"vx2-{side}-g\"\nlocal = \"{local}\"\nvni = 77\nremotes = [\"{remote}\"]\n{faults}\n\
-             [[device]]\nfile = \"{file}\"\n"
+             [[vxlan]]\nsegment = \"vx2-{side}-g\"\nlocal = \"{local}\"\nvni = 77\nremotes = [\"{remote}\"]\n{faults}\n"
         );
+        for (i, device) in devices.iter().enumerate() {
+            let file = format!("{side}-dev{i}.toml");
+            std::fs::write(self.dir.join(&file), device).unwrap();
+            text += &format!("[[device]]\nfile = \"{file}\"\n");
+        }
         let path = self.dir.join(format!("{side}.toml"));
         std::fs::write(&path, text).unwrap();
         path
@@ -356,6 +350,8 @@ struct Exchange<'a> {
     probe: &'a str,
     /// What the probe's report line says when every byte arrived.
     success: &'a str,
+    /// Seconds the probe may take.
+    timeout: u64,
 }
 
 /// Echo: A streams 64 MiB to B's echo server and checks what comes back.
@@ -363,6 +359,7 @@ const ECHO_64_MIB: Exchange = Exchange {
     server: "kind = \"echo\"",
     probe: "tcp = [\"10.79.9.20:7\"], bytes = 67108864",
     success: "67108864 bytes echoed intact",
+    timeout: 900,
 };
 
 /// Runs `x` between the hosts in `mode`, both gateways sending with
@@ -375,26 +372,40 @@ fn exchange(hosts: &TwoHosts, mode: &str, faults: &str, x: &Exchange) -> String 
         mode,
         ("10.78.9.1", "10.78.9.2"),
         faults,
-        &format!(
+        &[format!(
             "name = \"far\"\nfunction = {{ {} }}\n\
              local = {{ segment = \"vx2-b-l\", address = \"10.81.0.2/24\" }}\n\
              global = {{ segment = \"vx2-b-g\", address = \"10.79.9.20/24\", mtu = 1450 }}\n{cubic}",
             x.server
-        ),
+        )],
     );
     let probe = hosts.topology(
         "a",
         mode,
         ("10.78.9.2", "10.78.9.1"),
         faults,
-        &format!(
+        &[format!(
             "name = \"near\"\n\
-             function = {{ kind = \"probe\", {}, timeout = \"900s\" }}\n\
+             function = {{ kind = \"probe\", {}, timeout = \"{}s\" }}\n\
              local = {{ segment = \"vx2-a-l\", address = \"10.81.0.1/24\" }}\n\
              global = {{ segment = \"vx2-a-g\", address = \"10.79.9.10/24\", mtu = 1450 }}\n{cubic}",
-            x.probe
-        ),
+            x.probe, x.timeout
+        )],
     );
+    let stdout = run_pair(hosts, mode, &server, &probe, x.timeout);
+    assert!(stdout.contains(x.success), "{mode} {faults}: {stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains(x.success))
+        .unwrap_or_default();
+    eprintln!("{mode} {faults}: {line}");
+    line.to_string()
+}
+
+/// Runs `server` in host B and `probe` in host A (this namespace), each
+/// for at most `timeout` seconds and a margin; returns A's output once its
+/// run succeeded and B's stopped cleanly.
+fn run_pair(hosts: &TwoHosts, mode: &str, server: &Path, probe: &Path, timeout: u64) -> String {
     // Each host its own runtime directory: its own host segments.
     let runtime = |side: &str| {
         use std::os::unix::fs::PermissionsExt;
@@ -405,8 +416,8 @@ fn exchange(hosts: &TwoHosts, mode: &str, faults: &str, x: &Exchange) -> String 
     };
     let far = Run(Command::new("ip")
         .args(["netns", "exec", HOST_B, BIN, "run"])
-        .arg(&server)
-        .args(["--duration", "1000"])
+        .arg(server)
+        .args(["--duration", &(timeout + 100).to_string()])
         .env("SHMNET_RUNTIME_DIR", runtime("b"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -415,24 +426,55 @@ fn exchange(hosts: &TwoHosts, mode: &str, faults: &str, x: &Exchange) -> String 
     std::thread::sleep(Duration::from_millis(500));
     let out = Command::new(BIN)
         .arg("run")
-        .arg(&probe)
-        .args(["--duration", "1000"])
+        .arg(probe)
+        .args(["--duration", &(timeout + 100).to_string()])
         .env("SHMNET_RUNTIME_DIR", runtime("a"))
         .output()
         .expect("run host A");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && stdout.contains(x.success),
-        "{mode} {faults}: {stdout}\n{}",
+        out.status.success(),
+        "{mode}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(far.stop(), 0, "{mode}");
-    let line = stdout
-        .lines()
-        .find(|l| l.contains(x.success))
-        .unwrap_or_default();
-    eprintln!("{mode} {faults}: {line}");
-    line.to_string()
+    stdout
+}
+
+/// A device that forwards (a router on host A) reaches a next hop on host
+/// B, which no directory of host A lists: it asks for its address with ARP
+/// through the gateway and learns it from the answer.
+#[test]
+fn a_forwarding_device_reaches_a_next_hop_on_the_other_host() {
+    skip_unless_vxlan!();
+    let hosts = TwoHosts::up();
+    let route = |to: &str, via: &str| format!("[[route]]\nto = \"{to}\"\nvia = \"{via}\"\n");
+    let echo = format!(
+        "name = \"far\"\nfunction = {{ kind = \"echo\" }}\n\
+         local = {{ segment = \"vx2-b-l\", address = \"10.81.1.2/24\" }}\n\
+         global = {{ segment = \"vx2-b-g\", address = \"10.79.9.20/24\", mtu = 1450 }}\n{}",
+        route("10.81.0.0/24", "10.79.9.10")
+    );
+    let server = hosts.topology("b", "thread", ("10.78.9.1", "10.78.9.2"), "", &[echo]);
+    let probe = format!(
+        "name = \"near\"\n\
+         function = {{ kind = \"probe\", tcp = [\"10.79.9.20:7\"], bytes = 4194304, timeout = \"60s\" }}\n\
+         local = {{ segment = \"vx2-a-l\", address = \"10.81.0.1/24\" }}\n\
+         global = {{ segment = \"vx2-a-x\", address = \"10.82.0.1/24\" }}\n{}",
+        route("10.79.9.0/24", "10.81.0.254")
+    );
+    let router = "name = \"router\"\nforward = true\nfunction = { kind = \"passthrough\" }\n\
+         local = { segment = \"vx2-a-l\", address = \"10.81.0.254/24\" }\n\
+         global = { segment = \"vx2-a-g\", address = \"10.79.9.10/24\", mtu = 1450 }\n";
+    let client = hosts.topology(
+        "a",
+        "thread",
+        ("10.78.9.2", "10.78.9.1"),
+        "",
+        &[probe, router.to_string()],
+    );
+    let out = run_pair(&hosts, "thread", &server, &client, 60);
+    assert!(out.contains("4194304 bytes echoed intact"), "{out}");
 }
 
 #[test]
@@ -454,15 +496,34 @@ fn every_byte_crosses_a_lossy_reordering_duplicating_underlay() {
     skip_unless_vxlan!();
     let hosts = TwoHosts::up();
     for (loss, bytes) in [("0.01", 64u64 << 20), ("0.05", 2 << 20)] {
-        let faults =
-            format!("faults = {{ loss = {loss}, reorder = 0.01, duplicate = 0.01, seed = 7 }}");
-        let probe = format!("send = [\"10.79.9.20:9\"], bytes = {bytes}");
-        let success = format!("{bytes} bytes delivered intact");
-        let x = Exchange {
-            server: "kind = \"sink\"",
-            probe: &probe,
-            success: &success,
-        };
-        exchange(&hosts, "thread", &faults, &x);
+        lossy_one_way(&hosts, loss, bytes, 900);
     }
+}
+
+/// The full 64 MiB at 5 % loss: about half an hour with smoltcp 0.14's
+/// recovery (see the README, "Lossy links"), too long for CI. Run by hand:
+/// `cargo test --release --test vxlan -- --ignored`.
+#[test]
+#[ignore = "takes about half an hour"]
+fn sixty_four_mib_cross_an_underlay_losing_five_percent() {
+    skip_unless_vxlan!();
+    let hosts = TwoHosts::up();
+    lossy_one_way(&hosts, "0.05", 64 << 20, 3600);
+}
+
+/// `bytes` one way from A to B's sink over gateways that lose `loss` of
+/// what they send and reorder and duplicate 1 %, in at most `timeout`
+/// seconds.
+fn lossy_one_way(hosts: &TwoHosts, loss: &str, bytes: u64, timeout: u64) {
+    let faults =
+        format!("faults = {{ loss = {loss}, reorder = 0.01, duplicate = 0.01, seed = 7 }}");
+    let probe = format!("send = [\"10.79.9.20:9\"], bytes = {bytes}");
+    let success = format!("{bytes} bytes delivered intact");
+    let x = Exchange {
+        server: "kind = \"sink\"",
+        probe: &probe,
+        success: &success,
+        timeout,
+    };
+    exchange(hosts, "thread", &faults, &x);
 }

@@ -14,7 +14,7 @@ use shmnet::adapters::Adapter;
 use shmnet::adapters::vxlan::{VxlanAdapter, VxlanSettings};
 use shmnet::smoltcp::wire::EthernetAddress;
 use shmnet::wire::vxlan::{VxlanPacket, VxlanRepr};
-use shmnet::wire::{FrameView, LinkMedium, Transport, tcp};
+use shmnet::wire::{FrameView, LinkMedium, Transport, gso};
 
 const MTU: u32 = 1400;
 
@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
     let mut seg = vec![0u8; head + per];
     let mut got = Vec::new();
     let mut i = 0;
-    while let Some(n) = tcp::tso_segment(LinkMedium::Ethernet, inner, per, i, &mut seg) {
+    while let Some(n) = gso::segment(gso::Offload::Tcp, LinkMedium::Ethernet, inner, per, i, &mut seg) {
         got.extend_from_slice(&seg[head.min(n)..n]);
         i += 1;
     }

@@ -67,8 +67,12 @@
 //! assert_eq!(a.remote().stats().tx_frames, 1);
 //! ```
 
+pub(crate) mod beyond;
 pub mod bridge;
+#[cfg(feature = "tap")]
+mod coalescer;
 pub mod pcap;
+mod segmenter;
 pub mod shm;
 #[cfg(feature = "tap")]
 pub mod tap;
@@ -239,6 +243,11 @@ impl SingleLease {
     pub fn holds(&self, lease: &TxLease) -> bool {
         self.lent && lease.slot() == 0
     }
+    /// `buf` (the buffer behind the lease) if `lease` is the one lent,
+    /// else nothing.
+    pub fn buffer<'a>(&self, lease: &TxLease, buf: &'a mut [u8]) -> &'a mut [u8] {
+        if self.holds(lease) { buf } else { &mut [] }
+    }
     /// Takes `lease` back; `false` if it was not the one lent.
     pub fn give_back(&mut self, lease: TxLease) -> bool {
         let ok = self.holds(&lease);
@@ -314,6 +323,16 @@ pub struct Neighbour {
     pub ipv4: Option<Ipv4Address>,
     /// Its IPv6 address, if it has one.
     pub ipv6: Option<Ipv6Address>,
+}
+
+impl Neighbour {
+    /// A station with no address at all (what an adapter that is no
+    /// station, such as a placeholder, says it is).
+    pub const NOBODY: Neighbour = Neighbour {
+        mac: EthernetAddress([0; 6]),
+        ipv4: None,
+        ipv6: None,
+    };
 }
 
 counter_set! {
@@ -434,11 +453,7 @@ impl Adapter for Vacant {
         Arc::new(CountersRemote(Arc::default()))
     }
     fn own_entry(&self) -> Neighbour {
-        Neighbour {
-            mac: EthernetAddress([0; 6]),
-            ipv4: None,
-            ipv6: None,
-        }
+        Neighbour::NOBODY
     }
     fn counters(&self) -> &AdapterCounters {
         &self.0

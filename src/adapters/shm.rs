@@ -28,6 +28,7 @@ use std::sync::Arc;
 use smoltcp::phy::Medium;
 use smoltcp::wire::{EthernetAddress, IpAddress, Ipv4Address, Ipv6Address};
 
+use super::beyond::{Beyond, arp_request, is_arp};
 use super::{
     Adapter, AdapterCounters, AdapterError, AdapterStats, InPlace, Neighbour, Remote, TxLease,
     Wake, link_header_len,
@@ -83,6 +84,8 @@ pub struct ShmAdapter {
     current: Option<InPlaceFrame>,
     /// Numbers in-place frames, so a stale ticket reads as empty.
     rx_seq: u64,
+    /// Stations beyond the network's uplinks, for forwarding to them.
+    beyond: Beyond,
 }
 
 impl ShmAdapter {
@@ -128,6 +131,7 @@ impl ShmAdapter {
             me,
             current: None,
             rx_seq: 0,
+            beyond: Beyond::default(),
             seg,
             port,
         }
@@ -136,6 +140,39 @@ impl ShmAdapter {
     /// The port (for tools and tests).
     pub fn port(&self) -> &Port {
         &self.port
+    }
+
+    /// Learns from an ARP frame that came in through an uplink (a station
+    /// on another host).
+    fn glean(&mut self, src: u32, frame: &[u8]) {
+        if self.medium == Medium::Ethernet
+            && is_arp(frame)
+            && self.peers.uplinks.iter().any(|p| p.index == src)
+        {
+            self.beyond.learn(frame);
+        }
+    }
+
+    /// The hardware address of `ip` beyond the network's uplinks, as last
+    /// heard; if not known, asks for it (an ARP request that the uplinks
+    /// carry out) and returns `None` for now.
+    fn beyond_uplink(&mut self, ip: Ipv4Address) -> Option<EthernetAddress> {
+        if self.medium != Medium::Ethernet || self.peers.uplinks.is_empty() {
+            return None;
+        }
+        if let Some(mac) = self.beyond.mac_of(ip) {
+            return Some(mac);
+        }
+        let (mac, mine) = (self.me.mac, self.me.ipv4?);
+        if self.beyond.should_ask(ip) {
+            let mut lease = Adapter::lend(self)?;
+            let buf = Adapter::buffer(self, &mut lease);
+            match arp_request(buf, mac, mine, ip) {
+                Some(len) => Adapter::commit(self, lease, len),
+                None => Adapter::release(self, lease),
+            }
+        }
+        None
     }
 
     fn link_header_len(&self) -> usize {
@@ -268,8 +305,9 @@ impl Adapter for ShmAdapter {
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
         self.current = None;
         loop {
-            let (len, _src) = self.port.recv_into(dst)?;
+            let (len, src) = self.port.recv_into(dst)?;
             if self.accept(len) {
+                self.glean(src, &dst[..len]);
                 return Some(len);
             }
         }
@@ -289,6 +327,10 @@ impl Adapter for ShmAdapter {
         loop {
             let f = self.port.recv_in_place()?;
             if self.accept(f.len()) {
+                if is_arp(self.port.frame_bytes(&f)) {
+                    let frame = self.port.frame_bytes(&f).to_vec();
+                    self.glean(f.src(), &frame);
+                }
                 self.rx_seq += 1;
                 let ticket = InPlace::new(self.rx_seq, f.len());
                 self.current = Some(f);
@@ -347,12 +389,17 @@ impl Adapter for ShmAdapter {
         let peer = match ip {
             IpAddress::Ipv4(a) => lookup(&self.peers.by_v4, &a.octets()),
             IpAddress::Ipv6(a) => lookup(&self.peers.by_v6, &a.octets()),
-        }?;
-        self.peers
-            .by_mac
-            .iter()
-            .find(|(_, p)| p == peer)
-            .map(|(m, _)| EthernetAddress(*m))
+        };
+        match (peer, ip) {
+            (Some(peer), _) => self
+                .peers
+                .by_mac
+                .iter()
+                .find(|(_, p)| p == peer)
+                .map(|(m, _)| EthernetAddress(*m)),
+            (None, IpAddress::Ipv4(a)) => self.beyond_uplink(a),
+            (None, IpAddress::Ipv6(_)) => None,
+        }
     }
 
     fn addresses_of(&self, name: &str) -> Vec<IpAddress> {

@@ -10,9 +10,15 @@
 //! and configuring it needs `CAP_NET_ADMIN`; without it, opening fails with
 //! an error that says so.
 //!
-//! Frames are plain Ethernet frames (no packet-information header); each
-//! read or write is one system call. A frame Linux hands over that does not
-//! fit the network's MTU is a counted drop (`rx_malformed`).
+//! Frames are Ethernet frames after a virtio-net header (`IFF_VNET_HDR`),
+//! with the kernel's segmentation offloads on: Linux hands over a TCP
+//! stream (or a UDP GSO send) as super-packets of up to 64 KiB, one read
+//! each, which the adapter cuts to the network's MTU (`segmenter`), and
+//! leaves transport checksums for the adapter to fill. Without offloads
+//! (an old kernel) frames are plain and a read is one frame. A frame Linux
+//! hands over that does not fit the network's MTU and is no super-packet
+//! is a counted drop (`rx_malformed`), as is an offload the adapter does
+//! not know.
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -20,6 +26,8 @@ use std::sync::Arc;
 use smoltcp::phy::Medium;
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
+use super::coalescer::Coalescer;
+use super::segmenter::{Offload, Segmenter};
 use super::{Adapter, AdapterCounters, AdapterError, CountersRemote, Neighbour, Remote};
 use super::{SingleLease, TxLease};
 use super::{Wake, link_header_len};
@@ -30,6 +38,21 @@ use crate::wire::checksum::fill_all;
 /// The longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const TAP_NAME_MAX: usize = 15;
 
+/// Bytes of the virtio-net header before each frame (with offloads).
+const VNET_HDR_LEN: usize = 10;
+/// The virtio-net header's flag: the transport checksum is left for the
+/// receiver to fill.
+const VNET_NEEDS_CSUM: u8 = 1;
+/// The virtio-net header's GSO types (the 0x80 bit is ECN).
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
+const GSO_ECN: u8 = 0x80;
+/// The largest read with offloads: a 64 KiB super-packet, its Ethernet
+/// header and the virtio-net header.
+const RX_MAX: usize = VNET_HDR_LEN + 14 + 65_535;
+
 /// A TAP interface, opened and configured.
 pub struct TapAdapter {
     dev: tun_rs::SyncDevice,
@@ -37,8 +60,19 @@ pub struct TapAdapter {
     mtu: usize,
     mac: EthernetAddress,
     address: Ipv4Cidr,
-    /// The one transmit buffer: a commit writes it to the kernel at once.
+    /// Bytes of a frame at most (Ethernet header and the MTU).
+    frame: usize,
+    /// Bytes of the virtio-net header (0: offloads off).
+    vnet: usize,
+    /// The one transmit buffer: the virtio-net header, then the frame; a
+    /// commit writes it to the kernel at once.
     tx: Vec<u8>,
+    /// Where a read lands (with offloads: header and super-packet).
+    rx: Vec<u8>,
+    /// A super-packet being handed on in pieces.
+    pending: Segmenter,
+    /// Segments of one flow joined on their way to Linux (with offloads).
+    outgoing: Coalescer,
     lease: SingleLease,
     counters: Arc<AdapterCounters>,
 }
@@ -75,6 +109,7 @@ impl TapAdapter {
             .mtu(mtu16)
             .ipv4(v4, address.prefix_len(), None)
             .enable(true)
+            .offload(true)
             .build_sync()
             .map_err(|e| err(explain(&e)))?;
         dev.set_nonblocking(true)
@@ -83,13 +118,20 @@ impl TapAdapter {
         // network's devices, which have no use for them.
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
         let mac = read_mac(name).map_err(err)?;
+        let frame = mtu as usize + link_header_len(Medium::Ethernet);
+        let vnet = if dev.tcp_gso() { VNET_HDR_LEN } else { 0 };
         Ok(TapAdapter {
             dev,
             name: name.into(),
             mtu: mtu as usize,
             mac,
             address,
-            tx: vec![0; mtu as usize + link_header_len(Medium::Ethernet)],
+            frame,
+            vnet,
+            tx: vec![0; vnet + frame],
+            rx: vec![0; if vnet > 0 { RX_MAX } else { 0 }],
+            pending: Segmenter::default(),
+            outgoing: Coalescer::default(),
             lease: SingleLease::default(),
             counters: Arc::default(),
         })
@@ -109,6 +151,104 @@ impl TapAdapter {
     /// The host's address on the network.
     pub fn address(&self) -> Ipv4Cidr {
         self.address
+    }
+
+    /// Writes the joined segments, if any: one GSO packet for Linux to
+    /// take whole (a run of one as an ordinary frame).
+    fn send_joined(&mut self) {
+        let Some((frame, count, gso)) = self.outgoing.take() else {
+            return;
+        };
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        match gso {
+            Some(g) => {
+                hdr[0] = VNET_NEEDS_CSUM;
+                hdr[1] = if g.v6 { GSO_TCPV6 } else { GSO_TCPV4 };
+                let field = |v: usize| u16::try_from(v).unwrap_or(u16::MAX).to_ne_bytes();
+                hdr[2..4].copy_from_slice(&field(g.head));
+                hdr[4..6].copy_from_slice(&field(g.size));
+                hdr[6..8].copy_from_slice(&field(g.l4));
+                // The TCP checksum's offset in the TCP header.
+                hdr[8..10].copy_from_slice(&field(16));
+            }
+            None => {
+                fill_all(LinkMedium::Ethernet, frame);
+            }
+        }
+        let len = frame.len();
+        let sent = self
+            .dev
+            .send_vectored(&[std::io::IoSlice::new(&hdr), std::io::IoSlice::new(frame)])
+            .is_ok();
+        self.count_sent(sent, count, len);
+    }
+
+    /// Counts `frames` frames of `bytes` bytes in all written, or refused
+    /// (the kernel's queue is full, or the interface went down).
+    fn count_sent(&self, sent: bool, frames: usize, bytes: usize) {
+        if sent {
+            bump(&self.counters.tx_frames, frames as u64);
+            bump(&self.counters.tx_bytes, bytes as u64);
+        } else {
+            bump(&self.counters.tx_no_buffer, frames as u64);
+        }
+    }
+
+    /// Reads a plain frame into `dst` (`cap` bytes): `None` when nothing
+    /// waits, `Some(None)` for a frame that does not fit.
+    fn recv_plain(&mut self, dst: &mut [u8]) -> Option<Option<usize>> {
+        // Room for one byte more than `dst`: a read that reaches it was
+        // too large for the network.
+        let room = dst.len();
+        let mut probe = [0u8; 1];
+        let len = self
+            .dev
+            .recv_vectored(&mut [
+                std::io::IoSliceMut::new(dst),
+                std::io::IoSliceMut::new(&mut probe),
+            ])
+            .ok()?;
+        Some(
+            (link_header_len(Medium::Ethernet)..=room)
+                .contains(&len)
+                .then_some(len),
+        )
+    }
+
+    /// The next frame with offloads: a piece of the super-packet being
+    /// cut, or what the next read brings (cut if it is a super-packet).
+    fn recv_offloaded(&mut self, dst: &mut [u8]) -> Option<Option<usize>> {
+        let medium = LinkMedium::Ethernet;
+        if let Some(len) = self.pending.next(medium, dst) {
+            return Some(Some(len));
+        }
+        let n = self.dev.recv(&mut self.rx).ok()?;
+        let Some((hdr, frame)) = self.rx[..n].split_at_checked(VNET_HDR_LEN) else {
+            return Some(None);
+        };
+        let gso_size = usize::from(u16::from_ne_bytes([hdr[4], hdr[5]]));
+        let kind = match hdr[1] & !GSO_ECN {
+            GSO_NONE => None,
+            GSO_TCPV4 | GSO_TCPV6 => Some(Offload::Tcp),
+            GSO_UDP_L4 => Some(Offload::Udp),
+            // UFO (GSO_UDP: IP fragmentation of UDP) and anything newer.
+            _ => return Some(None),
+        };
+        if let Some(kind) = kind {
+            self.pending.take_cut(kind, frame, gso_size);
+            return Some(self.pending.next(medium, dst));
+        }
+        let len = frame.len();
+        if !(link_header_len(Medium::Ethernet)..=dst.len()).contains(&len) {
+            return Some(None);
+        }
+        dst[..len].copy_from_slice(frame);
+        if hdr[0] & VNET_NEEDS_CSUM != 0 {
+            // Left partial by Linux: made whole, for whoever forwards or
+            // captures it.
+            fill_all(medium, &mut dst[..len]);
+        }
+        Some(Some(len))
     }
 }
 
@@ -150,7 +290,7 @@ impl Adapter for TapAdapter {
         self.mtu
     }
     fn frame_capacity(&self) -> usize {
-        self.tx.len()
+        self.frame
     }
     fn can_lend(&mut self) -> bool {
         self.lease.can_lend()
@@ -159,45 +299,52 @@ impl Adapter for TapAdapter {
         self.lease.lend()
     }
     fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
-        if self.lease.holds(lease) {
-            &mut self.tx
-        } else {
-            &mut []
-        }
+        self.lease.buffer(lease, &mut self.tx[self.vnet..])
     }
     fn commit(&mut self, lease: TxLease, len: usize) {
         if !self.lease.give_back(lease) {
             return;
         }
-        let len = len.min(self.tx.len());
-        // Devices on shared memory leave checksums out; Linux checks them.
-        fill_all(LinkMedium::Ethernet, &mut self.tx[..len]);
-        match self.dev.send(&self.tx[..len]) {
-            Ok(_) => {
-                bump(&self.counters.tx_frames, 1);
-                bump(&self.counters.tx_bytes, len as u64);
+        let len = len.min(self.frame);
+        let vnet = self.vnet;
+        if vnet > 0 {
+            let frame = &self.tx[vnet..vnet + len];
+            if self.outgoing.join(frame) {
+                return;
             }
-            // The kernel's queue is full, or the interface went down.
-            Err(_) => bump(&self.counters.tx_no_buffer, 1),
+            self.send_joined();
+            if self.outgoing.join(&self.tx[vnet..vnet + len]) {
+                return;
+            }
         }
+        // Devices on shared memory leave checksums out; Linux checks them.
+        // (The virtio-net header, if any, stays zero: one whole frame.)
+        fill_all(LinkMedium::Ethernet, &mut self.tx[vnet..vnet + len]);
+        let sent = self.dev.send(&self.tx[..vnet + len]).is_ok();
+        self.count_sent(sent, 1, len);
+    }
+    fn flush(&mut self) {
+        self.send_joined();
     }
     fn release(&mut self, lease: TxLease) {
         self.lease.give_back(lease);
     }
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
-        let cap = self.tx.len();
+        let cap = self.frame.min(dst.len());
         loop {
-            // One byte more than a frame may be: a read that fills it was
-            // cut, so the frame was too large for the network.
-            let room = dst.len().min(cap + 1);
-            let len = self.dev.recv(&mut dst[..room]).ok()?;
-            if len < link_header_len(Medium::Ethernet) || len > cap {
-                bump(&self.counters.rx_malformed, 1);
-                continue;
+            let got = if self.vnet == 0 {
+                self.recv_plain(&mut dst[..cap])?
+            } else {
+                self.recv_offloaded(&mut dst[..cap])?
+            };
+            match got {
+                Some(len) => {
+                    bump(&self.counters.rx_frames, 1);
+                    bump(&self.counters.rx_bytes, len as u64);
+                    return Some(len);
+                }
+                None => bump(&self.counters.rx_malformed, 1),
             }
-            bump(&self.counters.rx_frames, 1);
-            bump(&self.counters.rx_bytes, len as u64);
-            return Some(len);
         }
     }
     fn prepare_sleep(&self) -> Wake<'_> {

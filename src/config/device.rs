@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use smoltcp::wire::{IpAddress, IpCidr};
 
-use super::{ConfigError, parse_toml, read};
+use super::{ConfigError, field_error, parse_toml, read};
 use crate::functions::matching::{check_name, quoted};
 use crate::functions::{self, FunctionConfig};
 use crate::stack::spec::{DeviceSpec, NetworkSpec, SocketSettings, StaticRoute};
@@ -180,20 +180,17 @@ pub struct DeviceConfig {
 /// enabled = true                 # default
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ManagementConfig {
     /// Run the agent (default: yes).
-    #[serde(default)]
     pub enabled: Option<bool>,
     /// The agent's TCP port on each of the device's addresses.
-    #[serde(default)]
     pub agent_port: Option<u16>,
     /// The file holding the secret that signs management messages,
     /// relative to the file naming it. Created (mode 0600, 32 random
     /// bytes) when missing. Default: `NAME.secret` (NAME: the topology's
     /// or the device's) in `$XDG_RUNTIME_DIR/shmnet/`, or in
     /// `/tmp/shmnet-UID/`.
-    #[serde(default)]
     pub secret_file: Option<PathBuf>,
 }
 
@@ -312,11 +309,7 @@ impl DeviceConfig {
 
     /// Checks every field and resolves defaults.
     pub fn validate(&self, file: &str) -> Result<DeviceSettings, ConfigError> {
-        let invalid = |field: &str, why: String| ConfigError::Invalid {
-            file: file.into(),
-            field: field.into(),
-            why,
-        };
+        let invalid = field_error(file, String::new());
         check_name(&self.name, "-_.").map_err(|chars| invalid("name", format!("use {chars}")))?;
         let local = self.local.validate(file, "local")?;
         let global = self.global.validate(file, "global")?;
@@ -445,11 +438,7 @@ fn cidrs_overlap(a: &IpCidr, b: &IpCidr) -> bool {
 
 impl NetworkConfig {
     fn validate(&self, file: &str, net: &str) -> Result<NetworkSpec, ConfigError> {
-        let invalid = |field: &str, why: String| ConfigError::Invalid {
-            file: file.into(),
-            field: format!("{net}.{field}"),
-            why,
-        };
+        let invalid = field_error(file, net.into());
         check_name(&self.segment, "-_.")
             .map_err(|chars| invalid("segment", format!("use {chars}")))?;
         if self.segment.len() > SEGMENT_NAME_MAX {

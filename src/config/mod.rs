@@ -124,6 +124,21 @@ impl functions::FunctionConfig {
     }
 }
 
+/// A maker of [`ConfigError::Invalid`] for the fields of one table of
+/// `file`: `field` under `table` (`"local"`, `"tap[0]"`; empty for the top
+/// level).
+fn field_error<'a>(file: &'a str, table: String) -> impl Fn(&str, String) -> ConfigError + 'a {
+    move |field: &str, why: String| ConfigError::Invalid {
+        file: file.into(),
+        field: if table.is_empty() {
+            field.into()
+        } else {
+            format!("{table}.{field}")
+        },
+        why,
+    }
+}
+
 /// The text of the file at `path`, and its name for messages.
 fn read(path: &std::path::Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();

@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use smoltcp::wire::Ipv4Cidr;
 
-use super::{ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, parse_toml, read};
+use super::{
+    ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, field_error, parse_toml, read,
+};
 use crate::functions::matching::quoted;
 use crate::stack::spec::NetworkSpec;
 use crate::wire::LinkMedium;
@@ -315,12 +317,8 @@ fn validate_vxlan(
     i: usize,
 ) -> Result<VxlanSpec, ConfigError> {
     use crate::wire::vxlan::{OVERHEAD_V4, VNI_MAX, VXLAN_PORT};
-    let invalid = |field: &str, why: String| ConfigError::Invalid {
-        file: file.into(),
-        field: format!("vxlan[{i}].{field}"),
-        why,
-    };
-    let network = ethernet_network(devices, &v.segment, invalid)?;
+    let invalid = field_error(file, format!("vxlan[{i}]"));
+    let network = ethernet_network(devices, &v.segment, &invalid)?;
     if v.vni > VNI_MAX {
         return Err(invalid(
             "vni",
@@ -406,11 +404,7 @@ fn validate_tap(
     file: &str,
     i: usize,
 ) -> Result<TapSpec, ConfigError> {
-    let invalid = |field: &str, why: String| ConfigError::Invalid {
-        file: file.into(),
-        field: format!("tap[{i}].{field}"),
-        why,
-    };
+    let invalid = field_error(file, format!("tap[{i}]"));
     if !cfg!(feature = "tap") {
         return Err(invalid(
             "name",
@@ -434,7 +428,7 @@ fn validate_tap(
             format!("two TAP ports are named {}", quoted(&tap.name)),
         ));
     }
-    let network = ethernet_network(devices, &tap.segment, invalid)?;
+    let network = ethernet_network(devices, &tap.segment, &invalid)?;
     if network.mtu > TAP_MTU_MAX {
         return Err(invalid(
             "segment",

@@ -168,12 +168,14 @@ macro_rules! byte_view {
                 $name { buffer }
             }
             /// Wraps `buffer` after checking it is long enough for every field.
+            #[inline]
             pub fn new_checked(buffer: T) -> Result<Self, $crate::shm::ShmError> {
                 let view = Self::new_unchecked(buffer);
                 view.check_len()?;
                 Ok(view)
             }
             /// Whether the buffer holds every field; else the format's truncation error.
+            #[inline]
             pub fn check_len(&self) -> Result<(), $crate::shm::ShmError> {
                 let len = self.buffer.as_ref().len();
                 if len < $len {
@@ -222,10 +224,12 @@ macro_rules! byte_view {
 pub(crate) use byte_view;
 
 /// Packs a serial and an index into one ring or tail word.
+#[inline]
 pub(crate) fn word(serial: u32, index: u32) -> u64 {
     (serial as u64) << 32 | index as u64
 }
 /// Splits a ring or tail word into `(serial, index)`.
+#[inline]
 pub(crate) fn split(w: u64) -> (u32, u32) {
     ((w >> 32) as u32, w as u32)
 }
@@ -574,24 +578,29 @@ byte_view!(
 
 impl<T: AsRef<[u8]>> Descriptor<T> {
     /// Every bit as stored, known or not.
+    #[inline]
     pub fn flags(&self) -> DescFlags {
         DescFlags::from_bits_retain(NativeEndian::read_u16(
             &self.buffer.as_ref()[field::descriptor::FLAGS],
         ))
     }
     /// The index of the port whose pool holds the frame (memif's region).
+    #[inline]
     pub fn region(&self) -> u16 {
         NativeEndian::read_u16(&self.buffer.as_ref()[field::descriptor::REGION])
     }
     /// Frame length in bytes.
+    #[inline]
     pub fn length(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::LENGTH])
     }
     /// Byte offset of the buffer inside the sender's pool.
+    #[inline]
     pub fn offset(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::OFFSET])
     }
     /// Opaque to the facility; adapters may use it.
+    #[inline]
     pub fn metadata(&self) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::METADATA])
     }
@@ -599,6 +608,7 @@ impl<T: AsRef<[u8]>> Descriptor<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Descriptor<T> {
     /// Stores the flags.
+    #[inline]
     pub fn set_flags(&mut self, v: DescFlags) {
         NativeEndian::write_u16(
             &mut self.buffer.as_mut()[field::descriptor::FLAGS],
@@ -606,18 +616,22 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Descriptor<T> {
         )
     }
     /// Stores the region (the sender's port index).
+    #[inline]
     pub fn set_region(&mut self, v: u16) {
         NativeEndian::write_u16(&mut self.buffer.as_mut()[field::descriptor::REGION], v)
     }
     /// Stores the frame length in bytes.
+    #[inline]
     pub fn set_length(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::LENGTH], v)
     }
     /// Stores the buffer's byte offset inside the pool.
+    #[inline]
     pub fn set_offset(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::OFFSET], v)
     }
     /// Stores the adapter metadata word.
+    #[inline]
     pub fn set_metadata(&mut self, v: u32) {
         NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::METADATA], v)
     }
@@ -641,6 +655,7 @@ impl DescriptorRepr {
     /// no flags (a frame is one buffer), the region must be that port's
     /// pool, the offset a buffer boundary inside it, the length non-zero and
     /// within one buffer.
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(
         d: &Descriptor<T>,
         geo: &Geometry,
@@ -684,6 +699,7 @@ impl DescriptorRepr {
 
     /// Writes the descriptor (no flags) into `d`, which must hold
     /// [`DESC_LEN`] bytes.
+    #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, d: &mut Descriptor<T>, geo: &Geometry) {
         d.set_flags(DescFlags::empty());
         d.set_region(self.region);

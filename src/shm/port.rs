@@ -352,33 +352,89 @@ impl Port {
     /// [`Port::flush`] after a burst (the device loop does, every round).
     pub fn send(&mut self, buf: TxBuf, len: usize, to: &[Peer]) {
         let len = len.min(self.geo.frame_size as usize) as u32;
-        for &peer in to {
-            if self.known(peer).is_none() {
-                // Perhaps it just joined and we have not heard yet.
-                self.poll_membership();
+        if let [peer] = *to
+            && self.is_linked(peer)
+        {
+            // The common case, one destination whose ring runs: its
+            // descriptor takes over the lender's hold on the buffer.
+            let index = self.pool.index(&buf);
+            if self.queue(peer, index, len) {
+                self.pool.hand_over(buf);
+            } else {
+                self.pool.release(buf);
             }
-            let Some(has_out) = self.known(peer).map(|s| s.out.is_some()) else {
+            return;
+        }
+        self.send_each(buf, len, to);
+    }
+
+    /// `send` to several peers, or to one that needs a look at the
+    /// membership or a ring started first. (Kept apart so that the
+    /// one-peer path stays small enough for its helpers to be inlined.)
+    #[inline(never)]
+    fn send_each(&mut self, buf: TxBuf, len: u32, to: &[Peer]) {
+        for &peer in to {
+            // May apply departures, which return buffers: the lender's hold
+            // keeps `buf` until every descriptor has its own.
+            if !self.is_linked(peer) && !self.link_to(peer) {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 continue;
-            };
-            if !has_out {
-                self.start_link(peer);
             }
-            let index = self.pool.share(&buf);
-            let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);
-            let Some(state) = self.peers[peer.index as usize].as_mut() else {
-                continue;
-            };
-            let Some(out) = state.out.as_mut() else {
-                continue;
-            };
-            if out.backlog.is_empty() && rings.push(&mut out.ring, &state.link.view, index, len) {
-                out.pushed = true;
-            } else {
-                out.backlog.push_back((index, len));
+            let index = self.pool.index(&buf);
+            if self.queue(peer, index, len) {
+                self.pool.share(&buf);
             }
         }
         self.pool.release(buf);
+    }
+
+    /// Queues a descriptor for buffer `index` on the ring towards `peer`
+    /// (linked, see `is_linked`), or in its backlog if the ring is full;
+    /// `false` if there is no such link after all. Returns no buffers.
+    #[inline(always)]
+    fn queue(&mut self, peer: Peer, index: u32, len: u32) -> bool {
+        let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);
+        let Some(Some(state)) = self.peers.get_mut(peer.index as usize) else {
+            return false;
+        };
+        let Some(out) = state.out.as_mut() else {
+            return false;
+        };
+        if out.backlog.is_empty() && rings.push(&mut out.ring, &state.link.view, index, len) {
+            out.pushed = true;
+        } else {
+            out.backlog.push_back((index, len));
+        }
+        true
+    }
+
+    /// Is `peer` still the one on the network, with a ring towards it
+    /// started? (The per-frame check of `send`; `link_to` does the rest.)
+    #[inline]
+    fn is_linked(&self, peer: Peer) -> bool {
+        peer.index != self.index
+            && matches!(
+                self.peers.get(peer.index as usize),
+                Some(Some(s)) if s.link.info.epoch == peer.epoch && s.out.is_some()
+            )
+    }
+
+    /// Makes `send` to `peer` possible: learns of it if it just joined,
+    /// starts the ring towards it on its first frame. `false` if it is not
+    /// on the network.
+    #[cold]
+    fn link_to(&mut self, peer: Peer) -> bool {
+        if self.known(peer).is_none() {
+            // Perhaps it just joined and we have not heard yet.
+            self.poll_membership();
+        }
+        let Some(has_out) = self.known(peer).map(|s| s.out.is_some()) else {
+            return false;
+        };
+        if !has_out {
+            self.start_link(peer);
+        }
+        true
     }
 
     /// Starts the ring towards `peer` (its first frame).
@@ -417,10 +473,19 @@ impl Port {
     /// restarts links whose consumer reported an impossible tail.
     fn reclaim(&mut self) {
         self.since_reclaim = 0;
-        let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);
+        let Port {
+            own,
+            geo,
+            counters,
+            live,
+            peers,
+            pool,
+            ..
+        } = self;
+        let rings = Rings::new(own, geo, &counters.corrupt_rings);
         let mut broken = Vec::new();
-        for &i in &self.live {
-            let Some(state) = self.peers[i as usize].as_mut() else {
+        for &i in live.iter() {
+            let Some(state) = peers[i as usize].as_mut() else {
                 continue;
             };
             let Some(out) = state.out.as_mut() else {
@@ -429,9 +494,7 @@ impl Port {
             match rings.reclaim(&mut out.ring, &state.link.view) {
                 Reclaim::Done(done) => {
                     out.unfollowed_since = None;
-                    for b in done {
-                        self.pool.unref(b);
-                    }
+                    done.give_back(|b| pool.unref(b));
                 }
                 Reclaim::Corrupt => broken.push(i),
                 Reclaim::NotFollowing => {
@@ -579,8 +642,11 @@ impl Port {
     fn next_frame(&mut self, room: usize, in_place: bool) -> Option<InPlaceFrame> {
         let rings = Rings::new(&self.own, &self.geo, &self.counters.corrupt_rings);
         let n = self.live.len();
-        for k in 0..n {
-            let at = (self.rr + k) % n;
+        // Round robin from the peer served last (no division per frame).
+        let mut next = self.rr;
+        for _ in 0..n {
+            let at = if next < n { next } else { 0 };
+            next = at + 1;
             let src = self.live[at];
             let Some(state) = self.peers[src as usize].as_mut() else {
                 continue;

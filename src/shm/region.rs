@@ -193,6 +193,7 @@ impl Region {
         self.len
     }
 
+    #[inline]
     fn check(&self, off: usize, len: usize, align: usize) {
         // Offsets come from a layout validated against `self.len` at open;
         // failing here is a bug in shmnet, not hostile input.
@@ -205,6 +206,7 @@ impl Region {
 
     /// The 32-bit atomic at `off` (4-aligned, inside the region) of a
     /// region this port owns.
+    #[inline]
     pub(crate) fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         self.check(off, 4, 4);
         assert!(self.writable, "store to a read-only peer region");
@@ -215,6 +217,7 @@ impl Region {
     }
 
     /// The 64-bit atomic at `off` (8-aligned) of a region this port owns.
+    #[inline]
     pub(crate) fn atomic_u64(&self, off: usize) -> &AtomicU64 {
         self.check(off, 8, 8);
         assert!(self.writable, "store to a read-only peer region");
@@ -223,6 +226,7 @@ impl Region {
     }
 
     /// Loads the u32 at `off` (4-aligned), whoever owns the region.
+    #[inline]
     fn load_u32(&self, off: usize) -> u32 {
         self.check(off, 4, 4);
         // SAFETY: in bounds and aligned (checked above) in a mapping that
@@ -232,6 +236,7 @@ impl Region {
     }
 
     /// Loads the u64 at `off` (8-aligned), whoever owns the region.
+    #[inline]
     fn load_u64(&self, off: usize) -> u64 {
         self.check(off, 8, 8);
         // SAFETY: as for `load_u32`, with 8-byte alignment checked.
@@ -240,6 +245,7 @@ impl Region {
 
     /// Copies `dst.len()` bytes starting at `off` out of the region.
     /// Returns `false` (and copies nothing) if the range is outside it.
+    #[inline]
     pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
         if off.checked_add(dst.len()).is_none_or(|end| end > self.len) {
             return false;
@@ -255,6 +261,7 @@ impl Region {
     }
 
     /// Copies `src` into the region at `off`; `false` if out of range.
+    #[inline]
     pub(crate) fn write(&self, off: usize, src: &[u8]) -> bool {
         if !self.writable || off.checked_add(src.len()).is_none_or(|end| end > self.len) {
             return false;
@@ -278,6 +285,7 @@ impl Region {
     // Handing out `&mut` from `&self` is the point: the mapping is shared
     // memory, and exclusivity is the caller's contract (see # Safety).
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     unsafe fn bytes_mut(&self, off: usize, len: usize) -> &mut [u8] {
         self.check(off, len, 1);
         // SAFETY: in bounds (checked); exclusivity is the caller's contract.
@@ -290,6 +298,7 @@ impl Region {
     /// Nobody may write the range during the borrow: not this process, and,
     /// by protocol, no peer (a received buffer stays untouched by its sender
     /// until the consumer's tail passes it).
+    #[inline]
     unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
         self.check(off, len, 1);
         // SAFETY: in bounds (checked); immutability is the caller's contract.
@@ -328,23 +337,28 @@ impl PeerView {
     pub(crate) fn len(&self) -> usize {
         self.region.len
     }
+    #[inline]
     pub(crate) fn load_u32(&self, off: usize) -> u32 {
         self.region.load_u32(off)
     }
+    #[inline]
     pub(crate) fn load_u64(&self, off: usize) -> u64 {
         self.region.load_u64(off)
     }
     /// Copies `dst.len()` bytes at `off` out; `false` if out of range.
+    #[inline]
     pub(crate) fn read(&self, off: usize, dst: &mut [u8]) -> bool {
         self.region.read(off, dst)
     }
     /// Can frames of this peer be read in place ([`PeerView::frame`])?
+    #[inline]
     pub(crate) fn is_in_process(&self) -> bool {
         self.in_process
     }
 
     /// The bytes of a frame taken in place (see [`InPlaceFrame`]); empty
     /// for a peer in another process, whose memory is never referenced.
+    #[inline]
     pub(crate) fn frame(&self, f: &InPlaceFrame) -> &[u8] {
         if !self.in_process {
             return &[];
@@ -387,14 +401,17 @@ impl InPlaceFrame {
     /// A frame of `len` bytes at `offset`, in the pool of port `src`. Only
     /// for a range named by a descriptor that passed
     /// [`DescriptorRepr::parse`](super::layout::DescriptorRepr::parse).
+    #[inline]
     pub(crate) fn new(offset: usize, len: usize, src: u32) -> InPlaceFrame {
         InPlaceFrame { offset, len, src }
     }
     /// Where the frame starts in the region.
+    #[inline]
     pub(crate) fn offset(&self) -> usize {
         self.offset
     }
     /// The frame's length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -403,6 +420,7 @@ impl InPlaceFrame {
         self.len == 0
     }
     /// The sending port.
+    #[inline]
     pub fn src(&self) -> u32 {
         self.src
     }
@@ -421,7 +439,8 @@ pub(crate) struct Pool {
     off: usize,
     frame_size: usize,
     free: Vec<u32>,
-    refs: Vec<u16>,
+    /// Holds on each buffer: its lender's, plus one per descriptor naming it.
+    refs: Vec<u32>,
 }
 
 impl Pool {
@@ -470,6 +489,13 @@ impl Pool {
         })
     }
 
+    /// The buffer index a descriptor naming `buf` carries.
+    #[inline]
+    pub(crate) fn index(&self, buf: &TxBuf) -> u32 {
+        self.check_own(buf);
+        buf.index
+    }
+
     /// One more descriptor will name `buf`; returns the buffer index it
     /// carries.
     #[inline]
@@ -477,6 +503,13 @@ impl Pool {
         self.check_own(buf);
         self.refs[buf.index as usize] += 1;
         buf.index
+    }
+
+    /// Passes the lender's hold on `buf` to the one descriptor now naming
+    /// it (queued with [`Pool::index`]).
+    #[inline]
+    pub(crate) fn hand_over(&mut self, buf: TxBuf) {
+        self.check_own(&buf);
     }
 
     /// Gives up the lender's hold on `buf` (sent or unsent): it is free

@@ -246,6 +246,13 @@ impl SocketContext<'_> {
     pub fn remove_socket(&mut self, h: SocketHandle) {
         self.pool.remove(self.sockets, h);
     }
+
+    /// Removes each of `handles` (see [`remove_socket`](Self::remove_socket)).
+    pub fn remove_sockets(&mut self, handles: impl IntoIterator<Item = SocketHandle>) {
+        for h in handles {
+            self.remove_socket(h);
+        }
+    }
 }
 
 /// Errors building or reconfiguring a function.

@@ -29,7 +29,9 @@
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::IpAddress;
 
+use super::{DeviceToml, counter, device, unique};
 use crate::stack::NetDevice;
 
 /// A clock for devices polled by hand: it starts at zero, and every
@@ -125,5 +127,111 @@ impl VirtualClock {
             }
         }
         false
+    }
+}
+
+/// Devices on one pair of networks (see [`DeviceToml::host`]), polled on
+/// a [`VirtualClock`] of 1 ms steps: host `n` (10.0.0.`n`) is
+/// `devices[n - 1]`, and host 1 is the client the test drives by hand.
+pub struct VirtualHosts {
+    /// The clock the devices run on.
+    pub clock: VirtualClock,
+    /// Host 1, 2, ... in order.
+    pub devices: Vec<NetDevice>,
+    /// The local network's segment, for a device added later.
+    pub lan: String,
+    /// The global network's segment.
+    pub wan: String,
+    /// How long [`talk`](Self::talk) waits.
+    patience: Duration,
+    /// The client's last local port.
+    port: u16,
+}
+
+impl VirtualHosts {
+    /// Host `n` for the `n`-th (name, `[function]` table) of `hosts`,
+    /// counting from 1; [`talk`](Self::talk) waits 10 s.
+    pub fn new(hosts: &[(&str, &str)]) -> VirtualHosts {
+        let (lan, wan) = (unique("lan"), unique("wan"));
+        let devices = (1..)
+            .zip(hosts)
+            .map(|(n, (name, table))| {
+                device(
+                    &DeviceToml::host(*name, &lan, &wan, n)
+                        .function_table(*table)
+                        .settings(),
+                )
+            })
+            .collect();
+        VirtualHosts {
+            clock: VirtualClock::new(Duration::from_millis(1)),
+            devices,
+            lan,
+            wan,
+            patience: Duration::from_secs(10),
+            port: 40000,
+        }
+    }
+
+    /// Lets [`talk`](Self::talk) wait `limit` of virtual time.
+    pub fn patience(mut self, limit: Duration) -> VirtualHosts {
+        self.patience = limit;
+        self
+    }
+
+    /// Connects the client's TCP socket `h` to `to`, from a local port
+    /// not used before (40001 on); returns `h`.
+    pub fn connect(&mut self, h: SocketHandle, to: (IpAddress, u16)) -> SocketHandle {
+        self.port += 1;
+        let (iface, sockets) = self.devices[0].parts();
+        sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(iface.context(), to, self.port)
+            .expect("connect");
+        h
+    }
+
+    /// Sends `request` on the client's socket `h` and reads what comes
+    /// back until `done` holds (asked once all is sent); panics, with what
+    /// came, if it does not within the [`patience`](Self::patience).
+    pub fn talk(
+        &mut self,
+        h: SocketHandle,
+        request: &[u8],
+        done: impl Fn(&tcp::Socket, &[u8]) -> bool,
+    ) -> Vec<u8> {
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        let (ok, got) = self
+            .clock
+            .converse(&mut refs, h, request, self.patience, done);
+        assert!(ok, "no end in sight: {}", String::from_utf8_lossy(&got));
+        got
+    }
+
+    /// One step of the clock, every device polled once, in order.
+    pub fn tick(&mut self) -> bool {
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        self.clock.tick(&mut refs)
+    }
+
+    /// Lets `span` of virtual time pass with every device running.
+    pub fn idle(&mut self, span: Duration) {
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        self.clock.run_for(&mut refs, span);
+    }
+
+    /// Ticks until `done` holds (see [`VirtualClock::run_until`]).
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        done: impl FnMut(&mut [&mut NetDevice]) -> bool,
+    ) -> bool {
+        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
+        self.clock.run_until(&mut refs, limit, done)
+    }
+
+    /// The function counter `name` of host `n`.
+    pub fn counter(&self, n: usize, name: &str) -> u64 {
+        counter(&self.devices[n - 1].stats(), name)
     }
 }

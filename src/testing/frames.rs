@@ -24,9 +24,9 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, IpAddress, IpProtocol, IpRepr, Ipv4Address, Ipv4Packet, Ipv6Packet, TcpControl,
-    TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol, IpRepr,
+    Ipv4Address, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
 };
 
 use crate::wire::LinkMedium;
@@ -234,22 +234,10 @@ pub fn ep(addr: impl Into<IpAddress>, port: u16) -> (IpAddress, u16) {
 /// An Ethernet ARP request ([`SRC_MAC`], 10.0.0.1 asking for 10.0.0.2):
 /// a frame every function lets pass.
 pub fn arp() -> Vec<u8> {
-    let repr = ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
-        source_hardware_addr: SRC_MAC,
-        source_protocol_addr: Ipv4Address::new(10, 0, 0, 1),
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: Ipv4Address::new(10, 0, 0, 2),
-    };
-    let mut buf = vec![0u8; ETHERNET_LEN + repr.buffer_len()];
-    let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr {
-        src_addr: SRC_MAC,
-        dst_addr: EthernetAddress::BROADCAST,
-        ethertype: EthernetProtocol::Arp,
-    }
-    .emit(&mut frame);
-    repr.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    use crate::adapters::beyond::{ARP_FRAME_LEN, arp_request};
+    let mut buf = vec![0u8; ARP_FRAME_LEN];
+    let (me, them) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+    arp_request(&mut buf, SRC_MAC, me, them);
     buf
 }
 

@@ -34,6 +34,13 @@ pub fn build<C: DeserializeOwned, F>(
     new(toml::from_str(text).expect("test config parses")).expect("valid config")
 }
 
+/// Asserts that the config section `text` reads as `built`: a field a
+/// file leaves out and a field left to `Default` must be the same value.
+pub fn reads_as<C: DeserializeOwned + PartialEq + std::fmt::Debug>(text: &str, built: &C) {
+    let read: C = toml::from_str(text).expect("test config parses");
+    assert_eq!(&read, built, "{text}");
+}
+
 /// The error `new` gives for the config section `text`; panics if the
 /// text does not parse or the config is accepted.
 pub fn config_error<C: DeserializeOwned, F>(

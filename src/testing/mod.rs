@@ -12,7 +12,8 @@
 //!   usual chain ends ([`probe_client`], [`echo_server`]), and a
 //!   [`RawPort`] for hand-made frames.
 //! - [`VirtualClock`]: devices built with [`device`] and polled in the
-//!   test's thread on virtual time, deterministically.
+//!   test's thread on virtual time, deterministically; [`VirtualHosts`]:
+//!   a client and the devices it talks to, on such a clock.
 //! - [`function`]: one function driven by hand (its hooks, counters and
 //!   config errors), as the functions' unit tests do.
 //! - [`fuzz`]: input framing for the fuzz targets.
@@ -47,7 +48,7 @@ pub mod function;
 pub mod fuzz;
 mod topology;
 
-pub use clock::VirtualClock;
+pub use clock::{VirtualClock, VirtualHosts};
 pub use device::{DeviceToml, NetToml};
 pub use topology::{
     RawPort, Running, counter, device, echo_server, probe_client, probe_intact, raw_port,

@@ -208,28 +208,7 @@ mod tests {
     fn packet(proto: u8, l4_len: usize, payload: &[u8]) -> Vec<u8> {
         let total = 20 + l4_len + payload.len();
         let mut p = vec![0u8; total];
-        p[..20].copy_from_slice(&[
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            0,
-            0x40,
-            0,
-            64,
-            proto,
-            0,
-            0,
-            10,
-            0,
-            0,
-            1,
-            10,
-            0,
-            0,
-            2,
-        ]);
+        p[..20].copy_from_slice(&crate::wire::fixtures::ipv4_header(total, 0, proto));
         p[20..22].copy_from_slice(&1234u16.to_be_bytes());
         p[22..24].copy_from_slice(&80u16.to_be_bytes());
         if proto == 6 {

@@ -9,6 +9,11 @@ pub mod tap;
 use std::path::PathBuf;
 
 use shmnet::config::DeviceSettings;
+use shmnet::functions::diag::{pattern_byte, tcp_socket};
+use shmnet::stack::NetDevice;
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpEndpoint;
 
 /// A device on `lan`/`wan` with the given host number, MTU and function
 /// (a TOML inline table, e.g. `{ kind = "echo" }`).
@@ -166,6 +171,19 @@ impl Drop for TopologyDir {
     }
 }
 
+/// Runs `cmd` to its end and asserts that it succeeded (the panic shows
+/// what it wrote to stderr); returns its stdout.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// Whether `tool` (a program no one here wrote: ping, nc, tshark, …) is
 /// installed; tests that need one skip, saying so, where it is not.
 pub fn have(tool: &str) -> bool {
@@ -174,4 +192,40 @@ pub fn have(tool: &str) -> bool {
         .arg(format!("command -v {tool}"))
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// A TCP socket of `dev` with `buffer` bytes each way, connecting from
+/// local port `port` to `to`.
+pub fn tcp_connect(
+    dev: &mut NetDevice,
+    buffer: usize,
+    to: impl Into<IpEndpoint>,
+    port: u16,
+) -> SocketHandle {
+    let h = dev.sockets().add(tcp_socket(buffer));
+    let (iface, sockets) = dev.parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), to, port)
+        .expect("connect");
+    h
+}
+
+/// Queues on `s` up to `len` bytes of the probe pattern
+/// ([`pattern_byte`]) from offset `from`, as many as its send buffer
+/// takes; returns how many it took.
+pub fn send_pattern(s: &mut tcp::Socket, from: u64, len: u64) -> u64 {
+    let mut chunk = [0u8; 4096];
+    let mut sent = 0;
+    while sent < len && s.can_send() {
+        let n = chunk.len().min((len - sent) as usize);
+        for (i, b) in chunk[..n].iter_mut().enumerate() {
+            *b = pattern_byte(from + sent + i as u64);
+        }
+        match s.send_slice(&chunk[..n]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => sent += k as u64,
+        }
+    }
+    sent
 }

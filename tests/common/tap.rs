@@ -1,7 +1,8 @@
 //! Running a topology with a TAP port as `shmnet run`, for the tests that
 //! drive devices with Linux programs: whether this machine can, the lock
-//! that keeps those tests apart, the run itself and a connect that waits
-//! for the device behind the TAP.
+//! that keeps those tests apart, the run itself (of an example or any
+//! topology), a connect that waits for the device behind the TAP and the
+//! checks of what an echo device sends back.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -37,13 +38,18 @@ pub fn tap_skip_reason(tools: &[(&str, &str)]) -> Option<String> {
 }
 
 /// Ends the test, saying why, when it cannot run here
-/// ([`tap_skip_reason`]): `skip_without_tap!("curl" => "curl")`.
+/// ([`tap_skip_reason`]); else takes the TAP test lock ([`tap_lock`]),
+/// held while the value lives:
+/// `let _lock = lock_tap_or_skip!("curl" => "curl");`.
 #[macro_export]
-macro_rules! skip_without_tap {
+macro_rules! lock_tap_or_skip {
     ($($tool:expr => $pkg:expr),* $(,)?) => {
-        if let Some(why) = common::tap::tap_skip_reason(&[$(($tool, $pkg)),*]) {
-            eprintln!("skipped: {why}");
-            return;
+        match common::tap::tap_skip_reason(&[$(($tool, $pkg)),*]) {
+            Some(why) => {
+                eprintln!("skipped: {why}");
+                return;
+            }
+            None => common::tap::tap_lock(),
         }
     };
 }
@@ -54,6 +60,18 @@ pub fn tap_lock() -> std::fs::File {
         .expect("lock file");
     lock.lock().expect("lock");
     lock
+}
+
+/// `shmnet run` of `examples/NAME/topology.toml` with `args`, once its
+/// TAP port `tap` is ready.
+pub fn run_example(name: &str, tap: &str, args: &[&str]) -> Run {
+    let topology = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
+        .join("topology.toml");
+    let mut run = Run::start(&topology, args);
+    run.wait_ready(tap);
+    run
 }
 
 /// `shmnet run TOPOLOGY ARGS…`, killed (SIGKILL) if the test ends first,
@@ -167,30 +185,46 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     }
 }
 
+/// Sends `msg` on `c` and expects the same bytes back (within 5 s).
+pub fn echo_once(c: &mut TcpStream, msg: &[u8]) {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    c.read_exact(&mut back).expect("the echo answers");
+    assert_eq!(back, msg);
+}
+
 /// Streams `bytes` of a pattern to the echo server at `addr` with the
 /// kernel's TCP and checks every byte that comes back.
 pub fn stream_intact(addr: SocketAddr, bytes: usize) {
+    const PERIOD: usize = 256 * 1024;
     let mut c = connect(addr);
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut r = c.try_clone().unwrap();
+    // Two periods of the pattern: any read of up to a period, at any
+    // offset, is one slice of it. A memcmp keeps the reader ahead of the
+    // device: a reader that lets Linux's receive window close can meet
+    // smoltcp 0.14's zero-window stall (README, "Known limits").
+    let twice: Vec<u8> = (0..2 * PERIOD).map(|i| pattern_byte(i as u64)).collect();
+    let expected = twice.clone();
     let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; 256 * 1024];
+        let mut buf = vec![0u8; PERIOD];
         let mut got = 0usize;
         while got < bytes {
             let n = r.read(&mut buf).expect("read the echo");
             assert!(n > 0, "the echo ended after {got} of {bytes} bytes");
-            for (i, b) in buf[..n].iter().enumerate() {
-                assert_eq!(*b, pattern_byte((got + i) as u64), "byte {}", got + i);
+            let at = got % PERIOD;
+            if buf[..n] != expected[at..at + n] {
+                let i = (0..n).find(|&i| buf[i] != expected[at + i]).unwrap_or(0);
+                panic!("byte {} differs", got + i);
             }
             got += n;
         }
     });
-    // The pattern repeats every 256 KiB (a multiple of its period).
-    let chunk: Vec<u8> = (0..256 * 1024).map(|i| pattern_byte(i as u64)).collect();
     let mut sent = 0usize;
     while sent < bytes {
-        let n = (bytes - sent).min(chunk.len());
-        c.write_all(&chunk[..n]).expect("write");
+        let n = (bytes - sent).min(PERIOD);
+        c.write_all(&twice[..n]).expect("write");
         sent += n;
     }
     reader.join().expect("every byte came back intact");

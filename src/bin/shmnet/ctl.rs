@@ -135,11 +135,9 @@ fn run(cli: &CtlCli, stop: &AtomicBool) -> Result<(), Failed> {
             let token = token()?;
             let body = function_body(function)?;
             let v = client.send(
-                "PUT",
-                &format!("/api/devices/{}/function", encode(device)),
-                Some(&token),
-                Some(("application/toml", body.as_bytes())),
-                TIMEOUT,
+                Request::new("PUT", format!("/api/devices/{}/function", encode(device)))
+                    .token(&token)
+                    .body("application/toml", body),
             )?;
             if cli.json {
                 return print_json(&v);
@@ -194,11 +192,10 @@ fn run(cli: &CtlCli, stop: &AtomicBool) -> Result<(), Failed> {
             // The answer comes when every exchange is done.
             let wait = *interval * *count + Duration::from_secs(u64::from(*count).min(60) + 10);
             let v = client.send(
-                "POST",
-                "/api/probe",
-                Some(&token()?),
-                Some(("application/json", body.to_string().as_bytes())),
-                wait.max(TIMEOUT),
+                Request::new("POST", "/api/probe")
+                    .token(&token()?)
+                    .body("application/json", body.to_string())
+                    .read_timeout(wait.max(TIMEOUT)),
             )?;
             if cli.json {
                 return print_json(&v);
@@ -308,6 +305,11 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// The fields `keys` of the JSON object `v`, as [`cell`]s.
+fn cells<const N: usize>(v: &Value, keys: [&str; N]) -> [String; N] {
+    keys.map(|k| cell(&v[k]))
+}
+
 fn uptime(v: &Value) -> String {
     let Some(s) = v.as_f64() else {
         return "-".into();
@@ -321,11 +323,13 @@ fn uptime(v: &Value) -> String {
     }
 }
 
+/// The elements of a JSON array (none if `v` is not one).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 fn print_devices(v: &Value) {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = v["devices"]
-        .as_array()
-        .unwrap_or(&empty)
+    let rows: Vec<Vec<String>> = items(&v["devices"])
         .iter()
         .map(|d| {
             let up = match (&d["up"], &d["error"]) {
@@ -474,11 +478,9 @@ fn capture(
     let path = format!("/api/devices/{}/capture", encode(device));
     let body = json!({ "adapter": adapter, "seconds": seconds, "file": file });
     let started = client.send(
-        "POST",
-        &path,
-        Some(token),
-        Some(("application/json", body.to_string().as_bytes())),
-        TIMEOUT,
+        Request::new("POST", path.as_str())
+            .token(token)
+            .body("application/json", body.to_string()),
     )?;
     if json {
         print_json(&started)?;
@@ -496,13 +498,8 @@ fn capture(
     if progress {
         eprintln!();
     }
-    let v = client.send(
-        "DELETE",
-        &format!("{path}?adapter={adapter}"),
-        Some(token),
-        None,
-        TIMEOUT,
-    )?;
+    let v =
+        client.send(Request::new("DELETE", format!("{path}?adapter={adapter}")).token(token))?;
     if json {
         return print_json(&v);
     }
@@ -524,23 +521,21 @@ fn print_policy(v: &Value) {
             ""
         }
     );
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = v["rules"]
-        .as_array()
-        .unwrap_or(&empty)
+    let rows: Vec<Vec<String>> = items(&v["rules"])
         .iter()
         .map(|r| {
-            [
-                "name",
-                "state",
-                "since_ms",
-                "fired",
-                "reverted",
-                "suppressed",
-            ]
-            .iter()
-            .map(|k| cell(&r[*k]))
-            .collect()
+            cells(
+                r,
+                [
+                    "name",
+                    "state",
+                    "since_ms",
+                    "fired",
+                    "reverted",
+                    "suppressed",
+                ],
+            )
+            .to_vec()
         })
         .collect();
     print_table(
@@ -554,27 +549,21 @@ fn print_policy(v: &Value) {
         ],
         &rows,
     );
-    let decisions = v["decisions"].as_array().unwrap_or(&empty);
+    let decisions = items(&v["decisions"]);
     if decisions.is_empty() {
         println!("no decisions yet");
         return;
     }
     println!("last decisions:");
     for d in decisions {
-        println!(
-            "  #{} at {} ms: {} {}: {}",
-            cell(&d["id"]),
-            cell(&d["at_ms"]),
-            cell(&d["rule"]),
-            cell(&d["transition"]),
-            cell(&d["why"])
-        );
-        let list = |k: &str| d[k].as_array().cloned().unwrap_or_default();
-        for a in list("actions") {
-            println!("      action: {}", cell(&a));
+        let [id, at, rule, transition, why] =
+            cells(d, ["id", "at_ms", "rule", "transition", "why"]);
+        println!("  #{id} at {at} ms: {rule} {transition}: {why}");
+        for a in items(&d["actions"]) {
+            println!("      action: {}", cell(a));
         }
-        for r in list("results") {
-            println!("      result: {}", cell(&r));
+        for r in items(&d["results"]) {
+            println!("      result: {}", cell(r));
         }
     }
 }
@@ -588,16 +577,59 @@ fn print_probe(device: &str, v: &Value) {
             .as_f64()
             .map_or("-".into(), |x| format!("{x:.3}"))
     };
+    let [kind, target, sent, received] = cells(v, ["kind", "target", "sent", "received"]);
+    let [min, avg, max] = ["min", "avg", "max"].map(ms);
     println!(
-        "{} {} ({device}) from the manager: {} sent, {} received, {loss} loss; rtt min/avg/max {}/{}/{} ms",
-        cell(&v["kind"]),
-        cell(&v["target"]),
-        cell(&v["sent"]),
-        cell(&v["received"]),
-        ms("min"),
-        ms("avg"),
-        ms("max")
+        "{kind} {target} ({device}) from the manager: {sent} sent, {received} received, \
+         {loss} loss; rtt min/avg/max {min}/{avg}/{max} ms"
     );
+}
+
+/// One request to the manager.
+struct Request<'a> {
+    method: &'a str,
+    /// Below the manager's URL.
+    path: String,
+    /// The bearer token, for requests that change something.
+    token: Option<&'a str>,
+    /// Content type and bytes.
+    body: Option<(&'a str, Vec<u8>)>,
+    /// How long the answer may take once the request is sent.
+    read_timeout: Duration,
+}
+
+impl<'a> Request<'a> {
+    /// `method path`, no token, no body, [`TIMEOUT`] to answer.
+    fn new(method: &'a str, path: impl Into<String>) -> Request<'a> {
+        Request {
+            method,
+            path: path.into(),
+            token: None,
+            body: None,
+            read_timeout: TIMEOUT,
+        }
+    }
+
+    fn token(self, token: &'a str) -> Request<'a> {
+        Request {
+            token: Some(token),
+            ..self
+        }
+    }
+
+    fn body(self, content_type: &'a str, body: impl Into<Vec<u8>>) -> Request<'a> {
+        Request {
+            body: Some((content_type, body.into())),
+            ..self
+        }
+    }
+
+    fn read_timeout(self, read_timeout: Duration) -> Request<'a> {
+        Request {
+            read_timeout,
+            ..self
+        }
+    }
 }
 
 /// The manager's address, from its URL.
@@ -639,21 +671,15 @@ impl Client {
     }
 
     fn get(&self, path: &str) -> Result<Value, Failed> {
-        self.send("GET", path, None, None, TIMEOUT)
+        self.send(Request::new("GET", path))
     }
 
     /// One request; the JSON answer of a 2xx, else the failure with the
     /// answer's `error`.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<(&str, &[u8])>,
-        read_timeout: Duration,
-    ) -> Result<Value, Failed> {
+    fn send(&self, req: Request<'_>) -> Result<Value, Failed> {
+        let (method, path) = (req.method, &req.path);
         let (status, answer) = self
-            .exchange(method, path, token, body, read_timeout)
+            .exchange(&req)
             .map_err(|e| Failed(format!("{method} {}{path}: {e}", self.url)))?;
         let v: Option<Value> = serde_json::from_slice(&answer).ok();
         if !(200..300).contains(&status) {
@@ -671,14 +697,7 @@ impl Client {
         })
     }
 
-    fn exchange(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<(&str, &[u8])>,
-        read_timeout: Duration,
-    ) -> Result<(u16, Vec<u8>), String> {
+    fn exchange(&self, req: &Request<'_>) -> Result<(u16, Vec<u8>), String> {
         let addrs: Vec<_> = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
@@ -699,7 +718,7 @@ impl Client {
                 "cannot connect: {last} (is the manager running there?)"
             ));
         };
-        s.set_read_timeout(Some(read_timeout))
+        s.set_read_timeout(Some(req.read_timeout))
             .map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(TIMEOUT))
             .map_err(|e| e.to_string())?;
@@ -708,22 +727,27 @@ impl Client {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        let mut req = format!(
-            "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shmnet-ctl/{}\r\n\
+        let mut head = format!(
+            "{} {}{} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: shmnet-ctl/{}\r\n\
              Accept: application/json\r\nConnection: close\r\n",
+            req.method,
             self.base,
+            req.path,
             env!("CARGO_PKG_VERSION")
         );
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        if let Some(t) = req.token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
-        let body = body.unwrap_or(("", b""));
-        if !body.0.is_empty() {
-            req.push_str(&format!("Content-Type: {}\r\n", body.0));
-        }
-        req.push_str(&format!("Content-Length: {}\r\n\r\n", body.1.len()));
-        let mut wire = req.into_bytes();
-        wire.extend_from_slice(body.1);
+        let body = match &req.body {
+            Some((content_type, body)) => {
+                head.push_str(&format!("Content-Type: {content_type}\r\n"));
+                &body[..]
+            }
+            None => &[],
+        };
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut wire = head.into_bytes();
+        wire.extend_from_slice(body);
         s.write_all(&wire).map_err(|e| format!("sending: {e}"))?;
         read_response(&mut s).map_err(|e| format!("reading the answer: {e}"))
     }

@@ -84,9 +84,7 @@ impl Function for Echo {
     }
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
-        for h in self.tcp.drain(..) {
-            cx.remove_socket(h);
-        }
+        cx.remove_sockets(self.tcp.drain(..));
         if let Some(h) = self.udp.take() {
             cx.sockets.remove(h);
         }

@@ -25,11 +25,29 @@ pub mod tcp_proxy;
 /// The diagnostic pair under its former name (`functions::diag`).
 pub mod diag {
     pub use super::echo::{Echo, EchoConfig};
-    pub use super::probe::{Probe, ProbeConfig, pattern_byte};
+    pub use super::probe::{Probe, ProbeConfig, pattern_byte, pattern_fill, pattern_matches};
     pub use super::tcp_socket;
 }
 
 pub use crate::stack::DEFAULT_TCP_BUFFER;
+
+/// How a proxy picks an upstream: `balance` of a `tcp-proxy` listener or
+/// an `http-proxy` pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// Each in turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests (http-proxy) or connections
+    /// (tcp-proxy) in progress (ties in turn).
+    LeastConnections,
+    /// http-proxy only: consistent (rendezvous) hashing of `hash_header`'s
+    /// or `hash_cookie`'s value: the same value goes to the same upstream
+    /// while it is up, and only its share moves when upstreams come or go.
+    /// Requests without it go round robin.
+    Hash,
+}
 
 /// Checks the fields every TCP server function has: `port` (non-zero),
 /// `connections` (1..=`max`) and `tcp_buffer` (1 KiB..=1 GiB); the error
@@ -83,6 +101,27 @@ pub(crate) fn listen_on(
             h
         })
         .collect()
+}
+
+/// Receives what `s` has into `buf` until `buf` holds `cap` bytes; returns
+/// the bytes received.
+pub(crate) fn recv_into(s: &mut tcp::Socket<'_>, buf: &mut Vec<u8>, cap: usize) -> usize {
+    let mut read = 0;
+    while buf.len() < cap {
+        let room = cap - buf.len();
+        let n = s
+            .recv(|data| {
+                let n = data.len().min(room);
+                buf.extend_from_slice(&data[..n]);
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        read += n;
+    }
+    read
 }
 
 /// A TCP socket with buffers of `size` bytes, Nagle off (not from the
@@ -168,9 +207,7 @@ impl Acceptor {
     /// Closes every listening socket (the function is detached, or the
     /// port is no longer configured).
     pub(crate) fn close(&mut self, cx: &mut SocketContext<'_>) {
-        for h in self.listening.drain(..) {
-            cx.remove_socket(h);
-        }
+        cx.remove_sockets(self.listening.drain(..));
     }
 
     /// The listening sockets, taken out (to close later, when there is no

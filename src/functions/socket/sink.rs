@@ -12,7 +12,7 @@
 //! assert_eq!(build(&cfg).unwrap().name(), "sink");
 //! ```
 
-use super::probe::pattern_byte;
+use super::probe::pattern_matches;
 use super::{Function, FunctionError, SocketContext, check_server, listen_on};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -100,9 +100,7 @@ impl Function for Sink {
     }
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
-        for (h, _) in self.tcp.drain(..) {
-            cx.remove_socket(h);
-        }
+        cx.remove_sockets(self.tcp.drain(..).map(|(h, _)| h));
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
@@ -122,10 +120,7 @@ impl Function for Sink {
                     break;
                 }
                 let got = st.got;
-                st.intact &= self.scratch[..n]
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == pattern_byte(got + i as u64));
+                st.intact &= pattern_matches(got, &self.scratch[..n]);
                 st.got += n as u64;
                 self.bytes += n as u64;
                 progress = true;

@@ -39,21 +39,11 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
+pub use super::Balance;
 use super::{Acceptor, Function, FunctionError, LocalPorts, SocketContext, check_tcp_buffer};
 use crate::functions::common::{counter_names, counters, defaults, invalid, reconfigure_in_place};
 use crate::functions::matching::{ConfigDuration, quoted};
 use crate::stack::FunctionSpec;
-
-/// How a listener picks an upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Each in turn.
-    #[default]
-    RoundRobin,
-    /// The one relaying the fewest connections (ties in turn).
-    LeastConnections,
-}
 
 /// One `[[listeners]]` entry: a port and the pool behind it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -189,6 +179,11 @@ fn listeners_of(cfg: &TcpProxyConfig) -> Result<Vec<Listener>, FunctionError> {
         }
         if l.upstreams.is_empty() {
             return Err(bad(format!("listeners[{i}].upstreams is empty")));
+        }
+        if l.balance == Balance::Hash {
+            return Err(bad(format!(
+                "listeners[{i}].balance: \"hash\" is http-proxy's; a listener takes \"round-robin\" or \"least-connections\""
+            )));
         }
         let upstreams = l
             .upstreams
@@ -428,9 +423,7 @@ impl TcpProxy {
             cx.remove_socket(upstream);
             self.ports.give_back(port);
         }
-        for h in self.orphans.drain(..) {
-            cx.remove_socket(h);
-        }
+        cx.remove_sockets(self.orphans.drain(..));
     }
 }
 
@@ -457,8 +450,9 @@ fn pick(l: &mut Listener, now: Instant) -> Option<usize> {
         .map(|k| (l.next + k) % n)
         .filter(|&i| all_down || up(&l.upstreams[i]));
     let chosen = match l.balance {
-        Balance::RoundRobin => candidates.into_iter().next(),
         Balance::LeastConnections => candidates.min_by_key(|&i| l.upstreams[i].active),
+        // `Hash` is refused by `listeners_of`.
+        Balance::RoundRobin | Balance::Hash => candidates.into_iter().next(),
     }?;
     l.next = (chosen + 1) % n;
     Some(chosen)
@@ -812,6 +806,10 @@ mod tests {
             (
                 "listeners = [{ port = 1, upstreams = [] }]",
                 "listeners[0].upstreams is empty",
+            ),
+            (
+                "listeners = [{ port = 1, upstreams = [\"10.0.0.3:7\"], balance = \"hash\" }]",
+                "listeners[0].balance: \"hash\" is http-proxy's",
             ),
             (
                 "listeners = [{ port = 1, upstreams = [\"nope\"] }]",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use smoltcp::phy::{Device as _, Medium, RxToken as _};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{Ipv4Address, Ipv4Cidr};
 
 use super::{Nic, Router};
 use crate::adapters::{
@@ -99,11 +99,7 @@ impl Adapter for MemAdapter {
         Arc::new(Silent)
     }
     fn own_entry(&self) -> Neighbour {
-        Neighbour {
-            mac: EthernetAddress([0; 6]),
-            ipv4: None,
-            ipv6: None,
-        }
+        Neighbour::NOBODY
     }
     fn counters(&self) -> &AdapterCounters {
         &self.counters

@@ -15,7 +15,9 @@ use shmnet::stack::NetDevice;
 use shmnet::testing::DeviceToml;
 use smoltcp::wire::IpAddress;
 
-use super::load::{Daemon, KernelLoad, Protocol, Rng, ShmLoad, find, free_port, installed};
+use super::load::{
+    Daemon, KernelLoad, LoadArgs, Protocol, Rng, ShmLoad, find_within, free_port, skipped_without,
+};
 use super::report::measure;
 use super::{Res, settings, unique};
 
@@ -125,13 +127,9 @@ impl Protocol for CacheClient {
     }
 
     fn reply(&mut self, input: &[u8]) -> Res<Option<usize>> {
-        let head = &input[..input.len().min(256)];
-        let Some(eol) = find(head, b"\r\n") else {
-            return if head.len() == 256 {
-                Err("reply line longer than 256 bytes".into())
-            } else {
-                Ok(None)
-            };
+        let Some(eol) = find_within(input, b"\r\n", 256, "reply line longer than 256 bytes")?
+        else {
+            return Ok(None);
         };
         let line = &input[..eol];
         let text = || String::from_utf8_lossy(line).into_owned();
@@ -247,23 +245,11 @@ fn kernel_run(data: &Arc<Data>, conns: usize, secs: f64) -> Res<f64> {
 
 /// Runs the benchmark; a machine without `memcached` gets a `skipped`
 /// line.
-pub(super) fn bench_cache(
-    connections: usize,
-    seconds: Option<f64>,
-    quick: bool,
-    reps: usize,
-) -> Res<String> {
-    if !installed("memcached") {
-        return Ok(
-            "{\"bench\":\"cache\",\"skipped\":\"memcached is not installed (apt-get install memcached)\"}"
-                .into(),
-        );
+pub(super) fn bench_cache(args: LoadArgs, quick: bool, reps: usize) -> Res<String> {
+    if let Some(skipped) = skipped_without("cache", "memcached") {
+        return Ok(skipped);
     }
-    let conns = connections.max(1);
-    let secs = seconds.unwrap_or(if quick { 1.0 } else { 3.0 });
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err("--seconds must be positive".into());
-    }
+    let (conns, secs) = args.resolve(quick)?;
     let data = Data::new();
     measure(
         &format!("\"bench\":\"cache\",\"connections\":{conns},\"depth\":{DEPTH}"),

@@ -16,7 +16,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::wire::IpAddress;
 
 use super::kernel::kernel_idle_rtt;
-use super::peer::Unlink;
+use super::peer::{Unlink, spawn_shmnet};
 use super::report::median;
 use super::{Mode, Res, unique};
 
@@ -151,7 +151,6 @@ impl Processes {
     /// Starts one `shmnet device` per settings, each once the one before
     /// is ready (joins never race the first device's create).
     fn start(devices: &[DeviceToml]) -> Res<Processes> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let dir = std::env::temp_dir().join(unique("idle"));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut fleet = Processes {
@@ -161,14 +160,7 @@ impl Processes {
         for (i, d) in devices.iter().enumerate() {
             let file = fleet.dir.join(format!("idle{i}.toml"));
             std::fs::write(&file, d.to_string()).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut child = Command::new(&exe)
-                .arg("device")
-                .arg(&file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .map_err(|e| format!("spawn shmnet device: {e}"))?;
+            let mut child = spawn_shmnet("device", [&file], Stdio::null())?;
             let out = child.stdout.take().expect("piped stdout");
             fleet.children.push(child);
             // A thread reads the ready line (a device that hangs must not

@@ -390,8 +390,35 @@ impl Daemon {
     }
 }
 
+/// The arguments of a load benchmark (`bench cache`, `bench proxy`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LoadArgs {
+    /// Client connections.
+    pub(super) connections: usize,
+    /// Seconds each run lasts (default 3; 1 with `--quick`).
+    pub(super) seconds: Option<f64>,
+}
+
+impl LoadArgs {
+    /// The connections (at least one) and the seconds each run lasts.
+    pub(super) fn resolve(&self, quick: bool) -> Res<(usize, f64)> {
+        let secs = self.seconds.unwrap_or(if quick { 1.0 } else { 3.0 });
+        if !secs.is_finite() || secs <= 0.0 {
+            return Err("--seconds must be positive".into());
+        }
+        Ok((self.connections.max(1), secs))
+    }
+}
+
+/// The `skipped` line of `bench` where `program` (and its Debian package)
+/// is not installed.
+pub(super) fn skipped_without(bench: &str, program: &str) -> Option<String> {
+    let why = format!("{program} is not installed (apt-get install {program})");
+    (!installed(program)).then(|| serde_json::json!({ "bench": bench, "skipped": why }).to_string())
+}
+
 /// Whether `program` is on the PATH.
-pub(super) fn installed(program: &str) -> bool {
+fn installed(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
@@ -405,6 +432,23 @@ pub(super) fn free_port() -> Res<u16> {
 /// The position of `needle` in `hay`.
 pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The position of `end` in the first `limit` bytes of a reply: `None`
+/// while the reply may still bring it, an error (`too_long`) once the
+/// limit is passed without it.
+pub(super) fn find_within(
+    input: &[u8],
+    end: &[u8],
+    limit: usize,
+    too_long: &str,
+) -> Res<Option<usize>> {
+    let window = &input[..input.len().min(limit)];
+    match find(window, end) {
+        Some(at) => Ok(Some(at)),
+        None if window.len() == limit => Err(too_long.into()),
+        None => Ok(None),
+    }
 }
 
 /// A small xorshift generator: the same request sequence on both sides.

@@ -28,6 +28,7 @@ use shmnet::shm::SegmentKind;
 use shmnet::stack::{DeviceHandle, NetDevice};
 use shmnet::testing::DeviceToml;
 use shmnet::wire::mgmt::{self, Key, Kind, MgmtRepr, Op, Status};
+use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 
@@ -183,6 +184,25 @@ impl Rig {
     }
 }
 
+/// A TCP socket of `dev` with `buffer` bytes each way, connecting from
+/// local port `port` to `dst`.
+fn connect(
+    dev: &mut NetDevice,
+    buffer: usize,
+    dst: (IpAddress, u16),
+    port: u16,
+) -> Res<SocketHandle> {
+    let h = dev
+        .sockets()
+        .add(shmnet::functions::diag::tcp_socket(buffer));
+    let (iface, sockets) = dev.parts();
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(iface.context(), dst, port)
+        .map_err(|e| format!("connect: {e}"))?;
+    Ok(h)
+}
+
 /// A TCP sink on the server's `PORT`.
 fn sink() -> App {
     let mut h = None;
@@ -218,22 +238,17 @@ fn sender(
         if done || !start.load(Ordering::Relaxed) {
             return false;
         }
-        let h = *h.get_or_insert_with(|| {
-            let sock = d
-                .sockets()
-                .add(shmnet::functions::diag::tcp_socket(SOCK_BUF));
-            let (iface, sockets) = d.parts();
-            let r = sockets.get_mut::<tcp::Socket>(sock).connect(
-                iface.context(),
-                (IpAddress::v4(10, 11, 0, 2), PORT),
-                49152,
-            );
-            if let Err(e) = r {
-                let _ = out.send(Err(format!("connect: {e}")));
-                done = true;
-            }
-            sock
-        });
+        let h = match h {
+            Some(h) => h,
+            None => match connect(d, SOCK_BUF, (IpAddress::v4(10, 11, 0, 2), PORT), 49152) {
+                Ok(sock) => *h.insert(sock),
+                Err(e) => {
+                    let _ = out.send(Err(e));
+                    done = true;
+                    return false;
+                }
+            },
+        };
         let s = d.sockets().get_mut::<tcp::Socket>(h);
         let t = match t0 {
             Some(t) => t,
@@ -300,18 +315,13 @@ fn scraper(every: Duration, done: Arc<AtomicU64>) -> App {
     let (mut h, mut input, mut waiting) = (None, Vec::new(), false);
     let mut next = Instant::now();
     Box::new(move |d, _| {
+        // A connect that fails is tried no more: the run counts no scrapes.
         let h = *h.get_or_insert_with(|| {
-            let sock = d
-                .sockets()
-                .add(shmnet::functions::diag::tcp_socket(SMALL_BUF));
-            let (iface, sockets) = d.parts();
-            let _ = sockets.get_mut::<tcp::Socket>(sock).connect(
-                iface.context(),
-                (ip(MANAGER_LOCAL), API_PORT),
-                49153,
-            );
-            sock
+            connect(d, SMALL_BUF, (ip(MANAGER_LOCAL), API_PORT), 49153).ok()
         });
+        let Some(h) = h else {
+            return false;
+        };
         let s = d.sockets().get_mut::<tcp::Socket>(h);
         if !waiting && Instant::now() >= next && s.can_send() {
             let _ = s.send_slice(b"GET /metrics HTTP/1.1\r\nHost: manager\r\n\r\n");
@@ -484,14 +494,7 @@ fn round_trips(
     mut request: impl FnMut(u64) -> Res<Vec<u8>>,
     mut reply: impl FnMut(&[u8]) -> Res<Option<usize>>,
 ) -> Res<Vec<f64>> {
-    let h = dev
-        .sockets()
-        .add(shmnet::functions::diag::tcp_socket(SMALL_BUF));
-    let (iface, sockets) = dev.parts();
-    sockets
-        .get_mut::<tcp::Socket>(h)
-        .connect(iface.context(), dst, 49200)
-        .map_err(|e| format!("connect: {e}"))?;
+    let h = connect(dev, SMALL_BUF, dst, 49200)?;
     let t0 = Instant::now();
     let (mut rtts, mut input) = (Vec::with_capacity(count), Vec::new());
     let mut sent_at: Option<Instant> = None;

@@ -47,6 +47,7 @@ use flows::{Server, Service, bench_connect, bench_flows_all, server_settings};
 use frames::{bench_frames, recv_frames};
 use function::{FUNCTIONS_BENCHED, bench_function};
 use idle::{IdleArgs, bench_idle};
+use load::LoadArgs;
 use manage::bench_manage;
 use proxy::bench_proxy;
 use tap::bench_tap;
@@ -321,14 +322,28 @@ pub fn main(args: &BenchCli) -> i32 {
             BenchCmd::Function { name, bytes } => bench_function(name, *bytes, quick, reps),
             BenchCmd::Tap { mtu, bytes } => bench_tap(*mtu, *bytes, quick, reps),
             BenchCmd::Vxlan { mtu, bytes } => bench_vxlan(*mtu, *bytes, quick, reps),
-            BenchCmd::Cache {
+            &BenchCmd::Cache {
                 connections,
                 seconds,
-            } => bench_cache(*connections, *seconds, quick, reps),
-            BenchCmd::Proxy {
+            } => bench_cache(
+                LoadArgs {
+                    connections,
+                    seconds,
+                },
+                quick,
+                reps,
+            ),
+            &BenchCmd::Proxy {
                 connections,
                 seconds,
-            } => bench_proxy(*connections, *seconds, quick, reps),
+            } => bench_proxy(
+                LoadArgs {
+                    connections,
+                    seconds,
+                },
+                quick,
+                reps,
+            ),
             BenchCmd::Manage => bench_manage(quick),
         };
         match r {

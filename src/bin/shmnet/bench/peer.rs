@@ -1,6 +1,8 @@
 //! The far side of a process-mode run: a child `shmnet bench-peer`, and
-//! the host segments it shares with this process.
+//! the host segments it shares with this process; how a bench starts this
+//! program as a child.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,17 +20,27 @@ pub(super) struct PeerProc {
     out: BufReader<ChildStdout>,
 }
 
+/// `shmnet SUBCOMMAND ARGS…` (this program) started as a child: its stdin
+/// as given, its stdout piped to us, its stderr ours.
+pub(super) fn spawn_shmnet(
+    subcommand: &str,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    stdin: Stdio,
+) -> Res<Child> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .arg(subcommand)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn shmnet {subcommand}: {e}"))
+}
+
 impl PeerProc {
     pub(super) fn spawn(args: &[String]) -> Res<PeerProc> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = Command::new(exe)
-            .arg("bench-peer")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn bench-peer: {e}"))?;
+        let mut child = spawn_shmnet("bench-peer", args, Stdio::piped())?;
         let out = BufReader::new(child.stdout.take().expect("piped stdout"));
         let stdin = child.stdin.take();
         let mut p = PeerProc { child, stdin, out };

@@ -17,7 +17,9 @@ use shmnet::stack::NetDevice;
 use shmnet::testing::DeviceToml;
 use smoltcp::wire::IpAddress;
 
-use super::load::{Daemon, KernelLoad, Protocol, ShmLoad, find, free_port, installed};
+use super::load::{
+    Daemon, KernelLoad, LoadArgs, Protocol, ShmLoad, find, find_within, free_port, skipped_without,
+};
 use super::report::measure;
 use super::{Res, unique};
 
@@ -49,13 +51,9 @@ impl Protocol for HttpClient {
     }
 
     fn reply(&mut self, input: &[u8]) -> Res<Option<usize>> {
-        let window = &input[..input.len().min(4096)];
-        let Some(end) = find(window, b"\r\n\r\n") else {
-            return if window.len() == 4096 {
-                Err("response head longer than 4 KiB".into())
-            } else {
-                Ok(None)
-            };
+        let Some(end) = find_within(input, b"\r\n\r\n", 4096, "response head longer than 4 KiB")?
+        else {
+            return Ok(None);
         };
         let head = String::from_utf8_lossy(&input[..end]);
         let mut lines = head.split("\r\n");
@@ -277,23 +275,11 @@ fn kernel_run(body: &Arc<Vec<u8>>, conns: usize, secs: f64) -> Res<f64> {
 }
 
 /// Runs the benchmark; a machine without `haproxy` gets a `skipped` line.
-pub(super) fn bench_proxy(
-    connections: usize,
-    seconds: Option<f64>,
-    quick: bool,
-    reps: usize,
-) -> Res<String> {
-    if !installed("haproxy") {
-        return Ok(
-            "{\"bench\":\"proxy\",\"skipped\":\"haproxy is not installed (apt-get install haproxy)\"}"
-                .into(),
-        );
+pub(super) fn bench_proxy(args: LoadArgs, quick: bool, reps: usize) -> Res<String> {
+    if let Some(skipped) = skipped_without("proxy", "haproxy") {
+        return Ok(skipped);
     }
-    let conns = connections.max(1);
-    let secs = seconds.unwrap_or(if quick { 1.0 } else { 3.0 });
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err("--seconds must be positive".into());
-    }
+    let (conns, secs) = args.resolve(quick)?;
     let body = body();
     measure(
         &format!("\"bench\":\"proxy\",\"connections\":{conns},\"depth\":{DEPTH}"),

@@ -375,13 +375,12 @@ impl QosConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::function::reads_as;
 
     /// A field left out of a file and a field left to `Default` are the
     /// same value, so the two ways of writing a config cannot drift apart.
     #[test]
     fn default_is_what_a_file_leaves_out() {
-        let text = "default = \"bulk\"\n[[class]]\nname = \"bulk\"";
-        let cfg: QosConfig = toml::from_str(text).unwrap();
         let built = QosConfig {
             default_class: "bulk".into(),
             classes: vec![ClassConfig {
@@ -390,7 +389,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(cfg, built);
+        reads_as("default = \"bulk\"\n[[class]]\nname = \"bulk\"", &built);
         assert!(built.plan().is_ok());
         assert!(QosConfig::default().plan().is_err(), "no class, no default");
     }

@@ -35,18 +35,19 @@ fn push_num(out: &mut Vec<u8>, flag: u8, n: impl std::fmt::Display) {
     out.extend_from_slice(n.to_string().as_bytes());
 }
 
+/// ` O<opaque>`: the opaque flag `tok` echoed as given.
+fn push_opaque(out: &mut Vec<u8>, tok: &[u8]) {
+    out.push(b' ');
+    out.extend_from_slice(tok);
+}
+
 /// The opaque and key flags of a reply without an item; `Err` for an
 /// opaque token too long.
 fn push_opaque_and_key(out: &mut Vec<u8>, flags: &[&[u8]], f: &MetaFlags) -> Result<(), ()> {
     for tok in flags {
         match tok[0] {
-            b'O' => {
-                if tok.len() > OPAQUE_MAX {
-                    return Err(());
-                }
-                out.push(b' ');
-                out.extend_from_slice(tok);
-            }
+            b'O' if tok.len() > OPAQUE_MAX => return Err(()),
+            b'O' => push_opaque(out, tok),
             b'k' => push_key(out, &f.key, f.key_binary),
             _ => {}
         }
@@ -139,13 +140,8 @@ impl Session {
                     now.total_millis().saturating_sub(it.accessed_ms) / 1000,
                 ),
                 b'h' => push_num(&mut head, b'h', u8::from(it.fetched)),
-                b'O' => {
-                    if tok.len() > OPAQUE_MAX {
-                        return self.reply(false, OPAQUE_TOO_LONG);
-                    }
-                    head.push(b' ');
-                    head.extend_from_slice(tok);
-                }
+                b'O' if tok.len() > OPAQUE_MAX => return self.reply(false, OPAQUE_TOO_LONG),
+                b'O' => push_opaque(&mut head, tok),
                 b'k' => push_key(&mut head, it.key(), it.binary_key),
                 _ => {}
             }
@@ -266,10 +262,7 @@ impl Session {
         let mut line = code.to_vec();
         for tok in &m.flags {
             match tok[0] {
-                b'O' => {
-                    line.push(b' ');
-                    line.extend_from_slice(tok);
-                }
+                b'O' => push_opaque(&mut line, tok),
                 b'k' => push_key(&mut line, key, m.binary_key),
                 _ => push_num(&mut line, b'c', cas),
             }
@@ -278,17 +271,29 @@ impl Session {
         self.out.write(&line);
     }
 
-    fn meta_delete(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
+    /// The flags of an `md` or `ma` (the tokens after the key), checked
+    /// alike for both; `None` once the error is answered.
+    fn checked_flags(&mut self, t: &Tokens<'_>) -> Option<MetaFlags> {
         if t.get(1).len() > KEY_MAX {
-            return self.reply(false, BAD_FORMAT);
+            self.reply(false, BAD_FORMAT);
+            return None;
         }
         if t.ntokens() > META_MAX_TOKENS {
-            return self.reply(false, "CLIENT_ERROR options flags too long");
+            self.reply(false, "CLIENT_ERROR options flags too long");
+            return None;
         }
-        let flags = t.from(2);
-        let Ok(f) = meta_flags(t.get(1), flags, BAD_FORMAT) else {
-            return self.reply(false, BAD_FLAG);
+        let f = meta_flags(t.get(1), t.from(2), BAD_FORMAT);
+        if f.is_err() {
+            self.reply(false, BAD_FLAG);
+        }
+        f.ok()
+    }
+
+    fn meta_delete(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
+        let Some(f) = self.checked_flags(t) else {
+            return;
         };
+        let flags = t.from(2);
         let mut tail = Vec::new();
         if push_opaque_and_key(&mut tail, flags, &f).is_err() {
             return self.reply(false, OPAQUE_TOO_LONG);
@@ -329,16 +334,10 @@ impl Session {
     }
 
     fn meta_arith(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
-        if t.get(1).len() > KEY_MAX {
-            return self.reply(false, BAD_FORMAT);
-        }
-        if t.ntokens() > META_MAX_TOKENS {
-            return self.reply(false, "CLIENT_ERROR options flags too long");
-        }
-        let flags = t.from(2);
-        let Ok(f) = meta_flags(t.get(1), flags, BAD_FORMAT) else {
-            return self.reply(false, BAD_FLAG);
+        let Some(f) = self.checked_flags(t) else {
+            return;
         };
+        let flags = t.from(2);
         let incr = match f.mode {
             None | Some(b'I') | Some(b'+') => true,
             Some(b'D') | Some(b'-') => false,
@@ -427,13 +426,8 @@ impl Session {
                     let e = eng.store.expiry(f.vivify.unwrap_or(0).into(), now);
                     eng.store.item_mut(id).expiry = e;
                 }
-                b'O' => {
-                    if tok.len() > OPAQUE_MAX {
-                        return self.reply(false, OPAQUE_TOO_LONG);
-                    }
-                    line.push(b' ');
-                    line.extend_from_slice(tok);
-                }
+                b'O' if tok.len() > OPAQUE_MAX => return self.reply(false, OPAQUE_TOO_LONG),
+                b'O' => push_opaque(&mut line, tok),
                 b'k' => push_key(&mut line, &f.key, f.key_binary),
                 _ => {}
             }

@@ -38,7 +38,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 
-use super::{Function, FunctionError, SocketContext};
+use super::{Function, FunctionError, SocketContext, recv_into};
 use crate::functions::common::{invalid, reconfigure_in_place};
 use crate::stack::FunctionSpec;
 
@@ -255,21 +255,10 @@ impl Cache {
                 .pending_data()
                 .unwrap_or(0)
                 .max(self.cfg.max_item_size + 2);
-            while c.session.wants_input() && s.can_recv() && c.input.len() < cap {
-                let room = cap - c.input.len();
-                let input = &mut c.input;
-                let n = s
-                    .recv(|b| {
-                        let n = b.len().min(room);
-                        input.extend_from_slice(&b[..n]);
-                        (n, n)
-                    })
-                    .unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
+            if c.session.wants_input() {
+                let n = recv_into(s, &mut c.input, cap);
                 self.engine.stats.bytes_read += n as u64;
-                moved = true;
+                moved |= n > 0;
             }
             if !c.input.is_empty() && c.session.wants_input() {
                 let used = c.session.handle(&c.input, &mut self.engine, now);
@@ -339,12 +328,8 @@ impl Function for Cache {
     }
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
-        for h in self.listeners.drain(..) {
-            cx.remove_socket(h);
-        }
-        for c in self.conns.drain(..) {
-            cx.remove_socket(c.handle);
-        }
+        cx.remove_sockets(self.listeners.drain(..));
+        cx.remove_sockets(self.conns.drain(..).map(|c| c.handle));
         self.engine.stats.curr_connections = 0;
     }
 

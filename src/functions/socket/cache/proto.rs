@@ -18,8 +18,6 @@
 //! assert_eq!(d.decode(b"abc"), Decoded::Data(b"abc", 3));
 //! ```
 
-use super::store::is_space;
-
 /// A command line without end past this many bytes closes the connection
 /// (memcached's limit), unless it is a `get`/`gets`.
 pub const LINE_MAX: usize = 2048;
@@ -280,6 +278,27 @@ pub fn strtol(tok: &[u8]) -> Option<i32> {
         i64::try_from(n).ok()?
     };
     Some(v as i32)
+}
+
+/// A stored value as `strtoull` reads it for `incr`/`decr`: optional
+/// leading white space and `+`, decimal digits, then the end or white
+/// space; a `-` or an overflow makes it non-numeric.
+pub fn parse_counter(v: &[u8]) -> Option<u64> {
+    let (n, negative, i) = c_unsigned(v)?;
+    if !ends_well(v, i) {
+        return None;
+    }
+    if negative {
+        // strtoull negates; memcached refuses what then looks negative.
+        let n = n.wrapping_neg();
+        return if (n as i64) < 0 { None } else { Some(n) };
+    }
+    Some(n)
+}
+
+/// C's `isspace`.
+pub fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

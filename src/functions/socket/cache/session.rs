@@ -25,7 +25,7 @@ use smoltcp::time::Instant;
 
 use super::engine::{Engine, VERSION};
 use super::proto::{Decoded, Decoder, Tokens, strtol, strtoul, strtoull};
-use super::store::{Delta, Expiry, KEY_MAX, Mode, Outcome, SLOT_OVERHEAD};
+use super::store::{Delta, Expiry, KEY_MAX, Mode, Outcome, SLOT_OVERHEAD, StoreRequest};
 
 /// A session with this many bytes of replies queued takes no more
 /// commands until its client reads some.
@@ -459,9 +459,17 @@ impl Session {
             .meta
             .as_ref()
             .map_or((false, false), |m| (m.set_stale, m.binary_key));
-        let ((outcome, cas), _) = eng.store.store_ext(
-            p.mode, &p.key, p.flags, p.expiry, value, p.cas, stale, binary, now,
-        );
+        let req = StoreRequest {
+            mode: p.mode,
+            key: &p.key,
+            flags: p.flags,
+            expiry: p.expiry,
+            value,
+            cas: p.cas,
+            set_stale: stale,
+            binary_key: binary,
+        };
+        let ((outcome, cas), _) = eng.store.store_ext(&req, now);
         if p.mode == Mode::Cas {
             match outcome {
                 Outcome::Stored => eng.stats.cas_hits += 1,

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use smoltcp::time::Instant;
 
+pub use super::proto::{is_space, parse_counter};
 use crate::functions::common::counters;
 
 /// Longest key, in bytes (memcached's `KEY_MAX_LENGTH`).
@@ -553,29 +554,37 @@ impl Store {
         set_stale: bool,
         now: Instant,
     ) -> (Outcome, u64) {
-        self.store_ext(mode, key, flags, expiry, value, cas, set_stale, false, now)
-            .0
+        let req = StoreRequest {
+            mode,
+            key,
+            flags,
+            expiry,
+            value,
+            cas,
+            set_stale,
+            binary_key: false,
+        };
+        self.store_ext(&req, now).0
     }
 
-    /// [`Store::store`] with the key's encoding, also telling whether a CAS
-    /// compared equal (`Some(true)`), unequal (`Some(false)`) or not at all.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Store::store`] of `req` (whose key may be binary), also telling
+    /// how a CAS unique compared.
     pub fn store_ext(
         &mut self,
-        mode: Mode,
-        key: &[u8],
-        flags: u32,
-        expiry: Expiry,
-        value: &[u8],
-        cas: u64,
-        set_stale: bool,
-        binary_key: bool,
+        req: &StoreRequest<'_>,
         now: Instant,
     ) -> ((Outcome, u64), CasCheck) {
+        let StoreRequest {
+            mode,
+            key,
+            value,
+            cas,
+            ..
+        } = *req;
         let Some(old) = self.lookup(key, now) else {
             let outcome = match mode {
                 Mode::Add | Mode::Set => {
-                    match self.link(key, &[value], flags, expiry, binary_key, now) {
+                    match self.link(key, &[value], req.flags, req.expiry, req.binary_key, now) {
                         Some(id) => return ((Outcome::Stored, self.item(id).cas), CasCheck::None),
                         None => Outcome::NoMemory,
                     }
@@ -590,12 +599,12 @@ impl Store {
             CasCheck::None
         } else if cas == it.cas {
             CasCheck::Match
-        } else if set_stale && cas < it.cas {
+        } else if req.set_stale && cas < it.cas {
             CasCheck::Stale
         } else {
             CasCheck::BadValue
         };
-        let (mut flags, mut expiry, mut stale, mut token) = (flags, expiry, false, false);
+        let (mut flags, mut expiry, mut stale, mut token) = (req.flags, req.expiry, false, false);
         let mut parts: [&[u8]; 2] = [value, &[]];
         let joined: Arc<[u8]>;
         match mode {
@@ -631,7 +640,7 @@ impl Store {
             }
             Mode::Replace | Mode::Set => {}
         }
-        let binary_key = binary_key || self.item(old).binary_key;
+        let binary_key = req.binary_key || self.item(old).binary_key;
         self.unlink(old);
         match self.link(key, &parts, flags, expiry, binary_key, now) {
             Some(id) => {
@@ -799,6 +808,27 @@ impl Store {
     }
 }
 
+/// What a storage command asks of [`Store::store_ext`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoreRequest<'a> {
+    /// How the value meets an existing item.
+    pub mode: Mode,
+    /// The key.
+    pub key: &'a [u8],
+    /// The client's flags.
+    pub flags: u32,
+    /// When the item stops being served.
+    pub expiry: Expiry,
+    /// The data block.
+    pub value: &'a [u8],
+    /// The client's CAS unique (0: none).
+    pub cas: u64,
+    /// A lower unique replaces the item as stale (meta `I`).
+    pub set_stale: bool,
+    /// The key came base64-encoded (meta `b`).
+    pub binary_key: bool,
+}
+
 /// How a client's CAS unique compared with the stored item's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasCheck {
@@ -812,40 +842,6 @@ pub enum CasCheck {
     BadValue,
     /// A CAS on an absent key.
     Miss,
-}
-
-/// A stored value as `strtoull` reads it for `incr`/`decr`: optional
-/// leading white space and `+`, decimal digits, then the end or white
-/// space; a `-` or an overflow makes it non-numeric.
-pub fn parse_counter(v: &[u8]) -> Option<u64> {
-    let mut i = 0;
-    while i < v.len() && is_space(v[i]) {
-        i += 1;
-    }
-    let negative = v.get(i) == Some(&b'-');
-    if matches!(v.get(i), Some(b'+' | b'-')) {
-        i += 1;
-    }
-    let start = i;
-    let mut n: u64 = 0;
-    while i < v.len() && v[i].is_ascii_digit() {
-        n = n.checked_mul(10)?.checked_add(u64::from(v[i] - b'0'))?;
-        i += 1;
-    }
-    if i == start || (i < v.len() && !is_space(v[i])) {
-        return None;
-    }
-    if negative {
-        // strtoull negates; memcached refuses what then looks negative.
-        let n = n.wrapping_neg();
-        return if (n as i64) < 0 { None } else { Some(n) };
-    }
-    Some(n)
-}
-
-/// C's `isspace`.
-pub fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
 #[cfg(test)]

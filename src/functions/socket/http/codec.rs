@@ -18,8 +18,8 @@
 //!   trailers, bounded size lines, overflow), Content-Length, read until
 //!   close. [`encode_chunk`] (or [`encode_chunk_into`] a send buffer) and
 //!   [`LAST_CHUNK`] re-frame a body as chunked.
-//! - Connection semantics: [`RequestHead::keep_alive`],
-//!   [`ResponseHead::keep_alive`], hop-by-hop fields
+//! - Connection semantics: [`Head::keep_alive`] (of either head),
+//!   hop-by-hop fields
 //!   ([`Fields::is_hop_by_hop`], [`HOP_BY_HOP`]).
 //! - Output: [`HeadWriter`] writes a head; [`RequestHead::emit`] and
 //!   [`ResponseHead::emit`] forward a parsed head with fields removed and
@@ -65,7 +65,9 @@ pub use body::{
     encode_chunk_into,
 };
 pub use emit::{HeadWriter, Rewrite, error_response, forwarded, reason, via, x_forwarded_for};
-pub use head::{Fields, HOP_BY_HOP, HeadParser, RequestHead, ResponseHead};
+pub use head::{
+    Fields, HOP_BY_HOP, Head, HeadParser, RequestHead, RequestLine, ResponseHead, StatusLine,
+};
 
 /// The largest [`Limits::max_headers`]: the parser's field table lives on
 /// the stack.

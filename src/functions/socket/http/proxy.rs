@@ -41,8 +41,9 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::IpEndpoint;
 
+pub use crate::functions::socket::Balance;
 pub use apps::{AppConfig, LATENCY_BUCKETS_MS};
-pub use config::{Balance, HttpProxyConfig, PoolConfig, RouteConfig};
+pub use config::{HttpProxyConfig, PoolConfig, RouteConfig};
 use config::{Pool, Route, compile, limits};
 pub use health::HealthConfig;
 

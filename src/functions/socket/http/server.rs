@@ -47,6 +47,7 @@ use super::codec::{
 };
 use crate::functions::common::{counters, invalid, reconfigure_in_place};
 use crate::functions::matching::ConfigDuration;
+use crate::functions::socket::recv_into;
 use crate::functions::{Function, FunctionError, SocketContext};
 use crate::stack::FunctionSpec;
 
@@ -477,12 +478,8 @@ impl Function for HttpServer {
     }
 
     fn detach(&mut self, cx: &mut SocketContext<'_>) {
-        for h in self.listeners.drain(..) {
-            cx.remove_socket(h);
-        }
-        for c in self.conns.drain(..) {
-            cx.remove_socket(c.handle);
-        }
+        cx.remove_sockets(self.listeners.drain(..));
+        cx.remove_sockets(self.conns.drain(..).map(|c| c.handle));
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
@@ -716,15 +713,7 @@ fn read(
             }
             None => {
                 // One head at most, plus a byte to tell it is too long.
-                let room = (c.parser.limits().max_head + 1).saturating_sub(c.input.len());
-                let input = &mut c.input;
-                let got = s
-                    .recv(|buf| {
-                        let k = buf.len().min(room);
-                        input.extend_from_slice(&buf[..k]);
-                        (k, k)
-                    })
-                    .unwrap_or(0);
+                let got = recv_into(s, &mut c.input, c.parser.limits().max_head + 1);
                 if got == 0 {
                     return Ok(());
                 }

@@ -523,6 +523,17 @@ mod tests {
         out
     }
 
+    /// `/metrics` of one device, without the manager's own families.
+    fn render_one(device: &str, function: &str, up: bool, counters: &[(String, u64)]) -> String {
+        let d = DeviceSample {
+            device,
+            function,
+            up,
+            counters,
+        };
+        render(&[d], &[])
+    }
+
     fn render_all() -> String {
         let snaps = snapshots();
         let names: Vec<String> = (0..snaps.len()).map(|i| format!("dev-{i}")).collect();
@@ -628,13 +639,7 @@ mod tests {
             c.push((format!("function.app.shop.latency_le_{ms}ms"), n));
         }
         c.push(("function.app.shop.latency_le_inf".into(), 2));
-        let d = DeviceSample {
-            device: "p",
-            function: "http-proxy",
-            up: true,
-            counters: &c,
-        };
-        let text = render(&[d], &[]);
+        let text = render_one("p", "http-proxy", true, &c);
         let l = r#"device="p",function="http-proxy",app="shop""#;
         for want in [
             format!("shmnet_app_latency_seconds_bucket{{{l},le=\"0.001\"}} 1\n"),
@@ -655,13 +660,7 @@ mod tests {
             ("function.we ird-näme".to_string(), 1),
             ("local.rx_frames".to_string(), 2),
         ];
-        let d = DeviceSample {
-            device: "a\"b\\c\nd",
-            function: "balancer",
-            up: false,
-            counters: &c,
-        };
-        let text = render(&[d], &[]);
+        let text = render_one("a\"b\\c\nd", "balancer", false, &c);
         assert!(text.contains(
             "shmnet_function_backend_flows_total{device=\"a\\\"b\\\\c\\nd\",function=\"balancer\",backend=\"10.0.0.2:80\"} 4\n"
         ), "{text}");

@@ -54,59 +54,48 @@ use server::Server;
 
 const KIND: &str = "manager";
 
-/// The manager's configuration (`kind = "manager"`).
+/// The manager's configuration (`kind = "manager"`); a field left out
+/// takes its value from [`ManagerConfig::default`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ManagerConfig {
     /// The HTTP port of `/metrics` and the API (default 9100).
-    #[serde(default = "default_listen")]
     pub listen: u16,
     /// How often every agent is polled (default 1 s).
-    #[serde(default = "one_second")]
     pub poll_interval: ConfigDuration,
     /// An agent that does not answer this long is down (default 2 s).
-    #[serde(default = "two_seconds")]
     pub poll_timeout: ConfigDuration,
     /// Manage only these devices (default: every device on the manager's
     /// networks).
-    #[serde(default)]
     pub devices: Vec<String>,
     /// Active probes.
-    #[serde(default)]
     pub probes: Vec<ProbeConfig>,
     /// The policy file (TOML), reloaded when it changes.
-    #[serde(default)]
     pub policy: Option<PathBuf>,
     /// Log policy decisions without acting on them.
-    #[serde(default)]
     pub dry_run: bool,
     /// The secret shared with the agents (set by the topology runner).
-    #[serde(default)]
     pub secret_file: Option<PathBuf>,
     /// The agents' port (set by the topology runner; default 9101).
-    #[serde(default)]
     pub agent_port: Option<u16>,
     /// HTTP connections served at once (default 64).
-    #[serde(default = "default_clients")]
     pub max_clients: usize,
-}
-
-fn default_listen() -> u16 {
-    9100
-}
-fn one_second() -> ConfigDuration {
-    ConfigDuration::from_secs(1)
-}
-fn two_seconds() -> ConfigDuration {
-    ConfigDuration::from_secs(2)
-}
-fn default_clients() -> usize {
-    64
 }
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        toml::from_str("").expect("defaults")
+        ManagerConfig {
+            listen: 9100,
+            poll_interval: ConfigDuration::from_secs(1),
+            poll_timeout: ConfigDuration::from_secs(2),
+            devices: Vec::new(),
+            probes: Vec::new(),
+            policy: None,
+            dry_run: false,
+            secret_file: None,
+            agent_port: None,
+            max_clients: 64,
+        }
     }
 }
 

@@ -203,28 +203,26 @@ fn own_families(m: &Manager) -> Vec<Family> {
         "Policy file reloads refused (the old policy stays).",
         s.policy_reload_errors,
     );
-    let mut rtt = Family::new(
+    // A gauge per device, for the devices `f` has a value of.
+    let per_device = |name: &str, help: &str, f: &dyn Fn(&Managed) -> Option<f64>| {
+        let mut fam = Family::new(name, help, Kind::Gauge);
+        for (device, d) in &m.devices {
+            if let Some(v) = f(d) {
+                fam.push(vec![label("device", device)], v);
+            }
+        }
+        fam
+    };
+    out.push(per_device(
         "shmnet_manager_agent_rtt_seconds",
         "Round trip of the last successful poll of each device's agent.",
-        Kind::Gauge,
-    );
-    for (name, d) in &m.devices {
-        if let Some(r) = d.rtt {
-            rtt.push(vec![label("device", name)], r.total_micros() as f64 / 1e6);
-        }
-    }
-    out.push(rtt);
-    let mut up = Family::new(
+        &|d| d.rtt.map(|r| r.total_micros() as f64 / 1e6),
+    ));
+    out.push(per_device(
         "shmnet_device_uptime_seconds",
         "How long each device has run, as its agent last said.",
-        Kind::Gauge,
-    );
-    for (name, d) in &m.devices {
-        if let Some(ms) = d.uptime_ms {
-            up.push(vec![label("device", name)], ms as f64 / 1e3);
-        }
-    }
-    out.push(up);
+        &|d| d.uptime_ms.map(|ms| ms as f64 / 1e3),
+    ));
     let per_probe = |name: &str, help: &str, kind: Kind, f: &dyn Fn(&Probe) -> f64| {
         let mut fam = Family::new(name, help, kind);
         for p in &m.probes {

@@ -149,13 +149,7 @@ impl BodyDecoder {
             match self.state {
                 State::Done => break,
                 State::Length(n) => {
-                    let take = take(n, input.len() - at);
-                    self.state = if take as u64 == n {
-                        State::Done
-                    } else {
-                        State::Length(n - take as u64)
-                    };
-                    return Ok(self.data(at, take));
+                    return Ok(self.due(at, input.len() - at, n, State::Done, State::Length));
                 }
                 State::UntilClose => {
                     // Up to the limit, then an error: the same however
@@ -167,13 +161,7 @@ impl BodyDecoder {
                     return Ok(self.data(at, take(room, input.len() - at)));
                 }
                 State::Data(n) => {
-                    let take = take(n, input.len() - at);
-                    self.state = if take as u64 == n {
-                        State::DataCr
-                    } else {
-                        State::Data(n - take as u64)
-                    };
-                    return Ok(self.data(at, take));
+                    return Ok(self.due(at, input.len() - at, n, State::DataCr, State::Data));
                 }
                 _ => {
                     self.step(b)?;
@@ -185,6 +173,25 @@ impl BodyDecoder {
             consumed: at,
             data: at..at,
         })
+    }
+
+    /// Hands out what there is of `n` data bytes due, of the `avail` at
+    /// `at`; then `after` once none are due, else `rest` of the rest.
+    fn due(
+        &mut self,
+        at: usize,
+        avail: usize,
+        n: u64,
+        after: State,
+        rest: fn(u64) -> State,
+    ) -> Decoded {
+        let take = take(n, avail);
+        self.state = if take as u64 == n {
+            after
+        } else {
+            rest(n - take as u64)
+        };
+        self.data(at, take)
     }
 
     /// Hands out `take` data bytes at `at`.

@@ -98,20 +98,87 @@ impl Fields {
     }
 }
 
-/// A parsed request head: method, target, version, fields, and what
-/// follows from them (body framing, persistence). Reused from one request
-/// to the next by [`HeadParser::parse_request`].
+/// A parsed head: the start line `L` ([`RequestLine`] or [`StatusLine`]),
+/// version, fields, and what follows from them (body framing,
+/// persistence). Reused from one message to the next by [`HeadParser`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RequestHead {
+pub struct Head<L> {
     fields: Fields,
-    method: Method,
-    method_span: Range<usize>,
-    target: Range<usize>,
+    line: L,
     version: Version,
     body: BodyKind,
     must_close: bool,
     close: bool,
     keep_alive_token: bool,
+}
+
+/// A request's start line: method and target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestLine {
+    method: Method,
+    method_span: Range<usize>,
+    target: Range<usize>,
+}
+
+/// A response's start line: status and reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusLine {
+    status: u16,
+    reason: Range<usize>,
+}
+
+/// A parsed request head: method, target, version, fields, and what
+/// follows from them.
+pub type RequestHead = Head<RequestLine>;
+
+/// A parsed response head: status, reason, version, fields, and what
+/// follows from them and from the request it answers.
+pub type ResponseHead = Head<StatusLine>;
+
+impl<L> Head<L> {
+    /// The version of the message.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+    /// The header fields.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
+    }
+    /// How the message's body is framed (for a response it depends on the
+    /// request method given to the parser: a response to HEAD has none).
+    pub fn body(&self) -> BodyKind {
+        self.body
+    }
+    /// Whether the connection may carry another exchange after this one:
+    /// HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with
+    /// `Connection: keep-alive`, and never after a message framed by both
+    /// Transfer-Encoding and Content-Length (RFC 9112 §6.3) nor after a
+    /// response body that ends when the connection does.
+    pub fn keep_alive(&self) -> bool {
+        !self.must_close
+            && !self.close
+            && self.body != BodyKind::UntilClose
+            && (self.version == Version::Http11 || self.keep_alive_token)
+    }
+    /// The head's bytes as received.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.fields.raw
+    }
+
+    /// Copies `bytes` in with the fields httparse found in them, and the
+    /// version.
+    fn fill(&mut self, bytes: &[u8], parsed: &[httparse::Header<'_>], version: Version) {
+        self.fields.fill(bytes, parsed);
+        self.version = version;
+    }
+
+    /// Records what decides persistence besides the version, once the
+    /// body's framing is known.
+    fn set_persistence(&mut self, must_close: bool) {
+        self.must_close = must_close;
+        self.close = self.fields.has_token(b"connection", b"close");
+        self.keep_alive_token = self.fields.has_token(b"connection", b"keep-alive");
+    }
 }
 
 impl RequestHead {
@@ -125,17 +192,17 @@ impl RequestHead {
 
     /// The method.
     pub fn method(&self) -> Method {
-        self.method
+        self.line.method
     }
     /// The method's name as written.
     pub fn method_bytes(&self) -> &[u8] {
-        &self.fields.raw[self.method_span.clone()]
+        &self.fields.raw[self.line.method_span.clone()]
     }
     /// The request target as written (origin form `/path?query`, absolute
     /// form `http://host/path`, authority form `host:port` for CONNECT, or
     /// `*`).
     pub fn target(&self) -> &[u8] {
-        &self.fields.raw[self.target.clone()]
+        &self.fields.raw[self.line.target.clone()]
     }
     /// The path of the target, without its query: what a server routes
     /// on (`/` for an absolute form without a path, the whole target for
@@ -157,27 +224,6 @@ impl RequestHead {
             None => t,
         }
     }
-    /// The version of the request.
-    pub fn version(&self) -> Version {
-        self.version
-    }
-    /// The header fields.
-    pub fn fields(&self) -> &Fields {
-        &self.fields
-    }
-    /// How the request's body is framed.
-    pub fn body(&self) -> BodyKind {
-        self.body
-    }
-    /// Whether the connection may carry another request after this one's
-    /// response: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with
-    /// `Connection: keep-alive`, and never after a message framed by both
-    /// Transfer-Encoding and Content-Length (RFC 9112 §6.3).
-    pub fn keep_alive(&self) -> bool {
-        !self.must_close
-            && !self.close
-            && (self.version == Version::Http11 || self.keep_alive_token)
-    }
     /// Whether the client sent `Expect: 100-continue` and waits for a
     /// `100 Continue` before sending the body.
     pub fn expects_continue(&self) -> bool {
@@ -185,25 +231,6 @@ impl RequestHead {
             .get(b"expect")
             .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
     }
-    /// The head's bytes as received.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.fields.raw
-    }
-}
-
-/// A parsed response head: status, reason, version, fields, and what
-/// follows from them and from the request it answers (body framing,
-/// persistence).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResponseHead {
-    fields: Fields,
-    status: u16,
-    reason: Range<usize>,
-    version: Version,
-    body: BodyKind,
-    must_close: bool,
-    close: bool,
-    keep_alive_token: bool,
 }
 
 impl ResponseHead {
@@ -221,42 +248,16 @@ impl ResponseHead {
 
     /// The status code (100..=999).
     pub fn status(&self) -> u16 {
-        self.status
+        self.line.status
     }
     /// Whether this is an interim (1xx) response: the final one follows
     /// on the same connection.
     pub fn is_interim(&self) -> bool {
-        (100..200).contains(&self.status)
+        (100..200).contains(&self.line.status)
     }
     /// The reason phrase as written (may be empty).
     pub fn reason(&self) -> &[u8] {
-        &self.fields.raw[self.reason.clone()]
-    }
-    /// The version of the response.
-    pub fn version(&self) -> Version {
-        self.version
-    }
-    /// The header fields.
-    pub fn fields(&self) -> &Fields {
-        &self.fields
-    }
-    /// How the response's body is framed (it depends on the request
-    /// method given to the parser: a response to HEAD has none).
-    pub fn body(&self) -> BodyKind {
-        self.body
-    }
-    /// Whether the connection may carry another exchange after this
-    /// response: as [`RequestHead::keep_alive`], and never after a body
-    /// that ends when the connection does.
-    pub fn keep_alive(&self) -> bool {
-        !self.must_close
-            && !self.close
-            && self.body != BodyKind::UntilClose
-            && (self.version == Version::Http11 || self.keep_alive_token)
-    }
-    /// The head's bytes as received.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.fields.raw
+        &self.fields.raw[self.line.reason.clone()]
     }
 }
 
@@ -321,12 +322,13 @@ impl HeadParser {
         } else {
             Version::Http11
         };
-        head.fields.fill(bytes, req.headers);
-        head.method = Method::from_bytes(method.as_bytes());
-        head.method_span = method_span;
-        head.target = target_span;
-        head.version = version;
-        check_target(head.method, head.target())?;
+        head.fill(bytes, req.headers, version);
+        head.line = RequestLine {
+            method: Method::from_bytes(method.as_bytes()),
+            method_span,
+            target: target_span,
+        };
+        check_target(head.method(), head.target())?;
         let hosts = head.fields.get_all(b"host").count();
         if hosts > 1 || (hosts == 0 && version == Version::Http11) {
             return Err(HttpError::Malformed("a request needs exactly one Host"));
@@ -338,9 +340,7 @@ impl HeadParser {
             Framing::None => BodyKind::None,
             Framing::NotChunked => return Err(HttpError::TransferEncoding),
         };
-        head.must_close = has_both(&head.fields);
-        head.close = head.fields.has_token(b"connection", b"close");
-        head.keep_alive_token = head.fields.has_token(b"connection", b"keep-alive");
+        head.set_persistence(has_both(&head.fields));
         Ok(Some(end))
     }
 
@@ -373,12 +373,13 @@ impl HeadParser {
         } else {
             Version::Http11
         };
-        head.fields.fill(bytes, res.headers);
+        head.fill(bytes, res.headers, version);
         // "HTTP/1.1 200 reason": the reason starts after the second space.
         let line = line_end(bytes);
-        head.reason = 13.min(line)..line;
-        head.status = status;
-        head.version = version;
+        head.line = StatusLine {
+            status,
+            reason: 13.min(line)..line,
+        };
         let no_body = method == Method::Head
             || (100..200).contains(&status)
             || status == 204
@@ -395,9 +396,7 @@ impl HeadParser {
                 Framing::None | Framing::NotChunked => BodyKind::UntilClose,
             }
         };
-        head.must_close = !no_body && has_both(&head.fields);
-        head.close = head.fields.has_token(b"connection", b"close");
-        head.keep_alive_token = head.fields.has_token(b"connection", b"keep-alive");
+        head.set_persistence(!no_body && has_both(&head.fields));
         Ok(Some(end))
     }
 

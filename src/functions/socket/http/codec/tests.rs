@@ -144,6 +144,24 @@ fn request_error(input: &[u8]) -> HttpError {
     out.error.unwrap_or_else(|| panic!("accepted: {out:?}"))
 }
 
+/// The request head that starts `input`; panics if there is no whole,
+/// valid one.
+fn request_head(input: &[u8]) -> RequestHead {
+    RequestHead::parse(input, &Limits::default())
+        .unwrap()
+        .unwrap()
+        .0
+}
+
+/// The response head, answering `method`, that starts `input`; panics if
+/// there is no whole, valid one.
+fn response_head(input: &[u8], method: Method) -> ResponseHead {
+    ResponseHead::parse(input, method, &Limits::default())
+        .unwrap()
+        .unwrap()
+        .0
+}
+
 #[test]
 fn requests_split_anywhere_parse_the_same() {
     let input =
@@ -284,19 +302,9 @@ fn rfc_9112_section_5_violations_are_400() {
             String::from_utf8_lossy(ok)
         );
     }
-    let (h, _) = RequestHead::parse(
-        b"GET http://h:8080 HTTP/1.1\r\nHost: h\r\n\r\n",
-        &Limits::default(),
-    )
-    .unwrap()
-    .unwrap();
+    let h = request_head(b"GET http://h:8080 HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(h.path(), b"/");
-    let (h, _) = RequestHead::parse(
-        b"GET http://h/x/y?q HTTP/1.1\r\nHost: h\r\n\r\n",
-        &Limits::default(),
-    )
-    .unwrap()
-    .unwrap();
+    let h = request_head(b"GET http://h/x/y?q HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(h.path(), b"/x/y");
 }
 
@@ -350,13 +358,10 @@ fn content_length_and_transfer_encoding_follow_section_6() {
         "{out:?}"
     );
     // Responses: TE not ending in chunked, or no framing: until close.
-    let (r, _) = ResponseHead::parse(
+    let r = response_head(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
         Method::Get,
-        &Limits::default(),
-    )
-    .unwrap()
-    .unwrap();
+    );
     assert_eq!((r.body(), r.keep_alive()), (BodyKind::UntilClose, false));
     let e = ResponseHead::parse(
         b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
@@ -541,12 +546,7 @@ fn chunks_written_into_a_fixed_buffer_fit_it() {
 
 #[test]
 fn connection_semantics() {
-    let parse = |s: &str| {
-        RequestHead::parse(s.as_bytes(), &Limits::default())
-            .unwrap()
-            .unwrap()
-            .0
-    };
+    let parse = |s: &str| request_head(s.as_bytes());
     assert!(parse("GET / HTTP/1.1\r\nHost: h\r\n\r\n").keep_alive());
     assert!(!parse("GET / HTTP/1.1\r\nHost: h\r\nConnection: foo, Close\r\n\r\n").keep_alive());
     assert!(!parse("GET / HTTP/1.0\r\n\r\n").keep_alive());
@@ -583,9 +583,7 @@ fn heads_are_forwarded_with_fields_rewritten() {
     // forwarded.
     assert!(RequestHead::parse(input.as_bytes(), &Limits::default()).is_err());
     let input = input.replace("HTTP/1.0", "HTTP/1.1");
-    let (h, _) = RequestHead::parse(input.as_bytes(), &Limits::default())
-        .unwrap()
-        .unwrap();
+    let h = request_head(input.as_bytes());
     let client: IpAddr = "2001:db8::7".parse().unwrap();
     let xff = x_forwarded_for(h.fields(), client);
     assert_eq!(xff, b"192.0.2.1, 2001:db8::7");
@@ -621,20 +619,15 @@ fn heads_are_forwarded_with_fields_rewritten() {
     // Content-Length goes with Transfer-Encoding even when TE does not
     // end in chunked (found by fuzzing: the body ends with the connection).
     let te = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: x\r\nContent-Length: '2\r\nA: 1\r\n\r\n";
-    let (r, _) = ResponseHead::parse(te, Method::Get, &Limits::default())
-        .unwrap()
-        .unwrap();
+    let r = response_head(te, Method::Get);
     let mut out = Vec::new();
     r.emit(&Rewrite::default(), &mut out);
     assert_eq!(out, b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n");
     // Keeping hop-by-hop fields is possible; the response side too.
-    let (r, _) = ResponseHead::parse(
+    let r = response_head(
         b"HTTP/1.1 201 Made\r\nKeep-Alive: 1\r\nETag: x\r\n\r\n",
         Method::Post,
-        &Limits::default(),
-    )
-    .unwrap()
-    .unwrap();
+    );
     let mut out = Vec::new();
     r.emit(&Rewrite::default(), &mut out);
     assert_eq!(out, b"HTTP/1.1 201 Made\r\nETag: x\r\n\r\n");

@@ -11,7 +11,7 @@ use smoltcp::wire::{IpAddress, IpEndpoint};
 use crate::functions::FunctionError;
 use crate::functions::common::invalid;
 use crate::functions::matching::{ConfigDuration, quoted};
-use crate::functions::socket::check_tcp_buffer;
+use crate::functions::socket::{Balance, check_tcp_buffer};
 
 use super::super::codec::{Limits, MAX_HEADERS, RequestHead};
 
@@ -93,22 +93,6 @@ impl Default for HttpProxyConfig {
             apps: Vec::new(),
         }
     }
-}
-
-/// How a pool picks an upstream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Balance {
-    /// Each in turn.
-    #[default]
-    RoundRobin,
-    /// The one with the fewest requests in progress (ties in turn).
-    LeastConnections,
-    /// Consistent (rendezvous) hashing of `hash_header`'s or
-    /// `hash_cookie`'s value: the same value goes to the same upstream
-    /// while it is up, and only its share moves when upstreams come or go.
-    /// Requests without it go round robin.
-    Hash,
 }
 
 /// One `[[pools]]` entry.

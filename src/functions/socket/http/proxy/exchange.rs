@@ -13,6 +13,7 @@ use super::cache::Capture;
 use super::config::{pick, route};
 use super::{Client, HttpProxy, Phase, READ_AHEAD, Stats, UpConn};
 use crate::functions::SocketContext;
+use crate::functions::socket::recv_into;
 
 /// How long a closing client connection may take to flush its last bytes
 /// and finish the close.
@@ -60,7 +61,7 @@ impl HttpProxy {
         let now = cx.now;
         let c = &mut self.clients[ci];
         let s = cx.sockets.get_mut::<tcp::Socket>(c.sock);
-        let read = read_into(s, &mut c.inbuf, self.limits.max_head + READ_AHEAD);
+        let read = recv_into(s, &mut c.inbuf, self.limits.max_head + READ_AHEAD);
         self.stats.bytes_from_clients += read as u64;
         let parsed = c.parser.parse_request(&c.inbuf, &mut c.req);
         let n = match parsed {
@@ -330,7 +331,7 @@ impl HttpProxy {
         if !body.is_done() {
             if c.inbuf.is_empty() {
                 let s = cx.sockets.get_mut::<tcp::Socket>(c.sock);
-                let read = read_into(s, &mut c.inbuf, READ_AHEAD);
+                let read = recv_into(s, &mut c.inbuf, READ_AHEAD);
                 self.stats.bytes_from_clients += read as u64;
                 if read == 0 {
                     if ended(s) {
@@ -379,7 +380,7 @@ impl HttpProxy {
             return Step::Again;
         };
         let us = cx.sockets.get_mut::<tcp::Socket>(up.sock);
-        let read = read_into(us, &mut up.buf, self.limits.max_head + READ_AHEAD);
+        let read = recv_into(us, &mut up.buf, self.limits.max_head + READ_AHEAD);
         let method = c.req.method();
         let n = match c.parser.parse_response(&up.buf, method, &mut c.resp) {
             Ok(Some(n)) => n,
@@ -601,27 +602,6 @@ impl HttpProxy {
         }
         Step::Wait
     }
-}
-
-/// Reads what `s` has into `buf`, up to `cap` bytes in `buf`; returns the
-/// bytes read.
-fn read_into(s: &mut tcp::Socket<'_>, buf: &mut Vec<u8>, cap: usize) -> usize {
-    let mut read = 0;
-    while buf.len() < cap {
-        let room = cap - buf.len();
-        let n = s
-            .recv(|data| {
-                let n = data.len().min(room);
-                buf.extend_from_slice(&data[..n]);
-                (n, n)
-            })
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        read += n;
-    }
-    read
 }
 
 /// Whether the peer of `s` will send no more: it sent its FIN, or the

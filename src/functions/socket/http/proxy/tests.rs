@@ -7,19 +7,14 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 use smoltcp::wire::IpAddress;
 
-use super::super::codec::{BodyDecoder, Limits, Method, ResponseHead};
+use super::super::codec::ResponseHead;
 use super::super::server::generated_byte;
-use crate::stack::NetDevice;
 use crate::testing::function::config_error;
-use crate::testing::{DeviceToml, VirtualClock, device, unique};
+use crate::testing::{DeviceToml, VirtualHosts, device};
 
 /// Client 10.0.0.1, proxy 10.0.0.2, web servers 10.0.0.3 and .4.
 struct Site {
-    clock: VirtualClock,
-    devices: Vec<NetDevice>,
-    port: u16,
-    lan: String,
-    wan: String,
+    hosts: VirtualHosts,
 }
 
 fn web(name: &str) -> String {
@@ -36,108 +31,50 @@ routes = [
 
 impl Site {
     fn new(proxy: &str) -> Site {
-        let (lan, wan) = (unique("lan"), unique("wan"));
-        let host = |name: &str, n: u8, table: &str| {
-            device(
-                &DeviceToml::host(name, &lan, &wan, n)
-                    .function_table(table)
-                    .settings(),
-            )
-        };
-        Site {
-            clock: VirtualClock::new(Duration::from_millis(1)),
-            devices: vec![
-                host("client", 1, "kind = \"passthrough\""),
-                host("proxy", 2, proxy),
-                host("web1", 3, &web("web1")),
-                host("web2", 4, &web("web2")),
-            ],
-            port: 40000,
-            lan,
-            wan,
-        }
+        let hosts = VirtualHosts::new(&[
+            ("client", "kind = \"passthrough\""),
+            ("proxy", proxy),
+            ("web1", &web("web1")),
+            ("web2", &web("web2")),
+        ])
+        .patience(Duration::from_secs(120));
+        Site { hosts }
     }
 
     /// Sends `request` bytes on a new connection and reads until the proxy
     /// closes it; every response parsed: status, head, body.
     fn exchange(&mut self, request: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
         let h = self.open(None);
-        let got = self.talk(h, request, |s, _| !s.may_recv());
-        self.devices[0].sockets().get_mut::<tcp::Socket>(h).abort();
+        let got = self.hosts.talk(h, request, |s, _| !s.may_recv());
+        self.hosts.devices[0]
+            .sockets()
+            .get_mut::<tcp::Socket>(h)
+            .abort();
         responses(&got)
     }
 
     /// A client socket (with `rx`-byte receive buffer, or the device's)
     /// connecting to the proxy.
     fn open(&mut self, rx: Option<usize>) -> SocketHandle {
-        self.port += 1;
-        let client = &mut self.devices[0];
+        let client = &mut self.hosts.devices[0];
         let h = match rx {
             Some(rx) => client.sockets().add(crate::stack::new_tcp_socket(rx, 4096)),
             None => client.add_tcp(),
         };
-        let (iface, sockets) = client.parts();
-        sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(iface.context(), (IpAddress::v4(10, 0, 0, 2), 80), self.port)
-            .expect("connect");
-        h
+        self.hosts.connect(h, (IpAddress::v4(10, 0, 0, 2), 80))
     }
 
-    /// Sends `request` on `h` and reads what comes back until `done` says
-    /// so (asked once all is sent); panics after 2 minutes.
-    fn talk(
-        &mut self,
-        h: SocketHandle,
-        request: &[u8],
-        done: impl Fn(&tcp::Socket, &[u8]) -> bool,
-    ) -> Vec<u8> {
-        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
-        let (ok, got) = self
-            .clock
-            .converse(&mut refs, h, request, Duration::from_secs(120), done);
-        assert!(ok, "no end in sight: {}", String::from_utf8_lossy(&got));
-        got
-    }
-
-    /// Lets `span` of virtual time pass with every device running.
-    fn idle(&mut self, span: Duration) {
-        let mut refs: Vec<&mut NetDevice> = self.devices.iter_mut().collect();
-        self.clock.run_for(&mut refs, span);
-    }
-
-    fn counter(&mut self, name: &str) -> u64 {
-        let stats = self.devices[1].stats();
-        stats
-            .function_counters
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or_else(|| panic!("no counter {name}"), |c| c.1)
+    fn counter(&self, name: &str) -> u64 {
+        self.hosts.counter(2, name)
     }
 }
 
-/// The responses in `bytes`, in order.
-fn responses(mut bytes: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let (head, n) = ResponseHead::parse(bytes, Method::Get, &Limits::default())
-            .expect("a valid response")
-            .expect("a whole head");
-        bytes = &bytes[n..];
-        let mut body = BodyDecoder::new(head.body(), &Limits::default()).unwrap();
-        let mut data = Vec::new();
-        while !body.is_done() {
-            let d = body.decode(bytes).expect("a valid body");
-            data.extend_from_slice(&bytes[d.data.clone()]);
-            bytes = &bytes[d.consumed..];
-            if d.consumed == 0 {
-                body.finish().expect("a body that ends with the connection");
-                break;
-            }
-        }
-        out.push((head.status(), head, data));
-    }
-    out
+/// The responses in `bytes`, in order: status, head, body.
+fn responses(bytes: &[u8]) -> Vec<(u16, ResponseHead, Vec<u8>)> {
+    super::super::responses(bytes, &[])
+        .into_iter()
+        .map(|(head, body)| (head.status(), head, body))
+        .collect()
 }
 
 fn served_by(head: &ResponseHead) -> String {
@@ -264,7 +201,7 @@ fn fresh_responses_are_served_from_the_cache_with_their_age() {
     let first = served_by(&r[0].1);
     let connects = site.counter("upstream_connects");
     // Again, and again after 5 s: from the cache, the same server's copy.
-    site.clock.run_for(&mut [], Duration::from_secs(5));
+    site.hosts.clock.run_for(&mut [], Duration::from_secs(5));
     let r = site
         .exchange((get("/static/a", "") + &get("/static/a", "Connection: close\r\n")).as_bytes());
     for (status, head, body) in &r {
@@ -310,7 +247,7 @@ apps = [
     assert_eq!(statuses, [200, 200, 429]);
     assert_eq!(r[2].1.fields().get(b"retry-after"), Some(&b"1"[..]));
     // A second later the bucket has a token again.
-    site.clock.run_for(&mut [], Duration::from_secs(1));
+    site.hosts.clock.run_for(&mut [], Duration::from_secs(1));
     let r = site.exchange(get("/limited", "Connection: close\r\n").as_bytes());
     assert_eq!(r[0].0, 200);
     let r = site.exchange(get("/blocked", "").as_bytes());
@@ -344,7 +281,7 @@ pools = [{ name = "web", upstreams = ["10.0.0.3:80", "10.0.0.9:80", "10.0.0.4:80
            health = { path = "/health", interval = "200ms", timeout = "100ms", fall = 2, rise = 2 } }]
 routes = [{ path = "/", pool = "web" }]"#;
     let mut site = Site::new(proxy);
-    site.idle(Duration::from_secs(2));
+    site.hosts.idle(Duration::from_secs(2));
     assert_eq!(site.counter("upstreams_marked_down"), 1);
     assert!(site.counter("health_checks_passed") >= 10);
     let mut req = get("/", "").repeat(5);
@@ -363,7 +300,7 @@ fn a_client_that_never_finishes_its_head_is_closed_after_the_idle_timeout() {
     // Slowloris: half a head, then nothing.
     let r = site.exchange(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: 1\r\n");
     assert!(r.is_empty());
-    let took = site.clock.now().total_millis();
+    let took = site.hosts.clock.now().total_millis();
     assert!((5000..7000).contains(&took), "closed after {took} ms");
     assert_eq!(site.counter("requests"), 0);
 }
@@ -372,7 +309,7 @@ fn a_client_that_never_finishes_its_head_is_closed_after_the_idle_timeout() {
 fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
     let mut site = Site::new(PROXY);
     let h = site.open(None);
-    let got = site.talk(h, get("/", "").as_bytes(), |_, got| {
+    let got = site.hosts.talk(h, get("/", "").as_bytes(), |_, got| {
         got.ends_with(b"hello from web1\n")
     });
     assert_eq!(served_by(&responses(&got)[0].1), "web1");
@@ -384,11 +321,11 @@ fn a_new_config_applies_in_place_and_the_open_connection_goes_on() {
     );
     let cfg: crate::functions::FunctionConfig = toml::from_str(&new).unwrap();
     assert_eq!(
-        site.devices[1].reconfigure(&cfg).unwrap(),
+        site.hosts.devices[1].reconfigure(&cfg).unwrap(),
         crate::stack::Applied::InPlace
     );
     let req = get("/", "") + &get("/", "Connection: close\r\n");
-    let got = site.talk(h, req.as_bytes(), |s, _| !s.may_recv());
+    let got = site.hosts.talk(h, req.as_bytes(), |s, _| !s.may_recv());
     let by: Vec<String> = responses(&got)
         .iter()
         .map(|(_, h, _)| served_by(h))
@@ -404,9 +341,9 @@ fn a_client_that_does_not_read_holds_back_its_upstream_not_the_proxy_memory() {
     let mut site = Site::new(&proxy);
     // Asks for 1 MiB and never reads.
     let h = site.open(Some(4096));
-    site.talk(h, get("/big", "").as_bytes(), |_, _| true);
-    site.idle(Duration::from_secs(5));
-    let sent_by_web: u64 = site.devices[2..]
+    site.hosts.talk(h, get("/big", "").as_bytes(), |_, _| true);
+    site.hosts.idle(Duration::from_secs(5));
+    let sent_by_web: u64 = site.hosts.devices[2..]
         .iter_mut()
         .map(|d| {
             d.stats()
@@ -427,12 +364,14 @@ fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
     let proxy = format!("{PROXY}\nmax_connections = 1");
     let mut site = Site::new(&proxy);
     let first = site.open(None);
-    site.talk(first, b"", |s, _| s.state() == tcp::State::Established);
+    site.hosts
+        .talk(first, b"", |s, _| s.state() == tcp::State::Established);
     // The first holds the only place: the second is refused.
     let second = site.open(None);
-    site.talk(second, b"", |s, _| s.state() == tcp::State::Closed);
+    site.hosts
+        .talk(second, b"", |s, _| s.state() == tcp::State::Closed);
     // The first is served all the same.
-    let got = site.talk(
+    let got = site.hosts.talk(
         first,
         get("/", "Connection: close\r\n").as_bytes(),
         |s, _| !s.may_recv(),
@@ -440,7 +379,7 @@ fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
     assert_eq!(responses(&got)[0].0, 200);
     // Its place is free again, at the latest once the proxy gives up on
     // the first client finishing its close (it never does here).
-    site.idle(Duration::from_secs(6));
+    site.hosts.idle(Duration::from_secs(6));
     let r = site.exchange(get("/", "Connection: close\r\n").as_bytes());
     assert_eq!(r[0].0, 200);
 }
@@ -492,16 +431,18 @@ fn an_upstream_that_resets_mid_body_cuts_the_client_off_not_the_proxy() {
     });
     let mut site = Site::new(PROXY);
     // web2 (10.0.0.4) is replaced by the breaking upstream.
-    drop(site.devices.pop());
-    let broken = DeviceToml::host("web2", &site.lan, &site.wan, 4)
+    drop(site.hosts.devices.pop());
+    let broken = DeviceToml::host("web2", &site.hosts.lan, &site.hosts.wan, 4)
         .function_table("kind = \"breaks-mid-body\"")
         .settings();
-    site.devices.push(device(&broken));
+    site.hosts.devices.push(device(&broken));
     // Two requests: web1 answers the first, the second meets the reset.
     let h = site.open(None);
-    let got = site.talk(h, get("/", "").repeat(2).as_bytes(), |s, _| {
-        s.state() == tcp::State::Closed
-    });
+    let got = site
+        .hosts
+        .talk(h, get("/", "").repeat(2).as_bytes(), |s, _| {
+            s.state() == tcp::State::Closed
+        });
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.contains("hello from web1"), "{text}");

@@ -7,11 +7,12 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 use smoltcp::wire::IpAddress;
 
+use super::super::responses;
 use super::*;
 use crate::functions::http::codec::ResponseHead;
 use crate::stack::NetDevice;
+use crate::testing::VirtualHosts;
 use crate::testing::function::config_error;
-use crate::testing::{DeviceToml, VirtualClock, device, unique};
 
 const SITE: &str = r#"kind = "http-server"
 name = "web1"
@@ -27,32 +28,30 @@ routes = [
     { path = "/only", exact = true, body = "only\n" },
 ]"#;
 
-/// A server device running `function` (a `[function]` table) and a
-/// client device, on virtual time.
+/// A client device (10.0.0.1) and a server device (10.0.0.2) running
+/// `function` (a `[function]` table), on virtual time.
 struct Pair {
-    clock: VirtualClock,
-    server: NetDevice,
-    client: NetDevice,
-    next_port: u16,
+    hosts: VirtualHosts,
 }
 
 impl Pair {
     fn new(function: &str) -> Pair {
-        let (lan, wan) = (unique("lan"), unique("wan"));
-        let server = DeviceToml::host("server", &lan, &wan, 2).function_table(function);
-        let client =
-            DeviceToml::host("client", &lan, &wan, 1).function("{ kind = \"passthrough\" }");
-        Pair {
-            clock: VirtualClock::new(Duration::from_millis(1)),
-            server: device(&server.settings()),
-            client: device(&client.settings()),
-            next_port: 40000,
-        }
+        let hosts =
+            VirtualHosts::new(&[("client", "kind = \"passthrough\""), ("server", function)]);
+        Pair { hosts }
+    }
+
+    fn client(&mut self) -> &mut NetDevice {
+        &mut self.hosts.devices[0]
+    }
+
+    fn server(&mut self) -> &mut NetDevice {
+        &mut self.hosts.devices[1]
     }
 
     /// A connection to the server, once established.
     fn connect(&mut self) -> SocketHandle {
-        let h = self.client.add_tcp();
+        let h = self.client().add_tcp();
         self.connect_with(h)
     }
 
@@ -60,28 +59,17 @@ impl Pair {
     /// bytes.
     fn connect_small(&mut self, rx: usize) -> SocketHandle {
         let h = self
-            .client
+            .client()
             .sockets()
             .add(crate::stack::new_tcp_socket(rx, 64 << 10));
         self.connect_with(h)
     }
 
     fn connect_with(&mut self, h: SocketHandle) -> SocketHandle {
-        self.next_port += 1;
-        let (iface, sockets) = self.client.parts();
-        sockets
-            .get_mut::<tcp::Socket>(h)
-            .connect(
-                iface.context(),
-                (IpAddress::v4(10, 0, 0, 2), 80),
-                self.next_port,
-            )
-            .expect("connect");
-        let up = self.clock.run_until(
-            &mut [&mut self.server, &mut self.client],
-            Duration::from_secs(5),
-            |d| d[1].sockets().get::<tcp::Socket>(h).state() == tcp::State::Established,
-        );
+        self.hosts.connect(h, (IpAddress::v4(10, 0, 0, 2), 80));
+        let up = self.hosts.run_until(Duration::from_secs(5), |d| {
+            d[0].sockets().get::<tcp::Socket>(h).state() == tcp::State::Established
+        });
         assert!(up, "connection not established");
         h
     }
@@ -97,53 +85,22 @@ impl Pair {
     ) -> Vec<u8> {
         let (mut sent, mut got) = (0, Vec::new());
         let mut buf = vec![0; 64 << 10];
-        self.clock
-            .run_until(&mut [&mut self.server, &mut self.client], limit, |d| {
-                let s = d[1].sockets().get_mut::<tcp::Socket>(h);
-                if sent < request.len() && s.can_send() {
-                    sent += s.send_slice(&request[sent..]).unwrap_or(0);
-                }
-                while let Ok(n @ 1..) = s.recv_slice(&mut buf) {
-                    got.extend_from_slice(&buf[..n]);
-                }
-                done(&got, s.state())
-            });
+        self.hosts.run_until(limit, |d| {
+            let s = d[0].sockets().get_mut::<tcp::Socket>(h);
+            if sent < request.len() && s.can_send() {
+                sent += s.send_slice(&request[sent..]).unwrap_or(0);
+            }
+            while let Ok(n @ 1..) = s.recv_slice(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            done(&got, s.state())
+        });
         got
     }
 
-    /// Lets `span` of virtual time pass.
-    fn idle(&mut self, span: Duration) {
-        self.clock
-            .run_for(&mut [&mut self.server, &mut self.client], span);
-    }
-
     fn counter(&self, name: &str) -> u64 {
-        crate::testing::counter(&self.server.stats(), name)
+        self.hosts.counter(2, name)
     }
-}
-
-/// The responses in `bytes`, answering requests of `methods` in order:
-/// each head and its body. Panics on a malformed or incomplete one.
-fn responses(mut bytes: &[u8], methods: &[Method]) -> Vec<(ResponseHead, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut m = methods.iter();
-    while !bytes.is_empty() {
-        let method = *m.next().unwrap_or(&Method::Get);
-        let (head, n) = ResponseHead::parse(bytes, method, &Limits::default())
-            .expect("a valid response")
-            .expect("a whole head");
-        bytes = &bytes[n..];
-        let mut body = BodyDecoder::new(head.body(), &Limits::default()).unwrap();
-        let mut data = Vec::new();
-        while !body.is_done() {
-            let d = body.decode(bytes).unwrap();
-            assert!(d.consumed > 0, "response body cut short");
-            data.extend_from_slice(&bytes[d.data]);
-            bytes = &bytes[d.consumed..];
-        }
-        out.push((head, data));
-    }
-    out
 }
 
 /// Whether `bytes` hold `n` whole responses to `methods`.
@@ -293,7 +250,7 @@ fn connection_close_and_http_1_0_end_the_connection_after_the_response() {
         // One response only: what follows `close` is not answered.
         assert_eq!(r.len(), 1, "{}", text(&got));
         assert_eq!(r[0].0.fields().get(b"connection"), keep.or(Some(b"close")));
-        let s = p.client.sockets().get::<tcp::Socket>(h);
+        let s = p.client().sockets().get::<tcp::Socket>(h);
         assert_eq!(s.may_recv(), keep.is_some(), "{:?}", s.state());
     }
 }
@@ -340,20 +297,19 @@ fn a_client_that_never_reads_stops_being_read() {
     let req = one.repeat(count);
     // The client sends everything and reads nothing for a while.
     let mut sent = 0;
-    p.clock
-        .run_for(&mut [&mut p.server, &mut p.client], Duration::from_secs(2));
+    p.hosts.idle(Duration::from_secs(2));
     for _ in 0..2000 {
-        let s = p.client.sockets().get_mut::<tcp::Socket>(h);
+        let s = p.client().sockets().get_mut::<tcp::Socket>(h);
         if s.can_send() {
             sent += s.send_slice(&req[sent..]).unwrap_or(0);
         }
-        p.clock.tick(&mut [&mut p.server, &mut p.client]);
+        p.hosts.tick();
     }
     assert_eq!(sent, req.len());
     // The server answered a bounded number of requests, then waited.
     let answered = p.counter("requests");
     assert!(answered <= MAX_QUEUED as u64 + 2, "{answered}");
-    p.idle(Duration::from_secs(5));
+    p.hosts.idle(Duration::from_secs(5));
     assert_eq!(p.counter("requests"), answered);
     // Once the client reads, every response arrives.
     let got = p.exchange(h, b"", Duration::from_secs(120), |b, _| {
@@ -369,19 +325,19 @@ fn a_client_that_never_reads_stops_being_read() {
 fn idle_connections_are_closed_and_slots_come_back() {
     let mut p = Pair::new(SITE);
     let hs: Vec<SocketHandle> = (0..8).map(|_| p.connect()).collect();
-    p.idle(Duration::from_secs(1));
+    p.hosts.idle(Duration::from_secs(1));
     assert_eq!(p.counter("open_connections"), 8);
     assert_eq!(p.counter("connections"), 8);
-    p.idle(Duration::from_secs(31));
+    p.hosts.idle(Duration::from_secs(31));
     assert_eq!(p.counter("idle_timeouts"), 8);
     for &h in &hs {
-        let s = p.client.sockets().get::<tcp::Socket>(h);
+        let s = p.client().sockets().get::<tcp::Socket>(h);
         assert!(!s.may_recv(), "{:?}", s.state());
     }
     for h in hs {
-        p.client.sockets().get_mut::<tcp::Socket>(h).abort();
+        p.client().sockets().get_mut::<tcp::Socket>(h).abort();
     }
-    p.idle(Duration::from_secs(1));
+    p.hosts.idle(Duration::from_secs(1));
     assert_eq!(p.counter("open_connections"), 0);
     // New connections are served again.
     let h = p.connect();
@@ -425,7 +381,7 @@ fn new_routes_apply_in_place_and_keep_connections() {
     assert_eq!(responses(&got, &[])[0].1, b"root\n");
     let changed = SITE.replace("body = \"root\\n\"", "body = \"new root\\n\"");
     let cfg: FunctionConfig = toml::from_str(&changed).unwrap();
-    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::InPlace);
+    assert_eq!(p.server().reconfigure(&cfg).unwrap(), Applied::InPlace);
     // The same connection, the new answer.
     let got = p.exchange(h, get, Duration::from_secs(5), |b, _| {
         has_responses(b, 1, &[])
@@ -435,7 +391,7 @@ fn new_routes_apply_in_place_and_keep_connections() {
     // Other sockets: a new server.
     let cfg: FunctionConfig =
         toml::from_str(&changed.replace("backlog = 2", "backlog = 3")).unwrap();
-    assert_eq!(p.server.reconfigure(&cfg).unwrap(), Applied::Replaced);
+    assert_eq!(p.server().reconfigure(&cfg).unwrap(), Applied::Replaced);
     let bad: FunctionConfig = toml::from_str(&changed.replace("/gone", "gone")).unwrap();
-    assert!(p.server.reconfigure(&bad).is_err());
+    assert!(p.server().reconfigure(&bad).is_err());
 }

@@ -270,66 +270,56 @@ impl Engine {
                 .map(|t| now_ms.saturating_sub(t))
                 .unwrap_or(u64::MAX);
             let id = self.next_id;
-            if waited < ms(rule.cooldown) {
-                if !run.suppression_logged {
-                    run.suppression_logged = true;
-                    run.suppressed += 1;
-                    self.counters.suppressed_by_cooldown += 1;
-                    self.next_id += 1;
-                    let why = format!(
-                        "cooldown: {}ms of {}ms since the last transition; {why}",
-                        waited,
-                        ms(rule.cooldown)
-                    );
-                    log::info!(
-                        "policy: rule {}: {} held back, {why}",
-                        rule.name,
-                        if fire { "fire" } else { "revert" }
-                    );
-                    push(
-                        &mut self.decisions,
-                        Decision {
-                            id,
-                            at_ms: now_ms,
-                            rule: rule.name.clone(),
-                            transition: Transition::Suppressed,
-                            dry_run: dry,
-                            why,
-                            actions: described,
-                            results: Vec::new(),
-                        },
-                    );
+            let (transition, why) = if waited < ms(rule.cooldown) {
+                if run.suppression_logged {
+                    continue;
                 }
-                continue;
-            }
-            self.next_id += 1;
-            run.last_transition_ms = Some(now_ms);
-            run.suppression_logged = false;
-            let transition = if fire {
-                run.fired += 1;
-                self.counters.fired += 1;
-                run.enter(RuleState::Active, now_ms);
-                Transition::Fire
-            } else {
-                run.reverted += 1;
-                self.counters.reverted += 1;
-                run.enter(RuleState::Idle, now_ms);
-                Transition::Revert
-            };
-            let verb = if fire { "fires" } else { "reverts" };
-            if dry {
-                log::info!(
-                    "policy: dry-run: rule {} {verb} ({why}): would {described:?}",
-                    rule.name
+                run.suppression_logged = true;
+                run.suppressed += 1;
+                self.counters.suppressed_by_cooldown += 1;
+                self.next_id += 1;
+                let why = format!(
+                    "cooldown: {}ms of {}ms since the last transition; {why}",
+                    waited,
+                    ms(rule.cooldown)
                 );
+                log::info!(
+                    "policy: rule {}: {} held back, {why}",
+                    rule.name,
+                    if fire { "fire" } else { "revert" }
+                );
+                (Transition::Suppressed, why)
             } else {
-                log::info!("policy: rule {} {verb} ({why}): {described:?}", rule.name);
-                planned.extend(actions.iter().map(|a| Planned {
-                    decision: id,
-                    rule: rule.name.clone(),
-                    action: a.clone(),
-                }));
-            }
+                self.next_id += 1;
+                run.last_transition_ms = Some(now_ms);
+                run.suppression_logged = false;
+                let transition = if fire {
+                    run.fired += 1;
+                    self.counters.fired += 1;
+                    run.enter(RuleState::Active, now_ms);
+                    Transition::Fire
+                } else {
+                    run.reverted += 1;
+                    self.counters.reverted += 1;
+                    run.enter(RuleState::Idle, now_ms);
+                    Transition::Revert
+                };
+                let verb = if fire { "fires" } else { "reverts" };
+                if dry {
+                    log::info!(
+                        "policy: dry-run: rule {} {verb} ({why}): would {described:?}",
+                        rule.name
+                    );
+                } else {
+                    log::info!("policy: rule {} {verb} ({why}): {described:?}", rule.name);
+                    planned.extend(actions.iter().map(|a| Planned {
+                        decision: id,
+                        rule: rule.name.clone(),
+                        action: a.clone(),
+                    }));
+                }
+                (transition, why)
+            };
             push(
                 &mut self.decisions,
                 Decision {

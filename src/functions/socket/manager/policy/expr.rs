@@ -524,29 +524,27 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Condition, ExprError> {
-        let mut v = vec![self.and()?];
-        while self.is_word("or") {
-            self.next();
-            v.push(self.and()?);
-        }
-        Ok(if v.len() == 1 {
-            v.remove(0)
-        } else {
-            Condition::Or(v)
-        })
+        self.joined("or", Self::and, Condition::Or)
     }
 
     fn and(&mut self) -> Result<Condition, ExprError> {
-        let mut v = vec![self.unary()?];
-        while self.is_word("and") {
+        self.joined("and", Self::unary, Condition::And)
+    }
+
+    /// One or more `operand`s joined by the word `op`: the one alone, or
+    /// `join` of them all.
+    fn joined(
+        &mut self,
+        op: &str,
+        operand: fn(&mut Self) -> Result<Condition, ExprError>,
+        join: fn(Vec<Condition>) -> Condition,
+    ) -> Result<Condition, ExprError> {
+        let mut v = vec![operand(self)?];
+        while self.is_word(op) {
             self.next();
-            v.push(self.unary()?);
+            v.push(operand(self)?);
         }
-        Ok(if v.len() == 1 {
-            v.remove(0)
-        } else {
-            Condition::And(v)
-        })
+        Ok(if v.len() == 1 { v.remove(0) } else { join(v) })
     }
 
     fn unary(&mut self) -> Result<Condition, ExprError> {
@@ -586,11 +584,7 @@ impl Parser<'_> {
         }
         if self.is_word("between") {
             self.next();
-            self.expect(Tok::LParen, "`(`")?;
-            let a = self.time_of_day()?;
-            self.expect(Tok::Comma, "`,`")?;
-            let b = self.time_of_day()?;
-            self.expect(Tok::RParen, "`)`")?;
+            let (a, b) = self.two_args(Self::time_of_day, Self::time_of_day)?;
             if a == b {
                 return Err(self.error("`between` needs two different times"));
             }
@@ -604,6 +598,20 @@ impl Parser<'_> {
         self.next();
         let right = self.operand()?;
         Ok(Condition::Compare(left, op, right))
+    }
+
+    /// A function's arguments after its name: `(first, second)`.
+    fn two_args<A, B>(
+        &mut self,
+        first: fn(&mut Self) -> Result<A, ExprError>,
+        second: fn(&mut Self) -> Result<B, ExprError>,
+    ) -> Result<(A, B), ExprError> {
+        self.expect(Tok::LParen, "`(`")?;
+        let a = first(self)?;
+        self.expect(Tok::Comma, "`,`")?;
+        let b = second(self)?;
+        self.expect(Tok::RParen, "`)`")?;
+        Ok((a, b))
     }
 
     fn time_of_day(&mut self) -> Result<u16, ExprError> {
@@ -639,11 +647,7 @@ impl Parser<'_> {
         };
         if let Some(func) = func {
             self.next();
-            self.expect(Tok::LParen, "`(`")?;
-            let series = self.series()?;
-            self.expect(Tok::Comma, "`,`")?;
-            let window_ms = self.window()?;
-            self.expect(Tok::RParen, "`)`")?;
+            let (series, window_ms) = self.two_args(Self::series, Self::window)?;
             return Ok(Operand::Window {
                 func,
                 series,

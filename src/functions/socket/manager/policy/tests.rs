@@ -170,30 +170,33 @@ fn errors_name_the_rule_and_the_field() {
         err("[[rule]]\nname = \"x\""),
         "rule \"x\": missing field `when`"
     );
-    let e = err("[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"\nwhne = 1");
-    assert!(e.starts_with("rule \"x\": unknown field `whne`"), "{e}");
-    let e = err("[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"\nfor = \"5 s\"");
-    assert!(
-        e.starts_with("rule \"x\": field `for`: bad duration"),
-        "{e}"
-    );
-    let e = err("[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"\ncooldown = \"10\"");
-    assert!(
-        e.starts_with("rule \"x\": field `cooldown`: bad duration"),
-        "{e}"
-    );
-    let e = err("[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"\nclear_for = 3");
-    assert!(
-        e.starts_with("rule \"x\": field `clear_for`: expected a string"),
-        "{e}"
-    );
-    let e = err("[[rule]]\nname = \"Bad Name\"\nwhen = \"a:b > 1\"");
-    assert!(e.starts_with("rule \"Bad Name\": field `name`"), "{e}");
-    let e = err("[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"\nclear = \"a:b >\"");
-    assert!(
-        e.starts_with("rule \"x\": field `clear`: at column 6"),
-        "{e}"
-    );
+    let x = "[[rule]]\nname = \"x\"\nwhen = \"a:b > 1\"";
+    for (text, want) in [
+        (format!("{x}\nwhne = 1"), "rule \"x\": unknown field `whne`"),
+        (
+            format!("{x}\nfor = \"5 s\""),
+            "rule \"x\": field `for`: bad duration",
+        ),
+        (
+            format!("{x}\ncooldown = \"10\""),
+            "rule \"x\": field `cooldown`: bad duration",
+        ),
+        (
+            format!("{x}\nclear_for = 3"),
+            "rule \"x\": field `clear_for`: expected a string",
+        ),
+        (
+            x.replace("\"x\"", "\"Bad Name\""),
+            "rule \"Bad Name\": field `name`",
+        ),
+        (
+            format!("{x}\nclear = \"a:b >\""),
+            "rule \"x\": field `clear`: at column 6",
+        ),
+    ] {
+        let e = err(&text);
+        assert!(e.starts_with(want), "{text}: {e}");
+    }
     // Unknown top-level field.
     let e = err("rules = []");
     assert!(e.contains("unknown field `rules`"), "{e}");
@@ -222,32 +225,36 @@ fn action_errors_name_the_action() {
         e.starts_with("rule \"x\": field `revert`: action 1: `set`: missing field `device`"),
         "{e}"
     );
-    let e = err(&format!(
-        "{base}[[rule.then]]\npatch = {{ device = \"d\", path = \"a..b\", value = 1 }}"
-    ));
-    assert!(e.contains("empty segment"), "{e}");
-    let e = err(&format!(
-        "{base}[[rule.then]]\npatch = {{ device = \"d\", path = \"a\", op = \"append\" }}"
-    ));
-    assert!(e.contains("needs a `value`"), "{e}");
-    let e = err(&format!(
-        "{base}[[rule.then]]\npatch = {{ device = \"d\", path = \"a\", op = \"frob\", value = 1 }}"
-    ));
-    assert!(e.contains("`patch`: unknown variant `frob`"), "{e}");
-    let e = err(&format!(
-        "{base}[[rule.then]]\ncapture = {{ device = \"d\", adapter = \"side\", seconds = 1, file = \"f\" }}"
-    ));
-    assert!(e.contains("`capture`: unknown variant `side`"), "{e}");
-    let e = err(&format!(
-        "{base}[[rule.then]]\ncapture = {{ device = \"d\", adapter = \"local\", seconds = 0, file = \"f\" }}"
-    ));
-    assert!(e.contains("`seconds` 0 must be between"), "{e}");
-    let e = err(&format!("{base}[[rule.then]]\nreboot = \"now\""));
-    assert!(e.contains("unknown action `reboot`"), "{e}");
-    let e = err(&format!(
-        "{base}[[rule.then]]\nset = {{ device = \"d\", function = {{}}, extra = 1 }}"
-    ));
-    assert!(e.contains("unknown field `extra`"), "{e}");
+    for (action, want) in [
+        (
+            "patch = { device = \"d\", path = \"a..b\", value = 1 }",
+            "empty segment",
+        ),
+        (
+            "patch = { device = \"d\", path = \"a\", op = \"append\" }",
+            "needs a `value`",
+        ),
+        (
+            "patch = { device = \"d\", path = \"a\", op = \"frob\", value = 1 }",
+            "`patch`: unknown variant `frob`",
+        ),
+        (
+            "capture = { device = \"d\", adapter = \"side\", seconds = 1, file = \"f\" }",
+            "`capture`: unknown variant `side`",
+        ),
+        (
+            "capture = { device = \"d\", adapter = \"local\", seconds = 0, file = \"f\" }",
+            "`seconds` 0 must be between",
+        ),
+        ("reboot = \"now\"", "unknown action `reboot`"),
+        (
+            "set = { device = \"d\", function = {}, extra = 1 }",
+            "unknown field `extra`",
+        ),
+    ] {
+        let e = err(&format!("{base}[[rule.then]]\n{action}"));
+        assert!(e.contains(want), "{action}: {e}");
+    }
 }
 
 #[test]
@@ -802,48 +809,37 @@ fn patch_set_append_remove() {
 fn patch_errors_name_the_segment() {
     let mut t = table("kind = \"x\"\n[[backends]]\nweight = 1\n[limits]\nrate = 5");
     let one = toml::Value::Integer(1);
-    let e = |t: &mut toml::Table, p: &str, op: PatchOp, v: Option<&toml::Value>| {
-        apply_patch(t, p, op, v).unwrap_err()
-    };
+    let set = Some(&one);
+    let patches = [
+        ("backends.3.weight", PatchOp::Set, set),
+        ("backends.x.weight", PatchOp::Set, set),
+        ("nosuch.a", PatchOp::Set, set),
+        ("kind.a", PatchOp::Set, set),
+        ("limits.rate", PatchOp::Append, set),
+        ("limits.burst", PatchOp::Remove, None),
+        ("backends.1", PatchOp::Remove, None),
+        ("limits..rate", PatchOp::Set, set),
+        ("", PatchOp::Set, set),
+        ("limits.rate", PatchOp::Set, None),
+    ];
+    let errors: Vec<String> = patches
+        .into_iter()
+        .map(|(path, op, value)| apply_patch(&mut t, path, op, value).unwrap_err())
+        .collect();
     assert_eq!(
-        e(&mut t, "backends.3.weight", PatchOp::Set, Some(&one)),
-        "at `backends.3`: index 3 out of range (1 elements)"
-    );
-    assert_eq!(
-        e(&mut t, "backends.x.weight", PatchOp::Set, Some(&one)),
-        "at `backends.x`: `x` is not an array index"
-    );
-    assert_eq!(
-        e(&mut t, "nosuch.a", PatchOp::Set, Some(&one)),
-        "at `nosuch`: no such key"
-    );
-    assert_eq!(
-        e(&mut t, "kind.a", PatchOp::Set, Some(&one)),
-        "at `kind`: not a table or an array"
-    );
-    assert_eq!(
-        e(&mut t, "limits.rate", PatchOp::Append, Some(&one)),
-        "at `limits.rate`: not an array"
-    );
-    assert_eq!(
-        e(&mut t, "limits.burst", PatchOp::Remove, None),
-        "at `limits.burst`: no such key"
-    );
-    assert_eq!(
-        e(&mut t, "backends.1", PatchOp::Remove, None),
-        "at `backends.1`: index 1 out of range (1 elements)"
-    );
-    assert_eq!(
-        e(&mut t, "limits..rate", PatchOp::Set, Some(&one)),
-        "path `limits..rate`: segment 2 is empty"
-    );
-    assert_eq!(
-        e(&mut t, "", PatchOp::Set, Some(&one)),
-        "path ``: segment 1 is empty"
-    );
-    assert_eq!(
-        e(&mut t, "limits.rate", PatchOp::Set, None),
-        "op `set` needs a value"
+        errors,
+        [
+            "at `backends.3`: index 3 out of range (1 elements)",
+            "at `backends.x`: `x` is not an array index",
+            "at `nosuch`: no such key",
+            "at `kind`: not a table or an array",
+            "at `limits.rate`: not an array",
+            "at `limits.burst`: no such key",
+            "at `backends.1`: index 1 out of range (1 elements)",
+            "path `limits..rate`: segment 2 is empty",
+            "path ``: segment 1 is empty",
+            "op `set` needs a value",
+        ]
     );
     // Nothing changed by the failures.
     assert_eq!(

@@ -16,6 +16,15 @@
 //! veth passes tunnel segmentation offload through hands the socket one
 //! datagram per TSO burst, and the endpoint cuts it into MTU-sized
 //! segments as the kernel would have.
+//!
+//! Datagrams leave and arrive in batches (the `batch` module): what a
+//! round commits goes out at its flush, runs to one VTEP as single GSO
+//! sends, and receiving reads many messages per system call.
+
+mod batch;
+mod faults;
+
+pub use faults::Faults;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -26,13 +35,13 @@ use std::time::{Duration, Instant};
 use smoltcp::phy::Medium;
 use smoltcp::wire::EthernetAddress;
 
+use super::segmenter::Segmenter;
 use super::{Adapter, AdapterCounters, AdapterError, CountersRemote, Neighbour, Remote};
 use super::{SingleLease, TxLease};
 use super::{Wake, link_header_len};
 use crate::counters::bump;
 use crate::wire::LinkMedium;
 use crate::wire::checksum::fill_all;
-use crate::wire::tcp::tso_segment;
 use crate::wire::vxlan::{HEADER_LEN, VxlanPacket, VxlanRepr};
 
 /// Learned MAC → VTEP entries kept at most (a full table learns no more
@@ -61,71 +70,28 @@ pub struct VxlanSettings {
     /// Faults to inject on the way out, as a lossy link would (testing).
     pub faults: Faults,
 }
-
-/// Faults a gateway injects into what it sends, to show that what crosses
-/// it survives a real link (this kernel has no netem). Each is a
-/// probability per datagram, 0.0..=1.0; `seed` makes a run repeatable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Faults {
-    /// Drop the datagram.
-    pub loss: f64,
-    /// Hold it back and send it after the next one.
-    pub reorder: f64,
-    /// Send it twice.
-    pub duplicate: f64,
-    /// Seed of the dice.
-    pub seed: u64,
-}
-
-impl Faults {
-    /// Whether any fault is asked for.
-    pub fn any(&self) -> bool {
-        self.loss > 0.0 || self.reorder > 0.0 || self.duplicate > 0.0
-    }
-}
-
-/// The dice of [`Faults`]: splitmix64, enough for coin flips.
-struct Dice(u64);
-
-impl Dice {
-    /// True with probability `p`.
-    fn roll(&mut self, p: f64) -> bool {
-        if p <= 0.0 {
-            return false;
-        }
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        ((z >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
 /// A VXLAN endpoint: a bound UDP socket, the remote VTEPs and the learned
 /// forwarding table.
 pub struct VxlanAdapter {
-    sock: UdpSocket,
+    sock: batch::Socket,
     settings: VxlanSettings,
     /// Learned: which VTEP a MAC was last seen behind, and when.
     fdb: HashMap<[u8; 6], (SocketAddr, Instant)>,
-    /// Transmit buffer: the VXLAN header, then the frame.
-    tx: Vec<u8>,
-    /// Receive buffer: room for the largest UDP datagram.
-    rx: Vec<u8>,
+    /// Bytes of a frame at most (Ethernet header and the network's MTU).
+    frame: usize,
+    /// Datagrams committed this round (each the VXLAN header, then the
+    /// frame); the lent buffer is its tail.
+    outbox: batch::Outbox,
+    /// Datagrams received and not yet handed on.
+    inbox: batch::Inbox,
     /// A TCP super-segment received whole (the sender's tunnel GSO was not
-    /// undone by the kernel), handed on one MTU-sized segment at a time:
-    /// its length (0: none), the payload bytes per segment, the next one.
-    pending: (usize, usize, usize),
-    /// Where the super-segment is kept.
-    pending_buf: Vec<u8>,
+    /// undone by the kernel), handed on one MTU-sized segment at a time.
+    pending: Segmenter,
     lease: SingleLease,
     mac: EthernetAddress,
     counters: Arc<AdapterCounters>,
-    dice: Dice,
-    /// A datagram held back by [`Faults::reorder`], and where it goes.
-    held: Option<(Vec<u8>, SocketAddr)>,
+    /// Sends one datagram at a time with the configured faults, if any.
+    lossy: faults::Lossy,
 }
 
 impl VxlanAdapter {
@@ -153,27 +119,26 @@ impl VxlanAdapter {
         // socket only between rounds: a small buffer would drop bursts that
         // shared memory never drops. The forced size needs CAP_NET_ADMIN;
         // without it the kernel's limit (net.core.rmem_max) applies.
-        for set in [
-            rustix::net::sockopt::set_socket_recv_buffer_size_force,
-            rustix::net::sockopt::set_socket_send_buffer_size_force,
-        ] {
-            if set(&sock, SOCKET_BUFFER).is_err() {
-                let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, SOCKET_BUFFER);
-            }
+        use rustix::net::sockopt as so;
+        if so::set_socket_recv_buffer_size_force(&sock, SOCKET_BUFFER).is_err() {
+            let _ = so::set_socket_recv_buffer_size(&sock, SOCKET_BUFFER);
         }
-        let frame = link_header_len(Medium::Ethernet) + settings.mtu as usize;
+        if so::set_socket_send_buffer_size_force(&sock, SOCKET_BUFFER).is_err() {
+            let _ = so::set_socket_send_buffer_size(&sock, SOCKET_BUFFER);
+        }
+        let sock =
+            batch::Socket::new(sock).map_err(|e| err(format!("cannot set up the socket: {e}")))?;
         Ok(VxlanAdapter {
             sock,
             fdb: HashMap::new(),
-            tx: vec![0; HEADER_LEN + frame],
-            rx: vec![0; 65536],
-            pending: (0, 0, 0),
-            pending_buf: Vec::new(),
+            frame: link_header_len(Medium::Ethernet) + settings.mtu as usize,
+            outbox: batch::Outbox::default(),
+            inbox: batch::Inbox::default(),
+            pending: Segmenter::default(),
             lease: SingleLease::default(),
             mac,
             counters: Arc::default(),
-            dice: Dice(settings.faults.seed),
-            held: None,
+            lossy: faults::Lossy::new(settings.faults),
             settings,
         })
     }
@@ -181,7 +146,7 @@ impl VxlanAdapter {
     /// The bound local address (the port the system chose, if 0 was
     /// asked for).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.sock.local_addr()
+        self.sock.get().local_addr()
     }
 
     /// The endpoint's settings.
@@ -217,47 +182,22 @@ impl VxlanAdapter {
         self.fdb.insert(mac, (*vtep, now));
     }
 
-    /// Keeps the inner frame of the `n`-byte datagram in `rx` for
-    /// [`Adapter::recv_into`] to hand on in segments, if it is a TCP
-    /// super-segment whose segments fit `cap`-byte frames.
-    fn take_super_segment(&mut self, n: usize, cap: usize) -> bool {
-        let inner = &self.rx[HEADER_LEN..n];
-        let view = crate::wire::FrameView::parse(LinkMedium::Ethernet, inner);
-        let Some(ip) = view.ip() else { return false };
-        let crate::wire::Transport::Tcp { header_len, .. } = ip.transport else {
-            return false;
+    /// Sends what this round committed.
+    fn send_queued(&mut self) {
+        let (sent, refused) = if self.lossy.active() {
+            let (mut sent, mut refused) = (0, 0);
+            let (lossy, sock) = (&mut self.lossy, &self.sock);
+            self.outbox.drain(|d, to| match lossy.send(sock, d, to) {
+                true => sent += 1,
+                false => refused += 1,
+            });
+            lossy.release(sock);
+            (sent, refused)
+        } else {
+            self.outbox.send(&self.sock)
         };
-        let head = ip.l4 + usize::from(header_len);
-        if head >= cap || ip.end != inner.len() {
-            return false;
-        }
-        self.pending_buf.clear();
-        self.pending_buf.extend_from_slice(inner);
-        self.pending = (inner.len(), cap - head, 0);
-        true
-    }
-
-    fn send_to(&mut self, len: usize, to: SocketAddr) -> bool {
-        let faults = self.settings.faults;
-        if !faults.any() {
-            return self.sock.send_to(&self.tx[..HEADER_LEN + len], to).is_ok();
-        }
-        let datagram = &self.tx[..HEADER_LEN + len];
-        if self.dice.roll(faults.loss) {
-            return true; // lost on the way, as far as anyone can tell
-        }
-        if self.held.is_none() && self.dice.roll(faults.reorder) {
-            self.held = Some((datagram.to_vec(), to));
-            return true;
-        }
-        let ok = self.sock.send_to(datagram, to).is_ok();
-        if self.dice.roll(faults.duplicate) {
-            let _ = self.sock.send_to(datagram, to);
-        }
-        if let Some((late, to)) = self.held.take() {
-            let _ = self.sock.send_to(&late, to);
-        }
-        ok
+        bump(&self.counters.tx_frames, sent as u64);
+        bump(&self.counters.tx_no_buffer, refused as u64);
     }
 }
 
@@ -269,119 +209,97 @@ impl Adapter for VxlanAdapter {
         self.settings.mtu as usize
     }
     fn frame_capacity(&self) -> usize {
-        self.tx.len() - HEADER_LEN
+        self.frame
     }
     fn can_lend(&mut self) -> bool {
         self.lease.can_lend()
     }
     fn lend(&mut self) -> Option<TxLease> {
+        if !self.outbox.has_room(HEADER_LEN + self.frame) {
+            self.send_queued();
+        }
         self.lease.lend()
     }
     fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
-        if self.lease.holds(lease) {
-            &mut self.tx[HEADER_LEN..]
-        } else {
-            &mut []
+        if !self.lease.holds(lease) {
+            return &mut [];
         }
+        &mut self.outbox.tail(HEADER_LEN + self.frame)[HEADER_LEN..]
     }
     fn commit(&mut self, lease: TxLease, len: usize) {
         if !self.lease.give_back(lease) {
             return;
         }
-        let len = len.min(self.tx.len() - HEADER_LEN);
+        let len = len.min(self.frame);
         if len < link_header_len(Medium::Ethernet) {
             bump(&self.counters.tx_unroutable, 1);
             return;
         }
+        let vni = self.settings.vni;
+        let datagram = &mut self.outbox.tail(HEADER_LEN + self.frame)[..HEADER_LEN + len];
         // Devices on shared memory leave checksums out; hosts beyond
         // (a Linux VTEP's kernel) check them.
-        fill_all(
-            LinkMedium::Ethernet,
-            &mut self.tx[HEADER_LEN..HEADER_LEN + len],
-        );
-        VxlanRepr {
-            vni: self.settings.vni,
-        }
-        .emit(&mut VxlanPacket::new_unchecked(&mut self.tx[..]));
-        let dst = &self.tx[HEADER_LEN..HEADER_LEN + 6];
-        let sent = match self.learned(dst) {
-            Some(vtep) => usize::from(self.send_to(len, vtep)),
-            None => (0..self.settings.remotes.len())
-                .filter(|&i| {
-                    let to = self.settings.remotes[i];
-                    self.send_to(len, to)
-                })
-                .count(),
+        fill_all(LinkMedium::Ethernet, &mut datagram[HEADER_LEN..]);
+        VxlanRepr { vni }.emit(&mut VxlanPacket::new_unchecked(&mut datagram[..]));
+        // To the VTEP the destination was learned behind, or to all
+        // (broadcast, multicast, unknown unicast).
+        let mut to = [0u8; 6];
+        to.copy_from_slice(&datagram[HEADER_LEN..HEADER_LEN + 6]);
+        let learned = self.learned(&to);
+        let all = if learned.is_none() {
+            &self.settings.remotes[..]
+        } else {
+            &[]
         };
-        if sent == 0 {
-            bump(&self.counters.tx_no_buffer, 1);
-            return;
-        }
-        bump(&self.counters.tx_frames, 1);
+        self.outbox.queue(
+            HEADER_LEN + len,
+            learned.into_iter().chain(all.iter().copied()),
+        );
         bump(&self.counters.tx_bytes, len as u64);
     }
     fn release(&mut self, lease: TxLease) {
         self.lease.give_back(lease);
     }
     fn flush(&mut self) {
-        // A datagram held back for reordering goes out at the end of the
-        // burst at the latest: a real link delays, it does not park.
-        if let Some((late, to)) = self.held.take() {
-            let _ = self.sock.send_to(&late, to);
-        }
+        self.send_queued();
     }
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
-        let cap = self.tx.len() - HEADER_LEN;
-        let (len, per, next) = self.pending;
-        if len > 0 {
-            let room = cap.min(dst.len());
-            let seg = tso_segment(
-                LinkMedium::Ethernet,
-                &self.pending_buf[..len],
-                per,
-                next,
-                &mut dst[..room],
-            );
-            match seg {
-                Some(n) => {
-                    self.pending.2 += 1;
-                    bump(&self.counters.rx_frames, 1);
-                    bump(&self.counters.rx_bytes, n as u64);
-                    return Some(n);
-                }
-                None => self.pending = (0, 0, 0),
-            }
+        let cap = self.frame.min(dst.len());
+        if let Some(n) = self.pending.next(LinkMedium::Ethernet, &mut dst[..cap]) {
+            bump(&self.counters.rx_frames, 1);
+            bump(&self.counters.rx_bytes, n as u64);
+            return Some(n);
         }
         for _ in 0..JUNK_PER_CALL {
-            let (n, from) = self.sock.recv_from(&mut self.rx).ok()?;
+            let (datagram, from) = self.inbox.next(&self.sock)?;
             if !self.settings.remotes.iter().any(|r| r.ip() == from.ip()) {
                 bump(&self.counters.peers_rejected, 1);
                 continue;
             }
-            let ok = VxlanPacket::new_checked(&self.rx[..n])
+            let ok = VxlanPacket::new_checked(datagram)
                 .and_then(|p| VxlanRepr::parse(&p))
                 .is_ok_and(|h| h.vni == self.settings.vni);
-            let inner = n.saturating_sub(HEADER_LEN);
-            if ok && inner > cap && self.take_super_segment(n, cap) {
+            let inner = datagram.get(HEADER_LEN..).unwrap_or_default();
+            if ok && inner.len() > cap && self.pending.take(LinkMedium::Ethernet, inner, cap) {
                 return self.recv_into(dst);
             }
-            if !ok || inner < link_header_len(Medium::Ethernet) || inner > cap || inner > dst.len()
-            {
+            if !ok || inner.len() < link_header_len(Medium::Ethernet) || inner.len() > cap {
                 bump(&self.counters.rx_malformed, 1);
                 continue;
             }
-            dst[..inner].copy_from_slice(&self.rx[HEADER_LEN..n]);
+            let n = inner.len();
+            dst[..n].copy_from_slice(inner);
             let mut src = [0u8; 6];
             src.copy_from_slice(&dst[6..12]);
             self.learn(src, from.ip());
             bump(&self.counters.rx_frames, 1);
-            bump(&self.counters.rx_bytes, inner as u64);
-            return Some(inner);
+            bump(&self.counters.rx_bytes, n as u64);
+            return Some(n);
         }
         None
     }
     fn prepare_sleep(&self) -> Wake<'_> {
-        Wake::Readable(self.sock.as_fd())
+        Wake::Readable(self.sock.get().as_fd())
     }
     fn remote(&self) -> Arc<dyn Remote> {
         Arc::new(CountersRemote(Arc::clone(&self.counters)))
