@@ -666,7 +666,10 @@ impl Key {
     }
 
     /// A new random key, written to `path` (which must not exist) as 64
-    /// hex digits and a newline, mode 0600.
+    /// hex digits and a newline, mode 0600. The file appears whole: it is
+    /// written under a private name and then linked to `path` (which fails
+    /// if `path` exists), so a process that reads `path` while another
+    /// creates it never sees it empty or half written.
     pub fn create_file(path: impl AsRef<Path>) -> Result<Key, MgmtError> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
@@ -675,16 +678,26 @@ impl Key {
             source,
         };
         let key = Key::random()?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        let mut text = key.to_hex();
-        text.push('\n');
-        f.write_all(text.as_bytes()).map_err(io)?;
-        f.sync_all().map_err(io)?;
+        // Private to this process and call (threads of one run may race).
+        static DRAFTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DRAFTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut draft = path.as_os_str().to_owned();
+        draft.push(format!(".{}-{n}.new", std::process::id()));
+        let draft = std::path::PathBuf::from(draft);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&draft)?;
+            let mut text = key.to_hex();
+            text.push('\n');
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::hard_link(&draft, path)
+        })();
+        let _ = std::fs::remove_file(&draft);
+        written.map_err(io)?;
         Ok(key)
     }
 

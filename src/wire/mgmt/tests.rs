@@ -191,6 +191,42 @@ fn keys_check_length_hide_in_debug_and_derive_hmac() {
     assert_ne!(r.to_hex(), Key::random().unwrap().to_hex());
 }
 
+/// Devices of one run start together and all load-or-create the same
+/// file: each must end with the one key in it, never an empty file.
+#[test]
+fn racing_creators_and_readers_all_get_the_one_key() {
+    let p = temp_path("raced");
+    let keys: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    loop {
+                        match Key::create_file(&p) {
+                            Ok(k) => return k.to_hex(),
+                            Err(_) if p.exists() => return Key::from_file(&p).unwrap().to_hex(),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let dir = p.parent().unwrap();
+    let stem = p.file_name().unwrap().to_string_lossy().into_owned();
+    let drafts = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&stem) && n.ends_with(".new")
+        })
+        .count();
+    assert_eq!(drafts, 0, "drafts left beside the key");
+    std::fs::remove_file(&p).unwrap();
+}
+
 #[test]
 fn key_files_are_created_private_and_read_back() {
     use std::os::unix::fs::PermissionsExt;
