@@ -52,6 +52,23 @@ fn the_example_answers_ping_and_echoes_64_mib_from_linux() {
     assert!(wait_gone("shmtap0"), "shmtap0 outlived its run");
 }
 
+/// A Linux client that reads slower than it writes: its receive window
+/// and the echo device's both close, again and again. Every byte must
+/// still come back (smoltcp alone would stall here and reset the
+/// connection: see `wire::tcp::shave_window`).
+#[test]
+fn a_slow_reader_on_linux_gets_every_byte_back() {
+    let _lock = lock_tap_or_skip!();
+    let run = run_example("tap", "shmtap0", &["--duration", "120"]);
+    connect("10.77.0.2:7".parse().unwrap());
+    stream_intact_paced(
+        "10.77.0.2:7".parse().unwrap(),
+        32 << 20,
+        Duration::from_micros(500),
+    );
+    assert_eq!(run.stop(), 0);
+}
+
 /// Linux's UDP segmentation offload: one `sendto` of 5300 bytes with
 /// `UDP_SEGMENT` 1000 reaches the TAP as one super-datagram (where the
 /// kernel hands it over whole); the echo device must still see, and send

@@ -1,5 +1,6 @@
-//! TCP as the functions and the NIC touch it: the flag set and the MSS
-//! clamp routers apply when a path's MTU shrinks.
+//! TCP as the functions and the NIC touch it: the flag set, the MSS
+//! clamp routers apply when a path's MTU shrinks, and the window margin
+//! the NIC keeps on its own stack's segments.
 //!
 //! ```
 //! use shmnet::wire::tcp::{clamp_mss, TcpFlags};
@@ -83,9 +84,67 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
     false
 }
 
+/// Lowers the window field of a segment a device's own stack sends by one
+/// unit (one scaled unit: `1 << shift` bytes), fixing the checksum
+/// incrementally. Returns whether it changed anything; SYNs (unscaled
+/// window), RSTs, a zero window and truncated headers are left alone.
+///
+/// Why: smoltcp 0.14 rounds its scaled window down, so the right edge it
+/// advertises can move left by less than one unit as data arrives, and it
+/// drops what a peer sent up to the old edge. The peer's sequence number
+/// is then ahead of smoltcp's, and once smoltcp's window is zero it
+/// ignores every ACK and window update from that peer (they fail its
+/// zero-window acceptance test): a connection whose two windows close at
+/// once (an echo to a slow reader) stalls until its timeout resets it.
+/// One unit less keeps every edge the peer hears at or below the edge
+/// smoltcp holds later, so nothing it sends is ever cut off.
+pub fn shave_window(tcp: &mut [u8]) -> bool {
+    if tcp.len() < 20 {
+        return false;
+    }
+    let flags = TcpFlags::from_bits_retain(tcp[13]);
+    if flags.intersects(TcpFlags::SYN | TcpFlags::RST) {
+        return false;
+    }
+    let old = u16::from_be_bytes([tcp[14], tcp[15]]);
+    if old == 0 {
+        return false;
+    }
+    let new = old - 1;
+    tcp[14..16].copy_from_slice(&new.to_be_bytes());
+    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+    if ck != 0 {
+        tcp[16..18].copy_from_slice(&checksum::update(ck, old, new).to_be_bytes());
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shaves_one_unit_off_the_window_and_fixes_checksum() {
+        let mut tcp = [0u8; 20];
+        tcp[12] = 5 << 4;
+        tcp[13] = TcpFlags::ACK.bits();
+        tcp[14..16].copy_from_slice(&1548u16.to_be_bytes());
+        tcp[16..18].copy_from_slice(&0xbeefu16.to_be_bytes());
+        assert!(shave_window(&mut tcp));
+        assert_eq!(u16::from_be_bytes([tcp[14], tcp[15]]), 1547);
+        let before = 0xbeefu32 + 1548;
+        let after = u32::from(u16::from_be_bytes([tcp[16], tcp[17]])) + 1547;
+        assert_eq!(checksum::fold(before), checksum::fold(after));
+        // A zero window, a SYN, a RST, a short header: untouched.
+        tcp[14..16].copy_from_slice(&[0, 0]);
+        assert!(!shave_window(&mut tcp));
+        tcp[14..16].copy_from_slice(&[0, 9]);
+        for f in [TcpFlags::SYN | TcpFlags::ACK, TcpFlags::RST] {
+            tcp[13] = f.bits();
+            assert!(!shave_window(&mut tcp));
+        }
+        assert!(!shave_window(&mut [0u8; 19]));
+    }
 
     #[test]
     fn clamps_syn_mss_and_fixes_checksum() {

@@ -197,20 +197,25 @@ pub fn echo_once(c: &mut TcpStream, msg: &[u8]) {
 /// Streams `bytes` of a pattern to the echo server at `addr` with the
 /// kernel's TCP and checks every byte that comes back.
 pub fn stream_intact(addr: SocketAddr, bytes: usize) {
+    stream_intact_paced(addr, bytes, Duration::ZERO);
+}
+
+/// [`stream_intact`] with a reader that waits `pause` after each read of
+/// up to 64 KiB: slower than the device, so both windows close.
+pub fn stream_intact_paced(addr: SocketAddr, bytes: usize, pause: Duration) {
     const PERIOD: usize = 256 * 1024;
     let mut c = connect(addr);
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut r = c.try_clone().unwrap();
     // Two periods of the pattern: any read of up to a period, at any
-    // offset, is one slice of it. A memcmp keeps the reader ahead of the
-    // device: a reader that lets Linux's receive window close can meet
-    // smoltcp 0.14's zero-window stall (README, "Known limits").
+    // offset, is one slice of it.
     let twice: Vec<u8> = (0..2 * PERIOD).map(|i| pattern_byte(i as u64)).collect();
     let expected = twice.clone();
     let reader = std::thread::spawn(move || {
-        let mut buf = vec![0u8; PERIOD];
+        let mut buf = vec![0u8; if pause.is_zero() { PERIOD } else { 64 * 1024 }];
         let mut got = 0usize;
         while got < bytes {
+            std::thread::sleep(pause);
             let n = r.read(&mut buf).expect("read the echo");
             assert!(n > 0, "the echo ended after {got} of {bytes} bytes");
             let at = got % PERIOD;

@@ -8,7 +8,7 @@
 use smoltcp::wire::IpAddress;
 
 use crate::wire::checksum::update as checksum_update;
-use crate::wire::tcp::{TcpFlags, clamp_mss as clamp_tcp_mss, mss_for_mtu};
+use crate::wire::tcp::{TcpFlags, clamp_mss as clamp_tcp_mss, mss_for_mtu, shave_window};
 use crate::wire::{FrameView, Transport};
 
 /// The destination and TTL / hop limit of the IP packet in a frame.
@@ -52,6 +52,18 @@ pub(super) fn clamp_mss(view: &FrameView, frame: &mut [u8], mtu: usize) -> bool 
         return false;
     };
     clamp_tcp_mss(tcp, mss_for_mtu(mtu, v.v6))
+}
+
+/// Keeps the window a device's own TCP segment advertises one unit inside
+/// what its stack holds ([`shave_window`] says why).
+pub(super) fn keep_window_margin(view: &FrameView, frame: &mut [u8]) -> bool {
+    let Some(v) = view.ip() else {
+        return false;
+    };
+    if !matches!(v.transport, Transport::Tcp { .. }) {
+        return false;
+    }
+    frame.get_mut(v.l4..v.end).is_some_and(shave_window)
 }
 
 /// Rewrites a frame being forwarded: link-layer addresses (Ethernet) and

@@ -130,6 +130,7 @@ impl phy::TxToken for NicTxToken<'_> {
         bump(&c.frames_out, 1);
         let r = f(&mut full[..len]);
         let view = self.router.parse(&full[..len]);
+        frame::keep_window_margin(&view, &mut full[..len]);
         let mut frame = Frame::with_view(full, len, self.router.link_medium(), view);
         let verdict = if is_management(self.management_port, &view, false) {
             Verdict::Pass

@@ -199,14 +199,10 @@ fn racing_creators_and_readers_all_get_the_one_key() {
     let keys: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
-                s.spawn(|| {
-                    loop {
-                        match Key::create_file(&p) {
-                            Ok(k) => return k.to_hex(),
-                            Err(_) if p.exists() => return Key::from_file(&p).unwrap().to_hex(),
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
+                s.spawn(|| match Key::create_file(&p) {
+                    Ok(k) => k.to_hex(),
+                    Err(_) if p.exists() => Key::from_file(&p).unwrap().to_hex(),
+                    Err(e) => panic!("{e}"),
                 })
             })
             .collect();
