@@ -450,20 +450,15 @@ impl Manager {
                     )
                     .map_err(Err)
                 }
-                Action::Capture {
-                    device,
-                    adapter,
-                    seconds,
-                    file,
-                } => {
+                Action::Capture(c) => {
                     let req = body::to_toml(&body::CaptureStart {
-                        adapter: adapter.as_str().into(),
-                        file: file.clone(),
-                        seconds: Some(u64::from(*seconds)),
+                        adapter: c.adapter.as_str().into(),
+                        file: c.file.clone(),
+                        seconds: Some(u64::from(c.seconds)),
                     });
                     self.ask(
                         cx,
-                        device,
+                        &c.device,
                         Op::CaptureStart,
                         &req,
                         Purpose::Policy {

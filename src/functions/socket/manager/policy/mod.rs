@@ -156,16 +156,7 @@ pub enum Action {
         value: Option<toml::Value>,
     },
     /// Capture the device's traffic to a pcap file.
-    Capture {
-        /// The device.
-        device: String,
-        /// Which side.
-        adapter: CaptureAdapter,
-        /// How long (1..=3600).
-        seconds: u32,
-        /// Where the pcap goes.
-        file: String,
-    },
+    Capture(Capture),
     /// A line for the manager's log.
     Log(String),
 }
@@ -186,15 +177,14 @@ impl fmt::Display for Action {
                 Some(v) => write!(f, "patch {device}: {op} {path} = {v}"),
                 None => write!(f, "patch {device}: {op} {path}"),
             },
-            Action::Capture {
-                device,
-                adapter,
-                seconds,
-                file,
-            } => {
-                let side = adapter.as_str();
-                write!(f, "capture {device} {side} for {seconds}s to {file}")
-            }
+            Action::Capture(c) => write!(
+                f,
+                "capture {} {} for {}s to {}",
+                c.device,
+                c.adapter.as_str(),
+                c.seconds,
+                c.file
+            ),
             Action::Log(t) => write!(f, "log: {t}"),
         }
     }
@@ -277,13 +267,18 @@ fn default_op() -> PatchOp {
     PatchOp::Set
 }
 
-#[derive(serde::Deserialize)]
+/// A `capture` action: the device's traffic on one side to a pcap file.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CaptureSpec {
-    device: String,
-    adapter: CaptureAdapter,
-    seconds: u32,
-    file: String,
+pub struct Capture {
+    /// The device.
+    pub device: String,
+    /// Which side.
+    pub adapter: CaptureAdapter,
+    /// How long (1..=3600).
+    pub seconds: u32,
+    /// Where the pcap goes.
+    pub file: String,
 }
 
 impl Policy {
@@ -475,7 +470,7 @@ fn parse_action(v: &toml::Value) -> Result<Action, String> {
             })
         }
         "capture" => {
-            let c: CaptureSpec = body.clone().try_into().map_err(sub)?;
+            let c: Capture = body.clone().try_into().map_err(sub)?;
             nonempty("device", &c.device)?;
             nonempty("file", &c.file)?;
             if !(1..=3600).contains(&c.seconds) {
@@ -484,12 +479,7 @@ fn parse_action(v: &toml::Value) -> Result<Action, String> {
                     c.seconds
                 ));
             }
-            Ok(Action::Capture {
-                device: c.device,
-                adapter: c.adapter,
-                seconds: c.seconds,
-                file: c.file,
-            })
+            Ok(Action::Capture(c))
         }
         "log" => match body {
             toml::Value::String(s) => Ok(Action::Log(s.clone())),

@@ -118,11 +118,11 @@ fn parses_the_documented_policy() {
     ));
     assert!(matches!(
         &r.then[3],
-        Action::Capture {
+        Action::Capture(Capture {
             adapter: CaptureAdapter::Global,
             seconds: 10,
             ..
-        }
+        })
     ));
     assert!(matches!(
         &r.revert[1],
