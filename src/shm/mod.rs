@@ -19,7 +19,7 @@
 //! The files, each using only those above it:
 //!
 //! ```text
-//! layout.rs    the on-memory formats (Packet/Repr), field offsets, geometry
+//! layout/      the on-memory formats (Packet/Repr), field offsets, geometry
 //! region.rs    raw memory: own regions, read-only peer views, lent buffers
 //!              (the only file of shmnet with `unsafe` code)
 //! ring.rs      the memif-style SPSC ring, split between producer and consumer memory
@@ -27,7 +27,8 @@
 //! local.rs     membership between threads (a registry in this process)
 //! host/        membership between processes (runtime directory, Unix sockets)
 //! segment.rs   networks by name and their parameters
-//! port.rs      a port: buffer pool, links, send/receive/flush, drain on drop
+//! port/        a port: attach, membership, drain on drop; its data path
+//!              (buffer pool, links, send/receive/flush) in port/data.rs
 //! ```
 //!
 //! ```

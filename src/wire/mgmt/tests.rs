@@ -1,3 +1,7 @@
+use std::io::Write;
+use std::time::Duration;
+
+use super::key::decode_hex;
 use super::*;
 
 fn key() -> Key {
