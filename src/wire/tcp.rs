@@ -86,8 +86,10 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
 
 /// Lowers the window field of a segment a device's own stack sends by one
 /// unit (one scaled unit: `1 << shift` bytes), fixing the checksum
-/// incrementally. Returns whether it changed anything; SYNs (unscaled
-/// window), RSTs, a zero window and truncated headers are left alone.
+/// incrementally when the stack filled it in (`checksummed`; else it is
+/// left 0, "not computed"). Returns whether it changed anything; SYNs
+/// (unscaled window), RSTs, a zero window and truncated headers are left
+/// alone.
 ///
 /// Why: smoltcp 0.14 rounds its scaled window down, so the right edge it
 /// advertises can move left by less than one unit as data arrives, and it
@@ -98,7 +100,7 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
 /// once (an echo to a slow reader) stalls until its timeout resets it.
 /// One unit less keeps every edge the peer hears at or below the edge
 /// smoltcp holds later, so nothing it sends is ever cut off.
-pub fn shave_window(tcp: &mut [u8]) -> bool {
+pub fn shave_window(tcp: &mut [u8], checksummed: bool) -> bool {
     if tcp.len() < 20 {
         return false;
     }
@@ -112,8 +114,9 @@ pub fn shave_window(tcp: &mut [u8]) -> bool {
     }
     let new = old - 1;
     tcp[14..16].copy_from_slice(&new.to_be_bytes());
-    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
-    if ck != 0 {
+    if checksummed {
+        // A computed checksum may be 0 too: update whatever is there.
+        let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
         tcp[16..18].copy_from_slice(&checksum::update(ck, old, new).to_be_bytes());
     }
     true
@@ -130,20 +133,25 @@ mod tests {
         tcp[13] = TcpFlags::ACK.bits();
         tcp[14..16].copy_from_slice(&1548u16.to_be_bytes());
         tcp[16..18].copy_from_slice(&0xbeefu16.to_be_bytes());
-        assert!(shave_window(&mut tcp));
+        assert!(shave_window(&mut tcp, true));
         assert_eq!(u16::from_be_bytes([tcp[14], tcp[15]]), 1547);
         let before = 0xbeefu32 + 1548;
         let after = u32::from(u16::from_be_bytes([tcp[16], tcp[17]])) + 1547;
         assert_eq!(checksum::fold(before), checksum::fold(after));
+        // A checksum left out (0) stays out.
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        assert!(shave_window(&mut tcp, false));
+        assert_eq!(u16::from_be_bytes([tcp[14], tcp[15]]), 1546);
+        assert_eq!(&tcp[16..18], &[0, 0]);
         // A zero window, a SYN, a RST, a short header: untouched.
         tcp[14..16].copy_from_slice(&[0, 0]);
-        assert!(!shave_window(&mut tcp));
+        assert!(!shave_window(&mut tcp, true));
         tcp[14..16].copy_from_slice(&[0, 9]);
         for f in [TcpFlags::SYN | TcpFlags::ACK, TcpFlags::RST] {
             tcp[13] = f.bits();
-            assert!(!shave_window(&mut tcp));
+            assert!(!shave_window(&mut tcp, true));
         }
-        assert!(!shave_window(&mut [0u8; 19]));
+        assert!(!shave_window(&mut [0u8; 19], true));
     }
 
     #[test]

@@ -55,15 +55,18 @@ pub(super) fn clamp_mss(view: &FrameView, frame: &mut [u8], mtu: usize) -> bool 
 }
 
 /// Keeps the window a device's own TCP segment advertises one unit inside
-/// what its stack holds ([`shave_window`] says why).
-pub(super) fn keep_window_margin(view: &FrameView, frame: &mut [u8]) -> bool {
+/// what its stack holds ([`shave_window`] says why); `checksummed`: the
+/// stack fills in checksums.
+pub(super) fn keep_window_margin(view: &FrameView, frame: &mut [u8], checksummed: bool) -> bool {
     let Some(v) = view.ip() else {
         return false;
     };
     if !matches!(v.transport, Transport::Tcp { .. }) {
         return false;
     }
-    frame.get_mut(v.l4..v.end).is_some_and(shave_window)
+    frame
+        .get_mut(v.l4..v.end)
+        .is_some_and(|tcp| shave_window(tcp, checksummed))
 }
 
 /// Rewrites a frame being forwarded: link-layer addresses (Ethernet) and

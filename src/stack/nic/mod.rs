@@ -37,6 +37,7 @@ macro_rules! tx_token {
             counters: &$nic.counters,
             now: $nic.now,
             management_port: $nic.management_port,
+            checksums: $nic.checksums,
         }
     };
 }

@@ -44,6 +44,8 @@ pub struct NicTxToken<'a> {
     pub(super) counters: &'a NicCounters,
     pub(super) now: Instant,
     pub(super) management_port: Option<u16>,
+    /// The stack fills in checksums (see `Nic::checksums`).
+    pub(super) checksums: bool,
 }
 
 /// Where a Tx token's frame goes.
@@ -130,7 +132,7 @@ impl phy::TxToken for NicTxToken<'_> {
         bump(&c.frames_out, 1);
         let r = f(&mut full[..len]);
         let view = self.router.parse(&full[..len]);
-        frame::keep_window_margin(&view, &mut full[..len]);
+        frame::keep_window_margin(&view, &mut full[..len], self.checksums);
         let mut frame = Frame::with_view(full, len, self.router.link_medium(), view);
         let verdict = if is_management(self.management_port, &view, false) {
             Verdict::Pass
