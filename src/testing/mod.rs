@@ -11,7 +11,7 @@
 //!   [`counter`]), the
 //!   usual chain ends ([`probe_client`], [`echo_server`]), and a
 //!   [`RawPort`] for hand-made frames.
-//! - [`VirtualClock`]: devices built with [`device`] and polled in the
+//! - [`VirtualClock`]: devices built with [`device()`] and polled in the
 //!   test's thread on virtual time, deterministically; [`VirtualHosts`]:
 //!   a client and the devices it talks to, on such a clock.
 //! - [`function`]: one function driven by hand (its hooks, counters and

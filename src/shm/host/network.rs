@@ -63,7 +63,7 @@ pub(super) struct Network {
 }
 
 impl Network {
-    /// Checks the name, and `rundir` as [`runtime_dir`] does (callers
+    /// Checks the name, and `rundir` as [`runtime_dir`](super::rundir::runtime_dir) does (callers
     /// may pass any directory).
     pub(super) fn new(rundir: &Path, name: &str) -> Result<Network, ShmError> {
         check_network_name(name)?;

@@ -9,7 +9,7 @@
 //! talks; it receives by taking validated descriptors from the rings its
 //! peers produce for it, in turn ([`Port::recv_into`],
 //! [`Port::recv_in_place`]). It writes only its own region; peers' regions
-//! are read through [`PeerView`]s.
+//! are read through [`PeerView`](crate::shm::region::PeerView)s.
 //!
 //! Contract: a full ring never drops a frame: it waits in the link's
 //! backlog, and a port out of buffers says so (`alloc` returns `None`).
