@@ -12,7 +12,7 @@
 //! set (PSH may end the run), and no more than 64 KiB in all. Anything else
 //! is written alone, in order.
 
-use crate::wire::checksum::{fill_ipv4_header, fold, sum_words};
+use crate::wire::checksum::{fill_ipv4_header, fold, pseudo_header};
 use crate::wire::{FrameView, LinkMedium, Transport};
 
 /// The TCP flags a joinable segment carries: ACK, and PSH on the last.
@@ -173,8 +173,7 @@ fn pseudo_header_sum(ip: &[u8], v6: bool, tcp_len: usize) -> u16 {
     } else {
         (&ip[12..16], &ip[16..20])
     };
-    let acc = sum_words(sum_words(0, src, false), dst, false);
-    fold(acc + 6 + (tcp_len >> 16) as u32 + (tcp_len & 0xffff) as u32)
+    fold(pseudo_header(src, dst, 6, tcp_len))
 }
 
 /// Whether `frame`'s headers equal the run's `first` apart from the fields

@@ -90,7 +90,6 @@ pub fn update_at(buf: &mut [u8], at: usize, old: &[u8], new: &[u8]) -> bool {
 /// is. Returns whether it wrote anything.
 pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
     // (The sum of at most 32 Ki words of 0xffff fits the u32 accumulator.)
-    use smoltcp::wire::{IpAddress, Ipv4Address, Ipv6Address};
     let view = super::FrameView::parse(medium, frame);
     let Some(ip) = view.ip() else {
         return false;
@@ -102,16 +101,12 @@ pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
     if ip.fragment != super::Fragment::Whole || l4 > end {
         return !ip.v6;
     }
+    // The view keeps addresses as u128 (IPv4 in the low 32 bits).
+    let (src, dst) = (ip.src.to_be_bytes(), ip.dst.to_be_bytes());
     let (src, dst) = if ip.v6 {
-        (
-            IpAddress::Ipv6(Ipv6Address::from(ip.src.to_be_bytes())),
-            IpAddress::Ipv6(Ipv6Address::from(ip.dst.to_be_bytes())),
-        )
+        (&src[..], &dst[..])
     } else {
-        (
-            IpAddress::Ipv4(Ipv4Address::from_bits(ip.src as u32)),
-            IpAddress::Ipv4(Ipv4Address::from_bits(ip.dst as u32)),
-        )
+        (&src[12..], &dst[12..])
     };
     let payload = &mut frame[l4..end];
     // Only a transport header the parser found whole: `l4` means nothing
@@ -128,7 +123,7 @@ pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
     payload[at..at + 2].fill(0);
     let mut acc = 0u32;
     if pseudo {
-        acc = pseudo_header(&src, &dst, ip.proto, payload.len());
+        acc = pseudo_header(src, dst, ip.proto, payload.len());
     }
     acc = sum_words(acc, payload, false);
     if payload.len() % 2 == 1 {
@@ -143,21 +138,11 @@ pub fn fill_all(medium: super::LinkMedium, frame: &mut [u8]) -> bool {
     true
 }
 
-/// The one's-complement sum of the TCP/UDP/ICMPv6 pseudo-header.
-fn pseudo_header(
-    src: &smoltcp::wire::IpAddress,
-    dst: &smoltcp::wire::IpAddress,
-    proto: u8,
-    len: usize,
-) -> u32 {
-    use smoltcp::wire::IpAddress;
-    let mut acc = 0u32;
-    for a in [src, dst] {
-        acc = match a {
-            IpAddress::Ipv4(a) => sum_words(acc, &a.octets(), false),
-            IpAddress::Ipv6(a) => sum_words(acc, &a.octets(), false),
-        };
-    }
+/// The one's-complement sum (not folded) of the TCP/UDP/ICMPv6
+/// pseudo-header of a `len`-byte `proto` payload between the addresses
+/// `src` and `dst` as they stand in an IPv4 or IPv6 header.
+pub fn pseudo_header(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u32 {
+    let acc = sum_words(sum_words(0, src, false), dst, false);
     acc + u32::from(proto) + (len as u32 & 0xffff) + (len as u32 >> 16)
 }
 
