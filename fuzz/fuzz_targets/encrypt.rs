@@ -40,6 +40,7 @@ fn end(local: [u8; 4], peer: [u8; 4], out: (u32, &str), inb: (u32, &str)) -> Enc
         medium: LinkMedium::Ethernet,
         local_mtu: 1500,
         global_mtu: 1400,
+        checksums: true,
     })
 }
 

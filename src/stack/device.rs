@@ -252,11 +252,11 @@ impl NetDevice {
                 v6gw(cfg.global.gateway6),
             );
         }
-        let checksums = cfg.local.checksums || cfg.global.checksums;
         let medium = local.medium();
         let remotes = [local.remote(), global.remote()];
         let function_name = function.name().to_string();
-        let mut nic = Nic::new(local, global, function, router, checksums);
+        let router = router.checksummed(cfg.local.checksums || cfg.global.checksums);
+        let mut nic = Nic::new(local, global, function, router);
         let shared = Arc::new(Shared::new(
             &cfg.name,
             &function_name,
@@ -326,6 +326,7 @@ impl NetDevice {
             medium: crate::wire::LinkMedium::from_phy(medium),
             local_mtu: nic.adapter(Role::Local).ip_mtu(),
             global_mtu: nic.adapter(Role::Global).ip_mtu(),
+            checksums: nic.router().checksums(),
         };
         let mut dev = NetDevice {
             link,

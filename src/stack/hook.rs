@@ -102,6 +102,11 @@ pub struct LinkInfo {
     pub local_mtu: usize,
     /// IP MTU of the global network.
     pub global_mtu: usize,
+    /// The device computes checksums (either network asks for them): a
+    /// checksum field holds a computed sum even when it is 0, and a
+    /// function that rewrites a header must keep it right. Off, a 0 means
+    /// "left out".
+    pub checksums: bool,
 }
 
 impl LinkInfo {
@@ -120,6 +125,7 @@ impl Default for LinkInfo {
             medium: LinkMedium::Ethernet,
             local_mtu: 1500,
             global_mtu: 1500,
+            checksums: false,
         }
     }
 }

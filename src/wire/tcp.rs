@@ -8,7 +8,7 @@
 //! syn[12] = 6 << 4; // data offset: 24 bytes
 //! syn[13] = TcpFlags::SYN.bits();
 //! syn[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]); // MSS 65495
-//! assert!(clamp_mss(&mut syn, 1460));
+//! assert!(clamp_mss(&mut syn, 1460, false));
 //! assert_eq!(&syn[22..24], &1460u16.to_be_bytes());
 //! ```
 
@@ -45,10 +45,12 @@ pub fn mss_for_mtu(mtu: usize, v6: bool) -> u16 {
 }
 
 /// Lowers the MSS option of a TCP SYN segment (`tcp`: the TCP header and
-/// what follows) to `max_mss`, fixing the checksum incrementally. Returns
-/// whether it changed anything; a truncated or odd option list is left as
-/// it is.
-pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
+/// what follows) to `max_mss`, fixing the checksum incrementally. With
+/// `checksummed` the checksum field holds a computed sum, even when it is
+/// 0; without, a 0 means "left out" and stays 0 (a non-zero one, e.g. from
+/// Linux behind a TAP, is still kept right). Returns whether it changed
+/// anything; a truncated or odd option list is left as it is.
+pub fn clamp_mss(tcp: &mut [u8], max_mss: u16, checksummed: bool) -> bool {
     if tcp.len() < 20 || tcp[13] & TcpFlags::SYN.bits() == 0 {
         return false;
     }
@@ -71,7 +73,7 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16) -> bool {
                     }
                     tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
                     let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
-                    if ck != 0 {
+                    if checksummed || ck != 0 {
                         tcp[16..18]
                             .copy_from_slice(&checksum::update(ck, old, max_mss).to_be_bytes());
                     }
@@ -162,17 +164,59 @@ mod tests {
         tcp[13] = 0x02;
         tcp[16..18].copy_from_slice(&0x1234u16.to_be_bytes());
         tcp[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]);
-        assert!(clamp_mss(&mut tcp, 1460));
+        assert!(clamp_mss(&mut tcp, 1460, false));
         assert_eq!(&tcp[20..24], &[2, 4, 0x05, 0xb4]);
         // One's-complement sum over the changed word balances out.
         let before = 0x1234u32 + 0xffd7;
         let after = u32::from(u16::from_be_bytes([tcp[16], tcp[17]])) + 1460;
         assert_eq!(checksum::fold(before), checksum::fold(after));
         // Not a SYN, or already small: untouched.
-        assert!(!clamp_mss(&mut tcp, 1460));
+        assert!(!clamp_mss(&mut tcp, 1460, false));
         tcp[13] = 0x10;
-        assert!(!clamp_mss(&mut tcp, 536));
+        assert!(!clamp_mss(&mut tcp, 536, false));
         // Truncated options never panic.
-        assert!(!clamp_mss(&mut [0u8; 10], 536));
+        assert!(!clamp_mss(&mut [0u8; 10], 536, true));
+    }
+
+    /// A SYN whose (header-only, for the test) checksum is right.
+    fn summed_syn(word: u16) -> [u8; 24] {
+        let mut tcp = [0u8; 24];
+        tcp[4..6].copy_from_slice(&word.to_be_bytes()); // part of seq
+        tcp[12] = 6 << 4;
+        tcp[13] = TcpFlags::SYN.bits();
+        tcp[20..24].copy_from_slice(&[2, 4, 0xff, 0xd7]);
+        let ck = !checksum::fold(checksum::sum_words(0, &tcp, false));
+        tcp[16..18].copy_from_slice(&ck.to_be_bytes());
+        tcp
+    }
+
+    fn sums_right(tcp: &[u8]) -> bool {
+        checksum::fold(checksum::sum_words(0, tcp, false)) == 0xffff
+    }
+
+    #[test]
+    fn a_computed_checksum_of_zero_is_kept_right() {
+        // Choose the seq word so that the checksum comes out 0: the word
+        // then adds exactly the complement of the rest.
+        let word = u16::from_be_bytes(summed_syn(0)[16..18].try_into().unwrap());
+        let tcp = summed_syn(word);
+        assert_eq!(&tcp[16..18], &[0, 0]);
+        assert!(sums_right(&tcp));
+
+        let mut checksummed = tcp;
+        assert!(clamp_mss(&mut checksummed, 1460, true));
+        assert!(sums_right(&checksummed), "a computed 0 must be updated");
+
+        // Without checksums a 0 means "left out": it stays so.
+        let mut left_out = tcp;
+        assert!(clamp_mss(&mut left_out, 1460, false));
+        assert_eq!(&left_out[16..18], &[0, 0]);
+
+        // A non-zero checksum is kept right either way.
+        for on in [true, false] {
+            let mut t = summed_syn(7);
+            assert!(clamp_mss(&mut t, 1460, on));
+            assert!(sums_right(&t));
+        }
     }
 }

@@ -39,9 +39,10 @@ pub(super) fn is_tcp_syn(view: &FrameView) -> bool {
         .is_some_and(|f| f.contains(TcpFlags::SYN))
 }
 
-/// Lowers the MSS of a TCP SYN so its segments fit an IP MTU of `mtu`.
-/// Returns whether the frame changed.
-pub(super) fn clamp_mss(view: &FrameView, frame: &mut [u8], mtu: usize) -> bool {
+/// Lowers the MSS of a TCP SYN so its segments fit an IP MTU of `mtu`
+/// (`checksummed`: see [`clamp_tcp_mss`]). Returns whether the frame
+/// changed.
+pub(super) fn clamp_mss(view: &FrameView, frame: &mut [u8], mtu: usize, checksummed: bool) -> bool {
     let Some(v) = view.ip() else {
         return false;
     };
@@ -51,7 +52,7 @@ pub(super) fn clamp_mss(view: &FrameView, frame: &mut [u8], mtu: usize) -> bool 
     let Some(tcp) = frame.get_mut(v.l4..v.end) else {
         return false;
     };
-    clamp_tcp_mss(tcp, mss_for_mtu(mtu, v.v6))
+    clamp_tcp_mss(tcp, mss_for_mtu(mtu, v.v6), checksummed)
 }
 
 /// Keeps the window a device's own TCP segment advertises one unit inside

@@ -37,7 +37,6 @@ macro_rules! tx_token {
             counters: &$nic.counters,
             now: $nic.now,
             management_port: $nic.management_port,
-            checksums: $nic.checksums,
         }
     };
 }
@@ -83,7 +82,6 @@ pub struct Nic {
     turn: bool,
     predicted: Role,
     counters: Arc<NicCounters>,
-    checksums: bool,
     /// Frames received this round, by [`Role::index`] (for `max_burst`).
     burst: [usize; 2],
     /// Where frames are copied that the stack (or a function) needs
@@ -135,13 +133,14 @@ fn pair(adapters: &mut [Box<dyn Adapter>; 2], role: Role) -> (&mut dyn Adapter, 
 }
 
 impl Nic {
-    /// A Nic over the local and the global adapter (same medium).
+    /// A Nic over the local and the global adapter (same medium); the
+    /// router says whether the stack fills in checksums
+    /// ([`Router::checksummed`]).
     pub fn new(
         local: Box<dyn Adapter>,
         global: Box<dyn Adapter>,
         function: Box<dyn Function>,
         router: Router,
-        checksums: bool,
     ) -> Nic {
         let cap = local.frame_capacity().max(global.frame_capacity());
         Nic {
@@ -152,7 +151,6 @@ impl Nic {
             turn: false,
             predicted: Role::Local,
             counters: Arc::default(),
-            checksums,
             burst: [0; 2],
             rx: vec![0; cap],
             pending: Pending {

@@ -44,8 +44,6 @@ pub struct NicTxToken<'a> {
     pub(super) counters: &'a NicCounters,
     pub(super) now: Instant,
     pub(super) management_port: Option<u16>,
-    /// The stack fills in checksums (see `Nic::checksums`).
-    pub(super) checksums: bool,
 }
 
 /// Where a Tx token's frame goes.
@@ -132,7 +130,7 @@ impl phy::TxToken for NicTxToken<'_> {
         bump(&c.frames_out, 1);
         let r = f(&mut full[..len]);
         let view = self.router.parse(&full[..len]);
-        frame::keep_window_margin(&view, &mut full[..len], self.checksums);
+        frame::keep_window_margin(&view, &mut full[..len], self.router.checksums());
         let mut frame = Frame::with_view(full, len, self.router.link_medium(), view);
         let verdict = if is_management(self.management_port, &view, false) {
             Verdict::Pass
@@ -517,7 +515,7 @@ impl phy::Device for Nic {
             [Some(a), Some(b)] => Some(a.min(b)),
             [a, b] => a.or(b),
         };
-        if !self.checksums {
+        if !self.router.checksums() {
             caps.checksum = ChecksumCapabilities::ignored();
         }
         caps

@@ -41,6 +41,8 @@ pub struct Router {
     routes: Vec<(IpCidr, IpAddress)>,
     /// Set by [`Router::forwarding`]: this device routes transit packets.
     fwd: Option<Forwarding>,
+    /// Set by [`Router::checksummed`]: frames carry computed checksums.
+    checksums: bool,
 }
 
 /// What a forwarding device knows beyond its local subnet.
@@ -88,6 +90,7 @@ impl Router {
             mtu: [local_mtu, global_mtu],
             routes: Vec::new(),
             fwd: None,
+            checksums: false,
         }
     }
 
@@ -115,6 +118,20 @@ impl Router {
     pub fn with_routes(mut self, routes: Vec<(IpCidr, IpAddress)>) -> Router {
         self.routes = routes;
         self
+    }
+
+    /// Says that the device's stack fills in and verifies checksums
+    /// (either network asks for them), so a checksum field holds a computed
+    /// sum even when it is 0, and rewrites must keep it right. Off (the
+    /// default), a 0 means "left out".
+    pub fn checksummed(mut self, on: bool) -> Router {
+        self.checksums = on;
+        self
+    }
+
+    /// Does the device's stack fill in and verify checksums?
+    pub fn checksums(&self) -> bool {
+        self.checksums
     }
 
     /// Does this device forward transit packets?
@@ -248,7 +265,7 @@ impl Router {
     /// Clamps the MSS of a TCP SYN crossing `role`'s network if that network
     /// is the smaller one. Returns whether the frame changed.
     pub fn clamp_mss(&self, view: &FrameView, frame: &mut [u8], role: Role) -> bool {
-        self.clamps() && frame::clamp_mss(view, frame, self.mtu(role))
+        self.clamps() && frame::clamp_mss(view, frame, self.mtu(role), self.checksums)
     }
 
     /// The one parse of a frame of this device's medium (see

@@ -147,7 +147,7 @@ fn router(
     p[12..16].copy_from_slice(&[10, 0, 0, 7]);
     p[16..20].copy_from_slice(&[10, 1, 0, 9]);
     local.inbox.push_back(p);
-    let nic = Nic::new(Box::new(local), Box::new(global), function, router, false);
+    let nic = Nic::new(Box::new(local), Box::new(global), function, router);
     (nic, sent)
 }
 

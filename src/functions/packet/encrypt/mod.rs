@@ -284,7 +284,8 @@ impl Encrypt {
         let ip_header = v.l4 - v.l3;
         let max_mss = self.hop_mtu.saturating_sub(OVERHEAD + ip_header + 20);
         let max_mss = max_mss.min(usize::from(u16::MAX)) as u16;
-        clamp_mss(frame.get_mut(v.l4..v.end).unwrap_or_default(), max_mss)
+        let tcp = frame.get_mut(v.l4..v.end).unwrap_or_default();
+        clamp_mss(tcp, max_mss, self.link.checksums)
     }
 
     /// Decapsulates an ESP packet for `local_address` in place.

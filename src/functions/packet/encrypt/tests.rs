@@ -266,6 +266,7 @@ fn hop_mtu_is_the_hop_networks() {
         medium: LinkMedium::Ethernet,
         local_mtu: 9000,
         global_mtu: 1280,
+        ..LinkInfo::default()
     };
     let (e1, e2) = pair();
     let (mut e1, mut e2) = (e1.with_link(link), e2.with_link(link));
