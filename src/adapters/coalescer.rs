@@ -53,13 +53,12 @@ pub struct Coalescer {
     closed: bool,
 }
 
-/// The joinable facts of a TCP segment.
+/// The joinable facts of a TCP segment (`gso.size`: its payload length).
 struct Segment {
     gso: Gso,
     l3: usize,
     seq: u32,
     flags: u8,
-    payload: usize,
 }
 
 impl Segment {
@@ -84,7 +83,6 @@ impl Segment {
             l3: ip.l3,
             seq: u32::from_be_bytes(frame[l4 + 4..l4 + 8].try_into().ok()?),
             flags: frame[l4 + 13],
-            payload: ip.end - head,
         })
     }
 }
@@ -98,7 +96,7 @@ impl Coalescer {
             return false;
         };
         // Only data with nothing but ACK (and PSH, which ends a run).
-        if seg.payload == 0 || seg.flags & !PSH != ACK {
+        if seg.gso.size == 0 || seg.flags & !PSH != ACK {
             return false;
         }
         let Some(gso) = self.gso else {
@@ -110,16 +108,16 @@ impl Coalescer {
             && seg.gso.head == gso.head
             && seg.gso.l4 == gso.l4
             && seg.seq == self.next_seq
-            && seg.payload <= gso.size
-            && self.buf.len() + seg.payload - seg.l3 <= IP_MAX
+            && seg.gso.size <= gso.size
+            && self.buf.len() + seg.gso.size - seg.l3 <= IP_MAX
             && same_headers(&self.buf[..gso.head], frame, seg.l3, gso.l4, gso.v6);
         if !fits {
             return false;
         }
         self.buf.extend_from_slice(&frame[gso.head..]);
         self.count += 1;
-        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
-        self.closed = seg.payload < gso.size || seg.flags & PSH != 0;
+        self.next_seq = seg.seq.wrapping_add(seg.gso.size as u32);
+        self.closed = seg.gso.size < gso.size || seg.flags & PSH != 0;
         if seg.flags & PSH != 0 {
             self.buf[gso.l4 + 13] |= PSH;
         }
@@ -132,7 +130,7 @@ impl Coalescer {
         self.count = 1;
         self.l3 = seg.l3;
         self.gso = Some(seg.gso);
-        self.next_seq = seg.seq.wrapping_add(seg.payload as u32);
+        self.next_seq = seg.seq.wrapping_add(seg.gso.size as u32);
         self.closed = seg.flags & PSH != 0;
     }
 

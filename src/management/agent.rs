@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
@@ -75,13 +75,6 @@ struct Session {
     output: Vec<u8>,
     /// Close once the output is sent (the peer misbehaved).
     closing: bool,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
@@ -239,7 +232,7 @@ impl Agent {
                 status: status as u8,
                 client,
                 seq,
-                time_ms: unix_ms(),
+                time_ms: mgmt::unix_ms(),
                 body,
             };
             mgmt::seal(&r, key).unwrap_or_else(|e| {
@@ -277,7 +270,7 @@ impl Agent {
             }
         };
         let (op, client, seq) = (req.op, req.client, req.seq);
-        if let Err(e) = self.guard.check(client, seq, req.time_ms, unix_ms()) {
+        if let Err(e) = self.guard.check(client, seq, req.time_ms, mgmt::unix_ms()) {
             self.counters.replayed += 1;
             let text = e.to_string();
             return (

@@ -58,6 +58,14 @@ mod replay;
 pub use key::Key;
 pub use replay::{ReplayCounters, ReplayGuard};
 
+/// The sender's clock as a message's `time_ms` carries it (and as a
+/// [`ReplayGuard`] compares it): Unix time in ms, 0 before 1970.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The first four bytes of every message.
 pub const MAGIC: [u8; 4] = *b"SNMG";
 /// The format version this module reads and writes.

@@ -209,8 +209,8 @@ pub fn stream_intact_paced(addr: SocketAddr, bytes: usize, pause: Duration) {
     let mut r = c.try_clone().unwrap();
     // Two periods of the pattern: any read of up to a period, at any
     // offset, is one slice of it.
-    let twice: Vec<u8> = (0..2 * PERIOD).map(|i| pattern_byte(i as u64)).collect();
-    let expected = twice.clone();
+    let twice: std::sync::Arc<[u8]> = (0..2 * PERIOD).map(|i| pattern_byte(i as u64)).collect();
+    let expected = std::sync::Arc::clone(&twice);
     let reader = std::thread::spawn(move || {
         let mut buf = vec![0u8; if pause.is_zero() { PERIOD } else { 64 * 1024 }];
         let mut got = 0usize;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use shmnet::config::DeviceSettings;
 use shmnet::management::{Agent, DEFAULT_AGENT_PORT, Management};
@@ -49,12 +49,6 @@ const READY: Duration = Duration::from_secs(15);
 
 fn ip(a: [u8; 4]) -> IpAddress {
     IpAddress::v4(a[0], a[1], a[2], a[3])
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The run's management secret, in a file of its own (the manager reads
@@ -574,7 +568,7 @@ fn round_trip_runs(secret: &Secret, firewall: &str, count: usize) -> Res<(Vec<f6
                 status: 0,
                 client,
                 seq: i + 1,
-                time_ms: unix_ms(),
+                time_ms: mgmt::unix_ms(),
                 body: b"",
             };
             mgmt::seal(&repr, &key).map_err(|e| e.to_string())

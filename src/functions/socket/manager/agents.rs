@@ -122,7 +122,7 @@ impl AgentLink {
             status: 0,
             client,
             seq,
-            time_ms: unix_ms(),
+            time_ms: mgmt::unix_ms(),
             body,
         };
         let msg = mgmt::seal(&repr, key).map_err(|e| e.to_string())?;
@@ -273,12 +273,4 @@ impl AgentLink {
         let mut sink = Vec::new();
         self.fail(cx, retired, "manager stopped", &mut sink);
     }
-}
-
-/// Unix time in milliseconds.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

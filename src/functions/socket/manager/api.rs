@@ -333,20 +333,8 @@ impl CaptureRequest {
     }
 }
 
-/// What a probe exchanges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeKind {
-    /// TCP connects (the default).
-    #[default]
-    Tcp,
-    /// ICMP echo.
-    Icmp,
-    /// HTTP GET of `path`.
-    Http,
-    /// memcached `version`.
-    Memcached,
-}
+/// What a probe exchanges: the same kinds as a continuous probe's.
+pub use super::probes::ProbeKind;
 
 /// The body of `POST /api/probe`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]

@@ -417,7 +417,7 @@ impl Manager {
             probes: &self.probes,
             stats: &self.stats,
         };
-        let planned = engine.tick(agents::unix_ms(), &view);
+        let planned = engine.tick(crate::wire::mgmt::unix_ms(), &view);
         for p in planned {
             let outcome = match &p.action {
                 Action::Log(text) => {

@@ -9,7 +9,7 @@ use smoltcp::time::Instant;
 
 use super::agents::{Answer, Purpose};
 use super::api::{self, ApiError, ApiRequest};
-use super::probes::{Probe, ProbeConfig, ProbeKind};
+use super::probes::{Probe, ProbeConfig};
 use super::{Manager, state};
 use crate::functions::SocketContext;
 use crate::functions::matching::ConfigDuration;
@@ -440,15 +440,9 @@ fn handle(m: &mut Manager, cx: &mut SocketContext<'_>, i: usize, req: Request) {
                 };
                 return respond_error(&mut m.server.conns[i], &e);
             }
-            let kind = match p.kind {
-                api::ProbeKind::Tcp => ProbeKind::Tcp,
-                api::ProbeKind::Icmp => ProbeKind::Icmp,
-                api::ProbeKind::Http => ProbeKind::Http,
-                api::ProbeKind::Memcached => ProbeKind::Memcached,
-            };
             let cfg = ProbeConfig {
                 name: p.device.clone().unwrap_or_else(|| "adhoc".into()),
-                kind,
+                kind: p.kind,
                 target: p.target.clone(),
                 interval: ConfigDuration::from_millis(u64::from(p.interval_ms)),
                 timeout: ConfigDuration::from_millis(u64::from(p.timeout_ms)),
