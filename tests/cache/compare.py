@@ -132,7 +132,9 @@ show("ma", raw(b"ma a1\r\nma a1 N0 J10 v\r\nma a1 v\r\nma a1 MD D3 v\r\nma a1 q 
 show("base64 keys", raw(b"ms Zm9v 3 b k\r\nbar\r\nmg foo v\r\nmg Zm9v b v k\r\nmg Zm9 b\r\n"))
 show("meta errors", raw(b"mg\r\nmg " + b"k" * 251 + b" v\r\nmg k O" + b"x" * 40 + b"\r\n"
                         b"mg k v v\r\nmg k " + b" ".join([b"O1"] * 20) + b"\r\n"))
-show("mn", raw(b"mn\r\n"))
+# Two `mn`s, two `MN`s: wait for both (the first may come in a packet of
+# its own, and `raw` would stop at it).
+show("mn", raw(b"mn\r\n", end=b"MN\r\nMN\r\n"))
 
 # Expiry and delayed flush on the servers' clocks.
 raw(b"set exp1 0 1 1\r\nx\r\nset fl 0 0 1\r\nx\r\nflush_all 2\r\n")
