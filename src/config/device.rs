@@ -290,13 +290,23 @@ impl DeviceConfig {
 
     /// The paths this configuration names that are relative to its file
     /// (`[management] secret_file`, a manager's `policy` and
-    /// `secret_file`), resolved against the file's folder `base`.
+    /// `secret_file`, an encrypt function's `key_file`s), resolved against
+    /// the file's folder `base`.
     pub fn relative_to(mut self, base: &Path) -> DeviceConfig {
         self.management = self.management.resolved(base);
-        #[cfg(feature = "manager")]
-        if let FunctionConfig::Manager(m) = &mut self.function {
-            m.policy = m.policy.take().map(|p| base.join(p));
-            m.secret_file = m.secret_file.take().map(|p| base.join(p));
+        match &mut self.function {
+            #[cfg(feature = "manager")]
+            FunctionConfig::Manager(m) => {
+                m.policy = m.policy.take().map(|p| base.join(p));
+                m.secret_file = m.secret_file.take().map(|p| base.join(p));
+            }
+            #[cfg(feature = "encrypt")]
+            FunctionConfig::Encrypt(e) => {
+                for sa in std::iter::once(&mut e.outbound).chain(&mut e.inbound) {
+                    sa.key_file = sa.key_file.take().map(|p| base.join(p));
+                }
+            }
+            _ => {}
         }
         self
     }
@@ -611,5 +621,35 @@ mtu = 9000
         assert!(e.contains("local.address"), "{e}");
         let e = err(&format!("{GOOD}\nspeed = 3\n"));
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[cfg(feature = "encrypt")]
+    #[test]
+    fn key_files_are_found_beside_the_device_file() {
+        let dir = std::env::temp_dir().join(format!("shmnet-keyfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("in.key"),
+            "00112233445566778899aabbccddeeff01020304\n",
+        )
+        .unwrap();
+        let function = r#"
+[function]
+kind = "encrypt"
+local_address = "10.1.0.1"
+peer_address = "10.1.0.2"
+outbound = { spi = 0x1001, key = "00112233445566778899aabbccddeeff01020304" }
+inbound = [{ spi = 0x2002, key_file = "in.key" }]
+"#;
+        let file = dir.join("dev.toml");
+        std::fs::write(&file, format!("{GOOD}{function}")).unwrap();
+        // Loaded from elsewhere (the working directory is not `dir`).
+        let d = DeviceConfig::load(&file);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let FunctionConfig::Encrypt(e) = d.unwrap().function else {
+            panic!("not an encrypt function");
+        };
+        assert_eq!(e.inbound[0].key_file.as_deref(), Some(&*dir.join("in.key")));
+        assert_eq!(e.outbound.key_file, None);
     }
 }

@@ -52,8 +52,9 @@ enum Cmd {
         /// Run devices as threads (default) or as separate processes.
         #[arg(long, value_parser = parse_mode)]
         mode: Option<RunMode>,
-        /// Print each device's counters at the end.
-        #[arg(long)]
+        /// Kept for old scripts: the counters are always printed at the end
+        /// (in process mode, by each device process).
+        #[arg(long, hide = true)]
         stats: bool,
         /// Managers' policies decide and log but change nothing.
         #[arg(long)]
@@ -170,7 +171,7 @@ fn main() {
             topology,
             duration,
             mode,
-            stats,
+            stats: _,
             dry_run,
         } => {
             // Device processes run this very binary.
@@ -186,11 +187,7 @@ fn main() {
             };
             match run_file(&topology, &opts, |line| say!("{line}")) {
                 Ok(out) => {
-                    if stats || !out.stats.is_empty() {
-                        for s in &out.stats {
-                            print_stats(s);
-                        }
-                    }
+                    out.stats.iter().for_each(print_stats);
                     for why in &out.failures {
                         eprintln!("shmnet run: {why}");
                     }
