@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use shmnet::wire::mgmt::{self, Key, Kind, MgmtRepr, Op, Status};
@@ -479,13 +479,6 @@ fn set_function_applies_and_bad_configs_and_tokens_are_refused() {
     run.stop();
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// A client id no other session of the agent's has used.
 fn client_id() -> u32 {
     let mut b = [0u8; 4];
@@ -501,7 +494,7 @@ fn request(op: Op, client: u32, seq: u64, key: &Key) -> Vec<u8> {
         status: 0,
         client,
         seq,
-        time_ms: unix_ms(),
+        time_ms: shmnet::wire::mgmt::unix_ms(),
         body: b"",
     };
     mgmt::seal(&r, key).unwrap()

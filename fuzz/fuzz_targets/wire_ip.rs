@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         let mut copy = data.to_vec();
         if matches!(v.transport, Transport::Tcp { .. })
             && let Some(seg) = copy.get_mut(v.l4..v.end)
-            && tcp::clamp_mss(seg, 536, data.first().is_some_and(|b| b & 1 == 1))
+            && tcp::clamp_mss(seg, 536, data.last().is_some_and(|b| b & 1 == 1))
         {
             let FrameView::Ip(w) = FrameView::parse(medium, &copy) else {
                 panic!("clamping broke the IP header: {v:?}");

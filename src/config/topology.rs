@@ -147,27 +147,48 @@ pub struct Topology {
 }
 
 /// A device table with the paths that are relative to its file made
-/// absolute (as `DeviceConfig::relative_to` resolves them), so it reads
-/// the same from another folder.
+/// absolute (the ones `DeviceConfig::relative_to` resolves: a test keeps
+/// the two in step), so it reads the same from another folder.
 fn absolute_paths(mut v: toml::Value, base: &Path) -> toml::Value {
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    let fix = |t: Option<&mut toml::Value>, key: &str| {
-        if let Some(toml::Value::String(p)) = t.and_then(|t| t.get_mut(key)) {
-            *p = base.join(&*p).display().to_string();
-        }
-    };
     if let Some(t) = v.as_table_mut() {
-        fix(t.get_mut("management"), "secret_file");
-        if t.get("function")
-            .and_then(|f| f.get("kind"))
-            .and_then(|k| k.as_str())
-            == Some("manager")
-        {
-            fix(t.get_mut("function"), "policy");
-            fix(t.get_mut("function"), "secret_file");
+        absolute_path(t.get_mut("management"), "secret_file", base);
+        if let Some(function) = t.get_mut("function") {
+            absolute_function_paths(function, base);
         }
     }
     v
+}
+
+/// `t[key]`, a path relative to `base`, made absolute.
+fn absolute_path(t: Option<&mut toml::Value>, key: &str, base: &Path) {
+    if let Some(toml::Value::String(p)) = t.and_then(|t| t.get_mut(key)) {
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        *p = base.join(&*p).display().to_string();
+    }
+}
+
+/// Makes the paths a `[function]` table names relative to its file (a
+/// manager's `policy` and `secret_file`, an encrypt function's
+/// `key_file`s) absolute, `base` being the file's folder: for a function
+/// table sent elsewhere (`shmnet ctl set FILE`), which then reads the same
+/// files.
+pub fn absolute_function_paths(function: &mut toml::Value, base: &Path) {
+    let fix = |t: Option<&mut toml::Value>, key: &str| absolute_path(t, key, base);
+    match function.get("kind").and_then(|k| k.as_str()) {
+        Some("manager") => {
+            fix(Some(&mut *function), "policy");
+            fix(Some(&mut *function), "secret_file");
+        }
+        Some("encrypt") => {
+            fix(function.get_mut("outbound"), "key_file");
+            if let Some(toml::Value::Array(sas)) = function.get_mut("inbound") {
+                for sa in sas {
+                    fix(Some(sa), "key_file");
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Topology {
@@ -483,4 +504,50 @@ fn validate_tap(
         address,
         network,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Process mode writes inline devices to files in another folder: each
+    /// path relative to the topology must still name the same file there.
+    #[test]
+    fn inline_devices_read_the_same_from_another_folder() {
+        let net = r#"
+            local = { segment = "l", address = "10.0.0.1/24" }
+            global = { segment = "g", address = "10.1.0.1/24" }
+            management = { secret_file = "net.secret" }
+        "#;
+        let functions = [
+            (
+                cfg!(feature = "manager"),
+                r#"function = { kind = "manager", policy = "p.toml", secret_file = "m.secret" }"#,
+            ),
+            (
+                cfg!(feature = "encrypt"),
+                r#"function = { kind = "encrypt", local_address = "10.1.0.1", peer_address = "10.1.0.2",
+                   outbound = { spi = 0x1001, key_file = "out.key" },
+                   inbound = [{ spi = 0x2002, key_file = "in.key" }, { spi = 0x2003, key = "00" }] }"#,
+            ),
+            (true, r#"function = { kind = "echo" }"#),
+        ];
+        let base = std::path::absolute("some/where").unwrap();
+        let elsewhere = Path::new("/run/elsewhere");
+        for (built, function) in functions {
+            if !built {
+                continue;
+            }
+            let v: toml::Value =
+                toml::from_str(&format!("name = \"d\"\n{function}\n{net}")).unwrap();
+            let here: DeviceConfig = v.clone().try_into().unwrap();
+            let written = absolute_paths(v, &base);
+            let there: DeviceConfig = written.try_into().unwrap();
+            assert_eq!(
+                there.relative_to(elsewhere),
+                here.relative_to(&base),
+                "{function}"
+            );
+        }
+    }
 }

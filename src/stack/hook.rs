@@ -103,9 +103,11 @@ pub struct LinkInfo {
     /// IP MTU of the global network.
     pub global_mtu: usize,
     /// The device computes checksums (either network asks for them): a
-    /// checksum field holds a computed sum even when it is 0, and a
-    /// function that rewrites a header must keep it right. Off, a 0 means
-    /// "left out".
+    /// function that rewrites a header must keep the checksum right even
+    /// when it is 0 (the frames the device's own stack sends hold computed
+    /// sums; a transit frame's 0 may still be "left out", and updating it
+    /// then harms nobody: a verifying receiver would refuse the 0 too).
+    /// Off, a 0 means "left out" and stays so.
     pub checksums: bool,
 }
 

@@ -91,6 +91,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A failure to report: the message, already explained.
+#[derive(Debug)]
 struct Failed(String);
 
 impl<E: std::fmt::Display> From<E> for Failed {
@@ -240,17 +241,21 @@ fn secret_bytes(raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The text `ctl set` sends: the file's `[function]` table re-serialised,
-/// or the whole file if it has none.
+/// The text `ctl set` sends: the file's `[function]` table (or the whole
+/// file if it has none) re-serialised, with the paths it names relative to
+/// the file made absolute, so the device reads the files this one means.
 fn function_body(path: &Path) -> Result<String, Failed> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failed(format!("cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = toml::from_str(&text)
+    let mut table: toml::Table = toml::from_str(&text)
         .map_err(|e| Failed(format!("{}: {}", path.display(), e.message())))?;
-    match table.get("function") {
-        Some(toml::Value::Table(f)) => Ok(toml::to_string(f)?),
-        _ => Ok(text),
-    }
+    let mut function = match table.remove("function") {
+        Some(f @ toml::Value::Table(_)) => f,
+        _ => toml::Value::Table(table),
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    shmnet::config::absolute_function_paths(&mut function, base);
+    Ok(toml::to_string(&function)?)
 }
 
 /// `s` percent-encoded for a path segment.
@@ -600,5 +605,37 @@ mod tests {
         assert_eq!(secret_bytes(hex.as_bytes()).len(), 16);
         assert_eq!(secret_bytes(b"abc\n"), b"abc");
         assert_eq!(secret_bytes(&hex.as_bytes()[1..]), &hex.as_bytes()[1..]);
+    }
+
+    #[test]
+    fn a_function_sent_by_set_names_its_key_files_as_the_file_does() {
+        let dir = std::env::temp_dir().join(format!("shmnet-ctl-set-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rekey.toml");
+        let body = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            let sent: toml::Table = toml::from_str(&function_body(&file).unwrap()).unwrap();
+            sent
+        };
+        let with_table = body(
+            "name = \"e1\"\n[function]\nkind = \"encrypt\"\n\
+             outbound = { spi = 0x1001, key_file = \"out.key\" }\n\
+             inbound = [{ spi = 0x2002, key_file = \"/etc/in.key\" }]\n",
+        );
+        let bare = body("kind = \"encrypt\"\noutbound = { spi = 1, key_file = \"out.key\" }\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let abs = std::path::absolute(dir.join("out.key")).unwrap();
+        for sent in [&with_table, &bare] {
+            assert_eq!(sent["kind"].as_str(), Some("encrypt"));
+            assert_eq!(
+                sent["outbound"]["key_file"].as_str(),
+                Some(abs.to_str().unwrap())
+            );
+        }
+        assert!(with_table.get("name").is_none());
+        assert_eq!(
+            with_table["inbound"][0]["key_file"].as_str(),
+            Some("/etc/in.key")
+        );
     }
 }

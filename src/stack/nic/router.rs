@@ -121,9 +121,11 @@ impl Router {
     }
 
     /// Says that the device's stack fills in and verifies checksums
-    /// (either network asks for them), so a checksum field holds a computed
-    /// sum even when it is 0, and rewrites must keep it right. Off (the
-    /// default), a 0 means "left out".
+    /// (either network asks for them), so rewrites keep a checksum right
+    /// even when it is 0 (see [`LinkInfo::checksums`]). Off (the default),
+    /// a 0 means "left out" and stays so.
+    ///
+    /// [`LinkInfo::checksums`]: crate::stack::LinkInfo::checksums
     pub fn checksummed(mut self, on: bool) -> Router {
         self.checksums = on;
         self
