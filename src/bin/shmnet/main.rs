@@ -16,7 +16,7 @@ use shmnet::config::{DeviceConfig, RunMode};
 use shmnet::error::Chain;
 use shmnet::shm::Segment;
 use shmnet::stack::DeviceStats;
-use shmnet::topology::{ChildCommand, RunOptions, run_device, run_file};
+use shmnet::topology::{ChildCommand, RunOptions, RunOutcome, run_device, run_file};
 
 /// Like `println!`, but a closed stdout (`shmnet run | head`) winds the
 /// program down as SIGTERM would, instead of panicking.
@@ -185,19 +185,8 @@ fn main() {
                 child,
                 dry_run,
             };
-            match run_file(&topology, &opts, |line| say!("{line}")) {
-                Ok(out) => {
-                    out.stats.iter().for_each(print_stats);
-                    for why in &out.failures {
-                        eprintln!("shmnet run: {why}");
-                    }
-                    if out.ok { 0 } else { 1 }
-                }
-                Err(e) => {
-                    eprintln!("shmnet run: {}", Chain(&*e));
-                    2
-                }
-            }
+            let out = run_file(&topology, &opts, |line| say!("{line}"));
+            exit_code("run", out.map_err(|e| Chain(&*e).to_string()))
         }
         Cmd::Device { config, duration } => {
             device_command(&config, duration.map(Duration::from_secs_f64))
@@ -224,16 +213,24 @@ fn device_command(config: &std::path::Path, duration: Option<Duration>) -> i32 {
         stop: Some(&SHUTDOWN),
         ..Default::default()
     };
-    match run_device(&cfg, &opts, |line| say!("{line}")) {
+    let out = run_device(&cfg, &opts, |line| say!("{line}"));
+    exit_code("device", out.map_err(|e| Chain(&e).to_string()))
+}
+
+/// Prints how a run ended (counters, failures, or why it could not
+/// start) and returns the exit status `shmnet CMD` gives it: 0 all well,
+/// 1 something failed, 2 it could not run.
+fn exit_code(cmd: &str, out: Result<RunOutcome, String>) -> i32 {
+    match out {
         Ok(out) => {
             out.stats.iter().for_each(print_stats);
             for why in &out.failures {
-                eprintln!("shmnet device: {why}");
+                eprintln!("shmnet {cmd}: {why}");
             }
             if out.ok { 0 } else { 1 }
         }
         Err(e) => {
-            eprintln!("shmnet device: {}", Chain(&e));
+            eprintln!("shmnet {cmd}: {e}");
             2
         }
     }
