@@ -72,11 +72,7 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16, checksummed: bool) -> bool {
                         return false;
                     }
                     tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
-                    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
-                    if checksummed || ck != 0 {
-                        tcp[16..18]
-                            .copy_from_slice(&checksum::update(ck, old, max_mss).to_be_bytes());
-                    }
+                    fix_checksum(tcp, old, max_mss, checksummed);
                     return true;
                 }
                 i += len;
@@ -88,8 +84,8 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16, checksummed: bool) -> bool {
 
 /// Lowers the window field of a segment a device's own stack sends by one
 /// unit (one scaled unit: `1 << shift` bytes), fixing the checksum
-/// incrementally when the stack filled it in (`checksummed`; else it is
-/// left 0, "not computed"). Returns whether it changed anything; SYNs
+/// incrementally as [`clamp_mss`] does (without `checksummed` the stack
+/// left it 0, "not computed", and it stays so). Returns whether it changed anything; SYNs
 /// (unscaled window), RSTs, a zero window and truncated headers are left
 /// alone.
 ///
@@ -116,12 +112,20 @@ pub fn shave_window(tcp: &mut [u8], checksummed: bool) -> bool {
     }
     let new = old - 1;
     tcp[14..16].copy_from_slice(&new.to_be_bytes());
-    if checksummed {
-        // A computed checksum may be 0 too: update whatever is there.
-        let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+    fix_checksum(tcp, old, new, checksummed);
+    true
+}
+
+/// Updates the checksum of `tcp` (a header of at least 20 bytes) for one
+/// 16-bit word changed from `old` to `new` (RFC 1624). With `checksummed`
+/// the field holds a computed sum even when it is 0, so it is always
+/// updated; without, a 0 means "left out" and stays 0, and a non-zero sum
+/// (from a peer that computed it) is kept right.
+fn fix_checksum(tcp: &mut [u8], old: u16, new: u16, checksummed: bool) {
+    let ck = u16::from_be_bytes([tcp[16], tcp[17]]);
+    if checksummed || ck != 0 {
         tcp[16..18].copy_from_slice(&checksum::update(ck, old, new).to_be_bytes());
     }
-    true
 }
 
 #[cfg(test)]
