@@ -15,7 +15,9 @@
 use std::time::Duration;
 
 use shmnet::config::{DeviceConfig, RunMode};
-use shmnet::functions::{CustomConfig, Frame, Function, FunctionConfig, FunctionError, Role};
+use shmnet::functions::{
+    CustomConfig, Frame, Function, FunctionConfig, FunctionError, FunctionKind, Role,
+};
 use shmnet::functions::{Verdict, register};
 use shmnet::shm::SegmentKind;
 use shmnet::smoltcp::time::Instant;
@@ -49,8 +51,8 @@ impl PortGuard {
 }
 
 impl Function for PortGuard {
-    fn name(&self) -> &'static str {
-        "port-guard"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("port-guard")
     }
 
     // Every frame the device forwards, from either network. The frame

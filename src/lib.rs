@@ -104,13 +104,15 @@
 //! file, in threads or processes:
 //!
 //! ```
-//! use shmnet::functions::{register, CustomConfig, Frame, Function, FunctionConfig, Role, Verdict};
+//! use shmnet::functions::{
+//!     register, CustomConfig, Frame, Function, FunctionConfig, FunctionKind, Role, Verdict,
+//! };
 //! use shmnet::smoltcp::time::Instant;
 //!
 //! /// Drops UDP to one port.
 //! struct DropPort(u16);
 //! impl Function for DropPort {
-//!     fn name(&self) -> &'static str { "drop-port" }
+//!     fn kind(&self) -> FunctionKind { FunctionKind::packet("drop-port") }
 //!     fn on_ingress(&mut self, _: Instant, _: Role, f: &mut Frame<'_>) -> Verdict {
 //!         match f.ip() {
 //!             Some(ip) if ip.proto == 17 && ip.ports().map(|p| p.1) == Some(self.0) => Verdict::Drop,

@@ -13,7 +13,7 @@ use common::*;
 use shmnet::config::{DeviceConfig, RunMode};
 use shmnet::functions::echo::{Echo, EchoConfig};
 use shmnet::functions::{
-    CustomConfig, Function, FunctionConfig, FunctionError, register, registered,
+    CustomConfig, Function, FunctionConfig, FunctionError, FunctionKind, register, registered,
 };
 use shmnet::stack::{Applied, ChangeError, FunctionSpec};
 use shmnet::topology::{ChildCommand, RunOptions, RunOutcome, run_device, run_file};
@@ -46,8 +46,8 @@ struct RefusedInPlace;
 
 struct Stubborn;
 impl Function for Stubborn {
-    fn name(&self) -> &'static str {
-        "stubborn"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("stubborn")
     }
     fn reconfigure(&mut self, cfg: &dyn FunctionSpec) -> Result<bool, FunctionError> {
         match cfg.downcast_ref::<RefusedInPlace>() {

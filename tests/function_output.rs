@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use shmnet::functions::{Emit, Frame, Function, Role, SocketContext, Verdict};
+use shmnet::functions::{Emit, Frame, Function, FunctionKind, Role, SocketContext, Verdict};
 use shmnet::shm::SegmentKind;
 use shmnet::stack::NetDevice;
 use smoltcp::time::Instant;
@@ -28,8 +28,8 @@ struct HoldAll {
 }
 
 impl Function for HoldAll {
-    fn name(&self) -> &'static str {
-        "hold-all"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("hold-all")
     }
     fn on_ingress(&mut self, _now: Instant, _from: Role, frame: &mut Frame<'_>) -> Verdict {
         if !is_ip(frame.bytes()) {
@@ -59,8 +59,8 @@ struct ViaDevice {
 }
 
 impl Function for ViaDevice {
-    fn name(&self) -> &'static str {
-        "via-device"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("via-device")
     }
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {
         if self.next_hop.is_none() {

@@ -28,7 +28,9 @@ use std::net::Ipv4Addr;
 use shmnet::config::DeviceConfig;
 use shmnet::functions::echo::EchoConfig;
 use shmnet::functions::encrypt::{EncryptConfig, IPPROTO_ESP, SaConfig};
-use shmnet::functions::{Emit, Frame, Function, FunctionConfig, SocketContext, Verdict, build};
+use shmnet::functions::{
+    Emit, Frame, Function, FunctionConfig, FunctionKind, SocketContext, Verdict, build,
+};
 use shmnet::shm::SegmentKind;
 use shmnet::smoltcp::time::Instant as DeviceTime;
 use shmnet::smoltcp::wire::IpAddress;
@@ -160,9 +162,10 @@ struct Attacker {
 }
 
 impl Function for Attacker {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet(self.inner.name())
     }
+
     fn on_ingress(&mut self, now: DeviceTime, from: Role, frame: &mut Frame<'_>) -> Verdict {
         let verdict = self.inner.on_ingress(now, from, frame);
         if verdict == Verdict::Modified {

@@ -85,10 +85,7 @@ impl Pcap {
             out: file.0,
             written: Capture::default(),
             start: std::time::Instant::now(),
-            start_unix_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0),
+            start_unix_us: crate::wire::since_unix_epoch().as_micros() as i64,
         }
     }
 

@@ -24,7 +24,6 @@ pub struct NetworkConfig {
     /// IPv4 address and prefix, e.g. "10.0.0.1/24".
     pub address: String,
     /// Optional IPv6 address and prefix.
-    #[serde(default)]
     pub address6: Option<String>,
     /// IP MTU in bytes, 576..=65535.
     #[serde(default = "default_mtu")]
@@ -33,16 +32,12 @@ pub struct NetworkConfig {
     #[serde(default)]
     pub medium: LinkMedium,
     /// Default gateway on this network (global network only).
-    #[serde(default)]
     pub gateway: Option<String>,
     /// Default IPv6 gateway on this network (global network only).
-    #[serde(default)]
     pub gateway6: Option<String>,
     /// Write every frame this adapter carries to a pcap file.
-    #[serde(default)]
     pub pcap: Option<PathBuf>,
     /// Frames taken from this adapter per poll round.
-    #[serde(default)]
     pub max_burst: Option<usize>,
     /// Compute and verify checksums (off: the shared-memory link is lossless).
     #[serde(default)]
@@ -51,7 +46,6 @@ pub struct NetworkConfig {
     /// out first, when devices are threads of one process (the default
     /// there). Frames of another process are always copied: its memory is
     /// never referenced.
-    #[serde(default)]
     pub trust_peers: Option<bool>,
     /// Ports the network holds at once; every device of the network must
     /// give the same value (a joiner with another is refused). Unused ports
@@ -152,7 +146,6 @@ pub struct DeviceConfig {
     /// The network that also reaches remote hosts (`[global]`).
     pub global: NetworkConfig,
     /// Hardware address, "02:53:xx:xx:xx:xx"; default derived from the name.
-    #[serde(default)]
     pub mac: Option<String>,
     /// Forward packets not addressed to this device between (and within)
     /// its networks, as a router does: the device sits in a chain.

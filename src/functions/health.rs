@@ -64,7 +64,6 @@ macro_rules! with_health_fields {
                 #[serde(default = $interval)]
                 pub interval: $crate::functions::matching::ConfigDuration,
                 /// How long a probe waits for its answer.
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub timeout: Option<$crate::functions::matching::ConfigDuration>,
                 /// Consecutive failures that take an up peer down.
                 #[serde(default = "crate::functions::health::default_fall")]

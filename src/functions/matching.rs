@@ -311,19 +311,14 @@ macro_rules! with_match_fields {
         $crate::functions::common::struct_with_fields! {
             [
                 /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` or a protocol number.
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub proto: Option<$crate::functions::matching::ProtoSpec>,
                 /// Source prefix (`"10.0.0.0/24"`, `"fd00::/64"`, or one address).
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub src: Option<String>,
                 /// Destination prefix.
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub dst: Option<String>,
                 /// Source port or range (needs `proto = "tcp"` or `"udp"`).
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub sport: Option<$crate::functions::matching::PortSpec>,
                 /// Destination port or range (needs `proto = "tcp"` or `"udp"`).
-                #[serde(default, skip_serializing_if = "Option::is_none")]
                 pub dport: Option<$crate::functions::matching::PortSpec>,
             ]
             $(#[$attr])*

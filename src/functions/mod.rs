@@ -32,7 +32,8 @@ pub use socket::manager;
 pub use socket::{cache, diag, echo, probe, sink, tcp_proxy};
 
 pub use crate::stack::hook::{
-    Directory, Emit, Frame, Function, FunctionError, LinkInfo, Role, SocketContext, Verdict,
+    Directory, Emit, Frame, Function, FunctionError, FunctionKind, LinkInfo, Role, SocketContext,
+    Verdict,
 };
 
 /// A function's own config type, one variant of [`FunctionConfig`]: what

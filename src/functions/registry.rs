@@ -38,11 +38,11 @@ static REGISTRY: RwLock<BTreeMap<String, Entry>> = RwLock::new(BTreeMap::new());
 /// [`FunctionConfig::Custom`](super::FunctionConfig::Custom).
 ///
 /// ```
-/// use shmnet::functions::{register, CustomConfig, Function, FunctionConfig};
+/// use shmnet::functions::{register, CustomConfig, Function, FunctionConfig, FunctionKind};
 ///
 /// struct Counter { every: u64 }
 /// impl Function for Counter {
-///     fn name(&self) -> &'static str { "counter" }
+///     fn kind(&self) -> FunctionKind { FunctionKind::packet("counter") }
 /// }
 /// #[derive(serde::Deserialize)]
 /// struct CounterConfig { every: u64 }

@@ -151,9 +151,7 @@ pub(crate) enum Event {
 pub(crate) fn fresh_epoch() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let nanos = crate::wire::since_unix_epoch().as_nanos() as u64;
     let mut h = crc32fast::Hasher::new();
     h.update(&nanos.to_ne_bytes());
     h.update(&std::process::id().to_ne_bytes());

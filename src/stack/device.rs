@@ -270,10 +270,7 @@ impl NetDevice {
         let mut config = Config::new(hw);
         config.random_seed = crc32fast::hash(cfg.name.as_bytes()) as u64
             ^ (std::process::id() as u64) << 32
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
+            ^ crate::wire::since_unix_epoch().as_nanos() as u64;
         let clock = std::time::Instant::now();
         let mut iface = Interface::new(config, &mut nic, Instant::ZERO);
         let table_full = || DeviceError::AddressTable {

@@ -15,14 +15,14 @@
 //! [`SocketContext::link`] from [`Function::attach`] on.
 //!
 //! ```
-//! use shmnet::stack::{Frame, Function, Verdict, Role};
+//! use shmnet::stack::{Frame, Function, FunctionKind, Verdict, Role};
 //! use shmnet::wire::LinkMedium;
 //! use smoltcp::time::Instant;
 //!
 //! /// Drops every UDP datagram to port 9 (discard).
 //! struct NoDiscard;
 //! impl Function for NoDiscard {
-//!     fn name(&self) -> &'static str { "no-discard" }
+//!     fn kind(&self) -> FunctionKind { FunctionKind::packet("no-discard") }
 //!     fn on_ingress(&mut self, _: Instant, _: Role, f: &mut Frame<'_>) -> Verdict {
 //!         match f.ip() {
 //!             Some(ip) if ip.proto == 17 && ip.ports().map(|p| p.1) == Some(9) => Verdict::Drop,
@@ -301,21 +301,53 @@ pub enum FunctionError {
     },
 }
 
-/// A network function. Every method has a no-op default.
-pub trait Function: Send {
+/// What a function is: its name and whether it looks at arriving frames.
+/// Every function states it ([`Function::kind`]), so a packet function
+/// can't lose its ingress hook to a forgotten default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FunctionKind {
     /// Short name, as in the config's `kind`.
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
+    /// Whether [`Function::on_ingress`] is called. Without it, trusted
+    /// frames go to the stack in place, without a copy.
+    pub hooks_ingress: bool,
+}
 
-    /// A frame arrived on the `from` adapter, before the stack sees it (or,
-    /// on a forwarding device, before it is forwarded).
-    fn on_ingress(&mut self, _now: Instant, _from: Role, _frame: &mut Frame<'_>) -> Verdict {
-        Verdict::Pass
+impl FunctionKind {
+    /// A packet function: `on_ingress` sees every arriving frame.
+    pub const fn packet(name: &'static str) -> FunctionKind {
+        FunctionKind {
+            name,
+            hooks_ingress: true,
+        }
     }
 
-    /// Whether `on_ingress` looks at frames. A function that returns `false`
-    /// lets trusted frames go to the stack in place, without a copy.
-    fn hooks_ingress(&self) -> bool {
-        true
+    /// A function that works through sockets (or leaves frames alone):
+    /// `on_ingress` is never called.
+    pub const fn socket(name: &'static str) -> FunctionKind {
+        FunctionKind {
+            name,
+            hooks_ingress: false,
+        }
+    }
+}
+
+/// A network function. Every method but [`kind`](Function::kind) has a
+/// no-op default.
+pub trait Function: Send {
+    /// Its name and whether it hooks arriving frames.
+    fn kind(&self) -> FunctionKind;
+
+    /// Short name, as in the config's `kind` (from [`Function::kind`]).
+    fn name(&self) -> &'static str {
+        self.kind().name
+    }
+
+    /// A frame arrived on the `from` adapter, before the stack sees it (or,
+    /// on a forwarding device, before it is forwarded). Called only for a
+    /// [`FunctionKind::packet`].
+    fn on_ingress(&mut self, _now: Instant, _from: Role, _frame: &mut Frame<'_>) -> Verdict {
+        Verdict::Pass
     }
 
     /// The stack emitted a frame, before it is routed to an adapter.

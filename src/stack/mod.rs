@@ -38,7 +38,9 @@ pub mod spec;
 pub use counters::{CounterName, DeviceStats, NicCounters, NicStats};
 pub use device::{DeviceError, NetDevice, SPIN, SPIN_HOT};
 pub use handle::{Applied, ChangeError, DeviceHandle, Ticket};
-pub use hook::{Directory, Emit, Frame, Function, FunctionError, LinkInfo, SocketContext, Verdict};
+pub use hook::{
+    Directory, Emit, Frame, Function, FunctionError, FunctionKind, LinkInfo, SocketContext, Verdict,
+};
 pub use nic::{Nic, Router, Transit};
 pub use sockets::{DEFAULT_POOL_BYTES, DEFAULT_TCP_BUFFER, SocketPool, new_tcp_socket};
 pub use spec::{

@@ -61,9 +61,7 @@ pub use replay::{ReplayCounters, ReplayGuard};
 /// The sender's clock as a message's `time_ms` carries it (and as a
 /// [`ReplayGuard`] compares it): Unix time in ms, 0 before 1970.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    super::since_unix_epoch().as_millis() as u64
 }
 
 /// The first four bytes of every message.

@@ -54,7 +54,7 @@ use lz4_flex::block::{
 };
 use smoltcp::time::Instant;
 
-use super::{Frame, Function, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, FunctionKind, Role, Verdict};
 use crate::functions::common::{counters, reconfigure_in_place};
 use crate::wire::{IpView, checksum};
 
@@ -283,8 +283,8 @@ fn rewrite_ip(frame: &mut [u8], v: &IpView, protocol: u8, end: usize) {
 }
 
 impl Function for Compress {
-    fn name(&self) -> &'static str {
-        "compress"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("compress")
     }
 
     fn on_ingress(&mut self, _now: Instant, from: Role, frame: &mut Frame<'_>) -> Verdict {

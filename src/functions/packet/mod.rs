@@ -7,8 +7,8 @@
 // The contract and the shared config fragments, for the functions below.
 #[allow(unused_imports)]
 use super::{
-    Directory, Emit, Frame, Function, FunctionConfig, FunctionError, Role, SocketContext, Verdict,
-    build, matching,
+    Directory, Emit, Frame, Function, FunctionConfig, FunctionError, FunctionKind, Role,
+    SocketContext, Verdict, build, matching,
 };
 
 #[cfg(feature = "balancer")]

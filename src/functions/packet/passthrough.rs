@@ -4,20 +4,17 @@
 //!
 //! ```
 //! use shmnet::functions::{Function, Passthrough};
-//! assert!(!Passthrough.hooks_ingress());
+//! assert!(!Passthrough.kind().hooks_ingress);
 //! ```
 
-use super::Function;
+use super::{Function, FunctionKind};
 
 /// Forwards everything unchanged.
 #[derive(Debug, Default)]
 pub struct Passthrough;
 
 impl Function for Passthrough {
-    fn name(&self) -> &'static str {
-        "passthrough"
-    }
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("passthrough")
     }
 }

@@ -12,7 +12,9 @@
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
 
-use super::{Function, FunctionError, SocketContext, check_server, listen_on, udp_socket};
+use super::{
+    Function, FunctionError, FunctionKind, SocketContext, check_server, listen_on, udp_socket,
+};
 
 /// `[function] kind = "echo"`; a field left out takes its value from
 /// [`EchoConfig::default`].
@@ -65,12 +67,8 @@ impl Echo {
 }
 
 impl Function for Echo {
-    fn name(&self) -> &'static str {
-        "echo"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("echo")
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

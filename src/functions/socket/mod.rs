@@ -10,7 +10,7 @@
 use smoltcp::socket::{tcp, udp};
 
 #[allow(unused_imports)]
-use super::{Function, FunctionConfig, FunctionError, SocketContext, build};
+use super::{Function, FunctionConfig, FunctionError, FunctionKind, SocketContext, build};
 
 pub mod cache;
 pub mod echo;

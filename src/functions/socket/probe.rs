@@ -20,7 +20,7 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 use super::sink::RECEIPT_LEN;
-use super::{Function, FunctionError, SocketContext, udp_socket};
+use super::{Function, FunctionError, FunctionKind, SocketContext, udp_socket};
 use crate::functions::matching::{ConfigDuration, quoted};
 
 /// An exchange's `timeout` when the config leaves it out.
@@ -393,12 +393,8 @@ fn timed_out(
 }
 
 impl Function for Probe {
-    fn name(&self) -> &'static str {
-        "probe"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("probe")
     }
 
     fn poll(&mut self, cx: &mut SocketContext<'_>) -> bool {

@@ -13,7 +13,7 @@
 //! ```
 
 use super::probe::pattern_matches;
-use super::{Function, FunctionError, SocketContext, check_server, listen_on};
+use super::{Function, FunctionError, FunctionKind, SocketContext, check_server, listen_on};
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 
@@ -86,12 +86,8 @@ impl Sink {
 }
 
 impl Function for Sink {
-    fn name(&self) -> &'static str {
-        "sink"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("sink")
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

@@ -40,7 +40,9 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 
 pub use super::Balance;
-use super::{Acceptor, Function, FunctionError, LocalPorts, SocketContext, check_tcp_buffer};
+use super::{
+    Acceptor, Function, FunctionError, FunctionKind, LocalPorts, SocketContext, check_tcp_buffer,
+};
 use crate::functions::common::{counter_names, counters, defaults, invalid, reconfigure_in_place};
 use crate::functions::matching::{ConfigDuration, quoted};
 use crate::stack::FunctionSpec;
@@ -82,7 +84,6 @@ pub struct TcpProxyConfig {
     pub backlog: u32,
     /// Bytes of each socket's buffers each way (default: the device's
     /// `[sockets] tcp_buffer`).
-    #[serde(default)]
     pub tcp_buffer: Option<usize>,
 }
 
@@ -498,12 +499,8 @@ fn finished_sending(cx: &SocketContext<'_>, h: SocketHandle) -> bool {
 }
 
 impl Function for TcpProxy {
-    fn name(&self) -> &'static str {
-        "tcp-proxy"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("tcp-proxy")
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

@@ -474,7 +474,7 @@ impl phy::Device for Nic {
         } else {
             self.stalled_since = None;
         }
-        let hooks = self.function.hooks_ingress();
+        let hooks = self.function.kind().hooks_ingress;
         for _ in 0..2 {
             self.turn = !self.turn;
             let role = if self.turn { Role::Local } else { Role::Global };

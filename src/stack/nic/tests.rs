@@ -13,7 +13,7 @@ use super::{Nic, Router};
 use crate::adapters::{
     Adapter, AdapterCounters, AdapterStats, InPlace, Neighbour, Remote, TxLease, Wake,
 };
-use crate::stack::hook::{Frame, Function, Verdict};
+use crate::stack::hook::{Frame, Function, FunctionKind, Verdict};
 
 /// Where buffers were, as addresses: received into, and sent from.
 #[derive(Default)]
@@ -112,8 +112,8 @@ impl Adapter for MemAdapter {
 /// A function that looks at every frame and lets it pass.
 struct Look;
 impl Function for Look {
-    fn name(&self) -> &'static str {
-        "look"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("look")
     }
     fn on_ingress(&mut self, _: Instant, _: crate::stack::Role, f: &mut Frame<'_>) -> Verdict {
         assert_eq!(f.len(), 100);
@@ -156,11 +156,8 @@ fn a_forwarded_frame_is_received_into_the_buffer_it_leaves_from() {
     /// Lets every frame through without looking (frames may stay in place).
     struct Blind;
     impl Function for Blind {
-        fn name(&self) -> &'static str {
-            "blind"
-        }
-        fn hooks_ingress(&self) -> bool {
-            false
+        fn kind(&self) -> FunctionKind {
+            FunctionKind::socket("blind")
         }
     }
     let functions: [fn() -> Box<dyn Function>; 2] = [|| Box::new(Blind), || Box::new(Look)];

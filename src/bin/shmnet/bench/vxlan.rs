@@ -93,6 +93,12 @@ fn ip(args: &[&str]) -> Res<()> {
     }
 }
 
+/// Gives `dev` in namespace `ns` the address `addr`/24 and brings it up.
+fn address_up(ns: &str, dev: &str, addr: &str) -> Res<()> {
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "up"])
+}
+
 /// The two namespaces and their links; removed on drop.
 struct Hosts {
     dir: PathBuf,
@@ -117,16 +123,7 @@ impl Hosts {
         for i in 0..2 {
             let (ns, veth) = (NS[i], VETH[i]);
             let other = UNDERLAY[1 - i];
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", UNDERLAY[i]),
-                "dev",
-                veth,
-            ])?;
-            ip(&["-n", ns, "link", "set", veth, "up"])?;
+            address_up(ns, veth, UNDERLAY[i])?;
             ip(&[
                 "-n",
                 ns,
@@ -148,16 +145,7 @@ impl Hosts {
                 "dev",
                 veth,
             ])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", KERNEL_OVERLAY[i]),
-                "dev",
-                KVX,
-            ])?;
-            ip(&["-n", ns, "link", "set", KVX, "up"])?;
+            address_up(ns, KVX, KERNEL_OVERLAY[i])?;
         }
         Ok(hosts)
     }

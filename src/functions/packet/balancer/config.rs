@@ -63,7 +63,6 @@ with_health_fields! {
         /// The virtual address clients connect to, `"ip:port"`.
         pub vip: String,
         /// `"tcp"` (the default) or `"udp"`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub proto: Option<ProtoSpec>,
         /// Backend endpoints, `"ip:port"`, of the VIP's IP version.
         #[serde(default)]
@@ -73,7 +72,6 @@ with_health_fields! {
         #[serde(default = "defaults::u32::<65537>")]
         pub table_size: u32,
         /// Default: `"tcp"` for TCP services, `"none"` for UDP ones.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub check: Option<Check>,
     }
 }

@@ -86,7 +86,7 @@ use nat::{Nat, Offsets, Side};
 use probe::CHECK_PORTS;
 use service::Service;
 
-use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
+use super::{Frame, Function, FunctionError, FunctionKind, Role, SocketContext, Verdict};
 use crate::functions::common::{counter_names, counters, invalid, reconfigure_in_place};
 use crate::functions::health::Health;
 use crate::wire::{FlowKey, NoIp, TcpFlags, proto};
@@ -481,8 +481,8 @@ impl Balancer {
 }
 
 impl Function for Balancer {
-    fn name(&self) -> &'static str {
-        "balancer"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("balancer")
     }
 
     fn on_ingress(&mut self, now: Instant, _from: Role, frame: &mut Frame<'_>) -> Verdict {

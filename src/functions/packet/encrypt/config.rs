@@ -81,10 +81,8 @@ pub struct SaConfig {
     /// Security parameter index, 256..=u32::MAX.
     pub spi: u32,
     /// AES key then 4-byte salt, hex (40 or 72 digits).
-    #[serde(default)]
     pub key: Option<String>,
     /// A file holding the same hex text, or the raw 20 or 36 bytes.
-    #[serde(default)]
     pub key_file: Option<PathBuf>,
 }
 

@@ -66,7 +66,7 @@ mod tests;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetFrame, EthernetProtocol};
 
-use super::{Frame, Function, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, FunctionKind, Role, Verdict};
 use crate::functions::common::{counters, reconfigure_in_place};
 use crate::stack::LinkInfo;
 use crate::wire::tcp::clamp_mss;
@@ -399,8 +399,8 @@ fn emit_outer_ipv4(h: &mut [u8], src: [u8; 4], dst: [u8; 4], total_len: usize) {
 }
 
 impl Function for Encrypt {
-    fn name(&self) -> &'static str {
-        "encrypt"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("encrypt")
     }
 
     fn on_ingress(&mut self, _now: Instant, from: Role, frame: &mut Frame<'_>) -> Verdict {

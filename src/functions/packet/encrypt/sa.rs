@@ -90,9 +90,7 @@ impl SaKey {
 /// A fresh IV epoch: Unix seconds, strictly increasing within the process.
 fn next_epoch() -> u32 {
     static LAST: AtomicU32 = AtomicU32::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as u32);
+    let now = crate::wire::since_unix_epoch().as_secs() as u32;
     let mut last = LAST.load(Ordering::Relaxed);
     loop {
         let next = now.max(last.wrapping_add(1));

@@ -123,7 +123,7 @@ pub use config::{Action, Direction, FirewallConfig, RuleConfig, StateMatch};
 use conntrack::{Class, ConnTable, Kind, quoted_key};
 use rules::Rules;
 
-use super::{Frame, Function, FunctionError, Role, Verdict};
+use super::{Frame, Function, FunctionError, FunctionKind, Role, Verdict};
 use crate::functions::common::{counters, reconfigure_in_place};
 use crate::wire::{Fragment, FrameView, IpView};
 
@@ -364,8 +364,8 @@ impl DropLog {
 }
 
 impl Function for Firewall {
-    fn name(&self) -> &'static str {
-        "firewall"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("firewall")
     }
 
     fn on_ingress(&mut self, now: Instant, from: Role, frame: &mut Frame<'_>) -> Verdict {

@@ -117,20 +117,16 @@ with_match_fields! {
         #[serde(default = "defaults::u32::<1>")]
         pub weight: u32,
         /// Shaping rate; none: not shaped (only the link rate applies).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub rate: Option<RateSpec>,
         /// Bucket size in bytes (default: 10 ms at `rate`, at least 3028).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub burst: Option<u64>,
         /// Queue size in bytes.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub queue: Option<u64>,
         /// `"drop"` (the default) or `"mark"`.
         #[serde(default)]
         pub over_limit: OverLimit,
         /// Queue bytes from which ECT packets are CE-marked (default: half the
         /// queue); only with `over_limit = "mark"`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub mark_at: Option<u64>,
         /// DSCP values (0..=63) matched; empty: any.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,10 +183,8 @@ pub struct QosConfig {
     #[serde(default)]
     pub direction: Direction,
     /// Total rate of each direction's link; none: not shaped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<RateSpec>,
     /// Link bucket size in bytes (default as for classes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
     /// The classes, in match order (first match wins).
     #[serde(rename = "class")]

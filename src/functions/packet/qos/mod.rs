@@ -99,7 +99,7 @@ use smoltcp::time::Instant;
 
 use self::classify::{ClassMatch, Unscheduled, mark_ce, scheduled};
 use self::scheduler::Link;
-use super::{Emit, Frame, Function, FunctionError, Role, Verdict};
+use super::{Emit, Frame, Function, FunctionError, FunctionKind, Role, Verdict};
 use crate::functions::common::{counter_names, counters, reconfigure_in_place};
 use crate::wire::FrameView;
 
@@ -358,8 +358,8 @@ impl Qos {
 }
 
 impl Function for Qos {
-    fn name(&self) -> &'static str {
-        "qos"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("qos")
     }
 
     fn on_ingress(&mut self, now: Instant, from: Role, frame: &mut Frame<'_>) -> Verdict {

@@ -87,10 +87,8 @@ with_health_fields! {
         /// (names its counters and `via` entries).
         pub name: String,
         /// A fixed address on one of the device's networks.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub address: Option<Addresses>,
         /// A device on one of this device's networks, by name.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub device: Option<String>,
         /// One of the device's networks (`"local"` or `"global"`): packets
         /// leave by its adapter, to their destination if it is on that
@@ -98,7 +96,6 @@ with_health_fields! {
         #[serde(default, with = "network", skip_serializing_if = "Option::is_none")]
         pub network: Option<Role>,
         /// Default: `icmp` for an address or device, `none` for a network.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub check: Option<Check>,
     }
 }
@@ -114,10 +111,8 @@ with_match_fields! {
     #[serde(deny_unknown_fields)]
     pub struct RuleConfig {
         /// Names the rule's counter (default: its index).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,
         /// DiffServ code point, 0..=63.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub dscp: Option<u8>,
         /// Next hops by name, most preferred first.
         pub via: Vec<String>,

@@ -93,7 +93,7 @@ pub use config::{Addresses, Check, NextHopConfig, RerouteConfig, RuleConfig, Whe
 use probe::{Hop, PROBE_IDENT, Target, echo_reply_seq, echo_request};
 use rules::Rule;
 
-use super::{Frame, Function, FunctionError, Role, SocketContext, Verdict};
+use super::{Frame, Function, FunctionError, FunctionKind, Role, SocketContext, Verdict};
 use crate::functions::common::{counters, invalid, reconfigure_in_place};
 use crate::wire::{FrameView, IpView, NoIp};
 
@@ -300,8 +300,8 @@ impl Reroute {
 }
 
 impl Function for Reroute {
-    fn name(&self) -> &'static str {
-        "reroute"
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::packet("reroute")
     }
 
     fn on_ingress(&mut self, _now: Instant, _from: Role, frame: &mut Frame<'_>) -> Verdict {

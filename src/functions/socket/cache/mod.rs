@@ -38,7 +38,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp;
 use smoltcp::time::Duration;
 
-use super::{Function, FunctionError, SocketContext, recv_into};
+use super::{Function, FunctionError, FunctionKind, SocketContext, recv_into};
 use crate::functions::common::{invalid, reconfigure_in_place};
 use crate::stack::FunctionSpec;
 
@@ -304,18 +304,12 @@ impl Cache {
 }
 
 impl Function for Cache {
-    fn name(&self) -> &'static str {
-        "cache"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("cache")
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let unix_ms = crate::wire::since_unix_epoch().as_millis() as i64;
         self.engine
             .store
             .set_unix_base(unix_ms - cx.now.total_millis());

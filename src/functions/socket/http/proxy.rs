@@ -50,7 +50,7 @@ pub use health::HealthConfig;
 use super::codec::{BodyDecoder, HeadParser, Limits, RequestHead, ResponseHead, error_response};
 use crate::functions::common::{counters, reconfigure_in_place};
 use crate::functions::socket::{Acceptor, LocalPorts};
-use crate::functions::{Function, FunctionError, SocketContext};
+use crate::functions::{Function, FunctionError, FunctionKind, SocketContext};
 use crate::stack::FunctionSpec;
 
 /// Bytes read ahead from a client beyond a head: the rest waits in its
@@ -309,12 +309,8 @@ impl HttpProxy {
 }
 
 impl Function for HttpProxy {
-    fn name(&self) -> &'static str {
-        "http-proxy"
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket("http-proxy")
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

@@ -48,7 +48,7 @@ use super::codec::{
 use crate::functions::common::{counters, invalid, reconfigure_in_place};
 use crate::functions::matching::ConfigDuration;
 use crate::functions::socket::recv_into;
-use crate::functions::{Function, FunctionError, SocketContext};
+use crate::functions::{Function, FunctionError, FunctionKind, SocketContext};
 use crate::stack::FunctionSpec;
 
 const KIND: &str = "http-server";
@@ -120,11 +120,9 @@ pub struct Route {
     #[serde(default = "ok")]
     pub status: u16,
     /// Fixed body (`text/plain`); or give `size`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// A generated body of this many bytes (`application/octet-stream`,
     /// see [`generated_byte`]); or give `body`. Neither: an empty body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Further response fields (`Content-Type` here replaces the
     /// default); the server's own framing fields may not be set.
@@ -463,12 +461,8 @@ impl HttpServer {
 }
 
 impl Function for HttpServer {
-    fn name(&self) -> &'static str {
-        KIND
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket(KIND)
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

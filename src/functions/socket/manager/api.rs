@@ -341,7 +341,6 @@ pub use super::probes::ProbeKind;
 #[serde(deny_unknown_fields)]
 pub struct ProbeRequest {
     /// The device that probes (default: the manager itself).
-    #[serde(default)]
     pub device: Option<String>,
     /// `ADDR:PORT` (ICMP: the port is ignored) or `ADDR`.
     pub target: String,

@@ -34,7 +34,7 @@ use smoltcp::wire::IpAddress;
 use crate::functions::common::{invalid, reconfigure_in_place};
 use crate::functions::matching::ConfigDuration;
 use crate::functions::socket::{LocalPorts, Retired};
-use crate::functions::{Function, FunctionError, SocketContext};
+use crate::functions::{Function, FunctionError, FunctionKind, SocketContext};
 use crate::stack::FunctionSpec;
 use crate::wire::mgmt::{Key, Op, Status};
 use crate::wire::mgmt_payload::{self as body, Identity};
@@ -517,12 +517,8 @@ impl Manager {
 }
 
 impl Function for Manager {
-    fn name(&self) -> &'static str {
-        KIND
-    }
-
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> FunctionKind {
+        FunctionKind::socket(KIND)
     }
 
     fn attach(&mut self, cx: &mut SocketContext<'_>) {

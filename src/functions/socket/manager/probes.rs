@@ -55,10 +55,8 @@ pub struct ProbeConfig {
     #[serde(default = "one_second")]
     pub timeout: ConfigDuration,
     /// HTTP: the path asked for (default `/`).
-    #[serde(default)]
     pub path: Option<String>,
     /// HTTP: the status that counts as success (default: any 2xx or 3xx).
-    #[serde(default)]
     pub expect_status: Option<u16>,
 }
 

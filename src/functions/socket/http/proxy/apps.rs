@@ -27,7 +27,6 @@ pub struct AppConfig {
     /// The application's name, in its counters (`app.NAME.requests`).
     pub name: String,
     /// The `Host` it serves (any case, without the port); none: any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Path prefix (`"/"`, the default: every path).
     #[serde(default = "root")]
@@ -44,15 +43,12 @@ pub struct AppConfig {
     pub deny: Vec<String>,
     /// Requests per second allowed on average (none: no limit); beyond,
     /// 429 with `Retry-After`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
     /// Requests allowed at once above the rate (default: one second's
     /// worth, at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<f64>,
     /// Requests in progress at once (none: no limit); beyond, 503 with
     /// `Retry-After: 1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
 }
 

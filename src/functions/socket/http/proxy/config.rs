@@ -107,14 +107,11 @@ pub struct PoolConfig {
     #[serde(default)]
     pub balance: Balance,
     /// With `balance = "hash"`: the request field whose value is hashed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_header: Option<String>,
     /// With `balance = "hash"`: the cookie whose value is hashed (sticky
     /// sessions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_cookie: Option<String>,
     /// Active health checks of the upstreams (none: passive only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<super::health::HealthConfig>,
 }
 
@@ -123,7 +120,6 @@ pub struct PoolConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The `Host` it serves (any case, without the port); none: any host.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Path prefix (`"/"`: everything).
     #[serde(default = "root")]

@@ -392,11 +392,8 @@ struct Breaks {
 }
 
 impl crate::stack::Function for Breaks {
-    fn name(&self) -> &'static str {
-        "breaks"
-    }
-    fn hooks_ingress(&self) -> bool {
-        false
+    fn kind(&self) -> crate::stack::FunctionKind {
+        crate::stack::FunctionKind::socket("breaks")
     }
     fn attach(&mut self, cx: &mut crate::stack::SocketContext<'_>) {
         self.socks = crate::functions::socket::listen_on(cx, 80, 4, None);
