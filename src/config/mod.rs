@@ -33,9 +33,9 @@ mod device;
 mod topology;
 
 pub use device::{DeviceConfig, DeviceSettings, ManagementConfig, NetworkConfig, RouteConfig};
-pub use topology::{
-    RunMode, TapConfig, TapSpec, Topology, VxlanConfig, VxlanSpec, absolute_function_paths,
-};
+pub use topology::{RunMode, TapConfig, TapSpec, Topology, VxlanConfig, VxlanSpec};
+// Which function keys are paths is the functions' knowledge.
+pub use crate::functions::absolute_function_paths;
 // The validated network and route types live with the stack that uses them.
 pub use crate::stack::spec::{NetworkSpec as NetworkSettings, StaticRoute};
 

@@ -12,6 +12,7 @@ use super::{
     ConfigError, DeviceConfig, DeviceSettings, explain_parse_error, field_error, parse_toml, read,
 };
 use crate::functions::matching::quoted;
+use crate::functions::{absolute_function_paths, absolute_in};
 use crate::stack::spec::NetworkSpec;
 use crate::wire::LinkMedium;
 
@@ -151,44 +152,17 @@ pub struct Topology {
 /// the two in step), so it reads the same from another folder.
 fn absolute_paths(mut v: toml::Value, base: &Path) -> toml::Value {
     if let Some(t) = v.as_table_mut() {
-        absolute_path(t.get_mut("management"), "secret_file", base);
+        if let Some(toml::Value::String(p)) = t
+            .get_mut("management")
+            .and_then(|m| m.get_mut("secret_file"))
+        {
+            *p = absolute_in(base, p);
+        }
         if let Some(function) = t.get_mut("function") {
             absolute_function_paths(function, base);
         }
     }
     v
-}
-
-/// `t[key]`, a path relative to `base`, made absolute.
-fn absolute_path(t: Option<&mut toml::Value>, key: &str, base: &Path) {
-    if let Some(toml::Value::String(p)) = t.and_then(|t| t.get_mut(key)) {
-        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-        *p = base.join(&*p).display().to_string();
-    }
-}
-
-/// Makes the paths a `[function]` table names relative to its file (a
-/// manager's `policy` and `secret_file`, an encrypt function's
-/// `key_file`s) absolute, `base` being the file's folder: for a function
-/// table sent elsewhere (`shmnet ctl set FILE`), which then reads the same
-/// files.
-pub fn absolute_function_paths(function: &mut toml::Value, base: &Path) {
-    let fix = |t: Option<&mut toml::Value>, key: &str| absolute_path(t, key, base);
-    match function.get("kind").and_then(|k| k.as_str()) {
-        Some("manager") => {
-            fix(Some(&mut *function), "policy");
-            fix(Some(&mut *function), "secret_file");
-        }
-        Some("encrypt") => {
-            fix(function.get_mut("outbound"), "key_file");
-            if let Some(toml::Value::Array(sas)) = function.get_mut("inbound") {
-                for sa in sas {
-                    fix(Some(sa), "key_file");
-                }
-            }
-        }
-        _ => {}
-    }
 }
 
 impl Topology {

@@ -291,6 +291,57 @@ impl FunctionConfig {
     }
 }
 
+/// Visits the file paths a `[function]` table names (a manager's
+/// `policy` and `secret_file`, an encrypt function's `key_file`s) with
+/// their dotted keys. In a file such a path is relative to the file
+/// ([`absolute_function_paths`]); a device takes a function sent to it
+/// only with absolute ones.
+pub fn function_paths(function: &mut toml::Value, mut visit: impl FnMut(&str, &mut String)) {
+    let mut at = |t: Option<&mut toml::Value>, key: &str, name: &str| {
+        if let Some(toml::Value::String(p)) = t.and_then(|t| t.get_mut(key)) {
+            visit(name, p);
+        }
+    };
+    let kind = function
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
+    match kind.as_deref() {
+        Some("manager") => {
+            at(Some(&mut *function), "policy", "policy");
+            at(Some(&mut *function), "secret_file", "secret_file");
+        }
+        Some("encrypt") => {
+            at(
+                function.get_mut("outbound"),
+                "key_file",
+                "outbound.key_file",
+            );
+            if let Some(toml::Value::Array(sas)) = function.get_mut("inbound") {
+                for (i, sa) in sas.iter_mut().enumerate() {
+                    at(Some(sa), "key_file", &format!("inbound.{i}.key_file"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Makes the paths a `[function]` table names (see [`function_paths`])
+/// absolute, `base` being the folder of the file they are relative to:
+/// for a function table read from one file and used elsewhere (a device
+/// file written for a process, `shmnet ctl set FILE`, a policy's `set`
+/// action), which then reads the same files.
+pub fn absolute_function_paths(function: &mut toml::Value, base: &std::path::Path) {
+    function_paths(function, |_, p| *p = absolute_in(base, p));
+}
+
+/// `path` (absolute, or relative to `base`) as an absolute path.
+pub(crate) fn absolute_in(base: &std::path::Path, path: &str) -> String {
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+    base.join(path).display().to_string()
+}
+
 impl crate::stack::FunctionSpec for FunctionConfig {
     fn kind(&self) -> &str {
         self.kind()

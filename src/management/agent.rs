@@ -359,8 +359,8 @@ impl Agent {
     /// replacing the function); on any error nothing changes.
     fn set_function(&mut self, dev: &mut NetDevice, req: &[u8]) -> Result<Vec<u8>, String> {
         let text = std::str::from_utf8(req).map_err(|_| "the configuration is not UTF-8")?;
-        let outcome = FunctionConfig::from_toml(text)
-            .map_err(|e| Chain(&e).to_string())
+        let outcome = relative_paths_refused(text)
+            .and_then(|()| FunctionConfig::from_toml(text).map_err(|e| Chain(&e).to_string()))
             .and_then(|cfg| {
                 let applied = dev.reconfigure(&cfg).map_err(|e| Chain(&e).to_string())?;
                 Ok((cfg, applied))
@@ -406,5 +406,67 @@ fn role_of(adapter: &str) -> Result<Role, String> {
         "local" => Ok(Role::Local),
         "global" => Ok(Role::Global),
         other => Err(format!("adapter {other:?}: use local or global")),
+    }
+}
+
+/// Refuses a function table that names a file by a relative path: sent
+/// to a device, it has no file to be relative to, and the device's working
+/// directory would be a surprise. (`shmnet ctl set FILE` and a policy's
+/// `set` make a file's paths absolute before sending.)
+fn relative_paths_refused(text: &str) -> Result<(), String> {
+    let Ok(mut table) = toml::from_str::<toml::Value>(text) else {
+        return Ok(()); // FunctionConfig::from_toml says what is wrong.
+    };
+    let mut relative = None;
+    crate::functions::function_paths(&mut table, |key, p| {
+        if relative.is_none() && !Path::new(p.as_str()).is_absolute() {
+            relative = Some(format!(
+                "`{key}` = {p:?} is a relative path: a function sent to a device \
+                 names its files by absolute path"
+            ));
+        }
+    });
+    relative.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative_paths_refused;
+
+    #[test]
+    fn a_function_naming_a_file_by_a_relative_path_is_refused() {
+        let encrypt = |outbound: &str, inbound: &str| {
+            format!(
+                "kind = \"encrypt\"\noutbound = {{ spi = 4096, key_file = \"{outbound}\" }}\n\
+                 [[inbound]]\nspi = 4097\nkey_file = \"/k/in0.key\"\n\
+                 [[inbound]]\nspi = 4098\nkey_file = \"{inbound}\"\n"
+            )
+        };
+        assert_eq!(
+            relative_paths_refused(&encrypt("/k/out.key", "/k/in1.key")),
+            Ok(())
+        );
+        let e = relative_paths_refused(&encrypt("out.key", "/k/in1.key")).unwrap_err();
+        assert!(
+            e.starts_with("`outbound.key_file` = \"out.key\" is a relative path"),
+            "{e}"
+        );
+        let e = relative_paths_refused(&encrypt("/k/out.key", "../in1.key")).unwrap_err();
+        assert!(
+            e.starts_with("`inbound.1.key_file` = \"../in1.key\""),
+            "{e}"
+        );
+        let manager = "kind = \"manager\"\npolicy = \"policy.toml\"";
+        assert!(
+            relative_paths_refused(manager)
+                .unwrap_err()
+                .contains("`policy`")
+        );
+        // Other kinds name no files; what is not TOML is left to the parser.
+        assert_eq!(
+            relative_paths_refused("kind = \"qos\"\nrate = \"1mbit\""),
+            Ok(())
+        );
+        assert_eq!(relative_paths_refused("not toml ["), Ok(()));
     }
 }

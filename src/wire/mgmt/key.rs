@@ -77,10 +77,7 @@ impl Key {
         use std::io::Read;
         use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
-        let io = |source| MgmtError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = key_file_error(path);
         // Mode from the open file, so what is checked is what is read.
         let mut f = std::fs::File::open(path).map_err(io)?;
         let mode = f.metadata().map_err(io)?.permissions().mode();
@@ -108,10 +105,7 @@ impl Key {
     pub fn create_file(path: impl AsRef<Path>) -> Result<Key, MgmtError> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
-        let io = |source| MgmtError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io = key_file_error(path);
         let key = Key::random()?;
         // Private to this process and call (threads of one run may race).
         static DRAFTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -154,6 +148,14 @@ impl Key {
         let mut mac = self.mac.clone();
         mac.update(label.as_bytes());
         mac.finalize().into_bytes().into()
+    }
+}
+
+/// Maps an I/O error on the key file `path` to [`MgmtError::Io`].
+fn key_file_error(path: &Path) -> impl Fn(std::io::Error) -> MgmtError + Copy + '_ {
+    move |source| MgmtError::Io {
+        path: path.to_owned(),
+        source,
     }
 }
 

@@ -310,17 +310,35 @@ impl Policy {
         })
     }
 
-    /// Reads and parses a policy file; errors name the file.
+    /// Reads and parses a policy file; errors name the file. Paths in a
+    /// `set` action's function (an encrypt `key_file`) are relative to
+    /// the policy file.
     pub fn load(path: impl AsRef<Path>) -> Result<Policy, PolicyError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Policy::from_toml(&text).map_err(|e| PolicyError::InFile {
+        let mut policy = Policy::from_toml(&text).map_err(|e| PolicyError::InFile {
             path: path.to_path_buf(),
             source: Box::new(e),
-        })
+        })?;
+        // A `set` action's files are relative to the policy file, as a
+        // device file's are to it.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for rule in &mut policy.rules {
+            for action in rule.then.iter_mut().chain(&mut rule.revert) {
+                if let Action::SetFunction { function, .. } = action
+                    && let Ok(mut table) = toml::from_str::<toml::Value>(function)
+                {
+                    crate::functions::absolute_function_paths(&mut table, base);
+                    if let Ok(text) = toml::to_string(&table) {
+                        *function = text;
+                    }
+                }
+            }
+        }
+        Ok(policy)
     }
 }
 

@@ -282,6 +282,42 @@ fn load_names_the_file() {
     assert_eq!(ok.unwrap().rules.len(), 1);
 }
 
+#[test]
+fn a_set_actions_key_files_are_found_beside_the_policy_file() {
+    let dir = std::env::temp_dir().join(format!("shmnet-policy-paths-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[rule]]
+name = "rekey"
+when = "edge:global.rx_bytes > 1"
+[[rule.then]]
+set = { device = "edge", function = { kind = "encrypt", outbound = { spi = 4096, key_file = "keys/new.key" } } }
+[[rule.revert]]
+set = { device = "edge", function = { kind = "encrypt", outbound = { spi = 4097, key_file = "/etc/old.key" } } }
+"#,
+    )
+    .unwrap();
+    let loaded = Policy::load(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let rule = &loaded.unwrap().rules[0];
+    let key_file = |a: &Action| match a {
+        Action::SetFunction { function, .. } => {
+            let t: toml::Value = toml::from_str(function).unwrap();
+            t["outbound"]["key_file"].as_str().unwrap().to_string()
+        }
+        other => panic!("{other:?}"),
+    };
+    let absolute = std::path::absolute(&dir).unwrap();
+    assert_eq!(
+        key_file(&rule.then[0]),
+        absolute.join("keys/new.key").display().to_string()
+    );
+    assert_eq!(key_file(&rule.revert[0]), "/etc/old.key");
+}
+
 // ------------------------------------------------------------ expressions
 
 #[test]
