@@ -10,7 +10,7 @@ use smoltcp::wire::{IpAddress, IpCidr};
 
 use super::{ConfigError, field_error, parse_toml, read};
 use crate::functions::matching::{check_name, quoted};
-use crate::functions::{self, FunctionConfig};
+use crate::functions::{self, FunctionConfig, absolute_in};
 use crate::stack::spec::{DeviceSpec, NetworkSpec, SocketSettings, StaticRoute};
 use crate::wire::LinkMedium;
 
@@ -202,7 +202,7 @@ impl ManagementConfig {
 
     /// Relative paths resolved against `base` (the named file's folder).
     pub fn resolved(mut self, base: &Path) -> ManagementConfig {
-        self.secret_file = self.secret_file.map(|f| base.join(f));
+        self.secret_file = self.secret_file.map(|f| absolute_in(base, &f));
         self
     }
 }
@@ -284,19 +284,21 @@ impl DeviceConfig {
     /// The paths this configuration names that are relative to its file
     /// (`[management] secret_file`, a manager's `policy` and
     /// `secret_file`, an encrypt function's `key_file`s), resolved against
-    /// the file's folder `base`.
+    /// the file's folder `base` into absolute paths: what a device reports
+    /// of its function (a manager's patch sends it back) names the same
+    /// files from anywhere.
     pub fn relative_to(mut self, base: &Path) -> DeviceConfig {
         self.management = self.management.resolved(base);
         match &mut self.function {
             #[cfg(feature = "manager")]
             FunctionConfig::Manager(m) => {
-                m.policy = m.policy.take().map(|p| base.join(p));
-                m.secret_file = m.secret_file.take().map(|p| base.join(p));
+                m.policy = m.policy.take().map(|p| absolute_in(base, &p));
+                m.secret_file = m.secret_file.take().map(|p| absolute_in(base, &p));
             }
             #[cfg(feature = "encrypt")]
             FunctionConfig::Encrypt(e) => {
                 for sa in std::iter::once(&mut e.outbound).chain(&mut e.inbound) {
-                    sa.key_file = sa.key_file.take().map(|p| base.join(p));
+                    sa.key_file = sa.key_file.take().map(|p| absolute_in(base, &p));
                 }
             }
             _ => {}
@@ -644,5 +646,35 @@ inbound = [{ spi = 0x2002, key_file = "in.key" }]
         };
         assert_eq!(e.inbound[0].key_file.as_deref(), Some(&*dir.join("in.key")));
         assert_eq!(e.outbound.key_file, None);
+    }
+
+    #[test]
+    fn paths_relative_to_a_relative_folder_become_absolute() {
+        // A device loaded as `dev.toml` or `conf/dev.toml` reports its
+        // function's files as absolute paths, which a device accepts back
+        // (a manager's patch sends the table it reported).
+        let function = r#"
+[function]
+kind = "encrypt"
+local_address = "10.1.0.1"
+peer_address = "10.1.0.2"
+outbound = { spi = 0x1001, key_file = "out.key" }
+"#;
+        let cfg: DeviceConfig = toml::from_str(&format!("{GOOD}{function}")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        for (base, want) in [
+            ("", cwd.join("out.key")),
+            ("conf", cwd.join("conf/out.key")),
+        ] {
+            let FunctionConfig::Encrypt(e) = cfg.clone().relative_to(Path::new(base)).function
+            else {
+                panic!("not an encrypt function");
+            };
+            assert_eq!(
+                e.outbound.key_file.as_deref(),
+                Some(&*want),
+                "base {base:?}"
+            );
+        }
     }
 }

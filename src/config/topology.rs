@@ -156,7 +156,7 @@ fn absolute_paths(mut v: toml::Value, base: &Path) -> toml::Value {
             .get_mut("management")
             .and_then(|m| m.get_mut("secret_file"))
         {
-            *p = absolute_in(base, p);
+            *p = absolute_in(base, p.as_ref()).display().to_string();
         }
         if let Some(function) = t.get_mut("function") {
             absolute_function_paths(function, base);

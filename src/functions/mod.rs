@@ -319,7 +319,7 @@ pub fn function_paths(function: &mut toml::Value, mut visit: impl FnMut(&str, &m
             );
             if let Some(toml::Value::Array(sas)) = function.get_mut("inbound") {
                 for (i, sa) in sas.iter_mut().enumerate() {
-                    at(Some(sa), "key_file", &format!("inbound.{i}.key_file"));
+                    at(Some(sa), "key_file", &format!("inbound[{i}].key_file"));
                 }
             }
         }
@@ -333,13 +333,17 @@ pub fn function_paths(function: &mut toml::Value, mut visit: impl FnMut(&str, &m
 /// file written for a process, `shmnet ctl set FILE`, a policy's `set`
 /// action), which then reads the same files.
 pub fn absolute_function_paths(function: &mut toml::Value, base: &std::path::Path) {
-    function_paths(function, |_, p| *p = absolute_in(base, p));
+    function_paths(function, |_, p| {
+        *p = absolute_in(base, p.as_ref()).display().to_string();
+    });
 }
 
-/// `path` (absolute, or relative to `base`) as an absolute path.
-pub(crate) fn absolute_in(base: &std::path::Path, path: &str) -> String {
-    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
-    base.join(path).display().to_string()
+/// `path`, absolute or relative to `base` (itself absolute, or relative
+/// to the working directory, or empty: a bare file name's folder), as an
+/// absolute path.
+pub(crate) fn absolute_in(base: &std::path::Path, path: &std::path::Path) -> std::path::PathBuf {
+    let joined = base.join(path);
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 impl crate::stack::FunctionSpec for FunctionConfig {
@@ -369,5 +373,21 @@ mod tests {
             }
         }
         assert_eq!(FunctionConfig::default().kind(), "passthrough");
+    }
+
+    #[test]
+    fn a_bare_file_names_paths_become_absolute_too() {
+        // `Path::new("policy.toml").parent()` is `""`, which
+        // `std::path::absolute` refuses on its own.
+        let mut t: toml::Value =
+            toml::from_str("kind = \"manager\"\npolicy = \"p.toml\"\nsecret_file = \"/s\"")
+                .unwrap();
+        absolute_function_paths(&mut t, std::path::Path::new(""));
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            t["policy"].as_str(),
+            Some(&*cwd.join("p.toml").display().to_string())
+        );
+        assert_eq!(t["secret_file"].as_str(), Some("/s"));
     }
 }

@@ -453,7 +453,7 @@ mod tests {
         );
         let e = relative_paths_refused(&encrypt("/k/out.key", "../in1.key")).unwrap_err();
         assert!(
-            e.starts_with("`inbound.1.key_file` = \"../in1.key\""),
+            e.starts_with("`inbound[1].key_file` = \"../in1.key\""),
             "{e}"
         );
         let manager = "kind = \"manager\"\npolicy = \"policy.toml\"";

@@ -305,6 +305,7 @@ pub enum FunctionError {
 /// Every function states it ([`Function::kind`]), so a packet function
 /// can't lose its ingress hook to a forgotten default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FunctionKind {
     /// Short name, as in the config's `kind`.
     pub name: &'static str,

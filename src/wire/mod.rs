@@ -102,7 +102,7 @@ pub use ip::{FlowKey, Fragment, FrameView, IcmpKind, IpView, LinkMedium, NoIp, T
 /// Time since the Unix epoch by the wall clock (zero before 1970): what
 /// formats that carry a wall-clock time (pcap, management messages) and
 /// fresh seeds and epochs start from.
-pub fn since_unix_epoch() -> std::time::Duration {
+pub(crate) fn since_unix_epoch() -> std::time::Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

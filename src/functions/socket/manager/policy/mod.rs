@@ -331,8 +331,11 @@ impl Policy {
                 if let Action::SetFunction { function, .. } = action
                     && let Ok(mut table) = toml::from_str::<toml::Value>(function)
                 {
+                    let before = table.clone();
                     crate::functions::absolute_function_paths(&mut table, base);
-                    if let Ok(text) = toml::to_string(&table) {
+                    if table != before
+                        && let Ok(text) = toml::to_string(&table)
+                    {
                         *function = text;
                     }
                 }
