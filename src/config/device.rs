@@ -646,32 +646,18 @@ inbound = [{ spi = 0x2002, key_file = "in.key" }]
         };
         assert_eq!(e.inbound[0].key_file.as_deref(), Some(&*dir.join("in.key")));
         assert_eq!(e.outbound.key_file, None);
-    }
-
-    #[test]
-    fn paths_relative_to_a_relative_folder_become_absolute() {
-        // A device loaded as `dev.toml` or `conf/dev.toml` reports its
-        // function's files as absolute paths, which a device accepts back
-        // (a manager's patch sends the table it reported).
-        let function = r#"
-[function]
-kind = "encrypt"
-local_address = "10.1.0.1"
-peer_address = "10.1.0.2"
-outbound = { spi = 0x1001, key_file = "out.key" }
-"#;
+        // Loaded as `dev.toml` or `conf/dev.toml`, the paths are absolute
+        // too: what a device reports of its function (and a manager's
+        // patch sends back) names the same files from anywhere.
         let cfg: DeviceConfig = toml::from_str(&format!("{GOOD}{function}")).unwrap();
         let cwd = std::env::current_dir().unwrap();
-        for (base, want) in [
-            ("", cwd.join("out.key")),
-            ("conf", cwd.join("conf/out.key")),
-        ] {
+        for (base, want) in [("", cwd.join("in.key")), ("conf", cwd.join("conf/in.key"))] {
             let FunctionConfig::Encrypt(e) = cfg.clone().relative_to(Path::new(base)).function
             else {
                 panic!("not an encrypt function");
             };
             assert_eq!(
-                e.outbound.key_file.as_deref(),
+                e.inbound[0].key_file.as_deref(),
                 Some(&*want),
                 "base {base:?}"
             );
