@@ -302,8 +302,8 @@ pub enum FunctionError {
 }
 
 /// What a function is: its name and whether it looks at arriving frames.
-/// Every function states it ([`Function::kind`]), so a packet function
-/// can't lose its ingress hook to a forgotten default.
+/// Every function states it ([`Function::kind`]): no default decides
+/// whether frames are copied for a hook that never looks at them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FunctionKind {
