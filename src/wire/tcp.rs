@@ -85,9 +85,9 @@ pub fn clamp_mss(tcp: &mut [u8], max_mss: u16, checksummed: bool) -> bool {
 /// Lowers the window field of a segment a device's own stack sends by one
 /// unit (one scaled unit: `1 << shift` bytes), fixing the checksum
 /// incrementally as [`clamp_mss`] does (without `checksummed` the stack
-/// left it 0, "not computed", and it stays so). Returns whether it changed anything; SYNs
-/// (unscaled window), RSTs, a zero window and truncated headers are left
-/// alone.
+/// left it 0, "not computed", and it stays so). Returns whether it
+/// changed anything; SYNs (unscaled window), RSTs, a zero window and
+/// truncated headers are left alone.
 ///
 /// Why: smoltcp 0.14 rounds its scaled window down, so the right edge it
 /// advertises can move left by less than one unit as data arrives, and it
