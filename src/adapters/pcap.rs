@@ -114,28 +114,27 @@ impl Pcap {
     }
 }
 
+/// Methods that go straight to the wrapped adapter: `fn name(&self, a: A)
+/// -> R;` becomes `fn name(&self, a: A) -> R { self.inner.name(a) }`.
+macro_rules! pass_through {
+    () => {};
+    (fn $name:ident(&self $(, $a:ident: $t:ty)*) $(-> $r:ty)?; $($rest:tt)*) => {
+        fn $name(&self $(, $a: $t)*) $(-> $r)? {
+            self.inner.$name($($a),*)
+        }
+        pass_through!($($rest)*);
+    };
+    (fn $name:ident(&mut self $(, $a:ident: $t:ty)*) $(-> $r:ty)?; $($rest:tt)*) => {
+        fn $name(&mut self $(, $a: $t)*) $(-> $r)? {
+            self.inner.$name($($a),*)
+        }
+        pass_through!($($rest)*);
+    };
+}
+
 impl Adapter for Pcap {
-    fn medium(&self) -> Medium {
-        self.inner.medium()
-    }
-    fn ip_mtu(&self) -> usize {
-        self.inner.ip_mtu()
-    }
-    fn frame_capacity(&self) -> usize {
-        self.inner.frame_capacity()
-    }
-    fn max_burst(&self) -> Option<usize> {
-        self.inner.max_burst()
-    }
-    fn can_lend(&mut self) -> bool {
-        self.inner.can_lend()
-    }
-    fn lend(&mut self) -> Option<TxLease> {
-        self.inner.lend()
-    }
-    fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8] {
-        self.inner.buffer(lease)
-    }
+    // What a capture changes: every frame sent or received is recorded,
+    // and the file is flushed with the adapter.
     fn commit(&mut self, mut lease: TxLease, len: usize) {
         let at = self.now_us();
         let buf = self.inner.buffer(&mut lease);
@@ -147,17 +146,11 @@ impl Adapter for Pcap {
         );
         self.inner.commit(lease, len);
     }
-    fn release(&mut self, lease: TxLease) {
-        self.inner.release(lease)
-    }
     fn recv_into(&mut self, dst: &mut [u8]) -> Option<usize> {
         let len = self.inner.recv_into(dst)?;
         let at = self.now_us();
         capture(&mut self.out, &mut self.written, at, &dst[..len]);
         Some(len)
-    }
-    fn in_place(&self) -> bool {
-        self.inner.in_place()
     }
     fn recv_in_place(&mut self) -> Option<InPlace> {
         let f = self.inner.recv_in_place()?;
@@ -165,52 +158,38 @@ impl Adapter for Pcap {
         capture(&mut self.out, &mut self.written, at, self.inner.frame(&f));
         Some(f)
     }
-    fn frame(&self, f: &InPlace) -> &[u8] {
-        self.inner.frame(f)
-    }
     fn flush(&mut self) {
         self.inner.flush();
         let _ = Write::flush(&mut self.out);
-    }
-    fn prepare_sleep(&self) -> Wake<'_> {
-        self.inner.prepare_sleep()
-    }
-    fn end_sleep(&self) {
-        self.inner.end_sleep()
-    }
-    fn remote(&self) -> Arc<dyn Remote> {
-        self.inner.remote()
-    }
-    fn directory_generation(&self) -> u32 {
-        self.inner.directory_generation()
-    }
-    fn own_entry(&self) -> Neighbour {
-        self.inner.own_entry()
-    }
-    fn neighbours(&self) -> Vec<Neighbour> {
-        self.inner.neighbours()
-    }
-    fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress> {
-        self.inner.mac_of(ip)
-    }
-    fn addresses_of(&self, name: &str) -> Vec<IpAddress> {
-        self.inner.addresses_of(name)
-    }
-    fn members(&self) -> Vec<(String, Neighbour)> {
-        self.inner.members()
-    }
-    fn maintain(&mut self) {
-        self.inner.maintain()
-    }
-    fn counters(&self) -> &AdapterCounters {
-        self.inner.counters()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
     }
     fn take_off_capture(self: Box<Self>) -> Result<(Box<dyn Adapter>, Capture), Box<dyn Adapter>> {
         // The writer flushes as it drops.
         let Pcap { inner, written, .. } = *self;
         Ok((inner, written))
+    }
+
+    pass_through! {
+        fn medium(&self) -> Medium;
+        fn ip_mtu(&self) -> usize;
+        fn frame_capacity(&self) -> usize;
+        fn max_burst(&self) -> Option<usize>;
+        fn can_lend(&mut self) -> bool;
+        fn lend(&mut self) -> Option<TxLease>;
+        fn buffer(&mut self, lease: &mut TxLease) -> &mut [u8];
+        fn release(&mut self, lease: TxLease);
+        fn in_place(&self) -> bool;
+        fn frame(&self, f: &InPlace) -> &[u8];
+        fn prepare_sleep(&self) -> Wake<'_>;
+        fn end_sleep(&self);
+        fn remote(&self) -> Arc<dyn Remote>;
+        fn directory_generation(&self) -> u32;
+        fn own_entry(&self) -> Neighbour;
+        fn neighbours(&self) -> Vec<Neighbour>;
+        fn mac_of(&mut self, ip: IpAddress) -> Option<EthernetAddress>;
+        fn addresses_of(&self, name: &str) -> Vec<IpAddress>;
+        fn members(&self) -> Vec<(String, Neighbour)>;
+        fn maintain(&mut self);
+        fn counters(&self) -> &AdapterCounters;
+        fn describe(&self) -> String;
     }
 }

@@ -25,28 +25,16 @@ pub struct NetworkConfig {
     pub address: String,
     /// Optional IPv6 address and prefix.
     pub address6: Option<String>,
+    /// Default gateway on this network (global network only).
+    pub gateway: Option<String>,
+    /// Default IPv6 gateway on this network (global network only).
+    pub gateway6: Option<String>,
     /// IP MTU in bytes, 576..=65535.
     #[serde(default = "default_mtu")]
     pub mtu: u32,
     /// "ethernet" (default) or "ip".
     #[serde(default)]
     pub medium: LinkMedium,
-    /// Default gateway on this network (global network only).
-    pub gateway: Option<String>,
-    /// Default IPv6 gateway on this network (global network only).
-    pub gateway6: Option<String>,
-    /// Write every frame this adapter carries to a pcap file.
-    pub pcap: Option<PathBuf>,
-    /// Frames taken from this adapter per poll round.
-    pub max_burst: Option<usize>,
-    /// Compute and verify checksums (off: the shared-memory link is lossless).
-    #[serde(default)]
-    pub checksums: bool,
-    /// Parse received frames in the sender's buffer instead of copying them
-    /// out first, when devices are threads of one process (the default
-    /// there). Frames of another process are always copied: its memory is
-    /// never referenced.
-    pub trust_peers: Option<bool>,
     /// Ports the network holds at once; every device of the network must
     /// give the same value (a joiner with another is refused). Unused ports
     /// cost only address space.
@@ -55,6 +43,18 @@ pub struct NetworkConfig {
     /// Transmit buffers per port (0: chosen from the MTU).
     #[serde(default)]
     pub buffers: u32,
+    /// Compute and verify checksums (off: the shared-memory link is lossless).
+    #[serde(default)]
+    pub checksums: bool,
+    /// Parse received frames in the sender's buffer instead of copying them
+    /// out first, when devices are threads of one process (the default
+    /// there). Frames of another process are always copied: its memory is
+    /// never referenced.
+    pub trust_peers: Option<bool>,
+    /// Frames taken from this adapter per poll round.
+    pub max_burst: Option<usize>,
+    /// Write every frame this adapter carries to a pcap file.
+    pub pcap: Option<PathBuf>,
 }
 
 impl NetworkConfig {

@@ -41,10 +41,6 @@ pub struct ProbeConfig {
     /// Sinks ([`super::sink`]) to stream `bytes` to one way, as "ip:port":
     /// the probe half-closes and checks the sink's receipt.
     pub send: Vec<String>,
-    /// Bytes per TCP exchange.
-    pub bytes: usize,
-    /// Datagrams per UDP exchange.
-    pub datagrams: usize,
     /// Give up on one exchange after this long (`"10s"`, 1ms..=1h).
     pub timeout: ConfigDuration,
     /// Deprecated: `timeout` in milliseconds, the spelling from before
@@ -52,6 +48,10 @@ pub struct ProbeConfig {
     /// never written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Bytes per TCP exchange.
+    pub bytes: usize,
+    /// Datagrams per UDP exchange.
+    pub datagrams: usize,
     /// The exchanges are expected to fail (a firewall should block them):
     /// no answer counts as success, an answer as failure.
     pub expect_blocked: bool,

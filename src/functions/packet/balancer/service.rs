@@ -103,11 +103,6 @@ pub(super) struct Service {
     pub name: String,
     pub proto: u8,
     pub vip: Endpoint,
-    pub backends: Vec<Backend>,
-    pub table_size: u32,
-    /// Maglev lookup table: backend indices, or all `NONE` without any
-    /// healthy backend.
-    pub table: Vec<u16>,
     /// `None`: the backends are not checked (always up).
     pub check: Option<HealthCheck>,
     pub flows: u64,
@@ -115,6 +110,11 @@ pub(super) struct Service {
     pub no_backend: u64,
     /// `service.NAME.` + `flows`, `packets`, `no_backend`, `backends_up`.
     pub counters: [String; 4],
+    pub backends: Vec<Backend>,
+    pub table_size: u32,
+    /// Maglev lookup table: backend indices, or all `NONE` without any
+    /// healthy backend.
+    pub table: Vec<u16>,
 }
 
 impl Service {
@@ -135,10 +135,10 @@ impl Service {
             name,
             proto,
             vip,
+            check,
             backends,
             table_size,
             table: Vec::new(),
-            check,
             flows: 0,
             packets: 0,
             no_backend: 0,

@@ -102,6 +102,13 @@ pub struct FirewallConfig {
     /// Policy when no rule matches.
     #[serde(rename = "default")]
     pub default_policy: Action,
+    /// Ordered rules; the first match wins.
+    #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    /// Dropped packets logged per second (0: none).
+    pub log_drops_per_second: u32,
+    /// Connection table size.
+    pub max_connections: usize,
     /// An established TCP connection, idle.
     pub tcp_established_timeout: ConfigDuration,
     /// SYN seen, handshake not complete.
@@ -114,13 +121,6 @@ pub struct FirewallConfig {
     pub udp_replied_timeout: ConfigDuration,
     /// ICMP echo exchanges.
     pub icmp_timeout: ConfigDuration,
-    /// Connection table size.
-    pub max_connections: usize,
-    /// Dropped packets logged per second (0: none).
-    pub log_drops_per_second: u32,
-    /// Ordered rules; the first match wins.
-    #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
-    pub rules: Vec<RuleConfig>,
 }
 
 impl Default for FirewallConfig {

@@ -42,19 +42,19 @@ impl From<u64> for RateSpec {
     }
 }
 
+impl From<String> for RateSpec {
+    /// A rate with a unit; see `From<&str>`.
+    fn from(text: String) -> RateSpec {
+        RateSpec::Text(text)
+    }
+}
+
 impl From<&str> for RateSpec {
     /// A rate with a unit, as `rate = "40mbit"` writes it:
     /// `rate: Some("40mbit".into())`; checked when the config is compiled,
     /// as in a file.
     fn from(text: &str) -> RateSpec {
-        RateSpec::Text(text.to_string())
-    }
-}
-
-impl From<String> for RateSpec {
-    /// A rate with a unit; see `From<&str>`.
-    fn from(text: String) -> RateSpec {
-        RateSpec::Text(text)
+        RateSpec::from(text.to_string())
     }
 }
 

@@ -26,7 +26,7 @@ pub(super) enum Target {
     Network(Role),
 }
 
-/// A next hop: where it is, its health, its counters.
+/// A next hop: its health, its counters, its address.
 #[derive(Debug, Clone)]
 pub(super) struct Hop {
     pub name: String,
@@ -34,12 +34,6 @@ pub(super) struct Hop {
     pub check: Check,
     pub params: HealthCheck,
     pub health: Health,
-    pub v4: Option<Ipv4Address>,
-    pub v6: Option<Ipv6Address>,
-    /// Has a device next hop ever had an address (the first one counts as
-    /// up; one that comes back must prove itself).
-    pub resolved_once: bool,
-    pub next_resolve: Instant,
     /// Sequence number of the probe in flight.
     pub seq: u16,
     pub packets: u64,
@@ -47,6 +41,12 @@ pub(super) struct Hop {
     pub probes_lost: u64,
     /// `next_hop.NAME.` + `packets`, `up`, `probes_sent`, `probes_lost`.
     pub counters: [String; 4],
+    pub v4: Option<Ipv4Address>,
+    pub v6: Option<Ipv6Address>,
+    /// Has a device next hop ever had an address (the first one counts as
+    /// up; one that comes back must prove itself).
+    pub resolved_once: bool,
+    pub next_resolve: Instant,
 }
 
 impl Hop {

@@ -69,7 +69,7 @@ impl Session {
     }
 
     fn meta_get(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
-        if t.get(1).len() > KEY_MAX {
+        if t.key().is_none() {
             return self.reply(false, BAD_FORMAT);
         }
         if t.ntokens() > META_MAX_TOKENS {
@@ -274,7 +274,7 @@ impl Session {
     /// The flags of an `md` or `ma` (the tokens after the key), checked
     /// alike for both; `None` once the error is answered.
     fn checked_flags(&mut self, t: &Tokens<'_>) -> Option<MetaFlags> {
-        if t.get(1).len() > KEY_MAX {
+        if t.key().is_none() {
             self.reply(false, BAD_FORMAT);
             return None;
         }

@@ -336,8 +336,8 @@ impl Function for Cache {
         }
         self.engine.store.maintain(now);
         let mut progress = self.accept(cx);
-        let mut k = 0;
-        while k < self.conns.len() {
+        // Backwards, so that `swap_remove` brings in one already served.
+        for k in (0..self.conns.len()).rev() {
             let (p, finished) = self.serve(k, cx);
             progress |= p;
             if finished {
@@ -347,8 +347,6 @@ impl Function for Cache {
                 }
                 cx.remove_socket(c.handle);
                 progress = true;
-            } else {
-                k += 1;
             }
         }
         progress

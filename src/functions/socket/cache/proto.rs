@@ -18,6 +18,9 @@
 //! assert_eq!(d.decode(b"abc"), Decoded::Data(b"abc", 3));
 //! ```
 
+/// Longest key, in bytes (memcached's `KEY_MAX_LENGTH`).
+pub const KEY_MAX: usize = 250;
+
 /// A command line without end past this many bytes closes the connection
 /// (memcached's limit), unless it is a `get`/`gets`.
 pub const LINE_MAX: usize = 2048;
@@ -212,6 +215,13 @@ impl<'a> Tokens<'a> {
     pub fn noreply(&self) -> bool {
         self.n >= 1 && self.toks[self.n - 1] == b"noreply"
     }
+
+    /// The key (token 1) of a classic command, `None` if it is longer
+    /// than [`KEY_MAX`]: memcached then answers `CLIENT_ERROR bad command
+    /// line format`.
+    pub fn key(&self) -> Option<&'a [u8]> {
+        Some(self.get(1)).filter(|k| k.len() <= KEY_MAX)
+    }
 }
 
 /// Parses `strtoull`'s way: white space, a sign, decimal digits; `None`
@@ -373,32 +383,32 @@ pub fn base64_encode(src: &[u8], out: &mut Vec<u8>) {
 /// reads them (the key is decoded here when `b` is given).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaFlags {
-    /// `b`: the key is base64; `key` holds it decoded.
-    pub key_binary: bool,
     /// The key, decoded if `b`.
     pub key: Vec<u8>,
+    /// `b`: the key is base64; `key` holds it decoded.
+    pub key_binary: bool,
     /// `N`: create on miss, with this exptime.
     pub vivify: Option<i32>,
     /// `T`: new TTL.
     pub ttl: Option<i32>,
     /// `R`: win the recache token below this TTL.
     pub recache: Option<i32>,
+    /// `C`: compare this CAS unique.
+    pub cas: Option<u64>,
+    /// `M`: mode character.
+    pub mode: Option<u8>,
+    /// `D`: delta (ma).
+    pub delta: Option<u64>,
+    /// `F`: client flags.
+    pub client_flags: u32,
+    /// `J`: initial value (ma).
+    pub initial: u64,
     /// `v`: return the value.
     pub value: bool,
     /// `u`: don't bump the item.
     pub no_update: bool,
     /// `q`: no nominal replies.
     pub quiet: bool,
-    /// `F`: client flags.
-    pub client_flags: u32,
-    /// `C`: compare this CAS unique.
-    pub cas: Option<u64>,
-    /// `M`: mode character.
-    pub mode: Option<u8>,
-    /// `J`: initial value (ma).
-    pub initial: u64,
-    /// `D`: delta (ma).
-    pub delta: Option<u64>,
     /// `I`: invalidate / set stale.
     pub set_stale: bool,
 }

@@ -381,10 +381,9 @@ impl Session {
     /// block follows ([`Session::data`]).
     fn update(&mut self, t: &Tokens<'_>, mode: Mode, eng: &mut Engine, now: Instant) {
         let noreply = t.noreply();
-        let key = t.get(1);
-        if key.len() > KEY_MAX {
+        let Some(key) = t.key() else {
             return self.reply(noreply, BAD_FORMAT);
-        }
+        };
         let (Some(flags), Some(exptime), Some(vlen)) =
             (strtoul(t.get(2)), strtol(t.get(3)), strtol(t.get(4)))
         else {
@@ -501,10 +500,9 @@ impl Session {
 
     fn arith(&mut self, t: &Tokens<'_>, incr: bool, eng: &mut Engine, now: Instant) {
         let noreply = t.noreply();
-        let key = t.get(1);
-        if key.len() > KEY_MAX {
+        let Some(key) = t.key() else {
             return self.reply(noreply, BAD_FORMAT);
-        }
+        };
         let Some(delta) = strtoull(t.get(2)) else {
             return self.reply(noreply, "CLIENT_ERROR invalid numeric delta argument");
         };
@@ -548,46 +546,36 @@ impl Session {
                 );
             }
         }
-        let key = t.get(1);
-        if key.len() > KEY_MAX {
+        let Some(key) = t.key() else {
             return self.reply(noreply, BAD_FORMAT);
-        }
-        match eng.store.lookup(key, now) {
-            Some(id) => {
-                eng.store.unlink(id);
-                eng.stats.delete_hits += 1;
-                self.reply(noreply, "DELETED")
-            }
-            None => {
-                eng.stats.delete_misses += 1;
-                self.reply(noreply, "NOT_FOUND")
-            }
-        }
+        };
+        let Some(id) = eng.store.lookup(key, now) else {
+            eng.stats.delete_misses += 1;
+            return self.reply(noreply, "NOT_FOUND");
+        };
+        eng.store.unlink(id);
+        eng.stats.delete_hits += 1;
+        self.reply(noreply, "DELETED")
     }
 
     fn touch(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
         let noreply = t.noreply();
-        let key = t.get(1);
-        if key.len() > KEY_MAX {
+        let Some(key) = t.key() else {
             return self.reply(noreply, BAD_FORMAT);
-        }
+        };
         let Some(exptime) = strtol(t.get(2)) else {
             return self.reply(noreply, "CLIENT_ERROR invalid exptime argument");
         };
         let expiry = eng.store.expiry(exptime.into(), now);
         eng.stats.cmd_touch += 1;
-        match eng.store.lookup(key, now) {
-            Some(id) => {
-                eng.store.item_mut(id).expiry = expiry;
-                eng.store.bump(id, now);
-                eng.stats.touch_hits += 1;
-                self.reply(noreply, "TOUCHED")
-            }
-            None => {
-                eng.stats.touch_misses += 1;
-                self.reply(noreply, "NOT_FOUND")
-            }
-        }
+        let Some(id) = eng.store.lookup(key, now) else {
+            eng.stats.touch_misses += 1;
+            return self.reply(noreply, "NOT_FOUND");
+        };
+        eng.store.item_mut(id).expiry = expiry;
+        eng.store.bump(id, now);
+        eng.stats.touch_hits += 1;
+        self.reply(noreply, "TOUCHED")
     }
 
     fn flush_all(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {

@@ -30,12 +30,9 @@ use smoltcp::time::Instant;
 
 mod commands;
 
-pub use super::proto::{is_space, parse_counter};
+pub use super::proto::{KEY_MAX, is_space, parse_counter};
 use crate::functions::common::counters;
 pub use commands::{CasCheck, StoreRequest};
-
-/// Longest key, in bytes (memcached's `KEY_MAX_LENGTH`).
-pub const KEY_MAX: usize = 250;
 
 /// Bytes an item costs here beyond its key and value: its slot (links,
 /// times, flags), its index entry and its allocation's header.

@@ -30,6 +30,9 @@ pub struct HttpProxyConfig {
     /// path prefix among those naming the request's host, else among those
     /// naming no host. No route: 404.
     pub routes: Vec<RouteConfig>,
+    /// Applications: requests counted and policed per application
+    /// (see `HttpProxy`).
+    pub apps: Vec<super::apps::AppConfig>,
     /// Give up on connecting to an upstream after this long: 504 (5s).
     pub connect_timeout: ConfigDuration,
     /// Give up waiting for a response head after this long: 504 (30s).
@@ -63,9 +66,6 @@ pub struct HttpProxyConfig {
     pub cache_bytes: usize,
     /// The largest response body the cache keeps (1 MiB).
     pub cache_max_object: usize,
-    /// Applications: requests counted and policed per application
-    /// (see `HttpProxy`).
-    pub apps: Vec<super::apps::AppConfig>,
 }
 
 impl Default for HttpProxyConfig {

@@ -92,10 +92,10 @@ pub(super) struct Checker {
 /// What a round of checks did, for the counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Outcome {
-    pub(super) passed: u64,
-    pub(super) failed: u64,
-    pub(super) went_down: u64,
-    pub(super) came_up: u64,
+    pub passed: u64,
+    pub failed: u64,
+    pub went_down: u64,
+    pub came_up: u64,
 }
 
 impl Checker {

@@ -195,16 +195,16 @@ impl fmt::Display for Action {
 pub struct Rule {
     /// Unique within the policy, `[a-z0-9_-]+`.
     pub name: String,
-    /// When to fire.
-    pub when: Condition,
-    /// When to revert; `None` means `not (when)`.
-    pub clear: Option<Condition>,
-    /// How long `when` must hold before firing (`for`).
-    pub hold: Duration,
-    /// How long the clear condition must hold before reverting (`clear_for`).
-    pub clear_hold: Duration,
     /// The least time between two transitions of this rule.
     pub cooldown: Duration,
+    /// When to fire.
+    pub when: Condition,
+    /// How long `when` must hold before firing (`for`).
+    pub hold: Duration,
+    /// When to revert; `None` means `not (when)`.
+    pub clear: Option<Condition>,
+    /// How long the clear condition must hold before reverting (`clear_for`).
+    pub clear_hold: Duration,
     /// Run on firing.
     pub then: Vec<Action>,
     /// Run on reverting.

@@ -572,35 +572,35 @@ fn for_and_clear_for_with_hysteresis() {
         "when = \"e:load > 80\"\nclear = \"e:load < 20\"\nfor = \"2s\"\nclear_for = \"3s\"\ncooldown = \"0s\"",
     );
     let mut e = Engine::new(p);
-    let mut step = |t: u64, load: f64, e: &mut Engine| {
+    use RuleState::*;
+    // (second, load, actions run, state after)
+    let script: &[(u64, f64, &[&str], RuleState)] = &[
+        (0, 90.0, &[], Pending),
+        (1, 90.0, &[], Pending),
+        // Drops while pending: back to idle, the hold starts over.
+        (2, 50.0, &[], Idle),
+        (3, 90.0, &[], Pending),
+        (4, 90.0, &[], Pending),
+        (5, 90.0, &["log: on"], Active),
+        // Between the thresholds: stays active (hysteresis).
+        (6, 50.0, &[], Active),
+        (7, 10.0, &[], Clearing),
+        (8, 10.0, &[], Clearing),
+        (9, 30.0, &[], Active),
+        (10, 10.0, &[], Clearing),
+        (12, 10.0, &[], Clearing),
+        (13, 10.0, &["log: off"], Idle),
+    ];
+    for &(t, load, actions, state) in script {
         m.set("e:load", load);
-        let p = e.tick(t * 1000, &m);
-        (
-            p.iter().map(|p| p.action.to_string()).collect::<Vec<_>>(),
-            e.status()[0].state,
-        )
-    };
-    assert_eq!(step(0, 90.0, &mut e), (vec![], RuleState::Pending));
-    assert_eq!(step(1, 90.0, &mut e), (vec![], RuleState::Pending));
-    // Drops while pending: back to idle, the hold starts over.
-    assert_eq!(step(2, 50.0, &mut e), (vec![], RuleState::Idle));
-    assert_eq!(step(3, 90.0, &mut e), (vec![], RuleState::Pending));
-    assert_eq!(step(4, 90.0, &mut e), (vec![], RuleState::Pending));
-    assert_eq!(
-        step(5, 90.0, &mut e),
-        (vec!["log: on".to_string()], RuleState::Active)
-    );
-    // Between the thresholds: stays active (hysteresis).
-    assert_eq!(step(6, 50.0, &mut e), (vec![], RuleState::Active));
-    assert_eq!(step(7, 10.0, &mut e), (vec![], RuleState::Clearing));
-    assert_eq!(step(8, 10.0, &mut e), (vec![], RuleState::Clearing));
-    assert_eq!(step(9, 30.0, &mut e), (vec![], RuleState::Active));
-    assert_eq!(step(10, 10.0, &mut e), (vec![], RuleState::Clearing));
-    assert_eq!(step(12, 10.0, &mut e), (vec![], RuleState::Clearing));
-    assert_eq!(
-        step(13, 10.0, &mut e),
-        (vec!["log: off".to_string()], RuleState::Idle)
-    );
+        let ran: Vec<String> = e
+            .tick(t * 1000, &m)
+            .iter()
+            .map(|p| p.action.to_string())
+            .collect();
+        assert_eq!(ran, actions, "actions at {t} s");
+        assert_eq!(e.status()[0].state, state, "state at {t} s");
+    }
     let st = &e.status()[0];
     assert_eq!((st.fired, st.reverted), (1, 1));
     assert_eq!(st.last_transition_ms, Some(13_000));
