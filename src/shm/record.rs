@@ -48,6 +48,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use super::ShmError;
 use super::layout::{Geometry, LinkMedium, byte_view};
 use super::member::PortInfo;
+use crate::wire::int_fields;
 
 /// Bytes of a port record (file and hello).
 pub const RECORD_LEN: usize = 128;
@@ -71,12 +72,9 @@ pub(crate) mod field {
         use std::ops::Range;
         pub const MAGIC: Range<usize> = 0..8;
         pub const VERSION: Range<usize> = 8..12;
-        pub const INDEX: Range<usize> = 12..16;
-        pub const EPOCH: Range<usize> = 16..20;
-        pub const PID: Range<usize> = 20..24;
+        // 12 index, 16 epoch, 20 pid: see `PortRecord`'s accessors.
         pub const MAC: Range<usize> = 24..30;
-        pub const FLAGS: usize = 30;
-        pub const NAME_LEN: usize = 31;
+        // 30 flags, 31 name length.
         pub const IPV4: Range<usize> = 32..36;
         pub const IPV6: Range<usize> = 36..52;
         pub const NAME: Range<usize> = 52..116;
@@ -89,12 +87,7 @@ pub(crate) mod field {
         use std::ops::Range;
         pub const MAGIC: Range<usize> = 0..8;
         pub const VERSION: Range<usize> = 8..12;
-        pub const MTU: Range<usize> = 12..16;
-        pub const MEDIUM: Range<usize> = 16..20;
-        pub const FRAME_SIZE: Range<usize> = 20..24;
-        pub const RING_SLOTS: Range<usize> = 24..28;
-        pub const BUFFERS: Range<usize> = 28..32;
-        pub const MAX_PORTS: Range<usize> = 32..36;
+        // 12..36: the geometry, see `Manifest`'s accessors.
         pub const CHECKSUM: Range<usize> = 36..40;
         pub const SUMMED: Range<usize> = 0..36;
     }
@@ -123,29 +116,9 @@ impl<T: AsRef<[u8]>> PortRecord<T> {
     fn u32(&self, r: std::ops::Range<usize>) -> u32 {
         LittleEndian::read_u32(self.bytes(r))
     }
-    /// The port's index in the network.
-    pub fn index(&self) -> u32 {
-        self.u32(field::record::INDEX)
-    }
-    /// The port's epoch (unique per attachment).
-    pub fn epoch(&self) -> u32 {
-        self.u32(field::record::EPOCH)
-    }
-    /// The writer's pid, as it sees it.
-    pub fn pid(&self) -> u32 {
-        self.u32(field::record::PID)
-    }
     /// The port's MAC address (6 bytes).
     pub fn mac(&self) -> &[u8] {
         self.bytes(field::record::MAC)
-    }
-    /// Which addresses are present: `0x1` IPv4, `0x2` IPv6.
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::record::FLAGS]
-    }
-    /// Length of the name in bytes (at most [`NAME_MAX`] in a valid record).
-    pub fn name_len(&self) -> u8 {
-        self.buffer.as_ref()[field::record::NAME_LEN]
     }
     /// The IPv4 address (4 bytes; zero when its flag is clear).
     pub fn ipv4(&self) -> &[u8] {
@@ -164,6 +137,20 @@ impl<T: AsRef<[u8]>> PortRecord<T> {
         self.bytes(field::record::RESERVED)
     }
 }
+
+int_fields!(PortRecord, from_le_bytes, to_le_bytes {
+    /// The port's index in the network.
+    index, set_index: u32 = 12;
+    /// The port's epoch (unique per attachment).
+    epoch, set_epoch: u32 = 16;
+    /// The writer's pid, as it sees it.
+    pid, set_pid: u32 = 20;
+    /// Which addresses are present: `0x1` IPv4, `0x2` IPv6, and `0x4`
+    /// for an uplink.
+    flags, set_flags: u8 = 30;
+    /// Length of the name in bytes (at most [`NAME_MAX`] in a valid record).
+    name_len, set_name_len: u8 = 31;
+});
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
     fn bytes_mut(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
@@ -286,9 +273,9 @@ impl RecordRepr {
         r.bytes_mut(0..RECORD_LEN).fill(0);
         r.bytes_mut(f::MAGIC).copy_from_slice(&RECORD_MAGIC);
         r.set_u32(f::VERSION, RECORD_VERSION);
-        r.set_u32(f::INDEX, self.index);
-        r.set_u32(f::EPOCH, self.epoch);
-        r.set_u32(f::PID, self.pid);
+        r.set_index(self.index);
+        r.set_epoch(self.epoch);
+        r.set_pid(self.pid);
         r.bytes_mut(f::MAC).copy_from_slice(&self.info.mac);
         let mut flags = 0;
         if let Some(a) = self.info.ipv4 {
@@ -302,9 +289,9 @@ impl RecordRepr {
         if self.info.uplink {
             flags |= UPLINK;
         }
-        r.buffer.as_mut()[f::FLAGS] = flags;
+        r.set_flags(flags);
         let name = truncated(&self.info.name, NAME_MAX).as_bytes();
-        r.buffer.as_mut()[f::NAME_LEN] = name.len() as u8;
+        r.set_name_len(name.len() as u8);
         r.bytes_mut(f::NAME)[..name.len()].copy_from_slice(name);
         r.fill_checksum();
     }
@@ -362,6 +349,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Manifest<T> {
     }
 }
 
+int_fields!(Manifest, from_le_bytes, to_le_bytes {
+    /// IP MTU.
+    mtu, set_mtu: u32 = 12;
+    /// The medium's code ([`LinkMedium::code`]).
+    medium_code, set_medium_code: u32 = 16;
+    /// Bytes per buffer.
+    frame_size, set_frame_size: u32 = 20;
+    /// Slots per ring.
+    ring_slots, set_ring_slots: u32 = 24;
+    /// Transmit buffers per port.
+    buffers, set_buffers: u32 = 28;
+    /// Ports the network holds.
+    max_ports, set_max_ports: u32 = 32;
+});
+
 /// What a manifest says: the network's geometry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestRepr {
@@ -374,7 +376,6 @@ impl ManifestRepr {
     /// parameters [`Geometry::new`] accepts and that imply the stored frame
     /// size and ring slots, and last the checksum.
     pub fn parse<T: AsRef<[u8]>>(m: &Manifest<T>) -> Result<ManifestRepr, ShmError> {
-        use field::manifest as f;
         m.check_len()?;
         check_stamp(
             "manifest",
@@ -383,16 +384,11 @@ impl ManifestRepr {
             m.version(),
             MANIFEST_VERSION,
         )?;
-        let medium = LinkMedium::from_code(m.u32(f::MEDIUM))
+        let medium = LinkMedium::from_code(m.medium_code())
             .ok_or_else(|| ShmError::corrupt("manifest: unknown medium"))?;
-        let geo = Geometry::new(
-            m.u32(f::MTU),
-            medium,
-            m.u32(f::MAX_PORTS),
-            m.u32(f::BUFFERS),
-        )
-        .map_err(|e| ShmError::corrupt(format!("manifest: {e}")))?;
-        if geo.frame_size != m.u32(f::FRAME_SIZE) || geo.ring_slots != m.u32(f::RING_SLOTS) {
+        let geo = Geometry::new(m.mtu(), medium, m.max_ports(), m.buffers())
+            .map_err(|e| ShmError::corrupt(format!("manifest: {e}")))?;
+        if geo.frame_size != m.frame_size() || geo.ring_slots != m.ring_slots() {
             return Err(ShmError::corrupt(
                 "manifest: frame size or ring slots disagree with the MTU and buffers",
             ));
@@ -414,12 +410,12 @@ impl ManifestRepr {
         let g = &self.geo;
         m.buffer.as_mut()[f::MAGIC].copy_from_slice(&MANIFEST_MAGIC);
         m.set_u32(f::VERSION, MANIFEST_VERSION);
-        m.set_u32(f::MTU, g.mtu);
-        m.set_u32(f::MEDIUM, g.medium.code());
-        m.set_u32(f::FRAME_SIZE, g.frame_size);
-        m.set_u32(f::RING_SLOTS, g.ring_slots);
-        m.set_u32(f::BUFFERS, g.buffers);
-        m.set_u32(f::MAX_PORTS, g.max_ports);
+        m.set_mtu(g.mtu);
+        m.set_medium_code(g.medium.code());
+        m.set_frame_size(g.frame_size);
+        m.set_ring_slots(g.ring_slots);
+        m.set_buffers(g.buffers);
+        m.set_max_ports(g.max_ports);
         m.fill_checksum();
     }
 }

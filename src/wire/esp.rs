@@ -21,28 +21,17 @@ pub enum EspError {
     ReservedSpi,
 }
 
-mod field {
-    pub const SPI: std::ops::Range<usize> = 0..4;
-    pub const SEQ: std::ops::Range<usize> = 4..8;
-    pub const PAYLOAD: usize = 8;
-}
+/// Bytes of the header.
+const HEADER_LEN: usize = 8;
 
 header_view! {
     /// A read/write view of an ESP header and what follows it (IV,
     /// encrypted data and ICV: the payload).
-    pub struct EspPacket, field::PAYLOAD, EspError, EspError::Truncated
-}
-
-impl<T: AsRef<[u8]>> EspPacket<T> {
-    /// The Security Parameters Index: which SA the packet belongs to.
-    pub fn spi(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::SPI];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-    /// The sequence number (counts up from 1 per SA; anti-replay).
-    pub fn seq(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::SEQ];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    pub struct EspPacket, HEADER_LEN, EspError, EspError::Truncated {
+        /// The Security Parameters Index: which SA the packet belongs to.
+        spi, set_spi: u32 = 0;
+        /// The sequence number (counts up from 1 per SA; anti-replay).
+        seq, set_seq: u32 = 4;
     }
 }
 
@@ -70,12 +59,11 @@ impl EspRepr {
     }
     /// Bytes [`Self::emit`] writes: the 8-byte header.
     pub const fn buffer_len(&self) -> usize {
-        field::PAYLOAD
+        HEADER_LEN
     }
     /// Writes the header into `p` (at least [`Self::buffer_len`] bytes).
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut EspPacket<T>) {
-        let b = p.buffer.as_mut();
-        b[field::SPI].copy_from_slice(&self.spi.to_be_bytes());
-        b[field::SEQ].copy_from_slice(&self.seq.to_be_bytes());
+        p.set_spi(self.spi);
+        p.set_seq(self.seq);
     }
 }

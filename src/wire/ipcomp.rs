@@ -16,6 +16,22 @@ pub const IPPROTO_IPCOMP: u8 = super::proto::IPCOMP;
 /// Our compression parameter index for LZ4 blocks (RFC 3173 private range).
 pub const CPI_LZ4: u16 = 0xF001;
 
+/// Bytes of the header.
+const HEADER_LEN: usize = 4;
+
+header_view! {
+    /// A read/write view of an IPComp header and its payload (the
+    /// compressed data).
+    pub struct IpCompPacket, HEADER_LEN, IpCompError, IpCompError::Truncated {
+        /// Protocol number of the original (compressed) payload.
+        next_header, set_next_header: u8 = 0;
+        /// The reserved flag byte (must be 0).
+        flags, set_flags: u8 = 1;
+        /// The compression parameter index: the algorithm (we write [`CPI_LZ4`]).
+        cpi, set_cpi: u16 = 2;
+    }
+}
+
 /// Errors of the IPComp header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -26,35 +42,6 @@ pub enum IpCompError {
     /// Flags are reserved and must be zero.
     #[error("IPComp flags set")]
     Flags,
-}
-
-mod field {
-    pub const NEXT_HEADER: usize = 0;
-    pub const FLAGS: usize = 1;
-    pub const CPI: std::ops::Range<usize> = 2..4;
-    pub const PAYLOAD: usize = 4;
-}
-
-header_view! {
-    /// A read/write view of an IPComp header and its payload (the
-    /// compressed data).
-    pub struct IpCompPacket, field::PAYLOAD, IpCompError, IpCompError::Truncated
-}
-
-impl<T: AsRef<[u8]>> IpCompPacket<T> {
-    /// Protocol number of the original (compressed) payload.
-    pub fn next_header(&self) -> u8 {
-        self.buffer.as_ref()[field::NEXT_HEADER]
-    }
-    /// The reserved flag byte (must be 0).
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
-    }
-    /// The compression parameter index: the algorithm (we write [`CPI_LZ4`]).
-    pub fn cpi(&self) -> u16 {
-        let b = &self.buffer.as_ref()[field::CPI];
-        u16::from_be_bytes([b[0], b[1]])
-    }
 }
 
 /// What an IPComp header says.
@@ -80,13 +67,12 @@ impl IpCompRepr {
     }
     /// Bytes [`Self::emit`] writes: the 4-byte header.
     pub const fn buffer_len(&self) -> usize {
-        field::PAYLOAD
+        HEADER_LEN
     }
     /// Writes the header into `p` (at least [`Self::buffer_len`] bytes), flags zeroed.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut IpCompPacket<T>) {
-        let b = p.buffer.as_mut();
-        b[field::NEXT_HEADER] = self.next_header;
-        b[field::FLAGS] = 0;
-        b[field::CPI].copy_from_slice(&self.cpi.to_be_bytes());
+        p.set_next_header(self.next_header);
+        p.set_flags(0);
+        p.set_cpi(self.cpi);
     }
 }

@@ -264,17 +264,13 @@ u8_enum! {
     }
 }
 
+/// The offsets the header check reads before the header is whole; the
+/// other fields' stand in [`MgmtPacket`]'s accessors.
 mod field {
-    use std::ops::Range;
-    pub const MAGIC: Range<usize> = 0..4;
+    pub const MAGIC: std::ops::Range<usize> = 0..4;
     pub const VERSION: usize = 4;
     pub const KIND: usize = 5;
-    pub const OP: usize = 6;
-    pub const STATUS: usize = 7;
-    pub const CLIENT: Range<usize> = 8..12;
-    pub const SEQ: Range<usize> = 12..20;
-    pub const TIME_MS: Range<usize> = 20..28;
-    pub const BODY_LEN: Range<usize> = 28..32;
+    pub const BODY_LEN: usize = 28;
     pub const BODY: usize = 32;
 }
 
@@ -296,7 +292,7 @@ fn check_header(b: &[u8]) -> Result<Option<usize>, MgmtError> {
     {
         return Err(MgmtError::BadKind { kind });
     }
-    let Some(len) = b.get(field::BODY_LEN) else {
+    let Some(len) = b.get(field::BODY_LEN..field::BODY) else {
         return Ok(None);
     };
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -362,40 +358,6 @@ impl<T: AsRef<[u8]>> MgmtPacket<T> {
         let b = &self.buffer.as_ref()[field::MAGIC];
         [b[0], b[1], b[2], b[3]]
     }
-    /// The version field.
-    pub fn version(&self) -> u8 {
-        self.buffer.as_ref()[field::VERSION]
-    }
-    /// The kind field, raw (see [`Kind::from_u8`]).
-    pub fn kind(&self) -> u8 {
-        self.buffer.as_ref()[field::KIND]
-    }
-    /// The op field, raw (see [`Op::from_u8`]).
-    pub fn op(&self) -> u8 {
-        self.buffer.as_ref()[field::OP]
-    }
-    /// The status field, raw (see [`Status::from_u8`]).
-    pub fn status(&self) -> u8 {
-        self.buffer.as_ref()[field::STATUS]
-    }
-    /// The client session.
-    pub fn client(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::CLIENT];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
-    /// The sequence number.
-    pub fn seq(&self) -> u64 {
-        u64::from_be_bytes(self.eight(field::SEQ))
-    }
-    /// The sender's unix time in milliseconds.
-    pub fn time_ms(&self) -> u64 {
-        u64::from_be_bytes(self.eight(field::TIME_MS))
-    }
-    /// The body length field.
-    pub fn body_len(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::BODY_LEN];
-        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
-    }
     /// Bytes of the whole message as the header gives it: header, body
     /// and tag.
     pub fn total_len(&self) -> usize {
@@ -422,11 +384,26 @@ impl<T: AsRef<[u8]>> MgmtPacket<T> {
         mac.update(self.signed());
         mac.verify_slice(self.tag()).map_err(|_| MgmtError::BadTag)
     }
+}
 
-    fn eight(&self, r: std::ops::Range<usize>) -> [u8; 8] {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&self.buffer.as_ref()[r]);
-        a
+be_fields! {
+    MgmtPacket {
+        /// The version field.
+        version, set_version: u8 = field::VERSION;
+        /// The kind field, raw (see [`Kind::from_u8`]).
+        kind, set_kind: u8 = field::KIND;
+        /// The op field, raw (see [`Op::from_u8`]).
+        op, set_op: u8 = 6;
+        /// The status field, raw (see [`Status::from_u8`]).
+        status, set_status: u8 = 7;
+        /// The client session.
+        client, set_client: u32 = 8;
+        /// The sequence number.
+        seq, set_seq: u64 = 12;
+        /// The sender's unix time in milliseconds.
+        time_ms, set_time_ms: u64 = 20;
+        /// The body length field (which places the tag).
+        body_len, set_body_len: u32 = field::BODY_LEN;
     }
 }
 
@@ -434,38 +411,6 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> MgmtPacket<T> {
     /// Sets the magic field.
     pub fn set_magic(&mut self, magic: [u8; 4]) {
         self.buffer.as_mut()[field::MAGIC].copy_from_slice(&magic);
-    }
-    /// Sets the version field.
-    pub fn set_version(&mut self, version: u8) {
-        self.buffer.as_mut()[field::VERSION] = version;
-    }
-    /// Sets the kind field.
-    pub fn set_kind(&mut self, kind: u8) {
-        self.buffer.as_mut()[field::KIND] = kind;
-    }
-    /// Sets the op field.
-    pub fn set_op(&mut self, op: u8) {
-        self.buffer.as_mut()[field::OP] = op;
-    }
-    /// Sets the status field.
-    pub fn set_status(&mut self, status: u8) {
-        self.buffer.as_mut()[field::STATUS] = status;
-    }
-    /// Sets the client session.
-    pub fn set_client(&mut self, client: u32) {
-        self.buffer.as_mut()[field::CLIENT].copy_from_slice(&client.to_be_bytes());
-    }
-    /// Sets the sequence number.
-    pub fn set_seq(&mut self, seq: u64) {
-        self.buffer.as_mut()[field::SEQ].copy_from_slice(&seq.to_be_bytes());
-    }
-    /// Sets the sender's time.
-    pub fn set_time_ms(&mut self, time_ms: u64) {
-        self.buffer.as_mut()[field::TIME_MS].copy_from_slice(&time_ms.to_be_bytes());
-    }
-    /// Sets the body length field (which places the tag).
-    pub fn set_body_len(&mut self, len: u32) {
-        self.buffer.as_mut()[field::BODY_LEN].copy_from_slice(&len.to_be_bytes());
     }
     /// The body, writable.
     pub fn body_mut(&mut self) -> &mut [u8] {

@@ -32,13 +32,59 @@
 //! assert!(matches!(v.transport, Transport::Udp { .. }));
 //! ```
 
+/// Accessors of a view `$name<T>` (a struct with a `buffer: T` of bytes)
+/// for its integer fields at fixed offsets: each `getter, setter: type =
+/// offset;` reads or writes `size_of::<type>()` bytes from `offset`, in the
+/// byte order of `$from`/`$to` (`from_be_bytes`/`to_be_bytes`, or `_le_`,
+/// `_ne_`). Like smoltcp's, they panic on a buffer too short, which the
+/// view's `check_len` rules out.
+macro_rules! int_fields {
+    ($name:ident, $from:ident, $to:ident {
+        $( $(#[$fattr:meta])* $get:ident, $set:ident: $ty:ty = $at:expr; )*
+    }) => {
+        impl<T: AsRef<[u8]>> $name<T> {
+            $(
+                $(#[$fattr])*
+                #[inline]
+                pub fn $get(&self) -> $ty {
+                    let mut b = [0u8; size_of::<$ty>()];
+                    b.copy_from_slice(&self.buffer.as_ref()[$at..$at + size_of::<$ty>()]);
+                    <$ty>::$from(b)
+                }
+            )*
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            $(
+                #[doc = concat!("Sets [`Self::", stringify!($get), "`].")]
+                #[inline]
+                pub fn $set(&mut self, value: $ty) {
+                    self.buffer.as_mut()[$at..$at + size_of::<$ty>()]
+                        .copy_from_slice(&value.$to());
+                }
+            )*
+        }
+    };
+}
+pub(crate) use int_fields;
+
+/// [`int_fields!`] in network byte order, as every wire format here is.
+macro_rules! be_fields {
+    ($name:ident { $($fields:tt)* }) => {
+        int_fields!($name, from_be_bytes, to_be_bytes { $($fields)* });
+    };
+}
+
 /// Declares the read/write view of a fixed-length header and the payload
 /// after it, `$name<T>` over a buffer `T`, with smoltcp's constructors:
 /// `new_unchecked`, `new_checked`, and `check_len`, which refuses a buffer
-/// shorter than `$len` with `$truncated`. The format's own accessors and
-/// its `Repr` stay in its module.
+/// shorter than `$len` with `$truncated`; and the [`be_fields!`] in the
+/// braces. Other accessors and the format's `Repr` stay in its module.
 macro_rules! header_view {
-    ($(#[$attr:meta])* $vis:vis struct $name:ident, $len:expr, $error:ty, $truncated:expr) => {
+    (
+        $(#[$attr:meta])* $vis:vis struct $name:ident, $len:expr, $error:ty, $truncated:path
+        { $($fields:tt)* }
+    ) => {
         $(#[$attr])*
         #[derive(Debug, Clone)]
         $vis struct $name<T: AsRef<[u8]>> {
@@ -69,6 +115,8 @@ macro_rules! header_view {
                 &self.buffer.as_ref()[$len..]
             }
         }
+
+        be_fields!($name { $($fields)* });
     };
 }
 

@@ -38,26 +38,22 @@ pub enum VxlanError {
     NoVni,
 }
 
-mod field {
-    pub const FLAGS: usize = 0;
-    pub const VNI: std::ops::Range<usize> = 4..7;
-    pub const PAYLOAD: usize = 8;
-}
+/// Where the 24-bit VNI sits.
+const VNI: std::ops::Range<usize> = 4..7;
 
 header_view! {
     /// A read/write view of a VXLAN header and its payload (an Ethernet
     /// frame).
-    pub struct VxlanPacket, field::PAYLOAD, VxlanError, VxlanError::Truncated
+    pub struct VxlanPacket, HEADER_LEN, VxlanError, VxlanError::Truncated {
+        /// The flags byte.
+        flags, set_flags: u8 = 0;
+    }
 }
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
-    /// The flags byte.
-    pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[field::FLAGS]
-    }
     /// The VNI field.
     pub fn vni(&self) -> u32 {
-        let b = &self.buffer.as_ref()[field::VNI];
+        let b = &self.buffer.as_ref()[VNI];
         u32::from_be_bytes([0, b[0], b[1], b[2]])
     }
 }
@@ -83,8 +79,8 @@ impl VxlanRepr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut VxlanPacket<T>) {
         let b = p.buffer.as_mut();
         b[..HEADER_LEN].fill(0);
-        b[field::FLAGS] = FLAG_I;
-        b[field::VNI].copy_from_slice(&self.vni.to_be_bytes()[1..]);
+        b[VNI].copy_from_slice(&self.vni.to_be_bytes()[1..]);
+        p.set_flags(FLAG_I);
     }
 }
 

@@ -47,6 +47,8 @@
 
 use byteorder::{ByteOrder, NativeEndian};
 
+use crate::wire::int_fields;
+
 use super::ShmError;
 
 /// Bytes reserved for the region header (one page).
@@ -127,17 +129,6 @@ pub(crate) mod field {
         /// u64 atomic: `serial << 32 | tail`; the serial of the ring the
         /// tail belongs to, and the wrapping consumer index.
         pub const WORD: usize = 0;
-    }
-
-    /// A ring descriptor (memif's `{flags, region, length, offset,
-    /// metadata}`).
-    pub(crate) mod descriptor {
-        use std::ops::Range;
-        pub const FLAGS: Range<usize> = 0..2;
-        pub const REGION: Range<usize> = 2..4;
-        pub const LENGTH: Range<usize> = 4..8;
-        pub const OFFSET: Range<usize> = 8..12;
-        pub const METADATA: Range<usize> = 12..16;
     }
 }
 
@@ -576,33 +567,23 @@ byte_view!(
     short: |_| ShmError::BadDescriptor("truncated"),
 );
 
+// memif's `{flags, region, length, offset, metadata}`, in host byte order.
+int_fields!(Descriptor, from_ne_bytes, to_ne_bytes {
+    /// The index of the port whose pool holds the frame (memif's region).
+    region, set_region: u16 = 2;
+    /// Frame length in bytes.
+    length, set_length: u32 = 4;
+    /// Byte offset of the buffer inside the sender's pool.
+    offset, set_offset: u32 = 8;
+    /// Opaque to the facility; adapters may use it.
+    metadata, set_metadata: u32 = 12;
+});
+
 impl<T: AsRef<[u8]>> Descriptor<T> {
     /// Every bit as stored, known or not.
     #[inline]
     pub fn flags(&self) -> DescFlags {
-        DescFlags::from_bits_retain(NativeEndian::read_u16(
-            &self.buffer.as_ref()[field::descriptor::FLAGS],
-        ))
-    }
-    /// The index of the port whose pool holds the frame (memif's region).
-    #[inline]
-    pub fn region(&self) -> u16 {
-        NativeEndian::read_u16(&self.buffer.as_ref()[field::descriptor::REGION])
-    }
-    /// Frame length in bytes.
-    #[inline]
-    pub fn length(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::LENGTH])
-    }
-    /// Byte offset of the buffer inside the sender's pool.
-    #[inline]
-    pub fn offset(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::OFFSET])
-    }
-    /// Opaque to the facility; adapters may use it.
-    #[inline]
-    pub fn metadata(&self) -> u32 {
-        NativeEndian::read_u32(&self.buffer.as_ref()[field::descriptor::METADATA])
+        DescFlags::from_bits_retain(NativeEndian::read_u16(&self.buffer.as_ref()[..2]))
     }
 }
 
@@ -610,30 +591,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Descriptor<T> {
     /// Stores the flags.
     #[inline]
     pub fn set_flags(&mut self, v: DescFlags) {
-        NativeEndian::write_u16(
-            &mut self.buffer.as_mut()[field::descriptor::FLAGS],
-            v.bits(),
-        )
-    }
-    /// Stores the region (the sender's port index).
-    #[inline]
-    pub fn set_region(&mut self, v: u16) {
-        NativeEndian::write_u16(&mut self.buffer.as_mut()[field::descriptor::REGION], v)
-    }
-    /// Stores the frame length in bytes.
-    #[inline]
-    pub fn set_length(&mut self, v: u32) {
-        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::LENGTH], v)
-    }
-    /// Stores the buffer's byte offset inside the pool.
-    #[inline]
-    pub fn set_offset(&mut self, v: u32) {
-        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::OFFSET], v)
-    }
-    /// Stores the adapter metadata word.
-    #[inline]
-    pub fn set_metadata(&mut self, v: u32) {
-        NativeEndian::write_u32(&mut self.buffer.as_mut()[field::descriptor::METADATA], v)
+        NativeEndian::write_u16(&mut self.buffer.as_mut()[..2], v.bits())
     }
 }
 

@@ -176,14 +176,14 @@ fn own_stack_replies_pass_and_established_rules_may_drop() {
             { action = "accept", direction = "in", proto = "tcp", dport = "7-9" },
         ]"#,
     );
-    let (c, s7, s8) = (ep(C, 40000), ep(A, 7), ep(A, 8));
+    let (c, c80, s7, s8) = (ep(C, 40000), ep(C, 80), ep(A, 7), ep(A, 8));
     fw.script(&[
         (0, IN, syn(c, s8), Pass),
         (0, OWN, syn_ack(s8, c), Pass),
         (0, IN, syn(c, s7), Pass),
         (0, OWN, syn_ack(s7, c), Drop),
         // The device itself may not start connections: no rule allows it.
-        (0, OWN, syn(s8, ep(C, 80)), Drop),
+        (0, OWN, syn(s8, c80), Drop),
     ]);
     assert_eq!(fw.rule_packets(0), 1);
     assert_eq!(fw.rule_packets(1), 2);
@@ -702,11 +702,9 @@ fn reconfigured_timeouts_help_at_once_and_shorten_going_forward() {
     // packet sets the new one.
     let shorter = format!("udp_timeout = \"10s\"\nudp_replied_timeout = \"10s\"\n{rule}");
     assert!(reconfigure(&mut fw, &shorter).unwrap());
-    fw.script(&[
-        (100, IN, udp(b, a), Pass),
-        (109, IN, udp(b, a), Pass),
-        (120, IN, udp(b, a), Drop),
-    ]);
+    fw.script(&[(100, IN, udp(b, a), Pass), (109, IN, udp(b, a), Pass)]);
+    // Ten seconds after its last packet, the entry is gone.
+    fw.script(&[(120, IN, udp(b, a), Drop)]);
     counters_are(&fw, &[("revoked", 0), ("expired", 1)]);
 }
 

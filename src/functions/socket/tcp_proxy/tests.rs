@@ -26,6 +26,10 @@ impl Net {
                 .settings(),
         )
     }
+    /// The probe, host 1, that [`run`] waits for.
+    fn probe(&self, function: &str) -> NetDevice {
+        self.host("probe", 1, function)
+    }
 }
 
 /// Runs until the probe (the first device) is done; its report.
@@ -54,11 +58,7 @@ const PROXY: &str = r#"{ kind = "tcp-proxy", connect_timeout = "1s", listeners =
 #[test]
 fn streams_cross_the_proxy_intact_to_each_upstream_in_turn() {
     let net = Net::new();
-    let mut probe = net.host(
-        "probe",
-        1,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7000", "10.0.0.2:7000"], send = ["10.0.0.2:9000"], bytes = 1048576 }"#,
-    );
+    let mut probe = net.probe(r#"{ kind = "probe", tcp = ["10.0.0.2:7000", "10.0.0.2:7000"], send = ["10.0.0.2:9000"], bytes = 1048576 }"#);
     let mut proxy = net.host("proxy", 2, PROXY);
     let mut a = net.host("a", 3, r#"{ kind = "echo" }"#);
     let mut b = net.host("b", 4, r#"{ kind = "echo" }"#);
@@ -92,11 +92,8 @@ fn streams_cross_the_proxy_intact_to_each_upstream_in_turn() {
 #[test]
 fn a_client_whose_upstream_does_not_answer_is_reset_and_counted() {
     let net = Net::new();
-    let mut probe = net.host(
-        "probe",
-        1,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7001"], bytes = 1000, timeout = "3s" }"#,
-    );
+    let mut probe =
+        net.probe(r#"{ kind = "probe", tcp = ["10.0.0.2:7001"], bytes = 1000, timeout = "3s" }"#);
     let mut proxy = net.host("proxy", 2, PROXY);
     let report = run(&mut [&mut probe, &mut proxy], 10);
     assert!(
@@ -151,11 +148,8 @@ fn beyond_max_connections_a_client_is_refused_and_the_others_go_on() {
 #[test]
 fn a_new_pool_applies_in_place_and_the_relayed_stream_goes_on() {
     let net = Net::new();
-    let mut probe = net.host(
-        "probe",
-        1,
-        r#"{ kind = "probe", tcp = ["10.0.0.2:7000", "10.0.0.2:7000"], bytes = 4194304 }"#,
-    );
+    let mut probe = net
+        .probe(r#"{ kind = "probe", tcp = ["10.0.0.2:7000", "10.0.0.2:7000"], bytes = 4194304 }"#);
     let proxy_cfg = |upstream: &str| {
         format!(
             r#"kind = "tcp-proxy"

@@ -573,33 +573,31 @@ fn for_and_clear_for_with_hysteresis() {
     );
     let mut e = Engine::new(p);
     use RuleState::*;
-    // (second, load, actions run, state after)
-    let script: &[(u64, f64, &[&str], RuleState)] = &[
-        (0, 90.0, &[], Pending),
-        (1, 90.0, &[], Pending),
+    // (seconds, load, state after each, actions each runs)
+    let script: &[(&[u64], f64, RuleState, &[&str])] = &[
+        (&[0, 1], 90.0, Pending, &[]),
         // Drops while pending: back to idle, the hold starts over.
-        (2, 50.0, &[], Idle),
-        (3, 90.0, &[], Pending),
-        (4, 90.0, &[], Pending),
-        (5, 90.0, &["log: on"], Active),
+        (&[2], 50.0, Idle, &[]),
+        (&[3, 4], 90.0, Pending, &[]),
+        (&[5], 90.0, Active, &["log: on"]),
         // Between the thresholds: stays active (hysteresis).
-        (6, 50.0, &[], Active),
-        (7, 10.0, &[], Clearing),
-        (8, 10.0, &[], Clearing),
-        (9, 30.0, &[], Active),
-        (10, 10.0, &[], Clearing),
-        (12, 10.0, &[], Clearing),
-        (13, 10.0, &["log: off"], Idle),
+        (&[6], 50.0, Active, &[]),
+        (&[7, 8], 10.0, Clearing, &[]),
+        (&[9], 30.0, Active, &[]),
+        (&[10, 12], 10.0, Clearing, &[]),
+        (&[13], 10.0, Idle, &["log: off"]),
     ];
-    for &(t, load, actions, state) in script {
-        m.set("e:load", load);
-        let ran: Vec<String> = e
-            .tick(t * 1000, &m)
-            .iter()
-            .map(|p| p.action.to_string())
-            .collect();
-        assert_eq!(ran, actions, "actions at {t} s");
-        assert_eq!(e.status()[0].state, state, "state at {t} s");
+    for &(seconds, load, state, actions) in script {
+        for &t in seconds {
+            m.set("e:load", load);
+            let ran: Vec<String> = e
+                .tick(t * 1000, &m)
+                .iter()
+                .map(|p| p.action.to_string())
+                .collect();
+            assert_eq!(ran, actions, "actions at {t} s");
+            assert_eq!(e.status()[0].state, state, "state at {t} s");
+        }
     }
     let st = &e.status()[0];
     assert_eq!((st.fired, st.reverted), (1, 1));
