@@ -43,12 +43,10 @@
 //! assert!(RecordRepr::parse(&PortRecord::new_checked(&bytes[..]).unwrap()).is_err());
 //! ```
 
-use byteorder::{ByteOrder, LittleEndian};
-
 use super::ShmError;
 use super::layout::{Geometry, LinkMedium, byte_view};
 use super::member::PortInfo;
-use crate::wire::int_fields;
+use crate::wire::view_fields;
 
 /// Bytes of a port record (file and hello).
 pub const RECORD_LEN: usize = 128;
@@ -69,27 +67,13 @@ pub const MANIFEST_VERSION: u32 = 1;
 /// Byte offsets of every field: the only place that knows where one sits.
 pub(crate) mod field {
     pub(crate) mod record {
-        use std::ops::Range;
-        pub const MAGIC: Range<usize> = 0..8;
-        pub const VERSION: Range<usize> = 8..12;
-        // 12 index, 16 epoch, 20 pid: see `PortRecord`'s accessors.
-        pub const MAC: Range<usize> = 24..30;
-        // 30 flags, 31 name length.
-        pub const IPV4: Range<usize> = 32..36;
-        pub const IPV6: Range<usize> = 36..52;
-        pub const NAME: Range<usize> = 52..116;
-        pub const RESERVED: Range<usize> = 116..124;
-        pub const CHECKSUM: Range<usize> = 124..128;
-        pub const SUMMED: Range<usize> = 0..124;
+        pub const MAGIC: std::ops::Range<usize> = 0..8;
+        pub const SUMMED: std::ops::Range<usize> = 0..124;
     }
 
     pub(crate) mod manifest {
-        use std::ops::Range;
-        pub const MAGIC: Range<usize> = 0..8;
-        pub const VERSION: Range<usize> = 8..12;
-        // 12..36: the geometry, see `Manifest`'s accessors.
-        pub const CHECKSUM: Range<usize> = 36..40;
-        pub const SUMMED: Range<usize> = 0..36;
+        pub const MAGIC: std::ops::Range<usize> = 0..8;
+        pub const SUMMED: std::ops::Range<usize> = 0..36;
     }
 }
 
@@ -103,63 +87,37 @@ byte_view!(
     /// A read/write view of a port record held in a local buffer.
     PortRecord,
     len: RECORD_LEN,
-    short: |len| ShmError::corrupt(format!(
-        "port record is {len} bytes, shorter than {RECORD_LEN}"
-    )),
+    short: |len| too_short("port record", len, RECORD_LEN),
     stamped: field::record,
 );
 
-impl<T: AsRef<[u8]>> PortRecord<T> {
-    fn bytes(&self, r: std::ops::Range<usize>) -> &[u8] {
-        &self.buffer.as_ref()[r]
-    }
-    fn u32(&self, r: std::ops::Range<usize>) -> u32 {
-        LittleEndian::read_u32(self.bytes(r))
-    }
-    /// The port's MAC address (6 bytes).
-    pub fn mac(&self) -> &[u8] {
-        self.bytes(field::record::MAC)
-    }
-    /// The IPv4 address (4 bytes; zero when its flag is clear).
-    pub fn ipv4(&self) -> &[u8] {
-        self.bytes(field::record::IPV4)
-    }
-    /// The IPv6 address (16 bytes; zero when its flag is clear).
-    pub fn ipv6(&self) -> &[u8] {
-        self.bytes(field::record::IPV6)
-    }
-    /// All 64 bytes of the name field, padding included.
-    pub fn name_field(&self) -> &[u8] {
-        self.bytes(field::record::NAME)
-    }
-    /// The 8 reserved bytes (must be zero).
-    pub fn reserved(&self) -> &[u8] {
-        self.bytes(field::record::RESERVED)
-    }
-}
-
-int_fields!(PortRecord, from_le_bytes, to_le_bytes {
+view_fields!(PortRecord, from_le_bytes, to_le_bytes {
+    /// The format version as stored.
+    version, set_version: u32 = 8;
     /// The port's index in the network.
     index, set_index: u32 = 12;
     /// The port's epoch (unique per attachment).
     epoch, set_epoch: u32 = 16;
     /// The writer's pid, as it sees it.
     pid, set_pid: u32 = 20;
+    /// The port's MAC address.
+    mac, set_mac: [u8; 6] = 24;
     /// Which addresses are present: `0x1` IPv4, `0x2` IPv6, and `0x4`
     /// for an uplink.
     flags, set_flags: u8 = 30;
     /// Length of the name in bytes (at most [`NAME_MAX`] in a valid record).
     name_len, set_name_len: u8 = 31;
+    /// The IPv4 address (zero when its flag is clear).
+    ipv4, set_ipv4: [u8; 4] = 32;
+    /// The IPv6 address (zero when its flag is clear).
+    ipv6, set_ipv6: [u8; 16] = 36;
+    /// All 64 bytes of the name field, padding included.
+    name_field, set_name_field: [u8; 64] = 52;
+    /// The 8 reserved bytes (must be zero).
+    reserved, set_reserved: [u8; 8] = 116;
+    /// The stored CRC-32 of bytes 0..124.
+    checksum, set_checksum: u32 = 124;
 });
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> PortRecord<T> {
-    fn bytes_mut(&mut self, r: std::ops::Range<usize>) -> &mut [u8] {
-        &mut self.buffer.as_mut()[r]
-    }
-    fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
-        LittleEndian::write_u32(self.bytes_mut(r), v)
-    }
-}
 
 /// What a port record says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,21 +228,21 @@ impl RecordRepr {
     /// boundary; [`RecordRepr::check`] refuses it beforehand.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, r: &mut PortRecord<T>) {
         use field::record as f;
-        r.bytes_mut(0..RECORD_LEN).fill(0);
-        r.bytes_mut(f::MAGIC).copy_from_slice(&RECORD_MAGIC);
-        r.set_u32(f::VERSION, RECORD_VERSION);
+        r.buffer.as_mut()[..RECORD_LEN].fill(0);
+        r.buffer.as_mut()[f::MAGIC].copy_from_slice(&RECORD_MAGIC);
+        r.set_version(RECORD_VERSION);
         r.set_index(self.index);
         r.set_epoch(self.epoch);
         r.set_pid(self.pid);
-        r.bytes_mut(f::MAC).copy_from_slice(&self.info.mac);
+        r.set_mac(&self.info.mac);
         let mut flags = 0;
         if let Some(a) = self.info.ipv4 {
             flags |= HAS_IPV4;
-            r.bytes_mut(f::IPV4).copy_from_slice(&a);
+            r.set_ipv4(&a);
         }
         if let Some(a) = self.info.ipv6 {
             flags |= HAS_IPV6;
-            r.bytes_mut(f::IPV6).copy_from_slice(&a);
+            r.set_ipv6(&a);
         }
         if self.info.uplink {
             flags |= UPLINK;
@@ -292,7 +250,9 @@ impl RecordRepr {
         r.set_flags(flags);
         let name = truncated(&self.info.name, NAME_MAX).as_bytes();
         r.set_name_len(name.len() as u8);
-        r.bytes_mut(f::NAME)[..name.len()].copy_from_slice(name);
+        let mut field = [0u8; NAME_MAX];
+        field[..name.len()].copy_from_slice(name);
+        r.set_name_field(&field);
         r.fill_checksum();
     }
 }
@@ -305,6 +265,12 @@ fn truncated(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The error of a buffer of `len` bytes, too short for the `what` of
+/// `need` bytes it should hold.
+fn too_short(what: &str, len: usize, need: usize) -> ShmError {
+    ShmError::corrupt(format!("{what} is {len} bytes, shorter than {need}"))
 }
 
 /// The first checks of both formats: the magic, then the version.
@@ -331,25 +297,13 @@ byte_view!(
     /// A read/write view of a manifest held in a local buffer.
     Manifest,
     len: MANIFEST_LEN,
-    short: |len| ShmError::corrupt(format!(
-        "manifest is {len} bytes, shorter than {MANIFEST_LEN}"
-    )),
+    short: |len| too_short("manifest", len, MANIFEST_LEN),
     stamped: field::manifest,
 );
 
-impl<T: AsRef<[u8]>> Manifest<T> {
-    fn u32(&self, r: std::ops::Range<usize>) -> u32 {
-        LittleEndian::read_u32(&self.buffer.as_ref()[r])
-    }
-}
-
-impl<T: AsRef<[u8]> + AsMut<[u8]>> Manifest<T> {
-    fn set_u32(&mut self, r: std::ops::Range<usize>, v: u32) {
-        LittleEndian::write_u32(&mut self.buffer.as_mut()[r], v)
-    }
-}
-
-int_fields!(Manifest, from_le_bytes, to_le_bytes {
+view_fields!(Manifest, from_le_bytes, to_le_bytes {
+    /// The format version as stored.
+    version, set_version: u32 = 8;
     /// IP MTU.
     mtu, set_mtu: u32 = 12;
     /// The medium's code ([`LinkMedium::code`]).
@@ -362,6 +316,8 @@ int_fields!(Manifest, from_le_bytes, to_le_bytes {
     buffers, set_buffers: u32 = 28;
     /// Ports the network holds.
     max_ports, set_max_ports: u32 = 32;
+    /// The stored CRC-32 of bytes 0..36.
+    checksum, set_checksum: u32 = 36;
 });
 
 /// What a manifest says: the network's geometry.
@@ -409,7 +365,7 @@ impl ManifestRepr {
         use field::manifest as f;
         let g = &self.geo;
         m.buffer.as_mut()[f::MAGIC].copy_from_slice(&MANIFEST_MAGIC);
-        m.set_u32(f::VERSION, MANIFEST_VERSION);
+        m.set_version(MANIFEST_VERSION);
         m.set_mtu(g.mtu);
         m.set_medium_code(g.medium.code());
         m.set_frame_size(g.frame_size);

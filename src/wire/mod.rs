@@ -33,45 +33,69 @@
 //! ```
 
 /// Accessors of a view `$name<T>` (a struct with a `buffer: T` of bytes)
-/// for its integer fields at fixed offsets: each `getter, setter: type =
-/// offset;` reads or writes `size_of::<type>()` bytes from `offset`, in the
-/// byte order of `$from`/`$to` (`from_be_bytes`/`to_be_bytes`, or `_le_`,
-/// `_ne_`). Like smoltcp's, they panic on a buffer too short, which the
-/// view's `check_len` rules out.
-macro_rules! int_fields {
-    ($name:ident, $from:ident, $to:ident {
-        $( $(#[$fattr:meta])* $get:ident, $set:ident: $ty:ty = $at:expr; )*
-    }) => {
+/// for its fields at fixed offsets. Each `getter, setter: type = offset;`
+/// reads or writes `size_of::<type>()` bytes from `offset`: an integer in
+/// the byte order of `$from`/`$to` (`from_be_bytes`/`to_be_bytes`, or
+/// `_le_`, `_ne_`), or, for `[u8; N]`, the bytes themselves. Like
+/// smoltcp's, they panic on a buffer too short, which the view's
+/// `check_len` rules out.
+macro_rules! view_fields {
+    ($name:ident, $from:ident, $to:ident { $($fields:tt)* }) => {
+        $crate::wire::view_fields!(@each $name, $from, $to; $($fields)*);
+    };
+    (@each $name:ident, $from:ident, $to:ident;) => {};
+    (@each $name:ident, $from:ident, $to:ident;
+        $(#[$fattr:meta])* $get:ident, $set:ident: [u8; $n:literal] = $at:expr; $($rest:tt)*
+    ) => {
         impl<T: AsRef<[u8]>> $name<T> {
-            $(
-                $(#[$fattr])*
-                #[inline]
-                pub fn $get(&self) -> $ty {
-                    let mut b = [0u8; size_of::<$ty>()];
-                    b.copy_from_slice(&self.buffer.as_ref()[$at..$at + size_of::<$ty>()]);
-                    <$ty>::$from(b)
-                }
-            )*
+            $(#[$fattr])*
+            #[inline]
+            pub fn $get(&self) -> &[u8] {
+                &self.buffer.as_ref()[$at..$at + $n]
+            }
         }
 
         impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
-            $(
-                #[doc = concat!("Sets [`Self::", stringify!($get), "`].")]
-                #[inline]
-                pub fn $set(&mut self, value: $ty) {
-                    self.buffer.as_mut()[$at..$at + size_of::<$ty>()]
-                        .copy_from_slice(&value.$to());
-                }
-            )*
+            #[doc = concat!("Sets [`Self::", stringify!($get), "`].")]
+            #[inline]
+            pub fn $set(&mut self, value: &[u8; $n]) {
+                self.buffer.as_mut()[$at..$at + $n].copy_from_slice(value);
+            }
         }
+
+        $crate::wire::view_fields!(@each $name, $from, $to; $($rest)*);
+    };
+    (@each $name:ident, $from:ident, $to:ident;
+        $(#[$fattr:meta])* $get:ident, $set:ident: $ty:ty = $at:expr; $($rest:tt)*
+    ) => {
+        impl<T: AsRef<[u8]>> $name<T> {
+            $(#[$fattr])*
+            #[inline]
+            pub fn $get(&self) -> $ty {
+                let mut b = [0u8; size_of::<$ty>()];
+                b.copy_from_slice(&self.buffer.as_ref()[$at..$at + size_of::<$ty>()]);
+                <$ty>::$from(b)
+            }
+        }
+
+        impl<T: AsRef<[u8]> + AsMut<[u8]>> $name<T> {
+            #[doc = concat!("Sets [`Self::", stringify!($get), "`].")]
+            #[inline]
+            pub fn $set(&mut self, value: $ty) {
+                self.buffer.as_mut()[$at..$at + size_of::<$ty>()]
+                    .copy_from_slice(&value.$to());
+            }
+        }
+
+        $crate::wire::view_fields!(@each $name, $from, $to; $($rest)*);
     };
 }
-pub(crate) use int_fields;
+pub(crate) use view_fields;
 
-/// [`int_fields!`] in network byte order, as every wire format here is.
+/// [`view_fields!`] in network byte order, as every wire format here is.
 macro_rules! be_fields {
     ($name:ident { $($fields:tt)* }) => {
-        int_fields!($name, from_be_bytes, to_be_bytes { $($fields)* });
+        view_fields!($name, from_be_bytes, to_be_bytes { $($fields)* });
     };
 }
 

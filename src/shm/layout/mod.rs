@@ -47,7 +47,7 @@
 
 use byteorder::{ByteOrder, NativeEndian};
 
-use crate::wire::int_fields;
+use crate::wire::view_fields;
 
 use super::ShmError;
 
@@ -140,10 +140,9 @@ pub use crate::wire::LinkMedium;
 /// adds its own field accessors (offsets from its `mod field`).
 ///
 /// With `stamped: field::x`, also the accessors of a format that starts
-/// with a magic and a version and is summed by a CRC-32: `magic`,
-/// `version`, `checksum`, `compute_checksum` and `fill_checksum`, from
-/// `MAGIC`, `VERSION`, `CHECKSUM` and `SUMMED` of that module, read and
-/// written through the view's own `u32` and `set_u32`.
+/// with a magic and is summed by a CRC-32: `magic`, `compute_checksum`
+/// and `fill_checksum`, from `MAGIC` and `SUMMED` of that module and the
+/// view's own `checksum` and `set_checksum` (see [`view_fields!`]).
 macro_rules! byte_view {
     ($(#[$attr:meta])* $name:ident, len: $len:expr, short: $short:expr $(,)?) => {
         $(#[$attr])*
@@ -186,15 +185,6 @@ macro_rules! byte_view {
             pub fn magic(&self) -> &[u8] {
                 &self.buffer.as_ref()[$($f)::+::MAGIC]
             }
-            /// The format version as stored (a port header's stays 0 until its owner
-            /// publishes it).
-            pub fn version(&self) -> u32 {
-                self.u32($($f)::+::VERSION)
-            }
-            /// The stored checksum of the summed bytes.
-            pub fn checksum(&self) -> u32 {
-                self.u32($($f)::+::CHECKSUM)
-            }
             /// The checksum the summed bytes have now.
             pub fn compute_checksum(&self) -> u32 {
                 crc32fast::hash(&self.buffer.as_ref()[$($f)::+::SUMMED])
@@ -207,7 +197,7 @@ macro_rules! byte_view {
             /// random checksum would hide).
             pub fn fill_checksum(&mut self) {
                 let sum = self.compute_checksum();
-                self.set_u32($($f)::+::CHECKSUM, sum);
+                self.set_checksum(sum);
             }
         }
     };
@@ -408,6 +398,13 @@ byte_view!(
     stamped: field::header,
 );
 
+view_fields!(PortHeader, from_ne_bytes, to_ne_bytes {
+    /// The layout version as stored: 0 until the owner publishes it.
+    version, set_version: u32 = field::header::VERSION;
+    /// The stored checksum of the summed bytes.
+    checksum, set_checksum: u32 = field::header::CHECKSUM;
+});
+
 impl<T: AsRef<[u8]>> PortHeader<T> {
     fn u32(&self, at: usize) -> u32 {
         NativeEndian::read_u32(&self.buffer.as_ref()[at..at + 4])
@@ -545,7 +542,7 @@ impl HeaderRepr {
     /// Writes a complete header including the version, for tests and fuzzing.
     pub fn emit_published<T: AsRef<[u8]> + AsMut<[u8]>>(&self, h: &mut PortHeader<T>) {
         self.emit(h);
-        h.set_u32(field::header::VERSION, LAYOUT_VERSION);
+        h.set_version(LAYOUT_VERSION);
     }
 }
 
@@ -568,7 +565,7 @@ byte_view!(
 );
 
 // memif's `{flags, region, length, offset, metadata}`, in host byte order.
-int_fields!(Descriptor, from_ne_bytes, to_ne_bytes {
+view_fields!(Descriptor, from_ne_bytes, to_ne_bytes {
     /// The index of the port whose pool holds the frame (memif's region).
     region, set_region: u16 = 2;
     /// Frame length in bytes.
