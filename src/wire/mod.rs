@@ -170,6 +170,7 @@ pub(crate) mod fixtures {
 }
 
 pub use ip::{FlowKey, Fragment, FrameView, IcmpKind, IpView, LinkMedium, NoIp, Transport};
+pub use tcp::TcpFlags;
 
 /// Time since the Unix epoch by the wall clock (zero before 1970): what
 /// formats that carry a wall-clock time (pcap, management messages) and
@@ -179,7 +180,6 @@ pub(crate) fn since_unix_epoch() -> std::time::Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
 }
-pub use tcp::TcpFlags;
 
 /// IP protocol numbers the functions match on.
 pub mod proto {

@@ -69,14 +69,14 @@ impl Session {
     }
 
     fn meta_get(&mut self, t: &Tokens<'_>, eng: &mut Engine, now: Instant) {
-        if t.key().is_none() {
+        let Some(key) = t.key() else {
             return self.reply(false, BAD_FORMAT);
-        }
+        };
         if t.ntokens() > META_MAX_TOKENS {
             return self.reply(false, "CLIENT_ERROR options flags are too long");
         }
         let flags = t.from(2);
-        let f = match meta_flags(t.get(1), flags, BAD_FORMAT) {
+        let f = match meta_flags(key, flags, BAD_FORMAT) {
             Ok(f) => f,
             Err(e) => return self.reply(false, e),
         };
@@ -274,15 +274,15 @@ impl Session {
     /// The flags of an `md` or `ma` (the tokens after the key), checked
     /// alike for both; `None` once the error is answered.
     fn checked_flags(&mut self, t: &Tokens<'_>) -> Option<MetaFlags> {
-        if t.key().is_none() {
+        let Some(key) = t.key() else {
             self.reply(false, BAD_FORMAT);
             return None;
-        }
+        };
         if t.ntokens() > META_MAX_TOKENS {
             self.reply(false, "CLIENT_ERROR options flags too long");
             return None;
         }
-        let f = meta_flags(t.get(1), t.from(2), BAD_FORMAT);
+        let f = meta_flags(key, t.from(2), BAD_FORMAT);
         if f.is_err() {
             self.reply(false, BAD_FLAG);
         }

@@ -216,9 +216,8 @@ impl<'a> Tokens<'a> {
         self.n >= 1 && self.toks[self.n - 1] == b"noreply"
     }
 
-    /// The key (token 1) of a classic command, `None` if it is longer
-    /// than [`KEY_MAX`]: memcached then answers `CLIENT_ERROR bad command
-    /// line format`.
+    /// The key (token 1), `None` if it is longer than [`KEY_MAX`]:
+    /// memcached then answers `CLIENT_ERROR bad command line format`.
     pub fn key(&self) -> Option<&'a [u8]> {
         Some(self.get(1)).filter(|k| k.len() <= KEY_MAX)
     }
